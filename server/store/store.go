@@ -1,0 +1,99 @@
+// Package store defines how auth-request state is kept: the Store interface
+// that every backend implements, the values that cross it, and its sentinel
+// errors. Backends live in sibling packages (sqlitestore, ...) and are all
+// checked by the conformance suite in storetest.
+//
+// It may import the generated API types and the state fold, nothing from the
+// servers.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// Sentinel errors. Backends wrap them with %w; callers test with errors.Is.
+var (
+	// ErrNotFound: no event of the request has been stored.
+	ErrNotFound = errors.New("store: not found")
+	// ErrInvalidPageToken: the page token was not made by this store.
+	ErrInvalidPageToken = errors.New("store: invalid page token")
+	// ErrUnavailable: the backend cannot be reached or failed; nothing of the
+	// failed call was stored. Retrying later may succeed.
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrOverloaded: the write queue is full; nothing was stored.
+	ErrOverloaded = errors.New("store: write queue full")
+	// ErrClosed: the store or the writer has been closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Webhook is one received body and the events normalization made of it.
+type Webhook struct {
+	// Body is the webhook body, verbatim.
+	Body []byte
+	// Received is when the body arrived.
+	Received time.Time
+	// Events are the normalized events, with EventId, RequestId and
+	// ReceiveTime set. RawBody is not set; the store keeps Body once.
+	Events []*eventsv1.Event
+}
+
+// EventResult is the outcome for one event of a Webhook.
+type EventResult struct {
+	// Duplicate is true when an event with the same RequestId and EventId had
+	// been stored before (or earlier in the same batch).
+	Duplicate bool
+	// Revision is the request's revision after the commit (0 for events
+	// without a request id).
+	Revision int64
+}
+
+// Result is the outcome for one Webhook: one EventResult per event, in order.
+type Result struct {
+	Events []EventResult
+}
+
+// Change is one request's new snapshot after a commit and the new events that
+// produced it (RawBody not set).
+type Change struct {
+	Request *eventsv1.AuthRequest
+	Events  []*eventsv1.Event
+}
+
+// Page selects a page of events.
+type Page struct {
+	// Size is how many events at most; the caller keeps it within bounds.
+	Size int
+	// Token is empty for the first page, else a previous NextToken.
+	Token string
+}
+
+// Store keeps webhooks, their normalized events and the snapshot of every
+// request. Implementations are safe for concurrent use.
+type Store interface {
+	// Commit stores the webhooks in one transaction: each body once, each
+	// event unless already stored (then it is a duplicate), and for every
+	// request that got new events the fold of all its events as the new
+	// snapshot with its revision increased by one. A request whose events were
+	// all duplicates keeps its snapshot and revision. It returns one Result
+	// per webhook, in order, and one Change per request that changed. On error
+	// nothing was stored.
+	Commit(ctx context.Context, batch []Webhook) ([]Result, []Change, error)
+
+	// GetRequest returns the current snapshot, or ErrNotFound.
+	GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error)
+
+	// ListEvents returns a page of the request's events in (event time, event
+	// id) order with RawBody set, and the token of the next page ("" on the
+	// last page). ErrNotFound when the request has no events.
+	ListEvents(ctx context.Context, requestID string, page Page) ([]*eventsv1.Event, string, error)
+
+	// Ping reports whether the backend is reachable.
+	Ping(ctx context.Context) error
+
+	// Close releases the backend. Calls after Close return ErrClosed.
+	Close() error
+}
