@@ -1,0 +1,166 @@
+// Package broker fans committed changes out to the watchers of each request,
+// in process. Publishing never blocks: every subscription holds a bounded
+// buffer of pending changes, and a subscriber that falls behind has its
+// oldest pending changes coalesced away, keeping the newest snapshot.
+//
+// It imports the store's value types and nothing from the servers.
+package broker
+
+import (
+	"sync"
+
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// DefaultPending is how many changes a subscription buffers before the oldest
+// are dropped (the newest snapshot is always kept).
+const DefaultPending = 64
+
+// Broker is an in-process fan-out keyed by request id. The zero value is not
+// usable; call New.
+type Broker struct {
+	pending int
+
+	mu     sync.Mutex
+	subs   map[string]map[*Subscription]struct{}
+	closed bool
+}
+
+// New returns a broker whose subscriptions buffer at most pending changes
+// (DefaultPending when pending <= 0).
+func New(pending int) *Broker {
+	if pending <= 0 {
+		pending = DefaultPending
+	}
+	return &Broker{pending: pending, subs: make(map[string]map[*Subscription]struct{})}
+}
+
+// Subscribe starts following requestID. Changes published from now on reach
+// the subscription. Close it when done. After the broker is closed the
+// subscription is born done.
+func (b *Broker) Subscribe(requestID string) *Subscription {
+	s := &Subscription{
+		b:         b,
+		requestID: requestID,
+		max:       b.pending,
+		ready:     make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		close(s.done)
+		return s
+	}
+	set := b.subs[requestID]
+	if set == nil {
+		set = make(map[*Subscription]struct{})
+		b.subs[requestID] = set
+	}
+	set[s] = struct{}{}
+	return s
+}
+
+// Publish hands each change to the subscribers of its request. It never
+// blocks on a subscriber.
+func (b *Broker) Publish(changes []store.Change) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range changes {
+		for s := range b.subs[c.Request.GetRequestId()] {
+			s.push(c)
+		}
+	}
+}
+
+// Watchers returns how many subscriptions are open.
+func (b *Broker) Watchers() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, set := range b.subs {
+		n += len(set)
+	}
+	return n
+}
+
+// Close ends every subscription (their Done channels close) and makes later
+// subscriptions born done. It is idempotent.
+func (b *Broker) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.closed = true
+	for _, set := range b.subs {
+		for s := range set {
+			close(s.done)
+		}
+	}
+	b.subs = nil
+}
+
+func (b *Broker) remove(s *Subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	set := b.subs[s.requestID]
+	if _, ok := set[s]; !ok {
+		return
+	}
+	delete(set, s)
+	if len(set) == 0 {
+		delete(b.subs, s.requestID)
+	}
+}
+
+// Subscription is one watcher's view of one request.
+type Subscription struct {
+	b         *Broker
+	requestID string
+	max       int
+	ready     chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+
+	mu      sync.Mutex
+	pending []store.Change
+	dropped bool
+}
+
+// Ready receives a value when changes are pending.
+func (s *Subscription) Ready() <-chan struct{} { return s.ready }
+
+// Done is closed when the broker closes.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Next takes the pending changes in publish order. Dropped reports whether
+// older changes were dropped because the subscriber fell behind; the last
+// change still carries the newest snapshot.
+func (s *Subscription) Next() (changes []store.Change, dropped bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changes, dropped = s.pending, s.dropped
+	s.pending, s.dropped = nil, false
+	return changes, dropped
+}
+
+// Close stops the subscription. It is idempotent.
+func (s *Subscription) Close() {
+	s.closeOnce.Do(func() { s.b.remove(s) })
+}
+
+func (s *Subscription) push(c store.Change) {
+	s.mu.Lock()
+	if len(s.pending) == s.max {
+		copy(s.pending, s.pending[1:])
+		s.pending = s.pending[:s.max-1]
+		s.dropped = true
+	}
+	s.pending = append(s.pending, c)
+	s.mu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,105 @@
+package broker
+
+import (
+	"testing"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+func change(id string, rev int64) store.Change {
+	return store.Change{Request: &eventsv1.AuthRequest{RequestId: id, Revision: rev}}
+}
+
+func TestPublishReachesOnlyThatRequest(t *testing.T) {
+	t.Parallel()
+	b := New(0)
+	a1, a2, other := b.Subscribe("a"), b.Subscribe("a"), b.Subscribe("b")
+	defer a1.Close()
+	defer a2.Close()
+	defer other.Close()
+
+	b.Publish([]store.Change{change("a", 1)})
+
+	for _, s := range []*Subscription{a1, a2} {
+		select {
+		case <-s.Ready():
+		default:
+			t.Fatal("subscriber of a not signalled")
+		}
+		got, dropped := s.Next()
+		if len(got) != 1 || got[0].Request.GetRevision() != 1 || dropped {
+			t.Fatalf("Next() = %v, %v; want one change at revision 1", got, dropped)
+		}
+	}
+	select {
+	case <-other.Ready():
+		t.Fatal("subscriber of b signalled for a")
+	default:
+	}
+	if got, _ := other.Next(); len(got) != 0 {
+		t.Fatalf("subscriber of b got %v", got)
+	}
+}
+
+func TestSlowSubscriberIsCoalescedNotBlocking(t *testing.T) {
+	t.Parallel()
+	const max = 8
+	b := New(max)
+	slow := b.Subscribe("a")
+	defer slow.Close()
+
+	for rev := int64(1); rev <= 1000; rev++ { // would deadlock if Publish blocked
+		b.Publish([]store.Change{change("a", rev)})
+	}
+	got, dropped := slow.Next()
+	if !dropped {
+		t.Error("dropped = false after overflowing the buffer")
+	}
+	if len(got) != max {
+		t.Fatalf("len = %d, want %d", len(got), max)
+	}
+	for i, c := range got {
+		if want := int64(1000 - max + 1 + i); c.Request.GetRevision() != want {
+			t.Errorf("change %d at revision %d, want %d", i, c.Request.GetRevision(), want)
+		}
+	}
+	if again, _ := slow.Next(); len(again) != 0 {
+		t.Errorf("second Next() = %v, want nothing", again)
+	}
+}
+
+func TestCloseEndsSubscriptions(t *testing.T) {
+	t.Parallel()
+	b := New(0)
+	s := b.Subscribe("a")
+	if b.Watchers() != 1 {
+		t.Fatalf("Watchers() = %d, want 1", b.Watchers())
+	}
+	b.Close()
+	b.Close()
+	<-s.Done()
+	s.Close()
+	late := b.Subscribe("a")
+	<-late.Done()
+	late.Close()
+	b.Publish([]store.Change{change("a", 1)})
+	if b.Watchers() != 0 {
+		t.Fatalf("Watchers() = %d after Close, want 0", b.Watchers())
+	}
+}
+
+func TestSubscriptionCloseUnsubscribes(t *testing.T) {
+	t.Parallel()
+	b := New(0)
+	s := b.Subscribe("a")
+	s.Close()
+	s.Close()
+	if b.Watchers() != 0 {
+		t.Fatalf("Watchers() = %d, want 0", b.Watchers())
+	}
+	b.Publish([]store.Change{change("a", 1)})
+	if got, _ := s.Next(); len(got) != 0 {
+		t.Fatalf("closed subscription got %v", got)
+	}
+}
