@@ -1,29 +1,273 @@
-// Package state folds a request's normalized events into its AuthRequest
-// snapshot. The fold is pure and order-independent: the snapshot (all but
-// revision and update_time) is a function of the set of distinct events.
-//
-// It imports only the generated API types.
 package state
 
 import (
+	"cmp"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
-// Fold returns the snapshot of requestID made of events. Duplicates (same
-// event_id) count once. Revision and UpdateTime are left for the caller.
-// PLACEHOLDER: being replaced by the full fold.
+// Event statuses the fold interprets, as the normalizer spells them. Any
+// other status is kept on the event and only counted here.
+const (
+	statusSent        = "SENT"
+	statusDelivered   = "DELIVERED"
+	statusRead        = "READ"
+	statusClicked     = "CLICKED"
+	statusFailed      = "FAILED"
+	statusFallback    = "FALLBACK"
+	statusSuccess     = "SUCCESS"
+	statusUnreachable = "UNREACHABLE"
+)
+
+// RequestStatuses returns every RequestStatus. Tests range over it: a value
+// added to the enum must be added here and given a rule in the package doc.
+func RequestStatuses() []eventsv1.RequestStatus {
+	return []eventsv1.RequestStatus{
+		eventsv1.RequestStatus_REQUEST_STATUS_UNSPECIFIED,
+		eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS,
+		eventsv1.RequestStatus_REQUEST_STATUS_FAILED,
+		eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS,
+	}
+}
+
+// DeliveryStatuses returns every DeliveryStatus in the order a channel moves
+// through them: as events are added, a channel only ever moves right.
+// UNSPECIFIED stands for a channel with no report (absent from the snapshot).
+func DeliveryStatuses() []eventsv1.DeliveryStatus {
+	return []eventsv1.DeliveryStatus{
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED,
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_SENT,
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED,
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_DELIVERED,
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_READ,
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_CLICKED,
+	}
+}
+
+// Terminal reports whether r's status is terminal (SUCCESS): no event can
+// move the request out of it.
+func Terminal(r *eventsv1.AuthRequest) bool {
+	return r.GetStatus() == eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
+}
+
+// Fold returns the snapshot of requestID made of events (any order,
+// duplicates by EventId count once; events of other requests are ignored).
+// Revision and UpdateTime are left zero for the caller. Fold neither
+// modifies events nor shares any message with them.
 func Fold(requestID string, events []*eventsv1.Event) *eventsv1.AuthRequest {
-	seen := map[string]bool{}
-	r := &eventsv1.AuthRequest{RequestId: requestID}
+	evs := distinct(requestID, events)
+	f := folder{r: &eventsv1.AuthRequest{RequestId: requestID}}
+	for _, e := range evs {
+		f.add(e)
+	}
+	return f.snapshot(evs)
+}
+
+// distinct returns the events of requestID, one per event id, sorted by
+// (event_time, event_id). The id hashes what makes an event itself, so
+// events sharing one are the same event; should they differ anyway, the
+// earliest is kept.
+func distinct(requestID string, events []*eventsv1.Event) []*eventsv1.Event {
+	out := make([]*eventsv1.Event, 0, len(events))
 	for _, e := range events {
-		if seen[e.GetEventId()] {
-			continue
+		if e != nil && e.GetRequestId() == requestID {
+			out = append(out, e)
 		}
-		seen[e.GetEventId()] = true
-		r.EventCount++
 	}
-	if r.EventCount > 0 {
-		r.Status = eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS
+	slices.SortFunc(out, func(a, b *eventsv1.Event) int {
+		return cmp.Or(strings.Compare(a.GetEventId(), b.GetEventId()), compareTime(a.GetEventTime(), b.GetEventTime()))
+	})
+	out = slices.CompactFunc(out, func(a, b *eventsv1.Event) bool {
+		return a.GetEventId() == b.GetEventId()
+	})
+	slices.SortFunc(out, func(a, b *eventsv1.Event) int {
+		return cmp.Or(compareTime(a.GetEventTime(), b.GetEventTime()), strings.Compare(a.GetEventId(), b.GetEventId()))
+	})
+	return out
+}
+
+// folder accumulates distinct events fed to it in (event_time, event_id)
+// order, so "earliest" is the first seen and "latest" the last.
+type folder struct {
+	// r holds the single-valued fields, fallbacks and failures as they
+	// accumulate; Phone and AuthChannels alias an event until snapshot.
+	r            *eventsv1.AuthRequest
+	succeeded    bool
+	successToken string      // from the latest SUCCESS carrying one
+	unreachable  bool        // an UNREACHABLE system event exists
+	fallbackTo   string      // to_channel of the latest fallback naming one
+	lastDelivery string      // channel of the latest delivery report
+	channels     []*progress // in order of first report
+}
+
+func (f *folder) add(e *eventsv1.Event) {
+	f.latest(e)
+	switch e.GetKind() {
+	case eventsv1.EventKind_EVENT_KIND_DELIVERY:
+		f.addDelivery(e)
+	case eventsv1.EventKind_EVENT_KIND_AUTH:
+		f.addAuth(e)
+	case eventsv1.EventKind_EVENT_KIND_SYSTEM:
+		f.unreachable = f.unreachable || e.GetStatus() == statusUnreachable
 	}
+}
+
+// latest lets e's non-empty single-valued fields replace earlier ones.
+func (f *folder) latest(e *eventsv1.Event) {
+	r := f.r
+	r.AuthSessionId = cmp.Or(e.GetAuthSessionId(), r.AuthSessionId)
+	r.TraceId = cmp.Or(e.GetTraceId(), r.TraceId)
+	r.AuthMethod = cmp.Or(e.GetAuthMethod(), r.AuthMethod)
+	r.Email = cmp.Or(e.GetEmail(), r.Email)
+	r.Token = cmp.Or(e.GetToken(), r.Token)
+	if p := e.GetPhone(); p.GetPhoneNumber() != "" || p.GetCountryCode() != "" {
+		r.Phone = p
+	}
+}
+
+func (f *folder) addAuth(e *eventsv1.Event) {
+	if len(e.GetAuthChannels()) > 0 {
+		f.r.AuthChannels = e.GetAuthChannels()
+	}
+	switch e.GetStatus() {
+	case statusSuccess:
+		if !f.succeeded {
+			f.succeeded = true
+			f.r.SuccessTime = copyTime(e.GetEventTime())
+		}
+		f.successToken = cmp.Or(e.GetToken(), f.successToken)
+	case statusFallback:
+		f.fallbackTo = cmp.Or(e.GetToChannel(), f.fallbackTo)
+		f.r.Fallbacks = append(f.r.Fallbacks, &eventsv1.Fallback{
+			FromChannel: e.GetFromChannel(),
+			ToChannel:   e.GetToChannel(),
+			Time:        copyTime(e.GetEventTime()),
+		})
+	}
+}
+
+// addDelivery records a delivery report of a known status on a named
+// channel; any other report is only counted.
+func (f *folder) addDelivery(e *eventsv1.Event) {
+	s, isStep := stepOf(e.GetStatus())
+	isFailed := e.GetStatus() == statusFailed
+	if e.GetChannel() == "" || !isStep && !isFailed {
+		return
+	}
+	f.lastDelivery = e.GetChannel()
+	p := f.progress(e)
+	p.identity = cmp.Or(e.GetIdentity(), p.identity)
+	switch {
+	case isFailed:
+		if p.failed == nil {
+			p.failed = e
+		}
+		f.r.Failures = append(f.r.Failures, &eventsv1.Failure{
+			Channel: e.GetChannel(),
+			Error:   proto.CloneOf(e.GetError()),
+			Time:    copyTime(e.GetEventTime()),
+		})
+	case p.reports[s] == nil:
+		p.reports[s] = e
+	}
+}
+
+// progress returns the progress of e's channel, starting it with e.
+func (f *folder) progress(e *eventsv1.Event) *progress {
+	for _, p := range f.channels {
+		if p.channel == e.GetChannel() {
+			return p
+		}
+	}
+	p := &progress{channel: e.GetChannel(), first: e}
+	f.channels = append(f.channels, p)
+	return p
+}
+
+// snapshot completes f.r from the accumulated state; evs are the events
+// that were added.
+func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
+	r := f.r
+	if len(evs) == 0 {
+		return r
+	}
+	r.EventCount = int32(len(evs))
+	r.FirstEventTime = copyTime(evs[0].GetEventTime())
+	r.LastEventTime = copyTime(evs[len(evs)-1].GetEventTime())
+	r.Phone = proto.CloneOf(r.Phone)
+	r.AuthChannels = slices.Clone(r.AuthChannels)
+	r.Token = cmp.Or(f.successToken, r.Token)
+	// Stable sorts: ties keep (event_time, event_id) order.
+	slices.SortStableFunc(r.Fallbacks, compareFallbacks)
+	slices.SortStableFunc(r.Failures, compareFailures)
+	slices.SortFunc(f.channels, compareProgress)
+	r.Channels = make([]*eventsv1.ChannelProgress, len(f.channels))
+	for i, p := range f.channels {
+		r.Channels[i] = p.snapshot()
+	}
+	r.ActiveChannel = cmp.Or(f.fallbackTo, f.lastDelivery, first(r.AuthChannels))
+	r.Status = f.status(r)
 	return r
+}
+
+func (f *folder) status(r *eventsv1.AuthRequest) eventsv1.RequestStatus {
+	switch {
+	case f.succeeded:
+		return eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
+	case f.unreachable || channelStatus(r, r.ActiveChannel) == eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED:
+		return eventsv1.RequestStatus_REQUEST_STATUS_FAILED
+	default:
+		return eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS
+	}
+}
+
+func channelStatus(r *eventsv1.AuthRequest, channel string) eventsv1.DeliveryStatus {
+	for _, c := range r.GetChannels() {
+		if c.GetChannel() == channel {
+			return c.GetStatus()
+		}
+	}
+	return eventsv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED
+}
+
+func compareFallbacks(a, b *eventsv1.Fallback) int {
+	return cmp.Or(
+		compareTime(a.GetTime(), b.GetTime()),
+		strings.Compare(a.GetToChannel(), b.GetToChannel()),
+		strings.Compare(a.GetFromChannel(), b.GetFromChannel()),
+	)
+}
+
+func compareFailures(a, b *eventsv1.Failure) int {
+	return cmp.Or(
+		compareTime(a.GetTime(), b.GetTime()),
+		strings.Compare(a.GetChannel(), b.GetChannel()),
+		strings.Compare(a.GetError().GetCode(), b.GetError().GetCode()),
+	)
+}
+
+// compareTime orders timestamps; nil sorts as the zero time (the epoch).
+func compareTime(a, b *timestamppb.Timestamp) int {
+	return cmp.Or(cmp.Compare(a.GetSeconds(), b.GetSeconds()), cmp.Compare(a.GetNanos(), b.GetNanos()))
+}
+
+// copyTime returns a copy of t, so that snapshots never share a message
+// with the events they were made of.
+func copyTime(t *timestamppb.Timestamp) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return &timestamppb.Timestamp{Seconds: t.GetSeconds(), Nanos: t.GetNanos()}
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
 }

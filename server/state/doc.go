@@ -1,0 +1,40 @@
+// Package state folds a request's normalized events into its AuthRequest
+// snapshot. The fold is pure and order-independent: apart from revision and
+// update_time, which the caller sets, the snapshot is a function of the set
+// of distinct events (by event_id) that belong to the request. Fold sorts
+// the events by (event_time, event_id) and every rule below is stated on
+// that set, so arrival order and retried webhooks never change the result.
+//
+// # Delivery status of one channel
+//
+// Delivery reports (kind DELIVERY) move a channel along
+//
+//	(no report) -> SENT -> DELIVERED -> READ -> CLICKED
+//	                  \-> FAILED -/
+//
+// A step is observed at the earliest time a report names it; a later step
+// implies every earlier one, which is then marked implied and timed at the
+// earliest observed later step. A channel is FAILED when a FAILED report
+// exists and no step past SENT was observed; a report of DELIVERED or later
+// moves it on. Reports with an unknown status or without a channel only
+// count towards event_count and the first and last event times.
+//
+// # Request status
+//
+//	UNSPECIFIED  no event.
+//	IN_PROGRESS  some event, and none of the rules below applies.
+//	FAILED       an UNREACHABLE system event exists, or the active channel
+//	             is FAILED. A FALLBACK to another channel changes the active
+//	             channel and so leaves FAILED (UNREACHABLE excepted).
+//	SUCCESS      a SUCCESS auth event exists. Terminal: nothing leaves it.
+//
+// The active channel is the target of the latest fallback, else the channel
+// of the latest delivery report, else the first channel of auth_channels.
+// Where events disagree on a single-valued field, the latest event carrying
+// a value wins; the token prefers SUCCESS events.
+//
+// Adding events never lowers a channel along DeliveryStatuses and never
+// moves a request out of SUCCESS.
+//
+// It imports only the generated API types and protobuf.
+package state
