@@ -1,0 +1,590 @@
+package state_test
+
+import (
+	"slices"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/state"
+)
+
+const (
+	reqID = "req-1"
+	epoch = 1764153000 // seconds; event times are offsets from it
+)
+
+var (
+	inProgress = eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS
+	reqFailed  = eventsv1.RequestStatus_REQUEST_STATUS_FAILED
+	reqSuccess = eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
+	sent       = eventsv1.DeliveryStatus_DELIVERY_STATUS_SENT
+	delivered  = eventsv1.DeliveryStatus_DELIVERY_STATUS_DELIVERED
+	read       = eventsv1.DeliveryStatus_DELIVERY_STATUS_READ
+	clicked    = eventsv1.DeliveryStatus_DELIVERY_STATUS_CLICKED
+	chFailed   = eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED
+)
+
+func at(sec int64) *timestamppb.Timestamp { return &timestamppb.Timestamp{Seconds: epoch + sec} }
+
+func observed(sec int64) *eventsv1.Step { return &eventsv1.Step{Time: at(sec)} }
+
+func implied(sec int64) *eventsv1.Step { return &eventsv1.Step{Time: at(sec), Implied: true} }
+
+func event(id string, sec int64, kind eventsv1.EventKind, status string) *eventsv1.Event {
+	return &eventsv1.Event{EventId: id, RequestId: reqID, Kind: kind, Status: status, EventTime: at(sec)}
+}
+
+func dlr(id string, sec int64, channel, status string) *eventsv1.Event {
+	e := event(id, sec, eventsv1.EventKind_EVENT_KIND_DELIVERY, status)
+	e.Channel = channel
+	return e
+}
+
+func dlrFailed(id string, sec int64, channel, code string) *eventsv1.Event {
+	e := dlr(id, sec, channel, "FAILED")
+	e.Error = errInfo(code)
+	return e
+}
+
+func errInfo(code string) *eventsv1.ErrorInfo {
+	return &eventsv1.ErrorInfo{Code: code, Message: "failed with " + code}
+}
+
+func initiated(id string, sec int64, channels ...string) *eventsv1.Event {
+	e := event(id, sec, eventsv1.EventKind_EVENT_KIND_AUTH, "INITIATED")
+	e.AuthMethod = "OTP"
+	e.AuthChannels = channels
+	return e
+}
+
+func success(id string, sec int64, token string) *eventsv1.Event {
+	e := event(id, sec, eventsv1.EventKind_EVENT_KIND_AUTH, "SUCCESS")
+	e.Token = token
+	return e
+}
+
+func fallback(id string, sec int64, from, to string) *eventsv1.Event {
+	e := event(id, sec, eventsv1.EventKind_EVENT_KIND_AUTH, "FALLBACK")
+	e.FromChannel, e.ToChannel = from, to
+	return e
+}
+
+func unreachable(id string, sec int64) *eventsv1.Event {
+	return event(id, sec, eventsv1.EventKind_EVENT_KIND_SYSTEM, "UNREACHABLE")
+}
+
+// with applies edit to e and returns it.
+func with(e *eventsv1.Event, edit func(*eventsv1.Event)) *eventsv1.Event {
+	edit(e)
+	return e
+}
+
+// snapshot is the expected AuthRequest skeleton for count events spanning
+// [first, last].
+func snapshot(status eventsv1.RequestStatus, count int32, first, last int64) *eventsv1.AuthRequest {
+	return &eventsv1.AuthRequest{
+		RequestId:      reqID,
+		Status:         status,
+		EventCount:     count,
+		FirstEventTime: at(first),
+		LastEventTime:  at(last),
+	}
+}
+
+// edit applies f to r and returns it.
+func edit(r *eventsv1.AuthRequest, f func(*eventsv1.AuthRequest)) *eventsv1.AuthRequest {
+	f(r)
+	return r
+}
+
+type foldCase struct {
+	name   string
+	events []*eventsv1.Event
+	want   *eventsv1.AuthRequest
+}
+
+func foldCases() []foldCase {
+	return []foldCase{
+		{
+			name: "no events",
+			want: &eventsv1.AuthRequest{RequestId: reqID},
+		},
+		{
+			name:   "initiated only: active is the first auth channel",
+			events: []*eventsv1.Event{initiated("i", 0, "WHATSAPP", "SMS")},
+			want: edit(snapshot(inProgress, 1, 0, 0), func(r *eventsv1.AuthRequest) {
+				r.AuthMethod = "OTP"
+				r.AuthChannels = []string{"WHATSAPP", "SMS"}
+				r.ActiveChannel = "WHATSAPP"
+			}),
+		},
+		{
+			name: "all steps observed at their earliest report",
+			events: []*eventsv1.Event{
+				dlr("s2", 3, "WHATSAPP", "SENT"),
+				dlr("s1", 1, "WHATSAPP", "SENT"),
+				dlr("d", 4, "WHATSAPP", "DELIVERED"),
+				dlr("r", 6, "WHATSAPP", "READ"),
+				dlr("c", 8, "WHATSAPP", "CLICKED"),
+			},
+			want: edit(snapshot(inProgress, 5, 1, 8), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "WHATSAPP"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "WHATSAPP", Status: clicked,
+					Sent: observed(1), Delivered: observed(4), Read: observed(6), Clicked: observed(8),
+				}}
+			}),
+		},
+		{
+			name: "later step implies earlier ones at its time",
+			events: []*eventsv1.Event{
+				dlr("r", 7, "WHATSAPP", "READ"),
+				dlr("c", 9, "WHATSAPP", "CLICKED"),
+			},
+			want: edit(snapshot(inProgress, 2, 7, 9), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "WHATSAPP"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "WHATSAPP", Status: clicked,
+					Sent: implied(7), Delivered: implied(7), Read: observed(7), Clicked: observed(9),
+				}}
+			}),
+		},
+		{
+			name: "implied time is the earliest observed later step",
+			events: []*eventsv1.Event{
+				dlr("d", 3, "SMS", "DELIVERED"),
+				dlr("r", 2, "SMS", "READ"), // provider clocks disagree
+			},
+			want: edit(snapshot(inProgress, 2, 2, 3), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "SMS", Status: read,
+					Sent: implied(2), Delivered: observed(3), Read: observed(2),
+				}}
+			}),
+		},
+		{
+			name:   "failed without send",
+			events: []*eventsv1.Event{dlrFailed("f", 2, "WHATSAPP", "003")},
+			want: edit(snapshot(reqFailed, 1, 2, 2), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "WHATSAPP"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "WHATSAPP", Status: chFailed, Failed: observed(2), Error: errInfo("003"),
+				}}
+				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("003"), Time: at(2)}}
+			}),
+		},
+		{
+			name: "sent then failed twice: earliest failure is the channel's",
+			events: []*eventsv1.Event{
+				dlr("s", 1, "WHATSAPP", "SENT"),
+				dlrFailed("f2", 5, "WHATSAPP", "024"),
+				dlrFailed("f1", 2, "WHATSAPP", "033"),
+			},
+			want: edit(snapshot(reqFailed, 3, 1, 5), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "WHATSAPP"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "WHATSAPP", Status: chFailed, Sent: observed(1), Failed: observed(2), Error: errInfo("033"),
+				}}
+				r.Failures = []*eventsv1.Failure{
+					{Channel: "WHATSAPP", Error: errInfo("033"), Time: at(2)},
+					{Channel: "WHATSAPP", Error: errInfo("024"), Time: at(5)},
+				}
+			}),
+		},
+		{
+			name: "delivered after failed: the channel moves on, the failure stays",
+			events: []*eventsv1.Event{
+				dlrFailed("f", 2, "SMS", "00a"),
+				dlr("d", 4, "SMS", "DELIVERED"),
+			},
+			want: edit(snapshot(inProgress, 2, 2, 4), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "SMS", Status: delivered,
+					Sent: implied(4), Delivered: observed(4), Failed: observed(2), Error: errInfo("00a"),
+				}}
+				r.Failures = []*eventsv1.Failure{{Channel: "SMS", Error: errInfo("00a"), Time: at(2)}}
+			}),
+		},
+		{
+			name: "failed then fallback: the request is in progress on the new channel",
+			events: []*eventsv1.Event{
+				initiated("i", 0, "WHATSAPP", "SMS"),
+				dlr("s", 1, "WHATSAPP", "SENT"),
+				dlrFailed("f", 2, "WHATSAPP", "033"),
+				fallback("fb", 3, "WHATSAPP", "SMS"),
+				dlr("d", 5, "SMS", "DELIVERED"),
+			},
+			want: edit(snapshot(inProgress, 5, 0, 5), func(r *eventsv1.AuthRequest) {
+				r.AuthMethod = "OTP"
+				r.AuthChannels = []string{"WHATSAPP", "SMS"}
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: chFailed, Sent: observed(1), Failed: observed(2), Error: errInfo("033")},
+					{Channel: "SMS", Status: delivered, Sent: implied(5), Delivered: observed(5)},
+				}
+				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(3)}}
+				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("033"), Time: at(2)}}
+			}),
+		},
+		{
+			name: "fallback beats a later report on the old channel",
+			events: []*eventsv1.Event{
+				fallback("fb", 3, "WHATSAPP", "SMS"),
+				dlrFailed("f", 4, "WHATSAPP", "101"),
+			},
+			want: edit(snapshot(inProgress, 2, 3, 4), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: chFailed, Failed: observed(4), Error: errInfo("101")},
+				}
+				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(3)}}
+				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("101"), Time: at(4)}}
+			}),
+		},
+		{
+			name: "latest fallback names the active channel; fallbacks by (time, to, from)",
+			events: []*eventsv1.Event{
+				fallback("fb3", 6, "SMS", "VIBER"),
+				fallback("fb2", 3, "WHATSAPP", "SMS"),
+				fallback("fb1", 3, "SILENT_AUTH", "SMS"),
+				fallback("fb0", 3, "", "EMAIL"),
+			},
+			want: edit(snapshot(inProgress, 4, 3, 6), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "VIBER"
+				r.Fallbacks = []*eventsv1.Fallback{
+					{ToChannel: "EMAIL", Time: at(3)},
+					{FromChannel: "SILENT_AUTH", ToChannel: "SMS", Time: at(3)},
+					{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(3)},
+					{FromChannel: "SMS", ToChannel: "VIBER", Time: at(6)},
+				}
+			}),
+		},
+		{
+			name: "active is the channel of the latest delivery report",
+			events: []*eventsv1.Event{
+				initiated("i", 0, "EMAIL"),
+				dlr("w", 1, "WHATSAPP", "SENT"),
+				dlr("s", 2, "SMS", "SENT"),
+			},
+			want: edit(snapshot(inProgress, 3, 0, 2), func(r *eventsv1.AuthRequest) {
+				r.AuthMethod = "OTP"
+				r.AuthChannels = []string{"EMAIL"}
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: sent, Sent: observed(1)},
+					{Channel: "SMS", Status: sent, Sent: observed(2)},
+				}
+			}),
+		},
+		{
+			name: "channels by earliest report, then name; failures by (time, channel, code)",
+			events: []*eventsv1.Event{
+				dlrFailed("v", 2, "VIBER", "103"),
+				dlrFailed("e", 2, "EMAIL", "024"),
+				dlrFailed("e2", 2, "EMAIL", "003"),
+				dlr("w", 1, "WHATSAPP", "SENT"),
+			},
+			want: edit(snapshot(reqFailed, 4, 1, 2), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "VIBER" // latest report by (time, event id)
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: sent, Sent: observed(1)},
+					{Channel: "EMAIL", Status: chFailed, Failed: observed(2), Error: errInfo("024")},
+					{Channel: "VIBER", Status: chFailed, Failed: observed(2), Error: errInfo("103")},
+				}
+				r.Failures = []*eventsv1.Failure{
+					{Channel: "EMAIL", Error: errInfo("003"), Time: at(2)},
+					{Channel: "EMAIL", Error: errInfo("024"), Time: at(2)},
+					{Channel: "VIBER", Error: errInfo("103"), Time: at(2)},
+				}
+			}),
+		},
+		{
+			name: "success is terminal even when a failure comes after",
+			events: []*eventsv1.Event{
+				dlr("s", 1, "WHATSAPP", "SENT"),
+				success("ok", 5, "tok"),
+				dlrFailed("f", 7, "WHATSAPP", "024"),
+				unreachable("u", 8),
+			},
+			want: edit(snapshot(reqSuccess, 4, 1, 8), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "WHATSAPP"
+				r.Token = "tok"
+				r.SuccessTime = at(5)
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: chFailed, Sent: observed(1), Failed: observed(7), Error: errInfo("024")},
+				}
+				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("024"), Time: at(7)}}
+			}),
+		},
+		{
+			name: "success time is the earliest success; token from the latest success carrying one",
+			events: []*eventsv1.Event{
+				success("ok2", 9, ""),
+				success("ok1", 4, "tok-success"),
+				with(unreachable("u", 6), func(e *eventsv1.Event) { e.Token = "tok-system" }),
+			},
+			want: edit(snapshot(reqSuccess, 3, 4, 9), func(r *eventsv1.AuthRequest) {
+				r.Token = "tok-success"
+				r.SuccessTime = at(4)
+			}),
+		},
+		{
+			name: "unreachable fails the request",
+			events: []*eventsv1.Event{
+				dlr("d", 2, "SMS", "DELIVERED"),
+				unreachable("u", 3),
+				event("m", 4, eventsv1.EventKind_EVENT_KIND_SYSTEM, "MAINTENANCE"),
+			},
+			want: edit(snapshot(reqFailed, 3, 2, 4), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "SMS", Status: delivered, Sent: implied(2), Delivered: observed(2)},
+				}
+			}),
+		},
+		{
+			name: "unreachable stands after a fallback",
+			events: []*eventsv1.Event{
+				unreachable("u", 1),
+				fallback("fb", 2, "WHATSAPP", "SMS"),
+			},
+			want: edit(snapshot(reqFailed, 2, 1, 2), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(2)}}
+			}),
+		},
+		{
+			name: "unknown statuses are counted only; unknown channels are kept",
+			events: []*eventsv1.Event{
+				dlr("q", 0, "WHATSAPP", "QUEUED"),
+				dlr("nochan", 1, "", "SENT"),
+				dlr("t", 2, "TELEGRAM", "SENT"),
+				event("x", 3, eventsv1.EventKind_EVENT_KIND_AUTH, "EXPIRED"),
+				event("y", 4, eventsv1.EventKind_EVENT_KIND_SYSTEM, "MAINTENANCE"),
+				event("z", 5, eventsv1.EventKind_EVENT_KIND_UNSPECIFIED, "SUCCESS"),
+				dlr("w", 6, "WHATSAPP", "SUCCESS"),
+			},
+			want: edit(snapshot(inProgress, 7, 0, 6), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "TELEGRAM"
+				r.Channels = []*eventsv1.ChannelProgress{{Channel: "TELEGRAM", Status: sent, Sent: observed(2)}}
+			}),
+		},
+		{
+			name: "duplicates count once",
+			events: []*eventsv1.Event{
+				dlr("s", 1, "VIBER", "SENT"),
+				dlr("s", 1, "VIBER", "SENT"),
+				dlrFailed("f", 2, "VIBER", "024"),
+				dlrFailed("f", 2, "VIBER", "024"),
+				fallback("fb", 3, "VIBER", "SMS"),
+				fallback("fb", 3, "VIBER", "SMS"),
+				dlr("s", 1, "VIBER", "SENT"),
+			},
+			want: edit(snapshot(inProgress, 3, 1, 3), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "VIBER", Status: chFailed, Sent: observed(1), Failed: observed(2), Error: errInfo("024")},
+				}
+				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "VIBER", ToChannel: "SMS", Time: at(3)}}
+				r.Failures = []*eventsv1.Failure{{Channel: "VIBER", Error: errInfo("024"), Time: at(2)}}
+			}),
+		},
+		{
+			name: "events of another request are ignored",
+			events: []*eventsv1.Event{
+				dlr("s", 1, "SMS", "SENT"),
+				with(success("ok", 2, "tok"), func(e *eventsv1.Event) { e.RequestId = "req-2" }),
+				with(unreachable("u", 3), func(e *eventsv1.Event) { e.RequestId = "" }),
+				nil,
+			},
+			want: edit(snapshot(inProgress, 1, 1, 1), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{{Channel: "SMS", Status: sent, Sent: observed(1)}}
+			}),
+		},
+		{
+			name:   "only events of other requests",
+			events: []*eventsv1.Event{with(dlr("s", 1, "SMS", "SENT"), func(e *eventsv1.Event) { e.RequestId = "req-2" })},
+			want:   &eventsv1.AuthRequest{RequestId: reqID},
+		},
+		{
+			name: "latest event carrying a value wins",
+			events: []*eventsv1.Event{
+				with(initiated("i", 0, "WHATSAPP"), func(e *eventsv1.Event) {
+					e.AuthSessionId, e.TraceId, e.Email, e.Token = "as-old", "tr-old", "old@example.com", "tok-old"
+					e.Phone = &eventsv1.PhoneDetails{PhoneNumber: "1111111111", CountryCode: "+91"}
+				}),
+				with(dlr("s", 1, "WHATSAPP", "SENT"), func(e *eventsv1.Event) {
+					e.AuthSessionId, e.Identity = "as-new", "911111111111"
+					e.AuthChannels = []string{"VIBER"} // not an auth event: ignored
+				}),
+				with(dlr("d", 2, "WHATSAPP", "DELIVERED"), func(e *eventsv1.Event) {
+					e.TraceId, e.Identity = "tr-new", "912222222222"
+				}),
+				with(dlr("r", 3, "WHATSAPP", "READ"), func(e *eventsv1.Event) {
+					e.Phone = &eventsv1.PhoneDetails{} // empty: does not count
+				}),
+				with(initiated("i2", 4, "SMS", "VIBER"), func(e *eventsv1.Event) {
+					e.AuthMethod, e.Email, e.Token = "MAGIC_LINK", "new@example.com", "tok-new"
+					e.Phone = &eventsv1.PhoneDetails{PhoneNumber: "2222222222"}
+				}),
+				initiated("i3", 5), // no channels: the list stands
+			},
+			want: edit(snapshot(inProgress, 6, 0, 5), func(r *eventsv1.AuthRequest) {
+				r.AuthSessionId, r.TraceId = "as-new", "tr-new"
+				r.AuthMethod = "OTP" // i3 is the latest carrying one
+				r.AuthChannels = []string{"SMS", "VIBER"}
+				r.Email, r.Token = "new@example.com", "tok-new"
+				r.Phone = &eventsv1.PhoneDetails{PhoneNumber: "2222222222"}
+				r.ActiveChannel = "WHATSAPP"
+				r.Channels = []*eventsv1.ChannelProgress{{
+					Channel: "WHATSAPP", Status: read, Identity: "912222222222",
+					Sent: observed(1), Delivered: observed(2), Read: observed(3),
+				}}
+			}),
+		},
+	}
+}
+
+func TestFold(t *testing.T) {
+	t.Parallel()
+	for _, tc := range foldCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			assertSnapshot(t, state.Fold(reqID, tc.events), tc.want)
+			reversed := slices.Clone(tc.events)
+			slices.Reverse(reversed)
+			assertSnapshot(t, state.Fold(reqID, reversed), tc.want)
+		})
+	}
+}
+
+// TestEveryStatusReached checks that the cases of TestFold cover every
+// status of state.RequestStatuses and state.DeliveryStatuses.
+func TestEveryStatusReached(t *testing.T) {
+	t.Parallel()
+	requests := map[eventsv1.RequestStatus]bool{}
+	deliveries := map[eventsv1.DeliveryStatus]bool{
+		// No ChannelProgress carries it: a channel without reports is absent.
+		eventsv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED: true,
+	}
+	for _, tc := range foldCases() {
+		r := state.Fold(reqID, tc.events)
+		requests[r.GetStatus()] = true
+		for _, c := range r.GetChannels() {
+			deliveries[c.GetStatus()] = true
+		}
+	}
+	for _, s := range state.RequestStatuses() {
+		if !requests[s] {
+			t.Errorf("no case reaches %v", s)
+		}
+	}
+	for _, s := range state.DeliveryStatuses() {
+		if !deliveries[s] {
+			t.Errorf("no case reaches %v", s)
+		}
+	}
+}
+
+func TestStatusListsAreExhaustive(t *testing.T) {
+	t.Parallel()
+	assertExhaustive(t, state.RequestStatuses(), eventsv1.RequestStatus_name)
+	assertExhaustive(t, state.DeliveryStatuses(), eventsv1.DeliveryStatus_name)
+}
+
+func assertExhaustive[S ~int32](t *testing.T, list []S, names map[int32]string) {
+	t.Helper()
+	seen := map[int32]bool{}
+	for _, s := range list {
+		if _, ok := names[int32(s)]; !ok || seen[int32(s)] {
+			t.Errorf("list holds unknown or repeated value %d", s)
+		}
+		seen[int32(s)] = true
+	}
+	for v, name := range names {
+		if !seen[v] {
+			t.Errorf("list misses %s", name)
+		}
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	t.Parallel()
+	for _, s := range state.RequestStatuses() {
+		want := s == eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
+		if got := state.Terminal(&eventsv1.AuthRequest{Status: s}); got != want {
+			t.Errorf("Terminal(%v) = %v, want %v", s, got, want)
+		}
+	}
+	if state.Terminal(nil) {
+		t.Error("Terminal(nil) = true")
+	}
+}
+
+// TestFoldCopies checks that Fold leaves its input alone and that the
+// snapshot shares no message with it.
+func TestFoldCopies(t *testing.T) {
+	t.Parallel()
+	events := []*eventsv1.Event{
+		with(success("ok", 9, "tok"), func(e *eventsv1.Event) {
+			e.Phone = &eventsv1.PhoneDetails{PhoneNumber: "9812345678", CountryCode: "+91"}
+			e.AuthChannels = []string{"SMS"}
+		}),
+		dlrFailed("f", 2, "WHATSAPP", "033"),
+		fallback("fb", 3, "WHATSAPP", "SMS"),
+		dlr("c", 5, "SMS", "CLICKED"),
+	}
+	before := make([]*eventsv1.Event, len(events))
+	for i, e := range events {
+		before[i] = proto.CloneOf(e)
+	}
+
+	r := state.Fold(reqID, events)
+	scribble(r.ProtoReflect())
+
+	for i := range events {
+		if !proto.Equal(events[i], before[i]) {
+			t.Errorf("event %d changed:\n got %v\nwant %v", i, events[i], before[i])
+		}
+	}
+}
+
+// scribble overwrites every scalar reachable from m.
+func scribble(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := range v.List().Len() {
+				scribble(v.List().Get(i).Message())
+			}
+		case fd.IsList():
+			for i := range v.List().Len() {
+				v.List().Set(i, protoreflect.ValueOfString("scribbled"))
+			}
+		case fd.Message() != nil:
+			scribble(v.Message())
+		case fd.Kind() == protoreflect.StringKind:
+			m.Set(fd, protoreflect.ValueOfString("scribbled"))
+		case fd.Kind() == protoreflect.Int64Kind:
+			m.Set(fd, protoreflect.ValueOfInt64(-1))
+		case fd.Kind() == protoreflect.Int32Kind:
+			m.Set(fd, protoreflect.ValueOfInt32(-1))
+		}
+		return true
+	})
+}
+
+func assertSnapshot(t *testing.T, got, want *eventsv1.AuthRequest) {
+	t.Helper()
+	if !proto.Equal(got, want) {
+		t.Errorf("snapshot differs\n got: %s\nwant: %s", prototext.Format(got), prototext.Format(want))
+	}
+}
