@@ -1,0 +1,170 @@
+package normalize
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// ErrInvalidBody means the body is not a JSON object that can be read as an
+// OTPLESS webhook. Errors wrapping it name the problem.
+var ErrInvalidBody = errors.New("invalid webhook body")
+
+// ErrUnrecognized means the body is a readable JSON object but has no
+// eventType, status or notificationType, so it matches no documented payload.
+var ErrUnrecognized = errors.New("unrecognized webhook")
+
+// Decode parses one webhook body into the OTPLESS model. Fields it does not
+// know are ignored, so that fields OTPLESS adds later do not break ingestion.
+// Errors wrap ErrInvalidBody.
+func Decode(body []byte) (*eventsv1.IngestRequest, error) {
+	if err := checkBody(body); err != nil {
+		return nil, err
+	}
+	req := new(eventsv1.IngestRequest)
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, req); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrInvalidBody, describeTypeError(body, err))
+	}
+	return req, nil
+}
+
+// checkBody rejects what protojson would report less clearly: an empty body,
+// invalid UTF-8, invalid JSON and a top-level value that is not an object.
+func checkBody(body []byte) error {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	switch {
+	case len(trimmed) == 0:
+		return fmt.Errorf("%w: body is empty", ErrInvalidBody)
+	case !utf8.Valid(body):
+		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidBody)
+	case !json.Valid(body):
+		return fmt.Errorf("%w: %s", ErrInvalidBody, describeSyntaxError(body))
+	case trimmed[0] != '{':
+		return fmt.Errorf("%w: expected a JSON object, got %s", ErrInvalidBody, jsonTypeOf(trimmed[0]))
+	}
+	return nil
+}
+
+// describeSyntaxError says where body, which json.Valid rejected, goes wrong.
+func describeSyntaxError(body []byte) string {
+	err := json.Unmarshal(body, new(json.RawMessage))
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf("not valid JSON: %s at offset %d", se, se.Offset)
+	}
+	return "not valid JSON"
+}
+
+// jsonTypeOf names the type of the JSON value starting with c.
+func jsonTypeOf(c byte) string {
+	switch c {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+// describeTypeError explains why protojson rejected body, a valid JSON
+// object. protojson reports a value of the wrong JSON type by position only
+// ("unexpected token 5"), so body is walked against the IngestRequest schema
+// to name the field; other problems (a duplicate field, say) keep protojson's
+// own message, which names the field.
+func describeTypeError(body []byte, err error) string {
+	var tree map[string]any
+	if json.Unmarshal(body, &tree) == nil {
+		if msg := objectTypeError(tree, (*eventsv1.IngestRequest)(nil).ProtoReflect().Descriptor(), ""); msg != "" {
+			return msg
+		}
+	}
+	return err.Error()
+}
+
+// objectTypeError returns a message naming the first field of obj whose
+// JSON type does not fit md, or "" when all fit. Fields md does not know are
+// skipped, as Decode ignores them; null stands for an unset field.
+func objectTypeError(obj map[string]any, md protoreflect.MessageDescriptor, prefix string) string {
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		name := fd.JSONName()
+		v, ok := obj[name]
+		if !ok {
+			name = string(fd.Name())
+			v, ok = obj[name]
+		}
+		if !ok || v == nil {
+			continue
+		}
+		if msg := fieldTypeError(fd, v, prefix+name); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+func fieldTypeError(fd protoreflect.FieldDescriptor, v any, path string) string {
+	if !fd.IsList() {
+		return valueTypeError(fd, v, path)
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return fmt.Sprintf("%s: expected an array, got %s", path, jsonTypeOfValue(v))
+	}
+	for i, elem := range list {
+		if msg := valueTypeError(fd, elem, fmt.Sprintf("%s[%d]", path, i)); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// valueTypeError checks one value of fd. The webhook schema has only
+// string and message fields; google.protobuf.Value takes any JSON.
+func valueTypeError(fd protoreflect.FieldDescriptor, v any, path string) string {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		if _, ok := v.(string); !ok {
+			return fmt.Sprintf("%s: expected a string, got %s", path, jsonTypeOfValue(v))
+		}
+	case protoreflect.MessageKind:
+		if fd.Message().FullName() == "google.protobuf.Value" {
+			return ""
+		}
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return fmt.Sprintf("%s: expected an object, got %s", path, jsonTypeOfValue(v))
+		}
+		return objectTypeError(obj, fd.Message(), path+".")
+	}
+	return ""
+}
+
+// jsonTypeOfValue names the JSON type of a value decoded by encoding/json.
+func jsonTypeOfValue(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "an object"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case nil:
+		return "null"
+	}
+	return "a number"
+}

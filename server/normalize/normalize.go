@@ -1,0 +1,246 @@
+// Package normalize turns one OTPLESS webhook body into normalized events.
+// It reads the documented payload generations (current and earlier v2,
+// legacy v1 delivery reports, legacy v1 system events), keeps fields and
+// values it does not know rather than rejecting them, and gives every event
+// an identity that a retried body reproduces.
+//
+// The package is pure: no I/O and no mutable package state. It imports only
+// the generated API types and the protobuf runtime.
+package normalize
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Events normalizes one decoded body into one or more events, with EventId,
+// EventTime (the body's time, else received) and ReceiveTime (received) set
+// and RawBody left empty. The format is chosen by the first field set of
+// notificationType (v1 system), eventType (v2) and status (v1 delivery); a
+// body with none of them is ErrUnrecognized. The events share no memory
+// with req.
+func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event, error) {
+	var (
+		format eventsv1.PayloadFormat
+		events []*eventsv1.Event
+	)
+	switch {
+	case isSet(req.GetNotificationType()):
+		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_SYSTEM, []*eventsv1.Event{v1SystemEvent(req)}
+	case isSet(req.GetEventType()):
+		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2, v2Events(req)
+	case isSet(req.GetStatus()):
+		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_DELIVERY, []*eventsv1.Event{v1DeliveryEvent(req)}
+	default:
+		return nil, fmt.Errorf("%w: no eventType, status or notificationType", ErrUnrecognized)
+	}
+	t := eventTime(req, received)
+	for _, e := range events {
+		e.Format = format
+		e.EventTime = timestamppb.New(t)
+		e.ReceiveTime = timestamppb.New(received)
+		e.EventId = eventID(e, t)
+	}
+	return events, nil
+}
+
+// eventTime is the top-level timestamp, else data.timestamp, else received.
+func eventTime(req *eventsv1.IngestRequest, received time.Time) time.Time {
+	for _, v := range [...]*structpb.Value{req.GetTimestamp(), req.GetData().GetTimestamp()} {
+		if t, ok := ParseTime(v); ok {
+			return t
+		}
+	}
+	return received
+}
+
+// v2Kind is DELIVERY for eventType DLR and AUTH for AUTH. For an eventType
+// this package does not know, the status decides, and a status it does not
+// know either makes a SYSTEM event.
+func v2Kind(eventType, status string) eventsv1.EventKind {
+	switch eventType {
+	case "DLR":
+		return eventsv1.EventKind_EVENT_KIND_DELIVERY
+	case "AUTH":
+		return eventsv1.EventKind_EVENT_KIND_AUTH
+	}
+	switch status {
+	case "SENT", "DELIVERED", "READ", "FAILED", "CLICKED":
+		return eventsv1.EventKind_EVENT_KIND_DELIVERY
+	case "INITIATED", "FALLBACK", "SUCCESS":
+		return eventsv1.EventKind_EVENT_KIND_AUTH
+	}
+	return eventsv1.EventKind_EVENT_KIND_SYSTEM
+}
+
+// v2Events makes one event per request id of a v2 body. Only auth events
+// carry authenticationDetails, and only they can yield several events.
+func v2Events(req *eventsv1.IngestRequest) []*eventsv1.Event {
+	d := req.GetData()
+	status := norm(d.GetStatus())
+	kind := v2Kind(norm(req.GetEventType()), status)
+	groups := []authGroup{{requestID: d.GetRequestId()}}
+	if kind == eventsv1.EventKind_EVENT_KIND_AUTH {
+		groups = authGroups(d.GetAuthenticationDetails(), d.GetRequestId())
+	}
+	events := make([]*eventsv1.Event, 0, len(groups))
+	for _, g := range groups {
+		events = append(events, &eventsv1.Event{
+			RequestId:     strings.Clone(g.requestID),
+			Kind:          kind,
+			Status:        status,
+			Channel:       norm(d.GetChannel()),
+			FromChannel:   norm(d.GetFromChannel()),
+			ToChannel:     norm(d.GetToChannel()),
+			Identity:      strings.Clone(d.GetIdentity()),
+			Error:         ErrorInfo(d.GetErrorCode(), d.GetErrorMessage()),
+			AuthMethod:    g.method(),
+			AuthChannels:  g.channels(),
+			Phone:         phoneDetails(g.phone.GetPhoneNumber(), g.phone.GetCountryCode()),
+			Email:         strings.Clone(g.email.GetEmail()),
+			Token:         strings.Clone(d.GetToken()),
+			AuthSessionId: strings.Clone(d.GetAuthSessionId()),
+			TraceId:       strings.Clone(d.GetTraceId()),
+		})
+	}
+	return events
+}
+
+// authGroup is the authenticationDetails entries of one request id.
+type authGroup struct {
+	requestID    string
+	phone, email *eventsv1.AuthDetail // nil when not in the group
+}
+
+// authGroups groups the non-empty phone and email entries by request id:
+// an entry's own requestId, else fallback (data.requestId, where the earlier
+// v2 revision puts it). Entries with the same id share one group; with no
+// entry, the one group has the fallback id.
+func authGroups(details *eventsv1.AuthenticationDetails, fallback string) []authGroup {
+	phone, email := nonEmpty(details.GetPhone()), nonEmpty(details.GetEmail())
+	phoneID, emailID := entryRequestID(phone, fallback), entryRequestID(email, fallback)
+	switch {
+	case phone == nil && email == nil:
+		return []authGroup{{requestID: fallback}}
+	case email == nil:
+		return []authGroup{{requestID: phoneID, phone: phone}}
+	case phone == nil:
+		return []authGroup{{requestID: emailID, email: email}}
+	case phoneID == emailID:
+		return []authGroup{{requestID: phoneID, phone: phone, email: email}}
+	}
+	return []authGroup{{requestID: phoneID, phone: phone}, {requestID: emailID, email: email}}
+}
+
+// nonEmpty returns nil for an entry that says nothing, such as "email": {}.
+func nonEmpty(d *eventsv1.AuthDetail) *eventsv1.AuthDetail {
+	if d.GetRequestId() == "" && d.GetMethod() == "" && len(d.GetChannel()) == 0 &&
+		d.GetPhoneNumber() == "" && d.GetCountryCode() == "" && d.GetEmail() == "" {
+		return nil
+	}
+	return d
+}
+
+func entryRequestID(d *eventsv1.AuthDetail, fallback string) string {
+	if id := d.GetRequestId(); id != "" {
+		return id
+	}
+	return fallback
+}
+
+// method is the phone entry's method if it has one, else the email entry's.
+func (g authGroup) method() string {
+	if m := norm(g.phone.GetMethod()); m != "" {
+		return m
+	}
+	return norm(g.email.GetMethod())
+}
+
+// channels lists the channels the group's entries name, phone first, with
+// "/"-joined names split, normalized and without repeats.
+func (g authGroup) channels() []string {
+	var out []string
+	for _, list := range [...][]string{g.phone.GetChannel(), g.email.GetChannel()} {
+		for _, elem := range list {
+			for name := range strings.SplitSeq(elem, "/") {
+				if name = norm(name); name != "" && !slices.Contains(out, name) {
+					out = append(out, name)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// v1DeliveryEvent reads a legacy delivery report.
+func v1DeliveryEvent(req *eventsv1.IngestRequest) *eventsv1.Event {
+	d := req.GetData()
+	return &eventsv1.Event{
+		RequestId: strings.Clone(d.GetReferenceId()),
+		Kind:      eventsv1.EventKind_EVENT_KIND_DELIVERY,
+		Status:    norm(req.GetStatus()),
+		Channel:   norm(d.GetChannel()),
+		Identity:  strings.Clone(d.GetIdentity()),
+		Error:     ErrorInfo(d.GetErrorCode(), d.GetErrorMessage()),
+	}
+}
+
+// v1SystemEvent reads a legacy system event as the Event message documents:
+// APPROVAL_ACTION is AUTH/SUCCESS, FALLBACK_TRIGGERED is AUTH/FALLBACK, and
+// any other notificationType (UNREACHABLE among them) is SYSTEM with the
+// notificationType as status. Token and mobile are kept whenever sent.
+func v1SystemEvent(req *eventsv1.IngestRequest) *eventsv1.Event {
+	e := &eventsv1.Event{
+		RequestId: strings.Clone(req.GetRequestId()),
+		Token:     strings.Clone(req.GetToken()),
+		Phone:     phoneDetails(req.GetMobile().GetNumber(), ""),
+	}
+	switch nt := norm(req.GetNotificationType()); nt {
+	case "APPROVAL_ACTION":
+		e.Kind, e.Status = eventsv1.EventKind_EVENT_KIND_AUTH, "SUCCESS"
+	case "FALLBACK_TRIGGERED":
+		e.Kind, e.Status = eventsv1.EventKind_EVENT_KIND_AUTH, "FALLBACK"
+		e.FromChannel, e.ToChannel = splitFallback(req.GetFallbackChannel())
+	default:
+		e.Kind, e.Status = eventsv1.EventKind_EVENT_KIND_SYSTEM, nt
+	}
+	return e
+}
+
+// splitFallback reads fallbackChannel: "FROM/TO", or a single name, which is
+// the channel fallen back to. Names after a second "/" are ignored.
+func splitFallback(s string) (from, to string) {
+	first, rest, found := strings.Cut(s, "/")
+	if !found {
+		return "", norm(first)
+	}
+	to, _, _ = strings.Cut(rest, "/")
+	return norm(first), norm(to)
+}
+
+// phoneDetails returns nil when number and country code are both empty.
+func phoneDetails(number, countryCode string) *eventsv1.PhoneDetails {
+	if number == "" && countryCode == "" {
+		return nil
+	}
+	return &eventsv1.PhoneDetails{
+		PhoneNumber: strings.Clone(number),
+		CountryCode: strings.Clone(countryCode),
+	}
+}
+
+// norm normalizes a status, channel, method or type: trimmed, upper-cased,
+// and copied.
+func norm(s string) string {
+	return strings.Clone(strings.ToUpper(strings.TrimSpace(s)))
+}
+
+func isSet(s string) bool {
+	return strings.TrimSpace(s) != ""
+}

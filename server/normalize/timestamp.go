@@ -1,0 +1,125 @@
+package normalize
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Epoch numbers are told apart by magnitude: below maxSeconds a number is
+// epoch seconds (up to the year 5138), below maxMillis milliseconds (from
+// 1973), below maxMicros microseconds, and nanoseconds above.
+const (
+	maxSeconds = 1e11
+	maxMillis  = 1e14
+	maxMicros  = 1e17
+)
+
+// isoLayouts are the ISO 8601 forms ParseTime reads, tried in order, after a
+// space between date and time has been replaced by "T". time.Parse accepts
+// fractional seconds after the seconds field even where the layout has none.
+var isoLayouts = [...]string{
+	time.RFC3339,               // "Z" or "+05:30"
+	"2006-01-02T15:04:05Z0700", // "+0530"
+	"2006-01-02T15:04:05",      // no zone: UTC
+	"2006-01-02",               // a plain date: midnight UTC
+}
+
+// ParseTime reads an OTPLESS timestamp: a number or a numeric string of
+// epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
+// magnitude; fractions are rounded to the microsecond, which is all a
+// float64 carries at these magnitudes), or an ISO 8601 / RFC 3339 string. It
+// reports false for a missing value, another JSON type, an unreadable string,
+// and times not after the Unix epoch. The time returned is in UTC.
+func ParseTime(v *structpb.Value) (time.Time, bool) {
+	var (
+		t  time.Time
+		ok bool
+	)
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_NumberValue:
+		t, ok = fromNumber(k.NumberValue)
+	case *structpb.Value_StringValue:
+		t, ok = fromString(strings.TrimSpace(k.StringValue))
+	}
+	if !ok || !t.After(time.Unix(0, 0)) {
+		return time.Time{}, false
+	}
+	return t.UTC(), true
+}
+
+// fromInt reads an epoch number exactly.
+func fromInt(n int64) time.Time {
+	switch {
+	case n < maxSeconds:
+		return time.Unix(n, 0)
+	case n < maxMillis:
+		return time.UnixMilli(n)
+	case n < maxMicros:
+		return time.UnixMicro(n)
+	}
+	return time.Unix(0, n)
+}
+
+// fromNumber reads an epoch number that arrived as a float64. Whole numbers
+// (every JSON integer below 2^53) are read exactly.
+func fromNumber(f float64) (time.Time, bool) {
+	if math.IsNaN(f) || f <= 0 || f >= math.MaxInt64 {
+		return time.Time{}, false
+	}
+	if f == math.Trunc(f) {
+		return fromInt(int64(f)), true
+	}
+	// A float64 with a fraction is below 2^53 < maxMicros.
+	perUnit := int64(1) // microseconds per unit of f
+	switch {
+	case f < maxSeconds:
+		perUnit = 1e6
+	case f < maxMillis:
+		perUnit = 1e3
+	}
+	whole := math.Floor(f)
+	frac := int64(math.Round((f - whole) * float64(perUnit)))
+	return time.UnixMicro(int64(whole)*perUnit + frac), true
+}
+
+func fromString(s string) (time.Time, bool) {
+	if isDecimal(s) {
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return fromInt(n), true
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return time.Time{}, false
+		}
+		return fromNumber(f)
+	}
+	if len(s) > len("2006-01-02") && s[len("2006-01-02")] == ' ' {
+		s = s[:len("2006-01-02")] + "T" + s[len("2006-01-02")+1:]
+	}
+	for _, layout := range isoLayouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// isDecimal reports whether s is digits with at most one decimal point.
+func isDecimal(s string) bool {
+	digits, points := 0, 0
+	for _, c := range []byte(s) {
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '.':
+			points++
+		default:
+			return false
+		}
+	}
+	return digits > 0 && points <= 1
+}
