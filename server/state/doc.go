@@ -25,8 +25,11 @@
 //	IN_PROGRESS  some event, and none of the rules below applies.
 //	FAILED       an UNREACHABLE system event exists, or the active channel
 //	             is FAILED. A FALLBACK to another channel changes the active
-//	             channel and so leaves FAILED (UNREACHABLE excepted).
+//	             channel and so leaves FAILED, unless UNREACHABLE was reported.
 //	SUCCESS      a SUCCESS auth event exists. Terminal: nothing leaves it.
+//
+// Statuses count only with their kind: steps and FAILED on DELIVERY events,
+// SUCCESS and FALLBACK on AUTH events, UNREACHABLE on SYSTEM events.
 //
 // The active channel is the target of the latest fallback, else the channel
 // of the latest delivery report, else the first channel of auth_channels.
