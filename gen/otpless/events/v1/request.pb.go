@@ -32,9 +32,10 @@ const (
 	RequestStatus_REQUEST_STATUS_UNSPECIFIED RequestStatus = 0
 	// Some event is known and none of the rules below applies.
 	RequestStatus_REQUEST_STATUS_IN_PROGRESS RequestStatus = 1
-	// The active channel reported FAILED, or OTPLESS reported the user
-	// UNREACHABLE. Not terminal: a later FALLBACK to another channel moves the
-	// request back to IN_PROGRESS, and SUCCESS moves it to SUCCESS.
+	// The active channel reported FAILED (and nothing past SENT), or OTPLESS
+	// reported the user UNREACHABLE. Not terminal: SUCCESS moves the request
+	// to SUCCESS, and a FALLBACK to another channel moves a request failed by
+	// its channel back to IN_PROGRESS (UNREACHABLE stays FAILED).
 	RequestStatus_REQUEST_STATUS_FAILED RequestStatus = 2
 	// OTPLESS reported SUCCESS (or legacy APPROVAL_ACTION). Terminal: no later
 	// event moves the request out of it.
@@ -537,7 +538,8 @@ type AuthRequest struct {
 	// else the channel of the latest delivery report, else the first channel
 	// named by an auth event.
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
-	// Delivery progress, one entry per channel, ordered by first event time.
+	// Delivery progress, one entry per channel, ordered by first event time,
+	// then channel name.
 	Channels []*ChannelProgress `protobuf:"bytes,7,rep,name=channels,proto3" json:"channels,omitempty"`
 	// Fallbacks in time order.
 	Fallbacks []*Fallback `protobuf:"bytes,8,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
@@ -551,7 +553,8 @@ type AuthRequest struct {
 	Phone *PhoneDetails `protobuf:"bytes,12,opt,name=phone,proto3" json:"phone,omitempty"`
 	// The email address being authenticated.
 	Email string `protobuf:"bytes,13,opt,name=email,proto3" json:"email,omitempty"`
-	// The OTPLESS token from SUCCESS.
+	// The OTPLESS token: from the latest SUCCESS carrying one, else from the
+	// latest event carrying one.
 	Token string `protobuf:"bytes,14,opt,name=token,proto3" json:"token,omitempty"`
 	// When SUCCESS happened.
 	SuccessTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=success_time,json=successTime,proto3" json:"success_time,omitempty"`
