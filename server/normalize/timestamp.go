@@ -97,6 +97,7 @@ func fromString(s string) (time.Time, bool) {
 		}
 		return fromNumber(f)
 	}
+	s = strings.ToUpper(s) // RFC 3339 allows "t" and "z"
 	if len(s) > len("2006-01-02") && s[len("2006-01-02")] == ' ' {
 		s = s[:len("2006-01-02")] + "T" + s[len("2006-01-02")+1:]
 	}

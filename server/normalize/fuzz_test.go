@@ -1,0 +1,50 @@
+package normalize_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/server/normalize"
+)
+
+// FuzzNormalize feeds arbitrary bodies through Decode and Events: they must
+// not panic, must fail only with the package's sentinel errors, and every
+// event they produce must have an id and a valid event time.
+func FuzzNormalize(f *testing.F) {
+	for _, doc := range fixtures.Docs(f) {
+		f.Add(doc.Body)
+	}
+	for _, s := range fixtures.Scenarios(f) {
+		for _, body := range s.Bodies {
+			f.Add(body)
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := normalize.Decode(body)
+		if err != nil {
+			if !errors.Is(err, normalize.ErrInvalidBody) {
+				t.Fatalf("Decode error %v is not ErrInvalidBody", err)
+			}
+			return
+		}
+		events, err := normalize.Events(req, received)
+		if err != nil {
+			if !errors.Is(err, normalize.ErrUnrecognized) {
+				t.Fatalf("Events error %v is not ErrUnrecognized", err)
+			}
+			return
+		}
+		if len(events) == 0 {
+			t.Fatal("no events and no error")
+		}
+		for _, e := range events {
+			if e.GetEventId() == "" {
+				t.Errorf("event without id: %v", e)
+			}
+			if err := e.GetEventTime().CheckValid(); err != nil {
+				t.Errorf("event time: %v", err)
+			}
+		}
+	})
+}

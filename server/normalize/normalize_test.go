@@ -1,0 +1,455 @@
+package normalize_test
+
+import (
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"google.golang.org/protobuf/proto"
+)
+
+// TestScenarios runs every line of every scenario and checks what holds for
+// all of them: each yields events with a request id, an event id, the
+// receive time, and the body's own timestamp as event time.
+func TestScenarios(t *testing.T) {
+	t.Parallel()
+	for _, s := range fixtures.Scenarios(t) {
+		t.Run(s.Name, func(t *testing.T) {
+			t.Parallel()
+			for i, body := range s.Bodies {
+				want := bodyTime(t, body)
+				events := normalizeBody(t, body)
+				if len(events) == 0 {
+					t.Fatalf("line %d: no events", i+1)
+				}
+				for _, e := range events {
+					if e.GetRequestId() == "" || e.GetEventId() == "" {
+						t.Errorf("line %d: request id %q, event id %q; want both set", i+1, e.GetRequestId(), e.GetEventId())
+					}
+					if got := e.GetEventTime().AsTime(); !got.Equal(want) {
+						t.Errorf("line %d: event time %v, want %v", i+1, got, want)
+					}
+					if got := e.GetReceiveTime().AsTime(); !got.Equal(received) {
+						t.Errorf("line %d: receive time %v, want %v", i+1, got, received)
+					}
+				}
+			}
+		})
+	}
+}
+
+// bodyTime reads a scenario body's top-level timestamp independently of
+// ParseTime: the scenarios hold 10-digit epoch seconds and 13-digit epoch
+// milliseconds.
+func bodyTime(t *testing.T, body []byte) time.Time {
+	t.Helper()
+	var b struct {
+		Timestamp json.Number `json:"timestamp"`
+		Data      struct {
+			Timestamp json.Number `json:"timestamp"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		t.Fatal(err)
+	}
+	ts := cmpOr(b.Timestamp, b.Data.Timestamp)
+	n, err := ts.Int64()
+	if err != nil {
+		t.Fatalf("timestamp %q: %v", ts, err)
+	}
+	switch len(ts) {
+	case 10:
+		return time.Unix(n, 0)
+	case 13:
+		return time.UnixMilli(n)
+	}
+	t.Fatalf("timestamp %q is neither seconds nor milliseconds", ts)
+	return time.Time{}
+}
+
+func cmpOr(a, b json.Number) json.Number {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func TestScenarioPhoneAndEmail(t *testing.T) {
+	t.Parallel()
+	s := scenario(t, "phone-and-email")
+	events := normalizeBody(t, s.Bodies[0])
+	if len(events) != 2 {
+		t.Fatalf("INITIATED yields %d events, want 2 (phone and email request ids differ)", len(events))
+	}
+	phone, email := events[0], events[1]
+	if phone.GetRequestId() == email.GetRequestId() {
+		t.Errorf("both events have request id %q", phone.GetRequestId())
+	}
+	if phone.GetEventId() == email.GetEventId() {
+		t.Errorf("both events have event id %q", phone.GetEventId())
+	}
+	if phone.GetPhone() == nil || phone.GetEmail() != "" || phone.GetAuthMethod() != "OTP" || !slices.Equal(phone.GetAuthChannels(), []string{"SMS"}) {
+		t.Errorf("phone event = %v", phone)
+	}
+	if email.GetPhone() != nil || email.GetEmail() == "" || email.GetAuthMethod() != "MAGIC_LINK" || !slices.Equal(email.GetAuthChannels(), []string{"EMAIL"}) {
+		t.Errorf("email event = %v", email)
+	}
+}
+
+func scenario(t *testing.T, name string) fixtures.Scenario {
+	t.Helper()
+	for _, s := range fixtures.Scenarios(t) {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no scenario %s", name)
+	return fixtures.Scenario{}
+}
+
+// TestAuthGroups checks how v2 auth entries are grouped into events by
+// request id.
+func TestAuthGroups(t *testing.T) {
+	t.Parallel()
+	type want struct {
+		requestID, method, email string
+		channels                 []string
+		phone                    bool
+	}
+	tests := []struct {
+		name string
+		data string // the "data" object of an AUTH INITIATED body
+		want []want
+	}{
+		{
+			name: "same id: one event with both",
+			data: `{"authenticationDetails": {"phone": {"requestId": "r1", "method": "otp", "channel": ["WHATSAPP/sms", " EMAIL "], "phoneNumber": "98"}, "email": {"requestId": "r1", "method": "MAGIC_LINK", "channel": ["EMAIL", "whatsapp"], "email": "a@b"}}}`,
+			want: []want{{requestID: "r1", method: "OTP", email: "a@b", channels: []string{"WHATSAPP", "SMS", "EMAIL"}, phone: true}},
+		},
+		{
+			name: "different ids: one event each",
+			data: `{"authenticationDetails": {"phone": {"requestId": "r1", "channel": ["SMS"], "phoneNumber": "98"}, "email": {"requestId": "r2", "method": "OTP", "email": "a@b"}}}`,
+			want: []want{{requestID: "r1", channels: []string{"SMS"}, phone: true}, {requestID: "r2", method: "OTP", email: "a@b"}},
+		},
+		{
+			name: "entry without id takes data.requestId",
+			data: `{"requestId": "r0", "authenticationDetails": {"phone": {"phoneNumber": "98"}, "email": {"requestId": "r2", "email": "a@b"}}}`,
+			want: []want{{requestID: "r0", phone: true}, {requestID: "r2", email: "a@b"}},
+		},
+		{
+			name: "entries without any id: one event without request id",
+			data: `{"authenticationDetails": {"phone": {"phoneNumber": "98"}, "email": {"email": "a@b"}}}`,
+			want: []want{{email: "a@b", phone: true}},
+		},
+		{
+			name: "empty entries: data.requestId",
+			data: `{"requestId": "r0", "authenticationDetails": {"phone": {}, "email": {}}}`,
+			want: []want{{requestID: "r0"}},
+		},
+		{
+			name: "method from email when phone has none",
+			data: `{"authenticationDetails": {"phone": {"requestId": "r1", "phoneNumber": "98"}, "email": {"requestId": "r1", "method": "oauth", "channel": ["GOOGLE"]}}}`,
+			want: []want{{requestID: "r1", method: "OAUTH", channels: []string{"GOOGLE"}, phone: true}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			body := `{"eventType": "AUTH", "timestamp": 1764153000, "data": ` + strings.Replace(tt.data, "{", `{"status": "INITIATED", `, 1) + `}`
+			events := normalizeBody(t, []byte(body))
+			if len(events) != len(tt.want) {
+				t.Fatalf("%d events, want %d: %v", len(events), len(tt.want), events)
+			}
+			for i, e := range events {
+				got := want{e.GetRequestId(), e.GetAuthMethod(), e.GetEmail(), e.GetAuthChannels(), e.GetPhone() != nil}
+				w := tt.want[i]
+				if got.requestID != w.requestID || got.method != w.method || got.email != w.email || got.phone != w.phone || !slices.Equal(got.channels, w.channels) {
+					t.Errorf("event %d = %+v, want %+v", i, got, w)
+				}
+			}
+		})
+	}
+}
+
+func TestV1SystemFallbackChannel(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ fallbackChannel, from, to string }{
+		{"WHATSAPP/SMS", "WHATSAPP", "SMS"},
+		{" whatsapp / sms ", "WHATSAPP", "SMS"},
+		{"SMS", "", "SMS"},
+		{"SILENT_AUTH/WHATSAPP/SMS", "SILENT_AUTH", "WHATSAPP"},
+		{"", "", ""},
+	}
+	for _, tt := range tests {
+		body := `{"notificationType": "FALLBACK_TRIGGERED", "requestId": "r1", "timestamp": 1707743479000, "fallbackChannel": "` + tt.fallbackChannel + `"}`
+		e := normalizeBody(t, []byte(body))[0]
+		if e.GetKind() != eventsv1.EventKind_EVENT_KIND_AUTH || e.GetStatus() != "FALLBACK" || e.GetFromChannel() != tt.from || e.GetToChannel() != tt.to {
+			t.Errorf("fallbackChannel %q: kind %v status %q from %q to %q, want AUTH FALLBACK from %q to %q",
+				tt.fallbackChannel, e.GetKind(), e.GetStatus(), e.GetFromChannel(), e.GetToChannel(), tt.from, tt.to)
+		}
+	}
+}
+
+func TestEventTime(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, body string
+		want       time.Time
+	}{
+		{"top-level seconds", `{"eventType": "AUTH", "timestamp": 1734518721, "data": {"status": "SUCCESS"}}`, time.Unix(1734518721, 0)},
+		{"top-level before data", `{"status": "SENT", "timestamp": 1734518721, "data": {"timestamp": 1707743466000}}`, time.Unix(1734518721, 0)},
+		{"data.timestamp in v2", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "2024-12-18T10:45:21Z"}}`, time.Unix(1734518721, 0)},
+		{"unreadable top-level, data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, time.UnixMilli(1707743466000)},
+		{"none: receive time", `{"status": "SENT", "data": {"referenceId": "r1"}}`, received},
+		{"zero: receive time", `{"status": "SENT", "timestamp": 0}`, received},
+		{"negative: receive time", `{"status": "SENT", "timestamp": -1707743466000}`, received},
+		{"object: receive time", `{"status": "SENT", "timestamp": {"ms": 1707743466000}}`, received},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := normalizeBody(t, []byte(tt.body))[0]
+			if got := e.GetEventTime().AsTime(); !got.Equal(tt.want) {
+				t.Errorf("event time %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEventsUnrecognized(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{`{}`, `{"foo": 1}`, `{"eventType": "  ", "data": {"status": "SENT"}}`, `{"token": "t", "requestId": "r"}`} {
+		req, err := normalize.Decode([]byte(body))
+		if err != nil {
+			t.Fatalf("Decode(%s): %v", body, err)
+		}
+		events, err := normalize.Events(req, received)
+		if !errors.Is(err, normalize.ErrUnrecognized) || events != nil {
+			t.Errorf("Events(%s) = %v, %v; want ErrUnrecognized", body, events, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "no eventType, status or notificationType") {
+			t.Errorf("Events(%s) error %q does not say what is missing", body, err)
+		}
+	}
+	if _, err := normalize.Events(nil, received); !errors.Is(err, normalize.ErrUnrecognized) {
+		t.Errorf("Events(nil) error %v, want ErrUnrecognized", err)
+	}
+}
+
+// TestForwardCompatible checks that fields OTPLESS may add are ignored and
+// values this service does not know are kept, not rejected.
+func TestForwardCompatible(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		body   string
+		kind   eventsv1.EventKind
+		status string
+		check  func(*eventsv1.Event) bool
+	}{
+		{
+			name: "unknown fields at every level",
+			body: `{"x": 1, "eventType": "AUTH", "timestamp": 1734518721, "data": {"x": [1, {"y": null}], "status": "SUCCESS", "token": "t",
+				"authenticationDetails": {"x": "y", "phone": {"x": {}, "requestId": "r1", "method": "OTP", "channel": ["SMS"], "phoneNumber": "98"}, "email": {"x": true}, "social": {"requestId": "r9"}}}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_AUTH,
+			status: "SUCCESS",
+			check: func(e *eventsv1.Event) bool {
+				return e.GetRequestId() == "r1" && e.GetToken() == "t" && e.GetPhone().GetPhoneNumber() == "98"
+			},
+		},
+		{
+			name:   "unknown fields in a v1 system event",
+			body:   `{"notificationType": "APPROVAL_ACTION", "requestId": "r1", "mobile": {"number": "91", "x": 1}, "x": [], "timestamp": 1707743479000}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_AUTH,
+			status: "SUCCESS",
+			check:  func(e *eventsv1.Event) bool { return e.GetPhone().GetPhoneNumber() == "91" },
+		},
+		{
+			name:   "unknown eventType, known delivery status",
+			body:   `{"eventType": "RCS_DLR", "timestamp": 1734513816000, "data": {"requestId": "r1", "status": "delivered", "channel": " rcs "}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_DELIVERY,
+			status: "DELIVERED",
+			check:  func(e *eventsv1.Event) bool { return e.GetChannel() == "RCS" },
+		},
+		{
+			name:   "unknown eventType, known auth status",
+			body:   `{"eventType": "LOGIN", "timestamp": 1734513816000, "data": {"requestId": "r1", "status": "Fallback", "fromChannel": "sms", "toChannel": "Voice"}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_AUTH,
+			status: "FALLBACK",
+			check:  func(e *eventsv1.Event) bool { return e.GetFromChannel() == "SMS" && e.GetToChannel() == "VOICE" },
+		},
+		{
+			name:   "unknown eventType and status",
+			body:   `{"eventType": "session", "timestamp": 1734513816000, "data": {"requestId": "r1", "status": "expired"}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_SYSTEM,
+			status: "EXPIRED",
+			check:  func(e *eventsv1.Event) bool { return e.GetRequestId() == "r1" },
+		},
+		{
+			name:   "unknown status under DLR",
+			body:   `{"eventType": "DLR", "timestamp": 1734513816000, "data": {"requestId": "r1", "status": "BOUNCED", "channel": "EMAIL"}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_DELIVERY,
+			status: "BOUNCED",
+			check:  func(e *eventsv1.Event) bool { return e.GetChannel() == "EMAIL" },
+		},
+		{
+			name:   "unknown method and channel",
+			body:   `{"eventType": "AUTH", "timestamp": 1734518721, "data": {"status": "INITIATED", "authenticationDetails": {"phone": {"requestId": "r1", "method": "passkey", "channel": ["TELEGRAM/rcs"]}}}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_AUTH,
+			status: "INITIATED",
+			check: func(e *eventsv1.Event) bool {
+				return e.GetAuthMethod() == "PASSKEY" && slices.Equal(e.GetAuthChannels(), []string{"TELEGRAM", "RCS"})
+			},
+		},
+		{
+			name:   "unknown notificationType",
+			body:   `{"notificationType": "session_expired", "requestId": "r1", "timestamp": 1707743479000}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_SYSTEM,
+			status: "SESSION_EXPIRED",
+			check:  func(e *eventsv1.Event) bool { return e.GetRequestId() == "r1" },
+		},
+		{
+			name:   "unknown v1 delivery status and error code",
+			body:   `{"status": "expired", "data": {"referenceId": "r1", "timestamp": 1707743479000, "channel": "sms", "errorCode": "999"}}`,
+			kind:   eventsv1.EventKind_EVENT_KIND_DELIVERY,
+			status: "EXPIRED",
+			check: func(e *eventsv1.Event) bool {
+				return e.GetError().GetCode() == "999" && e.GetError().GetRetriable() == eventsv1.Retriable_RETRIABLE_UNSPECIFIED
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			events := normalizeBody(t, []byte(tt.body))
+			if len(events) != 1 {
+				t.Fatalf("%d events, want 1", len(events))
+			}
+			e := events[0]
+			if e.GetKind() != tt.kind || e.GetStatus() != tt.status || !tt.check(e) {
+				t.Errorf("event = %v, want kind %v status %s", e, tt.kind, tt.status)
+			}
+		})
+	}
+}
+
+// TestEventID checks the event identity: a retry of the same body gets the
+// same id whenever it is received; a different event gets a different id.
+func TestEventID(t *testing.T) {
+	t.Parallel()
+	const base = `{"eventType": "DLR", "timestamp": 1734513816000, "data": {"requestId": "r1", "authSessionId": "s1", "status": "FAILED", "channel": "SMS", "errorCode": "003"}}`
+	id := func(body string, received time.Time) string {
+		t.Helper()
+		req, err := normalize.Decode([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := normalize.Events(req, received)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return events[0].GetEventId()
+	}
+	want := id(base, received)
+	if len(want) != 32 || strings.Trim(want, "0123456789abcdef") != "" {
+		t.Errorf("event id %q is not 32 lowercase hex digits", want)
+	}
+	if got := id(base, received.Add(time.Hour)); got != want {
+		t.Errorf("retry received later: id %s, want %s", got, want)
+	}
+	same := map[string]string{
+		"case and space of status":      strings.Replace(base, `"FAILED"`, `" failed "`, 1),
+		"field not in the identity":     strings.Replace(base, `"s1"`, `"s2"`, 1),
+		"same time in another notation": strings.Replace(base, `1734513816000`, `"2024-12-18T09:23:36Z"`, 1),
+	}
+	for name, body := range same {
+		if got := id(body, received); got != want {
+			t.Errorf("%s: id %s, want %s", name, got, want)
+		}
+	}
+	different := map[string]string{
+		"request id":                 strings.Replace(base, `"r1"`, `"r2"`, 1),
+		"status":                     strings.Replace(base, `"FAILED"`, `"DELIVERED"`, 1),
+		"channel":                    strings.Replace(base, `"SMS"`, `"WHATSAPP"`, 1),
+		"time":                       strings.Replace(base, `1734513816000`, `1734513816001`, 1),
+		"error code":                 strings.Replace(base, `"003"`, `"033"`, 1),
+		"kind":                       strings.Replace(base, `"DLR"`, `"AUTH"`, 1),
+		"bytes moved between fields": strings.Replace(base, `"FAILED", "channel": "SMS"`, `"FAILEDSMS", "channel": ""`, 1),
+	}
+	seen := map[string]string{want: "base"}
+	for name, body := range different {
+		got := id(body, received)
+		if prev, ok := seen[got]; ok {
+			t.Errorf("changing the %s gives id %s, the same as %s", name, got, prev)
+		}
+		seen[got] = name
+	}
+	noTime := `{"status": "SENT", "data": {"referenceId": "r1"}}`
+	if id(noTime, received) == id(noTime, received.Add(time.Second)) {
+		t.Error("a body without time: the receive time should be part of the id")
+	}
+}
+
+// TestEventsDoNotAliasRequest changes every part of req after Events and
+// checks that the events are unchanged.
+func TestEventsDoNotAliasRequest(t *testing.T) {
+	t.Parallel()
+	for _, f := range fixtures.Docs(t) {
+		req, err := normalize.Decode(f.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := normalize.Events(req, received)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := make([]*eventsv1.Event, len(events))
+		for i, e := range events {
+			before[i] = proto.Clone(e).(*eventsv1.Event)
+		}
+		for _, d := range []*eventsv1.AuthDetail{req.GetData().GetAuthenticationDetails().GetPhone(), req.GetData().GetAuthenticationDetails().GetEmail()} {
+			for i := range d.GetChannel() {
+				d.Channel[i] = "CHANGED"
+			}
+		}
+		data := req.GetData()
+		for _, m := range []proto.Message{data.GetAuthenticationDetails().GetPhone(), data.GetAuthenticationDetails().GetEmail(),
+			data.GetAuthenticationDetails(), data.GetTimestamp(), data, req.GetMobile(), req.GetTimestamp(), req} {
+			if m.ProtoReflect().IsValid() {
+				proto.Reset(m)
+			}
+		}
+		for i := range events {
+			if !proto.Equal(events[i], before[i]) {
+				t.Errorf("%s: event %d changed with the request", f.Name, i)
+			}
+		}
+	}
+}
+
+func BenchmarkNormalize(b *testing.B) {
+	docs := fixtures.Docs(b)
+	var size int64
+	for _, f := range docs {
+		size += int64(len(f.Body))
+	}
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, f := range docs {
+			req, err := normalize.Decode(f.Body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := normalize.Events(req, received); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
