@@ -65,9 +65,11 @@ type Change struct {
 
 // Page selects a page of events.
 type Page struct {
-	// Size is how many events at most; the caller keeps it within bounds.
+	// Size is how many events at most; the caller keeps it within bounds
+	// (backends use Limit).
 	Size int
-	// Token is empty for the first page, else a previous NextToken.
+	// Token is empty for the first page, else a previous next-page token
+	// of the same request (see Cursor).
 	Token string
 }
 
@@ -81,19 +83,40 @@ type Store interface {
 	// all duplicates keeps its snapshot and revision. It returns one Result
 	// per webhook, in order, and one Change per request that changed. On error
 	// nothing was stored.
+	//
+	// Details every backend keeps (storetest checks them):
+	//   - A body is stored only when at least one of its events is new.
+	//   - Events without a request id are stored and deduplicated like the
+	//     others but belong to no request: revision 0, no Change, never
+	//     listed or returned.
+	//   - Several webhooks of the batch touching one request bump its revision
+	//     once; the request's Change holds all its new events of the batch.
+	//   - The snapshot's update_time is the latest Received of the batch.
+	//   - Changes come in the order their requests first appear in the batch,
+	//     each Change's events in batch order. Commit does not modify the
+	//     batch; Change.Events may share messages with it.
+	//   - A done ctx fails the call with an error wrapping ctx.Err().
+	//   - Backend failures wrap ErrUnavailable; after Close, ErrClosed.
 	Commit(ctx context.Context, batch []Webhook) ([]Result, []Change, error)
 
-	// GetRequest returns the current snapshot, or ErrNotFound.
+	// GetRequest returns the current snapshot, or ErrNotFound (always for
+	// the empty request id).
 	GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error)
 
 	// ListEvents returns a page of the request's events in (event time, event
 	// id) order with RawBody set, and the token of the next page ("" on the
-	// last page). ErrNotFound when the request has no events.
+	// last page). ErrNotFound when the request has no events (always for the
+	// empty request id). The order is by event time in Unix milliseconds
+	// (EventTimeMillis), then event id compared bytewise; pages hold
+	// page.Limit() events and are keyed by Cursor, so a page boundary stays
+	// put while events are added. ErrInvalidPageToken for a token that is not
+	// a next-page token returned for this request.
 	ListEvents(ctx context.Context, requestID string, page Page) ([]*eventsv1.Event, string, error)
 
 	// Ping reports whether the backend is reachable.
 	Ping(ctx context.Context) error
 
-	// Close releases the backend. Calls after Close return ErrClosed.
+	// Close releases the backend. Calls after Close return ErrClosed; Close
+	// itself is idempotent and returns nil again.
 	Close() error
 }

@@ -1,0 +1,212 @@
+package sqlitestore_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+	"github.com/otpless-events/otpless-events/server/store/storetest"
+)
+
+func open(t *testing.T, path string) *sqlitestore.Store {
+	t.Helper()
+	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.RunWithOptions(t, func(t *testing.T) store.Store {
+		return open(t, filepath.Join(t.TempDir(), "events.db"))
+	}, storetest.Options{
+		Reopen: func(t *testing.T, s store.Store) store.Store {
+			path := s.(*sqlitestore.Store).Path()
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			return open(t, path)
+		},
+	})
+}
+
+func webhook(body string, events ...*eventsv1.Event) store.Webhook {
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for _, e := range events {
+		e.EventTime = timestamppb.New(now)
+		e.ReceiveTime = timestamppb.New(now)
+	}
+	return store.Webhook{Body: []byte(body), Received: now, Events: events}
+}
+
+// rawDB opens the file with plain database/sql to look inside.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func count(t *testing.T, db *sql.DB, query string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(query).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func TestReopen(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	e1 := &eventsv1.Event{EventId: "e1", RequestId: "r1", Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY, Status: "SENT", Channel: "SMS"}
+	u := &eventsv1.Event{EventId: "u1", Kind: eventsv1.EventKind_EVENT_KIND_SYSTEM, Status: "UNREACHABLE"}
+	if _, _, err := s.Commit(ctx, []store.Webhook{webhook(`{"a":1}`, e1), webhook(`{"u":1}`, u)}); err != nil {
+		t.Fatal(err)
+	}
+	want, err := s.GetRequest(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, path)
+	defer s.Close()
+	got, err := s.GetRequest(ctx, "r1")
+	if err != nil || !proto.Equal(got, want) {
+		t.Errorf("GetRequest after reopen = %v, %v; want %v", got, err, want)
+	}
+	events, _, err := s.ListEvents(ctx, "r1", store.Page{Size: 10})
+	if err != nil || len(events) != 1 || events[0].GetRawBody() != `{"a":1}` {
+		t.Errorf("ListEvents after reopen = %v, %v", events, err)
+	}
+	// The body of the event without a request id was kept too.
+	db := rawDB(t, path)
+	if n := count(t, db, `SELECT COUNT(*) FROM webhooks WHERE body = CAST('{"u":1}' AS BLOB)`); n != 1 {
+		t.Errorf("webhook of the request-less event stored %d times, want once", n)
+	}
+	res, _, err := s.Commit(ctx, []store.Webhook{webhook(`{"a":1}`, proto.CloneOf(e1)), webhook(`{"u":1}`, proto.CloneOf(u))})
+	if err != nil || !res[0].Events[0].Duplicate || !res[1].Events[0].Duplicate {
+		t.Errorf("retry after reopen = %v, %v; want duplicates", res, err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM webhooks`); n != 2 {
+		t.Errorf("%d webhooks after a retried batch, want 2 (bodies of duplicates are not kept)", n)
+	}
+}
+
+func TestMigrationsIdempotent(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	for range 3 {
+		s := open(t, path)
+		if err := s.Ping(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := rawDB(t, path)
+	if n := count(t, db, `SELECT COUNT(*) FROM schema_migrations`); n != 1 {
+		t.Errorf("schema_migrations has %d rows, want 1 (one per migration file)", n)
+	}
+	var mode string
+	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	open(t, path).Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, '0999_future.sql', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if s, err := sqlitestore.Open(t.Context(), path); err == nil {
+		s.Close()
+		t.Fatal("Open of a database from a newer binary succeeded")
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"", ":memory:", filepath.Join(t.TempDir(), "missing", "dir", "events.db")} {
+		if s, err := sqlitestore.Open(t.Context(), path); err == nil {
+			s.Close()
+			t.Errorf("Open(%q) succeeded", path)
+		}
+	}
+}
+
+func TestPathWithURICharacters(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "a dir?x=1#frag%20", "events.db")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path)
+	defer s.Close()
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, rawDB(t, path), `SELECT COUNT(*) FROM events`); n != 1 {
+		t.Errorf("events in %s: %d, want 1", path, n)
+	}
+}
+
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	defer s.Close()
+	// Another process holds the write lock for longer than the busy timeout.
+	other, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(t.Context(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(context.Background(), `ROLLBACK`)
+
+	s2, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithBusyTimeout(time.Millisecond))
+	if err == nil {
+		defer s2.Close()
+		_, _, err = s2.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})})
+	}
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("with the database locked: %v, want ErrUnavailable", err)
+	}
+}
