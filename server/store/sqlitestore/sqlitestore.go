@@ -67,7 +67,7 @@ type Store struct {
 	stmts  []*sql.Stmt
 
 	// On w, used through tx.StmtContext.
-	maxWebhookID, insertWebhook, insertEvent, revisions, eventsOf, upsertRequest *sql.Stmt
+	eventExists, insertWebhook, insertEvent, revisions, eventsOf, upsertRequest *sql.Stmt
 	// On r.
 	getRequest, listFirst, listAfter, requestExists *sql.Stmt
 }
@@ -157,8 +157,8 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 			s.stmts = append(s.stmts, *dst)
 		}
 	}
-	prepare(s.w, &s.maxWebhookID, `SELECT COALESCE(MAX(id), 0) FROM webhooks`)
-	prepare(s.w, &s.insertWebhook, `INSERT INTO webhooks (id, received_at, body) VALUES (?, ?, ?)`)
+	prepare(s.w, &s.eventExists, `SELECT 1 FROM events WHERE request_id = ? AND event_id = ?`)
+	prepare(s.w, &s.insertWebhook, `INSERT INTO webhooks (received_at, body) VALUES (?, ?)`)
 	prepare(s.w, &s.insertEvent, `INSERT INTO events (request_id, event_id, webhook_id, event_time_ms, data)
 		VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
 	prepare(s.w, &s.revisions, `SELECT request_id, revision FROM requests
@@ -229,46 +229,28 @@ type pending struct {
 
 func (s *Store) commit(ctx context.Context, tx *sql.Tx, batch []store.Webhook) ([]store.Result, []store.Change, error) {
 	var (
-		insertWebhook = tx.StmtContext(ctx, s.insertWebhook)
-		insertEvent   = tx.StmtContext(ctx, s.insertEvent)
-		requests      = map[string]*pending{}
-		order         []*pending // requests in order of first appearance
-		results       = make([]store.Result, len(batch))
-		latest        time.Time
-		webhookID     int64
+		ins = inserter{
+			eventExists:   tx.StmtContext(ctx, s.eventExists),
+			insertWebhook: tx.StmtContext(ctx, s.insertWebhook),
+			insertEvent:   tx.StmtContext(ctx, s.insertEvent),
+		}
+		requests = map[string]*pending{}
+		order    []*pending // requests in order of first appearance
+		results  = make([]store.Result, len(batch))
+		latest   time.Time
 	)
-	// Bodies are numbered before we know whether they are kept; the
-	// events' foreign key is checked at commit.
-	if err := tx.StmtContext(ctx, s.maxWebhookID).QueryRowContext(ctx).Scan(&webhookID); err != nil {
-		return nil, nil, fmt.Errorf("next webhook id: %w", err)
-	}
-	webhookID++
-
 	for i, wh := range batch {
 		if wh.Received.After(latest) {
 			latest = wh.Received
 		}
 		res := make([]store.EventResult, len(wh.Events))
-		kept := false
+		var webhookID int64 // 0 until the body is stored
 		for j, e := range wh.Events {
-			if e.GetRawBody() != "" {
-				e = proto.CloneOf(e)
-				e.RawBody = ""
-			}
-			data, err := proto.Marshal(e)
-			if err != nil {
-				return nil, nil, fmt.Errorf("encode event %s: %w", e.GetEventId(), err)
-			}
-			r, err := insertEvent.ExecContext(ctx, e.GetRequestId(), e.GetEventId(), webhookID, store.EventTimeMillis(e), data)
-			if err != nil {
-				return nil, nil, fmt.Errorf("insert event %s: %w", e.GetEventId(), err)
-			}
-			n, err := r.RowsAffected()
+			isNew, err := ins.insert(ctx, wh, &webhookID, e)
 			if err != nil {
 				return nil, nil, err
 			}
-			res[j].Duplicate = n == 0
-			kept = kept || n > 0
+			res[j].Duplicate = !isNew
 
 			rid := e.GetRequestId()
 			if rid == "" {
@@ -280,22 +262,12 @@ func (s *Store) commit(ctx context.Context, tx *sql.Tx, batch []store.Webhook) (
 				requests[rid] = p
 				order = append(order, p)
 			}
-			if n > 0 {
+			if isNew {
 				p.touched = true
 				p.events = append(p.events, e)
 			}
 		}
 		results[i].Events = res
-		if kept {
-			body := wh.Body
-			if body == nil {
-				body = []byte{}
-			}
-			if _, err := insertWebhook.ExecContext(ctx, webhookID, wh.Received.UnixMilli(), body); err != nil {
-				return nil, nil, fmt.Errorf("insert webhook: %w", err)
-			}
-			webhookID++
-		}
 	}
 	if len(order) == 0 {
 		return results, nil, nil
@@ -320,6 +292,55 @@ func (s *Store) commit(ctx context.Context, tx *sql.Tx, batch []store.Webhook) (
 		}
 	}
 	return results, changes, nil
+}
+
+// inserter holds the insert statements of one transaction.
+type inserter struct {
+	eventExists, insertWebhook, insertEvent *sql.Stmt
+}
+
+// insert stores e of wh unless it is stored already, and reports whether it
+// was new. The body is stored with the first new event of the webhook (its
+// id is kept in *webhookID), so that a retried body is not stored again.
+func (ins inserter) insert(ctx context.Context, wh store.Webhook, webhookID *int64, e *eventsv1.Event) (bool, error) {
+	if *webhookID == 0 {
+		var one int
+		err := ins.eventExists.QueryRowContext(ctx, e.GetRequestId(), e.GetEventId()).Scan(&one)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return false, fmt.Errorf("look up event %s: %w", e.GetEventId(), err)
+		}
+		body := wh.Body
+		if body == nil {
+			body = []byte{}
+		}
+		r, err := ins.insertWebhook.ExecContext(ctx, wh.Received.UnixMilli(), body)
+		if err != nil {
+			return false, fmt.Errorf("insert webhook: %w", err)
+		}
+		if *webhookID, err = r.LastInsertId(); err != nil {
+			return false, fmt.Errorf("insert webhook: %w", err)
+		}
+	}
+	if e.GetRawBody() != "" {
+		e = proto.CloneOf(e)
+		e.RawBody = ""
+	}
+	data, err := proto.Marshal(e)
+	if err != nil {
+		return false, fmt.Errorf("encode event %s: %w", e.GetEventId(), err)
+	}
+	r, err := ins.insertEvent.ExecContext(ctx, e.GetRequestId(), e.GetEventId(), *webhookID, store.EventTimeMillis(e), data)
+	if err != nil {
+		return false, fmt.Errorf("insert event %s: %w", e.GetEventId(), err)
+	}
+	n, err := r.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("insert event %s: %w", e.GetEventId(), err)
+	}
+	return n > 0, nil
 }
 
 // loadRevisions sets every request's current revision.

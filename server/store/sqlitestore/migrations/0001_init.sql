@@ -8,13 +8,12 @@ CREATE TABLE webhooks (
 
 -- Normalized events, one row per (request_id, event_id); request_id is ''
 -- for events that name no request. data is the proto.Marshal of the event
--- without raw_body (the body is in webhooks). webhook_id is checked at
--- commit: Commit numbers a body before it knows whether to keep it. Webhooks
--- are never deleted, so events(webhook_id) needs no index.
+-- without raw_body (the body is in webhooks). Webhooks are never deleted,
+-- so events(webhook_id) needs no index.
 CREATE TABLE events (
     request_id    TEXT    NOT NULL,
     event_id      TEXT    NOT NULL,
-    webhook_id    INTEGER NOT NULL REFERENCES webhooks (id) DEFERRABLE INITIALLY DEFERRED,
+    webhook_id    INTEGER NOT NULL REFERENCES webhooks (id),
     event_time_ms INTEGER NOT NULL,
     data          BLOB    NOT NULL,
     PRIMARY KEY (request_id, event_id)

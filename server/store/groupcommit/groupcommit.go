@@ -1,0 +1,269 @@
+// Package groupcommit batches concurrent webhook writes into few
+// store.Commit calls. Submit enqueues without blocking (a full queue is
+// store.ErrOverloaded at once, so memory stays bounded) and waits for the
+// commit of its batch; one writer goroutine takes whatever is queued, up to
+// MaxBatch, commits it in one transaction and answers every caller. A
+// caller is answered with success only after its webhook is committed.
+//
+// It may import package store only; it works with any backend.
+package groupcommit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// Options configures a Writer. Zero values take the defaults.
+type Options struct {
+	// QueueSize bounds the webhooks waiting for the writer (default 4096).
+	QueueSize int
+	// MaxBatch bounds the webhooks of one Commit (default 256).
+	MaxBatch int
+	// OnCommit, when set, is called by the writer goroutine after each
+	// successful commit that changed some request, with those changes,
+	// before any caller of the batch is answered. It delays every later
+	// commit while it runs, so it must be quick and must not call Submit.
+	OnCommit func([]store.Change)
+	// Logger receives commit failures (default: discard).
+	Logger *slog.Logger
+}
+
+// Writer is a group-commit writer in front of a store.Store. Its methods are
+// safe for concurrent use.
+type Writer struct {
+	store    store.Store
+	queue    chan *item
+	maxBatch int
+	onCommit func([]store.Change)
+	log      *slog.Logger
+
+	mu      sync.RWMutex // guards started and stopped; Submit holds it for reading while it enqueues
+	started bool
+	stopped bool
+	quit    chan struct{}      // closed by the first Stop: drain the queue and exit
+	cancel  context.CancelFunc // cancels the commits in flight: Stop's ctx ended
+	done    chan struct{}      // closed when the writer goroutine has exited
+}
+
+// item is one Submit waiting for its batch.
+type item struct {
+	ctx     context.Context
+	webhook store.Webhook
+	done    chan outcome // buffered: the writer never blocks on a caller
+}
+
+type outcome struct {
+	result store.Result
+	err    error
+}
+
+// New returns a Writer committing to s. Call Start before Submit.
+func New(s store.Store, opts Options) *Writer {
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 4096
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Writer{
+		store:    s,
+		queue:    make(chan *item, opts.QueueSize),
+		maxBatch: opts.MaxBatch,
+		onCommit: opts.OnCommit,
+		log:      opts.Logger.With("component", "groupcommit"),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+}
+
+// Start starts the writer goroutine and returns. Commits run with ctx's
+// values but not its cancellation: canceling ctx stops the writer as Stop
+// does (queued webhooks are still committed). Start may be called once, and
+// not after Stop.
+func (w *Writer) Start(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.stopped:
+		return fmt.Errorf("groupcommit: start: %w", store.ErrClosed)
+	case w.started:
+		return errors.New("groupcommit: start: already started")
+	}
+	w.started = true
+	commitCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.cancel = cancel
+	go w.run(commitCtx)
+	stop := context.AfterFunc(ctx, func() { w.beginStop() })
+	go func() {
+		<-w.done
+		stop()
+	}()
+	return nil
+}
+
+// Submit queues webhook for the next batch and waits until that batch is
+// committed or ctx is done. A full queue is store.ErrOverloaded and a
+// stopped writer store.ErrClosed, both at once and with nothing stored. A
+// failed commit wraps store.ErrUnavailable, or the store's own sentinel
+// error. If ctx ends first, Submit returns ctx's error and the webhook may
+// still be committed (or, if the writer had not taken it yet, dropped).
+func (w *Writer) Submit(ctx context.Context, webhook store.Webhook) (store.Result, error) {
+	it, err := w.enqueue(ctx, webhook)
+	if err != nil {
+		return store.Result{}, err
+	}
+	return w.wait(ctx, it)
+}
+
+func (w *Writer) enqueue(ctx context.Context, webhook store.Webhook) (*item, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("groupcommit: submit: %w", err)
+	}
+	it := &item{ctx: ctx, webhook: webhook, done: make(chan outcome, 1)}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	switch {
+	case w.stopped:
+		return nil, fmt.Errorf("groupcommit: submit: %w", store.ErrClosed)
+	case !w.started:
+		return nil, fmt.Errorf("groupcommit: submit: %w: writer not started", store.ErrUnavailable)
+	}
+	select {
+	case w.queue <- it:
+		return it, nil
+	default:
+		return nil, fmt.Errorf("groupcommit: submit: %w", store.ErrOverloaded)
+	}
+}
+
+func (w *Writer) wait(ctx context.Context, it *item) (store.Result, error) {
+	select {
+	case o := <-it.done:
+		return o.result, o.err
+	case <-ctx.Done():
+		return store.Result{}, fmt.Errorf("groupcommit: submit: waiting for the commit: %w", ctx.Err())
+	}
+}
+
+// Stop stops accepting webhooks (Submit returns store.ErrClosed), commits
+// what is queued and returns once the writer goroutine has exited. If ctx
+// ends first, the commit in flight is canceled, the webhooks left are
+// answered with errors, and Stop returns ctx's error without waiting
+// further. Stop is idempotent and may be called before Start.
+func (w *Writer) Stop(ctx context.Context) error {
+	if !w.beginStop() {
+		return nil // never started
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		w.cancel()
+		return fmt.Errorf("groupcommit: stop: %w", ctx.Err())
+	}
+}
+
+// beginStop marks the writer stopped and tells the goroutine to drain. It
+// reports whether the goroutine was started.
+func (w *Writer) beginStop() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.stopped = true
+		close(w.quit)
+	}
+	return w.started
+}
+
+// run is the writer goroutine: one batch at a time until Stop, then what is
+// left in the queue. Once stopped is set no Submit can enqueue, so an empty
+// queue after quit is final.
+func (w *Writer) run(ctx context.Context) {
+	defer close(w.done)
+	defer w.cancel()
+	batch := make([]*item, 0, w.maxBatch)
+	for {
+		select {
+		case it := <-w.queue:
+			batch = w.fill(append(batch[:0], it))
+			w.commit(ctx, batch)
+		case <-w.quit:
+			for {
+				batch = w.fill(batch[:0])
+				if len(batch) == 0 {
+					return
+				}
+				w.commit(ctx, batch)
+			}
+		}
+	}
+}
+
+// fill adds queued items to batch, up to maxBatch, without waiting.
+func (w *Writer) fill(batch []*item) []*item {
+	for len(batch) < w.maxBatch {
+		select {
+		case it := <-w.queue:
+			batch = append(batch, it)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// commit commits the batch and answers every item of it exactly once.
+func (w *Writer) commit(ctx context.Context, batch []*item) {
+	// Callers that gave up are answered (nobody reads it) and left out.
+	live := make([]*item, 0, len(batch))
+	webhooks := make([]store.Webhook, 0, len(batch))
+	for _, it := range batch {
+		if err := it.ctx.Err(); err != nil {
+			it.done <- outcome{err: fmt.Errorf("groupcommit: submit: %w", err)}
+			continue
+		}
+		live = append(live, it)
+		webhooks = append(webhooks, it.webhook)
+	}
+	if len(live) == 0 {
+		return
+	}
+
+	results, changes, err := w.store.Commit(ctx, webhooks)
+	if err == nil && len(results) != len(live) {
+		err = fmt.Errorf("store returned %d results for %d webhooks", len(results), len(live))
+	}
+	if err != nil {
+		err = commitError(len(live), err)
+		w.log.Error("commit failed", "webhooks", len(live), "err", err)
+		for _, it := range live {
+			it.done <- outcome{err: err}
+		}
+		return
+	}
+	if w.onCommit != nil && len(changes) > 0 {
+		w.onCommit(changes)
+	}
+	for i, it := range live {
+		it.done <- outcome{result: results[i]}
+	}
+}
+
+// commitError wraps a failed commit once: the store's sentinel if it gave
+// one, else store.ErrUnavailable.
+func commitError(n int, err error) error {
+	for _, sentinel := range []error{store.ErrUnavailable, store.ErrClosed, store.ErrOverloaded} {
+		if errors.Is(err, sentinel) {
+			return fmt.Errorf("groupcommit: commit of %d webhooks: %w", n, err)
+		}
+	}
+	return fmt.Errorf("groupcommit: commit of %d webhooks: %w: %w", n, store.ErrUnavailable, err)
+}

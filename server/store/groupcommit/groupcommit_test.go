@@ -1,0 +1,496 @@
+package groupcommit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// fakeStore stores nothing: webhook n (its body is n) gets revision n for
+// its one event and one Change of request "r<n>". hook, when set, runs
+// first in every Commit and can block it or fail it; a done ctx fails it.
+type fakeStore struct {
+	store.Store // only Commit is used
+
+	hook func(ctx context.Context, call int, batch []store.Webhook) error
+
+	mu      sync.Mutex
+	batches [][]store.Webhook
+}
+
+func (f *fakeStore) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
+	f.mu.Lock()
+	call := len(f.batches)
+	f.batches = append(f.batches, batch)
+	f.mu.Unlock()
+	if f.hook != nil {
+		if err := f.hook(ctx, call, batch); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	results := make([]store.Result, len(batch))
+	changes := make([]store.Change, len(batch))
+	for i, wh := range batch {
+		n := number(wh)
+		results[i] = store.Result{Events: []store.EventResult{{Revision: int64(n)}}}
+		changes[i] = store.Change{Request: &eventsv1.AuthRequest{RequestId: "r" + strconv.Itoa(n), Revision: int64(n)}}
+	}
+	return results, changes, nil
+}
+
+// committed returns the numbers of all committed webhooks and the batch
+// sizes.
+func (f *fakeStore) committed() (numbers, sizes []int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.batches {
+		sizes = append(sizes, len(b))
+		for _, wh := range b {
+			numbers = append(numbers, number(wh))
+		}
+	}
+	return numbers, sizes
+}
+
+func webhook(n int) store.Webhook {
+	return store.Webhook{
+		Body:     []byte(strconv.Itoa(n)),
+		Received: time.Now(),
+		Events:   []*eventsv1.Event{{EventId: "e" + strconv.Itoa(n), RequestId: "r" + strconv.Itoa(n)}},
+	}
+}
+
+func number(wh store.Webhook) int {
+	n, err := strconv.Atoi(string(wh.Body))
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+// gate blocks the first Commit until released, signaling entered when it
+// gets there; later Commits pass.
+type gate struct {
+	entered chan int // batch size of the first Commit
+	release chan struct{}
+}
+
+func newGate() *gate {
+	return &gate{entered: make(chan int, 1), release: make(chan struct{})}
+}
+
+func (g *gate) hook(ctx context.Context, call int, batch []store.Webhook) error {
+	if call > 0 {
+		return nil
+	}
+	g.entered <- len(batch)
+	select {
+	case <-g.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// start returns a started Writer on s, stopped at the end of the test.
+func start(t *testing.T, s store.Store, opts Options) *Writer {
+	t.Helper()
+	w := New(s, opts)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := w.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+	return w
+}
+
+// recv returns the next value of ch, or fails the test with a goroutine
+// dump if none comes in 10s: a deadlock guard, not a wait.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// submitAsync runs Submit in a goroutine; the channel yields its outcome.
+func submitAsync(ctx context.Context, w *Writer, wh store.Webhook) <-chan outcome {
+	ch := make(chan outcome, 1)
+	go func() {
+		r, err := w.Submit(ctx, wh)
+		ch <- outcome{r, err}
+	}()
+	return ch
+}
+
+// holdFirstBatch starts w's first commit with webhook 0 and returns once
+// the store holds it; enqueue then queues behind it.
+func holdFirstBatch(t *testing.T, w *Writer, g *gate) <-chan outcome {
+	t.Helper()
+	first := submitAsync(t.Context(), w, webhook(0))
+	if n := recv(t, g.entered, "the first commit"); n != 1 {
+		t.Fatalf("first batch has %d webhooks, want 1", n)
+	}
+	return first
+}
+
+func enqueueAll(t *testing.T, w *Writer, from, to int) []*item {
+	t.Helper()
+	var items []*item
+	for n := from; n < to; n++ {
+		it, err := w.enqueue(t.Context(), webhook(n))
+		if err != nil {
+			t.Fatalf("enqueue %d: %v", n, err)
+		}
+		items = append(items, it)
+	}
+	return items
+}
+
+func wantResult(t *testing.T, n int, o outcome) {
+	t.Helper()
+	if o.err != nil {
+		t.Errorf("webhook %d: %v", n, o.err)
+		return
+	}
+	if len(o.result.Events) != 1 || o.result.Events[0].Revision != int64(n) {
+		t.Errorf("webhook %d got result %+v, want its own (revision %d)", n, o.result, n)
+	}
+}
+
+func TestBatching(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		maxBatch, queued int
+		wantSizes        []int
+	}{
+		{maxBatch: 100, queued: 50, wantSizes: []int{1, 50}},
+		{maxBatch: 10, queued: 25, wantSizes: []int{1, 10, 10, 5}},
+		{maxBatch: 1, queued: 3, wantSizes: []int{1, 1, 1, 1}},
+	} {
+		t.Run(fmt.Sprintf("max%d_queued%d", tt.maxBatch, tt.queued), func(t *testing.T) {
+			t.Parallel()
+			g := newGate()
+			fs := &fakeStore{hook: g.hook}
+			w := start(t, fs, Options{MaxBatch: tt.maxBatch})
+			first := holdFirstBatch(t, w, g)
+			items := enqueueAll(t, w, 1, 1+tt.queued)
+			close(g.release)
+
+			wantResult(t, 0, recv(t, first, "webhook 0"))
+			for i, it := range items {
+				wantResult(t, i+1, recv(t, it.done, "a queued webhook"))
+			}
+			if _, sizes := fs.committed(); !slices.Equal(sizes, tt.wantSizes) {
+				t.Errorf("batch sizes %v, want %v", sizes, tt.wantSizes)
+			}
+		})
+	}
+}
+
+func TestConcurrentSubmitters(t *testing.T) {
+	t.Parallel()
+	fs := &fakeStore{}
+	w := start(t, fs, Options{MaxBatch: 64})
+	const goroutines, each = 32, 50
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				n := g*each + i
+				r, err := w.Submit(t.Context(), webhook(n))
+				wantResult(t, n, outcome{r, err})
+			}
+		})
+	}
+	wg.Wait()
+	numbers, sizes := fs.committed()
+	slices.Sort(numbers)
+	if len(numbers) != goroutines*each || numbers[0] != 0 || numbers[len(numbers)-1] != goroutines*each-1 {
+		t.Errorf("committed %d webhooks, want each of %d once", len(numbers), goroutines*each)
+	}
+	t.Logf("%d webhooks in %d commits", len(numbers), len(sizes))
+}
+
+func TestOverloaded(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	w := start(t, &fakeStore{hook: g.hook}, Options{QueueSize: 2})
+	first := holdFirstBatch(t, w, g)
+	items := enqueueAll(t, w, 1, 3) // the queue is full now
+
+	_, err := w.Submit(t.Context(), webhook(3))
+	if !errors.Is(err, store.ErrOverloaded) {
+		t.Fatalf("Submit to a full queue: %v, want ErrOverloaded", err)
+	}
+	close(g.release)
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+	for i, it := range items {
+		wantResult(t, i+1, recv(t, it.done, "a queued webhook"))
+	}
+	// Room again.
+	r, err := w.Submit(t.Context(), webhook(4))
+	wantResult(t, 4, outcome{r, err})
+}
+
+func TestCommitFailure(t *testing.T) {
+	t.Parallel()
+	diskOnFire := errors.New("disk I/O error")
+	for _, tt := range []struct {
+		name    string
+		err     error
+		want    []error
+		wantNot error
+	}{
+		{name: "plain", err: diskOnFire, want: []error{store.ErrUnavailable, diskOnFire}},
+		{name: "unavailable", err: fmt.Errorf("x: %w", store.ErrUnavailable), want: []error{store.ErrUnavailable}},
+		{name: "closed", err: fmt.Errorf("x: %w", store.ErrClosed), want: []error{store.ErrClosed}, wantNot: store.ErrUnavailable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			g := newGate()
+			var onCommit int
+			fs := &fakeStore{hook: func(ctx context.Context, call int, batch []store.Webhook) error {
+				if err := g.hook(ctx, call, batch); err != nil {
+					return err
+				}
+				return tt.err
+			}}
+			w := start(t, fs, Options{OnCommit: func([]store.Change) { onCommit++ }})
+			first := holdFirstBatch(t, w, g)
+			items := enqueueAll(t, w, 1, 20)
+			close(g.release)
+
+			outcomes := []outcome{recv(t, first, "webhook 0")}
+			for _, it := range items {
+				outcomes = append(outcomes, recv(t, it.done, "a queued webhook"))
+			}
+			for n, o := range outcomes {
+				if len(o.result.Events) != 0 {
+					t.Errorf("webhook %d: got a result with the error", n)
+				}
+				for _, want := range tt.want {
+					if !errors.Is(o.err, want) {
+						t.Errorf("webhook %d: %v, want %v", n, o.err, want)
+					}
+				}
+				if tt.wantNot != nil && errors.Is(o.err, tt.wantNot) {
+					t.Errorf("webhook %d: %v, must not be %v", n, o.err, tt.wantNot)
+				}
+			}
+			if err := w.Stop(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if onCommit != 0 {
+				t.Errorf("OnCommit called %d times after failed commits", onCommit)
+			}
+		})
+	}
+}
+
+func TestStopDrains(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	fs := &fakeStore{hook: g.hook}
+	w := New(fs, Options{})
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first := holdFirstBatch(t, w, g)
+	items := enqueueAll(t, w, 1, 30)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Stop(t.Context()) }()
+	recv(t, w.quit, "Stop to close the writer")
+	if _, err := w.Submit(t.Context(), webhook(99)); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Submit after Stop: %v, want ErrClosed", err)
+	}
+	close(g.release)
+	if err := recv(t, stopped, "Stop"); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+	for i, it := range items {
+		wantResult(t, i+1, recv(t, it.done, "a queued webhook"))
+	}
+	if numbers, _ := fs.committed(); len(numbers) != 30 {
+		t.Errorf("committed %d webhooks, want 30", len(numbers))
+	}
+	if err := w.Stop(t.Context()); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+}
+
+func TestStopDeadline(t *testing.T) {
+	t.Parallel()
+	g := newGate() // never released: the store hangs until its ctx ends
+	w := New(&fakeStore{hook: g.hook}, Options{})
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first := holdFirstBatch(t, w, g)
+	items := enqueueAll(t, w, 1, 10)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := w.Stop(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Stop with a canceled context: %v", err)
+	}
+	// Everyone is answered, with an error.
+	for _, ch := range append([]<-chan outcome{first}, itemChans(items)...) {
+		if o := recv(t, ch, "an answer"); !errors.Is(o.err, store.ErrUnavailable) {
+			t.Errorf("after a hard stop: %v, want ErrUnavailable", o.err)
+		}
+	}
+	recv(t, w.done, "the writer to exit")
+}
+
+func itemChans(items []*item) []<-chan outcome {
+	var chs []<-chan outcome
+	for _, it := range items {
+		chs = append(chs, it.done)
+	}
+	return chs
+}
+
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+
+	w := New(&fakeStore{}, Options{})
+	if _, err := w.Submit(ctx, webhook(1)); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Submit before Start: %v, want ErrUnavailable", err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err == nil {
+		t.Error("second Start succeeded")
+	}
+	if err := w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Submit(ctx, webhook(2)); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Submit after Stop: %v, want ErrClosed", err)
+	}
+	if err := w.Start(ctx); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Start after Stop: %v, want ErrClosed", err)
+	}
+
+	never := New(&fakeStore{}, Options{})
+	if err := never.Stop(ctx); err != nil {
+		t.Errorf("Stop before Start: %v", err)
+	}
+	if err := never.Start(ctx); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Start after Stop: %v, want ErrClosed", err)
+	}
+}
+
+func TestStartContextCanceled(t *testing.T) {
+	t.Parallel()
+	fs := &fakeStore{}
+	w := New(fs, Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.Submit(t.Context(), webhook(1))
+	wantResult(t, 1, outcome{r, err})
+	cancel()
+	recv(t, w.done, "the writer to exit")
+	if _, err := w.Submit(t.Context(), webhook(2)); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Submit after the Start context ended: %v, want ErrClosed", err)
+	}
+}
+
+func TestSubmitContextCanceled(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	fs := &fakeStore{hook: g.hook}
+	w := start(t, fs, Options{})
+	first := holdFirstBatch(t, w, g)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	it, err := w.enqueue(ctx, webhook(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := w.wait(ctx, it); !errors.Is(err, context.Canceled) {
+		t.Errorf("Submit whose context ended: %v, want context.Canceled", err)
+	}
+	if _, err := w.Submit(ctx, webhook(2)); !errors.Is(err, context.Canceled) {
+		t.Errorf("Submit with an ended context: %v, want context.Canceled", err)
+	}
+
+	close(g.release)
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+	if err := w.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// The writer left out the webhook nobody waited for any more.
+	if numbers, _ := fs.committed(); !slices.Equal(numbers, []int{0}) {
+		t.Errorf("committed %v, want [0]", numbers)
+	}
+}
+
+func TestOnCommitBeforeAnswer(t *testing.T) {
+	t.Parallel()
+	var (
+		mu        sync.Mutex
+		published = map[string]int{}
+	)
+	w := start(t, &fakeStore{}, Options{OnCommit: func(changes []store.Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range changes {
+			published[c.Request.GetRequestId()]++
+		}
+	}})
+	var wg sync.WaitGroup
+	for n := range 200 {
+		wg.Go(func() {
+			r, err := w.Submit(t.Context(), webhook(n))
+			wantResult(t, n, outcome{r, err})
+			mu.Lock()
+			defer mu.Unlock()
+			if published["r"+strconv.Itoa(n)] != 1 {
+				t.Errorf("webhook %d answered before its change was published", n)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for rid, count := range published {
+		if count != 1 {
+			t.Errorf("change of %s published %d times", rid, count)
+		}
+	}
+	if len(published) != 200 {
+		t.Errorf("%d changes published, want 200", len(published))
+	}
+}
