@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime/pprof"
 	"slices"
@@ -108,6 +109,9 @@ func (g *gate) hook(ctx context.Context, call int, batch []store.Webhook) error 
 // start returns a started Writer on s, stopped at the end of the test.
 func start(t *testing.T, s store.Store, opts Options) *Writer {
 	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	}
 	w := New(s, opts)
 	if err := w.Start(t.Context()); err != nil {
 		t.Fatal(err)

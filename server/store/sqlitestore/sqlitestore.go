@@ -246,6 +246,10 @@ func (s *Store) commit(ctx context.Context, tx *sql.Tx, batch []store.Webhook) (
 		res := make([]store.EventResult, len(wh.Events))
 		var webhookID int64 // 0 until the body is stored
 		for j, e := range wh.Events {
+			if e.GetRawBody() != "" { // not expected; the body is stored once
+				e = proto.CloneOf(e)
+				e.RawBody = ""
+			}
 			isNew, err := ins.insert(ctx, wh, &webhookID, e)
 			if err != nil {
 				return nil, nil, err
@@ -323,10 +327,6 @@ func (ins inserter) insert(ctx context.Context, wh store.Webhook, webhookID *int
 		if *webhookID, err = r.LastInsertId(); err != nil {
 			return false, fmt.Errorf("insert webhook: %w", err)
 		}
-	}
-	if e.GetRawBody() != "" {
-		e = proto.CloneOf(e)
-		e.RawBody = ""
 	}
 	data, err := proto.Marshal(e)
 	if err != nil {
