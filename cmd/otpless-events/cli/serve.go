@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/otpless-events/otpless-events/server"
+)
+
+func newServe(stderr io.Writer) *cobra.Command {
+	cfg := server.DefaultConfig()
+	logFormat, logLevel := "text", "info"
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the webhook receiver, the gRPC API and the HTTP gateway",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := newLogger(stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			srv, err := server.New(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return srv.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP gateway listen address (webhooks and JSON API)")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded database")
+	f.StringVar(&cfg.Store, "store", cfg.Store, "store DSN: sqlite://PATH or a file path (default: SQLite in --data-dir)")
+	f.DurationVar(&cfg.WatchHeartbeat, "watch-heartbeat", cfg.WatchHeartbeat, "heartbeat interval of quiet watch streams")
+	f.DurationVar(&cfg.MaxWatchDuration, "max-watch-duration", cfg.MaxWatchDuration, "watch streams end with RECONNECT after this long")
+	f.IntVar(&cfg.WriteQueue, "write-queue", cfg.WriteQueue, "webhooks waiting for commit before ingest answers 503")
+	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
+	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long shutdown waits for in-flight calls")
+	f.StringVar(&logFormat, "log-format", logFormat, "log format: text or json")
+	f.StringVar(&logLevel, "log-level", logLevel, "log level: debug, info, warn or error")
+	documentEnv(f)
+	return cmd
+}

@@ -1,0 +1,19 @@
+// Command otpless-events receives OTPLESS webhooks and serves live auth
+// request state over gRPC and HTTP. See `otpless-events --help`.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

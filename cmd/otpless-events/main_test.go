@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// binary is built once per test run.
+var binary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	binary.once.Do(func() {
+		dir, err := os.MkdirTemp("", "otpless-events-bin")
+		if err != nil {
+			binary.err = err
+			return
+		}
+		binary.path = filepath.Join(dir, "otpless-events")
+		out, err := exec.Command("go", "build", "-o", binary.path, ".").CombinedOutput()
+		if err != nil {
+			binary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binary.err != nil {
+		t.Fatal(binary.err)
+	}
+	return binary.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binary.path != "" {
+		os.RemoveAll(filepath.Dir(binary.path))
+	}
+	os.Exit(code)
+}
+
+// proc is a running `otpless-events serve`.
+type proc struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	httpURL  string
+	exited   chan struct{} // closed when the process has exited
+	waitErr  error
+}
+
+// startServe runs the real binary on ephemeral ports and reads the addresses
+// from its "serving" log line.
+func startServe(t *testing.T, dataDir string) *proc {
+	t.Helper()
+	cmd := exec.Command(buildBinary(t), "serve",
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--data-dir", dataDir, "--log-format", "json")
+	cmd.Env = append(os.Environ(), "OTPLESS_EVENTS_WATCH_HEARTBEAT=1s")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	addrs := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, GRPC, HTTP string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
+				addrs <- [2]string{line.GRPC, line.HTTP}
+			}
+			t.Logf("serve: %s", sc.Bytes())
+		}
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.exited
+	})
+	select {
+	case a := <-addrs:
+		p.grpcAddr, p.httpURL = a[0], "http://"+a[1]
+	case <-p.exited:
+		t.Fatalf("serve exited before serving: %v", p.waitErr)
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	return p
+}
+
+func (p *proc) client(t *testing.T) eventsv1.RequestServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return eventsv1.NewRequestServiceClient(conn)
+}
+
+// TestKill9KeepsAcknowledgedWebhooks: every webhook answered 2xx is there
+// after kill -9 and a restart.
+func TestKill9KeepsAcknowledgedWebhooks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the binary; skipped with -short")
+	}
+	dataDir := t.TempDir()
+	p := startServe(t, dataDir)
+
+	type ack struct{ requestID, eventID string }
+	var (
+		mu     sync.Mutex
+		acked  []ack
+		wg     sync.WaitGroup
+		killed = make(chan struct{})
+	)
+	const workers, killAfter = 8, 400
+	client := &http.Client{Timeout: 10 * time.Second}
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-killed:
+					return
+				default:
+				}
+				id := fmt.Sprintf("kill9-%d-%d", w, i)
+				body := fmt.Sprintf(`{"data":{"requestId":%q,"status":"SENT","channel":"WHATSAPP"},"eventType":"DLR","timestamp":%d}`, id, 1764153000000+i)
+				resp, err := client.Post(p.httpURL+"/v1/webhooks/otpless", "application/json", strings.NewReader(body))
+				if err != nil {
+					return // the server is gone
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					continue
+				}
+				out := &eventsv1.IngestResponse{}
+				if err := protojson.Unmarshal(b, out); err != nil {
+					// A 200 with a cut body can't be attributed; the server died mid-write.
+					continue
+				}
+				mu.Lock()
+				acked = append(acked, ack{id, out.GetEvents()[0].GetEventId()})
+				n := len(acked)
+				mu.Unlock()
+				if n == killAfter {
+					p.cmd.Process.Signal(syscall.SIGKILL)
+					close(killed)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	<-p.exited
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acked) < killAfter {
+		t.Fatalf("only %d webhooks acknowledged before the kill", len(acked))
+	}
+
+	p2 := startServe(t, dataDir)
+	c := p2.client(t)
+	ctx := context.Background()
+	for _, a := range acked {
+		resp, err := c.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: a.requestID})
+		if err != nil {
+			t.Fatalf("acknowledged request %s lost after kill -9: %v", a.requestID, err)
+		}
+		if len(resp.GetEvents()) != 1 || resp.GetEvents()[0].GetEventId() != a.eventID {
+			t.Fatalf("acknowledged event %s of %s lost after kill -9: %v", a.eventID, a.requestID, resp.GetEvents())
+		}
+	}
+	t.Logf("%d acknowledged webhooks all present after kill -9", len(acked))
+}
+
+// TestSIGTERMShutsDownGracefully: watch streams get RECONNECT and the process
+// exits 0.
+func TestSIGTERMShutsDownGracefully(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	p := startServe(t, t.TempDir())
+	stream, err := p.client(t).WatchRequest(context.Background(), &eventsv1.WatchRequestRequest{RequestId: "term-req"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"data":{"requestId":"term-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000000}`)
+	resp, err := http.Post(p.httpURL+"/v1/webhooks/otpless", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var last *eventsv1.WatchRequestResponse
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			if err != io.EOF {
+				t.Fatalf("stream ended with %v, want a clean end", err)
+			}
+			break
+		}
+		last = m
+	}
+	if last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT || last.GetRevision() != 1 {
+		t.Fatalf("last message %v, want RECONNECT at revision 1", last)
+	}
+	select {
+	case <-p.exited:
+		if p.waitErr != nil {
+			t.Fatalf("serve exited with %v after SIGTERM, want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not exit after SIGTERM")
+	}
+}

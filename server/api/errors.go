@@ -1,0 +1,42 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// Status maps a domain error to a gRPC status error. Errors that already
+// carry a status pass through. Anything unknown becomes INTERNAL with a
+// generic message, so internals never leak to clients.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, normalize.ErrInvalidBody), errors.Is(err, normalize.ErrUnrecognized),
+		errors.Is(err, store.ErrInvalidPageToken):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrOverloaded):
+		return status.Error(codes.Unavailable, "write queue full, retry later")
+	case errors.Is(err, store.ErrClosed):
+		return status.Error(codes.Unavailable, "server is shutting down, retry later")
+	case errors.Is(err, store.ErrUnavailable):
+		return status.Error(codes.Unavailable, "store unavailable, retry later")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Internal, "internal error")
+}

@@ -1,0 +1,182 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/state"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// maxRequestIDLen bounds request ids accepted on reads.
+const maxRequestIDLen = 256
+
+// Reader is the read side of the store.
+type Reader interface {
+	GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error)
+	ListEvents(ctx context.Context, requestID string, page store.Page) ([]*eventsv1.Event, string, error)
+}
+
+// WatchOptions bound watch streams.
+type WatchOptions struct {
+	// Heartbeat is the interval of HEARTBEAT messages on a quiet stream.
+	Heartbeat time.Duration
+	// MaxDuration ends a stream with RECONNECT once it has lasted this long.
+	MaxDuration time.Duration
+}
+
+// RequestServer implements otpless.events.v1.RequestService.
+type RequestServer struct {
+	eventsv1.UnimplementedRequestServiceServer
+
+	store  Reader
+	broker *broker.Broker
+	opts   WatchOptions
+}
+
+// NewRequestServer returns a RequestServer reading from r and following
+// changes through b.
+func NewRequestServer(r Reader, b *broker.Broker, opts WatchOptions) *RequestServer {
+	return &RequestServer{store: r, broker: b, opts: opts}
+}
+
+// GetRequest returns the request's current snapshot.
+func (s *RequestServer) GetRequest(ctx context.Context, req *eventsv1.GetRequestRequest) (*eventsv1.GetRequestResponse, error) {
+	if err := validateRequestID(req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	r, err := s.store.GetRequest(ctx, req.GetRequestId())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &eventsv1.GetRequestResponse{Request: r}, nil
+}
+
+// ListRequestEvents returns a page of the request's events.
+func (s *RequestServer) ListRequestEvents(ctx context.Context, req *eventsv1.ListRequestEventsRequest) (*eventsv1.ListRequestEventsResponse, error) {
+	if err := validateRequestID(req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	if req.GetPageSize() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+	}
+	page := store.Page{Size: int(req.GetPageSize()), Token: req.GetPageToken()}
+	events, next, err := s.store.ListEvents(ctx, req.GetRequestId(), page)
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &eventsv1.ListRequestEventsResponse{Events: events, NextPageToken: next}, nil
+}
+
+// WatchRequest streams the request's snapshot and its changes. The
+// subscription is taken before the snapshot is read, so no change falls into
+// the gap; changes at or below the last revision sent are skipped.
+func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+	id := req.GetRequestId()
+	if err := validateRequestID(id); err != nil {
+		return err
+	}
+	if req.GetAfterRevision() < 0 {
+		return status.Error(codes.InvalidArgument, "after_revision must not be negative")
+	}
+	ctx := stream.Context()
+	sub := s.broker.Subscribe(id)
+	defer sub.Close()
+
+	snap, err := s.store.GetRequest(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		snap = &eventsv1.AuthRequest{RequestId: id}
+	case err != nil:
+		return Status(err)
+	}
+
+	last := req.GetAfterRevision()
+	first := &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, Revision: snap.GetRevision()}
+	if last == 0 || snap.GetRevision() > last {
+		first = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Revision: snap.GetRevision(), Request: snap}
+		last = snap.GetRevision()
+	}
+	if err := stream.Send(first); err != nil {
+		return err
+	}
+	if state.Terminal(snap) {
+		return nil
+	}
+
+	heartbeat := time.NewTicker(s.opts.Heartbeat)
+	defer heartbeat.Stop()
+	deadline := time.NewTimer(s.opts.MaxDuration)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return Status(ctx.Err())
+		case <-sub.Done():
+			return s.sendReconnect(stream, last)
+		case <-deadline.C:
+			return s.sendReconnect(stream, last)
+		case <-heartbeat.C:
+			if err := stream.Send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, Revision: last}); err != nil {
+				return err
+			}
+		case <-sub.Ready():
+			msg := update(sub, last)
+			if msg == nil {
+				continue
+			}
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+			last = msg.GetRevision()
+			if state.Terminal(msg.GetRequest()) {
+				return nil
+			}
+		}
+	}
+}
+
+// update builds one UPDATE from the pending changes newer than last: the
+// newest snapshot and the events of every such change. Nil when nothing is
+// newer.
+func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
+	changes, _ := sub.Next()
+	var msg *eventsv1.WatchRequestResponse
+	for _, c := range changes {
+		if c.Request.GetRevision() <= last {
+			continue
+		}
+		if msg == nil {
+			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}
+		}
+		msg.Request = c.Request
+		msg.Revision = c.Request.GetRevision()
+		msg.Events = append(msg.Events, c.Events...)
+	}
+	return msg
+}
+
+func (s *RequestServer) sendReconnect(stream grpc.ServerStreamingServer[eventsv1.WatchRequestResponse], last int64) error {
+	return stream.Send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT, Revision: last})
+}
+
+func validateRequestID(id string) error {
+	switch {
+	case id == "":
+		return status.Error(codes.InvalidArgument, "request_id is required")
+	case len(id) > maxRequestIDLen:
+		return status.Error(codes.InvalidArgument, fmt.Sprintf("request_id is longer than %d bytes", maxRequestIDLen))
+	case !utf8.ValidString(id):
+		return status.Error(codes.InvalidArgument, "request_id is not valid UTF-8")
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package api
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// Ingester stores a webhook durably and answers after the commit; the
+// group-commit writer implements it.
+type Ingester interface {
+	Submit(ctx context.Context, w store.Webhook) (store.Result, error)
+}
+
+// WebhookServer implements otpless.events.v1.WebhookService.
+type WebhookServer struct {
+	eventsv1.UnimplementedWebhookServiceServer
+
+	ingester Ingester
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// NewWebhookServer returns a WebhookServer that stores through ingester.
+func NewWebhookServer(ingester Ingester, log *slog.Logger) *WebhookServer {
+	return &WebhookServer{ingester: ingester, log: log, now: time.Now}
+}
+
+// Ingest serves gRPC callers, who send the decoded message: the body kept is
+// its canonical JSON. The HTTP route calls IngestBody with the original bytes.
+func (s *WebhookServer) Ingest(ctx context.Context, req *eventsv1.IngestRequest) (*eventsv1.IngestResponse, error) {
+	body, err := protojson.Marshal(req)
+	if err != nil {
+		return nil, Status(err)
+	}
+	return s.IngestBody(ctx, req, body)
+}
+
+// IngestBody normalizes req, stores it with body (the webhook as received) and
+// answers once both are committed.
+func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequest, body []byte) (*eventsv1.IngestResponse, error) {
+	received := s.now()
+	events, err := normalize.Events(req, received)
+	if err != nil {
+		return nil, Status(err)
+	}
+	res, err := s.ingester.Submit(ctx, store.Webhook{Body: body, Received: received, Events: events})
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "webhook not stored", slog.Any("error", err))
+		return nil, Status(err)
+	}
+	resp := &eventsv1.IngestResponse{Events: make([]*eventsv1.IngestedEvent, len(events))}
+	for i, e := range events {
+		r := res.Events[i]
+		resp.Events[i] = &eventsv1.IngestedEvent{
+			EventId:   e.GetEventId(),
+			RequestId: e.GetRequestId(),
+			Duplicate: r.Duplicate,
+			Revision:  r.Revision,
+			Status:    e.GetStatus(),
+			Kind:      e.GetKind(),
+		}
+		if r.Duplicate {
+			resp.Duplicates++
+		} else {
+			resp.Stored++
+		}
+	}
+	return resp, nil
+}

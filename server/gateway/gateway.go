@@ -1,0 +1,119 @@
+// Package gateway is the HTTP face of the service: grpc-gateway routes for
+// RequestService (proxied over a client connection to our own gRPC server,
+// since the in-process registration cannot stream) and the OTPLESS webhook
+// route, which reads the body once so the original bytes can be stored.
+//
+// It may import the generated API, server/api and server/normalize.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/normalize"
+)
+
+// DefaultMaxBodyBytes is the largest webhook body accepted.
+const DefaultMaxBodyBytes = 1 << 20
+
+// WebhookPath is the route OTPLESS posts to.
+const WebhookPath = "/v1/webhooks/otpless"
+
+// Options configure the gateway.
+type Options struct {
+	// MaxBodyBytes bounds webhook bodies; larger ones get 413.
+	MaxBodyBytes int64
+	Logger       *slog.Logger
+}
+
+// New returns the HTTP handler. conn reaches our gRPC server; webhooks are
+// served in process by ingest.
+func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, opts Options) (http.Handler, error) {
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+	if err := eventsv1.RegisterRequestServiceHandler(ctx, mux, conn); err != nil {
+		return nil, fmt.Errorf("gateway: register RequestService: %w", err)
+	}
+	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, log: opts.Logger}
+	if err := mux.HandlePath(http.MethodPost, WebhookPath, wh.serve); err != nil {
+		return nil, fmt.Errorf("gateway: register webhook route: %w", err)
+	}
+	return mux, nil
+}
+
+// errorHandler is the gateway's default, plus Retry-After on UNAVAILABLE so
+// that senders back off and retry.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if status.Code(err) == codes.Unavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+type webhookHandler struct {
+	mux     *runtime.ServeMux
+	ingest  *api.WebhookServer
+	maxBody int64
+	log     *slog.Logger
+}
+
+func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+	ctx := r.Context()
+	_, out := runtime.MarshalerForRequest(h.mux, r)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeStatus(w, out, http.StatusRequestEntityTooLarge,
+				status.New(codes.InvalidArgument, fmt.Sprintf("webhook body is larger than %d bytes", h.maxBody)))
+			return
+		}
+		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.InvalidArgument, "reading webhook body: "+err.Error()))
+		return
+	}
+	req, err := normalize.Decode(body)
+	if err != nil {
+		errorHandler(ctx, h.mux, out, w, r, api.Status(err))
+		return
+	}
+	resp, err := h.ingest.IngestBody(ctx, req, body)
+	if err != nil {
+		errorHandler(ctx, h.mux, out, w, r, err)
+		return
+	}
+	buf, err := out.Marshal(resp)
+	if err != nil {
+		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.Internal, "encoding response"))
+		return
+	}
+	w.Header().Set("Content-Type", out.ContentType(resp))
+	if _, err := w.Write(buf); err != nil && h.log != nil {
+		h.log.LogAttrs(ctx, slog.LevelDebug, "writing webhook response", slog.Any("error", err))
+	}
+}
+
+// writeStatus writes st as the gateway writes its errors, with an HTTP status
+// the gRPC code cannot express.
+func writeStatus(w http.ResponseWriter, m runtime.Marshaler, httpStatus int, st *status.Status) {
+	buf, err := m.Marshal(st.Proto())
+	if err != nil {
+		http.Error(w, st.Message(), httpStatus)
+		return
+	}
+	w.Header().Set("Content-Type", m.ContentType(st.Proto()))
+	w.WriteHeader(httpStatus)
+	_, _ = w.Write(buf)
+}

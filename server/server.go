@@ -1,0 +1,302 @@
+// Package server wires the service together: configuration, the store chosen
+// by DSN, the group-commit writer, the broker, the gRPC server (with health
+// and reflection), the HTTP gateway, and the lifecycle that starts and stops
+// them in order. It holds no domain logic.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/gateway"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/groupcommit"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+)
+
+// Config is everything serve can be told.
+type Config struct {
+	// GRPCAddr is where gRPC listens.
+	GRPCAddr string
+	// HTTPAddr is where the HTTP gateway (webhooks, JSON API) listens.
+	HTTPAddr string
+	// DataDir holds the embedded database when Store is empty.
+	DataDir string
+	// Store selects the backend: "" (SQLite in DataDir), "sqlite://PATH" or a
+	// plain file path.
+	Store string
+	// WatchHeartbeat is the heartbeat interval of quiet watch streams.
+	WatchHeartbeat time.Duration
+	// MaxWatchDuration ends a watch stream with RECONNECT after this long.
+	MaxWatchDuration time.Duration
+	// WriteQueue bounds webhooks waiting to be committed; past it, 503.
+	WriteQueue int
+	// MaxBatch bounds webhooks committed in one transaction.
+	MaxBatch int
+	// MaxBodyBytes bounds webhook bodies; past it, 413.
+	MaxBodyBytes int64
+	// ShutdownGrace bounds how long shutdown waits for in-flight calls.
+	ShutdownGrace time.Duration
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the configuration serve starts from.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:         "127.0.0.1:9090",
+		HTTPAddr:         "127.0.0.1:8080",
+		DataDir:          "otpless-data",
+		WatchHeartbeat:   15 * time.Second,
+		MaxWatchDuration: time.Hour,
+		WriteQueue:       4096,
+		MaxBatch:         256,
+		MaxBodyBytes:     gateway.DefaultMaxBodyBytes,
+		ShutdownGrace:    10 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.GRPCAddr == "" {
+		errs = append(errs, errors.New("grpc address is empty"))
+	}
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("http address is empty"))
+	}
+	if c.Store == "" && c.DataDir == "" {
+		errs = append(errs, errors.New("neither a store DSN nor a data directory is set"))
+	}
+	if _, _, err := parseStore(c.Store); err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
+		}
+	}
+	if c.WriteQueue <= 0 || c.MaxBatch <= 0 || c.MaxBodyBytes <= 0 {
+		errs = append(errs, errors.New("write queue, max batch and max body bytes must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// parseStore splits a store DSN into backend and location.
+func parseStore(dsn string) (backend, location string, err error) {
+	switch {
+	case dsn == "":
+		return "sqlite", "", nil
+	case strings.HasPrefix(dsn, "sqlite://"):
+		return "sqlite", strings.TrimPrefix(dsn, "sqlite://"), nil
+	case strings.Contains(dsn, "://"):
+		return "", "", fmt.Errorf("store %q: unsupported scheme (want sqlite:// or a file path)", dsn)
+	default:
+		return "sqlite", dsn, nil
+	}
+}
+
+// Server is a configured, listening service; Run serves it.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	store  store.Store
+	writer *groupcommit.Writer
+	broker *broker.Broker
+	health *health.Server
+	grpc   *grpc.Server
+	http   *http.Server
+	conn   *grpc.ClientConn
+
+	grpcLis, httpLis net.Listener
+	inproc           *bufconn.Listener
+}
+
+// New opens the store and binds both listeners, so configuration and bind
+// errors surface before anything is served.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+
+	var err error
+	if s.store, err = openStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	s.broker = broker.New(0)
+	s.writer = groupcommit.New(s.store, groupcommit.Options{
+		QueueSize: cfg.WriteQueue,
+		MaxBatch:  cfg.MaxBatch,
+		OnCommit:  s.broker.Publish,
+		Logger:    log.With("component", "writer"),
+	})
+
+	webhooks := api.NewWebhookServer(s.writer, log.With("component", "ingest"))
+	requests := api.NewRequestServer(s.store, s.broker, api.WatchOptions{
+		Heartbeat:   cfg.WatchHeartbeat,
+		MaxDuration: cfg.MaxWatchDuration,
+	})
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.grpc = grpc.NewServer()
+	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
+	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	// The gateway reaches gRPC through an in-process listener: streaming
+	// routes need a real client connection, and this one never leaves memory.
+	s.inproc = bufconn.Listen(1 << 20)
+	s.conn, err = grpc.NewClient("passthrough:///in-process",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("gateway connection: %w", err)
+	}
+	handler, err := gateway.New(ctx, s.conn, webhooks, gateway.Options{
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		Logger:       log.With("component", "gateway"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	var lc net.ListenConfig
+	if s.grpcLis, err = lc.Listen(ctx, "tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("grpc listener: %w", err)
+	}
+	if s.httpLis, err = lc.Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http listener: %w", err)
+	}
+	ok = true
+	return s, nil
+}
+
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	_, path, err := parseStore(cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	if path == "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		path = filepath.Join(cfg.DataDir, "otpless-events.db")
+	}
+	st, err := sqlitestore.Open(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// GRPCAddr is the address gRPC listens on.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr is the address the HTTP gateway listens on.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
+
+// Run serves until ctx is done or a listener fails, then shuts down in order:
+// readiness off, watch streams ended (with RECONNECT), HTTP and gRPC drained
+// within the grace period, queued webhooks committed, store closed.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.writer.Start(context.WithoutCancel(ctx)); err != nil {
+		s.closeAll()
+		return fmt.Errorf("start writer: %w", err)
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	go func() { errc <- s.grpc.Serve(s.inproc) }()
+	go func() { errc <- s.http.Serve(s.httpLis) }()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		serveErr = fmt.Errorf("serve: %w", serveErr)
+	}
+	s.log.Info("shutting down")
+	return errors.Join(serveErr, s.shutdown())
+}
+
+func (s *Server) shutdown() error {
+	grace, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancel()
+	s.health.Shutdown()
+	s.broker.Close()
+	var errs []error
+	if err := s.http.Shutdown(grace); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-grace.Done():
+		s.grpc.Stop()
+		<-stopped
+	}
+	if err := s.writer.Stop(grace); err != nil {
+		errs = append(errs, fmt.Errorf("writer stop: %w", err))
+	}
+	s.closeAll()
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// closeAll releases what New opened.
+func (s *Server) closeAll() {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			s.log.Warn("closing store", "error", err)
+		}
+	}
+}

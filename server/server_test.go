@@ -1,0 +1,714 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"github.com/otpless-events/otpless-events/server/state"
+)
+
+// testServer is a real server on ephemeral loopback ports with real clients.
+type testServer struct {
+	httpURL  string
+	conn     *grpc.ClientConn
+	requests eventsv1.RequestServiceClient
+	webhooks eventsv1.WebhookServiceClient
+	stop     func() error
+}
+
+func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+			conn.Close()
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	ts := &testServer{
+		httpURL:  "http://" + srv.HTTPAddr().String(),
+		conn:     conn,
+		requests: eventsv1.NewRequestServiceClient(conn),
+		webhooks: eventsv1.NewWebhookServiceClient(conn),
+		stop:     stop,
+	}
+	waitServing(t, conn)
+	return ts
+}
+
+func waitServing(t *testing.T, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	for err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		select {
+		case <-ctx.Done():
+			t.Fatal("server never became SERVING")
+		case <-time.After(10 * time.Millisecond):
+		}
+		resp, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	}
+	if err != nil {
+		t.Fatalf("health check: %v", err)
+	}
+}
+
+type httpResult struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (ts *testServer) post(t *testing.T, path string, body []byte) httpResult {
+	t.Helper()
+	resp, err := http.Post(ts.httpURL+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return httpResult{code: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func (ts *testServer) get(t *testing.T, path string) httpResult {
+	t.Helper()
+	resp, err := http.Get(ts.httpURL + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return httpResult{code: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func (ts *testServer) ingest(t *testing.T, body []byte) *eventsv1.IngestResponse {
+	t.Helper()
+	r := ts.post(t, "/v1/webhooks/otpless", body)
+	if r.code != http.StatusOK {
+		t.Fatalf("POST webhook: %d %s", r.code, r.body)
+	}
+	resp := &eventsv1.IngestResponse{}
+	if err := protojson.Unmarshal(r.body, resp); err != nil {
+		t.Fatalf("decoding %s: %v", r.body, err)
+	}
+	return resp
+}
+
+// watch collects a WatchRequest stream until it ends.
+type watch struct {
+	msgs []*eventsv1.WatchRequestResponse
+	err  error
+	done chan struct{}
+}
+
+func startWatch(t *testing.T, ctx context.Context, c eventsv1.RequestServiceClient, req *eventsv1.WatchRequestRequest) *watch {
+	t.Helper()
+	stream, err := c.WatchRequest(ctx, req)
+	if err != nil {
+		t.Fatalf("WatchRequest: %v", err)
+	}
+	first, err := stream.Recv() // the first message proves the subscription is in place
+	if err != nil {
+		t.Fatalf("first watch message: %v", err)
+	}
+	w := &watch{msgs: []*eventsv1.WatchRequestResponse{first}, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					w.err = err
+				}
+				return
+			}
+			w.msgs = append(w.msgs, m)
+		}
+	}()
+	return w
+}
+
+func (w *watch) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("watch stream did not end")
+	}
+	if w.err != nil {
+		t.Fatalf("watch ended with %v", w.err)
+	}
+}
+
+// requestIDs returns the request ids a body's events belong to.
+func requestIDs(t *testing.T, body []byte) []string {
+	t.Helper()
+	events := normalizeBody(t, body)
+	var ids []string
+	for _, e := range events {
+		ids = append(ids, e.GetRequestId())
+	}
+	return ids
+}
+
+func normalizeBody(t *testing.T, body []byte) []*eventsv1.Event {
+	t.Helper()
+	req, err := normalize.Decode(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := normalize.Events(req, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events
+}
+
+// TestScenariosEndToEnd posts every scenario over HTTP while gRPC watchers
+// follow each request, then checks the streams, GetRequest and the events.
+func TestScenariosEndToEnd(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	for _, sc := range fixtures.Scenarios(t) {
+		t.Run(sc.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+
+			// Every request of the scenario: all its distinct events, and
+			// those a watcher sees: the ones up to the first SUCCESS, where
+			// the stream ends.
+			events := map[string]map[string]*eventsv1.Event{}
+			streamed := map[string]map[string]*eventsv1.Event{}
+			for _, body := range sc.Bodies {
+				for _, e := range normalizeBody(t, body) {
+					id := e.GetRequestId()
+					if events[id] == nil {
+						events[id], streamed[id] = map[string]*eventsv1.Event{}, map[string]*eventsv1.Event{}
+					}
+					events[id][e.GetEventId()] = e
+					if !state.Terminal(fold(id, streamed[id])) {
+						streamed[id][e.GetEventId()] = e
+					}
+				}
+			}
+			watches := map[string]*watch{}
+			for id := range events {
+				w := startWatch(t, ctx, ts.requests, &eventsv1.WatchRequestRequest{RequestId: id})
+				if m := w.msgs[0]; m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT || m.GetRevision() != 0 {
+					t.Fatalf("first message for unknown request %s = %v, want SNAPSHOT at revision 0", id, m)
+				}
+				watches[id] = w
+			}
+
+			var stored, duplicates int32
+			for _, body := range sc.Bodies {
+				resp := ts.ingest(t, body)
+				stored += resp.GetStored()
+				duplicates += resp.GetDuplicates()
+			}
+			distinct := 0
+			for _, es := range events {
+				distinct += len(es)
+			}
+			if int(stored) != distinct {
+				t.Errorf("stored %d events, want %d distinct", stored, distinct)
+			}
+
+			for id, w := range watches {
+				w.wait(t)
+				checkStream(t, w.msgs, streamed[id])
+				checkFold(t, w.msgs[len(w.msgs)-1].GetRequest(), streamed[id])
+
+				got, err := ts.requests.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+				if err != nil {
+					t.Fatalf("GetRequest(%s): %v", id, err)
+				}
+				if got.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+					t.Errorf("request %s ended %v, want SUCCESS", id, got.GetRequest().GetStatus())
+				}
+				checkFold(t, got.GetRequest(), events[id])
+				checkEvents(t, ts, id, events[id], sc.Bodies)
+			}
+		})
+	}
+}
+
+func fold(id string, events map[string]*eventsv1.Event) *eventsv1.AuthRequest {
+	list := make([]*eventsv1.Event, 0, len(events))
+	for _, e := range events {
+		list = append(list, e)
+	}
+	return state.Fold(id, list)
+}
+
+// checkStream: a SNAPSHOT, then UPDATEs at increasing revisions carrying
+// every distinct event exactly once, the last one terminal.
+func checkStream(t *testing.T, msgs []*eventsv1.WatchRequestResponse, want map[string]*eventsv1.Event) {
+	t.Helper()
+	seen := map[string]int{}
+	var rev int64
+	for i, m := range msgs[1:] {
+		switch m.GetType() {
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT:
+			continue
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
+		default:
+			t.Fatalf("message %d has type %v", i+1, m.GetType())
+		}
+		if m.GetRevision() <= rev || m.GetRequest().GetRevision() != m.GetRevision() {
+			t.Errorf("message %d at revision %d (snapshot %d) after %d", i+1, m.GetRevision(), m.GetRequest().GetRevision(), rev)
+		}
+		rev = m.GetRevision()
+		if len(m.GetEvents()) == 0 {
+			t.Errorf("UPDATE %d carries no events", i+1)
+		}
+		for _, e := range m.GetEvents() {
+			seen[e.GetEventId()]++
+		}
+	}
+	for id := range want {
+		if seen[id] != 1 {
+			t.Errorf("event %s (%s) seen %d times in the stream, want once", id, want[id].GetStatus(), seen[id])
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("stream carried %d distinct events, want %d", len(seen), len(want))
+	}
+	if last := msgs[len(msgs)-1]; !state.Terminal(last.GetRequest()) {
+		t.Errorf("stream ended on a non-terminal message %v", last)
+	}
+}
+
+// checkFold: the stored snapshot is the fold of the distinct events.
+func checkFold(t *testing.T, got *eventsv1.AuthRequest, events map[string]*eventsv1.Event) {
+	t.Helper()
+	want := fold(got.GetRequestId(), events)
+	g := proto.Clone(got).(*eventsv1.AuthRequest)
+	g.Revision, g.UpdateTime = 0, nil
+	if !proto.Equal(g, want) {
+		t.Errorf("snapshot is not the fold of its events:\n got %v\nwant %v", g, want)
+	}
+}
+
+// checkEvents: ListRequestEvents over HTTP returns each event once, in event
+// time order, with the verbatim body it came from.
+func checkEvents(t *testing.T, ts *testServer, id string, want map[string]*eventsv1.Event, bodies [][]byte) {
+	t.Helper()
+	var got []*eventsv1.Event
+	token := ""
+	for {
+		r := ts.get(t, fmt.Sprintf("/v1/requests/%s/events?page_size=2&page_token=%s", id, token))
+		if r.code != http.StatusOK {
+			t.Fatalf("list events: %d %s", r.code, r.body)
+		}
+		page := &eventsv1.ListRequestEventsResponse{}
+		if err := protojson.Unmarshal(r.body, page); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, page.GetEvents()...)
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("listed %d events, want %d", len(got), len(want))
+	}
+	for i, e := range got {
+		if _, ok := want[e.GetEventId()]; !ok {
+			t.Errorf("listed unknown event %s", e.GetEventId())
+		}
+		if i > 0 && e.GetEventTime().AsTime().Before(got[i-1].GetEventTime().AsTime()) {
+			t.Errorf("event %d is earlier than event %d", i, i-1)
+		}
+		found := false
+		for _, b := range bodies {
+			if string(b) == e.GetRawBody() {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("event %s raw body is not one of the posted bodies: %q", e.GetEventId(), e.GetRawBody())
+		}
+	}
+}
+
+func TestIngestOverGRPC(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	ctx := context.Background()
+	req := &eventsv1.IngestRequest{
+		EventType: "DLR",
+		Data:      &eventsv1.WebhookData{RequestId: "grpc-req", Status: "SENT", Channel: "SMS"},
+		Timestamp: structpb.NewNumberValue(1764153000400),
+	}
+	resp, err := ts.webhooks.Ingest(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetStored() != 1 || resp.GetEvents()[0].GetRevision() != 1 {
+		t.Fatalf("Ingest = %v, want one stored event at revision 1", resp)
+	}
+	again, err := ts.webhooks.Ingest(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetDuplicates() != 1 || again.GetEvents()[0].GetRevision() != 1 {
+		t.Fatalf("retried Ingest = %v, want a duplicate at revision 1", again)
+	}
+	if _, err := ts.webhooks.Ingest(ctx, &eventsv1.IngestRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty Ingest: %v, want InvalidArgument", err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.MaxBodyBytes = 1 << 20 })
+	valid := `{"data":{"requestId":"bad-input-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	huge := strings.Replace(valid, `"SMS"}`, `"SMS","metaData":{"pad":"`+strings.Repeat("x", 1<<20)+`"}}`, 1)
+	tests := []struct {
+		name     string
+		body     string
+		code     int
+		mentions string
+	}{
+		{"not JSON", `{"data":`, http.StatusBadRequest, "JSON"},
+		{"array", `[1,2]`, http.StatusBadRequest, "object"},
+		{"string", `"hello"`, http.StatusBadRequest, "object"},
+		{"empty", ``, http.StatusBadRequest, "empty"},
+		{"nothing recognisable", `{"hello":"world"}`, http.StatusBadRequest, "eventType"},
+		{"wrong type", `{"eventType":"DLR","data":{"requestId":5}}`, http.StatusBadRequest, "requestId"},
+		{"too large", huge, http.StatusRequestEntityTooLarge, "larger"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := ts.post(t, "/v1/webhooks/otpless", []byte(tt.body))
+			if r.code != tt.code {
+				t.Fatalf("status %d (%s), want %d", r.code, r.body, tt.code)
+			}
+			var e struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}
+			if err := json.Unmarshal(r.body, &e); err != nil {
+				t.Fatalf("error body %q is not JSON: %v", r.body, err)
+			}
+			if !strings.Contains(e.Message, tt.mentions) {
+				t.Errorf("message %q does not mention %q", e.Message, tt.mentions)
+			}
+		})
+	}
+	// Nothing of the rejected bodies was stored.
+	if r := ts.get(t, "/v1/requests/bad-input-req"); r.code != http.StatusNotFound {
+		t.Fatalf("GET after rejected bodies: %d %s, want 404", r.code, r.body)
+	}
+	if r := ts.get(t, "/v1/requests/bad-input-req/events"); r.code != http.StatusNotFound {
+		t.Fatalf("GET events after rejected bodies: %d %s, want 404", r.code, r.body)
+	}
+	// The valid body is then accepted.
+	if resp := ts.ingest(t, []byte(valid)); resp.GetStored() != 1 {
+		t.Fatalf("valid body: %v", resp)
+	}
+}
+
+func TestNewFieldsDoNotBreakIngest(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	body := []byte(`{"data":{"requestId":"future-req","status":"SENT","channel":"RCS","brandNew":{"x":[1,2]},"metaData":{"a":1}},"eventType":"DLR","timestamp":1764153000400,"version":3}`)
+	resp := ts.ingest(t, body)
+	if resp.GetStored() != 1 {
+		t.Fatalf("Ingest = %v", resp)
+	}
+	r := ts.get(t, "/v1/requests/future-req/events")
+	page := &eventsv1.ListRequestEventsResponse{}
+	if err := protojson.Unmarshal(r.body, page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.GetEvents()) != 1 || page.GetEvents()[0].GetRawBody() != string(body) {
+		t.Fatalf("events = %v, want the body kept verbatim", page.GetEvents())
+	}
+	if ch := page.GetEvents()[0].GetChannel(); ch != "RCS" {
+		t.Errorf("unknown channel kept as %q, want RCS", ch)
+	}
+}
+
+func TestGetUnknownRequest(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	_, err := ts.requests.GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: "nobody"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("GetRequest: %v, want NotFound", err)
+	}
+	if r := ts.get(t, "/v1/requests/nobody"); r.code != http.StatusNotFound {
+		t.Fatalf("GET: %d, want 404", r.code)
+	}
+	if _, err := ts.requests.GetRequest(context.Background(), &eventsv1.GetRequestRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("GetRequest without id: %v, want InvalidArgument", err)
+	}
+}
+
+func dlr(id, st string, ms int64) []byte {
+	return fmt.Appendf(nil, `{"data":{"requestId":%q,"status":%q,"channel":"WHATSAPP"},"eventType":"DLR","timestamp":%d}`, id, st, ms)
+}
+
+func TestWatchHeartbeatResumeAndMaxDuration(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) {
+		c.WatchHeartbeat = 20 * time.Millisecond
+		c.MaxWatchDuration = 300 * time.Millisecond
+	})
+	ctx := context.Background()
+	ts.ingest(t, dlr("hb-req", "SENT", 1764153000000))
+	ts.ingest(t, dlr("hb-req", "DELIVERED", 1764153001000))
+
+	// Resume after revision 1: the first message is revision 2, nothing older.
+	w := startWatch(t, ctx, ts.requests, &eventsv1.WatchRequestRequest{RequestId: "hb-req", AfterRevision: 1})
+	w.wait(t)
+	if m := w.msgs[0]; m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT || m.GetRevision() != 2 {
+		t.Fatalf("first message %v, want SNAPSHOT at revision 2", m)
+	}
+	heartbeats := 0
+	for _, m := range w.msgs[1 : len(w.msgs)-1] {
+		if m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT || m.GetRevision() != 2 {
+			t.Fatalf("quiet stream sent %v, want heartbeats at revision 2", m)
+		}
+		heartbeats++
+	}
+	if heartbeats == 0 {
+		t.Error("no heartbeat on a quiet stream")
+	}
+	if last := w.msgs[len(w.msgs)-1]; last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT || last.GetRevision() != 2 {
+		t.Fatalf("last message %v, want RECONNECT at revision 2", last)
+	}
+
+	// Caught up already: a heartbeat first, no snapshot again.
+	w = startWatch(t, ctx, ts.requests, &eventsv1.WatchRequestRequest{RequestId: "hb-req", AfterRevision: 2})
+	w.wait(t)
+	for _, m := range w.msgs {
+		if m.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT || m.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
+			t.Fatalf("resumed at the current revision but got %v", m)
+		}
+	}
+}
+
+func TestWatchFinishedRequestEndsAfterSnapshot(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	sc := scenario(t, "whatsapp-happy-path")
+	for _, b := range sc.Bodies {
+		ts.ingest(t, b)
+	}
+	id := requestIDs(t, sc.Bodies[0])[0]
+	w := startWatch(t, context.Background(), ts.requests, &eventsv1.WatchRequestRequest{RequestId: id})
+	w.wait(t)
+	if len(w.msgs) != 1 || w.msgs[0].GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+		t.Fatalf("watch of a finished request sent %v, want one SUCCESS snapshot", w.msgs)
+	}
+}
+
+func scenario(t *testing.T, name string) fixtures.Scenario {
+	t.Helper()
+	for _, sc := range fixtures.Scenarios(t) {
+		if sc.Name == name {
+			return sc
+		}
+	}
+	t.Fatalf("no scenario %s", name)
+	return fixtures.Scenario{}
+}
+
+// A watcher that never reads slows neither ingestion nor other watchers; it
+// is coalesced to the newest snapshot.
+func TestSlowWatcherIsCoalesced(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const id, n = "slow-req", 200
+
+	slow, err := ts.requests.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	fast := startWatch(t, ctx, ts.requests, &eventsv1.WatchRequestRequest{RequestId: id})
+
+	pad := strings.Repeat("p", 2048) // fill the slow stream's flow-control window quickly
+	for i := range n {
+		body := fmt.Appendf(nil, `{"data":{"requestId":%q,"status":"SENT","channel":"SMS","identity":%q},"eventType":"DLR","timestamp":%d}`, id, pad, 1764153000000+int64(i))
+		ts.ingest(t, body) // would stall here if the slow watcher held ingestion back
+	}
+	ts.ingest(t, []byte(`{"data":{"requestId":"slow-req","status":"SUCCESS","authenticationDetails":{}},"eventType":"AUTH","timestamp":1764153999}`))
+
+	fast.wait(t)
+	if got := fast.msgs[len(fast.msgs)-1].GetRevision(); got != n+1 {
+		t.Fatalf("fast watcher ended at revision %d, want %d", got, n+1)
+	}
+	var msgs int
+	var last *eventsv1.WatchRequestResponse
+	for {
+		m, err := slow.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs++
+		last = m
+	}
+	if last.GetRevision() != n+1 || !state.Terminal(last.GetRequest()) {
+		t.Fatalf("slow watcher ended at %v, want the terminal snapshot at revision %d", last, n+1)
+	}
+	if msgs >= n+1 {
+		t.Errorf("slow watcher got %d messages for %d changes: nothing was coalesced", msgs, n+1)
+	}
+}
+
+func TestShutdownEndsWatchesWithReconnect(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	w := startWatch(t, context.Background(), ts.requests, &eventsv1.WatchRequestRequest{RequestId: "shutdown-req"})
+	if err := ts.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.wait(t)
+	if last := w.msgs[len(w.msgs)-1]; last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT {
+		t.Fatalf("last message %v, want RECONNECT", last)
+	}
+}
+
+func TestWatchOverGatewayIsNDJSON(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	sc := scenario(t, "whatsapp-happy-path")
+	id := requestIDs(t, sc.Bodies[0])[0]
+	resp, err := http.Get(ts.httpURL + "/v1/requests/" + id + ":watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	var first struct {
+		Result struct {
+			Type string `json:"type"`
+		} `json:"result"`
+	}
+	if err := dec.Decode(&first); err != nil {
+		t.Fatal(err)
+	}
+	if first.Result.Type != "WATCH_MESSAGE_TYPE_SNAPSHOT" {
+		t.Fatalf("first line %+v, want a snapshot", first)
+	}
+	for _, b := range sc.Bodies {
+		ts.ingest(t, b)
+	}
+	var lastStatus string
+	for {
+		var line struct {
+			Result struct {
+				Request struct {
+					Status string `json:"status"`
+				} `json:"request"`
+			} `json:"result"`
+			Error json.RawMessage `json:"error"`
+		}
+		err := dec.Decode(&line)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line.Error != nil {
+			t.Fatalf("stream error %s", line.Error)
+		}
+		if s := line.Result.Request.Status; s != "" {
+			lastStatus = s
+		}
+	}
+	if lastStatus != "REQUEST_STATUS_SUCCESS" {
+		t.Fatalf("NDJSON stream ended at %q, want SUCCESS", lastStatus)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	cfg := server.DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	bad := cfg
+	bad.Store = "mysql://x"
+	bad.WatchHeartbeat = 0
+	err := bad.Validate()
+	if err == nil || !strings.Contains(err.Error(), "mysql") || !strings.Contains(err.Error(), "heartbeat") {
+		t.Fatalf("Validate() = %v, want both problems named", err)
+	}
+	busy := cfg
+	busy.DataDir = t.TempDir()
+	busy.Store = filepath.Join(busy.DataDir, "x.db")
+	busy.HTTPAddr = "256.0.0.1:1"
+	if _, err := server.New(context.Background(), busy); err == nil {
+		t.Fatal("New with an unusable address succeeded")
+	}
+}
