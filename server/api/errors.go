@@ -22,11 +22,12 @@ func Status(err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, normalize.ErrInvalidBody), errors.Is(err, normalize.ErrUnrecognized),
-		errors.Is(err, store.ErrInvalidPageToken):
+	case errors.Is(err, normalize.ErrInvalidBody), errors.Is(err, normalize.ErrUnrecognized):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrInvalidPageToken):
+		return status.Error(codes.InvalidArgument, "page_token is not one this server returned for this request")
 	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
+		return status.Error(codes.NotFound, "no event of this request has been stored")
 	case errors.Is(err, store.ErrOverloaded):
 		return status.Error(codes.Unavailable, "write queue full, retry later")
 	case errors.Is(err, store.ErrClosed):
