@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1075,11 +1076,121 @@ func (x *WatchRequestResponse) GetEvents() []*Event {
 	return nil
 }
 
+// CreateWatchTokenRequest names the request a token is for.
+type CreateWatchTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The OTPLESS request id the token is bound to.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// How long the token lives: default 10 minutes, at most 1 hour.
+	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWatchTokenRequest) Reset() {
+	*x = CreateWatchTokenRequest{}
+	mi := &file_otpless_events_v1_request_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWatchTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWatchTokenRequest) ProtoMessage() {}
+
+func (x *CreateWatchTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_otpless_events_v1_request_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWatchTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateWatchTokenRequest) Descriptor() ([]byte, []int) {
+	return file_otpless_events_v1_request_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CreateWatchTokenRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CreateWatchTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// CreateWatchTokenResponse holds the token.
+type CreateWatchTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token: opaque, URL-safe.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// When the token stops working.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWatchTokenResponse) Reset() {
+	*x = CreateWatchTokenResponse{}
+	mi := &file_otpless_events_v1_request_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWatchTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWatchTokenResponse) ProtoMessage() {}
+
+func (x *CreateWatchTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_otpless_events_v1_request_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWatchTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateWatchTokenResponse) Descriptor() ([]byte, []int) {
+	return file_otpless_events_v1_request_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CreateWatchTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateWatchTokenResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 var File_otpless_events_v1_request_proto protoreflect.FileDescriptor
 
 const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\n" +
-	"\x1fotpless/events/v1/request.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dotpless/events/v1/event.proto\"P\n" +
+	"\x1fotpless/events/v1/request.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dotpless/events/v1/event.proto\"P\n" +
 	"\x04Step\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\aimplied\x18\x02 \x01(\bR\aimplied\"\xab\x03\n" +
@@ -1149,7 +1260,15 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2#.otpless.events.v1.WatchMessageTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x128\n" +
 	"\arequest\x18\x03 \x01(\v2\x1e.otpless.events.v1.AuthRequestR\arequest\x120\n" +
-	"\x06events\x18\x04 \x03(\v2\x18.otpless.events.v1.EventR\x06events*\x86\x01\n" +
+	"\x06events\x18\x04 \x03(\v2\x18.otpless.events.v1.EventR\x06events\"e\n" +
+	"\x17CreateWatchTokenRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12+\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"m\n" +
+	"\x18CreateWatchTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime*\x86\x01\n" +
 	"\rRequestStatus\x12\x1e\n" +
 	"\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aREQUEST_STATUS_IN_PROGRESS\x10\x01\x12\x19\n" +
@@ -1167,12 +1286,13 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x1bWATCH_MESSAGE_TYPE_SNAPSHOT\x10\x01\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_TYPE_UPDATE\x10\x02\x12 \n" +
 	"\x1cWATCH_MESSAGE_TYPE_HEARTBEAT\x10\x03\x12 \n" +
-	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xb6\x03\n" +
+	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xd5\x04\n" +
 	"\x0eRequestService\x12|\n" +
 	"\n" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/requests/{request_id}\x12\x98\x01\n" +
 	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x8a\x01\n" +
-	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01B\xd4\x01\n" +
+	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\x9c\x01\n" +
+	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xd4\x01\n" +
 	"\x15com.otpless.events.v1B\fRequestProtoP\x01ZGgithub.com/otpless-events/otpless-events/gen/otpless/events/v1;eventsv1\xa2\x02\x03OEX\xaa\x02\x11Otpless.Events.V1\xca\x02\x11Otpless\\Events\\V1\xe2\x02\x1dOtpless\\Events\\V1\\GPBMetadata\xea\x02\x13Otpless::Events::V1b\x06proto3"
 
 var (
@@ -1188,7 +1308,7 @@ func file_otpless_events_v1_request_proto_rawDescGZIP() []byte {
 }
 
 var file_otpless_events_v1_request_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_otpless_events_v1_request_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_otpless_events_v1_request_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_otpless_events_v1_request_proto_goTypes = []any{
 	(RequestStatus)(0),                // 0: otpless.events.v1.RequestStatus
 	(DeliveryStatus)(0),               // 1: otpless.events.v1.DeliveryStatus
@@ -1204,48 +1324,55 @@ var file_otpless_events_v1_request_proto_goTypes = []any{
 	(*ListRequestEventsResponse)(nil), // 11: otpless.events.v1.ListRequestEventsResponse
 	(*WatchRequestRequest)(nil),       // 12: otpless.events.v1.WatchRequestRequest
 	(*WatchRequestResponse)(nil),      // 13: otpless.events.v1.WatchRequestResponse
-	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
-	(*ErrorInfo)(nil),                 // 15: otpless.events.v1.ErrorInfo
-	(*PhoneDetails)(nil),              // 16: otpless.events.v1.PhoneDetails
-	(*Event)(nil),                     // 17: otpless.events.v1.Event
+	(*CreateWatchTokenRequest)(nil),   // 14: otpless.events.v1.CreateWatchTokenRequest
+	(*CreateWatchTokenResponse)(nil),  // 15: otpless.events.v1.CreateWatchTokenResponse
+	(*timestamppb.Timestamp)(nil),     // 16: google.protobuf.Timestamp
+	(*ErrorInfo)(nil),                 // 17: otpless.events.v1.ErrorInfo
+	(*PhoneDetails)(nil),              // 18: otpless.events.v1.PhoneDetails
+	(*Event)(nil),                     // 19: otpless.events.v1.Event
+	(*durationpb.Duration)(nil),       // 20: google.protobuf.Duration
 }
 var file_otpless_events_v1_request_proto_depIdxs = []int32{
-	14, // 0: otpless.events.v1.Step.time:type_name -> google.protobuf.Timestamp
+	16, // 0: otpless.events.v1.Step.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: otpless.events.v1.ChannelProgress.status:type_name -> otpless.events.v1.DeliveryStatus
 	3,  // 2: otpless.events.v1.ChannelProgress.sent:type_name -> otpless.events.v1.Step
 	3,  // 3: otpless.events.v1.ChannelProgress.delivered:type_name -> otpless.events.v1.Step
 	3,  // 4: otpless.events.v1.ChannelProgress.read:type_name -> otpless.events.v1.Step
 	3,  // 5: otpless.events.v1.ChannelProgress.clicked:type_name -> otpless.events.v1.Step
 	3,  // 6: otpless.events.v1.ChannelProgress.failed:type_name -> otpless.events.v1.Step
-	15, // 7: otpless.events.v1.ChannelProgress.error:type_name -> otpless.events.v1.ErrorInfo
-	14, // 8: otpless.events.v1.Fallback.time:type_name -> google.protobuf.Timestamp
-	15, // 9: otpless.events.v1.Failure.error:type_name -> otpless.events.v1.ErrorInfo
-	14, // 10: otpless.events.v1.Failure.time:type_name -> google.protobuf.Timestamp
+	17, // 7: otpless.events.v1.ChannelProgress.error:type_name -> otpless.events.v1.ErrorInfo
+	16, // 8: otpless.events.v1.Fallback.time:type_name -> google.protobuf.Timestamp
+	17, // 9: otpless.events.v1.Failure.error:type_name -> otpless.events.v1.ErrorInfo
+	16, // 10: otpless.events.v1.Failure.time:type_name -> google.protobuf.Timestamp
 	0,  // 11: otpless.events.v1.AuthRequest.status:type_name -> otpless.events.v1.RequestStatus
 	4,  // 12: otpless.events.v1.AuthRequest.channels:type_name -> otpless.events.v1.ChannelProgress
 	5,  // 13: otpless.events.v1.AuthRequest.fallbacks:type_name -> otpless.events.v1.Fallback
 	6,  // 14: otpless.events.v1.AuthRequest.failures:type_name -> otpless.events.v1.Failure
-	16, // 15: otpless.events.v1.AuthRequest.phone:type_name -> otpless.events.v1.PhoneDetails
-	14, // 16: otpless.events.v1.AuthRequest.success_time:type_name -> google.protobuf.Timestamp
-	14, // 17: otpless.events.v1.AuthRequest.first_event_time:type_name -> google.protobuf.Timestamp
-	14, // 18: otpless.events.v1.AuthRequest.last_event_time:type_name -> google.protobuf.Timestamp
-	14, // 19: otpless.events.v1.AuthRequest.update_time:type_name -> google.protobuf.Timestamp
+	18, // 15: otpless.events.v1.AuthRequest.phone:type_name -> otpless.events.v1.PhoneDetails
+	16, // 16: otpless.events.v1.AuthRequest.success_time:type_name -> google.protobuf.Timestamp
+	16, // 17: otpless.events.v1.AuthRequest.first_event_time:type_name -> google.protobuf.Timestamp
+	16, // 18: otpless.events.v1.AuthRequest.last_event_time:type_name -> google.protobuf.Timestamp
+	16, // 19: otpless.events.v1.AuthRequest.update_time:type_name -> google.protobuf.Timestamp
 	7,  // 20: otpless.events.v1.GetRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
-	17, // 21: otpless.events.v1.ListRequestEventsResponse.events:type_name -> otpless.events.v1.Event
+	19, // 21: otpless.events.v1.ListRequestEventsResponse.events:type_name -> otpless.events.v1.Event
 	2,  // 22: otpless.events.v1.WatchRequestResponse.type:type_name -> otpless.events.v1.WatchMessageType
 	7,  // 23: otpless.events.v1.WatchRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
-	17, // 24: otpless.events.v1.WatchRequestResponse.events:type_name -> otpless.events.v1.Event
-	8,  // 25: otpless.events.v1.RequestService.GetRequest:input_type -> otpless.events.v1.GetRequestRequest
-	10, // 26: otpless.events.v1.RequestService.ListRequestEvents:input_type -> otpless.events.v1.ListRequestEventsRequest
-	12, // 27: otpless.events.v1.RequestService.WatchRequest:input_type -> otpless.events.v1.WatchRequestRequest
-	9,  // 28: otpless.events.v1.RequestService.GetRequest:output_type -> otpless.events.v1.GetRequestResponse
-	11, // 29: otpless.events.v1.RequestService.ListRequestEvents:output_type -> otpless.events.v1.ListRequestEventsResponse
-	13, // 30: otpless.events.v1.RequestService.WatchRequest:output_type -> otpless.events.v1.WatchRequestResponse
-	28, // [28:31] is the sub-list for method output_type
-	25, // [25:28] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	19, // 24: otpless.events.v1.WatchRequestResponse.events:type_name -> otpless.events.v1.Event
+	20, // 25: otpless.events.v1.CreateWatchTokenRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 26: otpless.events.v1.CreateWatchTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	8,  // 27: otpless.events.v1.RequestService.GetRequest:input_type -> otpless.events.v1.GetRequestRequest
+	10, // 28: otpless.events.v1.RequestService.ListRequestEvents:input_type -> otpless.events.v1.ListRequestEventsRequest
+	12, // 29: otpless.events.v1.RequestService.WatchRequest:input_type -> otpless.events.v1.WatchRequestRequest
+	14, // 30: otpless.events.v1.RequestService.CreateWatchToken:input_type -> otpless.events.v1.CreateWatchTokenRequest
+	9,  // 31: otpless.events.v1.RequestService.GetRequest:output_type -> otpless.events.v1.GetRequestResponse
+	11, // 32: otpless.events.v1.RequestService.ListRequestEvents:output_type -> otpless.events.v1.ListRequestEventsResponse
+	13, // 33: otpless.events.v1.RequestService.WatchRequest:output_type -> otpless.events.v1.WatchRequestResponse
+	15, // 34: otpless.events.v1.RequestService.CreateWatchToken:output_type -> otpless.events.v1.CreateWatchTokenResponse
+	31, // [31:35] is the sub-list for method output_type
+	27, // [27:31] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_otpless_events_v1_request_proto_init() }
@@ -1260,7 +1387,7 @@ func file_otpless_events_v1_request_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otpless_events_v1_request_proto_rawDesc), len(file_otpless_events_v1_request_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

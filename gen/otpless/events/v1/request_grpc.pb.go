@@ -22,6 +22,7 @@ const (
 	RequestService_GetRequest_FullMethodName        = "/otpless.events.v1.RequestService/GetRequest"
 	RequestService_ListRequestEvents_FullMethodName = "/otpless.events.v1.RequestService/ListRequestEvents"
 	RequestService_WatchRequest_FullMethodName      = "/otpless.events.v1.RequestService/WatchRequest"
+	RequestService_CreateWatchToken_FullMethodName  = "/otpless.events.v1.RequestService/CreateWatchToken"
 )
 
 // RequestServiceClient is the client API for RequestService service.
@@ -43,6 +44,12 @@ type RequestServiceClient interface {
 	// the terminal snapshot (SUCCESS) or, when the server's maximum watch
 	// duration passes, after a RECONNECT message.
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
+	// CreateWatchToken mints a short-lived token that lets a browser watch one
+	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
+	// watch route. The token grants WatchRequest (and GetRequest) on that
+	// request id only, never personal data, and stops working when it expires.
+	// Requires the mint_watch_token scope.
+	CreateWatchToken(ctx context.Context, in *CreateWatchTokenRequest, opts ...grpc.CallOption) (*CreateWatchTokenResponse, error)
 }
 
 type requestServiceClient struct {
@@ -92,6 +99,16 @@ func (c *requestServiceClient) WatchRequest(ctx context.Context, in *WatchReques
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RequestService_WatchRequestClient = grpc.ServerStreamingClient[WatchRequestResponse]
 
+func (c *requestServiceClient) CreateWatchToken(ctx context.Context, in *CreateWatchTokenRequest, opts ...grpc.CallOption) (*CreateWatchTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateWatchTokenResponse)
+	err := c.cc.Invoke(ctx, RequestService_CreateWatchToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RequestServiceServer is the server API for RequestService service.
 // All implementations must embed UnimplementedRequestServiceServer
 // for forward compatibility.
@@ -111,6 +128,12 @@ type RequestServiceServer interface {
 	// the terminal snapshot (SUCCESS) or, when the server's maximum watch
 	// duration passes, after a RECONNECT message.
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
+	// CreateWatchToken mints a short-lived token that lets a browser watch one
+	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
+	// watch route. The token grants WatchRequest (and GetRequest) on that
+	// request id only, never personal data, and stops working when it expires.
+	// Requires the mint_watch_token scope.
+	CreateWatchToken(context.Context, *CreateWatchTokenRequest) (*CreateWatchTokenResponse, error)
 	mustEmbedUnimplementedRequestServiceServer()
 }
 
@@ -129,6 +152,9 @@ func (UnimplementedRequestServiceServer) ListRequestEvents(context.Context, *Lis
 }
 func (UnimplementedRequestServiceServer) WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRequest not implemented")
+}
+func (UnimplementedRequestServiceServer) CreateWatchToken(context.Context, *CreateWatchTokenRequest) (*CreateWatchTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateWatchToken not implemented")
 }
 func (UnimplementedRequestServiceServer) mustEmbedUnimplementedRequestServiceServer() {}
 func (UnimplementedRequestServiceServer) testEmbeddedByValue()                        {}
@@ -198,6 +224,24 @@ func _RequestService_WatchRequest_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RequestService_WatchRequestServer = grpc.ServerStreamingServer[WatchRequestResponse]
 
+func _RequestService_CreateWatchToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateWatchTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RequestServiceServer).CreateWatchToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RequestService_CreateWatchToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RequestServiceServer).CreateWatchToken(ctx, req.(*CreateWatchTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RequestService_ServiceDesc is the grpc.ServiceDesc for RequestService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +256,10 @@ var RequestService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRequestEvents",
 			Handler:    _RequestService_ListRequestEvents_Handler,
+		},
+		{
+			MethodName: "CreateWatchToken",
+			Handler:    _RequestService_CreateWatchToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
