@@ -1,0 +1,411 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+func testKeyring(t *testing.T) (*Keyring, *TokenSigner) {
+	t.Helper()
+	keys, err := ParseAPIKeys(FormatAPIKey("reader", "reader-secret", []Scope{ScopeRead}) + "\n# comment\n" +
+		FormatAPIKey("admin", "admin-secret", []Scope{ScopeAdmin}) + ";" +
+		FormatAPIKey("minter", "minter-secret", []Scope{ScopeMintWatchToken, ScopeWatch}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := NewTokenSigner([][]byte{[]byte("0123456789abcdef0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewKeyring(keys, signer), signer
+}
+
+func TestParseAPIKeys(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{
+		"name",
+		"name nothex read",
+		"name " + HashKey("k") + " fly",
+		"a " + HashKey("k") + " read\na " + HashKey("j") + " read",
+	} {
+		if _, err := ParseAPIKeys(bad); err == nil {
+			t.Errorf("ParseAPIKeys(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	t.Parallel()
+	k, signer := testKeyring(t)
+	tests := []struct {
+		bearer string
+		name   string
+		err    bool
+	}{
+		{"reader-secret", "reader", false},
+		{"admin-secret", "admin", false},
+		{"", "", true},
+		{"reader-secre", "", true},
+		{"owt1.garbage.sig", "", true},
+	}
+	for _, tt := range tests {
+		p, err := k.Authenticate(tt.bearer)
+		if (err != nil) != tt.err || (err == nil && p.Name != tt.name) {
+			t.Errorf("Authenticate(%q) = %v, %v", tt.bearer, p, err)
+		}
+		if err != nil && !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("Authenticate(%q) error %v is not ErrUnauthenticated", tt.bearer, err)
+		}
+	}
+	tok, _ := signer.Mint("req-a", time.Minute)
+	p, err := k.Authenticate(tok)
+	if err != nil || p.RequestID != "req-a" || p.Has(ScopeReadPII) || !p.Has(ScopeWatch) {
+		t.Fatalf("watch token principal = %+v, %v", p, err)
+	}
+	admin, _ := k.Authenticate("admin-secret")
+	for _, s := range AllScopes {
+		if !admin.Has(s) {
+			t.Errorf("admin lacks %s", s)
+		}
+	}
+}
+
+func TestWatchTokens(t *testing.T) {
+	t.Parallel()
+	old := []byte("old-key-old-key-old-key-old-key-!")
+	signer, _ := NewTokenSigner([][]byte{old})
+	now := time.Unix(1_800_000_000, 0)
+	signer.now = func() time.Time { return now }
+	tok, exp := signer.Mint("req-a", 10*time.Minute)
+	if !exp.Equal(now.Add(10 * time.Minute)) {
+		t.Fatalf("expiry %v", exp)
+	}
+	if id, err := signer.Verify(tok); err != nil || id != "req-a" {
+		t.Fatalf("Verify = %q, %v", id, err)
+	}
+	// Rotation: a new first key still accepts tokens of the old one.
+	rotated, _ := NewTokenSigner([][]byte{[]byte("new-key-new-key-new-key-new-key-!"), old})
+	rotated.now = signer.now
+	if _, err := rotated.Verify(tok); err != nil {
+		t.Fatalf("rotated signer rejects an old token: %v", err)
+	}
+	other, _ := NewTokenSigner([][]byte{[]byte("new-key-new-key-new-key-new-key-!")})
+	other.now = signer.now
+	if _, err := other.Verify(tok); err == nil {
+		t.Fatal("a signer without the key accepted the token")
+	}
+	// Tampering with the claims breaks the signature.
+	forged, _ := other.Mint("req-b", time.Minute)
+	if _, err := signer.Verify(forged); err == nil {
+		t.Fatal("forged token accepted")
+	}
+	tampered := tok[:len(tokenPrefix)+2] + "x" + tok[len(tokenPrefix)+3:]
+	if _, err := signer.Verify(tampered); err == nil {
+		t.Fatal("tampered token accepted")
+	}
+	now = now.Add(10 * time.Minute)
+	if _, err := signer.Verify(tok); err == nil || !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("expired token: %v", err)
+	}
+	if _, err := NewTokenSigner([][]byte{[]byte("short")}); err == nil {
+		t.Fatal("short key accepted")
+	}
+}
+
+func incoming(bearer string) context.Context {
+	md := metadata.MD{}
+	if bearer != "" {
+		md.Set("authorization", "Bearer "+bearer)
+	}
+	return metadata.NewIncomingContext(context.Background(), md)
+}
+
+func TestUnaryInterceptor(t *testing.T) {
+	t.Parallel()
+	k, signer := testKeyring(t)
+	tokA, _ := signer.Mint("req-a", time.Minute)
+	intercept := k.UnaryInterceptor()
+	get := eventsv1.RequestService_GetRequest_FullMethodName
+	tests := []struct {
+		name, bearer, method, requestID string
+		want                            codes.Code
+	}{
+		{"no credential", "", get, "r", codes.Unauthenticated},
+		{"wrong key", "nope", get, "r", codes.Unauthenticated},
+		{"reader reads", "reader-secret", get, "r", codes.OK},
+		{"reader cannot mint", "reader-secret", eventsv1.RequestService_CreateWatchToken_FullMethodName, "r", codes.PermissionDenied},
+		{"reader cannot ingest", "reader-secret", eventsv1.WebhookService_Ingest_FullMethodName, "r", codes.PermissionDenied},
+		{"minter mints", "minter-secret", eventsv1.RequestService_CreateWatchToken_FullMethodName, "r", codes.OK},
+		{"admin ingests", "admin-secret", eventsv1.WebhookService_Ingest_FullMethodName, "r", codes.OK},
+		{"unknown method needs admin", "reader-secret", "/x.Y/Z", "r", codes.PermissionDenied},
+		{"health is public", "", "/grpc.health.v1.Health/Check", "", codes.OK},
+		{"token reads its request", tokA, get, "req-a", codes.OK},
+		{"token cannot read another", tokA, get, "req-b", codes.PermissionDenied},
+		{"token cannot mint", tokA, eventsv1.RequestService_CreateWatchToken_FullMethodName, "req-a", codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var seen *Principal
+			_, err := intercept(incoming(tt.bearer), &eventsv1.GetRequestRequest{RequestId: tt.requestID},
+				&grpc.UnaryServerInfo{FullMethod: tt.method},
+				func(ctx context.Context, _ any) (any, error) { seen = FromContext(ctx); return nil, nil })
+			if got := status.Code(err); got != tt.want {
+				t.Fatalf("code %v (%v), want %v", got, err, tt.want)
+			}
+			if tt.want == codes.OK && tt.bearer != "" && seen == nil {
+				t.Fatal("handler saw no principal")
+			}
+		})
+	}
+}
+
+type fakeStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	req *eventsv1.WatchRequestRequest
+}
+
+func (f *fakeStream) Context() context.Context { return f.ctx }
+func (f *fakeStream) RecvMsg(m any) error {
+	m.(*eventsv1.WatchRequestRequest).RequestId = f.req.GetRequestId()
+	return nil
+}
+
+func TestStreamInterceptorBindsWatchTokens(t *testing.T) {
+	t.Parallel()
+	k, signer := testKeyring(t)
+	tokA, _ := signer.Mint("req-a", time.Minute)
+	info := &grpc.StreamServerInfo{FullMethod: eventsv1.RequestService_WatchRequest_FullMethodName, IsServerStream: true}
+	for id, want := range map[string]codes.Code{"req-a": codes.OK, "req-b": codes.PermissionDenied} {
+		ss := &fakeStream{ctx: incoming(tokA), req: &eventsv1.WatchRequestRequest{RequestId: id}}
+		err := k.StreamInterceptor()(nil, ss, info, func(_ any, s grpc.ServerStream) error {
+			if FromContext(s.Context()) == nil {
+				t.Error("stream context has no principal")
+			}
+			return s.RecvMsg(&eventsv1.WatchRequestRequest{})
+		})
+		if status.Code(err) != want {
+			t.Errorf("watch %s with a token for req-a: %v, want %v", id, err, want)
+		}
+	}
+	reader := &fakeStream{ctx: incoming("reader-secret"), req: &eventsv1.WatchRequestRequest{RequestId: "x"}}
+	if err := k.StreamInterceptor()(nil, reader, info, func(any, grpc.ServerStream) error { return nil }); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("reader without watch scope: %v", err)
+	}
+}
+
+func TestRedaction(t *testing.T) {
+	t.Parallel()
+	r := &eventsv1.AuthRequest{
+		RequestId: "r", Email: "a@b.c", Token: "tok", Phone: &eventsv1.PhoneDetails{PhoneNumber: "98"},
+		Channels: []*eventsv1.ChannelProgress{{Channel: "SMS", Identity: "9198"}},
+	}
+	red := RedactRequest(r)
+	if red.GetEmail() != "" || red.GetToken() != "" || red.GetPhone() != nil || red.GetChannels()[0].GetIdentity() != "" || red.GetRequestId() != "r" {
+		t.Fatalf("RedactRequest = %v", red)
+	}
+	if r.GetEmail() == "" || r.GetChannels()[0].GetIdentity() == "" {
+		t.Fatal("RedactRequest changed its input")
+	}
+	e := RedactEvents([]*eventsv1.Event{{EventId: "e", Identity: "9198", Email: "a@b.c", Token: "t", RawBody: "{}", Phone: &eventsv1.PhoneDetails{PhoneNumber: "1"}}})[0]
+	if e.GetIdentity() != "" || e.GetEmail() != "" || e.GetToken() != "" || e.GetRawBody() != "" || e.GetPhone() != nil || e.GetEventId() != "e" {
+		t.Fatalf("RedactEvents = %v", e)
+	}
+	if !MaySeePII(context.Background()) {
+		t.Error("no principal (auth disabled) should see PII")
+	}
+	if MaySeePII(WithPrincipal(context.Background(), &Principal{Scopes: []Scope{ScopeRead}})) {
+		t.Error("read scope sees PII")
+	}
+}
+
+func webhookRequest(remote string, xff string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/v1/webhooks/otpless", nil)
+	r.RemoteAddr = remote
+	if xff != "" {
+		r.Header.Set("X-Forwarded-For", xff)
+	}
+	return r
+}
+
+func TestWebhookCredentials(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{
+		Keys:  []string{"current-key-0123456789", "previous-key-012345678"},
+		Basic: []BasicCredential{{"otpless", "s3cret-pass"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := webhookRequest("1.2.3.4:5", "")
+	for key, ok := range map[string]bool{"current-key-0123456789": true, "previous-key-012345678": true, "current-key-012345678": false, "": false} {
+		if err := g.CheckCredentials(r, key, true); (err == nil) != ok {
+			t.Errorf("key %q: %v", key, err)
+		}
+	}
+	if err := g.CheckCredentials(r, "", false); !errors.Is(err, ErrUnauthenticated) {
+		t.Errorf("keyless route without basic: %v", err)
+	}
+	r.SetBasicAuth("otpless", "s3cret-pass")
+	if err := g.CheckCredentials(r, "", false); err != nil {
+		t.Errorf("basic: %v", err)
+	}
+	r.SetBasicAuth("otpless", "wrong")
+	if err := g.CheckCredentials(r, "", false); err == nil {
+		t.Error("wrong basic password accepted")
+	}
+	if _, err := NewWebhookGuard(WebhookConfig{}); err == nil {
+		t.Error("a guard with nothing configured was built")
+	}
+	open, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true})
+	if err := open.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); err != nil {
+		t.Errorf("explicitly open route: %v", err)
+	}
+}
+
+func TestWebhookSignature(t *testing.T) {
+	t.Parallel()
+	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	g.now = func() time.Time { return now }
+	key, _ := decodeSigningSecret(secret)
+	body := []byte(`{"eventType":"DLR"}`)
+	sign := func(id string, ts time.Time, body []byte) http.Header {
+		h := http.Header{}
+		sec := strconv.FormatInt(ts.Unix(), 10)
+		h.Set("webhook-id", id)
+		h.Set("webhook-timestamp", sec)
+		h.Set("webhook-signature", "v1,bogus v1,"+SignWebhook(key, []byte(id+"."+sec+"."+string(body))))
+		return h
+	}
+	if err := g.CheckSignature(sign("msg_1", now, body), body); err != nil {
+		t.Fatalf("valid signature: %v", err)
+	}
+	if err := g.CheckSignature(sign("msg_1", now, body), []byte(`{"eventType":"AUTH"}`)); err == nil {
+		t.Error("signature over another body accepted")
+	}
+	if err := g.CheckSignature(sign("msg_1", now.Add(-6*time.Minute), body), body); err == nil {
+		t.Error("replayed old signature accepted")
+	}
+	if err := g.CheckSignature(http.Header{}, body); err == nil {
+		t.Error("unsigned webhook accepted")
+	}
+	if err := g.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); err != nil {
+		t.Errorf("signature-only config should pass the credential step: %v", err)
+	}
+}
+
+func TestClientAddrAndAllowList(t *testing.T) {
+	t.Parallel()
+	proxies, _ := ParsePrefixes("10.0.0.0/8, 192.168.1.1")
+	allowed, _ := ParsePrefixes("203.0.113.0/24")
+	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, TrustedProxies: proxies, AllowedNets: allowed})
+	tests := []struct{ remote, xff, want string }{
+		{"203.0.113.9:1", "", "203.0.113.9"},
+		{"203.0.113.9:1", "1.1.1.1", "203.0.113.9"},                     // not a trusted proxy: XFF ignored
+		{"10.1.2.3:1", "203.0.113.7", "203.0.113.7"},                    // trusted proxy
+		{"10.1.2.3:1", "6.6.6.6, 203.0.113.7, 10.9.9.9", "203.0.113.7"}, // right-most untrusted hop
+		{"10.1.2.3:1", "garbage", "10.1.2.3"},
+		{"[::ffff:203.0.113.9]:1", "", "203.0.113.9"},
+	}
+	for _, tt := range tests {
+		if got := g.ClientAddr(webhookRequest(tt.remote, tt.xff)); got.String() != tt.want {
+			t.Errorf("ClientAddr(%s, %q) = %s, want %s", tt.remote, tt.xff, got, tt.want)
+		}
+	}
+	if err := g.CheckAddr(netip.MustParseAddr("203.0.113.200")); err != nil {
+		t.Error(err)
+	}
+	if err := g.CheckAddr(netip.MustParseAddr("198.51.100.1")); !errors.Is(err, ErrForbidden) {
+		t.Errorf("address outside the allow-list: %v", err)
+	}
+	if _, err := ParsePrefixes("10.0.0.0/33"); err == nil {
+		t.Error("bad CIDR accepted")
+	}
+}
+
+func TestRateLimitPerAddress(t *testing.T) {
+	t.Parallel()
+	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, RatePerSecond: 1, Burst: 3})
+	now := time.Unix(1_800_000_000, 0)
+	g.now = func() time.Time { return now }
+	a, b := netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2.2.2.2")
+	for i := range 3 {
+		if ok, _ := g.Allow(a); !ok {
+			t.Fatalf("request %d within the burst refused", i)
+		}
+	}
+	ok, wait := g.Allow(a)
+	if ok || wait <= 0 || wait > time.Second {
+		t.Fatalf("over the burst: ok=%v wait=%v", ok, wait)
+	}
+	if ok, _ := g.Allow(b); !ok {
+		t.Fatal("another address was limited too")
+	}
+	now = now.Add(time.Second)
+	if ok, _ := g.Allow(a); !ok {
+		t.Fatal("not refilled after a second")
+	}
+}
+
+func TestLoadOrCreateSecret(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "data")
+	var wg sync.WaitGroup
+	got := make([]string, 8)
+	created := make([]bool, 8)
+	for i := range got {
+		wg.Go(func() {
+			var err error
+			got[i], created[i], err = LoadOrCreateSecret(dir, "webhook-key", "whk_")
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	n := 0
+	for i := range got {
+		if got[i] != got[0] {
+			t.Fatalf("processes disagree on the secret: %q vs %q", got[i], got[0])
+		}
+		if created[i] {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("secret created %d times, want once", n)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "webhook-key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	again, createdAgain, err := LoadOrCreateSecret(dir, "webhook-key", "whk_")
+	if err != nil || createdAgain || again != got[0] {
+		t.Fatalf("reload = %q, %v, %v", again, createdAgain, err)
+	}
+	secrets, err := ReadSecrets("a, b\n#c", "")
+	if err != nil || len(secrets) != 2 {
+		t.Fatalf("ReadSecrets = %v, %v", secrets, err)
+	}
+}

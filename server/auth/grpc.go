@@ -1,0 +1,140 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// MethodScopes is the scope each gRPC method requires. Methods under
+// publicPrefixes need no credential; any other method needs admin.
+var MethodScopes = map[string]Scope{
+	eventsv1.RequestService_GetRequest_FullMethodName:        ScopeRead,
+	eventsv1.RequestService_ListRequestEvents_FullMethodName: ScopeRead,
+	eventsv1.RequestService_WatchRequest_FullMethodName:      ScopeWatch,
+	eventsv1.RequestService_CreateWatchToken_FullMethodName:  ScopeMintWatchToken,
+	eventsv1.WebhookService_Ingest_FullMethodName:            ScopeIngest,
+}
+
+// publicPrefixes: health checks (for load balancers) and reflection (schema
+// only, no data).
+var publicPrefixes = []string{"/grpc.health.v1.Health/", "/grpc.reflection."}
+
+// UnaryInterceptor authenticates unary calls and checks their scope and, for
+// watch tokens, their request id.
+func (k *Keyring) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, p, err := k.authorize(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkRequestID(p, req); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamInterceptor is UnaryInterceptor for server streams: the request id is
+// checked when the request message arrives.
+func (k *Keyring) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, p, err := k.authorize(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx, p: p})
+	}
+}
+
+func (k *Keyring) authorize(ctx context.Context, method string) (context.Context, *Principal, error) {
+	for _, prefix := range publicPrefixes {
+		if strings.HasPrefix(method, prefix) {
+			return ctx, nil, nil
+		}
+	}
+	p, err := k.Authenticate(bearerFromMetadata(ctx))
+	if err != nil {
+		return nil, nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	need, ok := MethodScopes[method]
+	if !ok {
+		need = ScopeAdmin
+	}
+	if !p.Has(need) {
+		return nil, nil, status.Error(codes.PermissionDenied, fmt.Sprintf("credential %q lacks scope %q", p.Name, need))
+	}
+	return WithPrincipal(ctx, p), p, nil
+}
+
+// checkRequestID keeps a watch token to its own request.
+func checkRequestID(p *Principal, req any) error {
+	if p == nil || p.RequestID == "" {
+		return nil
+	}
+	r, ok := req.(interface{ GetRequestId() string })
+	if !ok || r.GetRequestId() != p.RequestID {
+		return status.Error(codes.PermissionDenied, "watch token is for another request")
+	}
+	return nil
+}
+
+type authorizedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	p   *Principal
+}
+
+func (s *authorizedStream) Context() context.Context { return s.ctx }
+
+func (s *authorizedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return checkRequestID(s.p, m)
+}
+
+func bearerFromMetadata(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if tok, ok := cutBearer(v); ok {
+			return tok
+		}
+	}
+	return ""
+}
+
+func cutBearer(v string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+// IsAuthError reports whether err is an authentication failure.
+func IsAuthError(err error) bool { return errors.Is(err, ErrUnauthenticated) }
+
+// BearerCredentials are per-RPC credentials for clients (the CLI, tests).
+type BearerCredentials struct {
+	Token string
+	// Insecure allows sending over connections without TLS (loopback,
+	// in-process).
+	Insecure bool
+}
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (b BearerCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.Token}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials.
+func (b BearerCredentials) RequireTransportSecurity() bool { return !b.Insecure }

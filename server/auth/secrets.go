@@ -1,0 +1,76 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// LoadOrCreateSecret returns the secret kept in dir/name, creating it (mode
+// 0600, dir 0700) with a new random value when the file does not exist.
+// created reports whether it was made now.
+func LoadOrCreateSecret(dir, name, prefix string) (secret string, created bool, err error) {
+	path := filepath.Join(dir, name)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if s == "" {
+			return "", false, fmt.Errorf("secret file %s is empty", path)
+		}
+		return s, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", false, fmt.Errorf("read secret: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("secret directory: %w", err)
+	}
+	// Write a temporary file, then link it into place: the secret appears
+	// whole or not at all, and of two processes starting together one wins.
+	secret = NewSecret(prefix)
+	tmp, err := os.CreateTemp(dir, "."+name+"-*")
+	if err != nil {
+		return "", false, fmt.Errorf("create secret: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return "", false, fmt.Errorf("create secret: %w", err)
+	}
+	if _, err := tmp.WriteString(secret + "\n"); err != nil {
+		tmp.Close()
+		return "", false, fmt.Errorf("write secret: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", false, fmt.Errorf("write secret: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, fs.ErrExist) {
+		return LoadOrCreateSecret(dir, name, prefix)
+	} else if err != nil {
+		return "", false, fmt.Errorf("create secret: %w", err)
+	}
+	return secret, true, nil
+}
+
+// ReadSecrets returns the secrets in an environment value and a file, one
+// per line or comma-separated; either may be empty.
+func ReadSecrets(envValue, file string) ([]string, error) {
+	text := envValue
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read secrets: %w", err)
+		}
+		text += "\n" + string(b)
+	}
+	var out []string
+	for _, line := range strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == ',' }) {
+		if s := strings.TrimSpace(line); s != "" && !strings.HasPrefix(s, "#") {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

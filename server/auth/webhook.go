@@ -1,0 +1,295 @@
+package auth
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// ErrForbidden: the client address is not allowed.
+var ErrForbidden = errors.New("client address not allowed")
+
+// DefaultSignatureTolerance bounds the age of a signed webhook.
+const DefaultSignatureTolerance = 5 * time.Minute
+
+// BasicCredential is one HTTP Basic user and password.
+type BasicCredential struct{ User, Password string }
+
+// WebhookConfig says how webhook senders are authenticated and limited.
+type WebhookConfig struct {
+	// Keys are secrets accepted in the URL: POST /v1/webhooks/otpless/{key}.
+	// Several may be active at once, for rotation.
+	Keys []string
+	// Basic credentials accepted on either route.
+	Basic []BasicCredential
+	// AllowUnauthenticated accepts webhooks without credentials on
+	// POST /v1/webhooks/otpless. Off unless the operator turns it on.
+	AllowUnauthenticated bool
+	// SigningSecrets, when set, require a valid Standard Webhooks signature
+	// (webhook-id, webhook-timestamp, webhook-signature) on every webhook,
+	// in addition to the above. "whsec_"-prefixed base64, or raw.
+	SigningSecrets []string
+	// SignatureTolerance bounds how old (or early) a signed webhook may be.
+	SignatureTolerance time.Duration
+	// AllowedNets, when set, restricts webhook senders to these networks.
+	AllowedNets []netip.Prefix
+	// TrustedProxies are the only peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// RatePerSecond and Burst limit webhooks per client address; 0 disables.
+	RatePerSecond float64
+	Burst         int
+}
+
+// Configured reports whether any way to authenticate webhooks is set.
+func (c *WebhookConfig) Configured() bool {
+	return len(c.Keys) > 0 || len(c.Basic) > 0 || len(c.SigningSecrets) > 0 || c.AllowUnauthenticated
+}
+
+// WebhookGuard applies a WebhookConfig to requests.
+type WebhookGuard struct {
+	cfg     WebhookConfig
+	signing [][]byte
+	limiter *addrLimiter
+	now     func() time.Time
+}
+
+// NewWebhookGuard validates cfg and returns its guard.
+func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
+	if !cfg.Configured() {
+		return nil, errors.New("webhooks: no key, basic credential or signing secret configured, and unauthenticated webhooks not allowed")
+	}
+	for _, k := range cfg.Keys {
+		if len(k) < 16 {
+			return nil, errors.New("webhooks: a webhook key is shorter than 16 characters")
+		}
+	}
+	g := &WebhookGuard{cfg: cfg, now: time.Now}
+	for _, s := range cfg.SigningSecrets {
+		key, err := decodeSigningSecret(s)
+		if err != nil {
+			return nil, err
+		}
+		g.signing = append(g.signing, key)
+	}
+	if g.cfg.SignatureTolerance <= 0 {
+		g.cfg.SignatureTolerance = DefaultSignatureTolerance
+	}
+	if cfg.RatePerSecond > 0 {
+		burst := max(cfg.Burst, 1)
+		g.limiter = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}
+	}
+	return g, nil
+}
+
+func decodeSigningSecret(s string) ([]byte, error) {
+	if rest, ok := strings.CutPrefix(s, "whsec_"); ok {
+		key, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil || len(key) == 0 {
+			return nil, errors.New("webhooks: a whsec_ signing secret is not valid base64")
+		}
+		return key, nil
+	}
+	if len(s) < 16 {
+		return nil, errors.New("webhooks: a signing secret is shorter than 16 characters")
+	}
+	return []byte(s), nil
+}
+
+// ClientAddr is the client's address: the peer, or, when the peer is a
+// trusted proxy, the right-most X-Forwarded-For entry that is not one.
+func (g *WebhookGuard) ClientAddr(r *http.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr = addr.Unmap()
+	if !inNets(g.cfg.TrustedProxies, addr) {
+		return addr
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			return addr // a malformed chain: trust only what we saw
+		}
+		addr = hop.Unmap()
+		if !inNets(g.cfg.TrustedProxies, addr) {
+			return addr
+		}
+	}
+	return addr
+}
+
+// CheckAddr returns ErrForbidden when an allow-list is set and addr is not
+// on it.
+func (g *WebhookGuard) CheckAddr(addr netip.Addr) error {
+	if len(g.cfg.AllowedNets) > 0 && !inNets(g.cfg.AllowedNets, addr) {
+		return ErrForbidden
+	}
+	return nil
+}
+
+// Allow takes one webhook from addr's rate budget. When none is left it
+// returns false and how long to wait.
+func (g *WebhookGuard) Allow(addr netip.Addr) (bool, time.Duration) {
+	if g.limiter == nil {
+		return true, 0
+	}
+	return g.limiter.allow(addr, g.now())
+}
+
+// CheckCredentials authenticates a webhook before its body is read: the key
+// from the URL (hasKey false on the keyless route) or HTTP Basic.
+func (g *WebhookGuard) CheckCredentials(r *http.Request, key string, hasKey bool) error {
+	if hasKey {
+		if matchAny(g.cfg.Keys, key) {
+			return nil
+		}
+		return fmt.Errorf("%w: unknown webhook key", ErrUnauthenticated)
+	}
+	if user, pass, ok := r.BasicAuth(); ok {
+		for _, c := range g.cfg.Basic {
+			if subtle.ConstantTimeCompare([]byte(user), []byte(c.User))&subtle.ConstantTimeCompare([]byte(pass), []byte(c.Password)) == 1 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: wrong basic credentials", ErrUnauthenticated)
+	}
+	if g.cfg.AllowUnauthenticated || (len(g.cfg.Keys) == 0 && len(g.cfg.Basic) == 0) {
+		return nil // nothing to check here; a signature may still be required
+	}
+	return fmt.Errorf("%w: webhook key or basic credentials required", ErrUnauthenticated)
+}
+
+// CheckSignature verifies the Standard Webhooks signature over body when
+// signing secrets are configured.
+func (g *WebhookGuard) CheckSignature(h http.Header, body []byte) error {
+	if len(g.signing) == 0 {
+		return nil
+	}
+	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
+	if id == "" || ts == "" || sigs == "" {
+		return fmt.Errorf("%w: webhook-id, webhook-timestamp and webhook-signature headers required", ErrUnauthenticated)
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: webhook-timestamp is not a number", ErrUnauthenticated)
+	}
+	if d := g.now().Sub(time.Unix(sec, 0)); d > g.cfg.SignatureTolerance || d < -g.cfg.SignatureTolerance {
+		return fmt.Errorf("%w: webhook-timestamp outside the tolerance window", ErrUnauthenticated)
+	}
+	msg := make([]byte, 0, len(id)+len(ts)+len(body)+2)
+	msg = append(append(append(append(append(msg, id...), '.'), ts...), '.'), body...)
+	for _, key := range g.signing {
+		want := SignWebhook(key, msg)
+		for _, s := range strings.Fields(sigs) {
+			v, sig, ok := strings.Cut(s, ",")
+			if ok && v == "v1" && hmac.Equal([]byte(sig), []byte(want)) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%w: no valid webhook signature", ErrUnauthenticated)
+}
+
+// SignWebhook returns the base64 HMAC-SHA256 of msg ("id.timestamp.body").
+func SignWebhook(key, msg []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+func matchAny(secrets []string, got string) bool {
+	ok := 0
+	for _, s := range secrets {
+		ok |= subtle.ConstantTimeCompare([]byte(s), []byte(got))
+	}
+	return ok == 1
+}
+
+func inNets(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParsePrefixes reads comma-separated CIDRs or single addresses.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", f)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+// addrLimiter is a token bucket per client address, forgetting addresses
+// idle for a minute once it tracks many.
+type addrLimiter struct {
+	limit rate.Limit
+	burst int
+
+	mu      sync.Mutex
+	entries map[netip.Addr]*limitEntry
+}
+
+type limitEntry struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+const limiterSweepAt = 10000
+
+func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.entries) >= limiterSweepAt {
+		for a, e := range l.entries {
+			if now.Sub(e.seen) > time.Minute {
+				delete(l.entries, a)
+			}
+		}
+	}
+	e := l.entries[addr]
+	if e == nil {
+		e = &limitEntry{lim: rate.NewLimiter(l.limit, l.burst)}
+		l.entries[addr] = e
+	}
+	e.seen = now
+	r := e.lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
