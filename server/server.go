@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
 	"github.com/otpless-events/otpless-events/server/gateway"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -55,8 +57,60 @@ type Config struct {
 	MaxBodyBytes int64
 	// ShutdownGrace bounds how long shutdown waits for in-flight calls.
 	ShutdownGrace time.Duration
+	// CORSOrigins may follow requests from a browser page on another origin
+	// (the watch route only): scheme://host[:port] entries or "*".
+	CORSOrigins []string
+	// Security says who may call what.
+	Security Security
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// Security configures authentication and transport security.
+type Security struct {
+	// Disabled turns authentication off: every caller may do everything and
+	// sees personal data. For tests and embedding; serve never sets it.
+	Disabled bool
+	// APIKeys authenticate the internal API (by hash).
+	APIKeys []auth.APIKey
+	// WatchTokenKeys sign watch tokens (the first) and verify them (any).
+	WatchTokenKeys [][]byte
+	// Webhook says how webhook senders are authenticated and limited.
+	Webhook auth.WebhookConfig
+	// MaxWatchesPerCredential and MaxWatchesPerRequest bound concurrent watch
+	// streams (0: unbounded).
+	MaxWatchesPerCredential, MaxWatchesPerRequest int
+	// TLSCertFile and TLSKeyFile, when set, serve both listeners over TLS.
+	TLSCertFile, TLSKeyFile string
+	// ClientCAFile, when set, requires gRPC clients to present a certificate
+	// signed by one of its CAs (mutual TLS).
+	ClientCAFile string
+}
+
+func (s *Security) validate() []error {
+	var errs []error
+	if (s.TLSCertFile == "") != (s.TLSKeyFile == "") {
+		errs = append(errs, errors.New("TLS needs both a certificate and a key"))
+	}
+	if s.ClientCAFile != "" && s.TLSCertFile == "" {
+		errs = append(errs, errors.New("mutual TLS needs a TLS certificate and key"))
+	}
+	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerRequest < 0 {
+		errs = append(errs, errors.New("watch stream limits must not be negative"))
+	}
+	if s.Disabled {
+		return errs
+	}
+	if len(s.APIKeys) == 0 {
+		errs = append(errs, errors.New("no API key configured"))
+	}
+	if len(s.WatchTokenKeys) == 0 {
+		errs = append(errs, errors.New("no watch-token signing key configured"))
+	}
+	if !s.Webhook.Configured() {
+		errs = append(errs, errors.New("no webhook key, basic credential or signing secret configured, and unauthenticated webhooks not allowed"))
+	}
+	return errs
 }
 
 // DefaultConfig returns the configuration serve starts from.
@@ -97,9 +151,13 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
 		}
 	}
+	if err := gateway.CheckCORSOrigins(c.CORSOrigins); err != nil {
+		errs = append(errs, err)
+	}
 	if c.WriteQueue <= 0 || c.MaxBatch <= 0 || c.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("write queue, max batch and max body bytes must be positive"))
 	}
+	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)
 }
 
@@ -163,14 +221,24 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Logger:    log.With("component", "writer"),
 	})
 
+	sec, err := newSecurity(cfg.Security)
+	if err != nil {
+		return nil, err
+	}
 	webhooks := api.NewWebhookServer(s.writer, log.With("component", "ingest"))
 	requests := api.NewRequestServer(s.store, s.broker, api.WatchOptions{
-		Heartbeat:   cfg.WatchHeartbeat,
-		MaxDuration: cfg.MaxWatchDuration,
+		Heartbeat:        cfg.WatchHeartbeat,
+		MaxDuration:      cfg.MaxWatchDuration,
+		MaxPerCredential: cfg.Security.MaxWatchesPerCredential,
+		MaxPerRequest:    cfg.Security.MaxWatchesPerRequest,
+		Tokens:           sec.tokens,
 	})
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	s.grpc = grpc.NewServer()
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(sec.unary...),
+		grpc.ChainStreamInterceptor(sec.stream...),
+	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -187,6 +255,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	handler, err := gateway.New(ctx, s.conn, webhooks, gateway.Options{
 		MaxBodyBytes: cfg.MaxBodyBytes,
+		Guard:        sec.guard,
+		CORSOrigins:  cfg.CORSOrigins,
+		SSEHeartbeat: cfg.WatchHeartbeat,
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {
@@ -197,11 +268,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         sec.httpTLS,
 	}
 
 	var lc net.ListenConfig
 	if s.grpcLis, err = lc.Listen(ctx, "tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("grpc listener: %w", err)
+	}
+	if sec.grpcTLS != nil {
+		// TLS ends at the listener, so the gateway's in-process connection
+		// stays plain and client certificates are checked in the handshake.
+		s.grpcLis = tls.NewListener(s.grpcLis, sec.grpcTLS)
 	}
 	if s.httpLis, err = lc.Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listener: %w", err)
@@ -245,7 +322,13 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 3)
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	go func() { errc <- s.grpc.Serve(s.inproc) }()
-	go func() { errc <- s.http.Serve(s.httpLis) }()
+	go func() {
+		if s.http.TLSConfig != nil {
+			errc <- s.http.ServeTLS(s.httpLis, "", "")
+			return
+		}
+		errc <- s.http.Serve(s.httpLis)
+	}()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String())
 

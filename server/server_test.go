@@ -27,17 +27,19 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/state"
 )
 
 // testServer is a real server on ephemeral loopback ports with real clients.
 type testServer struct {
-	httpURL  string
-	conn     *grpc.ClientConn
-	requests eventsv1.RequestServiceClient
-	webhooks eventsv1.WebhookServiceClient
-	stop     func() error
+	httpURL     string
+	webhookPath string
+	conn        *grpc.ClientConn
+	requests    eventsv1.RequestServiceClient
+	webhooks    eventsv1.WebhookServiceClient
+	stop        func() error
 }
 
 func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
@@ -46,6 +48,7 @@ func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
 	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Security.Disabled = true // security_test.go covers authentication
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -57,7 +60,8 @@ func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testAdminKey, Insecure: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +81,12 @@ func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
 		}
 	})
 	ts := &testServer{
-		httpURL:  "http://" + srv.HTTPAddr().String(),
-		conn:     conn,
-		requests: eventsv1.NewRequestServiceClient(conn),
-		webhooks: eventsv1.NewWebhookServiceClient(conn),
-		stop:     stop,
+		httpURL:     "http://" + srv.HTTPAddr().String(),
+		webhookPath: "/v1/webhooks/otpless",
+		conn:        conn,
+		requests:    eventsv1.NewRequestServiceClient(conn),
+		webhooks:    eventsv1.NewWebhookServiceClient(conn),
+		stop:        stop,
 	}
 	waitServing(t, conn)
 	return ts
@@ -113,9 +118,23 @@ type httpResult struct {
 
 func (ts *testServer) post(t *testing.T, path string, body []byte) httpResult {
 	t.Helper()
-	resp, err := http.Post(ts.httpURL+path, "application/json", bytes.NewReader(body))
+	return ts.do(t, http.MethodPost, path, "", body)
+}
+
+// do sends one HTTP request; bearer, when set, goes in Authorization.
+func (ts *testServer) do(t *testing.T, method, path, bearer string, body []byte) httpResult {
+	t.Helper()
+	req, err := http.NewRequest(method, ts.httpURL+path, bytes.NewReader(body))
 	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -127,21 +146,12 @@ func (ts *testServer) post(t *testing.T, path string, body []byte) httpResult {
 
 func (ts *testServer) get(t *testing.T, path string) httpResult {
 	t.Helper()
-	resp, err := http.Get(ts.httpURL + path)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return httpResult{code: resp.StatusCode, header: resp.Header, body: b}
+	return ts.do(t, http.MethodGet, path, testAdminKey, nil)
 }
 
 func (ts *testServer) ingest(t *testing.T, body []byte) *eventsv1.IngestResponse {
 	t.Helper()
-	r := ts.post(t, "/v1/webhooks/otpless", body)
+	r := ts.post(t, ts.webhookPath, body)
 	if r.code != http.StatusOK {
 		t.Fatalf("POST webhook: %d %s", r.code, r.body)
 	}
@@ -694,8 +704,12 @@ func TestWatchOverGatewayIsNDJSON(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	cfg := server.DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "API key") || !strings.Contains(err.Error(), "webhook key") {
+		t.Fatalf("default config without credentials: %v, want the missing credentials named", err)
+	}
+	cfg.Security.Disabled = true
 	if err := cfg.Validate(); err != nil {
-		t.Fatalf("default config: %v", err)
+		t.Fatalf("default config, security disabled: %v", err)
 	}
 	bad := cfg
 	bad.Store = "mysql://x"

@@ -22,7 +22,22 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/auth"
 )
+
+// Credentials the binary is started with, through the environment as an
+// operator would give them.
+const (
+	testAPIKey     = "e2e-admin-key"
+	testWebhookKey = "e2e-webhook-key-0123456789"
+)
+
+func credentialsEnv() []string {
+	return []string{
+		"OTPLESS_EVENTS_API_KEYS=" + auth.FormatAPIKey("e2e", testAPIKey, []auth.Scope{auth.ScopeAdmin}),
+		"OTPLESS_EVENTS_WEBHOOK_KEYS=" + testWebhookKey,
+	}
+}
 
 // binary is built once per test run.
 var binary struct {
@@ -66,16 +81,20 @@ type proc struct {
 	httpURL  string
 	exited   chan struct{} // closed when the process has exited
 	waitErr  error
+	stdout   *bytes.Buffer // read only after exited
 }
 
-// startServe runs the real binary on ephemeral ports and reads the addresses
-// from its "serving" log line.
-func startServe(t *testing.T, dataDir string) *proc {
+// startServe runs the real binary on ephemeral ports with env added to its
+// environment, and reads the addresses from its "serving" log line.
+func startServe(t *testing.T, dataDir string, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(buildBinary(t), "serve",
 		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--data-dir", dataDir, "--log-format", "json")
-	cmd.Env = append(os.Environ(), "OTPLESS_EVENTS_WATCH_HEARTBEAT=1s")
+	cmd.Env = append(append(os.Environ(), "OTPLESS_EVENTS_WATCH_HEARTBEAT=1s"), env...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	p := &proc{cmd: cmd, exited: make(chan struct{}), stdout: &stdout}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +102,6 @@ func startServe(t *testing.T, dataDir string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
 	addrs := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -112,9 +130,10 @@ func startServe(t *testing.T, dataDir string) *proc {
 	return p
 }
 
-func (p *proc) client(t *testing.T) eventsv1.RequestServiceClient {
+func (p *proc) client(t *testing.T, apiKey string) eventsv1.RequestServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: apiKey, Insecure: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +148,7 @@ func TestKill9KeepsAcknowledgedWebhooks(t *testing.T) {
 		t.Skip("builds and kills the binary; skipped with -short")
 	}
 	dataDir := t.TempDir()
-	p := startServe(t, dataDir)
+	p := startServe(t, dataDir, credentialsEnv()...)
 
 	type ack struct{ requestID, eventID string }
 	var (
@@ -152,7 +171,7 @@ func TestKill9KeepsAcknowledgedWebhooks(t *testing.T) {
 				}
 				id := fmt.Sprintf("kill9-%d-%d", w, i)
 				body := fmt.Sprintf(`{"data":{"requestId":%q,"status":"SENT","channel":"WHATSAPP"},"eventType":"DLR","timestamp":%d}`, id, 1764153000000+i)
-				resp, err := client.Post(p.httpURL+"/v1/webhooks/otpless", "application/json", strings.NewReader(body))
+				resp, err := client.Post(p.httpURL+"/v1/webhooks/otpless/"+testWebhookKey, "application/json", strings.NewReader(body))
 				if err != nil {
 					return // the server is gone
 				}
@@ -185,8 +204,8 @@ func TestKill9KeepsAcknowledgedWebhooks(t *testing.T) {
 		t.Fatalf("only %d webhooks acknowledged before the kill", len(acked))
 	}
 
-	p2 := startServe(t, dataDir)
-	c := p2.client(t)
+	p2 := startServe(t, dataDir, credentialsEnv()...)
+	c := p2.client(t, testAPIKey)
 	ctx := context.Background()
 	for _, a := range acked {
 		resp, err := c.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: a.requestID})
@@ -206,8 +225,8 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary; skipped with -short")
 	}
-	p := startServe(t, t.TempDir())
-	stream, err := p.client(t).WatchRequest(context.Background(), &eventsv1.WatchRequestRequest{RequestId: "term-req"})
+	p := startServe(t, t.TempDir(), credentialsEnv()...)
+	stream, err := p.client(t, testAPIKey).WatchRequest(context.Background(), &eventsv1.WatchRequestRequest{RequestId: "term-req"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +234,7 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := []byte(`{"data":{"requestId":"term-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000000}`)
-	resp, err := http.Post(p.httpURL+"/v1/webhooks/otpless", "application/json", bytes.NewReader(body))
+	resp, err := http.Post(p.httpURL+"/v1/webhooks/otpless/"+testWebhookKey, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,5 +263,67 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not exit after SIGTERM")
+	}
+}
+
+// TestFirstStartGeneratesCredentials: with nothing configured, serve makes a
+// webhook key and an admin API key, keeps them (the API key as a hash only)
+// with mode 0600, prints both once, and they work.
+func TestFirstStartGeneratesCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	dataDir := t.TempDir()
+	p := startServe(t, dataDir)
+	for _, name := range []string{"webhook-key", "api-keys", "watch-token-key"} {
+		fi, err := os.Stat(filepath.Join(dataDir, name))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v, mode %v; want a 0600 file", name, err, fi.Mode())
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	printed := p.stdout.String()
+	var webhookURL, apiKey string
+	for _, line := range strings.Split(printed, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "export" {
+			continue
+		}
+		if v, ok := strings.CutPrefix(f[1], "OTPLESS_WEBHOOK_URL="); ok {
+			webhookURL = v
+		}
+		if v, ok := strings.CutPrefix(f[1], "OTPLESS_EVENTS_API_KEY="); ok {
+			apiKey = v
+		}
+	}
+	if webhookURL == "" || apiKey == "" {
+		t.Fatalf("first start printed no webhook URL or API key:\n%s", printed)
+	}
+	stored, _ := os.ReadFile(filepath.Join(dataDir, "api-keys"))
+	if strings.Contains(string(stored), apiKey) || !strings.Contains(string(stored), auth.HashKey(apiKey)) {
+		t.Fatalf("api-keys file holds %q; want the hash of the key, not the key", stored)
+	}
+
+	// Second start: same credentials, nothing printed; they work.
+	p2 := startServe(t, dataDir)
+	webhookURL = p2.httpURL + webhookURL[strings.Index(webhookURL, "/v1/"):] // same key, new port
+	resp, err := http.Post(webhookURL, "application/json", strings.NewReader(`{"data":{"requestId":"first-run","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000000}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST to the printed webhook URL: %d", resp.StatusCode)
+	}
+	if _, err := p2.client(t, apiKey).GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: "first-run"}); err != nil {
+		t.Fatalf("GetRequest with the printed API key: %v", err)
+	}
+	p2.cmd.Process.Signal(syscall.SIGTERM)
+	<-p2.exited
+	if out := p2.stdout.String(); strings.Contains(out, "export") {
+		t.Fatalf("second start printed credentials again:\n%s", out)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -32,21 +34,27 @@ type WatchOptions struct {
 	Heartbeat time.Duration
 	// MaxDuration ends a stream with RECONNECT once it has lasted this long.
 	MaxDuration time.Duration
+	// MaxPerCredential and MaxPerRequest bound concurrent streams (0: no
+	// bound).
+	MaxPerCredential, MaxPerRequest int
+	// Tokens mints watch tokens; nil disables CreateWatchToken.
+	Tokens *auth.TokenSigner
 }
 
 // RequestServer implements otpless.events.v1.RequestService.
 type RequestServer struct {
 	eventsv1.UnimplementedRequestServiceServer
 
-	store  Reader
-	broker *broker.Broker
-	opts   WatchOptions
+	store   Reader
+	broker  *broker.Broker
+	opts    WatchOptions
+	streams *streamLimiter
 }
 
 // NewRequestServer returns a RequestServer reading from r and following
 // changes through b.
 func NewRequestServer(r Reader, b *broker.Broker, opts WatchOptions) *RequestServer {
-	return &RequestServer{store: r, broker: b, opts: opts}
+	return &RequestServer{store: r, broker: b, opts: opts, streams: newStreamLimiter(opts.MaxPerCredential, opts.MaxPerRequest)}
 }
 
 // GetRequest returns the request's current snapshot.
@@ -57,6 +65,9 @@ func (s *RequestServer) GetRequest(ctx context.Context, req *eventsv1.GetRequest
 	r, err := s.store.GetRequest(ctx, req.GetRequestId())
 	if err != nil {
 		return nil, Status(err)
+	}
+	if !auth.MaySeePII(ctx) {
+		r = auth.RedactRequest(r)
 	}
 	return &eventsv1.GetRequestResponse{Request: r}, nil
 }
@@ -74,6 +85,9 @@ func (s *RequestServer) ListRequestEvents(ctx context.Context, req *eventsv1.Lis
 	if err != nil {
 		return nil, Status(err)
 	}
+	if !auth.MaySeePII(ctx) {
+		events = auth.RedactEvents(events)
+	}
 	return &eventsv1.ListRequestEventsResponse{Events: events, NextPageToken: next}, nil
 }
 
@@ -89,6 +103,21 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		return status.Error(codes.InvalidArgument, "after_revision must not be negative")
 	}
 	ctx := stream.Context()
+	release, err := s.streams.acquire(credentialName(ctx), id)
+	if err != nil {
+		return err
+	}
+	defer release()
+	send := stream.Send
+	if !auth.MaySeePII(ctx) {
+		send = func(m *eventsv1.WatchRequestResponse) error {
+			r := &eventsv1.WatchRequestResponse{Type: m.Type, Revision: m.Revision, Request: auth.RedactRequest(m.Request)}
+			if len(m.Events) > 0 {
+				r.Events = auth.RedactEvents(m.Events)
+			}
+			return stream.Send(r)
+		}
+	}
 	sub := s.broker.Subscribe(id)
 	defer sub.Close()
 
@@ -106,7 +135,7 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		first = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Revision: snap.GetRevision(), Request: snap}
 		last = snap.GetRevision()
 	}
-	if err := stream.Send(first); err != nil {
+	if err := send(first); err != nil {
 		return err
 	}
 	if state.Terminal(snap) {
@@ -122,11 +151,11 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		case <-ctx.Done():
 			return Status(ctx.Err())
 		case <-sub.Done():
-			return s.sendReconnect(stream, last)
+			return sendReconnect(send, last)
 		case <-deadline.C:
-			return s.sendReconnect(stream, last)
+			return sendReconnect(send, last)
 		case <-heartbeat.C:
-			if err := stream.Send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, Revision: last}); err != nil {
+			if err := send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, Revision: last}); err != nil {
 				return err
 			}
 		case <-sub.Ready():
@@ -134,7 +163,7 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 			if msg == nil {
 				continue
 			}
-			if err := stream.Send(msg); err != nil {
+			if err := send(msg); err != nil {
 				return err
 			}
 			last = msg.GetRevision()
@@ -165,8 +194,35 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 	return msg
 }
 
-func (s *RequestServer) sendReconnect(stream grpc.ServerStreamingServer[eventsv1.WatchRequestResponse], last int64) error {
-	return stream.Send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT, Revision: last})
+func sendReconnect(send func(*eventsv1.WatchRequestResponse) error, last int64) error {
+	return send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT, Revision: last})
+}
+
+// credentialName names the caller for per-credential limits.
+func credentialName(ctx context.Context) string {
+	if p := auth.FromContext(ctx); p != nil {
+		return p.Name
+	}
+	return ""
+}
+
+// CreateWatchToken mints a watch token bound to one request.
+func (s *RequestServer) CreateWatchToken(ctx context.Context, req *eventsv1.CreateWatchTokenRequest) (*eventsv1.CreateWatchTokenResponse, error) {
+	if err := validateRequestID(req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	if s.opts.Tokens == nil {
+		return nil, status.Error(codes.FailedPrecondition, "watch tokens are not configured")
+	}
+	ttl := auth.DefaultWatchTokenTTL
+	if req.GetTtl() != nil {
+		if err := req.GetTtl().CheckValid(); err != nil || req.GetTtl().AsDuration() <= 0 {
+			return nil, status.Error(codes.InvalidArgument, "ttl must be a positive duration")
+		}
+		ttl = min(req.GetTtl().AsDuration(), auth.MaxWatchTokenTTL)
+	}
+	token, exp := s.opts.Tokens.Mint(req.GetRequestId(), ttl)
+	return &eventsv1.CreateWatchTokenResponse{Token: token, ExpireTime: timestamppb.New(exp)}, nil
 }
 
 func validateRequestID(id string) error {

@@ -13,6 +13,12 @@ import (
 // 0600, dir 0700) with a new random value when the file does not exist.
 // created reports whether it was made now.
 func LoadOrCreateSecret(dir, name, prefix string) (secret string, created bool, err error) {
+	return LoadOrCreateSecretWith(dir, name, func() string { return NewSecret(prefix) })
+}
+
+// LoadOrCreateSecretWith is LoadOrCreateSecret with the new content made by
+// newContent (called only when the file is created).
+func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret string, created bool, err error) {
 	path := filepath.Join(dir, name)
 	b, err := os.ReadFile(path)
 	if err == nil {
@@ -30,7 +36,7 @@ func LoadOrCreateSecret(dir, name, prefix string) (secret string, created bool, 
 	}
 	// Write a temporary file, then link it into place: the secret appears
 	// whole or not at all, and of two processes starting together one wins.
-	secret = NewSecret(prefix)
+	secret = newContent()
 	tmp, err := os.CreateTemp(dir, "."+name+"-*")
 	if err != nil {
 		return "", false, fmt.Errorf("create secret: %w", err)
@@ -48,7 +54,7 @@ func LoadOrCreateSecret(dir, name, prefix string) (secret string, created bool, 
 		return "", false, fmt.Errorf("write secret: %w", err)
 	}
 	if err := os.Link(tmp.Name(), path); errors.Is(err, fs.ErrExist) {
-		return LoadOrCreateSecret(dir, name, prefix)
+		return LoadOrCreateSecretWith(dir, name, newContent)
 	} else if err != nil {
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}

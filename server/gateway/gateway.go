@@ -12,7 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
@@ -21,6 +24,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/normalize"
 )
 
@@ -34,6 +38,15 @@ const WebhookPath = "/v1/webhooks/otpless"
 type Options struct {
 	// MaxBodyBytes bounds webhook bodies; larger ones get 413.
 	MaxBodyBytes int64
+	// Guard authenticates and limits webhook senders; nil accepts every
+	// sender (authentication disabled).
+	Guard *auth.WebhookGuard
+	// CORSOrigins may use the watch route from a browser: origins
+	// (scheme://host[:port]) or "*"; empty allows same-origin pages only.
+	CORSOrigins []string
+	// SSEHeartbeat is how long a Server-Sent Events stream stays silent
+	// before a comment is written (DefaultSSEHeartbeat when 0).
+	SSEHeartbeat time.Duration
 	Logger       *slog.Logger
 }
 
@@ -47,11 +60,29 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := eventsv1.RegisterRequestServiceHandler(ctx, mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: register RequestService: %w", err)
 	}
-	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, log: opts.Logger}
-	if err := mux.HandlePath(http.MethodPost, WebhookPath, wh.serve); err != nil {
-		return nil, fmt.Errorf("gateway: register webhook route: %w", err)
+	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger}
+	for _, path := range []string{WebhookPath, WebhookPath + "/{key}"} {
+		if err := mux.HandlePath(http.MethodPost, path, wh.serve); err != nil {
+			return nil, fmt.Errorf("gateway: register webhook route: %w", err)
+		}
 	}
-	return mux, nil
+	return accessTokenFromQuery(frontend(mux, conn, opts)), nil
+}
+
+// accessTokenFromQuery moves ?access_token= into the Authorization header, for
+// browsers' EventSource, which cannot set headers. The parameter is removed
+// so that it never reaches a request message or a log line.
+func accessTokenFromQuery(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if tok := q.Get("access_token"); tok != "" {
+			q.Del("access_token")
+			r = r.Clone(r.Context())
+			r.URL.RawQuery = q.Encode()
+			r.Header.Set("Authorization", "Bearer "+tok)
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // errorHandler is the gateway's default, plus Retry-After on UNAVAILABLE so
@@ -67,12 +98,16 @@ type webhookHandler struct {
 	mux     *runtime.ServeMux
 	ingest  *api.WebhookServer
 	maxBody int64
+	guard   *auth.WebhookGuard
 	log     *slog.Logger
 }
 
-func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params map[string]string) {
 	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
+	if !h.admit(w, r, out, params) {
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -83,6 +118,12 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, _ map[str
 		}
 		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.InvalidArgument, "reading webhook body: "+err.Error()))
 		return
+	}
+	if h.guard != nil {
+		if err := h.guard.CheckSignature(r.Header, body); err != nil {
+			h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, err)
+			return
+		}
 	}
 	req, err := normalize.Decode(body)
 	if err != nil {
@@ -103,6 +144,39 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, _ map[str
 	if _, err := w.Write(buf); err != nil && h.log != nil {
 		h.log.LogAttrs(ctx, slog.LevelDebug, "writing webhook response", slog.Any("error", err))
 	}
+}
+
+// admit applies the guard before the body is read: client address (403),
+// rate (429 with Retry-After), then credentials (401). Rejections are logged
+// as a fact, without the request's details.
+func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, params map[string]string) bool {
+	if h.guard == nil {
+		return true
+	}
+	addr := h.guard.ClientAddr(r)
+	if err := h.guard.CheckAddr(addr); err != nil {
+		h.reject(w, r, out, http.StatusForbidden, codes.PermissionDenied, err)
+		return false
+	}
+	if ok, wait := h.guard.Allow(addr); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		h.reject(w, r, out, http.StatusTooManyRequests, codes.ResourceExhausted, errors.New("too many webhooks from this address, retry later"))
+		return false
+	}
+	key, hasKey := params["key"]
+	if err := h.guard.CheckCredentials(r, key, hasKey); err != nil {
+		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
+		h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, err)
+		return false
+	}
+	return true
+}
+
+func (h *webhookHandler) reject(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, httpStatus int, code codes.Code, err error) {
+	if h.log != nil {
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook rejected", slog.Int("status", httpStatus))
+	}
+	writeStatus(w, out, httpStatus, status.New(code, err.Error()))
 }
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status

@@ -8,9 +8,10 @@ import (
 	"github.com/otpless-events/otpless-events/server"
 )
 
-func newServe(stderr io.Writer) *cobra.Command {
+func newServe(stdout, stderr io.Writer) *cobra.Command {
 	cfg := server.DefaultConfig()
 	logFormat, logLevel := "text", "info"
+	var secFlags securityFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the webhook receiver, the gRPC API and the HTTP gateway",
@@ -24,17 +25,27 @@ func newServe(stderr io.Writer) *cobra.Command {
 				return err
 			}
 			cfg.Logger = log
+			sec, gen, err := secFlags.resolve(cfg.DataDir)
+			if err != nil {
+				return err
+			}
+			cfg.Security = sec
 			srv, err := server.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
+			scheme := "http"
+			if cfg.Security.TLSCertFile != "" {
+				scheme = "https"
+			}
+			announce(stdout, gen, scheme+"://"+srv.HTTPAddr().String())
 			return srv.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP gateway listen address (webhooks and JSON API)")
-	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded database")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded database and first-start credentials")
 	f.StringVar(&cfg.Store, "store", cfg.Store, "store DSN: sqlite://PATH or a file path (default: SQLite in --data-dir)")
 	f.DurationVar(&cfg.WatchHeartbeat, "watch-heartbeat", cfg.WatchHeartbeat, "heartbeat interval of quiet watch streams")
 	f.DurationVar(&cfg.MaxWatchDuration, "max-watch-duration", cfg.MaxWatchDuration, "watch streams end with RECONNECT after this long")
@@ -42,8 +53,10 @@ func newServe(stderr io.Writer) *cobra.Command {
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long shutdown waits for in-flight calls")
+	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", cfg.CORSOrigins, "comma-separated origins (scheme://host[:port], or *) whose pages may use the watch route")
 	f.StringVar(&logFormat, "log-format", logFormat, "log format: text or json")
 	f.StringVar(&logLevel, "log-level", logLevel, "log level: debug, info, warn or error")
+	secFlags.register(f)
 	documentEnv(f)
 	return cmd
 }

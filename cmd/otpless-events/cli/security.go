@@ -1,0 +1,184 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+// Environment variables holding secrets themselves (each also has a
+// --…-file flag). Secrets are never taken from command-line values.
+const (
+	envAPIKeys        = EnvPrefix + "API_KEYS"
+	envWebhookKeys    = EnvPrefix + "WEBHOOK_KEYS"
+	envWebhookBasic   = EnvPrefix + "WEBHOOK_BASIC"
+	envSigningSecrets = EnvPrefix + "WEBHOOK_SIGNING_SECRETS"
+	envWatchTokenKeys = EnvPrefix + "WATCH_TOKEN_KEYS"
+)
+
+// Files serve keeps in the data directory when no secret is configured.
+const (
+	webhookKeyFile    = "webhook-key"
+	apiKeysFile       = "api-keys"
+	watchTokenKeyFile = "watch-token-key"
+)
+
+type securityFlags struct {
+	apiKeysFile, webhookKeysFile, webhookBasicFile, signingSecretsFile, watchTokenKeysFile string
+	allowUnauthenticated                                                                   bool
+	allowCIDRs, trustedProxies                                                             string
+	rate                                                                                   float64
+	burst                                                                                  int
+	maxPerCredential, maxPerRequest                                                        int
+	tlsCert, tlsKey, clientCA                                                              string
+}
+
+func (f *securityFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.apiKeysFile, "api-keys-file", "", "file of API keys, one per line: NAME SHA256-HEX SCOPES (also $"+envAPIKeys+")")
+	fs.StringVar(&f.webhookKeysFile, "webhook-keys-file", "", "file of webhook URL keys, one per line (also $"+envWebhookKeys+")")
+	fs.StringVar(&f.webhookBasicFile, "webhook-basic-file", "", "file of webhook Basic credentials USER:PASSWORD, one per line (also $"+envWebhookBasic+")")
+	fs.StringVar(&f.signingSecretsFile, "webhook-signing-secrets-file", "", "file of Standard Webhooks signing secrets; when set, signatures are required (also $"+envSigningSecrets+")")
+	fs.StringVar(&f.watchTokenKeysFile, "watch-token-keys-file", "", "file of watch-token signing keys, newest first (also $"+envWatchTokenKeys+")")
+	fs.BoolVar(&f.allowUnauthenticated, "allow-unauthenticated-webhooks", false, "accept webhooks without credentials on /v1/webhooks/otpless")
+	fs.StringVar(&f.allowCIDRs, "webhook-allow-cidrs", "", "comma-separated networks webhooks may come from (empty: any)")
+	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated networks of proxies whose X-Forwarded-For is believed")
+	fs.Float64Var(&f.rate, "webhook-rate", 200, "webhooks per second per client address (0: unlimited)")
+	fs.IntVar(&f.burst, "webhook-burst", 400, "burst of webhooks per client address")
+	fs.IntVar(&f.maxPerCredential, "max-watches-per-credential", 1000, "concurrent watch streams per credential (0: unlimited)")
+	fs.IntVar(&f.maxPerRequest, "max-watches-per-request", 20, "concurrent watch streams per request id (0: unlimited)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file for both listeners")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file for both listeners")
+	fs.StringVar(&f.clientCA, "grpc-client-ca", "", "CA file; gRPC clients must present a certificate it signed (mutual TLS)")
+}
+
+// generated are credentials made on this start, to be shown once.
+type generated struct {
+	webhookKey, apiKey string
+}
+
+// resolve reads the configured secrets and, for what is not configured,
+// loads or creates credentials in dataDir.
+func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
+	sec := server.Security{
+		MaxWatchesPerCredential: f.maxPerCredential,
+		MaxWatchesPerRequest:    f.maxPerRequest,
+		TLSCertFile:             f.tlsCert,
+		TLSKeyFile:              f.tlsKey,
+		ClientCAFile:            f.clientCA,
+	}
+	var gen generated
+	w := &sec.Webhook
+	w.AllowUnauthenticated, w.RatePerSecond, w.Burst = f.allowUnauthenticated, f.rate, f.burst
+	var err error
+	if w.AllowedNets, err = auth.ParsePrefixes(f.allowCIDRs); err != nil {
+		return sec, gen, fmt.Errorf("--webhook-allow-cidrs: %w", err)
+	}
+	if w.TrustedProxies, err = auth.ParsePrefixes(f.trustedProxies); err != nil {
+		return sec, gen, fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	if w.Keys, err = auth.ReadSecrets(os.Getenv(envWebhookKeys), f.webhookKeysFile); err != nil {
+		return sec, gen, err
+	}
+	basic, err := auth.ReadSecrets(os.Getenv(envWebhookBasic), f.webhookBasicFile)
+	if err != nil {
+		return sec, gen, err
+	}
+	for _, b := range basic {
+		user, pass, ok := strings.Cut(b, ":")
+		if !ok || user == "" || len(pass) < 8 {
+			return sec, gen, fmt.Errorf("webhook basic credentials: want USER:PASSWORD with a password of 8 or more characters")
+		}
+		w.Basic = append(w.Basic, auth.BasicCredential{User: user, Password: pass})
+	}
+	if w.SigningSecrets, err = auth.ReadSecrets(os.Getenv(envSigningSecrets), f.signingSecretsFile); err != nil {
+		return sec, gen, err
+	}
+	if !w.Configured() {
+		key, created, err := auth.LoadOrCreateSecret(dataDir, webhookKeyFile, "whk_")
+		if err != nil {
+			return sec, gen, err
+		}
+		w.Keys = []string{key}
+		if created {
+			gen.webhookKey = key
+		}
+	}
+
+	if sec.APIKeys, err = readAPIKeys(os.Getenv(envAPIKeys), f.apiKeysFile); err != nil {
+		return sec, gen, err
+	}
+	if len(sec.APIKeys) == 0 {
+		if sec.APIKeys, gen.apiKey, err = loadOrCreateAdminKey(dataDir); err != nil {
+			return sec, gen, err
+		}
+	}
+
+	tokenKeys, err := auth.ReadSecrets(os.Getenv(envWatchTokenKeys), f.watchTokenKeysFile)
+	if err != nil {
+		return sec, gen, err
+	}
+	if len(tokenKeys) == 0 {
+		key, _, err := auth.LoadOrCreateSecret(dataDir, watchTokenKeyFile, "")
+		if err != nil {
+			return sec, gen, err
+		}
+		tokenKeys = []string{key}
+	}
+	for _, k := range tokenKeys {
+		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
+	}
+	return sec, gen, nil
+}
+
+func readAPIKeys(env, file string) ([]auth.APIKey, error) {
+	text := env
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read API keys: %w", err)
+		}
+		text += "\n" + string(b)
+	}
+	return auth.ParseAPIKeys(text)
+}
+
+// loadOrCreateAdminKey reads dataDir/api-keys, or creates it with one admin
+// key whose plain text is returned to be shown once: only its hash is kept.
+func loadOrCreateAdminKey(dataDir string) ([]auth.APIKey, string, error) {
+	var plain string
+	line, created, err := auth.LoadOrCreateSecretWith(dataDir, apiKeysFile, func() string {
+		plain = auth.NewSecret("oek_")
+		return auth.FormatAPIKey("admin", plain, []auth.Scope{auth.ScopeAdmin})
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	keys, err := auth.ParseAPIKeys(line)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s/%s: %w", dataDir, apiKeysFile, err)
+	}
+	if !created {
+		plain = ""
+	}
+	return keys, plain, nil
+}
+
+// announce prints credentials made on this start; they are not shown again.
+func announce(w io.Writer, gen generated, httpURL string) {
+	if gen == (generated{}) {
+		return
+	}
+	fmt.Fprintln(w, "First start: generated credentials. Shown this once; copy them now.")
+	if gen.webhookKey != "" {
+		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s/v1/webhooks/otpless/%s   # give this URL to OTPLESS\n", httpURL, gen.webhookKey)
+	}
+	if gen.apiKey != "" {
+		fmt.Fprintf(w, "  export OTPLESS_EVENTS_API_KEY=%s   # admin API key; only its hash is kept\n", gen.apiKey)
+	}
+}

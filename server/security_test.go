@@ -1,0 +1,354 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+const (
+	testAdminKey   = "test-admin-key"
+	testReaderKey  = "test-reader-key"
+	testWatcherKey = "test-watcher-key"
+	testMinterKey  = "test-minter-key"
+	testWebhookKey = "test-webhook-key-0123456789"
+	testOldHookKey = "test-webhook-key-previous-1"
+)
+
+var testTokenKey = []byte("test-watch-token-key-0123456789abcdef")
+
+// secured turns authentication on with one key per role.
+func secured(mutate func(*server.Security)) func(*server.Config) {
+	return func(c *server.Config) {
+		keys, err := auth.ParseAPIKeys(strings.Join([]string{
+			auth.FormatAPIKey("admin", testAdminKey, []auth.Scope{auth.ScopeAdmin}),
+			auth.FormatAPIKey("reader", testReaderKey, []auth.Scope{auth.ScopeRead}),
+			auth.FormatAPIKey("watcher", testWatcherKey, []auth.Scope{auth.ScopeWatch}),
+			auth.FormatAPIKey("minter", testMinterKey, []auth.Scope{auth.ScopeMintWatchToken}),
+		}, "\n"))
+		if err != nil {
+			panic(err)
+		}
+		c.Security = server.Security{
+			APIKeys:        keys,
+			WatchTokenKeys: [][]byte{testTokenKey},
+			Webhook: auth.WebhookConfig{
+				Keys:  []string{testWebhookKey, testOldHookKey},
+				Basic: []auth.BasicCredential{{User: "otpless", Password: "basic-password"}},
+			},
+		}
+		if mutate != nil {
+			mutate(&c.Security)
+		}
+	}
+}
+
+func startSecured(t *testing.T, mutate func(*server.Security)) *testServer {
+	t.Helper()
+	ts := startServer(t, secured(mutate))
+	ts.webhookPath = "/v1/webhooks/otpless/" + testWebhookKey
+	return ts
+}
+
+func (ts *testServer) client(t *testing.T, bearer string) eventsv1.RequestServiceClient {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if bearer != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: bearer, Insecure: true}))
+	}
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return eventsv1.NewRequestServiceClient(conn)
+}
+
+func TestWebhookAuthentication(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	body := dlr("auth-hook-req", "SENT", 1764153000000)
+	tests := []struct {
+		name, path string
+		basic      [2]string
+		want       int
+	}{
+		{"keyless route", "/v1/webhooks/otpless", [2]string{}, http.StatusUnauthorized},
+		{"wrong key", "/v1/webhooks/otpless/not-the-key-0123456789", [2]string{}, http.StatusUnauthorized},
+		{"wrong basic", "/v1/webhooks/otpless", [2]string{"otpless", "nope"}, http.StatusUnauthorized},
+		{"current key", "/v1/webhooks/otpless/" + testWebhookKey, [2]string{}, http.StatusOK},
+		{"previous key during rotation", "/v1/webhooks/otpless/" + testOldHookKey, [2]string{}, http.StatusOK},
+		{"basic", "/v1/webhooks/otpless", [2]string{"otpless", "basic-password"}, http.StatusOK},
+	}
+	for i, tt := range tests {
+		req, _ := http.NewRequest(http.MethodPost, ts.httpURL+tt.path, bytes.NewReader(body))
+		if tt.basic[0] != "" {
+			req.SetBasicAuth(tt.basic[0], tt.basic[1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Fatalf("%s: %d %s, want %d", tt.name, resp.StatusCode, b, tt.want)
+		}
+		if i == 2 {
+			// Nothing was stored by the rejected attempts.
+			if r := ts.get(t, "/v1/requests/auth-hook-req"); r.code != http.StatusNotFound {
+				t.Fatalf("after rejected webhooks: GET %d %s, want 404", r.code, r.body)
+			}
+		}
+	}
+}
+
+// seedPII ingests a request carrying a phone number, email, identity and
+// token, and returns its id.
+func seedPII(t *testing.T, ts *testServer) string {
+	t.Helper()
+	for _, b := range scenario(t, "phone-and-email").Bodies {
+		ts.ingest(t, b)
+	}
+	return "a6e5b8c7d0f9e2a1b4c3d5e6f7a8b9c0" // the email request of the scenario
+}
+
+func hasPII(s string) bool {
+	for _, pii := range []string{"asha.rao@example.com", "9812345678", "tok_c4b3a2918f7e6d5c", "raw_body", "rawBody\":\"{"} {
+		if strings.Contains(s, pii) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestAPIKeysAndScopes(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	id := seedPII(t, ts)
+	ctx := context.Background()
+
+	for name, c := range map[string]eventsv1.RequestServiceClient{"none": ts.client(t, ""), "wrong": ts.client(t, "wrong-key")} {
+		if _, err := c.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id}); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s credential: GetRequest %v, want Unauthenticated", name, err)
+		}
+	}
+	for _, bearer := range []string{"", "wrong-key"} {
+		if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, bearer, nil); r.code != http.StatusUnauthorized {
+			t.Errorf("GET with %q: %d, want 401", bearer, r.code)
+		}
+	}
+
+	reader := ts.client(t, testReaderKey)
+	got, err := reader.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := protojson.Format(got); hasPII(s) || got.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+		t.Errorf("reader without read_pii got %s", s)
+	}
+	events, err := reader.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := protojson.Format(events); hasPII(s) || len(events.GetEvents()) == 0 {
+		t.Errorf("reader without read_pii listed %s", s)
+	}
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+"/events", testReaderKey, nil); r.code != http.StatusOK || hasPII(string(r.body)) {
+		t.Errorf("reader over HTTP: %d %s", r.code, r.body)
+	}
+	stream, err := reader.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("reader watching: %v, want PermissionDenied", err)
+	}
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch", testReaderKey, nil); r.code != http.StatusForbidden {
+		t.Errorf("reader watching over HTTP: %d, want 403", r.code)
+	}
+
+	admin, err := ts.requests.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+	if err != nil || admin.GetRequest().GetEmail() != "asha.rao@example.com" {
+		t.Errorf("admin (read_pii) GetRequest = %v, %v; want the email", admin, err)
+	}
+}
+
+func TestWatchTokens(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	id := seedPII(t, ts)
+	other := "f5d4a7b6c9e8d1f0a3b2c4d5e6f7a8b9"
+	ctx := context.Background()
+
+	if _, err := ts.client(t, testReaderKey).CreateWatchToken(ctx, &eventsv1.CreateWatchTokenRequest{RequestId: id}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("reader minting: %v, want PermissionDenied", err)
+	}
+	r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(`{"ttl":"60s"}`))
+	if r.code != http.StatusOK {
+		t.Fatalf("mint over HTTP: %d %s", r.code, r.body)
+	}
+	minted := &eventsv1.CreateWatchTokenResponse{}
+	if err := protojson.Unmarshal(r.body, minted); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(minted.GetExpireTime().AsTime()); left <= 0 || left > 61*time.Second {
+		t.Fatalf("token expires in %v, want about 60s", left)
+	}
+	tok := minted.GetToken()
+
+	// Over gRPC as a bearer token: its own request only, without PII.
+	byToken := ts.client(t, tok)
+	stream, err := byToken.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := protojson.Format(first); hasPII(s) || first.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+		t.Errorf("watch by token sent %s", s)
+	}
+	stream, err = byToken.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: other})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("token for A watching B: %v, want PermissionDenied", err)
+	}
+	if _, err := byToken.CreateWatchToken(ctx, &eventsv1.CreateWatchTokenRequest{RequestId: id}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("token minting tokens: %v, want PermissionDenied", err)
+	}
+
+	// Over HTTP as ?access_token=, as a browser's EventSource sends it.
+	resp, err := http.Get(ts.httpURL + "/v1/requests/" + id + ":watch?access_token=" + tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || hasPII(string(line)) || !strings.Contains(string(line), "REQUEST_STATUS_SUCCESS") {
+		t.Errorf("HTTP watch with access_token: %d %s", resp.StatusCode, line)
+	}
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+other+":watch?access_token="+tok, "", nil); r.code != http.StatusForbidden {
+		t.Errorf("HTTP watch of B with A's token: %d, want 403", r.code)
+	}
+
+	// An expired token (signed with the server's key) no longer works.
+	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
+	expired, _ := signer.Mint(id, -time.Second)
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+expired, "", nil); r.code != http.StatusUnauthorized {
+		t.Errorf("expired token: %d, want 401", r.code)
+	}
+}
+
+func TestWebhookRateLimit(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, func(s *server.Security) { s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2 })
+	for i := range 2 {
+		ts.ingest(t, dlr("rate-req", "SENT", 1764153000000+int64(i)))
+	}
+	r := ts.post(t, ts.webhookPath, dlr("rate-req", "DELIVERED", 1764153009000))
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" {
+		t.Fatalf("over the rate: %d (Retry-After %q) %s, want 429 with Retry-After", r.code, r.header.Get("Retry-After"), r.body)
+	}
+}
+
+func TestWebhookAllowList(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, func(s *server.Security) {
+		s.Webhook.AllowedNets = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	})
+	if r := ts.post(t, ts.webhookPath, dlr("cidr-req", "SENT", 1764153000000)); r.code != http.StatusForbidden {
+		t.Fatalf("webhook from outside the allow-list: %d %s, want 403", r.code, r.body)
+	}
+}
+
+func TestWatchStreamLimits(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, func(s *server.Security) { s.MaxWatchesPerRequest, s.MaxWatchesPerCredential = 2, 3 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watcher := ts.client(t, testWatcherKey)
+	open := func(id string) error {
+		stream, err := watcher.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		return err
+	}
+	for _, id := range []string{"lim-a", "lim-a", "lim-b"} {
+		if err := open(id); err != nil {
+			t.Fatalf("watch %s: %v", id, err)
+		}
+	}
+	if err := open("lim-a"); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("third watch of one request: %v, want ResourceExhausted", err)
+	}
+	if err := open("lim-c"); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("fourth watch of one credential: %v, want ResourceExhausted", err)
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestLogsCarryNoPII(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	ts := startServer(t, func(c *server.Config) {
+		secured(nil)(c)
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	ts.webhookPath = "/v1/webhooks/otpless/" + testWebhookKey
+	id := seedPII(t, ts)
+	ts.do(t, http.MethodGet, "/v1/requests/"+id, testAdminKey, nil)
+	ts.post(t, "/v1/webhooks/otpless/wrong-key-0123456789", []byte(`{"token":"tok_c4b3a2918f7e6d5c"}`))
+	if hasPII(logs.String()) || strings.Contains(logs.String(), testWebhookKey) {
+		t.Fatalf("logs carry personal data or secrets:\n%s", logs.String())
+	}
+	var n int
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("no log line written: the check above proved nothing")
+	}
+}
