@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// corsPolicy lets pages from a list of origins use the watch route. No
+// cookies are involved: credentials travel as ?access_token= or an
+// Authorization header, so credentialed CORS is never granted.
+type corsPolicy struct {
+	anyOrigin bool
+	origins   []string
+}
+
+// CheckCORSOrigins reports the first entry of origins that is neither "*"
+// nor an origin (scheme://host[:port], no path).
+func CheckCORSOrigins(origins []string) error {
+	var errs []error
+	for _, o := range origins {
+		if o == "*" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("CORS origin %q: want * or scheme://host[:port]", o))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func newCORSPolicy(origins []string) corsPolicy {
+	var p corsPolicy
+	for _, o := range origins {
+		if o == "*" {
+			p.anyOrigin = true
+			continue
+		}
+		p.origins = append(p.origins, strings.ToLower(strings.TrimSuffix(o, "/")))
+	}
+	return p
+}
+
+func (p corsPolicy) allows(origin string) bool {
+	return origin != "" && (p.anyOrigin || slices.Contains(p.origins, strings.ToLower(origin)))
+}
+
+// handle adds CORS headers to a watch-route response and answers preflight
+// requests; it reports whether it answered.
+func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
+	if !p.anyOrigin && len(p.origins) == 0 {
+		return false // CORS not configured: same-origin only
+	}
+	origin := r.Header.Get("Origin")
+	preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+	h := w.Header()
+	h.Add("Vary", "Origin")
+	if !p.allows(origin) {
+		if preflight {
+			http.Error(w, "origin not allowed", http.StatusForbidden)
+		}
+		return preflight
+	}
+	if p.anyOrigin {
+		h.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		h.Set("Access-Control-Allow-Origin", origin)
+	}
+	if !preflight {
+		return false
+	}
+	h.Set("Access-Control-Allow-Methods", "GET, OPTIONS")
+	h.Set("Access-Control-Allow-Headers", "Accept, Authorization, Cache-Control, Last-Event-ID")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+	return true
+}

@@ -1,0 +1,47 @@
+package gateway
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/gateway/ui"
+)
+
+// frontend puts what browsers need in front of the gateway mux: the status
+// page at /ui/ (and / redirecting there), and on the watch route, CORS and
+// Server-Sent Events.
+func frontend(mux *runtime.ServeMux, conn *grpc.ClientConn, opts Options) http.Handler {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	heartbeat := opts.SSEHeartbeat
+	if heartbeat <= 0 {
+		heartbeat = DefaultSSEHeartbeat
+	}
+	watch := &watchHandler{
+		next:      mux,
+		mux:       mux,
+		client:    eventsv1.NewRequestServiceClient(conn),
+		cors:      newCORSPolicy(opts.CORSOrigins),
+		heartbeat: heartbeat,
+		log:       log,
+	}
+	page := ui.Handler()
+	uiRoot := strings.TrimSuffix(ui.Path, "/")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case p == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+			http.Redirect(w, r, ui.Path, http.StatusFound)
+		case p == uiRoot || strings.HasPrefix(p, ui.Path):
+			page.ServeHTTP(w, r)
+		default:
+			watch.ServeHTTP(w, r)
+		}
+	})
+}

@@ -1,0 +1,324 @@
+// The status page: follows one auth request over the watch route's
+// Server-Sent Events (GET /v1/requests/{id}:watch) and draws it. Everything
+// shown comes from the messages of that stream: the AuthRequest snapshot in
+// SNAPSHOT and UPDATE messages, and the events that changed it.
+//
+// EventSource does the reconnecting: each event's id is its revision, so a
+// reconnect sends Last-Event-ID and the server resumes after it.
+'use strict';
+
+const STEPS = ['sent', 'delivered', 'read', 'clicked'];
+
+const STATUS = {
+  REQUEST_STATUS_UNSPECIFIED: 'Waiting',
+  REQUEST_STATUS_IN_PROGRESS: 'In progress',
+  REQUEST_STATUS_FAILED: 'Failed',
+  REQUEST_STATUS_SUCCESS: 'Success',
+};
+
+const RETRIABLE = {
+  RETRIABLE_YES: 'retriable',
+  RETRIABLE_NO: 'not retriable',
+  RETRIABLE_AFTER_OPT_IN: 'retriable once the user opts in',
+  RETRIABLE_CASE_BY_CASE: 'retriable case by case',
+};
+
+// gRPC codes after which reconnecting cannot help.
+const FINAL_CODES = new Set([3, 5, 7, 8, 9, 11, 12, 16]);
+
+// What the stream delivered, for tests and the curious.
+window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
+
+let source = null;
+
+const $ = (id) => document.getElementById(id);
+
+// el builds an element; children are nodes or text (never parsed as HTML).
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('data-')) e.dataset[k.slice(5).replace(/-(.)/g, (_, c) => c.toUpperCase())] = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+function pad(n, width) {
+  return String(n).padStart(width, '0');
+}
+
+// clock formats a proto JSON timestamp as local HH:MM:SS.mmm.
+function clock(ts) {
+  if (!ts) return '';
+  const d = new Date(ts);
+  return `${pad(d.getHours(), 2)}:${pad(d.getMinutes(), 2)}:${pad(d.getSeconds(), 2)}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+// since says how long after start ts is, e.g. "+2.1 s".
+function since(ts, start) {
+  if (!ts || !start) return '';
+  const ms = new Date(ts) - new Date(start);
+  if (ms < 0) return '';
+  return ms < 60000 ? `+${(ms / 1000).toFixed(1)} s` : `+${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+}
+
+function time(ts, start) {
+  if (!ts) return null;
+  return el('time', { datetime: ts, title: new Date(ts).toString() }, clock(ts), start ? el('span', { class: 'since' }, ' ', since(ts, start)) : null);
+}
+
+function humanize(s) {
+  return (s || '').replace(/_/g, ' ').toLowerCase().replace(/^./, (c) => c.toUpperCase());
+}
+
+// errorText puts a failure in words: the documented meaning, the code, and
+// whether retrying can help.
+function errorText(err) {
+  if (!err) return '';
+  const words = err.description || err.message || 'unknown failure';
+  const parts = [err.code ? `code ${err.code}` : null, RETRIABLE[err.retriable]].filter(Boolean);
+  let text = parts.length ? `${words} (${parts.join(', ')})` : words;
+  if (err.message && err.description && err.message.toLowerCase() !== err.description.toLowerCase()) {
+    text += ` — OTPLESS said “${err.message}”`;
+  }
+  return text;
+}
+
+// describe puts one event in words.
+function describe(e) {
+  switch (e.status) {
+    case 'INITIATED':
+      return `Initiated${e.authMethod ? ' ' + e.authMethod : ''}${e.authChannels && e.authChannels.length ? ' via ' + e.authChannels.join(', ') : ''}`;
+    case 'FALLBACK':
+      return `Fell back ${e.fromChannel ? 'from ' + e.fromChannel + ' ' : ''}to ${e.toChannel || 'another channel'}`;
+    case 'SUCCESS':
+      return `Success${e.authMethod ? ' (' + e.authMethod + ')' : ''}`;
+    case 'FAILED':
+      return `${e.channel || 'Delivery'} failed: ${errorText(e.error)}`;
+    case 'UNREACHABLE':
+      return 'OTPLESS reported the user unreachable';
+  }
+  return e.channel ? `${e.channel} ${humanize(e.status).toLowerCase()}` : humanize(e.status);
+}
+
+function setConnection(state, text) {
+  document.body.dataset.connection = state;
+  const c = $('connection');
+  c.className = `connection ${state}`;
+  c.textContent = text || humanize(state);
+}
+
+function showStreamError(text) {
+  const p = $('stream-error');
+  p.hidden = !text;
+  p.textContent = text || '';
+}
+
+function reset(id) {
+  window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
+  $('main').hidden = false;
+  $('summary-id').textContent = id;
+  $('channels').replaceChildren();
+  $('fallbacks').replaceChildren();
+  $('failures').replaceChildren();
+  $('activity').replaceChildren();
+  showStreamError('');
+  document.body.dataset.status = '';
+  document.body.dataset.revision = '';
+  document.title = `${id} · OTPLESS request status`;
+}
+
+function watch(id, token) {
+  if (source) source.close();
+  reset(id);
+  setConnection('connecting', 'Connecting…');
+  let url = `../v1/requests/${encodeURIComponent(id)}:watch`;
+  if (token) url += `?access_token=${encodeURIComponent(token)}`;
+  const es = new EventSource(url);
+  source = es;
+  const log = window.otplessWatch;
+
+  es.onopen = () => {
+    log.opens++;
+    setConnection('live', log.opens > 1 ? 'Live (reconnected)' : 'Live');
+    showStreamError('');
+  };
+  const onMessage = (e) => {
+    const msg = JSON.parse(e.data);
+    log.messages.push({ type: e.type, revision: Number(msg.revision) });
+    document.body.dataset.revision = msg.revision;
+    $('fact-revision').textContent = msg.revision;
+    if (e.type === 'snapshot' || e.type === 'update') {
+      for (const ev of msg.events || []) addActivity(ev, msg.request);
+      if (e.type === 'snapshot') addSnapshotNote(msg.request);
+      render(msg.request);
+      if (msg.request.status === 'REQUEST_STATUS_SUCCESS') {
+        es.close();
+        setConnection('finished', 'Finished');
+      }
+    } else if (e.type === 'reconnect') {
+      setConnection('reconnecting', 'Reconnecting…');
+    }
+  };
+  for (const type of ['snapshot', 'update', 'heartbeat', 'reconnect']) es.addEventListener(type, onMessage);
+
+  // "error" is both the server's event carrying a gRPC status (with data)
+  // and EventSource's own connection error (without).
+  es.addEventListener('error', (e) => {
+    if (es !== source) return;
+    if (e.data) {
+      const st = JSON.parse(e.data);
+      log.errors.push(st);
+      showStreamError(`The stream ended with an error: ${st.message} (gRPC code ${st.code}).`);
+      if (FINAL_CODES.has(st.code)) {
+        es.close();
+        setConnection('closed', 'Closed');
+      }
+      return;
+    }
+    if (es.readyState === EventSource.CLOSED) {
+      setConnection('closed', 'Closed');
+      explainRefusal(url);
+    } else if (document.body.dataset.connection !== 'finished') {
+      setConnection('reconnecting', 'Reconnecting…');
+    }
+  });
+}
+
+// explainRefusal shows why the server refused the stream (EventSource itself
+// cannot read the error body).
+async function explainRefusal(url) {
+  const abort = new AbortController();
+  try {
+    const resp = await fetch(url, { headers: { Accept: 'text/event-stream' }, signal: abort.signal });
+    if (resp.ok) return;
+    const body = await resp.json().catch(() => ({}));
+    showStreamError(`The server refused the stream: ${body.message || resp.statusText} (HTTP ${resp.status}).`);
+  } catch {
+    showStreamError('The server cannot be reached.');
+  } finally {
+    abort.abort();
+  }
+}
+
+function addActivity(ev, req) {
+  window.otplessWatch.eventIds.push(ev.eventId);
+  const cls = ev.status === 'FAILED' || ev.status === 'UNREACHABLE' ? 'bad' : ev.status === 'SUCCESS' ? 'good' : '';
+  $('activity').append(
+    el('li', { 'data-event-id': ev.eventId, class: cls },
+      time(ev.eventTime, req.firstEventTime),
+      el('span', { class: 'what' }, describe(ev)),
+      el('span', { class: 'rev' }, `rev ${req.revision}`)));
+}
+
+function addSnapshotNote(req) {
+  const n = req.eventCount || 0;
+  const text = n ? `Caught up: ${n} event${n === 1 ? '' : 's'} so far` : 'Watching: nothing received for this request yet';
+  $('activity').append(el('li', { class: 'note' }, el('span', { class: 'what' }, text), el('span', { class: 'rev' }, `rev ${req.revision}`)));
+}
+
+function render(req) {
+  document.body.dataset.status = req.status;
+  const badge = $('status-badge');
+  badge.textContent = STATUS[req.status] || humanize(req.status);
+  badge.className = `badge ${(req.status || '').replace('REQUEST_STATUS_', '').toLowerCase()}`;
+  $('fact-method').textContent = req.authMethod || '–';
+  $('fact-channel').textContent = req.activeChannel || '–';
+  $('fact-events').textContent = req.eventCount || 0;
+  $('outcome').textContent = outcome(req);
+  $('outcome').className = `outcome ${badge.className.replace('badge ', '')}`;
+  renderChannels(req);
+  renderList('fallbacks', req.fallbacks, (f) =>
+    el('li', { 'data-fallback': `${f.fromChannel}/${f.toChannel}` },
+      time(f.time, req.firstEventTime), ' ',
+      el('span', { class: 'what' }, `${f.fromChannel || '?'} → ${f.toChannel}`)));
+  renderList('failures', req.failures, (f) =>
+    el('li', { 'data-failure': `${f.channel}/${f.error ? f.error.code : ''}` },
+      time(f.time, req.firstEventTime), ' ',
+      el('span', { class: 'what' }, el('strong', null, f.channel), ' ', errorText(f.error))));
+}
+
+function renderList(name, items, row) {
+  $(`${name}-section`).hidden = !(items && items.length);
+  $(name).replaceChildren(...(items || []).map(row));
+}
+
+// outcome says where the request stands in one sentence.
+function outcome(req) {
+  switch (req.status) {
+    case 'REQUEST_STATUS_SUCCESS':
+      return `Signed in at ${clock(req.successTime)}${req.authMethod ? ' with ' + req.authMethod : ''}${req.activeChannel ? ' over ' + req.activeChannel : ''}.`;
+    case 'REQUEST_STATUS_FAILED': {
+      const f = (req.failures || []).filter((x) => x.channel === req.activeChannel).pop();
+      if (!f) return 'OTPLESS reported the user unreachable.';
+      return `${f.channel} failed: ${errorText(f.error)}. OTPLESS may still fall back to another channel.`;
+    }
+    case 'REQUEST_STATUS_IN_PROGRESS': {
+      const ch = (req.channels || []).find((c) => c.channel === req.activeChannel);
+      const step = ch && STEPS.filter((s) => ch[s]).pop();
+      return step ? `In progress: ${humanize(step).toLowerCase()} on ${ch.channel}, waiting for the user.` : 'In progress: waiting for OTPLESS.';
+    }
+  }
+  return 'Nothing received for this request yet. Waiting for OTPLESS…';
+}
+
+function renderChannels(req) {
+  const list = req.channels || [];
+  $('no-channels').hidden = list.length > 0;
+  $('channels').replaceChildren(...list.map((ch) => {
+    const steps = STEPS.map((s) => {
+      const st = ch[s];
+      const state = st ? (st.implied ? 'implied' : 'reached') : 'pending';
+      return el('li', { class: `step ${state}`, 'data-step': `${ch.channel}/${s.toUpperCase()}`, 'data-state': state,
+        title: state === 'implied' ? 'No report of its own: a later step implies it' : null },
+        el('span', { class: 'dot' }),
+        el('span', { class: 'step-name' }, humanize(s)),
+        st ? time(st.time, req.firstEventTime) : el('span', { class: 'muted' }, '—'),
+        state === 'implied' ? el('span', { class: 'tag' }, 'implied') : null);
+    });
+    if (ch.failed) {
+      steps.push(el('li', { class: 'step failed', 'data-step': `${ch.channel}/FAILED`, 'data-state': 'failed' },
+        el('span', { class: 'dot' }),
+        el('span', { class: 'step-name' }, 'Failed'),
+        time(ch.failed.time, req.firstEventTime),
+        el('span', { class: 'step-error' }, errorText(ch.error))));
+    }
+    const active = ch.channel === req.activeChannel;
+    return el('article', { class: `channel${active ? ' active' : ''}`, 'data-channel': ch.channel },
+      el('h3', null, ch.channel, active ? el('span', { class: 'tag active' }, 'active') : null,
+        el('span', { class: 'channel-status' }, humanize((ch.status || '').replace('DELIVERY_STATUS_', '')))),
+      el('ol', { class: 'steps' }, steps));
+  }));
+}
+
+function start() {
+  const params = new URLSearchParams(location.search);
+  const form = $('watch-form');
+  const input = $('request-id');
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = input.value.trim();
+    if (!id) return;
+    // A watch token is bound to one request: keep it only for that one.
+    const token = id === params.get('request_id') ? params.get('access_token') : null;
+    const q = new URLSearchParams({ request_id: id });
+    if (token) q.set('access_token', token);
+    history.replaceState(null, '', `?${q}`);
+    watch(id, token);
+  });
+  const id = params.get('request_id');
+  if (id) {
+    input.value = id;
+    watch(id, params.get('access_token'));
+  } else {
+    input.focus();
+  }
+}
+
+start();
