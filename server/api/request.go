@@ -15,6 +15,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/pii"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
@@ -67,7 +68,7 @@ func (s *RequestServer) GetRequest(ctx context.Context, req *eventsv1.GetRequest
 		return nil, Status(err)
 	}
 	if !auth.MaySeePII(ctx) {
-		r = auth.RedactRequest(r)
+		r = pii.Request(r)
 	}
 	return &eventsv1.GetRequestResponse{Request: r}, nil
 }
@@ -86,7 +87,7 @@ func (s *RequestServer) ListRequestEvents(ctx context.Context, req *eventsv1.Lis
 		return nil, Status(err)
 	}
 	if !auth.MaySeePII(ctx) {
-		events = auth.RedactEvents(events)
+		events = pii.Events(events)
 	}
 	return &eventsv1.ListRequestEventsResponse{Events: events, NextPageToken: next}, nil
 }
@@ -111,9 +112,9 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 	send := stream.Send
 	if !auth.MaySeePII(ctx) {
 		send = func(m *eventsv1.WatchRequestResponse) error {
-			r := &eventsv1.WatchRequestResponse{Type: m.Type, Revision: m.Revision, Request: auth.RedactRequest(m.Request)}
+			r := &eventsv1.WatchRequestResponse{Type: m.Type, Revision: m.Revision, Request: pii.Request(m.Request)}
 			if len(m.Events) > 0 {
-				r.Events = auth.RedactEvents(m.Events)
+				r.Events = pii.Events(m.Events)
 			}
 			return stream.Send(r)
 		}

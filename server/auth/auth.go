@@ -2,8 +2,8 @@
 // the internal API, short-lived watch tokens for browsers, and the webhook
 // credentials OTPLESS can carry (a secret in the URL, HTTP Basic, optionally
 // a Standard Webhooks signature), plus the client-address checks in front of
-// the webhook route. It also removes personal data from messages for callers
-// that may not see it.
+// the webhook route. Which caller may see personal data is decided here
+// (MaySeePII); package pii removes it.
 //
 // It imports the generated API types and gRPC; nothing from the servers.
 package auth
