@@ -120,3 +120,15 @@ type Store interface {
 	// itself is idempotent and returns nil again.
 	Close() error
 }
+
+// Purger is implemented by stores that can forget personal data once its
+// retention has passed.
+type Purger interface {
+	// PurgePII removes, for every webhook received before cutoff, its raw
+	// body and the personal data of its events (phone, email, identity,
+	// token; see package pii), and refolds the snapshots of the requests
+	// concerned so they equal the fold of what is left. Statuses, channels,
+	// times and revisions stay: the status history is kept. It returns how
+	// many webhooks it purged; running it again purges nothing more.
+	PurgePII(ctx context.Context, cutoff time.Time) (int, error)
+}

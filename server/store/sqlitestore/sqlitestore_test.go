@@ -127,8 +127,12 @@ func TestMigrationsIdempotent(t *testing.T) {
 		}
 	}
 	db := rawDB(t, path)
-	if n := count(t, db, `SELECT COUNT(*) FROM schema_migrations`); n != 1 {
-		t.Errorf("schema_migrations has %d rows, want 1 (one per migration file)", n)
+	ms, err := filepath.Glob("migrations/*.sql")
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("migration files: %v, %v", ms, err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM schema_migrations`); n != len(ms) {
+		t.Errorf("schema_migrations has %d rows, want %d (one per migration file)", n, len(ms))
 	}
 	var mode string
 	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {

@@ -68,6 +68,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"Closed", testClosed},
 		{"Ping", testPing},
 		{"Persistence", testPersistence},
+		{"PurgePII", testPurgePII},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {

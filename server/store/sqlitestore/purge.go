@@ -1,0 +1,160 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/pii"
+	"github.com/otpless-events/otpless-events/server/state"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// purgeChunk bounds the webhooks purged per transaction, so the single
+// writer is never held for long.
+const purgeChunk = 500
+
+var _ store.Purger = (*Store)(nil)
+
+// PurgePII implements store.Purger.
+func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
+	const op = "purge"
+	total := 0
+	for {
+		if s.closed.Load() {
+			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
+		}
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return total, s.fail(ctx, op, err)
+		}
+		n, err := purgeChunkTx(ctx, tx, cutoff.UnixMilli())
+		if err == nil {
+			err = tx.Commit()
+		}
+		if err != nil {
+			tx.Rollback()
+			return total, s.fail(ctx, op, err)
+		}
+		total += n
+		if n < purgeChunk {
+			return total, nil
+		}
+	}
+}
+
+func purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id FROM webhooks
+		WHERE received_at < ? AND length(body) > 0 ORDER BY received_at LIMIT ?`, cutoffMs, purgeChunk)
+	if err != nil {
+		return 0, err
+	}
+	ids, err := scanAll(rows, func(r *sql.Rows) (int64, error) { var id int64; return id, r.Scan(&id) })
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	idList := jsonInts(ids)
+
+	// Strip the events of those webhooks, noting their requests.
+	rows, err = tx.QueryContext(ctx, `SELECT request_id, event_id, data FROM events
+		WHERE webhook_id IN (SELECT value FROM json_each(?))`, idList)
+	if err != nil {
+		return 0, err
+	}
+	type row struct {
+		requestID, eventID string
+		data               []byte
+	}
+	evs, err := scanAll(rows, func(r *sql.Rows) (row, error) {
+		var x row
+		return x, r.Scan(&x.requestID, &x.eventID, &x.data)
+	})
+	if err != nil {
+		return 0, err
+	}
+	requests := map[string]bool{}
+	for _, x := range evs {
+		e := new(eventsv1.Event)
+		if err := proto.Unmarshal(x.data, e); err != nil {
+			return 0, fmt.Errorf("decode event %s: %w", x.eventID, err)
+		}
+		pii.StripEvent(e)
+		data, err := proto.Marshal(e)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE events SET data = ? WHERE request_id = ? AND event_id = ?`, data, x.requestID, x.eventID); err != nil {
+			return 0, err
+		}
+		if x.requestID != "" {
+			requests[x.requestID] = true
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE webhooks SET body = X'' WHERE id IN (SELECT value FROM json_each(?))`, idList); err != nil {
+		return 0, err
+	}
+	for id := range requests {
+		if err := refold(ctx, tx, id); err != nil {
+			return 0, err
+		}
+	}
+	return len(ids), nil
+}
+
+// refold rewrites a request's snapshot from its events, keeping its revision
+// and update time: removing personal data is not a change watchers follow.
+func refold(ctx context.Context, tx *sql.Tx, requestID string) error {
+	var data []byte
+	if err := tx.QueryRowContext(ctx, `SELECT data FROM requests WHERE request_id = ?`, requestID).Scan(&data); err != nil {
+		return fmt.Errorf("snapshot of %s: %w", requestID, err)
+	}
+	old := new(eventsv1.AuthRequest)
+	if err := proto.Unmarshal(data, old); err != nil {
+		return fmt.Errorf("decode snapshot of %s: %w", requestID, err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT data FROM events WHERE request_id = ?`, requestID)
+	if err != nil {
+		return err
+	}
+	events, err := scanAll(rows, func(r *sql.Rows) (*eventsv1.Event, error) {
+		var b []byte
+		if err := r.Scan(&b); err != nil {
+			return nil, err
+		}
+		e := new(eventsv1.Event)
+		return e, proto.Unmarshal(b, e)
+	})
+	if err != nil {
+		return err
+	}
+	snap := state.Fold(requestID, events)
+	snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
+	if data, err = proto.Marshal(snap); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE requests SET data = ? WHERE request_id = ?`, data, requestID)
+	return err
+}
+
+func scanAll[T any](rows *sql.Rows, scan func(*sql.Rows) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+func jsonInts(ids []int64) string {
+	b, _ := json.Marshal(ids) // []int64 always encodes
+	return string(b)
+}
