@@ -352,3 +352,34 @@ func TestLogsCarryNoPII(t *testing.T) {
 		t.Fatal("no log line written: the check above proved nothing")
 	}
 }
+
+// Personal data and raw bodies go after the retention period; the status
+// history stays.
+func TestRetentionPurgesPersonalData(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) {
+		c.PIIRetention, c.RetentionInterval = time.Millisecond, 20*time.Millisecond
+	})
+	id := seedPII(t, ts)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := ts.get(t, "/v1/requests/"+id+"/events")
+		if r.code != http.StatusOK {
+			t.Fatalf("list events: %d %s", r.code, r.body)
+		}
+		if !hasPII(string(r.body)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("personal data still there after the retention period: %s", r.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got, err := ts.requests.GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := protojson.Format(got); hasPII(s) || got.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || len(got.GetRequest().GetChannels()) == 0 {
+		t.Fatalf("after purge the snapshot is %s; want the status history without personal data", s)
+	}
+}

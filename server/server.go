@@ -57,6 +57,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// ShutdownGrace bounds how long shutdown waits for in-flight calls.
 	ShutdownGrace time.Duration
+	// PIIRetention is how long raw bodies and personal data are kept; the
+	// status history stays. Checked every RetentionInterval.
+	PIIRetention, RetentionInterval time.Duration
 	// CORSOrigins may follow requests from a browser page on another origin
 	// (the watch route only): scheme://host[:port] entries or "*".
 	CORSOrigins []string
@@ -125,6 +128,8 @@ func DefaultConfig() Config {
 		MaxBatch:         256,
 		MaxBodyBytes:     gateway.DefaultMaxBodyBytes,
 		ShutdownGrace:    10 * time.Second,
+		PIIRetention:      7 * 24 * time.Hour,
+		RetentionInterval: time.Hour,
 	}
 }
 
@@ -146,7 +151,8 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace}} {
+	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace},
+		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
 		}
@@ -182,6 +188,7 @@ type Server struct {
 	store  store.Store
 	writer *groupcommit.Writer
 	broker *broker.Broker
+	purge  *retention // nil when the store cannot purge
 	health *health.Server
 	grpc   *grpc.Server
 	http   *http.Server
@@ -214,6 +221,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.broker = broker.New(0)
+	if p, ok := s.store.(store.Purger); ok {
+		s.purge = &retention{purger: p, keep: cfg.PIIRetention, interval: cfg.RetentionInterval, log: log.With("component", "retention")}
+	} else {
+		log.Warn("the store cannot purge personal data; it is kept indefinitely")
+	}
 	s.writer = groupcommit.New(s.store, groupcommit.Options{
 		QueueSize: cfg.WriteQueue,
 		MaxBatch:  cfg.MaxBatch,
@@ -329,6 +341,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		errc <- s.http.Serve(s.httpLis)
 	}()
+	if s.purge != nil {
+		s.purge.start()
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String())
 
@@ -361,6 +376,9 @@ func (s *Server) shutdown() error {
 	}
 	if err := s.writer.Stop(grace); err != nil {
 		errs = append(errs, fmt.Errorf("writer stop: %w", err))
+	}
+	if s.purge != nil {
+		s.purge.stop()
 	}
 	s.closeAll()
 	s.log.Info("stopped")

@@ -53,6 +53,8 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long shutdown waits for in-flight calls")
+	f.DurationVar(&cfg.PIIRetention, "pii-retention", cfg.PIIRetention, "how long raw bodies and personal data are kept (the status history stays)")
+	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", cfg.CORSOrigins, "comma-separated origins (scheme://host[:port], or *) whose pages may use the watch route")
 	f.StringVar(&logFormat, "log-format", logFormat, "log format: text or json")
 	f.StringVar(&logLevel, "log-level", logLevel, "log level: debug, info, warn or error")

@@ -1,0 +1,57 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// retention removes personal data older than keep, once at start and then
+// every interval, until stopped.
+type retention struct {
+	purger         store.Purger
+	keep, interval time.Duration
+	log            *slog.Logger
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (r *retention) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.done = cancel, make(chan struct{})
+	go func() {
+		defer close(r.done)
+		tick := time.NewTicker(r.interval)
+		defer tick.Stop()
+		for {
+			r.purge(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+func (r *retention) purge(ctx context.Context) {
+	cutoff := time.Now().Add(-r.keep)
+	n, err := r.purger.PurgePII(ctx, cutoff)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		r.log.Warn("purging personal data", "error", err)
+	case n > 0:
+		r.log.Info("purged personal data", "webhooks", n, "received_before", cutoff)
+	}
+}
+
+// stop ends the loop and waits for a purge in progress to stop.
+func (r *retention) stop() {
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+	}
+}
