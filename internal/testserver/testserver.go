@@ -1,0 +1,166 @@
+// Package testserver runs the real service (server.New on loopback ports)
+// for the tests of what sits in front of it: the gateway's event stream, the
+// status page in a browser, the command line. It is for tests only.
+package testserver
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/gateway"
+)
+
+// Server is a running server.
+type Server struct {
+	// HTTPURL is the gateway's base URL, e.g. http://127.0.0.1:41234.
+	HTTPURL string
+	// GRPCAddr is the gRPC address.
+	GRPCAddr string
+	// WebhookPath is where webhooks are posted (with the key, when the
+	// configuration has webhook keys).
+	WebhookPath string
+
+	cfg  server.Config
+	stop func() error
+}
+
+// Start runs a server with authentication disabled, on ephemeral loopback
+// ports and a fresh data directory, after mutate has adjusted the
+// configuration. It is stopped when the test ends.
+func Start(t testing.TB, mutate func(*server.Config)) *Server {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Security.Disabled = true
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return start(t, cfg)
+}
+
+func start(t testing.TB, cfg server.Config) *Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	s := &Server{
+		HTTPURL:     "http://" + srv.HTTPAddr().String(),
+		GRPCAddr:    srv.GRPCAddr().String(),
+		WebhookPath: gateway.WebhookPath,
+		cfg:         cfg,
+		stop: func() error {
+			once.Do(func() {
+				cancel()
+				runErr = <-done
+			})
+			return runErr
+		},
+	}
+	if len(cfg.Security.Webhook.Keys) > 0 {
+		s.WebhookPath += "/" + cfg.Security.Webhook.Keys[0]
+	}
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	s.waitServing(t)
+	return s
+}
+
+// Stop shuts the server down gracefully and waits until it has.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if err := s.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// Restart stops the server and starts it again on the same ports and data,
+// as a deploy or a crash-and-restart would.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop(t)
+	cfg := s.cfg
+	cfg.GRPCAddr, cfg.HTTPAddr = s.GRPCAddr, strings.TrimPrefix(s.HTTPURL, "http://")
+	*s = *start(t, cfg)
+}
+
+// Dial returns a plaintext client connection to the gRPC port, with extra
+// options (per-call credentials, say).
+func (s *Server) Dial(t testing.TB, creds ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(s.GRPCAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, creds...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (s *Server) waitServing(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn := s.Dial(t)
+	defer conn.Close()
+	w, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatalf("health watch: %v", err)
+	}
+	for {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatalf("server never became SERVING: %v", err)
+		}
+		if resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return
+		}
+	}
+}
+
+// Ingest posts one webhook body as OTPLESS does and returns the answer; any
+// status but 200 fails the test.
+func (s *Server) Ingest(t testing.TB, body []byte) *eventsv1.IngestResponse {
+	t.Helper()
+	resp, err := http.Post(s.HTTPURL+s.WebhookPath, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST webhook: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST webhook: %d %s", resp.StatusCode, b)
+	}
+	out := &eventsv1.IngestResponse{}
+	if err := protojson.Unmarshal(b, out); err != nil {
+		t.Fatalf("decoding %s: %v", b, err)
+	}
+	return out
+}

@@ -1,0 +1,188 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/internal/testserver"
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+func scenario(t *testing.T, name string) fixtures.Scenario {
+	t.Helper()
+	for _, sc := range fixtures.Scenarios(t) {
+		if sc.Name == name {
+			return sc
+		}
+	}
+	t.Fatalf("no scenario %s", name)
+	return fixtures.Scenario{}
+}
+
+// watchURL is the watch route of the request the scenario is about.
+func watchURL(ts *testserver.Server, id string) string {
+	return ts.HTTPURL + "/v1/requests/" + id + ":watch"
+}
+
+// A whole scenario over the event stream, with a disconnect in the middle:
+// the reconnect (Last-Event-ID, or ?after_revision=) continues after the
+// last revision received, with nothing missed and nothing repeated, and the
+// stream ends after SUCCESS.
+func TestSSEResumesAcrossDisconnect(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	sc := scenario(t, "whatsapp-fails-then-sms")
+	const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+
+	ctx, cancel := context.WithCancel(testContext(t))
+	first := openSSE(t, ctx, watchURL(ts, id), nil)
+	if ev := first.nextEvent(t); ev.Event != "snapshot" || ev.ID != "0" {
+		t.Fatalf("first event %+v, want the snapshot at revision 0", ev)
+	}
+	seen := map[string]int{} // event id -> times delivered
+	for _, body := range sc.Bodies[:3] {
+		rev := ts.Ingest(t, body).GetEvents()[0].GetRevision()
+		ev := first.nextEvent(t)
+		m := ev.message(t)
+		if ev.Event != "update" || m.GetRevision() != rev || ev.ID != strconv.FormatInt(rev, 10) {
+			t.Fatalf("event %s id %s at revision %d, want an update at %d", ev.Event, ev.ID, m.GetRevision(), rev)
+		}
+		for _, e := range m.GetEvents() {
+			seen[e.GetEventId()]++
+		}
+	}
+	cancel() // the browser tab sleeps; one webhook arrives meanwhile
+	ts.Ingest(t, sc.Bodies[3])
+
+	resumed := openSSE(t, testContext(t), watchURL(ts, id), http.Header{"Last-Event-Id": {"3"}})
+	ev := resumed.nextEvent(t)
+	snap := ev.message(t)
+	if ev.Event != "snapshot" || ev.ID != "4" || len(snap.GetRequest().GetFallbacks()) != 1 {
+		t.Fatalf("resumed with %s id %s (%v), want the snapshot at revision 4 holding the missed fallback", ev.Event, ev.ID, snap.GetRequest())
+	}
+	// A second client that is up to date resumes with ?after_revision=.
+	current := openSSE(t, testContext(t), watchURL(ts, id)+"?after_revision=4", nil)
+	if ev := current.nextEvent(t); ev.Event != "heartbeat" || ev.ID != "4" {
+		t.Fatalf("up-to-date resume began with %s id %s, want a heartbeat at 4", ev.Event, ev.ID)
+	}
+
+	for _, body := range sc.Bodies[4:] {
+		ts.Ingest(t, body)
+	}
+	for _, st := range []*sseStream{resumed, current} {
+		last := int64(4)
+		var final *eventsv1.WatchRequestResponse
+		for {
+			b, err := st.next()
+			if err != nil {
+				break // the end after SUCCESS (checked below)
+			}
+			if b.Event != "update" {
+				continue
+			}
+			m := b.message(t)
+			if m.GetRevision() <= last {
+				t.Fatalf("revision %d after %d: repeated", m.GetRevision(), last)
+			}
+			last, final = m.GetRevision(), m
+			if st == resumed {
+				for _, e := range m.GetEvents() {
+					seen[e.GetEventId()]++
+				}
+			}
+		}
+		if final.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || last != 6 {
+			t.Fatalf("stream ended at revision %d with %v, want SUCCESS at 6", last, final.GetRequest().GetStatus())
+		}
+	}
+	// Events 1-3 and 5-6 arrived as updates, once each; event 4 is in the
+	// resumed snapshot.
+	if len(seen) != 5 {
+		t.Errorf("%d distinct events streamed as updates, want 5", len(seen))
+	}
+	for e, n := range seen {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", e, n)
+		}
+	}
+}
+
+// With authentication on, a browser follows a request with a watch token as
+// ?access_token=: the stream works for that request only, carries no
+// personal data, and refusals are HTTP statuses (EventSource stops).
+func TestSSEWithWatchToken(t *testing.T) {
+	t.Parallel()
+	const adminKey = "sse-test-admin-key"
+	ts := testserver.Start(t, func(c *server.Config) {
+		keys, err := auth.ParseAPIKeys(auth.FormatAPIKey("admin", adminKey, []auth.Scope{auth.ScopeAdmin}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Security = server.Security{
+			APIKeys:        keys,
+			WatchTokenKeys: [][]byte{[]byte("sse-test-watch-token-key-0123456789abcdef")},
+			Webhook:        auth.WebhookConfig{Keys: []string{"sse-test-webhook-key-0123456789"}},
+		}
+	})
+	sc := scenario(t, "whatsapp-happy-path")
+	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
+	ts.Ingest(t, sc.Bodies[0])
+
+	admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: adminKey, Insecure: true})))
+	tok, err := admin.CreateWatchToken(testContext(t), &eventsv1.CreateWatchTokenRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	st := openSSE(t, testContext(t), watchURL(ts, id)+"?access_token="+tok.GetToken(), nil)
+	if st.resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d with a watch token", st.resp.StatusCode)
+	}
+	ev := st.nextEvent(t)
+	snap := ev.message(t).GetRequest()
+	if ev.Event != "snapshot" || snap.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS {
+		t.Fatalf("first event %s %v", ev.Event, snap)
+	}
+	if snap.GetPhone() != nil {
+		t.Errorf("a watch token's stream carries the phone number %v", snap.GetPhone())
+	}
+	for _, body := range sc.Bodies[1:] {
+		ts.Ingest(t, body)
+	}
+	var last *eventsv1.WatchRequestResponse
+	for {
+		b, err := st.next()
+		if err != nil {
+			break
+		}
+		if b.Event == "update" {
+			last = b.message(t)
+		}
+	}
+	if last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || last.GetRequest().GetToken() != "" {
+		t.Fatalf("stream ended with %v, want SUCCESS without the OTPLESS token", last.GetRequest())
+	}
+
+	for _, tt := range []struct {
+		name, url string
+		code      int
+	}{
+		{"no credential", watchURL(ts, id), http.StatusUnauthorized},
+		{"another request", watchURL(ts, "someone-else") + "?access_token=" + tok.GetToken(), http.StatusForbidden},
+		{"not a token", watchURL(ts, id) + "?access_token=forged", http.StatusUnauthorized},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openSSE(t, testContext(t), tt.url, nil)
+			if st.resp.StatusCode != tt.code {
+				t.Fatalf("status %d, want %d", st.resp.StatusCode, tt.code)
+			}
+		})
+	}
+}
