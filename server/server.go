@@ -29,6 +29,7 @@ import (
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
 	"github.com/otpless-events/otpless-events/server/gateway"
+	"github.com/otpless-events/otpless-events/server/observe"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/groupcommit"
 	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
@@ -65,7 +66,11 @@ type Config struct {
 	CORSOrigins []string
 	// Security says who may call what.
 	Security Security
-	// Logger receives the server's logs; nil discards them.
+	// MetricsAddr is where /metrics and /debug/pprof/ listen; "" serves
+	// neither (the default; serve uses DefaultMetricsAddr).
+	MetricsAddr string
+	// Logger receives the server's logs, personal data masked; nil discards
+	// them.
 	Logger *slog.Logger
 }
 
@@ -119,15 +124,15 @@ func (s *Security) validate() []error {
 // DefaultConfig returns the configuration serve starts from.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:         "127.0.0.1:9090",
-		HTTPAddr:         "127.0.0.1:8080",
-		DataDir:          "otpless-data",
-		WatchHeartbeat:   15 * time.Second,
-		MaxWatchDuration: time.Hour,
-		WriteQueue:       4096,
-		MaxBatch:         256,
-		MaxBodyBytes:     gateway.DefaultMaxBodyBytes,
-		ShutdownGrace:    10 * time.Second,
+		GRPCAddr:          "127.0.0.1:9090",
+		HTTPAddr:          "127.0.0.1:8080",
+		DataDir:           "otpless-data",
+		WatchHeartbeat:    15 * time.Second,
+		MaxWatchDuration:  time.Hour,
+		WriteQueue:        4096,
+		MaxBatch:          256,
+		MaxBodyBytes:      gateway.DefaultMaxBodyBytes,
+		ShutdownGrace:     10 * time.Second,
 		PIIRetention:      7 * 24 * time.Hour,
 		RetentionInterval: time.Hour,
 	}
@@ -194,6 +199,10 @@ type Server struct {
 	http   *http.Server
 	conn   *grpc.ClientConn
 
+	obs        *observe.Observer
+	metrics    *http.Server // nil without Config.MetricsAddr
+	metricsLis net.Listener
+
 	grpcLis, httpLis net.Listener
 	inproc           *bufconn.Listener
 }
@@ -208,7 +217,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log}
+	log = slog.New(observe.MaskingHandler(log.Handler()))
+	s := &Server{cfg: cfg, log: log, obs: observe.New(log.With("component", "access"))}
 	ok := false
 	defer func() {
 		if !ok {
@@ -230,6 +240,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		QueueSize: cfg.WriteQueue,
 		MaxBatch:  cfg.MaxBatch,
 		OnCommit:  s.broker.Publish,
+		Observe:   s.obs.ObserveCommit,
 		Logger:    log.With("component", "writer"),
 	})
 
@@ -238,6 +249,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	webhooks := api.NewWebhookServer(s.writer, log.With("component", "ingest"))
+	webhooks.SetObserver(s.obs)
 	requests := api.NewRequestServer(s.store, s.broker, api.WatchOptions{
 		Heartbeat:        cfg.WatchHeartbeat,
 		MaxDuration:      cfg.MaxWatchDuration,
@@ -248,13 +260,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(sec.unary...),
-		grpc.ChainStreamInterceptor(sec.stream...),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(sec.stream...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	s.observeServer()
 
 	// The gateway reaches gRPC through an in-process listener: streaming
 	// routes need a real client connection, and this one never leaves memory.
@@ -276,8 +289,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           handler,
+		Handler:           s.httpHandler(handler),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         sec.httpTLS,
@@ -294,6 +308,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if s.httpLis, err = lc.Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listener: %w", err)
+	}
+	if err := s.listenMetrics(ctx, &lc); err != nil {
+		return nil, err
 	}
 	ok = true
 	return s, nil
@@ -332,6 +349,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("start writer: %w", err)
 	}
 	errc := make(chan error, 3)
+	s.serveMetrics(errc)
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	go func() { errc <- s.grpc.Serve(s.inproc) }()
 	go func() {
@@ -345,7 +363,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.purge.start()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String())
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()))
 
 	var serveErr error
 	select {
@@ -400,4 +418,5 @@ func (s *Server) closeAll() {
 			s.log.Warn("closing store", "error", err)
 		}
 	}
+	s.closeMetrics()
 }

@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+func TestAPIKeyCommand(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"apikey", "--name", "web", "--scopes", "read,watch"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var key, config string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, "key:"); ok {
+			key = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "config:"); ok {
+			config = strings.TrimSpace(v)
+		}
+	}
+	keys, err := auth.ParseAPIKeys(config)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("config line %q: %v", config, err)
+	}
+	p, err := auth.NewKeyring(keys, nil).Authenticate(key)
+	if err != nil || p.Name != "web" || !p.Has(auth.ScopeWatch) || p.Has(auth.ScopeReadPII) {
+		t.Fatalf("the printed key authenticates as %+v, %v", p, err)
+	}
+	if strings.Contains(config, key) {
+		t.Fatal("the config line holds the key itself")
+	}
+	if code := Main(context.Background(), []string{"apikey", "--scopes", "fly"}, &out, &errOut); code == 0 {
+		t.Fatal("unknown scope accepted")
+	}
+}
