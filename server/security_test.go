@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -381,5 +382,23 @@ func TestRetentionPurgesPersonalData(t *testing.T) {
 	}
 	if s := protojson.Format(got); hasPII(s) || got.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || len(got.GetRequest().GetChannels()) == 0 {
 		t.Fatalf("after purge the snapshot is %s; want the status history without personal data", s)
+	}
+}
+
+// A client that sends its headers too slowly is cut off.
+func TestSlowHeadersAreCutOff(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.HTTPReadHeaderTimeout = 200 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.httpURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("POST /v1/webhooks/otpless HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("the server did not close a connection stuck in its headers: %v", err)
 	}
 }

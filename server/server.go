@@ -58,6 +58,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// ShutdownGrace bounds how long shutdown waits for in-flight calls.
 	ShutdownGrace time.Duration
+	// HTTPReadHeaderTimeout, HTTPReadTimeout and HTTPIdleTimeout bound slow
+	// HTTP clients: reading a request's headers, reading a whole request,
+	// and keeping an idle connection.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// PIIRetention is how long raw bodies and personal data are kept; the
 	// status history stays. Checked every RetentionInterval.
 	PIIRetention, RetentionInterval time.Duration
@@ -124,17 +128,20 @@ func (s *Security) validate() []error {
 // DefaultConfig returns the configuration serve starts from.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:          "127.0.0.1:9090",
-		HTTPAddr:          "127.0.0.1:8080",
-		DataDir:           "otpless-data",
-		WatchHeartbeat:    15 * time.Second,
-		MaxWatchDuration:  time.Hour,
-		WriteQueue:        4096,
-		MaxBatch:          256,
-		MaxBodyBytes:      gateway.DefaultMaxBodyBytes,
-		ShutdownGrace:     10 * time.Second,
-		PIIRetention:      7 * 24 * time.Hour,
-		RetentionInterval: time.Hour,
+		GRPCAddr:              "127.0.0.1:9090",
+		HTTPAddr:              "127.0.0.1:8080",
+		DataDir:               "otpless-data",
+		WatchHeartbeat:        15 * time.Second,
+		MaxWatchDuration:      time.Hour,
+		WriteQueue:            4096,
+		MaxBatch:              256,
+		MaxBodyBytes:          gateway.DefaultMaxBodyBytes,
+		ShutdownGrace:         10 * time.Second,
+		PIIRetention:          7 * 24 * time.Hour,
+		RetentionInterval:     time.Hour,
+		HTTPReadHeaderTimeout: 10 * time.Second,
+		HTTPReadTimeout:       30 * time.Second,
+		HTTPIdleTimeout:       2 * time.Minute,
 	}
 }
 
@@ -157,7 +164,8 @@ func (c *Config) Validate() error {
 		name string
 		v    time.Duration
 	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace},
-		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval}} {
+		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval},
+		{"HTTP read-header timeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", c.HTTPReadTimeout}, {"HTTP idle timeout", c.HTTPIdleTimeout}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
 		}
@@ -290,9 +298,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.http = &http.Server{
 		Handler:           s.httpHandler(handler),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         sec.httpTLS,
 	}

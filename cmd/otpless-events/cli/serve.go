@@ -10,6 +10,7 @@ import (
 
 func newServe(stdout, stderr io.Writer) *cobra.Command {
 	cfg := server.DefaultConfig()
+	cfg.MetricsAddr = server.DefaultMetricsAddr
 	logFormat, logLevel := "text", "info"
 	var secFlags securityFlags
 	cmd := &cobra.Command{
@@ -53,9 +54,13 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long shutdown waits for in-flight calls")
+	f.DurationVar(&cfg.HTTPReadHeaderTimeout, "http-read-header-timeout", cfg.HTTPReadHeaderTimeout, "time allowed to read an HTTP request's headers")
+	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time allowed to read a whole HTTP request")
+	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections are closed after this")
 	f.DurationVar(&cfg.PIIRetention, "pii-retention", cfg.PIIRetention, "how long raw bodies and personal data are kept (the status history stays)")
 	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", cfg.CORSOrigins, "comma-separated origins (scheme://host[:port], or *) whose pages may use the watch route")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `Prometheus /metrics and /debug/pprof/ listen address, to keep private ("" disables)`)
 	f.StringVar(&logFormat, "log-format", logFormat, "log format: text or json")
 	f.StringVar(&logLevel, "log-level", logLevel, "log level: debug, info, warn or error")
 	secFlags.register(f)
