@@ -84,6 +84,26 @@ func (b *Broker) Watchers() int {
 	return n
 }
 
+// HasSubscribers reports whether requestID has an open subscription. It is
+// cheap: relays use it to skip work for requests nobody here watches.
+func (b *Broker) HasSubscribers(requestID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.subs[requestID]) > 0
+}
+
+// Watched returns the ids of the requests with an open subscription, in no
+// particular order (none after Close).
+func (b *Broker) Watched() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ids := make([]string, 0, len(b.subs))
+	for id := range b.subs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Close ends every subscription (their Done channels close) and makes later
 // subscriptions born done. It is idempotent.
 func (b *Broker) Close() {

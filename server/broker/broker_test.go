@@ -103,3 +103,47 @@ func TestSubscriptionCloseUnsubscribes(t *testing.T) {
 		t.Fatalf("closed subscription got %v", got)
 	}
 }
+
+func TestHasSubscribersAndWatched(t *testing.T) {
+	t.Parallel()
+	b := New(0)
+	if b.HasSubscribers("a") || len(b.Watched()) != 0 {
+		t.Fatal("a new broker reports subscribers")
+	}
+	a1, a2, c := b.Subscribe("a"), b.Subscribe("a"), b.Subscribe("c")
+	if !b.HasSubscribers("a") || !b.HasSubscribers("c") || b.HasSubscribers("b") {
+		t.Fatal("HasSubscribers does not match the subscriptions")
+	}
+	if got := b.Watched(); !sameSet(got, "a", "c") {
+		t.Fatalf("Watched() = %q, want [a c]", got)
+	}
+	a1.Close()
+	if !b.HasSubscribers("a") {
+		t.Fatal("a lost its second subscriber with the first")
+	}
+	a2.Close()
+	if b.HasSubscribers("a") || !sameSet(b.Watched(), "c") {
+		t.Fatalf("after closing a's subscriptions: HasSubscribers(a) = %v, Watched() = %q", b.HasSubscribers("a"), b.Watched())
+	}
+	b.Close()
+	c.Close()
+	if b.HasSubscribers("c") || len(b.Watched()) != 0 {
+		t.Fatal("a closed broker reports subscribers")
+	}
+}
+
+func sameSet(got []string, want ...string) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, id := range got {
+		seen[id] = true
+	}
+	for _, id := range want {
+		if !seen[id] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,305 @@
+// Package pgstore is the store.Store for PostgreSQL, through pgx/v5 and a
+// connection pool (pgxpool), so that several replicas can share one
+// database. The schema is created and upgraded at Open by the embedded
+// migrations/*.sql, under an advisory lock so that replicas starting together
+// apply each migration once.
+//
+// Replicas write concurrently: Commit locks the rows of the requests it
+// touches, in a stable order, before it reads their events and folds them, so
+// no update is lost and a request's revision goes up by exactly one per
+// commit that changes it. Every such commit also sends a NOTIFY (see
+// Channel) that other replicas turn into live updates with ChangesSince.
+//
+// Every call is bounded by a timeout (WithTimeout), so that an unreachable
+// database fails calls with store.ErrUnavailable instead of hanging them.
+//
+// It may import package store, the state fold, the generated API types,
+// protobuf and pgx; nothing from the servers.
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+var (
+	_ store.Store        = (*Store)(nil)
+	_ store.ChangeReader = (*Store)(nil)
+)
+
+// Defaults of the options.
+const (
+	// DefaultTimeout bounds every call (WithTimeout).
+	DefaultTimeout = 5 * time.Second
+	// DefaultConnectTimeout bounds opening a connection when the DSN has no
+	// connect_timeout.
+	DefaultConnectTimeout = 5 * time.Second
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	logger   *slog.Logger
+	schema   string
+	maxConns int32
+	timeout  time.Duration
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// WithSchema keeps the tables in schema, creating it if need be: it sets
+// every connection's search_path to it. Without it, the tables go to the
+// first schema of the DSN's search_path (a search_path=… DSN parameter works
+// too, but that schema must exist), by default public.
+func WithSchema(schema string) Option {
+	return func(o *options) { o.schema = schema }
+}
+
+// WithMaxConns sets the size of the connection pool, overriding the DSN's
+// pool_max_conns (pgxpool's default: the larger of 4 and the number of CPUs).
+func WithMaxConns(n int32) Option {
+	return func(o *options) { o.maxConns = n }
+}
+
+// WithTimeout bounds every call, from taking a connection to the commit
+// (default DefaultTimeout). A call that runs out fails with
+// store.ErrUnavailable.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) { o.timeout = d }
+}
+
+// Store is a store.Store in a PostgreSQL schema. It is safe for concurrent
+// use, also with Stores of other processes on the same schema.
+type Store struct {
+	pool    *pgxpool.Pool
+	schema  string
+	channel string
+	timeout time.Duration
+	log     *slog.Logger
+	closed  atomic.Bool
+}
+
+// Open connects to the database named by dsn (a postgres:// URL or a
+// key=value connection string, as pgx parses it; pool_max_conns and
+// connect_timeout work) and brings the schema up to date.
+func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
+	o := options{logger: slog.New(slog.DiscardHandler), timeout: DefaultTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.timeout <= 0 {
+		o.timeout = DefaultTimeout
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: open: %w", err)
+	}
+	if o.schema != "" {
+		cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{o.schema}.Sanitize()
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "otpless-events"
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.maxConns > 0 {
+		cfg.MaxConns = o.maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: open: %w", err)
+	}
+	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore")}
+	if err := s.open(ctx, o.schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pgstore: open %s@%s/%s: %w", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
+	}
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context, schema string) error {
+	ctx, cancel := context.WithTimeout(ctx, max(s.timeout, time.Minute)) // migrations may take longer than a call
+	defer cancel()
+	create := schema != ""
+	if !create {
+		var current *string
+		if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
+			return mapErr(ctx, err)
+		}
+		if current == nil {
+			return errors.New("the search_path names no existing schema: create it, or use WithSchema")
+		}
+		schema = *current
+	}
+	ms, err := loadMigrations()
+	if err != nil {
+		return err
+	}
+	applied, err := migrate(ctx, s.pool, schema, create, ms)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", mapErr(ctx, err))
+	}
+	for _, name := range applied {
+		s.log.Info("applied migration", "schema", schema, "migration", name)
+	}
+	s.schema = schema
+	s.channel = channelFor(schema)
+	return nil
+}
+
+// Schema returns the schema holding the tables.
+func (s *Store) Schema() string { return s.schema }
+
+// GetRequest implements store.Store.
+func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error) {
+	const op = "get request"
+	if s.closed.Load() {
+		return nil, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	}
+	if requestID == "" {
+		return nil, fmt.Errorf("pgstore: %s: empty request id: %w", op, store.ErrNotFound)
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var data []byte
+	err := s.pool.QueryRow(qctx, `SELECT data FROM requests WHERE request_id = $1 AND revision > 0`, []byte(requestID)).Scan(&data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("pgstore: %s %q: %w", op, requestID, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(ctx, op, err)
+	}
+	r := new(eventsv1.AuthRequest)
+	if err := proto.Unmarshal(data, r); err != nil {
+		return nil, fmt.Errorf("pgstore: %s %q: decode snapshot: %w", op, requestID, err)
+	}
+	return r, nil
+}
+
+// ListEvents implements store.Store.
+func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Page) ([]*eventsv1.Event, string, error) {
+	const op = "list events"
+	if s.closed.Load() {
+		return nil, "", fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	}
+	if requestID == "" {
+		return nil, "", fmt.Errorf("pgstore: %s: empty request id: %w", op, store.ErrNotFound)
+	}
+	limit := page.Limit()
+	query, args := `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
+		WHERE e.request_id = $1
+		ORDER BY e.event_time_ms, e.event_id LIMIT $2`, []any{[]byte(requestID), limit + 1}
+	if page.Token != "" {
+		c, err := store.ParseToken(requestID, page.Token)
+		if err != nil {
+			return nil, "", fmt.Errorf("pgstore: %s: %w", op, err)
+		}
+		query = `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
+			WHERE e.request_id = $1 AND (e.event_time_ms, e.event_id) > ($3, $4)
+			ORDER BY e.event_time_ms, e.event_id LIMIT $2`
+		args = append(args, c.EventTimeMillis, c.EventID)
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, err := s.pool.Query(qctx, query, args...)
+	if err != nil {
+		return nil, "", s.fail(ctx, op, err)
+	}
+	events := make([]*eventsv1.Event, 0, min(limit+1, 64))
+	var data, body []byte
+	_, err = pgx.ForEachRow(rows, []any{&data, &body}, func() error {
+		e := new(eventsv1.Event)
+		if err := proto.Unmarshal(data, e); err != nil {
+			return fmt.Errorf("decode event: %w", err)
+		}
+		e.RawBody = string(body)
+		events = append(events, e)
+		return nil
+	})
+	if err != nil {
+		return nil, "", s.fail(ctx, op, err)
+	}
+
+	if len(events) == 0 {
+		var exists bool
+		err := s.pool.QueryRow(qctx, `SELECT EXISTS (SELECT 1 FROM requests WHERE request_id = $1 AND revision > 0)`, []byte(requestID)).Scan(&exists)
+		if err != nil {
+			return nil, "", s.fail(ctx, op, err)
+		}
+		if !exists {
+			return nil, "", fmt.Errorf("pgstore: %s %q: %w", op, requestID, store.ErrNotFound)
+		}
+		return nil, "", nil
+	}
+	if len(events) <= limit {
+		return events, "", nil
+	}
+	events = events[:limit]
+	return events, store.CursorAfter(events[limit-1]).Token(), nil
+}
+
+// Ping implements store.Store: it runs a query on a pooled connection. When
+// that fails, every pooled connection is dropped, so that after an outage
+// calls get fresh connections rather than dead ones.
+func (s *Store) Ping(ctx context.Context) error {
+	const op = "ping"
+	if s.closed.Load() {
+		return fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if _, err := s.pool.Exec(qctx, `SELECT 1`); err != nil {
+		if ctx.Err() == nil {
+			s.pool.Reset()
+		}
+		return s.fail(ctx, op, err)
+	}
+	return nil
+}
+
+// Close implements store.Store. It waits for the calls in flight.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.pool.Close()
+	return nil
+}
+
+// fail wraps err from pgx once, with the operation: ErrClosed after Close,
+// the caller's context error when ctx is done, else ErrUnavailable (which
+// includes running out of the call's own timeout).
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("pgstore: %s: %w (%v)", op, store.ErrClosed, err)
+	}
+	return fmt.Errorf("pgstore: %s: %w", op, mapErr(ctx, err))
+}
+
+// mapErr classifies a pgx error against the caller's ctx: ctx's error when
+// it is done, else ErrUnavailable with the cause.
+func mapErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		if errors.Is(err, cerr) {
+			return err
+		}
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+}

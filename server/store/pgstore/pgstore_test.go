@@ -1,0 +1,423 @@
+package pgstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/state"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/pgstore"
+	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
+	"github.com/otpless-events/otpless-events/server/store/storetest"
+)
+
+func open(t *testing.T, dsn string, opts ...pgstore.Option) *pgstore.Store {
+	t.Helper()
+	opts = append([]pgstore.Option{pgstore.WithLogger(slog.New(slog.NewTextHandler(t.Output(), nil)))}, opts...)
+	s, err := pgstore.Open(t.Context(), dsn, opts...)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestConformance runs the suite every backend passes, each test on a fresh
+// schema.
+func TestConformance(t *testing.T) {
+	pgtest.DSN(t)
+	storetest.RunWithOptions(t, func(t *testing.T) store.Store {
+		dsn, _ := pgtest.Schema(t)
+		return open(t, dsn)
+	}, storetest.Options{
+		Reopen: func(t *testing.T, s store.Store) store.Store {
+			schema := s.(*pgstore.Store).Schema()
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			return open(t, pgtest.DSN(t), pgstore.WithSchema(schema))
+		},
+	})
+}
+
+var t0 = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+
+func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+
+func delivery(rid, eid, channel, status string, eventTime time.Time) *eventsv1.Event {
+	return &eventsv1.Event{
+		EventId: eid, RequestId: rid, Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY,
+		Channel: channel, Status: status,
+		EventTime: timestamppb.New(eventTime), ReceiveTime: timestamppb.New(eventTime.Add(time.Second)),
+	}
+}
+
+func hook(received time.Time, events ...*eventsv1.Event) store.Webhook {
+	return store.Webhook{Body: fmt.Appendf(nil, `{"at":%d}`, received.UnixMilli()), Received: received, Events: events}
+}
+
+// TestMigrationsConcurrent: replicas starting together on a new schema all
+// open, and each migration is applied once.
+func TestMigrationsConcurrent(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.DSN(t), pgtest.SchemaName(t)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			s, err := pgstore.Open(t.Context(), dsn, pgstore.WithSchema(schema))
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+	s := open(t, dsn, pgstore.WithSchema(schema))
+	if got := s.Schema(); got != schema {
+		t.Errorf("Schema() = %q, want %q", got, schema)
+	}
+	conn := connect(t, pgtest.WithParam(t, dsn, "search_path", schema))
+	var n int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM otpless_schema_migrations`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("otpless_schema_migrations has %d rows (%v), want 1 (one per migration file)", n, err)
+	}
+}
+
+// TestSchemaFromSearchPath: without WithSchema, the tables go to the DSN's
+// search_path; a search_path naming no schema is refused.
+func TestSchemaFromSearchPath(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	if got := open(t, dsn).Schema(); got != schema {
+		t.Errorf("Schema() = %q, want %q", got, schema)
+	}
+	missing := pgtest.WithParam(t, dsn, "search_path", pgtest.SchemaName(t))
+	if s, err := pgstore.Open(t.Context(), missing); err == nil {
+		s.Close()
+		t.Error("Open with a search_path naming no schema succeeded")
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	open(t, dsn).Close()
+	if _, err := connect(t, dsn).Exec(t.Context(), `INSERT INTO otpless_schema_migrations (version, name) VALUES (999, '0999_future.sql')`); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := pgstore.Open(t.Context(), dsn); err == nil {
+		s.Close()
+		t.Fatal("Open of a schema from a newer binary succeeded")
+	}
+}
+
+func connect(t *testing.T, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// TestOddRequestIDs: request ids are opaque; one with NUL (which a text
+// column cannot hold) and a very long one are stored like any other.
+func TestOddRequestIDs(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	ids := []string{"a\x00b", "é ✓ 😀", string(make([]byte, 5000))}
+	for i, id := range ids {
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery(id, "e1", "SMS", "SENT", at(i)))}); err != nil {
+			t.Fatalf("Commit of request %q: %v", id, err)
+		}
+		if r, err := s.GetRequest(t.Context(), id); err != nil || r.GetRequestId() != id {
+			t.Errorf("GetRequest(%q) = %v, %v", id, r, err)
+		}
+	}
+	if _, err := s.GetRequest(t.Context(), "a"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf(`GetRequest("a") = %v, want ErrNotFound (a prefix of "a\x00b")`, err)
+	}
+}
+
+// TestNotify: a commit notifies each changed request with its new revision,
+// on commit only.
+func TestNotify(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	conn := connect(t, dsn)
+	if _, err := conn.Exec(t.Context(), "LISTEN "+pgx.Identifier{s.Channel()}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	commit := func(whs ...store.Webhook) {
+		t.Helper()
+		if _, _, err := s.Commit(t.Context(), whs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0))))
+	commit(hook(at(1), delivery("r1", "e1", "SMS", "SENT", at(0)))) // a duplicate: no change, no notification
+	commit(hook(at(2), delivery("r2", "e2", "SMS", "SENT", at(0)), delivery("r1", "e3", "SMS", "READ", at(1))))
+	want := []pgstore.Notification{{"r1", 1}, {"r2", 1}, {"r1", 2}}
+	for i, w := range want {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		n, err := conn.WaitForNotification(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("notification %d: %v", i, err)
+		}
+		got, err := pgstore.ParseNotification(n.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Changes of one commit come in an unspecified order.
+		if got != w && !(i == 1 && got == want[2]) && !(i == 2 && got == want[1]) {
+			t.Errorf("notification %d = %+v, want %+v", i, got, w)
+		}
+	}
+	for _, bad := range []string{"", "{}", `{"request_id":"r"}`, "r1 1"} {
+		if _, err := pgstore.ParseNotification(bad); err == nil {
+			t.Errorf("ParseNotification(%q) succeeded", bad)
+		}
+	}
+}
+
+// TestChangesSince: a change's events are exactly those added after the
+// revision asked for.
+func TestChangesSince(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	ctx := t.Context()
+	e1, e2 := delivery("r1", "e1", "SMS", "SENT", at(0)), delivery("r1", "e2", "SMS", "DELIVERED", at(1))
+	e3, e4 := delivery("r1", "e3", "SMS", "READ", at(2)), delivery("r2", "e4", "SMS", "SENT", at(0))
+	for _, whs := range [][]store.Webhook{{hook(at(10), e1)}, {hook(at(11), e2), hook(at(12), e4)}, {hook(at(13), e3, e1)}} {
+		if _, _, err := s.Commit(ctx, whs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1 := get(t, s, "r1")
+	for after, want := range map[int64][]*eventsv1.Event{0: {e1, e2, e3}, 1: {e2, e3}, 2: {e3}} {
+		changes, err := s.ChangesSince(ctx, map[string]int64{"r1": after, "unknown": 0})
+		if err != nil || len(changes) != 1 {
+			t.Fatalf("ChangesSince(r1 after %d) = %v, %v; want one change", after, changes, err)
+		}
+		equal(t, fmt.Sprintf("snapshot after %d", after), changes[0].Request, r1)
+		if len(changes[0].Events) != len(want) {
+			t.Fatalf("after %d: events %v, want %d", after, changes[0].Events, len(want))
+		}
+		for i := range want {
+			equal(t, fmt.Sprintf("event %d after %d", i, after), changes[0].Events[i], want[i])
+		}
+	}
+	changes, err := s.ChangesSince(ctx, map[string]int64{"r1": 3, "r2": 0})
+	if err != nil || len(changes) != 1 || changes[0].Request.GetRequestId() != "r2" || len(changes[0].Events) != 1 {
+		t.Errorf("ChangesSince(r1 after 3, r2 after 0) = %v, %v; want only r2 with e4", changes, err)
+	}
+}
+
+func get(t *testing.T, s store.Store, id string) *eventsv1.AuthRequest {
+	t.Helper()
+	r, err := s.GetRequest(t.Context(), id)
+	if err != nil {
+		t.Fatalf("GetRequest(%s): %v", id, err)
+	}
+	return r
+}
+
+func equal(t *testing.T, what string, got, want proto.Message) {
+	t.Helper()
+	if !proto.Equal(got, want) {
+		t.Errorf("%s:\n got %s\nwant %s", what, protojson.Format(got), protojson.Format(want))
+	}
+}
+
+// TestReplicasCommitConcurrently: two stores (two pools, as two replicas)
+// commit overlapping events of the same requests at once. No update is
+// lost: every event is new exactly once, each request's revisions are handed
+// out once each, 1..n, across both replicas, each revision's events are
+// recorded at that revision, and the snapshot is the fold of all events.
+func TestReplicasCommitConcurrently(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	replicas := []*pgstore.Store{open(t, dsn, pgstore.WithMaxConns(4)), open(t, dsn, pgstore.WithMaxConns(4))}
+	const (
+		writers = 4 // per replica
+		commits = 15
+		pool    = 24 // distinct events per request
+	)
+	requests := []string{"r-a", "r-b", "r-c"}
+	statuses := []string{"SENT", "DELIVERED", "READ", "FAILED", "CLICKED"}
+	event := func(rid string, k int) *eventsv1.Event {
+		e := delivery(rid, fmt.Sprintf("%s-%02d", rid, k), []string{"SMS", "WHATSAPP", "EMAIL"}[k%3], statuses[k%5], at(k*7%50))
+		e.ReceiveTime = timestamppb.New(at(500 + k))
+		return e
+	}
+	var (
+		mu       sync.Mutex
+		newCount = map[string]int{}
+		sent     = map[string]map[string]*eventsv1.Event{}
+		changes  = map[string][]store.Change{}
+		wg       sync.WaitGroup
+	)
+	for r, s := range replicas {
+		for w := range writers {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(r), uint64(w)))
+				for c := range commits {
+					var batch []store.Webhook
+					for i := range 1 + rng.IntN(3) {
+						var evs []*eventsv1.Event
+						for range 1 + rng.IntN(3) {
+							evs = append(evs, event(requests[rng.IntN(len(requests))], rng.IntN(pool)))
+						}
+						batch = append(batch, hook(at(1000+c*10+i), evs...))
+					}
+					results, chs, err := s.Commit(context.Background(), batch)
+					if err != nil {
+						t.Errorf("replica %d writer %d commit %d: %v", r, w, c, err)
+						return
+					}
+					mu.Lock()
+					for i, wh := range batch {
+						for j, e := range wh.Events {
+							if sent[e.GetRequestId()] == nil {
+								sent[e.GetRequestId()] = map[string]*eventsv1.Event{}
+							}
+							sent[e.GetRequestId()][e.GetEventId()] = e
+							if !results[i].Events[j].Duplicate {
+								newCount[e.GetEventId()]++
+							}
+						}
+					}
+					for _, ch := range chs {
+						changes[ch.Request.GetRequestId()] = append(changes[ch.Request.GetRequestId()], ch)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for _, evs := range sent {
+		for id := range evs {
+			if n := newCount[id]; n != 1 {
+				t.Errorf("event %s reported new %d times, want once", id, n)
+			}
+		}
+	}
+	for _, rid := range requests {
+		var all []*eventsv1.Event
+		for _, e := range sent[rid] {
+			all = append(all, e)
+		}
+		chs := changes[rid]
+		slices.SortFunc(chs, func(a, b store.Change) int { return int(a.Request.GetRevision() - b.Request.GetRevision()) })
+		for i, ch := range chs {
+			if rev := ch.Request.GetRevision(); rev != int64(i+1) {
+				t.Fatalf("%s: change %d has revision %d, want %d (each revision handed out once)", rid, i, rev, i+1)
+			}
+		}
+		for _, s := range replicas {
+			got := get(t, s, rid)
+			want := state.Fold(rid, all)
+			want.Revision, want.UpdateTime = int64(len(chs)), got.GetUpdateTime()
+			equal(t, rid+": snapshot vs the fold of all events", got, want)
+			if got.GetEventCount() != int32(len(all)) {
+				t.Errorf("%s: event_count %d, want %d", rid, got.GetEventCount(), len(all))
+			}
+		}
+		// The events recorded after revision k are those of the changes
+		// k+1, k+2, ...
+		for k := range chs {
+			got, err := replicas[k%2].ChangesSince(t.Context(), map[string]int64{rid: int64(k)})
+			if err != nil || len(got) != 1 {
+				t.Fatalf("%s: ChangesSince(%d) = %v, %v", rid, k, got, err)
+			}
+			var want []string
+			for _, ch := range chs[k:] {
+				for _, e := range ch.Events {
+					want = append(want, e.GetEventId())
+				}
+			}
+			var have []string
+			for _, e := range got[0].Events {
+				have = append(have, e.GetEventId())
+			}
+			slices.Sort(want)
+			slices.Sort(have)
+			if !slices.Equal(have, want) {
+				t.Errorf("%s: events after revision %d = %v, want %v", rid, k, have, want)
+			}
+		}
+	}
+}
+
+// TestUnavailable: with the database unreachable, every call fails fast
+// with ErrUnavailable; once it is back, the store works again without being
+// reopened, and nothing committed before is lost.
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	s := open(t, pgtest.WithAddr(t, dsn, proxy.Addr()), pgstore.WithTimeout(2*time.Second))
+	ctx := t.Context()
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Cut()
+	start := time.Now()
+	_, _, err := s.Commit(ctx, []store.Webhook{hook(at(1), delivery("r1", "e2", "SMS", "READ", at(1)))})
+	wantUnavailable(t, "Commit", err)
+	_, err = s.GetRequest(ctx, "r1")
+	wantUnavailable(t, "GetRequest", err)
+	_, _, err = s.ListEvents(ctx, "r1", store.Page{})
+	wantUnavailable(t, "ListEvents", err)
+	_, err = s.ChangesSince(ctx, map[string]int64{"r1": 0})
+	wantUnavailable(t, "ChangesSince", err)
+	wantUnavailable(t, "Ping", s.Ping(ctx))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("failing calls took %s, want them fast", d)
+	}
+
+	proxy.Restore()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Ping(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Ping still failing 10s after the database came back")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a recovery, not awaiting a signal
+	}
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(2), delivery("r1", "e2", "SMS", "READ", at(1)))}); err != nil {
+		t.Fatalf("Commit after recovery: %v", err)
+	}
+	if r := get(t, s, "r1"); r.GetRevision() != 2 || r.GetEventCount() != 2 {
+		t.Errorf("after recovery: revision %d with %d events, want 2 and 2", r.GetRevision(), r.GetEventCount())
+	}
+}
+
+func wantUnavailable(t *testing.T, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("%s with the database cut: %v, want ErrUnavailable", what, err)
+	}
+}

@@ -1,0 +1,154 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/pii"
+	"github.com/otpless-events/otpless-events/server/state"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// purgeChunk bounds the webhooks purged per transaction, so that row locks
+// are never held for long.
+const purgeChunk = 500
+
+var _ store.Purger = (*Store)(nil)
+
+// PurgePII implements store.Purger. Replicas may purge at the same time:
+// each transaction takes the webhooks no other holds (SKIP LOCKED), and locks
+// their requests in the order Commit does before rewriting events and
+// snapshots, so a concurrent commit never folds events half purged.
+func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
+	const op = "purge"
+	total := 0
+	for {
+		if s.closed.Load() {
+			return total, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+		}
+		qctx, cancel := context.WithTimeout(ctx, s.timeout)
+		var n int
+		err := pgx.BeginFunc(qctx, s.pool, func(tx pgx.Tx) (err error) {
+			n, err = purgeChunkTx(qctx, tx, cutoff)
+			return err
+		})
+		cancel()
+		if err != nil {
+			return total, s.fail(ctx, op, err)
+		}
+		total += n
+		if n < purgeChunk {
+			return total, nil
+		}
+	}
+}
+
+func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error) {
+	rows, _ := tx.Query(ctx, `SELECT id FROM webhooks
+		WHERE received_at < $1 AND length(body) > 0
+		ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED`, cutoff, purgeChunk)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+
+	rows, _ = tx.Query(ctx, `SELECT request_id FROM requests WHERE request_id IN
+		(SELECT request_id FROM events WHERE webhook_id = ANY($1))
+		ORDER BY request_id FOR UPDATE`, ids)
+	requests, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return 0, fmt.Errorf("lock requests: %w", err)
+	}
+
+	// Strip the events of those webhooks.
+	var (
+		rids  [][]byte
+		eids  []string
+		datas [][]byte
+		e     = new(eventsv1.Event)
+	)
+	rows, _ = tx.Query(ctx, `SELECT request_id, event_id, data FROM events WHERE webhook_id = ANY($1)`, ids)
+	var (
+		rid, data []byte
+		eid       string
+	)
+	_, err = pgx.ForEachRow(rows, []any{&rid, &eid, &data}, func() error {
+		if err := proto.Unmarshal(data, e); err != nil {
+			return fmt.Errorf("decode event %s: %w", eid, err)
+		}
+		pii.StripEvent(e)
+		stripped, err := proto.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("encode event %s: %w", eid, err)
+		}
+		rids, eids, datas = append(rids, rid), append(eids, eid), append(datas, stripped)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("strip events: %w", err)
+	}
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE events AS e SET data = u.data
+		FROM unnest($1::bytea[], $2::text[], $3::bytea[]) AS u (request_id, event_id, data)
+		WHERE e.request_id = u.request_id AND e.event_id = u.event_id`, rids, eids, datas)
+	b.Queue(`UPDATE webhooks SET body = '' WHERE id = ANY($1)`, ids)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("strip events: %w", err)
+	}
+	if err := refold(ctx, tx, requests); err != nil {
+		return 0, err
+	}
+	return len(ids), nil
+}
+
+// refold rewrites the snapshots of requests (locked) from their events,
+// keeping revision and update time: removing personal data is not a change
+// watchers follow.
+func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
+	if len(requests) == 0 {
+		return nil
+	}
+	events := map[string][]*eventsv1.Event{}
+	rows, _ := tx.Query(ctx, `SELECT request_id, data FROM events WHERE request_id = ANY($1)`, requests)
+	var rid, data []byte
+	if _, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
+		e := new(eventsv1.Event)
+		if err := proto.Unmarshal(data, e); err != nil {
+			return fmt.Errorf("decode event of %q: %w", rid, err)
+		}
+		events[string(rid)] = append(events[string(rid)], e)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("refold: %w", err)
+	}
+	var datas [][]byte
+	rows, _ = tx.Query(ctx, `SELECT request_id, data FROM requests WHERE request_id = ANY($1)`, requests)
+	var ids [][]byte
+	if _, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
+		old := new(eventsv1.AuthRequest)
+		if err := proto.Unmarshal(data, old); err != nil {
+			return fmt.Errorf("decode snapshot of %q: %w", rid, err)
+		}
+		snap := state.Fold(string(rid), events[string(rid)])
+		snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
+		b, err := proto.Marshal(snap)
+		if err != nil {
+			return fmt.Errorf("encode snapshot of %q: %w", rid, err)
+		}
+		ids, datas = append(ids, rid), append(datas, b)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("refold: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data
+		FROM unnest($1::bytea[], $2::bytea[]) AS u (request_id, data)
+		WHERE r.request_id = u.request_id`, ids, datas); err != nil {
+		return fmt.Errorf("refold: %w", err)
+	}
+	return nil
+}
