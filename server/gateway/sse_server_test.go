@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -184,5 +185,23 @@ func TestSSEWithWatchToken(t *testing.T) {
 				t.Fatalf("status %d, want %d", st.resp.StatusCode, tt.code)
 			}
 		})
+	}
+}
+
+// A watch lasts longer than the server's HTTP read timeout (which bounds
+// reading requests, not streaming answers).
+func TestSSEOutlivesHTTPReadTimeout(t *testing.T) {
+	t.Parallel()
+	const readTimeout = 100 * time.Millisecond
+	ts := testserver.Start(t, func(c *server.Config) {
+		c.HTTPReadTimeout = readTimeout
+		c.WatchHeartbeat = 20 * time.Millisecond
+	})
+	st := openSSE(t, testContext(t), watchURL(ts, "long-watch"), nil)
+	start := time.Now()
+	for time.Since(start) < 4*readTimeout {
+		if ev := st.nextEvent(t); ev.Event != "snapshot" && ev.Event != "heartbeat" {
+			t.Fatalf("event %+v on a quiet stream", ev)
+		}
 	}
 }

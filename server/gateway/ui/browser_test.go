@@ -1,0 +1,294 @@
+package ui_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/internal/testserver"
+	"github.com/otpless-events/otpless-events/server/normalize"
+)
+
+// chromiumPath is where Debian's chromium package installs the browser.
+const chromiumPath = "/usr/bin/chromium"
+
+// newBrowser starts headless Chromium for the test, or skips the test when
+// there is no Chromium to start.
+func newBrowser(t *testing.T) context.Context {
+	t.Helper()
+	path := chromiumPath
+	if _, err := os.Stat(path); err != nil {
+		if path, err = exec.LookPath("chromium"); err != nil {
+			t.Skipf("no chromium browser at %s or on PATH (apt-get install chromium; .ci/run does)", chromiumPath)
+		}
+	}
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(path),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true), // containers have a small /dev/shm
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1100, 1000),
+	)
+	ctx, cancel := chromedp.NewContext(alloc)
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil { // starts the browser
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// page is one browser tab showing the status page.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+func openPage(t *testing.T, browser context.Context, url string) *page {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser) // a new tab
+	t.Cleanup(cancel)
+	p := &page{t: t, ctx: ctx}
+	if err := chromedp.Do(p.bounded(30*time.Second), chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	return p
+}
+
+func (p *page) bounded(d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(p.ctx, d)
+	p.t.Cleanup(cancel)
+	return ctx
+}
+
+// view is what the page shows, read from the DOM.
+type view struct {
+	Status     string            `json:"status"`
+	Revision   string            `json:"revision"`
+	Connection string            `json:"connection"`
+	Badge      string            `json:"badge"`
+	Outcome    string            `json:"outcome"`
+	Steps      map[string]string `json:"steps"` // "CHANNEL/STEP" -> reached, implied, failed, pending
+	Fallbacks  []string          `json:"fallbacks"`
+	Failures   []string          `json:"failures"`
+	Activity   []string          `json:"activity"` // event ids, in arrival order
+	Watch      struct {
+		Messages []struct {
+			Type     string `json:"type"`
+			Revision int64  `json:"revision"`
+		} `json:"messages"`
+		EventIDs []string `json:"eventIds"`
+		Opens    int      `json:"opens"`
+	} `json:"watch"`
+}
+
+const readView = `(() => ({
+  status: document.body.dataset.status,
+  revision: document.body.dataset.revision,
+  connection: document.body.dataset.connection,
+  badge: document.getElementById('status-badge').textContent,
+  outcome: document.getElementById('outcome').textContent,
+  steps: Object.fromEntries([...document.querySelectorAll('[data-step]')].map(e => [e.dataset.step, e.dataset.state])),
+  fallbacks: [...document.querySelectorAll('[data-fallback]')].map(e => e.dataset.fallback),
+  failures: [...document.querySelectorAll('#failures li')].map(e => e.textContent),
+  activity: [...document.querySelectorAll('#activity [data-event-id]')].map(e => e.dataset.eventId),
+  watch: window.otplessWatch,
+}))()`
+
+func (p *page) view() view {
+	p.t.Helper()
+	v, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[view](readView))
+	if err != nil {
+		p.t.Fatalf("reading the page: %v", err)
+	}
+	return v
+}
+
+// waitFor waits until the JavaScript condition holds on the page.
+func (p *page) waitFor(what, cond string) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.bounded(30*time.Second), chromedp.Poll[bool](cond, chromedp.WithPollingInterval(20*time.Millisecond))); err != nil {
+		b, _ := json.MarshalIndent(p.view(), "", "  ")
+		p.t.Fatalf("waiting for %s (%s): %v\npage: %s", what, cond, err, b)
+	}
+}
+
+func (p *page) waitRevision(rev int64) {
+	p.t.Helper()
+	p.waitFor(fmt.Sprintf("revision %d", rev), fmt.Sprintf(`document.body.dataset.revision === "%d"`, rev))
+}
+
+// screenshot saves the page where a person can look at it after the test.
+func (p *page) screenshot(name string) {
+	p.t.Helper()
+	png, err := chromedp.Run(p.bounded(30*time.Second), chromedp.FullScreenshot(100))
+	if err != nil {
+		p.t.Fatalf("screenshot: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "otpless-events-ui-")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".png")
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Logf("screenshot of the status page: %s", path)
+}
+
+func scenario(t *testing.T, name string) fixtures.Scenario {
+	t.Helper()
+	for _, sc := range fixtures.Scenarios(t) {
+		if sc.Name == name {
+			return sc
+		}
+	}
+	t.Fatalf("no scenario %s", name)
+	return fixtures.Scenario{}
+}
+
+func events(t *testing.T, body []byte) []*eventsv1.Event {
+	t.Helper()
+	req, err := normalize.Decode(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := normalize.Events(req, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// checkShows fails unless the page shows each event of the body: in the
+// activity list, and as a channel step, fallback or failure.
+func checkShows(t *testing.T, v view, evs []*eventsv1.Event) {
+	t.Helper()
+	for _, e := range evs {
+		if !slices.Contains(v.Activity, e.GetEventId()) {
+			t.Errorf("%s %s is not in the activity list %v", e.GetChannel(), e.GetStatus(), v.Activity)
+		}
+		step := e.GetChannel() + "/" + e.GetStatus()
+		switch {
+		case e.GetKind() == eventsv1.EventKind_EVENT_KIND_DELIVERY && e.GetStatus() == "FAILED":
+			if v.Steps[step] != "failed" {
+				t.Errorf("step %s shows %q, want failed", step, v.Steps[step])
+			}
+		case e.GetKind() == eventsv1.EventKind_EVENT_KIND_DELIVERY:
+			if v.Steps[step] != "reached" {
+				t.Errorf("step %s shows %q, want reached", step, v.Steps[step])
+			}
+		case e.GetStatus() == "FALLBACK":
+			if fb := e.GetFromChannel() + "/" + e.GetToChannel(); !slices.Contains(v.Fallbacks, fb) {
+				t.Errorf("fallback %s not shown in %v", fb, v.Fallbacks)
+			}
+		}
+	}
+}
+
+// checkOnce fails unless every event arrived exactly once.
+func checkOnce(t *testing.T, v view, want int) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, id := range v.Watch.EventIDs {
+		seen[id]++
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("event %s arrived %d times", id, n)
+		}
+	}
+	if len(seen) != want || len(v.Activity) != want {
+		t.Errorf("%d distinct events arrived, %d listed; want %d", len(seen), len(v.Activity), want)
+	}
+}
+
+// The status page in a real browser: it follows a request live, step by
+// step, to SUCCESS; and across a server restart it reconnects, resumes from
+// its last revision and misses nothing.
+func TestStatusPageInBrowser(t *testing.T) {
+	browser := newBrowser(t)
+
+	t.Run("live", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		sc := scenario(t, "whatsapp-happy-path")
+		const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live" && document.body.dataset.revision === "0"`)
+		if v := p.view(); v.Badge != "Waiting" {
+			t.Errorf("unknown request shows %q, want Waiting", v.Badge)
+		}
+		for _, body := range sc.Bodies {
+			rev := ts.Ingest(t, body).GetEvents()[0].GetRevision()
+			p.waitRevision(rev)
+			checkShows(t, p.view(), events(t, body))
+		}
+		p.waitFor("the end of the watch", `document.body.dataset.connection === "finished"`)
+		v := p.view()
+		if v.Status != "REQUEST_STATUS_SUCCESS" || v.Badge != "Success" || !strings.HasPrefix(v.Outcome, "Signed in at") {
+			t.Errorf("final view %q %q %q, want SUCCESS", v.Status, v.Badge, v.Outcome)
+		}
+		checkOnce(t, v, len(sc.Bodies))
+		p.screenshot("happy-path")
+	})
+
+	t.Run("server restart", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		sc := scenario(t, "whatsapp-fails-then-sms")
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live"`)
+		for _, body := range sc.Bodies[:3] { // INITIATED, SENT, FAILED
+			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
+			checkShows(t, p.view(), events(t, body))
+		}
+		v := p.view()
+		if v.Status != "REQUEST_STATUS_FAILED" || len(v.Failures) != 1 ||
+			!strings.Contains(v.Failures[0], "code 033") || !strings.Contains(v.Failures[0], "retriable once the user opts in") {
+			t.Errorf("after WhatsApp failed: status %s, failures %q; want FAILED with 033 in words", v.Status, v.Failures)
+		}
+
+		ts.Restart(t) // same port, same data
+		p.waitFor("the reconnect", `document.body.dataset.connection === "live" && window.otplessWatch.opens === 2`)
+		v = p.view()
+		msgs := v.Watch.Messages
+		i := slices.IndexFunc(msgs, func(m struct {
+			Type     string `json:"type"`
+			Revision int64  `json:"revision"`
+		}) bool {
+			return m.Type == "reconnect"
+		})
+		if i < 0 || i+1 >= len(msgs) || msgs[i+1].Type != "heartbeat" || msgs[i+1].Revision != 3 {
+			t.Fatalf("messages %+v: want RECONNECT, then the stream resumed after revision 3 (a heartbeat, no snapshot again)", msgs)
+		}
+
+		for _, body := range sc.Bodies[3:] { // FALLBACK, SMS DELIVERED, SUCCESS
+			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
+			checkShows(t, p.view(), events(t, body))
+		}
+		p.waitFor("the end of the watch", `document.body.dataset.connection === "finished"`)
+		v = p.view()
+		if v.Status != "REQUEST_STATUS_SUCCESS" || v.Steps["SMS/SENT"] != "implied" || v.Steps["WHATSAPP/FAILED"] != "failed" {
+			t.Errorf("final view: status %s, steps %v; want SUCCESS, SMS SENT implied, WhatsApp failed", v.Status, v.Steps)
+		}
+		checkOnce(t, v, len(sc.Bodies))
+		p.screenshot("after-restart")
+	})
+}
