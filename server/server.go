@@ -282,7 +282,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.inproc = bufconn.Listen(1 << 20)
 	s.conn, err = grpc.NewClient("passthrough:///in-process",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(s.obs.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(s.obs.StreamClientInterceptor()))
 	if err != nil {
 		return nil, fmt.Errorf("gateway connection: %w", err)
 	}

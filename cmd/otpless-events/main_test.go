@@ -90,7 +90,7 @@ func startServe(t *testing.T, dataDir string, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(buildBinary(t), "serve",
 		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--data-dir", dataDir, "--log-format", "json")
+		"--data-dir", dataDir, "--log-format", "json", "--metrics-addr", "127.0.0.1:0")
 	cmd.Env = append(append(os.Environ(), "OTPLESS_EVENTS_WATCH_HEARTBEAT=1s"), env...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout

@@ -25,7 +25,19 @@ type WebhookServer struct {
 	ingester Ingester
 	log      *slog.Logger
 	now      func() time.Time
+	observer IngestObserver
 }
+
+// IngestObserver is told the outcome of every webhook IngestBody handles:
+// its events and the store's result, or the error it failed with (before
+// it became a gRPC status; events are nil when normalization failed). It
+// runs on the caller's goroutine, with the caller's ctx, and must be quick.
+type IngestObserver interface {
+	ObserveIngest(ctx context.Context, events []*eventsv1.Event, res store.Result, err error)
+}
+
+// SetObserver makes o the IngestObserver. Call it before serving.
+func (s *WebhookServer) SetObserver(o IngestObserver) { s.observer = o }
 
 // NewWebhookServer returns a WebhookServer that stores through ingester.
 func NewWebhookServer(ingester Ingester, log *slog.Logger) *WebhookServer {
@@ -48,9 +60,11 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 	received := s.now()
 	events, err := normalize.Events(req, received)
 	if err != nil {
+		s.observe(ctx, nil, store.Result{}, err)
 		return nil, Status(err)
 	}
 	res, err := s.ingester.Submit(ctx, store.Webhook{Body: body, Received: received, Events: events})
+	s.observe(ctx, events, res, err)
 	if err != nil {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "webhook not stored", slog.Any("error", err))
 		return nil, Status(err)
@@ -73,4 +87,10 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 		}
 	}
 	return resp, nil
+}
+
+func (s *WebhookServer) observe(ctx context.Context, events []*eventsv1.Event, res store.Result, err error) {
+	if s.observer != nil {
+		s.observer.ObserveIngest(ctx, events, res, err)
+	}
 }

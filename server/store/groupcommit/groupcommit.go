@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/otpless-events/otpless-events/server/store"
 )
@@ -29,8 +30,22 @@ type Options struct {
 	// before any caller of the batch is answered. It delays every later
 	// commit while it runs, so it must be quick and must not call Submit.
 	OnCommit func([]store.Change)
+	// Observe, when set, is called by the writer goroutine after each
+	// store.Commit with its size, duration and error, for metrics. Like
+	// OnCommit it must be quick.
+	Observe func(Batch)
 	// Logger receives commit failures (default: discard).
 	Logger *slog.Logger
+}
+
+// Batch describes one store.Commit of the writer, for Options.Observe.
+type Batch struct {
+	// Webhooks is how many webhooks the commit held.
+	Webhooks int
+	// Took is how long store.Commit took.
+	Took time.Duration
+	// Err is the commit's error; nil when it succeeded.
+	Err error
 }
 
 // Writer is a group-commit writer in front of a store.Store. Its methods are
@@ -40,6 +55,7 @@ type Writer struct {
 	queue    chan *item
 	maxBatch int
 	onCommit func([]store.Change)
+	observe  func(Batch)
 	log      *slog.Logger
 
 	mu      sync.RWMutex // guards started and stopped; Submit holds it for reading while it enqueues
@@ -78,6 +94,7 @@ func New(s store.Store, opts Options) *Writer {
 		queue:    make(chan *item, opts.QueueSize),
 		maxBatch: opts.MaxBatch,
 		onCommit: opts.OnCommit,
+		observe:  opts.Observe,
 		log:      opts.Logger.With("component", "groupcommit"),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -143,6 +160,10 @@ func (w *Writer) enqueue(ctx context.Context, webhook store.Webhook) (*item, err
 		return nil, fmt.Errorf("groupcommit: submit: %w", store.ErrOverloaded)
 	}
 }
+
+// Queued returns how many webhooks wait for the writer (not counting the
+// batch being committed).
+func (w *Writer) Queued() int { return len(w.queue) }
 
 func (w *Writer) wait(ctx context.Context, it *item) (store.Result, error) {
 	select {
@@ -237,9 +258,13 @@ func (w *Writer) commit(ctx context.Context, batch []*item) {
 		return
 	}
 
+	start := time.Now()
 	results, changes, err := w.store.Commit(ctx, webhooks)
 	if err == nil && len(results) != len(live) {
 		err = fmt.Errorf("store returned %d results for %d webhooks", len(results), len(live))
+	}
+	if w.observe != nil {
+		w.observe(Batch{Webhooks: len(live), Took: time.Since(start), Err: err})
 	}
 	if err != nil {
 		err = commitError(len(live), err)

@@ -1,0 +1,173 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/otpless-events/otpless-events/server/openapi"
+)
+
+// DefaultMetricsAddr is where serve exposes /metrics and /debug/pprof
+// unless told otherwise. Config's own default serves neither, so that
+// embedded servers and tests open no fixed port.
+const DefaultMetricsAddr = "127.0.0.1:9100"
+
+// Health service names of grpc.health.v1.Health. The empty name is the
+// server's readiness: SERVING once Run has started, NOT_SERVING while the
+// store is unreachable and from the start of shutdown; GET /readyz answers
+// it. LivenessService is SERVING from New until shutdown: the process is up.
+const (
+	ReadinessService = ""
+	LivenessService  = "liveness"
+)
+
+// unaryInterceptors is the gRPC unary chain, outermost first: metrics (so
+// they count the code a panic became), recovery (a panic becomes INTERNAL),
+// the observe interceptor (request id, one log line per call, and the log
+// line of a panic with its stack; it must stay right after recovery), then
+// inner: authentication and whatever else checks calls.
+func (s *Server) unaryInterceptors(inner ...grpc.UnaryServerInterceptor) []grpc.UnaryServerInterceptor {
+	return append([]grpc.UnaryServerInterceptor{
+		s.obs.GRPC.UnaryServerInterceptor(),
+		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.obs.RecoverGRPC)),
+		s.obs.UnaryServerInterceptor(),
+	}, inner...)
+}
+
+// streamInterceptors is unaryInterceptors for streams.
+func (s *Server) streamInterceptors(inner ...grpc.StreamServerInterceptor) []grpc.StreamServerInterceptor {
+	return append([]grpc.StreamServerInterceptor{
+		s.obs.GRPC.StreamServerInterceptor(),
+		recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.obs.RecoverGRPC)),
+		s.obs.StreamServerInterceptor(),
+	}, inner...)
+}
+
+// observeServer finishes the metrics once every gRPC service is registered:
+// per-method series start at zero, and the gauges read at scrape time are
+// registered. The process is live from here on.
+func (s *Server) observeServer() {
+	s.obs.GRPC.InitializeMetrics(s.grpc)
+	s.obs.GaugeFunc("write_queue_webhooks", "Webhooks waiting for the group-commit writer.",
+		func() float64 { return float64(s.writer.Queued()) })
+	s.obs.GaugeFunc("ready", "1 while the server is ready (the readiness health status is SERVING), else 0.",
+		func() float64 {
+			if s.ready(context.Background()) {
+				return 1
+			}
+			return 0
+		})
+	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
+}
+
+func (s *Server) ready(ctx context.Context) bool {
+	resp, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
+}
+
+// httpHandler puts the operational routes beside the gateway (GET /healthz:
+// the process is up; GET /readyz: 200 when ready, else 503; GET
+// /openapi.json) and wraps everything in the observe middleware.
+func (s *Server) httpHandler(gateway http.Handler) http.Handler {
+	doc := openapi.Handler()
+	return s.obs.HTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz":
+			probe(w, r, http.StatusOK, "ok")
+		case "/readyz":
+			if s.ready(r.Context()) {
+				probe(w, r, http.StatusOK, "ready")
+			} else {
+				probe(w, r, http.StatusServiceUnavailable, "not ready")
+			}
+		case "/openapi.json":
+			doc.ServeHTTP(w, r)
+		default:
+			gateway.ServeHTTP(w, r)
+		}
+	}))
+}
+
+func probe(w http.ResponseWriter, r *http.Request, code int, text string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	if r.Method == http.MethodGet {
+		fmt.Fprintln(w, text)
+	}
+}
+
+// listenMetrics binds the metrics listener when Config.MetricsAddr is set.
+// It serves /metrics and the runtime profiles under /debug/pprof/, so it
+// belongs on a private address.
+func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error {
+	if s.cfg.MetricsAddr == "" {
+		return nil
+	}
+	var err error
+	if s.metricsLis, err = lc.Listen(ctx, "tcp", s.cfg.MetricsAddr); err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.obs.Handler())
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+// serveMetrics serves the metrics listener, if any, until shutdown closes
+// it; errc receives an unexpected end.
+func (s *Server) serveMetrics(errc chan<- error) {
+	if s.metrics == nil {
+		return
+	}
+	go func() {
+		if err := s.metrics.Serve(s.metricsLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("metrics: %w", err)
+		}
+	}()
+}
+
+// MetricsAddr is the address /metrics is served on; nil when disabled.
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsLis == nil {
+		return nil
+	}
+	return s.metricsLis.Addr()
+}
+
+// closeMetrics stops the metrics listener; it is last to go, so that
+// shutdown can be watched.
+func (s *Server) closeMetrics() {
+	if s.metrics != nil {
+		s.metrics.Close()
+	} else if s.metricsLis != nil {
+		s.metricsLis.Close()
+	}
+}
+
+// addrString is a's text, or "" for nil.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}

@@ -1,0 +1,425 @@
+package server
+
+// Tests of the operational surface as wired: metrics, request logs, health,
+// the OpenAPI route and panic recovery. They are internal so that they can
+// add a panicking handler, or flip readiness as the store's ping loop does.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/observe"
+)
+
+// logBuffer collects JSON log lines from the server's goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines returns the log lines whose attributes include every one of want.
+func (b *logBuffer) lines(t *testing.T, want map[string]any) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	sc.Buffer(nil, 1<<20)
+next:
+	for sc.Scan() {
+		l := map[string]any{}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("log line %s: %v", sc.Bytes(), err)
+		}
+		for k, v := range want {
+			if l[k] != v {
+				continue next
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+type opsServer struct {
+	*Server
+	httpURL    string
+	metricsURL string
+	conn       *grpc.ClientConn
+	logs       *logBuffer
+}
+
+// startOps runs a server with metrics on, authentication off and every log
+// line kept; before, when set, runs between New and Run.
+func startOps(t *testing.T, mutate func(*Config), before func(*Server)) *opsServer {
+	t.Helper()
+	logs := &logBuffer{}
+	cfg := DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if before != nil {
+		before(srv)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	s := &opsServer{Server: srv, httpURL: "http://" + srv.HTTPAddr().String(), metricsURL: "http://" + srv.MetricsAddr().String(), conn: conn, logs: logs}
+	s.waitReady(t)
+	return s
+}
+
+func (s *opsServer) waitReady(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := healthpb.NewHealthClient(s.conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatalf("never ready: %v", err)
+		}
+		if resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return
+		}
+	}
+}
+
+func do(t *testing.T, method, url, body string, header ...string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// scrape returns GET /metrics as series (name{labels}, labels sorted as
+// Prometheus writes them) to value.
+func (s *opsServer) scrape(t *testing.T) map[string]float64 {
+	t.Helper()
+	code, _, body := do(t, http.MethodGet, s.metricsURL+"/metrics", "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	series := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		series[line[:i]] = v
+	}
+	return series
+}
+
+const phone = "919812345678"
+
+func dlrBody(requestID, st string, ms int64) string {
+	return fmt.Sprintf(`{"data":{"requestId":%q,"traceId":"tr_ops","status":%q,"channel":"WHATSAPP","identity":%q},"eventType":"DLR","timestamp":%d}`, requestID, st, phone, ms)
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, func(c *Config) { c.MaxBodyBytes = 512 }, nil)
+	hook := s.httpURL + "/v1/webhooks/otpless"
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	watch, err := eventsv1.NewRequestServiceClient(s.conn).WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: "m-req"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil { // the snapshot: the stream is open
+		t.Fatal(err)
+	}
+	if got := s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`]; got != 1 {
+		t.Fatalf("watch_streams{grpc} = %v with one stream open, want 1", got)
+	}
+
+	for _, tc := range []struct {
+		body string
+		code int
+	}{
+		{dlrBody("m-req", "SENT", 1764153000400), http.StatusOK},
+		{dlrBody("m-req", "SENT", 1764153000400), http.StatusOK}, // a retry: duplicate
+		{`{"data":`, http.StatusBadRequest},
+		{`{"hello":"world"}`, http.StatusBadRequest},
+		{`{"pad":"` + strings.Repeat("x", 600) + `"}`, http.StatusRequestEntityTooLarge},
+	} {
+		if code, _, body := do(t, http.MethodPost, hook, tc.body); code != tc.code {
+			t.Fatalf("POST %.40s: %d %s, want %d", tc.body, code, body, tc.code)
+		}
+	}
+	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
+		t.Fatalf("watch: %v %v, want the UPDATE", m, err)
+	}
+
+	series := s.scrape(t)
+	for name, want := range map[string]float64{
+		`otpless_events_events_received_total{channel="WHATSAPP",kind="delivery",status="SENT"}`:  2,
+		`otpless_events_events_duplicate_total{channel="WHATSAPP",kind="delivery",status="SENT"}`: 1,
+		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`:                           1,
+		`otpless_events_webhooks_rejected_total{reason="unrecognized"}`:                           1,
+		`otpless_events_webhooks_rejected_total{reason="too_large"}`:                              1,
+		`otpless_events_ingest_duration_seconds_count{result="accepted",transport="http"}`:        2,
+		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="http"}`:        3,
+		`otpless_events_watch_delivery_seconds_count`:                                             1,
+		`otpless_events_http_requests_total{code="200",route="webhook"}`:                          2,
+		`otpless_events_write_queue_webhooks`:                                                     0,
+		`otpless_events_ready`:                                                                    1,
+	} {
+		if got, ok := series[name]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+	for name, atLeast := range map[string]float64{
+		`otpless_events_store_commit_webhooks_count`:         1,
+		`otpless_events_store_commit_duration_seconds_count`: 1,
+		`grpc_server_started_total{grpc_method="WatchRequest",grpc_service="otpless.events.v1.RequestService",grpc_type="server_stream"}`:  1,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Ingest",grpc_service="otpless.events.v1.WebhookService",grpc_type="unary"}`: 0,
+		`go_goroutines`:                 1,
+		`process_resident_memory_bytes`: 1,
+	} {
+		if got, ok := series[name]; !ok || got < atLeast {
+			t.Errorf("%s = %v (present %v), want at least %v", name, got, ok, atLeast)
+		}
+	}
+	cancel() // the watcher leaves
+	deadline := time.Now().Add(10 * time.Second)
+	for s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("watch_streams{grpc} stayed up after the stream ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Every request gets one log line with its request id, the OTPLESS ids when
+// known, and no personal data; a call through the gateway keeps the
+// HTTP request id in its gRPC line.
+func TestRequestLogs(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	code, header, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("log-req", "DELIVERED", 1764153000400), observe.RequestIDHeader, "hook-1")
+	if code != http.StatusOK || header.Get(observe.RequestIDHeader) != "hook-1" {
+		t.Fatalf("POST: %d %s, X-Request-Id %q", code, body, header.Get(observe.RequestIDHeader))
+	}
+	if code, _, body := do(t, http.MethodGet, s.httpURL+"/v1/requests/log-req", "", observe.RequestIDHeader, "read-1"); code != http.StatusOK || !strings.Contains(body, phone) {
+		t.Fatalf("GET: %d %s", code, body) // the API shows the data; only logs mask it
+	}
+	var hdr metadata.MD
+	if _, err := eventsv1.NewRequestServiceClient(s.conn).GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: "log-req"}, grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	if len(hdr.Get(observe.RequestIDMetadata)) != 1 {
+		t.Errorf("gRPC response header %v lacks a request id", hdr)
+	}
+
+	hook := s.logs.lines(t, map[string]any{"msg": "http request", "request_id": "hook-1"})
+	if len(hook) != 1 {
+		t.Fatalf("%d log lines for the webhook: %s", len(hook), s.logs)
+	}
+	if l := hook[0]; l["status"] != float64(200) || l["otpless_request_id"] != "log-req" || l["otpless_trace_id"] != "tr_ops" || l["path"] != "/v1/webhooks/otpless" {
+		t.Errorf("webhook line %v", l)
+	}
+	if n := len(s.logs.lines(t, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
+		t.Errorf("%d HTTP lines for the read, want 1", n)
+	}
+	if n := len(s.logs.lines(t, map[string]any{"msg": "grpc call", "request_id": "read-1", "transport": "http", "code": "OK", "otpless_request_id": "log-req"})); n != 1 {
+		t.Errorf("%d gRPC lines carry the HTTP request id, want 1:\n%s", n, s.logs)
+	}
+	if n := len(s.logs.lines(t, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
+		t.Errorf("%d lines for the direct gRPC call, want 1", n)
+	}
+	if strings.Contains(s.logs.String(), "9812345678") {
+		t.Errorf("a phone number reached the logs in clear:\n%s", s.logs)
+	}
+}
+
+func TestHealthRoutes(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	health := healthpb.NewHealthClient(s.conn)
+	for _, svc := range []string{ReadinessService, LivenessService} {
+		resp, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Check(%q) = %v, %v; want SERVING", svc, resp, err)
+		}
+	}
+	if code, _, body := do(t, http.MethodGet, s.httpURL+"/healthz", ""); code != http.StatusOK {
+		t.Fatalf("/healthz: %d %s", code, body)
+	}
+	if code, _, body := do(t, http.MethodGet, s.httpURL+"/readyz", ""); code != http.StatusOK {
+		t.Fatalf("/readyz while serving: %d %s", code, body)
+	}
+	if code, _, _ := do(t, http.MethodPost, s.httpURL+"/readyz", ""); code != http.StatusMethodNotAllowed {
+		t.Fatalf("POST /readyz: %d, want 405", code)
+	}
+
+	// What the store's ping loop does when the store is unreachable.
+	s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_NOT_SERVING)
+	if code, _, body := do(t, http.MethodGet, s.httpURL+"/readyz", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while not ready: %d %s, want 503", code, body)
+	}
+	if code, _, _ := do(t, http.MethodGet, s.httpURL+"/healthz", ""); code != http.StatusOK {
+		t.Fatalf("/healthz while not ready: %d, want 200 (the process is alive)", code)
+	}
+	if got := s.scrape(t)["otpless_events_ready"]; got != 0 {
+		t.Fatalf("otpless_events_ready = %v while not ready", got)
+	}
+	s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
+	if code, _, _ := do(t, http.MethodGet, s.httpURL+"/readyz", ""); code != http.StatusOK {
+		t.Fatalf("/readyz once ready again: %d", code)
+	}
+}
+
+func TestOpenAPIRoute(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	code, header, body := do(t, http.MethodGet, s.httpURL+"/openapi.json", "")
+	if code != http.StatusOK || header.Get("Content-Type") != "application/json" {
+		t.Fatalf("/openapi.json: %d %q", code, header.Get("Content-Type"))
+	}
+	var doc struct {
+		Paths map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil || doc.Paths["/v1/requests/{requestId}"] == nil {
+		t.Fatalf("/openapi.json is not the API's document (%v): %.200s", err, body)
+	}
+}
+
+// A panicking gRPC handler becomes INTERNAL and a panicking HTTP handler
+// 500; both are logged with their stack, and the server goes on serving.
+func TestPanicsAreRecovered(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, func(s *Server) {
+		s.grpc.RegisterService(&grpc.ServiceDesc{
+			ServiceName: "test.Panics",
+			HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{
+				MethodName: "Panic",
+				Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+					in := new(emptypb.Empty)
+					if err := dec(in); err != nil {
+						return nil, err
+					}
+					info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/test.Panics/Panic"}
+					return interceptor(ctx, in, info, func(context.Context, any) (any, error) { panic("grpc kaboom") })
+				},
+			}},
+		}, struct{}{})
+		gw := s.http.Handler
+		s.http.Handler = s.httpHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/boom" {
+				panic("http kaboom")
+			}
+			gw.ServeHTTP(w, r)
+		}))
+	})
+
+	for range 2 {
+		err := s.conn.Invoke(context.Background(), "/test.Panics/Panic", &emptypb.Empty{}, &emptypb.Empty{})
+		if status.Code(err) != codes.Internal {
+			t.Fatalf("panicking RPC: %v, want INTERNAL", err)
+		}
+		if code, _, body := do(t, http.MethodGet, s.httpURL+"/boom", ""); code != http.StatusInternalServerError {
+			t.Fatalf("panicking route: %d %s, want 500", code, body)
+		}
+	}
+	if _, err := healthpb.NewHealthClient(s.conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("gRPC after the panics: %v", err)
+	}
+	if code, _, _ := do(t, http.MethodGet, s.httpURL+"/healthz", ""); code != http.StatusOK {
+		t.Fatalf("HTTP after the panics: %d", code)
+	}
+
+	for _, want := range []map[string]any{
+		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR"},
+		{"msg": "http request", "path": "/boom", "status": float64(500), "panic": "http kaboom", "level": "ERROR"},
+	} {
+		lines := s.logs.lines(t, want)
+		if len(lines) != 2 {
+			t.Errorf("%d log lines like %v, want one per panic", len(lines), want)
+			continue
+		}
+		if stack, _ := lines[0]["stack"].(string); !strings.Contains(stack, "observability_test.go") {
+			t.Errorf("panic logged without its stack: %v", lines[0])
+		}
+	}
+	series := s.scrape(t)
+	for _, name := range []string{`otpless_events_panics_recovered_total{transport="grpc"}`, `otpless_events_panics_recovered_total{transport="http"}`} {
+		if series[name] != 2 {
+			t.Errorf("%s = %v, want 2", name, series[name])
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package observe
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"sync/atomic"
+)
+
+// RequestIDHeader carries the request id on HTTP requests and responses; as
+// gRPC metadata it is RequestIDMetadata.
+const (
+	RequestIDHeader   = "X-Request-Id"
+	RequestIDMetadata = "x-request-id"
+)
+
+// call is what the interceptor or middleware of one call learns while the
+// handler runs, for its log line and metrics. It is written by the handler's
+// goroutine and read by the interceptor after the handler returned.
+type call struct {
+	requestID        string
+	ingested         bool   // ObserveIngest saw this call
+	rejectReason     string // set by ObserveIngest on a rejection
+	otplessRequestID string
+	otplessTraceID   string
+}
+
+type callKey struct{}
+
+func withCall(ctx context.Context, c *call) context.Context {
+	return context.WithValue(ctx, callKey{}, c)
+}
+
+func callFrom(ctx context.Context) *call {
+	c, _ := ctx.Value(callKey{}).(*call)
+	return c
+}
+
+// RequestID returns the request id of the call ctx belongs to, or "".
+func RequestID(ctx context.Context) string {
+	if c := callFrom(ctx); c != nil {
+		return c.requestID
+	}
+	return ""
+}
+
+// idSource makes request ids: a random per-process prefix and a counter,
+// unique without a random read per request.
+type idSource struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+func newIDSource() *idSource {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return &idSource{prefix: hex.EncodeToString(b) + "-"}
+}
+
+func (s *idSource) next() string {
+	return s.prefix + strconv.FormatUint(s.n.Add(1), 36)
+}
+
+// validRequestID accepts a caller's request id when it is short and made of
+// characters that are safe in logs and headers.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := range len(id) {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}

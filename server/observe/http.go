@@ -1,0 +1,182 @@
+package observe
+
+import (
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// webhookPath is gateway.WebhookPath (a test keeps them equal); webhook
+// keys follow it as one more path segment.
+const webhookPath = "/v1/webhooks/otpless"
+
+// HTTP wraps next with what every HTTP request gets: a request id
+// (X-Request-Id from the request when valid, else a new one; echoed in the
+// response, and sent on by the client interceptors to the gRPC calls the
+// gateway makes for the request),
+// metrics by route, one log line when the request ends, and recovery: a
+// panic is logged with its stack and answered 500, and the server goes on.
+// Only the path is logged, never the query, and a webhook key in the path
+// is masked.
+func (o *Observer) HTTP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		c := &call{requestID: r.Header.Get(RequestIDHeader)}
+		if !validRequestID(c.requestID) {
+			c.requestID = o.ids.next()
+		}
+		w.Header().Set(RequestIDHeader, c.requestID)
+		rw := &responseWriter{ResponseWriter: w}
+		r = r.WithContext(withCall(r.Context(), c))
+		defer func() {
+			p := recover()
+			if p == nil {
+				o.finishHTTP(r, rw, c, start, nil, nil)
+				return
+			}
+			stack := debug.Stack()
+			if p == http.ErrAbortHandler {
+				o.finishHTTP(r, rw, c, start, nil, nil)
+				panic(p) // net/http's way to abort a response; it logs nothing for it
+			}
+			o.panics.WithLabelValues(transportHTTP).Inc()
+			if !rw.wroteHeader {
+				rw.Header().Set("Content-Type", "application/json")
+				rw.WriteHeader(http.StatusInternalServerError)
+				_, _ = rw.Write([]byte(`{"code":13,"message":"internal error","details":[]}`))
+			}
+			o.finishHTTP(r, rw, c, start, p, stack)
+		}()
+		next.ServeHTTP(rw, r)
+	})
+}
+
+func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, start time.Time, panicked any, stack []byte) {
+	took := time.Since(start)
+	code := rw.code()
+	route := routeOf(r.URL.Path)
+	o.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	o.httpSeconds.WithLabelValues(route).Observe(took.Seconds())
+	if route == "webhook" && r.Method == http.MethodPost {
+		result := "accepted"
+		if code >= 300 || panicked != nil {
+			result = "rejected"
+			if !c.ingested {
+				reason := reasonForHTTP(code)
+				if panicked != nil {
+					reason = ReasonInternal
+				}
+				o.rejected.WithLabelValues(reason).Inc()
+				c.rejectReason = reason
+			}
+		}
+		o.ingestSeconds.WithLabelValues(transportHTTP, result).Observe(took.Seconds())
+	}
+
+	level := slog.LevelInfo
+	switch {
+	case panicked != nil:
+		level = slog.LevelError
+	case code >= 500:
+		level = slog.LevelWarn
+	case route == "healthz" || route == "readyz":
+		level = slog.LevelDebug
+	}
+	ctx := r.Context()
+	if !o.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("request_id", c.requestID),
+		slog.String("method", r.Method),
+		slog.String("path", logPath(r.URL.Path)),
+		slog.Int("status", code),
+		slog.Duration("duration", took),
+		slog.Int64("bytes", rw.bytes),
+		slog.String("remote", r.RemoteAddr),
+	)
+	attrs = appendOTPLESS(attrs, c)
+	if panicked != nil {
+		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))
+	}
+	o.log.LogAttrs(ctx, level, "http request", attrs...)
+}
+
+// routeOf names the route of path for metric labels: a fixed set, never
+// the path itself (it holds request ids).
+func routeOf(path string) string {
+	switch {
+	case path == webhookPath || strings.HasPrefix(path, webhookPath+"/"):
+		return "webhook"
+	case strings.HasPrefix(path, "/v1/requests/"):
+		switch {
+		case strings.HasSuffix(path, ":watch"):
+			return "watch"
+		case strings.HasSuffix(path, "/events"):
+			return "events"
+		case strings.Contains(path[len("/v1/requests/"):], ":"), strings.Count(path, "/") > 3:
+			return "request_other"
+		}
+		return "request"
+	case path == "/healthz", path == "/readyz", path == "/openapi.json":
+		return path[1:]
+	}
+	return "other"
+}
+
+// logPath is the path as logged: a webhook key in it replaced by its
+// fingerprint.
+func logPath(path string) string {
+	if key, ok := strings.CutPrefix(path, webhookPath+"/"); ok && key != "" {
+		return webhookPath + "/" + MaskToken(key)
+	}
+	return path
+}
+
+// responseWriter records the status and size of a response. It passes
+// Flush through (streaming routes need it) and unwraps for
+// http.ResponseController.
+type responseWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+	bytes       int64
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	if !w.wroteHeader && code >= 200 {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = http.StatusOK, true
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *responseWriter) Flush() {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = http.StatusOK, true
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *responseWriter) code() int {
+	if !w.wroteHeader {
+		return http.StatusOK
+	}
+	return w.status
+}

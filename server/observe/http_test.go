@@ -1,0 +1,224 @@
+package observe_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/otpless-events/otpless-events/server/gateway"
+	"github.com/otpless-events/otpless-events/server/observe"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// lines returns the JSON log lines written so far.
+func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, l := range bytes.Split(bytes.TrimSpace(b.buf.Bytes()), []byte("\n")) {
+		if len(l) == 0 {
+			continue
+		}
+		m := map[string]any{}
+		if err := json.Unmarshal(l, &m); err != nil {
+			t.Fatalf("log line %s: %v", l, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func newObserver(t *testing.T) (*observe.Observer, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	return observe.New(log), logs
+}
+
+// metric returns the value of the counter or gauge name with labels, or
+// the sample count of the histogram; 0 when absent.
+func metric(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
+
+func TestWebhookPathMatchesGateway(t *testing.T) {
+	t.Parallel()
+	// observe keeps its own copy to stay free of the gateway; it must agree.
+	o, _ := newObserver(t)
+	srv := httptest.NewServer(o.HTTP(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	})))
+	t.Cleanup(srv.Close)
+	resp, err := http.Post(srv.URL+gateway.WebhookPath, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := metric(t, o.Registry, "otpless_events_webhooks_rejected_total", map[string]string{"reason": "too_large"}); got != 1 {
+		t.Fatalf("a 413 on %s counted %v times as too_large, want 1", gateway.WebhookPath, got)
+	}
+}
+
+// A panicking handler answers 500, is logged with its stack and request id,
+// and the server goes on serving.
+func TestHTTPPanicIsRecovered(t *testing.T) {
+	t.Parallel()
+	o, logs := newObserver(t)
+	srv := httptest.NewServer(o.HTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			panic("kaboom")
+		}
+		io.WriteString(w, "fine")
+	})))
+	t.Cleanup(srv.Close)
+
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/boom", nil)
+	req.Header.Set(observe.RequestIDHeader, "panic-req-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "internal error") {
+		t.Fatalf("panicking handler answered %d %s, want 500 internal error", resp.StatusCode, body)
+	}
+	if resp.Header.Get(observe.RequestIDHeader) != "panic-req-1" {
+		t.Errorf("X-Request-Id = %q, want the caller's", resp.Header.Get(observe.RequestIDHeader))
+	}
+
+	resp, err = http.Get(srv.URL + "/ok")
+	if err != nil {
+		t.Fatalf("server stopped serving after a panic: %v", err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "fine" {
+		t.Fatalf("after the panic: %d %s", resp.StatusCode, body)
+	}
+
+	var found bool
+	for _, l := range logs.lines(t) {
+		if l["request_id"] == "panic-req-1" {
+			found = true
+			if l["level"] != "ERROR" || l["panic"] != "kaboom" || !strings.Contains(l["stack"].(string), "TestHTTPPanicIsRecovered") || l["status"] != float64(500) {
+				t.Errorf("panic logged as %v", l)
+			}
+		}
+	}
+	if !found {
+		t.Error("the panic was not logged")
+	}
+	if got := metric(t, o.Registry, "otpless_events_panics_recovered_total", map[string]string{"transport": "http"}); got != 1 {
+		t.Errorf("panics_recovered_total{transport=http} = %v, want 1", got)
+	}
+}
+
+// One line per request: request id (the caller's when valid, else a new
+// one, also in the handler's context), status, path
+// without query and with a webhook key masked.
+func TestHTTPRequestLog(t *testing.T) {
+	t.Parallel()
+	o, logs := newObserver(t)
+	var forwarded sync.Map
+	srv := httptest.NewServer(o.HTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forwarded.Store(r.URL.Path, observe.RequestID(r.Context()))
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			t.Errorf("Flush through the middleware: %v", err)
+		}
+		io.WriteString(w, "ok")
+	})))
+	t.Cleanup(srv.Close)
+
+	get := func(path, id string) string {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+		if id != "" {
+			req.Header.Set(observe.RequestIDHeader, id)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Header.Get(observe.RequestIDHeader)
+	}
+	if got := get("/v1/requests/r1?access_token=secret-token", "caller-id-1"); got != "caller-id-1" {
+		t.Errorf("valid caller id answered as %q", got)
+	}
+	generated := get("/v1/webhooks/otpless/wk_supersecretkey0123", "bad id with spaces")
+	if generated == "" || generated == "bad id with spaces" {
+		t.Errorf("invalid caller id answered as %q, want a new id", generated)
+	}
+	if v, _ := forwarded.Load("/v1/requests/r1"); v != "caller-id-1" {
+		t.Errorf("request id in the handler's context: %q", v)
+	}
+
+	lines := logs.lines(t)
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines for 2 requests: %v", len(lines), lines)
+	}
+	for _, l := range lines {
+		if l["msg"] != "http request" || l["method"] != "GET" || l["status"] != float64(200) || l["duration"] == nil {
+			t.Errorf("log line %v lacks method, status or duration", l)
+		}
+	}
+	if lines[0]["request_id"] != "caller-id-1" || lines[0]["path"] != "/v1/requests/r1" {
+		t.Errorf("first line %v", lines[0])
+	}
+	if lines[1]["request_id"] != generated || strings.Contains(lines[1]["path"].(string), "supersecret") {
+		t.Errorf("second line %v: want the generated id and the webhook key masked", lines[1])
+	}
+	if got := metric(t, o.Registry, "otpless_events_http_requests_total", map[string]string{"route": "request", "code": "200"}); got != 1 {
+		t.Errorf("http_requests_total{route=request,code=200} = %v, want 1", got)
+	}
+}

@@ -1,0 +1,164 @@
+package observe
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"regexp"
+	"strings"
+)
+
+// MaskPhone hides a phone number but its last two digits: "919812345678"
+// becomes "**********78". Numbers of fewer than six digits are hidden
+// entirely.
+func MaskPhone(s string) string {
+	if s == "" {
+		return ""
+	}
+	keep := 2
+	if len(s) < 6 {
+		keep = 0
+	}
+	return strings.Repeat("*", len(s)-keep) + s[len(s)-keep:]
+}
+
+// MaskEmail keeps the first character of the local part and the domain:
+// "asha.rao@example.com" becomes "a***@example.com". A value without "@" is
+// hidden entirely.
+func MaskEmail(s string) string {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || local == "" {
+		return strings.Repeat("*", len(s))
+	}
+	return local[:1] + "***@" + domain
+}
+
+// MaskToken replaces a secret (an OTPLESS token, a key) with a short
+// fingerprint, so that log lines about the same token can be matched without
+// revealing it.
+func MaskToken(s string) string {
+	if s == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "sha256:" + hex.EncodeToString(sum[:4])
+}
+
+// MaskIdentity masks a delivery identity, which is an email address or a
+// phone number.
+func MaskIdentity(s string) string {
+	if strings.Contains(s, "@") {
+		return MaskEmail(s)
+	}
+	return MaskPhone(s)
+}
+
+var (
+	emailPattern = regexp.MustCompile(`[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}`)
+	// Seven or more digits standing alone (not inside an id such as a hex
+	// request id), optionally after "+".
+	phonePattern = regexp.MustCompile(`\+?\b[0-9]{7,}\b`)
+)
+
+// Scrub masks email addresses and phone-like digit runs in free text, such
+// as an error message that quotes part of a webhook body.
+func Scrub(s string) string {
+	if !strings.ContainsAny(s, "@0123456789") {
+		return s
+	}
+	s = emailPattern.ReplaceAllStringFunc(s, MaskEmail)
+	return phonePattern.ReplaceAllStringFunc(s, MaskPhone)
+}
+
+// masker says how the value of an attribute key is masked; nil: it is not.
+func masker(key string) func(string) string {
+	switch normalizeKey(key) {
+	case "phone", "phonenumber", "mobile", "number":
+		return MaskPhone
+	case "email":
+		return MaskEmail
+	case "identity":
+		return MaskIdentity
+	case "token", "authorization", "password", "secret", "key", "apikey", "webhookkey", "signature":
+		return MaskToken
+	case "error", "err", "panic", "reason", "body":
+		return Scrub
+	}
+	return nil
+}
+
+func normalizeKey(key string) string {
+	if !strings.ContainsAny(key, "_-ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+		return key
+	}
+	return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(key))
+}
+
+// MaskAttr masks the value of a with personal data or secrets in it: keys
+// naming a phone, email, identity, token or secret, and error texts, which
+// may quote a body. It descends into groups.
+func MaskAttr(a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindGroup:
+		attrs := a.Value.Group()
+		masked := make([]slog.Attr, len(attrs))
+		for i, g := range attrs {
+			masked[i] = MaskAttr(g)
+		}
+		return slog.Attr{Key: a.Key, Value: slog.GroupValue(masked...)}
+	case slog.KindLogValuer:
+		return MaskAttr(slog.Attr{Key: a.Key, Value: a.Value.Resolve()})
+	}
+	mask := masker(a.Key)
+	if mask == nil {
+		return a
+	}
+	switch a.Value.Kind() {
+	case slog.KindString:
+		return slog.String(a.Key, mask(a.Value.String()))
+	case slog.KindAny:
+		if err, ok := a.Value.Any().(error); ok {
+			return slog.String(a.Key, mask(err.Error()))
+		}
+		return slog.String(a.Key, mask(a.Value.String()))
+	case slog.KindInt64, slog.KindUint64:
+		return slog.String(a.Key, mask(a.Value.String()))
+	}
+	return a
+}
+
+// MaskingHandler wraps h so that every attribute passes through MaskAttr
+// before h sees it: personal data cannot reach the logs in clear, whoever
+// logs it.
+func MaskingHandler(h slog.Handler) slog.Handler {
+	if m, ok := h.(*maskingHandler); ok {
+		return m
+	}
+	return &maskingHandler{h: h}
+}
+
+type maskingHandler struct{ h slog.Handler }
+
+func (m *maskingHandler) Enabled(ctx context.Context, l slog.Level) bool { return m.h.Enabled(ctx, l) }
+
+func (m *maskingHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(MaskAttr(a))
+		return true
+	})
+	return m.h.Handle(ctx, out)
+}
+
+func (m *maskingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	masked := make([]slog.Attr, len(attrs))
+	for i, a := range attrs {
+		masked[i] = MaskAttr(a)
+	}
+	return &maskingHandler{h: m.h.WithAttrs(masked)}
+}
+
+func (m *maskingHandler) WithGroup(name string) slog.Handler {
+	return &maskingHandler{h: m.h.WithGroup(name)}
+}

@@ -1,0 +1,80 @@
+package observe_test
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/otpless-events/otpless-events/server/observe"
+)
+
+func TestMaskers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		mask func(string) string
+		in   string
+		want string
+	}{
+		{"phone", observe.MaskPhone, "919812345678", "**********78"},
+		{"phone with plus", observe.MaskPhone, "+919812345678", "***********78"},
+		{"short phone", observe.MaskPhone, "12345", "*****"},
+		{"empty phone", observe.MaskPhone, "", ""},
+		{"email", observe.MaskEmail, "asha.rao@example.com", "a***@example.com"},
+		{"not an email", observe.MaskEmail, "asha", "****"},
+		{"identity phone", observe.MaskIdentity, "919812345678", "**********78"},
+		{"identity email", observe.MaskIdentity, "asha@example.com", "a***@example.com"},
+		{"token", observe.MaskToken, "tok_5f2a9c0e71d84b3a", "sha256:"},
+		{"empty token", observe.MaskToken, "", ""},
+		{"scrub phone", observe.Scrub, `unexpected token "919812345678" at offset 12`, `unexpected token "**********78" at offset 12`},
+		{"scrub email", observe.Scrub, "bad address asha.rao@example.com here", "bad address a***@example.com here"},
+		{"scrub keeps hex ids", observe.Scrub, "request b1f0c2d3e4a5968778695a4b3c2d1e0f", "request b1f0c2d3e4a5968778695a4b3c2d1e0f"},
+		{"scrub keeps short numbers", observe.Scrub, "offset 1234", "offset 1234"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := tt.mask(tt.in)
+			if tt.name == "token" {
+				if !strings.HasPrefix(got, tt.want) || strings.Contains(got, "5f2a9c0e") || got != observe.MaskToken(tt.in) {
+					t.Fatalf("MaskToken(%q) = %q, want a stable sha256: fingerprint", tt.in, got)
+				}
+				return
+			}
+			if got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// Whoever logs personal data through a MaskingHandler, it never reaches the
+// output in clear: attributes, groups, With attributes and errors.
+func TestMaskingHandler(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, nil)))
+	log = log.With("email", "asha.rao@example.com")
+	log.Info("webhook",
+		"phone", "9812345678",
+		"phone_number", 919812345678,
+		"identity", "919812345678",
+		"token", "tok_5f2a9c0e71d84b3a",
+		slog.Group("data", "mobile", "919812345678", "requestId", "req-1"),
+		"error", errors.New(`bad value "919812345678"`),
+		"request_id", "b1f0c2d3e4a5968778695a4b3c2d1e0f",
+	)
+	out := buf.String()
+	for _, secret := range []string{"9812345678", "asha.rao", "tok_5f2a9c0e71d84b3a"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log line holds %q in clear: %s", secret, out)
+		}
+	}
+	for _, kept := range []string{"req-1", "b1f0c2d3e4a5968778695a4b3c2d1e0f", "a***@example.com", "********78", `"msg":"webhook"`} {
+		if !strings.Contains(out, kept) {
+			t.Errorf("log line lost %q: %s", kept, out)
+		}
+	}
+}

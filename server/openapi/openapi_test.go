@@ -1,0 +1,64 @@
+package openapi_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/otpless-events/otpless-events/server/openapi"
+)
+
+// The embedded copy is the document the README points to.
+func TestDocumentIsTheGeneratedOne(t *testing.T) {
+	t.Parallel()
+	want, err := os.ReadFile(filepath.Join("..", "..", "gen", "otpless", "events", "v1", "openapi.swagger.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(openapi.Document(), want) {
+		t.Fatal("server/openapi/spec/openapi.swagger.json differs from gen/otpless/events/v1/openapi.swagger.json: run 'go tool buf generate'")
+	}
+}
+
+func TestHandler(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(openapi.Handler())
+	t.Cleanup(srv.Close)
+
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var doc struct {
+		Swagger string                     `json:"swagger"`
+		Paths   map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatalf("document is not JSON: %v", err)
+	}
+	if doc.Swagger != "2.0" || doc.Paths["/v1/webhooks/otpless"] == nil {
+		t.Fatalf("document has swagger %q and paths %v, want 2.0 with the webhook route", doc.Swagger, len(doc.Paths))
+	}
+
+	post, err := http.Post(srv.URL, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST: %d, want 405", post.StatusCode)
+	}
+}
