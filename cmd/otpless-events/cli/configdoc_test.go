@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// configRow is one row of the README's configuration table.
+type configRow struct {
+	flag, env, def string
+	line           int
+}
+
+// readConfigTable parses the table under "## Configuration" in README.md:
+// | `--flag` | `ENV` | default | what |.
+func readConfigTable(t *testing.T) []configRow {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatal("no go.mod above the test")
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []configRow
+	in := false
+	sc := bufio.NewScanner(bytes.NewReader(readme))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.HasPrefix(line, "## ") {
+			in = line == "## Configuration"
+			continue
+		}
+		if !in || !strings.HasPrefix(line, "| `--") {
+			continue
+		}
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		if len(cells) < 4 {
+			t.Fatalf("README.md:%d: want | flag | environment | default | what |, got %q", n, line)
+		}
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		rows = append(rows, configRow{flag: unquote(cells[0]), env: unquote(cells[1]), def: cells[2], line: n})
+	}
+	if len(rows) == 0 {
+		t.Fatal("README.md has no configuration table under ## Configuration")
+	}
+	return rows
+}
+
+// codeSpan matches a cell that is exactly one code span.
+var codeSpan = regexp.MustCompile("^`([^`]*)`$")
+
+func unquote(cell string) string {
+	if m := codeSpan.FindStringSubmatch(cell); m != nil {
+		return m[1]
+	}
+	return cell
+}
+
+// TestREADMEConfigurationTable keeps the README's table and serve's flags
+// in step: the same flags, each with its environment variable, and the
+// flag's default (a code span must be the default itself; words or an
+// empty cell stand for an empty default).
+func TestREADMEConfigurationTable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	flags := newServe(&out, &out).Flags()
+	rows := readConfigTable(t)
+
+	documented := map[string]bool{}
+	for _, r := range rows {
+		name := strings.TrimPrefix(r.flag, "--")
+		documented[name] = true
+		f := flags.Lookup(name)
+		if f == nil {
+			t.Errorf("README.md:%d documents %s, which serve does not have", r.line, r.flag)
+			continue
+		}
+		if want := EnvName(name); r.env != want {
+			t.Errorf("README.md:%d: %s is set by %s, not %s", r.line, r.flag, want, r.env)
+		}
+		def := defaultText(f)
+		switch m := codeSpan.FindStringSubmatch(r.def); {
+		case m != nil && m[1] != def:
+			t.Errorf("README.md:%d: %s defaults to %q, not %q", r.line, r.flag, def, m[1])
+		case m == nil && def != "":
+			t.Errorf("README.md:%d: %s defaults to %q; write it as a code span", r.line, r.flag, def)
+		}
+	}
+	flags.VisitAll(func(f *pflag.Flag) {
+		if !documented[f.Name] {
+			t.Errorf("serve's --%s (default %q) is missing from the README's configuration table", f.Name, defaultText(f))
+		}
+	})
+}
+
+// defaultText is a flag's default as the README shows it; an empty list is
+// empty.
+func defaultText(f *pflag.Flag) string {
+	if f.DefValue == "[]" {
+		return ""
+	}
+	return f.DefValue
+}
+
+// TestServeHelpNamesEnvironment: `serve --help` names every flag's
+// environment variable.
+func TestServeHelpNamesEnvironment(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	cmd := newServe(&out, &out)
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"--help"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	help := out.String()
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" {
+			return
+		}
+		if !strings.Contains(help, "--"+f.Name) || !strings.Contains(help, "$"+EnvName(f.Name)) {
+			t.Errorf("serve --help does not document --%s and $%s", f.Name, EnvName(f.Name))
+		}
+	})
+}
