@@ -21,8 +21,27 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/gateway"
 )
+
+// AdminKey is the admin API key of a server started with Secure.
+const AdminKey = "testserver-admin-key"
+
+// Secure turns authentication on, as serve has it: AdminKey is the one API
+// key, watch tokens can be minted, and webhooks need a key in the URL
+// (Ingest uses it). Pass it to Start.
+func Secure(c *server.Config) {
+	keys, err := auth.ParseAPIKeys(auth.FormatAPIKey("admin", AdminKey, []auth.Scope{auth.ScopeAdmin}))
+	if err != nil {
+		panic(err)
+	}
+	c.Security = server.Security{
+		APIKeys:        keys,
+		WatchTokenKeys: [][]byte{[]byte("testserver-watch-token-key-0123456789abcdef")},
+		Webhook:        auth.WebhookConfig{Keys: []string{"testserver-webhook-key-0123456789"}},
+	}
+}
 
 // Server is a running server.
 type Server struct {
@@ -38,9 +57,9 @@ type Server struct {
 	stop func() error
 }
 
-// Start runs a server with authentication disabled, on ephemeral loopback
-// ports and a fresh data directory, after mutate has adjusted the
-// configuration. It is stopped when the test ends.
+// Start runs a server with authentication disabled (unless mutate is
+// Secure), on ephemeral loopback ports and a fresh data directory, after
+// mutate has adjusted the configuration. It is stopped when the test ends.
 func Start(t testing.TB, mutate func(*server.Config)) *Server {
 	t.Helper()
 	cfg := server.DefaultConfig()

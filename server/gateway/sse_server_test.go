@@ -120,23 +120,12 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 // personal data, and refusals are HTTP statuses (EventSource stops).
 func TestSSEWithWatchToken(t *testing.T) {
 	t.Parallel()
-	const adminKey = "sse-test-admin-key"
-	ts := testserver.Start(t, func(c *server.Config) {
-		keys, err := auth.ParseAPIKeys(auth.FormatAPIKey("admin", adminKey, []auth.Scope{auth.ScopeAdmin}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Security = server.Security{
-			APIKeys:        keys,
-			WatchTokenKeys: [][]byte{[]byte("sse-test-watch-token-key-0123456789abcdef")},
-			Webhook:        auth.WebhookConfig{Keys: []string{"sse-test-webhook-key-0123456789"}},
-		}
-	})
+	ts := testserver.Start(t, testserver.Secure)
 	sc := scenario(t, "whatsapp-happy-path")
 	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
 	ts.Ingest(t, sc.Bodies[0])
 
-	admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: adminKey, Insecure: true})))
+	admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testserver.AdminKey, Insecure: true})))
 	tok, err := admin.CreateWatchToken(testContext(t), &eventsv1.CreateWatchTokenRequest{RequestId: id})
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.AddCommand(newServe(stdout, stderr))
 	root.AddCommand(newAPIKey(stdout))
+	root.AddCommand(newWatch(stdout, stderr))
+	root.AddCommand(newGet(stdout))
+	root.AddCommand(newSend(stdout))
 	return root
 }
 

@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"google.golang.org/grpc"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/testserver"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/normalize"
 )
 
@@ -291,4 +293,53 @@ func TestStatusPageInBrowser(t *testing.T) {
 		checkOnce(t, v, len(sc.Bodies))
 		p.screenshot("after-restart")
 	})
+
+	t.Run("README snippet", func(t *testing.T) {
+		ts := testserver.Start(t, testserver.Secure)
+		sc := scenario(t, "whatsapp-fails-then-sms")
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testserver.AdminKey, Insecure: true})))
+		tok, err := admin.CreateWatchToken(t.Context(), &eventsv1.CreateWatchTokenRequest{RequestId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := openPage(t, browser, ts.HTTPURL+"/ui/") // a page of the same origin
+		start := fmt.Sprintf("%s\nwindow.login = waitForSuccess(%q, %q).then(r => r.status, e => 'rejected: ' + JSON.stringify(e)); true",
+			readmeSnippet(t), id, tok.GetToken())
+		if _, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[bool](start)); err != nil {
+			t.Fatalf("running the README's snippet: %v", err)
+		}
+		for _, body := range sc.Bodies {
+			ts.Ingest(t, body)
+		}
+		got, err := chromedp.Run(p.bounded(30*time.Second), chromedp.Evaluate[string]("window.login", chromedp.EvalAwaitPromise))
+		if err != nil || got != "REQUEST_STATUS_SUCCESS" {
+			t.Fatalf("the README's waitForSuccess gave %q, %v; want REQUEST_STATUS_SUCCESS", got, err)
+		}
+
+		// The page itself, opened with the token as the README says.
+		page := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id+"&access_token="+tok.GetToken())
+		page.waitFor("the final snapshot", `document.body.dataset.connection === "finished"`)
+		if v := page.view(); v.Status != "REQUEST_STATUS_SUCCESS" || v.Steps["SMS/DELIVERED"] != "reached" {
+			t.Errorf("page with a watch token shows %s, steps %v", v.Status, v.Steps)
+		}
+		// A bad token: the page stops and says why.
+		refused := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id+"&access_token=forged")
+		refused.waitFor("the refusal", `document.body.dataset.connection === "closed" && document.getElementById('stream-error').textContent.includes('HTTP 401')`)
+	})
+}
+
+// readmeSnippet is the README's JavaScript for login pages.
+func readmeSnippet(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, js, ok := strings.Cut(string(b), "```js\n")
+	js, _, ok2 := strings.Cut(js, "\n```")
+	if !ok || !ok2 || !strings.Contains(js, "function waitForSuccess(") {
+		t.Fatal("README.md has no ```js block defining waitForSuccess")
+	}
+	return js
 }

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+// envAPIKey holds the API key (or a watch token) the client commands send.
+// It is read from the environment or a file, never from a flag's value,
+// which other users of the machine could see.
+const envAPIKey = EnvPrefix + "API_KEY"
+
+// clientFlags are how the client commands reach a server.
+type clientFlags struct {
+	grpcAddr   string
+	apiKeyFile string
+	tls        bool
+	tlsCAFile  string
+}
+
+func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
+	if withGRPC {
+		f.grpcAddr = server.DefaultConfig().GRPCAddr
+		fs.StringVar(&f.grpcAddr, "grpc-addr", f.grpcAddr, "gRPC address of the server")
+		fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key or watch token to send (default: $"+envAPIKey+")")
+	}
+	fs.BoolVar(&f.tls, "tls", false, "connect over TLS, trusting the system's certificate authorities")
+	fs.StringVar(&f.tlsCAFile, "tls-ca-file", "", "connect over TLS, trusting this CA certificate (PEM)")
+}
+
+// apiKey is the credential to send: --api-key-file, else $OTPLESS_EVENTS_API_KEY.
+func (f *clientFlags) apiKey() (string, error) {
+	if f.apiKeyFile == "" {
+		return strings.TrimSpace(os.Getenv(envAPIKey)), nil
+	}
+	b, err := os.ReadFile(f.apiKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("API key: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// tlsConfig is nil for plaintext.
+func (f *clientFlags) tlsConfig() (*tls.Config, error) {
+	if !f.tls && f.tlsCAFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.tlsCAFile != "" {
+		pem, err := os.ReadFile(f.tlsCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, errors.New("TLS CA: no certificate in " + f.tlsCAFile)
+		}
+	}
+	return cfg, nil
+}
+
+// dial connects to the gRPC API with the configured credential.
+func (f *clientFlags) dial() (*grpc.ClientConn, error) {
+	tlsCfg, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	key, err := f.apiKey()
+	if err != nil {
+		return nil, err
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if tlsCfg != nil {
+		opts[0] = grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))
+	}
+	if key != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: key, Insecure: tlsCfg == nil}))
+	}
+	conn, err := grpc.NewClient(dialAddr(f.grpcAddr), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("gRPC address %q: %w", f.grpcAddr, err)
+	}
+	return conn, nil
+}
+
+// dialAddr turns a listen address into one to dial: a missing or
+// unspecified host (":9090", "0.0.0.0:9090") means this machine.
+func dialAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// rpcError says what failed, in the server's words.
+func rpcError(what string, err error) error {
+	st := status.Convert(err)
+	return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
+}

@@ -1,0 +1,334 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/testserver"
+)
+
+// The scenario the README's "Try it in one minute" replays, from the
+// repository's own copy.
+const (
+	tryScenario = "../../../testdata/scenarios/whatsapp-fails-then-sms.jsonl"
+	tryID       = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+)
+
+// tryChanges are the changes watch prints for tryScenario, in order.
+var tryChanges = []string{
+	"2025-11-26T10:31:00.000Z INITIATED OTP via WHATSAPP, SMS",
+	"2025-11-26T10:31:00.300Z WHATSAPP SENT",
+	"2025-11-26T10:31:02.100Z WHATSAPP FAILED: Mobile Number not OPT-IN (code 033, retriable once the user opts in)",
+	"2025-11-26T10:31:02.200Z FALLBACK WHATSAPP → SMS",
+	"2025-11-26T10:31:05.200Z SMS DELIVERED",
+	"2025-11-26T10:31:15.000Z SUCCESS",
+}
+
+// run runs the command line to its end.
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code = cli.Main(ctx, args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// running is a command line running in the background, its output read
+// line by line as it comes.
+type running struct {
+	stdout, stderr chan string
+	code           chan int
+}
+
+func start(t *testing.T, args ...string) *running {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	outR, outW := io.Pipe()
+	errR, errW := io.Pipe()
+	r := &running{stdout: lines(outR), stderr: lines(errR), code: make(chan int, 1)}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		r.code <- cli.Main(ctx, args, outW, errW)
+		outW.Close()
+		errW.Close()
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return r
+}
+
+func lines(r io.Reader) chan string {
+	c := make(chan string, 100)
+	go func() {
+		defer close(c)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			c <- sc.Text()
+		}
+	}()
+	return c
+}
+
+// next is the next line of c.
+func next(t *testing.T, c chan string) string {
+	t.Helper()
+	select {
+	case l, ok := <-c:
+		if !ok {
+			t.Fatal("output ended")
+		}
+		return l
+	case <-time.After(30 * time.Second):
+		t.Fatal("no output")
+	}
+	return ""
+}
+
+// rest is every line until the command ends, and its exit code.
+func (r *running) rest(t *testing.T) ([]string, int) {
+	t.Helper()
+	var out []string
+	for l := range r.stdout {
+		out = append(out, l)
+	}
+	select {
+	case code := <-r.code:
+		return out, code
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not end")
+	}
+	return nil, 0
+}
+
+// watchLine is one line of watch's readable output.
+type watchLine struct {
+	rev     int64
+	status  string
+	changes []string
+}
+
+func parseWatch(t *testing.T, line string) watchLine {
+	t.Helper()
+	f := strings.Fields(line)
+	if len(f) < 3 || f[0] != "rev" {
+		t.Fatalf("watch line %q", line)
+	}
+	rev, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		t.Fatalf("watch line %q: %v", line, err)
+	}
+	rest := strings.TrimSpace(strings.SplitN(strings.TrimSpace(line[strings.Index(line, f[2])+len(f[2]):]), "\n", 2)[0])
+	return watchLine{rev: rev, status: f[2], changes: strings.Split(rest, "; ")}
+}
+
+// checkChanges: revisions only increase, every change is printed once, in
+// order (a watcher that fell behind may get several in one line), and the
+// last line is SUCCESS.
+func checkChanges(t *testing.T, out []string, want []string) {
+	t.Helper()
+	var got []string
+	var rev int64 = -1
+	var last watchLine
+	for _, l := range out {
+		last = parseWatch(t, l)
+		if last.rev <= rev {
+			t.Errorf("revision %d after %d: %q", last.rev, rev, l)
+		}
+		rev = last.rev
+		got = append(got, last.changes...)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("changes printed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if last.status != "SUCCESS" {
+		t.Errorf("last line %+v, want SUCCESS", last)
+	}
+}
+
+// The README's "Try it in one minute", against a server that checks
+// credentials, with them in the environment as serve prints them: watch
+// follows the request that send replays to SUCCESS and exits 0; get prints
+// the snapshot.
+func TestTryItInOneMinute(t *testing.T) {
+	ts := testserver.Start(t, testserver.Secure)
+	t.Setenv("OTPLESS_WEBHOOK_URL", ts.HTTPURL+ts.WebhookPath)
+	t.Setenv("OTPLESS_EVENTS_API_KEY", testserver.AdminKey)
+	t.Setenv("OTPLESS_EVENTS_GRPC_ADDR", ts.GRPCAddr)
+
+	w := start(t, "watch", tryID)
+	if l := next(t, w.stdout); l != "rev 0   UNKNOWN      no event yet; waiting" {
+		t.Fatalf("first line %q, want the empty snapshot", l)
+	}
+
+	code, out, errOut := run(t, "send", tryScenario)
+	if code != 0 {
+		t.Fatalf("send: exit %d: %s", code, errOut)
+	}
+	sent := strings.Split(strings.TrimSpace(out), "\n")
+	if len(sent) != len(tryChanges) || sent[2] != "whatsapp-fails-then-sms.jsonl:3  "+tryID+"  rev 3  FAILED" {
+		t.Errorf("send printed:\n%s", out)
+	}
+
+	rest, code := w.rest(t)
+	if code != 0 {
+		t.Fatalf("watch: exit %d", code)
+	}
+	checkChanges(t, rest, tryChanges)
+
+	code, out, errOut = run(t, "get", tryID)
+	if code != 0 {
+		t.Fatalf("get: exit %d: %s", code, errOut)
+	}
+	snap := &eventsv1.AuthRequest{}
+	if err := protojson.Unmarshal([]byte(out), snap); err != nil || snap.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || snap.GetRevision() != 6 {
+		t.Fatalf("get printed %s (%v), want the SUCCESS snapshot at revision 6", out, err)
+	}
+
+	// Watching a finished request: one JSON line, the final snapshot.
+	code, out, errOut = run(t, "watch", "--json", tryID)
+	msg := &eventsv1.WatchRequestResponse{}
+	if code != 0 || strings.Count(out, "\n") != 1 || protojson.Unmarshal([]byte(out), msg) != nil || msg.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+		t.Fatalf("watch --json of a finished request: exit %d, %q %s", code, out, errOut)
+	}
+}
+
+// FAILED is not final: watch keeps following, and when --timeout passes it
+// exits non-zero saying the request is FAILED and why.
+func TestWatchFailedRequestTimesOut(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	bodies := scenarioBodies(t)
+	for _, b := range bodies[:3] { // INITIATED, SENT, FAILED
+		ts.Ingest(t, b)
+	}
+	code, out, errOut := run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "300ms", tryID)
+	if code == 0 {
+		t.Fatalf("watch of a FAILED request exited 0:\n%s", out)
+	}
+	if l := parseWatch(t, out); l.status != "FAILED" || l.rev != 3 {
+		t.Errorf("watch printed %q, want the FAILED snapshot", out)
+	}
+	if want := "timed out: request " + tryID + " is FAILED, not SUCCESS (WHATSAPP Mobile Number not OPT-IN (code 033, retriable once the user opts in))"; !strings.Contains(errOut, want) {
+		t.Errorf("stderr %q, want %q", errOut, want)
+	}
+}
+
+// When the server restarts, watch gets RECONNECT, waits for the server and
+// resumes after the last revision it printed: nothing missed, nothing twice.
+func TestWatchReconnectsAcrossRestart(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	bodies := scenarioBodies(t)
+	w := start(t, "watch", "--grpc-addr", ts.GRPCAddr, tryID)
+	out := []string{next(t, w.stdout)}
+	for _, b := range bodies[:2] {
+		ts.Ingest(t, b)
+		out = append(out, next(t, w.stdout))
+	}
+	ts.Restart(t)
+	for _, want := range []string{"the server asked to reconnect at revision 2", "reconnected; resuming after revision 2"} {
+		if l := next(t, w.stderr); l != want {
+			t.Fatalf("stderr %q, want %q", l, want)
+		}
+	}
+	for _, b := range bodies[2:] {
+		ts.Ingest(t, b)
+	}
+	rest, code := w.rest(t)
+	if code != 0 {
+		t.Fatalf("watch: exit %d", code)
+	}
+	checkChanges(t, append(out[1:], rest...), tryChanges)
+}
+
+func TestWatchAndGetErrors(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, testserver.Secure)
+	tests := []struct {
+		name     string
+		args     []string
+		mentions string
+	}{
+		{"get without a credential", []string{"get", "--grpc-addr", ts.GRPCAddr, tryID}, "Unauthenticated"},
+		{"watch without a credential", []string{"watch", "--grpc-addr", ts.GRPCAddr, tryID}, "Unauthenticated"},
+		{"no server", []string{"watch", "--grpc-addr", "127.0.0.1:1", tryID}, "Unavailable"},
+		{"no request id", []string{"get"}, "accepts 1 arg"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, _, errOut := run(t, tt.args...)
+			if code == 0 || !strings.Contains(errOut, tt.mentions) {
+				t.Fatalf("exit %d, stderr %q; want an error mentioning %q", code, errOut, tt.mentions)
+			}
+		})
+	}
+	// An API key from a file.
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte(testserver.AdminKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "--api-key-file", keyFile, "nobody")
+	if code == 0 || !strings.Contains(errOut, "request nobody: no event of this request has been stored (NotFound)") {
+		t.Fatalf("get of an unknown request: exit %d, %q", code, errOut)
+	}
+}
+
+func TestSend(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	sent := `{"data":{"requestId":"send-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	one := write("sent.json", sent+"\n")
+	mixed := write("mixed.jsonl", sent+"\n\n"+`{"hello":"world"}`+"\n")
+	other := write("body.txt", sent)
+
+	code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, one, one)
+	want := "sent.json  send-req  rev 1  SENT\nsent.json  send-req  rev 1  SENT  (duplicate)\n"
+	if code != 0 || out != want {
+		t.Fatalf("send twice: exit %d, %q (%s), want %q", code, out, errOut, want)
+	}
+	code, out, errOut = run(t, "send", "--http-addr", strings.TrimPrefix(ts.HTTPURL, "http://"), mixed)
+	if code == 0 || out != "mixed.jsonl:1  send-req  rev 1  SENT  (duplicate)\n" || !strings.Contains(errOut, "mixed.jsonl:3: HTTP 400: ") {
+		t.Fatalf("send with a bad line: exit %d, %q, %q; want the first line sent, then line 3 refused", code, out, errOut)
+	}
+	if code, _, errOut = run(t, "send", other); code == 0 || !strings.Contains(errOut, ".jsonl") {
+		t.Fatalf("send of a .txt: exit %d, %q", code, errOut)
+	}
+
+	// A server that checks credentials refuses a body without its key.
+	sec := testserver.Start(t, testserver.Secure)
+	if code, _, errOut = run(t, "send", "--http-addr", sec.HTTPURL, one); code == 0 || !strings.Contains(errOut, "HTTP 401") {
+		t.Fatalf("send without the webhook key: exit %d, %q", code, errOut)
+	}
+}
+
+func scenarioBodies(t *testing.T) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(tryScenario)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+}

@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+func newWatch(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		client  clientFlags
+		w       watcher
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "watch REQUEST_ID",
+		Short: "Follow a request live until it succeeds",
+		Long: "Follows the request over gRPC and prints one line per change (the snapshot first), or with\n" +
+			"--json the snapshot and each update as one JSON object per line.\n\n" +
+			"FAILED is not final (OTPLESS may fall back to another channel, or the user may still\n" +
+			"sign in), so watch keeps following until SUCCESS, --timeout, or an interrupt. It exits 0\n" +
+			"on SUCCESS and 1 otherwise, saying the last status. When the server ends the stream with\n" +
+			"RECONNECT (restart, maximum watch duration), or the connection drops mid-stream, watch\n" +
+			"reconnects and resumes after the last revision it printed, waiting for the server to be back.\n\n" +
+			"Needs an API key with the watch scope, or a watch token ($" + envAPIKey + " or --api-key-file),\n" +
+			"when the server checks credentials.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			conn, err := client.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			w.client = eventsv1.NewRequestServiceClient(conn)
+			w.id, w.stdout, w.stderr = args[0], stdout, stderr
+			return w.run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&w.json, "json", false, "print each change as a JSON object (a WatchRequestResponse) on its own line")
+	f.DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
+	client.register(f, true)
+	documentEnv(f)
+	return cmd
+}
+
+// watcher follows one request across reconnects.
+type watcher struct {
+	client         eventsv1.RequestServiceClient
+	id             string
+	json           bool
+	stdout, stderr io.Writer
+
+	after    int64                  // the last revision received
+	status   eventsv1.RequestStatus // the last status printed
+	last     *eventsv1.AuthRequest
+	received bool // the current stream has delivered a message
+}
+
+// errReconnect asks run to open the stream again; errStopped says the
+// timeout passed or the user interrupted.
+var (
+	errReconnect = errors.New("reconnect")
+	errStopped   = errors.New("stopped")
+)
+
+// stopped reports whether err ends the watch because of ctx (whose deadline
+// may reach the server, and come back as DEADLINE_EXCEEDED, before ctx
+// itself says so).
+func stopped(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded
+}
+
+func (w *watcher) run(ctx context.Context) error {
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
+	backoff := minBackoff
+	for attempt := 0; ; attempt++ {
+		w.received = false
+		err := w.follow(ctx, attempt > 0)
+		switch {
+		case err == nil:
+			return nil // SUCCESS
+		case errors.Is(err, errReconnect) && w.received:
+			backoff = minBackoff
+		case errors.Is(err, errReconnect):
+			// The stream failed before its first message: do not hammer.
+			select {
+			case <-ctx.Done():
+				return w.gaveUp(ctx)
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, maxBackoff)
+		case errors.Is(err, errStopped):
+			return w.gaveUp(ctx)
+		default:
+			return err
+		}
+	}
+}
+
+// follow reads one stream. It returns nil on SUCCESS and errReconnect when
+// the stream should be opened again after w.after.
+func (w *watcher) follow(ctx context.Context, again bool) error {
+	var opts []grpc.CallOption
+	if again {
+		opts = append(opts, grpc.WaitForReady(true)) // the server may be restarting
+	}
+	stream, err := w.client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: w.id, AfterRevision: w.after}, opts...)
+	if err != nil {
+		if stopped(ctx, err) {
+			return errStopped
+		}
+		return rpcError("watch "+w.id, err)
+	}
+	for {
+		msg, err := stream.Recv()
+		switch {
+		case errors.Is(err, io.EOF):
+			// The server ends streams after SUCCESS or RECONNECT only.
+			return fmt.Errorf("watch %s: the server ended the stream at %s", w.id, statusWord(w.status))
+		case err != nil && stopped(ctx, err):
+			return errStopped
+		case err != nil && (w.received || again) && status.Code(err) == codes.Unavailable:
+			fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
+			return errReconnect
+		case err != nil:
+			return rpcError("watch "+w.id, err)
+		}
+		if !w.received && again {
+			fmt.Fprintf(w.stderr, "reconnected; resuming after revision %d\n", w.after)
+		}
+		w.received = true
+		w.after = max(w.after, msg.GetRevision())
+		switch msg.GetType() {
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
+			w.status, w.last = msg.GetRequest().GetStatus(), msg.GetRequest()
+			if err := w.print(msg); err != nil {
+				return err
+			}
+			if w.status == eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+				return nil
+			}
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT:
+			fmt.Fprintf(w.stderr, "the server asked to reconnect at revision %d\n", w.after)
+			return errReconnect
+		}
+	}
+}
+
+// gaveUp is the error for a watch that ended without SUCCESS.
+func (w *watcher) gaveUp(ctx context.Context) error {
+	why := "timed out"
+	if errors.Is(ctx.Err(), context.Canceled) {
+		why = "interrupted"
+	}
+	msg := fmt.Sprintf("%s: request %s is %s, not SUCCESS", why, w.id, statusWord(w.status))
+	if w.status == eventsv1.RequestStatus_REQUEST_STATUS_FAILED {
+		if f := latestFailure(w.last); f != nil {
+			msg += " (" + f.GetChannel() + " " + failureText(f.GetError()) + ")"
+		}
+	}
+	return errors.New(msg)
+}
+
+func (w *watcher) print(msg *eventsv1.WatchRequestResponse) error {
+	if w.json {
+		b, err := protojson.Marshal(msg)
+		if err != nil {
+			return err
+		}
+		var line bytes.Buffer
+		if err := json.Compact(&line, b); err != nil {
+			return err
+		}
+		line.WriteByte('\n')
+		_, err = w.stdout.Write(line.Bytes())
+		return err
+	}
+	_, err := fmt.Fprintf(w.stdout, "rev %-3d %-12s %s\n", msg.GetRevision(), statusWord(msg.GetRequest().GetStatus()), describeChange(msg))
+	return err
+}
+
+func statusWord(s eventsv1.RequestStatus) string {
+	if s == eventsv1.RequestStatus_REQUEST_STATUS_UNSPECIFIED {
+		return "UNKNOWN"
+	}
+	return strings.TrimPrefix(s.String(), "REQUEST_STATUS_")
+}
+
+// describeChange puts a SNAPSHOT or UPDATE in words.
+func describeChange(msg *eventsv1.WatchRequestResponse) string {
+	r := msg.GetRequest()
+	if msg.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT {
+		if r.GetRevision() == 0 {
+			return "no event yet; waiting"
+		}
+		var chans []string
+		for _, c := range r.GetChannels() {
+			chans = append(chans, c.GetChannel()+" "+strings.TrimPrefix(c.GetStatus().String(), "DELIVERY_STATUS_"))
+		}
+		s := fmt.Sprintf("snapshot of %d events", r.GetEventCount())
+		if len(chans) > 0 {
+			s += ": " + strings.Join(chans, ", ")
+		}
+		return s
+	}
+	parts := make([]string, len(msg.GetEvents()))
+	for i, e := range msg.GetEvents() {
+		parts[i] = clock(e.GetEventTime()) + " " + describeEvent(e)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// clock is an event time, UTC to the millisecond.
+func clock(ts *timestamppb.Timestamp) string {
+	return ts.AsTime().UTC().Format("2006-01-02T15:04:05.000Z")
+}
+
+func describeEvent(e *eventsv1.Event) string {
+	switch e.GetStatus() {
+	case "INITIATED":
+		s := "INITIATED"
+		if m := e.GetAuthMethod(); m != "" {
+			s += " " + m
+		}
+		if ch := e.GetAuthChannels(); len(ch) > 0 {
+			s += " via " + strings.Join(ch, ", ")
+		}
+		return s
+	case "FALLBACK":
+		from := e.GetFromChannel()
+		if from == "" {
+			from = "?"
+		}
+		return "FALLBACK " + from + " → " + e.GetToChannel()
+	case "FAILED":
+		return e.GetChannel() + " FAILED: " + failureText(e.GetError())
+	}
+	if e.GetChannel() != "" {
+		return e.GetChannel() + " " + e.GetStatus()
+	}
+	return e.GetStatus()
+}
+
+var retriableWords = map[eventsv1.Retriable]string{
+	eventsv1.Retriable_RETRIABLE_YES:          "retriable",
+	eventsv1.Retriable_RETRIABLE_NO:           "not retriable",
+	eventsv1.Retriable_RETRIABLE_AFTER_OPT_IN: "retriable once the user opts in",
+	eventsv1.Retriable_RETRIABLE_CASE_BY_CASE: "retriable case by case",
+}
+
+// failureText puts a failure in words: what the code means, the code, and
+// whether retrying can help.
+func failureText(e *eventsv1.ErrorInfo) string {
+	words := e.GetDescription()
+	if words == "" {
+		words = e.GetMessage()
+	}
+	if words == "" {
+		words = "unknown failure"
+	}
+	var notes []string
+	if e.GetCode() != "" {
+		notes = append(notes, "code "+e.GetCode())
+	}
+	if r := retriableWords[e.GetRetriable()]; r != "" {
+		notes = append(notes, r)
+	}
+	if len(notes) > 0 {
+		words += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return words
+}
+
+// latestFailure is the last failure on the request's active channel.
+func latestFailure(r *eventsv1.AuthRequest) *eventsv1.Failure {
+	fs := r.GetFailures()
+	for i := len(fs) - 1; i >= 0; i-- {
+		if fs[i].GetChannel() == r.GetActiveChannel() {
+			return fs[i]
+		}
+	}
+	return nil
+}
