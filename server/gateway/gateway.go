@@ -2,8 +2,11 @@
 // RequestService (proxied over a client connection to our own gRPC server,
 // since the in-process registration cannot stream) and the OTPLESS webhook
 // route, which reads the body once so the original bytes can be stored.
+// For browsers it adds Server-Sent Events and CORS on the watch route
+// (sse.go, cors.go) and the status page at /ui/ (package ui).
 //
-// It may import the generated API, server/api and server/normalize.
+// It may import the generated API, server/api, server/auth,
+// server/normalize and server/gateway/ui.
 package gateway
 
 import (
