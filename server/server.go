@@ -28,10 +28,12 @@ import (
 	"github.com/otpless-events/otpless-events/server/api"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/broker/pgnotify"
 	"github.com/otpless-events/otpless-events/server/gateway"
 	"github.com/otpless-events/otpless-events/server/observe"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/groupcommit"
+	"github.com/otpless-events/otpless-events/server/store/pgstore"
 	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
 )
 
@@ -43,9 +45,14 @@ type Config struct {
 	HTTPAddr string
 	// DataDir holds the embedded database when Store is empty.
 	DataDir string
-	// Store selects the backend: "" (SQLite in DataDir), "sqlite://PATH" or a
-	// plain file path.
+	// Store selects the backend: "" (SQLite in DataDir), "sqlite://PATH", a
+	// plain file path, or "postgres://…" (also postgresql://) for PostgreSQL,
+	// which several replicas can share; its search_path parameter picks the
+	// schema.
 	Store string
+	// HealthInterval is how often the store is pinged; readiness is
+	// NOT_SERVING while that fails.
+	HealthInterval time.Duration
 	// WatchHeartbeat is the heartbeat interval of quiet watch streams.
 	WatchHeartbeat time.Duration
 	// MaxWatchDuration ends a watch stream with RECONNECT after this long.
@@ -137,6 +144,7 @@ func DefaultConfig() Config {
 		MaxBatch:              256,
 		MaxBodyBytes:          gateway.DefaultMaxBodyBytes,
 		ShutdownGrace:         10 * time.Second,
+		HealthInterval:        time.Second,
 		PIIRetention:          7 * 24 * time.Hour,
 		RetentionInterval:     time.Hour,
 		HTTPReadHeaderTimeout: 10 * time.Second,
@@ -164,6 +172,7 @@ func (c *Config) Validate() error {
 		name string
 		v    time.Duration
 	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace},
+		{"health interval", c.HealthInterval},
 		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval},
 		{"HTTP read-header timeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", c.HTTPReadTimeout}, {"HTTP idle timeout", c.HTTPIdleTimeout}} {
 		if d.v <= 0 {
@@ -187,8 +196,11 @@ func parseStore(dsn string) (backend, location string, err error) {
 		return "sqlite", "", nil
 	case strings.HasPrefix(dsn, "sqlite://"):
 		return "sqlite", strings.TrimPrefix(dsn, "sqlite://"), nil
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return "postgres", dsn, nil
 	case strings.Contains(dsn, "://"):
-		return "", "", fmt.Errorf("store %q: unsupported scheme (want sqlite:// or a file path)", dsn)
+		scheme, _, _ := strings.Cut(dsn, "://") // not the whole DSN: it may hold a password
+		return "", "", fmt.Errorf("store scheme %q is not supported (want sqlite://, postgres:// or a file path)", scheme)
 	default:
 		return "sqlite", dsn, nil
 	}
@@ -201,11 +213,15 @@ type Server struct {
 	store  store.Store
 	writer *groupcommit.Writer
 	broker *broker.Broker
-	purge  *retention // nil when the store cannot purge
+	purge  *retention      // nil when the store cannot purge
+	relay  *pgnotify.Relay // nil unless the store is shared (PostgreSQL)
 	health *health.Server
 	grpc   *grpc.Server
 	http   *http.Server
 	conn   *grpc.ClientConn
+
+	// stopHealth ends the loop that pings the store; nil before Run.
+	stopHealth func()
 
 	obs        *observe.Observer
 	metrics    *http.Server // nil without Config.MetricsAddr
@@ -235,10 +251,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}()
 
 	var err error
-	if s.store, err = openStore(ctx, cfg); err != nil {
+	if s.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	s.broker = broker.New(0)
+	publish := s.broker.Publish
+	if pg, ok := s.store.(*pgstore.Store); ok {
+		// Replicas share the database: watchers here follow every
+		// replica's commits, this one's included, through the relay.
+		s.relay = pgnotify.New(pg, s.broker, pgnotify.Options{Logger: log})
+		publish = s.relay.OnCommit
+	}
 	if p, ok := s.store.(store.Purger); ok {
 		s.purge = &retention{purger: p, keep: cfg.PIIRetention, interval: cfg.RetentionInterval, log: log.With("component", "retention")}
 	} else {
@@ -247,7 +270,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.writer = groupcommit.New(s.store, groupcommit.Options{
 		QueueSize: cfg.WriteQueue,
 		MaxBatch:  cfg.MaxBatch,
-		OnCommit:  s.broker.Publish,
+		OnCommit:  publish,
 		Observe:   s.obs.ObserveCommit,
 		Logger:    log.With("component", "writer"),
 	})
@@ -326,10 +349,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func openStore(ctx context.Context, cfg Config) (store.Store, error) {
-	_, path, err := parseStore(cfg.Store)
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, error) {
+	backend, path, err := parseStore(cfg.Store)
 	if err != nil {
 		return nil, err
+	}
+	if backend == "postgres" {
+		st, err := pgstore.Open(ctx, path, pgstore.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
 	}
 	if path == "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -358,6 +388,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeAll()
 		return fmt.Errorf("start writer: %w", err)
 	}
+	if s.relay != nil {
+		if err := s.relay.Start(context.WithoutCancel(ctx)); err != nil {
+			s.closeAll()
+			return fmt.Errorf("start relay: %w", err)
+		}
+	}
 	errc := make(chan error, 3)
 	s.serveMetrics(errc)
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
@@ -373,6 +409,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.purge.start()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.stopHealth = s.watchStore()
 	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()))
 
 	var serveErr error
@@ -388,6 +425,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) shutdown() error {
 	grace, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
 	defer cancel()
+	if s.stopHealth != nil {
+		s.stopHealth()
+	}
 	s.health.Shutdown()
 	s.broker.Close()
 	var errs []error
@@ -408,9 +448,48 @@ func (s *Server) shutdown() error {
 	if s.purge != nil {
 		s.purge.stop()
 	}
+	if s.relay != nil {
+		s.relay.Stop()
+	}
 	s.closeAll()
 	s.log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// watchStore pings the store every HealthInterval and sets readiness from
+// it: NOT_SERVING while the ping fails, SERVING again once it succeeds. It
+// returns a function that stops the loop and waits for it.
+func (s *Server) watchStore() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(s.cfg.HealthInterval)
+		defer tick.Stop()
+		healthy := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.HealthInterval)
+			err := s.store.Ping(pctx)
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil && healthy:
+				s.log.Warn("store unreachable; not ready", "error", err)
+				s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_NOT_SERVING)
+			case err == nil && !healthy:
+				s.log.Info("store reachable again; ready")
+				s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
+			}
+			healthy = err == nil
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // closeAll releases what New opened.

@@ -1,0 +1,181 @@
+package pgnotify_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/broker/pgnotify"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/pgstore"
+	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
+)
+
+func openStore(t *testing.T, dsn string) *pgstore.Store {
+	t.Helper()
+	s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// replica is a store with its broker and relay, as server wires them.
+type replica struct {
+	store  *pgstore.Store
+	broker *broker.Broker
+	relay  *pgnotify.Relay
+}
+
+func startReplica(t *testing.T, dsn string) *replica {
+	t.Helper()
+	s := openStore(t, dsn)
+	b := broker.New(1 << 14)
+	r := pgnotify.New(s, b, pgnotify.Options{
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop(); b.Close() })
+	return &replica{s, b, r}
+}
+
+// commit commits one event of id on the replica and hands the changes to
+// its relay, as the group-commit writer does.
+func (rp *replica) commit(t *testing.T, id, eventID string) {
+	now := time.Now()
+	e := &eventsv1.Event{
+		EventId: eventID, RequestId: id, Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY, Status: "SENT", Channel: "SMS",
+		EventTime: timestamppb.New(now), ReceiveTime: timestamppb.New(now),
+	}
+	_, changes, err := rp.store.Commit(context.Background(), []store.Webhook{{Body: []byte("{}"), Received: now, Events: []*eventsv1.Event{e}}})
+	if err != nil {
+		t.Errorf("commit %s: %v", eventID, err)
+		return
+	}
+	rp.relay.OnCommit(changes)
+}
+
+// follow collects a subscription's changes until the request reaches rev,
+// and checks that each event came once, in revision order.
+func follow(t *testing.T, sub *broker.Subscription, rev int64, wantEvents int) *eventsv1.AuthRequest {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	var (
+		last int64
+		snap *eventsv1.AuthRequest
+		seen = map[string]int{}
+	)
+	for last < rev {
+		select {
+		case <-sub.Ready():
+		case <-deadline:
+			t.Fatalf("stuck at revision %d, want %d", last, rev)
+		}
+		changes, dropped := sub.Next()
+		if dropped {
+			t.Fatal("the subscription dropped changes")
+		}
+		for _, c := range changes {
+			if c.Request.GetRevision() <= last {
+				t.Fatalf("revision %d after %d", c.Request.GetRevision(), last)
+			}
+			last, snap = c.Request.GetRevision(), c.Request
+			for _, e := range c.Events {
+				seen[e.GetEventId()]++
+			}
+		}
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times", id, n)
+		}
+	}
+	if len(seen) != wantEvents {
+		t.Errorf("%d events delivered, want %d", len(seen), wantEvents)
+	}
+	return snap
+}
+
+// TestReplicasWatchEachOther: two replicas commit events of the same
+// requests at once; the watchers on each replica get every change, whichever
+// replica made it, each event once, in revision order, ending at the stored
+// snapshot.
+func TestReplicasWatchEachOther(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	replicas := []*replica{startReplica(t, dsn), startReplica(t, dsn)}
+	ids := []string{"w-a", "w-b", "w-c"}
+	subs := map[string][]*broker.Subscription{}
+	for _, id := range ids {
+		for _, rp := range replicas {
+			sub := rp.broker.Subscribe(id)
+			t.Cleanup(sub.Close)
+			subs[id] = append(subs[id], sub)
+		}
+	}
+	const perWriter = 20
+	var wg sync.WaitGroup
+	for i, rp := range replicas {
+		for w := range 3 {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(i), uint64(w)))
+				for k := range perWriter {
+					id := ids[rng.IntN(len(ids))]
+					rp.commit(t, id, fmt.Sprintf("%s-%d-%d-%d", id, i, w, k))
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for _, id := range ids {
+		want, err := replicas[0].store.GetRequest(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, sub := range subs[id] {
+			got := follow(t, sub, want.GetRevision(), int(want.GetEventCount()))
+			if !proto.Equal(got, want) {
+				t.Errorf("%s on replica %d ended at\n%s\nwant\n%s", id, i, protojson.Format(got), protojson.Format(want))
+			}
+		}
+	}
+}
+
+// TestReconnect: while a replica's connection to the database is cut,
+// another commits; once it is back, the replica's relay reconnects and its
+// watchers get those changes without any further commit.
+func TestReconnect(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cut := startReplica(t, pgtest.WithAddr(t, dsn, proxy.Addr()))
+	other := startReplica(t, dsn)
+	sub := cut.broker.Subscribe("rc")
+	defer sub.Close()
+
+	other.commit(t, "rc", "rc-1")
+	follow(t, sub, 1, 1)
+
+	proxy.Cut()
+	other.commit(t, "rc", "rc-2")
+	other.commit(t, "rc", "rc-3")
+	proxy.Restore()
+	got := follow(t, sub, 3, 2)
+	if got.GetEventCount() != 3 {
+		t.Errorf("snapshot after reconnecting has %d events, want 3", got.GetEventCount())
+	}
+}

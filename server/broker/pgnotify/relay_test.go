@@ -1,0 +1,262 @@
+package pgnotify
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// fakeStore is a store.ChangeReader over a log of commits, each adding one
+// event. It counts reads.
+type fakeStore struct {
+	mu    sync.Mutex
+	log   map[string][]*eventsv1.Event // per request: the event of revision i+1
+	reads int
+}
+
+func newFakeStore() *fakeStore { return &fakeStore{log: map[string][]*eventsv1.Event{}} }
+
+// commit adds an event to id and returns the change.
+func (f *fakeStore) commit(id string) store.Change {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rev := len(f.log[id]) + 1
+	e := &eventsv1.Event{RequestId: id, EventId: fmt.Sprintf("%s-%d", id, rev)}
+	f.log[id] = append(f.log[id], e)
+	return store.Change{Request: &eventsv1.AuthRequest{RequestId: id, Revision: int64(rev)}, Events: []*eventsv1.Event{e}}
+}
+
+func (f *fakeStore) ChangesSince(_ context.Context, since map[string]int64) ([]store.Change, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads++
+	var out []store.Change
+	for id, after := range since {
+		evs := f.log[id]
+		if int64(len(evs)) > after {
+			out = append(out, store.Change{
+				Request: &eventsv1.AuthRequest{RequestId: id, Revision: int64(len(evs))},
+				Events:  slices.Clone(evs[after:]),
+			})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeStore) readCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads
+}
+
+func (f *fakeStore) ListenConfig() *pgx.ConnConfig { return nil }
+func (f *fakeStore) Channel() string               { return "test" }
+
+// startWorker runs the relay's worker only (no database connection).
+func startWorker(t *testing.T, r *Relay) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.work(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// follower collects what a subscription receives.
+type follower struct {
+	sub *broker.Subscription
+	got []store.Change
+}
+
+// waitFor takes changes until the request reaches rev.
+func (f *follower) waitFor(t *testing.T, rev int64) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for len(f.got) == 0 || f.got[len(f.got)-1].Request.GetRevision() < rev {
+		select {
+		case <-f.sub.Ready():
+			changes, dropped := f.sub.Next()
+			if dropped {
+				t.Fatal("the subscription dropped changes")
+			}
+			f.got = append(f.got, changes...)
+		case <-deadline:
+			t.Fatalf("no change up to revision %d; got %v", rev, revisions(f.got))
+		}
+	}
+}
+
+// check: revisions strictly increase and the events are those of revisions
+// 1..n, each once, in order.
+func (f *follower) check(t *testing.T, id string, n int) {
+	t.Helper()
+	var last int64
+	var events []string
+	for _, c := range f.got {
+		if c.Request.GetRevision() <= last {
+			t.Errorf("revisions %v do not increase", revisions(f.got))
+		}
+		last = c.Request.GetRevision()
+		for _, e := range c.Events {
+			events = append(events, e.GetEventId())
+		}
+	}
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("%s-%d", id, i+1))
+	}
+	if !slices.Equal(events, want) {
+		t.Errorf("events %v, want %v", events, want)
+	}
+}
+
+func revisions(changes []store.Change) []int64 {
+	var out []int64
+	for _, c := range changes {
+		out = append(out, c.Request.GetRevision())
+	}
+	return out
+}
+
+// TestLocalAndRemoteCommits: the first change of a watched request is read
+// once its notification comes; later local commits that follow on are
+// published without a read; a remote commit in between is read.
+func TestLocalAndRemoteCommits(t *testing.T) {
+	t.Parallel()
+	fs, b := newFakeStore(), broker.New(1000)
+	r := New(fs, b, Options{})
+	startWorker(t, r)
+	f := &follower{sub: b.Subscribe("r")}
+	defer f.sub.Close()
+
+	c1 := fs.commit("r")
+	r.OnCommit([]store.Change{c1}) // not known yet: waits for the notification
+	if got, _ := f.sub.Next(); len(got) != 0 || fs.readCount() != 0 {
+		t.Fatal("published or read before any notification")
+	}
+	r.notified("r", 1)
+	f.waitFor(t, 1)
+	reads := fs.readCount()
+
+	r.OnCommit([]store.Change{fs.commit("r")}) // follows on: published at once
+	f.waitFor(t, 2)
+	r.notified("r", 2) // its own notification: nothing to do
+	if got := fs.readCount(); got != reads {
+		t.Errorf("%d reads for a commit that followed on, want none", got-reads)
+	}
+
+	fs.commit("r")                             // another replica's, notified late
+	r.OnCommit([]store.Change{fs.commit("r")}) // does not follow on from 2: read
+	f.waitFor(t, 4)
+	r.notified("r", 3)
+	r.notified("r", 4)
+	r.OnCommit([]store.Change{fs.commit("r")})
+	f.waitFor(t, 5)
+	f.check(t, "r", 5)
+}
+
+// TestUnwatchedRequestsAreNotRead: notifications and commits of requests
+// nobody here watches cost nothing.
+func TestUnwatchedRequestsAreNotRead(t *testing.T) {
+	t.Parallel()
+	fs, b := newFakeStore(), broker.New(0)
+	r := New(fs, b, Options{})
+	startWorker(t, r)
+	watched := &follower{sub: b.Subscribe("w")}
+	defer watched.sub.Close()
+	for i := range 100 {
+		c := fs.commit("other")
+		r.OnCommit([]store.Change{c})
+		r.notified("other", int64(i+1))
+	}
+	fs.commit("w")
+	r.notified("w", 1) // a read happens, for w only
+	watched.waitFor(t, 1)
+	if n := fs.readCount(); n != 1 {
+		t.Errorf("%d reads, want 1 (for the watched request)", n)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.published["other"]; ok {
+		t.Error("the relay keeps state for an unwatched request")
+	}
+}
+
+// TestResyncReadsEveryWatchedRequest: after (re)connecting, a watched request
+// changed while no notification could arrive is read and published.
+func TestResyncReadsEveryWatchedRequest(t *testing.T) {
+	t.Parallel()
+	fs, b := newFakeStore(), broker.New(0)
+	r := New(fs, b, Options{})
+	startWorker(t, r)
+	known, unknown := &follower{sub: b.Subscribe("k")}, &follower{sub: b.Subscribe("u")}
+	defer known.sub.Close()
+	defer unknown.sub.Close()
+	fs.commit("k")
+	r.notified("k", 1)
+	known.waitFor(t, 1)
+
+	// Notifications lost while disconnected.
+	fs.commit("k")
+	fs.commit("u")
+	fs.commit("u")
+	r.mu.Lock()
+	r.resync = true
+	r.signal()
+	r.mu.Unlock()
+	known.waitFor(t, 2)
+	unknown.waitFor(t, 2)
+	known.check(t, "k", 2)
+	unknown.check(t, "u", 2)
+}
+
+// TestInterleavedReplicas: commits of this replica and of others on one
+// request, with each notification arriving in commit order but at any time
+// after its commit, and this replica's OnCommit racing them. The watcher
+// gets every event once, in revision order.
+func TestInterleavedReplicas(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, 7))
+			fs, b := newFakeStore(), broker.New(1000)
+			r := New(fs, b, Options{})
+			startWorker(t, r)
+			f := &follower{sub: b.Subscribe("r")}
+			defer f.sub.Close()
+
+			const n = 60
+			notifiedUpTo := 0
+			for rev := 1; rev <= n; rev++ {
+				c := fs.commit("r")
+				if rng.IntN(2) == 0 { // a local commit
+					r.OnCommit([]store.Change{c})
+				}
+				// Deliver some of the notifications due, in order.
+				for notifiedUpTo < rev && rng.IntN(3) > 0 {
+					notifiedUpTo++
+					r.notified("r", int64(notifiedUpTo))
+				}
+				if rng.IntN(4) == 0 {
+					runtime.Gosched() // let the worker run between commits
+				}
+			}
+			for notifiedUpTo < n {
+				notifiedUpTo++
+				r.notified("r", int64(notifiedUpTo))
+			}
+			f.waitFor(t, n)
+			f.check(t, "r", n)
+		})
+	}
+}
