@@ -167,6 +167,11 @@ func (r *Relay) OnCommit(changes []store.Change) {
 		}
 		p, known := r.published[id]
 		switch {
+		case !known && rev == 1:
+			// The request's first change: it carries all its events,
+			// which no watcher can have yet.
+			out = append(out, c)
+			r.published[id] = rev
 		case !known:
 			// Nothing published yet: where this commit's watchers
 			// started is not known, so wait for its notification, which

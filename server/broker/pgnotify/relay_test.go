@@ -128,8 +128,9 @@ func revisions(changes []store.Change) []int64 {
 }
 
 // TestLocalAndRemoteCommits: the first change of a watched request is read
-// once its notification comes; later local commits that follow on are
-// published without a read; a remote commit in between is read.
+// once its notification comes (unless it is the request's very first);
+// later local commits that follow on are published without a read; a
+// remote commit in between is read.
 func TestLocalAndRemoteCommits(t *testing.T) {
 	t.Parallel()
 	fs, b := newFakeStore(), broker.New(1000)
@@ -138,30 +139,52 @@ func TestLocalAndRemoteCommits(t *testing.T) {
 	f := &follower{sub: b.Subscribe("r")}
 	defer f.sub.Close()
 
-	c1 := fs.commit("r")
-	r.OnCommit([]store.Change{c1}) // not known yet: waits for the notification
+	fs.commit("r")                             // another replica's, not notified yet
+	r.OnCommit([]store.Change{fs.commit("r")}) // not known yet: waits for the notifications
 	if got, _ := f.sub.Next(); len(got) != 0 || fs.readCount() != 0 {
 		t.Fatal("published or read before any notification")
 	}
 	r.notified("r", 1)
-	f.waitFor(t, 1)
+	f.waitFor(t, 2)
+	r.notified("r", 2) // nothing more to do
 	reads := fs.readCount()
 
 	r.OnCommit([]store.Change{fs.commit("r")}) // follows on: published at once
-	f.waitFor(t, 2)
-	r.notified("r", 2) // its own notification: nothing to do
+	f.waitFor(t, 3)
+	r.notified("r", 3) // its own notification: nothing to do
 	if got := fs.readCount(); got != reads {
 		t.Errorf("%d reads for a commit that followed on, want none", got-reads)
 	}
 
 	fs.commit("r")                             // another replica's, notified late
-	r.OnCommit([]store.Change{fs.commit("r")}) // does not follow on from 2: read
-	f.waitFor(t, 4)
-	r.notified("r", 3)
-	r.notified("r", 4)
-	r.OnCommit([]store.Change{fs.commit("r")})
+	r.OnCommit([]store.Change{fs.commit("r")}) // does not follow on from 3: read
 	f.waitFor(t, 5)
-	f.check(t, "r", 5)
+	r.notified("r", 4)
+	r.notified("r", 5)
+	r.OnCommit([]store.Change{fs.commit("r")})
+	f.waitFor(t, 6)
+	f.check(t, "r", 6)
+}
+
+// TestFirstChangeAtOnce: a request's first change, committed here, is
+// published without waiting for its notification or reading.
+func TestFirstChangeAtOnce(t *testing.T) {
+	t.Parallel()
+	fs, b := newFakeStore(), broker.New(0)
+	r := New(fs, b, Options{})
+	startWorker(t, r)
+	f := &follower{sub: b.Subscribe("r")}
+	defer f.sub.Close()
+	r.OnCommit([]store.Change{fs.commit("r")})
+	if got, _ := f.sub.Next(); len(got) != 1 {
+		t.Fatalf("first change: published %v, want it at once", got)
+	}
+	r.notified("r", 1)
+	r.OnCommit([]store.Change{fs.commit("r")})
+	f.sub.Next()
+	if n := fs.readCount(); n != 0 {
+		t.Errorf("%d reads, want none", n)
+	}
 }
 
 // TestUnwatchedRequestsAreNotRead: notifications and commits of requests
