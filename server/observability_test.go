@@ -81,7 +81,7 @@ type opsServer struct {
 
 // startOps runs a server with metrics on, authentication off and every log
 // line kept; before, when set, runs between New and Run.
-func startOps(t *testing.T, mutate func(*Config), before func(*Server)) *opsServer {
+func startOps(t testing.TB, mutate func(*Config), before func(*Server)) *opsServer {
 	t.Helper()
 	logs := &logBuffer{}
 	cfg := DefaultConfig()
@@ -114,12 +114,12 @@ func startOps(t *testing.T, mutate func(*Config), before func(*Server)) *opsServ
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	s := &opsServer{Server: srv, httpURL: "http://" + srv.HTTPAddr().String(), metricsURL: "http://" + srv.MetricsAddr().String(), conn: conn, logs: logs}
+	s := &opsServer{Server: srv, httpURL: "http://" + srv.HTTPAddr().String(), metricsURL: "http://" + addrString(srv.MetricsAddr()), conn: conn, logs: logs}
 	s.waitReady(t)
 	return s
 }
 
-func (s *opsServer) waitReady(t *testing.T) {
+func (s *opsServer) waitReady(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

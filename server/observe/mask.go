@@ -88,11 +88,23 @@ func masker(key string) func(string) string {
 	return nil
 }
 
+// normalizeKey lower-cases key and drops '_' and '-': "phone_number" and
+// "phoneNumber" are both "phonenumber".
 func normalizeKey(key string) string {
 	if !strings.ContainsAny(key, "_-ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
 		return key
 	}
-	return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(key))
+	b := make([]byte, 0, len(key))
+	for i := range len(key) {
+		switch c := key[i]; {
+		case c == '_' || c == '-':
+		case 'A' <= c && c <= 'Z':
+			b = append(b, c+'a'-'A')
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 // MaskAttr masks the value of a with personal data or secrets in it: keys

@@ -44,6 +44,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newWatch(stdout, stderr))
 	root.AddCommand(newGet(stdout))
 	root.AddCommand(newSend(stdout))
+	root.AddCommand(newBench(stdout, stderr))
 	return root
 }
 

@@ -1,0 +1,349 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/otpless-events/otpless-events/internal/loadgen"
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+// benchFlags are bench's settings.
+type benchFlags struct {
+	client      clientFlags
+	httpAddr    string
+	rate        float64
+	concurrency int
+	duration    time.Duration
+	requests    int
+	watchers    int
+	watchConns  int
+	mix         loadgen.Mix
+	seed        uint64
+	self        bool
+	ceiling     bool
+	serverPID   int
+	json        bool
+}
+
+func newBench(stdout, stderr io.Writer) *cobra.Command {
+	f := benchFlags{httpAddr: server.DefaultConfig().HTTPAddr, mix: loadgen.DefaultMix}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Drive realistic OTPLESS traffic at a server and measure it",
+		Long: "Posts whole auth requests (INITIATED, delivery steps, fallbacks, retries, reordering) to the\n" +
+			"webhook route, open loop at --rate webhooks/s (latency from the intended send time) or, with\n" +
+			"--rate 0, closed loop with --concurrency senders, while --watchers gRPC watchers follow the\n" +
+			"requests. Reports webhooks/s, ingest and webhook-to-watcher latency, errors, and the server's\n" +
+			"memory when it is a local process (--server-pid, or --self to run one in this process).\n" +
+			"--ceiling first runs the same traffic against a bare net/http handler and reports the\n" +
+			"server's throughput as a share of it.\n\n" +
+			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else the\n" +
+			"default address. Watchers need an API key with the watch scope ($" + envAPIKey + " or\n" +
+			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
+			"rate limit and watch limits are far below benchmark load: raise them (--webhook-rate 0,\n" +
+			"--max-watches-per-credential 0).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			explicit := cmd.Flags().Changed("http-addr")
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return f.run(cmd.Context(), explicit, stdout, stderr)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.httpAddr, "http-addr", f.httpAddr, "HTTP address of the server (host:port, or a base URL)")
+	f.client.register(fs, true)
+	fs.Float64Var(&f.rate, "rate", 0, "webhooks per second, open loop; 0: closed loop")
+	fs.IntVar(&f.concurrency, "concurrency", 64, "senders: the most webhooks in flight")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to send")
+	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once (default: the larger of --watchers and 1000)")
+	fs.IntVar(&f.watchers, "watchers", 0, "gRPC watchers, each following one request in progress after another")
+	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
+	fs.Float64Var(&f.mix.Fallback, "fallbacks", f.mix.Fallback, "share of requests that fall back from WhatsApp to SMS")
+	fs.Float64Var(&f.mix.Duplicate, "duplicates", f.mix.Duplicate, "share of webhooks retried")
+	fs.Float64Var(&f.mix.Reorder, "reorder", f.mix.Reorder, "share of neighbouring webhooks that arrive swapped")
+	fs.Uint64Var(&f.seed, "seed", 1, "seed of the traffic's shape")
+	fs.BoolVar(&f.self, "self", false, "run the server in this process (fresh data directory, generated credentials, no rate limits)")
+	fs.BoolVar(&f.ceiling, "ceiling", false, "also measure a bare net/http handler with the same traffic")
+	fs.IntVar(&f.serverPID, "server-pid", 0, "pid of the local server process, to report its memory")
+	fs.BoolVar(&f.json, "json", false, "print the report as JSON")
+	documentEnv(fs)
+	return cmd
+}
+
+// benchReport is what bench prints.
+type benchReport struct {
+	Target      string          `json:"target"`
+	Rate        float64         `json:"rate,omitempty"`
+	Concurrency int             `json:"concurrency"`
+	Duration    time.Duration   `json:"duration_ns"`
+	Watchers    int             `json:"watchers"`
+	CPUs        int             `json:"cpus"`
+	Result      *loadgen.Result `json:"result"`
+	// Ceiling is the bare handler's run; CeilingRatio the server's
+	// throughput as a share of it.
+	Ceiling      *loadgen.Result `json:"ceiling,omitempty"`
+	CeilingRatio float64         `json:"ceiling_ratio,omitempty"`
+	// Memory of the server process: before the watchers, with every
+	// watcher subscribed and idle, and at the end.
+	Memory *benchMemory `json:"server_memory,omitempty"`
+}
+
+type benchMemory struct {
+	PID          int            `json:"pid"`
+	Self         bool           `json:"self"`
+	Start        loadgen.Memory `json:"start"`
+	WatchersIdle loadgen.Memory `json:"watchers_idle"`
+	End          loadgen.Memory `json:"end"`
+}
+
+func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr io.Writer) error {
+	if f.self && f.serverPID != 0 {
+		return errors.New("--self and --server-pid: the server of --self is this process")
+	}
+	url := webhookURL(f.httpAddr, f.client.tls || f.client.tlsCAFile != "")
+	if u := os.Getenv(envWebhookURL); u != "" && !explicitAddr {
+		url = u
+	}
+	dial := f.client.dial
+	if f.self {
+		self, err := startSelf(ctx, stderr)
+		if err != nil {
+			return err
+		}
+		defer self.stop()
+		url, f.serverPID = self.webhookURL, os.Getpid()
+		dial = func() (*grpc.ClientConn, error) {
+			return grpc.NewClient(self.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: self.apiKey, Insecure: true}))
+		}
+	}
+	tlsCfg, err := f.client.tlsConfig()
+	if err != nil {
+		return err
+	}
+	cfg := loadgen.Config{
+		WebhookURL:  url,
+		TLS:         tlsCfg,
+		Rate:        f.rate,
+		Concurrency: f.concurrency,
+		Duration:    f.duration,
+		Requests:    f.requests,
+		Watchers:    f.watchers,
+		Mix:         f.mix,
+		Seed:        f.seed,
+	}
+	report := &benchReport{Target: redactURL(url), Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Watchers: f.watchers, CPUs: runtime.GOMAXPROCS(0)}
+
+	if f.ceiling {
+		c, err := loadgen.StartCeiling()
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		bare := cfg
+		bare.WebhookURL, bare.TLS, bare.Watchers = c.URL, nil, 0
+		report.Ceiling, err = loadgen.Run(ctx, bare)
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+	}
+
+	if f.watchers > 0 {
+		for range max(f.watchConns, 1) {
+			conn, err := dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			cfg.WatchConns = append(cfg.WatchConns, conn)
+		}
+	}
+	if f.serverPID != 0 {
+		report.Memory = &benchMemory{PID: f.serverPID, Self: f.self}
+		if report.Memory.Start, err = loadgen.ReadMemory(f.serverPID); err != nil {
+			return fmt.Errorf("--server-pid: %w", err)
+		}
+		cfg.WatchersReady = func() { report.Memory.WatchersIdle, _ = loadgen.ReadMemory(f.serverPID) }
+	}
+	if report.Result, err = loadgen.Run(ctx, cfg); err != nil {
+		return err
+	}
+	if report.Memory != nil {
+		report.Memory.End, _ = loadgen.ReadMemory(f.serverPID)
+	}
+	if report.Ceiling != nil && report.Ceiling.Throughput > 0 {
+		report.CeilingRatio = report.Result.Throughput / report.Ceiling.Throughput
+	}
+	if f.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(report)
+	}
+	report.print(stdout)
+	return nil
+}
+
+// redactURL drops a webhook key or user:password from a URL for the report.
+func redactURL(url string) string {
+	if scheme, rest, ok := strings.Cut(url, "://"); ok {
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			rest = rest[at+1:]
+		}
+		url = scheme + "://" + rest
+	}
+	if base, key, ok := strings.Cut(url, "/v1/webhooks/otpless/"); ok && key != "" {
+		return base + "/v1/webhooks/otpless/{key}"
+	}
+	return url
+}
+
+func (r *benchReport) print(w io.Writer) {
+	mode := fmt.Sprintf("closed loop, %d senders", r.Concurrency)
+	if r.Rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f webhooks/s, at most %d in flight", r.Rate, r.Concurrency)
+	}
+	fmt.Fprintf(w, "bench: %s, %s, %d watchers, %d CPUs -> %s\n", mode, r.Duration, r.Watchers, r.CPUs, r.Target)
+	res := r.Result
+	fmt.Fprintf(w, "webhooks  %d sent, %d ok in %s: %.0f/s\n", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), res.Throughput)
+	fmt.Fprintf(w, "ingest    %s\n", latencyLine(res.Ingest))
+	if r.Watchers > 0 {
+		fmt.Fprintf(w, "delivery  %s\n", latencyLine(res.Delivery))
+		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, errors: %s\n", res.WatchersReady, res.WatchLate, kinds(res.WatchErrors))
+	}
+	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))
+	if m := r.Memory; m != nil {
+		who := fmt.Sprintf("pid %d", m.PID)
+		if m.Self {
+			who = "this process (server and load)"
+		}
+		fmt.Fprintf(w, "memory    %s: RSS %s at the start", who, mib(m.Start.RSS))
+		if r.Watchers > 0 {
+			fmt.Fprintf(w, ", %s with %d idle watchers", mib(m.WatchersIdle.RSS), res.WatchersReady)
+		}
+		fmt.Fprintf(w, ", %s at the end (peak %s)\n", mib(m.End.RSS), mib(m.End.Peak))
+	}
+	if c := r.Ceiling; c != nil {
+		fmt.Fprintf(w, "ceiling   bare net/http handler: %.0f/s, %s\n", c.Throughput, latencyLine(c.Ingest))
+		fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
+	}
+}
+
+func latencyLine(l loadgen.Latency) string {
+	if l.Count == 0 {
+		return "none measured"
+	}
+	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s  (n=%d)", ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), l.Count)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
+
+func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func kinds(m map[string]int64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, len(m))
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s %d", k, v))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+// selfServer is the in-process server of --self.
+type selfServer struct {
+	webhookURL, grpcAddr, apiKey string
+	stop                         func()
+}
+
+// startSelf runs a server in this process as an operator would for a
+// benchmark: fresh data directory, real credentials (a webhook key in the
+// URL, an API key for the watchers), no per-address rate limit and no watch
+// limits. Its logs go to stderr from warn up.
+func startSelf(ctx context.Context, stderr io.Writer) (*selfServer, error) {
+	dir, err := os.MkdirTemp("", "otpless-events-bench")
+	if err != nil {
+		return nil, err
+	}
+	webhookKey, apiKey := auth.NewSecret("wk_"), auth.NewSecret("ak_")
+	tokenKey := make([]byte, 32)
+	_, _ = rand.Read(tokenKey) // crypto/rand.Read never fails
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", dir
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Security.APIKeys = []auth.APIKey{{Name: "bench", Hash: sha256.Sum256([]byte(apiKey)), Scopes: []auth.Scope{auth.ScopeWatch}}}
+	cfg.Security.WatchTokenKeys = [][]byte{tokenKey}
+	cfg.Security.Webhook = auth.WebhookConfig{Keys: []string{webhookKey}}
+	cfg.Security.MaxWatchesPerCredential, cfg.Security.MaxWatchesPerRequest = 0, 0
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	srv, err := server.New(runCtx, cfg)
+	if err != nil {
+		cancel()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("--self: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(runCtx) }()
+	s := &selfServer{
+		webhookURL: "http://" + srv.HTTPAddr().String() + "/v1/webhooks/otpless/" + webhookKey,
+		grpcAddr:   srv.GRPCAddr().String(),
+		apiKey:     apiKey,
+		stop: func() {
+			cancel()
+			if err := <-done; err != nil {
+				fmt.Fprintln(stderr, "bench: server:", err)
+			}
+			os.RemoveAll(dir)
+		},
+	}
+	if err := waitServing(ctx, s.grpcAddr); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("--self: %w", err)
+	}
+	return s, nil
+}
+
+// waitServing waits until the server at addr reports SERVING.
+func waitServing(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	health := healthpb.NewHealthClient(conn)
+	for {
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("server not serving: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchSmoke runs bench for a moment against a real server in this
+// process, with watchers and the ceiling, and checks only that the report
+// is sane; the figures themselves are for the README, never for a test.
+func TestBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs load for a few seconds; skipped with -short")
+	}
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--self", "--ceiling", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code := Main(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("bench exited %d: %s", code, stderr.String())
+	}
+	var r benchReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("bench --json printed %s: %v", stdout.String(), err)
+	}
+	res := r.Result
+	if res == nil || r.Ceiling == nil || r.Memory == nil {
+		t.Fatalf("report lacks a part: %s", stdout.String())
+	}
+	if res.OK < 100 || res.OK > res.Sent || res.Throughput <= 0 || len(res.Errors) > 0 {
+		t.Errorf("sent %d, ok %d, %.0f/s, errors %v: want most of 300 webhooks answered 200", res.Sent, res.OK, res.Throughput, res.Errors)
+	}
+	for name, l := range map[string]struct{ p50, p90, p99, max time.Duration }{
+		"ingest":   {res.Ingest.P50, res.Ingest.P90, res.Ingest.P99, res.Ingest.Max},
+		"delivery": {res.Delivery.P50, res.Delivery.P90, res.Delivery.P99, res.Delivery.Max},
+	} {
+		if !(0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max && l.max < time.Minute) {
+			t.Errorf("%s latency %+v is not ordered and positive", name, l)
+		}
+	}
+	if res.WatchersReady != 20 || res.Delivery.Count == 0 {
+		t.Errorf("%d watchers ready, %d deliveries measured", res.WatchersReady, res.Delivery.Count)
+	}
+	if r.Ceiling.OK == 0 || r.CeilingRatio <= 0 {
+		t.Errorf("ceiling: %d ok, ratio %v", r.Ceiling.OK, r.CeilingRatio)
+	}
+	if m := r.Memory; m.Start.RSS == 0 || m.End.RSS == 0 || m.End.Peak < m.End.RSS {
+		t.Errorf("memory %+v", m)
+	}
+	if strings.Contains(stdout.String(), "wk_") {
+		t.Error("the report shows the webhook key")
+	}
+}
