@@ -15,7 +15,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get REQUEST_ID",
 		Short: "Print a request's current snapshot, as JSON",
-		Long: "Prints the request's AuthRequest snapshot (the JSON of GET /v1/requests/{id}).\n" +
+		Long: "Prints the request's AuthRequest snapshot as JSON, as \"request\" in GET /v1/requests/{id} has it.\n" +
 			"Needs an API key with the read scope ($" + envAPIKey + " or --api-key-file) when the server checks credentials.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -31,7 +31,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return rpcError("request "+args[0], err)
 			}
-			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp.GetRequest())
+			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(resp.GetRequest())
 			if err != nil {
 				return err
 			}
