@@ -6,15 +6,19 @@ package testserver
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -53,13 +57,17 @@ type Server struct {
 	// configuration has webhook keys).
 	WebhookPath string
 
-	cfg  server.Config
-	stop func() error
+	cfg    server.Config
+	stop   func() error
+	client *http.Client
+	tlsCA  string // the server's certificate, when it serves TLS
 }
 
 // Start runs a server with authentication disabled (unless mutate is
 // Secure), on ephemeral loopback ports and a fresh data directory, after
 // mutate has adjusted the configuration. It is stopped when the test ends.
+// With TLS configured, the certificate must be self-signed: the clients
+// trust it as their CA.
 func Start(t testing.TB, mutate func(*server.Config)) *Server {
 	t.Helper()
 	cfg := server.DefaultConfig()
@@ -85,11 +93,22 @@ func start(t testing.TB, cfg server.Config) *Server {
 	go func() { done <- srv.Run(ctx) }()
 	var once sync.Once
 	var runErr error
+	scheme, client := "http://", http.DefaultClient
+	if cert := cfg.Security.TLSCertFile; cert != "" {
+		pool := x509.NewCertPool()
+		if pem, err := os.ReadFile(cert); err != nil || !pool.AppendCertsFromPEM(pem) {
+			t.Fatalf("TLS certificate %s: %v", cert, err)
+		}
+		scheme = "https://"
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	s := &Server{
-		HTTPURL:     "http://" + srv.HTTPAddr().String(),
+		HTTPURL:     scheme + srv.HTTPAddr().String(),
 		GRPCAddr:    srv.GRPCAddr().String(),
 		WebhookPath: gateway.WebhookPath,
 		cfg:         cfg,
+		client:      client,
+		tlsCA:       cfg.Security.TLSCertFile,
 		stop: func() error {
 			once.Do(func() {
 				cancel()
@@ -124,15 +143,24 @@ func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop(t)
 	cfg := s.cfg
-	cfg.GRPCAddr, cfg.HTTPAddr = s.GRPCAddr, strings.TrimPrefix(s.HTTPURL, "http://")
+	_, cfg.HTTPAddr, _ = strings.Cut(s.HTTPURL, "://")
+	cfg.GRPCAddr = s.GRPCAddr
 	*s = *start(t, cfg)
 }
 
-// Dial returns a plaintext client connection to the gRPC port, with extra
-// options (per-call credentials, say).
-func (s *Server) Dial(t testing.TB, creds ...grpc.DialOption) *grpc.ClientConn {
+// Dial returns a client connection to the gRPC port (over TLS when the
+// server serves it), with extra options (per-call credentials, say).
+func (s *Server) Dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(s.GRPCAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, creds...)...)
+	transport := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if s.tlsCA != "" {
+		creds, err := credentials.NewClientTLSFromFile(s.tlsCA, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		transport = grpc.WithTransportCredentials(creds)
+	}
+	conn, err := grpc.NewClient(s.GRPCAddr, append([]grpc.DialOption{transport}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +193,7 @@ func (s *Server) waitServing(t testing.TB) {
 // status but 200 fails the test.
 func (s *Server) Ingest(t testing.TB, body []byte) *eventsv1.IngestResponse {
 	t.Helper()
-	resp, err := http.Post(s.HTTPURL+s.WebhookPath, "application/json", bytes.NewReader(body))
+	resp, err := s.client.Post(s.HTTPURL+s.WebhookPath, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("POST webhook: %v", err)
 	}

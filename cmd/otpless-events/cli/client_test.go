@@ -4,7 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +27,7 @@ import (
 	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/testserver"
+	"github.com/otpless-events/otpless-events/server"
 )
 
 // The scenario the README's "Try it in one minute" replays, from the
@@ -331,4 +340,64 @@ func scenarioBodies(t *testing.T) [][]byte {
 		t.Fatal(err)
 	}
 	return bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+}
+
+// selfSigned writes a certificate for 127.0.0.1 that is its own CA, and its
+// key.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for path, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile
+}
+
+// The client commands reach a server that serves TLS when told which CA to
+// trust, and refuse to talk to it otherwise.
+func TestClientsOverTLS(t *testing.T) {
+	certFile, keyFile := selfSigned(t)
+	ts := testserver.Start(t, func(c *server.Config) {
+		testserver.Secure(c)
+		c.Security.TLSCertFile, c.Security.TLSKeyFile = certFile, keyFile
+	})
+	t.Setenv("OTPLESS_WEBHOOK_URL", ts.HTTPURL+ts.WebhookPath)
+	t.Setenv("OTPLESS_EVENTS_API_KEY", testserver.AdminKey)
+
+	if code, out, errOut := run(t, "send", "--tls-ca-file", certFile, tryScenario); code != 0 || strings.Count(out, "\n") != len(tryChanges) {
+		t.Fatalf("send over TLS: exit %d, %q %s", code, out, errOut)
+	}
+	code, out, errOut := run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--tls-ca-file", certFile, tryID)
+	if code != 0 || parseWatch(t, out).status != "SUCCESS" {
+		t.Fatalf("watch over TLS: exit %d, %q %s", code, out, errOut)
+	}
+	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, tryID); code == 0 {
+		t.Fatal("get in plaintext from a TLS server succeeded")
+	}
+	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, "--tls", tryID); code == 0 {
+		t.Fatal("get trusted a certificate no system CA signed")
+	}
 }
