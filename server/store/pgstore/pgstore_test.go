@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -419,5 +421,63 @@ func wantUnavailable(t *testing.T, what string, err error) {
 	t.Helper()
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("%s with the database cut: %v, want ErrUnavailable", what, err)
+	}
+}
+
+// TestLeastPrivilegeRole: once the schema's owner has migrated it, a role
+// with only USAGE on the schema, SELECT, INSERT, UPDATE, DELETE on the tables
+// and USAGE on the sequence runs the store (as the README says).
+func TestLeastPrivilegeRole(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	open(t, dsn).Close() // migrate as the owner
+	role := "otpless_rt_" + strings.TrimPrefix(schema, "otpless_test_")
+	admin := connect(t, dsn)
+	if _, err := admin.Exec(t.Context(), "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Skipf("cannot create a role to test with: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		admin.Exec(ctx, "DROP OWNED BY "+role)
+		admin.Exec(ctx, "DROP ROLE "+role)
+	})
+	s := pgx.Identifier{schema}.Sanitize()
+	for _, grant := range []string{
+		"GRANT USAGE ON SCHEMA " + s + " TO " + role,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + s + " TO " + role,
+		"GRANT USAGE ON SEQUENCE " + s + ".webhooks_id_seq TO " + role,
+	} {
+		if _, err := admin.Exec(t.Context(), grant); err != nil {
+			t.Fatalf("%s: %v", grant, err)
+		}
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	st, err := pgstore.Open(t.Context(), u.String())
+	if err != nil {
+		if strings.Contains(err.Error(), "authentication") || strings.Contains(err.Error(), "password") {
+			t.Skipf("cannot log in as a new role here: %v", err)
+		}
+		t.Fatalf("Open as %s: %v", role, err)
+	}
+	defer st.Close()
+	ctx := t.Context()
+	if _, _, err := st.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatalf("Commit as %s: %v", role, err)
+	}
+	if _, _, err := st.ListEvents(ctx, "r1", store.Page{}); err != nil {
+		t.Errorf("ListEvents as %s: %v", role, err)
+	}
+	if _, err := st.ChangesSince(ctx, map[string]int64{"r1": 0}); err != nil {
+		t.Errorf("ChangesSince as %s: %v", role, err)
+	}
+	if _, err := st.PurgePII(ctx, at(1000)); err != nil {
+		t.Errorf("PurgePII as %s: %v", role, err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Errorf("Ping as %s: %v", role, err)
 	}
 }
