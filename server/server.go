@@ -457,8 +457,10 @@ func (s *Server) shutdown() error {
 }
 
 // watchStore pings the store every HealthInterval and sets readiness from
-// it: NOT_SERVING while the ping fails, SERVING again once it succeeds. It
-// returns a function that stops the loop and waits for it.
+// it: NOT_SERVING while the ping fails, SERVING again once it succeeds. A
+// ping may take the interval, and at least a second, so that a short
+// interval on a loaded machine does not flap. It returns a function that
+// stops the loop and waits for it.
 func (s *Server) watchStore() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -473,7 +475,7 @@ func (s *Server) watchStore() (stop func()) {
 				return
 			case <-tick.C:
 			}
-			pctx, cancel := context.WithTimeout(ctx, s.cfg.HealthInterval)
+			pctx, cancel := context.WithTimeout(ctx, max(s.cfg.HealthInterval, time.Second))
 			err := s.store.Ping(pctx)
 			cancel()
 			switch {

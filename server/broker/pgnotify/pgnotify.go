@@ -397,7 +397,7 @@ func (r *Relay) session(ctx context.Context) error {
 	r.resync = true
 	r.signal()
 	r.mu.Unlock()
-	r.log.Debug("listening", "channel", r.src.Channel())
+	r.log.Info("listening for the commits of every replica", "channel", r.src.Channel())
 
 	for {
 		wctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
