@@ -161,7 +161,7 @@ func checkChanges(t *testing.T, out []string, want []string) {
 		got = append(got, last.changes...)
 	}
 	if !slices.Equal(got, want) {
-		t.Errorf("changes printed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		t.Errorf("watch printed:\n%s\nwant the changes:\n%s", strings.Join(out, "\n"), strings.Join(want, "\n"))
 	}
 	if last.status != "SUCCESS" {
 		t.Errorf("last line %+v, want SUCCESS", last)
@@ -243,25 +243,41 @@ func TestWatchReconnectsAcrossRestart(t *testing.T) {
 	ts := testserver.Start(t, nil)
 	bodies := scenarioBodies(t)
 	w := start(t, "watch", "--grpc-addr", ts.GRPCAddr, tryID)
-	out := []string{next(t, w.stdout)}
+	next(t, w.stdout) // the empty snapshot
+	var out []string
 	for _, b := range bodies[:2] {
 		ts.Ingest(t, b)
 		out = append(out, next(t, w.stdout))
 	}
 	ts.Restart(t)
-	for _, want := range []string{"the server asked to reconnect at revision 2", "reconnected; resuming after revision 2"} {
-		if l := next(t, w.stderr); l != want {
-			t.Fatalf("stderr %q, want %q", l, want)
-		}
+	if l := next(t, w.stderr); l != "the server asked to reconnect at revision 2" {
+		t.Fatalf("stderr %q, want the reconnect", l)
 	}
-	for _, b := range bodies[2:] {
+	// Revision 3 exists only on the restarted server: once watch prints it,
+	// it follows that server. Whether it came as an update or, if watch
+	// reconnected after it, in the snapshot that resumes the stream, it is
+	// printed once.
+	ts.Ingest(t, bodies[2])
+	third := next(t, w.stdout)
+	if l := parseWatch(t, third); l.rev != 3 || l.status != "FAILED" {
+		t.Fatalf("after the restart watch printed %q, want revision 3", third)
+	}
+	for _, b := range bodies[3:] {
 		ts.Ingest(t, b)
 	}
 	rest, code := w.rest(t)
 	if code != 0 {
 		t.Fatalf("watch: exit %d", code)
 	}
-	checkChanges(t, append(out[1:], rest...), tryChanges)
+	for i, line := range out {
+		if l := parseWatch(t, line); l.rev != int64(i+1) || !slices.Equal(l.changes, tryChanges[i:i+1]) {
+			t.Errorf("before the restart watch printed %q, want %q at revision %d", line, tryChanges[i], i+1)
+		}
+	}
+	if l := parseWatch(t, rest[0]); l.rev != 4 {
+		t.Errorf("after revision 3 watch printed %q, want revision 4", rest[0])
+	}
+	checkChanges(t, rest, tryChanges[3:])
 }
 
 func TestWatchAndGetErrors(t *testing.T) {

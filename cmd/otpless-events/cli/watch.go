@@ -78,6 +78,7 @@ type watcher struct {
 	status   eventsv1.RequestStatus // the last status printed
 	last     *eventsv1.AuthRequest
 	received bool // the current stream has delivered a message
+	changed  bool // ... a SNAPSHOT or UPDATE
 }
 
 // errReconnect asks run to open the stream again; errStopped says the
@@ -98,15 +99,17 @@ func (w *watcher) run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
 	for attempt := 0; ; attempt++ {
-		w.received = false
+		w.received, w.changed = false, false
 		err := w.follow(ctx, attempt > 0)
 		switch {
 		case err == nil:
 			return nil // SUCCESS
-		case errors.Is(err, errReconnect) && w.received:
+		case errors.Is(err, errReconnect) && w.changed:
 			backoff = minBackoff
 		case errors.Is(err, errReconnect):
-			// The stream failed before its first message: do not hammer.
+			// The stream brought no change before it ended, as when a
+			// server that is shutting down answers RECONNECT at once:
+			// do not hammer it.
 			select {
 			case <-ctx.Done():
 				return w.gaveUp(ctx)
@@ -156,6 +159,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		w.after = max(w.after, msg.GetRevision())
 		switch msg.GetType() {
 		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
+			w.changed = true
 			w.status, w.last = msg.GetRequest().GetStatus(), msg.GetRequest()
 			if err := w.print(msg); err != nil {
 				return err
