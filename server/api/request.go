@@ -121,6 +121,11 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 	}
 	sub := s.broker.Subscribe(id)
 	defer sub.Close()
+	select {
+	case <-sub.Done(): // shutting down: refuse rather than answer RECONNECT at once
+		return status.Error(codes.Unavailable, "server is shutting down, reconnect to another replica or retry later")
+	default:
+	}
 
 	snap, err := s.store.GetRequest(ctx, id)
 	switch {

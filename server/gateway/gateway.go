@@ -18,6 +18,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -72,11 +73,16 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	return accessTokenFromQuery(frontend(mux, conn, opts)), nil
 }
 
-// accessTokenFromQuery moves ?access_token= into the Authorization header, for
-// browsers' EventSource, which cannot set headers. The parameter is removed
-// so that it never reaches a request message or a log line.
+// accessTokenFromQuery moves ?access_token= on the watch route into the
+// Authorization header, for browsers' EventSource, which cannot set headers.
+// The parameter is removed so that it never reaches a request message. Other
+// routes take credentials in the header only.
 func accessTokenFromQuery(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, ":watch") {
+			next.ServeHTTP(w, r)
+			return
+		}
 		q := r.URL.Query()
 		if tok := q.Get("access_token"); tok != "" {
 			q.Del("access_token")
