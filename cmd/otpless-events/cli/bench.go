@@ -103,17 +103,21 @@ type benchReport struct {
 	// throughput as a share of it.
 	Ceiling      *loadgen.Result `json:"ceiling,omitempty"`
 	CeilingRatio float64         `json:"ceiling_ratio,omitempty"`
-	// Memory of the server process: before the watchers, with every
-	// watcher subscribed and idle, and at the end.
-	Memory *benchMemory `json:"server_memory,omitempty"`
+	// Server is the server process's memory and CPU, when it is known.
+	Server *benchServer `json:"server,omitempty"`
 }
 
-type benchMemory struct {
-	PID          int            `json:"pid"`
-	Self         bool           `json:"self"`
-	Start        loadgen.Memory `json:"start"`
-	WatchersIdle loadgen.Memory `json:"watchers_idle"`
-	End          loadgen.Memory `json:"end"`
+// benchServer samples the server process before the watchers, with every
+// watcher subscribed and idle (just before the traffic), and at the end.
+type benchServer struct {
+	PID          int          `json:"pid"`
+	Self         bool         `json:"self"` // the server runs in bench's process
+	Start        loadgen.Proc `json:"start"`
+	WatchersIdle loadgen.Proc `json:"watchers_idle"`
+	End          loadgen.Proc `json:"end"`
+	// CPUPerWebhook is the process's CPU time during the traffic per
+	// webhook answered 200 (with --self, the load generator's too).
+	CPUPerWebhook time.Duration `json:"cpu_per_webhook_ns"`
 }
 
 func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr io.Writer) error {
@@ -179,17 +183,22 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		}
 	}
 	if f.serverPID != 0 {
-		report.Memory = &benchMemory{PID: f.serverPID, Self: f.self}
-		if report.Memory.Start, err = loadgen.ReadMemory(f.serverPID); err != nil {
+		srv := &benchServer{PID: f.serverPID, Self: f.self}
+		if srv.Start, err = loadgen.ReadProc(f.serverPID); err != nil {
 			return fmt.Errorf("--server-pid: %w", err)
 		}
-		cfg.WatchersReady = func() { report.Memory.WatchersIdle, _ = loadgen.ReadMemory(f.serverPID) }
+		srv.WatchersIdle = srv.Start
+		cfg.WatchersReady = func() { srv.WatchersIdle, _ = loadgen.ReadProc(f.serverPID) }
+		report.Server = srv
 	}
 	if report.Result, err = loadgen.Run(ctx, cfg); err != nil {
 		return err
 	}
-	if report.Memory != nil {
-		report.Memory.End, _ = loadgen.ReadMemory(f.serverPID)
+	if srv := report.Server; srv != nil {
+		srv.End, _ = loadgen.ReadProc(f.serverPID)
+		if ok := report.Result.OK; ok > 0 {
+			srv.CPUPerWebhook = (srv.End.CPU - srv.WatchersIdle.CPU) / time.Duration(ok)
+		}
 	}
 	if report.Ceiling != nil && report.Ceiling.Throughput > 0 {
 		report.CeilingRatio = report.Result.Throughput / report.Ceiling.Throughput
@@ -231,16 +240,16 @@ func (r *benchReport) print(w io.Writer) {
 		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, errors: %s\n", res.WatchersReady, res.WatchLate, kinds(res.WatchErrors))
 	}
 	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))
-	if m := r.Memory; m != nil {
+	if m := r.Server; m != nil {
 		who := fmt.Sprintf("pid %d", m.PID)
 		if m.Self {
 			who = "this process (server and load)"
 		}
-		fmt.Fprintf(w, "memory    %s: RSS %s at the start", who, mib(m.Start.RSS))
+		fmt.Fprintf(w, "server    %s: RSS %s at the start", who, mib(m.Start.RSS))
 		if r.Watchers > 0 {
 			fmt.Fprintf(w, ", %s with %d idle watchers", mib(m.WatchersIdle.RSS), res.WatchersReady)
 		}
-		fmt.Fprintf(w, ", %s at the end (peak %s)\n", mib(m.End.RSS), mib(m.End.Peak))
+		fmt.Fprintf(w, ", %s at the end (peak %s); CPU %.1fµs per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), float64(m.CPUPerWebhook)/float64(time.Microsecond))
 	}
 	if c := r.Ceiling; c != nil {
 		fmt.Fprintf(w, "ceiling   bare net/http handler: %.0f/s, %s\n", c.Throughput, latencyLine(c.Ingest))

@@ -29,7 +29,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Fatalf("bench --json printed %s: %v", stdout.String(), err)
 	}
 	res := r.Result
-	if res == nil || r.Ceiling == nil || r.Memory == nil {
+	if res == nil || r.Ceiling == nil || r.Server == nil {
 		t.Fatalf("report lacks a part: %s", stdout.String())
 	}
 	if res.OK < 100 || res.OK > res.Sent || res.Throughput <= 0 || len(res.Errors) > 0 {
@@ -49,8 +49,8 @@ func TestBenchSmoke(t *testing.T) {
 	if r.Ceiling.OK == 0 || r.CeilingRatio <= 0 {
 		t.Errorf("ceiling: %d ok, ratio %v", r.Ceiling.OK, r.CeilingRatio)
 	}
-	if m := r.Memory; m.Start.RSS == 0 || m.End.RSS == 0 || m.End.Peak < m.End.RSS {
-		t.Errorf("memory %+v", m)
+	if m := r.Server; m.Start.RSS == 0 || m.End.RSS == 0 || m.End.PeakRSS < m.End.RSS || m.CPUPerWebhook <= 0 {
+		t.Errorf("server process %+v", m)
 	}
 	if strings.Contains(stdout.String(), "wk_") {
 		t.Error("the report shows the webhook key")
