@@ -15,13 +15,11 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/pii"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
-
-// maxRequestIDLen bounds request ids accepted on reads.
-const maxRequestIDLen = 256
 
 // Reader is the read side of the store.
 type Reader interface {
@@ -235,8 +233,8 @@ func validateRequestID(id string) error {
 	switch {
 	case id == "":
 		return status.Error(codes.InvalidArgument, "request_id is required")
-	case len(id) > maxRequestIDLen:
-		return status.Error(codes.InvalidArgument, fmt.Sprintf("request_id is longer than %d bytes", maxRequestIDLen))
+	case len(id) > normalize.MaxRequestIDLen:
+		return status.Error(codes.InvalidArgument, fmt.Sprintf("request_id is longer than %d bytes", normalize.MaxRequestIDLen))
 	case !utf8.ValidString(id):
 		return status.Error(codes.InvalidArgument, "request_id is not valid UTF-8")
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -42,12 +43,31 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 	}
 	t := eventTime(req, received)
 	for _, e := range events {
+		if err := checkRequestID(e.GetRequestId()); err != nil {
+			return nil, err
+		}
 		e.Format = format
 		e.EventTime = timestamppb.New(t)
 		e.ReceiveTime = timestamppb.New(received)
 		e.EventId = eventID(e, t)
 	}
 	return events, nil
+}
+
+// MaxRequestIDLen bounds request ids: OTPLESS's are 32 hex digits, and
+// longer ones could be stored but never read back.
+const MaxRequestIDLen = 256
+
+// checkRequestID rejects request ids no reader could ask for: too long, or
+// holding control characters.
+func checkRequestID(id string) error {
+	if len(id) > MaxRequestIDLen {
+		return fmt.Errorf("%w: request id is longer than %d bytes", ErrInvalidBody, MaxRequestIDLen)
+	}
+	if strings.ContainsFunc(id, unicode.IsControl) {
+		return fmt.Errorf("%w: request id contains control characters", ErrInvalidBody)
+	}
+	return nil
 }
 
 // eventTime is the top-level timestamp, else data.timestamp, else received.

@@ -453,3 +453,21 @@ func BenchmarkNormalize(b *testing.B) {
 		}
 	}
 }
+
+func TestRequestIDsNoReaderCouldAskFor(t *testing.T) {
+	t.Parallel()
+	for name, id := range map[string]string{
+		"too long": strings.Repeat("a", normalize.MaxRequestIDLen+1),
+		"NUL":      "abc\x00def",
+		"newline":  "abc\ndef",
+	} {
+		req := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: id, Status: "SENT"}}
+		if _, err := normalize.Events(req, time.Now()); !errors.Is(err, normalize.ErrInvalidBody) || !strings.Contains(err.Error(), "request id") {
+			t.Errorf("%s: Events = %v, want ErrInvalidBody naming the request id", name, err)
+		}
+	}
+	ok := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: strings.Repeat("a", normalize.MaxRequestIDLen), Status: "SENT"}}
+	if _, err := normalize.Events(ok, time.Now()); err != nil {
+		t.Errorf("a request id of %d bytes: %v", normalize.MaxRequestIDLen, err)
+	}
+}
