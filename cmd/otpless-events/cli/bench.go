@@ -105,6 +105,10 @@ type benchReport struct {
 	CeilingRatio float64         `json:"ceiling_ratio,omitempty"`
 	// Server is the server process's memory and CPU, when it is known.
 	Server *benchServer `json:"server,omitempty"`
+	// LoadCPUPerWebhook is bench's own CPU time per webhook answered 200
+	// during the run (without --self: the load generator's share of the
+	// machine).
+	LoadCPUPerWebhook time.Duration `json:"load_cpu_per_webhook_ns"`
 }
 
 // benchServer samples the server process before the watchers, with every
@@ -191,8 +195,13 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		cfg.WatchersReady = func() { srv.WatchersIdle, _ = loadgen.ReadProc(f.serverPID) }
 		report.Server = srv
 	}
+	self0, _ := loadgen.ReadProc(os.Getpid())
+	cfg.WatchersReady = both(cfg.WatchersReady, func() { self0, _ = loadgen.ReadProc(os.Getpid()) })
 	if report.Result, err = loadgen.Run(ctx, cfg); err != nil {
 		return err
+	}
+	if self1, err := loadgen.ReadProc(os.Getpid()); err == nil && report.Result.OK > 0 {
+		report.LoadCPUPerWebhook = (self1.CPU - self0.CPU) / time.Duration(report.Result.OK)
 	}
 	if srv := report.Server; srv != nil {
 		srv.End, _ = loadgen.ReadProc(f.serverPID)
@@ -210,6 +219,16 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	}
 	report.print(stdout)
 	return nil
+}
+
+// both returns a function calling f (if set), then g.
+func both(f, g func()) func() {
+	return func() {
+		if f != nil {
+			f()
+		}
+		g()
+	}
 }
 
 // redactURL drops a webhook key or user:password from a URL for the report.
@@ -249,7 +268,10 @@ func (r *benchReport) print(w io.Writer) {
 		if r.Watchers > 0 {
 			fmt.Fprintf(w, ", %s with %d idle watchers", mib(m.WatchersIdle.RSS), res.WatchersReady)
 		}
-		fmt.Fprintf(w, ", %s at the end (peak %s); CPU %.1fµs per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), float64(m.CPUPerWebhook)/float64(time.Microsecond))
+		fmt.Fprintf(w, ", %s at the end (peak %s); CPU %s per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), us(m.CPUPerWebhook))
+	}
+	if r.Server == nil || !r.Server.Self {
+		fmt.Fprintf(w, "load      CPU %s per webhook in this process\n", us(r.LoadCPUPerWebhook))
 	}
 	if c := r.Ceiling; c != nil {
 		fmt.Fprintf(w, "ceiling   bare net/http handler: %.0f/s, %s\n", c.Throughput, latencyLine(c.Ingest))
@@ -263,6 +285,8 @@ func latencyLine(l loadgen.Latency) string {
 	}
 	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s  (n=%d)", ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), l.Count)
 }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond)) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
 
