@@ -53,9 +53,11 @@ type Config struct {
 	// the larger of Watchers and 1000).
 	Requests int
 	// Watchers follow that many of the requests in progress with
-	// WatchRequest, spread over WatchConns.
+	// WatchRequest: over gRPC, spread over WatchConns, or, when SSE is set,
+	// as Server-Sent Events from the HTTP gateway.
 	Watchers   int
 	WatchConns []*grpc.ClientConn
+	SSE        *SSE
 	// Mix shapes the requests.
 	Mix Mix
 	// Seed makes the traffic repeatable; request ids differ per run.
@@ -116,8 +118,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Concurrency <= 0 || cfg.Duration <= 0 || cfg.Rate < 0 {
 		return nil, errors.New("loadgen: concurrency and duration must be positive, rate not negative")
 	}
-	if cfg.Watchers > 0 && len(cfg.WatchConns) == 0 {
-		return nil, errors.New("loadgen: watchers need a gRPC connection")
+	if cfg.Watchers > 0 && len(cfg.WatchConns) == 0 && cfg.SSE == nil {
+		return nil, errors.New("loadgen: watchers need a gRPC connection or an SSE endpoint")
 	}
 	if cfg.Requests <= 0 {
 		cfg.Requests = max(cfg.Watchers, 1000)
@@ -374,9 +376,17 @@ func (r *runner) delivered(s *slot, gen int, key string, at time.Time) {
 func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 	ready := make(chan struct{}, r.cfg.Watchers)
 	opening := make(chan struct{}, 256) // bounds subscriptions in progress at start
+	if r.cfg.SSE != nil {
+		r.cfg.SSE.start()
+	}
 	for i := range r.cfg.Watchers {
-		client := eventsv1.NewRequestServiceClient(r.cfg.WatchConns[i%len(r.cfg.WatchConns)])
-		wg.Go(func() { r.watch(ctx, r.slots[i], client, ready, opening) })
+		var sub subscriber
+		if r.cfg.SSE != nil {
+			sub = r.cfg.SSE.subscribe
+		} else {
+			sub = grpcSubscriber(eventsv1.NewRequestServiceClient(r.cfg.WatchConns[i%len(r.cfg.WatchConns)]))
+		}
+		wg.Go(func() { r.watch(ctx, r.slots[i], sub, ready, opening) })
 	}
 	timeout := time.After(time.Minute)
 	for range r.cfg.Watchers {
@@ -393,7 +403,7 @@ func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 // watch follows slot s: subscribes to its next request before that
 // request's first webhook, records every UPDATE's events, and moves on when
 // the stream ends (after SUCCESS).
-func (r *runner) watch(ctx context.Context, s *slot, client eventsv1.RequestServiceClient, ready chan<- struct{}, opening chan struct{}) {
+func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready chan<- struct{}, opening chan struct{}) {
 	first := true
 	for ctx.Err() == nil {
 		s.mu.Lock()
@@ -406,13 +416,13 @@ func (r *runner) watch(ctx context.Context, s *slot, client eventsv1.RequestServ
 				return
 			}
 		}
-		stream, err := r.subscribe(ctx, client, RequestID(r.run, s.index, gen))
+		stream, err := subscribe(ctx, RequestID(r.run, s.index, gen))
 		if first {
 			<-opening
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				r.watchErrs.add(status.Code(err).String())
+				r.watchErrs.add(errorKind(err))
 				select {
 				case <-time.After(100 * time.Millisecond):
 				case <-ctx.Done():
@@ -429,28 +439,60 @@ func (r *runner) watch(ctx context.Context, s *slot, client eventsv1.RequestServ
 			ready <- struct{}{}
 		}
 		r.follow(ctx, s, gen, stream)
+		stream.Close()
 	}
 }
 
-// subscribe opens a watch and waits for its snapshot, which proves the
-// subscription is in place.
-func (r *runner) subscribe(ctx context.Context, client eventsv1.RequestServiceClient, id string) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], error) {
-	stream, err := client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := stream.Recv(); err != nil {
-		return nil, err
-	}
-	return stream, nil
+// subscriber opens a watch of a request and waits for its snapshot, which
+// proves the subscription is in place.
+type subscriber func(ctx context.Context, requestID string) (watchStream, error)
+
+// watchStream is an open watch, after its snapshot.
+type watchStream interface {
+	// Recv returns the next message; io.EOF after the last.
+	Recv() (*eventsv1.WatchRequestResponse, error)
+	Close()
 }
 
-func (r *runner) follow(ctx context.Context, s *slot, gen int, stream grpc.ServerStreamingClient[eventsv1.WatchRequestResponse]) {
+func grpcSubscriber(client eventsv1.RequestServiceClient) subscriber {
+	return func(ctx context.Context, id string) (watchStream, error) {
+		ctx, cancel := context.WithCancel(ctx)
+		stream, err := client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		return grpcStream{stream, cancel}, nil
+	}
+}
+
+type grpcStream struct {
+	grpc.ServerStreamingClient[eventsv1.WatchRequestResponse]
+	cancel context.CancelFunc
+}
+
+func (s grpcStream) Close() { s.cancel() }
+
+// errorKind names a watch error: its gRPC code, or its Go type.
+func errorKind(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	if kind := transportError(err); kind != "transport" {
+		return kind
+	}
+	return "other"
+}
+
+func (r *runner) follow(ctx context.Context, s *slot, gen int, stream watchStream) {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-				r.watchErrs.add(status.Code(err).String())
+				r.watchErrs.add(errorKind(err))
 			}
 			return
 		}

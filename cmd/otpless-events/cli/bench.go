@@ -35,6 +35,7 @@ type benchFlags struct {
 	requests    int
 	watchers    int
 	watchConns  int
+	watchVia    string
 	mix         loadgen.Mix
 	seed        uint64
 	self        bool
@@ -50,9 +51,10 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Drive realistic OTPLESS traffic at a server and measure it",
 		Long: "Posts whole auth requests (INITIATED, delivery steps, fallbacks, retries, reordering) to the\n" +
 			"webhook route, open loop at --rate webhooks/s (latency from the intended send time) or, with\n" +
-			"--rate 0, closed loop with --concurrency senders, while --watchers gRPC watchers follow the\n" +
-			"requests. Reports webhooks/s, ingest and webhook-to-watcher latency, errors, and the server's\n" +
-			"memory when it is a local process (--server-pid, or --self to run one in this process).\n" +
+			"--rate 0, closed loop with --concurrency senders, while --watchers watchers follow the\n" +
+			"requests (over gRPC, or with --watch-via sse as Server-Sent Events). Reports webhooks/s,\n" +
+			"ingest and webhook-to-watcher latency, errors, and the server's memory and CPU when it is a\n" +
+			"local process (--server-pid, or --self to run one in this process).\n" +
 			"--ceiling first runs the same traffic against a bare net/http handler and reports the\n" +
 			"server's throughput as a share of it.\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else the\n" +
@@ -78,6 +80,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once (default: the larger of --watchers and 1000)")
 	fs.IntVar(&f.watchers, "watchers", 0, "gRPC watchers, each following one request in progress after another")
 	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
+	fs.StringVar(&f.watchVia, "watch-via", "grpc", "how watchers follow: grpc, or sse (Server-Sent Events from the HTTP gateway, a connection each)")
 	fs.Float64Var(&f.mix.Fallback, "fallbacks", f.mix.Fallback, "share of requests that fall back from WhatsApp to SMS")
 	fs.Float64Var(&f.mix.Duplicate, "duplicates", f.mix.Duplicate, "share of webhooks retried")
 	fs.Float64Var(&f.mix.Reorder, "reorder", f.mix.Reorder, "share of neighbouring webhooks that arrive swapped")
@@ -97,6 +100,7 @@ type benchReport struct {
 	Concurrency int             `json:"concurrency"`
 	Duration    time.Duration   `json:"duration_ns"`
 	Watchers    int             `json:"watchers"`
+	WatchVia    string          `json:"watch_via,omitempty"`
 	CPUs        int             `json:"cpus"`
 	Result      *loadgen.Result `json:"result"`
 	// Ceiling is the bare handler's run; CeilingRatio the server's
@@ -132,7 +136,10 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if u := os.Getenv(envWebhookURL); u != "" && !explicitAddr {
 		url = u
 	}
-	dial := f.client.dial
+	if f.watchVia != "grpc" && f.watchVia != "sse" {
+		return fmt.Errorf("--watch-via %q: want grpc or sse", f.watchVia)
+	}
+	dial, apiKey := f.client.dial, f.client.apiKey
 	if f.self {
 		self, err := startSelf(ctx, stderr)
 		if err != nil {
@@ -144,6 +151,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 			return grpc.NewClient(self.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: self.apiKey, Insecure: true}))
 		}
+		apiKey = func() (string, error) { return self.apiKey, nil }
 	}
 	tlsCfg, err := f.client.tlsConfig()
 	if err != nil {
@@ -161,6 +169,9 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		Seed:        f.seed,
 	}
 	report := &benchReport{Target: redactURL(url), Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Watchers: f.watchers, CPUs: runtime.GOMAXPROCS(0)}
+	if f.watchers > 0 {
+		report.WatchVia = f.watchVia
+	}
 
 	if f.ceiling {
 		c, err := loadgen.StartCeiling()
@@ -176,7 +187,14 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		}
 	}
 
-	if f.watchers > 0 {
+	switch {
+	case f.watchers > 0 && f.watchVia == "sse":
+		token, err := apiKey()
+		if err != nil {
+			return err
+		}
+		cfg.SSE = &loadgen.SSE{BaseURL: baseURL(url), Token: token, TLS: tlsCfg}
+	case f.watchers > 0:
 		for range max(f.watchConns, 1) {
 			conn, err := dial()
 			if err != nil {
@@ -231,6 +249,19 @@ func both(f, g func()) func() {
 	}
 }
 
+// baseURL is scheme://host[:port] of url, without credentials.
+func baseURL(url string) string {
+	scheme, rest, ok := strings.Cut(url, "://")
+	if !ok {
+		return url
+	}
+	host, _, _ := strings.Cut(rest, "/")
+	if at := strings.LastIndexByte(host, '@'); at >= 0 {
+		host = host[at+1:]
+	}
+	return scheme + "://" + host
+}
+
 // redactURL drops a webhook key or user:password from a URL for the report.
 func redactURL(url string) string {
 	if scheme, rest, ok := strings.Cut(url, "://"); ok {
@@ -250,7 +281,11 @@ func (r *benchReport) print(w io.Writer) {
 	if r.Rate > 0 {
 		mode = fmt.Sprintf("open loop at %.0f webhooks/s, at most %d in flight", r.Rate, r.Concurrency)
 	}
-	fmt.Fprintf(w, "bench: %s, %s, %d watchers, %d CPUs -> %s\n", mode, r.Duration, r.Watchers, r.CPUs, r.Target)
+	watchers := fmt.Sprintf("%d watchers", r.Watchers)
+	if r.WatchVia != "" {
+		watchers += " (" + r.WatchVia + ")"
+	}
+	fmt.Fprintf(w, "bench: %s, %s, %s, %d CPUs -> %s\n", mode, r.Duration, watchers, r.CPUs, r.Target)
 	res := r.Result
 	fmt.Fprintf(w, "webhooks  %d sent, %d ok in %s: %.0f/s\n", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), res.Throughput)
 	fmt.Fprintf(w, "ingest    %s\n", latencyLine(res.Ingest))

@@ -56,3 +56,25 @@ func TestBenchSmoke(t *testing.T) {
 		t.Error("the report shows the webhook key")
 	}
 }
+
+// TestBenchSmokeSSE: the same with watchers on Server-Sent Events.
+func TestBenchSmokeSSE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs load for a few seconds; skipped with -short")
+	}
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--self", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100", "--watch-via", "sse"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code := Main(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("bench exited %d: %s", code, stderr.String())
+	}
+	var r benchReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("bench --json printed %s: %v", stdout.String(), err)
+	}
+	if res := r.Result; r.WatchVia != "sse" || res.WatchersReady != 20 || res.Delivery.Count == 0 || len(res.WatchErrors) > 0 || res.OK == 0 {
+		t.Errorf("over SSE: %s", stdout.String())
+	}
+}
