@@ -442,7 +442,12 @@ func (s *Server) shutdown() error {
 		s.grpc.Stop()
 		<-stopped
 	}
-	if err := s.writer.Stop(grace); err != nil {
+	// The writer gets a grace period of its own: a stream that held gRPC to
+	// the end of the first (a client's Health.Watch) must not cost the
+	// queued webhooks their commit.
+	drain, cancelDrain := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancelDrain()
+	if err := s.writer.Stop(drain); err != nil {
 		errs = append(errs, fmt.Errorf("writer stop: %w", err))
 	}
 	if s.purge != nil {

@@ -613,7 +613,7 @@ func TestSlowWatcherIsCoalesced(t *testing.T) {
 	if got := fast.msgs[len(fast.msgs)-1].GetRevision(); got != n+1 {
 		t.Fatalf("fast watcher ended at revision %d, want %d", got, n+1)
 	}
-	var msgs int
+	var msgs, events, resnapshots int
 	var last *eventsv1.WatchRequestResponse
 	for {
 		m, err := slow.Recv()
@@ -624,7 +624,14 @@ func TestSlowWatcherIsCoalesced(t *testing.T) {
 			t.Fatal(err)
 		}
 		msgs++
+		events += len(m.GetEvents())
+		if m.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT {
+			resnapshots++
+		}
 		last = m
+	}
+	if events < n+1 && resnapshots == 0 {
+		t.Errorf("slow watcher got %d of %d events and no SNAPSHOT saying some were dropped", events, n+1)
 	}
 	if last.GetRevision() != n+1 || !state.Terminal(last.GetRequest()) {
 		t.Fatalf("slow watcher ended at %v, want the terminal snapshot at revision %d", last, n+1)
@@ -724,5 +731,23 @@ func TestConfigValidate(t *testing.T) {
 	busy.HTTPAddr = "256.0.0.1:1"
 	if _, err := server.New(context.Background(), busy); err == nil {
 		t.Fatal("New with an unusable address succeeded")
+	}
+}
+
+// A client holding a Health.Watch stream delays gRPC's graceful stop to the
+// end of the grace period, but shutdown still drains the writer cleanly.
+func TestShutdownWithHealthWatchOpen(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.ShutdownGrace = 300 * time.Millisecond })
+	hw, err := healthpb.NewHealthClient(ts.conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hw.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	ts.ingest(t, dlr("health-watch-req", "SENT", 1764153000000))
+	if err := ts.stop(); err != nil {
+		t.Fatalf("Run returned %v with a Health.Watch open, want a clean stop", err)
 	}
 }

@@ -178,11 +178,13 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 	}
 }
 
-// update builds one UPDATE from the pending changes newer than last: the
-// newest snapshot and the events of every such change. Nil when nothing is
-// newer.
+// update builds one message from the pending changes newer than last: an
+// UPDATE with the newest snapshot and the events of every such change, or,
+// when the watcher fell so far behind that some changes were dropped, a
+// SNAPSHOT without events, so the client knows events are missing. Nil when
+// nothing is newer.
 func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
-	changes, _ := sub.Next()
+	changes, dropped := sub.Next()
 	var msg *eventsv1.WatchRequestResponse
 	for _, c := range changes {
 		if c.Request.GetRevision() <= last {
@@ -194,6 +196,9 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		msg.Request = c.Request
 		msg.Revision = c.Request.GetRevision()
 		msg.Events = append(msg.Events, c.Events...)
+	}
+	if msg != nil && dropped {
+		msg.Type, msg.Events = eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, nil
 	}
 	return msg
 }

@@ -158,7 +158,9 @@ type WatchMessageType int32
 const (
 	// Not set.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UNSPECIFIED WatchMessageType = 0
-	// The first message: the current snapshot.
+	// The current snapshot, without events: the first message, and later
+	// whenever the watcher fell so far behind that changes were dropped (the
+	// snapshot is complete; the events in between are not sent).
 	WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT WatchMessageType = 1
 	// The snapshot changed; events holds the events that changed it.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE WatchMessageType = 2
@@ -1010,9 +1012,10 @@ type WatchRequestResponse struct {
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// SNAPSHOT and UPDATE: the snapshot at revision.
 	Request *AuthRequest `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
-	// UPDATE: the new events (raw_body empty). When the watcher fell behind,
-	// several changes are coalesced into one UPDATE carrying the newest
-	// snapshot and the events of all of them.
+	// UPDATE: the new events (raw_body empty). When the watcher fell a little
+	// behind, several changes are coalesced into one UPDATE carrying the
+	// newest snapshot and the events of all of them; when it fell too far
+	// behind for that, a SNAPSHOT is sent instead.
 	Events        []*Event `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
