@@ -291,6 +291,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.grpc = grpc.NewServer(
+		// gRPC Ingest bodies are bounded like the webhook route's (the
+		// protobuf form of a body is smaller than its JSON).
+		grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(sec.stream...)...),
 	)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -749,5 +750,29 @@ func TestShutdownWithHealthWatchOpen(t *testing.T) {
 	ts.ingest(t, dlr("health-watch-req", "SENT", 1764153000000))
 	if err := ts.stop(); err != nil {
 		t.Fatalf("Run returned %v with a Health.Watch open, want a clean stop", err)
+	}
+}
+
+func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.MaxBodyBytes = 4 << 10 })
+	ctx := context.Background()
+	nan := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "nan-req", Status: "SENT", MetaData: structpb.NewNumberValue(math.NaN())}}
+	if _, err := ts.webhooks.Ingest(ctx, nan); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("NaN in metaData: %v, want InvalidArgument", err)
+	}
+	big := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "big-req", Status: "SENT", ErrorMessage: strings.Repeat("x", 8<<10)}}
+	if _, err := ts.webhooks.Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("body over --max-body-bytes over gRPC: %v, want ResourceExhausted", err)
+	}
+}
+
+func TestInvalidUTF8URLsAre400(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	for _, path := range []string{"/v1/requests/%FF", "/v1/requests/%FF/events", "/v1/requests/%FF:watch", "/v1/requests/x/events?page_token=%FF"} {
+		if r := ts.get(t, path); r.code != http.StatusBadRequest {
+			t.Errorf("GET %s: %d %s, want 400", path, r.code, r.body)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -48,8 +50,8 @@ func NewWebhookServer(ingester Ingester, log *slog.Logger) *WebhookServer {
 // its canonical JSON. The HTTP route calls IngestBody with the original bytes.
 func (s *WebhookServer) Ingest(ctx context.Context, req *eventsv1.IngestRequest) (*eventsv1.IngestResponse, error) {
 	body, err := protojson.Marshal(req)
-	if err != nil {
-		return nil, Status(err)
+	if err != nil { // e.g. NaN in a google.protobuf.Value: not JSON
+		return nil, status.Error(codes.InvalidArgument, "the request cannot be kept as JSON: "+err.Error())
 	}
 	return s.IngestBody(ctx, req, body)
 }

@@ -17,9 +17,11 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
@@ -70,7 +72,34 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 			return nil, fmt.Errorf("gateway: register webhook route: %w", err)
 		}
 	}
-	return accessTokenFromQuery(frontend(mux, conn, opts)), nil
+	return validURL(accessTokenFromQuery(frontend(mux, conn, opts))), nil
+}
+
+// validURL answers 400 for a path or query that is not valid UTF-8: such a
+// request id could not even be sent to the gRPC server, and a client's typo
+// must not read as a server fault.
+func validURL(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !utf8.ValidString(r.URL.Path) || !validQuery(r.URL.Query()) {
+			writeStatus(w, &runtime.JSONPb{}, http.StatusBadRequest, status.New(codes.InvalidArgument, "the URL's path or query is not valid UTF-8"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func validQuery(q url.Values) bool {
+	for k, vs := range q {
+		if !utf8.ValidString(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // accessTokenFromQuery moves ?access_token= on the watch route into the

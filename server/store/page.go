@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -85,7 +88,13 @@ func ParseToken(requestID, token string) (Cursor, error) {
 	if n <= 0 || len(b[9+n:]) == 0 {
 		return Cursor{}, fmt.Errorf("parse page token: %w", ErrInvalidPageToken)
 	}
-	return Cursor{RequestID: requestID, EventTimeMillis: ms, EventID: string(b[9+n:])}, nil
+	// The token is not signed: an event id no event can have (invalid
+	// UTF-8, control characters) is a forged token, not a store failure.
+	id := string(b[9+n:])
+	if !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl) {
+		return Cursor{}, fmt.Errorf("parse page token: %w", ErrInvalidPageToken)
+	}
+	return Cursor{RequestID: requestID, EventTimeMillis: ms, EventID: id}, nil
 }
 
 func requestHash(requestID string) uint64 {

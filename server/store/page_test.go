@@ -53,7 +53,11 @@ func TestCursorToken(t *testing.T) {
 			t.Errorf("token of %q accepted for another request: %v", c.RequestID, err)
 		}
 	}
-	for _, token := range []string{"", "x", "AQ", "!!", "AQID====", "Ag" + store.Cursor{EventID: "e"}.Token()[2:]} {
+	forged := []string{
+		store.Cursor{RequestID: "r1", EventID: "e\x00"}.Token(),
+		store.Cursor{RequestID: "r1", EventID: "\xff\xfe"}.Token(),
+	}
+	for _, token := range append(forged, "", "x", "AQ", "!!", "AQID====", "Ag"+store.Cursor{EventID: "e"}.Token()[2:]) {
 		if _, err := store.ParseToken("r1", token); !errors.Is(err, store.ErrInvalidPageToken) {
 			t.Errorf("ParseToken(%q): %v, want ErrInvalidPageToken", token, err)
 		}
