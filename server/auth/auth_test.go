@@ -158,6 +158,7 @@ func TestUnaryInterceptor(t *testing.T) {
 		{"token reads its request", tokA, get, "req-a", codes.OK},
 		{"token cannot read another", tokA, get, "req-b", codes.PermissionDenied},
 		{"token cannot mint", tokA, eventsv1.RequestService_CreateWatchToken_FullMethodName, "req-a", codes.PermissionDenied},
+		{"token cannot list events", tokA, eventsv1.RequestService_ListRequestEvents_FullMethodName, "req-a", codes.PermissionDenied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -353,6 +354,18 @@ func TestRateLimitPerAddress(t *testing.T) {
 	now = now.Add(time.Second)
 	if ok, _ := g.Allow(a); !ok {
 		t.Fatal("not refilled after a second")
+	}
+	// One IPv6 client rotating through its /64 shares one budget.
+	for i := range 3 {
+		if ok, _ := g.Allow(netip.MustParseAddr("2001:db8::" + strconv.Itoa(i+1))); !ok {
+			t.Fatalf("IPv6 address %d within the burst refused", i)
+		}
+	}
+	if ok, _ := g.Allow(netip.MustParseAddr("2001:db8::ffff")); ok {
+		t.Fatal("a fourth address of the same /64 got a fresh burst")
+	}
+	if ok, _ := g.Allow(netip.MustParseAddr("2001:db8:0:1::1")); !ok {
+		t.Fatal("another /64 was limited too")
 	}
 }
 

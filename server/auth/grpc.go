@@ -24,6 +24,12 @@ var MethodScopes = map[string]Scope{
 	eventsv1.WebhookService_Ingest_FullMethodName:            ScopeIngest,
 }
 
+// watchTokenMethods are the only methods a watch token may call.
+var watchTokenMethods = map[string]bool{
+	eventsv1.RequestService_WatchRequest_FullMethodName: true,
+	eventsv1.RequestService_GetRequest_FullMethodName:   true,
+}
+
 // publicPrefixes: health checks (for load balancers) and reflection (schema
 // only, no data).
 var publicPrefixes = []string{"/grpc.health.v1.Health/", "/grpc.reflection."}
@@ -64,6 +70,9 @@ func (k *Keyring) authorize(ctx context.Context, method string) (context.Context
 	p, err := k.Authenticate(bearerFromMetadata(ctx))
 	if err != nil {
 		return nil, nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if p.RequestID != "" && !watchTokenMethods[method] {
+		return nil, nil, status.Error(codes.PermissionDenied, "a watch token may only watch or get its request")
 	}
 	need, ok := MethodScopes[method]
 	if !ok {

@@ -253,14 +253,17 @@ func ParsePrefixes(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// addrLimiter is a token bucket per client address, forgetting addresses
-// idle for a minute once it tracks many.
+// addrLimiter is a token bucket per client address (per /64 for IPv6, which
+// one client commonly holds whole). It tracks at most limiterMaxEntries
+// addresses, forgetting those idle for a minute at most every ten seconds;
+// when full, new addresses wait.
 type addrLimiter struct {
 	limit rate.Limit
 	burst int
 
-	mu      sync.Mutex
-	entries map[netip.Addr]*limitEntry
+	mu        sync.Mutex
+	entries   map[netip.Addr]*limitEntry
+	lastSweep time.Time
 }
 
 type limitEntry struct {
@@ -268,12 +271,19 @@ type limitEntry struct {
 	seen time.Time
 }
 
-const limiterSweepAt = 10000
+const (
+	limiterSweepAt    = 10000
+	limiterMaxEntries = 100000
+)
 
 func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration) {
+	if addr.Is6() && !addr.Is4In6() {
+		addr = netip.PrefixFrom(addr, 64).Masked().Addr()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.entries) >= limiterSweepAt {
+	if len(l.entries) >= limiterSweepAt && now.Sub(l.lastSweep) > 10*time.Second {
+		l.lastSweep = now
 		for a, e := range l.entries {
 			if now.Sub(e.seen) > time.Minute {
 				delete(l.entries, a)
@@ -282,6 +292,9 @@ func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration
 	}
 	e := l.entries[addr]
 	if e == nil {
+		if len(l.entries) >= limiterMaxEntries {
+			return false, time.Second
+		}
 		e = &limitEntry{lim: rate.NewLimiter(l.limit, l.burst)}
 		l.entries[addr] = e
 	}
