@@ -417,3 +417,16 @@ func TestClientsOverTLS(t *testing.T) {
 		t.Fatal("get trusted a certificate no system CA signed")
 	}
 }
+
+// An unreachable server must not make send print the webhook key.
+func TestSendErrorHidesWebhookKey(t *testing.T) {
+	body := filepath.Join(t.TempDir(), "sent.json")
+	if err := os.WriteFile(body, []byte(`{"eventType":"DLR","data":{"requestId":"r","status":"SENT"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OTPLESS_WEBHOOK_URL", "http://127.0.0.1:1/v1/webhooks/otpless/whk_SECRETKEY")
+	code, _, errOut := run(t, "send", body)
+	if code == 0 || strings.Contains(errOut, "SECRETKEY") || !strings.Contains(errOut, "{key}") {
+		t.Fatalf("send to an unreachable server: exit %d, stderr %q; want an error without the key", code, errOut)
+	}
+}

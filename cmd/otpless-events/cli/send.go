@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -119,8 +120,8 @@ func sendFile(cmd *cobra.Command, hc *http.Client, url, path string, stdout io.W
 		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := hc.Do(req)
-		if err != nil {
-			return fmt.Errorf("%s: %w", b.where, err)
+		if err != nil { // a *url.Error: its text would show the webhook key
+			return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), errors.Unwrap(err))
 		}
 		answer, err := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -142,7 +142,9 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		msg, err := stream.Recv()
 		switch {
 		case errors.Is(err, io.EOF):
-			// The server ends streams after SUCCESS or RECONNECT only.
+			// The server ends a stream after the terminal snapshot, after
+			// RECONNECT, or, resumed at a finished request's revision, after
+			// the first HEARTBEAT; watch has returned on SUCCESS before that.
 			return fmt.Errorf("watch %s: the server ended the stream at %s", w.id, statusWord(w.status))
 		case err != nil && stopped(ctx, err):
 			return errStopped
