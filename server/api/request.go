@@ -3,9 +3,7 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -235,13 +233,11 @@ func (s *RequestServer) CreateWatchToken(ctx context.Context, req *eventsv1.Crea
 }
 
 func validateRequestID(id string) error {
-	switch {
-	case id == "":
+	if id == "" {
 		return status.Error(codes.InvalidArgument, "request_id is required")
-	case len(id) > normalize.MaxRequestIDLen:
-		return status.Error(codes.InvalidArgument, fmt.Sprintf("request_id is longer than %d bytes", normalize.MaxRequestIDLen))
-	case !utf8.ValidString(id):
-		return status.Error(codes.InvalidArgument, "request_id is not valid UTF-8")
+	}
+	if err := normalize.CheckRequestID(id); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return nil
 }

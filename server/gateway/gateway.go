@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -108,7 +107,7 @@ func validQuery(q url.Values) bool {
 // routes take credentials in the header only.
 func accessTokenFromQuery(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, ":watch") {
+		if _, isWatch := watchRequestID(r.URL.Path); r.Method != http.MethodGet || !isWatch {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -9,11 +9,13 @@
 package normalize
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -43,8 +45,8 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 	}
 	t := eventTime(req, received)
 	for _, e := range events {
-		if err := checkRequestID(e.GetRequestId()); err != nil {
-			return nil, err
+		if err := CheckRequestID(e.GetRequestId()); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
 		}
 		e.Format = format
 		e.EventTime = timestamppb.New(t)
@@ -58,14 +60,17 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 // longer ones could be stored but never read back.
 const MaxRequestIDLen = 256
 
-// checkRequestID rejects request ids no reader could ask for: too long, or
-// holding control characters.
-func checkRequestID(id string) error {
-	if len(id) > MaxRequestIDLen {
-		return fmt.Errorf("%w: request id is longer than %d bytes", ErrInvalidBody, MaxRequestIDLen)
-	}
-	if strings.ContainsFunc(id, unicode.IsControl) {
-		return fmt.Errorf("%w: request id contains control characters", ErrInvalidBody)
+// CheckRequestID rejects request ids no reader could ask for: longer than
+// MaxRequestIDLen, not UTF-8, or holding control characters. Ingest and the
+// read API apply the same rule.
+func CheckRequestID(id string) error {
+	switch {
+	case len(id) > MaxRequestIDLen:
+		return fmt.Errorf("request id is longer than %d bytes", MaxRequestIDLen)
+	case !utf8.ValidString(id):
+		return errors.New("request id is not valid UTF-8")
+	case strings.ContainsFunc(id, unicode.IsControl):
+		return errors.New("request id contains control characters")
 	}
 	return nil
 }
