@@ -223,15 +223,19 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	}
 	events := make([]*eventsv1.Event, 0, min(limit+1, 64))
 	var data, body []byte
+	var decodeErr error // a corrupt row: not a failure a retry could fix
 	_, err = pgx.ForEachRow(rows, []any{&data, &body}, func() error {
 		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("decode event: %w", err)
+		if decodeErr = proto.Unmarshal(data, e); decodeErr != nil {
+			return decodeErr
 		}
 		e.RawBody = string(body)
 		events = append(events, e)
 		return nil
 	})
+	if decodeErr != nil {
+		return nil, "", fmt.Errorf("pgstore: %s %q: decode event: %w", op, requestID, decodeErr)
+	}
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
