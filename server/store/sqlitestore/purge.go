@@ -29,16 +29,8 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 		if s.closed.Load() {
 			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 		}
-		tx, err := s.w.BeginTx(ctx, nil)
+		n, err := s.purgeChunk(ctx, cutoff.UnixMilli())
 		if err != nil {
-			return total, s.fail(ctx, op, err)
-		}
-		n, err := purgeChunkTx(ctx, tx, cutoff.UnixMilli())
-		if err == nil {
-			err = tx.Commit()
-		}
-		if err != nil {
-			tx.Rollback()
 			return total, s.fail(ctx, op, err)
 		}
 		total += n
@@ -48,15 +40,43 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 }
 
-func purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT id FROM webhooks
-		WHERE received_at < ? AND length(body) > 0 ORDER BY received_at LIMIT ?`, cutoffMs, purgeChunk)
+// purgeChunk purges up to purgeChunk webhooks in one transaction, holding
+// the writer lock, and drops the requests it refolds from the event cache.
+func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (int, error) {
+	if err := s.lockWriter(ctx); err != nil {
+		return 0, err
+	}
+	defer s.unlockWriter()
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
+	n, requests, err := purgeChunkTx(ctx, tx, cutoffMs)
+	if err == nil {
+		err = tx.Commit()
+	}
+	if err != nil {
+		tx.Rollback()
+		s.cache.clear()
+		return 0, err
+	}
+	for id := range requests {
+		s.cache.remove(id)
+	}
+	return n, nil
+}
+
+// purgeChunkTx returns how many webhooks it purged and the requests whose
+// events it changed.
+func purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id FROM webhooks
+		WHERE received_at < ? AND length(body) > 0 ORDER BY received_at LIMIT ?`, cutoffMs, purgeChunk)
+	if err != nil {
+		return 0, nil, err
+	}
 	ids, err := scanAll(rows, func(r *sql.Rows) (int64, error) { var id int64; return id, r.Scan(&id) })
 	if err != nil || len(ids) == 0 {
-		return 0, err
+		return 0, nil, err
 	}
 	idList := jsonInts(ids)
 
@@ -64,7 +84,7 @@ func purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, error) 
 	rows, err = tx.QueryContext(ctx, `SELECT request_id, event_id, data FROM events
 		WHERE webhook_id IN (SELECT value FROM json_each(?))`, idList)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	type row struct {
 		requestID, eventID string
@@ -75,35 +95,35 @@ func purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, error) 
 		return x, r.Scan(&x.requestID, &x.eventID, &x.data)
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	requests := map[string]bool{}
 	for _, x := range evs {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(x.data, e); err != nil {
-			return 0, fmt.Errorf("decode event %s: %w", x.eventID, err)
+			return 0, nil, fmt.Errorf("decode event %s: %w", x.eventID, err)
 		}
 		pii.StripEvent(e)
 		data, err := proto.Marshal(e)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE events SET data = ? WHERE request_id = ? AND event_id = ?`, data, x.requestID, x.eventID); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		if x.requestID != "" {
 			requests[x.requestID] = true
 		}
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE webhooks SET body = X'' WHERE id IN (SELECT value FROM json_each(?))`, idList); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	for id := range requests {
 		if err := refold(ctx, tx, id); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
-	return len(ids), nil
+	return len(ids), requests, nil
 }
 
 // refold rewrites a request's snapshot from its events, keeping its revision

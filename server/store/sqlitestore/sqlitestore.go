@@ -3,7 +3,10 @@
 // synchronous=FULL so that a committed webhook survives a crash or power
 // loss. All writes go through one connection (no SQLITE_BUSY between our own
 // writers); reads use a small pool of read-only connections. The schema is
-// created and upgraded at Open by the embedded migrations/*.sql.
+// created and upgraded at Open by the embedded migrations/*.sql. Commit
+// writes a batch with a few multi-row statements and folds recently
+// committed requests from an in-memory cache of their events instead of
+// reading them back (see eventCache).
 //
 // It may import package store, the state fold, the generated API types,
 // protobuf and the SQLite driver; nothing from the servers.
@@ -12,7 +15,6 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,11 +25,9 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
-	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -37,9 +37,10 @@ var _ store.Store = (*Store)(nil)
 type Option func(*options)
 
 type options struct {
-	logger      *slog.Logger
-	readers     int
-	busyTimeout time.Duration
+	logger        *slog.Logger
+	readers       int
+	busyTimeout   time.Duration
+	cacheRequests int
 }
 
 // WithLogger sets the logger (default: discard).
@@ -58,6 +59,15 @@ func WithBusyTimeout(d time.Duration) Option {
 	return func(o *options) { o.busyTimeout = d }
 }
 
+// WithEventCache sets how many requests the event cache keeps (default
+// 4096; 0 turns it off). Commit folds a cached request from its entry
+// rather than reading all its events back from the file; an entry costs
+// about 0.5 KiB of heap per event, 2 KiB for a typical request in
+// progress.
+func WithEventCache(requests int) Option {
+	return func(o *options) { o.cacheRequests = requests }
+}
+
 // Store is a store.Store in one SQLite file. It is safe for concurrent use.
 type Store struct {
 	path   string
@@ -66,8 +76,19 @@ type Store struct {
 	closed atomic.Bool
 	stmts  []*sql.Stmt
 
+	// writer is the writer lock (a semaphore, so that waiting for it
+	// heeds the context): every write transaction holds it, and so does
+	// every use of cache and dataVersion.
+	writer      chan struct{}
+	cache       *eventCache
+	dataVersion int64 // PRAGMA data_version when the cache was last known to match the file
+	// beforeTxCommit, when set (by tests), runs before each Commit's
+	// transaction commits; an error fails the commit.
+	beforeTxCommit func() error
+
 	// On w, used through tx.StmtContext.
-	eventExists, insertWebhook, insertEvent, revisions, eventsOf, upsertRequest *sql.Stmt
+	head, eventsOf, storedNoRequest              *sql.Stmt
+	insertWebhooks, insertEvents, upsertRequests multiRow
 	// On r.
 	getRequest, listFirst, listAfter, requestExists *sql.Stmt
 }
@@ -76,7 +97,7 @@ type Store struct {
 // schema up to date. In-memory databases are not supported: the writer and
 // the readers must share the file.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	o := options{logger: slog.New(slog.DiscardHandler), readers: 4, busyTimeout: 5 * time.Second}
+	o := options{logger: slog.New(slog.DiscardHandler), readers: 4, busyTimeout: 5 * time.Second, cacheRequests: defaultCacheRequests}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -92,7 +113,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
-	s := &Store{path: abs}
+	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests)}
 	if err := s.open(ctx, o, log); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
@@ -112,8 +133,11 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 
 	var err error
 	// BEGIN IMMEDIATE: a write transaction takes the write lock up front
-	// rather than failing to upgrade a read lock later.
-	if s.w, err = sql.Open("sqlite", uri+"?_txlock=immediate&"+pragmas("journal_mode(WAL)", "synchronous(FULL)")); err != nil {
+	// rather than failing to upgrade a read lock later. temp_store(MEMORY)
+	// keeps the statement journals of Commit's multi-row statements in
+	// memory (they are for undoing a failed statement within its
+	// transaction, not for recovery) instead of temporary files.
+	if s.w, err = sql.Open("sqlite", uri+"?_txlock=immediate&"+pragmas("journal_mode(WAL)", "synchronous(FULL)", "temp_store(MEMORY)")); err != nil {
 		return err
 	}
 	s.w.SetMaxOpenConns(1)
@@ -157,24 +181,37 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 			s.stmts = append(s.stmts, *dst)
 		}
 	}
-	prepare(s.w, &s.eventExists, `SELECT 1 FROM events WHERE request_id = ? AND event_id = ?`)
-	prepare(s.w, &s.insertWebhook, `INSERT INTO webhooks (received_at, body) VALUES (?, ?)`)
-	prepare(s.w, &s.insertEvent, `INSERT INTO events (request_id, event_id, webhook_id, event_time_ms, data)
-		VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
-	prepare(s.w, &s.revisions, `SELECT request_id, revision FROM requests
-		WHERE request_id IN (SELECT value FROM json_each(?))`)
-	prepare(s.w, &s.eventsOf, `SELECT request_id, data FROM events
-		WHERE request_id IN (SELECT value FROM json_each(?))`)
-	prepare(s.w, &s.upsertRequest, `INSERT INTO requests (request_id, revision, data, updated_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (request_id) DO UPDATE SET
+	prepare(s.w, &s.head, `SELECT COALESCE(MAX(id), 0), (SELECT data_version FROM pragma_data_version) FROM webhooks`)
+	prepare(s.w, &s.eventsOf, `SELECT e.request_id, e.event_id, e.data, COALESCE(r.revision, 0)
+		FROM events e LEFT JOIN requests r ON r.request_id = e.request_id
+		WHERE e.request_id IN (SELECT value FROM json_each(?))`)
+	prepare(s.w, &s.storedNoRequest, `SELECT event_id FROM events
+		WHERE request_id = '' AND event_id IN (SELECT value FROM json_each(?))`)
+	if err == nil {
+		err = s.prepareMultiRow(ctx, &s.insertWebhooks, 3, `INSERT INTO webhooks (id, received_at, body)`, ``)
+	}
+	if err == nil {
+		err = s.prepareMultiRow(ctx, &s.insertEvents, 5, `INSERT INTO events (request_id, event_id, webhook_id, event_time_ms, data)`, ``)
+	}
+	if err == nil {
+		err = s.prepareMultiRow(ctx, &s.upsertRequests, 4, `INSERT INTO requests (request_id, revision, data, updated_at)`,
+			`ON CONFLICT (request_id) DO UPDATE SET
 			revision = excluded.revision, data = excluded.data, updated_at = excluded.updated_at`)
+	}
 	prepare(s.r, &s.getRequest, `SELECT data FROM requests WHERE request_id = ?`)
-	prepare(s.r, &s.listFirst, `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
-		WHERE e.request_id = ?1
-		ORDER BY e.event_time_ms, e.event_id LIMIT ?2`)
-	prepare(s.r, &s.listAfter, `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
-		WHERE e.request_id = ?1 AND (e.event_time_ms, e.event_id) > (?2, ?3)
-		ORDER BY e.event_time_ms, e.event_id LIMIT ?4`)
+	// The page is chosen first and only its events' bodies are read.
+	prepare(s.r, &s.listFirst, `SELECT e.data, w.body FROM (
+			SELECT data, webhook_id, event_time_ms, event_id FROM events
+			WHERE request_id = ?1
+			ORDER BY event_time_ms, event_id LIMIT ?2
+		) e JOIN webhooks w ON w.id = e.webhook_id
+		ORDER BY e.event_time_ms, e.event_id`)
+	prepare(s.r, &s.listAfter, `SELECT e.data, w.body FROM (
+			SELECT data, webhook_id, event_time_ms, event_id FROM events
+			WHERE request_id = ?1 AND (event_time_ms, event_id) > (?2, ?3)
+			ORDER BY event_time_ms, event_id LIMIT ?4
+		) e JOIN webhooks w ON w.id = e.webhook_id
+		ORDER BY e.event_time_ms, e.event_id`)
 	prepare(s.r, &s.requestExists, `SELECT 1 FROM requests WHERE request_id = ?`)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", mapErr(ctx, err))
@@ -184,257 +221,6 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 
 // Path returns the absolute path of the database file.
 func (s *Store) Path() string { return s.path }
-
-// Commit implements store.Store.
-func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
-	const op = "commit"
-	if s.closed.Load() {
-		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
-	}
-	for i, wh := range batch {
-		for j, e := range wh.Events {
-			if e.GetEventId() == "" {
-				return nil, nil, fmt.Errorf("sqlitestore: %s: webhook %d event %d has no event id", op, i, j)
-			}
-		}
-	}
-	if len(batch) == 0 {
-		return nil, nil, nil
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, nil, s.fail(ctx, op, err)
-	}
-	results, changes, err := s.commit(ctx, tx, batch)
-	if err == nil {
-		err = tx.Commit()
-	}
-	if err != nil {
-		tx.Rollback()
-		return nil, nil, s.fail(ctx, op, err)
-	}
-	return results, changes, nil
-}
-
-// pending is what one commit does to one request.
-type pending struct {
-	requestID string
-	touched   bool              // has new events in this batch
-	events    []*eventsv1.Event // the new ones, in batch order
-	revision  int64             // after the commit
-}
-
-func (s *Store) commit(ctx context.Context, tx *sql.Tx, batch []store.Webhook) ([]store.Result, []store.Change, error) {
-	var (
-		ins = inserter{
-			eventExists:   tx.StmtContext(ctx, s.eventExists),
-			insertWebhook: tx.StmtContext(ctx, s.insertWebhook),
-			insertEvent:   tx.StmtContext(ctx, s.insertEvent),
-		}
-		requests = map[string]*pending{}
-		order    []*pending // requests in order of first appearance
-		results  = make([]store.Result, len(batch))
-		latest   time.Time
-	)
-	for i, wh := range batch {
-		if wh.Received.After(latest) {
-			latest = wh.Received
-		}
-		res := make([]store.EventResult, len(wh.Events))
-		var webhookID int64 // 0 until the body is stored
-		for j, e := range wh.Events {
-			if e.GetRawBody() != "" { // not expected; the body is stored once
-				e = proto.CloneOf(e)
-				e.RawBody = ""
-			}
-			isNew, err := ins.insert(ctx, wh, &webhookID, e)
-			if err != nil {
-				return nil, nil, err
-			}
-			res[j].Duplicate = !isNew
-
-			rid := e.GetRequestId()
-			if rid == "" {
-				continue
-			}
-			p := requests[rid]
-			if p == nil {
-				p = &pending{requestID: rid}
-				requests[rid] = p
-				order = append(order, p)
-			}
-			if isNew {
-				p.touched = true
-				p.events = append(p.events, e)
-			}
-		}
-		results[i].Events = res
-	}
-	if len(order) == 0 {
-		return results, nil, nil
-	}
-	if latest.IsZero() {
-		latest = time.Now()
-	}
-
-	if err := s.loadRevisions(ctx, tx, requests, order); err != nil {
-		return nil, nil, err
-	}
-	changes, err := s.fold(ctx, tx, requests, order, latest)
-	if err != nil {
-		return nil, nil, err
-	}
-
-	for i, wh := range batch {
-		for j, e := range wh.Events {
-			if p := requests[e.GetRequestId()]; p != nil {
-				results[i].Events[j].Revision = p.revision
-			}
-		}
-	}
-	return results, changes, nil
-}
-
-// inserter holds the insert statements of one transaction.
-type inserter struct {
-	eventExists, insertWebhook, insertEvent *sql.Stmt
-}
-
-// insert stores e of wh unless it is stored already, and reports whether it
-// was new. The body is stored with the first new event of the webhook (its
-// id is kept in *webhookID), so that a retried body is not stored again.
-func (ins inserter) insert(ctx context.Context, wh store.Webhook, webhookID *int64, e *eventsv1.Event) (bool, error) {
-	if *webhookID == 0 {
-		var one int
-		err := ins.eventExists.QueryRowContext(ctx, e.GetRequestId(), e.GetEventId()).Scan(&one)
-		if err == nil {
-			return false, nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return false, fmt.Errorf("look up event %s: %w", e.GetEventId(), err)
-		}
-		body := wh.Body
-		if body == nil {
-			body = []byte{}
-		}
-		r, err := ins.insertWebhook.ExecContext(ctx, wh.Received.UnixMilli(), body)
-		if err != nil {
-			return false, fmt.Errorf("insert webhook: %w", err)
-		}
-		if *webhookID, err = r.LastInsertId(); err != nil {
-			return false, fmt.Errorf("insert webhook: %w", err)
-		}
-	}
-	data, err := proto.Marshal(e)
-	if err != nil {
-		return false, fmt.Errorf("encode event %s: %w", e.GetEventId(), err)
-	}
-	r, err := ins.insertEvent.ExecContext(ctx, e.GetRequestId(), e.GetEventId(), *webhookID, store.EventTimeMillis(e), data)
-	if err != nil {
-		return false, fmt.Errorf("insert event %s: %w", e.GetEventId(), err)
-	}
-	n, err := r.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("insert event %s: %w", e.GetEventId(), err)
-	}
-	return n > 0, nil
-}
-
-// loadRevisions sets every request's current revision.
-func (s *Store) loadRevisions(ctx context.Context, tx *sql.Tx, requests map[string]*pending, order []*pending) error {
-	ids := make([]string, len(order))
-	for i, p := range order {
-		ids[i] = p.requestID
-	}
-	rows, err := tx.StmtContext(ctx, s.revisions).QueryContext(ctx, jsonArray(ids))
-	if err != nil {
-		return fmt.Errorf("load revisions: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			rid string
-			rev int64
-		)
-		if err := rows.Scan(&rid, &rev); err != nil {
-			return fmt.Errorf("load revisions: %w", err)
-		}
-		requests[rid].revision = rev
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("load revisions: %w", err)
-	}
-	return nil
-}
-
-// fold writes the new snapshot of every touched request and returns the
-// changes, in order.
-func (s *Store) fold(ctx context.Context, tx *sql.Tx, requests map[string]*pending, order []*pending, updated time.Time) ([]store.Change, error) {
-	var ids []string
-	for _, p := range order {
-		if p.touched {
-			ids = append(ids, p.requestID)
-		}
-	}
-	if len(ids) == 0 {
-		return nil, nil
-	}
-
-	all := make(map[string][]*eventsv1.Event, len(ids))
-	rows, err := tx.StmtContext(ctx, s.eventsOf).QueryContext(ctx, jsonArray(ids))
-	if err != nil {
-		return nil, fmt.Errorf("load events: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			rid  string
-			data []byte
-		)
-		if err := rows.Scan(&rid, &data); err != nil {
-			return nil, fmt.Errorf("load events: %w", err)
-		}
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return nil, fmt.Errorf("decode event of %s: %w", rid, err)
-		}
-		all[rid] = append(all[rid], e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load events: %w", err)
-	}
-
-	upsert := tx.StmtContext(ctx, s.upsertRequest)
-	changes := make([]store.Change, 0, len(ids))
-	for _, p := range order {
-		if !p.touched {
-			continue
-		}
-		snap := state.Fold(p.requestID, all[p.requestID])
-		p.revision++
-		snap.Revision = p.revision
-		snap.UpdateTime = timestamppb.New(updated)
-		data, err := proto.Marshal(snap)
-		if err != nil {
-			return nil, fmt.Errorf("encode snapshot of %s: %w", p.requestID, err)
-		}
-		if _, err := upsert.ExecContext(ctx, p.requestID, p.revision, data, updated.UnixMilli()); err != nil {
-			return nil, fmt.Errorf("write snapshot of %s: %w", p.requestID, err)
-		}
-		changes = append(changes, store.Change{Request: snap, Events: p.events})
-	}
-	return changes, nil
-}
-
-// jsonArray encodes ids for json_each: one bound parameter for any number
-// of ids.
-func jsonArray(ids []string) string {
-	b, _ := json.Marshal(ids) // []string always encodes
-	return string(b)
-}
 
 // GetRequest implements store.Store.
 func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error) {

@@ -1,0 +1,108 @@
+package sqlitestore
+
+import (
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// Defaults of the event cache.
+const (
+	// defaultCacheRequests is how many requests the event cache holds by
+	// default. A cached event costs about 0.5 KiB of heap, a typical
+	// request in progress 2 KiB: 8 MiB in all.
+	defaultCacheRequests = 4096
+	// maxCachedEvents: a request with more events than this is not cached
+	// (such requests are not expected; they are folded from the file).
+	maxCachedEvents = 64
+)
+
+// eventCache keeps, for recently committed requests, everything Commit
+// would otherwise read back from the file to fold them: every stored event
+// of the request, decoded, and its revision. It is least recently used
+// first out, bounded by a number of requests.
+//
+// An entry is exact: its events are all and only the events stored for the
+// request, each equal to the decode of its stored data, and its revision is
+// the stored one. To keep it so, the cache is used and changed only with
+// the writer lock held (Store.lockWriter); Commit changes it only after its
+// transaction has committed and empties it when a commit fails (whatever
+// the failure, a commit may have reached the file); PurgePII drops the
+// requests it rewrites; and Commit empties it when another connection has
+// written to the file (PRAGMA data_version). Its messages are the cache's
+// own: no caller ever holds one.
+type eventCache struct {
+	max  int
+	m    map[string]*cachedRequest
+	root cachedRequest // sentinel of the recency ring: root.next is the most recent
+}
+
+type cachedRequest struct {
+	requestID  string
+	revision   int64
+	events     []*eventsv1.Event
+	prev, next *cachedRequest
+}
+
+func newEventCache(max int) *eventCache {
+	c := &eventCache{max: max, m: make(map[string]*cachedRequest)}
+	c.root.prev, c.root.next = &c.root, &c.root
+	return c
+}
+
+// get returns the entry of requestID, or nil. The entry must not be
+// changed.
+func (c *eventCache) get(requestID string) *cachedRequest {
+	if c.max <= 0 {
+		return nil
+	}
+	return c.m[requestID]
+}
+
+// put makes events and revision the entry of requestID, the most recent
+// one, evicting the least recent entries beyond the bound. It takes
+// ownership of events.
+func (c *eventCache) put(requestID string, revision int64, events []*eventsv1.Event) {
+	if c.max <= 0 {
+		return
+	}
+	if len(events) > maxCachedEvents {
+		c.remove(requestID)
+		return
+	}
+	e := c.m[requestID]
+	if e == nil {
+		e = &cachedRequest{requestID: requestID}
+		c.m[requestID] = e
+	} else {
+		c.unlink(e)
+	}
+	e.revision, e.events = revision, events
+	e.prev, e.next = &c.root, c.root.next
+	e.prev.next, e.next.prev = e, e
+	for len(c.m) > c.max {
+		c.remove(c.root.prev.requestID)
+	}
+}
+
+// remove drops the entry of requestID, if any.
+func (c *eventCache) remove(requestID string) {
+	if e := c.m[requestID]; e != nil {
+		c.unlink(e)
+		delete(c.m, requestID)
+	}
+}
+
+// clear drops every entry.
+func (c *eventCache) clear() {
+	if len(c.m) == 0 {
+		return
+	}
+	clear(c.m)
+	c.root.prev, c.root.next = &c.root, &c.root
+}
+
+func (c *eventCache) len() int { return len(c.m) }
+
+func (c *eventCache) unlink(e *cachedRequest) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}

@@ -1,0 +1,17 @@
+package sqlitestore
+
+import "database/sql"
+
+// SetBeforeTxCommit sets a function that runs before each Commit's
+// transaction commits; an error from it fails the commit.
+func SetBeforeTxCommit(s *Store, f func() error) { s.beforeTxCommit = f }
+
+// CachedRequests is how many requests the event cache holds.
+func CachedRequests(s *Store) int {
+	s.writer <- struct{}{}
+	defer func() { <-s.writer }()
+	return s.cache.len()
+}
+
+// WriterDB is the writer connection.
+func WriterDB(s *Store) *sql.DB { return s.w }
