@@ -134,3 +134,53 @@ func BenchmarkCommit(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkListEvents reads the first page (100) of a request's events: a
+// typical request of 6 events, and one of 2,000.
+func BenchmarkListEvents(b *testing.B) {
+	for _, n := range []int{6, 2000} {
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
+			s, err := sqlitestore.Open(b.Context(), filepath.Join(b.TempDir(), "events.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			tr := newTraffic(1, 64)
+			for range 200 { // other requests around it
+				batch := make([]store.Webhook, 32)
+				for i := range batch {
+					batch[i] = tr.next()
+				}
+				if _, _, err := s.Commit(b.Context(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var batch []store.Webhook
+			for k := range n {
+				wh := deliveryHook("big", k)
+				if batch = append(batch, wh); len(batch) == 64 || k == n-1 {
+					if _, _, err := s.Commit(b.Context(), batch); err != nil {
+						b.Fatal(err)
+					}
+					batch = nil
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				events, _, err := s.ListEvents(b.Context(), "big", store.Page{Size: 100})
+				if err != nil || len(events) != min(n, 100) {
+					b.Fatalf("ListEvents: %d events, %v", len(events), err)
+				}
+			}
+		})
+	}
+}
+
+func deliveryHook(rid string, k int) store.Webhook {
+	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC).Add(time.Duration(k*7919%100_000) * time.Millisecond)
+	e := &eventsv1.Event{
+		EventId: fmt.Sprintf("%s-%d", rid, k), RequestId: rid, Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY,
+		Status: "SENT", Channel: "SMS", EventTime: timestamppb.New(at), ReceiveTime: timestamppb.New(at),
+	}
+	return store.Webhook{Body: []byte(fmt.Sprintf(`{"k":%d}`, k)), Received: at, Events: []*eventsv1.Event{e}}
+}
