@@ -8,17 +8,18 @@ import (
 const (
 	// defaultCacheRequests is how many requests the event cache holds by
 	// default. A cached event costs about 0.5 KiB of heap, a typical
-	// request in progress 2 KiB: 8 MiB in all.
+	// request in progress 2 KiB: 8 MiB at most.
 	defaultCacheRequests = 4096
 	// maxCachedEvents: a request with more events than this is not cached
 	// (such requests are not expected; they are folded from the file).
 	maxCachedEvents = 64
 )
 
-// eventCache keeps, for recently committed requests, everything Commit
-// would otherwise read back from the file to fold them: every stored event
-// of the request, decoded, and its revision. It is least recently used
-// first out, bounded by a number of requests.
+// eventCache keeps, for requests in progress that changed recently,
+// everything Commit would otherwise read back from the file to fold them:
+// every stored event of the request, decoded, and its revision. It is
+// least recently used first out, bounded by a number of requests; a
+// request leaves it when it is done (terminal).
 //
 // An entry is exact: its events are all and only the events stored for the
 // request, each equal to the decode of its stored data, and its revision is

@@ -128,8 +128,9 @@ type pending struct {
 
 	added     int               // how many of the batch's events are new
 	events    []*eventsv1.Event // the new ones, in batch order
-	copies    []*eventsv1.Event // the cache's copies of events, when cacheable
-	cacheable bool
+	encoded   [][]byte          // events as stored, when cacheable
+	cacheable bool              // to be cached if the commit succeeds and the request is not done
+	terminal  bool              // the new snapshot is terminal
 }
 
 func (p *pending) has(eventID string) bool {
@@ -191,12 +192,7 @@ func (c *commit) run(ctx context.Context) error {
 			if p := pl.p; p != nil {
 				p.events = append(p.events, e)
 				if p.cacheable {
-					// The cache's own copy, as it would be read back.
-					cp := new(eventsv1.Event)
-					if err := proto.Unmarshal(data, cp); err != nil {
-						return fmt.Errorf("decode event %s: %w", e.GetEventId(), err)
-					}
-					p.copies = append(p.copies, cp)
+					p.encoded = append(p.encoded, data)
 				}
 			}
 		}
@@ -321,11 +317,12 @@ func (c *commit) plan(ctx context.Context) error {
 		}
 	}
 
-	// Decode the stored events read from the file that are needed: those
-	// of the requests to fold, and of those the cache will keep.
+	// Decode the stored events read from the file of the requests to fold.
+	// Only those are cached: a request that got no new event stays as it
+	// is in the cache, or out of it.
 	for _, p := range c.order {
-		p.cacheable = cache.max > 0 && len(p.ids)+p.added <= maxCachedEvents
-		if p.stored != nil || len(p.data) == 0 || p.added == 0 && !p.cacheable {
+		p.cacheable = cache.max > 0 && p.added > 0 && len(p.ids)+p.added <= maxCachedEvents
+		if p.stored != nil || len(p.data) == 0 || p.added == 0 {
 			continue
 		}
 		p.stored = make([]*eventsv1.Event, len(p.data))
@@ -400,6 +397,7 @@ func (c *commit) fold(ctx context.Context, updated time.Time) error {
 		}
 		snap := state.Fold(p.requestID, slices.Concat(p.stored, p.events))
 		p.revision++
+		p.terminal = state.Terminal(snap)
 		snap.Revision = p.revision
 		snap.UpdateTime = timestamppb.New(updated)
 		data, err := proto.Marshal(snap)
@@ -415,15 +413,31 @@ func (c *commit) fold(ctx context.Context, updated time.Time) error {
 	return nil
 }
 
-// updateCache records the committed requests in the event cache.
+// updateCache records the changed requests in the event cache, once the
+// transaction has committed. Requests that are done (terminal) leave it:
+// few events follow.
 func (c *commit) updateCache() {
 	cache := c.s.cache
+next:
 	for _, p := range c.order {
-		if !p.cacheable {
+		if !p.touched() {
+			continue // unchanged
+		}
+		if !p.cacheable || p.terminal {
 			cache.remove(p.requestID)
 			continue
 		}
-		cache.put(p.requestID, p.revision, slices.Concat(p.stored, p.copies))
+		events := slices.Grow(slices.Clip(p.stored), len(p.encoded))
+		for _, data := range p.encoded {
+			// The cache's own copy, as it reads back from the file.
+			e := new(eventsv1.Event)
+			if err := proto.Unmarshal(data, e); err != nil {
+				cache.remove(p.requestID) // not expected: it was just encoded
+				continue next
+			}
+			events = append(events, e)
+		}
+		cache.put(p.requestID, p.revision, events)
 	}
 }
 
