@@ -44,12 +44,8 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
-	for i, wh := range batch {
-		for j, e := range wh.Events {
-			if e.GetEventId() == "" {
-				return nil, nil, fmt.Errorf("pgstore: %s: webhook %d event %d has no event id", op, i, j)
-			}
-		}
+	if err := store.CheckBatch(batch); err != nil {
+		return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
 	if len(batch) == 0 {
 		return nil, nil, nil

@@ -140,7 +140,7 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	if !create {
 		var current *string
 		if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
-			return mapErr(ctx, err)
+			return store.MapErr(ctx, err)
 		}
 		if current == nil {
 			return errors.New("the search_path names no existing schema: create it, or use WithSchema")
@@ -153,7 +153,7 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	}
 	applied, err := migrate(ctx, s.pool, schema, create, ms)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", mapErr(ctx, err))
+		return fmt.Errorf("migrate: %w", store.MapErr(ctx, err))
 	}
 	for _, name := range applied {
 		s.log.Info("applied migration", "schema", schema, "migration", name)
@@ -293,17 +293,5 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("pgstore: %s: %w (%v)", op, store.ErrClosed, err)
 	}
-	return fmt.Errorf("pgstore: %s: %w", op, mapErr(ctx, err))
-}
-
-// mapErr classifies a pgx error against the caller's ctx: ctx's error when
-// it is done, else ErrUnavailable with the cause.
-func mapErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
-		if errors.Is(err, cerr) {
-			return err
-		}
-		return fmt.Errorf("%w (%v)", cerr, err)
-	}
-	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	return fmt.Errorf("pgstore: %s: %w", op, store.MapErr(ctx, err))
 }

@@ -147,7 +147,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 
 	var mode string
 	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		return mapErr(ctx, err)
+		return store.MapErr(ctx, err)
 	}
 	if mode != "wal" {
 		return fmt.Errorf("journal_mode is %q, want wal", mode)
@@ -159,7 +159,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	applied, err := migrate(ctx, s.w, ms, time.Now())
 	if err != nil {
-		return fmt.Errorf("migrate: %w", mapErr(ctx, err))
+		return fmt.Errorf("migrate: %w", store.MapErr(ctx, err))
 	}
 	for _, name := range applied {
 		log.Info("applied migration", "path", s.path, "migration", name)
@@ -214,7 +214,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 		ORDER BY e.event_time_ms, e.event_id`)
 	prepare(s.r, &s.requestExists, `SELECT 1 FROM requests WHERE request_id = ?`)
 	if err != nil {
-		return fmt.Errorf("prepare: %w", mapErr(ctx, err))
+		return fmt.Errorf("prepare: %w", store.MapErr(ctx, err))
 	}
 	return nil
 }
@@ -357,18 +357,5 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("sqlitestore: %s: %w (%v)", op, store.ErrClosed, err)
 	}
-	return fmt.Errorf("sqlitestore: %s: %w", op, mapErr(ctx, err))
-}
-
-// mapErr classifies a driver error: the context's error when ctx is done
-// (the driver reports an interrupted statement), else ErrUnavailable with
-// the cause.
-func mapErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
-		if errors.Is(err, cerr) {
-			return err
-		}
-		return fmt.Errorf("%w (%v)", cerr, err)
-	}
-	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	return fmt.Errorf("sqlitestore: %s: %w", op, store.MapErr(ctx, err))
 }

@@ -1,0 +1,77 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Helpers for backends: what every Store implementation needs the same way.
+
+// Migration is one file of a backend's embedded migrations: NNNN_name.sql,
+// applied in version order, each version once.
+type Migration struct {
+	Version int
+	Name    string
+	SQL     string
+}
+
+// LoadMigrations returns the migrations matching pattern in fsys, in version
+// order. Versions must run 1, 2, 3, ... without gaps.
+func LoadMigrations(fsys fs.FS, pattern string) ([]Migration, error) {
+	names, err := fs.Glob(fsys, pattern)
+	if err != nil {
+		return nil, err
+	}
+	var ms []Migration
+	for _, name := range names {
+		base := path.Base(name)
+		prefix, _, ok := strings.Cut(base, "_")
+		v, err := strconv.Atoi(prefix)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("migration %s: name must be NNNN_name.sql", base)
+		}
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, Migration{Version: v, Name: base, SQL: string(b)})
+	}
+	slices.SortFunc(ms, func(a, b Migration) int { return a.Version - b.Version })
+	for i, m := range ms {
+		if m.Version != i+1 {
+			return nil, fmt.Errorf("migration %s: version %d, want %d", m.Name, m.Version, i+1)
+		}
+	}
+	return ms, nil
+}
+
+// CheckBatch reports a batch Commit cannot take: an event without an id.
+func CheckBatch(batch []Webhook) error {
+	for i, wh := range batch {
+		for j, e := range wh.Events {
+			if e.GetEventId() == "" {
+				return fmt.Errorf("webhook %d event %d has no event id", i, j)
+			}
+		}
+	}
+	return nil
+}
+
+// MapErr classifies a driver error against the caller's ctx: ctx's error
+// when it is done (drivers report an interrupted statement), else
+// ErrUnavailable with the cause.
+func MapErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		if errors.Is(err, cerr) {
+			return err
+		}
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
