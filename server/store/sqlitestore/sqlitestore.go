@@ -273,6 +273,9 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 		return nil, "", s.fail(ctx, op, err)
 	}
 	events, err := scanEvents(rows, limit+1)
+	if errors.Is(err, errCorrupt) { // not a failure a retry could fix
+		return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, err)
+	}
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
@@ -295,6 +298,9 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	return events, store.CursorAfter(events[limit-1]).Token(), nil
 }
 
+// errCorrupt marks a stored event that does not decode.
+var errCorrupt = errors.New("corrupt stored event")
+
 func scanEvents(rows *sql.Rows, capacity int) ([]*eventsv1.Event, error) {
 	defer rows.Close()
 	events := make([]*eventsv1.Event, 0, capacity)
@@ -305,7 +311,7 @@ func scanEvents(rows *sql.Rows, capacity int) ([]*eventsv1.Event, error) {
 		}
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			return nil, fmt.Errorf("decode event: %w", err)
+			return nil, fmt.Errorf("%w: %w", errCorrupt, err)
 		}
 		e.RawBody = string(body)
 		events = append(events, e)
