@@ -26,7 +26,8 @@ import (
 // EventTime (the body's time, else received) and ReceiveTime (received) set
 // and RawBody left empty. The format is chosen by the first field set of
 // notificationType (v1 system), eventType (v2) and status (v1 delivery); a
-// body with none of them is ErrUnrecognized. The events share no memory
+// body with none of them is ErrUnrecognized, and one naming a request id
+// that CheckRequestID refuses is ErrInvalidBody. The events share no memory
 // with req.
 func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event, error) {
 	var (
