@@ -272,7 +272,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		MaxBatch:  cfg.MaxBatch,
 		OnCommit:  publish,
 		Observe:   s.obs.ObserveCommit,
-		Logger:    log.With("component", "writer"),
+		Logger:    log,
 	})
 
 	sec, err := newSecurity(cfg.Security)
