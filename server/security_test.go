@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
 )
@@ -126,7 +127,7 @@ func TestWebhookAuthentication(t *testing.T) {
 // token, and returns its id.
 func seedPII(t *testing.T, ts *testServer) string {
 	t.Helper()
-	for _, b := range scenario(t, "phone-and-email").Bodies {
+	for _, b := range fixtures.Named(t, "phone-and-email").Bodies {
 		ts.ingest(t, b)
 	}
 	return "a6e5b8c7d0f9e2a1b4c3d5e6f7a8b9c0" // the email request of the scenario

@@ -29,7 +29,6 @@ import (
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
-	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/state"
 )
 
@@ -212,25 +211,12 @@ func (w *watch) wait(t *testing.T) {
 // requestIDs returns the request ids a body's events belong to.
 func requestIDs(t *testing.T, body []byte) []string {
 	t.Helper()
-	events := normalizeBody(t, body)
+	events := fixtures.Events(t, body)
 	var ids []string
 	for _, e := range events {
 		ids = append(ids, e.GetRequestId())
 	}
 	return ids
-}
-
-func normalizeBody(t *testing.T, body []byte) []*eventsv1.Event {
-	t.Helper()
-	req, err := normalize.Decode(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := normalize.Events(req, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return events
 }
 
 // TestScenariosEndToEnd posts every scenario over HTTP while gRPC watchers
@@ -249,7 +235,7 @@ func TestScenariosEndToEnd(t *testing.T) {
 			events := map[string]map[string]*eventsv1.Event{}
 			streamed := map[string]map[string]*eventsv1.Event{}
 			for _, body := range sc.Bodies {
-				for _, e := range normalizeBody(t, body) {
+				for _, e := range fixtures.Events(t, body) {
 					id := e.GetRequestId()
 					if events[id] == nil {
 						events[id], streamed[id] = map[string]*eventsv1.Event{}, map[string]*eventsv1.Event{}
@@ -562,7 +548,7 @@ func TestWatchHeartbeatResumeAndMaxDuration(t *testing.T) {
 func TestWatchFinishedRequestEndsAfterSnapshot(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
-	sc := scenario(t, "whatsapp-happy-path")
+	sc := fixtures.Named(t, "whatsapp-happy-path")
 	for _, b := range sc.Bodies {
 		ts.ingest(t, b)
 	}
@@ -572,17 +558,6 @@ func TestWatchFinishedRequestEndsAfterSnapshot(t *testing.T) {
 	if len(w.msgs) != 1 || w.msgs[0].GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
 		t.Fatalf("watch of a finished request sent %v, want one SUCCESS snapshot", w.msgs)
 	}
-}
-
-func scenario(t *testing.T, name string) fixtures.Scenario {
-	t.Helper()
-	for _, sc := range fixtures.Scenarios(t) {
-		if sc.Name == name {
-			return sc
-		}
-	}
-	t.Fatalf("no scenario %s", name)
-	return fixtures.Scenario{}
 }
 
 // A watcher that never reads slows neither ingestion nor other watchers; it
@@ -658,7 +633,7 @@ func TestShutdownEndsWatchesWithReconnect(t *testing.T) {
 func TestWatchOverGatewayIsNDJSON(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
-	sc := scenario(t, "whatsapp-happy-path")
+	sc := fixtures.Named(t, "whatsapp-happy-path")
 	id := requestIDs(t, sc.Bodies[0])[0]
 	resp, err := http.Get(ts.httpURL + "/v1/requests/" + id + ":watch")
 	if err != nil {

@@ -17,7 +17,6 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
-	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
@@ -40,7 +39,7 @@ func copyScenarios(t *testing.T, n int) []authRequest {
 		sc := scenarios[k%len(scenarios)]
 		ids := map[string]bool{}
 		for _, b := range sc.Bodies {
-			for _, e := range normalizeBody(t, b) {
+			for _, e := range fixtures.Events(t, b) {
 				ids[e.GetRequestId()] = true
 			}
 		}
@@ -50,7 +49,7 @@ func copyScenarios(t *testing.T, n int) []authRequest {
 				b = bytes.ReplaceAll(b, []byte(`"`+id+`"`), fmt.Appendf(nil, `"%s-%d"`, id, k))
 			}
 			ar.bodies = append(ar.bodies, b)
-			for _, e := range normalizeBody(t, b) {
+			for _, e := range fixtures.Events(t, b) {
 				id := e.GetRequestId()
 				if !strings.HasSuffix(id, fmt.Sprintf("-%d", k)) {
 					t.Fatalf("scenario %s: request id %q not rewritten", sc.Name, id)
@@ -67,19 +66,6 @@ func copyScenarios(t *testing.T, n int) []authRequest {
 		out = append(out, ar)
 	}
 	return out
-}
-
-func normalizeBody(t *testing.T, body []byte) []*eventsv1.Event {
-	t.Helper()
-	req, err := normalize.Decode(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := normalize.Events(req, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return events
 }
 
 func foldSet(id string, events map[string]*eventsv1.Event) *eventsv1.AuthRequest {

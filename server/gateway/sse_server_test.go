@@ -16,17 +16,6 @@ import (
 	"github.com/otpless-events/otpless-events/server/auth"
 )
 
-func scenario(t *testing.T, name string) fixtures.Scenario {
-	t.Helper()
-	for _, sc := range fixtures.Scenarios(t) {
-		if sc.Name == name {
-			return sc
-		}
-	}
-	t.Fatalf("no scenario %s", name)
-	return fixtures.Scenario{}
-}
-
 // watchURL is the watch route of the request the scenario is about.
 func watchURL(ts *testserver.Server, id string) string {
 	return ts.HTTPURL + "/v1/requests/" + id + ":watch"
@@ -39,7 +28,7 @@ func watchURL(ts *testserver.Server, id string) string {
 func TestSSEResumesAcrossDisconnect(t *testing.T) {
 	t.Parallel()
 	ts := testserver.Start(t, nil)
-	sc := scenario(t, "whatsapp-fails-then-sms")
+	sc := fixtures.Named(t, "whatsapp-fails-then-sms")
 	const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
 
 	ctx, cancel := context.WithCancel(testContext(t))
@@ -121,7 +110,7 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 func TestSSEWithWatchToken(t *testing.T) {
 	t.Parallel()
 	ts := testserver.Start(t, testserver.Secure)
-	sc := scenario(t, "whatsapp-happy-path")
+	sc := fixtures.Named(t, "whatsapp-happy-path")
 	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
 	ts.Ingest(t, sc.Bodies[0])
 

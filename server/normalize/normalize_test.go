@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/server/normalize"
-	"google.golang.org/protobuf/proto"
 )
 
 // TestScenarios runs every line of every scenario and checks what holds for
@@ -82,7 +83,7 @@ func cmpOr(a, b json.Number) json.Number {
 
 func TestScenarioPhoneAndEmail(t *testing.T) {
 	t.Parallel()
-	s := scenario(t, "phone-and-email")
+	s := fixtures.Named(t, "phone-and-email")
 	events := normalizeBody(t, s.Bodies[0])
 	if len(events) != 2 {
 		t.Fatalf("INITIATED yields %d events, want 2 (phone and email request ids differ)", len(events))
@@ -100,17 +101,6 @@ func TestScenarioPhoneAndEmail(t *testing.T) {
 	if email.GetPhone() != nil || email.GetEmail() == "" || email.GetAuthMethod() != "MAGIC_LINK" || !slices.Equal(email.GetAuthChannels(), []string{"EMAIL"}) {
 		t.Errorf("email event = %v", email)
 	}
-}
-
-func scenario(t *testing.T, name string) fixtures.Scenario {
-	t.Helper()
-	for _, s := range fixtures.Scenarios(t) {
-		if s.Name == name {
-			return s
-		}
-	}
-	t.Fatalf("no scenario %s", name)
-	return fixtures.Scenario{}
 }
 
 // TestAuthGroups checks how v2 auth entries are grouped into events by

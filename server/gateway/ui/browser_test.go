@@ -19,7 +19,6 @@ import (
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server/auth"
-	"github.com/otpless-events/otpless-events/server/normalize"
 )
 
 // chromiumPath is where Debian's chromium package installs the browser.
@@ -155,30 +154,6 @@ func (p *page) screenshot(name string) {
 	p.t.Logf("screenshot of the status page: %s", path)
 }
 
-func scenario(t *testing.T, name string) fixtures.Scenario {
-	t.Helper()
-	for _, sc := range fixtures.Scenarios(t) {
-		if sc.Name == name {
-			return sc
-		}
-	}
-	t.Fatalf("no scenario %s", name)
-	return fixtures.Scenario{}
-}
-
-func events(t *testing.T, body []byte) []*eventsv1.Event {
-	t.Helper()
-	req, err := normalize.Decode(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	evs, err := normalize.Events(req, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return evs
-}
-
 // checkShows fails unless the page shows each event of the body: in the
 // activity list, and as a channel step, fallback or failure.
 func checkShows(t *testing.T, v view, evs []*eventsv1.Event) {
@@ -230,7 +205,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	t.Run("live", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
-		sc := scenario(t, "whatsapp-happy-path")
+		sc := fixtures.Named(t, "whatsapp-happy-path")
 		const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
 		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
 		p.waitFor("the first snapshot", `document.body.dataset.connection === "live" && document.body.dataset.revision === "0"`)
@@ -240,7 +215,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		for _, body := range sc.Bodies {
 			rev := ts.Ingest(t, body).GetEvents()[0].GetRevision()
 			p.waitRevision(rev)
-			checkShows(t, p.view(), events(t, body))
+			checkShows(t, p.view(), fixtures.Events(t, body))
 		}
 		p.waitFor("the end of the watch", `document.body.dataset.connection === "finished"`)
 		v := p.view()
@@ -253,13 +228,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	t.Run("server restart", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
-		sc := scenario(t, "whatsapp-fails-then-sms")
+		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
 		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
 		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
 		p.waitFor("the first snapshot", `document.body.dataset.connection === "live"`)
 		for _, body := range sc.Bodies[:3] { // INITIATED, SENT, FAILED
 			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
-			checkShows(t, p.view(), events(t, body))
+			checkShows(t, p.view(), fixtures.Events(t, body))
 		}
 		v := p.view()
 		if v.Status != "REQUEST_STATUS_FAILED" || len(v.Failures) != 1 ||
@@ -283,7 +258,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 		for _, body := range sc.Bodies[3:] { // FALLBACK, SMS DELIVERED, SUCCESS
 			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
-			checkShows(t, p.view(), events(t, body))
+			checkShows(t, p.view(), fixtures.Events(t, body))
 		}
 		p.waitFor("the end of the watch", `document.body.dataset.connection === "finished"`)
 		v = p.view()
@@ -296,7 +271,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	t.Run("README snippet", func(t *testing.T) {
 		ts := testserver.Start(t, testserver.Secure)
-		sc := scenario(t, "whatsapp-fails-then-sms")
+		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
 		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
 		admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testserver.AdminKey, Insecure: true})))
 		tok, err := admin.CreateWatchToken(t.Context(), &eventsv1.CreateWatchTokenRequest{RequestId: id})
