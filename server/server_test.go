@@ -7,18 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -27,6 +24,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/state"
@@ -39,74 +37,23 @@ type testServer struct {
 	conn        *grpc.ClientConn
 	requests    eventsv1.RequestServiceClient
 	webhooks    eventsv1.WebhookServiceClient
-	stop        func() error
+	stop        func()
 }
 
+// startServer runs a real server (authentication disabled unless mutate
+// turns it on; security_test.go covers it) with clients that send the
+// admin key of security_test.go.
 func startServer(t *testing.T, mutate func(*server.Config)) *testServer {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir = t.TempDir()
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg.Security.Disabled = true // security_test.go covers authentication
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatalf("server.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testAdminKey, Insecure: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	var runErr error
-	stop := func() error {
-		once.Do(func() {
-			cancel()
-			runErr = <-done
-			conn.Close()
-		})
-		return runErr
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	ts := &testServer{
-		httpURL:     "http://" + srv.HTTPAddr().String(),
-		webhookPath: "/v1/webhooks/otpless",
+	srv := testserver.Start(t, mutate)
+	conn := srv.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testAdminKey, Insecure: true}))
+	return &testServer{
+		httpURL:     srv.HTTPURL,
+		webhookPath: srv.WebhookPath,
 		conn:        conn,
 		requests:    eventsv1.NewRequestServiceClient(conn),
 		webhooks:    eventsv1.NewWebhookServiceClient(conn),
-		stop:        stop,
-	}
-	waitServing(t, conn)
-	return ts
-}
-
-func waitServing(t *testing.T, conn *grpc.ClientConn) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
-	for err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		select {
-		case <-ctx.Done():
-			t.Fatal("server never became SERVING")
-		case <-time.After(10 * time.Millisecond):
-		}
-		resp, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	}
-	if err != nil {
-		t.Fatalf("health check: %v", err)
+		stop:        func() { srv.Stop(t) },
 	}
 }
 
@@ -621,9 +568,7 @@ func TestShutdownEndsWatchesWithReconnect(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
 	w := startWatch(t, context.Background(), ts.requests, &eventsv1.WatchRequestRequest{RequestId: "shutdown-req"})
-	if err := ts.stop(); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	ts.stop() // fails the test unless Run returns nil
 	w.wait(t)
 	if last := w.msgs[len(w.msgs)-1]; last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT {
 		t.Fatalf("last message %v, want RECONNECT", last)
@@ -723,9 +668,7 @@ func TestShutdownWithHealthWatchOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts.ingest(t, dlr("health-watch-req", "SENT", 1764153000000))
-	if err := ts.stop(); err != nil {
-		t.Fatalf("Run returned %v with a Health.Watch open, want a clean stop", err)
-	}
+	ts.stop() // fails the test unless Run returns nil, open Health.Watch or not
 }
 
 func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
