@@ -24,11 +24,15 @@ var ErrUnrecognized = errors.New("unrecognized webhook")
 // know are ignored, so that fields OTPLESS adds later do not break ingestion.
 // Errors wrap ErrInvalidBody.
 func Decode(body []byte) (*eventsv1.IngestRequest, error) {
-	if err := checkBody(body); err != nil {
-		return nil, err
-	}
 	req := new(eventsv1.IngestRequest)
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, req); err != nil {
+		// protojson rejects what checkBody does (it is strict JSON and
+		// checks UTF-8 in every string, skipped ones included), but names it
+		// less clearly: checkBody runs only then, so that a valid body is
+		// read once.
+		if cerr := checkBody(body); cerr != nil {
+			return nil, cerr
+		}
 		return nil, fmt.Errorf("%w: %s", ErrInvalidBody, describeTypeError(body, err))
 	}
 	return req, nil

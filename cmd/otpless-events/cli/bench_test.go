@@ -2,8 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +68,8 @@ func TestBenchSmokeSSE(t *testing.T) {
 	}
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"bench", "--self", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100", "--watch-via", "sse"}
+	profile := filepath.Join(t.TempDir(), "load.pprof")
+	args := []string{"bench", "--self", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100", "--watch-via", "sse", "--cpu-profile", profile}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if code := Main(ctx, args, &stdout, &stderr); code != 0 {
@@ -76,5 +81,18 @@ func TestBenchSmokeSSE(t *testing.T) {
 	}
 	if res := r.Result; r.WatchVia != "sse" || res.WatchersReady != 20 || res.Delivery.Count == 0 || len(res.WatchErrors) > 0 || res.OK == 0 {
 		t.Errorf("over SSE: %s", stdout.String())
+	}
+	// A pprof profile is a gzipped protocol buffer.
+	f, err := os.Open(profile)
+	if err != nil {
+		t.Fatalf("--cpu-profile: %v", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("--cpu-profile wrote no gzip stream: %v", err)
+	}
+	if n, err := io.Copy(io.Discard, zr); err != nil || n == 0 {
+		t.Errorf("--cpu-profile: %d bytes, %v", n, err)
 	}
 }

@@ -60,7 +60,7 @@ func WithBusyTimeout(d time.Duration) Option {
 }
 
 // WithEventCache sets how many requests the event cache keeps (default
-// 4096; 0 turns it off). Commit folds a cached request from its entry
+// 16384; 0 turns it off). Commit folds a cached request from its entry
 // rather than reading all its events back from the file; an entry costs
 // about 0.5 KiB of heap per event, 2 KiB for a typical request in
 // progress.
