@@ -12,7 +12,7 @@
 // loop each of Concurrency workers sends its next webhook when the previous
 // one is answered.
 //
-// It imports the generated API and gRPC; nothing from the server.
+// It imports the generated API, gRPC and fasthttp; nothing from the server.
 package loadgen
 
 import (
