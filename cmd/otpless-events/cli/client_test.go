@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"math/big"
@@ -409,6 +410,26 @@ func TestClientsOverTLS(t *testing.T) {
 	code, out, errOut := run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--tls-ca-file", certFile, tryID)
 	if code != 0 || parseWatch(t, out).status != "SUCCESS" {
 		t.Fatalf("watch over TLS: exit %d, %q %s", code, out, errOut)
+	}
+	bench := func(args ...string) (sent, ok int, errs map[string]int) {
+		t.Helper()
+		code, out, errOut := run(t, append([]string{"bench", "--json", "--concurrency", "2"}, args...)...)
+		var report struct {
+			Result struct {
+				Sent, OK int
+				Errors   map[string]int
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &report); code != 0 || err != nil {
+			t.Fatalf("bench %v: exit %d, %v, %s %s", args, code, err, out, errOut)
+		}
+		return report.Result.Sent, report.Result.OK, report.Result.Errors
+	}
+	if sent, ok, errs := bench("--tls-ca-file", certFile, "--rate", "100", "--duration", "300ms"); sent != 30 || ok != 30 {
+		t.Fatalf("bench over TLS: %d sent, %d ok, errors %v", sent, ok, errs)
+	}
+	if sent, ok, errs := bench("--rate", "100", "--duration", "100ms"); sent == 0 || ok != 0 || errs["transport"] != sent {
+		t.Fatalf("bench trusted a certificate no system CA signed: %d sent, %d ok, errors %v", sent, ok, errs)
 	}
 	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, tryID); code == 0 {
 		t.Fatal("get in plaintext from a TLS server succeeded")
