@@ -221,6 +221,7 @@ func newRunner(cfg Config) *runner {
 	client := &fasthttp.Client{
 		Dial:                          (&fasthttp.TCPDialer{Concurrency: cfg.Concurrency}).Dial,
 		MaxConnsPerHost:               cfg.Concurrency,
+		MaxConnWaitTimeout:            sendTimeout, // a sender waits for a connection rather than failing
 		MaxIdleConnDuration:           90 * time.Second,
 		ReadTimeout:                   sendTimeout,
 		WriteTimeout:                  sendTimeout,
