@@ -183,3 +183,47 @@ func TestSSEOutlivesHTTPReadTimeout(t *testing.T) {
 		}
 	}
 }
+
+// Over TLS a browser speaks HTTP/2: the stream is an HTTP/2 stream, it
+// outlives the read timeout, and it carries a whole scenario to its end.
+func TestSSEOverTLS(t *testing.T) {
+	t.Parallel()
+	const readTimeout = 100 * time.Millisecond
+	certFile, keyFile := testserver.SelfSigned(t)
+	ts := testserver.Start(t, func(c *server.Config) {
+		c.Security.TLSCertFile, c.Security.TLSKeyFile = certFile, keyFile
+		c.HTTPReadTimeout = readTimeout
+		c.WatchHeartbeat = 20 * time.Millisecond
+	})
+	sc := fixtures.Named(t, "whatsapp-happy-path")
+	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
+
+	st := openSSEWith(t, testContext(t), ts.HTTPClient(), watchURL(ts, id), nil)
+	if st.resp.ProtoMajor != 2 || st.resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s %d, want HTTP/2 200", st.resp.Proto, st.resp.StatusCode)
+	}
+	if ev := st.nextEvent(t); ev.Event != "snapshot" {
+		t.Fatalf("first event %+v, want the snapshot", ev)
+	}
+	for start := time.Now(); time.Since(start) < 4*readTimeout; {
+		if ev := st.nextEvent(t); ev.Event != "heartbeat" {
+			t.Fatalf("event %+v on a quiet stream", ev)
+		}
+	}
+	for _, body := range sc.Bodies {
+		ts.Ingest(t, body)
+	}
+	var last *eventsv1.WatchRequestResponse
+	for {
+		b, err := st.next()
+		if err != nil {
+			break // the end after SUCCESS (checked below)
+		}
+		if b.Event == "update" {
+			last = b.message(t)
+		}
+	}
+	if last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+		t.Fatalf("stream ended with %v, want SUCCESS", last.GetRequest())
+	}
+}

@@ -31,6 +31,12 @@ type sseStream struct {
 // openSSE GETs url as an EventSource would, with extra headers.
 func openSSE(t *testing.T, ctx context.Context, url string, header http.Header) *sseStream {
 	t.Helper()
+	return openSSEWith(t, ctx, http.DefaultClient, url, header)
+}
+
+// openSSEWith is openSSE through client.
+func openSSEWith(t *testing.T, ctx context.Context, client *http.Client, url string, header http.Header) *sseStream {
+	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +45,7 @@ func openSSE(t *testing.T, ctx context.Context, url string, header http.Header) 
 	for k, vs := range header {
 		req.Header[k] = vs
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
