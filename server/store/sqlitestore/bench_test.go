@@ -93,12 +93,14 @@ func (t *traffic) next() store.Webhook {
 // BenchmarkCommit measures store.Commit alone on realistic traffic, in
 // batches of 32 webhooks (what the group commit makes of full load), with
 // 256 requests in progress (all in the event cache) or 50,000 (mostly not),
-// and with the event cache off; one op is one webhook.
+// and with the event cache off; and in batches of 1 and 128, which show
+// what a commit costs whatever its size (moderate rates make batches of one
+// to four). One op is one webhook.
 func BenchmarkCommit(b *testing.B) {
 	for _, bc := range []struct {
-		inflight, cache int
-	}{{256, 4096}, {256, 0}, {50_000, 4096}} {
-		b.Run(fmt.Sprintf("inflight=%d/cache=%d", bc.inflight, bc.cache), func(b *testing.B) {
+		inflight, cache, batch int
+	}{{256, 4096, 32}, {256, 0, 32}, {50_000, 4096, 32}, {256, 4096, 1}, {256, 4096, 128}} {
+		b.Run(fmt.Sprintf("inflight=%d/cache=%d/batch=%d", bc.inflight, bc.cache, bc.batch), func(b *testing.B) {
 			s, err := sqlitestore.Open(b.Context(), filepath.Join(b.TempDir(), "events.db"), sqlitestore.WithEventCache(bc.cache))
 			if err != nil {
 				b.Fatal(err)
@@ -106,9 +108,9 @@ func BenchmarkCommit(b *testing.B) {
 			defer s.Close()
 			tr := newTraffic(1, bc.inflight)
 			// Warm up: a database that is not empty, requests in progress.
-			const batchSize = 32
-			for range 20_000 / batchSize {
-				batch := make([]store.Webhook, batchSize)
+			const warmBatch = 32
+			for range 20_000 / warmBatch {
+				batch := make([]store.Webhook, warmBatch)
 				for i := range batch {
 					batch[i] = tr.next()
 				}
@@ -123,7 +125,7 @@ func BenchmarkCommit(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for len(whs) > 0 {
-				n := min(batchSize, len(whs))
+				n := min(bc.batch, len(whs))
 				if _, _, err := s.Commit(b.Context(), whs[:n]); err != nil {
 					b.Fatal(err)
 				}
