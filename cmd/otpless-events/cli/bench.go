@@ -59,7 +59,8 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"ingest and webhook-to-watcher latency, errors, and the server's memory and CPU when it is a\n" +
 			"local process (--server-pid, or --self to run one in this process).\n" +
 			"--ceiling first runs the same traffic against a bare net/http handler and reports the\n" +
-			"server's throughput as a share of it.\n\n" +
+			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
+			"bench collects garbage less often (GOGC=400) unless $GOGC is set.\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else the\n" +
 			"default address. Watchers need an API key with the watch scope ($" + envAPIKey + " or\n" +
 			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
