@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -413,7 +414,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.stopHealth = s.watchStore()
-	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()))
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()),
+		"gomaxprocs", runtime.GOMAXPROCS(0))
 
 	var serveErr error
 	select {

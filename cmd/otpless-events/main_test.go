@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,21 +77,30 @@ func TestMain(m *testing.M) {
 
 // proc is a running `otpless-events serve`.
 type proc struct {
-	cmd      *exec.Cmd
-	grpcAddr string
-	httpURL  string
-	exited   chan struct{} // closed when the process has exited
-	waitErr  error
-	stdout   *bytes.Buffer // read only after exited
+	cmd        *exec.Cmd
+	grpcAddr   string
+	httpURL    string
+	gomaxprocs int           // as the "serving" line reports it
+	exited     chan struct{} // closed when the process has exited
+	waitErr    error
+	stdout     *bytes.Buffer // read only after exited
 }
 
 // startServe runs the real binary on ephemeral ports with env added to its
 // environment, and reads the addresses from its "serving" log line.
 func startServe(t *testing.T, dataDir string, env ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(buildBinary(t), "serve",
+	return startServeUnder(t, nil, dataDir, env...)
+}
+
+// startServeUnder is startServe with the command line prefixed by wrapper
+// (a program that runs the binary, such as taskset).
+func startServeUnder(t *testing.T, wrapper []string, dataDir string, env ...string) *proc {
+	t.Helper()
+	args := append(wrapper, buildBinary(t), "serve",
 		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--data-dir", dataDir, "--log-format", "json", "--metrics-addr", "127.0.0.1:0")
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(append(os.Environ(), "OTPLESS_EVENTS_WATCH_HEARTBEAT=1s"), env...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
@@ -102,13 +112,17 @@ func startServe(t *testing.T, dataDir string, env ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addrs := make(chan [2]string, 1)
+	type serving struct {
+		Msg, GRPC, HTTP string
+		GOMAXPROCS      int `json:"gomaxprocs"`
+	}
+	addrs := make(chan serving, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			var line struct{ Msg, GRPC, HTTP string }
+			var line serving
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
-				addrs <- [2]string{line.GRPC, line.HTTP}
+				addrs <- line
 			}
 			t.Logf("serve: %s", sc.Bytes())
 		}
@@ -121,7 +135,7 @@ func startServe(t *testing.T, dataDir string, env ...string) *proc {
 	})
 	select {
 	case a := <-addrs:
-		p.grpcAddr, p.httpURL = a[0], "http://"+a[1]
+		p.grpcAddr, p.httpURL, p.gomaxprocs = a.GRPC, "http://"+a.HTTP, a.GOMAXPROCS
 	case <-p.exited:
 		t.Fatalf("serve exited before serving: %v", p.waitErr)
 	case <-time.After(30 * time.Second):
@@ -325,5 +339,32 @@ func TestFirstStartGeneratesCredentials(t *testing.T) {
 	<-p2.exited
 	if out := p2.stdout.String(); strings.Contains(out, "export") {
 		t.Fatalf("second start printed credentials again:\n%s", out)
+	}
+}
+
+// On one CPU, serve runs with two Ps (one P lets the store's writer stall
+// every handler), unless GOMAXPROCS is set.
+func TestOneCPURunsTwoProcs(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("CPU affinity through taskset is Linux's")
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		t.Fatalf("taskset (util-linux) is needed: %v", err)
+	}
+	for _, tt := range []struct {
+		name string
+		env  []string
+		want int
+	}{
+		{"default", nil, 2},
+		{"GOMAXPROCS set", []string{"GOMAXPROCS=1"}, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startServeUnder(t, []string{taskset, "--cpu-list", "0"}, t.TempDir(), tt.env...)
+			if p.gomaxprocs != tt.want {
+				t.Errorf("serving with GOMAXPROCS %d on one CPU, want %d", p.gomaxprocs, tt.want)
+			}
+		})
 	}
 }
