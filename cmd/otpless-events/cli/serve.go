@@ -76,8 +76,8 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 // atLeastTwoProcs gives the Go scheduler two Ps on a machine with one CPU,
 // unless $GOMAXPROCS says otherwise. With one P, the store's single writer,
 // which blocks in WAL writes and fsync, takes turns with the HTTP handlers
-// and ingest collapses: on one CPU, serve took 1,340 webhooks/s with a p99
-// of 4 s with one P, and 4,950/s with a p99 of 64 ms with two. (Go itself
+// and ingest collapses: on one CPU, serve took 1,280–1,340 webhooks/s with
+// a p99 of 3.5–4.1 s with one P, and 4,950/s with 64 ms with two. (Go itself
 // never chooses fewer than two for a container's CPU limit; it does for a
 // one-CPU machine.)
 func atLeastTwoProcs(log *slog.Logger) {
