@@ -89,6 +89,7 @@ type Store struct {
 	// On w, used through tx.StmtContext.
 	head, eventsOf, storedNoRequest              *sql.Stmt
 	insertWebhooks, insertEvents, upsertRequests multiRow
+	purge                                        purgeStmts
 	// On r.
 	getRequest, listFirst, listAfter, requestExists *sql.Stmt
 }
@@ -198,6 +199,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 			`ON CONFLICT (request_id) DO UPDATE SET
 			revision = excluded.revision, data = excluded.data, updated_at = excluded.updated_at`)
 	}
+	s.preparePurge(prepare)
 	prepare(s.r, &s.getRequest, `SELECT data FROM requests WHERE request_id = ?`)
 	// The page is chosen first and only its events' bodies are read.
 	prepare(s.r, &s.listFirst, `SELECT e.data, w.body FROM (
