@@ -2,9 +2,11 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -51,6 +53,61 @@ func testPurgePII(t *testing.T, su suite) {
 	equalProto(t, "snapshot after purge", after, snapshot("r1", events, before.GetRevision(), before.GetUpdateTime().AsTime()))
 
 	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
+	}
+}
+
+// Many requests whose webhooks are interleaved in time, more than one
+// purge transaction holds: every webhook before the cutoff is purged once,
+// exactly those, whichever way a backend groups them, and every snapshot
+// is the fold of what is left.
+func testPurgePIIMany(t *testing.T, su suite) {
+	s := su.open(t)
+	p := s.(store.Purger)
+	const requests, steps = 90, 4 // 360 webhooks: step k of every request, then step k+1
+	cutoff := t0.Add(time.Duration(3*requests) * time.Second)
+	var due int
+	for k := range steps {
+		for r := range requests {
+			received := t0.Add(time.Duration(k*requests+r) * time.Second)
+			id := fmt.Sprintf("r%02d", r)
+			e := delivery(id, fmt.Sprintf("e%d", k), "SMS", "SENT", received)
+			if k == 0 {
+				e = auth(id, "e0", "INITIATED", received)
+			}
+			commit(t, s, hookBody(fmt.Sprintf(`{"n":"+9198%08d"}`, k*requests+r), received, e))
+			if received.Before(cutoff) {
+				due++
+			}
+		}
+	}
+	before := map[string]*eventsv1.AuthRequest{}
+	for r := range requests {
+		id := fmt.Sprintf("r%02d", r)
+		before[id] = get(t, s, id)
+	}
+
+	n, err := p.PurgePII(context.Background(), cutoff)
+	if err != nil || n != due {
+		t.Fatalf("PurgePII = %d, %v; want the %d webhooks before the cutoff", n, err, due)
+	}
+	for r := range requests {
+		id := fmt.Sprintf("r%02d", r)
+		events := listAll(t, s, id, 10)
+		if len(events) != steps {
+			t.Fatalf("%s: %d events after purge, want %d", id, len(events), steps)
+		}
+		for _, e := range events {
+			purged := e.GetReceiveTime().AsTime().Before(cutoff)
+			hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
+			if purged == hasPII {
+				t.Errorf("%s/%s received %v: raw body %q, identity %q, phone %v", id, e.GetEventId(), e.GetReceiveTime().AsTime(), e.GetRawBody(), e.GetIdentity(), e.GetPhone())
+			}
+		}
+		b := before[id]
+		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
+	}
+	if n, err := p.PurgePII(context.Background(), cutoff); err != nil || n != 0 {
 		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
 	}
 }

@@ -69,6 +69,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"Ping", testPing},
 		{"Persistence", testPersistence},
 		{"PurgePII", testPurgePII},
+		{"PurgePIIMany", testPurgePIIMany},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {
