@@ -29,8 +29,7 @@ const (
 )
 
 // purgeStmts are the purge's statements, prepared once on the writer
-// connection: preparing them for every event and request cost most of a
-// purge.
+// connection.
 type purgeStmts struct {
 	webhooks, siblings, events, updateEvent, clearBodies *sql.Stmt
 	snapshot, requestEvents, updateSnapshot              *sql.Stmt
