@@ -14,8 +14,9 @@ const (
 	// progress 2 KiB: 32 MiB when full.
 	defaultCacheRequests = 16384
 	// maxCachedEvents: a request with more events than this is not cached
-	// (such requests are not expected; they are folded from the file).
-	maxCachedEvents = 64
+	// (such requests are not expected; they are folded from the file). It
+	// bounds the cache at about 256 MiB whatever senders do.
+	maxCachedEvents = 32
 )
 
 // eventCache keeps, for requests in progress that changed recently,

@@ -271,3 +271,28 @@ func TestCacheMatchesUncached(t *testing.T) {
 		checkIsFold(t, cached, rid)
 	}
 }
+
+// TestCacheManyEvents: a request that outgrows the cache's bound per request
+// is folded from the file from then on, and its snapshot stays the fold of
+// all its events.
+func TestCacheManyEvents(t *testing.T) {
+	t.Parallel()
+	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	const D = eventsv1.EventKind_EVENT_KIND_DELIVERY
+	for i := range 45 { // past maxCachedEvents (32)
+		e := event("r1", fmt.Sprintf("e%02d", i), D, "SENT", "SMS", 10*i)
+		res, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(e)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := res[0].Events[0]; r.Duplicate || r.Revision != int64(i+1) {
+			t.Fatalf("event %d: %+v, want new at revision %d", i, r, i+1)
+		}
+		checkIsFold(t, s, "r1")
+	}
+	// A retry of an early event is still a duplicate.
+	res, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e03", D, "SENT", "SMS", 30))})
+	if err != nil || !res[0].Events[0].Duplicate {
+		t.Errorf("retry of an early event: %v, %v; want a duplicate", res, err)
+	}
+}
