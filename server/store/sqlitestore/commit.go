@@ -25,13 +25,15 @@ import (
 //     change there means another connection wrote the file: the event
 //     cache is emptied).
 //  2. Which events are stored already: for a request in the event cache,
-//     its entry says; all events and the revision of the other requests
-//     come from one query, and then feed the fold and the cache too;
-//     request-less events are looked up by one more query.
+//     its entry says; the revision and events of the other requests come
+//     from one query of their rows, and then feed the fold and the cache
+//     too; request-less events are looked up by one more query.
 //  3. The bodies that bring a new event (ids from the largest id up, in
-//     batch order), then the new events, each in multi-row INSERTs.
-//  4. Each changed request's snapshot, the fold of its stored events and
-//     its new ones, in multi-row upserts.
+//     batch order), then the new request-less events, each in multi-row
+//     INSERTs.
+//  4. Each changed request's row, in multi-row upserts: its snapshot, the
+//     fold of its stored events and its new ones, and its new events
+//     appended to its events column (see entries.go).
 //
 // The event cache is updated only once the transaction has committed, and
 // emptied when it did not.
@@ -124,7 +126,8 @@ type pending struct {
 
 	added     int               // how many of the batch's events are new
 	events    []*eventsv1.Event // the new ones, in batch order
-	encoded   [][]byte          // events as stored, when cacheable
+	entries   []byte            // the new ones as stored
+	encoded   [][]byte          // their data, when cacheable
 	cacheable bool              // to be cached if the commit succeeds and the request is not done
 	terminal  bool              // the new snapshot is terminal
 }
@@ -157,40 +160,49 @@ func (c *commit) run(ctx context.Context) error {
 
 	// Which first occurrences are new; the webhooks that bring one get ids.
 	var (
-		webhookIDs             = make([]int64, len(c.batch))
 		webhookArgs, eventArgs []any
 		latest                 time.Time
+		requestIDs             []string // of one webhook's new events
 	)
 	for i, wh := range c.batch {
 		if wh.Received.After(latest) {
 			latest = wh.Received
 		}
+		webhookID := maxID + 1
+		requestIDs = requestIDs[:0]
+		isNew := false
 		for j := range c.events[i] {
 			pl := &c.events[i][j]
 			if !pl.isNew {
 				continue
 			}
-			if webhookIDs[i] == 0 {
-				maxID++
-				webhookIDs[i] = maxID
-				body := wh.Body
-				if body == nil {
-					body = []byte{}
-				}
-				webhookArgs = append(webhookArgs, maxID, wh.Received.UnixMilli(), body)
-			}
+			isNew = true
 			e := pl.event
 			data, err := proto.Marshal(e)
 			if err != nil {
 				return fmt.Errorf("encode event %s: %w", e.GetEventId(), err)
 			}
-			eventArgs = append(eventArgs, e.GetRequestId(), e.GetEventId(), webhookIDs[i], store.EventTimeMillis(e), data)
-			if p := pl.p; p != nil {
-				p.events = append(p.events, e)
-				if p.cacheable {
-					p.encoded = append(p.encoded, data)
-				}
+			p := pl.p
+			if p == nil {
+				eventArgs = append(eventArgs, "", e.GetEventId(), webhookID, store.EventTimeMillis(e), data)
+				continue
 			}
+			if !slices.Contains(requestIDs, p.requestID) {
+				requestIDs = append(requestIDs, p.requestID)
+			}
+			p.events = append(p.events, e)
+			p.entries = appendEntry(p.entries, entry{webhookID, store.EventTimeMillis(e), e.GetEventId(), data})
+			if p.cacheable {
+				p.encoded = append(p.encoded, data)
+			}
+		}
+		if isNew {
+			maxID = webhookID
+			body := wh.Body
+			if body == nil {
+				body = []byte{}
+			}
+			webhookArgs = append(webhookArgs, webhookID, wh.Received.UnixMilli(), body, jsonArray(requestIDs))
 		}
 	}
 	if err := s.insertWebhooks.exec(ctx, c.tx, webhookArgs); err != nil {
@@ -336,24 +348,31 @@ func (c *commit) plan(ctx context.Context) error {
 
 // load reads the revision and all stored events of requests.
 func (c *commit) load(ctx context.Context, requests []string) error {
-	rows, err := c.tx.StmtContext(ctx, c.s.eventsOf).QueryContext(ctx, jsonArray(requests))
+	rows, err := c.tx.StmtContext(ctx, c.s.requestsOf).QueryContext(ctx, jsonArray(requests))
 	if err != nil {
 		return fmt.Errorf("load events: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			rid, eid string
-			data     []byte
+			rid      string
 			revision int64
+			column   []byte
 		)
-		if err := rows.Scan(&rid, &eid, &data, &revision); err != nil {
+		if err := rows.Scan(&rid, &revision, &column); err != nil {
 			return fmt.Errorf("load events: %w", err)
 		}
 		p := c.requests[rid]
 		p.revision = revision
-		p.ids = append(p.ids, eid)
-		p.data = append(p.data, data)
+		entries, err := parseEntries(column)
+		if err != nil {
+			return fmt.Errorf("load events of %s: %w", rid, err)
+		}
+		p.ids = make([]string, len(entries))
+		p.data = make([][]byte, len(entries))
+		for n, e := range entries {
+			p.ids[n], p.data[n] = e.eventID, e.data
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("load events: %w", err)
@@ -400,7 +419,7 @@ func (c *commit) fold(ctx context.Context, updated time.Time) error {
 		if err != nil {
 			return fmt.Errorf("encode snapshot of %s: %w", p.requestID, err)
 		}
-		args = append(args, p.requestID, p.revision, data, updated.UnixMilli())
+		args = append(args, p.requestID, p.revision, data, updated.UnixMilli(), p.entries)
 		c.changes = append(c.changes, store.Change{Request: snap, Events: p.events})
 	}
 	if err := c.s.upsertRequests.exec(ctx, c.tx, args); err != nil {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/otpless-events/otpless-events/server/store"
@@ -56,4 +57,86 @@ func migrate(ctx context.Context, db *sql.DB, ms []store.Migration, now time.Tim
 		applied = append(applied, m.Name)
 	}
 	return applied, tx.Commit()
+}
+
+// moveBatch is how many requests a transaction of moveEvents moves.
+const moveBatch = 1000
+
+// moveEvents moves the events that databases from before migration 0004
+// keep in the events table into their requests' rows, moveBatch requests
+// per transaction: an interrupted move goes on at the next Open, and a
+// database with nothing to move costs one index lookup.
+func moveEvents(ctx context.Context, db *sql.DB, log *slog.Logger) error {
+	start, moved := time.Now(), 0
+	for {
+		n, err := moveEventsBatch(ctx, db)
+		if err != nil {
+			return fmt.Errorf("move events into their requests: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+		if moved == 0 {
+			log.Info("moving events into their requests' rows (once, after an upgrade)")
+		}
+		moved += n
+	}
+	if moved > 0 {
+		log.Info("moved events into their requests' rows", "requests", moved, "duration", time.Since(start))
+	}
+	return nil
+}
+
+func moveEventsBatch(ctx context.Context, db *sql.DB) (n int, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	rows, err := tx.QueryContext(ctx, `SELECT request_id, event_id, webhook_id, event_time_ms, data FROM events
+		WHERE request_id IN (SELECT DISTINCT request_id FROM events WHERE request_id > '' ORDER BY request_id LIMIT ?)
+		ORDER BY request_id, event_id`, moveBatch)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		ids   []string
+		blobs [][]byte
+	)
+	for rows.Next() {
+		var (
+			rid string
+			e   entry
+		)
+		if err := rows.Scan(&rid, &e.eventID, &e.webhookID, &e.timeMs, &e.data); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if len(ids) == 0 || ids[len(ids)-1] != rid {
+			ids, blobs = append(ids, rid), append(blobs, nil)
+		}
+		blobs[len(blobs)-1] = appendEntry(blobs[len(blobs)-1], e)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for i, rid := range ids {
+		res, err := tx.ExecContext(ctx, `UPDATE requests SET events = CAST(events || ? AS BLOB) WHERE request_id = ?`, blobs[i], rid)
+		if err != nil {
+			return 0, err
+		}
+		if n, err := res.RowsAffected(); err != nil || n != 1 {
+			return 0, fmt.Errorf("request %q has events but no row (%d rows, %v)", rid, n, err)
+		}
+	}
+	if len(ids) > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE request_id IN (SELECT value FROM json_each(?))`, jsonArray(ids)); err != nil {
+			return 0, err
+		}
+	}
+	return len(ids), tx.Commit()
 }

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -31,27 +33,24 @@ const (
 // purgeStmts are the purge's statements, prepared once on the writer
 // connection.
 type purgeStmts struct {
-	webhooks, siblings, events, updateEvent, clearBodies *sql.Stmt
-	snapshot, requestEvents, updateSnapshot              *sql.Stmt
+	webhooks, siblings, requests, updateRequest *sql.Stmt
+	requestless, updateEvent, clearBodies       *sql.Stmt
 }
 
 func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query string)) {
 	p := &s.purge
-	prepare(s.w, &p.webhooks, `SELECT id FROM webhooks
+	prepare(s.w, &p.webhooks, `SELECT id, request_ids FROM webhooks
 		WHERE received_at < ? AND length(body) > 0 ORDER BY received_at LIMIT ?`)
-	prepare(s.w, &p.siblings, `SELECT DISTINCT e2.webhook_id FROM events e1
-		JOIN events e2 ON e2.request_id = e1.request_id
-		JOIN webhooks w ON w.id = e2.webhook_id
-		WHERE e1.webhook_id IN (SELECT value FROM json_each(?1)) AND e1.request_id != ''
-			AND w.received_at < ?2 AND length(w.body) > 0
+	prepare(s.w, &p.siblings, `SELECT id, request_ids FROM webhooks
+		WHERE id IN (SELECT value FROM json_each(?1)) AND received_at < ?2 AND length(body) > 0
 		LIMIT ?3`)
-	prepare(s.w, &p.events, `SELECT request_id, event_id, data FROM events
-		WHERE webhook_id IN (SELECT value FROM json_each(?))`)
-	prepare(s.w, &p.updateEvent, `UPDATE events SET data = ? WHERE request_id = ? AND event_id = ?`)
+	prepare(s.w, &p.requests, `SELECT request_id, data, events FROM requests
+		WHERE request_id IN (SELECT value FROM json_each(?))`)
+	prepare(s.w, &p.updateRequest, `UPDATE requests SET data = ?, events = ? WHERE request_id = ?`)
+	prepare(s.w, &p.requestless, `SELECT event_id, data FROM events
+		WHERE webhook_id IN (SELECT value FROM json_each(?)) AND request_id = ''`)
+	prepare(s.w, &p.updateEvent, `UPDATE events SET data = ? WHERE request_id = '' AND event_id = ?`)
 	prepare(s.w, &p.clearBodies, `UPDATE webhooks SET body = X'' WHERE id IN (SELECT value FROM json_each(?))`)
-	prepare(s.w, &p.snapshot, `SELECT data FROM requests WHERE request_id = ?`)
-	prepare(s.w, &p.requestEvents, `SELECT data FROM events WHERE request_id = ?`)
-	prepare(s.w, &p.updateSnapshot, `UPDATE requests SET data = ? WHERE request_id = ?`)
 }
 
 var _ store.Purger = (*Store)(nil)
@@ -105,118 +104,222 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 // purgeChunkTx returns how many webhooks it purged, whether webhooks due may
 // remain, and the requests whose events it changed.
 func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, map[string]bool, error) {
-	stmt := func(st *sql.Stmt) *sql.Stmt { return tx.StmtContext(ctx, st) }
-	scanIDs := func(rows *sql.Rows) ([]int64, error) {
-		return scanAll(rows, func(r *sql.Rows) (int64, error) { var id int64; return id, r.Scan(&id) })
-	}
-	rows, err := stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk)
+	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}}
+	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk)
 	if err != nil {
 		return 0, false, nil, err
 	}
-	ids, err := scanIDs(rows)
-	if err != nil || len(ids) == 0 {
+	chunk, err := pc.addWebhooks(rows)
+	if err != nil || chunk == 0 {
 		return 0, false, nil, err
 	}
-	more := len(ids) == purgeChunk
-	rows, err = stmt(s.purge.siblings).QueryContext(ctx, jsonInts(ids), cutoffMs, purgeSiblings)
+	more := chunk == purgeChunk
+	if err := pc.loadRequests(); err != nil {
+		return 0, false, nil, err
+	}
+
+	// The other webhooks due of those requests, and their requests.
+	candidates := map[int64]bool{}
+	for _, r := range pc.requests {
+		for _, e := range r.entries {
+			if !pc.due[e.webhookID] {
+				candidates[e.webhookID] = true
+			}
+		}
+	}
+	if len(candidates) > 0 {
+		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonInts(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings)
+		if err != nil {
+			return 0, false, nil, err
+		}
+		n, err := pc.addWebhooks(rows)
+		if err != nil {
+			return 0, false, nil, err
+		}
+		more = more || n == purgeSiblings
+		if err := pc.loadRequests(); err != nil {
+			return 0, false, nil, err
+		}
+	}
+
+	for id, r := range pc.requests {
+		if err := pc.stripRequest(id, r); err != nil {
+			return 0, false, nil, err
+		}
+	}
+	ids := jsonInts(slices.Collect(maps.Keys(pc.due)))
+	if err := pc.stripRequestless(ids); err != nil {
+		return 0, false, nil, err
+	}
+	if _, err := pc.stmt(s.purge.clearBodies).ExecContext(ctx, ids); err != nil {
+		return 0, false, nil, err
+	}
+	changed := make(map[string]bool, len(pc.requests))
+	for id := range pc.requests {
+		changed[id] = true
+	}
+	return len(pc.due), more, changed, nil
+}
+
+// purgeTx is one purge transaction: the webhooks due it purges and the rows
+// of their requests.
+type purgeTx struct {
+	ctx      context.Context
+	tx       *sql.Tx
+	s        *Store
+	due      map[int64]bool
+	requests map[string]*purgedRequest // nil until loaded
+}
+
+type purgedRequest struct {
+	snapshot []byte
+	entries  []entry
+}
+
+func (pc *purgeTx) stmt(st *sql.Stmt) *sql.Stmt { return pc.tx.StmtContext(pc.ctx, st) }
+
+// addWebhooks adds rows of (id, request_ids) to the webhooks due and notes
+// their requests, and returns how many rows there were.
+func (pc *purgeTx) addWebhooks(rows *sql.Rows) (int, error) {
+	type row struct {
+		id         int64
+		requestIDs []byte
+	}
+	whs, err := scanAll(rows, func(r *sql.Rows) (row, error) {
+		var x row
+		return x, r.Scan(&x.id, &x.requestIDs)
+	})
 	if err != nil {
-		return 0, false, nil, err
+		return 0, err
 	}
-	siblings, err := scanIDs(rows)
-	if err != nil {
-		return 0, false, nil, err
+	for _, wh := range whs {
+		var ids []string
+		if err := json.Unmarshal(wh.requestIDs, &ids); err != nil {
+			return 0, fmt.Errorf("request ids of webhook %d: %w", wh.id, err)
+		}
+		pc.due[wh.id] = true
+		for _, id := range ids {
+			if _, ok := pc.requests[id]; !ok {
+				pc.requests[id] = nil
+			}
+		}
 	}
-	due := make(map[int64]bool, len(ids))
-	for _, id := range ids {
-		due[id] = true
-	}
-	for _, id := range siblings { // they include ids' own webhooks
-		if !due[id] {
-			due[id] = true
+	return len(whs), nil
+}
+
+// loadRequests reads the rows of the requests not loaded yet.
+func (pc *purgeTx) loadRequests() error {
+	var ids []string
+	for id, r := range pc.requests {
+		if r == nil {
 			ids = append(ids, id)
 		}
 	}
-	more = more || len(siblings) == purgeSiblings
-	idList := jsonInts(ids)
-
-	// Strip the events of those webhooks, noting their requests.
-	rows, err = stmt(s.purge.events).QueryContext(ctx, idList)
-	if err != nil {
-		return 0, false, nil, err
+	if len(ids) == 0 {
+		return nil
 	}
+	rows, err := pc.stmt(pc.s.purge.requests).QueryContext(pc.ctx, jsonArray(ids))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id     string
+			r      purgedRequest
+			column []byte
+		)
+		if err := rows.Scan(&id, &r.snapshot, &column); err != nil {
+			return err
+		}
+		if r.entries, err = parseEntries(column); err != nil {
+			return fmt.Errorf("events of %s: %w", id, err)
+		}
+		pc.requests[id] = &r
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for id, r := range pc.requests {
+		if r == nil {
+			return fmt.Errorf("webhook names request %q, which has no row", id)
+		}
+	}
+	return nil
+}
+
+// stripRequest removes the personal data of the request's events that the
+// webhooks due brought, and refolds its snapshot from all its events,
+// keeping its revision and update time: removing personal data is not a
+// change watchers follow.
+func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
+	old := new(eventsv1.AuthRequest)
+	if err := proto.Unmarshal(r.snapshot, old); err != nil {
+		return fmt.Errorf("decode snapshot of %s: %w", id, err)
+	}
+	var (
+		column []byte
+		events = make([]*eventsv1.Event, len(r.entries))
+	)
+	for i, en := range r.entries {
+		e := new(eventsv1.Event)
+		if err := proto.Unmarshal(en.data, e); err != nil {
+			return fmt.Errorf("decode event %s of %s: %w", en.eventID, id, err)
+		}
+		if pc.due[en.webhookID] {
+			pii.StripEvent(e)
+			data, err := proto.Marshal(e)
+			if err != nil {
+				return err
+			}
+			en.data = data
+		}
+		events[i] = e
+		column = appendEntry(column, en)
+	}
+	snap := state.Fold(id, events)
+	snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
+	data, err := proto.Marshal(snap)
+	if err != nil {
+		return err
+	}
+	_, err = pc.stmt(pc.s.purge.updateRequest).ExecContext(pc.ctx, data, column, id)
+	return err
+}
+
+// stripRequestless removes the personal data of the request-less events of
+// the webhooks due (ids, a JSON array).
+func (pc *purgeTx) stripRequestless(ids string) error {
 	type row struct {
-		requestID, eventID string
-		data               []byte
+		eventID string
+		data    []byte
+	}
+	rows, err := pc.stmt(pc.s.purge.requestless).QueryContext(pc.ctx, ids)
+	if err != nil {
+		return err
 	}
 	evs, err := scanAll(rows, func(r *sql.Rows) (row, error) {
 		var x row
-		return x, r.Scan(&x.requestID, &x.eventID, &x.data)
+		return x, r.Scan(&x.eventID, &x.data)
 	})
 	if err != nil {
-		return 0, false, nil, err
+		return err
 	}
-	requests := map[string]bool{}
 	for _, x := range evs {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(x.data, e); err != nil {
-			return 0, false, nil, fmt.Errorf("decode event %s: %w", x.eventID, err)
+			return fmt.Errorf("decode event %s: %w", x.eventID, err)
 		}
 		pii.StripEvent(e)
 		data, err := proto.Marshal(e)
 		if err != nil {
-			return 0, false, nil, err
+			return err
 		}
-		if _, err := stmt(s.purge.updateEvent).ExecContext(ctx, data, x.requestID, x.eventID); err != nil {
-			return 0, false, nil, err
-		}
-		if x.requestID != "" {
-			requests[x.requestID] = true
+		if _, err := pc.stmt(pc.s.purge.updateEvent).ExecContext(pc.ctx, data, x.eventID); err != nil {
+			return err
 		}
 	}
-	if _, err := stmt(s.purge.clearBodies).ExecContext(ctx, idList); err != nil {
-		return 0, false, nil, err
-	}
-	for id := range requests {
-		if err := s.refold(ctx, stmt, id); err != nil {
-			return 0, false, nil, err
-		}
-	}
-	return len(ids), more, requests, nil
-}
-
-// refold rewrites a request's snapshot from its events, keeping its revision
-// and update time: removing personal data is not a change watchers follow.
-func (s *Store) refold(ctx context.Context, stmt func(*sql.Stmt) *sql.Stmt, requestID string) error {
-	var data []byte
-	if err := stmt(s.purge.snapshot).QueryRowContext(ctx, requestID).Scan(&data); err != nil {
-		return fmt.Errorf("snapshot of %s: %w", requestID, err)
-	}
-	old := new(eventsv1.AuthRequest)
-	if err := proto.Unmarshal(data, old); err != nil {
-		return fmt.Errorf("decode snapshot of %s: %w", requestID, err)
-	}
-	rows, err := stmt(s.purge.requestEvents).QueryContext(ctx, requestID)
-	if err != nil {
-		return err
-	}
-	events, err := scanAll(rows, func(r *sql.Rows) (*eventsv1.Event, error) {
-		var b []byte
-		if err := r.Scan(&b); err != nil {
-			return nil, err
-		}
-		e := new(eventsv1.Event)
-		return e, proto.Unmarshal(b, e)
-	})
-	if err != nil {
-		return err
-	}
-	snap := state.Fold(requestID, events)
-	snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
-	if data, err = proto.Marshal(snap); err != nil {
-		return err
-	}
-	_, err = stmt(s.purge.updateSnapshot).ExecContext(ctx, data, requestID)
-	return err
+	return nil
 }
 
 func scanAll[T any](rows *sql.Rows, scan func(*sql.Rows) (T, error)) ([]T, error) {

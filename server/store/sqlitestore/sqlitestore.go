@@ -13,6 +13,7 @@
 package sqlitestore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -20,7 +21,10 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -87,11 +91,11 @@ type Store struct {
 	beforeTxCommit func() error
 
 	// On w, used through tx.StmtContext.
-	head, eventsOf, storedNoRequest              *sql.Stmt
+	head, requestsOf, storedNoRequest            *sql.Stmt
 	insertWebhooks, insertEvents, upsertRequests multiRow
 	purge                                        purgeStmts
 	// On r.
-	getRequest, listFirst, listAfter, requestExists *sql.Stmt
+	getRequest, requestEvents, bodies *sql.Stmt
 }
 
 // Open opens (creating if need be) the database file at path and brings its
@@ -165,6 +169,9 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	for _, name := range applied {
 		log.Info("applied migration", "path", s.path, "migration", name)
 	}
+	if err := moveEvents(ctx, s.w, log.With("path", s.path)); err != nil {
+		return store.MapErr(ctx, err)
+	}
 
 	// The schema exists now, so the readers never create or convert it.
 	if s.r, err = sql.Open("sqlite", uri+"?"+pragmas("query_only(1)")); err != nil {
@@ -183,38 +190,26 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	prepare(s.w, &s.head, `SELECT COALESCE(MAX(id), 0), (SELECT data_version FROM pragma_data_version) FROM webhooks`)
-	prepare(s.w, &s.eventsOf, `SELECT e.request_id, e.event_id, e.data, COALESCE(r.revision, 0)
-		FROM events e LEFT JOIN requests r ON r.request_id = e.request_id
-		WHERE e.request_id IN (SELECT value FROM json_each(?))`)
+	prepare(s.w, &s.requestsOf, `SELECT request_id, revision, events FROM requests
+		WHERE request_id IN (SELECT value FROM json_each(?))`)
 	prepare(s.w, &s.storedNoRequest, `SELECT event_id FROM events
 		WHERE request_id = '' AND event_id IN (SELECT value FROM json_each(?))`)
 	if err == nil {
-		err = s.prepareMultiRow(ctx, &s.insertWebhooks, 3, `INSERT INTO webhooks (id, received_at, body)`, ``)
+		err = s.prepareMultiRow(ctx, &s.insertWebhooks, 4, `INSERT INTO webhooks (id, received_at, body, request_ids)`, ``)
 	}
 	if err == nil {
 		err = s.prepareMultiRow(ctx, &s.insertEvents, 5, `INSERT INTO events (request_id, event_id, webhook_id, event_time_ms, data)`, ``)
 	}
 	if err == nil {
-		err = s.prepareMultiRow(ctx, &s.upsertRequests, 4, `INSERT INTO requests (request_id, revision, data, updated_at)`,
+		err = s.prepareMultiRow(ctx, &s.upsertRequests, 5, `INSERT INTO requests (request_id, revision, data, updated_at, events)`,
 			`ON CONFLICT (request_id) DO UPDATE SET
-			revision = excluded.revision, data = excluded.data, updated_at = excluded.updated_at`)
+			revision = excluded.revision, data = excluded.data, updated_at = excluded.updated_at,
+			events = CAST(events || excluded.events AS BLOB)`)
 	}
 	s.preparePurge(prepare)
 	prepare(s.r, &s.getRequest, `SELECT data FROM requests WHERE request_id = ?`)
-	// The page is chosen first and only its events' bodies are read.
-	prepare(s.r, &s.listFirst, `SELECT e.data, w.body FROM (
-			SELECT data, webhook_id, event_time_ms, event_id FROM events
-			WHERE request_id = ?1
-			ORDER BY event_time_ms, event_id LIMIT ?2
-		) e JOIN webhooks w ON w.id = e.webhook_id
-		ORDER BY e.event_time_ms, e.event_id`)
-	prepare(s.r, &s.listAfter, `SELECT e.data, w.body FROM (
-			SELECT data, webhook_id, event_time_ms, event_id FROM events
-			WHERE request_id = ?1 AND (event_time_ms, event_id) > (?2, ?3)
-			ORDER BY event_time_ms, event_id LIMIT ?4
-		) e JOIN webhooks w ON w.id = e.webhook_id
-		ORDER BY e.event_time_ms, e.event_id`)
-	prepare(s.r, &s.requestExists, `SELECT 1 FROM requests WHERE request_id = ?`)
+	prepare(s.r, &s.requestEvents, `SELECT events FROM requests WHERE request_id = ?`)
+	prepare(s.r, &s.bodies, `SELECT id, body FROM webhooks WHERE id IN (SELECT value FROM json_each(?))`)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", store.MapErr(ctx, err))
 	}
@@ -248,7 +243,9 @@ func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.Aut
 	return r, nil
 }
 
-// ListEvents implements store.Store.
+// ListEvents implements store.Store. It reads the request's events column,
+// sorts its entries, and decodes only the page's events and reads only
+// their bodies, in one read transaction.
 func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Page) ([]*eventsv1.Event, string, error) {
 	const op = "list events"
 	if s.closed.Load() {
@@ -257,68 +254,85 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	if requestID == "" {
 		return nil, "", fmt.Errorf("sqlitestore: %s: empty request id: %w", op, store.ErrNotFound)
 	}
-	limit := page.Limit()
-	var (
-		rows *sql.Rows
-		err  error
-	)
-	if page.Token == "" {
-		rows, err = s.listFirst.QueryContext(ctx, requestID, limit+1)
-	} else {
-		c, perr := store.ParseToken(requestID, page.Token)
-		if perr != nil {
-			return nil, "", fmt.Errorf("sqlitestore: %s: %w", op, perr)
+	var after *store.Cursor
+	if page.Token != "" {
+		c, err := store.ParseToken(requestID, page.Token)
+		if err != nil {
+			return nil, "", fmt.Errorf("sqlitestore: %s: %w", op, err)
 		}
-		rows, err = s.listAfter.QueryContext(ctx, requestID, c.EventTimeMillis, c.EventID, limit+1)
+		after = &c
+	}
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, "", s.fail(ctx, op, err)
+	}
+	defer tx.Rollback() // read only: nothing to commit
+	var column []byte
+	err = tx.StmtContext(ctx, s.requestEvents).QueryRowContext(ctx, requestID).Scan(&column)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, store.ErrNotFound)
 	}
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
-	events, err := scanEvents(rows, limit+1)
-	if errors.Is(err, errCorrupt) { // not a failure a retry could fix
+	entries, err := parseEntries(column)
+	if err != nil { // not a failure a retry could fix
 		return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, err)
 	}
+	slices.SortFunc(entries, func(a, b entry) int {
+		return cmp.Or(cmp.Compare(a.timeMs, b.timeMs), strings.Compare(a.eventID, b.eventID))
+	})
+	if after != nil {
+		entries = entries[sort.Search(len(entries), func(i int) bool {
+			e := entries[i]
+			return e.timeMs > after.EventTimeMillis || e.timeMs == after.EventTimeMillis && e.eventID > after.EventID
+		}):]
+	}
+	limit := page.Limit()
+	more := len(entries) > limit
+	if more {
+		entries = entries[:limit]
+	}
+
+	events := make([]*eventsv1.Event, len(entries))
+	webhookIDs := make([]int64, len(entries))
+	for i, en := range entries {
+		e := new(eventsv1.Event)
+		if err := proto.Unmarshal(en.data, e); err != nil {
+			return nil, "", fmt.Errorf("sqlitestore: %s %q: decode event %s: %w", op, requestID, en.eventID, err)
+		}
+		events[i], webhookIDs[i] = e, en.webhookID
+	}
+	if len(events) == 0 {
+		return nil, "", nil // past the last page
+	}
+	rows, err := tx.StmtContext(ctx, s.bodies).QueryContext(ctx, jsonInts(webhookIDs))
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
-
-	if len(events) == 0 {
-		var one int
-		err := s.requestExists.QueryRowContext(ctx, requestID).Scan(&one)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, store.ErrNotFound)
-		}
-		if err != nil {
+	bodies := make(map[int64]string, len(entries))
+	for rows.Next() {
+		var (
+			id   int64
+			body []byte
+		)
+		if err := rows.Scan(&id, &body); err != nil {
+			rows.Close()
 			return nil, "", s.fail(ctx, op, err)
 		}
-		return nil, "", nil
+		bodies[id] = string(body)
 	}
-	if len(events) <= limit {
-		return events, "", nil
+	if err := rows.Err(); err != nil {
+		return nil, "", s.fail(ctx, op, err)
 	}
-	events = events[:limit]
-	return events, store.CursorAfter(events[limit-1]).Token(), nil
-}
-
-// errCorrupt marks a stored event that does not decode.
-var errCorrupt = errors.New("corrupt stored event")
-
-func scanEvents(rows *sql.Rows, capacity int) ([]*eventsv1.Event, error) {
-	defer rows.Close()
-	events := make([]*eventsv1.Event, 0, capacity)
-	for rows.Next() {
-		var data, body []byte
-		if err := rows.Scan(&data, &body); err != nil {
-			return nil, err
-		}
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return nil, fmt.Errorf("%w: %w", errCorrupt, err)
-		}
-		e.RawBody = string(body)
-		events = append(events, e)
+	next := ""
+	for i, e := range events {
+		e.RawBody = bodies[webhookIDs[i]]
 	}
-	return events, rows.Err()
+	if more {
+		next = store.CursorAfter(events[len(events)-1]).Token()
+	}
+	return events, next, nil
 }
 
 // Ping implements store.Store: it reads from the file.

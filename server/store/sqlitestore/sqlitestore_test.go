@@ -179,8 +179,8 @@ func TestPathWithURICharacters(t *testing.T) {
 	if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, rawDB(t, path), `SELECT COUNT(*) FROM events`); n != 1 {
-		t.Errorf("events in %s: %d, want 1", path, n)
+	if n := count(t, rawDB(t, path), `SELECT COUNT(*) FROM requests`); n != 1 {
+		t.Errorf("requests in %s: %d, want 1", path, n)
 	}
 }
 

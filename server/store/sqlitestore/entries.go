@@ -1,0 +1,72 @@
+package sqlitestore
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// A request's events are kept in its own row, in requests.events, which
+// every commit that changes the request rewrites anyway: storing an event
+// then costs no page of its own. The column is a sequence of entries, one
+// per event, in the order they were stored:
+//
+//	uvarint webhook id | varint event time (Unix ms) | uvarint n | event id (n bytes) | uvarint m | data (m bytes)
+//
+// where data is the proto.Marshal of the event without raw_body (the body
+// is in webhooks). Commit appends entries (SQL's || concatenates two such
+// sequences into one); ListEvents reads the ids and times without decoding
+// the events; retention rewrites the entries of purged webhooks.
+type entry struct {
+	webhookID int64
+	timeMs    int64 // store.EventTimeMillis
+	eventID   string
+	data      []byte // shares the parsed column's memory
+}
+
+func appendEntry(b []byte, e entry) []byte {
+	b = binary.AppendUvarint(b, uint64(e.webhookID))
+	b = binary.AppendVarint(b, e.timeMs)
+	b = binary.AppendUvarint(b, uint64(len(e.eventID)))
+	b = append(b, e.eventID...)
+	b = binary.AppendUvarint(b, uint64(len(e.data)))
+	return append(b, e.data...)
+}
+
+var errBadEntries = errors.New("malformed events column")
+
+// parseEntries splits a requests.events column into its entries.
+func parseEntries(b []byte) ([]entry, error) {
+	var out []entry
+	for len(b) > 0 {
+		var e entry
+		id, n := binary.Uvarint(b)
+		if n <= 0 {
+			return nil, errBadEntries
+		}
+		e.webhookID, b = int64(id), b[n:]
+		if e.timeMs, n = binary.Varint(b); n <= 0 {
+			return nil, errBadEntries
+		}
+		b = b[n:]
+		var field []byte
+		if field, b = lengthPrefixed(b); field == nil {
+			return nil, errBadEntries
+		}
+		e.eventID = string(field)
+		if e.data, b = lengthPrefixed(b); e.data == nil {
+			return nil, errBadEntries
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// lengthPrefixed splits a uvarint length and that many bytes off b; nil
+// when b is too short.
+func lengthPrefixed(b []byte) (field, rest []byte) {
+	l, n := binary.Uvarint(b)
+	if n <= 0 || l > uint64(len(b)-n) {
+		return nil, b
+	}
+	return b[n : n+int(l) : n+int(l)], b[n+int(l):]
+}
