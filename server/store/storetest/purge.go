@@ -111,3 +111,40 @@ func testPurgePIIMany(t *testing.T, su suite) {
 		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
 	}
 }
+
+// A webhook whose events belong to two requests (and to none): purging it
+// strips its events in both requests, each snapshot refolded once.
+func testPurgePIIWebhookOfTwoRequests(t *testing.T, su suite) {
+	s := su.open(t)
+	p := s.(store.Purger)
+	old := hookBody(`{"both":"+919800000000"}`, t0,
+		auth("r1", "e-init", "INITIATED", at(0)),
+		auth("r2", "e-init", "INITIATED", at(0)),
+		system("", "u1", "UNREACHABLE", at(0)))
+	commit(t, s, old)
+	commit(t, s, hookBody(`{"r1":"+919800000000"}`, t0.Add(2*time.Hour), delivery("r1", "e-sent", "SMS", "SENT", at(100))))
+	commit(t, s, hookBody(`{"r2":"+919800000000"}`, t0.Add(2*time.Hour), delivery("r2", "e-sent", "SMS", "SENT", at(100))))
+	before := map[string]*eventsv1.AuthRequest{"r1": get(t, s, "r1"), "r2": get(t, s, "r2")}
+
+	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
+	}
+	for _, id := range []string{"r1", "r2"} {
+		events := listAll(t, s, id, 10)
+		if len(events) != 2 {
+			t.Fatalf("%s: %d events after purge, want 2", id, len(events))
+		}
+		for _, e := range events {
+			purged := e.GetEventId() == "e-init"
+			hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
+			if purged == hasPII {
+				t.Errorf("%s/%s after purge: raw body %q, identity %q, phone %v", id, e.GetEventId(), e.GetRawBody(), e.GetIdentity(), e.GetPhone())
+			}
+		}
+		b := before[id]
+		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
+	}
+	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
+	}
+}

@@ -70,6 +70,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"Persistence", testPersistence},
 		{"PurgePII", testPurgePII},
 		{"PurgePIIMany", testPurgePIIMany},
+		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {
