@@ -124,8 +124,13 @@ func moveEventsBatch(ctx context.Context, db *sql.DB) (n int, err error) {
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
+	update, err := tx.PrepareContext(ctx, `UPDATE requests SET events = CAST(events || ? AS BLOB) WHERE request_id = ?`)
+	if err != nil {
+		return 0, err
+	}
+	defer update.Close()
 	for i, rid := range ids {
-		res, err := tx.ExecContext(ctx, `UPDATE requests SET events = CAST(events || ? AS BLOB) WHERE request_id = ?`, blobs[i], rid)
+		res, err := update.ExecContext(ctx, blobs[i], rid)
 		if err != nil {
 			return 0, err
 		}
