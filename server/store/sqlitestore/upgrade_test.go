@@ -236,3 +236,61 @@ func TestUpgradeMovesEvents(t *testing.T) {
 		t.Errorf("the request-less event keeps its identity after the purge")
 	}
 }
+
+// A move that fails part way keeps what it moved, stores nothing twice, and
+// goes on at the next Open.
+func TestUpgradeMoveResumes(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "events.db")
+	listed, snapshots, _ := oldDatabase(t, path, 2500)
+
+	// The last request loses its row: its transaction, the third, fails.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const last = "r02499"
+	var (
+		revision, updated int64
+		data              []byte
+	)
+	if err := db.QueryRow(`SELECT revision, data, updated_at FROM requests WHERE request_id = ?`, last).Scan(&revision, &data, &updated); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`DELETE FROM requests WHERE request_id = ?`, last); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := sqlitestore.Open(ctx, path); err == nil || !strings.Contains(err.Error(), last) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("Open with a request's row missing = %v; want an error naming %s", err, last)
+	}
+	left := count(t, db, `SELECT COUNT(DISTINCT request_id) FROM events WHERE request_id != ''`)
+	if left != 500 {
+		t.Errorf("%d requests' events left in events after two of three transactions, want 500", left)
+	}
+
+	if _, err := db.Exec(`INSERT INTO requests (request_id, revision, data, updated_at) VALUES (?, ?, ?, ?)`, last, revision, data, updated); err != nil {
+		t.Fatal(err)
+	}
+	s, err := sqlitestore.Open(ctx, path)
+	if err != nil {
+		t.Fatalf("Open after the fix: %v", err)
+	}
+	defer s.Close()
+	if n := count(t, db, `SELECT COUNT(*) FROM events WHERE request_id != ''`); n != 0 {
+		t.Errorf("%d events not moved", n)
+	}
+	for _, rid := range []string{"r00000", "r01500", last} {
+		got, _, err := s.ListEvents(ctx, rid, store.Page{})
+		if err != nil || len(got) != len(listed[rid]) {
+			t.Fatalf("ListEvents(%s) = %d events, %v; want %d, each once", rid, len(got), err, len(listed[rid]))
+		}
+		if snap, err := s.GetRequest(ctx, rid); err != nil || !proto.Equal(snap, snapshots[rid]) {
+			t.Errorf("GetRequest(%s) = %v, %v", rid, snap, err)
+		}
+	}
+}
