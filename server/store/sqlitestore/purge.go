@@ -95,7 +95,7 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 		s.cache.clear()
 		return 0, false, err
 	}
-	for id := range requests {
+	for _, id := range requests {
 		s.cache.remove(id)
 	}
 	return n, more, nil
@@ -103,7 +103,7 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 
 // purgeChunkTx returns how many webhooks it purged, whether webhooks due may
 // remain, and the requests whose events it changed.
-func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, map[string]bool, error) {
+func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, []string, error) {
 	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}}
 	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk)
 	if err != nil {
@@ -154,11 +154,7 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (i
 	if _, err := pc.stmt(s.purge.clearBodies).ExecContext(ctx, ids); err != nil {
 		return 0, false, nil, err
 	}
-	changed := make(map[string]bool, len(pc.requests))
-	for id := range pc.requests {
-		changed[id] = true
-	}
-	return len(pc.due), more, changed, nil
+	return len(pc.due), more, slices.Collect(maps.Keys(pc.requests)), nil
 }
 
 // purgeTx is one purge transaction: the webhooks due it purges and the rows
