@@ -325,14 +325,13 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	if err := rows.Err(); err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
-	next := ""
 	for i, e := range events {
 		e.RawBody = bodies[webhookIDs[i]]
 	}
-	if more {
-		next = store.CursorAfter(events[len(events)-1]).Token()
+	if !more {
+		return events, "", nil
 	}
-	return events, next, nil
+	return events, store.CursorAfter(events[len(events)-1]).Token(), nil
 }
 
 // Ping implements store.Store: it reads from the file.
