@@ -456,10 +456,10 @@ next:
 	}
 }
 
-// jsonArray encodes ids for json_each: one bound parameter for any number
-// of ids.
-func jsonArray(ids []string) string {
-	b, _ := json.Marshal(ids) // []string always encodes
+// jsonArray encodes ids (strings or integers) for json_each: one bound
+// parameter for any number of ids.
+func jsonArray[T string | int64](ids []T) string {
+	b, _ := json.Marshal(ids) // strings and integers always encode
 	return string(b)
 }
 

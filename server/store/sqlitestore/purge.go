@@ -128,7 +128,7 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (i
 		}
 	}
 	if len(candidates) > 0 {
-		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonInts(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings)
+		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonArray(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings)
 		if err != nil {
 			return 0, false, nil, err
 		}
@@ -147,7 +147,7 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (i
 			return 0, false, nil, err
 		}
 	}
-	ids := jsonInts(slices.Collect(maps.Keys(pc.due)))
+	ids := jsonArray(slices.Collect(maps.Keys(pc.due)))
 	if err := pc.stripRequestless(ids); err != nil {
 		return 0, false, nil, err
 	}
@@ -329,9 +329,4 @@ func scanAll[T any](rows *sql.Rows, scan func(*sql.Rows) (T, error)) ([]T, error
 		out = append(out, v)
 	}
 	return out, rows.Err()
-}
-
-func jsonInts(ids []int64) string {
-	b, _ := json.Marshal(ids) // []int64 always encodes
-	return string(b)
 }

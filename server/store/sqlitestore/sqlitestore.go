@@ -306,7 +306,7 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	if len(events) == 0 {
 		return nil, "", nil // past the last page
 	}
-	rows, err := tx.StmtContext(ctx, s.bodies).QueryContext(ctx, jsonInts(webhookIDs))
+	rows, err := tx.StmtContext(ctx, s.bodies).QueryContext(ctx, jsonArray(webhookIDs))
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}
