@@ -2,6 +2,7 @@ package sqlitestore_test
 
 import (
 	"bytes"
+	"cmp"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -111,10 +112,7 @@ func oldDatabase(t *testing.T, path string, requests int) (map[string][]*eventsv
 
 	for rid, events := range listed {
 		slices.SortFunc(events, func(a, b *eventsv1.Event) int {
-			if c := store.EventTimeMillis(a) - store.EventTimeMillis(b); c != 0 {
-				return int(c)
-			}
-			return strings.Compare(a.GetEventId(), b.GetEventId())
+			return cmp.Or(cmp.Compare(store.EventTimeMillis(a), store.EventTimeMillis(b)), strings.Compare(a.GetEventId(), b.GetEventId()))
 		})
 		snap := state.Fold(rid, events)
 		snap.Revision, snap.UpdateTime = 2, timestamppb.New(t0.Add(time.Hour))

@@ -35,10 +35,7 @@ func testPurgePII(t *testing.T, su suite) {
 	}
 	for _, e := range events {
 		purged := e.GetEventId() != "e-delivered"
-		hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
-		if purged == hasPII {
-			t.Errorf("event %s after purge: raw body %q, identity %q, phone %v", e.GetEventId(), e.GetRawBody(), e.GetIdentity(), e.GetPhone())
-		}
+		checkPurged(t, e, purged)
 		if e.GetStatus() == "" || e.GetEventTime() == nil {
 			t.Errorf("event %s lost its status history: %v", e.GetEventId(), e)
 		}
@@ -99,10 +96,7 @@ func testPurgePIIMany(t *testing.T, su suite) {
 		}
 		for _, e := range events {
 			purged := e.GetReceiveTime().AsTime().Before(cutoff)
-			hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
-			if purged == hasPII {
-				t.Errorf("%s/%s received %v: raw body %q, identity %q, phone %v", id, e.GetEventId(), e.GetReceiveTime().AsTime(), e.GetRawBody(), e.GetIdentity(), e.GetPhone())
-			}
+			checkPurged(t, e, purged)
 		}
 		b := before[id]
 		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
@@ -136,15 +130,23 @@ func testPurgePIIWebhookOfTwoRequests(t *testing.T, su suite) {
 		}
 		for _, e := range events {
 			purged := e.GetEventId() == "e-init"
-			hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
-			if purged == hasPII {
-				t.Errorf("%s/%s after purge: raw body %q, identity %q, phone %v", id, e.GetEventId(), e.GetRawBody(), e.GetIdentity(), e.GetPhone())
-			}
+			checkPurged(t, e, purged)
 		}
 		b := before[id]
 		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
 	}
 	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 0 {
 		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
+	}
+}
+
+// checkPurged fails the test unless e has no personal data left when
+// purged, and keeps it when not.
+func checkPurged(t *testing.T, e *eventsv1.Event, purged bool) {
+	t.Helper()
+	hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
+	if purged == hasPII {
+		t.Errorf("%s/%s (received %v, purged %t): raw body %q, identity %q, phone %v",
+			e.GetRequestId(), e.GetEventId(), e.GetReceiveTime().AsTime(), purged, e.GetRawBody(), e.GetIdentity(), e.GetPhone())
 	}
 }
