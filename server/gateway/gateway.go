@@ -172,12 +172,12 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		errorHandler(ctx, h.mux, out, w, r, err)
 		return
 	}
-	buf, err := out.Marshal(resp)
+	buf, err := appendIngestResponse(make([]byte, 0, 256), resp)
 	if err != nil {
 		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.Internal, "encoding response"))
 		return
 	}
-	w.Header().Set("Content-Type", out.ContentType(resp))
+	w.Header().Set("Content-Type", "application/json")
 	if _, err := w.Write(buf); err != nil && h.log != nil {
 		h.log.LogAttrs(ctx, slog.LevelDebug, "writing webhook response", slog.Any("error", err))
 	}
