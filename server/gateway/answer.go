@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
@@ -37,7 +39,7 @@ func appendIngestResponse(b []byte, r *eventsv1.IngestResponse) ([]byte, error) 
 			return nil, err
 		}
 		b = append(b, `,"kind":`...)
-		b = appendEnum(b, e.GetKind().String(), int32(e.GetKind()))
+		b = appendEnum(b, e.GetKind())
 		b = append(b, '}')
 	}
 	b = append(b, `],"stored":`...)
@@ -48,12 +50,13 @@ func appendIngestResponse(b []byte, r *eventsv1.IngestResponse) ([]byte, error) 
 }
 
 // appendEnum writes an enum value by name, or by number when it has none.
-func appendEnum(b []byte, name string, n int32) []byte {
-	if name == strconv.Itoa(int(n)) { // the generated String of an unknown value
-		return strconv.AppendInt(b, int64(n), 10)
+func appendEnum(b []byte, e protoreflect.Enum) []byte {
+	v := e.Descriptor().Values().ByNumber(e.Number())
+	if v == nil {
+		return strconv.AppendInt(b, int64(e.Number()), 10)
 	}
 	b = append(b, '"')
-	b = append(b, name...)
+	b = append(b, v.Name()...)
 	return append(b, '"')
 }
 
