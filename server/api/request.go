@@ -123,7 +123,7 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 	default:
 	}
 
-	snap, err := s.store.GetRequest(ctx, id)
+	snap, err := s.snapshot(ctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		snap = &eventsv1.AuthRequest{RequestId: id}
@@ -199,6 +199,25 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		msg.Type, msg.Events = eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, nil
 	}
 	return msg
+}
+
+// snapshot reads the request for a new watch on a goroutine of its own.
+// The store's read runs deep (SQLite's is C translated to Go), and the
+// stack it grows would stay with the stream's goroutine for as long as the
+// watch lasts: 10,000 idle watchers took 262–264 MiB with the read on the
+// stream's goroutine and 183–199 MiB without.
+func (s *RequestServer) snapshot(ctx context.Context, id string) (*eventsv1.AuthRequest, error) {
+	type result struct {
+		snap *eventsv1.AuthRequest
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		snap, err := s.store.GetRequest(ctx, id)
+		done <- result{snap, err}
+	}()
+	r := <-done
+	return r.snap, r.err
 }
 
 func sendReconnect(send func(*eventsv1.WatchRequestResponse) error, last int64) error {
