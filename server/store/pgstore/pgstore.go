@@ -115,16 +115,6 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "otpless-events"
 	}
-	// The commit's statements take arrays of request ids. A generic plan,
-	// which PostgreSQL may settle on after a prepared statement's fifth
-	// run, is costed with the statistics of that moment: on a new database,
-	// before autovacuum's first ANALYZE, reading a batch's events stayed a
-	// sequential scan of the events table as it grew, and 128 senders fell
-	// from 3,260 to 1,040 webhooks/s within 32 s (4,780-7,080 with a plan
-	// for each run's arguments). A DSN's own plan_cache_mode wins.
-	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
-	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}

@@ -114,25 +114,6 @@ func TestSchemaFromSearchPath(t *testing.T) {
 	}
 }
 
-// TestCustomPlans: the store's connections plan each statement for its
-// arguments (see Open), unless the DSN sets plan_cache_mode itself.
-func TestCustomPlans(t *testing.T) {
-	t.Parallel()
-	dsn, _ := pgtest.Schema(t)
-	for _, c := range []struct{ dsn, want string }{
-		{dsn, "force_custom_plan"},
-		{pgtest.WithParam(t, dsn, "plan_cache_mode", "auto"), "auto"},
-	} {
-		got, err := pgstore.PlanCacheMode(t.Context(), open(t, c.dsn))
-		if err != nil {
-			t.Fatalf("SHOW plan_cache_mode: %v", err)
-		}
-		if got != c.want {
-			t.Errorf("plan_cache_mode = %q, want %q (DSN %s)", got, c.want, c.dsn)
-		}
-	}
-}
-
 func TestNewerSchemaRefused(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
