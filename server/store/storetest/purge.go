@@ -29,13 +29,8 @@ func testPurgePII(t *testing.T, su suite) {
 	if err != nil || n != 1 {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
 	}
-	events := listAll(t, s, "r1", 10)
-	if len(events) != 3 {
-		t.Fatalf("%d events after purge, want all 3 kept", len(events))
-	}
+	events := checkAfterPurge(t, s, "r1", before, 3, func(e *eventsv1.Event) bool { return e.GetEventId() != "e-delivered" })
 	for _, e := range events {
-		purged := e.GetEventId() != "e-delivered"
-		checkPurged(t, e, purged)
 		if e.GetStatus() == "" || e.GetEventTime() == nil {
 			t.Errorf("event %s lost its status history: %v", e.GetEventId(), e)
 		}
@@ -47,11 +42,7 @@ func testPurgePII(t *testing.T, su suite) {
 	if after.GetPhone() != nil {
 		t.Errorf("snapshot keeps the phone of a purged event: %v", after.GetPhone())
 	}
-	equalProto(t, "snapshot after purge", after, snapshot("r1", events, before.GetRevision(), before.GetUpdateTime().AsTime()))
-
-	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 0 {
-		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
-	}
+	checkNothingLeft(t, p, t0.Add(time.Hour))
 }
 
 // Many requests whose webhooks are interleaved in time, more than one
@@ -90,20 +81,9 @@ func testPurgePIIMany(t *testing.T, su suite) {
 	}
 	for r := range requests {
 		id := fmt.Sprintf("r%02d", r)
-		events := listAll(t, s, id, 10)
-		if len(events) != steps {
-			t.Fatalf("%s: %d events after purge, want %d", id, len(events), steps)
-		}
-		for _, e := range events {
-			purged := e.GetReceiveTime().AsTime().Before(cutoff)
-			checkPurged(t, e, purged)
-		}
-		b := before[id]
-		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
+		checkAfterPurge(t, s, id, before[id], steps, func(e *eventsv1.Event) bool { return e.GetReceiveTime().AsTime().Before(cutoff) })
 	}
-	if n, err := p.PurgePII(context.Background(), cutoff); err != nil || n != 0 {
-		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
-	}
+	checkNothingLeft(t, p, cutoff)
 }
 
 // A webhook whose events belong to two requests (and to none): purging it
@@ -124,18 +104,33 @@ func testPurgePIIWebhookOfTwoRequests(t *testing.T, su suite) {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
 	}
 	for _, id := range []string{"r1", "r2"} {
-		events := listAll(t, s, id, 10)
-		if len(events) != 2 {
-			t.Fatalf("%s: %d events after purge, want 2", id, len(events))
-		}
-		for _, e := range events {
-			purged := e.GetEventId() == "e-init"
-			checkPurged(t, e, purged)
-		}
-		b := before[id]
-		equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, b.GetRevision(), b.GetUpdateTime().AsTime()))
+		checkAfterPurge(t, s, id, before[id], 2, func(e *eventsv1.Event) bool { return e.GetEventId() == "e-init" })
 	}
-	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 0 {
+	checkNothingLeft(t, p, t0.Add(time.Hour))
+}
+
+// checkAfterPurge checks request id after a purge and returns its events:
+// all want of them are kept, those purged says lost their personal data and
+// the others kept it, and its snapshot is the fold of what is left, with the
+// revision and update time it had before.
+func checkAfterPurge(t *testing.T, s store.Store, id string, before *eventsv1.AuthRequest, want int, purged func(*eventsv1.Event) bool) []*eventsv1.Event {
+	t.Helper()
+	events := listAll(t, s, id, 10)
+	if len(events) != want {
+		t.Fatalf("%s: %d events after purge, want all %d kept", id, len(events), want)
+	}
+	for _, e := range events {
+		checkPurged(t, e, purged(e))
+	}
+	equalProto(t, id+" after purge", get(t, s, id), snapshot(id, events, before.GetRevision(), before.GetUpdateTime().AsTime()))
+	return events
+}
+
+// checkNothingLeft fails the test unless a second purge to cutoff finds
+// nothing to purge.
+func checkNothingLeft(t *testing.T, p store.Purger, cutoff time.Time) {
+	t.Helper()
+	if n, err := p.PurgePII(context.Background(), cutoff); err != nil || n != 0 {
 		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
 	}
 }
