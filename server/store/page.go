@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
@@ -56,6 +57,13 @@ type Cursor struct {
 // CursorAfter returns the cursor just past e.
 func CursorAfter(e *eventsv1.Event) Cursor {
 	return Cursor{RequestID: e.GetRequestId(), EventTimeMillis: EventTimeMillis(e), EventID: e.GetEventId()}
+}
+
+// Compare orders cursors as ListEvents orders events: by EventTimeMillis,
+// then by EventID (byte-wise). It returns -1, 0 or +1; RequestID is not
+// compared.
+func (c Cursor) Compare(d Cursor) int {
+	return cmp.Or(cmp.Compare(c.EventTimeMillis, d.EventTimeMillis), strings.Compare(c.EventID, d.EventID))
 }
 
 // cursorVersion is the first byte of every token; bump it to change the

@@ -83,3 +83,28 @@ func FuzzParseToken(f *testing.F) {
 		}
 	})
 }
+
+// Cursors order by event time first, then byte-wise by event id, whatever
+// their request.
+func TestCursorCompare(t *testing.T) {
+	t.Parallel()
+	c := func(ms int64, id string) store.Cursor { return store.Cursor{EventTimeMillis: ms, EventID: id} }
+	for _, tt := range []struct {
+		a, b store.Cursor
+		want int
+	}{
+		{c(1, "z"), c(2, "a"), -1},
+		{c(-5, "b"), c(0, ""), -1},
+		{c(2, "a"), c(2, "b"), -1},
+		{c(2, "B"), c(2, "a"), -1},
+		{c(2, "a"), c(2, "a"), 0},
+		{store.Cursor{RequestID: "r1", EventTimeMillis: 2, EventID: "a"}, store.Cursor{RequestID: "r2", EventTimeMillis: 2, EventID: "a"}, 0},
+	} {
+		if got := tt.a.Compare(tt.b); got != tt.want {
+			t.Errorf("%+v.Compare(%+v) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+		if got := tt.b.Compare(tt.a); got != -tt.want {
+			t.Errorf("%+v.Compare(%+v) = %d, want %d", tt.b, tt.a, got, -tt.want)
+		}
+	}
+}

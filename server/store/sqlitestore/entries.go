@@ -3,6 +3,8 @@ package sqlitestore
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/otpless-events/otpless-events/server/store"
 )
 
 // A request's events are kept in its own row, in requests.events, which
@@ -21,6 +23,11 @@ type entry struct {
 	timeMs    int64 // store.EventTimeMillis
 	eventID   string
 	data      []byte // shares the parsed column's memory
+}
+
+// cursor is the entry's position in ListEvents order.
+func (e entry) cursor() store.Cursor {
+	return store.Cursor{EventTimeMillis: e.timeMs, EventID: e.eventID}
 }
 
 func appendEntry(b []byte, e entry) []byte {

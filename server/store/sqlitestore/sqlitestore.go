@@ -13,7 +13,6 @@
 package sqlitestore
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -24,7 +23,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -279,14 +277,9 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	if err != nil { // not a failure a retry could fix
 		return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, err)
 	}
-	slices.SortFunc(entries, func(a, b entry) int {
-		return cmp.Or(cmp.Compare(a.timeMs, b.timeMs), strings.Compare(a.eventID, b.eventID))
-	})
+	slices.SortFunc(entries, func(a, b entry) int { return a.cursor().Compare(b.cursor()) })
 	if after != nil {
-		entries = entries[sort.Search(len(entries), func(i int) bool {
-			e := entries[i]
-			return e.timeMs > after.EventTimeMillis || e.timeMs == after.EventTimeMillis && e.eventID > after.EventID
-		}):]
+		entries = entries[sort.Search(len(entries), func(i int) bool { return entries[i].cursor().Compare(*after) > 0 }):]
 	}
 	limit := page.Limit()
 	more := len(entries) > limit

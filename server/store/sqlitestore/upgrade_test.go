@@ -2,7 +2,6 @@ package sqlitestore_test
 
 import (
 	"bytes"
-	"cmp"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -112,7 +111,7 @@ func oldDatabase(t *testing.T, path string, requests int) (map[string][]*eventsv
 
 	for rid, events := range listed {
 		slices.SortFunc(events, func(a, b *eventsv1.Event) int {
-			return cmp.Or(cmp.Compare(store.EventTimeMillis(a), store.EventTimeMillis(b)), strings.Compare(a.GetEventId(), b.GetEventId()))
+			return store.CursorAfter(a).Compare(store.CursorAfter(b))
 		})
 		snap := state.Fold(rid, events)
 		snap.Revision, snap.UpdateTime = 2, timestamppb.New(t0.Add(time.Hour))

@@ -1,7 +1,6 @@
 package storetest
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -112,9 +111,7 @@ func withBody(e *eventsv1.Event, body []byte) *eventsv1.Event {
 func listOrder(events []*eventsv1.Event) []*eventsv1.Event {
 	out := slices.Clone(events)
 	slices.SortFunc(out, func(a, b *eventsv1.Event) int {
-		return cmp.Or(
-			cmp.Compare(store.EventTimeMillis(a), store.EventTimeMillis(b)),
-			cmp.Compare(a.GetEventId(), b.GetEventId()))
+		return store.CursorAfter(a).Compare(store.CursorAfter(b))
 	})
 	return out
 }
