@@ -13,6 +13,9 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/gateway"
+	"github.com/otpless-events/otpless-events/server/observe"
 	"github.com/otpless-events/otpless-events/server/openapi"
 )
 
@@ -50,6 +53,15 @@ func (s *Server) streamInterceptors(inner ...grpc.StreamServerInterceptor) []grp
 		recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.obs.RecoverGRPC)),
 		s.obs.StreamServerInterceptor(),
 	}, inner...)
+}
+
+// watchInProcess runs WatchRequest for the gateway's event stream through
+// the gRPC server's stream interceptors, without a connection.
+func (s *Server) watchInProcess(requests eventsv1.RequestServiceServer, inner []grpc.StreamServerInterceptor) gateway.WatchFunc {
+	watch := gateway.InProcess(requests, s.streamInterceptors(inner...)...)
+	return func(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error {
+		return watch(observe.InProcess(ctx), req, send)
+	}
 }
 
 // observeServer finishes the metrics once every gRPC service is registered:

@@ -264,6 +264,81 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// An event stream runs WatchRequest in process: it counts as an http watch
+// stream, its deliveries are measured, and its gRPC log line carries the
+// HTTP request id.
+func TestEventStreamIsObserved(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.httpURL+"/v1/requests/sse-req:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set(observe.RequestIDHeader, "sse-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := bufio.NewReader(resp.Body)
+	// next returns the next event's name, skipping the retry hint and comments.
+	next := func() string {
+		t.Helper()
+		for {
+			var name string
+			for {
+				line, err := events.ReadString('\n')
+				if err != nil {
+					t.Fatalf("reading the event stream: %v", err)
+				}
+				if line == "\n" {
+					break
+				}
+				if v, ok := strings.CutPrefix(line, "event: "); ok {
+					name = strings.TrimSpace(v)
+				}
+			}
+			if name != "" {
+				return name
+			}
+		}
+	}
+	if ev := next(); ev != "snapshot" {
+		t.Fatalf("first event %q, want snapshot", ev)
+	}
+	if got := s.scrape(t)[`otpless_events_watch_streams{transport="http"}`]; got != 1 {
+		t.Fatalf("watch_streams{http} = %v with one event stream open, want 1", got)
+	}
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("sse-req", "SENT", 1764153000400)); code != http.StatusOK {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	if ev := next(); ev != "update" {
+		t.Fatalf("event %q, want update", ev)
+	}
+	if got := s.scrape(t)[`otpless_events_watch_delivery_seconds_count`]; got != 1 {
+		t.Errorf("watch_delivery_seconds_count = %v after one update, want 1", got)
+	}
+
+	cancel() // the browser leaves
+	deadline := time.Now().Add(10 * time.Second)
+	for s.scrape(t)[`otpless_events_watch_streams{transport="http"}`] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("watch_streams{http} stayed up after the event stream ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := map[string]any{"msg": "grpc call", "request_id": "sse-1", "transport": "http", "method": eventsv1.RequestService_WatchRequest_FullMethodName, "otpless_request_id": "sse-req"}
+	for len(s.logs.lines(t, want)) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no gRPC line for the event stream with the HTTP request id:\n%s", s.logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Every request gets one log line with its request id, the OTPLESS ids when
 // known, and no personal data; a call through the gateway keeps the
 // HTTP request id in its gRPC line.

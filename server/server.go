@@ -320,6 +320,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Guard:        sec.guard,
 		CORSOrigins:  cfg.CORSOrigins,
 		SSEHeartbeat: cfg.WatchHeartbeat,
+		Watch:        s.watchInProcess(requests, sec.stream),
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {

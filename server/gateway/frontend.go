@@ -6,16 +6,13 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
-	"google.golang.org/grpc"
-
-	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/gateway/ui"
 )
 
 // frontend puts what browsers need in front of the gateway mux: the status
 // page at /ui/ (and / redirecting there), and on the watch route, CORS and
 // Server-Sent Events.
-func frontend(mux *runtime.ServeMux, conn *grpc.ClientConn, opts Options) http.Handler {
+func frontend(mux *runtime.ServeMux, opts Options) http.Handler {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -27,7 +24,7 @@ func frontend(mux *runtime.ServeMux, conn *grpc.ClientConn, opts Options) http.H
 	watch := &watchHandler{
 		next:      mux,
 		mux:       mux,
-		client:    eventsv1.NewRequestServiceClient(conn),
+		watch:     opts.Watch,
 		cors:      newCORSPolicy(opts.CORSOrigins),
 		heartbeat: heartbeat,
 		log:       log,

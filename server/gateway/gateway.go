@@ -3,7 +3,8 @@
 // since the in-process registration cannot stream) and the OTPLESS webhook
 // route, which reads the body once so the original bytes can be stored.
 // For browsers it adds Server-Sent Events and CORS on the watch route
-// (sse.go, cors.go) and the status page at /ui/ (package ui).
+// (sse.go, cors.go; the event stream calls WatchRequest in process,
+// inprocess.go) and the status page at /ui/ (package ui).
 //
 // It may import the generated API, server/api, server/auth,
 // server/normalize and server/gateway/ui.
@@ -52,7 +53,10 @@ type Options struct {
 	// SSEHeartbeat is how long a Server-Sent Events stream stays silent
 	// before a comment is written (DefaultSSEHeartbeat when 0).
 	SSEHeartbeat time.Duration
-	Logger       *slog.Logger
+	// Watch runs WatchRequest for Server-Sent Events (usually InProcess);
+	// nil answers the event stream with UNIMPLEMENTED.
+	Watch  WatchFunc
+	Logger *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are
@@ -71,7 +75,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 			return nil, fmt.Errorf("gateway: register webhook route: %w", err)
 		}
 	}
-	return validURL(accessTokenFromQuery(frontend(mux, conn, opts))), nil
+	return validURL(accessTokenFromQuery(frontend(mux, opts))), nil
 }
 
 // validURL answers 400 for a path or query that is not valid UTF-8: such a

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -10,10 +11,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -42,13 +45,13 @@ const (
 // forwards it (the Authorization header, which ?access_token= is turned
 // into before this handler runs).
 //
-// The event stream is RequestService.WatchRequest called through the same
-// client connection as the gateway, with the metadata the gateway would
-// send, so gRPC interceptors (authentication, limits) apply to both.
+// The event stream is RequestService.WatchRequest run by watch, with the
+// metadata the gateway would send as the call's incoming metadata, so gRPC
+// interceptors (authentication, limits) apply to both.
 type watchHandler struct {
 	next      http.Handler
 	mux       *runtime.ServeMux
-	client    eventsv1.RequestServiceClient
+	watch     WatchFunc
 	cors      corsPolicy
 	heartbeat time.Duration
 	log       *slog.Logger
@@ -119,11 +122,13 @@ func resumeRevision(r *http.Request) (int64, error) {
 // which also stops EventSource from retrying); errors after it end the
 // stream with an "error" event whose data is the gRPC status.
 func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id string) {
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
+	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
 	fail := func(err error) { errorHandler(ctx, h.mux, out, w, r, err) }
-
+	if h.watch == nil {
+		fail(status.Error(codes.Unimplemented, "this gateway serves no event stream"))
+		return
+	}
 	after, err := resumeRevision(r)
 	if err != nil {
 		fail(err)
@@ -135,17 +140,38 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 		fail(err)
 		return
 	}
-	stream, err := h.client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: after})
-	if err != nil {
-		fail(err)
-		return
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		fail(err)
-		return
-	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	ctx = metadata.NewIncomingContext(metadata.NewOutgoingContext(ctx, nil), md)
 
+	var ev *eventWriter
+	defer func() {
+		if ev != nil {
+			ev.stop()
+		}
+	}()
+	err = h.watch(ctx, &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: after}, func(m *eventsv1.WatchRequestResponse) error {
+		if ev == nil {
+			ev = h.startEvents(ctx, w, out)
+		}
+		return ev.message(m)
+	})
+	if ev == nil {
+		if err == nil {
+			err = status.Error(codes.Internal, "the watch ended without a message")
+		}
+		fail(err)
+		return
+	}
+	ev.stop() // no more writes but this handler's: ev.err can be read
+	if err != nil && ev.err == nil && ctx.Err() == nil {
+		ev.status(status.Convert(err))
+	}
+	h.log.LogAttrs(ctx, slog.LevelDebug, "event stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
+}
+
+// startEvents answers 200 with the event stream's headers and the retry
+// hint, and starts the comment heartbeats.
+func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, m runtime.Marshaler) *eventWriter {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
@@ -153,87 +179,54 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{}) // a watch outlives any server write timeout
-	ev := &eventWriter{w: w, rc: rc, m: out}
+	ev := &eventWriter{w: w, rc: rc, m: m, heartbeat: h.heartbeat}
 	ev.retry(SSERetry)
 	if errors.Is(ev.err, http.ErrNotSupported) {
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
 		ev.err, ev.rc = nil, nil
 	}
-	ev.message(first)
-
-	type result struct {
-		msg *eventsv1.WatchRequestResponse
-		err error
-	}
-	results := make(chan result)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			select {
-			case results <- result{m, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-
-	idle := time.NewTimer(h.heartbeat)
-	defer idle.Stop()
-	for ev.err == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-idle.C:
-			ev.comment("heartbeat")
-		case res := <-results:
-			switch {
-			case res.err == nil:
-				ev.message(res.msg)
-			case errors.Is(res.err, io.EOF):
-				return
-			case ctx.Err() != nil:
-				return // the client went away
-			default:
-				ev.status(status.Convert(res.err))
-				return
-			}
-		}
-		idle.Reset(h.heartbeat)
-	}
-	h.log.LogAttrs(ctx, slog.LevelDebug, "event stream ended", slog.String("request_id", id), slog.Any("error", ev.err))
+	ev.idle = time.AfterFunc(h.heartbeat, ev.beat)
+	return ev
 }
 
-// eventWriter writes Server-Sent Events, flushing each one. After the first
-// failed write it writes nothing more; err says why.
+// eventWriter writes Server-Sent Events, flushing each one, and a comment
+// heartbeat whenever nothing was written for the heartbeat interval. After
+// the first failed write it writes nothing more; err says why. The
+// heartbeat runs on a timer's goroutine, so writes hold mu.
 type eventWriter struct {
-	w   io.Writer
-	rc  *http.ResponseController
-	m   runtime.Marshaler
-	buf bytes.Buffer
-	err error
+	w         io.Writer
+	rc        *http.ResponseController
+	m         runtime.Marshaler
+	heartbeat time.Duration
+
+	mu      sync.Mutex
+	idle    *time.Timer
+	stopped bool
+	buf     bytes.Buffer
+	err     error
 }
 
-// message writes msg as an event named after its type, id its revision.
-func (e *eventWriter) message(msg *eventsv1.WatchRequestResponse) {
+// message writes msg as an event named after its type, id its revision,
+// and returns the write's error.
+func (e *eventWriter) message(msg *eventsv1.WatchRequestResponse) error {
 	name := strings.ToLower(strings.TrimPrefix(msg.GetType().String(), "WATCH_MESSAGE_TYPE_"))
-	e.event(name, strconv.FormatInt(msg.GetRevision(), 10), msg)
+	return e.event(name, strconv.FormatInt(msg.GetRevision(), 10), msg)
 }
 
 // status writes st as an "error" event without an id, so a reconnecting
 // client still resumes from the last revision it got.
 func (e *eventWriter) status(st *status.Status) {
-	e.event("error", "", st.Proto())
+	_ = e.event("error", "", st.Proto())
 }
 
-func (e *eventWriter) event(name, id string, msg proto.Message) {
+func (e *eventWriter) event(name, id string, msg proto.Message) error {
 	data, err := e.m.Marshal(msg)
 	if err != nil {
 		data, _ = e.m.Marshal(status.New(codes.Internal, "encoding watch message").Proto())
 		name, id = "error", ""
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.buf.Reset()
 	if id != "" {
 		e.buf.WriteString("id: " + id + "\n")
@@ -246,21 +239,42 @@ func (e *eventWriter) event(name, id string, msg proto.Message) {
 	}
 	e.buf.WriteString("\n")
 	e.write(e.buf.Bytes())
+	return e.err
 }
 
-// comment writes an SSE comment, which clients ignore and proxies see as
-// traffic.
-func (e *eventWriter) comment(text string) { e.write([]byte(": " + text + "\n\n")) }
+// beat writes the heartbeat comment; the idle timer calls it.
+func (e *eventWriter) beat() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.stopped {
+		e.write([]byte(": heartbeat\n\n"))
+	}
+}
+
+// stop ends the heartbeats, before the handler returns. A beat that is
+// waiting for mu writes nothing.
+func (e *eventWriter) stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stopped = true
+	e.idle.Stop()
+}
 
 func (e *eventWriter) retry(d time.Duration) {
 	e.write([]byte("retry: " + strconv.FormatInt(d.Milliseconds(), 10) + "\n\n"))
 }
 
+// write writes b and flushes it. The caller holds mu, or the heartbeats
+// have not started. Any write restarts the heartbeat interval; comments,
+// which clients ignore, are traffic to proxies.
 func (e *eventWriter) write(b []byte) {
 	if e.err != nil {
 		return
 	}
 	if _, e.err = e.w.Write(b); e.err == nil && e.rc != nil {
 		e.err = e.rc.Flush()
+	}
+	if e.idle != nil && !e.stopped {
+		e.idle.Reset(e.heartbeat)
 	}
 }

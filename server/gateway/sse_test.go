@@ -37,15 +37,17 @@ func (f *fakeRequests) WatchRequest(req *eventsv1.WatchRequestRequest, s grpc.Se
 }
 
 // startGateway serves the gateway in front of a real gRPC server running
-// watch, and returns the gateway's base URL.
+// watch (the event stream runs it in process), and returns the gateway's
+// base URL.
 func startGateway(t *testing.T, watch watchFunc, opts gateway.Options) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	fake := &fakeRequests{watch: watch}
 	gs := grpc.NewServer()
-	eventsv1.RegisterRequestServiceServer(gs, &fakeRequests{watch: watch})
+	eventsv1.RegisterRequestServiceServer(gs, fake)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -55,6 +57,7 @@ func startGateway(t *testing.T, watch watchFunc, opts gateway.Options) string {
 	t.Cleanup(func() { conn.Close() })
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts.Logger = log
+	opts.Watch = gateway.InProcess(fake)
 	h, err := gateway.New(t.Context(), conn, api.NewWebhookServer(failingIngester{}, log), opts)
 	if err != nil {
 		t.Fatal(err)

@@ -91,9 +91,25 @@ func (o *Observer) newGRPCCall(ctx context.Context) *call {
 	return &call{requestID: o.ids.next()}
 }
 
-// transportOf tells calls of the gateway's in-process connection from
-// direct gRPC clients.
+// InProcess prepares the context of a gRPC call that the HTTP gateway makes
+// without a connection (its event stream): the call counts under the http
+// transport, and its log line carries the HTTP request's id.
+func InProcess(ctx context.Context) context.Context {
+	if id := RequestID(ctx); id != "" {
+		md, _ := metadata.FromIncomingContext(ctx)
+		ctx = metadata.NewIncomingContext(ctx, metadata.Join(md, metadata.Pairs(RequestIDMetadata, id)))
+	}
+	return context.WithValue(ctx, inProcessKey{}, true)
+}
+
+type inProcessKey struct{}
+
+// transportOf tells calls made for the gateway, over its in-process
+// connection or without one, from direct gRPC clients.
 func transportOf(ctx context.Context) string {
+	if ctx.Value(inProcessKey{}) != nil {
+		return transportHTTP
+	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
 		return transportHTTP
 	}
