@@ -8,29 +8,53 @@ package pii
 
 import (
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
-// Request returns a copy of r without personal data. r is not changed (it
-// may be shared, e.g. with other watchers).
+// Request returns r without personal data. r is not changed: it may be
+// shared, e.g. with other watchers. The copy shares r's messages that hold
+// no personal data (times, fallbacks, failures), so neither r nor the copy
+// may be changed afterwards.
 func Request(r *eventsv1.AuthRequest) *eventsv1.AuthRequest {
 	if r == nil {
 		return nil
 	}
-	c := proto.CloneOf(r)
-	StripRequest(c)
+	c := shallowCopy(r)
+	c.Phone, c.Email, c.Token = nil, "", ""
+	if len(r.Channels) > 0 {
+		c.Channels = make([]*eventsv1.ChannelProgress, len(r.Channels))
+		for i, ch := range r.Channels {
+			c.Channels[i] = shallowCopy(ch)
+			c.Channels[i].Identity = ""
+		}
+	}
 	return c
 }
 
-// Events returns copies of events without personal data or raw bodies.
+// Events returns events without personal data or raw bodies. As with
+// Request, the copies share the input's messages that hold none.
 func Events(events []*eventsv1.Event) []*eventsv1.Event {
 	out := make([]*eventsv1.Event, len(events))
 	for i, e := range events {
-		out[i] = proto.CloneOf(e)
+		out[i] = shallowCopy(e)
 		StripEvent(out[i])
 	}
 	return out
+}
+
+// shallowCopy returns a new message with m's fields: its message and list
+// fields are m's own, not copies. Deep copies of the messages sent to
+// watchers were half of the watch streams' allocations.
+func shallowCopy[M proto.Message](m M) M {
+	src := m.ProtoReflect()
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	return dst.Interface().(M)
 }
 
 // StripRequest removes personal data from r in place.

@@ -1,7 +1,13 @@
 package pii
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -34,4 +40,88 @@ func TestRequestAndEvents(t *testing.T) {
 	if Request(nil) != nil {
 		t.Fatal("Request(nil) != nil")
 	}
+}
+
+// Request and Events remove what StripRequest and StripEvent remove and
+// keep every other field, however the messages are filled, and change
+// nothing in their input.
+func TestCopiesMatchStrippedClones(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 300 {
+		r := new(eventsv1.AuthRequest)
+		fill(rng, r.ProtoReflect())
+		events := make([]*eventsv1.Event, rng.IntN(3))
+		for i := range events {
+			events[i] = new(eventsv1.Event)
+			fill(rng, events[i].ProtoReflect())
+		}
+		rBefore, eventsBefore := proto.CloneOf(r), cloneAll(events)
+
+		want := proto.CloneOf(r)
+		StripRequest(want)
+		if got := Request(r); !proto.Equal(got, want) {
+			t.Fatalf("Request(%v)\n= %v\nwant %v", r, got, want)
+		}
+		got := Events(events)
+		for i, e := range eventsBefore {
+			want := proto.CloneOf(e)
+			StripEvent(want)
+			if !proto.Equal(got[i], want) {
+				t.Fatalf("Events: %v, want %v", got[i], want)
+			}
+		}
+		if !proto.Equal(r, rBefore) || !slices.EqualFunc(events, eventsBefore, func(a, b *eventsv1.Event) bool { return proto.Equal(a, b) }) {
+			t.Fatal("the input changed")
+		}
+	}
+}
+
+func cloneAll(events []*eventsv1.Event) []*eventsv1.Event {
+	out := make([]*eventsv1.Event, len(events))
+	for i, e := range events {
+		out[i] = proto.CloneOf(e)
+	}
+	return out
+}
+
+// fill sets every field of m, recursively, to random values.
+func fill(rng *rand.Rand, m protoreflect.Message) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsMap():
+			panic(fmt.Sprintf("fill: map field %s", fd.FullName()))
+		case fd.IsList():
+			list := m.Mutable(fd).List()
+			for range rng.IntN(3) + 1 {
+				if fd.Kind() == protoreflect.MessageKind {
+					fill(rng, list.AppendMutable().Message())
+				} else {
+					list.Append(scalar(rng, fd))
+				}
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			fill(rng, m.Mutable(fd).Message())
+		default:
+			m.Set(fd, scalar(rng, fd))
+		}
+	}
+}
+
+func scalar(rng *rand.Rand, fd protoreflect.FieldDescriptor) protoreflect.Value {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(fmt.Sprintf("s%d", rng.IntN(1000)+1))
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(true)
+	case protoreflect.EnumKind:
+		return protoreflect.ValueOfEnum(protoreflect.EnumNumber(rng.IntN(3) + 1))
+	case protoreflect.Int32Kind:
+		return protoreflect.ValueOfInt32(rng.Int32N(1000) + 1)
+	case protoreflect.Int64Kind:
+		return protoreflect.ValueOfInt64(rng.Int64N(1e12) + 1)
+	}
+	panic(fmt.Sprintf("fill: field %s of kind %s", fd.FullName(), fd.Kind()))
 }
