@@ -161,10 +161,13 @@ func (m *maskingHandler) Enabled(ctx context.Context, l slog.Level) bool { retur
 
 func (m *maskingHandler) Handle(ctx context.Context, r slog.Record) error {
 	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	var buf [16]slog.Attr // a request's line has about ten: added at once, they grow out's storage once
+	attrs := buf[:0]
 	r.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(MaskAttr(a))
+		attrs = append(attrs, MaskAttr(a))
 		return true
 	})
+	out.AddAttrs(attrs...)
 	return m.h.Handle(ctx, out)
 }
 
