@@ -24,6 +24,9 @@ var ErrUnrecognized = errors.New("unrecognized webhook")
 // know are ignored, so that fields OTPLESS adds later do not break ingestion.
 // Errors wrap ErrInvalidBody.
 func Decode(body []byte) (*eventsv1.IngestRequest, error) {
+	if req, ok := decodeFast(body); ok {
+		return req, nil
+	}
 	req := new(eventsv1.IngestRequest)
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, req); err != nil {
 		// protojson rejects what checkBody does (it is strict JSON and
