@@ -153,7 +153,12 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 		if ev == nil {
 			ev = h.startEvents(ctx, w, out)
 		}
-		return ev.message(m)
+		if err := ev.message(m); err != nil {
+			// The client went away: the call ends as canceled, as a gRPC
+			// call does, not as a fault of the server.
+			return status.Error(codes.Canceled, "writing the event stream: "+err.Error())
+		}
+		return nil
 	})
 	if ev == nil {
 		if err == nil {
