@@ -309,6 +309,31 @@ func TestWatchStreamLimits(t *testing.T) {
 	if err := open("lim-c"); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("fourth watch of one credential: %v, want ResourceExhausted", err)
 	}
+	// The event stream runs WatchRequest in process, through the same
+	// interceptors: the same credential is at its limit there too, and
+	// another credential, or none, gets what the gRPC port would answer.
+	for _, tt := range []struct {
+		bearer string
+		want   int
+	}{
+		{testWatcherKey, http.StatusTooManyRequests},
+		{"", http.StatusUnauthorized},
+		{testReaderKey, http.StatusForbidden}, // no watch scope
+	} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.httpURL+"/v1/requests/lim-c:watch", nil)
+		req.Header.Set("Accept", "text/event-stream")
+		if tt.bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+tt.bearer)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("event stream with %q: %d, want %d", tt.bearer, resp.StatusCode, tt.want)
+		}
+	}
 }
 
 // syncBuffer is a log sink safe for concurrent writers.
