@@ -50,8 +50,9 @@ type Options struct {
 	// CORSOrigins may use the watch route from a browser: origins
 	// (scheme://host[:port]) or "*"; empty allows same-origin pages only.
 	CORSOrigins []string
-	// SSEHeartbeat is how long a Server-Sent Events stream stays silent
-	// before a comment is written (DefaultSSEHeartbeat when 0).
+	// SSEHeartbeat is the watch's heartbeat interval (DefaultSSEHeartbeat
+	// when 0): a Server-Sent Events stream silent for one and a half of it
+	// gets a comment, for streams whose watch sends no heartbeats.
 	SSEHeartbeat time.Duration
 	// Watch runs WatchRequest for Server-Sent Events (usually InProcess);
 	// nil answers the event stream with UNIMPLEMENTED.

@@ -23,8 +23,8 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
-// DefaultSSEHeartbeat is the default interval of comment heartbeats on a
-// quiet Server-Sent Events stream.
+// DefaultSSEHeartbeat is the default heartbeat interval of Server-Sent
+// Events streams.
 const DefaultSSEHeartbeat = 15 * time.Second
 
 // SSERetry is the reconnection delay the event stream asks EventSource
@@ -175,7 +175,10 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 }
 
 // startEvents answers 200 with the event stream's headers and the retry
-// hint, and starts the comment heartbeats.
+// hint, and starts the comment heartbeats. A comment is written after one
+// and a half heartbeat intervals of silence: WatchRequest sends a
+// heartbeat message every interval, and a comment due at the same moment
+// came just before each of them.
 func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, m runtime.Marshaler) *eventWriter {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
@@ -184,25 +187,25 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, m
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{}) // a watch outlives any server write timeout
-	ev := &eventWriter{w: w, rc: rc, m: m, heartbeat: h.heartbeat}
+	ev := &eventWriter{w: w, rc: rc, m: m, quiet: h.heartbeat * 3 / 2}
 	ev.retry(SSERetry)
 	if errors.Is(ev.err, http.ErrNotSupported) {
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
 		ev.err, ev.rc = nil, nil
 	}
-	ev.idle = time.AfterFunc(h.heartbeat, ev.beat)
+	ev.idle = time.AfterFunc(ev.quiet, ev.beat)
 	return ev
 }
 
 // eventWriter writes Server-Sent Events, flushing each one, and a comment
-// heartbeat whenever nothing was written for the heartbeat interval. After
+// heartbeat whenever nothing was written for quiet. After
 // the first failed write it writes nothing more; err says why. The
 // heartbeat runs on a timer's goroutine, so writes hold mu.
 type eventWriter struct {
-	w         io.Writer
-	rc        *http.ResponseController
-	m         runtime.Marshaler
-	heartbeat time.Duration
+	w     io.Writer
+	rc    *http.ResponseController
+	m     runtime.Marshaler
+	quiet time.Duration
 
 	mu      sync.Mutex
 	idle    *time.Timer
@@ -270,7 +273,7 @@ func (e *eventWriter) retry(d time.Duration) {
 }
 
 // write writes b and flushes it. The caller holds mu, or the heartbeats
-// have not started. Any write restarts the heartbeat interval; comments,
+// have not started. Any write restarts the quiet interval; comments,
 // which clients ignore, are traffic to proxies.
 func (e *eventWriter) write(b []byte) {
 	if e.err != nil {
@@ -280,6 +283,6 @@ func (e *eventWriter) write(b []byte) {
 		e.err = e.rc.Flush()
 	}
 	if e.idle != nil && !e.stopped {
-		e.idle.Reset(e.heartbeat)
+		e.idle.Reset(e.quiet)
 	}
 }
