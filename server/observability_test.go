@@ -255,13 +255,19 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	cancel() // the watcher leaves
-	deadline := time.Now().Add(10 * time.Second)
-	for s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`] != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("watch_streams{grpc} stayed up after the stream ended")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(func() bool { return s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`] == 0 }) {
+		t.Fatal("watch_streams{grpc} stayed up after the stream ended")
 	}
+}
+
+// eventually polls cond for up to 10 s and reports whether it held.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 // An event stream runs WatchRequest in process: it counts as an http watch
@@ -323,19 +329,12 @@ func TestEventStreamIsObserved(t *testing.T) {
 	}
 
 	cancel() // the browser leaves
-	deadline := time.Now().Add(10 * time.Second)
-	for s.scrape(t)[`otpless_events_watch_streams{transport="http"}`] != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("watch_streams{http} stayed up after the event stream ended")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(func() bool { return s.scrape(t)[`otpless_events_watch_streams{transport="http"}`] == 0 }) {
+		t.Fatal("watch_streams{http} stayed up after the event stream ended")
 	}
 	want := map[string]any{"msg": "grpc call", "request_id": "sse-1", "transport": "http", "method": eventsv1.RequestService_WatchRequest_FullMethodName, "otpless_request_id": "sse-req"}
-	for len(s.logs.lines(t, want)) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no gRPC line for the event stream with the HTTP request id:\n%s", s.logs)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(func() bool { return len(s.logs.lines(t, want)) == 1 }) {
+		t.Fatalf("no gRPC line for the event stream with the HTTP request id:\n%s", s.logs)
 	}
 }
 
