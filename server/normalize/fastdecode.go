@@ -65,18 +65,7 @@ func (s *scanner) peek() byte {
 // object reads an object, calling field for each member with i at its
 // value; field reads the value. key is valid only during the call.
 func (s *scanner) object(field func(key []byte) bool) bool {
-	if s.peek() != '{' || s.depth >= maxDepth {
-		return false
-	}
-	s.depth++
-	s.i++
-	s.ws()
-	if s.peek() == '}' {
-		s.i++
-		s.depth--
-		return true
-	}
-	for {
+	return s.members('{', '}', func() bool {
 		key, ok := s.rawStr()
 		if !ok {
 			return false
@@ -87,39 +76,28 @@ func (s *scanner) object(field func(key []byte) bool) bool {
 		}
 		s.i++
 		s.ws()
-		if !field(key) {
-			return false
-		}
-		s.ws()
-		switch s.peek() {
-		case ',':
-			s.i++
-			s.ws()
-		case '}':
-			s.i++
-			s.depth--
-			return true
-		default:
-			return false
-		}
-	}
+		return field(key)
+	})
 }
 
 // array reads an array, calling elem for each element with i at it.
-func (s *scanner) array(elem func() bool) bool {
-	if s.peek() != '[' || s.depth >= maxDepth {
+func (s *scanner) array(elem func() bool) bool { return s.members('[', ']', elem) }
+
+// members reads open, comma-separated members read by member, and close.
+func (s *scanner) members(open, close byte, member func() bool) bool {
+	if s.peek() != open || s.depth >= maxDepth {
 		return false
 	}
 	s.depth++
 	s.i++
 	s.ws()
-	if s.peek() == ']' {
+	if s.peek() == close {
 		s.i++
 		s.depth--
 		return true
 	}
 	for {
-		if !elem() {
+		if !member() {
 			return false
 		}
 		s.ws()
@@ -127,7 +105,7 @@ func (s *scanner) array(elem func() bool) bool {
 		case ',':
 			s.i++
 			s.ws()
-		case ']':
+		case close:
 			s.i++
 			s.depth--
 			return true
@@ -347,6 +325,16 @@ func (s *scanner) strField(dst *string) bool {
 	return ok
 }
 
+// messageField reads a message field with read: an object, or null for
+// unset.
+func messageField[M any](s *scanner, dst **M, read func(*M) bool) bool {
+	if s.null() {
+		return true
+	}
+	*dst = new(M)
+	return read(*dst)
+}
+
 // valueField reads a google.protobuf.Value field; null is a null value.
 func (s *scanner) valueField(dst **structpb.Value) bool {
 	v, ok := s.value()
@@ -359,14 +347,7 @@ func (s *scanner) ingestRequest(r *eventsv1.IngestRequest) bool {
 	return s.object(func(key []byte) bool {
 		switch string(key) {
 		case "data":
-			if !seen.first(1) {
-				return false
-			}
-			if s.null() {
-				return true
-			}
-			r.Data = new(eventsv1.WebhookData)
-			return s.webhookData(r.Data)
+			return seen.first(1) && messageField(s, &r.Data, s.webhookData)
 		case "eventType", "event_type":
 			return seen.first(2) && s.strField(&r.EventType)
 		case "timestamp":
@@ -376,26 +357,23 @@ func (s *scanner) ingestRequest(r *eventsv1.IngestRequest) bool {
 		case "token":
 			return seen.first(5) && s.strField(&r.Token)
 		case "mobile":
-			if !seen.first(6) {
-				return false
-			}
-			if s.null() {
-				return true
-			}
-			r.Mobile = new(eventsv1.Mobile)
-			var mseen fields
-			return s.object(func(key []byte) bool {
-				if string(key) == "number" {
-					return mseen.first(1) && s.strField(&r.Mobile.Number)
-				}
-				return s.skip()
-			})
+			return seen.first(6) && messageField(s, &r.Mobile, s.mobile)
 		case "requestId", "request_id":
 			return seen.first(7) && s.strField(&r.RequestId)
 		case "notificationType", "notification_type":
 			return seen.first(8) && s.strField(&r.NotificationType)
 		case "fallbackChannel", "fallback_channel":
 			return seen.first(9) && s.strField(&r.FallbackChannel)
+		}
+		return s.skip()
+	})
+}
+
+func (s *scanner) mobile(m *eventsv1.Mobile) bool {
+	var seen fields
+	return s.object(func(key []byte) bool {
+		if string(key) == "number" {
+			return seen.first(1) && s.strField(&m.Number)
 		}
 		return s.skip()
 	})
@@ -430,14 +408,7 @@ func (s *scanner) webhookData(d *eventsv1.WebhookData) bool {
 		case "token":
 			return seen.first(12) && s.strField(&d.Token)
 		case "authenticationDetails", "authentication_details":
-			if !seen.first(13) {
-				return false
-			}
-			if s.null() {
-				return true
-			}
-			d.AuthenticationDetails = new(eventsv1.AuthenticationDetails)
-			return s.authenticationDetails(d.AuthenticationDetails)
+			return seen.first(13) && messageField(s, &d.AuthenticationDetails, s.authenticationDetails)
 		case "referenceId", "reference_id":
 			return seen.first(14) && s.strField(&d.ReferenceId)
 		case "timestamp":
@@ -449,22 +420,12 @@ func (s *scanner) webhookData(d *eventsv1.WebhookData) bool {
 
 func (s *scanner) authenticationDetails(a *eventsv1.AuthenticationDetails) bool {
 	var seen fields
-	detail := func(bit uint, dst **eventsv1.AuthDetail) bool {
-		if !seen.first(bit) {
-			return false
-		}
-		if s.null() {
-			return true
-		}
-		*dst = new(eventsv1.AuthDetail)
-		return s.authDetail(*dst)
-	}
 	return s.object(func(key []byte) bool {
 		switch string(key) {
 		case "phone":
-			return detail(1, &a.Phone)
+			return seen.first(1) && messageField(s, &a.Phone, s.authDetail)
 		case "email":
-			return detail(2, &a.Email)
+			return seen.first(2) && messageField(s, &a.Email, s.authDetail)
 		}
 		return s.skip()
 	})
@@ -479,17 +440,11 @@ func (s *scanner) authDetail(a *eventsv1.AuthDetail) bool {
 		case "method":
 			return seen.first(2) && s.strField(&a.Method)
 		case "channel":
-			if !seen.first(3) {
-				return false
-			}
-			if s.null() {
-				return true
-			}
-			return s.array(func() bool {
+			return seen.first(3) && (s.null() || s.array(func() bool {
 				v, ok := s.str()
 				a.Channel = append(a.Channel, v)
 				return ok
-			})
+			}))
 		case "phoneNumber", "phone_number":
 			return seen.first(4) && s.strField(&a.PhoneNumber)
 		case "countryCode", "country_code":
