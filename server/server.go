@@ -220,6 +220,9 @@ type Server struct {
 	grpc   *grpc.Server
 	http   *http.Server
 	conn   *grpc.ClientConn
+	// streams are the HTTP/1.x event streams that left their handlers,
+	// which http.Server.Shutdown does not wait for.
+	streams gateway.Streams
 
 	// stopHealth ends the loop that pings the store; nil before Run.
 	stopHealth func()
@@ -322,6 +325,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		CORSOrigins:  cfg.CORSOrigins,
 		SSEHeartbeat: cfg.WatchHeartbeat,
 		Watch:        s.watchInProcess(requests, sec.stream),
+		Streams:      &s.streams,
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {
@@ -440,6 +444,9 @@ func (s *Server) shutdown() error {
 	var errs []error
 	if err := s.http.Shutdown(grace); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	if err := s.streams.Shutdown(grace); err != nil {
+		errs = append(errs, fmt.Errorf("event streams shutdown: %w", err))
 	}
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()

@@ -233,8 +233,8 @@ func TestKill9KeepsAcknowledgedWebhooks(t *testing.T) {
 	t.Logf("%d acknowledged webhooks all present after kill -9", len(acked))
 }
 
-// TestSIGTERMShutsDownGracefully: watch streams get RECONNECT and the process
-// exits 0.
+// TestSIGTERMShutsDownGracefully: watch streams, over gRPC and as
+// Server-Sent Events, get RECONNECT and end cleanly, and the process exits 0.
 func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary; skipped with -short")
@@ -246,6 +246,34 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	}
 	if _, err := stream.Recv(); err != nil {
 		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, p.httpURL+"/v1/requests/term-req:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+testAPIKey)
+	sse, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Body.Close()
+	sseLines := bufio.NewReader(sse.Body)
+	var sseEvents []string // event names
+	readEvent := func() error {
+		for {
+			line, err := sseLines.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			if name, ok := strings.CutPrefix(strings.TrimSpace(line), "event: "); ok {
+				sseEvents = append(sseEvents, name)
+				return nil
+			}
+		}
+	}
+	if err := readEvent(); err != nil || sseEvents[0] != "snapshot" {
+		t.Fatalf("event stream began with %q (%v), want the snapshot", sseEvents, err)
 	}
 	body := []byte(`{"data":{"requestId":"term-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000000}`)
 	resp, err := http.Post(p.httpURL+"/v1/webhooks/otpless/"+testWebhookKey, "application/json", bytes.NewReader(body))
@@ -269,6 +297,13 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	}
 	if last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT || last.GetRevision() != 1 {
 		t.Fatalf("last message %v, want RECONNECT at revision 1", last)
+	}
+	var sseErr error
+	for sseErr == nil {
+		sseErr = readEvent()
+	}
+	if sseErr != io.EOF || sseEvents[len(sseEvents)-1] != "reconnect" {
+		t.Fatalf("event stream: %q, then %v; want it to end cleanly after a reconnect event", sseEvents, sseErr)
 	}
 	select {
 	case <-p.exited:

@@ -21,8 +21,11 @@ const DefaultPending = 64
 type Broker struct {
 	pending int
 
-	mu     sync.Mutex
-	subs   map[string]map[*Subscription]struct{}
+	mu sync.Mutex
+	// subs are the open subscriptions of each request; a subscription's
+	// index in its slice is its idx. A slice rather than a set: most
+	// requests have one watcher, and an idle watcher should cost little.
+	subs   map[string][]*Subscription
 	closed bool
 }
 
@@ -32,7 +35,7 @@ func New(pending int) *Broker {
 	if pending <= 0 {
 		pending = DefaultPending
 	}
-	return &Broker{pending: pending, subs: make(map[string]map[*Subscription]struct{})}
+	return &Broker{pending: pending, subs: make(map[string][]*Subscription)}
 }
 
 // Subscribe starts following requestID. Changes published from now on reach
@@ -52,12 +55,8 @@ func (b *Broker) Subscribe(requestID string) *Subscription {
 		close(s.done)
 		return s
 	}
-	set := b.subs[requestID]
-	if set == nil {
-		set = make(map[*Subscription]struct{})
-		b.subs[requestID] = set
-	}
-	set[s] = struct{}{}
+	s.idx = len(b.subs[requestID])
+	b.subs[requestID] = append(b.subs[requestID], s)
 	return s
 }
 
@@ -67,7 +66,7 @@ func (b *Broker) Publish(changes []store.Change) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, c := range changes {
-		for s := range b.subs[c.Request.GetRequestId()] {
+		for _, s := range b.subs[c.Request.GetRequestId()] {
 			s.push(c)
 		}
 	}
@@ -114,7 +113,7 @@ func (b *Broker) Close() {
 	}
 	b.closed = true
 	for _, set := range b.subs {
-		for s := range set {
+		for _, s := range set {
 			close(s.done)
 		}
 	}
@@ -125,19 +124,25 @@ func (b *Broker) remove(s *Subscription) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	set := b.subs[s.requestID]
-	if _, ok := set[s]; !ok {
+	if s.idx >= len(set) || set[s.idx] != s {
+		return // the broker closed
+	}
+	last := len(set) - 1
+	moved := set[last]
+	set[s.idx], moved.idx = moved, s.idx
+	set[last] = nil
+	if last == 0 {
+		delete(b.subs, s.requestID)
 		return
 	}
-	delete(set, s)
-	if len(set) == 0 {
-		delete(b.subs, s.requestID)
-	}
+	b.subs[s.requestID] = set[:last]
 }
 
 // Subscription is one watcher's view of one request.
 type Subscription struct {
 	b         *Broker
 	requestID string
+	idx       int // in b.subs[requestID], guarded by b.mu
 	max       int
 	ready     chan struct{}
 	done      chan struct{}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -129,6 +130,39 @@ func TestHasSubscribersAndWatched(t *testing.T) {
 	c.Close()
 	if b.HasSubscribers("c") || len(b.Watched()) != 0 {
 		t.Fatal("a closed broker reports subscribers")
+	}
+}
+
+// Subscriptions opened and closed in random order, several to a request:
+// after every step, a publish reaches exactly the open subscriptions of its
+// request, and Watchers counts the open ones.
+func TestSubscribeAndCloseInAnyOrder(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(50) {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		b := New(0)
+		ids := []string{"a", "b", "c"}
+		var open []*Subscription
+		for step := range 200 {
+			if len(open) == 0 || rng.IntN(3) > 0 {
+				open = append(open, b.Subscribe(ids[rng.IntN(len(ids))]))
+			} else {
+				i := rng.IntN(len(open))
+				open[i].Close()
+				open = append(open[:i], open[i+1:]...)
+			}
+			id := ids[rng.IntN(len(ids))]
+			b.Publish([]store.Change{change(id, int64(step))})
+			for _, s := range open {
+				got, _ := s.Next()
+				if want := s.requestID == id; (len(got) == 1) != want || len(got) > 1 {
+					t.Fatalf("seed %d step %d: a subscription to %s got %d changes for a publish to %s", seed, step, s.requestID, len(got), id)
+				}
+			}
+			if b.Watchers() != len(open) {
+				t.Fatalf("seed %d step %d: Watchers() = %d, want %d", seed, step, b.Watchers(), len(open))
+			}
+		}
 	}
 }
 

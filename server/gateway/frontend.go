@@ -27,6 +27,7 @@ func frontend(mux *runtime.ServeMux, opts Options) http.Handler {
 		watch:     opts.Watch,
 		cors:      newCORSPolicy(opts.CORSOrigins),
 		heartbeat: heartbeat,
+		streams:   opts.Streams,
 		log:       log,
 	}
 	page := ui.Handler()

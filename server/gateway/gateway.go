@@ -56,8 +56,13 @@ type Options struct {
 	SSEHeartbeat time.Duration
 	// Watch runs WatchRequest for Server-Sent Events (usually InProcess);
 	// nil answers the event stream with UNIMPLEMENTED.
-	Watch  WatchFunc
-	Logger *slog.Logger
+	Watch WatchFunc
+	// Streams, when set, lets HTTP/1.x event streams leave their handlers
+	// once begun: the stream then holds its connection and its watch's
+	// goroutine, and Streams.Shutdown waits for it. Nil keeps each stream
+	// on its handler's goroutine.
+	Streams *Streams
+	Logger  *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are

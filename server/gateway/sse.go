@@ -5,10 +5,13 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +57,7 @@ type watchHandler struct {
 	watch     WatchFunc
 	cors      corsPolicy
 	heartbeat time.Duration
+	streams   *Streams
 	log       *slog.Logger
 }
 
@@ -121,6 +125,12 @@ func resumeRevision(r *http.Request) (int64, error) {
 // first message are answered as the gateway answers errors (an HTTP status,
 // which also stops EventSource from retrying); errors after it end the
 // stream with an "error" event whose data is the gRPC status.
+//
+// The watch runs on a goroutine of its own. Over HTTP/1.x, with Streams
+// set, the handler takes the connection over once the stream has begun
+// (detach) and returns, so that an idle stream keeps neither the handler's
+// goroutine nor net/http's buffers; otherwise the handler waits for the
+// watch to end.
 func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id string) {
 	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
@@ -134,56 +144,98 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 		fail(err)
 		return
 	}
-	ctx, err = runtime.AnnotateContext(ctx, h.mux, r, eventsv1.RequestService_WatchRequest_FullMethodName,
+	// The metadata the gateway would send becomes the call's incoming
+	// metadata; the annotated context itself is not kept.
+	annotated, err := runtime.AnnotateContext(ctx, h.mux, r, eventsv1.RequestService_WatchRequest_FullMethodName,
 		runtime.WithHTTPPathPattern(watchPattern))
 	if err != nil {
 		fail(err)
 		return
 	}
-	md, _ := metadata.FromOutgoingContext(ctx)
-	ctx = metadata.NewIncomingContext(metadata.NewOutgoingContext(ctx, nil), md)
+	md, _ := metadata.FromOutgoingContext(annotated)
+	ctx = metadata.NewIncomingContext(ctx, md)
 
-	var ev *eventWriter
-	defer func() {
-		if ev != nil {
-			ev.stop()
-		}
-	}()
-	err = h.watch(ctx, &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: after}, func(m *eventsv1.WatchRequestResponse) error {
+	// The watch's context ends with the request's until the stream is
+	// detached, and then when the client closes the connection.
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	unfollow := context.AfterFunc(r.Context(), func() { cancel(context.Cause(r.Context())) })
+	defer unfollow()
+	first := make(chan error, 1)         // nil: the first message waits for a writer
+	writer := make(chan *eventWriter, 1) // the writer for the first message and the rest
+	done := make(chan struct{})          // the watch and its last writes are over
+	req := &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: after}
+	go func() {
+		defer close(done)
+		defer cancel(nil)
+		var ev *eventWriter
+		err := h.runWatch(ctx, req, func(m *eventsv1.WatchRequestResponse) error {
+			if ev == nil {
+				first <- nil
+				ev = <-writer
+			}
+			if err := ev.message(m); err != nil {
+				// The client went away: the call ends as canceled, as a
+				// gRPC call does, not as a fault of the server.
+				return status.Error(codes.Canceled, "writing the event stream: "+err.Error())
+			}
+			return nil
+		})
 		if ev == nil {
-			ev = h.startEvents(ctx, w, out)
+			first <- cmp.Or(err, status.Error(codes.Internal, "the watch ended without a message"))
+			return
 		}
-		if err := ev.message(m); err != nil {
-			// The client went away: the call ends as canceled, as a gRPC
-			// call does, not as a fault of the server.
-			return status.Error(codes.Canceled, "writing the event stream: "+err.Error())
+		ev.stop() // no more writes but this goroutine's: ev.err can be read
+		if err != nil && ev.err == nil && ctx.Err() == nil {
+			ev.status(status.Convert(err))
 		}
-		return nil
-	})
-	if ev == nil {
-		if err == nil {
-			err = status.Error(codes.Internal, "the watch ended without a message")
-		}
+		ev.close(ctx.Err() == nil)
+		h.log.LogAttrs(ctx, slog.LevelDebug, "event stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
+	}()
+	if err := <-first; err != nil {
 		fail(err)
 		return
 	}
-	ev.stop() // no more writes but this handler's: ev.err can be read
-	if err != nil && ev.err == nil && ctx.Err() == nil {
-		ev.status(status.Convert(err))
+	ev := h.startEvents(ctx, w, r, out)
+	if ev.conn != nil && unfollow() {
+		go ev.closed(cancel)
 	}
-	h.log.LogAttrs(ctx, slog.LevelDebug, "event stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
+	writer <- ev
+	if ev.conn == nil {
+		<-done
+	}
+}
+
+// runWatch runs h.watch. It is the bottom of the watch's goroutine, so it
+// recovers a panic (as the HTTP middleware does for handlers) into an
+// internal error, and logs it.
+func (h *watchHandler) runWatch(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			h.log.LogAttrs(ctx, slog.LevelError, "event stream panicked", slog.String("request_id", req.GetRequestId()),
+				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return h.watch(ctx, req, send)
 }
 
 // startEvents answers 200 with the event stream's headers and the retry
-// hint, and starts the comment heartbeats. A comment is written after one
-// and a half heartbeat intervals of silence: WatchRequest sends a
-// heartbeat message every interval, and a comment due at the same moment
-// came just before each of them.
-func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, m runtime.Marshaler) *eventWriter {
+// hint, detaches the stream when it can, and starts the comment
+// heartbeats. A comment is written after one and a half heartbeat
+// intervals of silence: WatchRequest sends a heartbeat message every
+// interval, and a comment due at the same moment came just before each of
+// them.
+func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, m runtime.Marshaler) *eventWriter {
+	// HTTP/1.1 only: the gateway then writes the chunked encoding net/http
+	// chose, and HTTP/2 cannot give its connection away.
+	detach := h.streams != nil && r.ProtoMajor == 1 && r.ProtoMinor == 1
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
+	if detach {
+		hdr.Set("Connection", "close") // a detached connection serves nothing after the stream
+	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{}) // a watch outlives any server write timeout
@@ -193,26 +245,36 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, m
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
 		ev.err, ev.rc = nil, nil
 	}
+	if detach && ev.err == nil {
+		ev.detach(h.streams)
+	}
 	ev.idle = time.AfterFunc(ev.quiet, ev.beat)
 	return ev
 }
 
 // eventWriter writes Server-Sent Events, flushing each one, and a comment
-// heartbeat whenever nothing was written for quiet. After
-// the first failed write it writes nothing more; err says why. The
-// heartbeat runs on a timer's goroutine, so writes hold mu.
+// heartbeat whenever nothing was written for quiet. After the first failed
+// write it writes nothing more; err says why. The heartbeat runs on a
+// timer's goroutine, so writes hold mu. A detached stream writes each
+// block as an HTTP/1.1 chunk straight to its connection, conn.
 type eventWriter struct {
 	w     io.Writer
 	rc    *http.ResponseController
 	m     runtime.Marshaler
 	quiet time.Duration
 
+	conn    net.Conn
+	streams *Streams
+
 	mu      sync.Mutex
 	idle    *time.Timer
 	stopped bool
-	buf     bytes.Buffer
 	err     error
 }
+
+// blocks holds the buffers events are written in, shared by all streams:
+// an idle stream keeps none.
+var blocks = sync.Pool{New: func() any { return new([]byte) }}
 
 // message writes msg as an event named after its type, id its revision,
 // and returns the write's error.
@@ -233,21 +295,23 @@ func (e *eventWriter) event(name, id string, msg proto.Message) error {
 		data, _ = e.m.Marshal(status.New(codes.Internal, "encoding watch message").Proto())
 		name, id = "error", ""
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.buf.Reset()
+	bp := blocks.Get().(*[]byte)
+	b := (*bp)[:0]
 	if id != "" {
-		e.buf.WriteString("id: " + id + "\n")
+		b = append(append(append(b, "id: "...), id...), '\n')
 	}
-	e.buf.WriteString("event: " + name + "\n")
+	b = append(append(append(b, "event: "...), name...), '\n')
 	for line := range bytes.Lines(data) { // the JSON is one line, but be safe
-		e.buf.WriteString("data: ")
-		e.buf.Write(bytes.TrimRight(line, "\r\n"))
-		e.buf.WriteString("\n")
+		b = append(append(append(b, "data: "...), bytes.TrimRight(line, "\r\n")...), '\n')
 	}
-	e.buf.WriteString("\n")
-	e.write(e.buf.Bytes())
-	return e.err
+	b = append(b, '\n')
+	e.mu.Lock()
+	e.write(b)
+	err = e.err
+	e.mu.Unlock()
+	*bp = b
+	blocks.Put(bp)
+	return err
 }
 
 // beat writes the heartbeat comment; the idle timer calls it.
@@ -259,7 +323,7 @@ func (e *eventWriter) beat() {
 	}
 }
 
-// stop ends the heartbeats, before the handler returns. A beat that is
+// stop ends the heartbeats, before the stream ends. A beat that is
 // waiting for mu writes nothing.
 func (e *eventWriter) stop() {
 	e.mu.Lock()
@@ -279,10 +343,119 @@ func (e *eventWriter) write(b []byte) {
 	if e.err != nil {
 		return
 	}
-	if _, e.err = e.w.Write(b); e.err == nil && e.rc != nil {
-		e.err = e.rc.Flush()
+	switch {
+	case e.conn != nil:
+		cp := blocks.Get().(*[]byte)
+		c := fmt.Appendf((*cp)[:0], "%x\r\n", len(b))
+		c = append(append(c, b...), "\r\n"...)
+		_, e.err = e.conn.Write(c)
+		*cp = c
+		blocks.Put(cp)
+	default:
+		if _, e.err = e.w.Write(b); e.err == nil && e.rc != nil {
+			e.err = e.rc.Flush()
+		}
 	}
 	if e.idle != nil && !e.stopped {
 		e.idle.Reset(e.quiet)
 	}
+}
+
+// detach takes the connection over from net/http, which has sent the
+// headers and everything written so far, and tracks it in streams. It
+// leaves e as it is when the connection cannot be taken (HTTP/2, or a
+// ResponseWriter that does not unwrap to net/http's).
+func (e *eventWriter) detach(streams *Streams) {
+	conn, _, err := e.rc.Hijack()
+	if err != nil {
+		return
+	}
+	if !streams.add(conn) { // shutting down
+		conn.Close()
+		e.err = net.ErrClosed
+		return
+	}
+	e.conn, e.streams, e.w, e.rc = conn, streams, nil, nil
+}
+
+// closed reads a detached connection until the client closes it (an
+// event stream's client sends nothing more), and then ends the watch.
+func (e *eventWriter) closed(cancel context.CancelCauseFunc) {
+	var b [1]byte
+	for {
+		if _, err := e.conn.Read(b[:]); err != nil {
+			cancel(nil)
+			return
+		}
+	}
+}
+
+// close ends a detached stream: the last chunk when the client is still
+// there (end), then the connection. An attached stream ends when its
+// handler returns.
+func (e *eventWriter) close(end bool) {
+	if e.conn == nil {
+		return
+	}
+	e.mu.Lock()
+	if end && e.err == nil {
+		_, e.err = e.conn.Write([]byte("0\r\n\r\n"))
+	}
+	e.mu.Unlock()
+	e.conn.Close()
+	e.streams.remove(e.conn)
+}
+
+// Streams tracks the event streams that left their handlers (see
+// serveEvents), which http.Server.Shutdown neither waits for nor closes.
+// The zero value is ready for use.
+type Streams struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (s *Streams) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = make(map[net.Conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Streams) remove(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	s.wg.Done()
+}
+
+// Shutdown takes no more streams and waits for the ones there are to end
+// (a server ends its watches with RECONNECT when it shuts down). When ctx
+// ends first, it closes their connections, which ends them, and returns
+// ctx's error.
+func (s *Streams) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	return ctx.Err()
 }

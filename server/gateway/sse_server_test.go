@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"testing"
@@ -184,8 +185,9 @@ func TestSSEOutlivesHTTPReadTimeout(t *testing.T) {
 	}
 }
 
-// Over TLS a browser speaks HTTP/2: the stream is an HTTP/2 stream, it
-// outlives the read timeout, and it carries a whole scenario to its end.
+// Over TLS a browser speaks HTTP/2, and other clients HTTP/1.1 (whose
+// stream the gateway detaches from its handler): either way the stream
+// outlives the read timeout, carries a whole scenario and ends cleanly.
 func TestSSEOverTLS(t *testing.T) {
 	t.Parallel()
 	const readTimeout = 100 * time.Millisecond
@@ -195,35 +197,46 @@ func TestSSEOverTLS(t *testing.T) {
 		c.HTTPReadTimeout = readTimeout
 		c.WatchHeartbeat = 20 * time.Millisecond
 	})
-	sc := fixtures.Named(t, "whatsapp-happy-path")
-	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
-
-	st := openSSEWith(t, testContext(t), ts.HTTPClient(), watchURL(ts, id), nil)
-	if st.resp.ProtoMajor != 2 || st.resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s %d, want HTTP/2 200", st.resp.Proto, st.resp.StatusCode)
-	}
-	if ev := st.nextEvent(t); ev.Event != "snapshot" {
-		t.Fatalf("first event %+v, want the snapshot", ev)
-	}
-	for start := time.Now(); time.Since(start) < 4*readTimeout; {
-		if ev := st.nextEvent(t); ev.Event != "heartbeat" {
-			t.Fatalf("event %+v on a quiet stream", ev)
+	h1 := ts.HTTPClient().Transport.(*http.Transport).Clone()
+	h1.Protocols = new(http.Protocols)
+	h1.Protocols.SetHTTP1(true)
+	h1.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	for _, tt := range []struct {
+		client       *http.Client
+		proto        int
+		scenario, id string
+	}{
+		{ts.HTTPClient(), 2, "whatsapp-happy-path", "b1f0c2d3e4a5968778695a4b3c2d1e0f"},
+		{&http.Client{Transport: h1}, 1, "whatsapp-fails-then-sms", "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"},
+	} {
+		st := openSSEWith(t, testContext(t), tt.client, watchURL(ts, tt.id), nil)
+		if st.resp.ProtoMajor != tt.proto || st.resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %d, want HTTP/%d 200", st.resp.Proto, st.resp.StatusCode, tt.proto)
 		}
-	}
-	for _, body := range sc.Bodies {
-		ts.Ingest(t, body)
-	}
-	var last *eventsv1.WatchRequestResponse
-	for {
-		b, err := st.next()
-		if err != nil {
-			break // the end after SUCCESS (checked below)
+		if ev := st.nextEvent(t); ev.Event != "snapshot" {
+			t.Fatalf("HTTP/%d: first event %+v, want the snapshot", tt.proto, ev)
 		}
-		if b.Event == "update" {
-			last = b.message(t)
+		for start := time.Now(); time.Since(start) < 4*readTimeout; {
+			if ev := st.nextEvent(t); ev.Event != "heartbeat" {
+				t.Fatalf("HTTP/%d: event %+v on a quiet stream", tt.proto, ev)
+			}
 		}
-	}
-	if last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
-		t.Fatalf("stream ended with %v, want SUCCESS", last.GetRequest())
+		for _, body := range fixtures.Named(t, tt.scenario).Bodies {
+			ts.Ingest(t, body)
+		}
+		var last *eventsv1.WatchRequestResponse
+		var err error
+		for {
+			var b sseEvent
+			if b, err = st.next(); err != nil {
+				break
+			}
+			if b.Event == "update" {
+				last = b.message(t)
+			}
+		}
+		if err != io.EOF || last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+			t.Fatalf("HTTP/%d: stream ended with %v after %v, want a clean end after SUCCESS", tt.proto, err, last.GetRequest())
+		}
 	}
 }

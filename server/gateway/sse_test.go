@@ -81,8 +81,20 @@ func msg(typ eventsv1.WatchMessageType, rev int64, status eventsv1.RequestStatus
 // One event per message, named after its type, id the revision, data the
 // gateway's JSON; a retry hint first; comment heartbeats while quiet; every
 // event flushed as written (the test reads each before the next is made).
+//
+// Both ways a stream is served: on its handler's goroutine, and detached
+// from it (HTTP/1.1 with Streams), where the gateway writes the chunks.
 func TestSSEFraming(t *testing.T) {
 	t.Parallel()
+	for _, streams := range []*gateway.Streams{nil, {}} {
+		t.Run(map[bool]string{true: "attached", false: "detached"}[streams == nil], func(t *testing.T) {
+			t.Parallel()
+			testSSEFraming(t, streams)
+		})
+	}
+}
+
+func testSSEFraming(t *testing.T, streams *gateway.Streams) {
 	sent := []*eventsv1.WatchRequestResponse{
 		msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0, eventsv1.RequestStatus_REQUEST_STATUS_UNSPECIFIED),
 		msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, 1, eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS),
@@ -105,7 +117,7 @@ func TestSSEFraming(t *testing.T) {
 			}
 		}
 		return nil
-	}, gateway.Options{SSEHeartbeat: 10 * time.Millisecond})
+	}, gateway.Options{SSEHeartbeat: 10 * time.Millisecond, Streams: streams})
 
 	st := openSSE(t, testContext(t), url+"/v1/requests/r1:watch", nil)
 	if st.resp.StatusCode != http.StatusOK {
@@ -229,7 +241,7 @@ func TestSSEErrors(t *testing.T) {
 				return err
 			}
 			return status.Error(codes.Unavailable, "store unavailable, retry later")
-		}, gateway.Options{})
+		}, gateway.Options{Streams: &gateway.Streams{}})
 		st := openSSE(t, testContext(t), url+"/v1/requests/r1:watch", nil)
 		if ev := st.nextEvent(t); ev.Event != "snapshot" || ev.ID != "3" {
 			t.Fatalf("first event %+v", ev)
