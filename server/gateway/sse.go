@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"mime"
@@ -126,7 +125,7 @@ func resumeRevision(r *http.Request) (int64, error) {
 // which also stops EventSource from retrying); errors after it end the
 // stream with an "error" event whose data is the gRPC status.
 //
-// The watch runs on a goroutine of its own. Over HTTP/1.x, with Streams
+// The watch runs on a goroutine of its own. Over HTTP/1.1, with Streams
 // set, the handler takes the connection over once the stream has begun
 // (detach) and returns, so that an idle stream keeps neither the handler's
 // goroutine nor net/http's buffers; otherwise the handler waits for the
@@ -245,7 +244,7 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
 		ev.err, ev.rc = nil, nil
 	}
-	if detach && ev.err == nil {
+	if detach && ev.err == nil && ev.rc != nil {
 		ev.detach(h.streams)
 	}
 	ev.idle = time.AfterFunc(ev.quiet, ev.beat)
@@ -346,7 +345,7 @@ func (e *eventWriter) write(b []byte) {
 	switch {
 	case e.conn != nil:
 		cp := blocks.Get().(*[]byte)
-		c := fmt.Appendf((*cp)[:0], "%x\r\n", len(b))
+		c := append(strconv.AppendInt((*cp)[:0], int64(len(b)), 16), "\r\n"...)
 		c = append(append(c, b...), "\r\n"...)
 		_, e.err = e.conn.Write(c)
 		*cp = c
@@ -363,8 +362,8 @@ func (e *eventWriter) write(b []byte) {
 
 // detach takes the connection over from net/http, which has sent the
 // headers and everything written so far, and tracks it in streams. It
-// leaves e as it is when the connection cannot be taken (HTTP/2, or a
-// ResponseWriter that does not unwrap to net/http's).
+// leaves e as it is when the connection cannot be taken (a ResponseWriter
+// that does not unwrap to net/http's).
 func (e *eventWriter) detach(streams *Streams) {
 	conn, _, err := e.rc.Hijack()
 	if err != nil {
