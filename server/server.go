@@ -220,7 +220,7 @@ type Server struct {
 	grpc   *grpc.Server
 	http   *http.Server
 	conn   *grpc.ClientConn
-	// streams are the HTTP/1.x event streams that left their handlers,
+	// streams are the HTTP/1.1 event streams that left their handlers,
 	// which http.Server.Shutdown does not wait for.
 	streams gateway.Streams
 

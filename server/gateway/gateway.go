@@ -57,7 +57,7 @@ type Options struct {
 	// Watch runs WatchRequest for Server-Sent Events (usually InProcess);
 	// nil answers the event stream with UNIMPLEMENTED.
 	Watch WatchFunc
-	// Streams, when set, lets HTTP/1.x event streams leave their handlers
+	// Streams, when set, lets HTTP/1.1 event streams leave their handlers
 	// once begun: the stream then holds its connection and its watch's
 	// goroutine, and Streams.Shutdown waits for it. Nil keeps each stream
 	// on its handler's goroutine.
