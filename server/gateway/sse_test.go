@@ -86,8 +86,8 @@ func msg(typ eventsv1.WatchMessageType, rev int64, status eventsv1.RequestStatus
 // from it (HTTP/1.1 with Streams), where the gateway writes the chunks.
 func TestSSEFraming(t *testing.T) {
 	t.Parallel()
-	for _, streams := range []*gateway.Streams{nil, {}} {
-		t.Run(map[bool]string{true: "attached", false: "detached"}[streams == nil], func(t *testing.T) {
+	for name, streams := range map[string]*gateway.Streams{"attached": nil, "detached": {}} {
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			testSSEFraming(t, streams)
 		})
