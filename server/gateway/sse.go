@@ -133,7 +133,7 @@ func resumeRevision(r *http.Request) (int64, error) {
 func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id string) {
 	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
-	fail := func(err error) { errorHandler(ctx, h.mux, out, w, r, err) }
+	fail := func(err error) { errorHandler(r.Context(), h.mux, out, w, r, err) }
 	if h.watch == nil {
 		fail(status.Error(codes.Unimplemented, "this gateway serves no event stream"))
 		return

@@ -84,6 +84,9 @@ func (o *Observer) StreamServerInterceptor() grpc.StreamServerInterceptor {
 }
 
 func (o *Observer) newGRPCCall(ctx context.Context) *call {
+	if id := RequestID(ctx); id != "" && ctx.Value(inProcessKey{}) != nil {
+		return &call{requestID: id}
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if ids := md.Get(RequestIDMetadata); len(ids) > 0 && validRequestID(ids[0]) {
 		return &call{requestID: ids[0]}
@@ -95,10 +98,6 @@ func (o *Observer) newGRPCCall(ctx context.Context) *call {
 // without a connection (its event stream): the call counts under the http
 // transport, and its log line carries the HTTP request's id.
 func InProcess(ctx context.Context) context.Context {
-	if id := RequestID(ctx); id != "" {
-		md, _ := metadata.FromIncomingContext(ctx)
-		ctx = metadata.NewIncomingContext(ctx, metadata.Join(md, metadata.Pairs(RequestIDMetadata, id)))
-	}
 	return context.WithValue(ctx, inProcessKey{}, true)
 }
 
