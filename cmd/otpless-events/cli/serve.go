@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/observe"
 )
 
 func newServe(stdout, stderr io.Writer) *cobra.Command {
@@ -24,7 +25,9 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
 			}
-			log, err := newLogger(stderr, logFormat, logLevel)
+			logs := observe.NewLogWriter(stderr, observe.DefaultLogBacklog)
+			defer logs.Close()
+			log, err := newLogger(logs, logFormat, logLevel)
 			if err != nil {
 				return err
 			}

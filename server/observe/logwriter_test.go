@@ -1,0 +1,197 @@
+package observe_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/otpless-events/otpless-events/server/observe"
+)
+
+// recorder is an io.Writer that keeps each Write's bytes; while gate is
+// set, writes wait for it to close.
+type recorder struct {
+	entered atomic.Int32 // Writes begun
+	mu      sync.Mutex
+	writes  []string
+	gate    chan struct{}
+	err     error
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.entered.Add(1)
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writes = append(r.writes, string(p))
+	if r.err != nil {
+		return 0, r.err
+	}
+	return len(p), nil
+}
+
+func (r *recorder) text() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.writes, "")
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.writes)
+}
+
+func TestLogWriterKeepsEveryLineInOrder(t *testing.T) {
+	var rec recorder
+	l := observe.NewLogWriter(&rec, 0)
+	const writers, lines = 8, 500
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range lines {
+				if n, err := fmt.Fprintf(l, "w%d %d\n", w, i); err != nil || n == 0 {
+					t.Errorf("Write: %d, %v", n, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	next := make([]int, writers)
+	got := strings.Split(strings.TrimSuffix(rec.text(), "\n"), "\n")
+	if len(got) != writers*lines {
+		t.Fatalf("%d lines written, want %d", len(got), writers*lines)
+	}
+	for _, line := range got {
+		var w, i int
+		if _, err := fmt.Sscanf(line, "w%d %d", &w, &i); err != nil {
+			t.Fatalf("line %q: %v (a line was cut or merged)", line, err)
+		}
+		if i != next[w] {
+			t.Fatalf("writer %d: line %d after %d", w, i, next[w]-1)
+		}
+		next[w]++
+	}
+}
+
+// While the writer beneath is busy, lines gather and go out in one write,
+// and Write does not wait for it.
+func TestLogWriterGathersLinesWhileAWriteIsUnderWay(t *testing.T) {
+	rec := recorder{gate: make(chan struct{})}
+	l := observe.NewLogWriter(&rec, 0)
+	l.Write([]byte("first\n"))
+	waitFor(t, func() bool { return rec.entered.Load() == 1 }) // the goroutine waits at the gate with it
+	written := make(chan struct{})
+	go func() {
+		for i := range 100 {
+			fmt.Fprintf(l, "line %d\n", i)
+		}
+		close(written)
+	}()
+	select {
+	case <-written:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write waited for the writer beneath")
+	}
+	rec.mu.Lock()
+	close(rec.gate)
+	rec.gate = nil
+	rec.mu.Unlock()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if n := rec.count(); n > 3 {
+		t.Errorf("%d writes for 101 lines, want them gathered into at most 3", n)
+	}
+	if want := "first\n"; !strings.HasPrefix(rec.text(), want) || strings.Count(rec.text(), "\n") != 101 {
+		t.Errorf("written %q", rec.text())
+	}
+}
+
+// A log that cannot keep up holds back its writers once backlog bytes wait,
+// and loses nothing.
+func TestLogWriterBacklogHoldsWritersBack(t *testing.T) {
+	rec := recorder{gate: make(chan struct{})}
+	l := observe.NewLogWriter(&rec, 64)
+	line := bytes.Repeat([]byte("x"), 31)
+	line[30] = '\n'
+	l.Write(line)
+	waitFor(t, func() bool { return rec.entered.Load() == 1 }) // the goroutine waits at the gate with it
+	l.Write(line)
+	l.Write(line) // 62 bytes wait: full
+	blocked := make(chan struct{})
+	go func() {
+		l.Write(line)
+		close(blocked)
+	}()
+	select {
+	case <-blocked:
+		t.Fatal("Write returned with the backlog full")
+	case <-time.After(100 * time.Millisecond):
+	}
+	rec.mu.Lock()
+	close(rec.gate)
+	rec.gate = nil
+	rec.mu.Unlock()
+	<-blocked
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if got := rec.text(); got != strings.Repeat(string(line), 4) {
+		t.Errorf("written %q", got)
+	}
+}
+
+func TestLogWriterAfterClose(t *testing.T) {
+	var rec recorder
+	l := observe.NewLogWriter(&rec, 0)
+	l.Write([]byte("before\n"))
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := l.Write([]byte("after\n")); err != nil {
+		t.Fatalf("Write after Close: %v", err)
+	}
+	if got := rec.text(); got != "before\nafter\n" {
+		t.Errorf("written %q", got)
+	}
+}
+
+func TestLogWriterCloseReportsAFailedWrite(t *testing.T) {
+	failed := errors.New("disk full")
+	rec := recorder{err: failed}
+	l := observe.NewLogWriter(&rec, 0)
+	if _, err := l.Write([]byte("lost\n")); err != nil {
+		t.Fatalf("Write: %v (the failure is Close's to report)", err)
+	}
+	if err := l.Close(); !errors.Is(err, failed) {
+		t.Errorf("Close: %v, want %v", err, failed)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
