@@ -381,23 +381,45 @@ func TestBadInput(t *testing.T) {
 		{"wrong type", `{"eventType":"DLR","data":{"requestId":5}}`, http.StatusBadRequest, "requestId"},
 		{"too large", huge, http.StatusRequestEntityTooLarge, "larger"},
 	}
+	// Each body is sent with its length, and chunked (no length announced).
+	chunked := func(t *testing.T, body string) httpResult {
+		t.Helper()
+		resp, err := http.Post(ts.httpURL+"/v1/webhooks/otpless", "application/json", io.MultiReader(strings.NewReader(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return httpResult{code: resp.StatusCode, header: resp.Header, body: b}
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := ts.post(t, "/v1/webhooks/otpless", []byte(tt.body))
-			if r.code != tt.code {
-				t.Fatalf("status %d (%s), want %d", r.code, r.body, tt.code)
-			}
-			var e struct {
-				Code    int    `json:"code"`
-				Message string `json:"message"`
-			}
-			if err := json.Unmarshal(r.body, &e); err != nil {
-				t.Fatalf("error body %q is not JSON: %v", r.body, err)
-			}
-			if !strings.Contains(e.Message, tt.mentions) {
-				t.Errorf("message %q does not mention %q", e.Message, tt.mentions)
-			}
-		})
+		for _, send := range []struct {
+			name string
+			post func(t *testing.T, body string) httpResult
+		}{
+			{"length", func(t *testing.T, body string) httpResult { return ts.post(t, "/v1/webhooks/otpless", []byte(body)) }},
+			{"chunked", chunked},
+		} {
+			t.Run(tt.name+"/"+send.name, func(t *testing.T) {
+				r := send.post(t, tt.body)
+				if r.code != tt.code {
+					t.Fatalf("status %d (%s), want %d", r.code, r.body, tt.code)
+				}
+				var e struct {
+					Code    int    `json:"code"`
+					Message string `json:"message"`
+				}
+				if err := json.Unmarshal(r.body, &e); err != nil {
+					t.Fatalf("error body %q is not JSON: %v", r.body, err)
+				}
+				if !strings.Contains(e.Message, tt.mentions) {
+					t.Errorf("message %q does not mention %q", e.Message, tt.mentions)
+				}
+			})
+		}
 	}
 	// Nothing of the rejected bodies was stored.
 	if r := ts.get(t, "/v1/requests/bad-input-req"); r.code != http.StatusNotFound {
@@ -406,9 +428,12 @@ func TestBadInput(t *testing.T) {
 	if r := ts.get(t, "/v1/requests/bad-input-req/events"); r.code != http.StatusNotFound {
 		t.Fatalf("GET events after rejected bodies: %d %s, want 404", r.code, r.body)
 	}
-	// The valid body is then accepted.
-	if resp := ts.ingest(t, []byte(valid)); resp.GetStored() != 1 {
-		t.Fatalf("valid body: %v", resp)
+	// The valid body is then accepted, chunked too.
+	if r := chunked(t, valid); r.code != http.StatusOK || !strings.Contains(string(r.body), `"stored":1`) {
+		t.Fatalf("valid body, chunked: %d %s", r.code, r.body)
+	}
+	if resp := ts.ingest(t, []byte(valid)); resp.GetDuplicates() != 1 {
+		t.Fatalf("valid body again: %v", resp)
 	}
 }
 

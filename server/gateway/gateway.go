@@ -155,7 +155,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	if !h.admit(w, r, out, params) {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
+	body, err := readBody(w, r, h.maxBody)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -191,6 +191,22 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	if _, err := w.Write(buf); err != nil && h.log != nil {
 		h.log.LogAttrs(ctx, slog.LevelDebug, "writing webhook response", slog.Any("error", err))
 	}
+}
+
+// readBody reads a request body of at most max bytes. A body whose length
+// is announced is read into a slice of that size, in one piece; a chunked
+// one grows as it comes, and one that is too large fails when it passes
+// max (which also tells net/http to close the connection).
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, max)
+	if r.ContentLength < 0 || r.ContentLength > max {
+		return io.ReadAll(body)
+	}
+	b := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(body, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // admit applies the guard before the body is read: client address (403),
