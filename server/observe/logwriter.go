@@ -10,10 +10,11 @@ import (
 const DefaultLogBacklog = 1 << 20
 
 // LogWriter passes what is written to it on to w from a goroutine of its
-// own. A request then never waits for the log's write(2), and the lines
-// that arrive while one write is under way go out together in the next:
-// under load one system call carries many lines (one a line had cost 3–5%
-// of the server's CPU under full ingest). Lines keep their order.
+// own. A request then never waits for the log's write(2), nor for another
+// request's (slog's handlers write while holding their lock), and the
+// lines that arrive while one write is under way go out together in the
+// next: under load one system call carries many lines. Lines keep their
+// order.
 //
 // Write copies p and returns at once, unless backlog bytes are waiting
 // already: then it waits for room, so that a log that cannot keep up
