@@ -9,10 +9,10 @@ import (
 	"github.com/otpless-events/otpless-events/server/gateway/ui"
 )
 
-// frontend puts what browsers need in front of the gateway mux: the status
-// page at /ui/ (and / redirecting there), and on the watch route, CORS and
-// Server-Sent Events.
-func frontend(mux *runtime.ServeMux, opts Options) http.Handler {
+// frontend puts what browsers need in front of next (webhooks, then the
+// gateway mux): the status page at /ui/ (and / redirecting there), and on
+// the watch route, CORS and Server-Sent Events.
+func frontend(mux *runtime.ServeMux, next http.Handler, opts Options) http.Handler {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -22,7 +22,7 @@ func frontend(mux *runtime.ServeMux, opts Options) http.Handler {
 		heartbeat = DefaultSSEHeartbeat
 	}
 	watch := &watchHandler{
-		next:      mux,
+		next:      next,
 		mux:       mux,
 		watch:     opts.Watch,
 		cors:      newCORSPolicy(opts.CORSOrigins),

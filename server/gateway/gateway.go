@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -81,7 +82,28 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 			return nil, fmt.Errorf("gateway: register webhook route: %w", err)
 		}
 	}
-	return validURL(accessTokenFromQuery(frontend(mux, opts))), nil
+	return validURL(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts))), nil
+}
+
+// webhooksFirst serves a webhook POST without the gateway mux's routing,
+// which allocated a tenth of what an ingested webhook allocates outside
+// the store (its path parameters, a pattern in a copy of the request's
+// context). The mux keeps the webhook routes, and everything else that
+// reaches them: other methods, and a key that needed escaping in the URL.
+func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.RawPath == "" {
+			if r.URL.Path == WebhookPath {
+				wh.serve(w, r, nil)
+				return
+			}
+			if key, ok := strings.CutPrefix(r.URL.Path, WebhookPath+"/"); ok && key != "" && !strings.Contains(key, "/") {
+				wh.serve(w, r, map[string]string{"key": key})
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // validURL answers 400 for a path or query that is not valid UTF-8: such a

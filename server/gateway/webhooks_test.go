@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+
+	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+type storingIngester struct{}
+
+func (storingIngester) Submit(_ context.Context, wh store.Webhook) (store.Result, error) {
+	res := store.Result{Events: make([]store.EventResult, len(wh.Events))}
+	for i := range res.Events {
+		res.Events[i].Revision = 1
+	}
+	return res, nil
+}
+
+// webhooksFirst serves the webhook POSTs it takes as the mux would, and
+// leaves everything else to the mux.
+func TestWebhooksFirstAnswersAsTheMux(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.DiscardHandler)
+	newMux := func(routes bool) (*runtime.ServeMux, *webhookHandler) {
+		mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+		wh := &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: DefaultMaxBodyBytes, log: log}
+		if routes {
+			for _, path := range []string{WebhookPath, WebhookPath + "/{key}"} {
+				if err := mux.HandlePath(http.MethodPost, path, wh.serve); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return mux, wh
+	}
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	answer := func(h http.Handler, method, target string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, target, strings.NewReader(body)))
+		return rec.Code, rec.Body.String()
+	}
+
+	mux, wh := newMux(true)
+	first := webhooksFirst(mux, wh)
+	bare, bareWH := newMux(false) // knows no webhook route: only the shortcut can answer
+	shortcut := webhooksFirst(bare, bareWH)
+	for _, tt := range []struct {
+		method, target string
+		taken          bool // by the shortcut
+	}{
+		{http.MethodPost, WebhookPath, true},
+		{http.MethodPost, WebhookPath + "/wk_key0123456789", true},
+		{http.MethodPost, WebhookPath + "/wk_key%2Fwith-slash", false},
+		{http.MethodPost, WebhookPath + "/", false},
+		{http.MethodPost, WebhookPath + "/a/b", false},
+		{http.MethodPost, WebhookPath + "x", false},
+		{http.MethodGet, WebhookPath + "/wk_key0123456789", false},
+		{http.MethodPut, WebhookPath, false},
+	} {
+		t.Run(tt.method+" "+tt.target, func(t *testing.T) {
+			code, got := answer(first, tt.method, tt.target)
+			wantCode, want := answer(mux, tt.method, tt.target)
+			if code != wantCode || got != want {
+				t.Errorf("answered %d %s; the mux answers %d %s", code, got, wantCode, want)
+			}
+			if code, _ := answer(shortcut, tt.method, tt.target); (code == http.StatusOK) != tt.taken {
+				t.Errorf("taken by the shortcut: %v (answer %d), want %v", code == http.StatusOK, code, tt.taken)
+			}
+		})
+	}
+}
