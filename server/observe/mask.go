@@ -159,9 +159,20 @@ type maskingHandler struct{ h slog.Handler }
 
 func (m *maskingHandler) Enabled(ctx context.Context, l slog.Level) bool { return m.h.Enabled(ctx, l) }
 
+// Handle passes r on as it is when MaskAttr would leave every attribute
+// as it is (a request's line, usually), and otherwise a copy with the
+// attributes masked.
 func (m *maskingHandler) Handle(ctx context.Context, r slog.Record) error {
+	clean := true
+	r.Attrs(func(a slog.Attr) bool {
+		clean = unmasked(a)
+		return clean
+	})
+	if clean {
+		return m.h.Handle(ctx, r)
+	}
 	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	var buf [16]slog.Attr // a request's line has about ten: added at once, they grow out's storage once
+	var buf [16]slog.Attr // a line has about ten: added at once, they grow out's storage once
 	attrs := buf[:0]
 	r.Attrs(func(a slog.Attr) bool {
 		attrs = append(attrs, MaskAttr(a))
@@ -169,6 +180,13 @@ func (m *maskingHandler) Handle(ctx context.Context, r slog.Record) error {
 	})
 	out.AddAttrs(attrs...)
 	return m.h.Handle(ctx, out)
+}
+
+// unmasked reports whether MaskAttr returns a as it is: neither a group
+// nor a LogValuer, and a key that names nothing to mask.
+func unmasked(a slog.Attr) bool {
+	k := a.Value.Kind()
+	return k != slog.KindGroup && k != slog.KindLogValuer && masker(a.Key) == nil
 }
 
 func (m *maskingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -78,3 +78,20 @@ func TestMaskingHandler(t *testing.T) {
 		}
 	}
 }
+
+// A line whose attributes need no masking is handed on as it is; one whose
+// last attribute needs it is still masked.
+func TestMaskingHandlerCleanAndLateAttributes(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, nil)))
+	log.Info("clean", "request_id", "r-1", "status", 200, "list", []string{"a", "b"})
+	log.Info("late", "request_id", "r-2", "method", "POST", "path", "/x", "status", 200, "bytes", 2, "remote", "127.0.0.1:1", "mobile", "919812345678")
+	out := buf.String()
+	if !strings.Contains(out, `"msg":"clean","request_id":"r-1","status":200,"list":["a","b"]}`) {
+		t.Errorf("the clean line changed: %s", out)
+	}
+	if strings.Contains(out, "9812345678") || !strings.Contains(out, `"mobile":"**********78"`) {
+		t.Errorf("the late phone number is not masked: %s", out)
+	}
+}
