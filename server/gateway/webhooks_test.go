@@ -64,6 +64,7 @@ func TestWebhooksFirstAnswersAsTheMux(t *testing.T) {
 		{http.MethodPost, WebhookPath + "x", false},
 		{http.MethodGet, WebhookPath + "/wk_key0123456789", false},
 		{http.MethodPut, WebhookPath, false},
+		{http.MethodPost, WebhookPath + "/wk:colon", true},
 	} {
 		t.Run(tt.method+" "+tt.target, func(t *testing.T) {
 			code, got := answer(first, tt.method, tt.target)
