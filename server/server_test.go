@@ -79,9 +79,15 @@ func (ts *testServer) do(t *testing.T, method, path, bearer string, body []byte)
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
+	return send(t, req)
+}
+
+// send sends req and reads the whole answer.
+func send(t *testing.T, req *http.Request) httpResult {
+	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -384,27 +390,23 @@ func TestBadInput(t *testing.T) {
 	// Each body is sent with its length, and chunked (no length announced).
 	chunked := func(t *testing.T, body string) httpResult {
 		t.Helper()
-		resp, err := http.Post(ts.httpURL+"/v1/webhooks/otpless", "application/json", io.MultiReader(strings.NewReader(body)))
+		req, err := http.NewRequest(http.MethodPost, ts.httpURL+"/v1/webhooks/otpless", io.MultiReader(strings.NewReader(body)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return httpResult{code: resp.StatusCode, header: resp.Header, body: b}
+		req.Header.Set("Content-Type", "application/json")
+		return send(t, req)
 	}
 	for _, tt := range tests {
-		for _, send := range []struct {
+		for _, how := range []struct {
 			name string
 			post func(t *testing.T, body string) httpResult
 		}{
 			{"length", func(t *testing.T, body string) httpResult { return ts.post(t, "/v1/webhooks/otpless", []byte(body)) }},
 			{"chunked", chunked},
 		} {
-			t.Run(tt.name+"/"+send.name, func(t *testing.T) {
-				r := send.post(t, tt.body)
+			t.Run(tt.name+"/"+how.name, func(t *testing.T) {
+				r := how.post(t, tt.body)
 				if r.code != tt.code {
 					t.Fatalf("status %d (%s), want %d", r.code, r.body, tt.code)
 				}
