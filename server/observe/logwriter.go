@@ -93,7 +93,11 @@ func (l *LogWriter) flush() {
 	if err != nil {
 		l.err = err
 	}
-	if cap(b) <= 2*l.backlog { // a burst larger than that is not kept
+	// b is the next spare, unless it grew past twice the backlog (one line
+	// larger than that): then none is kept, since the old spare is what
+	// pending uses now.
+	l.spare = nil
+	if cap(b) <= 2*l.backlog {
 		l.spare = b[:0]
 	}
 	l.room.Broadcast()

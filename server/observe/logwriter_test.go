@@ -195,3 +195,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// After a line larger than twice the backlog, the buffers still take turns:
+// a line written while the next write is under way is neither lost nor
+// written over.
+func TestLogWriterAfterAnOversizedLine(t *testing.T) {
+	rec := recorder{}
+	l := observe.NewLogWriter(&rec, 16)
+	l.Write([]byte("a\n"))
+	waitFor(t, func() bool { return rec.count() == 1 })
+	big := strings.Repeat("b", 40) + "\n"
+	l.Write([]byte(big))
+	waitFor(t, func() bool { return rec.count() == 2 })
+	rec.mu.Lock()
+	rec.gate = make(chan struct{})
+	rec.mu.Unlock()
+	l.Write([]byte("c\n"))
+	waitFor(t, func() bool { return rec.entered.Load() == 3 }) // the write of "c" waits at the gate
+	l.Write([]byte("d\n"))
+	rec.mu.Lock()
+	close(rec.gate)
+	rec.gate = nil
+	rec.mu.Unlock()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if got, want := rec.text(), "a\n"+big+"c\nd\n"; got != want {
+		t.Errorf("written %q, want %q", got, want)
+	}
+}
