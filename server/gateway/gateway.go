@@ -77,12 +77,21 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		return nil, fmt.Errorf("gateway: register RequestService: %w", err)
 	}
 	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger}
-	for _, path := range []string{WebhookPath, WebhookPath + "/{key}"} {
-		if err := mux.HandlePath(http.MethodPost, path, wh.serve); err != nil {
-			return nil, fmt.Errorf("gateway: register webhook route: %w", err)
-		}
+	if err := wh.register(); err != nil {
+		return nil, err
 	}
 	return validURL(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts))), nil
+}
+
+// register adds the webhook routes, with and without a key in the path,
+// to wh's mux.
+func (wh *webhookHandler) register() error {
+	for _, path := range []string{WebhookPath, WebhookPath + "/{key}"} {
+		if err := wh.mux.HandlePath(http.MethodPost, path, wh.serve); err != nil {
+			return fmt.Errorf("gateway: register webhook route: %w", err)
+		}
+	}
+	return nil
 }
 
 // webhooksFirst serves a webhook POST without the gateway mux's routing,

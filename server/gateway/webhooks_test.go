@@ -33,10 +33,8 @@ func TestWebhooksFirstAnswersAsTheMux(t *testing.T) {
 		mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
 		wh := &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: DefaultMaxBodyBytes, log: log}
 		if routes {
-			for _, path := range []string{WebhookPath, WebhookPath + "/{key}"} {
-				if err := mux.HandlePath(http.MethodPost, path, wh.serve); err != nil {
-					t.Fatal(err)
-				}
+			if err := wh.register(); err != nil {
+				t.Fatal(err)
 			}
 		}
 		return mux, wh
