@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/server/observe"
 )
 
@@ -289,28 +290,15 @@ func TestEventStreamIsObserved(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	events := bufio.NewReader(resp.Body)
+	events := ssetest.NewReader(resp.Body)
 	// next returns the next event's name, skipping the retry hint and comments.
 	next := func() string {
 		t.Helper()
-		for {
-			var name string
-			for {
-				line, err := events.ReadString('\n')
-				if err != nil {
-					t.Fatalf("reading the event stream: %v", err)
-				}
-				if line == "\n" {
-					break
-				}
-				if v, ok := strings.CutPrefix(line, "event: "); ok {
-					name = strings.TrimSpace(v)
-				}
-			}
-			if name != "" {
-				return name
-			}
+		ev, err := events.NextEvent()
+		if err != nil {
+			t.Fatalf("reading the event stream: %v", err)
 		}
+		return ev.Event
 	}
 	if ev := next(); ev != "snapshot" {
 		t.Fatalf("first event %q, want snapshot", ev)

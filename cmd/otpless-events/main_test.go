@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/server/auth"
 )
 
@@ -258,19 +259,14 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sse.Body.Close()
-	sseLines := bufio.NewReader(sse.Body)
+	sseReader := ssetest.NewReader(sse.Body)
 	var sseEvents []string // event names
 	readEvent := func() error {
-		for {
-			line, err := sseLines.ReadString('\n')
-			if err != nil {
-				return err
-			}
-			if name, ok := strings.CutPrefix(strings.TrimSpace(line), "event: "); ok {
-				sseEvents = append(sseEvents, name)
-				return nil
-			}
+		ev, err := sseReader.NextEvent()
+		if err == nil {
+			sseEvents = append(sseEvents, ev.Event)
 		}
+		return err
 	}
 	if err := readEvent(); err != nil || sseEvents[0] != "snapshot" {
 		t.Fatalf("event stream began with %q (%v), want the snapshot", sseEvents, err)

@@ -41,7 +41,7 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 	for _, body := range sc.Bodies[:3] {
 		rev := ts.Ingest(t, body).GetEvents()[0].GetRevision()
 		ev := first.nextEvent(t)
-		m := ev.message(t)
+		m := message(t, ev)
 		if ev.Event != "update" || m.GetRevision() != rev || ev.ID != strconv.FormatInt(rev, 10) {
 			t.Fatalf("event %s id %s at revision %d, want an update at %d", ev.Event, ev.ID, m.GetRevision(), rev)
 		}
@@ -54,7 +54,7 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 
 	resumed := openSSE(t, testContext(t), watchURL(ts, id), http.Header{"Last-Event-Id": {"3"}})
 	ev := resumed.nextEvent(t)
-	snap := ev.message(t)
+	snap := message(t, ev)
 	if ev.Event != "snapshot" || ev.ID != "4" || len(snap.GetRequest().GetFallbacks()) != 1 {
 		t.Fatalf("resumed with %s id %s (%v), want the snapshot at revision 4 holding the missed fallback", ev.Event, ev.ID, snap.GetRequest())
 	}
@@ -78,7 +78,7 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 			if b.Event != "update" {
 				continue
 			}
-			m := b.message(t)
+			m := message(t, b)
 			if m.GetRevision() <= last {
 				t.Fatalf("revision %d after %d: repeated", m.GetRevision(), last)
 			}
@@ -126,7 +126,7 @@ func TestSSEWithWatchToken(t *testing.T) {
 		t.Fatalf("status %d with a watch token", st.resp.StatusCode)
 	}
 	ev := st.nextEvent(t)
-	snap := ev.message(t).GetRequest()
+	snap := message(t, ev).GetRequest()
 	if ev.Event != "snapshot" || snap.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS {
 		t.Fatalf("first event %s %v", ev.Event, snap)
 	}
@@ -143,7 +143,7 @@ func TestSSEWithWatchToken(t *testing.T) {
 			break
 		}
 		if b.Event == "update" {
-			last = b.message(t)
+			last = message(t, b)
 		}
 	}
 	if last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS || last.GetRequest().GetToken() != "" {
@@ -232,7 +232,7 @@ func TestSSEOverTLS(t *testing.T) {
 				break
 			}
 			if b.Event == "update" {
-				last = b.message(t)
+				last = message(t, b)
 			}
 		}
 		if err != io.EOF || last.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {

@@ -143,7 +143,7 @@ func testSSEFraming(t *testing.T, streams *gateway.Streams) {
 		if ev.Event != names[i] || ev.ID != []string{"0", "1", "1", "1"}[i] {
 			t.Errorf("event %d: %q id %q, want %q id %d", i, ev.Event, ev.ID, names[i], want.GetRevision())
 		}
-		if got := ev.message(t); !proto.Equal(got, want) {
+		if got := message(t, ev); !proto.Equal(got, want) {
 			t.Errorf("event %d data %s, want %v", i, ev.Data, want)
 		}
 		// The gateway's marshaler emits unpopulated fields too.

@@ -3,29 +3,25 @@ package gateway_test
 import (
 	"bufio"
 	"context"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/ssetest"
 )
 
-// sseEvent is one parsed Server-Sent Event (or, with only comments set, a
-// comment block).
-type sseEvent struct {
-	ID, Event, Data, Retry string
-	HasID                  bool
-	Comments               []string
-}
+// sseEvent is one block of an event stream.
+type sseEvent = ssetest.Event
 
-// sseStream reads a text/event-stream response block by block.
+// sseStream reads a text/event-stream response block by block; r is its
+// body, buffered.
 type sseStream struct {
-	resp *http.Response
-	r    *bufio.Reader
+	resp   *http.Response
+	r      *bufio.Reader
+	events *ssetest.Reader
 }
 
 // openSSE GETs url as an EventSource would, with extra headers.
@@ -50,64 +46,25 @@ func openSSEWith(t *testing.T, ctx context.Context, client *http.Client, url str
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	t.Cleanup(func() { resp.Body.Close() })
-	return &sseStream{resp: resp, r: bufio.NewReader(resp.Body)}
+	r := bufio.NewReader(resp.Body)
+	return &sseStream{resp: resp, r: r, events: ssetest.NewReader(r)}
 }
 
 // next returns the next block (event or comments); io.EOF at the end.
-func (s *sseStream) next() (sseEvent, error) {
-	var ev sseEvent
-	var data []string
-	started := false
-	for {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			if started && err == io.EOF {
-				err = io.ErrUnexpectedEOF // a block must end with a blank line
-			}
-			return ev, err
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			if !started {
-				continue
-			}
-			ev.Data = strings.Join(data, "\n")
-			return ev, nil
-		}
-		started = true
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "":
-			ev.Comments = append(ev.Comments, value)
-		case "id":
-			ev.ID, ev.HasID = value, true
-		case "event":
-			ev.Event = value
-		case "data":
-			data = append(data, value)
-		case "retry":
-			ev.Retry = value
-		}
-	}
-}
+func (s *sseStream) next() (sseEvent, error) { return s.events.Next() }
 
 // nextEvent skips comment and retry blocks.
 func (s *sseStream) nextEvent(t *testing.T) sseEvent {
 	t.Helper()
-	for {
-		ev, err := s.next()
-		if err != nil {
-			t.Fatalf("reading event stream: %v", err)
-		}
-		if ev.Event != "" {
-			return ev
-		}
+	ev, err := s.events.NextEvent()
+	if err != nil {
+		t.Fatalf("reading event stream: %v", err)
 	}
+	return ev
 }
 
 // message decodes a watch event's data.
-func (ev sseEvent) message(t *testing.T) *eventsv1.WatchRequestResponse {
+func message(t *testing.T, ev sseEvent) *eventsv1.WatchRequestResponse {
 	t.Helper()
 	m := &eventsv1.WatchRequestResponse{}
 	if err := protojson.Unmarshal([]byte(ev.Data), m); err != nil {
