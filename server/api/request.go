@@ -177,7 +177,7 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 }
 
 // update builds one message from the pending changes newer than last: an
-// UPDATE with the newest snapshot and the events of every such change, or,
+// UPDATE with the newest snapshot and the events added after last, or,
 // when the watcher fell so far behind that some changes were dropped, a
 // SNAPSHOT without events, so the client knows events are missing. Nil when
 // nothing is newer.
@@ -191,9 +191,10 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		if msg == nil {
 			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}
 		}
+		msg.Events = append(msg.Events, c.EventsAfter(last)...)
 		msg.Request = c.Request
 		msg.Revision = c.Request.GetRevision()
-		msg.Events = append(msg.Events, c.Events...)
+		last = msg.Revision
 	}
 	if msg != nil && dropped {
 		msg.Type, msg.Events = eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, nil

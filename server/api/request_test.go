@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -46,5 +47,60 @@ func TestWatchRefusedWhileShuttingDown(t *testing.T) {
 	err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r"}, stream)
 	if status.Code(err) != codes.Unavailable || len(stream.sent) != 0 {
 		t.Fatalf("WatchRequest during shutdown = %v after %d messages, want UNAVAILABLE and none", err, len(stream.sent))
+	}
+}
+
+// An update carries only the events added after the watcher's revision,
+// though a change read from the store may span revisions the watcher's
+// snapshot already counts (a relay that does not know where its watchers
+// started reads from earlier).
+func TestUpdateSendsOnlyEventsAfterTheWatchersRevision(t *testing.T) {
+	t.Parallel()
+	ev := func(id string) *eventsv1.Event { return &eventsv1.Event{RequestId: "r", EventId: id} }
+	at := func(rev int64) *eventsv1.AuthRequest { return &eventsv1.AuthRequest{RequestId: "r", Revision: rev} }
+	for _, tc := range []struct {
+		name    string
+		changes []store.Change
+		last    int64
+		want    []string // nil: no message
+		wantRev int64
+	}{
+		{"commits in turn", []store.Change{
+			{Request: at(2), Events: []*eventsv1.Event{ev("e2")}},
+			{Request: at(3), Events: []*eventsv1.Event{ev("e3")}},
+		}, 1, []string{"e2", "e3"}, 3},
+		{"a commit the watcher has", []store.Change{
+			{Request: at(2), Events: []*eventsv1.Event{ev("e2")}},
+			{Request: at(3), Events: []*eventsv1.Event{ev("e3")}},
+		}, 2, []string{"e3"}, 3},
+		{"a read from an earlier revision", []store.Change{
+			{Request: at(4), Events: []*eventsv1.Event{ev("e2"), ev("e3"), ev("e4")}, EventRevisions: []int64{2, 3, 4}},
+		}, 3, []string{"e4"}, 4},
+		{"a read, then the next commit", []store.Change{
+			{Request: at(3), Events: []*eventsv1.Event{ev("e1"), ev("e2"), ev("e3")}, EventRevisions: []int64{1, 2, 3}},
+			{Request: at(4), Events: []*eventsv1.Event{ev("e4")}},
+		}, 2, []string{"e3", "e4"}, 4},
+		{"nothing newer", []store.Change{
+			{Request: at(3), Events: []*eventsv1.Event{ev("e1"), ev("e3")}, EventRevisions: []int64{1, 3}},
+		}, 3, nil, 0},
+	} {
+		b := broker.New(0)
+		sub := b.Subscribe("r")
+		b.Publish(tc.changes)
+		msg := update(sub, tc.last)
+		sub.Close()
+		if tc.want == nil {
+			if msg != nil {
+				t.Errorf("%s: update = %v, want none", tc.name, msg)
+			}
+			continue
+		}
+		var got []string
+		for _, e := range msg.GetEvents() {
+			got = append(got, e.GetEventId())
+		}
+		if msg.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE || msg.GetRevision() != tc.wantRev || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: update = %v at %d with %v, want UPDATE at %d with %v", tc.name, msg.GetType(), msg.GetRevision(), got, tc.wantRev, tc.want)
+		}
 	}
 }

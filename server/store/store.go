@@ -61,6 +61,28 @@ type Result struct {
 type Change struct {
 	Request *eventsv1.AuthRequest
 	Events  []*eventsv1.Event
+	// EventRevisions, when set, holds the revision that added each event
+	// (parallel to Events), for a Change that spans several revisions (see
+	// ChangeReader); when nil, every event came with Request's revision.
+	EventRevisions []int64
+}
+
+// EventsAfter returns the events of c added after revision rev: what a
+// watcher that has rev is still missing.
+func (c Change) EventsAfter(rev int64) []*eventsv1.Event {
+	if c.EventRevisions == nil {
+		if c.Request.GetRevision() > rev {
+			return c.Events
+		}
+		return nil
+	}
+	var out []*eventsv1.Event
+	for i, e := range c.Events {
+		if c.EventRevisions[i] > rev {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Page selects a page of events.

@@ -69,13 +69,14 @@ func (rp *replica) commit(t *testing.T, id, eventID string) {
 	rp.relay.OnCommit(changes)
 }
 
-// follow collects a subscription's changes until the request reaches rev,
-// and checks that each event came once, in revision order.
-func follow(t *testing.T, sub *broker.Subscription, rev int64, wantEvents int) *eventsv1.AuthRequest {
+// follow collects a subscription's changes, as a watcher at revision from
+// does, until the request reaches rev, and checks that each event came
+// once, in revision order.
+func follow(t *testing.T, sub *broker.Subscription, from, rev int64, wantEvents int) *eventsv1.AuthRequest {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	var (
-		last int64
+		last = from
 		snap *eventsv1.AuthRequest
 		seen = map[string]int{}
 	)
@@ -93,10 +94,10 @@ func follow(t *testing.T, sub *broker.Subscription, rev int64, wantEvents int) *
 			if c.Request.GetRevision() <= last {
 				t.Fatalf("revision %d after %d", c.Request.GetRevision(), last)
 			}
-			last, snap = c.Request.GetRevision(), c.Request
-			for _, e := range c.Events {
+			for _, e := range c.EventsAfter(last) {
 				seen[e.GetEventId()]++
 			}
+			last, snap = c.Request.GetRevision(), c.Request
 		}
 	}
 	for id, n := range seen {
@@ -147,7 +148,7 @@ func TestReplicasWatchEachOther(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i, sub := range subs[id] {
-			got := follow(t, sub, want.GetRevision(), int(want.GetEventCount()))
+			got := follow(t, sub, 0, want.GetRevision(), int(want.GetEventCount()))
 			if !proto.Equal(got, want) {
 				t.Errorf("%s on replica %d ended at\n%s\nwant\n%s", id, i, protojson.Format(got), protojson.Format(want))
 			}
@@ -168,14 +169,53 @@ func TestReconnect(t *testing.T) {
 	defer sub.Close()
 
 	other.commit(t, "rc", "rc-1")
-	follow(t, sub, 1, 1)
+	follow(t, sub, 0, 1, 1)
 
 	proxy.Cut()
 	other.commit(t, "rc", "rc-2")
 	other.commit(t, "rc", "rc-3")
 	proxy.Restore()
-	got := follow(t, sub, 3, 2)
+	got := follow(t, sub, 1, 3, 2)
 	if got.GetEventCount() != 3 {
 		t.Errorf("snapshot after reconnecting has %d events, want 3", got.GetEventCount())
 	}
+}
+
+// TestNewWatcherAfterReconnect: a request was watched, and is not any more
+// when the connection is cut; another replica commits meanwhile. A watcher
+// that starts once the replica listens again gets, with the next commit,
+// only the events its snapshot does not count.
+func TestNewWatcherAfterReconnect(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cut := startReplica(t, pgtest.WithAddr(t, dsn, proxy.Addr()))
+	other := startReplica(t, dsn)
+	first := cut.broker.Subscribe("nw")
+	other.commit(t, "nw", "nw-1")
+	follow(t, first, 0, 1, 1)
+	first.Close()
+
+	proxy.Cut()
+	other.commit(t, "nw", "nw-2")
+	other.commit(t, "nw", "nw-3")
+	proxy.Restore()
+	// The replica reconnects on its own; wait until it reads again.
+	var snap *eventsv1.AuthRequest
+	for deadline := time.Now().Add(20 * time.Second); snap.GetRevision() != 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cut replica reads revision %d, want 3", snap.GetRevision())
+		}
+		snap, _ = cut.store.GetRequest(t.Context(), "nw")
+	}
+	time.Sleep(200 * time.Millisecond) // and listens again
+
+	second := cut.broker.Subscribe("nw")
+	defer second.Close()
+	snap, err := cut.store.GetRequest(t.Context(), "nw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.commit(t, "nw", "nw-4")
+	follow(t, second, snap.GetRevision(), 4, int(4-snap.GetRevision()))
 }

@@ -9,13 +9,16 @@
 // revision it last published and publishes changes that follow on from it:
 // one of this replica's commits directly, when it is the next revision, and
 // otherwise what the store says changed since. So a watcher receives each
-// event once, in revision order, whichever replica committed it. (Watchers
-// also drop anything at or below the revision they have.)
+// change in revision order, whichever replica committed it. Where the Relay
+// cannot know what a request's watchers have, it reads from revision 0, and
+// the watchers drop the events at or below the revision they have (each
+// event read carries its revision: store.Change.EventRevisions).
 //
 // A notification is a hint, not the data: when the connection drops, the
 // Relay reconnects with backoff, listens again, and then re-reads every
 // watched request, so nothing committed meanwhile is missed; it also
-// re-reads the watched requests it knows every Recheck, in case.
+// re-reads the watched requests it knows every Recheck, in case, and every
+// watched request every Recheck while it is not listening.
 //
 // It may import the broker, package store, pgstore (for the notification
 // format) and pgx; nothing from the servers.
@@ -82,9 +85,12 @@ type Relay struct {
 	// after the revision stored here.
 	pending map[string]int64
 	// resync asks for every watched request to be re-read: after listening
-	// (again), when notifications may have been missed.
+	// (again), when notifications may have been missed, and every Recheck
+	// while not listening.
 	resync bool
-	wake   chan struct{} // the worker has something to do
+	// listening: the LISTEN connection is up, so notifications come.
+	listening bool
+	wake      chan struct{} // the worker has something to do
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -175,7 +181,8 @@ func (r *Relay) OnCommit(changes []store.Change) {
 		case !known:
 			// Nothing published yet: where this commit's watchers
 			// started is not known, so wait for its notification, which
-			// comes in commit order with those of the other replicas.
+			// comes in commit order with those of the other replicas
+			// (or, while not listening, for the next Recheck).
 		case rev <= p:
 		case rev == p+1:
 			out = append(out, c)
@@ -233,8 +240,8 @@ func (r *Relay) take() map[string]int64 {
 	if r.resync {
 		r.resync = false
 		for _, id := range r.broker.Watched() {
-			// Unknown: its watchers may be at any revision; 0 re-sends
-			// events they may have, rather than miss some.
+			// Unknown: its watchers may be at any revision. Read from 0;
+			// they drop the events they have.
 			since[id] = 0
 		}
 	}
@@ -255,10 +262,14 @@ func (r *Relay) take() map[string]int64 {
 }
 
 // recheck queues every watched request the Relay has published for, and
-// forgets those nobody watches any more.
+// forgets those nobody watches any more; while not listening, it asks for
+// every watched request.
 func (r *Relay) recheck() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.listening {
+		r.resync = true
+	}
 	for id, p := range r.published {
 		if !r.broker.HasSubscribers(id) {
 			delete(r.published, id)
@@ -266,7 +277,7 @@ func (r *Relay) recheck() {
 		}
 		r.pending[id] = p
 	}
-	if len(r.pending) > 0 {
+	if len(r.pending) > 0 || r.resync {
 		r.signal()
 	}
 }
@@ -394,9 +405,14 @@ func (r *Relay) session(ctx context.Context) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	r.mu.Lock()
-	r.resync = true
+	r.resync, r.listening = true, true
 	r.signal()
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.listening = false
+		r.mu.Unlock()
+	}()
 	r.log.Info("listening for the commits of every replica", "channel", r.src.Channel())
 
 	for {

@@ -45,10 +45,14 @@ func (f *fakeStore) ChangesSince(_ context.Context, since map[string]int64) ([]s
 	for id, after := range since {
 		evs := f.log[id]
 		if int64(len(evs)) > after {
-			out = append(out, store.Change{
+			c := store.Change{
 				Request: &eventsv1.AuthRequest{RequestId: id, Revision: int64(len(evs))},
 				Events:  slices.Clone(evs[after:]),
-			})
+			}
+			for rev := after + 1; rev <= int64(len(evs)); rev++ {
+				c.EventRevisions = append(c.EventRevisions, rev)
+			}
+			out = append(out, c)
 		}
 	}
 	return out, nil
@@ -240,6 +244,49 @@ func TestResyncReadsEveryWatchedRequest(t *testing.T) {
 	unknown.waitFor(t, 2)
 	known.check(t, "k", 2)
 	unknown.check(t, "u", 2)
+}
+
+// unreachable is a fakeStore whose listening connection cannot connect.
+type unreachable struct{ *fakeStore }
+
+func (unreachable) ListenConfig() *pgx.ConnConfig {
+	c, err := pgx.ParseConfig("postgres://nobody@127.0.0.1:1/none?connect_timeout=1")
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// TestPollsWhileNotListening: while the listening connection cannot be
+// opened, no notification comes, so the Relay reads every watched request
+// each Recheck: a commit of this replica that it cannot place reaches the
+// watchers all the same, and the events their snapshot has are dropped.
+func TestPollsWhileNotListening(t *testing.T) {
+	t.Parallel()
+	fs, b := newFakeStore(), broker.New(0)
+	r := New(unreachable{fs}, b, Options{Recheck: 20 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	if err := r.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	fs.commit("z") // before the watch: its snapshot is at revision 1
+	f := &follower{sub: b.Subscribe("z")}
+	defer f.sub.Close()
+	r.OnCommit([]store.Change{fs.commit("z")}) // where its watchers started is not known
+	f.waitFor(t, 2)
+	r.OnCommit([]store.Change{fs.commit("z")}) // follows on
+	f.waitFor(t, 3)
+	var events []string
+	last := int64(1)
+	for _, c := range f.got {
+		for _, e := range c.EventsAfter(last) {
+			events = append(events, e.GetEventId())
+		}
+		last = c.Request.GetRevision()
+	}
+	if want := []string{"z-2", "z-3"}; !slices.Equal(events, want) {
+		t.Errorf("a watcher from revision 1 got %v, want %v", events, want)
+	}
 }
 
 // TestInterleavedReplicas: commits of this replica and of others on one

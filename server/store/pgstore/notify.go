@@ -92,7 +92,7 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	rows, err := s.pool.Query(qctx, `SELECT r.request_id, r.data, e.data
+	rows, err := s.pool.Query(qctx, `SELECT r.request_id, r.data, e.data, e.revision
 		FROM unnest($1::bytea[], $2::bigint[]) AS q (request_id, after)
 		JOIN requests r ON r.request_id = q.request_id AND r.revision > q.after
 		LEFT JOIN events e ON e.request_id = q.request_id AND e.revision > q.after
@@ -103,8 +103,9 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 	var (
 		changes               []store.Change
 		rid, snapData, evData []byte
+		evRevision            *int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData, &evRevision}, func() error {
 		if n := len(changes); n == 0 || changes[n-1].Request.GetRequestId() != string(rid) {
 			r := new(eventsv1.AuthRequest)
 			if err := proto.Unmarshal(snapData, r); err != nil {
@@ -121,6 +122,7 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 		}
 		c := &changes[len(changes)-1]
 		c.Events = append(c.Events, e)
+		c.EventRevisions = append(c.EventRevisions, *evRevision)
 		return nil
 	})
 	if err != nil {
