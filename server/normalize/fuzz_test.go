@@ -20,6 +20,9 @@ func FuzzNormalize(f *testing.F) {
 			f.Add(body)
 		}
 	}
+	// An ISO time that is in the year 9999 where it was written but after it
+	// in UTC, beyond what an event time holds.
+	f.Add([]byte(`{"data":{"requestId":"r","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":"9999-12-31T23:59:59-23:59"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := normalize.Decode(body)
 		if err != nil {

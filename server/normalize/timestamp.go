@@ -28,12 +28,16 @@ var isoLayouts = [...]string{
 	"2006-01-02",               // a plain date: midnight UTC
 }
 
+// lastTime is the latest time a google.protobuf.Timestamp holds.
+var lastTime = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+
 // ParseTime reads an OTPLESS timestamp: a number or a numeric string of
 // epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
 // magnitude; fractions are rounded to the microsecond, which is all a
 // float64 carries at these magnitudes), or an ISO 8601 / RFC 3339 string. It
 // reports false for a missing value, another JSON type, an unreadable string,
-// and times not after the Unix epoch. The time returned is in UTC.
+// times not after the Unix epoch, and times after the year 9999, which a
+// google.protobuf.Timestamp cannot hold. The time returned is in UTC.
 func ParseTime(v *structpb.Value) (time.Time, bool) {
 	var (
 		t  time.Time
@@ -45,7 +49,7 @@ func ParseTime(v *structpb.Value) (time.Time, bool) {
 	case *structpb.Value_StringValue:
 		t, ok = fromString(strings.TrimSpace(k.StringValue))
 	}
-	if !ok || !t.After(time.Unix(0, 0)) {
+	if !ok || !t.After(time.Unix(0, 0)) || t.After(lastTime) {
 		return time.Time{}, false
 	}
 	return t.UTC(), true

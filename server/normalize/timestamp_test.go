@@ -53,6 +53,8 @@ func TestParseTime(t *testing.T) {
 		{"no zone: UTC", str("2024-12-18T10:45:21"), time.Unix(1734518721, 0)},
 		{"space no zone: UTC", str("2024-12-18 10:45:21.720"), time.Unix(1734518721, 720e6)},
 		{"date", str("2024-12-18"), time.Date(2024, 12, 18, 0, 0, 0, 0, time.UTC)},
+		{"the last time a Timestamp holds", str("9999-12-31T23:59:59.999999999Z"), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
+		{"year 9999 ahead of UTC", str("9999-12-31T23:59:59+05:30"), time.Date(9999, 12, 31, 18, 29, 59, 0, time.UTC)},
 		{"surrounding space", str(" 2024-12-18T10:45:21Z\n"), time.Unix(1734518721, 0)},
 		// Not readable.
 		{"nil", nil, time.Time{}},
@@ -77,6 +79,7 @@ func TestParseTime(t *testing.T) {
 		{"epoch", str("1970-01-01T00:00:00Z"), time.Time{}},
 		{"before epoch", str("1969-07-20T20:17:40Z"), time.Time{}},
 		{"bad month", str("2024-13-18T10:45:21Z"), time.Time{}},
+		{"year 9999 behind UTC: after it in UTC", str("9999-12-31T23:59:59-23:59"), time.Time{}},
 		{"RFC 1123", str("Wed, 18 Dec 2024 10:45:21 GMT"), time.Time{}},
 	}
 	for _, tt := range tests {
