@@ -16,18 +16,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
@@ -72,7 +76,11 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler))
+	// First, so that every route registered after takes precedence.
+	if err := registerNotAllowed(mux); err != nil {
+		return nil, err
+	}
 	if err := eventsv1.RegisterRequestServiceHandler(ctx, mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: register RequestService: %w", err)
 	}
@@ -81,6 +89,73 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		return nil, err
 	}
 	return validURL(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts))), nil
+}
+
+// routes returns the gateway's routes: each path template, with the methods
+// it serves. RequestService's come from its google.api.http options.
+func routes() map[string][]string {
+	r := map[string][]string{WebhookPath: {http.MethodPost}, WebhookPath + "/{key}": {http.MethodPost}}
+	methods := eventsv1.File_otpless_events_v1_request_proto.Services().ByName("RequestService").Methods()
+	for i := range methods.Len() {
+		rule, _ := proto.GetExtension(methods.Get(i).Options(), annotations.E_Http).(*annotations.HttpRule)
+		for _, b := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+			switch p := b.GetPattern().(type) {
+			case *annotations.HttpRule_Get:
+				r[p.Get] = append(r[p.Get], http.MethodGet)
+			case *annotations.HttpRule_Post:
+				r[p.Post] = append(r[p.Post], http.MethodPost)
+			case *annotations.HttpRule_Put:
+				r[p.Put] = append(r[p.Put], http.MethodPut)
+			case *annotations.HttpRule_Patch:
+				r[p.Patch] = append(r[p.Patch], http.MethodPatch)
+			case *annotations.HttpRule_Delete:
+				r[p.Delete] = append(r[p.Delete], http.MethodDelete)
+			}
+		}
+	}
+	return r
+}
+
+// registerNotAllowed answers, on every route, the methods it does not serve
+// with 405 and Allow. Without it the mux answers them 501: gRPC's
+// Unimplemented, which is not the client's mistake.
+func registerNotAllowed(mux *runtime.ServeMux) error {
+	rs := routes()
+	// In order, so that the more specific of two templates that both match
+	// a path ("/v1/requests/{request_id}:watch" after
+	// "/v1/requests/{request_id}") is registered later, and tried first.
+	for _, path := range slices.Sorted(maps.Keys(rs)) {
+		served := rs[path]
+		allow := strings.Join(served, ", ")
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+			if slices.Contains(served, m) {
+				continue
+			}
+			err := mux.HandlePath(m, path, func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+				w.Header().Set("Allow", allow)
+				routingErrorHandler(r.Context(), mux, nil, w, r, http.StatusMethodNotAllowed)
+			})
+			if err != nil {
+				return fmt.Errorf("gateway: register %s %s: %w", m, path, err)
+			}
+		}
+	}
+	return nil
+}
+
+// routingErrorHandler answers a request no route takes: as grpc-gateway's
+// default does, but a method a route does not serve is 405, not 501.
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	_, out := runtime.MarshalerForRequest(mux, r)
+	msg := fmt.Sprintf("method %s is not allowed here", r.Method)
+	if allow := w.Header().Get("Allow"); allow != "" {
+		msg += "; allowed: " + allow
+	}
+	writeStatus(w, out, http.StatusMethodNotAllowed, status.New(codes.Unimplemented, msg))
 }
 
 // register adds the webhook routes, with and without a key in the path,

@@ -63,3 +63,59 @@ func TestWebhookStoreTroubleIs503(t *testing.T) {
 		})
 	}
 }
+
+// A method a route does not serve is the client's mistake: 405 with Allow
+// naming the ones it does, never grpc-gateway's 501. The routes keep the
+// methods they serve, the more specific template first.
+func TestMethodNotAllowed(t *testing.T) {
+	t.Parallel()
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	log := slog.New(slog.DiscardHandler)
+	h, err := gateway.New(context.Background(), conn, api.NewWebhookServer(failingIngester{store.ErrUnavailable}, log), gateway.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path, allow string // allow "": served
+	}{
+		{http.MethodGet, gateway.WebhookPath, "POST"},
+		{http.MethodPut, gateway.WebhookPath + "/wk_key", "POST"},
+		{http.MethodHead, gateway.WebhookPath, "POST"},
+		{http.MethodPost, "/v1/requests/r1", "GET"},
+		{http.MethodDelete, "/v1/requests/r1/events", "GET"},
+		{http.MethodPost, "/v1/requests/r1:watch", "GET"},
+		{http.MethodPut, "/v1/requests/r1:watchToken", "POST"},
+		{http.MethodPost, "/v1/requests/r1:watchToken", ""},
+		{http.MethodPost, gateway.WebhookPath, ""},
+		{http.MethodGet, "/v1/requests/r1", ""},
+	} {
+		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if tc.allow == "" {
+			if resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented {
+				t.Errorf("%s %s: %d %s, want it served", tc.method, tc.path, resp.StatusCode, b)
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d with Allow %q (%s), want 405 with Allow %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), b, tc.allow)
+		}
+		if tc.method != http.MethodHead && !strings.Contains(string(b), "not allowed") {
+			t.Errorf("%s %s: body %s does not say the method is not allowed", tc.method, tc.path, b)
+		}
+	}
+}
