@@ -17,11 +17,16 @@ import (
 //	request id, kind (enum number, decimal), status, channel, from_channel,
 //	to_channel, error code, event time (Unix milliseconds, decimal)
 //
+// and, for an event that names no request, whom it is about: token, phone
+// number, country code, identity, email (the legacy UNREACHABLE may come
+// without requestId, and two users' in one millisecond must not share an
+// id).
+//
 // A byte-identical retry therefore gets the same id, and the receive time
 // plays no part, except that a body without a readable time has its receive
 // time as event time, so its retries get different ids.
 func eventID(e *eventsv1.Event, eventTime time.Time) string {
-	fields := [...]string{
+	fields := []string{
 		e.GetRequestId(),
 		strconv.Itoa(int(e.GetKind())),
 		e.GetStatus(),
@@ -30,6 +35,9 @@ func eventID(e *eventsv1.Event, eventTime time.Time) string {
 		e.GetToChannel(),
 		e.GetError().GetCode(),
 		strconv.FormatInt(eventTime.UnixMilli(), 10),
+	}
+	if e.GetRequestId() == "" {
+		fields = append(fields, e.GetToken(), e.GetPhone().GetPhoneNumber(), e.GetPhone().GetCountryCode(), e.GetIdentity(), e.GetEmail())
 	}
 	buf := make([]byte, 0, 256)
 	for _, f := range fields {
