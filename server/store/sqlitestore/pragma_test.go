@@ -15,10 +15,11 @@ func TestPragmas(t *testing.T) {
 	}
 	defer s.Close()
 	for pragma, want := range map[string]string{
-		"journal_mode": "wal",
-		"synchronous":  "2", // FULL
-		"foreign_keys": "1",
-		"busy_timeout": "5000",
+		"journal_mode":  "wal",
+		"synchronous":   "2", // FULL
+		"foreign_keys":  "1",
+		"busy_timeout":  "5000",
+		"secure_delete": "1",
 	} {
 		var got string
 		if err := s.w.QueryRowContext(t.Context(), "PRAGMA "+pragma).Scan(&got); err != nil || got != want {

@@ -1,13 +1,16 @@
 package sqlitestore_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,5 +215,46 @@ func TestUnavailable(t *testing.T) {
 	}
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("with the database locked: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestPurgeLeavesNoTraceInTheFile: the personal data a purge removes is
+// gone from the file too, not left in the free space of its pages or in
+// free pages (secure_delete), whatever the size of the bodies.
+func TestPurgeLeavesNoTraceInTheFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for i := range 20 {
+		e := event(fmt.Sprintf("r%d", i), "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", i)
+		e.Identity = fmt.Sprintf("IDENTITY-919800000%03d", i)
+		wh := hookOf(e)
+		pad := strings.Repeat("x", 500)
+		if i == 0 {
+			pad = strings.Repeat("x", 9000) // on overflow pages
+		}
+		wh.Body = fmt.Appendf(nil, `{"mobile":"BODY-919800000%03d","pad":"%s"}`, i, pad)
+		if _, _, err := s.Commit(ctx, []store.Webhook{wh}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour)); err != nil || n != 20 {
+		t.Fatalf("PurgePII = %d, %v; want 20", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, marker := range []string{"BODY-9198", "IDENTITY-9198"} {
+		if n := bytes.Count(b, []byte(marker)); n > 0 {
+			t.Errorf("the file holds %q %d times after the purge", marker, n)
+		}
 	}
 }
