@@ -131,9 +131,12 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		return Status(err)
 	}
 
+	// A client ahead of the store (which lost or never had what the client
+	// saw) starts over: waiting for the revision it names would hide every
+	// change up to it, SUCCESS included.
 	last := req.GetAfterRevision()
 	first := &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, Revision: snap.GetRevision()}
-	if last == 0 || snap.GetRevision() > last {
+	if last == 0 || snap.GetRevision() != last {
 		first = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Revision: snap.GetRevision(), Request: snap}
 		last = snap.GetRevision()
 	}

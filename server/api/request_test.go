@@ -104,3 +104,40 @@ func TestUpdateSendsOnlyEventsAfterTheWatchersRevision(t *testing.T) {
 		}
 	}
 }
+
+type fixedReader struct{ r *eventsv1.AuthRequest }
+
+func (f fixedReader) GetRequest(context.Context, string) (*eventsv1.AuthRequest, error) {
+	return f.r, nil
+}
+
+func (fixedReader) ListEvents(context.Context, string, store.Page) ([]*eventsv1.Event, string, error) {
+	return nil, "", store.ErrNotFound
+}
+
+// The first message of a watch resumed at after_revision: a HEARTBEAT when
+// the client has the stored revision, and the stored SNAPSHOT when the store
+// is newer, or older (it lost what the client saw: waiting for the client's
+// revision would hide SUCCESS).
+func TestWatchResumeFirstMessage(t *testing.T) {
+	t.Parallel()
+	done := &eventsv1.AuthRequest{RequestId: "r", Revision: 3, Status: eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS}
+	s := NewRequestServer(fixedReader{done}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	for _, tc := range []struct {
+		after int64
+		want  eventsv1.WatchMessageType
+	}{
+		{0, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT},
+		{2, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT},
+		{3, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT},
+		{9, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT},
+	} {
+		stream := &recordingStream{}
+		if err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r", AfterRevision: tc.after}, stream); err != nil {
+			t.Fatalf("after %d: %v", tc.after, err)
+		}
+		if len(stream.sent) != 1 || stream.sent[0].GetType() != tc.want || stream.sent[0].GetRevision() != 3 {
+			t.Errorf("after %d: sent %v, want one %v at revision 3", tc.after, stream.sent, tc.want)
+		}
+	}
+}

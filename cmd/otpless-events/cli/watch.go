@@ -158,7 +158,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			fmt.Fprintf(w.stderr, "reconnected; resuming after revision %d\n", w.after)
 		}
 		w.received = true
-		w.after = max(w.after, msg.GetRevision())
+		w.after = msg.GetRevision() // lower only when the server starts over (its store lost what we saw)
 		switch msg.GetType() {
 		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
 			w.changed = true

@@ -953,7 +953,9 @@ type WatchRequestRequest struct {
 	// The OTPLESS request id.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Resume: when above 0, nothing at or below this revision is sent again.
-	// If the snapshot is no newer, the first message is a HEARTBEAT.
+	// If the snapshot is at this revision, the first message is a HEARTBEAT.
+	// If it is older (the store lost or never had what the client saw), the
+	// stream starts over from the stored snapshot, as without after_revision.
 	AfterRevision int64 `protobuf:"varint,2,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
