@@ -557,6 +557,18 @@ func TestFoldCopies(t *testing.T) {
 	}
 }
 
+// TestFoldCopiesOfOneEvent: two events with one id and one time that
+// differ anyway (two SUCCESS bodies in one millisecond with different
+// tokens) fold alike in either order.
+func TestFoldCopiesOfOneEvent(t *testing.T) {
+	t.Parallel()
+	a, b := success("ok", 9, "tokA"), success("ok", 9, "tokB")
+	ab, ba := state.Fold(reqID, []*eventsv1.Event{a, b}), state.Fold(reqID, []*eventsv1.Event{b, a})
+	if !proto.Equal(ab, ba) {
+		t.Errorf("the order of two copies of one event changes the snapshot:\n%v\n%v", ab, ba)
+	}
+}
+
 // scribble overwrites every scalar reachable from m.
 func scribble(m protoreflect.Message) {
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {

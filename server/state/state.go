@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 	"strings"
@@ -71,7 +72,8 @@ func Fold(requestID string, events []*eventsv1.Event) *eventsv1.AuthRequest {
 // distinct returns the events of requestID, one per event id, sorted by
 // (event_time, event_id). The id hashes what makes an event itself, so
 // events sharing one are the same event; should they differ anyway, the
-// earliest is kept.
+// earliest is kept, and of those at one time the least encoded, so that
+// the order they come in plays no part.
 func distinct(requestID string, events []*eventsv1.Event) []*eventsv1.Event {
 	out := make([]*eventsv1.Event, 0, len(events))
 	for _, e := range events {
@@ -80,7 +82,10 @@ func distinct(requestID string, events []*eventsv1.Event) []*eventsv1.Event {
 		}
 	}
 	slices.SortFunc(out, func(a, b *eventsv1.Event) int {
-		return cmp.Or(strings.Compare(a.GetEventId(), b.GetEventId()), compareTime(a.GetEventTime(), b.GetEventTime()))
+		if c := cmp.Or(strings.Compare(a.GetEventId(), b.GetEventId()), compareTime(a.GetEventTime(), b.GetEventTime())); c != 0 {
+			return c
+		}
+		return bytes.Compare(encode(a), encode(b))
 	})
 	out = slices.CompactFunc(out, func(a, b *eventsv1.Event) bool {
 		return a.GetEventId() == b.GetEventId()
@@ -89,6 +94,12 @@ func distinct(requestID string, events []*eventsv1.Event) []*eventsv1.Event {
 		return cmp.Or(compareTime(a.GetEventTime(), b.GetEventTime()), strings.Compare(a.GetEventId(), b.GetEventId()))
 	})
 	return out
+}
+
+// encode is e's deterministic encoding, to order copies of one event.
+func encode(e *eventsv1.Event) []byte {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(e) // an event always encodes
+	return b
 }
 
 // folder accumulates distinct events fed to it in (event_time, event_id)
