@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 )
 
 // APIKey is a configured key. Only its SHA-256 is kept.
@@ -38,6 +39,15 @@ func HashKey(key string) string {
 // FormatAPIKey renders a key as one line of the API-key configuration.
 func FormatAPIKey(name, key string, scopes []Scope) string {
 	return fmt.Sprintf("%s %s %s", name, HashKey(key), joinScopes(scopes))
+}
+
+// CheckKeyName reports why name cannot name an API key in its configuration
+// line: it must be one field, not a comment, and not split the line.
+func CheckKeyName(name string) error {
+	if name == "" || strings.HasPrefix(name, "#") || strings.ContainsRune(name, ';') || strings.ContainsFunc(name, unicode.IsSpace) {
+		return fmt.Errorf("key name %q: want one word, without spaces or ';', not starting with '#'", name)
+	}
+	return nil
 }
 
 // ParseAPIKeys reads API-key configuration: one key per line (or separated

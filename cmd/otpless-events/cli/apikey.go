@@ -18,6 +18,9 @@ func newAPIKey(stdout io.Writer) *cobra.Command {
 			"API keys ($" + envAPIKeys + " or --api-keys-file), which holds only the key's hash.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := auth.CheckKeyName(name); err != nil {
+				return err
+			}
 			sc, err := auth.ParseScopes(scopes)
 			if err != nil {
 				return err

@@ -38,4 +38,11 @@ func TestAPIKeyCommand(t *testing.T) {
 	if code := Main(context.Background(), []string{"apikey", "--scopes", "fly"}, &out, &errOut); code == 0 {
 		t.Fatal("unknown scope accepted")
 	}
+	// A name that would make a line serve refuses, or skips as a comment.
+	for _, name := range []string{"", "web app", "#web", "web;app", " web"} {
+		out.Reset()
+		if code := Main(context.Background(), []string{"apikey", "--name", name}, &out, &errOut); code == 0 {
+			t.Errorf("name %q accepted: %s", name, out.String())
+		}
+	}
 }
