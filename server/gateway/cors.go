@@ -17,11 +17,13 @@ type corsPolicy struct {
 	origins   []string
 }
 
-// CheckCORSOrigins reports the first entry of origins that is neither "*"
-// nor an origin (scheme://host[:port], no path).
+// CheckCORSOrigins reports the entries of origins that are neither "*" nor
+// an origin (scheme://host[:port], no path), space around them aside (as
+// in "https://a.example, https://b.example").
 func CheckCORSOrigins(origins []string) error {
 	var errs []error
 	for _, o := range origins {
+		o = strings.TrimSpace(o)
 		if o == "*" {
 			continue
 		}
@@ -37,6 +39,7 @@ func CheckCORSOrigins(origins []string) error {
 func newCORSPolicy(origins []string) corsPolicy {
 	var p corsPolicy
 	for _, o := range origins {
+		o = strings.TrimSpace(o)
 		if o == "*" {
 			p.anyOrigin = true
 			continue

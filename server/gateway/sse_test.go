@@ -306,7 +306,8 @@ func TestWatchCORS(t *testing.T) {
 	snapshot := func(_ *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
 		return s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0, 0))
 	}
-	listed := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"https://login.example.com"}})
+	// As "https://shop.example, https://login.example.com" splits.
+	listed := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"https://shop.example", " https://login.example.com"}})
 	anyOrigin := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"*"}})
 	none := startGateway(t, snapshot, gateway.Options{})
 
@@ -359,7 +360,7 @@ func TestWatchCORS(t *testing.T) {
 
 func TestCheckCORSOrigins(t *testing.T) {
 	t.Parallel()
-	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000"}); err != nil {
+	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example "}); err != nil {
 		t.Fatalf("valid origins: %v", err)
 	}
 	for _, bad := range []string{"a.example", "https://a.example/path", "ftp://a.example", "https://user@a.example"} {
