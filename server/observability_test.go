@@ -221,6 +221,18 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("POST %.40s: %d %s, want %d", tc.body, code, body, tc.code)
 		}
 	}
+	// No route: not a webhook, so no rejected webhook either.
+	if code, _, body := do(t, http.MethodPost, hook+"/a/b", dlrBody("m-req", "SENT", 1764153000400)); code != http.StatusNotFound {
+		t.Fatalf("POST to a path under the webhook route: %d %s, want 404", code, body)
+	}
+	// Over the limit on gRPC: refused where it is counted and logged.
+	big := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "m-big", Status: strings.Repeat("x", 600)}}
+	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("gRPC Ingest over the limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
+		t.Errorf("%d log lines for the gRPC Ingest over the limit, want 1", len(lines))
+	}
 	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
 		t.Fatalf("watch: %v %v, want the UPDATE", m, err)
 	}
@@ -231,9 +243,10 @@ func TestMetrics(t *testing.T) {
 		`otpless_events_events_duplicate_total{channel="WHATSAPP",kind="delivery",status="SENT"}`: 1,
 		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`:                           1,
 		`otpless_events_webhooks_rejected_total{reason="unrecognized"}`:                           1,
-		`otpless_events_webhooks_rejected_total{reason="too_large"}`:                              1,
+		`otpless_events_webhooks_rejected_total{reason="too_large"}`:                              2,
 		`otpless_events_ingest_duration_seconds_count{result="accepted",transport="http"}`:        2,
 		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="http"}`:        3,
+		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="grpc"}`:        1,
 		`otpless_events_watch_delivery_seconds_count`:                                             1,
 		`otpless_events_http_requests_total{code="200",route="webhook"}`:                          2,
 		`otpless_events_write_queue_webhooks`:                                                     0,
@@ -254,6 +267,9 @@ func TestMetrics(t *testing.T) {
 		if got, ok := series[name]; !ok || got < atLeast {
 			t.Errorf("%s = %v (present %v), want at least %v", name, got, ok, atLeast)
 		}
+	}
+	if got := series[`otpless_events_webhooks_rejected_total{reason="internal"}`]; got != 0 {
+		t.Errorf("webhooks rejected as internal: %v, want none", got)
 	}
 	cancel() // the watcher leaves
 	if !eventually(func() bool { return s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`] == 0 }) {
@@ -396,6 +412,10 @@ func TestHealthRoutes(t *testing.T) {
 	if code, _, _ := do(t, http.MethodGet, s.httpURL+"/healthz", ""); code != http.StatusOK {
 		t.Fatalf("/healthz while not ready: %d, want 200 (the process is alive)", code)
 	}
+	// Probes log at debug, also while they fail: one line every few seconds.
+	if lines := s.logs.lines(t, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
+		t.Errorf("/readyz while not ready logged %v, want one line at DEBUG", lines)
+	}
 	if got := s.scrape(t)["otpless_events_ready"]; got != 0 {
 		t.Fatalf("otpless_events_ready = %v while not ready", got)
 	}
@@ -454,6 +474,11 @@ func TestPanicsAreRecovered(t *testing.T) {
 		if status.Code(err) != codes.Internal {
 			t.Fatalf("panicking RPC: %v, want INTERNAL", err)
 		}
+		// As the gateway calls: counted as http, as its log line says.
+		err = s.Server.conn.Invoke(context.Background(), "/test.Panics/Panic", &emptypb.Empty{}, &emptypb.Empty{})
+		if status.Code(err) != codes.Internal {
+			t.Fatalf("panicking RPC through the gateway's connection: %v, want INTERNAL", err)
+		}
 		if code, _, body := do(t, http.MethodGet, s.httpURL+"/boom", ""); code != http.StatusInternalServerError {
 			t.Fatalf("panicking route: %d %s, want 500", code, body)
 		}
@@ -466,7 +491,8 @@ func TestPanicsAreRecovered(t *testing.T) {
 	}
 
 	for _, want := range []map[string]any{
-		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR"},
+		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR", "transport": "grpc"},
+		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR", "transport": "http"},
 		{"msg": "http request", "path": "/boom", "status": float64(500), "panic": "http kaboom", "level": "ERROR"},
 	} {
 		lines := s.logs.lines(t, want)
@@ -479,9 +505,9 @@ func TestPanicsAreRecovered(t *testing.T) {
 		}
 	}
 	series := s.scrape(t)
-	for _, name := range []string{`otpless_events_panics_recovered_total{transport="grpc"}`, `otpless_events_panics_recovered_total{transport="http"}`} {
-		if series[name] != 2 {
-			t.Errorf("%s = %v, want 2", name, series[name])
+	for name, want := range map[string]float64{`otpless_events_panics_recovered_total{transport="grpc"}`: 2, `otpless_events_panics_recovered_total{transport="http"}`: 4} {
+		if series[name] != want {
+			t.Errorf("%s = %v, want %v", name, series[name], want)
 		}
 	}
 }

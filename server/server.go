@@ -15,15 +15,19 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
@@ -295,10 +299,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.grpc = grpc.NewServer(
-		// gRPC Ingest bodies are bounded like the webhook route's (the
-		// protobuf form of a body is smaller than its JSON).
-		grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
+		// gRPC Ingest messages are bounded like the webhook route's bodies
+		// (the protobuf form of a body is smaller than its JSON) by
+		// ingestLimit, inside the interceptors that count and log them;
+		// grpc-go's own limit, which refuses a message before any
+		// interceptor, is only for the far larger.
+		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(sec.stream...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
@@ -529,4 +536,16 @@ func (s *Server) closeAll() {
 		}
 	}
 	s.closeMetrics()
+}
+
+// ingestLimit refuses gRPC Ingest messages of more than max bytes with
+// RESOURCE_EXHAUSTED, as grpc-go's own limit would, but where the
+// observing interceptors see it.
+func ingestLimit(max int64) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if m, ok := req.(proto.Message); ok && info.FullMethod == eventsv1.WebhookService_Ingest_FullMethodName && int64(proto.Size(m)) > max {
+			return nil, status.Errorf(codes.ResourceExhausted, "webhook is larger than %d bytes", max)
+		}
+		return handler(ctx, req)
+	}
 }

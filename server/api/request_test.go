@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,4 +141,26 @@ func TestWatchResumeFirstMessage(t *testing.T) {
 			t.Errorf("after %d: sent %v, want one %v at revision 3", tc.after, stream.sent, tc.want)
 		}
 	}
+}
+
+type panickingReader struct{ emptyReader }
+
+func (panickingReader) GetRequest(context.Context, string) (*eventsv1.AuthRequest, error) {
+	panic("store read panicked")
+}
+
+// A panic while a watch reads its snapshot (on a goroutine of its own) is
+// raised on the watch's goroutine, where the recovery interceptor takes
+// it, instead of ending the process.
+func TestWatchSnapshotPanicReachesTheCaller(t *testing.T) {
+	t.Parallel()
+	s := NewRequestServer(panickingReader{}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	defer func() {
+		p := recover()
+		if msg, _ := p.(string); !strings.Contains(msg, "store read panicked") || !strings.Contains(msg, "panickingReader") {
+			t.Errorf("recovered %v, want the store's panic with its stack", p)
+		}
+	}()
+	_ = s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r"}, &recordingStream{})
+	t.Error("WatchRequest returned")
 }

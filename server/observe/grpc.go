@@ -25,8 +25,8 @@ const (
 // panic becomes INTERNAL with a generic message. The observe interceptor,
 // which must come right after recovery in the chain, has logged it with its
 // stack.
-func (o *Observer) RecoverGRPC(_ context.Context, _ any) error {
-	o.panics.WithLabelValues(transportGRPC).Inc()
+func (o *Observer) RecoverGRPC(ctx context.Context, _ any) error {
+	o.panics.WithLabelValues(transportOf(ctx)).Inc()
 	return status.Error(codes.Internal, "internal error")
 }
 

@@ -80,10 +80,10 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	switch {
 	case panicked != nil:
 		level = slog.LevelError
+	case route == "healthz" || route == "readyz": // a 503 while not ready too: probes come every few seconds
+		level = slog.LevelDebug
 	case code >= 500:
 		level = slog.LevelWarn
-	case route == "healthz" || route == "readyz":
-		level = slog.LevelDebug
 	}
 	ctx := r.Context()
 	if !o.log.Enabled(ctx, level) {
@@ -110,7 +110,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 // the path itself (it holds request ids).
 func routeOf(path string) string {
 	switch {
-	case path == webhookPath || strings.HasPrefix(path, webhookPath+"/"):
+	case path == webhookPath || isWebhookKeyPath(path):
 		return "webhook"
 	case strings.HasPrefix(path, "/v1/requests/"):
 		switch {
@@ -126,6 +126,13 @@ func routeOf(path string) string {
 		return path[1:]
 	}
 	return "other"
+}
+
+// isWebhookKeyPath reports whether path is the webhook route with a key:
+// one segment after it. Longer paths are no route (404), not webhooks.
+func isWebhookKeyPath(path string) bool {
+	key, ok := strings.CutPrefix(path, webhookPath+"/")
+	return ok && key != "" && !strings.Contains(key, "/")
 }
 
 // logPath is the path as logged: a webhook key in it replaced by its

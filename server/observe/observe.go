@@ -241,7 +241,9 @@ func reasonForCode(c codes.Code) string {
 	case codes.Unauthenticated, codes.PermissionDenied:
 		return ReasonUnauthenticated
 	case codes.ResourceExhausted:
-		return ReasonRateLimited
+		// Of ingest, only the gRPC message limit answers it (the webhook
+		// route's rate limit is HTTP 429).
+		return ReasonTooLarge
 	case codes.Unavailable:
 		return ReasonUnavailable
 	case codes.Canceled, codes.DeadlineExceeded:
