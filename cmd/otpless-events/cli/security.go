@@ -3,7 +3,9 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -170,13 +172,21 @@ func loadOrCreateAdminKey(dataDir string) ([]auth.APIKey, string, error) {
 }
 
 // announce prints credentials made on this start; they are not shown again.
-func announce(w io.Writer, gen generated, httpURL string) {
+// The webhook URL is for the HTTP listener at addr: on all interfaces
+// (":8080"), it names the loopback address, for this machine's shell, and
+// says to name the host instead for OTPLESS.
+func announce(w io.Writer, gen generated, scheme string, addr net.Addr) {
 	if gen == (generated{}) {
 		return
 	}
 	fmt.Fprintln(w, "First start: generated credentials. Shown this once; copy them now.")
 	if gen.webhookKey != "" {
-		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s/v1/webhooks/otpless/%s   # give this URL to OTPLESS\n", httpURL, gen.webhookKey)
+		host, note := addr.String(), "give this URL to OTPLESS"
+		if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsUnspecified() { // Go listens on both families there
+			host = net.JoinHostPort("127.0.0.1", strconv.Itoa(ta.Port))
+			note = "for OTPLESS, this host's public name in place of 127.0.0.1"
+		}
+		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s://%s/v1/webhooks/otpless/%s   # %s\n", scheme, host, gen.webhookKey, note)
 	}
 	if gen.apiKey != "" {
 		fmt.Fprintf(w, "  export OTPLESS_EVENTS_API_KEY=%s   # admin API key; only its hash is kept\n", gen.apiKey)

@@ -46,7 +46,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if cfg.Security.TLSCertFile != "" {
 				scheme = "https"
 			}
-			announce(stdout, gen, scheme+"://"+srv.HTTPAddr().String())
+			announce(stdout, gen, scheme, srv.HTTPAddr())
 			return srv.Run(cmd.Context())
 		},
 	}
