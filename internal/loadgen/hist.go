@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"math"
 	"math/bits"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,7 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	if n == 0 {
 		return 0
 	}
-	rank := uint64(q*float64(n) + 0.5)
+	rank := uint64(math.Ceil(q * float64(n))) // the nearest rank
 	rank = min(max(rank, 1), n)
 	var seen uint64
 	for i := range h.counts {

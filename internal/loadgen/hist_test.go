@@ -40,6 +40,15 @@ func TestQuantiles(t *testing.T) {
 			t.Errorf("p%v = %v, want %v (±1%%)", q*100, got, want)
 		}
 	}
+	// Few values: the nearest rank, the least value with at least q of
+	// them at or below it (1..160 ns are recorded exactly).
+	var small Histogram
+	for v := range 160 {
+		small.Record(time.Duration(v + 1))
+	}
+	if got := small.Quantile(0.99); got != 159 {
+		t.Errorf("p99 of 1..160 ns = %v, want 159ns", got)
+	}
 	if h.Max() != values[len(values)-1] || h.Quantile(1) != h.Max() || h.Count() != uint64(len(values)) {
 		t.Errorf("max %v, p100 %v, count %d; want %v, %v, %d", h.Max(), h.Quantile(1), h.Count(), values[len(values)-1], values[len(values)-1], len(values))
 	}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -270,19 +271,20 @@ func (r *runner) openLoop(ctx context.Context, start time.Time) {
 			}
 		})
 	}
-	interval := time.Duration(float64(time.Second) / r.cfg.Rate)
-	end := start.Add(r.cfg.Duration)
+	// Webhook k is due at k/Rate seconds, computed in floating point so
+	// that no rate truncates to a shorter interval; none goes early (that
+	// would read as less latency), and a dispatcher behind schedule sends
+	// what is due at once.
+	n := int(r.cfg.Rate * r.cfg.Duration.Seconds())
+	wait := time.NewTimer(0)
+	defer wait.Stop()
 dispatch:
-	for k := 0; ; k++ {
-		due := start.Add(time.Duration(k) * interval)
-		if !due.Before(end) {
-			break
-		}
-		// Sleeping for every webhook would cost more than sending it at
-		// high rates; what is due within a millisecond goes now.
-		if wait := time.Until(due); wait > time.Millisecond {
+	for k := range n {
+		due := start.Add(time.Duration(float64(k) / r.cfg.Rate * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			wait.Reset(d)
 			select {
-			case <-time.After(wait):
+			case <-wait.C:
 			case <-ctx.Done():
 				break dispatch
 			}
@@ -434,6 +436,10 @@ func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready
 		if err != nil {
 			if ctx.Err() == nil {
 				r.watchErrs.add(errorKind(err))
+				if first && permanent(err) { // a wrong key, say: retrying cannot help
+					ready <- struct{}{}
+					return
+				}
 				select {
 				case <-time.After(100 * time.Millisecond):
 				case <-ctx.Done():
@@ -487,15 +493,32 @@ type grpcStream struct {
 
 func (s grpcStream) Close() { s.cancel() }
 
-// errorKind names a watch error: its gRPC code, or its Go type.
+// errorKind names a watch error: its gRPC code or HTTP status, or its Go
+// type.
 func errorKind(err error) string {
 	if st, ok := status.FromError(err); ok {
 		return st.Code().String()
+	}
+	if se, ok := errors.AsType[statusError](err); ok {
+		return se.Error()
 	}
 	if kind := transportError(err); kind != "transport" {
 		return kind
 	}
 	return "other"
+}
+
+// permanent reports whether a refused subscription would be refused again:
+// the credentials, the scope or the request are wrong.
+func permanent(err error) bool {
+	if se, ok := errors.AsType[statusError](err); ok {
+		return se >= 400 && se < 500 && se != http.StatusTooManyRequests
+	}
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.Unimplemented:
+		return true
+	}
+	return false
 }
 
 func (r *runner) follow(ctx context.Context, s *slot, gen int, stream watchStream) {

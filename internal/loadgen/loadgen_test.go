@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Run posts each webhook as OTPLESS would (POST, JSON, the URL's
@@ -83,5 +86,52 @@ func TestRunConnectionRefused(t *testing.T) {
 	}
 	if res.OK != 0 || res.Sent == 0 || res.Errors["connection_refused"] != res.Sent {
 		t.Errorf("sent %d, ok %d, errors %v: want every post refused", res.Sent, res.OK, res.Errors)
+	}
+}
+
+// In open loop no webhook leaves before it is due, since its latency counts
+// from then: behind a handler that takes 2 ms, none measures less. And the
+// count is the rate times the duration, for a rate whose interval is no
+// whole number of nanoseconds too.
+func TestOpenLoopNeverSendsEarly(t *testing.T) {
+	t.Parallel()
+	const floor = 2 * time.Millisecond
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { time.Sleep(floor) }))
+	defer srv.Close()
+	r := newRunner(Config{WebhookURL: srv.URL, Rate: 3000, Concurrency: 32, Duration: 100 * time.Millisecond, Requests: 10, Mix: DefaultMix, Seed: 1})
+	defer r.client.CloseIdleConnections()
+	r.openLoop(t.Context(), time.Now())
+	if sent := r.sent.Load(); sent != 300 {
+		t.Errorf("sent %d, want 300 (3,000/s for 100 ms)", sent)
+	}
+	if least := r.ingest.Quantile(0); least < floor {
+		t.Errorf("least latency %v, under the handler's %v: a webhook left before it was due", least, floor)
+	}
+}
+
+// Watchers refused for good (here, a server without RequestService) give
+// up at once instead of retrying until the start times out.
+func TestWatchersRefusedGiveUp(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	defer gs.Stop()
+	go gs.Serve(lis)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer hook.Close()
+	res, err := Run(t.Context(), Config{WebhookURL: hook.URL, Rate: 100, Concurrency: 2, Duration: 50 * time.Millisecond, Requests: 10, Watchers: 3, WatchConns: []*grpc.ClientConn{conn}, Mix: DefaultMix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.WatchersReady != 0 || res.WatchErrors["Unimplemented"] != 3 {
+		t.Errorf("%d watchers ready, errors %v: want none ready and one Unimplemented each", res.WatchersReady, res.WatchErrors)
 	}
 }

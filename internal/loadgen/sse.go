@@ -55,7 +55,7 @@ func (c *SSE) subscribe(ctx context.Context, id string) (watchStream, error) {
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		return nil, fmt.Errorf("http_%d", resp.StatusCode)
+		return nil, statusError(resp.StatusCode)
 	}
 	s := &sseStream{body: resp.Body, r: bufio.NewReader(resp.Body)}
 	if _, err := s.Recv(); err != nil { // the snapshot
@@ -102,3 +102,8 @@ func (s *sseStream) Recv() (*eventsv1.WatchRequestResponse, error) {
 }
 
 func (s *sseStream) Close() { s.body.Close() }
+
+// statusError is an event stream refused with an HTTP status.
+type statusError int
+
+func (e statusError) Error() string { return fmt.Sprintf("http_%d", int(e)) }

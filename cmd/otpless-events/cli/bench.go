@@ -191,8 +191,10 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		if err != nil {
 			return fmt.Errorf("ceiling: %w", err)
 		}
+		// Closed loop at the same concurrency, whatever --rate: at a rate
+		// the bare handler keeps up with, its throughput is the rate.
 		bare := cfg
-		bare.WebhookURL, bare.TLS, bare.Watchers = c.URL, nil, 0
+		bare.WebhookURL, bare.TLS, bare.Watchers, bare.Rate = c.URL, nil, 0, 0
 		report.Ceiling, err = loadgen.Run(ctx, bare)
 		c.Close()
 		if err != nil {
@@ -254,10 +256,13 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if f.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(report)
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+		return report.failed()
 	}
 	report.print(stdout)
-	return nil
+	return report.failed()
 }
 
 // startCPUProfile starts profiling this process into path ("": no
@@ -318,6 +323,18 @@ func redactURL(url string) string {
 		return base + "/v1/webhooks/otpless/{key}"
 	}
 	return url
+}
+
+// failed is the run's error when it measured nothing, after the report
+// said why: no webhook answered 200, or no watcher subscribed.
+func (r *benchReport) failed() error {
+	switch {
+	case r.Result.OK == 0:
+		return errors.New("bench: no webhook was answered 200 (see errors)")
+	case r.Watchers > 0 && r.Result.WatchersReady == 0:
+		return errors.New("bench: no watcher subscribed (see the watchers' errors)")
+	}
+	return nil
 }
 
 func (r *benchReport) print(w io.Writer) {

@@ -53,6 +53,9 @@ func TestBenchSmoke(t *testing.T) {
 	if r.Ceiling.OK == 0 || r.CeilingRatio <= 0 {
 		t.Errorf("ceiling: %d ok, ratio %v", r.Ceiling.OK, r.CeilingRatio)
 	}
+	if d := r.Ceiling.Sent - 300; -1 <= d && d <= 1 { // what 300/s for 1 s sends: the ceiling ran open loop
+		t.Errorf("the ceiling sent %d webhooks: it ran at --rate, not as fast as it could", r.Ceiling.Sent)
+	}
 	if m := r.Server; m.Start.RSS == 0 || m.End.RSS == 0 || m.End.PeakRSS < m.End.RSS || m.CPUPerWebhook <= 0 {
 		t.Errorf("server process %+v", m)
 	}

@@ -369,7 +369,7 @@ func TestClientsOverTLS(t *testing.T) {
 	if code != 0 || parseWatch(t, out).status != "SUCCESS" {
 		t.Fatalf("watch over TLS: exit %d, %q %s", code, out, errOut)
 	}
-	bench := func(args ...string) (sent, ok int, errs map[string]int) {
+	bench := func(wantCode int, args ...string) (sent, ok int, errs map[string]int) {
 		t.Helper()
 		code, out, errOut := run(t, append([]string{"bench", "--json", "--concurrency", "2"}, args...)...)
 		var report struct {
@@ -378,15 +378,16 @@ func TestClientsOverTLS(t *testing.T) {
 				Errors   map[string]int
 			}
 		}
-		if err := json.Unmarshal([]byte(out), &report); code != 0 || err != nil {
-			t.Fatalf("bench %v: exit %d, %v, %s %s", args, code, err, out, errOut)
+		if err := json.Unmarshal([]byte(out), &report); code != wantCode || err != nil {
+			t.Fatalf("bench %v: exit %d (want %d), %v, %s %s", args, code, wantCode, err, out, errOut)
 		}
 		return report.Result.Sent, report.Result.OK, report.Result.Errors
 	}
-	if sent, ok, errs := bench("--tls-ca-file", certFile, "--rate", "100", "--duration", "300ms"); sent != 30 || ok != 30 {
+	if sent, ok, errs := bench(0, "--tls-ca-file", certFile, "--rate", "100", "--duration", "300ms"); sent != 30 || ok != 30 {
 		t.Fatalf("bench over TLS: %d sent, %d ok, errors %v", sent, ok, errs)
 	}
-	if sent, ok, errs := bench("--rate", "100", "--duration", "100ms"); sent == 0 || ok != 0 || errs["transport"] != sent {
+	// Nothing answered 200: the report, and a failed exit.
+	if sent, ok, errs := bench(1, "--rate", "100", "--duration", "100ms"); sent == 0 || ok != 0 || errs["transport"] != sent {
 		t.Fatalf("bench trusted a certificate no system CA signed: %d sent, %d ok, errors %v", sent, ok, errs)
 	}
 	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, tryID); code == 0 {
