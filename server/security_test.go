@@ -154,8 +154,8 @@ func TestAPIKeysAndScopes(t *testing.T) {
 		}
 	}
 	for _, bearer := range []string{"", "wrong-key"} {
-		if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, bearer, nil); r.code != http.StatusUnauthorized {
-			t.Errorf("GET with %q: %d, want 401", bearer, r.code)
+		if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, bearer, nil); r.code != http.StatusUnauthorized || r.header.Get("WWW-Authenticate") != `Bearer realm="otpless-events"` {
+			t.Errorf("GET with %q: %d, WWW-Authenticate %q; want 401 with a Bearer challenge", bearer, r.code, r.header.Get("WWW-Authenticate"))
 		}
 	}
 

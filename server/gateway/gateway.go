@@ -241,10 +241,24 @@ func accessTokenFromQuery(next http.Handler) http.Handler {
 // errorHandler is the gateway's default, plus Retry-After on UNAVAILABLE so
 // that senders back off and retry.
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	if status.Code(err) == codes.Unavailable {
+	switch status.Code(err) {
+	case codes.Unavailable:
 		w.Header().Set("Retry-After", "1")
+	case codes.Unauthenticated:
+		w = challenge{w}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// challenge gives a 401 the API's WWW-Authenticate challenge, in place of
+// the status message grpc-gateway puts there.
+type challenge struct{ http.ResponseWriter }
+
+func (c challenge) WriteHeader(code int) {
+	if code == http.StatusUnauthorized {
+		c.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 type webhookHandler struct {
