@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/otpless-events/otpless-events/server/store"
@@ -38,6 +39,11 @@ func (r *retention) start() {
 }
 
 func (r *retention) purge(ctx context.Context) {
+	defer func() { // a panic costs this run, not the process
+		if p := recover(); p != nil {
+			r.log.Error("purging personal data panicked", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
 	cutoff := time.Now().Add(-r.keep)
 	n, err := r.purger.PurgePII(ctx, cutoff)
 	switch {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -267,7 +268,7 @@ func (w *Writer) commit(ctx context.Context, batch []*item) {
 	}
 
 	start := time.Now()
-	results, changes, err := w.store.Commit(ctx, webhooks)
+	results, changes, err := w.storeCommit(ctx, webhooks)
 	if err == nil && len(results) != len(live) {
 		err = fmt.Errorf("store returned %d results for %d webhooks", len(results), len(live))
 	}
@@ -288,6 +289,20 @@ func (w *Writer) commit(ctx context.Context, batch []*item) {
 	for i, it := range live {
 		it.done <- outcome{result: results[i]}
 	}
+}
+
+// storeCommit is w.store.Commit, with a panic turned into an error of
+// this batch: a webhook that makes the store panic is answered 503 with its
+// batch, and OTPLESS's retries of it cannot end the process again and
+// again.
+func (w *Writer) storeCommit(ctx context.Context, batch []store.Webhook) (results []store.Result, changes []store.Change, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("the store panicked in a commit", "webhooks", len(batch), "panic", p, "stack", string(debug.Stack()))
+			results, changes, err = nil, nil, fmt.Errorf("the store panicked: %v", p)
+		}
+	}()
+	return w.store.Commit(ctx, batch)
 }
 
 // commitError wraps a failed commit once: the store's sentinel if it gave

@@ -498,3 +498,26 @@ func TestOnCommitBeforeAnswer(t *testing.T) {
 		t.Errorf("%d changes published, want 200", len(published))
 	}
 }
+
+// A store that panics fails that batch like a failed commit (503, so
+// OTPLESS retries) and the writer goes on with the next.
+func TestStorePanic(t *testing.T) {
+	t.Parallel()
+	fs := &fakeStore{hook: func(_ context.Context, call int, _ []store.Webhook) error {
+		if call == 0 {
+			panic("the store's kaboom")
+		}
+		return nil
+	}}
+	w := start(t, fs, Options{})
+	if _, err := w.Submit(t.Context(), webhook(1)); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Submit into a panicking commit: %v, want ErrUnavailable", err)
+	}
+	res, err := w.Submit(t.Context(), webhook(2))
+	if err != nil || len(res.Events) != 1 || res.Events[0].Revision != 2 {
+		t.Fatalf("Submit after the panic: %+v, %v; want it committed", res, err)
+	}
+	if err := w.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}

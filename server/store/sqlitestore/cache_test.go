@@ -1,6 +1,7 @@
 package sqlitestore_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -295,4 +296,38 @@ func TestCacheManyEvents(t *testing.T) {
 	if err != nil || !res[0].Events[0].Duplicate {
 		t.Errorf("retry of an early event: %v, %v; want a duplicate", res, err)
 	}
+}
+
+// TestCommitPanic: a panic inside a commit's transaction passes on, with
+// the transaction rolled back and the cache emptied: the next commit runs
+// (an open transaction would hold the only writer connection) and sees
+// nothing of the failed one.
+func TestCommitPanic(t *testing.T) {
+	t.Parallel()
+	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	ctx := t.Context()
+	const D = eventsv1.EventKind_EVENT_KIND_DELIVERY
+	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", D, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	sqlitestore.SetBeforeTxCommit(s, func() error { panic("kaboom") })
+	func() {
+		defer func() {
+			if p := recover(); p != "kaboom" {
+				t.Errorf("recovered %v, want the panic passed on", p)
+			}
+		}()
+		s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e2", D, "DELIVERED", "SMS", 100))})
+	}()
+	sqlitestore.SetBeforeTxCommit(s, nil)
+	if n := sqlitestore.CachedRequests(s); n != 0 {
+		t.Errorf("%d requests cached after the panic, want none", n)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, _, err := s.Commit(cctx, []store.Webhook{hookOf(event("r1", "e2", D, "DELIVERED", "SMS", 100))})
+	if err != nil || res[0].Events[0].Duplicate || res[0].Events[0].Revision != 2 {
+		t.Fatalf("commit after the panic: %+v, %v; want e2 new at revision 2", res, err)
+	}
+	checkIsFold(t, s, "r1")
 }

@@ -59,6 +59,7 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if err != nil {
 		return nil, nil, s.fail(ctx, op, err)
 	}
+	defer rollbackOnPanic(s, tx)
 	c := commit{s: s, tx: tx, batch: batch}
 	err = c.run(ctx)
 	if err == nil && s.beforeTxCommit != nil {
@@ -76,6 +77,18 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	}
 	c.updateCache()
 	return c.results, c.changes, nil
+}
+
+// rollbackOnPanic, deferred after BeginTx, ends the transaction and empties
+// the event cache if a panic passes, then lets it go on: left open, the
+// transaction would hold the only writer connection, and every later
+// write would wait for it.
+func rollbackOnPanic(s *Store, tx *sql.Tx) {
+	if p := recover(); p != nil {
+		tx.Rollback()
+		s.cache.clear()
+		panic(p)
+	}
 }
 
 // lockWriter takes the writer lock, which every write transaction and every

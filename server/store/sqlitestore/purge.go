@@ -86,6 +86,7 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 	if err != nil {
 		return 0, false, err
 	}
+	defer rollbackOnPanic(s, tx)
 	n, more, requests, err := s.purgeChunkTx(ctx, tx, cutoffMs)
 	if err == nil {
 		err = tx.Commit()
