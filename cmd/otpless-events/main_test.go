@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -397,5 +398,46 @@ func TestOneCPURunsTwoProcs(t *testing.T) {
 				t.Errorf("serving with GOMAXPROCS %d on one CPU, want %d", p.gomaxprocs, tt.want)
 			}
 		})
+	}
+}
+
+// A second interrupt ends the process at once, even while the first one
+// waits for work that will not end soon (here, bench's posts to a server
+// that never answers, which it would wait 30 s for).
+func TestSecondInterruptEndsAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() { // accept, read, never answer
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	cmd := exec.Command(buildBinary(t), "bench", "--http-addr", lis.Addr().String(), "--concurrency", "2", "--duration", "200ms")
+	cmd.Env = append(os.Environ(), "OTPLESS_WEBHOOK_URL=")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	time.Sleep(500 * time.Millisecond) // its posts are waiting now
+	cmd.Process.Signal(os.Interrupt)
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("still running 10 s after a second interrupt")
 	}
 }
