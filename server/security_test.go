@@ -153,6 +153,11 @@ func TestAPIKeysAndScopes(t *testing.T) {
 			t.Errorf("%s credential: GetRequest %v, want Unauthenticated", name, err)
 		}
 	}
+	// A large body is refused before anything reads it, credentials or not.
+	big := []byte(`{"requestId":"` + strings.Repeat("a", 100<<10) + `"}`)
+	if r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", "", big); r.code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 100 KiB API body: %d %s, want 413", r.code, r.body)
+	}
 	for _, bearer := range []string{"", "wrong-key"} {
 		if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, bearer, nil); r.code != http.StatusUnauthorized || r.header.Get("WWW-Authenticate") != `Bearer realm="otpless-events"` {
 			t.Errorf("GET with %q: %d, WWW-Authenticate %q; want 401 with a Bearer challenge", bearer, r.code, r.header.Get("WWW-Authenticate"))
@@ -266,6 +271,12 @@ func TestWatchTokens(t *testing.T) {
 func TestWebhookRateLimit(t *testing.T) {
 	t.Parallel()
 	ts := startSecured(t, func(s *server.Security) { s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2 })
+	// Without credentials: refused, and none of the address's budget spent.
+	for range 5 {
+		if r := ts.post(t, "/v1/webhooks/otpless/not-the-key-0123456789", dlr("rate-req", "SENT", 1764153000000)); r.code != http.StatusUnauthorized {
+			t.Fatalf("wrong key: %d %s, want 401", r.code, r.body)
+		}
+	}
 	for i := range 2 {
 		ts.ingest(t, dlr("rate-req", "SENT", 1764153000000+int64(i)))
 	}

@@ -88,7 +88,30 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
-	return validURL(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts))), nil
+	return validURL(limitAPIBodies(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts)))), nil
+}
+
+// MaxAPIBodyBytes bounds the body of a request to the API (not a webhook):
+// grpc-gateway reads and decodes it whole before the gRPC server checks
+// credentials, so without a bound anyone could make the server hold any
+// amount. The API's bodies are a few hundred bytes.
+const MaxAPIBodyBytes = 64 << 10
+
+// limitAPIBodies answers 413 to an API request whose announced body is over
+// MaxAPIBodyBytes, and cuts a body of unannounced length there (the
+// decoding error is then a 400). Webhooks have their own bound.
+func limitAPIBodies(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") && r.Body != nil && r.Body != http.NoBody {
+			if r.ContentLength > MaxAPIBodyBytes {
+				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge,
+					status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", MaxAPIBodyBytes)))
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, MaxAPIBodyBytes)
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // routes returns the gateway's routes: each path template, with the methods
@@ -341,15 +364,17 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		h.reject(w, r, out, http.StatusForbidden, codes.PermissionDenied, err)
 		return false
 	}
-	if ok, wait := h.guard.Allow(addr); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		h.reject(w, r, out, http.StatusTooManyRequests, codes.ResourceExhausted, errors.New("too many webhooks from this address, retry later"))
-		return false
-	}
+	// Credentials first: a sender without them takes no place in the rate
+	// limiter's table of addresses, which, full, would refuse new ones.
 	key, hasKey := params["key"]
 	if err := h.guard.CheckCredentials(r, key, hasKey); err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
 		h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, err)
+		return false
+	}
+	if ok, wait := h.guard.Allow(addr); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		h.reject(w, r, out, http.StatusTooManyRequests, codes.ResourceExhausted, errors.New("too many webhooks from this address, retry later"))
 		return false
 	}
 	return true

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -115,6 +116,12 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	// A new database is readable by its owner only, as are the -wal and
+	// -shm files SQLite makes beside it with its mode: it holds personal
+	// data. An existing one keeps the mode it has.
+	if f, err := os.OpenFile(abs, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close()
 	}
 	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests)}
 	if err := s.open(ctx, o, log); err != nil {

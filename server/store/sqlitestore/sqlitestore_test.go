@@ -258,3 +258,23 @@ func TestPurgeLeavesNoTraceInTheFile(t *testing.T) {
 		}
 	}
 }
+
+// A new database holds personal data: it and the files SQLite keeps beside
+// it are readable by their owner only, whatever the umask.
+func TestNewDatabaseIsPrivate(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := fi.Mode().Perm(); mode != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", filepath.Base(p), mode)
+		}
+	}
+}
