@@ -441,3 +441,34 @@ func TestSecondInterruptEndsAtOnce(t *testing.T) {
 		t.Fatal("still running 10 s after a second interrupt")
 	}
 }
+
+// A first start that fails after making the credentials (here, its HTTP
+// port is taken) still prints them: the admin key is kept as a hash only,
+// so a later start could not show it.
+func TestFailedFirstStartPrintsCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cmd := exec.Command(buildBinary(t), "serve", "--data-dir", t.TempDir(),
+		"--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+	for _, kv := range os.Environ() { // nothing configured: the credentials are made
+		if !strings.HasPrefix(kv, "OTPLESS_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.Output()
+	if err == nil {
+		t.Fatal("serve started on a port that is taken")
+	}
+	for _, want := range []string{"export OTPLESS_WEBHOOK_URL=http://" + taken.Addr().String() + "/v1/webhooks/otpless/", "export OTPLESS_EVENTS_API_KEY=oek_"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("a failed first start printed:\n%s\nwant %q", out, want)
+		}
+	}
+}

@@ -20,6 +20,7 @@ func TestAnnounceWebhookURL(t *testing.T) {
 		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
 		{&net.TCPAddr{IP: net.IPv6zero, Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
 		{&net.TCPAddr{IP: net.IPv4zero, Port: 18080}, "http://127.0.0.1:18080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
+		{&net.TCPAddr{Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"}, // ":8080", resolved
 		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 8080}, "http://192.0.2.7:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
 	} {
 		var out bytes.Buffer

@@ -182,7 +182,7 @@ func announce(w io.Writer, gen generated, scheme string, addr net.Addr) {
 	fmt.Fprintln(w, "First start: generated credentials. Shown this once; copy them now.")
 	if gen.webhookKey != "" {
 		host, note := addr.String(), "give this URL to OTPLESS"
-		if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsUnspecified() { // Go listens on both families there
+		if ta, ok := addr.(*net.TCPAddr); ok && (ta.IP == nil || ta.IP.IsUnspecified()) { // Go listens on both families there
 			host = net.JoinHostPort("127.0.0.1", strconv.Itoa(ta.Port))
 			note = "for OTPLESS, this host's public name in place of 127.0.0.1"
 		}

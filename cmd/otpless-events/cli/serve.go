@@ -3,6 +3,7 @@ package cli
 import (
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 
@@ -38,13 +39,18 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			cfg.Security = sec
-			srv, err := server.New(cmd.Context(), cfg)
-			if err != nil {
-				return err
-			}
 			scheme := "http"
 			if cfg.Security.TLSCertFile != "" {
 				scheme = "https"
+			}
+			srv, err := server.New(cmd.Context(), cfg)
+			if err != nil {
+				// The credentials are kept already, the admin key as a
+				// hash only: shown now, or never.
+				if addr, rerr := net.ResolveTCPAddr("tcp", cfg.HTTPAddr); rerr == nil {
+					announce(stdout, gen, scheme, addr)
+				}
+				return err
 			}
 			announce(stdout, gen, scheme, srv.HTTPAddr())
 			return srv.Run(cmd.Context())
