@@ -384,7 +384,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 		}
 		path = filepath.Join(cfg.DataDir, "otpless-events.db")
 	}
-	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log))
+	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}

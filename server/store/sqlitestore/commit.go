@@ -51,6 +51,9 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if len(batch) == 0 {
 		return nil, nil, nil
 	}
+	if err := s.checkFile(); err != nil {
+		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
+	}
 	if err := s.lockWriter(ctx); err != nil {
 		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
 	}

@@ -44,6 +44,7 @@ type options struct {
 	readers       int
 	busyTimeout   time.Duration
 	cacheRequests int
+	processLock   bool
 }
 
 // WithLogger sets the logger (default: discard).
@@ -62,6 +63,14 @@ func WithBusyTimeout(d time.Duration) Option {
 	return func(o *options) { o.busyTimeout = d }
 }
 
+// WithProcessLock makes Open take a lock on the file PATH.lock, held until
+// Close, and fail when another process (or Store) holds it: a server keeps
+// the event cache and its watchers in its own memory, so a second server
+// on the same file would neither see nor announce the other's commits.
+func WithProcessLock() Option {
+	return func(o *options) { o.processLock = true }
+}
+
 // WithEventCache sets how many requests the event cache keeps (default
 // 16384; 0 turns it off). Commit folds a cached request from its entry
 // rather than reading all its events back from the file; an entry costs
@@ -74,8 +83,10 @@ func WithEventCache(requests int) Option {
 // Store is a store.Store in one SQLite file. It is safe for concurrent use.
 type Store struct {
 	path   string
-	w      *sql.DB // the one writer connection
-	r      *sql.DB // read-only pool
+	file   os.FileInfo // the file opened, to notice it removed or replaced
+	lock   *os.File    // with WithProcessLock
+	w      *sql.DB     // the one writer connection
+	r      *sql.DB     // read-only pool
 	closed atomic.Bool
 	stmts  []*sql.Stmt
 
@@ -124,6 +135,15 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		f.Close()
 	}
 	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests)}
+	if o.processLock {
+		if s.lock, err = lockFile(abs + ".lock"); err != nil {
+			return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
+		}
+	}
+	if s.file, err = os.Stat(abs); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
+	}
 	if err := s.open(ctx, o, log); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
@@ -337,15 +357,31 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	return events, store.CursorAfter(events[len(events)-1]).Token(), nil
 }
 
-// Ping implements store.Store: it reads from the file.
+// Ping implements store.Store: the file must still be the one opened, and
+// readable. (A full disk, or a write lock held by another process, fails
+// writes only: those show in Commit.)
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
 		return fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 	}
+	if err := s.checkFile(); err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", op, err)
+	}
 	var v int
 	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
 		return s.fail(ctx, op, err)
+	}
+	return nil
+}
+
+// checkFile reports ErrUnavailable when the file at the store's path is no
+// longer the one it opened (removed, or replaced): what it would write then
+// would be lost.
+func (s *Store) checkFile() error {
+	fi, err := os.Stat(s.path)
+	if err != nil || !os.SameFile(fi, s.file) {
+		return fmt.Errorf("%w: the database file %s was removed or replaced since it was opened; restart to open it again", store.ErrUnavailable, s.path)
 	}
 	return nil
 }
@@ -371,6 +407,9 @@ func (s *Store) closeAll() error {
 	}
 	if s.w != nil {
 		errs = append(errs, s.w.Close())
+	}
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
 	}
 	return errors.Join(errs...)
 }

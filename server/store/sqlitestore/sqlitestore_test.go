@@ -278,3 +278,54 @@ func TestNewDatabaseIsPrivate(t *testing.T) {
 		}
 	}
 }
+
+// TestFileRemovedOrReplaced: a database file removed or replaced while
+// open is noticed: what the store would write then would reach no one.
+func TestFileRemovedOrReplaced(t *testing.T) {
+	t.Parallel()
+	for _, replace := range []bool{false, true} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "events.db")
+		s := open(t, path)
+		defer s.Close()
+		if err := os.Rename(path, filepath.Join(dir, "moved.db")); err != nil {
+			t.Fatal(err)
+		}
+		if replace {
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Ping(t.Context()); !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("replaced %v: Ping %v, want ErrUnavailable", replace, err)
+		}
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("replaced %v: Commit %v, want ErrUnavailable", replace, err)
+		}
+	}
+}
+
+// TestProcessLock: with WithProcessLock, a second Store on the file (a
+// second server process) is refused until the first closes.
+func TestProcessLock(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	first, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock()); err == nil || !strings.Contains(err.Error(), "another process") {
+		if second != nil {
+			second.Close()
+		}
+		t.Fatalf("a second Open with the lock: %v, want it refused", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+	if err != nil {
+		t.Fatalf("Open once the first closed: %v", err)
+	}
+	second.Close()
+}
