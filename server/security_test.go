@@ -164,6 +164,10 @@ func TestAPIKeysAndScopes(t *testing.T) {
 		}
 	}
 
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, testReaderKey, nil); r.code != http.StatusOK || r.header.Get("Cache-Control") != "no-store" {
+		t.Errorf("GET a request: %d, Cache-Control %q; want 200, not to be stored by caches", r.code, r.header.Get("Cache-Control"))
+	}
+
 	reader := ts.client(t, testReaderKey)
 	got, err := reader.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
 	if err != nil {

@@ -88,7 +88,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
-	return validURL(limitAPIBodies(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts)))), nil
+	return validURL(apiRequests(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts)))), nil
 }
 
 // MaxAPIBodyBytes bounds the body of a request to the API (not a webhook):
@@ -97,11 +97,15 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 // amount. The API's bodies are a few hundred bytes.
 const MaxAPIBodyBytes = 64 << 10
 
-// limitAPIBodies answers 413 to an API request whose announced body is over
+// apiRequests answers 413 to an API request whose announced body is over
 // MaxAPIBodyBytes, and cuts a body of unannounced length there (the
-// decoding error is then a 400). Webhooks have their own bound.
-func limitAPIBodies(next http.Handler) http.Handler {
+// decoding error is then a 400); webhooks have their own bound. Answers
+// about requests, which may hold personal data, are not to be cached.
+func apiRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/requests/") {
+			w.Header().Set("Cache-Control", "no-store")
+		}
 		if r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") && r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > MaxAPIBodyBytes {
 				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge,
