@@ -13,8 +13,7 @@ type ChangeReader interface {
 	// snapshot and the events added after that revision (RawBody not set),
 	// in the order they were committed, each with its revision in
 	// EventRevisions. Both are read at one point in time, so the events are
-	// exactly those between the two revisions. Requests
-	// unknown or not newer are left out; the order of the Changes is
-	// unspecified.
+	// exactly those between the two revisions. Requests unknown or not newer
+	// are left out; the order of the Changes is unspecified.
 	ChangesSince(ctx context.Context, since map[string]int64) ([]Change, error)
 }
