@@ -404,9 +404,15 @@ func TestSendErrorHidesWebhookKey(t *testing.T) {
 	if err := os.WriteFile(body, []byte(`{"eventType":"DLR","data":{"requestId":"r","status":"SENT"}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("OTPLESS_WEBHOOK_URL", "http://127.0.0.1:1/v1/webhooks/otpless/whk_SECRETKEY")
-	code, _, errOut := run(t, "send", body)
-	if code == 0 || strings.Contains(errOut, "SECRETKEY") || !strings.Contains(errOut, "{key}") {
-		t.Fatalf("send to an unreachable server: exit %d, stderr %q; want an error without the key", code, errOut)
+	for _, url := range []string{
+		"http://127.0.0.1:1/v1/webhooks/otpless/whk_SECRETKEY",  // unreachable
+		" http://127.0.0.1:1/v1/webhooks/otpless/whk_SECRETKEY", // does not parse
+		"http://127.0.0.1:1/v1/webhooks/otpless/whk_SECRETKEY%zz",
+	} {
+		t.Setenv("OTPLESS_WEBHOOK_URL", url)
+		code, _, errOut := run(t, "send", body)
+		if code == 0 || strings.Contains(errOut, "SECRETKEY") || !strings.Contains(errOut, "{key}") {
+			t.Errorf("send to %q: exit %d, stderr %q; want an error without the key", url, code, errOut)
+		}
 	}
 }

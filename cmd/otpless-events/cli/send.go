@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -96,14 +95,14 @@ func readBodies(path string) ([]body, error) {
 		return []body{{where: name, data: bytes.TrimSpace(b)}}, nil
 	case ".jsonl":
 		var out []body
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-		for n := 1; sc.Scan(); n++ {
-			if line := bytes.TrimSpace(sc.Bytes()); len(line) > 0 {
-				out = append(out, body{where: fmt.Sprintf("%s:%d", name, n), data: bytes.Clone(line)})
+		n := 0
+		for line := range bytes.Lines(b) {
+			n++
+			if line = bytes.TrimSpace(line); len(line) > 0 {
+				out = append(out, body{where: fmt.Sprintf("%s:%d", name, n), data: line})
 			}
 		}
-		return out, sc.Err()
+		return out, nil
 	}
 	return nil, fmt.Errorf("%s: want a .json file (one body) or a .jsonl file (one body per line)", path)
 }
@@ -115,8 +114,8 @@ func sendFile(cmd *cobra.Command, hc *http.Client, url, path string, stdout io.W
 	}
 	for _, b := range bodies {
 		req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, url, bytes.NewReader(b.data))
-		if err != nil {
-			return fmt.Errorf("webhook URL: %w", err)
+		if err != nil { // a *url.Error: its text would show the webhook key
+			return fmt.Errorf("webhook URL %s: %w", redactURL(url), errors.Unwrap(err))
 		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := hc.Do(req)
