@@ -226,6 +226,29 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("happy-path")
 	})
 
+	t.Run("long values and times", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8"
+		long := strings.Repeat("0123456789abcdef", 25) // no place to break a line
+		ts.Ingest(t, []byte(`{"status":"FAILED","data":{"referenceId":"`+id+`","timestamp":1707743479000,"channel":"WHATSAPP","errorCode":"003","errorMessage":"`+long+`"}}`))
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitRevision(1)
+		wide, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
+		if err != nil || wide {
+			t.Errorf("a long error message makes the page wider than the window (%v)", err)
+		}
+		for expr, want := range map[string]string{
+			`since('2025-01-01T00:00:02.100Z', '2025-01-01T00:00:00Z')`: "+2.1 s",
+			`since('2025-01-01T00:00:59.960Z', '2025-01-01T00:00:00Z')`: "+1 min 0 s",
+			`since('2025-01-01T00:01:59.600Z', '2025-01-01T00:00:00Z')`: "+2 min 0 s",
+			`since('2025-01-01T00:03:04.200Z', '2025-01-01T00:00:00Z')`: "+3 min 4 s",
+		} {
+			if got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[string](expr)); err != nil || got != want {
+				t.Errorf("%s = %q, %v; want %q", expr, got, err, want)
+			}
+		}
+	})
+
 	t.Run("server restart", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
@@ -297,6 +320,29 @@ func TestStatusPageInBrowser(t *testing.T) {
 		page.waitFor("the final snapshot", `document.body.dataset.connection === "finished"`)
 		if v := page.view(); v.Status != "REQUEST_STATUS_SUCCESS" || v.Steps["SMS/DELIVERED"] != "reached" {
 			t.Errorf("page with a watch token shows %s, steps %v", v.Status, v.Steps)
+		}
+		// Another id, from the form: the token is not for it, so the server
+		// refuses, and nothing of the first request stays on the page.
+		if _, err := chromedp.Run(page.bounded(10*time.Second), chromedp.Evaluate[bool](
+			`document.getElementById('request-id').value = 'not-this-token'; document.getElementById('watch-form').requestSubmit(); true`)); err != nil {
+			t.Fatal(err)
+		}
+		page.waitFor("the refusal of the other id", `document.body.dataset.connection === "closed" && document.getElementById('summary-id').textContent === "not-this-token"`)
+		const shownNow = `({badge: document.getElementById('status-badge').textContent, outcome: document.getElementById('outcome').textContent,
+			events: document.getElementById('fact-events').textContent, method: document.getElementById('fact-method').textContent,
+			channels: document.querySelectorAll('#channels article').length, noChannels: !document.getElementById('no-channels').hidden,
+			fallbacks: !document.getElementById('fallbacks-section').hidden, failures: !document.getElementById('failures-section').hidden})`
+		type shown struct {
+			Badge, Outcome, Events, Method  string
+			Channels                        int
+			NoChannels, Fallbacks, Failures bool
+		}
+		now, err := chromedp.Run(page.bounded(10*time.Second), chromedp.Evaluate[shown](shownNow))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (shown{Events: "0", Method: "–", NoChannels: true}); now != want {
+			t.Errorf("after switching to a refused id: %+v, want %+v", now, want)
 		}
 		// A bad token: the page stops and says why.
 		refused := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id+"&access_token=forged")

@@ -65,7 +65,9 @@ function since(ts, start) {
   if (!ts || !start) return '';
   const ms = new Date(ts) - new Date(start);
   if (ms < 0) return '';
-  return ms < 60000 ? `+${(ms / 1000).toFixed(1)} s` : `+${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+  if (ms < 59950) return `+${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  return `+${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
 function time(ts, start) {
@@ -120,13 +122,23 @@ function showStreamError(text) {
   p.textContent = text || '';
 }
 
+// reset empties every part of the page that showed the previous request.
 function reset(id) {
   window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
   $('main').hidden = false;
   $('summary-id').textContent = id;
+  $('status-badge').textContent = '';
+  $('status-badge').className = 'badge';
+  $('outcome').textContent = '';
+  $('outcome').className = 'outcome';
+  for (const f of ['method', 'channel', 'revision']) $(`fact-${f}`).textContent = '–';
+  $('fact-events').textContent = '0';
   $('channels').replaceChildren();
-  $('fallbacks').replaceChildren();
-  $('failures').replaceChildren();
+  $('no-channels').hidden = false;
+  for (const name of ['fallbacks', 'failures']) {
+    $(name).replaceChildren();
+    $(`${name}-section`).hidden = true;
+  }
   $('activity').replaceChildren();
   showStreamError('');
   document.body.dataset.status = '';
