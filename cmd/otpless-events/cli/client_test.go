@@ -416,3 +416,24 @@ func TestSendErrorHidesWebhookKey(t *testing.T) {
 		}
 	}
 }
+
+// A request that has not begun, watched across reconnects (here, streams
+// ended by the server's maximum duration): its empty snapshot is printed
+// once, and the first change after it.
+func TestWatchPrintsTheEmptySnapshotOnce(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, func(c *server.Config) { c.MaxWatchDuration = 200 * time.Millisecond })
+	w := start(t, "watch", "--grpc-addr", ts.GRPCAddr, tryID)
+	if l := parseWatch(t, next(t, w.stdout)); l.rev != 0 {
+		t.Fatalf("first line at revision %d, want the empty snapshot", l.rev)
+	}
+	for asked := 0; asked < 2; {
+		if strings.HasPrefix(next(t, w.stderr), "the server asked to reconnect") {
+			asked++
+		}
+	}
+	ts.Ingest(t, scenarioBodies(t)[0])
+	if l := parseWatch(t, next(t, w.stdout)); l.rev != 1 {
+		t.Fatalf("after two reconnects watch printed revision %d, want 1 (the empty snapshot once only)", l.rev)
+	}
+}

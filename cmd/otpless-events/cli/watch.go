@@ -76,9 +76,9 @@ type watcher struct {
 
 	after    int64                  // the last revision received
 	status   eventsv1.RequestStatus // the last status printed
-	last     *eventsv1.AuthRequest
-	received bool // the current stream has delivered a message
-	changed  bool // ... a SNAPSHOT or UPDATE
+	last     *eventsv1.AuthRequest  // the last snapshot printed
+	received bool                   // the current stream has delivered a message
+	changed  bool                   // ... a SNAPSHOT or UPDATE
 }
 
 // errReconnect asks run to open the stream again; errStopped says the
@@ -158,9 +158,15 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			fmt.Fprintf(w.stderr, "reconnected; resuming after revision %d\n", w.after)
 		}
 		w.received = true
+		// A stream resumed at revision 0 starts with the snapshot at 0 again:
+		// printed once is enough.
+		repeat := msg.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT && w.last != nil && msg.GetRevision() == w.after
 		w.after = msg.GetRevision() // lower only when the server starts over (its store lost what we saw)
 		switch msg.GetType() {
 		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
+			if repeat {
+				continue
+			}
 			w.changed = true
 			w.status, w.last = msg.GetRequest().GetStatus(), msg.GetRequest()
 			if err := w.print(msg); err != nil {
