@@ -47,7 +47,8 @@ type WebhookConfig struct {
 	AllowedNets []netip.Prefix
 	// TrustedProxies are the only peers whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
-	// RatePerSecond and Burst limit webhooks per client address; 0 disables.
+	// RatePerSecond and Burst limit webhooks per client address, and apart
+	// from them failed credentials per client address; 0 disables.
 	RatePerSecond float64
 	Burst         int
 }
@@ -61,8 +62,11 @@ func (c *WebhookConfig) Configured() bool {
 type WebhookGuard struct {
 	cfg     WebhookConfig
 	signing [][]byte
-	limiter *addrLimiter
-	now     func() time.Time
+	// limiter budgets authenticated webhooks, failures failed credentials:
+	// senders without credentials cannot fill the first one's table (which,
+	// full, refuses new addresses), and cannot guess without limit.
+	limiter, failures *addrLimiter
+	now               func() time.Time
 }
 
 // NewWebhookGuard validates cfg and returns its guard.
@@ -89,6 +93,7 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	if cfg.RatePerSecond > 0 {
 		burst := max(cfg.Burst, 1)
 		g.limiter = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}
+		g.failures = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}
 	}
 	return g, nil
 }
@@ -145,13 +150,23 @@ func (g *WebhookGuard) CheckAddr(addr netip.Addr) error {
 	return nil
 }
 
-// Allow takes one webhook from addr's rate budget. When none is left it
-// returns false and how long to wait.
+// Allow takes one webhook from addr's rate budget, for a webhook whose
+// credentials held. When none is left it returns false and how long to
+// wait.
 func (g *WebhookGuard) Allow(addr netip.Addr) (bool, time.Duration) {
 	if g.limiter == nil {
 		return true, 0
 	}
 	return g.limiter.allow(addr, g.now())
+}
+
+// AllowFailure is Allow for a webhook whose credentials failed, from a
+// budget of its own.
+func (g *WebhookGuard) AllowFailure(addr netip.Addr) (bool, time.Duration) {
+	if g.failures == nil {
+		return true, 0
+	}
+	return g.failures.allow(addr, g.now())
 }
 
 // CheckCredentials authenticates a webhook before its body is read: the key

@@ -368,17 +368,22 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		h.reject(w, r, out, http.StatusForbidden, codes.PermissionDenied, err)
 		return false
 	}
-	// Credentials first: a sender without them takes no place in the rate
-	// limiter's table of addresses, which, full, would refuse new ones.
+	// Credentials first, then the rate budget of their outcome: a sender
+	// without them takes no place among those with them.
 	key, hasKey := params["key"]
-	if err := h.guard.CheckCredentials(r, key, hasKey); err != nil {
-		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
-		h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, err)
-		return false
+	credErr := h.guard.CheckCredentials(r, key, hasKey)
+	allow := h.guard.Allow
+	if credErr != nil {
+		allow = h.guard.AllowFailure
 	}
-	if ok, wait := h.guard.Allow(addr); !ok {
+	if ok, wait := allow(addr); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		h.reject(w, r, out, http.StatusTooManyRequests, codes.ResourceExhausted, errors.New("too many webhooks from this address, retry later"))
+		return false
+	}
+	if credErr != nil {
+		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
+		h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, credErr)
 		return false
 	}
 	return true
