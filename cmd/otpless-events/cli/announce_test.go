@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"net"
 	"strings"
 	"testing"
 )
@@ -14,14 +13,15 @@ func TestAnnounceWebhookURL(t *testing.T) {
 	t.Parallel()
 	gen := generated{webhookKey: "whk_k", apiKey: "oek_k"}
 	for _, tc := range []struct {
-		addr      *net.TCPAddr
+		addr      string
 		url, note string
 	}{
-		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
-		{&net.TCPAddr{IP: net.IPv6zero, Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
-		{&net.TCPAddr{IP: net.IPv4zero, Port: 18080}, "http://127.0.0.1:18080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
-		{&net.TCPAddr{Port: 8080}, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"}, // ":8080", resolved
-		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 8080}, "http://192.0.2.7:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
+		{"127.0.0.1:8080", "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
+		{"[::]:8080", "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
+		{"0.0.0.0:18080", "http://127.0.0.1:18080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
+		{":8080", "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
+		{"192.0.2.7:8080", "http://192.0.2.7:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
+		{"nosuchhost.invalid:8080", "http://nosuchhost.invalid:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"}, // as configured, when serve cannot start
 	} {
 		var out bytes.Buffer
 		announce(&out, gen, "http", tc.addr)

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -172,21 +171,23 @@ func loadOrCreateAdminKey(dataDir string) ([]auth.APIKey, string, error) {
 }
 
 // announce prints credentials made on this start; they are not shown again.
-// The webhook URL is for the HTTP listener at addr: on all interfaces
-// (":8080"), it names the loopback address, for this machine's shell, and
-// says to name the host instead for OTPLESS.
-func announce(w io.Writer, gen generated, scheme string, addr net.Addr) {
+// The webhook URL is for the HTTP listener at addr (host:port): on all
+// interfaces (":8080"), it names the loopback address, for this machine's
+// shell, and says to name the host instead for OTPLESS.
+func announce(w io.Writer, gen generated, scheme, addr string) {
 	if gen == (generated{}) {
 		return
 	}
 	fmt.Fprintln(w, "First start: generated credentials. Shown this once; copy them now.")
 	if gen.webhookKey != "" {
-		host, note := addr.String(), "give this URL to OTPLESS"
-		if ta, ok := addr.(*net.TCPAddr); ok && (ta.IP == nil || ta.IP.IsUnspecified()) { // Go listens on both families there
-			host = net.JoinHostPort("127.0.0.1", strconv.Itoa(ta.Port))
-			note = "for OTPLESS, this host's public name in place of 127.0.0.1"
+		note := "give this URL to OTPLESS"
+		if host, port, err := net.SplitHostPort(addr); err == nil {
+			if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() { // Go listens on both families there
+				addr = net.JoinHostPort("127.0.0.1", port)
+				note = "for OTPLESS, this host's public name in place of 127.0.0.1"
+			}
 		}
-		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s://%s/v1/webhooks/otpless/%s   # %s\n", scheme, host, gen.webhookKey, note)
+		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s://%s/v1/webhooks/otpless/%s   # %s\n", scheme, addr, gen.webhookKey, note)
 	}
 	if gen.apiKey != "" {
 		fmt.Fprintf(w, "  export OTPLESS_EVENTS_API_KEY=%s   # admin API key; only its hash is kept\n", gen.apiKey)

@@ -3,7 +3,6 @@ package cli
 import (
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"runtime"
 
@@ -47,12 +46,10 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				// The credentials are kept already, the admin key as a
 				// hash only: shown now, or never.
-				if addr, rerr := net.ResolveTCPAddr("tcp", cfg.HTTPAddr); rerr == nil {
-					announce(stdout, gen, scheme, addr)
-				}
+				announce(stdout, gen, scheme, cfg.HTTPAddr)
 				return err
 			}
-			announce(stdout, gen, scheme, srv.HTTPAddr())
+			announce(stdout, gen, scheme, srv.HTTPAddr().String())
 			return srv.Run(cmd.Context())
 		},
 	}
