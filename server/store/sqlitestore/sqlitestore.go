@@ -63,8 +63,9 @@ func WithBusyTimeout(d time.Duration) Option {
 	return func(o *options) { o.busyTimeout = d }
 }
 
-// WithProcessLock makes Open take a lock on the file PATH.lock, held until
-// Close, and fail when another process (or Store) holds it: a server keeps
+// WithProcessLock makes Open take a lock on the database file (flock(2),
+// apart from SQLite's own locks), held until Close, and fail when another
+// process (or Store) holds it, by whatever path or link: a server keeps
 // the event cache and its watchers in its own memory, so a second server
 // on the same file would neither see nor announce the other's commits.
 func WithProcessLock() Option {
@@ -82,11 +83,14 @@ func WithEventCache(requests int) Option {
 
 // Store is a store.Store in one SQLite file. It is safe for concurrent use.
 type Store struct {
-	path   string
-	file   os.FileInfo // the file opened, to notice it removed or replaced
-	lock   *os.File    // with WithProcessLock
-	w      *sql.DB     // the one writer connection
-	r      *sql.DB     // read-only pool
+	path string
+	file os.FileInfo // the file opened, to notice it removed or replaced
+	// lock is the file, locked, with WithProcessLock. It is closed only
+	// after SQLite's connections: closing any descriptor of a file drops
+	// every fcntl lock the process holds on it, SQLite's included.
+	lock   *os.File
+	w      *sql.DB // the one writer connection
+	r      *sql.DB // read-only pool
 	closed atomic.Bool
 	stmts  []*sql.Stmt
 
@@ -136,7 +140,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests)}
 	if o.processLock {
-		if s.lock, err = lockFile(abs + ".lock"); err != nil {
+		if s.lock, err = lockFile(abs); err != nil {
 			return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
 		}
 	}

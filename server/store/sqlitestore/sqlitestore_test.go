@@ -320,6 +320,17 @@ func TestProcessLock(t *testing.T) {
 		}
 		t.Fatalf("a second Open with the lock: %v, want it refused", err)
 	}
+	// By another path to the same file too.
+	link := filepath.Join(t.TempDir(), "link.db")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	if second, err := sqlitestore.Open(t.Context(), link, sqlitestore.WithProcessLock()); err == nil || !strings.Contains(err.Error(), "another process") {
+		if second != nil {
+			second.Close()
+		}
+		t.Fatalf("a second Open through a symlink: %v, want it refused", err)
+	}
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
