@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -275,7 +276,7 @@ func (r *runner) openLoop(ctx context.Context, start time.Time) {
 	// that no rate truncates to a shorter interval; none goes early (that
 	// would read as less latency), and a dispatcher behind schedule sends
 	// what is due at once.
-	n := int(r.cfg.Rate * r.cfg.Duration.Seconds())
+	n := dueBefore(r.cfg.Rate, r.cfg.Duration)
 	wait := time.NewTimer(0)
 	defer wait.Stop()
 dispatch:
@@ -299,6 +300,13 @@ dispatch:
 	}
 	close(jobs)
 	senders.Wait()
+}
+
+// dueBefore is how many webhooks are due before d at rate per second: k
+// such that k/rate < d (less a little, as the product of two floats can
+// land just past a whole number).
+func dueBefore(rate float64, d time.Duration) int {
+	return int(math.Ceil(rate*d.Seconds() - 1e-9))
 }
 
 // closedLoop runs Concurrency senders back to back for Duration.

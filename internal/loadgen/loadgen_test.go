@@ -104,6 +104,17 @@ func TestOpenLoopNeverSendsEarly(t *testing.T) {
 	if sent := r.sent.Load(); sent != 300 {
 		t.Errorf("sent %d, want 300 (3,000/s for 100 ms)", sent)
 	}
+	// Due before the end: at 0 s, 20 s, ..., 80 s for 0.05/s over 90 s;
+	// at 0 s only for 0.05/s over 10 s.
+	for _, tc := range []struct {
+		rate float64
+		d    time.Duration
+		want int
+	}{{0.05, 90 * time.Second, 5}, {0.05, 10 * time.Second, 1}, {0.29, 100 * time.Second, 29}, {12, time.Second, 12}} {
+		if got := dueBefore(tc.rate, tc.d); got != tc.want {
+			t.Errorf("%v/s for %v: %d due, want %d", tc.rate, tc.d, got, tc.want)
+		}
+	}
 	if least := r.ingest.Quantile(0); least < floor {
 		t.Errorf("least latency %v, under the handler's %v: a webhook left before it was due", least, floor)
 	}
