@@ -76,7 +76,10 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler))
+	// Without grpc-gateway's path-length fallback (a form POST served as a
+	// GET), which the 405s of registerNotAllowed would answer anyway.
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler),
+		runtime.WithDisablePathLengthFallback())
 	// First, so that every route registered after takes precedence.
 	if err := registerNotAllowed(mux); err != nil {
 		return nil, err

@@ -230,7 +230,7 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 	detach := h.streams != nil && r.ProtoMajor == 1 && r.ProtoMinor == 1
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
-	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("Cache-Control", "no-store") // it may hold personal data
 	hdr.Set("X-Accel-Buffering", "no")
 	if detach {
 		hdr.Set("Connection", "close") // a detached connection serves nothing after the stream

@@ -125,7 +125,7 @@ func testSSEFraming(t *testing.T, streams *gateway.Streams) {
 	}
 	for k, want := range map[string]string{
 		"Content-Type":      "text/event-stream; charset=utf-8",
-		"Cache-Control":     "no-cache",
+		"Cache-Control":     "no-store",
 		"X-Accel-Buffering": "no",
 	} {
 		if got := st.resp.Header.Get(k); got != want {
