@@ -17,10 +17,11 @@ import (
 //	request id, kind (enum number, decimal), status, channel, from_channel,
 //	to_channel, error code, event time (Unix milliseconds, decimal)
 //
-// and, for an event that names no request, whom it is about: token, phone
-// number, country code, identity, email (the legacy UNREACHABLE may come
-// without requestId, and two users' in one millisecond must not share an
-// id).
+// and, for an event that names no request, its OTPLESS token (the legacy
+// UNREACHABLE may come without requestId, and two users' in one
+// millisecond must not share an id). Not the phone number or email: a hash
+// of one can be reversed by trying them all, and the id outlives the
+// retention purge; the token is random.
 //
 // A byte-identical retry therefore gets the same id, and the receive time
 // plays no part, except that a body without a readable time has its receive
@@ -37,7 +38,7 @@ func eventID(e *eventsv1.Event, eventTime time.Time) string {
 		strconv.FormatInt(eventTime.UnixMilli(), 10),
 	}
 	if e.GetRequestId() == "" {
-		fields = append(fields, e.GetToken(), e.GetPhone().GetPhoneNumber(), e.GetPhone().GetCountryCode(), e.GetIdentity(), e.GetEmail())
+		fields = append(fields, e.GetToken())
 	}
 	buf := make([]byte, 0, 256)
 	for _, f := range fields {
