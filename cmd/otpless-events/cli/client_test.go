@@ -383,6 +383,12 @@ func TestClientsOverTLS(t *testing.T) {
 		}
 		return report.Result.Sent, report.Result.OK, report.Result.Errors
 	}
+	// TLS asked for, an http:// URL given: refused, rather than sent in clear.
+	t.Setenv("OTPLESS_WEBHOOK_URL", strings.Replace(ts.HTTPURL, "https://", "http://", 1)+ts.WebhookPath)
+	if code, _, errOut := run(t, "send", "--tls-ca-file", certFile, tryScenario); code == 0 || !strings.Contains(errOut, "https://") || strings.Contains(errOut, "testserver-webhook-key") {
+		t.Errorf("send --tls-ca-file to an http:// URL: exit %d, %q; want it refused, the key not shown", code, errOut)
+	}
+	t.Setenv("OTPLESS_WEBHOOK_URL", ts.HTTPURL+ts.WebhookPath)
 	if sent, ok, errs := bench(0, "--tls-ca-file", certFile, "--rate", "100", "--duration", "300ms"); sent != 30 || ok != 30 {
 		t.Fatalf("bench over TLS: %d sent, %d ok, errors %v", sent, ok, errs)
 	}

@@ -46,6 +46,9 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if u := os.Getenv(envWebhookURL); u != "" && !explicit {
 				url = u
 			}
+			if (client.tls || client.tlsCAFile != "") && strings.HasPrefix(url, "http://") {
+				return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(url))
+			}
 			tlsCfg, err := client.tlsConfig()
 			if err != nil {
 				return err
