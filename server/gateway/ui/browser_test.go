@@ -18,6 +18,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/testserver"
+	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
 )
 
@@ -224,6 +225,19 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 		checkOnce(t, v, len(sc.Bodies))
 		p.screenshot("happy-path")
+	})
+
+	t.Run("refused for a while", func(t *testing.T) {
+		ts := testserver.Start(t, func(c *server.Config) { c.Security.MaxWatchesPerRequest = 1 })
+		const id = "e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9"
+		first := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		first.waitFor("the first page's stream", `document.body.dataset.connection === "live"`)
+		second := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		second.waitFor("the refusal of a second stream", `document.body.dataset.connection === "reconnecting" && document.getElementById('stream-error').textContent.includes('HTTP 429')`)
+		if err := chromedp.Cancel(first.ctx); err != nil { // the first page's tab closes
+			t.Fatal(err)
+		}
+		second.waitFor("the second page's stream, on its own", `document.body.dataset.connection === "live"`)
 	})
 
 	t.Run("long values and times", func(t *testing.T) {

@@ -23,6 +23,9 @@ const RETRIABLE = {
   RETRIABLE_CASE_BY_CASE: 'retriable case by case',
 };
 
+// How long to wait before watching again after a refusal that may pass.
+const RETRY_SECONDS = 5;
+
 // gRPC codes after which reconnecting cannot help.
 const FINAL_CODES = new Set([3, 5, 7, 8, 9, 11, 12, 16]);
 
@@ -196,7 +199,12 @@ function watch(id, token) {
     }
     if (es.readyState === EventSource.CLOSED) {
       setConnection('closed', 'Closed');
-      explainRefusal(url);
+      explainRefusal(url).then((transient) => {
+        if (!transient || es !== source) return;
+        // Too many streams, a replica going away: worth another try.
+        setConnection('reconnecting', `Retrying in ${RETRY_SECONDS} s…`);
+        setTimeout(() => { if (es === source) watch(id, token); }, RETRY_SECONDS * 1000);
+      });
     } else if (document.body.dataset.connection !== 'finished') {
       setConnection('reconnecting', 'Reconnecting…');
     }
@@ -204,16 +212,19 @@ function watch(id, token) {
 }
 
 // explainRefusal shows why the server refused the stream (EventSource itself
-// cannot read the error body).
+// cannot read the error body), and reports whether the refusal may pass
+// (429, 502, 503, 504; or the stream is there again).
 async function explainRefusal(url) {
   const abort = new AbortController();
   try {
     const resp = await fetch(url, { headers: { Accept: 'text/event-stream' }, signal: abort.signal });
-    if (resp.ok) return;
+    if (resp.ok) return true;
     const body = await resp.json().catch(() => ({}));
     showStreamError(`The server refused the stream: ${body.message || resp.statusText} (HTTP ${resp.status}).`);
+    return [429, 502, 503, 504].includes(resp.status);
   } catch {
     showStreamError('The server cannot be reached.');
+    return true;
   } finally {
     abort.abort();
   }
