@@ -334,6 +334,11 @@ func TestSend(t *testing.T) {
 	if code, _, errOut = run(t, "send", other); code == 0 || !strings.Contains(errOut, ".jsonl") {
 		t.Fatalf("send of a .txt: exit %d, %q", code, errOut)
 	}
+	// A file an editor began with a byte order mark.
+	bom := write("bom.jsonl", "\uFEFF"+sent+"\n")
+	if code, out, errOut = run(t, "send", "--http-addr", ts.HTTPURL, bom); code != 0 || !strings.Contains(out, "(duplicate)") {
+		t.Fatalf("send of a file with a byte order mark: exit %d, %q, %q", code, out, errOut)
+	}
 
 	// A server that checks credentials refuses a body without its key.
 	sec := testserver.Start(t, testserver.Secure)

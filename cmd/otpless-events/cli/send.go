@@ -92,6 +92,7 @@ func readBodies(path string) ([]body, error) {
 	if err != nil {
 		return nil, err
 	}
+	b = bytes.TrimPrefix(b, []byte("\uFEFF")) // a byte order mark some editors write: not part of the JSON
 	name := filepath.Base(path)
 	switch filepath.Ext(path) {
 	case ".json":
