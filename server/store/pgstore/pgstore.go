@@ -143,7 +143,7 @@ func (s *Store) open(ctx context.Context, schema string) error {
 			return store.MapErr(ctx, err)
 		}
 		if current == nil {
-			return errors.New("the search_path names no existing schema: create it, or use WithSchema")
+			return errors.New("the search_path names no existing schema: create it (CREATE SCHEMA), or name one that exists with search_path= in the DSN")
 		}
 		schema = *current
 	}
