@@ -24,6 +24,25 @@ func (f failingIngester) Submit(context.Context, store.Webhook) (store.Result, e
 	return store.Result{}, f.err
 }
 
+// unreachableGateway serves the gateway with webhooks going to ingester and
+// RequestService behind a connection to nothing.
+func unreachableGateway(t *testing.T, ingester api.Ingester) *httptest.Server {
+	t.Helper()
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	log := slog.New(slog.DiscardHandler)
+	h, err := gateway.New(context.Background(), conn, api.NewWebhookServer(ingester, log), gateway.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 // A store that cannot take the webhook answers 503 with Retry-After, so
 // OTPLESS retries; never a 2xx, never a 500.
 func TestWebhookStoreTroubleIs503(t *testing.T) {
@@ -31,18 +50,7 @@ func TestWebhookStoreTroubleIs503(t *testing.T) {
 	for _, err := range []error{store.ErrOverloaded, store.ErrUnavailable, store.ErrClosed} {
 		t.Run(err.Error(), func(t *testing.T) {
 			t.Parallel()
-			conn, cerr := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if cerr != nil {
-				t.Fatal(cerr)
-			}
-			defer conn.Close()
-			log := slog.New(slog.DiscardHandler)
-			h, gerr := gateway.New(context.Background(), conn, api.NewWebhookServer(failingIngester{err}, log), gateway.Options{Logger: log})
-			if gerr != nil {
-				t.Fatal(gerr)
-			}
-			srv := httptest.NewServer(h)
-			defer srv.Close()
+			srv := unreachableGateway(t, failingIngester{err})
 			body := `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
 			resp, perr := http.Post(srv.URL+gateway.WebhookPath, "application/json", strings.NewReader(body))
 			if perr != nil {
@@ -69,18 +77,7 @@ func TestWebhookStoreTroubleIs503(t *testing.T) {
 // methods they serve, the more specific template first.
 func TestMethodNotAllowed(t *testing.T) {
 	t.Parallel()
-	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	log := slog.New(slog.DiscardHandler)
-	h, err := gateway.New(context.Background(), conn, api.NewWebhookServer(failingIngester{store.ErrUnavailable}, log), gateway.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
+	srv := unreachableGateway(t, failingIngester{store.ErrUnavailable})
 	for _, tc := range []struct {
 		method, path, allow string // allow "": served
 	}{

@@ -40,6 +40,21 @@ func (r *recorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// hold makes the writes from now on wait at the gate.
+func (r *recorder) hold() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gate = make(chan struct{})
+}
+
+// release lets the writes at the gate, and those to come, through.
+func (r *recorder) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.gate)
+	r.gate = nil
+}
+
 func (r *recorder) text() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -106,10 +121,7 @@ func TestLogWriterGathersLinesWhileAWriteIsUnderWay(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Write waited for the writer beneath")
 	}
-	rec.mu.Lock()
-	close(rec.gate)
-	rec.gate = nil
-	rec.mu.Unlock()
+	rec.release()
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -142,10 +154,7 @@ func TestLogWriterBacklogHoldsWritersBack(t *testing.T) {
 		t.Fatal("Write returned with the backlog full")
 	case <-time.After(100 * time.Millisecond):
 	}
-	rec.mu.Lock()
-	close(rec.gate)
-	rec.gate = nil
-	rec.mu.Unlock()
+	rec.release()
 	<-blocked
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -207,16 +216,11 @@ func TestLogWriterAfterAnOversizedLine(t *testing.T) {
 	big := strings.Repeat("b", 40) + "\n"
 	l.Write([]byte(big))
 	waitFor(t, func() bool { return rec.count() == 2 })
-	rec.mu.Lock()
-	rec.gate = make(chan struct{})
-	rec.mu.Unlock()
+	rec.hold()
 	l.Write([]byte("c\n"))
 	waitFor(t, func() bool { return rec.entered.Load() == 3 }) // the write of "c" waits at the gate
 	l.Write([]byte("d\n"))
-	rec.mu.Lock()
-	close(rec.gate)
-	rec.gate = nil
-	rec.mu.Unlock()
+	rec.release()
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

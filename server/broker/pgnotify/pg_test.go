@@ -156,15 +156,21 @@ func TestReplicasWatchEachOther(t *testing.T) {
 	}
 }
 
+// cutAndOther starts two replicas on a fresh schema: cut reaches the
+// database through proxy, which can cut it off, and other directly.
+func cutAndOther(t *testing.T) (proxy *pgtest.Proxy, cut, other *replica) {
+	t.Helper()
+	dsn, _ := pgtest.Schema(t)
+	proxy = pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	return proxy, startReplica(t, pgtest.WithAddr(t, dsn, proxy.Addr())), startReplica(t, dsn)
+}
+
 // TestReconnect: while a replica's connection to the database is cut,
 // another commits; once it is back, the replica's relay reconnects and its
 // watchers get those changes without any further commit.
 func TestReconnect(t *testing.T) {
 	t.Parallel()
-	dsn, _ := pgtest.Schema(t)
-	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
-	cut := startReplica(t, pgtest.WithAddr(t, dsn, proxy.Addr()))
-	other := startReplica(t, dsn)
+	proxy, cut, other := cutAndOther(t)
 	sub := cut.broker.Subscribe("rc")
 	defer sub.Close()
 
@@ -187,10 +193,7 @@ func TestReconnect(t *testing.T) {
 // only the events its snapshot does not count.
 func TestNewWatcherAfterReconnect(t *testing.T) {
 	t.Parallel()
-	dsn, _ := pgtest.Schema(t)
-	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
-	cut := startReplica(t, pgtest.WithAddr(t, dsn, proxy.Addr()))
-	other := startReplica(t, dsn)
+	proxy, cut, other := cutAndOther(t)
 	first := cut.broker.Subscribe("nw")
 	other.commit(t, "nw", "nw-1")
 	follow(t, first, 0, 1, 1)
