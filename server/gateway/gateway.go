@@ -94,14 +94,14 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	return validURL(apiRequests(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts)))), nil
 }
 
-// MaxAPIBodyBytes bounds the body of a request to the API (not a webhook):
+// maxAPIBodyBytes bounds the body of a request to the API (not a webhook):
 // grpc-gateway reads and decodes it whole before the gRPC server checks
 // credentials, so without a bound anyone could make the server hold any
 // amount. The API's bodies are a few hundred bytes.
-const MaxAPIBodyBytes = 64 << 10
+const maxAPIBodyBytes = 64 << 10
 
 // apiRequests answers 413 to an API request whose announced body is over
-// MaxAPIBodyBytes, and cuts a body of unannounced length there (the
+// maxAPIBodyBytes, and cuts a body of unannounced length there (the
 // decoding error is then a 400); webhooks have their own bound. Answers
 // about requests, which may hold personal data, are not to be cached.
 func apiRequests(next http.Handler) http.Handler {
@@ -110,12 +110,12 @@ func apiRequests(next http.Handler) http.Handler {
 			w.Header().Set("Cache-Control", "no-store")
 		}
 		if r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") && r.Body != nil && r.Body != http.NoBody {
-			if r.ContentLength > MaxAPIBodyBytes {
+			if r.ContentLength > maxAPIBodyBytes {
 				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge,
-					status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", MaxAPIBodyBytes)))
+					status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", maxAPIBodyBytes)))
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, MaxAPIBodyBytes)
+			r.Body = http.MaxBytesReader(w, r.Body, maxAPIBodyBytes)
 		}
 		next.ServeHTTP(w, r)
 	})
