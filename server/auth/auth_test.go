@@ -304,6 +304,28 @@ func TestWebhookSignature(t *testing.T) {
 	}
 }
 
+func TestSigningSecretStrength(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		secret string
+		ok     bool
+	}{
+		{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", true}, // 24 bytes
+		{"whsec_AAAAAAAAAAAAAAAAAAAAAA==", true},         // 16 bytes
+		{"whsec_AAAAAAAAAAAAAAAAAAAA", false},            // 15 bytes
+		{"whsec_QQ==", false},                            // 1 byte
+		{"whsec_", false},
+		{"whsec_not base64!", false},
+		{"raw-secret-of-16", true},
+		{"raw-secret-15ch", false},
+	} {
+		_, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{tt.secret}})
+		if (err == nil) != tt.ok {
+			t.Errorf("NewWebhookGuard(%q): err = %v, want ok = %v", tt.secret, err, tt.ok)
+		}
+	}
+}
+
 func TestClientAddrAndAllowList(t *testing.T) {
 	t.Parallel()
 	proxies, _ := ParsePrefixes("10.0.0.0/8, 192.168.1.1")

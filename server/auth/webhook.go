@@ -101,8 +101,13 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 func decodeSigningSecret(s string) ([]byte, error) {
 	if rest, ok := strings.CutPrefix(s, "whsec_"); ok {
 		key, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil || len(key) == 0 {
+		if err != nil {
 			return nil, errors.New("webhooks: a whsec_ signing secret is not valid base64")
+		}
+		// Standard Webhooks secrets are 24 to 64 random bytes; a short
+		// one would be guessed.
+		if len(key) < 16 {
+			return nil, errors.New("webhooks: a whsec_ signing secret holds fewer than 16 bytes")
 		}
 		return key, nil
 	}
