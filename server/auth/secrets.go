@@ -46,7 +46,14 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 		tmp.Close()
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
+	// Synced before it is linked, and the directory after: a new secret is
+	// printed once, and a crash must not leave the file empty or missing
+	// once someone has copied it.
 	if _, err := tmp.WriteString(secret + "\n"); err != nil {
+		tmp.Close()
+		return "", false, fmt.Errorf("write secret: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return "", false, fmt.Errorf("write secret: %w", err)
 	}
@@ -58,7 +65,21 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	} else if err != nil {
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
+	if err := syncDir(dir); err != nil {
+		os.Remove(path) // never shown: the next start makes another
+		return "", false, fmt.Errorf("create secret: %w", err)
+	}
 	return secret, true, nil
+}
+
+// syncDir makes the entries of dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
 }
 
 // ReadSecrets returns the secrets in an environment value and a file, one
