@@ -35,7 +35,9 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 			"sign in), so watch keeps following until SUCCESS, --timeout, or an interrupt. It exits 0\n" +
 			"on SUCCESS and 1 otherwise, saying the last status. When the server ends the stream with\n" +
 			"RECONNECT (restart, maximum watch duration), or the connection drops mid-stream, watch\n" +
-			"reconnects and resumes after the last revision it printed, waiting for the server to be back.\n\n" +
+			"reconnects and resumes after the last revision it printed, waiting for the server to be back:\n" +
+			"at once after a stream that worked (one that brought any message but RECONNECT, a heartbeat\n" +
+			"included, or lasted 5 s), else after 0.1 s, doubled on each quick failure up to 5 s.\n\n" +
 			"Needs an API key with the watch scope, or a watch token ($" + envAPIKey + " or --api-key-file),\n" +
 			"when the server checks credentials.",
 		Args: cobra.ExactArgs(1),
@@ -77,8 +79,12 @@ type watcher struct {
 	after    int64                  // the last revision received
 	status   eventsv1.RequestStatus // the last status printed
 	last     *eventsv1.AuthRequest  // the last snapshot printed
-	received bool                   // the current stream has delivered a message
-	changed  bool                   // ... a SNAPSHOT or UPDATE
+	received bool                   // the current stream has delivered a message other than RECONNECT
+
+	// now and sleep are the clock: time.Now and a timer unless a test
+	// sets them. sleep returns false when ctx ends first.
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) bool
 }
 
 // errReconnect asks run to open the stream again; errStopped says the
@@ -97,30 +103,50 @@ func stopped(ctx context.Context, err error) bool {
 
 func (w *watcher) run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
+	if w.now == nil {
+		w.now = time.Now
+	}
+	if w.sleep == nil {
+		w.sleep = sleep
+	}
 	backoff := minBackoff
 	for attempt := 0; ; attempt++ {
-		w.received, w.changed = false, false
+		w.received = false
+		began := w.now()
 		err := w.follow(ctx, attempt > 0)
 		switch {
 		case err == nil:
 			return nil // SUCCESS
-		case errors.Is(err, errReconnect) && w.changed:
-			backoff = minBackoff
-		case errors.Is(err, errReconnect):
-			// The stream brought no change before it ended, as when a
-			// server that is shutting down answers RECONNECT at once:
-			// do not hammer it.
-			select {
-			case <-ctx.Done():
-				return w.gaveUp(ctx)
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, maxBackoff)
 		case errors.Is(err, errStopped):
 			return w.gaveUp(ctx)
-		default:
+		case !errors.Is(err, errReconnect):
 			return err
+		case w.received || w.now().Sub(began) >= maxBackoff:
+			// The stream worked: it brought a message (a heartbeat will
+			// do), or it lasted as long as the longest wait, as when the
+			// server ends it after --max-watch-duration. Reconnect at once,
+			// and back off from the start if that fails.
+			backoff = minBackoff
+		default:
+			// The stream failed quickly, as when the server is down or
+			// shutting down: do not hammer it.
+			if !w.sleep(ctx, backoff) {
+				return w.gaveUp(ctx)
+			}
+			backoff = min(2*backoff, maxBackoff)
 		}
+	}
+}
+
+// sleep waits d, or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -154,6 +180,13 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		case err != nil:
 			return rpcError("watch "+w.id, err)
 		}
+		if msg.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT {
+			// Not counted as received: a server that is going away may
+			// answer nothing else, and this is no proof the stream works.
+			w.after = msg.GetRevision()
+			fmt.Fprintf(w.stderr, "the server asked to reconnect at revision %d\n", w.after)
+			return errReconnect
+		}
 		if !w.received && again {
 			fmt.Fprintf(w.stderr, "reconnected; resuming after revision %d\n", w.after)
 		}
@@ -167,7 +200,6 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			if repeat {
 				continue
 			}
-			w.changed = true
 			w.status, w.last = msg.GetRequest().GetStatus(), msg.GetRequest()
 			if err := w.print(msg); err != nil {
 				return err
@@ -175,9 +207,6 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			if w.status == eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
 				return nil
 			}
-		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT:
-			fmt.Fprintf(w.stderr, "the server asked to reconnect at revision %d\n", w.after)
-			return errReconnect
 		}
 	}
 }

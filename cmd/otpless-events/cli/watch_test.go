@@ -1,0 +1,182 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// step is one Recv of a scripted stream: the fake clock moves on by after,
+// then Recv returns msg or err.
+type step struct {
+	after time.Duration
+	msg   *eventsv1.WatchRequestResponse
+	err   error
+}
+
+// scriptedClient opens one scripted stream per WatchRequest, in order.
+type scriptedClient struct {
+	eventsv1.RequestServiceClient // only WatchRequest is called
+	clock                         *time.Time
+	streams                       [][]step
+}
+
+func (c *scriptedClient) WatchRequest(context.Context, *eventsv1.WatchRequestRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], error) {
+	if len(c.streams) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "the script has no more streams")
+	}
+	s := &scriptedStream{clock: c.clock, steps: c.streams[0]}
+	c.streams = c.streams[1:]
+	return s, nil
+}
+
+type scriptedStream struct {
+	grpc.ClientStream // not called
+	clock             *time.Time
+	steps             []step
+}
+
+func (s *scriptedStream) Recv() (*eventsv1.WatchRequestResponse, error) {
+	if len(s.steps) == 0 {
+		return nil, io.EOF
+	}
+	st := s.steps[0]
+	s.steps = s.steps[1:]
+	*s.clock = s.clock.Add(st.after)
+	return st.msg, st.err
+}
+
+func watchMsg(typ eventsv1.WatchMessageType, rev int64, st eventsv1.RequestStatus) step {
+	m := &eventsv1.WatchRequestResponse{Type: typ, Revision: rev}
+	if typ == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT || typ == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
+		m.Request = &eventsv1.AuthRequest{RequestId: "r", Revision: rev, Status: st}
+	}
+	return step{msg: m}
+}
+
+var (
+	inProgress = eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS
+	succeeded  = eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
+
+	snapshotAt = func(rev int64) step {
+		return watchMsg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, rev, inProgress)
+	}
+	heartbeatAt = func(rev int64) step {
+		return watchMsg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT, rev, 0)
+	}
+	reconnectAt = func(rev int64) step {
+		return watchMsg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT, rev, 0)
+	}
+	successAt = func(rev int64) step {
+		return watchMsg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, rev, succeeded)
+	}
+	lost = step{err: status.Error(codes.Unavailable, "connection reset")}
+)
+
+// later is s after d on the fake clock.
+func later(d time.Duration, s step) step {
+	s.after = d
+	return s
+}
+
+// repeat is n copies of stream.
+func repeat(n int, stream []step) [][]step {
+	out := make([][]step, n)
+	for i := range out {
+		out[i] = stream
+	}
+	return out
+}
+
+// The reconnect backoff grows only while streams fail quickly: a stream
+// that brought any message but RECONNECT (a heartbeat will do), or that
+// stayed up for the longest backoff, shows the connection works, and the
+// next failure starts from the shortest backoff again.
+func TestWatchBackoff(t *testing.T) {
+	t.Parallel()
+	const ms = time.Millisecond
+	tests := []struct {
+		name    string
+		streams [][]step
+		sleeps  []time.Duration // the waits before reconnecting, in order
+	}{
+		{
+			name: "streams ended by the maximum watch duration",
+			streams: slices.Concat(
+				[][]step{{snapshotAt(2), later(time.Hour, reconnectAt(2))}},
+				repeat(4, []step{heartbeatAt(2), later(time.Hour, reconnectAt(2))}),
+				[][]step{{heartbeatAt(2), successAt(3)}},
+			),
+		},
+		{
+			name: "short streams of a request not begun, each with its snapshot at 0",
+			streams: slices.Concat(
+				[][]step{{snapshotAt(0), reconnectAt(0)}},
+				repeat(4, []step{snapshotAt(0), reconnectAt(0)}),
+				[][]step{{snapshotAt(0), successAt(1)}},
+			),
+		},
+		{
+			name: "quick failures, then a heartbeat",
+			streams: slices.Concat(
+				[][]step{{snapshotAt(1), lost}},
+				repeat(8, []step{lost}),
+				[][]step{{heartbeatAt(1), lost}, {lost}, {heartbeatAt(1), successAt(2)}},
+			),
+			sleeps: []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, 1600 * ms, 3200 * ms, 5000 * ms, 5000 * ms, 100 * ms},
+		},
+		{
+			name: "a stream up for a minute without a message",
+			streams: [][]step{
+				{snapshotAt(1), lost}, {lost}, {lost},
+				{later(time.Minute, lost)}, {lost},
+				{heartbeatAt(1), successAt(2)},
+			},
+			sleeps: []time.Duration{100 * ms, 200 * ms, 100 * ms},
+		},
+		{
+			// As a server that is shutting down might: RECONNECT alone
+			// proves nothing.
+			name: "RECONNECT at once",
+			streams: [][]step{
+				{snapshotAt(1), reconnectAt(1)}, {reconnectAt(1)}, {reconnectAt(1)},
+				{heartbeatAt(1), successAt(2)},
+			},
+			sleeps: []time.Duration{100 * ms, 200 * ms},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			clock := time.Date(2025, 11, 26, 10, 31, 0, 0, time.UTC)
+			client := &scriptedClient{clock: &clock, streams: tt.streams}
+			var slept []time.Duration
+			w := &watcher{
+				client: client, id: "r", stdout: io.Discard, stderr: io.Discard,
+				now: func() time.Time { return clock },
+				sleep: func(_ context.Context, d time.Duration) bool {
+					slept = append(slept, d)
+					clock = clock.Add(d)
+					return true
+				},
+			}
+			if err := w.run(t.Context()); err != nil {
+				t.Fatalf("watch: %v", err)
+			}
+			if len(client.streams) != 0 {
+				t.Errorf("watch ended with %d streams of the script left", len(client.streams))
+			}
+			if !slices.Equal(slept, tt.sleeps) {
+				t.Errorf("watch waited %v before reconnecting, want %v", slept, tt.sleeps)
+			}
+		})
+	}
+}
