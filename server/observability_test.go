@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -274,6 +275,32 @@ func TestMetrics(t *testing.T) {
 	cancel() // the watcher leaves
 	if !eventually(func() bool { return s.scrape(t)[`otpless_events_watch_streams{transport="grpc"}`] == 0 }) {
 		t.Fatal("watch_streams{grpc} stayed up after the stream ended")
+	}
+}
+
+// A sender that closes its connection halfway through a body gave up: the
+// webhook counts as canceled, not as an invalid body.
+func TestAbandonedBodyIsCanceled(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.httpURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := dlrBody("m-gone", "SENT", 1764153000400)
+	fmt.Fprintf(conn, "POST /v1/webhooks/otpless HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		len(body), body[:len(body)/2])
+	conn.Close()
+	canceled := `otpless_events_webhooks_rejected_total{reason="canceled"}`
+	if !eventually(func() bool { return s.scrape(t)[canceled] == 1 }) {
+		t.Fatalf("%s never reached 1", canceled)
+	}
+	series := s.scrape(t)
+	if got := series[`otpless_events_webhooks_rejected_total{reason="invalid_body"}`]; got != 0 {
+		t.Errorf("rejected as invalid_body: %v, want 0", got)
+	}
+	if got := series[`otpless_events_http_requests_total{code="408",route="webhook"}`]; got != 1 {
+		t.Errorf("408 answers on the webhook route: %v, want 1", got)
 	}
 }
 

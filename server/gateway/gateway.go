@@ -18,11 +18,14 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -313,6 +316,12 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 				status.New(codes.InvalidArgument, fmt.Sprintf("webhook body is larger than %d bytes", h.maxBody)))
 			return
 		}
+		if senderGone(err) {
+			// Nobody may read this answer; 408 tells the metrics and the
+			// log that the sender stopped, not that it sent a bad body.
+			writeStatus(w, out, http.StatusRequestTimeout, status.New(codes.Canceled, "reading webhook body: "+err.Error()))
+			return
+		}
 		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.InvalidArgument, "reading webhook body: "+err.Error()))
 		return
 	}
@@ -357,6 +366,14 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 		return nil, err
 	}
 	return b, nil
+}
+
+// senderGone reports whether a body read failed because the sender
+// stopped sending (closed or reset the connection, or let the read time
+// out) rather than sent something malformed.
+func senderGone(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 // admit applies the guard before the body is read: client address (403),

@@ -263,6 +263,8 @@ func reasonForHTTP(code int) string {
 		return ReasonUnauthenticated
 	case http.StatusTooManyRequests:
 		return ReasonRateLimited
+	case http.StatusRequestTimeout:
+		return ReasonCanceled
 	case http.StatusServiceUnavailable:
 		return ReasonUnavailable
 	}
