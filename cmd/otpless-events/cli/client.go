@@ -30,6 +30,7 @@ type clientFlags struct {
 	apiKeyFile string
 	tls        bool
 	tlsCAFile  string
+	plaintext  bool
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
@@ -37,6 +38,7 @@ func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
 		f.grpcAddr = server.DefaultConfig().GRPCAddr
 		fs.StringVar(&f.grpcAddr, "grpc-addr", f.grpcAddr, "gRPC address of the server")
 		fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key or watch token to send (default: $"+envAPIKey+")")
+		fs.BoolVar(&f.plaintext, "plaintext", false, "connect without TLS even to an address that is not loopback, sending the API key in clear")
 	}
 	fs.BoolVar(&f.tls, "tls", false, "connect over TLS, trusting the system's certificate authorities")
 	fs.StringVar(&f.tlsCAFile, "tls-ca-file", "", "connect over TLS, trusting this CA certificate (PEM)")
@@ -73,11 +75,20 @@ func (f *clientFlags) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// dial connects to the gRPC API with the configured credential.
+// dial connects to the gRPC API with the configured credential. Without
+// TLS it reaches only this machine, unless --plaintext says otherwise.
 func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	tlsCfg, err := f.tlsConfig()
 	if err != nil {
 		return nil, err
+	}
+	target := dialAddr(f.grpcAddr)
+	switch {
+	case tlsCfg != nil && f.plaintext:
+		return nil, errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+	case tlsCfg == nil && !f.plaintext && !loopback(target):
+		return nil, fmt.Errorf("gRPC address %q is not loopback, and without TLS the API key would cross the network in clear: "+
+			"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to send it in clear anyway", f.grpcAddr)
 	}
 	key, err := f.apiKey()
 	if err != nil {
@@ -90,7 +101,7 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	if key != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: key, Insecure: tlsCfg == nil}))
 	}
-	conn, err := grpc.NewClient(dialAddr(f.grpcAddr), opts...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("gRPC address %q: %w", f.grpcAddr, err)
 	}
@@ -108,6 +119,27 @@ func dialAddr(addr string) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// loopback reports whether target, as dial passes it to grpc.NewClient,
+// is this machine: a loopback IP (127.0.0.0/8, ::1), localhost, or a Unix
+// socket. Names are not resolved: any other name is taken for another
+// machine.
+func loopback(target string) bool {
+	if strings.HasPrefix(target, "unix:") || strings.HasPrefix(target, "unix-abstract:") {
+		return true
+	}
+	if _, rest, ok := strings.Cut(target, "://"); ok { // dns:///host:port, passthrough:///host:port
+		target = rest[strings.LastIndex(rest, "/")+1:]
+	}
+	host := target
+	if h, _, err := net.SplitHostPort(target); err == nil {
+		host = h
+	}
+	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil {
+		return ip.IsLoopback()
+	}
+	return strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
 }
 
 // rpcError says what failed, in the server's words.

@@ -306,6 +306,26 @@ func TestWatchAndGetErrors(t *testing.T) {
 	}
 }
 
+// watch and get do not send the API key in clear to another machine: they
+// say how to connect instead, before anything goes out.
+func TestWatchAndGetRefusePlaintextToRemote(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"get", "--grpc-addr", "192.0.2.1:9090", tryID},
+		{"watch", "--grpc-addr", "192.0.2.1:9090", tryID},
+		{"watch", "--grpc-addr", "example.com:9090", "--json", tryID},
+	} {
+		code, out, errOut := run(t, args...)
+		if code == 0 || out != "" || !strings.Contains(errOut, "not loopback") || !strings.Contains(errOut, "--tls") || !strings.Contains(errOut, "--plaintext") {
+			t.Errorf("%v: exit %d, %q, stderr %q; want it refused, naming --tls and --plaintext", args, code, out, errOut)
+		}
+	}
+	code, _, errOut := run(t, "get", "--grpc-addr", "192.0.2.1:9090", "--plaintext", "--tls", tryID)
+	if code == 0 || !strings.Contains(errOut, "--plaintext and --tls") {
+		t.Errorf("get --plaintext --tls: exit %d, stderr %q; want the contradiction refused", code, errOut)
+	}
+}
+
 func TestSend(t *testing.T) {
 	t.Parallel()
 	ts := testserver.Start(t, nil)

@@ -1,0 +1,54 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+// dial connects in clear only to this machine, unless told to: the API key
+// must not cross the network unencrypted by mistake.
+func TestDialRefusesPlaintextToRemote(t *testing.T) {
+	t.Parallel()
+	local := []string{
+		"127.0.0.1:9090", "127.1.2.3:9090", "[::1]:9090", "[::ffff:127.0.0.1]:9090",
+		"localhost:9090", "LOCALHOST:9090", "localhost.:9090",
+		":9090", "0.0.0.0:9090", "[::]:9090", // a listen address: dial makes it 127.0.0.1
+		"dns:///localhost:9090", "passthrough:///127.0.0.1:9090", "unix:///run/otpless-events.sock",
+	}
+	remote := []string{
+		"192.0.2.1:9090", "10.0.0.1:9090", "[2001:db8::1]:9090", "example.com:9090",
+		"localhost.example.com:9090", "127.0.0.1.example.com:9090", "dns:///example.com:9090",
+		"dns://127.0.0.1/example.com:9090", // a local DNS server, a remote address
+	}
+	tests := []struct {
+		name     string
+		addrs    []string
+		flags    clientFlags
+		mentions string // the error; empty: dial succeeds
+	}{
+		{"loopback in clear", local, clientFlags{}, ""},
+		{"remote in clear", remote, clientFlags{}, "--plaintext"},
+		{"remote with --plaintext", remote, clientFlags{plaintext: true}, ""},
+		{"remote over TLS", remote, clientFlags{tls: true}, ""},
+		{"--plaintext and --tls", []string{"192.0.2.1:9090", "127.0.0.1:9090"}, clientFlags{tls: true, plaintext: true}, "--plaintext and --tls"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			for _, addr := range tt.addrs {
+				f := tt.flags
+				f.grpcAddr = addr
+				conn, err := f.dial() // grpc.NewClient connects on first use: nothing goes out
+				if err == nil {
+					conn.Close()
+				}
+				switch {
+				case tt.mentions == "" && err != nil:
+					t.Errorf("%s: %v", addr, err)
+				case tt.mentions != "" && (err == nil || !strings.Contains(err.Error(), tt.mentions)):
+					t.Errorf("%s: error %v, want one mentioning %s", addr, err, tt.mentions)
+				}
+			}
+		})
+	}
+}
