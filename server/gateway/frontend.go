@@ -29,6 +29,8 @@ func frontend(mux *runtime.ServeMux, next http.Handler, opts Options) http.Handl
 		heartbeat: heartbeat,
 		streams:   opts.Streams,
 		log:       log,
+
+		writeTimeout: streamWriteTimeout,
 	}
 	page := ui.Handler()
 	uiRoot := strings.TrimSuffix(ui.Path, "/")

@@ -29,6 +29,13 @@ import (
 // Events streams.
 const DefaultSSEHeartbeat = 15 * time.Second
 
+// streamWriteTimeout bounds each write of a watch stream, SSE or NDJSON:
+// a client that stops reading loses its stream, and with it its watch
+// slot, once the socket buffers are full and a write has waited this long.
+// A stream has no other write deadline, since it outlives any server
+// write timeout.
+const streamWriteTimeout = 30 * time.Second
+
 // SSERetry is the reconnection delay the event stream asks EventSource
 // clients to use.
 const SSERetry = 2 * time.Second
@@ -58,6 +65,8 @@ type watchHandler struct {
 	heartbeat time.Duration
 	streams   *Streams
 	log       *slog.Logger
+	// writeTimeout is streamWriteTimeout but in tests.
+	writeTimeout time.Duration
 }
 
 func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -73,8 +82,32 @@ func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveEvents(w, r, id)
 		return
 	}
-	h.next.ServeHTTP(w, r)
+	// Newline-delimited JSON, written by the gateway.
+	dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: h.writeTimeout}
+	defer dw.rc.SetWriteDeadline(time.Time{}) // the connection may serve another request
+	h.next.ServeHTTP(dw, r)
 }
+
+// deadlineWriter gives each write and flush through it a write deadline
+// of timeout from then.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(b []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.ResponseWriter.Write(b)
+}
+
+// Flush is http.Flusher's, which the gateway needs in order to stream.
+func (d *deadlineWriter) Flush() {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	_ = d.rc.Flush()
+}
+
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // watchRequestID returns the request id of a watch-route path.
 func watchRequestID(path string) (string, bool) {
@@ -201,6 +234,7 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 	writer <- ev
 	if ev.conn == nil {
 		<-done
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{}) // the connection may serve another request
 	}
 }
 
@@ -236,9 +270,7 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 		hdr.Set("Connection", "close") // a detached connection serves nothing after the stream
 	}
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{}) // a watch outlives any server write timeout
-	ev := &eventWriter{w: w, rc: rc, m: m, quiet: h.heartbeat * 3 / 2}
+	ev := &eventWriter{w: w, rc: http.NewResponseController(w), m: m, quiet: h.heartbeat * 3 / 2, timeout: h.writeTimeout}
 	ev.retry(SSERetry)
 	if errors.Is(ev.err, http.ErrNotSupported) {
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
@@ -255,12 +287,14 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 // heartbeat whenever nothing was written for quiet. After the first failed
 // write it writes nothing more; err says why. The heartbeat runs on a
 // timer's goroutine, so writes hold mu. A detached stream writes each
-// block as an HTTP/1.1 chunk straight to its connection, conn.
+// block as an HTTP/1.1 chunk straight to its connection, conn. Each write
+// may take timeout.
 type eventWriter struct {
-	w     io.Writer
-	rc    *http.ResponseController
-	m     runtime.Marshaler
-	quiet time.Duration
+	w       io.Writer
+	rc      *http.ResponseController
+	m       runtime.Marshaler
+	quiet   time.Duration
+	timeout time.Duration
 
 	conn    net.Conn
 	streams *Streams
@@ -347,10 +381,14 @@ func (e *eventWriter) write(b []byte) {
 		cp := blocks.Get().(*[]byte)
 		c := append(strconv.AppendInt((*cp)[:0], int64(len(b)), 16), "\r\n"...)
 		c = append(append(c, b...), "\r\n"...)
+		_ = e.conn.SetWriteDeadline(time.Now().Add(e.timeout))
 		_, e.err = e.conn.Write(c)
 		*cp = c
 		blocks.Put(cp)
 	default:
+		if e.rc != nil {
+			_ = e.rc.SetWriteDeadline(time.Now().Add(e.timeout))
+		}
 		if _, e.err = e.w.Write(b); e.err == nil && e.rc != nil {
 			e.err = e.rc.Flush()
 		}
@@ -398,6 +436,7 @@ func (e *eventWriter) close(end bool) {
 	}
 	e.mu.Lock()
 	if end && e.err == nil {
+		_ = e.conn.SetWriteDeadline(time.Now().Add(e.timeout))
 		_, e.err = e.conn.Write([]byte("0\r\n\r\n"))
 	}
 	e.mu.Unlock()
