@@ -367,6 +367,62 @@ func TestSend(t *testing.T) {
 	}
 }
 
+// send - reads standard input, as one more file: its bodies are posted as
+// they come, one per line or each over several lines. Not parallel: it
+// replaces os.Stdin.
+func TestSendStdin(t *testing.T) {
+	ts := testserver.Start(t, nil)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin := os.Stdin
+	os.Stdin = r
+	t.Cleanup(func() { os.Stdin = stdin; r.Close() })
+	file := filepath.Join(t.TempDir(), "sent.json")
+	if err := os.WriteFile(file, []byte(`{"data":{"requestId":"stdin-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s := start(t, "send", "--http-addr", ts.HTTPURL, file, "-")
+	t.Cleanup(func() { w.Close() }) // first: send may be reading
+	if l := next(t, s.stdout); l != "sent.json  stdin-req  rev 1  SENT" {
+		t.Fatalf("send printed %q, want the file's body first", l)
+	}
+	if _, err := io.WriteString(w, `{"data":{"requestId":"stdin-req","status":"DELIVERED","channel":"SMS"},"eventType":"DLR","timestamp":1764153001400}`+"\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Posted while standard input is still open.
+	if l := next(t, s.stdout); l != "stdin:1  stdin-req  rev 2  DELIVERED" {
+		t.Fatalf("send printed %q, want the first body of standard input", l)
+	}
+	if _, err := io.WriteString(w, "{\n  \"data\": {\"requestId\": \"stdin-req\", \"status\": \"READ\", \"channel\": \"SMS\"},\n  \"eventType\": \"DLR\",\n  \"timestamp\": 1764153002400\n}\n"); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	rest, code := s.rest(t)
+	if code != 0 || !slices.Equal(rest, []string{"stdin:3  stdin-req  rev 3  READ"}) {
+		t.Fatalf("send: exit %d, then printed %q; want the pretty-printed body from line 3", code, rest)
+	}
+
+	// What is not JSON stops send, naming its line.
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Stdin = r2
+	t.Cleanup(func() { r2.Close() })
+	io.WriteString(w2, `{"data":{"requestId":"stdin-req","status":"READ","channel":"SMS"},"eventType":"DLR","timestamp":1764153002400}`+"\nnot JSON\n")
+	w2.Close()
+	code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, "-")
+	if code == 0 || out != "stdin:1  stdin-req  rev 3  READ  (duplicate)\n" || !strings.Contains(errOut, "stdin:2: not JSON") {
+		t.Fatalf("send of a stream with a line that is not JSON: exit %d, %q, %q", code, out, errOut)
+	}
+	if code, _, errOut = run(t, "send", "--http-addr", ts.HTTPURL, "-", file, "-"); code == 0 || !strings.Contains(errOut, "more than once") {
+		t.Fatalf("send - twice: exit %d, %q", code, errOut)
+	}
+}
+
 func scenarioBodies(t *testing.T) [][]byte {
 	t.Helper()
 	b, err := os.ReadFile(tryScenario)

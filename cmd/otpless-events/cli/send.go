@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,13 +34,18 @@ func newSend(stdout io.Writer) *cobra.Command {
 		Use:   "send FILE...",
 		Short: "POST webhook bodies to a server as OTPLESS does",
 		Long: "Posts each body, in order, and prints what the server stored: a .json file is one body,\n" +
-			"a .jsonl file one body per line (the scenario format). Stops at the first body the server\n" +
-			"does not answer with 200.\n\n" +
+			"a .jsonl file one body per line (the scenario format). The file - is standard input, read as\n" +
+			"JSON bodies one after another, whatever their layout (one per line as in a .jsonl file, or\n" +
+			"each over several lines), each posted as soon as it is read. Stops at the first body the\n" +
+			"server does not answer with 200, or on standard input at the first that is not JSON.\n\n" +
 			"The target is --http-addr when given on the command line, else $" + envWebhookURL + " (the URL\n" +
 			"serve prints on its first start, webhook key included; user:password@ in it is sent as\n" +
 			"HTTP Basic), else http://" + httpAddr + gateway.WebhookPath + ".",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
+			if i := slices.Index(files, stdinName); i >= 0 && slices.Contains(files[i+1:], stdinName) {
+				return errors.New("standard input (-) given more than once")
+			}
 			explicit := cmd.Flags().Changed("http-addr")
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
@@ -54,8 +62,14 @@ func newSend(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
+			post := func(b body) error { return postBody(cmd.Context(), hc, url, b, stdout) }
 			for _, f := range files {
-				if err := sendFile(cmd, hc, url, f, stdout); err != nil {
+				if f == stdinName {
+					err = readStream(cmd.InOrStdin(), post)
+				} else {
+					err = sendFile(f, post)
+				}
+				if err != nil {
 					return err
 				}
 			}
@@ -92,7 +106,7 @@ func readBodies(path string) ([]body, error) {
 	if err != nil {
 		return nil, err
 	}
-	b = bytes.TrimPrefix(b, []byte("\uFEFF")) // a byte order mark some editors write: not part of the JSON
+	b = bytes.TrimPrefix(b, bom)
 	name := filepath.Base(path)
 	switch filepath.Ext(path) {
 	case ".json":
@@ -108,48 +122,130 @@ func readBodies(path string) ([]body, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%s: want a .json file (one body) or a .jsonl file (one body per line)", path)
+	return nil, fmt.Errorf("%s: want a .json file (one body), a .jsonl file (one body per line), or - for standard input", path)
 }
 
-func sendFile(cmd *cobra.Command, hc *http.Client, url, path string, stdout io.Writer) error {
+func sendFile(path string, post func(body) error) error {
 	bodies, err := readBodies(path)
 	if err != nil {
 		return err
 	}
 	for _, b := range bodies {
-		req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, url, bytes.NewReader(b.data))
-		if err != nil { // a *url.Error: its text would show the webhook key
-			return fmt.Errorf("webhook URL %s: %w", redactURL(url), errors.Unwrap(err))
+		if err := post(b); err != nil {
+			return err
 		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil { // a *url.Error: its text would show the webhook key
-			return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), errors.Unwrap(err))
+	}
+	return nil
+}
+
+// stdinName is the file name that means standard input.
+const stdinName = "-"
+
+// bom is a byte order mark some editors write: not part of the JSON.
+var bom = []byte("\uFEFF")
+
+// readStream posts each JSON value of r, as soon as it is read: values one
+// per line as in a .jsonl file, or each over several lines, as jq prints
+// them. A body is named by the line where it starts.
+func readStream(r io.Reader, post func(body) error) error {
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(len(bom)); err == nil && bytes.Equal(b, bom) {
+		br.Discard(len(bom))
+	}
+	in := &lineCounter{r: br, line: 1}
+	dec := json.NewDecoder(in)
+	for {
+		var raw json.RawMessage
+		err := dec.Decode(&raw)
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
-		answer, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return fmt.Errorf("%s: reading the answer: %w", b.where, err)
+		if err != nil { // named, as a body is, by the line where it starts
+			return fmt.Errorf("stdin:%d: not JSON: %w", in.lineOfNext(dec.InputOffset()), err)
 		}
-		if resp.StatusCode != http.StatusOK {
-			var st struct{ Message string }
-			if json.Unmarshal(answer, &st) != nil || st.Message == "" {
-				st.Message = strings.TrimSpace(string(answer))
-			}
-			return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, st.Message)
+		where := fmt.Sprintf("stdin:%d", in.lineAt(dec.InputOffset()-int64(len(raw))))
+		if err := post(body{where: where, data: raw}); err != nil {
+			return err
 		}
-		out := &eventsv1.IngestResponse{}
-		if err := protojson.Unmarshal(answer, out); err != nil {
-			return fmt.Errorf("%s: answer %q: %w", b.where, answer, err)
+	}
+}
+
+// lineCounter counts the lines of what a json.Decoder reads through it. It
+// keeps what was read after the last offset asked about: the decoder's
+// read-ahead.
+type lineCounter struct {
+	r    io.Reader
+	buf  []byte // read, from offset base on
+	base int64
+	line int // the line at base
+}
+
+func (c *lineCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.buf = append(c.buf, p[:n]...)
+	return n, err
+}
+
+// lineAt is the line of the byte at offset off, no earlier than the last
+// offset asked about.
+func (c *lineCounter) lineAt(off int64) int {
+	k := int(min(max(off-c.base, 0), int64(len(c.buf))))
+	c.line += bytes.Count(c.buf[:k], []byte("\n"))
+	c.buf = append(c.buf[:0], c.buf[k:]...)
+	c.base += int64(k)
+	return c.line
+}
+
+// lineOfNext is the line of the first byte at or after off that is not
+// white space.
+func (c *lineCounter) lineOfNext(off int64) int {
+	line := c.lineAt(off)
+	for _, b := range c.buf {
+		switch b {
+		case '\n':
+			line++
+		case ' ', '\t', '\r':
+		default:
+			return line
 		}
-		for _, e := range out.GetEvents() {
-			line := fmt.Sprintf("%s  %s  rev %d  %s", b.where, orNone(e.GetRequestId()), e.GetRevision(), e.GetStatus())
-			if e.GetDuplicate() {
-				line += "  (duplicate)"
-			}
-			if _, err := fmt.Fprintln(stdout, line); err != nil {
-				return err
-			}
+	}
+	return line
+}
+
+// postBody posts one body and prints what the server stored.
+func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b.data))
+	if err != nil { // a *url.Error: its text would show the webhook key
+		return fmt.Errorf("webhook URL %s: %w", redactURL(url), errors.Unwrap(err))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil { // a *url.Error: its text would show the webhook key
+		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), errors.Unwrap(err))
+	}
+	answer, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("%s: reading the answer: %w", b.where, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var st struct{ Message string }
+		if json.Unmarshal(answer, &st) != nil || st.Message == "" {
+			st.Message = strings.TrimSpace(string(answer))
+		}
+		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, st.Message)
+	}
+	out := &eventsv1.IngestResponse{}
+	if err := protojson.Unmarshal(answer, out); err != nil {
+		return fmt.Errorf("%s: answer %q: %w", b.where, answer, err)
+	}
+	for _, e := range out.GetEvents() {
+		line := fmt.Sprintf("%s  %s  rev %d  %s", b.where, orNone(e.GetRequestId()), e.GetRevision(), e.GetStatus())
+		if e.GetDuplicate() {
+			line += "  (duplicate)"
+		}
+		if _, err := fmt.Fprintln(stdout, line); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// Standard input holds JSON bodies one after another, laid out as they
+// come; each is named by the line where it starts.
+func TestReadStream(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, in string
+		want     []string // where=data
+		err      string   // the error ending the stream, if any
+	}{
+		{"empty", "", nil, ""},
+		{"jsonl", `{"a":1}` + "\n\n" + `{"b":2}` + "\n", []string{`stdin:1={"a":1}`, `stdin:3={"b":2}`}, ""},
+		{"one line, no newline", `{"a":1}`, []string{`stdin:1={"a":1}`}, ""},
+		{"pretty-printed", "{\n  \"a\": 1\n}\n{\n  \"b\": [\n    2\n  ]\n}\n", []string{"stdin:1={\n  \"a\": 1\n}", "stdin:4={\n  \"b\": [\n    2\n  ]\n}"}, ""},
+		{"byte order mark, blank lines first", "\uFEFF\n\n  {\"a\":1}\r\n{\"b\":\"x\\ny\"}", []string{`stdin:3={"a":1}`, `stdin:4={"b":"x\ny"}`}, ""},
+		{"not JSON", `{"a":1}` + "\n\n" + `{"b":2}` + "\nnot json\n", []string{`stdin:1={"a":1}`, `stdin:3={"b":2}`}, "stdin:4: not JSON"},
+		{"cut short", `{"a":1}` + "\n\n" + `{"b":` + "\n", []string{`stdin:1={"a":1}`}, "stdin:3: not JSON"},
+		{"bad deep in a body", "{\"a\": 1}\n\n{\n  \"b\": [\n    2,\n  ]\n}\n", []string{`stdin:1={"a": 1}`}, "stdin:3: not JSON"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var got []string
+			err := readStream(strings.NewReader(tt.in), func(b body) error {
+				got = append(got, b.where+"="+string(b.data))
+				return nil
+			})
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("bodies:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			switch {
+			case tt.err == "" && err != nil:
+				t.Errorf("error %v", err)
+			case tt.err != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.err)):
+				t.Errorf("error %v, want %q", err, tt.err)
+			}
+		})
+	}
+}
