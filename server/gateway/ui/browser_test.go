@@ -263,6 +263,23 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("a late first event", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0"
+		dlr := func(st string, ms int64) []byte {
+			return []byte(fmt.Sprintf(`{"status":%q,"data":{"referenceId":%q,"timestamp":%d,"channel":"SMS"}}`, st, id, ms))
+		}
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live"`)
+		p.waitRevision(ts.Ingest(t, dlr("DELIVERED", 1707743489000)).GetEvents()[0].GetRevision())
+		p.waitRevision(ts.Ingest(t, dlr("SENT", 1707743479000)).GetEvents()[0].GetRevision()) // 10 s earlier, arriving later
+		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('#activity [data-event-id] .since')].map(e => e.textContent.trim())`))
+		if err != nil || !slices.Equal(got, []string{"+10.0 s", "+0.0 s"}) {
+			t.Errorf("activity times %q (%v), want DELIVERED at +10.0 s and SENT at +0.0 s", got, err)
+		}
+	})
+
 	t.Run("server restart", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")

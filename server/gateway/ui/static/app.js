@@ -75,7 +75,15 @@ function since(ts, start) {
 
 function time(ts, start) {
   if (!ts) return null;
-  return el('time', { datetime: ts, title: new Date(ts).toString() }, clock(ts), start ? el('span', { class: 'since' }, ' ', since(ts, start)) : null);
+  return el('time', { datetime: ts, title: new Date(ts).toString() }, clock(ts), el('span', { class: 'since' }, ' ', since(ts, start)));
+}
+
+// refreshSince measures the activity list's times again from start: an
+// event that arrives late may be the first.
+function refreshSince(start) {
+  for (const t of $('activity').querySelectorAll('time')) {
+    t.querySelector('.since').textContent = ` ${since(t.dateTime, start)}`;
+  }
 }
 
 function humanize(s) {
@@ -257,6 +265,7 @@ function render(req) {
   $('outcome').textContent = outcome(req);
   $('outcome').className = `outcome ${badge.className.replace('badge ', '')}`;
   renderChannels(req);
+  refreshSince(req.firstEventTime);
   renderList('fallbacks', req.fallbacks, (f) =>
     el('li', { 'data-fallback': `${f.fromChannel}/${f.toChannel}` },
       time(f.time, req.firstEventTime), ' ',
