@@ -15,7 +15,8 @@ import (
 // that no two lists of fields encode alike:
 //
 //	request id, kind (enum number, decimal), status, channel, from_channel,
-//	to_channel, error code, event time (Unix milliseconds, decimal)
+//	to_channel, error code, event time (Unix milliseconds, decimal; empty
+//	for a body without a readable time)
 //
 // and, for an event that names no request, its OTPLESS token (the legacy
 // UNREACHABLE may come without requestId, and two users' in one
@@ -24,9 +25,13 @@ import (
 // retention purge; the token is random.
 //
 // A byte-identical retry therefore gets the same id, and the receive time
-// plays no part, except that a body without a readable time has its receive
-// time as event time, so its retries get different ids.
-func eventID(e *eventsv1.Event, eventTime time.Time) string {
+// plays no part: a body without a readable time has its receive time as
+// event time, but not in its id, so that its retries are duplicates too.
+func eventID(e *eventsv1.Event, eventTime time.Time, timed bool) string {
+	at := ""
+	if timed {
+		at = strconv.FormatInt(eventTime.UnixMilli(), 10)
+	}
 	fields := []string{
 		e.GetRequestId(),
 		strconv.Itoa(int(e.GetKind())),
@@ -35,7 +40,7 @@ func eventID(e *eventsv1.Event, eventTime time.Time) string {
 		e.GetFromChannel(),
 		e.GetToChannel(),
 		e.GetError().GetCode(),
-		strconv.FormatInt(eventTime.UnixMilli(), 10),
+		at,
 	}
 	if e.GetRequestId() == "" {
 		fields = append(fields, e.GetToken())

@@ -44,7 +44,7 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 	default:
 		return nil, fmt.Errorf("%w: no eventType, status or notificationType", ErrUnrecognized)
 	}
-	t := eventTime(req, received)
+	t, timed := eventTime(req, received)
 	for _, e := range events {
 		if err := CheckRequestID(e.GetRequestId()); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
@@ -52,7 +52,7 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 		e.Format = format
 		e.EventTime = timestamppb.New(t)
 		e.ReceiveTime = timestamppb.New(received)
-		e.EventId = eventID(e, t)
+		e.EventId = eventID(e, t, timed)
 	}
 	return events, nil
 }
@@ -76,14 +76,15 @@ func CheckRequestID(id string) error {
 	return nil
 }
 
-// eventTime is the top-level timestamp, else data.timestamp, else received.
-func eventTime(req *eventsv1.IngestRequest, received time.Time) time.Time {
+// eventTime is the top-level timestamp, else data.timestamp, else
+// received; timed reports whether the body had one.
+func eventTime(req *eventsv1.IngestRequest, received time.Time) (t time.Time, timed bool) {
 	for _, v := range [...]*structpb.Value{req.GetTimestamp(), req.GetData().GetTimestamp()} {
 		if t, ok := ParseTime(v); ok {
-			return t
+			return t, true
 		}
 	}
-	return received
+	return received, false
 }
 
 // v2Kind is DELIVERY for eventType DLR and AUTH for AUTH. For an eventType

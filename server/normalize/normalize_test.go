@@ -3,6 +3,7 @@ package normalize_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -380,9 +381,16 @@ func TestEventID(t *testing.T) {
 		}
 		seen[got] = name
 	}
+	// A body without time has its receive time as event time, but its
+	// retries are still duplicates; and it is not the same event as one
+	// that names that time.
 	noTime := `{"status": "SENT", "data": {"referenceId": "r1"}}`
-	if id(noTime, received) == id(noTime, received.Add(time.Second)) {
-		t.Error("a body without time: the receive time should be part of the id")
+	if got, want := id(noTime, received.Add(time.Second)), id(noTime, received); got != want {
+		t.Errorf("retry of a body without time: id %s, want %s", got, want)
+	}
+	timed := fmt.Sprintf(`{"status": "SENT", "data": {"referenceId": "r1", "timestamp": %d}}`, received.UnixMilli())
+	if id(noTime, received) == id(timed, received) {
+		t.Error("a body without time has the id of one timed at its receive time")
 	}
 
 	// An event naming no request is also told apart by its token (never by

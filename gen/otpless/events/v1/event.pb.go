@@ -350,8 +350,8 @@ type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's identity: a hash of the fields that make two webhooks the
 	// same event (request id, kind, status, channel, from/to channel, error
-	// code, event time; for an event naming no request, also its token). A
-	// retried webhook yields the same id and is stored once.
+	// code, event time if the body has one; for an event naming no request,
+	// also its token). A retried webhook yields the same id and is stored once.
 	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// The request the event belongs to; empty when the body names none.
 	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
