@@ -25,21 +25,22 @@ func Request(r *eventsv1.AuthRequest) *eventsv1.AuthRequest {
 		return nil
 	}
 	c := &eventsv1.AuthRequest{
-		RequestId:      r.RequestId,
-		Revision:       r.Revision,
-		Status:         r.Status,
-		AuthSessionId:  r.AuthSessionId,
-		TraceId:        r.TraceId,
-		ActiveChannel:  r.ActiveChannel,
-		Fallbacks:      r.Fallbacks,
-		Failures:       r.Failures,
-		AuthMethod:     r.AuthMethod,
-		AuthChannels:   r.AuthChannels,
-		SuccessTime:    r.SuccessTime,
-		FirstEventTime: r.FirstEventTime,
-		LastEventTime:  r.LastEventTime,
-		EventCount:     r.EventCount,
-		UpdateTime:     r.UpdateTime,
+		RequestId:       r.RequestId,
+		Revision:        r.Revision,
+		Status:          r.Status,
+		AuthSessionId:   r.AuthSessionId,
+		TraceId:         r.TraceId,
+		ActiveChannel:   r.ActiveChannel,
+		Fallbacks:       r.Fallbacks,
+		Failures:        r.Failures,
+		AuthMethod:      r.AuthMethod,
+		AuthChannels:    r.AuthChannels,
+		SuccessTime:     r.SuccessTime,
+		FirstEventTime:  r.FirstEventTime,
+		LastEventTime:   r.LastEventTime,
+		EventCount:      r.EventCount,
+		UpdateTime:      r.UpdateTime,
+		UnreachableTime: r.UnreachableTime,
 	}
 	if len(r.Channels) > 0 {
 		c.Channels = make([]*eventsv1.ChannelProgress, len(r.Channels))

@@ -317,6 +317,7 @@ func foldCases() []foldCase {
 				r.ActiveChannel = "WHATSAPP"
 				r.Token = "tok"
 				r.SuccessTime = at(5)
+				r.UnreachableTime = at(8)
 				r.Channels = []*eventsv1.ChannelProgress{
 					{Channel: "WHATSAPP", Status: chFailed, Sent: observed(1), Failed: observed(7), Error: errInfo("024")},
 				}
@@ -333,17 +334,20 @@ func foldCases() []foldCase {
 			want: edit(snapshot(reqSuccess, 3, 4, 9), func(r *eventsv1.AuthRequest) {
 				r.Token = "tok-success"
 				r.SuccessTime = at(4)
+				r.UnreachableTime = at(6)
 			}),
 		},
 		{
 			name: "unreachable fails the request",
 			events: []*eventsv1.Event{
 				dlr("d", 2, "SMS", "DELIVERED"),
-				unreachable("u", 3),
+				unreachable("u", 5),
+				unreachable("u2", 3), // the earliest report
 				event("m", 4, eventsv1.EventKind_EVENT_KIND_SYSTEM, "MAINTENANCE"),
 			},
-			want: edit(snapshot(reqFailed, 3, 2, 4), func(r *eventsv1.AuthRequest) {
+			want: edit(snapshot(reqFailed, 4, 2, 5), func(r *eventsv1.AuthRequest) {
 				r.ActiveChannel = "SMS"
+				r.UnreachableTime = at(3)
 				r.Channels = []*eventsv1.ChannelProgress{
 					{Channel: "SMS", Status: delivered, Sent: implied(2), Delivered: observed(2)},
 				}
@@ -357,6 +361,7 @@ func foldCases() []foldCase {
 			},
 			want: edit(snapshot(reqFailed, 2, 1, 2), func(r *eventsv1.AuthRequest) {
 				r.ActiveChannel = "SMS"
+				r.UnreachableTime = at(1)
 				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(2)}}
 			}),
 		},

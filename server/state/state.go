@@ -110,7 +110,6 @@ type folder struct {
 	r            *eventsv1.AuthRequest
 	succeeded    bool
 	successToken string      // from the latest SUCCESS carrying one
-	unreachable  bool        // an UNREACHABLE system event exists
 	fallbackTo   string      // to_channel of the latest fallback naming one
 	lastDelivery string      // channel of the latest delivery report
 	channels     []*progress // in order of first report
@@ -124,7 +123,9 @@ func (f *folder) add(e *eventsv1.Event) {
 	case eventsv1.EventKind_EVENT_KIND_AUTH:
 		f.addAuth(e)
 	case eventsv1.EventKind_EVENT_KIND_SYSTEM:
-		f.unreachable = f.unreachable || e.GetStatus() == statusUnreachable
+		if e.GetStatus() == statusUnreachable && f.r.UnreachableTime == nil {
+			f.r.UnreachableTime = copyTime(e.GetEventTime())
+		}
 	}
 }
 
@@ -230,7 +231,7 @@ func (f *folder) status(r *eventsv1.AuthRequest) eventsv1.RequestStatus {
 	switch {
 	case f.succeeded:
 		return eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS
-	case f.unreachable || channelStatus(r, r.ActiveChannel) == eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED:
+	case r.UnreachableTime != nil || channelStatus(r, r.ActiveChannel) == eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED:
 		return eventsv1.RequestStatus_REQUEST_STATUS_FAILED
 	default:
 		return eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS

@@ -227,6 +227,13 @@ func TestWatchFailedRequestTimesOut(t *testing.T) {
 	if want := "timed out: request " + tryID + " is FAILED, not SUCCESS (WHATSAPP Mobile Number not OPT-IN (code 033, retriable once the user opts in))"; !strings.Contains(errOut, want) {
 		t.Errorf("stderr %q, want %q", errOut, want)
 	}
+
+	// Reported unreachable as well: that is the reason given.
+	ts.Ingest(t, []byte(`{"token":"tok","timestamp":1764153300000,"requestId":"`+tryID+`","notificationType":"UNREACHABLE"}`))
+	_, _, errOut = run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "300ms", tryID)
+	if want := "timed out: request " + tryID + " is FAILED, not SUCCESS (OTPLESS reported the user unreachable)"; !strings.Contains(errOut, want) {
+		t.Errorf("stderr %q, want %q", errOut, want)
+	}
 }
 
 // When the server restarts, watch gets RECONNECT, waits for the server and

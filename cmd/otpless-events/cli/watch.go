@@ -219,7 +219,9 @@ func (w *watcher) gaveUp(ctx context.Context) error {
 	}
 	msg := fmt.Sprintf("%s: request %s is %s, not SUCCESS", why, w.id, statusWord(w.status))
 	if w.status == eventsv1.RequestStatus_REQUEST_STATUS_FAILED {
-		if f := latestFailure(w.last); f != nil {
+		if w.last.GetUnreachableTime() != nil {
+			msg += " (OTPLESS reported the user unreachable)"
+		} else if f := latestFailure(w.last); f != nil {
 			msg += " (" + f.GetChannel() + " " + failureText(f.GetError()) + ")"
 		}
 	}

@@ -263,7 +263,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
-	t.Run("a late first event", func(t *testing.T) {
+	t.Run("a late first event, then unreachable", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		const id = "f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0"
 		dlr := func(st string, ms int64) []byte {
@@ -277,6 +277,15 @@ func TestStatusPageInBrowser(t *testing.T) {
 			`[...document.querySelectorAll('#activity [data-event-id] .since')].map(e => e.textContent.trim())`))
 		if err != nil || !slices.Equal(got, []string{"+10.0 s", "+0.0 s"}) {
 			t.Errorf("activity times %q (%v), want DELIVERED at +10.0 s and SENT at +0.0 s", got, err)
+		}
+
+		// A failure report, then OTPLESS reports the user unreachable: the
+		// outcome names the second, which no fallback undoes.
+		ts.Ingest(t, dlr("FAILED", 1707743499000))
+		unreachable := fmt.Sprintf(`{"token":"tok","timestamp":1707743509000,"requestId":%q,"notificationType":"UNREACHABLE"}`, id)
+		p.waitRevision(ts.Ingest(t, []byte(unreachable)).GetEvents()[0].GetRevision())
+		if v := p.view(); v.Status != "REQUEST_STATUS_FAILED" || !strings.HasPrefix(v.Outcome, "OTPLESS reported the user unreachable at") {
+			t.Errorf("after FAILED and UNREACHABLE: %s, outcome %q; want FAILED, the user unreachable", v.Status, v.Outcome)
 		}
 	})
 

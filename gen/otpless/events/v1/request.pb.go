@@ -568,9 +568,13 @@ type AuthRequest struct {
 	// How many distinct events make up the snapshot.
 	EventCount int32 `protobuf:"varint,18,opt,name=event_count,json=eventCount,proto3" json:"event_count,omitempty"`
 	// When the change that produced this revision was received.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When OTPLESS reported the user UNREACHABLE (the earliest such report);
+	// unset if it did not. Tells a request FAILED for that apart from one
+	// FAILED by its channel.
+	UnreachableTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=unreachable_time,json=unreachableTime,proto3" json:"unreachable_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AuthRequest) Reset() {
@@ -732,6 +736,13 @@ func (x *AuthRequest) GetEventCount() int32 {
 func (x *AuthRequest) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUnreachableTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UnreachableTime
 	}
 	return nil
 }
@@ -1217,7 +1228,7 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\aFailure\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x122\n" +
 	"\x05error\x18\x02 \x01(\v2\x1c.otpless.events.v1.ErrorInfoR\x05error\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xef\x06\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xb6\a\n" +
 	"\vAuthRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1a\n" +
@@ -1242,7 +1253,8 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\vevent_count\x18\x12 \x01(\x05R\n" +
 	"eventCount\x12;\n" +
 	"\vupdate_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"2\n" +
+	"updateTime\x12E\n" +
+	"\x10unreachable_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0funreachableTime\"2\n" +
 	"\x11GetRequestRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"N\n" +
@@ -1358,26 +1370,27 @@ var file_otpless_events_v1_request_proto_depIdxs = []int32{
 	16, // 17: otpless.events.v1.AuthRequest.first_event_time:type_name -> google.protobuf.Timestamp
 	16, // 18: otpless.events.v1.AuthRequest.last_event_time:type_name -> google.protobuf.Timestamp
 	16, // 19: otpless.events.v1.AuthRequest.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 20: otpless.events.v1.GetRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
-	19, // 21: otpless.events.v1.ListRequestEventsResponse.events:type_name -> otpless.events.v1.Event
-	2,  // 22: otpless.events.v1.WatchRequestResponse.type:type_name -> otpless.events.v1.WatchMessageType
-	7,  // 23: otpless.events.v1.WatchRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
-	19, // 24: otpless.events.v1.WatchRequestResponse.events:type_name -> otpless.events.v1.Event
-	20, // 25: otpless.events.v1.CreateWatchTokenRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 26: otpless.events.v1.CreateWatchTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	8,  // 27: otpless.events.v1.RequestService.GetRequest:input_type -> otpless.events.v1.GetRequestRequest
-	10, // 28: otpless.events.v1.RequestService.ListRequestEvents:input_type -> otpless.events.v1.ListRequestEventsRequest
-	12, // 29: otpless.events.v1.RequestService.WatchRequest:input_type -> otpless.events.v1.WatchRequestRequest
-	14, // 30: otpless.events.v1.RequestService.CreateWatchToken:input_type -> otpless.events.v1.CreateWatchTokenRequest
-	9,  // 31: otpless.events.v1.RequestService.GetRequest:output_type -> otpless.events.v1.GetRequestResponse
-	11, // 32: otpless.events.v1.RequestService.ListRequestEvents:output_type -> otpless.events.v1.ListRequestEventsResponse
-	13, // 33: otpless.events.v1.RequestService.WatchRequest:output_type -> otpless.events.v1.WatchRequestResponse
-	15, // 34: otpless.events.v1.RequestService.CreateWatchToken:output_type -> otpless.events.v1.CreateWatchTokenResponse
-	31, // [31:35] is the sub-list for method output_type
-	27, // [27:31] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	16, // 20: otpless.events.v1.AuthRequest.unreachable_time:type_name -> google.protobuf.Timestamp
+	7,  // 21: otpless.events.v1.GetRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
+	19, // 22: otpless.events.v1.ListRequestEventsResponse.events:type_name -> otpless.events.v1.Event
+	2,  // 23: otpless.events.v1.WatchRequestResponse.type:type_name -> otpless.events.v1.WatchMessageType
+	7,  // 24: otpless.events.v1.WatchRequestResponse.request:type_name -> otpless.events.v1.AuthRequest
+	19, // 25: otpless.events.v1.WatchRequestResponse.events:type_name -> otpless.events.v1.Event
+	20, // 26: otpless.events.v1.CreateWatchTokenRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 27: otpless.events.v1.CreateWatchTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	8,  // 28: otpless.events.v1.RequestService.GetRequest:input_type -> otpless.events.v1.GetRequestRequest
+	10, // 29: otpless.events.v1.RequestService.ListRequestEvents:input_type -> otpless.events.v1.ListRequestEventsRequest
+	12, // 30: otpless.events.v1.RequestService.WatchRequest:input_type -> otpless.events.v1.WatchRequestRequest
+	14, // 31: otpless.events.v1.RequestService.CreateWatchToken:input_type -> otpless.events.v1.CreateWatchTokenRequest
+	9,  // 32: otpless.events.v1.RequestService.GetRequest:output_type -> otpless.events.v1.GetRequestResponse
+	11, // 33: otpless.events.v1.RequestService.ListRequestEvents:output_type -> otpless.events.v1.ListRequestEventsResponse
+	13, // 34: otpless.events.v1.RequestService.WatchRequest:output_type -> otpless.events.v1.WatchRequestResponse
+	15, // 35: otpless.events.v1.RequestService.CreateWatchToken:output_type -> otpless.events.v1.CreateWatchTokenResponse
+	32, // [32:36] is the sub-list for method output_type
+	28, // [28:32] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_otpless_events_v1_request_proto_init() }

@@ -287,6 +287,7 @@ function outcome(req) {
     case 'REQUEST_STATUS_SUCCESS':
       return `Signed in at ${clock(req.successTime)}${req.authMethod ? ' with ' + req.authMethod : ''}${req.activeChannel ? ' over ' + req.activeChannel : ''}.`;
     case 'REQUEST_STATUS_FAILED': {
+      if (req.unreachableTime) return `OTPLESS reported the user unreachable at ${clock(req.unreachableTime)}.`;
       const f = (req.failures || []).filter((x) => x.channel === req.activeChannel).pop();
       if (!f) return 'OTPLESS reported the user unreachable.';
       return `${f.channel} failed: ${errorText(f.error)}. OTPLESS may still fall back to another channel.`;
