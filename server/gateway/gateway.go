@@ -80,9 +80,13 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	// Without grpc-gateway's path-length fallback (a form POST served as a
-	// GET), which the 405s of registerNotAllowed would answer anyway.
+	// GET), which the 405s of registerNotAllowed would answer anyway. Of
+	// the request's headers only Authorization, which grpc-gateway always
+	// forwards, becomes gRPC metadata: no handler reads another, and
+	// cookies and client-chosen metadata have no business there.
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler),
-		runtime.WithDisablePathLengthFallback())
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }))
 	// First, so that every route registered after takes precedence.
 	if err := registerNotAllowed(mux); err != nil {
 		return nil, err

@@ -283,6 +283,41 @@ func TestSSEForwardsAccessToken(t *testing.T) {
 	}
 }
 
+// Of the HTTP request's headers only the credential reaches gRPC: not the
+// browser's cookies nor metadata a client chose (Grpc-Metadata-*), on the
+// event stream and on the gateway's own routes alike.
+func TestGatewayForwardsOnlyTheCredential(t *testing.T) {
+	t.Parallel()
+	got := make(chan metadata.MD, 2)
+	url := startGateway(t, func(req *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		md, _ := metadata.FromIncomingContext(s.Context())
+		got <- md
+		return s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0, eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS))
+	}, gateway.Options{})
+	for _, accept := range []string{"text/event-stream", "application/json"} {
+		req, _ := http.NewRequestWithContext(testContext(t), http.MethodGet, url+"/v1/requests/r1:watch", nil)
+		req.Header.Set("Accept", accept)
+		req.Header.Set("Authorization", "Bearer k1")
+		req.Header.Set("Cookie", "session=secret")
+		req.Header.Set("Grpc-Metadata-X-Chosen", "by the client")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		md := <-got
+		if a := md.Get("authorization"); !slices.Equal(a, []string{"Bearer k1"}) {
+			t.Errorf("%s: authorization %q, want the bearer credential", accept, a)
+		}
+		for k := range md {
+			if strings.Contains(k, "cookie") || strings.Contains(k, "chosen") {
+				t.Errorf("%s: metadata %s = %q reached gRPC", accept, k, md[k])
+			}
+		}
+	}
+}
+
 // Without Accept: text/event-stream the watch route stays newline-delimited
 // JSON.
 func TestWatchWithoutEventStreamIsNDJSON(t *testing.T) {
