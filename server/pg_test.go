@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -186,4 +187,69 @@ func canceled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	return ctx
+}
+
+// TestShutdownWithDatabaseSilent: when PostgreSQL stops answering (a
+// network partition: nothing refused, nothing answered), shutdown still
+// ends, within its grace periods and a little more, instead of waiting on
+// the database's connections.
+func TestShutdownWithDatabaseSilent(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Store = pgtest.WithAddr(t, dsn, proxy.Addr())
+	cfg.ShutdownGrace = time.Second
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	// A webhook, so that the pool holds connections.
+	hook := "http://" + srv.HTTPAddr().String() + "/v1/webhooks/otpless"
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Post(hook, "application/json", strings.NewReader(string(dlr("silent-req", "SENT", 1764153000000))))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the webhook was never stored: %v", err)
+		}
+	}
+
+	proxy.Freeze()
+	// A webhook and a read in flight, waiting on the database.
+	go func() {
+		if resp, err := http.Post(hook, "application/json", strings.NewReader(string(dlr("silent-req", "DELIVERED", 1764153001000)))); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	go func() {
+		if resp, err := http.Get("http://" + srv.HTTPAddr().String() + "/v1/requests/silent-req"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	// Three grace periods (calls, the writer, closing), and time to spare.
+	bound := 3*cfg.ShutdownGrace + 6*time.Second
+	select {
+	case err := <-done:
+		t.Logf("shutdown took %s: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(bound):
+		proxy.Cut() // let Run end, and the test with it
+		<-done
+		t.Fatalf("shutdown with the database silent took over %s, with a grace of %s", bound, cfg.ShutdownGrace)
+	}
 }

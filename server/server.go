@@ -471,14 +471,28 @@ func (s *Server) shutdown() error {
 	if err := s.writer.Stop(drain); err != nil {
 		errs = append(errs, fmt.Errorf("writer stop: %w", err))
 	}
-	if s.purge != nil {
-		s.purge.stop()
+	// And the rest one more: closing PostgreSQL connections that were busy
+	// waits on a database that may not answer (15 s and more for a
+	// partition). What is still open then ends with the process.
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		if s.purge != nil {
+			s.purge.stop()
+		}
+		if s.relay != nil {
+			s.relay.Stop()
+		}
+		s.closeAll()
+	}()
+	closing := time.NewTimer(s.cfg.ShutdownGrace)
+	defer closing.Stop()
+	select {
+	case <-closed:
+		s.log.Info("stopped")
+	case <-closing.C:
+		errs = append(errs, fmt.Errorf("closing the store: not done after %s, left open", s.cfg.ShutdownGrace))
 	}
-	if s.relay != nil {
-		s.relay.Stop()
-	}
-	s.closeAll()
-	s.log.Info("stopped")
 	return errors.Join(errs...)
 }
 

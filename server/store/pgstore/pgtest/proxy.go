@@ -8,16 +8,18 @@ import (
 )
 
 // Proxy forwards TCP connections to a target address. Cut drops every
-// connection and refuses new ones, as a database restart or a network
-// failure would; Restore lets connections through again.
+// connection and refuses new ones, as a database restart would; Freeze
+// lets everything sent vanish without an answer, as a network partition
+// would; Restore lets connections through again.
 type Proxy struct {
 	target string
 	ln     net.Listener
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
+	mu     sync.Mutex
+	cut    bool
+	frozen bool
+	conns  map[net.Conn]struct{}
 }
 
 // NewProxy listens on a free loopback port and forwards to target until tb
@@ -52,11 +54,21 @@ func (p *Proxy) Cut() {
 	clear(p.conns)
 }
 
-// Restore forwards new connections again.
+// Freeze keeps every connection open, and takes new ones, but forwards
+// nothing in either direction until Restore or Cut: what is sent is read
+// and dropped.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.frozen = true
+}
+
+// Restore forwards again (new connections after a Cut; everything after
+// a Freeze, though what was dropped is gone).
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut, p.frozen = false, false
 }
 
 func (p *Proxy) accept() {
@@ -84,7 +96,7 @@ func (p *Proxy) forward(client net.Conn) {
 	}
 	var wg sync.WaitGroup
 	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, src)
+		io.Copy(dst, p.unlessFrozen(src))
 		// One direction ended: end the other too.
 		dst.Close()
 		src.Close()
@@ -97,6 +109,31 @@ func (p *Proxy) forward(client net.Conn) {
 	delete(p.conns, server)
 	p.mu.Unlock()
 }
+
+func (p *Proxy) isFrozen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.frozen
+}
+
+// unlessFrozen reads src, dropping what is read while the proxy is frozen.
+func (p *Proxy) unlessFrozen(src net.Conn) io.Reader {
+	return readerFunc(func(b []byte) (int, error) {
+		for {
+			n, err := src.Read(b)
+			if n == 0 || !p.isFrozen() {
+				return n, err
+			}
+			if err != nil {
+				return 0, err
+			}
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func (p *Proxy) isCut() bool {
 	p.mu.Lock()
