@@ -452,6 +452,39 @@ func TestHealthRoutes(t *testing.T) {
 	}
 }
 
+// Health/Watch needs no credentials, so it is bounded: beyond
+// MaxHealthWatches open streams the next is refused, and once one closes
+// a new one is taken again.
+func TestHealthWatchesAreBounded(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	health := healthpb.NewHealthClient(s.conn)
+	open := func(ctx context.Context) error {
+		st, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService})
+		if err != nil {
+			return err
+		}
+		_, err = st.Recv()
+		return err
+	}
+	cancels := make([]context.CancelFunc, MaxHealthWatches)
+	for i := range cancels {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels[i] = cancel
+		defer cancel()
+		if err := open(ctx); err != nil {
+			t.Fatalf("health watch %d: %v", i+1, err)
+		}
+	}
+	if err := open(context.Background()); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxHealthWatches+1, err)
+	}
+	cancels[0]()
+	if !eventually(func() bool { ctx, cancel := context.WithCancel(context.Background()); defer cancel(); return open(ctx) == nil }) {
+		t.Fatal("no health watch taken after one closed")
+	}
+}
+
 func TestOpenAPIRoute(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)

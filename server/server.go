@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -306,7 +307,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// interceptor, is only for the far larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(sec.stream...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -550,6 +551,27 @@ func (s *Server) closeAll() {
 		}
 	}
 	s.closeMetrics()
+}
+
+// MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
+// once: the health service answers without credentials, and a load
+// balancer needs a handful.
+const MaxHealthWatches = 1000
+
+// healthWatchLimit refuses a Health/Watch stream beyond max open ones
+// with RESOURCE_EXHAUSTED.
+func healthWatchLimit(max int64) grpc.StreamServerInterceptor {
+	var open atomic.Int64
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+			return handler(srv, ss)
+		}
+		defer open.Add(-1)
+		if open.Add(1) > max {
+			return status.Errorf(codes.ResourceExhausted, "more than %d health watches open", max)
+		}
+		return handler(srv, ss)
+	}
 }
 
 // ingestLimit refuses gRPC Ingest messages of more than max bytes with
