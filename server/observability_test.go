@@ -485,6 +485,23 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 	}
 }
 
+// A second Run is refused and leaves the running server as it was (it
+// used to close the listeners and the store under it).
+func TestRunTwice(t *testing.T) {
+	t.Parallel()
+	var srv *Server
+	s := startOps(t, nil, func(x *Server) { srv = x })
+	if !eventually(func() bool { return srv.ran.Load() }) {
+		t.Fatal("Run never began")
+	}
+	if err := srv.Run(context.Background()); err == nil {
+		t.Fatal("a second Run returned nil")
+	}
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("twice", "SENT", 1764153000400)); code != http.StatusOK {
+		t.Fatalf("webhook after a second Run: %d %s", code, body)
+	}
+}
+
 func TestOpenAPIRoute(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)

@@ -231,6 +231,8 @@ type Server struct {
 
 	// stopHealth ends the loop that pings the store; nil before Run.
 	stopHealth func()
+	// ran is set by the first Run: a server runs once.
+	ran atomic.Bool
 
 	obs        *observe.Observer
 	metrics    *http.Server // nil without Config.MetricsAddr
@@ -400,8 +402,12 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
 
 // Run serves until ctx is done or a listener fails, then shuts down in order:
 // readiness off, watch streams ended (with RECONNECT), HTTP and gRPC drained
-// within the grace period, queued webhooks committed, store closed.
+// within the grace period, queued webhooks committed, store closed. A
+// Server runs once: a second Run returns an error and leaves it alone.
 func (s *Server) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return errors.New("server: Run called twice")
+	}
 	if err := s.writer.Start(context.WithoutCancel(ctx)); err != nil {
 		s.closeAll()
 		return fmt.Errorf("start writer: %w", err)
