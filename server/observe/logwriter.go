@@ -5,8 +5,9 @@ import (
 	"sync"
 )
 
-// DefaultLogBacklog is how many bytes of log a LogWriter holds for its
-// writer before Write waits: about 4,000 request lines.
+// DefaultLogBacklog is how many bytes of log a LogWriter holds waiting for
+// its writer before Write waits: about 4,000 request lines. The write under
+// way holds up to as much again.
 const DefaultLogBacklog = 1 << 20
 
 // LogWriter passes what is written to it on to w from a goroutine of its
@@ -17,7 +18,7 @@ const DefaultLogBacklog = 1 << 20
 // order.
 //
 // Write copies p and returns at once, unless backlog bytes are waiting
-// already: then it waits for room, so that a log that cannot keep up
+// already (besides those of the write under way): then it waits for room, so that a log that cannot keep up
 // slows its writers down rather than growing without bound or losing
 // lines. Close writes what is waiting and stops the goroutine; what is
 // written after Close goes straight to w. A process that dies without
@@ -37,7 +38,8 @@ type LogWriter struct {
 }
 
 // NewLogWriter starts a LogWriter for w that holds at most backlog bytes
-// (DefaultLogBacklog when backlog < 1).
+// waiting, and as many in the write under way (DefaultLogBacklog when
+// backlog < 1).
 func NewLogWriter(w io.Writer, backlog int) *LogWriter {
 	if backlog < 1 {
 		backlog = DefaultLogBacklog
