@@ -16,6 +16,7 @@
 package loadgen
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -52,7 +53,7 @@ type Config struct {
 	// Duration is how long webhooks are sent.
 	Duration time.Duration
 	// Requests is how many auth requests are in progress at once (default:
-	// the larger of Watchers and 1000).
+	// the larger of Watchers and 1000; see InProgress).
 	Requests int
 	// Watchers follow that many of the requests in progress with
 	// WatchRequest: over gRPC, spread over WatchConns, or, when SSE is set,
@@ -67,11 +68,32 @@ type Config struct {
 	// WatchersReady, when set, is called once every watcher is subscribed,
 	// before the first webhook.
 	WatchersReady func()
+	// Drain is how long watchers may still take, after the last answer, to
+	// receive the deliveries expected (default DefaultDrain). It ends as
+	// soon as none is outstanding.
+	Drain time.Duration
+
+	// sendTimeout bounds one post (default: the const sendTimeout).
+	sendTimeout time.Duration
+}
+
+// DefaultDrain is Config.Drain's default.
+const DefaultDrain = 2 * time.Second
+
+// InProgress is how many auth requests are in progress at once: Requests,
+// or by default the larger of Watchers and 1000.
+func (c Config) InProgress() int {
+	if c.Requests > 0 {
+		return c.Requests
+	}
+	return max(c.Watchers, 1000)
 }
 
 // Result is what a run measured.
 type Result struct {
-	// Elapsed runs from the first webhook to the last answer.
+	// Elapsed runs from the first webhook to the last answer; in open loop
+	// it lasts at least the n intervals of the n webhooks sent (n/Rate,
+	// about Duration), as webhook k owns [k/Rate, (k+1)/Rate).
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// Sent counts webhooks posted; OK those answered 200.
 	Sent int64 `json:"sent"`
@@ -82,9 +104,30 @@ type Result struct {
 	// open loop, from the send in closed loop.
 	Ingest Latency `json:"ingest"`
 	// Delivery is the latency from posting a webhook to a watcher
-	// receiving the UPDATE with its event.
+	// receiving the UPDATE with its event. It runs from the post of the
+	// attempt that was stored: the first answered 2xx, when a retry
+	// follows a refused one. A delivery that may have come from a post
+	// that got no answer (and so may have been stored) is not measured.
 	Delivery Latency `json:"delivery"`
-	// Errors counts failed posts by kind (http_503, timeout, ...).
+	// DeliveryExpected counts the events of watched requests that their
+	// watcher had to receive in an UPDATE: stored (answered 2xx) with every
+	// post of the event made while the watcher's stream was open (so the
+	// event is not in the stream's snapshot), and answered before the
+	// request's SUCCESS may have been stored (the stream ends with it).
+	// Requests whose stream ended otherwise (an error, RECONNECT) are left
+	// out. DeliveryLost counts those that never arrived, by the end of the
+	// drain after the last answer; DeliveryResynced those missing from
+	// streams on which the server sent a new SNAPSHOT, as it does instead
+	// of the updates a watcher fell too far behind for.
+	DeliveryExpected int64 `json:"delivery_expected"`
+	DeliveryLost     int64 `json:"delivery_lost"`
+	DeliveryResynced int64 `json:"delivery_resynced"`
+	// Errors counts failed posts by kind: http_NNN (answered with another
+	// status than 200), timeout (connecting, the TLS handshake, waiting
+	// for a connection or for the answer), connection_refused,
+	// connection_reset (closed by the server before the answer), canceled
+	// (the run was canceled with the post not sent or not answered), and
+	// transport (anything else).
 	Errors map[string]int64 `json:"errors,omitempty"`
 	// WatchersReady is how many watchers were subscribed when the traffic
 	// started; WatchLate counts requests whose first webhook went out
@@ -115,7 +158,9 @@ func RequestID(run uint32, slot, gen int) string {
 }
 
 // Run sends traffic as cfg says and returns what it measured. It fails only
-// when it cannot start; errors of single webhooks are counted.
+// when it cannot start; errors of single webhooks are counted. Canceling ctx
+// ends the posts in flight at once (their connections are closed) and skips
+// the drain.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Concurrency <= 0 || cfg.Duration <= 0 || cfg.Rate < 0 {
 		return nil, errors.New("loadgen: concurrency and duration must be positive, rate not negative")
@@ -123,14 +168,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Watchers > 0 && len(cfg.WatchConns) == 0 && cfg.SSE == nil {
 		return nil, errors.New("loadgen: watchers need a gRPC connection or an SSE endpoint")
 	}
-	if cfg.Requests <= 0 {
-		cfg.Requests = max(cfg.Watchers, 1000)
-	}
+	cfg.Requests = cfg.InProgress()
 	if cfg.Requests < cfg.Watchers {
 		return nil, fmt.Errorf("loadgen: %d watchers need as many requests in progress, not %d", cfg.Watchers, cfg.Requests)
 	}
-	r := newRunner(cfg)
-	defer r.client.CloseIdleConnections()
+	if cfg.Drain <= 0 {
+		cfg.Drain = DefaultDrain
+	}
+	r := newRunner(ctx, cfg)
+	defer r.close()
 
 	watchCtx, stopWatchers := context.WithCancel(ctx)
 	var watchers sync.WaitGroup
@@ -144,25 +190,38 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	start := time.Now()
 	r.lastDone.Store(start.UnixNano())
+	var elapsed time.Duration
 	if cfg.Rate > 0 {
-		r.openLoop(ctx, start)
+		// Webhook k owns the interval [k/Rate, (k+1)/Rate): n of them take
+		// n intervals, however soon the last is answered.
+		n := r.openLoop(ctx, start)
+		elapsed = time.Duration(float64(n) / cfg.Rate * float64(time.Second))
 	} else {
 		r.closedLoop(ctx, start)
 	}
-	elapsed := time.Duration(r.lastDone.Load() - start.UnixNano())
+	elapsed = max(elapsed, time.Duration(r.lastDone.Load()-start.UnixNano()))
+	if cfg.Watchers > 0 && ctx.Err() == nil {
+		r.drain(ctx, cfg.Drain)
+	}
 	stopWatchers()
 	watchers.Wait()
+	if ctx.Err() == nil {
+		r.judgeOpen()
+	}
 
 	res := &Result{
-		Elapsed:       elapsed,
-		Sent:          r.sent.Load(),
-		OK:            r.ok.Load(),
-		Ingest:        summarize(&r.ingest),
-		Delivery:      summarize(&r.delivery),
-		Errors:        r.errs.snapshot(),
-		WatchersReady: int(r.armed.Load()),
-		WatchLate:     r.late.Load(),
-		WatchErrors:   r.watchErrs.snapshot(),
+		Elapsed:          elapsed,
+		Sent:             r.sent.Load(),
+		OK:               r.ok.Load(),
+		Ingest:           summarize(&r.ingest),
+		Delivery:         summarize(&r.delivery),
+		DeliveryExpected: r.expected.Load(),
+		DeliveryLost:     r.lost.Load(),
+		DeliveryResynced: r.resynced.Load(),
+		Errors:           r.errs.snapshot(),
+		WatchersReady:    int(r.armed.Load()),
+		WatchLate:        r.late.Load(),
+		WatchErrors:      r.watchErrs.snapshot(),
 	}
 	if elapsed > 0 {
 		res.Throughput = float64(res.OK) / elapsed.Seconds()
@@ -171,9 +230,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 type runner struct {
-	cfg    Config
-	client *fasthttp.Client
-	run    uint32
+	cfg         Config
+	client      *fasthttp.Client
+	sendTimeout time.Duration
+	conns       conns
+	stopClosing func() bool
+	run         uint32
 
 	mu     sync.Mutex // guards rng, cursor and the slots' scripts
 	rng    *rand.Rand
@@ -188,6 +250,8 @@ type runner struct {
 	late      atomic.Int64
 	armed     atomic.Int64 // watchers subscribed at least once
 	watchErrs counter
+
+	expected, lost, resynced atomic.Int64 // deliveries, see Result
 }
 
 // slot is one auth request in progress after another.
@@ -202,10 +266,55 @@ type slot struct {
 
 	// Under mu: the senders' and the watcher's view.
 	mu      sync.Mutex
-	sending int                  // generation whose webhooks are going out
-	armed   int                  // generation the watcher is subscribed to
-	sent    map[string]time.Time // sending's events not delivered yet, by key
+	sending int               // generation whose webhooks are going out
+	armed   int               // generation the watcher subscribed to last
+	gens    map[int]*genState // generations a sender or the watcher still needs
 }
+
+// genState is what was posted of one generation of a watched slot and what
+// its watcher received; under the slot's mu.
+type genState struct {
+	open     bool // the watcher's stream is open, after its snapshot
+	judged   bool // its expected deliveries are counted, or it was given up
+	resynced bool // its stream carried another SNAPSHOT: updates were dropped
+	keys     []keyState
+}
+
+// keyState is one event of a generation: its posts, its answer, its
+// delivery.
+type keyState struct {
+	key       string
+	attempts  []attempt
+	unwatched bool      // posted while the stream was not open: may be in its snapshot
+	stored    time.Time // when the first 2xx answer came
+	delivered time.Time // when the watcher received it
+	settled   bool      // delivered, and measured if that could be
+}
+
+// attempt is one post of an event.
+type attempt struct {
+	sent    time.Time
+	outcome outcome
+}
+
+type outcome uint8
+
+const (
+	inFlight outcome = iota
+	stored           // answered 2xx
+	refused          // answered with another status: not stored
+	unknown          // no answer: may have been stored
+)
+
+// attemptRef names an attempt for its answer; g is nil when the post is
+// not followed.
+type attemptRef struct {
+	g      *genState
+	key, n int
+}
+
+// successKey is the key of the event that ends a request's watch.
+var successKey = EventKey("SUCCESS", "")
 
 type job struct {
 	slot     *slot
@@ -218,30 +327,89 @@ type job struct {
 // which writes and reads on the caller's goroutine: net/http's, with two
 // goroutines per connection and a hand-off between them for every request,
 // cost the load generator about twice the CPU, taken from the server it
-// measures when both share a machine.
-func newRunner(cfg Config) *runner {
-	client := &fasthttp.Client{
-		Dial:                          (&fasthttp.TCPDialer{Concurrency: cfg.Concurrency}).Dial,
+// measures when both share a machine. fasthttp knows no context, so the
+// runner dials with ctx and closes every connection when ctx is canceled:
+// the posts in flight end at once instead of at their timeout.
+func newRunner(ctx context.Context, cfg Config) *runner {
+	r := &runner{
+		cfg:         cfg,
+		sendTimeout: cmp.Or(cfg.sendTimeout, sendTimeout),
+		run:         rand.Uint32(),
+		rng:         rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		slots:       make([]*slot, cfg.Requests),
+	}
+	dialer := &net.Dialer{Timeout: dialTimeout}
+	r.client = &fasthttp.Client{
+		Dial:                          func(addr string) (net.Conn, error) { return r.conns.dial(ctx, dialer, addr) },
 		MaxConnsPerHost:               cfg.Concurrency,
-		MaxConnWaitTimeout:            sendTimeout, // a sender waits for a connection rather than failing
+		MaxConnWaitTimeout:            r.sendTimeout, // a sender waits for a connection rather than failing
 		MaxIdleConnDuration:           90 * time.Second,
-		ReadTimeout:                   sendTimeout,
-		WriteTimeout:                  sendTimeout,
+		ReadTimeout:                   r.sendTimeout,
+		WriteTimeout:                  r.sendTimeout,
 		TLSConfig:                     cfg.TLS,
 		NoDefaultUserAgentHeader:      true,
 		DisableHeaderNamesNormalizing: true,
 	}
-	r := &runner{
-		cfg:    cfg,
-		client: client,
-		run:    rand.Uint32(),
-		rng:    rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
-		slots:  make([]*slot, cfg.Requests),
-	}
+	r.stopClosing = context.AfterFunc(ctx, r.conns.closeAll)
 	for i := range r.slots {
-		r.slots[i] = &slot{index: i, watched: i < cfg.Watchers, gen: -1, sending: -1, armed: -1, sent: map[string]time.Time{}}
+		r.slots[i] = &slot{index: i, watched: i < cfg.Watchers, gen: -1, sending: -1, armed: -1, gens: map[int]*genState{}}
 	}
 	return r
+}
+
+// close releases the runner's connections.
+func (r *runner) close() {
+	r.stopClosing()
+	r.client.CloseIdleConnections()
+}
+
+// conns are the runner's open connections, closed all at once when the run
+// is canceled.
+type conns struct {
+	mu     sync.Mutex
+	closed bool
+	m      map[*trackedConn]struct{}
+}
+
+func (c *conns) dial(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) {
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		conn.Close()
+		return nil, context.Cause(ctx)
+	}
+	tc := &trackedConn{Conn: conn, conns: c}
+	if c.m == nil {
+		c.m = map[*trackedConn]struct{}{}
+	}
+	c.m[tc] = struct{}{}
+	return tc, nil
+}
+
+func (c *conns) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for tc := range c.m {
+		tc.Conn.Close()
+	}
+	c.m = nil
+}
+
+type trackedConn struct {
+	net.Conn
+	conns *conns
+}
+
+func (tc *trackedConn) Close() error {
+	tc.conns.mu.Lock()
+	delete(tc.conns.m, tc)
+	tc.conns.mu.Unlock()
+	return tc.Conn.Close()
 }
 
 // next is the next webhook to send: round-robin over the slots, a new
@@ -261,8 +429,8 @@ func (r *runner) next() job {
 }
 
 // openLoop dispatches webhook k at start + k/Rate to the senders, for
-// Duration, then waits for the answers.
-func (r *runner) openLoop(ctx context.Context, start time.Time) {
+// Duration, then waits for the answers. It returns how many it dispatched.
+func (r *runner) openLoop(ctx context.Context, start time.Time) int {
 	jobs := make(chan job, r.cfg.Concurrency)
 	var senders sync.WaitGroup
 	for range r.cfg.Concurrency {
@@ -279,6 +447,7 @@ func (r *runner) openLoop(ctx context.Context, start time.Time) {
 	n := dueBefore(r.cfg.Rate, r.cfg.Duration)
 	wait := time.NewTimer(0)
 	defer wait.Stop()
+	dispatched := 0
 dispatch:
 	for k := range n {
 		due := start.Add(time.Duration(float64(k) / r.cfg.Rate * float64(time.Second)))
@@ -294,12 +463,14 @@ dispatch:
 		j.intended = due
 		select {
 		case jobs <- j:
+			dispatched++
 		case <-ctx.Done():
 			break dispatch
 		}
 	}
 	close(jobs)
 	senders.Wait()
+	return dispatched
 }
 
 // dueBefore is how many webhooks are due before d at rate per second: k
@@ -327,13 +498,14 @@ func (r *runner) closedLoop(ctx context.Context, start time.Time) {
 
 // send posts one webhook and records the outcome.
 func (r *runner) send(ctx context.Context, j job) {
-	if j.slot.watched {
-		r.noteSend(j, time.Now())
-	}
 	r.sent.Add(1)
 	if ctx.Err() != nil {
 		r.errs.add("canceled")
 		return
+	}
+	var att attemptRef
+	if j.slot.watched {
+		att = r.noteSend(j, time.Now())
 	}
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -342,15 +514,30 @@ func (r *runner) send(ctx context.Context, j job) {
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/json")
 	req.SetBodyRaw(j.wh.Body)
-	err := r.client.DoTimeout(req, resp, sendTimeout)
+	deadline := time.Now().Add(r.sendTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	err := r.client.DoDeadline(req, resp, deadline)
+	done := time.Now()
 	if err != nil {
-		r.errs.add(transportError(err))
+		kind := transportError(err)
+		if ctx.Err() != nil { // its connection was closed, or its deadline was the run's
+			kind = "canceled"
+		}
+		r.errs.add(kind)
+		r.noteAnswer(j.slot, att, unknown, done)
 		return
 	}
-	done := time.Now()
 	for last := r.lastDone.Load(); done.UnixNano() > last && !r.lastDone.CompareAndSwap(last, done.UnixNano()); last = r.lastDone.Load() {
 	}
-	if code := resp.StatusCode(); code != http.StatusOK {
+	code := resp.StatusCode()
+	o := refused
+	if code >= 200 && code < 300 {
+		o = stored
+	}
+	r.noteAnswer(j.slot, att, o, done)
+	if code != http.StatusOK {
 		r.errs.add(fmt.Sprintf("http_%d", code))
 		return
 	}
@@ -358,37 +545,222 @@ func (r *runner) send(ctx context.Context, j job) {
 	r.ingest.Record(done.Sub(j.intended))
 }
 
-// noteSend records when a watched request's event went out. The first
-// webhook of a generation moves the slot to it; if the watcher is not
-// subscribed to it yet, the request counts as late.
-func (r *runner) noteSend(j job, at time.Time) {
+// noteSend records that a watched request's event is being posted at at.
+// The first webhook of a generation moves the slot to it; if the watcher
+// is not subscribed to it yet, the request counts as late.
+func (r *runner) noteSend(j job, at time.Time) attemptRef {
 	s := j.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if j.gen > s.sending {
 		s.sending = j.gen
-		clear(s.sent)
 		if s.armed != j.gen {
 			r.late.Add(1)
 		}
+		for gen, g := range s.gens {
+			if gen < j.gen && !g.open {
+				delete(s.gens, gen)
+			}
+		}
 	}
-	if j.gen == s.sending && j.wh.Key != "" {
-		if _, ok := s.sent[j.wh.Key]; !ok {
-			s.sent[j.wh.Key] = at
+	if j.wh.Key == "" {
+		return attemptRef{}
+	}
+	g := s.gens[j.gen]
+	if g == nil && j.gen == s.sending {
+		g = s.genState(j.gen)
+	}
+	if g == nil || g.judged {
+		return attemptRef{}
+	}
+	i := g.key(j.wh.Key)
+	k := &g.keys[i]
+	if !g.open {
+		k.unwatched = true
+	}
+	k.attempts = append(k.attempts, attempt{sent: at})
+	return attemptRef{g: g, key: i, n: len(k.attempts) - 1}
+}
+
+// noteAnswer records how the attempt a ended, at at.
+func (r *runner) noteAnswer(s *slot, a attemptRef, o outcome, at time.Time) {
+	if a.g == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := &a.g.keys[a.key]
+	k.attempts[a.n].outcome = o
+	if o == stored && k.stored.IsZero() {
+		k.stored = at
+	}
+	r.settle(k)
+}
+
+// delivered records that the watcher of g received the event key at at;
+// under the slot's mu.
+func (r *runner) delivered(g *genState, key string, at time.Time) {
+	for i := range g.keys {
+		if k := &g.keys[i]; k.key == key {
+			if k.delivered.IsZero() {
+				k.delivered = at
+				r.settle(k)
+			}
+			return
 		}
 	}
 }
 
-// delivered records the delivery of the event key of generation gen.
-func (r *runner) delivered(s *slot, gen int, key string, at time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sending != gen {
+// settle measures k's delivery once it is known which post was stored: of
+// the posts made before the delivery, the first answered 2xx. It waits
+// while one of those is unanswered. It measures nothing when none was
+// answered 2xx, or when a post before that one got no answer (it may have
+// been the one stored). Under the slot's mu.
+func (r *runner) settle(k *keyState) {
+	if k.settled || k.delivered.IsZero() {
 		return
 	}
-	if t, ok := s.sent[key]; ok {
-		delete(s.sent, key)
-		r.delivery.Record(at.Sub(t))
+	var first *attempt
+	for i := range k.attempts {
+		a := &k.attempts[i]
+		if a.sent.After(k.delivered) {
+			continue
+		}
+		if a.outcome == inFlight {
+			return
+		}
+		if a.outcome == stored && (first == nil || a.sent.Before(first.sent)) {
+			first = a
+		}
+	}
+	k.settled = true
+	if first == nil {
+		return
+	}
+	for _, a := range k.attempts {
+		if a.outcome == unknown && a.sent.Before(first.sent) {
+			return
+		}
+	}
+	r.delivery.Record(k.delivered.Sub(first.sent))
+}
+
+// genState returns the state of generation gen, made if need be; under
+// the slot's mu.
+func (s *slot) genState(gen int) *genState {
+	g := s.gens[gen]
+	if g == nil {
+		g = &genState{}
+		s.gens[gen] = g
+	}
+	return g
+}
+
+// key returns the index of key's state, made if need be.
+func (g *genState) key(key string) int {
+	for i := range g.keys {
+		if g.keys[i].key == key {
+			return i
+		}
+	}
+	g.keys = append(g.keys, keyState{key: key})
+	return len(g.keys) - 1
+}
+
+// expected counts the deliveries g's watcher had to receive (see
+// Result.DeliveryExpected) and those of them it did not.
+func (g *genState) expected() (expected, missing int64) {
+	// SUCCESS may have been stored from the first of its posts that was
+	// not refused on; the stream ends with it, and what is stored after it
+	// reaches no watcher.
+	var success time.Time
+	for _, k := range g.keys {
+		if k.key != successKey {
+			continue
+		}
+		for _, a := range k.attempts {
+			if a.outcome != refused && (success.IsZero() || a.sent.Before(success)) {
+				success = a.sent
+			}
+		}
+	}
+	for _, k := range g.keys {
+		if k.unwatched || k.stored.IsZero() {
+			continue
+		}
+		if k.key != successKey && !success.IsZero() && !k.stored.Before(success) {
+			continue // may have been stored after SUCCESS, which no watch follows
+		}
+		expected++
+		if k.delivered.IsZero() {
+			missing++
+		}
+	}
+	return expected, missing
+}
+
+// judge counts g's expected deliveries and those missing, once; under the
+// slot's mu.
+func (r *runner) judge(g *genState) {
+	if g.judged {
+		return
+	}
+	g.judged = true
+	expected, missing := g.expected()
+	r.expected.Add(expected)
+	if g.resynced {
+		r.resynced.Add(missing)
+	} else {
+		r.lost.Add(missing)
+	}
+}
+
+// judgeOpen judges the generations whose stream was still open at the end
+// of the run.
+func (r *runner) judgeOpen() {
+	for _, s := range r.slots[:r.cfg.Watchers] {
+		s.mu.Lock()
+		for _, g := range s.gens {
+			if g.open {
+				r.judge(g)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// outstanding reports whether an open stream still misses a delivery it
+// should receive.
+func (r *runner) outstanding() bool {
+	for _, s := range r.slots[:r.cfg.Watchers] {
+		s.mu.Lock()
+		for _, g := range s.gens {
+			if g.open && !g.judged && !g.resynced {
+				if _, missing := g.expected(); missing > 0 {
+					s.mu.Unlock()
+					return true
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	return false
+}
+
+// drain waits, for at most d, until no open stream misses a delivery.
+func (r *runner) drain(ctx context.Context, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for r.outstanding() {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -457,14 +829,32 @@ func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready
 		}
 		s.mu.Lock()
 		s.armed = gen
+		g := s.genState(gen)
+		g.open = true
 		s.mu.Unlock()
 		if first {
 			first = false
 			r.armed.Add(1)
 			ready <- struct{}{}
 		}
-		r.follow(ctx, s, gen, stream)
+		terminal := r.follow(ctx, s, g, stream)
 		stream.Close()
+		s.mu.Lock()
+		switch {
+		case terminal:
+			r.judge(g)
+			g.open = false
+		case ctx.Err() != nil:
+			// The run is over: Run judges what is still open.
+		default:
+			// Ended early (an error, RECONNECT): what it missed is not
+			// judged; the error is counted.
+			g.open, g.judged = false, true
+		}
+		if gen < s.sending && !g.open {
+			delete(s.gens, gen)
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -529,35 +919,56 @@ func permanent(err error) bool {
 	return false
 }
 
-func (r *runner) follow(ctx context.Context, s *slot, gen int, stream watchStream) {
+// follow records the events of every UPDATE on stream, the watch of
+// generation g of s, until the stream ends, and reports whether the request
+// reached SUCCESS on it (after which the server sends nothing more).
+func (r *runner) follow(ctx context.Context, s *slot, g *genState, stream watchStream) (terminal bool) {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				r.watchErrs.add(errorKind(err))
 			}
-			return
+			return terminal
 		}
-		if m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
-			continue
+		switch m.GetType() {
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE:
+			now := time.Now()
+			s.mu.Lock()
+			for _, e := range m.GetEvents() {
+				r.delivered(g, EventKey(e.GetStatus(), e.GetChannel()), now)
+			}
+			s.mu.Unlock()
+		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT:
+			// After the first (which subscribe read): the server dropped
+			// updates this watcher fell behind on.
+			s.mu.Lock()
+			g.resynced = true
+			s.mu.Unlock()
 		}
-		now := time.Now()
-		for _, e := range m.GetEvents() {
-			r.delivered(s, gen, EventKey(e.GetStatus(), e.GetChannel()), now)
+		if m.GetRequest().GetStatus() == eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+			terminal = true
 		}
 	}
 }
 
-// sendTimeout bounds one post.
-const sendTimeout = 30 * time.Second
+// sendTimeout bounds one post, dialTimeout its connecting.
+const (
+	sendTimeout = 30 * time.Second
+	dialTimeout = 3 * time.Second
+)
 
-// transportError names a failed post.
+// transportError names a failed post (the kinds of Result.Errors, less
+// http_NNN).
 func transportError(err error) string {
 	var nerr net.Error
 	switch {
 	case errors.Is(err, context.Canceled):
 		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, fasthttp.ErrTimeout), errors.As(err, &nerr) && nerr.Timeout():
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, fasthttp.ErrTimeout),
+		errors.Is(err, fasthttp.ErrDialTimeout), errors.Is(err, fasthttp.ErrTLSHandshakeTimeout),
+		errors.Is(err, fasthttp.ErrNoFreeConns), // returned once MaxConnWaitTimeout has passed
+		errors.As(err, &nerr) && nerr.Timeout():
 		return "timeout"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection_refused"

@@ -3,15 +3,21 @@ package loadgen
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -98,8 +104,8 @@ func TestOpenLoopNeverSendsEarly(t *testing.T) {
 	const floor = 2 * time.Millisecond
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { time.Sleep(floor) }))
 	defer srv.Close()
-	r := newRunner(Config{WebhookURL: srv.URL, Rate: 3000, Concurrency: 32, Duration: 100 * time.Millisecond, Requests: 10, Mix: DefaultMix, Seed: 1})
-	defer r.client.CloseIdleConnections()
+	r := newRunner(t.Context(), Config{WebhookURL: srv.URL, Rate: 3000, Concurrency: 32, Duration: 100 * time.Millisecond, Requests: 10, Mix: DefaultMix, Seed: 1})
+	defer r.close()
 	r.openLoop(t.Context(), time.Now())
 	if sent := r.sent.Load(); sent != 300 {
 		t.Errorf("sent %d, want 300 (3,000/s for 100 ms)", sent)
@@ -145,4 +151,125 @@ func TestWatchersRefusedGiveUp(t *testing.T) {
 	if res.WatchersReady != 0 || res.WatchErrors["Unimplemented"] != 3 {
 		t.Errorf("%d watchers ready, errors %v: want none ready and one Unimplemented each", res.WatchersReady, res.WatchErrors)
 	}
+}
+
+// Canceling a run ends the posts in flight at once, counted as canceled,
+// rather than when they time out (here: never).
+func TestCancelEndsPostsInFlight(t *testing.T) {
+	t.Parallel()
+	const senders = 4
+	arrived := make(chan struct{}, senders)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // then net/http notices the client closing
+		arrived <- struct{}{}
+		select { // until the client closes the connection
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release) // before Close, which waits for the handlers
+
+	ctx, cancel := context.WithCancel(t.Context())
+	type result struct {
+		res *Result
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := Run(ctx, Config{WebhookURL: srv.URL, Concurrency: senders, Duration: time.Hour, Requests: 10, Mix: DefaultMix, sendTimeout: 24 * time.Hour})
+		done <- result{res, err}
+	}()
+	// Deadlock guards, not measures: without the fix the run ends in a day.
+	guard := time.After(time.Minute)
+	for i := range senders {
+		select {
+		case <-arrived:
+		case <-guard:
+			t.Fatalf("%d of %d posts arrived\n%s", i, senders, goroutines())
+		}
+	}
+	cancel()
+	var got result
+	select {
+	case got = <-done:
+	case <-guard:
+		t.Fatalf("the run did not end after it was canceled, with its posts in flight\n%s", goroutines())
+	}
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if res := got.res; res.Sent != senders || res.Errors["canceled"] != senders || res.OK != 0 {
+		t.Errorf("sent %d, ok %d, errors %v: want the %d in flight canceled", res.Sent, res.OK, res.Errors, senders)
+	}
+}
+
+// Failed posts are named by kind; every timeout fasthttp has is a timeout.
+func TestTransportErrorKinds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("error when dialing 10.0.0.1:80: %w", fasthttp.ErrDialTimeout), "timeout"},
+		{fasthttp.ErrTLSHandshakeTimeout, "timeout"},
+		{fasthttp.ErrTimeout, "timeout"},
+		{fasthttp.ErrNoFreeConns, "timeout"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, "timeout"},
+		{context.DeadlineExceeded, "timeout"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, "connection_refused"},
+		{fasthttp.ErrConnectionClosed, "connection_reset"},
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, "connection_reset"},
+		{io.ErrUnexpectedEOF, "connection_reset"},
+		{fmt.Errorf("dial: %w", context.Canceled), "canceled"},
+		{errors.New("x509: certificate signed by unknown authority"), "transport"},
+	} {
+		if got := transportError(tc.err); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.err, got, tc.want)
+		}
+	}
+}
+
+// In open loop n webhooks take n intervals: a server that keeps up is
+// credited with the rate, not with more because the last webhook was
+// answered early in its interval.
+func TestOpenLoopThroughput(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	const rate, d = 10, 300 * time.Millisecond // due at 0, 100 and 200 ms
+	res, err := Run(t.Context(), Config{WebhookURL: srv.URL, Rate: rate, Concurrency: 2, Duration: d, Requests: 10, Mix: DefaultMix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK != 3 || res.Elapsed < d || res.Throughput > rate {
+		t.Errorf("%d ok in %v: %.2f/s, want 3 in at least %v, at most %d/s", res.OK, res.Elapsed, res.Throughput, d, rate)
+	}
+}
+
+// With TLS the ceiling serves HTTPS with a certificate its client trusts.
+func TestCeilingTLS(t *testing.T) {
+	t.Parallel()
+	c, err := StartCeiling(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !strings.HasPrefix(c.URL, "https://") || c.TLS == nil {
+		t.Fatalf("ceiling at %s, TLS %v", c.URL, c.TLS)
+	}
+	res, err := Run(t.Context(), Config{WebhookURL: c.URL, TLS: c.TLS, Concurrency: 2, Duration: 50 * time.Millisecond, Requests: 10, Mix: DefaultMix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK == 0 || len(res.Errors) > 0 {
+		t.Errorf("%d ok, errors %v", res.OK, res.Errors)
+	}
+}
+
+// goroutines is every goroutine's stack, for a test that gives up.
+func goroutines() []byte {
+	buf := make([]byte, 1<<20)
+	return buf[:runtime.Stack(buf, true)]
 }

@@ -27,8 +27,12 @@ var DefaultMix = Mix{Fallback: 0.10, Duplicate: 0.05, Reorder: 0.10}
 type Webhook struct {
 	Body []byte
 	// Key names the event the body carries, as a watcher sees it in an
-	// UPDATE (EventKey); empty for a retry, which changes nothing.
+	// UPDATE (EventKey).
 	Key string
+	// Retry marks a byte-equal repeat of an earlier body: it changes
+	// nothing once that one was stored, and stores the event when that one
+	// was refused.
+	Retry bool
 }
 
 // EventKey is how a watcher recognises an event: its status and delivery
@@ -87,9 +91,9 @@ func NewRequest(rng *rand.Rand, id string, start time.Time, mix Mix) []Webhook {
 	}
 	// Retries come one to three webhooks later (or last).
 	for i := len(out) - 1; i >= 0; i-- {
-		if out[i].Key != "" && rng.Float64() < mix.Duplicate {
+		if !out[i].Retry && rng.Float64() < mix.Duplicate {
 			at := min(i+1+rng.IntN(3), len(out))
-			out = append(out[:at], append([]Webhook{{Body: out[i].Body}}, out[at:]...)...)
+			out = append(out[:at], append([]Webhook{{Body: out[i].Body, Key: out[i].Key, Retry: true}}, out[at:]...)...)
 		}
 	}
 	for i := 0; i+1 < len(out); i++ {

@@ -33,11 +33,15 @@ func TestNewRequest(t *testing.T) {
 				t.Fatalf("request %d body %d: %v %v", i, j, es, err)
 			}
 			e := es[0]
-			if wh.Key == "" {
+			got := EventKey(e.GetStatus(), e.GetChannel())
+			if wh.Retry {
 				retries++
+				if got != wh.Key {
+					t.Fatalf("retry %s has key %q, want %q", wh.Body, wh.Key, got)
+				}
 				continue
 			}
-			if got := EventKey(e.GetStatus(), e.GetChannel()); got != wh.Key || keys[got] {
+			if got != wh.Key || keys[got] {
 				t.Fatalf("body %s has key %q, want %q, once", wh.Body, got, wh.Key)
 			}
 			keys[wh.Key] = true

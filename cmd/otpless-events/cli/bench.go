@@ -38,6 +38,7 @@ type benchFlags struct {
 	watchers    int
 	watchConns  int
 	watchVia    string
+	drain       time.Duration
 	mix         loadgen.Mix
 	seed        uint64
 	self        bool
@@ -48,7 +49,7 @@ type benchFlags struct {
 }
 
 func newBench(stdout, stderr io.Writer) *cobra.Command {
-	f := benchFlags{httpAddr: server.DefaultConfig().HTTPAddr, mix: loadgen.DefaultMix}
+	f := benchFlags{httpAddr: server.DefaultConfig().HTTPAddr, mix: loadgen.DefaultMix, drain: loadgen.DefaultDrain}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Drive realistic OTPLESS traffic at a server and measure it",
@@ -57,10 +58,15 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"--rate 0, closed loop with --concurrency senders, while --watchers watchers follow the\n" +
 			"requests (over gRPC, or with --watch-via sse as Server-Sent Events). Reports webhooks/s,\n" +
 			"ingest and webhook-to-watcher latency, errors, and the server's memory and CPU when it is a\n" +
-			"local process (--server-pid, or --self to run one in this process).\n" +
-			"--ceiling first runs the same traffic against a bare net/http handler and reports the\n" +
-			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
-			"bench collects garbage less often (GOGC=400) unless $GOGC is set.\n\n" +
+			"local process (--server-pid, or --self to run one in this process). Delivery latency runs\n" +
+			"from posting the attempt that was stored (answered 2xx). After the last answer the watchers\n" +
+			"have --drain to receive what they still expect; bench reports the deliveries that never\n" +
+			"arrived and exits 1 when there were any (or when no webhook was answered 200, or no watcher\n" +
+			"subscribed).\n" +
+			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
+			"the target is https) against a bare net/http handler and reports the server's throughput\n" +
+			"as a share of it. To leave the CPU to a server on the same machine, bench collects garbage\n" +
+			"less often (GOGC=400) unless $GOGC is set.\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else the\n" +
 			"default address. Watchers need an API key with the watch scope ($" + envAPIKey + " or\n" +
 			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
@@ -85,6 +91,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 	fs.IntVar(&f.watchers, "watchers", 0, "gRPC watchers, each following one request in progress after another")
 	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
 	fs.StringVar(&f.watchVia, "watch-via", "grpc", "how watchers follow: grpc, or sse (Server-Sent Events from the HTTP gateway, a connection each)")
+	fs.DurationVar(&f.drain, "drain", f.drain, "how long watchers may still take, after the last answer, to receive what they expect (ends early when nothing is outstanding)")
 	fs.Float64Var(&f.mix.Fallback, "fallbacks", f.mix.Fallback, "share of requests that fall back from WhatsApp to SMS")
 	fs.Float64Var(&f.mix.Duplicate, "duplicates", f.mix.Duplicate, "share of webhooks retried")
 	fs.Float64Var(&f.mix.Reorder, "reorder", f.mix.Reorder, "share of neighbouring webhooks that arrive swapped")
@@ -108,9 +115,10 @@ type benchReport struct {
 	WatchVia    string          `json:"watch_via,omitempty"`
 	CPUs        int             `json:"cpus"`
 	Result      *loadgen.Result `json:"result"`
-	// Ceiling is the bare handler's run; CeilingRatio the server's
-	// throughput as a share of it.
+	// Ceiling is the bare handler's run (over TLS when CeilingTLS);
+	// CeilingRatio the server's throughput as a share of it.
 	Ceiling      *loadgen.Result `json:"ceiling,omitempty"`
+	CeilingTLS   bool            `json:"ceiling_tls,omitempty"`
 	CeilingRatio float64         `json:"ceiling_ratio,omitempty"`
 	// Server is the server process's memory and CPU, when it is known.
 	Server *benchServer `json:"server,omitempty"`
@@ -143,6 +151,9 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	}
 	if f.watchVia != "grpc" && f.watchVia != "sse" {
 		return fmt.Errorf("--watch-via %q: want grpc or sse", f.watchVia)
+	}
+	if f.drain <= 0 {
+		return fmt.Errorf("--drain %v: want a positive duration", f.drain)
 	}
 	if !f.self && os.Getenv("GOGC") == "" {
 		// The load generator shares the machine with the server it
@@ -180,6 +191,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		Watchers:    f.watchers,
 		Mix:         f.mix,
 		Seed:        f.seed,
+		Drain:       f.drain,
 	}
 	report := &benchReport{Target: redactURL(url), Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Watchers: f.watchers, CPUs: runtime.GOMAXPROCS(0)}
 	if f.watchers > 0 {
@@ -187,15 +199,12 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	}
 
 	if f.ceiling {
-		c, err := loadgen.StartCeiling()
+		c, err := loadgen.StartCeiling(strings.HasPrefix(url, "https://"))
 		if err != nil {
 			return fmt.Errorf("ceiling: %w", err)
 		}
-		// Closed loop at the same concurrency, whatever --rate: at a rate
-		// the bare handler keeps up with, its throughput is the rate.
-		bare := cfg
-		bare.WebhookURL, bare.TLS, bare.Watchers, bare.Rate = c.URL, nil, 0, 0
-		report.Ceiling, err = loadgen.Run(ctx, bare)
+		report.CeilingTLS = c.TLS != nil
+		report.Ceiling, err = loadgen.Run(ctx, ceilingConfig(cfg, c))
 		c.Close()
 		if err != nil {
 			return fmt.Errorf("ceiling: %w", err)
@@ -265,6 +274,18 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	return report.failed()
 }
 
+// ceilingConfig is the run cfg turned on the bare handler c: the same
+// traffic (senders, requests in progress, mix, seed; TLS when c serves it),
+// but closed loop whatever --rate (at a rate the bare handler keeps up with,
+// its throughput would be the rate) and without watchers.
+func ceilingConfig(cfg loadgen.Config, c *loadgen.Ceiling) loadgen.Config {
+	bare := cfg
+	bare.Requests = cfg.InProgress()
+	bare.WebhookURL, bare.TLS, bare.Rate = c.URL, c.TLS, 0
+	bare.Watchers, bare.WatchConns, bare.SSE, bare.WatchersReady = 0, nil, nil, nil
+	return bare
+}
+
 // startCPUProfile starts profiling this process into path ("": no
 // profile) and returns the function that stops and writes it.
 func startCPUProfile(path string) (stop func() error, err error) {
@@ -325,14 +346,19 @@ func redactURL(url string) string {
 	return url
 }
 
-// failed is the run's error when it measured nothing, after the report
-// said why: no webhook answered 200, or no watcher subscribed.
+// failed is the run's error, after the report said why: it measured
+// nothing (no webhook answered 200, or no watcher subscribed), or watchers
+// never received updates the server had acknowledged, which the delivery
+// latencies cannot show.
 func (r *benchReport) failed() error {
+	res := r.Result
 	switch {
-	case r.Result.OK == 0:
+	case res.OK == 0:
 		return errors.New("bench: no webhook was answered 200 (see errors)")
-	case r.Watchers > 0 && r.Result.WatchersReady == 0:
+	case r.Watchers > 0 && res.WatchersReady == 0:
 		return errors.New("bench: no watcher subscribed (see the watchers' errors)")
+	case res.DeliveryLost > 0:
+		return fmt.Errorf("bench: %d of %d expected deliveries never reached a watcher", res.DeliveryLost, res.DeliveryExpected)
 	}
 	return nil
 }
@@ -352,6 +378,7 @@ func (r *benchReport) print(w io.Writer) {
 	fmt.Fprintf(w, "ingest    %s\n", latencyLine(res.Ingest))
 	if r.Watchers > 0 {
 		fmt.Fprintf(w, "delivery  %s\n", latencyLine(res.Delivery))
+		fmt.Fprintf(w, "          %s\n", lostLine(res))
 		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, errors: %s\n", res.WatchersReady, res.WatchLate, kinds(res.WatchErrors))
 	}
 	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))
@@ -370,7 +397,11 @@ func (r *benchReport) print(w io.Writer) {
 		fmt.Fprintf(w, "load      CPU %s per webhook in this process\n", us(r.LoadCPUPerWebhook))
 	}
 	if c := r.Ceiling; c != nil {
-		fmt.Fprintf(w, "ceiling   bare net/http handler: %.0f/s, %s\n", c.Throughput, latencyLine(c.Ingest))
+		bare := "bare net/http handler"
+		if r.CeilingTLS {
+			bare += " over TLS"
+		}
+		fmt.Fprintf(w, "ceiling   %s: %.0f/s, %s\n", bare, c.Throughput, latencyLine(c.Ingest))
 		fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
 	}
 }
@@ -380,6 +411,15 @@ func latencyLine(l loadgen.Latency) string {
 		return "none measured"
 	}
 	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s  (n=%d)", ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), l.Count)
+}
+
+// lostLine says how many of the deliveries expected never arrived.
+func lostLine(res *loadgen.Result) string {
+	line := fmt.Sprintf("%d expected, %d lost (never arrived)", res.DeliveryExpected, res.DeliveryLost)
+	if res.DeliveryResynced > 0 {
+		line += fmt.Sprintf(", %d skipped by the server for watchers behind (a SNAPSHOT instead)", res.DeliveryResynced)
+	}
+	return line
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond)) }

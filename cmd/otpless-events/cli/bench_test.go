@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/otpless-events/otpless-events/internal/loadgen"
 )
 
 // TestBenchSmoke runs bench for a moment against a real server in this
@@ -50,6 +54,9 @@ func TestBenchSmoke(t *testing.T) {
 	if res.WatchersReady != 20 || res.Delivery.Count == 0 {
 		t.Errorf("%d watchers ready, %d deliveries measured", res.WatchersReady, res.Delivery.Count)
 	}
+	if res.DeliveryExpected == 0 || res.DeliveryLost != 0 || res.DeliveryResynced != 0 {
+		t.Errorf("deliveries: %d expected, %d lost, %d resynced", res.DeliveryExpected, res.DeliveryLost, res.DeliveryResynced)
+	}
 	if r.Ceiling.OK == 0 || r.CeilingRatio <= 0 {
 		t.Errorf("ceiling: %d ok, ratio %v", r.Ceiling.OK, r.CeilingRatio)
 	}
@@ -82,7 +89,7 @@ func TestBenchSmokeSSE(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("bench --json printed %s: %v", stdout.String(), err)
 	}
-	if res := r.Result; r.WatchVia != "sse" || res.WatchersReady != 20 || res.Delivery.Count == 0 || len(res.WatchErrors) > 0 || res.OK == 0 {
+	if res := r.Result; r.WatchVia != "sse" || res.WatchersReady != 20 || res.Delivery.Count == 0 || len(res.WatchErrors) > 0 || res.OK == 0 || res.DeliveryExpected == 0 || res.DeliveryLost != 0 {
 		t.Errorf("over SSE: %s", stdout.String())
 	}
 	// A pprof profile is a gzipped protocol buffer.
@@ -97,5 +104,58 @@ func TestBenchSmokeSSE(t *testing.T) {
 	}
 	if n, err := io.Copy(io.Discard, zr); err != nil || n == 0 {
 		t.Errorf("--cpu-profile: %d bytes, %v", n, err)
+	}
+}
+
+// The ceiling runs the main run's traffic: as many senders and requests in
+// progress (by default as many as watchers, which it has none of), closed
+// loop, and TLS when the main run posts over TLS.
+func TestCeilingConfig(t *testing.T) {
+	t.Parallel()
+	for _, useTLS := range []bool{false, true} {
+		c, err := loadgen.StartCeiling(useTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cfg := loadgen.Config{WebhookURL: "https://otpless-events.example/v1/webhooks/otpless/k", TLS: &tls.Config{}, Rate: 5000, Concurrency: 256,
+			Duration: time.Second, Watchers: 5000, Mix: loadgen.DefaultMix, Seed: 9}
+		bare := ceilingConfig(cfg, c)
+		if bare.InProgress() != 5000 || bare.Concurrency != 256 || bare.Rate != 0 || bare.Watchers != 0 || bare.Mix != cfg.Mix || bare.Seed != 9 {
+			t.Errorf("ceiling %+v: want 5,000 requests in progress, 256 senders, closed loop, no watchers, the same mix and seed", bare)
+		}
+		if bare.WebhookURL != c.URL || (bare.TLS != nil) != useTLS || bare.TLS != c.TLS {
+			t.Errorf("TLS %v: ceiling posts to %s with %v", useTLS, bare.WebhookURL, bare.TLS)
+		}
+	}
+}
+
+// Deliveries that never arrived are in the report, printed and in JSON,
+// and fail the run.
+func TestBenchReportLostDeliveries(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		lost, resynced int64
+		want           string
+		fails          bool
+	}{
+		{0, 0, "1200 expected, 0 lost (never arrived)", false},
+		{3, 0, "1200 expected, 3 lost (never arrived)", true},
+		{0, 7, "1200 expected, 0 lost (never arrived), 7 skipped by the server", false},
+	} {
+		r := &benchReport{Target: "http://127.0.0.1:8080", Watchers: 10, Result: &loadgen.Result{Sent: 1500, OK: 1500, WatchersReady: 10,
+			DeliveryExpected: 1200, DeliveryLost: tc.lost, DeliveryResynced: tc.resynced}}
+		var out bytes.Buffer
+		r.print(&out)
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("report:\n%s\nwant %q", out.String(), tc.want)
+		}
+		if err := r.failed(); (err != nil) != tc.fails {
+			t.Errorf("%d lost, %d resynced: failed() = %v, want failing %v", tc.lost, tc.resynced, err, tc.fails)
+		}
+		js, _ := json.Marshal(r)
+		if want := fmt.Sprintf(`"delivery_expected":1200,"delivery_lost":%d,"delivery_resynced":%d`, tc.lost, tc.resynced); !strings.Contains(string(js), want) {
+			t.Errorf("JSON %s lacks %s", js, want)
+		}
 	}
 }
