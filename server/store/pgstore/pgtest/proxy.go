@@ -10,16 +10,23 @@ import (
 // Proxy forwards TCP connections to a target address. Cut drops every
 // connection and refuses new ones, as a database restart would; Freeze
 // lets everything sent vanish without an answer, as a network partition
-// would; Restore lets connections through again.
+// would; Restore lets connections through again, and RestoreNew new ones
+// only, as after a failover behind the same address.
 type Proxy struct {
 	target string
 	ln     net.Listener
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	cut    bool
-	frozen bool
-	conns  map[net.Conn]struct{}
+	mu      sync.Mutex
+	cut     bool
+	frozen  bool
+	conns   map[net.Conn]*link // both ends of every forwarded pair
+	changed chan struct{}      // closed, and replaced, when the state changes
+}
+
+// link is one forwarded pair of connections.
+type link struct {
+	silent bool // left silent for good by RestoreNew; guarded by Proxy.mu
 }
 
 // NewProxy listens on a free loopback port and forwards to target until tb
@@ -30,7 +37,7 @@ func NewProxy(tb testing.TB, target string) *Proxy {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]*link{}, changed: make(chan struct{})}
 	p.wg.Go(p.accept)
 	tb.Cleanup(func() {
 		ln.Close()
@@ -52,15 +59,19 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	clear(p.conns)
+	p.broadcast()
 }
 
 // Freeze keeps every connection open, and takes new ones, but forwards
 // nothing in either direction until Restore or Cut: what is sent is read
-// and dropped.
+// and dropped. Nor does a side that closes its connection meanwhile reach
+// the other: as across a real partition, the other side learns of it
+// once the partition heals, and not before.
 func (p *Proxy) Freeze() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.frozen = true
+	p.broadcast()
 }
 
 // Restore forwards again (new connections after a Cut; everything after
@@ -69,6 +80,32 @@ func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut, p.frozen = false, false
+	for _, l := range p.conns {
+		l.silent = false
+	}
+	p.broadcast()
+}
+
+// RestoreNew ends a Freeze for new connections only: those open now stay
+// silent, in both directions, until Restore or Cut, as after a failover to
+// a new server behind the same address, or a firewall that lost track of
+// them. Only a timeout or a ping finds them dead.
+func (p *Proxy) RestoreNew() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen {
+		for _, l := range p.conns {
+			l.silent = true
+		}
+	}
+	p.frozen = false
+	p.broadcast()
+}
+
+// broadcast wakes whoever waits for a change. p.mu is held.
+func (p *Proxy) broadcast() {
+	close(p.changed)
+	p.changed = make(chan struct{})
 }
 
 func (p *Proxy) accept() {
@@ -91,13 +128,15 @@ func (p *Proxy) forward(client net.Conn) {
 		return
 	}
 	defer server.Close()
-	if !p.track(client, server) {
+	l := &link{}
+	if !p.track(l, client, server) {
 		return
 	}
 	var wg sync.WaitGroup
 	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, p.unlessFrozen(src))
-		// One direction ended: end the other too.
+		io.Copy(dst, p.unlessSilent(l, src))
+		// One direction ended: end the other too, once it may be heard.
+		p.awaitHeard(l)
 		dst.Close()
 		src.Close()
 	}
@@ -110,18 +149,21 @@ func (p *Proxy) forward(client net.Conn) {
 	p.mu.Unlock()
 }
 
-func (p *Proxy) isFrozen() bool {
+// silent reports whether what l carries is dropped now. p.mu is held.
+func (p *Proxy) silent(l *link) bool { return p.frozen || l.silent }
+
+func (p *Proxy) isSilent(l *link) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.frozen
+	return p.silent(l)
 }
 
-// unlessFrozen reads src, dropping what is read while the proxy is frozen.
-func (p *Proxy) unlessFrozen(src net.Conn) io.Reader {
+// unlessSilent reads src, dropping what is read while l is silent.
+func (p *Proxy) unlessSilent(l *link, src net.Conn) io.Reader {
 	return readerFunc(func(b []byte) (int, error) {
 		for {
 			n, err := src.Read(b)
-			if n == 0 || !p.isFrozen() {
+			if n == 0 || !p.isSilent(l) {
 				return n, err
 			}
 			if err != nil {
@@ -129,6 +171,20 @@ func (p *Proxy) unlessFrozen(src net.Conn) io.Reader {
 			}
 		}
 	})
+}
+
+// awaitHeard waits until l is no longer silent, or the proxy is cut.
+func (p *Proxy) awaitHeard(l *link) {
+	for {
+		p.mu.Lock()
+		if p.cut || !p.silent(l) {
+			p.mu.Unlock()
+			return
+		}
+		changed := p.changed
+		p.mu.Unlock()
+		<-changed
+	}
 }
 
 type readerFunc func([]byte) (int, error)
@@ -142,14 +198,14 @@ func (p *Proxy) isCut() bool {
 }
 
 // track registers the pair unless the proxy was cut meanwhile.
-func (p *Proxy) track(conns ...net.Conn) bool {
+func (p *Proxy) track(l *link, conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cut {
 		return false
 	}
 	for _, c := range conns {
-		p.conns[c] = struct{}{}
+		p.conns[c] = l
 	}
 	return true
 }
