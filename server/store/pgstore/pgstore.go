@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,18 @@ const (
 	// connect_timeout.
 	DefaultConnectTimeout = 5 * time.Second
 )
+
+// idleInTransaction is the session setting that ends a session whose
+// transaction has waited for the client's next statement too long
+// (milliseconds).
+const idleInTransaction = "idle_in_transaction_session_timeout"
+
+// setsParam reports whether the DSN sets the session setting name, as a
+// parameter of its own or in options (-c name=…).
+func setsParam(cfg *pgx.ConnConfig, name string) bool {
+	_, ok := cfg.RuntimeParams[name]
+	return ok || strings.Contains(cfg.RuntimeParams["options"], name)
+}
 
 // Option configures Open.
 type Option func(*options)
@@ -78,7 +91,9 @@ func WithMaxConns(n int32) Option {
 
 // WithTimeout bounds every call, from taking a connection to the commit
 // (default DefaultTimeout). A call that runs out fails with
-// store.ErrUnavailable.
+// store.ErrUnavailable. The database ends a transaction left waiting for
+// its next statement as long (idle_in_transaction_session_timeout, unless
+// the DSN sets it), which only a client it no longer hears does.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
 }
@@ -117,6 +132,20 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	if !setsParam(cfg.ConnConfig, idleInTransaction) {
+		// A transaction of this store never waits for its next statement
+		// longer than a call lasts. One that does was given up by a client
+		// the database no longer hears (a partition), and its row locks
+		// would hold up every replica's commits of those requests until the
+		// database found the connection dead: hours, by TCP's defaults. Set
+		// after connecting rather than in the startup packet, which
+		// connection poolers such as PgBouncer refuse unknown settings in.
+		set := fmt.Sprintf("SET %s = %d", idleInTransaction, max(o.timeout.Milliseconds(), 1))
+		cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, set)
+			return err
+		}
 	}
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns

@@ -481,3 +481,81 @@ func TestLeastPrivilegeRole(t *testing.T) {
 		t.Errorf("Ping as %s: %v", role, err)
 	}
 }
+
+// TestAbandonedCommitReleasesLocks: a replica cut off in the middle of a
+// Commit (a partition: its connection stays open, and the database hears
+// nothing more, not even the close) leaves a transaction that holds its
+// requests' row locks. The database ends it after the store's timeout, so
+// another replica's commits of those requests go through instead of
+// waiting for the database to find the connection dead; and nothing of the
+// abandoned commit is stored.
+func TestAbandonedCommitReleasesLocks(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cut := open(t, pgtest.WithAddr(t, dsn, proxy.Addr()))
+	other := open(t, dsn)
+	ctx := t.Context()
+	if _, _, err := other.Commit(ctx, []store.Webhook{hook(at(0), delivery("b", "b1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Hold b's row, so that the cut-off replica's commit of a and b stops
+	// halfway: a locked, waiting for b.
+	holder := connect(t, dsn)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'b' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	var holderPID uint32
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holderPID); err != nil {
+		t.Fatal(err)
+	}
+	abandoned := make(chan error, 1)
+	go func() {
+		_, _, err := cut.Commit(ctx, []store.Webhook{hook(at(1),
+			delivery("a", "a1", "SMS", "SENT", at(1)), delivery("b", "b2", "SMS", "DELIVERED", at(1)))})
+		abandoned <- err
+	}()
+	observer := connect(t, dsn)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) { // polling the database's state
+		var waiting int
+		if err := observer.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holderPID).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cut-off replica's commit never waited for b's lock")
+		}
+	}
+	proxy.Freeze()
+	if err := tx.Rollback(ctx); err != nil { // the commit goes on, unheard
+		t.Fatal(err)
+	}
+	wantUnavailable(t, "the abandoned Commit", <-abandoned)
+
+	start := time.Now()
+	for {
+		_, _, err := other.Commit(ctx, []store.Webhook{hook(at(2), delivery("a", "a2", "SMS", "READ", at(2)))})
+		if err == nil {
+			t.Logf("another replica committed a %s after the cut-off one gave up", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("another replica still cannot commit a %s after the cut-off one gave up: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+	if r := get(t, other, "a"); r.GetRevision() != 1 || r.GetEventCount() != 1 {
+		t.Errorf("a at revision %d with %d events, want 1 and 1: the abandoned commit stored something", r.GetRevision(), r.GetEventCount())
+	}
+	if r := get(t, other, "b"); r.GetRevision() != 1 || r.GetEventCount() != 1 {
+		t.Errorf("b at revision %d with %d events, want 1 and 1: the abandoned commit stored something", r.GetRevision(), r.GetEventCount())
+	}
+	proxy.Cut() // pgx gives the abandoned connection 15 s to say goodbye, and Close waits
+}
