@@ -289,7 +289,10 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 
 // Ping implements store.Store: it runs a query on a pooled connection. When
 // that fails, every pooled connection is dropped, so that after an outage
-// calls get fresh connections rather than dead ones.
+// calls get fresh connections rather than dead ones: also when it fails by
+// the caller's deadline (a health check's is shorter than the store's
+// timeout, and a database that went silent fails the ping no other way),
+// but not when the caller canceled it.
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
@@ -298,7 +301,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if _, err := s.pool.Exec(qctx, `SELECT 1`); err != nil {
-		if ctx.Err() == nil {
+		if !errors.Is(ctx.Err(), context.Canceled) {
 			s.pool.Reset()
 		}
 		return s.fail(ctx, op, err)

@@ -559,3 +559,44 @@ func TestAbandonedCommitReleasesLocks(t *testing.T) {
 	}
 	proxy.Cut() // pgx gives the abandoned connection 15 s to say goodbye, and Close waits
 }
+
+// TestPingDropsSilentConnections: a Ping that fails by the caller's
+// deadline (a health check's) drops the pooled connections, so that once
+// the database is reachable again behind the same address while the old
+// connections stay silent (a failover, a firewall that forgot them), calls
+// get new connections instead of waiting on dead ones until they time out.
+func TestPingDropsSilentConnections(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	dsn = pgtest.WithAddr(t, dsn, proxy.Addr())
+	// Four pooled connections, all idle; connecting while silent gives up
+	// soon.
+	for name, value := range map[string]string{"pool_min_conns": "4", "pool_max_conns": "4", "connect_timeout": "2"} {
+		dsn = pgtest.WithParam(t, dsn, name, value)
+	}
+	s := open(t, dsn)
+	ctx := t.Context()
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.Freeze()
+	pctx, cancel := context.WithTimeout(ctx, time.Second) // shorter than the store's timeout, as the server's health check
+	err := s.Ping(pctx)
+	cancel()
+	if err == nil {
+		t.Fatal("Ping with the database silent succeeded")
+	}
+	proxy.RestoreNew()
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			if _, err := s.GetRequest(ctx, "r1"); err != nil {
+				t.Errorf("GetRequest %d once the database answers new connections: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	proxy.Cut() // the ping's connection, given up, has 15 s to say goodbye, and Close waits
+}
