@@ -40,12 +40,22 @@ type replica struct {
 
 func startReplica(t *testing.T, dsn string) *replica {
 	t.Helper()
+	return startReplicaWith(t, dsn, nil)
+}
+
+// startReplicaWith starts a replica whose relay options mutate adjusts.
+func startReplicaWith(t *testing.T, dsn string, mutate func(*pgnotify.Options)) *replica {
+	t.Helper()
 	s := openStore(t, dsn)
 	b := broker.New(1 << 14)
-	r := pgnotify.New(s, b, pgnotify.Options{
+	opts := pgnotify.Options{
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	r := pgnotify.New(s, b, opts)
 	if err := r.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -221,4 +231,32 @@ func TestNewWatcherAfterReconnect(t *testing.T) {
 	}
 	other.commit(t, "nw", "nw-4")
 	follow(t, second, snap.GetRevision(), 4, int(4-snap.GetRevision()))
+}
+
+// noRecheck leaves a relay only its notifications and its reconnections
+// to learn of other replicas' commits.
+func noRecheck(o *pgnotify.Options) { o.Recheck = time.Hour }
+
+// TestSilentConnectionGivenUp: when the listening connection goes silent
+// for good (a partition, healed for new connections only: a failover
+// behind the same address), the relay finds out by itself, reconnects and
+// reads what it missed, so its watchers get another replica's commits.
+func TestSilentConnectionGivenUp(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cut := startReplicaWith(t, pgtest.WithAddr(t, dsn, proxy.Addr()), noRecheck)
+	other := startReplica(t, dsn)
+	sub := cut.broker.Subscribe("sc")
+	defer sub.Close()
+	other.commit(t, "sc", "sc-1")
+	follow(t, sub, 0, 1, 1)
+
+	proxy.Freeze()
+	proxy.RestoreNew()
+	start := time.Now()
+	other.commit(t, "sc", "sc-2")
+	follow(t, sub, 1, 2, 1)
+	t.Logf("the commit reached the watcher %s after the listening connection went silent", time.Since(start).Round(time.Millisecond))
+	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
 }

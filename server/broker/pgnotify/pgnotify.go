@@ -18,7 +18,10 @@
 // Relay reconnects with backoff, listens again, and then re-reads every
 // watched request, so nothing committed meanwhile is missed; it also
 // re-reads the watched requests it knows every Recheck, in case, and every
-// watched request every Recheck while it is not listening.
+// watched request every Recheck while it is not listening. A connection
+// that goes silent instead (a partition, a failover behind the same
+// address) is pinged once quiet for Options.Ping and given up when the
+// ping goes unanswered as long.
 //
 // It may import the broker, package store, pgstore (for the notification
 // format) and pgx; nothing from the servers.
@@ -56,7 +59,8 @@ type Options struct {
 	// notification was missed (default 10s).
 	Recheck time.Duration
 	// Ping is how long the listening connection may stay quiet before it is
-	// pinged (default 15s).
+	// pinged, and how long the ping may take: a connection gone silent is
+	// given up within twice this (default 5s).
 	Ping time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting and
 	// before retrying a failed read (defaults 100ms and 5s).
@@ -85,8 +89,8 @@ type Relay struct {
 	// after the revision stored here.
 	pending map[string]int64
 	// resync asks for every watched request to be re-read: after listening
-	// (again), when notifications may have been missed, and every Recheck
-	// while not listening.
+	// (again), when notifications may have been missed, and every
+	// Recheck while not listening.
 	resync bool
 	// listening: the LISTEN connection is up, so notifications come.
 	listening bool
@@ -103,7 +107,7 @@ func New(src Source, b *broker.Broker, opts Options) *Relay {
 		opts.Recheck = 10 * time.Second
 	}
 	if opts.Ping <= 0 {
-		opts.Ping = 15 * time.Second
+		opts.Ping = 5 * time.Second
 	}
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = 100 * time.Millisecond
@@ -431,7 +435,7 @@ func (r *Relay) session(ctx context.Context) error {
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):
 			// Quiet for a while: make sure the connection is still there.
-			pctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+			pctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
 			err := conn.Ping(pctx)
 			cancel()
 			if err != nil {
