@@ -1,10 +1,13 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -252,4 +255,183 @@ func TestShutdownWithDatabaseSilent(t *testing.T) {
 		<-done
 		t.Fatalf("shutdown with the database silent took over %s, with a grace of %s", bound, cfg.ShutdownGrace)
 	}
+}
+
+// TestPostgresPartition: as TestPostgresOutage, but the replica's database
+// goes silent (a network partition: connections stay open, nothing sent is
+// answered, new connections hang) instead of refusing. Ingest answers 503
+// with Retry-After, reads fail with UNAVAILABLE, readiness goes
+// NOT_SERVING, each within a bound rather than when the sender gives up.
+// Once the partition heals, whether the connections open during it work
+// again or stay silent for good (a failover behind the same address), the
+// replica recovers by itself, and its watchers get what the other replica
+// committed meanwhile, each event once: also after a partition too short
+// for the relay to find its listening connection silent, and for a request
+// whose changes this replica had passed on nothing of.
+func TestPostgresPartition(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		heal func(*pgtest.Proxy)
+	}{
+		{"healed", (*pgtest.Proxy).Restore},
+		{"old connections silent", (*pgtest.Proxy).RestoreNew},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testPartition(t, tc.heal)
+		})
+	}
+}
+
+func testPartition(t *testing.T, heal func(*pgtest.Proxy)) {
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	other := startServer(t, func(c *server.Config) { c.Store = dsn })
+	// quiet changes only on the other replica, from before the cut-off one
+	// starts: only a notification, or a re-read, brings its changes there.
+	const id, quiet = "partition-req", "partition-quiet"
+	other.ingest(t, dlr(quiet, "SENT", 1764153000000))
+	cut := startServer(t, func(c *server.Config) {
+		c.Store = pgtest.WithAddr(t, dsn, proxy.Addr())
+		c.HealthInterval = 50 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w := follow(t, ctx, cut.requests, id)
+	cut.ingest(t, dlr(id, "SENT", 1764153000000))
+	w.until(t, 1)
+	q := follow(t, ctx, cut.requests, quiet)
+	q.until(t, 1)
+
+	// A short partition: over once readiness has noticed it.
+	proxy.Freeze()
+	awaitHealth(t, cut, healthpb.HealthCheckResponse_NOT_SERVING)
+	other.ingest(t, dlr(quiet, "DELIVERED", 1764153001000))
+	heal(proxy)
+	healed := time.Now()
+	awaitHealth(t, cut, healthpb.HealthCheckResponse_SERVING)
+	q.until(t, 2)
+	t.Logf("after a short partition, the watcher of %s caught up %s after it healed", quiet, time.Since(healed).Round(time.Millisecond))
+
+	// A long one: the replica's calls run out of time meanwhile.
+	proxy.Freeze()
+	frozen := time.Now()
+	// Liveness bounds, not speed targets: the store's own timeout is 5 s.
+	const bound = 20 * time.Second
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		start := time.Now()
+		r, err := postWithin(ctx, cut.httpURL+cut.webhookPath, dlr(id, "DELIVERED", 1764153001000), 2*bound)
+		took := time.Since(start)
+		switch {
+		case err != nil:
+			t.Errorf("ingest with the database silent: %v after %s", err, took)
+		case r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "":
+			t.Errorf("ingest with the database silent: %d, Retry-After %q after %s; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), took)
+		case took > bound:
+			t.Errorf("ingest with the database silent answered after %s, want within %s", took, bound)
+		default:
+			t.Logf("ingest answered 503 after %s", took.Round(time.Millisecond))
+		}
+	})
+	read := func(name string, call func(context.Context) error) {
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, 2*bound)
+		defer cancel()
+		err := call(rctx)
+		took := time.Since(start)
+		switch {
+		case status.Code(err) != codes.Unavailable:
+			t.Errorf("%s with the database silent: %v after %s, want UNAVAILABLE", name, err, took)
+		case took > bound:
+			t.Errorf("%s with the database silent failed after %s, want within %s", name, took, bound)
+		default:
+			t.Logf("%s failed with UNAVAILABLE after %s", name, took.Round(time.Millisecond))
+		}
+	}
+	wg.Go(func() {
+		read("GetRequest", func(ctx context.Context) error {
+			_, err := cut.requests.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+			return err
+		})
+	})
+	wg.Go(func() {
+		read("ListRequestEvents", func(ctx context.Context) error {
+			_, err := cut.requests.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: id})
+			return err
+		})
+	})
+	awaitHealth(t, cut, healthpb.HealthCheckResponse_NOT_SERVING)
+	t.Logf("NOT_SERVING %s after the partition began", time.Since(frozen).Round(time.Millisecond))
+	wg.Wait()
+
+	// The other replica is not affected.
+	other.ingest(t, dlr(id, "DELIVERED", 1764153001000))
+	other.ingest(t, dlr(id, "READ", 1764153002000))
+	other.ingest(t, dlr(quiet, "READ", 1764153002000))
+
+	heal(proxy)
+	healed = time.Now()
+	t.Logf("partition healed after %s", healed.Sub(frozen).Round(time.Millisecond))
+	awaitHealth(t, cut, healthpb.HealthCheckResponse_SERVING)
+	t.Logf("SERVING %s after the partition healed", time.Since(healed).Round(time.Millisecond))
+	w.until(t, 3) // committed by the other replica during the partition
+	t.Logf("the watcher of %s caught up %s after the partition healed", id, time.Since(healed).Round(time.Millisecond))
+	q.until(t, 3)
+	t.Logf("the watcher of %s caught up %s after the partition healed", quiet, time.Since(healed).Round(time.Millisecond))
+	cut.ingest(t, dlr(id, "CLICKED", 1764153003000))
+	w.until(t, 4)
+	other.ingest(t, dlr(quiet, "CLICKED", 1764153003000))
+	q.until(t, 4)
+	for _, st := range []string{"SENT", "DELIVERED", "READ", "CLICKED"} {
+		if w.seen[st] != 1 {
+			t.Errorf("the watcher of %s saw %s %d times, want once", id, st, w.seen[st])
+		}
+	}
+	for _, st := range []string{"DELIVERED", "READ", "CLICKED"} {
+		if q.seen[st] != 1 {
+			t.Errorf("the watcher of %s saw %s %d times, want once", quiet, st, q.seen[st])
+		}
+	}
+	// Nothing half-stored: both replicas read the watcher's snapshot and
+	// the four events.
+	for _, ts := range []*testServer{cut, other} {
+		got, err := ts.requests.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(got.GetRequest(), w.last.GetRequest()) {
+			t.Errorf("GetRequest = %v, want the watcher's last snapshot %v", got.GetRequest(), w.last.GetRequest())
+		}
+		events, err := ts.requests.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(events.GetEvents()); n != 4 {
+			t.Errorf("ListRequestEvents: %d events, want 4: %v", n, events.GetEvents())
+		}
+	}
+	// pgx gives each connection given up on during the partition 15 s for
+	// its cancel request and its goodbye, which the partition lost, and
+	// closing the store at shutdown would wait for them.
+	proxy.Cut()
+}
+
+// postWithin posts body to url as a webhook, giving up after limit.
+func postWithin(ctx context.Context, url string, body []byte, limit time.Duration) (httpResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return httpResult{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return httpResult{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return httpResult{code: resp.StatusCode, header: resp.Header, body: b}, err
 }

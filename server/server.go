@@ -506,8 +506,11 @@ func (s *Server) shutdown() error {
 // watchStore pings the store every HealthInterval and sets readiness from
 // it: NOT_SERVING while the ping fails, SERVING again once it succeeds. A
 // ping may take the interval, and at least a second, so that a short
-// interval on a loaded machine does not flap. It returns a function that
-// stops the loop and waits for it.
+// interval on a loaded machine does not flap. When the store answers again,
+// the relay re-reads every watched request: notifications sent while the
+// database was unreachable may never arrive, and its listening connection
+// need not have failed (a partition that drops them), or not yet. It
+// returns a function that stops the loop and waits for it.
 func (s *Server) watchStore() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -533,6 +536,9 @@ func (s *Server) watchStore() (stop func()) {
 				s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_NOT_SERVING)
 			case err == nil && !healthy:
 				s.log.Info("store reachable again; ready")
+				if s.relay != nil {
+					s.relay.Resync()
+				}
 				s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
 			}
 			healthy = err == nil

@@ -233,8 +233,8 @@ func TestNewWatcherAfterReconnect(t *testing.T) {
 	follow(t, second, snap.GetRevision(), 4, int(4-snap.GetRevision()))
 }
 
-// noRecheck leaves a relay only its notifications and its reconnections
-// to learn of other replicas' commits.
+// noRecheck leaves a relay only its notifications, its resyncs and its
+// reconnections to learn of other replicas' commits.
 func noRecheck(o *pgnotify.Options) { o.Recheck = time.Hour }
 
 // TestSilentConnectionGivenUp: when the listening connection goes silent
@@ -259,4 +259,25 @@ func TestSilentConnectionGivenUp(t *testing.T) {
 	follow(t, sub, 1, 2, 1)
 	t.Logf("the commit reached the watcher %s after the listening connection went silent", time.Since(start).Round(time.Millisecond))
 	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
+}
+
+// TestResyncAfterPartition: notifications sent while the database's
+// answers were lost (a partition, then healed) are gone although the
+// listening connection is up again; Resync reads what they announced, also
+// for a request whose changes the relay had passed on nothing of.
+func TestResyncAfterPartition(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	other := startReplica(t, dsn)
+	other.commit(t, "rs", "rs-1") // before the relay listens: it passes on nothing of rs
+	cut := startReplicaWith(t, pgtest.WithAddr(t, dsn, proxy.Addr()), noRecheck)
+	sub := cut.broker.Subscribe("rs") // a watcher whose snapshot is at revision 1
+	defer sub.Close()
+
+	proxy.Freeze()
+	other.commit(t, "rs", "rs-2")
+	proxy.Restore()
+	cut.relay.Resync()
+	follow(t, sub, 1, 2, 1)
 }

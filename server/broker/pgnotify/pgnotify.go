@@ -21,7 +21,9 @@
 // watched request every Recheck while it is not listening. A connection
 // that goes silent instead (a partition, a failover behind the same
 // address) is pinged once quiet for Options.Ping and given up when the
-// ping goes unanswered as long.
+// ping goes unanswered as long. Whoever learns that notifications may have
+// been lost before the connection failed, or without its failing (the
+// database was unreachable from this replica), calls Resync.
 //
 // It may import the broker, package store, pgstore (for the notification
 // format) and pgx; nothing from the servers.
@@ -89,7 +91,7 @@ type Relay struct {
 	// after the revision stored here.
 	pending map[string]int64
 	// resync asks for every watched request to be re-read: after listening
-	// (again), when notifications may have been missed, and every
+	// (again), when notifications may have been missed (Resync), and every
 	// Recheck while not listening.
 	resync bool
 	// listening: the LISTEN connection is up, so notifications come.
@@ -199,6 +201,19 @@ func (r *Relay) OnCommit(changes []store.Change) {
 	if len(out) > 0 {
 		r.broker.Publish(out)
 	}
+}
+
+// Resync re-reads every watched request, from revision 0 for those the
+// Relay has published nothing for (their watchers drop the events they
+// have). Call it when notifications may have been lost although the
+// listening connection has not failed, or not yet: once the database
+// answers again after being unreachable from this replica. It does not
+// wait for the read.
+func (r *Relay) Resync() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.resync = true
+	r.signal()
 }
 
 // notified takes a notification: request id changed to revision rev.

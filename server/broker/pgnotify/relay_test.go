@@ -218,8 +218,9 @@ func TestUnwatchedRequestsAreNotRead(t *testing.T) {
 	}
 }
 
-// TestResyncReadsEveryWatchedRequest: after (re)connecting, a watched request
-// changed while no notification could arrive is read and published.
+// TestResyncReadsEveryWatchedRequest: after (re)connecting, or when asked
+// to (Resync), a watched request changed while no notification could
+// arrive is read and published.
 func TestResyncReadsEveryWatchedRequest(t *testing.T) {
 	t.Parallel()
 	fs, b := newFakeStore(), broker.New(0)
@@ -236,10 +237,7 @@ func TestResyncReadsEveryWatchedRequest(t *testing.T) {
 	fs.commit("k")
 	fs.commit("u")
 	fs.commit("u")
-	r.mu.Lock()
-	r.resync = true
-	r.signal()
-	r.mu.Unlock()
+	r.Resync()
 	known.waitFor(t, 2)
 	unknown.waitFor(t, 2)
 	known.check(t, "k", 2)
