@@ -480,7 +480,11 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxHealthWatches+1, err)
 	}
 	cancels[0]()
-	if !eventually(func() bool { ctx, cancel := context.WithCancel(context.Background()); defer cancel(); return open(ctx) == nil }) {
+	if !eventually(func() bool {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		return open(ctx) == nil
+	}) {
 		t.Fatal("no health watch taken after one closed")
 	}
 }
