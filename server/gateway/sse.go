@@ -82,9 +82,15 @@ func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveEvents(w, r, id)
 		return
 	}
-	// Newline-delimited JSON, written by the gateway.
+	// Newline-delimited JSON, written by the gateway. What net/http writes
+	// after the handler returns (the rest of the buffer, the last chunk)
+	// has a deadline too; an HTTP/1.x connection then closes, rather than
+	// serve another request under it.
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
 	dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: h.writeTimeout}
-	defer dw.rc.SetWriteDeadline(time.Time{}) // the connection may serve another request
+	defer dw.extend()
 	h.next.ServeHTTP(dw, r)
 }
 
@@ -96,15 +102,20 @@ type deadlineWriter struct {
 	timeout time.Duration
 }
 
+func (d *deadlineWriter) extend() { _ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout)) }
+
 func (d *deadlineWriter) Write(b []byte) (int, error) {
-	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	d.extend()
 	return d.ResponseWriter.Write(b)
 }
 
 // Flush is http.Flusher's, which the gateway needs in order to stream.
-func (d *deadlineWriter) Flush() {
-	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
-	_ = d.rc.Flush()
+func (d *deadlineWriter) Flush() { _ = d.FlushError() }
+
+// FlushError is what http.ResponseController calls.
+func (d *deadlineWriter) FlushError() error {
+	d.extend()
+	return d.rc.Flush()
 }
 
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
@@ -234,7 +245,9 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 	writer <- ev
 	if ev.conn == nil {
 		<-done
-		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{}) // the connection may serve another request
+		// What net/http writes after the handler returns has a deadline too
+		// (an HTTP/1.x connection then closes).
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.writeTimeout))
 	}
 }
 
@@ -266,8 +279,10 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-store") // it may hold personal data
 	hdr.Set("X-Accel-Buffering", "no")
-	if detach {
-		hdr.Set("Connection", "close") // a detached connection serves nothing after the stream
+	if r.ProtoMajor == 1 {
+		// A detached connection serves nothing after the stream; an
+		// attached one ends under the deadline of its last write.
+		hdr.Set("Connection", "close")
 	}
 	w.WriteHeader(http.StatusOK)
 	ev := &eventWriter{w: w, rc: http.NewResponseController(w), m: m, quiet: h.heartbeat * 3 / 2, timeout: h.writeTimeout}

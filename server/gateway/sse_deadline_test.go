@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -44,10 +45,11 @@ func TestDetachedStreamWriteTimesOut(t *testing.T) {
 // set through http.ResponseController.
 type deadlineRecorder struct {
 	http.ResponseWriter
-	log []string
+	header http.Header
+	log    []string
 }
 
-func (d *deadlineRecorder) Header() http.Header { return http.Header{} }
+func (d *deadlineRecorder) Header() http.Header { return d.header }
 func (d *deadlineRecorder) WriteHeader(int)     {}
 func (d *deadlineRecorder) Write(b []byte) (int, error) {
 	d.log = append(d.log, "write")
@@ -64,8 +66,8 @@ func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 }
 
 // The newline-delimited JSON watch (written by the gateway) gets a write
-// deadline before each write and flush, and none once it has ended, so the
-// connection can serve another request.
+// deadline before each write and flush, and a last one for what net/http
+// writes after the handler; the HTTP/1.x connection closes after it.
 func TestNDJSONWatchWritesHaveDeadlines(t *testing.T) {
 	t.Parallel()
 	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -73,10 +75,10 @@ func TestNDJSONWatchWritesHaveDeadlines(t *testing.T) {
 		w.(http.Flusher).Flush() // the gateway needs a Flusher to stream
 	})
 	h := &watchHandler{next: next, writeTimeout: time.Minute}
-	rec := &deadlineRecorder{}
+	rec := &deadlineRecorder{header: http.Header{}}
 	r, _ := http.NewRequest(http.MethodGet, "/v1/requests/r1:watch", nil)
 	h.ServeHTTP(rec, r)
-	want := []string{"deadline", "write", "deadline", "flush", "no deadline"}
+	want := []string{"deadline", "write", "deadline", "flush", "deadline"}
 	if len(rec.log) != len(want) {
 		t.Fatalf("calls %q, want %q", rec.log, want)
 	}
@@ -84,5 +86,67 @@ func TestNDJSONWatchWritesHaveDeadlines(t *testing.T) {
 		if rec.log[i] != want[i] {
 			t.Fatalf("calls %q, want %q", rec.log, want)
 		}
+	}
+	if c := rec.header.Get("Connection"); c != "close" {
+		t.Errorf("Connection: %q, want close", c)
+	}
+}
+
+// pipeListener hands out one connection, then waits to be closed.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { close(l.closed); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// A client that stops reading an NDJSON watch does not hold the
+// connection: after the handler has returned, what net/http still has to
+// write (the end of the response) fails after the write timeout, and the
+// connection closes. net.Pipe has no buffer: every write waits for a reader.
+func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
+	t.Parallel()
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"result":{}}` + "\n"))
+		w.(http.Flusher).Flush()
+		w.Write([]byte(`{"error":{"code":14,"message":"store down"}}` + "\n")) // not flushed, as grpc-gateway leaves it
+	})
+	h := &watchHandler{next: next, writeTimeout: 50 * time.Millisecond}
+	serverEnd, client := net.Pipe()
+	defer client.Close()
+	closed := make(chan struct{})
+	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			close(closed)
+		}
+	}}
+	l := &pipeListener{conns: make(chan net.Conn, 1), closed: make(chan struct{})}
+	l.conns <- serverEnd
+	go srv.Serve(l)
+	defer srv.Close()
+
+	client.Write([]byte("GET /v1/requests/r1:watch HTTP/1.1\r\nHost: x\r\n\r\n"))
+	// Read the first line's whole chunk, then stop reading.
+	var got []byte
+	buf := make([]byte, 1)
+	for !bytes.Contains(got, []byte("{\"result\":{}}\n\r\n")) {
+		if _, err := client.Read(buf); err != nil {
+			t.Fatalf("reading the stream: %v (got %q)", err, got)
+		}
+		got = append(got, buf...)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection of a client that stopped reading was still open after 10 s")
 	}
 }
