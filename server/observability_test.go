@@ -452,9 +452,9 @@ func TestHealthRoutes(t *testing.T) {
 	}
 }
 
-// Health/Watch needs no credentials, so it is bounded: beyond
-// MaxHealthWatches open streams the next is refused, and once one closes
-// a new one is taken again.
+// Health/Watch needs no credentials, so it is bounded per client address:
+// beyond MaxHealthWatches open streams from one address the next is
+// refused, and once one closes a new one is taken again.
 func TestHealthWatchesAreBounded(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
@@ -478,6 +478,21 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 	}
 	if err := open(context.Background()); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxHealthWatches+1, err)
+	}
+	// Another address is not held up by this one.
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	other, err := grpc.NewClient(s.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if st, err := healthpb.NewHealthClient(other).Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService}); err != nil {
+		t.Fatal(err)
+	} else if _, err := st.Recv(); err != nil {
+		t.Fatalf("health watch from another address: %v", err)
 	}
 	cancels[0]()
 	if !eventually(func() bool {

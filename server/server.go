@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
@@ -566,22 +568,45 @@ func (s *Server) closeAll() {
 }
 
 // MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
-// once: the health service answers without credentials, and a load
-// balancer needs a handful.
-const MaxHealthWatches = 1000
+// once from one client address: the health service answers without
+// credentials, and a health checker needs a handful. A bound for all
+// clients together would let one take every place.
+const MaxHealthWatches = 100
 
-// healthWatchLimit refuses a Health/Watch stream beyond max open ones
-// with RESOURCE_EXHAUSTED.
-func healthWatchLimit(max int64) grpc.StreamServerInterceptor {
-	var open atomic.Int64
+// healthWatchLimit refuses a Health/Watch stream beyond max open ones from
+// its peer's address with RESOURCE_EXHAUSTED.
+func healthWatchLimit(max int) grpc.StreamServerInterceptor {
+	var (
+		mu   sync.Mutex
+		open = map[string]int{}
+	)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
 			return handler(srv, ss)
 		}
-		defer open.Add(-1)
-		if open.Add(1) > max {
-			return status.Errorf(codes.ResourceExhausted, "more than %d health watches open", max)
+		var addr string
+		if p, ok := peer.FromContext(ss.Context()); ok && p.Addr != nil {
+			addr = p.Addr.String()
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				addr = host
+			}
 		}
+		mu.Lock()
+		n := open[addr]
+		if n < max {
+			open[addr] = n + 1
+		}
+		mu.Unlock()
+		if n >= max {
+			return status.Errorf(codes.ResourceExhausted, "more than %d health watches open from this address", max)
+		}
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if open[addr]--; open[addr] == 0 {
+				delete(open, addr)
+			}
+		}()
 		return handler(srv, ss)
 	}
 }
