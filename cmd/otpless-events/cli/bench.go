@@ -213,11 +213,17 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 
 	switch {
 	case f.watchers > 0 && f.watchVia == "sse":
+		base := baseURL(url)
+		if host, ok := strings.CutPrefix(base, "http://"); ok && !f.self {
+			if err := f.client.inClear(host, fmt.Sprintf("the event streams' address %q", host)); err != nil {
+				return err
+			}
+		}
 		token, err := apiKey()
 		if err != nil {
 			return err
 		}
-		cfg.SSE = &loadgen.SSE{BaseURL: baseURL(url), Token: token, TLS: tlsCfg}
+		cfg.SSE = &loadgen.SSE{BaseURL: base, Token: token, TLS: tlsCfg}
 	case f.watchers > 0:
 		for range max(f.watchConns, 1) {
 			conn, err := dial()

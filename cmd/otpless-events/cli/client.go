@@ -86,9 +86,10 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	switch {
 	case tlsCfg != nil && f.plaintext:
 		return nil, errors.New("--plaintext and --tls or --tls-ca-file: pick one")
-	case tlsCfg == nil && !f.plaintext && !loopback(target):
-		return nil, fmt.Errorf("gRPC address %q is not loopback, and without TLS the API key would cross the network in clear: "+
-			"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to send it in clear anyway", f.grpcAddr)
+	case tlsCfg == nil:
+		if err := f.inClear(target, fmt.Sprintf("gRPC address %q", f.grpcAddr)); err != nil {
+			return nil, err
+		}
 	}
 	key, err := f.apiKey()
 	if err != nil {
@@ -106,6 +107,17 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("gRPC address %q: %w", f.grpcAddr, err)
 	}
 	return conn, nil
+}
+
+// inClear refuses a connection without TLS to target (a host:port, or a
+// gRPC target) unless it is this machine or --plaintext says so; shown
+// names it in the error.
+func (f *clientFlags) inClear(target, shown string) error {
+	if f.plaintext || loopback(target) {
+		return nil
+	}
+	return fmt.Errorf("%s is not loopback, and without TLS the API key and the requests' data would cross the network in clear: "+
+		"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to connect in clear anyway", shown)
 }
 
 // dialAddr turns a listen address into one to dial: a missing or

@@ -313,14 +313,17 @@ func TestWatchAndGetErrors(t *testing.T) {
 	}
 }
 
-// watch and get do not send the API key in clear to another machine: they
-// say how to connect instead, before anything goes out.
-func TestWatchAndGetRefusePlaintextToRemote(t *testing.T) {
+// watch, get and bench's watchers (gRPC or SSE) do not send the API key in
+// clear to another machine: they say how to connect instead, before
+// anything goes out.
+func TestClientsRefusePlaintextToRemote(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
 		{"get", "--grpc-addr", "192.0.2.1:9090", tryID},
 		{"watch", "--grpc-addr", "192.0.2.1:9090", tryID},
 		{"watch", "--grpc-addr", "example.com:9090", "--json", tryID},
+		{"bench", "--watchers", "1", "--grpc-addr", "192.0.2.1:9090", "--http-addr", "127.0.0.1:1", "--duration", "1s"},
+		{"bench", "--watchers", "1", "--watch-via", "sse", "--http-addr", "http://192.0.2.1:8080", "--duration", "1s"},
 	} {
 		code, out, errOut := run(t, args...)
 		if code == 0 || out != "" || !strings.Contains(errOut, "not loopback") || !strings.Contains(errOut, "--tls") || !strings.Contains(errOut, "--plaintext") {
