@@ -65,7 +65,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 			post := func(b body) error { return postBody(cmd.Context(), hc, url, b, stdout) }
 			for _, f := range files {
 				if f == stdinName {
-					err = readStream(cmd.InOrStdin(), post)
+					err = readStream(cmd.Context(), cmd.InOrStdin(), post)
 				} else {
 					err = sendFile(f, post)
 				}
@@ -146,26 +146,66 @@ var bom = []byte("\uFEFF")
 
 // readStream posts each JSON value of r, as soon as it is read: values one
 // per line as in a .jsonl file, or each over several lines, as jq prints
-// them. A body is named by the line where it starts.
-func readStream(r io.Reader, post func(body) error) error {
-	br := bufio.NewReader(r)
-	if b, err := br.Peek(len(bom)); err == nil && bytes.Equal(b, bom) {
-		br.Discard(len(bom))
+// them. A body is named by the line where it starts. When ctx ends first it
+// returns at once, though a read of r may still be waiting: reading a
+// terminal or a pipe cannot be interrupted.
+func readStream(ctx context.Context, r io.Reader, post func(body) error) error {
+	type next struct {
+		b   body
+		err error // io.EOF at the end
 	}
-	in := &lineCounter{r: br, line: 1}
-	dec := json.NewDecoder(in)
+	values := make(chan next)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		send := func(n next) bool {
+			select {
+			case values <- n:
+				return true
+			case <-stop:
+				return false
+			}
+		}
+		br := bufio.NewReader(r)
+		if b, err := br.Peek(len(bom)); err == nil && bytes.Equal(b, bom) {
+			br.Discard(len(bom))
+		}
+		in := &lineCounter{r: br, line: 1}
+		dec := json.NewDecoder(in)
+		for {
+			var raw json.RawMessage
+			err := dec.Decode(&raw)
+			switch {
+			case errors.Is(err, io.EOF):
+				send(next{err: io.EOF})
+				return
+			case err != nil: // named, as a body is, by the line where it starts
+				send(next{err: fmt.Errorf("stdin:%d: not JSON: %w", in.lineOfNext(dec.InputOffset()), err)})
+				return
+			}
+			where := fmt.Sprintf("stdin:%d", in.lineAt(dec.InputOffset()-int64(len(raw))))
+			if !send(next{b: body{where: where, data: raw}}) {
+				return
+			}
+		}
+	}()
+	interrupted := func() error { return fmt.Errorf("interrupted while reading stdin: %w", context.Cause(ctx)) }
 	for {
-		var raw json.RawMessage
-		err := dec.Decode(&raw)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil { // named, as a body is, by the line where it starts
-			return fmt.Errorf("stdin:%d: not JSON: %w", in.lineOfNext(dec.InputOffset()), err)
-		}
-		where := fmt.Sprintf("stdin:%d", in.lineAt(dec.InputOffset()-int64(len(raw))))
-		if err := post(body{where: where, data: raw}); err != nil {
-			return err
+		select {
+		case <-ctx.Done():
+			return interrupted()
+		case n := <-values:
+			switch {
+			case errors.Is(n.err, io.EOF) && ctx.Err() != nil:
+				return interrupted()
+			case errors.Is(n.err, io.EOF):
+				return nil
+			case n.err != nil:
+				return n.err
+			}
+			if err := post(n.b); err != nil {
+				return err
+			}
 		}
 	}
 }

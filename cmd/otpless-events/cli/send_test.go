@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"context"
+	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Standard input holds JSON bodies one after another, laid out as they
@@ -28,7 +32,7 @@ func TestReadStream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var got []string
-			err := readStream(strings.NewReader(tt.in), func(b body) error {
+			err := readStream(context.Background(), strings.NewReader(tt.in), func(b body) error {
 				got = append(got, b.where+"="+string(b.data))
 				return nil
 			})
@@ -42,5 +46,30 @@ func TestReadStream(t *testing.T) {
 				t.Errorf("error %v, want %q", err, tt.err)
 			}
 		})
+	}
+}
+
+// Interrupted while standard input is still open, send stops at once with
+// an error, rather than wait for the input to end and exit 0.
+func TestReadStreamInterrupted(t *testing.T) {
+	t.Parallel()
+	r, w := io.Pipe()
+	defer w.Close() // open until the test ends, as a terminal would be
+	go w.Write([]byte(`{"a":1}` + "\n"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- readStream(ctx, r, func(body) error {
+			cancel() // Ctrl-C after the first body
+			return nil
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("readStream = %v, want it interrupted", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("readStream still waiting for input 10 s after it was interrupted")
 	}
 }
