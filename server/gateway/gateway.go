@@ -320,7 +320,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 				status.New(codes.InvalidArgument, fmt.Sprintf("webhook body is larger than %d bytes", h.maxBody)))
 			return
 		}
-		if senderGone(err) {
+		if senderGone(err) || ctx.Err() != nil { // HTTP/2 says so by canceling the stream
 			// Nobody may read this answer; 408 tells the metrics and the
 			// log that the sender stopped, not that it sent a bad body.
 			writeStatus(w, out, http.StatusRequestTimeout, status.New(codes.Canceled, "reading webhook body: "+err.Error()))

@@ -116,3 +116,50 @@ func TestMethodNotAllowed(t *testing.T) {
 		}
 	}
 }
+
+// statusOf records the status its handler answered.
+type statusOf struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusOf) WriteHeader(code int) { s.code = code; s.ResponseWriter.WriteHeader(code) }
+func (s *statusOf) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// A sender that gives up halfway through a body over HTTP/2 (it cancels
+// the stream) stopped sending: 408, as over HTTP/1.1, not a bad body.
+func TestWebhookAbandonedOverHTTP2(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.DiscardHandler)
+	h, err := gateway.New(context.Background(), nil, api.NewWebhookServer(failingIngester{}, log), gateway.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := make(chan int, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 {
+			t.Errorf("the test spoke %s, want HTTP/2", r.Proto)
+		}
+		rec := &statusOf{ResponseWriter: w}
+		h.ServeHTTP(rec, r)
+		codes <- rec.code
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	body, w := io.Pipe()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+gateway.WebhookPath, body)
+	req.ContentLength = 1000
+	go func() {
+		w.Write([]byte(`{"data":{"requestId":"r1",`)) // then nothing more
+		cancel()
+	}()
+	if resp, err := srv.Client().Do(req); err == nil {
+		resp.Body.Close()
+	}
+	if code := <-codes; code != http.StatusRequestTimeout {
+		t.Errorf("status %d, want 408", code)
+	}
+}
