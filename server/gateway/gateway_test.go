@@ -123,7 +123,7 @@ type statusOf struct {
 	code int
 }
 
-func (s *statusOf) WriteHeader(code int) { s.code = code; s.ResponseWriter.WriteHeader(code) }
+func (s *statusOf) WriteHeader(code int)        { s.code = code; s.ResponseWriter.WriteHeader(code) }
 func (s *statusOf) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // A sender that gives up halfway through a body over HTTP/2 (it cancels
