@@ -64,7 +64,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.IntVar(&cfg.WriteQueue, "write-queue", cfg.WriteQueue, "webhooks waiting for commit before ingest answers 503")
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
-	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long shutdown waits for in-flight calls")
+	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long each step of shutdown waits: in-flight calls, committing what is queued, closing the store")
 	f.DurationVar(&cfg.HTTPReadHeaderTimeout, "http-read-header-timeout", cfg.HTTPReadHeaderTimeout, "time allowed to read an HTTP request's headers")
 	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time allowed to read a whole HTTP request")
 	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections are closed after this")
