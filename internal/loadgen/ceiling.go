@@ -1,17 +1,13 @@
 package loadgen
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/otpless-events/otpless-events/internal/selfsigned"
 )
 
 // Ceiling is a bare net/http server on a loopback port that reads each
@@ -36,7 +32,7 @@ func StartCeiling(useTLS bool) (*Ceiling, error) {
 	}
 	c := &Ceiling{URL: "http://" + lis.Addr().String() + "/"}
 	if useTLS {
-		cert, pool, err := selfSigned()
+		cert, pool, err := selfsigned.New()
 		if err != nil {
 			lis.Close()
 			return nil, err
@@ -58,32 +54,3 @@ func StartCeiling(useTLS bool) (*Ceiling, error) {
 
 // Close stops the server.
 func (c *Ceiling) Close() error { return c.srv.Close() }
-
-// selfSigned makes a certificate for 127.0.0.1 and a pool that trusts it.
-func selfSigned() (tls.Certificate, *x509.CertPool, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "otpless-events bench ceiling"},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
-}
