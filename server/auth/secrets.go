@@ -31,6 +31,8 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", false, fmt.Errorf("read secret: %w", err)
 	}
+	_, statErr := os.Stat(dir)
+	newDir := errors.Is(statErr, fs.ErrNotExist)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("secret directory: %w", err)
 	}
@@ -65,7 +67,11 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	} else if err != nil {
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	err = syncDir(dir)
+	if err == nil && newDir { // its entry in its parent too
+		err = syncDir(filepath.Dir(dir))
+	}
+	if err != nil {
 		os.Remove(path) // never shown: the next start makes another
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
