@@ -217,7 +217,7 @@ func TestWatchFailedRequestTimesOut(t *testing.T) {
 	for _, b := range bodies[:3] { // INITIATED, SENT, FAILED
 		ts.Ingest(t, b)
 	}
-	code, out, errOut := run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "300ms", tryID)
+	code, out, errOut := run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "2s", tryID)
 	if code == 0 {
 		t.Fatalf("watch of a FAILED request exited 0:\n%s", out)
 	}
@@ -230,7 +230,7 @@ func TestWatchFailedRequestTimesOut(t *testing.T) {
 
 	// Reported unreachable as well: that is the reason given.
 	ts.Ingest(t, []byte(`{"token":"tok","timestamp":1764153300000,"requestId":"`+tryID+`","notificationType":"UNREACHABLE"}`))
-	_, _, errOut = run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "300ms", tryID)
+	_, _, errOut = run(t, "watch", "--grpc-addr", ts.GRPCAddr, "--timeout", "2s", tryID)
 	if want := "timed out: request " + tryID + " is FAILED, not SUCCESS (OTPLESS reported the user unreachable)"; !strings.Contains(errOut, want) {
 		t.Errorf("stderr %q, want %q", errOut, want)
 	}
