@@ -16,7 +16,7 @@ func main() {
 	// The first signal asks the command to finish (serve shuts down
 	// gracefully); a second one ends the process at once.
 	context.AfterFunc(ctx, stop)
-	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

@@ -12,7 +12,7 @@ import (
 func TestAPIKeyCommand(t *testing.T) {
 	t.Parallel()
 	var out, errOut bytes.Buffer
-	if code := Main(context.Background(), []string{"apikey", "--name", "web", "--scopes", "read,watch"}, &out, &errOut); code != 0 {
+	if code := Main(context.Background(), []string{"apikey", "--name", "web", "--scopes", "read,watch"}, nil, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	var key, config string
@@ -35,13 +35,13 @@ func TestAPIKeyCommand(t *testing.T) {
 	if strings.Contains(config, key) {
 		t.Fatal("the config line holds the key itself")
 	}
-	if code := Main(context.Background(), []string{"apikey", "--scopes", "fly"}, &out, &errOut); code == 0 {
+	if code := Main(context.Background(), []string{"apikey", "--scopes", "fly"}, nil, &out, &errOut); code == 0 {
 		t.Fatal("unknown scope accepted")
 	}
 	// A name that would make a line serve refuses, or skips as a comment.
 	for _, name := range []string{"", "web app", "#web", "web;app", " web"} {
 		out.Reset()
-		if code := Main(context.Background(), []string{"apikey", "--name", name}, &out, &errOut); code == 0 {
+		if code := Main(context.Background(), []string{"apikey", "--name", name}, nil, &out, &errOut); code == 0 {
 			t.Errorf("name %q accepted: %s", name, out.String())
 		}
 	}

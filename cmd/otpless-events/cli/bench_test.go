@@ -29,7 +29,7 @@ func TestBenchSmoke(t *testing.T) {
 	args := []string{"bench", "--self", "--ceiling", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100"}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if code := Main(ctx, args, &stdout, &stderr); code != 0 {
+	if code := Main(ctx, args, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("bench exited %d: %s", code, stderr.String())
 	}
 	var r benchReport
@@ -82,7 +82,7 @@ func TestBenchSmokeSSE(t *testing.T) {
 	args := []string{"bench", "--self", "--json", "--duration", "1s", "--rate", "300", "--concurrency", "16", "--watchers", "20", "--requests", "100", "--watch-via", "sse", "--cpu-profile", profile}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if code := Main(ctx, args, &stdout, &stderr); code != 0 {
+	if code := Main(ctx, args, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("bench exited %d: %s", code, stderr.String())
 	}
 	var r benchReport

@@ -19,9 +19,11 @@ import (
 // --grpc-addr is OTPLESS_EVENTS_GRPC_ADDR.
 const EnvPrefix = "OTPLESS_EVENTS_"
 
-// Main runs the command line and returns the process exit code.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// Main runs the command line, with stdin for what reads standard input
+// (send -), and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRoot(stdout, stderr)
+	root.SetIn(stdin)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "error:", err)

@@ -43,10 +43,16 @@ var tryChanges = []string{
 // run runs the command line to its end.
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runIn(t, strings.NewReader(""), args...)
+}
+
+// runIn is run with stdin as standard input.
+func runIn(t *testing.T, stdin io.Reader, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code = cli.Main(ctx, args, &out, &errOut)
+	code = cli.Main(ctx, args, stdin, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -59,13 +65,19 @@ type running struct {
 
 func start(t *testing.T, args ...string) *running {
 	t.Helper()
+	return startIn(t, strings.NewReader(""), args...)
+}
+
+// startIn is start with stdin as standard input.
+func startIn(t *testing.T, stdin io.Reader, args ...string) *running {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
 	r := &running{stdout: lines(outR), stderr: lines(errR), code: make(chan int, 1)}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		r.code <- cli.Main(ctx, args, outW, errW)
+		r.code <- cli.Main(ctx, args, stdin, outW, errW)
 		outW.Close()
 		errW.Close()
 	})
@@ -378,23 +390,17 @@ func TestSend(t *testing.T) {
 }
 
 // send - reads standard input, as one more file: its bodies are posted as
-// they come, one per line or each over several lines. Not parallel: it
-// replaces os.Stdin.
+// they come, one per line or each over several lines.
 func TestSendStdin(t *testing.T) {
+	t.Parallel()
 	ts := testserver.Start(t, nil)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin := os.Stdin
-	os.Stdin = r
-	t.Cleanup(func() { os.Stdin = stdin; r.Close() })
+	r, w := io.Pipe()
 	file := filepath.Join(t.TempDir(), "sent.json")
 	if err := os.WriteFile(file, []byte(`{"data":{"requestId":"stdin-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
-	s := start(t, "send", "--http-addr", ts.HTTPURL, file, "-")
+	s := startIn(t, r, "send", "--http-addr", ts.HTTPURL, file, "-")
 	t.Cleanup(func() { w.Close() }) // first: send may be reading
 	if l := next(t, s.stdout); l != "sent.json  stdin-req  rev 1  SENT" {
 		t.Fatalf("send printed %q, want the file's body first", l)
@@ -416,15 +422,8 @@ func TestSendStdin(t *testing.T) {
 	}
 
 	// What is not JSON stops send, naming its line.
-	r2, w2, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Stdin = r2
-	t.Cleanup(func() { r2.Close() })
-	io.WriteString(w2, `{"data":{"requestId":"stdin-req","status":"READ","channel":"SMS"},"eventType":"DLR","timestamp":1764153002400}`+"\nnot JSON\n")
-	w2.Close()
-	code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, "-")
+	notJSON := strings.NewReader(`{"data":{"requestId":"stdin-req","status":"READ","channel":"SMS"},"eventType":"DLR","timestamp":1764153002400}` + "\nnot JSON\n")
+	code, out, errOut := runIn(t, notJSON, "send", "--http-addr", ts.HTTPURL, "-")
 	if code == 0 || out != "stdin:1  stdin-req  rev 3  READ  (duplicate)\n" || !strings.Contains(errOut, "stdin:2: not JSON") {
 		t.Fatalf("send of a stream with a line that is not JSON: exit %d, %q, %q", code, out, errOut)
 	}
