@@ -413,7 +413,7 @@ func testPartition(t *testing.T, heal func(*pgtest.Proxy)) {
 		}
 	}
 	// pgx gives each connection given up on during the partition 15 s for
-	// its cancel request and its goodbye, which the partition lost, and
+	// its cancel request and its goodbye, which the partition held, and
 	// closing the store at shutdown would wait for them.
 	proxy.Cut()
 }

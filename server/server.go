@@ -509,10 +509,10 @@ func (s *Server) shutdown() error {
 // it: NOT_SERVING while the ping fails, SERVING again once it succeeds. A
 // ping may take the interval, and at least a second, so that a short
 // interval on a loaded machine does not flap. When the store answers again,
-// the relay re-reads every watched request: notifications sent while the
-// database was unreachable may never arrive, and its listening connection
-// need not have failed (a partition that drops them), or not yet. It
-// returns a function that stops the loop and waits for it.
+// the relay re-reads every watched request: its listening connection may
+// be silent for good (a failover behind the same address), which its own
+// ping finds out only later. It returns a function that stops the loop and
+// waits for it.
 func (s *Server) watchStore() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

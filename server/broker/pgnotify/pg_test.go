@@ -261,23 +261,32 @@ func TestSilentConnectionGivenUp(t *testing.T) {
 	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
 }
 
-// TestResyncAfterPartition: notifications sent while the database's
-// answers were lost (a partition, then healed) are gone although the
-// listening connection is up again; Resync reads what they announced, also
+// TestResyncAfterFailover: after a failover behind the same address, the
+// listening connection stays silent until the relay's ping gives it up
+// (here after a minute); Resync, which the server calls once its store
+// answers again, reads what was committed meanwhile long before that, also
 // for a request whose changes the relay had passed on nothing of.
-func TestResyncAfterPartition(t *testing.T) {
+func TestResyncAfterFailover(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
 	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
 	other := startReplica(t, dsn)
 	other.commit(t, "rs", "rs-1") // before the relay listens: it passes on nothing of rs
-	cut := startReplicaWith(t, pgtest.WithAddr(t, dsn, proxy.Addr()), noRecheck)
+	cut := startReplicaWith(t, pgtest.WithAddr(t, dsn, proxy.Addr()), func(o *pgnotify.Options) {
+		noRecheck(o)
+		o.Ping = 30 * time.Second
+	})
+	probe := cut.broker.Subscribe("probe") // the relay listens once a notification comes through
+	defer probe.Close()
+	other.commit(t, "probe", "probe-1")
+	follow(t, probe, 0, 1, 1)
 	sub := cut.broker.Subscribe("rs") // a watcher whose snapshot is at revision 1
 	defer sub.Close()
 
 	proxy.Freeze()
+	proxy.RestoreNew()
 	other.commit(t, "rs", "rs-2")
-	proxy.Restore()
 	cut.relay.Resync()
-	follow(t, sub, 1, 2, 1)
+	follow(t, sub, 1, 2, 1) // within 20 s: the ping would take a minute
+	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
 }

@@ -21,9 +21,9 @@
 // watched request every Recheck while it is not listening. A connection
 // that goes silent instead (a partition, a failover behind the same
 // address) is pinged once quiet for Options.Ping and given up when the
-// ping goes unanswered as long. Whoever learns that notifications may have
-// been lost before the connection failed, or without its failing (the
-// database was unreachable from this replica), calls Resync.
+// ping goes unanswered as long. Whoever learns sooner that the database
+// answers again after being unreachable from this replica calls Resync,
+// so that watchers need not wait for that.
 //
 // It may import the broker, package store, pgstore (for the notification
 // format) and pgx; nothing from the servers.
@@ -205,10 +205,10 @@ func (r *Relay) OnCommit(changes []store.Change) {
 
 // Resync re-reads every watched request, from revision 0 for those the
 // Relay has published nothing for (their watchers drop the events they
-// have). Call it when notifications may have been lost although the
-// listening connection has not failed, or not yet: once the database
-// answers again after being unreachable from this replica. It does not
-// wait for the read.
+// have). Call it once the database answers again after being unreachable
+// from this replica: the listening connection may be silent for good (a
+// failover behind the same address) without the Relay knowing yet. It
+// does not wait for the read.
 func (r *Relay) Resync() {
 	r.mu.Lock()
 	defer r.mu.Unlock()

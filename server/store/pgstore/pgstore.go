@@ -292,7 +292,9 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // calls get fresh connections rather than dead ones: also when it fails by
 // the caller's deadline (a health check's is shorter than the store's
 // timeout, and a database that went silent fails the ping no other way),
-// but not when the caller canceled it.
+// but not when the caller canceled it, nor when it got no connection
+// because every one was in use (a busy pool, not a dead database: the
+// calls holding them fail by their own timeouts if it is dead).
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
@@ -300,7 +302,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if _, err := s.pool.Exec(qctx, `SELECT 1`); err != nil {
+	conn, err := s.pool.Acquire(qctx)
+	if err == nil {
+		_, err = conn.Exec(qctx, `SELECT 1`)
+		conn.Release()
+	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
+		return s.fail(ctx, op, err)
+	}
+	if err != nil {
 		if !errors.Is(ctx.Err(), context.Canceled) {
 			s.pool.Reset()
 		}

@@ -600,3 +600,74 @@ func TestPingDropsSilentConnections(t *testing.T) {
 	wg.Wait()
 	proxy.Cut() // the ping's connection, given up, has 15 s to say goodbye, and Close waits
 }
+
+// TestPingKeepsBusyConnections: a ping that finds every pooled connection
+// in use (here the only one, in a commit waiting for a row lock another
+// transaction holds) fails, but drops no connection: the pool is busy, the
+// database is not dead.
+func TestPingKeepsBusyConnections(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	other := connect(t, dsn)
+	app := "otpless_ping_" + fmt.Sprint(rand.Uint64())
+	s := open(t, pgtest.WithParam(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"), "application_name", app))
+	ctx := t.Context()
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+	pids := func() []int32 {
+		rows, _ := other.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() ORDER BY pid`, app)
+		ps, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps
+	}
+	before := pids()
+	if len(before) != 1 {
+		t.Fatalf("store backends %v, want the pool's one", before)
+	}
+
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		_, _, err := s.Commit(ctx, []store.Webhook{hook(at(1), delivery("r1", "e2", "SMS", "DELIVERED", at(1)))})
+		committed <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting bool
+		if err := other.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock')`, app).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the commit never waited for the row lock")
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second) // as the server's health check
+	err = s.Ping(pctx)
+	cancel()
+	if err == nil {
+		t.Fatal("Ping with the only connection in use succeeded")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-committed; err != nil {
+		t.Fatalf("the waiting commit: %v", err)
+	}
+	if _, err := s.GetRequest(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if after := pids(); !slices.Equal(after, before) {
+		t.Errorf("store backends %v after the ping, want %v: the busy connection was dropped", after, before)
+	}
+}

@@ -9,9 +9,9 @@ import (
 
 // Proxy forwards TCP connections to a target address. Cut drops every
 // connection and refuses new ones, as a database restart would; Freeze
-// lets everything sent vanish without an answer, as a network partition
-// would; Restore lets connections through again, and RestoreNew new ones
-// only, as after a failover behind the same address.
+// holds everything sent, unanswered, as a network partition would;
+// Restore lets connections through again (with what was held), and
+// RestoreNew new ones only, as after a failover behind the same address.
 type Proxy struct {
 	target string
 	ln     net.Listener
@@ -63,10 +63,10 @@ func (p *Proxy) Cut() {
 }
 
 // Freeze keeps every connection open, and takes new ones, but forwards
-// nothing in either direction until Restore or Cut: what is sent is read
-// and dropped. Nor does a side that closes its connection meanwhile reach
-// the other: as across a real partition, the other side learns of it
-// once the partition heals, and not before.
+// nothing in either direction until Restore or Cut: what is sent waits in
+// the sockets' buffers, as TCP keeps resending it across a real partition,
+// and arrives once it heals. Nor does a side that closes its connection
+// meanwhile reach the other before then.
 func (p *Proxy) Freeze() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -74,8 +74,8 @@ func (p *Proxy) Freeze() {
 	p.broadcast()
 }
 
-// Restore forwards again (new connections after a Cut; everything after
-// a Freeze, though what was dropped is gone).
+// Restore forwards again: new connections after a Cut; after a Freeze,
+// everything, what was held first.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -87,9 +87,9 @@ func (p *Proxy) Restore() {
 }
 
 // RestoreNew ends a Freeze for new connections only: those open now stay
-// silent, in both directions, until Restore or Cut, as after a failover to
-// a new server behind the same address, or a firewall that lost track of
-// them. Only a timeout or a ping finds them dead.
+// silent, in both directions, until Cut (or Restore), as after a failover
+// to a new server behind the same address, or a firewall that lost track
+// of them. Only a timeout or a ping finds them dead.
 func (p *Proxy) RestoreNew() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -134,7 +134,7 @@ func (p *Proxy) forward(client net.Conn) {
 	}
 	var wg sync.WaitGroup
 	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, p.unlessSilent(l, src))
+		io.Copy(dst, p.held(l, src))
 		// One direction ended: end the other too, once it may be heard.
 		p.awaitHeard(l)
 		dst.Close()
@@ -149,27 +149,17 @@ func (p *Proxy) forward(client net.Conn) {
 	p.mu.Unlock()
 }
 
-// silent reports whether what l carries is dropped now. p.mu is held.
+// silent reports whether what l carries is held now. p.mu is held.
 func (p *Proxy) silent(l *link) bool { return p.frozen || l.silent }
 
-func (p *Proxy) isSilent(l *link) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.silent(l)
-}
-
-// unlessSilent reads src, dropping what is read while l is silent.
-func (p *Proxy) unlessSilent(l *link, src net.Conn) io.Reader {
+// held reads src while l is not silent: what comes meanwhile waits, and
+// so does what a read brought as l fell silent.
+func (p *Proxy) held(l *link, src net.Conn) io.Reader {
 	return readerFunc(func(b []byte) (int, error) {
-		for {
-			n, err := src.Read(b)
-			if n == 0 || !p.isSilent(l) {
-				return n, err
-			}
-			if err != nil {
-				return 0, err
-			}
-		}
+		p.awaitHeard(l)
+		n, err := src.Read(b)
+		p.awaitHeard(l)
+		return n, err
 	})
 }
 
