@@ -288,5 +288,5 @@ func TestResyncAfterFailover(t *testing.T) {
 	other.commit(t, "rs", "rs-2")
 	cut.relay.Resync()
 	follow(t, sub, 1, 2, 1) // within 20 s: the ping would take a minute
-	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
+	proxy.Cut()             // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
 }
