@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -501,6 +502,48 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		return open(ctx) == nil
 	}) {
 		t.Fatal("no health watch taken after one closed")
+	}
+}
+
+// fakeStream is a ServerStream from a peer address.
+type fakeStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (f fakeStream) Context() context.Context { return f.ctx }
+
+// The Health/Watch bound holds per address and in all.
+func TestHealthWatchLimitInAll(t *testing.T) {
+	t.Parallel()
+	limit := healthWatchLimit(2, 3)
+	info := &grpc.StreamServerInfo{FullMethod: healthpb.Health_Watch_FullMethodName}
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	open := func(ip string) error {
+		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}})
+		admitted := make(chan error, 1)
+		wg.Go(func() {
+			err := limit(nil, fakeStream{ctx: ctx}, info, func(any, grpc.ServerStream) error {
+				admitted <- nil
+				<-release
+				return nil
+			})
+			if err != nil {
+				admitted <- err
+			}
+		})
+		return <-admitted
+	}
+	defer wg.Wait()
+	defer close(release)
+	for i, tc := range []struct {
+		ip string
+		ok bool
+	}{{"10.0.0.1", true}, {"10.0.0.1", true}, {"10.0.0.1", false}, {"10.0.0.2", true}, {"10.0.0.3", false}} {
+		if err := open(tc.ip); (err == nil) != tc.ok {
+			t.Errorf("watch %d from %s: %v, want admitted %v", i+1, tc.ip, err, tc.ok)
+		}
 	}
 }
 

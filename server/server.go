@@ -311,7 +311,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// interceptor, is only for the far larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches))...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches, MaxHealthWatchesInAll))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -568,17 +568,21 @@ func (s *Server) closeAll() {
 }
 
 // MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
-// once from one client address: the health service answers without
-// credentials, and a health checker needs a handful. A bound for all
-// clients together would let one take every place.
-const MaxHealthWatches = 100
+// once from one client address, and MaxHealthWatchesInAll from all: the
+// health service answers without credentials, and a health checker needs a
+// handful. The first keeps one client from taking every place.
+const (
+	MaxHealthWatches      = 100
+	MaxHealthWatchesInAll = 1000
+)
 
-// healthWatchLimit refuses a Health/Watch stream beyond max open ones from
-// its peer's address with RESOURCE_EXHAUSTED.
-func healthWatchLimit(max int) grpc.StreamServerInterceptor {
+// healthWatchLimit refuses a Health/Watch stream beyond perAddr open ones
+// from its peer's address, or inAll from all, with RESOURCE_EXHAUSTED.
+func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 	var (
-		mu   sync.Mutex
-		open = map[string]int{}
+		mu    sync.Mutex
+		open  = map[string]int{}
+		total int
 	)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
@@ -592,17 +596,19 @@ func healthWatchLimit(max int) grpc.StreamServerInterceptor {
 			}
 		}
 		mu.Lock()
-		n := open[addr]
-		if n < max {
-			open[addr] = n + 1
+		full := open[addr] >= perAddr || total >= inAll
+		if !full {
+			open[addr]++
+			total++
 		}
 		mu.Unlock()
-		if n >= max {
-			return status.Errorf(codes.ResourceExhausted, "more than %d health watches open from this address", max)
+		if full {
+			return status.Errorf(codes.ResourceExhausted, "too many health watches open (%d from one address, %d in all)", perAddr, inAll)
 		}
 		defer func() {
 			mu.Lock()
 			defer mu.Unlock()
+			total--
 			if open[addr]--; open[addr] == 0 {
 				delete(open, addr)
 			}
