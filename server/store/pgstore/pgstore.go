@@ -48,10 +48,14 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 )
 
-// idleInTransaction is the session setting that ends a session whose
-// transaction has waited for the client's next statement too long
-// (milliseconds).
-const idleInTransaction = "idle_in_transaction_session_timeout"
+// partitionTimeouts are the session settings (milliseconds) that end a
+// session whose client the database no longer hears (a partition): one
+// whose transaction waits for its next statement, and one blocked sending
+// results nobody acknowledges (active, so the first does not end it).
+// Either would hold its row locks, and with them every replica's commits
+// of those requests, until the database found the connection dead: hours,
+// by TCP's defaults.
+var partitionTimeouts = []string{"idle_in_transaction_session_timeout", "tcp_user_timeout"}
 
 // setsParam reports whether the DSN sets the session setting name, as a
 // parameter of its own or in options (-c name=…).
@@ -133,17 +137,20 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
-	if !setsParam(cfg.ConnConfig, idleInTransaction) {
-		// A transaction of this store never waits for its next statement
-		// longer than a call lasts. One that does was given up by a client
-		// the database no longer hears (a partition), and its row locks
-		// would hold up every replica's commits of those requests until the
-		// database found the connection dead: hours, by TCP's defaults. Set
-		// after connecting rather than in the startup packet, which
-		// connection poolers such as PgBouncer refuse unknown settings in.
-		set := fmt.Sprintf("SET %s = %d", idleInTransaction, max(o.timeout.Milliseconds(), 1))
+	// No call of this store waits for the database longer than its timeout,
+	// so neither need a session. Each setting the DSN leaves alone is set
+	// after connecting rather than in the startup packet, which connection
+	// poolers such as PgBouncer refuse unknown settings in.
+	var set []string
+	for _, name := range partitionTimeouts {
+		if !setsParam(cfg.ConnConfig, name) {
+			set = append(set, fmt.Sprintf("SET %s = %d", name, max(o.timeout.Milliseconds(), 1)))
+		}
+	}
+	if len(set) > 0 {
+		sql := strings.Join(set, "; ")
 		cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, set)
+			_, err := conn.Exec(ctx, sql)
 			return err
 		}
 	}

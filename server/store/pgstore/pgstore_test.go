@@ -671,3 +671,27 @@ func TestPingKeepsBusyConnections(t *testing.T) {
 		t.Errorf("store backends %v after the ping, want %v: the busy connection was dropped", after, before)
 	}
 }
+
+// TestPartitionTimeouts: each session ends what a client the database no
+// longer hears would leave holding locks, after the store's timeout: an
+// idle transaction, and results sent to nobody. A DSN's own value stays.
+func TestPartitionTimeouts(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	for _, tc := range []struct {
+		dsn        string
+		idle, user string
+	}{
+		{dsn, "5s", "5000"},
+		{pgtest.WithParam(t, dsn, "tcp_user_timeout", "1000"), "5s", "1000"}, // tcp_user_timeout shows milliseconds
+	} {
+		s := open(t, tc.dsn)
+		var idle, user string
+		if err := s.Pool().QueryRow(t.Context(), `SELECT current_setting('idle_in_transaction_session_timeout'), current_setting('tcp_user_timeout')`).Scan(&idle, &user); err != nil {
+			t.Fatal(err)
+		}
+		if idle != tc.idle || user != tc.user {
+			t.Errorf("idle_in_transaction_session_timeout %s, tcp_user_timeout %s; want %s and %s", idle, user, tc.idle, tc.user)
+		}
+	}
+}

@@ -1,0 +1,6 @@
+package pgstore
+
+import "github.com/jackc/pgx/v5/pgxpool"
+
+// Pool is the store's connection pool, for tests that look at sessions.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
