@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -430,5 +431,18 @@ func TestLoadOrCreateSecret(t *testing.T) {
 	secrets, err := ReadSecrets("a, b\n#c", "")
 	if err != nil || len(secrets) != 2 {
 		t.Fatalf("ReadSecrets = %v, %v", secrets, err)
+	}
+}
+
+func TestMissingDirs(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	got := missingDirs(filepath.Join(root, "a", "b", "c"))
+	want := []string{filepath.Join(root, "a", "b", "c"), filepath.Join(root, "a", "b"), filepath.Join(root, "a")}
+	if !slices.Equal(got, want) {
+		t.Errorf("missingDirs = %q, want %q", got, want)
+	}
+	if got := missingDirs(root); len(got) != 0 {
+		t.Errorf("missingDirs of an existing directory = %q", got)
 	}
 }

@@ -31,8 +31,7 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", false, fmt.Errorf("read secret: %w", err)
 	}
-	_, statErr := os.Stat(dir)
-	newDir := errors.Is(statErr, fs.ErrNotExist)
+	newDirs := missingDirs(dir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("secret directory: %w", err)
 	}
@@ -68,14 +67,31 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
 	err = syncDir(dir)
-	if err == nil && newDir { // its entry in its parent too
-		err = syncDir(filepath.Dir(dir))
+	for _, d := range newDirs { // and the entry of each new directory in its parent
+		if err == nil {
+			err = syncDir(filepath.Dir(d))
+		}
 	}
 	if err != nil {
 		os.Remove(path) // never shown: the next start makes another
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
 	return secret, true, nil
+}
+
+// missingDirs lists dir and those of its parents that do not exist, which
+// MkdirAll would create.
+func missingDirs(dir string) []string {
+	var out []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			return out
+		}
+		out = append(out, d)
+		if filepath.Dir(d) == d {
+			return out
+		}
+	}
 }
 
 // syncDir makes the entries of dir durable.
