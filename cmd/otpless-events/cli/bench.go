@@ -198,19 +198,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		report.WatchVia = f.watchVia
 	}
 
-	if f.ceiling {
-		c, err := loadgen.StartCeiling(strings.HasPrefix(url, "https://"))
-		if err != nil {
-			return fmt.Errorf("ceiling: %w", err)
-		}
-		report.CeilingTLS = c.TLS != nil
-		report.Ceiling, err = loadgen.Run(ctx, ceilingConfig(cfg, c))
-		c.Close()
-		if err != nil {
-			return fmt.Errorf("ceiling: %w", err)
-		}
-	}
-
+	// Watchers first: what they refuse (a key in clear) is refused before any traffic.
 	switch {
 	case f.watchers > 0 && f.watchVia == "sse":
 		base := baseURL(url)
@@ -234,6 +222,19 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 			cfg.WatchConns = append(cfg.WatchConns, conn)
 		}
 	}
+	if f.ceiling {
+		c, err := loadgen.StartCeiling(strings.HasPrefix(url, "https://"))
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		report.CeilingTLS = c.TLS != nil
+		report.Ceiling, err = loadgen.Run(ctx, ceilingConfig(cfg, c))
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+	}
+
 	if f.serverPID != 0 {
 		srv := &benchServer{PID: f.serverPID, Self: f.self}
 		if srv.Start, err = loadgen.ReadProc(f.serverPID); err != nil {
