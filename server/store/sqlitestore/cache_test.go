@@ -69,6 +69,40 @@ func hookOf(events ...*eventsv1.Event) store.Webhook {
 	return store.Webhook{Body: []byte(`{"n":"` + events[0].GetEventId() + `"}`), Received: events[0].GetReceiveTime().AsTime(), Events: events}
 }
 
+// TestCachePanicAfterCommit: a panic while the event cache is updated,
+// after the transaction committed, does not fail the stored batch nor hold
+// back its changes: the cache is emptied, and the next commits fold from
+// the file.
+func TestCachePanicAfterCommit(t *testing.T) {
+	t.Parallel()
+	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	ctx := t.Context()
+	const D = eventsv1.EventKind_EVENT_KIND_DELIVERY
+	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", D, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	sqlitestore.SetAfterTxCommit(s, func() { panic("injected") })
+	res, changes, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e2", D, "DELIVERED", "SMS", 100))})
+	if err != nil || len(res) != 1 || res[0].Events[0].Revision != 2 || len(changes) != 1 {
+		t.Fatalf("Commit with a panic after COMMIT: %+v, %v, %v; want it stored at revision 2 with its change", res, changes, err)
+	}
+	if n := sqlitestore.CachedRequests(s); n != 0 {
+		t.Errorf("%d requests cached after the panic, want none", n)
+	}
+	sqlitestore.SetAfterTxCommit(s, nil)
+	res, _, err = s.Commit(ctx, []store.Webhook{
+		hookOf(event("r1", "e2", D, "DELIVERED", "SMS", 100)), // a retry
+		hookOf(event("r1", "e3", D, "READ", "SMS", 200)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Events[0].Duplicate || res[1].Events[0].Revision != 3 {
+		t.Errorf("results %+v, want the retry a duplicate and the new event at revision 3", res)
+	}
+	checkIsFold(t, s, "r1")
+}
+
 // TestCacheFailedCommit: a commit that fails after its statements ran
 // (here just before COMMIT) leaves no trace in the cache, and the commits
 // after it still fold every stored event.

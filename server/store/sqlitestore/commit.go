@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/bits"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -78,8 +79,25 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 		s.cache.clear()
 		return nil, nil, s.fail(ctx, op, err)
 	}
-	c.updateCache()
+	c.afterCommit()
 	return c.results, c.changes, nil
+}
+
+// afterCommit updates the event cache once the transaction has committed.
+// The batch is stored then, whatever happens: a panic here (a bug) must not
+// answer it as failed, nor keep its changes from the watchers. It empties
+// the cache instead, which then starts over from the file, and is logged.
+func (c *commit) afterCommit() {
+	defer func() {
+		if p := recover(); p != nil {
+			c.s.cache.clear()
+			c.s.log.Error("updating the event cache panicked; emptied it", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	if c.s.afterTxCommit != nil {
+		c.s.afterTxCommit()
+	}
+	c.updateCache()
 }
 
 // rollbackOnPanic, deferred after BeginTx, ends the transaction and empties

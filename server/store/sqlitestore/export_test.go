@@ -6,6 +6,10 @@ import "database/sql"
 // transaction commits; an error from it fails the commit.
 func SetBeforeTxCommit(s *Store, f func() error) { s.beforeTxCommit = f }
 
+// SetAfterTxCommit sets a function that runs after each Commit's
+// transaction has committed, before the event cache is updated.
+func SetAfterTxCommit(s *Store, f func()) { s.afterTxCommit = f }
+
 // CachedRequests is how many requests the event cache holds.
 func CachedRequests(s *Store) int {
 	s.writer <- struct{}{}

@@ -101,8 +101,11 @@ type Store struct {
 	cache       *eventCache
 	dataVersion int64 // PRAGMA data_version when the cache was last known to match the file
 	// beforeTxCommit, when set (by tests), runs before each Commit's
-	// transaction commits; an error fails the commit.
+	// transaction commits; an error fails the commit. afterTxCommit, when
+	// set, runs after it has committed, before the cache is updated.
 	beforeTxCommit func() error
+	afterTxCommit  func()
+	log            *slog.Logger
 
 	// On w, used through tx.StmtContext.
 	head, requestsOf, storedNoRequest            *sql.Stmt
@@ -138,7 +141,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if f, err := os.OpenFile(abs, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
 		f.Close()
 	}
-	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests)}
+	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests), log: log}
 	if o.processLock {
 		if s.lock, err = lockFile(abs); err != nil {
 			return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
