@@ -516,7 +516,7 @@ func (f fakeStream) Context() context.Context { return f.ctx }
 // The Health/Watch bound holds per address and in all.
 func TestHealthWatchLimitInAll(t *testing.T) {
 	t.Parallel()
-	limit := healthWatchLimit(2, 3)
+	limit := healthWatchLimit(2, 5)
 	info := &grpc.StreamServerInfo{FullMethod: healthpb.Health_Watch_FullMethodName}
 	release := make(chan struct{})
 	var wg sync.WaitGroup
@@ -540,7 +540,11 @@ func TestHealthWatchLimitInAll(t *testing.T) {
 	for i, tc := range []struct {
 		ip string
 		ok bool
-	}{{"10.0.0.1", true}, {"10.0.0.1", true}, {"10.0.0.1", false}, {"10.0.0.2", true}, {"10.0.0.3", false}} {
+	}{
+		{"10.0.0.1", true}, {"10.0.0.1", true}, {"10.0.0.1", false}, // two from one address
+		{"2001:db8::1", true}, {"2001:db8::1:2", true}, {"2001:db8::3", false}, // an IPv6 /64 is one address
+		{"10.0.0.3", true}, {"10.0.0.4", false}, // five in all
+	} {
 		if err := open(tc.ip); (err == nil) != tc.ok {
 			t.Errorf("watch %d from %s: %v, want admitted %v", i+1, tc.ip, err, tc.ok)
 		}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -568,9 +569,10 @@ func (s *Server) closeAll() {
 }
 
 // MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
-// once from one client address, and MaxHealthWatchesInAll from all: the
-// health service answers without credentials, and a health checker needs a
-// handful. The first keeps one client from taking every place.
+// once from one client address (an IPv6 /64: one client holds a whole
+// one), and MaxHealthWatchesInAll from all: the health service answers
+// without credentials, and a health checker needs a handful. The first
+// keeps one client from taking every place.
 const (
 	MaxHealthWatches      = 100
 	MaxHealthWatchesInAll = 1000
@@ -591,8 +593,12 @@ func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 		var addr string
 		if p, ok := peer.FromContext(ss.Context()); ok && p.Addr != nil {
 			addr = p.Addr.String()
-			if host, _, err := net.SplitHostPort(addr); err == nil {
-				addr = host
+			if ap, err := netip.ParseAddrPort(addr); err == nil {
+				ip := ap.Addr().Unmap()
+				if ip.Is6() {
+					ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+				}
+				addr = ip.String()
 			}
 		}
 		mu.Lock()

@@ -35,6 +35,13 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("secret directory: %w", err)
 	}
+	// The entry of each directory made here in its parent, before any
+	// secret is in it: a process that loses the race below finds them made.
+	for _, d := range newDirs {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return "", false, fmt.Errorf("secret directory: %w", err)
+		}
+	}
 	// Write a temporary file, then link it into place: the secret appears
 	// whole or not at all, and of two processes starting together one wins.
 	secret = newContent()
@@ -66,13 +73,7 @@ func LoadOrCreateSecretWith(dir, name string, newContent func() string) (secret 
 	} else if err != nil {
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
-	err = syncDir(dir)
-	for _, d := range newDirs { // and the entry of each new directory in its parent
-		if err == nil {
-			err = syncDir(filepath.Dir(d))
-		}
-	}
-	if err != nil {
+	if err := syncDir(dir); err != nil {
 		os.Remove(path) // never shown: the next start makes another
 		return "", false, fmt.Errorf("create secret: %w", err)
 	}
