@@ -111,6 +111,9 @@ type Store struct {
 	timeout time.Duration
 	log     *slog.Logger
 	closed  atomic.Bool
+	// released is when a connection last came back to the pool alive
+	// (Unix nanoseconds): the database answered then.
+	released *atomic.Int64
 }
 
 // Open connects to the database named by dsn (a postgres:// URL or a
@@ -157,11 +160,20 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns
 	}
+	// A call that fails by its timeout closes its connection; one that comes
+	// back alive ran its statements.
+	released := new(atomic.Int64)
+	cfg.AfterRelease = func(c *pgx.Conn) bool {
+		if !c.IsClosed() {
+			released.Store(time.Now().UnixNano())
+		}
+		return true
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: open: %w", err)
 	}
-	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore")}
+	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore"), released: released}
 	if err := s.open(ctx, o.schema); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("pgstore: open %s@%s/%s: %w", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
@@ -299,9 +311,11 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // calls get fresh connections rather than dead ones: also when it fails by
 // the caller's deadline (a health check's is shorter than the store's
 // timeout, and a database that went silent fails the ping no other way),
-// but not when the caller canceled it, nor when it got no connection
-// because every one was in use (a busy pool, not a dead database: the
-// calls holding them fail by their own timeouts if it is dead).
+// but not when the caller canceled it. A ping that gets no connection
+// because every one is in use succeeds if one came back alive within the
+// store's timeout: the database is busy, not gone (were it gone, the calls
+// holding them would fail by their timeouts, and the next ping with them).
+// Readiness then does not drop a replica for being under load.
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
@@ -314,6 +328,9 @@ func (s *Store) Ping(ctx context.Context) error {
 		_, err = conn.Exec(qctx, `SELECT 1`)
 		conn.Release()
 	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
+		if time.Since(time.Unix(0, s.released.Load())) < s.timeout {
+			return nil
+		}
 		return s.fail(ctx, op, err)
 	}
 	if err != nil {
