@@ -266,8 +266,9 @@ func TestShutdownWithDatabaseSilent(t *testing.T) {
 // again or stay silent for good (a failover behind the same address), the
 // replica recovers by itself, and its watchers get what the other replica
 // committed meanwhile, each event once: also after a partition too short
-// for the relay to find its listening connection silent, and for a request
-// whose changes this replica had passed on nothing of.
+// for the relay to find its listening connection silent (within 5 s: the
+// server's Resync), and for a request whose changes this replica had
+// passed on nothing of.
 func TestPostgresPartition(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -312,7 +313,14 @@ func testPartition(t *testing.T, heal func(*pgtest.Proxy)) {
 	healed := time.Now()
 	awaitHealth(t, cut, healthpb.HealthCheckResponse_SERVING)
 	q.until(t, 2)
-	t.Logf("after a short partition, the watcher of %s caught up %s after it healed", quiet, time.Since(healed).Round(time.Millisecond))
+	caughtUp := time.Since(healed)
+	t.Logf("after a short partition, the watcher of %s caught up %s after it healed", quiet, caughtUp.Round(time.Millisecond))
+	// Before the relay's own ping (after 5 s of quiet, then 5 s more) gives
+	// up a listening connection left silent: the server asks it to re-read
+	// once its store answers again.
+	if caughtUp > 5*time.Second {
+		t.Errorf("the watcher caught up %s after the partition healed, want within 5 s", caughtUp.Round(time.Millisecond))
+	}
 
 	// A long one: the replica's calls run out of time meanwhile.
 	proxy.Freeze()
