@@ -511,29 +511,13 @@ func TestAbandonedCommitReleasesLocks(t *testing.T) {
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'b' FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
-	var holderPID uint32
-	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holderPID); err != nil {
-		t.Fatal(err)
-	}
 	abandoned := make(chan error, 1)
 	go func() {
 		_, _, err := cut.Commit(ctx, []store.Webhook{hook(at(1),
 			delivery("a", "a1", "SMS", "SENT", at(1)), delivery("b", "b2", "SMS", "DELIVERED", at(1)))})
 		abandoned <- err
 	}()
-	observer := connect(t, dsn)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) { // polling the database's state
-		var waiting int
-		if err := observer.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holderPID).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the cut-off replica's commit never waited for b's lock")
-		}
-	}
+	awaitBlockedBy(t, connect(t, dsn), holder)
 	proxy.Freeze()
 	if err := tx.Rollback(ctx); err != nil { // the commit goes on, unheard
 		t.Fatal(err)
@@ -640,18 +624,7 @@ func TestPingKeepsBusyConnections(t *testing.T) {
 		_, _, err := s.Commit(ctx, []store.Webhook{hook(at(1), delivery("r1", "e2", "SMS", "DELIVERED", at(1)))})
 		committed <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var waiting bool
-		if err := other.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock')`, app).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the commit never waited for the row lock")
-		}
-	}
+	awaitBlockedBy(t, connect(t, dsn), other)
 	pctx, cancel := context.WithTimeout(ctx, time.Second) // as the server's health check
 	err = s.Ping(pctx)
 	cancel()
@@ -692,6 +665,25 @@ func TestPartitionTimeouts(t *testing.T) {
 		}
 		if idle != tc.idle || user != tc.user {
 			t.Errorf("idle_in_transaction_session_timeout %s, tcp_user_timeout %s; want %s and %s", idle, user, tc.idle, tc.user)
+		}
+	}
+}
+
+// awaitBlockedBy polls the database, through observer, until a session
+// waits for a lock that holder's session holds.
+func awaitBlockedBy(t *testing.T, observer, holder *pgx.Conn) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting bool
+		if err := observer.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))`,
+			int32(holder.PgConn().PID())).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no session waited for the lock")
 		}
 	}
 }
