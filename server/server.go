@@ -569,10 +569,10 @@ func (s *Server) closeAll() {
 }
 
 // MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
-// once from one client address (an IPv6 /64: one client holds a whole
-// one), and MaxHealthWatchesInAll from all: the health service answers
-// without credentials, and a health checker needs a handful. The first
-// keeps one client from taking every place.
+// once from one client address, and MaxHealthWatchesInAll from all: the
+// health service answers without credentials, and a health checker needs a
+// handful. The first keeps one client from taking every place. (Grouping
+// IPv6 clients by /64 would join whole cloud subnets and pod ranges.)
 const (
 	MaxHealthWatches      = 100
 	MaxHealthWatchesInAll = 1000
@@ -594,11 +594,7 @@ func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 		if p, ok := peer.FromContext(ss.Context()); ok && p.Addr != nil {
 			addr = p.Addr.String()
 			if ap, err := netip.ParseAddrPort(addr); err == nil {
-				ip := ap.Addr().Unmap()
-				if ip.Is6() {
-					ip = netip.PrefixFrom(ip, 64).Masked().Addr()
-				}
-				addr = ip.String()
+				addr = ap.Addr().Unmap().String()
 			}
 		}
 		mu.Lock()

@@ -111,8 +111,9 @@ type Store struct {
 	timeout time.Duration
 	log     *slog.Logger
 	closed  atomic.Bool
-	// released is when a connection last came back to the pool alive
-	// (Unix nanoseconds): the database answered then.
+	// released is when a connection last came back to the pool alive, as
+	// time since base (monotonic): the database answered then.
+	base     time.Time
 	released *atomic.Int64
 }
 
@@ -162,10 +163,10 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	// A call that fails by its timeout closes its connection; one that comes
 	// back alive ran its statements.
-	released := new(atomic.Int64)
+	base, released := time.Now(), new(atomic.Int64)
 	cfg.AfterRelease = func(c *pgx.Conn) bool {
 		if !c.IsClosed() {
-			released.Store(time.Now().UnixNano())
+			released.Store(int64(time.Since(base)))
 		}
 		return true
 	}
@@ -173,7 +174,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: open: %w", err)
 	}
-	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore"), released: released}
+	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: base, released: released}
 	if err := s.open(ctx, o.schema); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("pgstore: open %s@%s/%s: %w", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
@@ -312,10 +313,10 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // the caller's deadline (a health check's is shorter than the store's
 // timeout, and a database that went silent fails the ping no other way),
 // but not when the caller canceled it. A ping that gets no connection
-// because every one is in use succeeds if one came back alive within the
-// store's timeout: the database is busy, not gone (were it gone, the calls
-// holding them would fail by their timeouts, and the next ping with them).
-// Readiness then does not drop a replica for being under load.
+// because every one is in use succeeds if one came back alive while it
+// waited (to a caller ahead of it): the database is busy, not gone, and
+// readiness does not drop a replica for being under load. It fails, but
+// drops nothing, if none did.
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
@@ -323,12 +324,13 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	start := int64(time.Since(s.base))
 	conn, err := s.pool.Acquire(qctx)
 	if err == nil {
 		_, err = conn.Exec(qctx, `SELECT 1`)
 		conn.Release()
 	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
-		if time.Since(time.Unix(0, s.released.Load())) < s.timeout {
+		if s.released.Load() > start {
 			return nil
 		}
 		return s.fail(ctx, op, err)
