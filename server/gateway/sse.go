@@ -78,19 +78,20 @@ func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.cors.handle(w, r) {
 		return
 	}
-	if r.Method == http.MethodGet && acceptsEventStream(r) {
-		h.serveEvents(w, r, id)
-		return
-	}
-	// Newline-delimited JSON, written by the gateway. What net/http writes
-	// after the handler returns (the rest of the buffer, the last chunk)
-	// has a deadline too; an HTTP/1.x connection then closes, rather than
-	// serve another request under it.
+	// Each write of the stream, events or newline-delimited JSON, has a
+	// deadline, and so has what net/http writes after the handler returns
+	// (the rest of the buffer, the last chunk). An HTTP/1.x connection
+	// then closes rather than serve another request under it; a detached
+	// one serves nothing after the stream anyway.
 	if r.ProtoMajor == 1 {
 		w.Header().Set("Connection", "close")
 	}
 	dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: h.writeTimeout}
 	defer dw.extend()
+	if r.Method == http.MethodGet && acceptsEventStream(r) {
+		h.serveEvents(dw, r, id)
+		return
+	}
 	h.next.ServeHTTP(dw, r)
 }
 
@@ -245,9 +246,6 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 	writer <- ev
 	if ev.conn == nil {
 		<-done
-		// What net/http writes after the handler returns has a deadline too
-		// (an HTTP/1.x connection then closes).
-		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.writeTimeout))
 	}
 }
 
@@ -279,11 +277,6 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-store") // it may hold personal data
 	hdr.Set("X-Accel-Buffering", "no")
-	if r.ProtoMajor == 1 {
-		// A detached connection serves nothing after the stream; an
-		// attached one ends under the deadline of its last write.
-		hdr.Set("Connection", "close")
-	}
 	w.WriteHeader(http.StatusOK)
 	ev := &eventWriter{w: w, rc: http.NewResponseController(w), m: m, quiet: h.heartbeat * 3 / 2, timeout: h.writeTimeout}
 	ev.retry(SSERetry)
@@ -302,8 +295,8 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 // heartbeat whenever nothing was written for quiet. After the first failed
 // write it writes nothing more; err says why. The heartbeat runs on a
 // timer's goroutine, so writes hold mu. A detached stream writes each
-// block as an HTTP/1.1 chunk straight to its connection, conn. Each write
-// may take timeout.
+// block as an HTTP/1.1 chunk straight to its connection, conn, each
+// write of which may take timeout.
 type eventWriter struct {
 	w       io.Writer
 	rc      *http.ResponseController
@@ -400,10 +393,7 @@ func (e *eventWriter) write(b []byte) {
 		_, e.err = e.conn.Write(c)
 		*cp = c
 		blocks.Put(cp)
-	default:
-		if e.rc != nil {
-			_ = e.rc.SetWriteDeadline(time.Now().Add(e.timeout))
-		}
+	default: // w gives each write its deadline (deadlineWriter)
 		if _, e.err = e.w.Write(b); e.err == nil && e.rc != nil {
 			e.err = e.rc.Flush()
 		}
