@@ -123,18 +123,45 @@ func (p *page) view() view {
 	return v
 }
 
-// waitFor waits until the JavaScript condition holds on the page.
+// waitFor waits until the JavaScript condition holds on the page. An
+// evaluation that fails is tried again: while the page is navigating, its
+// JavaScript context may be gone.
 func (p *page) waitFor(what, cond string) {
 	p.t.Helper()
-	if _, err := chromedp.Run(p.bounded(30*time.Second), chromedp.Poll[bool](cond, chromedp.WithPollingInterval(20*time.Millisecond))); err != nil {
-		b, _ := json.MarshalIndent(p.view(), "", "  ")
-		p.t.Fatalf("waiting for %s (%s): %v\npage: %s", what, cond, err, b)
+	ctx := p.bounded(30 * time.Second)
+	var err error
+	for {
+		attempt, cancel := context.WithTimeout(ctx, time.Second)
+		var ok bool
+		ok, err = chromedp.Run(attempt, chromedp.Evaluate[bool](cond))
+		cancel()
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			shown := "unreadable"
+			if v, verr := chromedp.Run(p.bounded(5*time.Second), chromedp.Evaluate[view](readView)); verr == nil {
+				b, _ := json.MarshalIndent(v, "", "  ")
+				shown = string(b)
+			}
+			p.t.Fatalf("waiting for %s (%s): %v (last evaluation: %v)\npage: %s", what, cond, ctx.Err(), err, shown)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
 func (p *page) waitRevision(rev int64) {
 	p.t.Helper()
 	p.waitFor(fmt.Sprintf("revision %d", rev), fmt.Sprintf(`document.body.dataset.revision === "%d"`, rev))
+}
+
+// eval runs a JavaScript expression on the page.
+func (p *page) eval(expr string) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[any](expr)); err != nil {
+		p.t.Fatalf("%s: %v", expr, err)
+	}
 }
 
 // screenshot saves the page where a person can look at it after the test.
@@ -238,6 +265,33 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 		second.waitFor("the second page's stream, on its own", `document.body.dataset.connection === "live"`)
+	})
+
+	// A page left for another stays in the back/forward cache, and its
+	// stream with it unless the page closes it: it held the request's only
+	// watch slot. Back on the page, it watches again.
+	t.Run("back and forward", func(t *testing.T) {
+		ts := testserver.Start(t, func(c *server.Config) { c.Security.MaxWatchesPerRequest = 1 })
+		sc := fixtures.Named(t, "whatsapp-happy-path")
+		const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f" // the scenario's
+		first := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		first.waitFor("the first page's stream", `document.body.dataset.connection === "live"`)
+		first.eval(`window.leftAt = window.otplessWatch`)
+		if err := chromedp.Do(first.bounded(30*time.Second), chromedp.Navigate(ts.HTTPURL+"/openapi.json")); err != nil {
+			t.Fatal(err)
+		}
+		second := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		second.waitFor("a second page's stream, the first page left", `document.body.dataset.connection === "live"`)
+		if err := chromedp.Cancel(second.ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Not chromedp.NavigateBack: it waits for a load event, which a
+		// page restored from the cache does not fire.
+		first.eval(`history.back()`)
+		first.waitFor("the first page back from the cache, watching again",
+			`window.leftAt !== undefined && window.leftAt !== window.otplessWatch && document.body.dataset.connection === "live"`)
+		rev := ts.Ingest(t, sc.Bodies[0]).GetEvents()[0].GetRevision()
+		first.waitRevision(rev)
 	})
 
 	t.Run("long values and times", func(t *testing.T) {

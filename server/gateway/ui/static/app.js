@@ -33,6 +33,7 @@ const FINAL_CODES = new Set([3, 5, 7, 8, 9, 11, 12, 16]);
 window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
 
 let source = null;
+let watching = null; // [id, token] of the stream in source
 
 const $ = (id) => document.getElementById(id);
 
@@ -165,6 +166,7 @@ function watch(id, token) {
   if (token) url += `?access_token=${encodeURIComponent(token)}`;
   const es = new EventSource(url);
   source = es;
+  watching = [id, token];
   const log = window.otplessWatch;
 
   es.onopen = () => {
@@ -329,6 +331,23 @@ function renderChannels(req) {
       el('ol', { class: 'steps' }, steps));
   }));
 }
+
+// A page kept in the back/forward cache keeps its connections open, and a
+// stream there would hold a watch slot nobody looks at: it is closed on the
+// way out, and the page watches afresh when it is shown again.
+let resume = null;
+window.addEventListener('pagehide', () => {
+  if (!source || source.readyState === EventSource.CLOSED) return;
+  source.close();
+  source = null;
+  resume = watching;
+});
+window.addEventListener('pageshow', (e) => {
+  if (!e.persisted || !resume) return;
+  const [id, token] = resume;
+  resume = null;
+  watch(id, token);
+});
 
 function start() {
   const params = new URLSearchParams(location.search);
