@@ -143,8 +143,12 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	// No call of this store waits for the database longer than its timeout,
 	// so neither need a session. Each setting the DSN leaves alone is set
-	// after connecting rather than in the startup packet, which connection
-	// poolers such as PgBouncer refuse unknown settings in.
+	// after connecting rather than in the startup packet, where PgBouncer
+	// (1.18) refuses all but the few it tracks. The search_path stays in
+	// the startup packet: set after connecting, behind a transaction-mode
+	// pooler it would hold only on the server connection that ran the SET,
+	// and the tables would spread over schemas. Behind PgBouncer, give the
+	// role a default search_path instead (README).
 	var set []string
 	for _, name := range partitionTimeouts {
 		if !setsParam(cfg.ConnConfig, name) {
