@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -43,8 +47,9 @@ func startReplica(t *testing.T, dsn string) *replica {
 	return startReplicaWith(t, dsn, nil)
 }
 
-// startReplicaWith starts a replica whose relay options mutate adjusts.
-func startReplicaWith(t *testing.T, dsn string, mutate func(*pgnotify.Options)) *replica {
+// startReplicaWith starts a replica whose relay options mutate adjusts,
+// running each of before on the relay before it starts.
+func startReplicaWith(t *testing.T, dsn string, mutate func(*pgnotify.Options), before ...func(*pgnotify.Relay)) *replica {
 	t.Helper()
 	s := openStore(t, dsn)
 	b := broker.New(1 << 14)
@@ -56,6 +61,9 @@ func startReplicaWith(t *testing.T, dsn string, mutate func(*pgnotify.Options)) 
 		mutate(&opts)
 	}
 	r := pgnotify.New(s, b, opts)
+	for _, f := range before {
+		f(r)
+	}
 	if err := r.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -259,6 +267,40 @@ func TestSilentConnectionGivenUp(t *testing.T) {
 	follow(t, sub, 1, 2, 1)
 	t.Logf("the commit reached the watcher %s after the listening connection went silent", time.Since(start).Round(time.Millisecond))
 	proxy.Cut() // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
+}
+
+// TestListenNotInEffect: a listening connection that answers queries but
+// gets no notifications (behind a pooler in transaction mode, LISTEN lasts
+// only its own transaction) is found out by the relay's ping, which waits
+// for the connection's own notification. The relay says why, reconnects
+// and reads what it missed, so its watchers get another replica's commits.
+func TestListenNotInEffect(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	var said atomic.Bool
+	deaf := startReplicaWith(t, dsn, func(o *pgnotify.Options) {
+		noRecheck(o)
+		o.Ping = 200 * time.Millisecond
+		o.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == "error" && strings.Contains(a.Value.String(), "LISTEN is not in effect") {
+				said.Store(true)
+			}
+			return a
+		}}))
+	}, func(r *pgnotify.Relay) {
+		pgnotify.SetAfterListen(r, func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, "UNLISTEN *")
+			return err
+		})
+	})
+	other := startReplica(t, dsn)
+	sub := deaf.broker.Subscribe("deaf")
+	defer sub.Close()
+	other.commit(t, "deaf", "deaf-1")
+	follow(t, sub, 0, 1, 1)
+	if !said.Load() {
+		t.Error("the relay did not log that LISTEN is not in effect")
+	}
 }
 
 // TestResyncAfterFailover: after a failover behind the same address, the

@@ -20,8 +20,9 @@
 // re-reads the watched requests it knows every Recheck, in case, and every
 // watched request every Recheck while it is not listening. A connection
 // that goes silent instead (a partition, a failover behind the same
-// address) is pinged once quiet for Options.Ping and given up when the
-// ping goes unanswered as long. Whoever learns sooner that the database
+// address), or stops getting notifications (a pooler in transaction mode),
+// is pinged once quiet for Options.Ping, by a notification of its own, and
+// given up when that does not come back within as long. Whoever learns sooner that the database
 // answers again after being unreachable from this replica calls Resync,
 // so that watchers need not wait for that.
 //
@@ -34,6 +35,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,6 +101,10 @@ type Relay struct {
 	// listening: the LISTEN connection is up, so notifications come.
 	listening bool
 	wake      chan struct{} // the worker has something to do
+
+	// afterListen, set by tests, runs on the listening connection after
+	// LISTEN.
+	afterListen func(context.Context, *pgx.Conn) error
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -412,6 +420,9 @@ func (r *Relay) session(ctx context.Context) error {
 	if err == nil {
 		_, err = conn.Exec(cctx, "LISTEN "+pgx.Identifier{r.src.Channel()}.Sanitize())
 	}
+	if err == nil && r.afterListen != nil {
+		err = r.afterListen(cctx, conn)
+	}
 	cancel()
 	if conn != nil {
 		defer func() {
@@ -440,24 +451,61 @@ func (r *Relay) session(ctx context.Context) error {
 		cancel()
 		switch {
 		case err == nil:
-			note, err := pgstore.ParseNotification(n.Payload)
-			if err != nil {
-				r.log.Warn("ignoring a notification", "error", err)
-				continue
-			}
-			r.notified(note.RequestID, note.Revision)
+			r.heard(n.Payload)
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):
-			// Quiet for a while: make sure the connection is still there.
-			pctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
-			err := conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("ping: %w", err)
+			if err := r.ping(ctx, conn); err != nil {
+				return err
 			}
 		default:
 			return fmt.Errorf("wait for notification: %w", err)
+		}
+	}
+}
+
+// pingPrefix starts the payload of a Relay's ping: every Relay on the
+// channel hears it, and only the one that sent it waits for it.
+const pingPrefix = "ping:"
+
+// heard takes the payload of a notification on the channel.
+func (r *Relay) heard(payload string) {
+	if strings.HasPrefix(payload, pingPrefix) {
+		return
+	}
+	note, err := pgstore.ParseNotification(payload)
+	if err != nil {
+		r.log.Warn("ignoring a notification", "error", err)
+		return
+	}
+	r.notified(note.RequestID, note.Revision)
+}
+
+// ping makes sure, after a quiet while, that the listening connection is
+// still there and still listening: it notifies the channel itself and
+// waits for its own notification, taking those that come before it. A
+// connection that answers queries but no longer gets notifications fails
+// it too: behind a connection pooler in transaction mode, LISTEN lasts only
+// its own transaction, and the commits of other replicas would never reach
+// this one's watchers.
+func (r *Relay) ping(ctx context.Context, conn *pgx.Conn) error {
+	pctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
+	defer cancel()
+	payload := pingPrefix + strconv.FormatUint(rand.Uint64(), 36)
+	if _, err := conn.Exec(pctx, "SELECT pg_notify($1, $2)", pgx.QueryExecModeSimpleProtocol, r.src.Channel(), payload); err != nil {
+		return fmt.Errorf("ping: %w", err)
+	}
+	for {
+		n, err := conn.WaitForNotification(pctx)
+		switch {
+		case err == nil && n.Payload == payload:
+			return nil
+		case err == nil:
+			r.heard(n.Payload)
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("ping: the connection's own notification did not come back within %s: LISTEN is not in effect (a connection pooler in transaction mode?)", r.opts.Ping)
+		default:
+			return fmt.Errorf("ping: %w", err)
 		}
 	}
 }
