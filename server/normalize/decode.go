@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -22,13 +24,14 @@ var ErrUnrecognized = errors.New("unrecognized webhook")
 
 // Decode parses one webhook body into the OTPLESS model. Fields it does not
 // know are ignored, so that fields OTPLESS adds later do not break ingestion.
+// An escaped half of a surrogate pair without its other half reads as U+FFFD.
 // Errors wrap ErrInvalidBody.
 func Decode(body []byte) (*eventsv1.IngestRequest, error) {
 	if req, ok := decodeFast(body); ok {
 		return req, nil
 	}
 	req := new(eventsv1.IngestRequest)
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, req); err != nil {
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(replaceLoneSurrogates(body), req); err != nil {
 		// protojson rejects what checkBody does (it is strict JSON and
 		// checks UTF-8 in every string, skipped ones included), but names it
 		// less clearly: checkBody runs only then, so that a valid body is
@@ -39,6 +42,65 @@ func Decode(body []byte) (*eventsv1.IngestRequest, error) {
 		return nil, fmt.Errorf("%w: %s", ErrInvalidBody, describeTypeError(body, err))
 	}
 	return req, nil
+}
+
+// replaceLoneSurrogates returns body with every \u escape of half a UTF-16
+// surrogate pair that has no other half replaced by \ufffd, of the same
+// length, or body itself when it has none. RFC 8259 allows such escapes, and
+// JavaScript's JSON.stringify writes them for a string cut in the middle of
+// an emoji; protojson refuses them, which would refuse the whole webhook for
+// one character, even in a field this service does not read. encoding/json
+// reads them as U+FFFD, and so does Decode. Only escapes inside strings are
+// touched, so invalid JSON stays invalid, at the same offsets.
+func replaceLoneSurrogates(body []byte) []byte {
+	if !bytes.Contains(body, []byte(`\u`)) {
+		return body
+	}
+	out, copied := body, false
+	inString := false
+	for i := 0; i < len(body); i++ {
+		switch body[i] {
+		case '"':
+			inString = !inString
+		case '\\':
+			if !inString {
+				continue
+			}
+			r, ok := escapeAt(body, i)
+			switch {
+			case !ok:
+				i++ // the escaped byte: an escaped quote ends no string
+				continue
+			case !utf16.IsSurrogate(r):
+			case r < 0xDC00: // the first half: a pair if the second follows
+				if low, ok := escapeAt(body, i+6); ok && low >= 0xDC00 && utf16.IsSurrogate(low) {
+					i += 6
+					break
+				}
+				fallthrough
+			default:
+				if !copied {
+					out, copied = bytes.Clone(body), true
+				}
+				copy(out[i:], `\ufffd`)
+			}
+			i += 5
+		}
+	}
+	return out
+}
+
+// escapeAt reads the \u escape at body[i:], reporting false when there is
+// none.
+func escapeAt(body []byte, i int) (rune, bool) {
+	if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(body[i+2:i+6]), 16, 16)
+	if err != nil {
+		return 0, false
+	}
+	return rune(n), true
 }
 
 // checkBody rejects what protojson would report less clearly: an empty body,

@@ -70,3 +70,44 @@ func TestDecodeAccepts(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeLoneSurrogates checks bodies whose strings escape half of a
+// UTF-16 surrogate pair, as JavaScript's JSON.stringify writes a string cut
+// in the middle of an emoji. They are JSON objects (RFC 8259 allows the
+// escape), so they are read, each lone half as U+FFFD, as encoding/json
+// reads them, rather than refused with the whole webhook.
+func TestDecodeLoneSurrogates(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, body, wantMessage string
+	}{
+		{"in a field not read", `{"eventType": "DLR", "x": "\ud83d", "data": {"requestId": "r1", "status": "FAILED", "channel": "SMS"}}`, ""},
+		{"in metaData", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "channel": "SMS", "metaData": {"name": "Asha \ud83d"}}}`, ""},
+		{"high half at the end", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "cut \ud83d"}}`, "cut \ufffd"},
+		{"low half alone", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ude00x"}}`, "\ufffdx"},
+		{"two high halves", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\uD83D\uD83D\ude00"}}`, "\ufffd\U0001F600"},
+		{"a pair and a half", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ud83d\ude00\ud83d"}}`, "\U0001F600\ufffd"},
+		{"after an escaped backslash", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\\\ud800"}}`, "\\\ufffd"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req, err := normalize.Decode([]byte(tt.body))
+			if err != nil {
+				t.Fatalf("Decode(%s): %v", tt.body, err)
+			}
+			if got := req.GetData().GetErrorMessage(); got != tt.wantMessage {
+				t.Errorf("errorMessage %q, want %q", got, tt.wantMessage)
+			}
+		})
+	}
+	// Not an escape: an escaped backslash followed by "ud800" is text, and
+	// invalid JSON stays invalid.
+	req, err := normalize.Decode([]byte(`{"status": "FAILED", "data": {"errorMessage": "\\ud800"}}`))
+	if err != nil || req.GetData().GetErrorMessage() != `\ud800` {
+		t.Errorf("escaped backslash: %v, %v", req.GetData().GetErrorMessage(), err)
+	}
+	if _, err := normalize.Decode([]byte(`{"status": "\ud800", }`)); !errors.Is(err, normalize.ErrInvalidBody) {
+		t.Errorf("invalid JSON with a lone surrogate: %v, want ErrInvalidBody", err)
+	}
+}
