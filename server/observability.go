@@ -78,6 +78,17 @@ func (s *Server) observeServer() {
 			}
 			return 0
 		})
+	if r := s.relay; r != nil {
+		s.obs.GaugeFunc("pg_listening", "1 while the PostgreSQL listener, which passes other replicas' commits on to watchers here, is connected and listening, else 0.",
+			func() float64 {
+				if r.Listening() {
+					return 1
+				}
+				return 0
+			})
+		s.obs.CounterFunc("pg_listener_losses_total", "Times the PostgreSQL listener's connection was lost or could not be opened, or stopped getting notifications.",
+			func() float64 { return float64(r.Losses()) })
+	}
 	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 }
 

@@ -32,6 +32,8 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/server/observe"
+
+	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
 
 // logBuffer collects JSON log lines from the server's goroutines.
@@ -652,5 +654,36 @@ func TestPanicsAreRecovered(t *testing.T) {
 		if series[name] != want {
 			t.Errorf("%s = %v, want %v", name, series[name], want)
 		}
+	}
+}
+
+// With PostgreSQL, /metrics tells whether the listener that carries the
+// other replicas' commits to this one's watchers is up, and how often it
+// was lost; with SQLite there is no listener and no such series.
+func TestPostgresListenerMetrics(t *testing.T) {
+	t.Parallel()
+	const listening, losses = "otpless_events_pg_listening", "otpless_events_pg_listener_losses_total"
+	m := startOps(t, nil, nil).scrape(t)
+	for _, name := range []string{listening, losses} {
+		if _, ok := m[name]; ok {
+			t.Errorf("SQLite: %s is there", name)
+		}
+	}
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	s := startOps(t, func(c *Config) { c.Store = pgtest.WithAddr(t, dsn, proxy.Addr()) }, nil)
+	if !eventually(func() bool { return s.scrape(t)[listening] == 1 }) {
+		t.Fatalf("%s never 1", listening)
+	}
+	if got := s.scrape(t)[losses]; got != 0 {
+		t.Errorf("%s = %v before any loss", losses, got)
+	}
+	proxy.Cut()
+	if !eventually(func() bool { m := s.scrape(t); return m[listening] == 0 && m[losses] >= 1 }) {
+		t.Fatalf("with the database cut: %s %v, %s %v; want 0 and at least 1", listening, s.scrape(t)[listening], losses, s.scrape(t)[losses])
+	}
+	proxy.Restore()
+	if !eventually(func() bool { return s.scrape(t)[listening] == 1 }) {
+		t.Fatalf("%s never 1 again", listening)
 	}
 }

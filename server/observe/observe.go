@@ -170,6 +170,11 @@ func (o *Observer) GaugeFunc(name, help string, f func() float64) {
 	o.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, f))
 }
 
+// CounterFunc registers a counter read from f at every scrape.
+func (o *Observer) CounterFunc(name, help string, f func() float64) {
+	o.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, f))
+}
+
 // ObserveCommit records one group commit; it fits groupcommit.Options.Observe.
 func (o *Observer) ObserveCommit(b groupcommit.Batch) {
 	o.commitSize.Observe(float64(b.Webhooks))

@@ -39,6 +39,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,6 +101,7 @@ type Relay struct {
 	resync bool
 	// listening: the LISTEN connection is up, so notifications come.
 	listening bool
+	losses    atomic.Uint64 // listening connections lost, or not opened
 	wake      chan struct{} // the worker has something to do
 
 	// afterListen, set by tests, runs on the listening connection after
@@ -169,6 +171,17 @@ func (r *Relay) Stop() {
 		r.done.Wait()
 	})
 }
+
+// Listening reports whether the listening connection is up and listening.
+func (r *Relay) Listening() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.listening
+}
+
+// Losses returns how many times the listening connection was lost or could
+// not be opened (each is logged).
+func (r *Relay) Losses() uint64 { return r.losses.Load() }
 
 // OnCommit takes the changes of this replica's own commits (it is the
 // group-commit writer's OnCommit). A change that follows on from what was
@@ -400,6 +413,7 @@ func (r *Relay) listen(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		r.losses.Add(1)
 		if time.Since(began) > r.opts.MaxBackoff {
 			backoff = r.opts.MinBackoff // it worked for a while
 		}
