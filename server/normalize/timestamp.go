@@ -24,8 +24,13 @@ const (
 var isoLayouts = [...]string{
 	time.RFC3339,               // "Z" or "+05:30"
 	"2006-01-02T15:04:05Z0700", // "+0530"
+	"2006-01-02T15:04:05Z07",   // "+05", as PostgreSQL writes whole hours
 	"2006-01-02T15:04:05",      // no zone: UTC
-	"2006-01-02",               // a plain date: midnight UTC
+	"2006-01-02T15:04Z07:00",   // no seconds, as Java writes a time at :00
+	"2006-01-02T15:04Z0700",
+	"2006-01-02T15:04Z07",
+	"2006-01-02T15:04",
+	"2006-01-02", // a plain date: midnight UTC
 }
 
 // lastTime is the latest time a google.protobuf.Timestamp holds.

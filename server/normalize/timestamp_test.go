@@ -53,6 +53,14 @@ func TestParseTime(t *testing.T) {
 		{"no zone: UTC", str("2024-12-18T10:45:21"), time.Unix(1734518721, 0)},
 		{"space no zone: UTC", str("2024-12-18 10:45:21.720"), time.Unix(1734518721, 720e6)},
 		{"date", str("2024-12-18"), time.Date(2024, 12, 18, 0, 0, 0, 0, time.UTC)},
+		{"offset in whole hours", str("2024-12-18T12:45:21+02"), time.Unix(1734518721, 0)},
+		{"PostgreSQL's timestamptz in UTC", str("2024-12-18 10:45:21.72+00"), time.Unix(1734518721, 720e6)},
+		{"negative offset in whole hours", str("2024-12-18T02:45:21-08"), time.Unix(1734518721, 0)},
+		{"no seconds Z", str("2024-12-18T10:45Z"), time.Unix(1734518700, 0)},
+		{"no seconds, offset with colon", str("2024-12-18T16:15+05:30"), time.Date(2024, 12, 18, 16, 15, 0, 0, ist)},
+		{"no seconds, offset without colon", str("2024-12-18T16:15+0530"), time.Date(2024, 12, 18, 16, 15, 0, 0, ist)},
+		{"no seconds, offset in whole hours", str("2024-12-18T12:45+02"), time.Unix(1734518700, 0)},
+		{"no seconds, no zone: UTC", str("2024-12-18T10:45"), time.Unix(1734518700, 0)},
 		{"the last time a Timestamp holds", str("9999-12-31T23:59:59.999999999Z"), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
 		{"year 9999 ahead of UTC", str("9999-12-31T23:59:59+05:30"), time.Date(9999, 12, 31, 18, 29, 59, 0, time.UTC)},
 		{"surrounding space", str(" 2024-12-18T10:45:21Z\n"), time.Unix(1734518721, 0)},
@@ -81,6 +89,8 @@ func TestParseTime(t *testing.T) {
 		{"bad month", str("2024-13-18T10:45:21Z"), time.Time{}},
 		{"year 9999 behind UTC: after it in UTC", str("9999-12-31T23:59:59-23:59"), time.Time{}},
 		{"RFC 1123", str("Wed, 18 Dec 2024 10:45:21 GMT"), time.Time{}},
+		{"offset of three digits", str("2024-12-18T10:45:21+053"), time.Time{}},
+		{"hour only", str("2024-12-18T10Z"), time.Time{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
