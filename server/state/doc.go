@@ -31,8 +31,10 @@
 // Statuses count only with their kind: steps and FAILED on DELIVERY events,
 // SUCCESS and FALLBACK on AUTH events, UNREACHABLE on SYSTEM events.
 //
-// The active channel is the target of the latest fallback, else the channel
-// of the latest delivery report, else the first channel of auth_channels.
+// The active channel is the target of the latest fallback (of fallbacks at
+// one time, the end of their chain: A->B and B->C make C active, whatever
+// their ids), else the channel of the latest delivery report, else the
+// first channel of auth_channels.
 // Where events disagree on a single-valued field, the latest event carrying
 // a value wins; the token prefers SUCCESS events.
 //

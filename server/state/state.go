@@ -109,10 +109,10 @@ type folder struct {
 	// accumulate; Phone and AuthChannels alias an event until snapshot.
 	r            *eventsv1.AuthRequest
 	succeeded    bool
-	successToken string      // from the latest SUCCESS carrying one
-	fallbackTo   string      // to_channel of the latest fallback naming one
-	lastDelivery string      // channel of the latest delivery report
-	channels     []*progress // in order of first report
+	successToken string            // from the latest SUCCESS carrying one
+	fallbacksTo  []*eventsv1.Event // the latest fallbacks naming a to_channel, all at one time
+	lastDelivery string            // channel of the latest delivery report
+	channels     []*progress       // in order of first report
 }
 
 func (f *folder) add(e *eventsv1.Event) {
@@ -154,7 +154,12 @@ func (f *folder) addAuth(e *eventsv1.Event) {
 		}
 		f.successToken = cmp.Or(e.GetToken(), f.successToken)
 	case statusFallback:
-		f.fallbackTo = cmp.Or(e.GetToChannel(), f.fallbackTo)
+		if e.GetToChannel() != "" {
+			if n := len(f.fallbacksTo); n > 0 && compareTime(e.GetEventTime(), f.fallbacksTo[n-1].GetEventTime()) != 0 {
+				f.fallbacksTo = f.fallbacksTo[:0]
+			}
+			f.fallbacksTo = append(f.fallbacksTo, e)
+		}
 		f.r.Fallbacks = append(f.r.Fallbacks, &eventsv1.Fallback{
 			FromChannel: e.GetFromChannel(),
 			ToChannel:   e.GetToChannel(),
@@ -222,9 +227,28 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 	for i, p := range f.channels {
 		r.Channels[i] = p.snapshot()
 	}
-	r.ActiveChannel = cmp.Or(f.fallbackTo, f.lastDelivery, first(r.AuthChannels))
+	r.ActiveChannel = cmp.Or(f.fallbackTo(), f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
 	return r
+}
+
+// fallbackTo is the channel the latest fallback moved to. Of fallbacks at
+// one time (times to the second, a channel that failed at once) it is the
+// end of their chain: the target that none of the others moves on from,
+// the last such in (event_time, event_id) order; in a cycle, where every
+// target is moved on from, the last fallback's.
+func (f *folder) fallbackTo() string {
+	tied := f.fallbacksTo
+	for i := len(tied) - 1; i >= 0; i-- {
+		to := tied[i].GetToChannel()
+		if !slices.ContainsFunc(tied, func(o *eventsv1.Event) bool { return o != tied[i] && o.GetFromChannel() == to }) {
+			return to
+		}
+	}
+	if len(tied) == 0 {
+		return ""
+	}
+	return tied[len(tied)-1].GetToChannel()
 }
 
 func (f *folder) status(r *eventsv1.AuthRequest) eventsv1.RequestStatus {
