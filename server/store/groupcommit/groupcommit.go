@@ -275,6 +275,16 @@ func (w *Writer) commit(ctx context.Context, batch []*item) {
 	if w.observe != nil {
 		w.observe(Batch{Webhooks: len(live), Took: time.Since(start), Err: err})
 	}
+	if errors.Is(err, errPanicked) && len(live) > 1 {
+		// One webhook may be what makes the store panic, every time: on
+		// their own, the others are stored, and only it fails (503) until
+		// the bug is fixed, rather than every batch its retries join.
+		w.log.Warn("committing the webhooks of the batch one at a time", "webhooks", len(live))
+		for _, it := range live {
+			w.commit(ctx, []*item{it})
+		}
+		return
+	}
 	if err != nil {
 		err = commitError(len(live), err)
 		w.log.Error("commit failed", "webhooks", len(live), "err", err)
@@ -291,15 +301,18 @@ func (w *Writer) commit(ctx context.Context, batch []*item) {
 	}
 }
 
+// errPanicked is the error of a commit in which the store panicked.
+var errPanicked = errors.New("the store panicked")
+
 // storeCommit is w.store.Commit, with a panic turned into an error of
-// this batch: a webhook that makes the store panic is answered 503 with its
-// batch, and OTPLESS's retries of it cannot end the process again and
-// again.
+// this batch (errPanicked): a webhook that makes the store panic is
+// answered 503, and OTPLESS's retries of it cannot end the process again
+// and again.
 func (w *Writer) storeCommit(ctx context.Context, batch []store.Webhook) (results []store.Result, changes []store.Change, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("the store panicked in a commit", "webhooks", len(batch), "panic", p, "stack", string(debug.Stack()))
-			results, changes, err = nil, nil, fmt.Errorf("the store panicked: %v", p)
+			results, changes, err = nil, nil, fmt.Errorf("%w: %v", errPanicked, p)
 		}
 	}()
 	return w.store.Commit(ctx, batch)

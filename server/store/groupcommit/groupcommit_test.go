@@ -521,3 +521,47 @@ func TestStorePanic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A webhook that makes the store panic fails alone: the others of its
+// batch are committed one at a time, each answered with its own result.
+func TestStorePanicIsolatesTheWebhook(t *testing.T) {
+	t.Parallel()
+	const poison = 3
+	g := newGate()
+	fs := &fakeStore{hook: func(ctx context.Context, call int, batch []store.Webhook) error {
+		if err := g.hook(ctx, call, batch); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(batch, func(wh store.Webhook) bool { return number(wh) == poison }) {
+			panic("the store's kaboom")
+		}
+		return nil
+	}}
+	var published []int64
+	w := start(t, fs, Options{OnCommit: func(changes []store.Change) {
+		for _, c := range changes {
+			published = append(published, c.Request.GetRevision())
+		}
+	}})
+	first := holdFirstBatch(t, w, g)
+	items := enqueueAll(t, w, 1, 6)
+	close(g.release)
+
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+	for i, it := range items {
+		o := recv(t, it.done, "a queued webhook")
+		if n := i + 1; n == poison {
+			if !errors.Is(o.err, store.ErrUnavailable) {
+				t.Errorf("the webhook the store panics on: %v, want ErrUnavailable", o.err)
+			}
+		} else {
+			wantResult(t, n, o)
+		}
+	}
+	if _, sizes := fs.committed(); !slices.Equal(sizes, []int{1, 5, 1, 1, 1, 1, 1}) {
+		t.Errorf("batch sizes %v, want [1 5 1 1 1 1 1]: the failed batch again one at a time", sizes)
+	}
+	if !slices.Equal(published, []int64{0, 1, 2, 4, 5}) {
+		t.Errorf("changes published %v, want those of every webhook but the poisoned one", published)
+	}
+}
