@@ -1,6 +1,7 @@
 package state_test
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -106,6 +107,31 @@ type foldCase struct {
 	name   string
 	events []*eventsv1.Event
 	want   *eventsv1.AuthRequest
+}
+
+// fallbacksAtOneTime: of fallbacks in one instant (times to the second, a
+// channel that failed at once) the end of their chain is active, whichever
+// way their event ids, first and second, sort.
+func fallbacksAtOneTime(first, second string) foldCase {
+	return foldCase{
+		name: fmt.Sprintf("fallbacks at one time, ids %s then %s: the end of their chain is active", first, second),
+		events: []*eventsv1.Event{
+			fallback(first, 4, "SILENT_AUTH", "WHATSAPP"),
+			dlrFailed("f", 4, "WHATSAPP", "003"),
+			fallback(second, 4, "WHATSAPP", "SMS"),
+		},
+		want: edit(snapshot(inProgress, 3, 4, 4), func(r *eventsv1.AuthRequest) {
+			r.ActiveChannel = "SMS"
+			r.Channels = []*eventsv1.ChannelProgress{
+				{Channel: "WHATSAPP", Status: chFailed, Failed: observed(4), Error: errInfo("003")},
+			}
+			r.Fallbacks = []*eventsv1.Fallback{
+				{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(4)},
+				{FromChannel: "SILENT_AUTH", ToChannel: "WHATSAPP", Time: at(4)},
+			}
+			r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("003"), Time: at(4)}}
+		}),
+	}
 }
 
 func foldCases() []foldCase {
@@ -266,47 +292,8 @@ func foldCases() []foldCase {
 				}
 			}),
 		},
-		{
-			// Fallbacks in one instant (times to the second, a channel that
-			// failed at once): the chain's end is active, whichever way the
-			// event ids sort.
-			name: "fallbacks at one time: the end of their chain is active",
-			events: []*eventsv1.Event{
-				fallback("fb-z", 4, "SILENT_AUTH", "WHATSAPP"),
-				dlrFailed("f", 4, "WHATSAPP", "003"),
-				fallback("fb-a", 4, "WHATSAPP", "SMS"),
-			},
-			want: edit(snapshot(inProgress, 3, 4, 4), func(r *eventsv1.AuthRequest) {
-				r.ActiveChannel = "SMS"
-				r.Channels = []*eventsv1.ChannelProgress{
-					{Channel: "WHATSAPP", Status: chFailed, Failed: observed(4), Error: errInfo("003")},
-				}
-				r.Fallbacks = []*eventsv1.Fallback{
-					{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(4)},
-					{FromChannel: "SILENT_AUTH", ToChannel: "WHATSAPP", Time: at(4)},
-				}
-				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("003"), Time: at(4)}}
-			}),
-		},
-		{
-			name: "fallbacks at one time, ids the other way",
-			events: []*eventsv1.Event{
-				fallback("fb-a", 4, "SILENT_AUTH", "WHATSAPP"),
-				dlrFailed("f", 4, "WHATSAPP", "003"),
-				fallback("fb-z", 4, "WHATSAPP", "SMS"),
-			},
-			want: edit(snapshot(inProgress, 3, 4, 4), func(r *eventsv1.AuthRequest) {
-				r.ActiveChannel = "SMS"
-				r.Channels = []*eventsv1.ChannelProgress{
-					{Channel: "WHATSAPP", Status: chFailed, Failed: observed(4), Error: errInfo("003")},
-				}
-				r.Fallbacks = []*eventsv1.Fallback{
-					{FromChannel: "WHATSAPP", ToChannel: "SMS", Time: at(4)},
-					{FromChannel: "SILENT_AUTH", ToChannel: "WHATSAPP", Time: at(4)},
-				}
-				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("003"), Time: at(4)}}
-			}),
-		},
+		fallbacksAtOneTime("fb-z", "fb-a"),
+		fallbacksAtOneTime("fb-a", "fb-z"),
 		{
 			name: "active is the channel of the latest delivery report",
 			events: []*eventsv1.Event{
