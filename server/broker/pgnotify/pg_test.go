@@ -271,9 +271,10 @@ func TestSilentConnectionGivenUp(t *testing.T) {
 
 // TestListenNotInEffect: a listening connection that answers queries but
 // gets no notifications (behind a pooler in transaction mode, LISTEN lasts
-// only its own transaction) is found out by the relay's ping, which waits
-// for the connection's own notification. The relay says why, reconnects
-// and reads what it missed, so its watchers get another replica's commits.
+// only its own transaction) is found out by the relay's ping, a
+// notification sent from another connection. The relay says why,
+// reconnects and reads what it missed, so its watchers get another
+// replica's commits.
 func TestListenNotInEffect(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
@@ -298,8 +299,48 @@ func TestListenNotInEffect(t *testing.T) {
 	defer sub.Close()
 	other.commit(t, "deaf", "deaf-1")
 	follow(t, sub, 0, 1, 1)
-	if !said.Load() {
-		t.Error("the relay did not log that LISTEN is not in effect")
+	for deadline := time.Now().Add(5 * time.Second); !said.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay did not log that LISTEN is not in effect")
+		}
+	}
+}
+
+// pingCounter is a store that counts the notifications a relay sends
+// through it.
+type pingCounter struct {
+	*pgstore.Store
+	sent atomic.Int64
+}
+
+func (p *pingCounter) Notify(ctx context.Context, payload string) error {
+	p.sent.Add(1)
+	return p.Store.Notify(ctx, payload)
+}
+
+// TestPingTravelsAsCommitsDo: the ping of a quiet listening connection is a
+// notification sent from another connection, the way other replicas'
+// commits come; sent from the listening connection itself, a pooler in
+// transaction mode can run it on the very backend that listens, and the
+// ping passes while the commits are lost. On a connection that hears the
+// channel, the pings pass: the listener is never given up.
+func TestPingTravelsAsCommitsDo(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	src := &pingCounter{Store: openStore(t, dsn)}
+	b := broker.New(16)
+	r := pgnotify.New(src, b, pgnotify.Options{Ping: 100 * time.Millisecond, Recheck: time.Hour, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err := r.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop(); b.Close() })
+	for deadline := time.Now().Add(10 * time.Second); src.sent.Load() < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pings sent through the store in 10 s, want 5", src.sent.Load())
+		}
+	}
+	if n := r.Losses(); n != 0 || !r.Listening() {
+		t.Errorf("after 5 pings: %d losses, listening %v; want none, and listening", n, r.Listening())
 	}
 }
 

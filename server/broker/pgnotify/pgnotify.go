@@ -21,10 +21,10 @@
 // watched request every Recheck while it is not listening. A connection
 // that goes silent instead (a partition, a failover behind the same
 // address), or stops getting notifications (a pooler in transaction mode),
-// is pinged once quiet for Options.Ping, by a notification of its own, and
-// given up when that does not come back within as long. Whoever learns sooner that the database
-// answers again after being unreachable from this replica calls Resync,
-// so that watchers need not wait for that.
+// is pinged once quiet for Options.Ping: a notification sent from another
+// connection must reach it within as long, or it is given up. Whoever
+// learns sooner that the database answers again after being unreachable
+// from this replica calls Resync, so that watchers need not wait for that.
 //
 // It may import the broker, package store, pgstore (for the notification
 // format) and pgx; nothing from the servers.
@@ -56,6 +56,9 @@ type Source interface {
 	ListenConfig() *pgx.ConnConfig
 	// Channel is the channel commits are notified on.
 	Channel() string
+	// Notify sends payload on Channel as commits do, from a connection
+	// other than the listening one.
+	Notify(ctx context.Context, payload string) error
 }
 
 var _ Source = (*pgstore.Store)(nil)
@@ -496,17 +499,19 @@ func (r *Relay) heard(payload string) {
 }
 
 // ping makes sure, after a quiet while, that the listening connection is
-// still there and still listening: it notifies the channel itself and
-// waits for its own notification, taking those that come before it. A
-// connection that answers queries but no longer gets notifications fails
-// it too: behind a connection pooler in transaction mode, LISTEN lasts only
-// its own transaction, and the commits of other replicas would never reach
-// this one's watchers.
+// still there and still hears the channel: it sends a notification as
+// commits do, from another connection, and waits for it on the listening
+// one, taking those that come before it. A connection that answers queries
+// but no longer gets notifications fails it too: behind a connection
+// pooler in transaction mode, LISTEN lasts only its own transaction, and
+// the commits of other replicas would never reach this one's watchers. (A
+// notification sent from the listening connection itself can come back
+// there even so: the pooler may run it on the very backend that listens.)
 func (r *Relay) ping(ctx context.Context, conn *pgx.Conn) error {
 	pctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
 	defer cancel()
 	payload := pingPrefix + strconv.FormatUint(rand.Uint64(), 36)
-	if _, err := conn.Exec(pctx, "SELECT pg_notify($1, $2)", pgx.QueryExecModeSimpleProtocol, r.src.Channel(), payload); err != nil {
+	if err := r.src.Notify(pctx, payload); err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
 	for {
@@ -517,7 +522,7 @@ func (r *Relay) ping(ctx context.Context, conn *pgx.Conn) error {
 		case err == nil:
 			r.heard(n.Payload)
 		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			return fmt.Errorf("ping: the connection's own notification did not come back within %s: LISTEN is not in effect (a connection pooler in transaction mode?)", r.opts.Ping)
+			return fmt.Errorf("ping: a notification sent from another connection did not reach the listening one within %s: LISTEN is not in effect (a connection pooler in transaction mode?)", r.opts.Ping)
 		default:
 			return fmt.Errorf("ping: %w", err)
 		}

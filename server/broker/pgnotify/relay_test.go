@@ -2,6 +2,7 @@ package pgnotify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -66,6 +67,9 @@ func (f *fakeStore) readCount() int {
 
 func (f *fakeStore) ListenConfig() *pgx.ConnConfig { return nil }
 func (f *fakeStore) Channel() string               { return "test" }
+func (f *fakeStore) Notify(context.Context, string) error {
+	return errors.New("fakeStore: no channel")
+}
 
 // startWorker runs the relay's worker only (no database connection).
 func startWorker(t *testing.T, r *Relay) {

@@ -68,6 +68,17 @@ func channelFor(schema string) string {
 // pgx.Identifier) to follow the commits of every replica.
 func (s *Store) Channel() string { return s.channel }
 
+// Notify sends payload on Channel from a connection of the pool, as
+// commits do: a listener that hears it hears the commits of every replica.
+func (s *Store) Notify(ctx context.Context, payload string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", s.channel, payload); err != nil {
+		return s.fail(ctx, "notify", err)
+	}
+	return nil
+}
+
 // ListenConfig returns a copy of the pool's connection configuration, for a
 // dedicated listening connection outside the pool.
 func (s *Store) ListenConfig() *pgx.ConnConfig { return s.pool.Config().ConnConfig }

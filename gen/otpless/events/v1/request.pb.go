@@ -537,9 +537,10 @@ type AuthRequest struct {
 	AuthSessionId string `protobuf:"bytes,4,opt,name=auth_session_id,json=authSessionId,proto3" json:"auth_session_id,omitempty"`
 	// OTPLESS's trace id.
 	TraceId string `protobuf:"bytes,5,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
-	// The channel OTPLESS is using now: the target of the latest fallback,
-	// else the channel of the latest delivery report, else the first channel
-	// named by an auth event.
+	// The channel OTPLESS is using now: the target of the latest fallback (of
+	// fallbacks at one time, the end of their chain: A->B and B->C make C
+	// active), else the channel of the latest delivery report, else the first
+	// channel named by an auth event.
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
 	// Delivery progress, one entry per channel, ordered by first event time,
 	// then channel name.
