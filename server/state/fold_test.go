@@ -292,6 +292,44 @@ func foldCases() []foldCase {
 				}
 			}),
 		},
+		{
+			// OTPLESS starts on another channel only after a fallback: a
+			// channel first reported after the latest fallback shows that
+			// the fallback to it was missed, and WhatsApp's failure no
+			// longer fails the request.
+			name: "a channel started after the latest fallback is active: the fallback to it was missed",
+			events: []*eventsv1.Event{
+				fallback("fb", 1, "SILENT_AUTH", "WHATSAPP"),
+				dlrFailed("f", 2, "WHATSAPP", "003"),
+				dlr("s", 3, "SMS", "DELIVERED"),
+			},
+			want: edit(snapshot(inProgress, 3, 1, 3), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: chFailed, Failed: observed(2), Error: errInfo("003")},
+					{Channel: "SMS", Status: delivered, Sent: implied(3), Delivered: observed(3)},
+				}
+				r.Fallbacks = []*eventsv1.Fallback{{FromChannel: "SILENT_AUTH", ToChannel: "WHATSAPP", Time: at(1)}}
+				r.Failures = []*eventsv1.Failure{{Channel: "WHATSAPP", Error: errInfo("003"), Time: at(2)}}
+			}),
+		},
+		{
+			// A legacy fallback does not name the channel it left; a late
+			// report of a channel in use before it does not take it back.
+			name: "a channel in use before the latest fallback stays left",
+			events: []*eventsv1.Event{
+				dlr("w", 1, "WHATSAPP", "SENT"),
+				fallback("fb", 2, "", "SMS"),
+				dlr("r", 3, "WHATSAPP", "READ"),
+			},
+			want: edit(snapshot(inProgress, 3, 1, 3), func(r *eventsv1.AuthRequest) {
+				r.ActiveChannel = "SMS"
+				r.Channels = []*eventsv1.ChannelProgress{
+					{Channel: "WHATSAPP", Status: read, Sent: observed(1), Delivered: implied(3), Read: observed(3)},
+				}
+				r.Fallbacks = []*eventsv1.Fallback{{ToChannel: "SMS", Time: at(2)}}
+			}),
+		},
 		fallbacksAtOneTime("fb-z", "fb-a"),
 		fallbacksAtOneTime("fb-a", "fb-z"),
 		{

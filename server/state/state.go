@@ -90,9 +90,7 @@ func distinct(requestID string, events []*eventsv1.Event) []*eventsv1.Event {
 	out = slices.CompactFunc(out, func(a, b *eventsv1.Event) bool {
 		return a.GetEventId() == b.GetEventId()
 	})
-	slices.SortFunc(out, func(a, b *eventsv1.Event) int {
-		return cmp.Or(compareTime(a.GetEventTime(), b.GetEventTime()), strings.Compare(a.GetEventId(), b.GetEventId()))
-	})
+	slices.SortFunc(out, compareEvents)
 	return out
 }
 
@@ -227,9 +225,33 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 	for i, p := range f.channels {
 		r.Channels[i] = p.snapshot()
 	}
-	r.ActiveChannel = cmp.Or(f.fallbackTo(), f.lastDelivery, first(r.AuthChannels))
+	r.ActiveChannel = cmp.Or(f.startedAfterFallback(), f.fallbackTo(), f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
 	return r
+}
+
+// startedAfterFallback is the channel whose first delivery report came
+// latest, after the latest fallback, among the channels no fallback moved
+// away from: OTPLESS starts sending on another channel only after a
+// fallback, so such a channel means that the fallback to it was missed. A
+// late report of a channel in use before the fallback (a READ of the
+// channel fallen back from) does not count. It is "" without fallbacks, or
+// without such a channel.
+func (f *folder) startedAfterFallback() string {
+	if len(f.fallbacksTo) == 0 {
+		return ""
+	}
+	at := f.fallbacksTo[0].GetEventTime()
+	var latest *eventsv1.Event
+	for _, p := range f.channels {
+		if compareTime(p.first.GetEventTime(), at) <= 0 || slices.ContainsFunc(f.r.Fallbacks, func(fb *eventsv1.Fallback) bool { return fb.GetFromChannel() == p.channel }) {
+			continue
+		}
+		if latest == nil || compareEvents(p.first, latest) > 0 {
+			latest = p.first
+		}
+	}
+	return latest.GetChannel()
 }
 
 // fallbackTo is the channel the latest fallback moved to. Of fallbacks at
@@ -285,6 +307,11 @@ func compareFailures(a, b *eventsv1.Failure) int {
 		strings.Compare(a.GetChannel(), b.GetChannel()),
 		strings.Compare(a.GetError().GetCode(), b.GetError().GetCode()),
 	)
+}
+
+// compareEvents orders events by (event_time, event_id).
+func compareEvents(a, b *eventsv1.Event) int {
+	return cmp.Or(compareTime(a.GetEventTime(), b.GetEventTime()), strings.Compare(a.GetEventId(), b.GetEventId()))
 }
 
 // compareTime orders timestamps; nil sorts as the zero time (the epoch).
