@@ -104,7 +104,7 @@ type Relay struct {
 	resync bool
 	// listening: the LISTEN connection is up, so notifications come.
 	listening bool
-	losses    atomic.Uint64 // listening connections lost, or not opened
+	losses    atomic.Uint64 // listening connections lost, not opened, or found deaf
 	wake      chan struct{} // the worker has something to do
 
 	// afterListen, set by tests, runs on the listening connection after
@@ -522,7 +522,7 @@ func (r *Relay) ping(ctx context.Context, conn *pgx.Conn) error {
 		case err == nil:
 			r.heard(n.Payload)
 		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			return fmt.Errorf("ping: a notification sent from another connection did not reach the listening one within %s: LISTEN is not in effect (a connection pooler in transaction mode?)", r.opts.Ping)
+			return fmt.Errorf("ping: a notification sent from another connection did not reach the listening one within %s: it went silent, or LISTEN is not in effect on it (a connection pooler in transaction mode?)", r.opts.Ping)
 		default:
 			return fmt.Errorf("ping: %w", err)
 		}
