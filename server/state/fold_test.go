@@ -537,6 +537,58 @@ func TestFold(t *testing.T) {
 	}
 }
 
+// The active channel and status where a fallback was missed, and where a
+// report only looks like it: a channel the fallback left that was never
+// named as left (a legacy fallback, a missed SENT), or a channel running
+// alongside (an email of the same request).
+func TestActiveChannelAfterFallbacks(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		events []*eventsv1.Event
+		active string
+		status eventsv1.RequestStatus
+	}{{
+		name: "the target failed, then another channel started: the fallback to it was missed",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "SILENT_AUTH", "WHATSAPP"), dlrFailed("wf", 2, "WHATSAPP", "003"), dlr("s", 3, "SMS", "DELIVERED"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "the target failed and nothing else started",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "SILENT_AUTH", "WHATSAPP"), dlrFailed("wf", 2, "WHATSAPP", "003"),
+		},
+		active: "WHATSAPP", status: reqFailed,
+	}, {
+		name: "a late failure of the channel a legacy fallback left",
+		events: []*eventsv1.Event{
+			fallback("fb", 2, "", "SMS"), dlr("s", 3, "SMS", "DELIVERED"), dlrFailed("wf", 4, "WHATSAPP", "101"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "the same with the left channel's SENT",
+		events: []*eventsv1.Event{
+			dlr("ws", 1, "WHATSAPP", "SENT"), fallback("fb", 2, "", "SMS"), dlr("s", 3, "SMS", "DELIVERED"), dlrFailed("wf", 4, "WHATSAPP", "101"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "an email alongside fails after the fallback",
+		events: []*eventsv1.Event{
+			initiated("i", 0, "WHATSAPP", "SMS", "EMAIL"), dlr("ws", 1, "WHATSAPP", "SENT"), dlrFailed("wf", 2, "WHATSAPP", "033"),
+			fallback("fb", 3, "WHATSAPP", "SMS"), dlr("s", 4, "SMS", "DELIVERED"), dlrFailed("ef", 5, "EMAIL", "00a"),
+		},
+		active: "SMS", status: inProgress,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := state.Fold(reqID, tc.events)
+			if r.GetActiveChannel() != tc.active || r.GetStatus() != tc.status {
+				t.Errorf("active %s, status %v; want %s, %v", r.GetActiveChannel(), r.GetStatus(), tc.active, tc.status)
+			}
+		})
+	}
+}
+
 // TestEveryStatusReached checks that the cases of TestFold cover every
 // status of state.RequestStatuses and state.DeliveryStatuses.
 func TestEveryStatusReached(t *testing.T) {

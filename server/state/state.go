@@ -225,26 +225,31 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 	for i, p := range f.channels {
 		r.Channels[i] = p.snapshot()
 	}
-	r.ActiveChannel = cmp.Or(f.startedAfterFallback(), f.fallbackTo(), f.lastDelivery, first(r.AuthChannels))
+	to := f.fallbackTo()
+	r.ActiveChannel = cmp.Or(f.startedAfter(to), to, f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
 	return r
 }
 
-// startedAfterFallback is the channel whose first delivery report came
-// latest, after the latest fallback, among the channels no fallback moved
-// away from: OTPLESS starts sending on another channel only after a
-// fallback, so such a channel means that the fallback to it was missed. A
-// late report of a channel in use before the fallback (a READ of the
-// channel fallen back from) does not count. It is "" without fallbacks, or
-// without such a channel.
-func (f *folder) startedAfterFallback() string {
-	if len(f.fallbacksTo) == 0 {
+// startedAfter is the channel the request moved on to from to, the target
+// of the latest fallback, by a fallback that was missed: to failed (nothing
+// past SENT came of it), and after that failure and the fallback a channel
+// no fallback moved away from was first reported, OTPLESS starting on
+// another channel only after a fallback. Of several, the one first reported
+// latest. It is "" otherwise: a late report of a channel in use before the
+// fallback, or of one running alongside, moves nothing while to stands.
+func (f *folder) startedAfter(to string) string {
+	i := slices.IndexFunc(f.channels, func(p *progress) bool { return p.channel == to })
+	if i < 0 || f.channels[i].failed == nil || f.channels[i].pastSent() {
 		return ""
 	}
-	at := f.fallbacksTo[0].GetEventTime()
+	after := f.channels[i].failed.GetEventTime()
+	if at := f.fallbacksTo[0].GetEventTime(); compareTime(at, after) > 0 {
+		after = at
+	}
 	var latest *eventsv1.Event
 	for _, p := range f.channels {
-		if compareTime(p.first.GetEventTime(), at) <= 0 || slices.ContainsFunc(f.r.Fallbacks, func(fb *eventsv1.Fallback) bool { return fb.GetFromChannel() == p.channel }) {
+		if compareTime(p.first.GetEventTime(), after) <= 0 || slices.ContainsFunc(f.r.Fallbacks, func(fb *eventsv1.Fallback) bool { return fb.GetFromChannel() == p.channel }) {
 			continue
 		}
 		if latest == nil || compareEvents(p.first, latest) > 0 {
