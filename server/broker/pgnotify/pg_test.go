@@ -344,6 +344,56 @@ func TestPingTravelsAsCommitsDo(t *testing.T) {
 	}
 }
 
+// TestPingWithBusyPool: while every pooled connection waits on a lock, no
+// commit notifies, the listener is quiet and its ping cannot send a
+// notification; that says nothing against the listening connection, which
+// is kept.
+func TestPingWithBusyPool(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(3*time.Second), pgstore.WithMaxConns(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	b := broker.New(16)
+	r := pgnotify.New(s, b, pgnotify.Options{Ping: 200 * time.Millisecond, Recheck: time.Hour, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err := r.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop(); b.Close() })
+
+	locker, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(context.Background())
+	tx, err := locker.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE "+pgx.Identifier{schema, "requests"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	blocked := make(chan error, 1)
+	go func() { // takes the pool's only connection until the lock goes
+		now := time.Now()
+		e := &eventsv1.Event{EventId: "busy-1", RequestId: "busy", Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY, Status: "SENT", Channel: "SMS", EventTime: timestamppb.New(now), ReceiveTime: timestamppb.New(now)}
+		_, _, err := s.Commit(context.Background(), []store.Webhook{{Body: []byte("{}"), Received: now, Events: []*eventsv1.Event{e}}})
+		blocked <- err
+	}()
+	time.Sleep(2 * time.Second) // pings every 0.2 s, and each finds the pool busy
+	if err := tx.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Losses(); n != 0 {
+		t.Errorf("%d listening connections given up while only the pool was busy", n)
+	}
+}
+
 // TestResyncAfterFailover: after a failover behind the same address, the
 // listening connection stays silent until the relay's ping gives it up
 // (here after a minute); Resync, which the server calls once its store

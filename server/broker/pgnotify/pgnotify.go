@@ -507,12 +507,21 @@ func (r *Relay) heard(payload string) {
 // the commits of other replicas would never reach this one's watchers. (A
 // notification sent from the listening connection itself can come back
 // there even so: the pooler may run it on the very backend that listens.)
+// When no notification can be sent in time (every pooled connection busy,
+// or the database down), it only checks that the listening connection
+// answers.
 func (r *Relay) ping(ctx context.Context, conn *pgx.Conn) error {
+	payload := pingPrefix + strconv.FormatUint(rand.Uint64(), 36)
+	nctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
+	err := r.src.Notify(nctx, payload)
+	cancel()
 	pctx, cancel := context.WithTimeout(ctx, r.opts.Ping)
 	defer cancel()
-	payload := pingPrefix + strconv.FormatUint(rand.Uint64(), 36)
-	if err := r.src.Notify(pctx, payload); err != nil {
-		return fmt.Errorf("ping: %w", err)
+	if err != nil {
+		if err := conn.Ping(pctx); err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+		return nil
 	}
 	for {
 		n, err := conn.WaitForNotification(pctx)

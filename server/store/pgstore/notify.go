@@ -70,10 +70,12 @@ func (s *Store) Channel() string { return s.channel }
 
 // Notify sends payload on Channel from a connection of the pool, as
 // commits do: a listener that hears it hears the commits of every replica.
+// It prepares no statement, so that behind a pooler in transaction mode it
+// reaches the question whether LISTEN works.
 func (s *Store) Notify(ctx context.Context, payload string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", s.channel, payload); err != nil {
+	if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", pgx.QueryExecModeSimpleProtocol, s.channel, payload); err != nil {
 		return s.fail(ctx, "notify", err)
 	}
 	return nil
