@@ -197,6 +197,17 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, func(c *Config) { c.MaxBodyBytes = 512 }, nil)
 	hook := s.httpURL + "/v1/webhooks/otpless"
+	// Series of fixed label values are there from the start, at zero.
+	initial := s.scrape(t)
+	for _, name := range []string{
+		`otpless_events_webhooks_rejected_total{reason="overloaded"}`,
+		`otpless_events_webhooks_rejected_total{reason="internal"}`,
+		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="grpc"}`,
+	} {
+		if got, ok := initial[name]; !ok || got != 0 {
+			t.Errorf("before any webhook: %s = %v (present %v), want 0", name, got, ok)
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

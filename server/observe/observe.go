@@ -150,9 +150,18 @@ func New(log *slog.Logger) *Observer {
 		o.commitSize, o.commitSeconds, o.commitErrors,
 		o.watchStreams, o.deliverySecs, o.httpRequests, o.httpSeconds, o.panics,
 	)
+	// Series of fixed label values start at zero, so that an alert on
+	// their rate has something to read before the first one happens.
 	for _, t := range []string{transportGRPC, transportHTTP} {
 		o.watchStreams.WithLabelValues(t)
 		o.panics.WithLabelValues(t)
+		for _, result := range []string{"accepted", "rejected"} {
+			o.ingestSeconds.WithLabelValues(t, result)
+		}
+	}
+	for _, reason := range []string{ReasonInvalidBody, ReasonUnrecognized, ReasonTooLarge, ReasonOverloaded, ReasonUnavailable,
+		ReasonUnauthenticated, ReasonRateLimited, ReasonCanceled, ReasonInternal} {
+		o.rejected.WithLabelValues(reason)
 	}
 	return o
 }
