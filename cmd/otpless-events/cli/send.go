@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -57,6 +58,10 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if (client.tls || client.tlsCAFile != "") && strings.HasPrefix(url, "http://") {
 				return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(url))
 			}
+			if u, err := neturl.Parse(url); err == nil && u.Scheme == "http" && !loopback(u.Host) && !client.plaintext {
+				return fmt.Errorf("%s is not loopback, and over http:// the webhook key and the bodies' personal data would cross the network in clear: "+
+					"give an https:// URL, or --plaintext to post in clear anyway", redactURL(url))
+			}
 			tlsCfg, err := client.tlsConfig()
 			if err != nil {
 				return err
@@ -79,6 +84,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&httpAddr, "http-addr", httpAddr, "HTTP address of the server (host:port, or a base URL)")
 	client.register(f, false)
+	f.BoolVar(&client.plaintext, "plaintext", false, "post over http:// even to a host that is not loopback, sending the webhook key and the bodies in clear")
 	documentEnv(f)
 	return cmd
 }
