@@ -198,7 +198,12 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		report.WatchVia = f.watchVia
 	}
 
-	// Watchers first: what they refuse (a key in clear) is refused before any traffic.
+	// What is refused (a key in clear) is refused before any traffic.
+	if !f.self {
+		if err := f.client.postInClear(url); err != nil {
+			return err
+		}
+	}
 	switch {
 	case f.watchers > 0 && f.watchVia == "sse":
 		base := baseURL(url)

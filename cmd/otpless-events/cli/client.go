@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	neturl "net/url"
 	"os"
 	"strings"
 
@@ -38,8 +39,8 @@ func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
 		f.grpcAddr = server.DefaultConfig().GRPCAddr
 		fs.StringVar(&f.grpcAddr, "grpc-addr", f.grpcAddr, "gRPC address of the server")
 		fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key or watch token to send (default: $"+envAPIKey+")")
-		fs.BoolVar(&f.plaintext, "plaintext", false, "connect without TLS even to an address that is not loopback, sending the API key in clear")
 	}
+	fs.BoolVar(&f.plaintext, "plaintext", false, "connect without TLS even to an address that is not loopback, sending keys and data in clear")
 	fs.BoolVar(&f.tls, "tls", false, "connect over TLS, trusting the system's certificate authorities")
 	fs.StringVar(&f.tlsCAFile, "tls-ca-file", "", "connect over TLS, trusting this CA certificate (PEM)")
 }
@@ -118,6 +119,18 @@ func (f *clientFlags) inClear(target, shown string) error {
 	}
 	return fmt.Errorf("%s is not loopback, and without TLS the API key and the requests' data would cross the network in clear: "+
 		"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to connect in clear anyway", shown)
+}
+
+// postInClear refuses to post webhooks to webhookURL over http:// unless
+// its host is this machine or --plaintext says so: the key in the URL and
+// the bodies' personal data would cross the network in clear.
+func (f *clientFlags) postInClear(webhookURL string) error {
+	u, err := neturl.Parse(webhookURL)
+	if err != nil || u.Scheme != "http" || f.plaintext || loopback(u.Host) {
+		return nil
+	}
+	return fmt.Errorf("%s is not loopback, and over http:// the webhook key and the bodies' personal data would cross the network in clear: "+
+		"give an https:// URL (or --tls), or --plaintext to post in clear anyway", redactURL(webhookURL))
 }
 
 // dialAddr turns a listen address into one to dial: a missing or

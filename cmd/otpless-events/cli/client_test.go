@@ -326,11 +326,18 @@ func TestWatchAndGetErrors(t *testing.T) {
 }
 
 // watch, get and bench's watchers (gRPC or SSE) do not send the API key in
-// clear to another machine: they say how to connect instead, before
-// anything goes out.
+// clear to another machine, nor send and bench's posts the webhook key and
+// the bodies: they say how to connect instead, before anything goes out.
 func TestClientsRefusePlaintextToRemote(t *testing.T) {
 	t.Parallel()
+	body := filepath.Join(t.TempDir(), "body.json")
+	if err := os.WriteFile(body, []byte(`{"eventType": "DLR", "data": {"requestId": "r1", "status": "SENT", "channel": "SMS"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
+		{"send", "--http-addr", "http://192.0.2.1:8080", body},
+		{"send", "--http-addr", "otpless.example:8080", body},
+		{"bench", "--http-addr", "192.0.2.1:8080", "--duration", "1s"},
 		{"get", "--grpc-addr", "192.0.2.1:9090", tryID},
 		{"watch", "--grpc-addr", "192.0.2.1:9090", tryID},
 		{"watch", "--grpc-addr", "example.com:9090", "--json", tryID},
@@ -345,6 +352,13 @@ func TestClientsRefusePlaintextToRemote(t *testing.T) {
 	code, _, errOut := run(t, "get", "--grpc-addr", "192.0.2.1:9090", "--plaintext", "--tls", tryID)
 	if code == 0 || !strings.Contains(errOut, "--plaintext and --tls") {
 		t.Errorf("get --plaintext --tls: exit %d, stderr %q; want the contradiction refused", code, errOut)
+	}
+	// With --plaintext the post goes ahead (and finds nobody there).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var out, stderr bytes.Buffer
+	if code := cli.Main(ctx, []string{"send", "--plaintext", "--http-addr", "http://192.0.2.1:8080", body}, nil, &out, &stderr); code == 0 || strings.Contains(stderr.String(), "not loopback") {
+		t.Errorf("send --plaintext: exit %d, stderr %q; want it posted, and failed", code, stderr.String())
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	neturl "net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -58,9 +57,8 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if (client.tls || client.tlsCAFile != "") && strings.HasPrefix(url, "http://") {
 				return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(url))
 			}
-			if u, err := neturl.Parse(url); err == nil && u.Scheme == "http" && !loopback(u.Host) && !client.plaintext {
-				return fmt.Errorf("%s is not loopback, and over http:// the webhook key and the bodies' personal data would cross the network in clear: "+
-					"give an https:// URL, or --plaintext to post in clear anyway", redactURL(url))
+			if err := client.postInClear(url); err != nil {
+				return err
 			}
 			tlsCfg, err := client.tlsConfig()
 			if err != nil {
@@ -84,7 +82,6 @@ func newSend(stdout io.Writer) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&httpAddr, "http-addr", httpAddr, "HTTP address of the server (host:port, or a base URL)")
 	client.register(f, false)
-	f.BoolVar(&client.plaintext, "plaintext", false, "post over http:// even to a host that is not loopback, sending the webhook key and the bodies in clear")
 	documentEnv(f)
 	return cmd
 }

@@ -1,12 +1,9 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -74,38 +71,5 @@ func TestReadStreamInterrupted(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("readStream still waiting for input 10 s after it was interrupted")
-	}
-}
-
-// send posts over http:// only to this machine unless --plaintext: the
-// webhook key and the bodies' personal data would cross the network in
-// clear. The refusal comes before any traffic.
-func TestSendInClear(t *testing.T) {
-	t.Setenv(envWebhookURL, "")
-	file := filepath.Join(t.TempDir(), "body.json")
-	if err := os.WriteFile(file, []byte(`{"eventType": "DLR", "data": {"requestId": "r1", "status": "SENT", "channel": "SMS"}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		args    []string
-		refused bool
-	}{
-		{[]string{"send", "--http-addr", "http://192.0.2.1:8080", file}, true},
-		{[]string{"send", "--http-addr", "192.0.2.1:8080", file}, true},
-		{[]string{"send", "--http-addr", "otpless.example:8080", file}, true},
-		{[]string{"send", "--plaintext", "--http-addr", "http://192.0.2.1:8080", file}, false},
-	} {
-		// The address answers nothing: a post that goes ahead ends with
-		// the context.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		var out, errOut bytes.Buffer
-		code := Main(ctx, tc.args, nil, &out, &errOut)
-		cancel()
-		if code == 0 {
-			t.Errorf("%v: exit 0, want an error", tc.args)
-		}
-		if got := strings.Contains(errOut.String(), "--plaintext to post in clear"); got != tc.refused {
-			t.Errorf("%v: refused %v, want %v: %s", tc.args, got, tc.refused, errOut.String())
-		}
 	}
 }
