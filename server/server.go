@@ -18,7 +18,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -581,11 +580,8 @@ const (
 // healthWatchLimit refuses a Health/Watch stream beyond perAddr open ones
 // from its peer's address, or inAll from all, with RESOURCE_EXHAUSTED.
 func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
-	var (
-		mu    sync.Mutex
-		open  = map[string]int{}
-		total int
-	)
+	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
+	exhausted := status.Errorf(codes.ResourceExhausted, "too many health watches open (%d from one address, %d in all)", perAddr, inAll)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
 			return handler(srv, ss)
@@ -597,24 +593,14 @@ func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 				addr = ap.Addr().Unmap().String()
 			}
 		}
-		mu.Lock()
-		full := open[addr] >= perAddr || total >= inAll
-		if !full {
-			open[addr]++
-			total++
+		if !byAddr.Take(addr) {
+			return exhausted
 		}
-		mu.Unlock()
-		if full {
-			return status.Errorf(codes.ResourceExhausted, "too many health watches open (%d from one address, %d in all)", perAddr, inAll)
+		defer byAddr.Give(addr)
+		if !all.Take("") {
+			return exhausted
 		}
-		defer func() {
-			mu.Lock()
-			defer mu.Unlock()
-			total--
-			if open[addr]--; open[addr] == 0 {
-				delete(open, addr)
-			}
-		}()
+		defer all.Give("")
 		return handler(srv, ss)
 	}
 }
