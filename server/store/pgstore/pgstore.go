@@ -114,7 +114,7 @@ type Store struct {
 	// released is when a connection last came back to the pool alive, as
 	// time since base (monotonic): the database answered then.
 	base     time.Time
-	released *atomic.Int64
+	released atomic.Int64
 }
 
 // Open connects to the database named by dsn (a postgres:// URL or a
@@ -165,22 +165,20 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns
 	}
+	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now()}
 	// A call that fails by its timeout closes its connection; one that comes
 	// back alive ran its statements.
-	base, released := time.Now(), new(atomic.Int64)
 	cfg.AfterRelease = func(c *pgx.Conn) bool {
 		if !c.IsClosed() {
-			released.Store(int64(time.Since(base)))
+			s.released.Store(int64(time.Since(s.base)))
 		}
 		return true
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("pgstore: open: %w", err)
 	}
-	s := &Store{pool: pool, timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: base, released: released}
 	if err := s.open(ctx, o.schema); err != nil {
-		pool.Close()
+		s.pool.Close()
 		return nil, fmt.Errorf("pgstore: open %s@%s/%s: %w", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
 	}
 	return s, nil
