@@ -69,18 +69,26 @@ func hookOf(events ...*eventsv1.Event) store.Webhook {
 	return store.Webhook{Body: []byte(`{"n":"` + events[0].GetEventId() + `"}`), Received: events[0].GetReceiveTime().AsTime(), Events: events}
 }
 
+// cachedWithOneEvent opens a store with an event cache and commits one
+// event: r1's SENT by SMS, at revision 1.
+func cachedWithOneEvent(t *testing.T) *sqlitestore.Store {
+	t.Helper()
+	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // TestCachePanicAfterCommit: a panic while the event cache is updated,
 // after the transaction committed, does not fail the stored batch nor hold
 // back its changes: the cache is emptied, and the next commits fold from
 // the file.
 func TestCachePanicAfterCommit(t *testing.T) {
 	t.Parallel()
-	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	s := cachedWithOneEvent(t)
 	ctx := t.Context()
 	const D = eventsv1.EventKind_EVENT_KIND_DELIVERY
-	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", D, "SENT", "SMS", 0))}); err != nil {
-		t.Fatal(err)
-	}
 	sqlitestore.SetAfterTxCommit(s, func() { panic("injected") })
 	res, changes, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e2", D, "DELIVERED", "SMS", 100))})
 	if err != nil || len(res) != 1 || res[0].Events[0].Revision != 2 || len(changes) != 1 {
@@ -338,12 +346,9 @@ func TestCacheManyEvents(t *testing.T) {
 // nothing of the failed one.
 func TestCommitPanic(t *testing.T) {
 	t.Parallel()
-	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	s := cachedWithOneEvent(t)
 	ctx := t.Context()
 	const D = eventsv1.EventKind_EVENT_KIND_DELIVERY
-	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", D, "SENT", "SMS", 0))}); err != nil {
-		t.Fatal(err)
-	}
 	sqlitestore.SetBeforeTxCommit(s, func() error { panic("kaboom") })
 	func() {
 		defer func() {
