@@ -335,18 +335,13 @@ function renderChannels(req) {
 // A page kept in the back/forward cache keeps its connections open, and a
 // stream there would hold a watch slot nobody looks at: it is closed on the
 // way out, and the page watches afresh when it is shown again.
-let resume = null;
 window.addEventListener('pagehide', () => {
   if (!source || source.readyState === EventSource.CLOSED) return;
   source.close();
-  source = null;
-  resume = watching;
+  source = null; // watching still names the request
 });
 window.addEventListener('pageshow', (e) => {
-  if (!e.persisted || !resume) return;
-  const [id, token] = resume;
-  resume = null;
-  watch(id, token);
+  if (e.persisted && !source && watching) watch(...watching);
 });
 
 function start() {
