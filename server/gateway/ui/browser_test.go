@@ -3,6 +3,7 @@ package ui_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -124,8 +125,9 @@ func (p *page) view() view {
 }
 
 // waitFor waits until the JavaScript condition holds on the page. An
-// evaluation that fails is tried again: while the page is navigating, its
-// JavaScript context may be gone.
+// evaluation that fails is tried again (while the page is navigating, its
+// JavaScript context may be gone), unless the condition itself is wrong: a
+// SyntaxError or ReferenceError fails the test at once.
 func (p *page) waitFor(what, cond string) {
 	p.t.Helper()
 	ctx := p.bounded(30 * time.Second)
@@ -138,6 +140,9 @@ func (p *page) waitFor(what, cond string) {
 		if ok {
 			return
 		}
+		if badCondition(err) {
+			p.t.Fatalf("waiting for %s (%s): %v", what, cond, err)
+		}
 		select {
 		case <-ctx.Done():
 			shown := "unreadable"
@@ -149,6 +154,17 @@ func (p *page) waitFor(what, cond string) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// badCondition tells whether err says that a condition cannot be evaluated
+// on any page, as opposed to not yet (an element not there yet gives a
+// TypeError).
+func badCondition(err error) bool {
+	var exc *chromedp.ExceptionError
+	if !errors.As(err, &exc) || exc.Exception == nil {
+		return false
+	}
+	return exc.Exception.ClassName == "SyntaxError" || exc.Exception.ClassName == "ReferenceError"
 }
 
 func (p *page) waitRevision(rev int64) {
@@ -441,6 +457,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 		// A bad token: the page stops and says why.
 		refused := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id+"&access_token=forged")
 		refused.waitFor("the refusal", `document.body.dataset.connection === "closed" && document.getElementById('stream-error').textContent.includes('HTTP 401')`)
+	})
+
+	// waitFor stops at once on a condition that no page can satisfy, and
+	// waits on one that throws only until the page has rendered.
+	t.Run("conditions waitFor gives up on", func(t *testing.T) {
+		p := openPage(t, browser, "about:blank")
+		for cond, bad := range map[string]bool{
+			`noSuchVariable === 1`:                                  true,
+			`document.body.dataset.connection === `:                 true,
+			`document.getElementById('not-yet').textContent === ""`: false,
+		} {
+			_, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[bool](cond))
+			if err == nil || badCondition(err) != bad {
+				t.Errorf("%s: error %v; badCondition %v, want %v", cond, err, badCondition(err), bad)
+			}
+		}
 	})
 }
 
