@@ -645,6 +645,94 @@ func TestPingKeepsBusyConnections(t *testing.T) {
 	}
 }
 
+// TestPingCountsReleases: a ping that finds every pooled connection in use
+// and gets none in time still succeeds when one came back to the pool while
+// it waited (the pool is busy, the database answering): the only
+// connection goes from a commit that ends to another that waits for a row
+// lock, while the ping waits behind it.
+func TestPingCountsReleases(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"))
+	ctx := t.Context()
+	commit := func(id string, at time.Time) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := s.Commit(ctx, []store.Webhook{hook(at, delivery("r1", id, "SMS", "SENT", at))})
+			done <- err
+		}()
+		return done
+	}
+	if err := <-commit("e1", at(0)); err != nil {
+		t.Fatal(err)
+	}
+	lock := func(conn *pgx.Conn) (pgx.Tx, <-chan error) {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		locked := make(chan error, 1)
+		go func() {
+			_, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`)
+			locked <- err
+		}()
+		return tx, locked
+	}
+	observer, first, second := connect(t, dsn), connect(t, dsn), connect(t, dsn)
+	tx1, locked := lock(first)
+	if err := <-locked; err != nil {
+		t.Fatal(err)
+	}
+	a := commit("e2", at(1)) // holds the pool's connection, waiting for tx1's lock
+	awaitBlockedBy(t, observer, first)
+	tx2, locked2 := lock(second) // next in line for the row, after a
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting bool
+		if err := observer.QueryRow(ctx, `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID())).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second lock did not wait")
+		}
+	}
+	b := commit("e3", at(2))           // waits for the pool, then for tx2's lock
+	time.Sleep(300 * time.Millisecond) // b waiting for the pool, ahead of the ping
+
+	pinged := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, time.Second) // as the server's health check
+		defer cancel()
+		pinged <- s.Ping(pctx)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := tx1.Rollback(ctx); err != nil { // a commits; the connection goes to b
+		t.Fatal(err)
+	}
+	if err := <-a; err != nil {
+		t.Fatalf("the first waiting commit: %v", err)
+	}
+	if err := <-locked2; err != nil {
+		t.Fatal(err)
+	}
+	err := <-pinged
+	if elapsed := time.Since(start); elapsed < 900*time.Millisecond {
+		t.Fatalf("the ping ended after %v, before its timeout: it got the connection ahead of b, so this test did not test what it means to", elapsed)
+	}
+	if err != nil {
+		t.Errorf("Ping while a connection came back to the busy pool: %v", err)
+	}
+	if err := tx2.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-b; err != nil {
+		t.Fatalf("the second waiting commit: %v", err)
+	}
+}
+
 // TestPartitionTimeouts: each session ends what a client the database no
 // longer hears would leave holding locks, after the store's timeout: an
 // idle transaction, and results sent to nobody. A DSN's own value stays.
