@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,7 +10,9 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,8 +71,10 @@ func (ts *testServer) post(t *testing.T, path string, body []byte) httpResult {
 	return ts.do(t, http.MethodPost, path, "", body)
 }
 
-// do sends one HTTP request; bearer, when set, goes in Authorization.
-func (ts *testServer) do(t *testing.T, method, path, bearer string, body []byte) httpResult {
+// do sends one HTTP request; bearer, when set, goes in Authorization, and
+// header holds more headers as name and value pairs (an empty value sets
+// none).
+func (ts *testServer) do(t *testing.T, method, path, bearer string, body []byte, header ...string) httpResult {
 	t.Helper()
 	req, err := http.NewRequest(method, ts.httpURL+path, bytes.NewReader(body))
 	if err != nil {
@@ -79,13 +84,21 @@ func (ts *testServer) do(t *testing.T, method, path, bearer string, body []byte)
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i+1] != "" {
+			req.Header.Set(header[i], header[i+1])
+		}
+	}
 	return send(t, req)
 }
 
-// send sends req and reads the whole answer.
+// send sends req and reads the whole answer, within 30 s (an answer that
+// never ends, a watch stream say, fails the test).
 func send(t *testing.T, req *http.Request) httpResult {
 	t.Helper()
-	resp, err := http.DefaultClient.Do(req)
+	ctx, cancel := context.WithTimeout(req.Context(), 30*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
@@ -718,6 +731,71 @@ func TestInvalidUTF8URLsAre400(t *testing.T) {
 	for _, path := range []string{"/v1/requests/%FF", "/v1/requests/%FF/events", "/v1/requests/%FF:watch", "/v1/requests/x/events?page_token=%FF"} {
 		if r := ts.get(t, path); r.code != http.StatusBadRequest {
 			t.Errorf("GET %s: %d %s, want 400", path, r.code, r.body)
+		}
+	}
+}
+
+// TestRequestIDsThatNeedEscaping: an id is one path segment, percent-encoded:
+// a ":watch" (%3A) in it does not make the route a watch. An id holding "/"
+// cannot be named (the routes split the path at %2F too), on any route.
+func TestRequestIDsThatNeedEscaping(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	ts.ingest(t, []byte(`{"eventType":"DLR","timestamp":1764153000000,"data":{"requestId":"a/b","status":"SENT","channel":"SMS"}}`))
+	for _, path := range []string{"/v1/requests/a%2Fb", "/v1/requests/a%2Fb/events", "/v1/requests/a%2Fb:watch"} {
+		for _, accept := range []string{"", "text/event-stream"} {
+			r := ts.do(t, http.MethodGet, path, testAdminKey, nil, "Accept", accept)
+			if r.code != http.StatusNotFound {
+				t.Errorf("GET %s (Accept %q): %d %s, want 404", path, accept, r.code, r.body)
+			}
+		}
+	}
+	for _, id := range []string{"x:watch", "c:watchToken", "%2F", "sp ace?#"} {
+		ts.ingest(t, fmt.Appendf(nil, `{"eventType":"DLR","timestamp":1764153000000,"data":{"requestId":%q,"status":"SENT","channel":"SMS"}}`, id))
+		path := "/v1/requests/" + url.PathEscape(id)
+		if strings.Contains(id, ":") { // PathEscape leaves ':' as it is
+			path = "/v1/requests/" + strings.ReplaceAll(url.PathEscape(id), ":", "%3A")
+		}
+		var got struct {
+			Request struct {
+				RequestID string `json:"requestId"`
+			} `json:"request"`
+		}
+		if r := ts.get(t, path); r.code != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got.Request.RequestID != id {
+			t.Errorf("GET %s: %d %s, want request %q", path, r.code, r.body, id)
+		}
+		var events struct {
+			Events []struct {
+				RequestID string `json:"requestId"`
+			} `json:"events"`
+		}
+		if r := ts.get(t, path+"/events"); r.code != http.StatusOK || json.Unmarshal(r.body, &events) != nil || len(events.Events) != 1 || events.Events[0].RequestID != id {
+			t.Errorf("GET %s/events: %d %s, want the event of %q", path, r.code, r.body, id)
+		}
+		for _, accept := range []string{"", "text/event-stream"} {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, ts.httpURL+path+":watch", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+testAdminKey)
+			if accept != "" {
+				req.Header.Set("Accept", accept)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(resp.Body)
+			var line string
+			for range 6 { // SSE: retry and a blank line, then id and event lines before data
+				if line, err = br.ReadString('\n'); err != nil || strings.Contains(line, "requestId") {
+					break
+				}
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(line, `"requestId":`+strconv.Quote(id)) {
+				t.Errorf("GET %s:watch (Accept %q): %d %q, want a snapshot of %q", path, accept, resp.StatusCode, line, id)
+			}
 		}
 	}
 }

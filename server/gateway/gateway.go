@@ -86,6 +86,10 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	// cookies and client-chosen metadata have no business there.
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithDisablePathLengthFallback(),
+		// Routes match the path as sent, and path parameters are then
+		// unescaped whole: a request id is one segment whatever it holds,
+		// "/" and ":" included (%2F, %3A).
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }))
 	// First, so that every route registered after takes precedence.
 	if err := registerNotAllowed(mux); err != nil {
@@ -260,7 +264,7 @@ func validQuery(q url.Values) bool {
 // routes take credentials in the header only.
 func accessTokenFromQuery(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, isWatch := watchRequestID(r.URL.Path); r.Method != http.MethodGet || !isWatch {
+		if _, isWatch := watchRequestID(r.URL); r.Method != http.MethodGet || !isWatch {
 			next.ServeHTTP(w, r)
 			return
 		}

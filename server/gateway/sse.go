@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -70,7 +71,7 @@ type watchHandler struct {
 }
 
 func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id, ok := watchRequestID(r.URL.Path)
+	id, ok := watchRequestID(r.URL)
 	if !ok {
 		h.next.ServeHTTP(w, r)
 		return
@@ -121,17 +122,22 @@ func (d *deadlineWriter) FlushError() error {
 
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
-// watchRequestID returns the request id of a watch-route path.
-func watchRequestID(path string) (string, bool) {
-	id, ok := strings.CutPrefix(path, watchPrefix)
+// watchRequestID returns the request id of a watch-route URL. The route is
+// matched on the path as sent, as the gateway mux matches it: an escaped
+// ":" (%3A) is part of the id, so "x%3Awatch" names request "x:watch" and
+// is no watch. An id holding "/" cannot be named, escaped or not: the mux
+// splits the path at %2F too.
+func watchRequestID(u *url.URL) (string, bool) {
+	escaped, ok := strings.CutPrefix(u.EscapedPath(), watchPrefix)
 	if !ok {
 		return "", false
 	}
-	id, ok = strings.CutSuffix(id, watchSuffix)
-	if !ok || id == "" || strings.Contains(id, "/") {
+	escaped, ok = strings.CutSuffix(escaped, watchSuffix)
+	if !ok || escaped == "" || strings.Contains(escaped, "/") {
 		return "", false
 	}
-	return id, true
+	id, err := url.PathUnescape(escaped)
+	return id, err == nil && !strings.Contains(id, "/")
 }
 
 // acceptsEventStream reports whether r asks for text/event-stream.
