@@ -3,6 +3,7 @@ package observe
 import (
 	"log/slog"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -135,13 +136,18 @@ func isWebhookKeyPath(path string) bool {
 	return ok && key != "" && !strings.Contains(key, "/")
 }
 
-// logPath is the path as logged: a webhook key in it replaced by its
-// fingerprint.
-func logPath(path string) string {
-	if key, ok := strings.CutPrefix(path, webhookPath+"/"); ok && key != "" {
-		return webhookPath + "/" + MaskToken(key)
+// logPath is the path as logged: what follows the webhook route's
+// segments, wherever they are (a base URL ending in "/", a proxy's prefix,
+// another case), replaced by its fingerprint, since it may be a webhook key.
+func logPath(p string) string {
+	const route = "/webhooks/otpless/"
+	clean := path.Clean(p)
+	if i := strings.Index(strings.ToLower(clean), route); i >= 0 {
+		if key := clean[i+len(route):]; key != "" {
+			return clean[:i+len(route)] + MaskToken(key)
+		}
 	}
-	return path
+	return p
 }
 
 // responseWriter records the status and size of a response. It passes

@@ -1,0 +1,30 @@
+package observe
+
+import (
+	"strings"
+	"testing"
+)
+
+// A webhook key in a path is logged as its fingerprint, also when the
+// path is not quite the route's (a 404 logs its path too).
+func TestLogPathMasksWebhookKeys(t *testing.T) {
+	const key = "whk_Lh8kQ0secretsecretsecret"
+	for _, tc := range []struct{ path, want string }{
+		{"/v1/webhooks/otpless/" + key, "/v1/webhooks/otpless/" + MaskToken(key)},
+		{"//v1/webhooks/otpless/" + key, "/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/v1/webhooks//otpless/" + key, "/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/v1//webhooks/otpless/" + key + "/", "/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/api/v1/webhooks/otpless/" + key, "/api/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/V1/Webhooks/OTPLESS/" + key, "/V1/Webhooks/OTPLESS/" + MaskToken(key)},
+		{"/v1/webhooks/otpless/" + key + "/extra", "/v1/webhooks/otpless/" + MaskToken(key+"/extra")},
+		{"/v1/webhooks/otpless", "/v1/webhooks/otpless"},
+		{"/v1/webhooks/otpless/", "/v1/webhooks/otpless/"},
+		{"/v1/requests/r1", "/v1/requests/r1"},
+		{"/v1/requests/a//b", "/v1/requests/a//b"},
+	} {
+		got := logPath(tc.path)
+		if got != tc.want || strings.Contains(got, "secret") {
+			t.Errorf("logPath(%q) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
