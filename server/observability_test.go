@@ -8,12 +8,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +30,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	_ "modernc.org/sqlite"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
@@ -457,6 +460,9 @@ func TestHealthRoutes(t *testing.T) {
 	if lines := s.logs.lines(t, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
 		t.Errorf("/readyz while not ready logged %v, want one line at DEBUG", lines)
 	}
+	if lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "method": "/grpc.health.v1.Health/Check"}); len(lines) != 2 || lines[0]["level"] != "DEBUG" || lines[1]["level"] != "DEBUG" {
+		t.Errorf("gRPC health checks logged %v, want two lines at DEBUG", lines)
+	}
 	if got := s.scrape(t)["otpless_events_ready"]; got != 0 {
 		t.Fatalf("otpless_events_ready = %v while not ready", got)
 	}
@@ -696,5 +702,32 @@ func TestPostgresListenerMetrics(t *testing.T) {
 	proxy.Restore()
 	if !eventually(func() bool { return s.scrape(t)[listening] == 1 }) {
 		t.Fatalf("%s never 1 again", listening)
+	}
+}
+
+// A read that fails for a fault of the server answers INTERNAL (500) with
+// a generic message, and its log line says what went wrong.
+func TestReadFaultsAreLoggedWithTheirCause(t *testing.T) {
+	t.Parallel()
+	var dir string
+	s := startOps(t, func(c *Config) { dir = c.DataDir }, nil)
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("broken-req", "SENT", 1764153000400)); code != http.StatusOK {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(dir, "otpless-events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE requests SET events = X'01' WHERE request_id = 'broken-req'`); err != nil {
+		t.Fatal(err)
+	}
+	code, _, body := do(t, http.MethodGet, s.httpURL+"/v1/requests/broken-req/events", "", observe.RequestIDHeader, "broken-1")
+	if code != http.StatusInternalServerError || !strings.Contains(body, `"internal error"`) {
+		t.Fatalf("GET events of a broken row: %d %s, want 500 and a generic message", code, body)
+	}
+	lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "request_id": "broken-1", "code": "Internal"})
+	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["cause"]), "events") {
+		t.Errorf("log lines of the read %v, want one with the cause", lines)
 	}
 }

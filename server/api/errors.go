@@ -13,7 +13,8 @@ import (
 
 // Status maps a domain error to a gRPC status error. Errors that already
 // carry a status pass through. Anything unknown becomes INTERNAL with a
-// generic message, so internals never leak to clients.
+// generic message, so internals never leak to clients; the server's log
+// has them (see Fault).
 func Status(err error) error {
 	if err == nil {
 		return nil
@@ -33,11 +34,22 @@ func Status(err error) error {
 	case errors.Is(err, store.ErrClosed):
 		return status.Error(codes.Unavailable, "server is shutting down, retry later")
 	case errors.Is(err, store.ErrUnavailable):
-		return status.Error(codes.Unavailable, "store unavailable, retry later")
+		return &Fault{status.New(codes.Unavailable, "store unavailable, retry later"), err}
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
-	return status.Error(codes.Internal, "internal error")
+	return &Fault{status.New(codes.Internal, "internal error"), err}
 }
+
+// Fault is a status error caused by a fault of the server: the client gets
+// the status, the server's log also the cause (what errors.Unwrap gives).
+type Fault struct {
+	st    *status.Status
+	cause error
+}
+
+func (f *Fault) Error() string              { return f.st.Err().Error() }
+func (f *Fault) GRPCStatus() *status.Status { return f.st }
+func (f *Fault) Unwrap() error              { return f.cause }

@@ -2,8 +2,10 @@ package observe
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -137,6 +139,8 @@ func (o *Observer) finishGRPC(ctx context.Context, c *call, method string, start
 		level = slog.LevelError
 	case serverFault(code):
 		level = slog.LevelWarn
+	case strings.HasPrefix(method, "/grpc.health.v1.Health/"): // probes, as /healthz and /readyz
+		level = slog.LevelDebug
 	}
 	if !o.log.Enabled(ctx, level) {
 		return
@@ -152,6 +156,9 @@ func (o *Observer) finishGRPC(ctx context.Context, c *call, method string, start
 	attrs = appendOTPLESS(attrs, c)
 	if err != nil && panicked == nil {
 		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
+		if cause := errors.Unwrap(err); cause != nil { // what the client is not told
+			attrs = append(attrs, slog.String("cause", cause.Error()))
+		}
 	}
 	if panicked != nil {
 		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))

@@ -87,7 +87,7 @@ func masker(key string) func(string) string {
 		return MaskIdentity
 	case "token", "authorization", "password", "secret", "key", "apikey", "webhookkey", "signature":
 		return MaskToken
-	case "error", "err", "panic", "reason", "body":
+	case "error", "err", "cause", "panic", "reason", "body":
 		return Scrub
 	}
 	return nil
