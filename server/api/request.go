@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -87,7 +89,26 @@ func (s *RequestServer) ListRequestEvents(ctx context.Context, req *eventsv1.Lis
 	if !auth.MaySeePII(ctx) {
 		events = pii.Events(events)
 	}
+	events, next = fitPage(events, next)
 	return &eventsv1.ListRequestEventsResponse{Events: events, NextPageToken: next}, nil
+}
+
+// maxPageBytes bounds the encoded size of a page of events below the
+// 4 MiB that gRPC clients accept by default (the gateway's own included).
+const maxPageBytes = 3 << 20
+
+// fitPage cuts a page of events, whose raw bodies may be large, at
+// maxPageBytes; the next page then starts after the last one kept. A
+// page keeps its first event whatever its size.
+func fitPage(events []*eventsv1.Event, next string) ([]*eventsv1.Event, string) {
+	size := 0
+	for i, e := range events {
+		size += protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(e))
+		if i > 0 && size > maxPageBytes {
+			return events[:i], store.CursorAfter(events[i-1]).Token()
+		}
+	}
+	return events, next
 }
 
 // WatchRequest streams the request's snapshot and its changes. The
