@@ -231,6 +231,9 @@ type Server struct {
 	// which http.Server.Shutdown does not wait for.
 	streams gateway.Streams
 
+	// shuttingDown is canceled, by startShutdown, when shutdown begins.
+	shuttingDown  context.Context
+	startShutdown context.CancelFunc
 	// stopHealth ends the loop that pings the store; nil before Run.
 	stopHealth func()
 	// ran is set by the first Run: a server runs once.
@@ -302,6 +305,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Tokens:           sec.tokens,
 	})
 	s.health = health.NewServer()
+	s.shuttingDown, s.startShutdown = context.WithCancel(context.Background())
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.grpc = grpc.NewServer(
 		// gRPC Ingest messages are bounded like the webhook route's bodies
@@ -311,7 +315,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// interceptor, is only for the far larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches, MaxHealthWatchesInAll))...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches, MaxHealthWatchesInAll), healthWatchesEnd(s.shuttingDown))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -455,6 +459,7 @@ func (s *Server) shutdown() error {
 	if s.stopHealth != nil {
 		s.stopHealth()
 	}
+	s.startShutdown()
 	s.health.Shutdown()
 	s.broker.Close()
 	var errs []error
@@ -602,6 +607,54 @@ func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 		}
 		defer all.Give("")
 		return handler(srv, ss)
+	}
+}
+
+// healthWatchesEnd ends each Health/Watch stream with UNAVAILABLE once
+// shutdown has begun and the stream has told its client that the status is
+// not SERVING (health.Server.Shutdown sends NOT_SERVING): an open watch would
+// otherwise hold GracefulStop for the whole grace.
+func healthWatchesEnd(shutdown context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+			return handler(srv, ss)
+		}
+		ctx, end := context.WithCancel(ss.Context())
+		defer end()
+		w := &endingWatch{ServerStream: ss, ctx: ctx, end: end, shutdown: shutdown}
+		defer context.AfterFunc(shutdown, w.endUnlessServing)()
+		err := handler(srv, w)
+		if shutdown.Err() != nil && ss.Context().Err() == nil {
+			return status.Error(codes.Unavailable, "server is shutting down")
+		}
+		return err
+	}
+}
+
+// endingWatch is a Health/Watch stream that healthWatchesEnd ends.
+type endingWatch struct {
+	grpc.ServerStream
+	ctx      context.Context
+	end      context.CancelFunc
+	shutdown context.Context
+	serving  atomic.Bool // the last status sent was SERVING
+}
+
+func (w *endingWatch) Context() context.Context { return w.ctx }
+
+func (w *endingWatch) SendMsg(m any) error {
+	err := w.ServerStream.SendMsg(m)
+	r, _ := m.(*healthpb.HealthCheckResponse)
+	w.serving.Store(r.GetStatus() == healthpb.HealthCheckResponse_SERVING)
+	if w.shutdown.Err() != nil {
+		w.endUnlessServing()
+	}
+	return err
+}
+
+func (w *endingWatch) endUnlessServing() {
+	if !w.serving.Load() {
+		w.end()
 	}
 }
 

@@ -697,18 +697,46 @@ func TestConfigValidate(t *testing.T) {
 
 // A client holding a Health.Watch stream delays gRPC's graceful stop to the
 // end of the grace period, but shutdown still drains the writer cleanly.
+// Open Health.Watch streams end at shutdown, once told NOT_SERVING (or at
+// once, when what they watch was not SERVING), with UNAVAILABLE: they do
+// not hold the server's stop for the grace (a minute here), nor keep the
+// queued webhook from its commit.
 func TestShutdownWithHealthWatchOpen(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, func(c *server.Config) { c.ShutdownGrace = 300 * time.Millisecond })
-	hw, err := healthpb.NewHealthClient(ts.conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
+	ts := startServer(t, func(c *server.Config) { c.ShutdownGrace = time.Minute })
+	watch := func(service string, want healthpb.HealthCheckResponse_ServingStatus) healthpb.Health_WatchClient {
+		hw, err := healthpb.NewHealthClient(ts.conn).Watch(t.Context(), &healthpb.HealthCheckRequest{Service: service})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := hw.Recv(); err != nil || r.GetStatus() != want {
+			t.Fatalf("Watch(%q) first: %v, %v; want %v", service, r, err, want)
+		}
+		return hw
 	}
-	if _, err := hw.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	serving, unknown := watch("", healthpb.HealthCheckResponse_SERVING), watch("nope", healthpb.HealthCheckResponse_SERVICE_UNKNOWN)
 	ts.ingest(t, dlr("health-watch-req", "SENT", 1764153000000))
-	ts.stop() // fails the test unless Run returns nil, open Health.Watch or not
+	ends := make(chan string, 2)
+	go func() {
+		var got []string
+		for {
+			r, err := serving.Recv()
+			if err != nil {
+				got = append(got, status.Convert(err).Code().String()+": "+status.Convert(err).Message())
+				break
+			}
+			got = append(got, r.GetStatus().String())
+		}
+		ends <- strings.Join(got, ", ")
+		_, err := unknown.Recv()
+		ends <- status.Convert(err).Code().String() + ": " + status.Convert(err).Message()
+	}()
+	ts.stop() // fails the test unless Run returns nil
+	for _, want := range []string{"NOT_SERVING, Unavailable: server is shutting down", "Unavailable: server is shutting down"} {
+		if got := <-ends; got != want {
+			t.Errorf("Health.Watch at shutdown: %s, want %s", got, want)
+		}
+	}
 }
 
 func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
