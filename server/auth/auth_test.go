@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -262,6 +263,16 @@ func TestWebhookCredentials(t *testing.T) {
 	}
 	if _, err := NewWebhookGuard(WebhookConfig{}); err == nil {
 		t.Error("a guard with nothing configured was built")
+	}
+	for _, c := range []struct {
+		rate  float64
+		burst int
+		ok    bool
+	}{{0, 0, true}, {200, 400, true}, {0.5, 1, true}, {-5, 400, false}, {math.NaN(), 400, false}, {math.Inf(1), 400, false}, {200, 0, false}, {200, -1, false}} {
+		_, err := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: c.rate, Burst: c.burst})
+		if (err == nil) != c.ok {
+			t.Errorf("rate %v, burst %d: %v, want ok %v", c.rate, c.burst, err, c.ok)
+		}
 	}
 	open, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true})
 	if err := open.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); err != nil {

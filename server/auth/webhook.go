@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -90,10 +91,14 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	if g.cfg.SignatureTolerance <= 0 {
 		g.cfg.SignatureTolerance = DefaultSignatureTolerance
 	}
-	if cfg.RatePerSecond > 0 {
-		burst := max(cfg.Burst, 1)
-		g.limiter = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}
-		g.failures = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}
+	switch {
+	case !(cfg.RatePerSecond >= 0) || math.IsInf(cfg.RatePerSecond, 0): // NaN too
+		return nil, fmt.Errorf("webhooks: the rate per client address must be 0 (unlimited) or a positive number, not %v", cfg.RatePerSecond)
+	case cfg.RatePerSecond > 0 && cfg.Burst < 1:
+		return nil, fmt.Errorf("webhooks: the burst per client address must be at least 1, not %d", cfg.Burst)
+	case cfg.RatePerSecond > 0:
+		g.limiter = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst, entries: map[netip.Addr]*limitEntry{}}
+		g.failures = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst, entries: map[netip.Addr]*limitEntry{}}
 	}
 	return g, nil
 }
