@@ -158,6 +158,20 @@ func TestAPIKeysAndScopes(t *testing.T) {
 	if r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", "", big); r.code != http.StatusRequestEntityTooLarge {
 		t.Errorf("a 100 KiB API body: %d %s, want 413", r.code, r.body)
 	}
+	for _, body := range [][]byte{big, []byte(`{"ttl":"10s"}`)} { // of unannounced length (chunked)
+		req, err := http.NewRequest(http.MethodPost, ts.httpURL+"/v1/requests/"+id+":watchToken", io.MultiReader(bytes.NewReader(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+testAdminKey)
+		want := http.StatusOK
+		if len(body) > 64<<10 {
+			want = http.StatusRequestEntityTooLarge
+		}
+		if r := send(t, req); r.code != want {
+			t.Errorf("a chunked API body of %d bytes: %d %s, want %d", len(body), r.code, r.body, want)
+		}
+	}
 	for _, bearer := range []string{"", "wrong-key"} {
 		if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, bearer, nil); r.code != http.StatusUnauthorized || r.header.Get("WWW-Authenticate") != `Bearer realm="otpless-events"` {
 			t.Errorf("GET with %q: %d, WWW-Authenticate %q; want 401 with a Bearer challenge", bearer, r.code, r.header.Get("WWW-Authenticate"))

@@ -11,6 +11,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -111,22 +112,33 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 // amount. The API's bodies are a few hundred bytes.
 const maxAPIBodyBytes = 64 << 10
 
-// apiRequests answers 413 to an API request whose announced body is over
-// maxAPIBodyBytes, and cuts a body of unannounced length there (the
-// decoding error is then a 400); webhooks have their own bound. Answers
-// about requests, which may hold personal data, are not to be cached.
+// apiRequests answers 413 to an API request whose body is over
+// maxAPIBodyBytes: at once when its length is announced, else once that
+// much has been read (the body is read here, whole); webhooks have their
+// own bound. Answers about requests, which may hold personal data, are not
+// to be cached.
 func apiRequests(next http.Handler) http.Handler {
+	tooLarge := status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", maxAPIBodyBytes))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/requests/") {
 			w.Header().Set("Cache-Control", "no-store")
 		}
 		if r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") && r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > maxAPIBodyBytes {
-				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge,
-					status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", maxAPIBodyBytes)))
+				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge, tooLarge)
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, maxAPIBodyBytes)
+			body, err := readBody(w, r, maxAPIBodyBytes)
+			var tooBig *http.MaxBytesError
+			switch {
+			case errors.As(err, &tooBig):
+				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge, tooLarge)
+				return
+			case err != nil:
+				writeStatus(w, &runtime.JSONPb{}, http.StatusBadRequest, status.New(codes.InvalidArgument, "reading the request body: "+err.Error()))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		next.ServeHTTP(w, r)
 	})
