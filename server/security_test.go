@@ -463,3 +463,54 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 		t.Fatalf("the server did not close a connection stuck in its headers: %v", err)
 	}
 }
+
+// TestWatchRouteAnswersAsTheAPI: both forms of the watch route, newline-
+// delimited JSON and Server-Sent Events, refuse as the rest of the API does
+// (the status in the body as {"code", "message"}, a 401's challenge) and
+// read the query alike: after_revision or afterRevision, once, well formed.
+func TestWatchRouteAnswersAsTheAPI(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	id := seedPII(t, ts) // a finished request: its watches end after the first message
+	var got struct {
+		Request struct {
+			Revision string `json:"revision"`
+		} `json:"request"`
+	}
+	if r := ts.get(t, "/v1/requests/"+id); r.code != http.StatusOK || json.Unmarshal(r.body, &got) != nil {
+		t.Fatalf("GET: %d %s", r.code, r.body)
+	}
+	for _, accept := range []string{"", "text/event-stream"} {
+		for _, tc := range []struct {
+			query, bearer string
+			code          int
+			want          string
+		}{
+			{"", "", http.StatusUnauthorized, `"code":16`},
+			{"?after_revision=-1", testAdminKey, http.StatusBadRequest, `"code":3`},
+			{"?after_revision=abc", testAdminKey, http.StatusBadRequest, `"code":3`},
+			{"?after_revision=%zz", testAdminKey, http.StatusBadRequest, `"code":3`},
+			{"?after_revision=1&after_revision=2", testAdminKey, http.StatusBadRequest, `"code":3`},
+			{"?afterRevision=" + got.Request.Revision, testAdminKey, http.StatusOK, "HEARTBEAT"},
+			{"?after_revision=" + got.Request.Revision, testAdminKey, http.StatusOK, "HEARTBEAT"},
+			{"", testAdminKey, http.StatusOK, "SNAPSHOT"},
+		} {
+			r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch"+tc.query, tc.bearer, nil, "Accept", accept)
+			body := strings.ReplaceAll(string(r.body), " ", "")
+			if accept != "" && tc.code == http.StatusOK {
+				body = strings.ToUpper(body) // event: heartbeat
+			}
+			if r.code != tc.code || !strings.Contains(body, tc.want) || strings.HasPrefix(body, `{"error"`) {
+				t.Errorf("watch%s (Accept %q): %d %s, want %d with %s", tc.query, accept, r.code, r.body, tc.code, tc.want)
+			}
+			if tc.code == http.StatusUnauthorized && r.header.Get("WWW-Authenticate") == "" {
+				t.Errorf("watch%s (Accept %q): 401 without WWW-Authenticate", tc.query, accept)
+			}
+			for name := range r.header {
+				if strings.HasPrefix(name, "Grpc-Metadata-") {
+					t.Errorf("watch%s (Accept %q): header %s: %q", tc.query, accept, name, r.header.Get(name))
+				}
+			}
+		}
+	}
+}

@@ -323,9 +323,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	reflection.Register(s.grpc)
 	s.observeServer()
 
-	// The gateway reaches gRPC through an in-process listener: its streaming
-	// route (the NDJSON watch) needs a real client connection, and this one
-	// never leaves memory. Its event stream needs none (watchInProcess).
+	// The gateway reaches gRPC through an in-process listener, so that its
+	// calls pass the server's interceptors (credentials, limits, logs and
+	// metrics) as a client's do; this connection never leaves memory. Its
+	// watch route needs none (watchInProcess).
 	s.inproc = bufconn.Listen(1 << 20)
 	s.conn, err = grpc.NewClient("passthrough:///in-process",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),

@@ -63,10 +63,11 @@ type Options struct {
 	// when 0): a Server-Sent Events stream silent for one and a half of it
 	// gets a comment, for streams whose watch sends no heartbeats.
 	SSEHeartbeat time.Duration
-	// Watch runs WatchRequest for Server-Sent Events (usually InProcess);
-	// nil answers the event stream with UNIMPLEMENTED.
+	// Watch runs WatchRequest for the watch route, as Server-Sent Events
+	// or newline-delimited JSON (usually InProcess); nil answers the route
+	// with UNIMPLEMENTED.
 	Watch WatchFunc
-	// Streams, when set, lets HTTP/1.1 event streams leave their handlers
+	// Streams, when set, lets HTTP/1.1 watch streams leave their handlers
 	// once begun: the stream then holds its connection and its watch's
 	// goroutine, and Streams.Shutdown waits for it. Nil keeps each stream
 	// on its handler's goroutine.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -49,13 +50,13 @@ const (
 )
 
 // watchHandler serves the watch route in front of the gateway mux: CORS
-// (preflight included) and Server-Sent Events for clients that accept
-// text/event-stream. Everything else goes on to the gateway, which answers
-// newline-delimited JSON. A bearer credential arrives as the gateway
+// (preflight included), and GET as Server-Sent Events for clients that
+// accept text/event-stream, else as newline-delimited JSON. Other methods
+// go on to the gateway (405). A bearer credential arrives as the gateway
 // forwards it (the Authorization header, which ?access_token= is turned
 // into before this handler runs).
 //
-// The event stream is RequestService.WatchRequest run by watch, with the
+// Either stream is RequestService.WatchRequest run by watch, with the
 // metadata the gateway would send as the call's incoming metadata, so gRPC
 // interceptors (authentication, limits) apply to both.
 type watchHandler struct {
@@ -89,8 +90,8 @@ func (h *watchHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: h.writeTimeout}
 	defer dw.extend()
-	if r.Method == http.MethodGet && acceptsEventStream(r) {
-		h.serveEvents(dw, r, id)
+	if r.Method == http.MethodGet {
+		h.serveWatch(dw, r, id, acceptsEventStream(r))
 		return
 	}
 	h.next.ServeHTTP(dw, r)
@@ -152,36 +153,50 @@ func acceptsEventStream(r *http.Request) bool {
 	return false
 }
 
-// resumeRevision is where a stream resumes: Last-Event-ID (sent by a
-// reconnecting EventSource) or else ?after_revision=.
-func resumeRevision(r *http.Request) (int64, error) {
-	name, v := "Last-Event-ID", r.Header.Get("Last-Event-ID")
-	if v == "" {
-		name, v = "after_revision", r.URL.Query().Get("after_revision")
+// resumeRevision is where a stream resumes: for an event stream,
+// Last-Event-ID (sent by a reconnecting EventSource), else the query read
+// as the gateway reads a request's fields from it (after_revision or
+// afterRevision, once; a malformed query is refused).
+func resumeRevision(r *http.Request, sse bool) (int64, error) {
+	if v := r.Header.Get("Last-Event-ID"); sse && v != "" {
+		rev, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || rev < 0 {
+			return 0, status.Errorf(codes.InvalidArgument, "Last-Event-ID %q is not a revision", v)
+		}
+		return rev, nil
 	}
-	if v == "" {
-		return 0, nil
+	if err := r.ParseForm(); err != nil {
+		return 0, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	rev, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil || rev < 0 {
-		return 0, status.Errorf(codes.InvalidArgument, "%s %q is not a revision", name, v)
+	var req eventsv1.WatchRequestRequest
+	if err := runtime.PopulateQueryParameters(&req, r.Form, watchPathParams); err != nil {
+		return 0, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	return rev, nil
+	if req.GetAfterRevision() < 0 {
+		return 0, status.Error(codes.InvalidArgument, "after_revision must not be negative")
+	}
+	return req.GetAfterRevision(), nil
 }
 
-// serveEvents streams WatchRequest as Server-Sent Events: one event per
-// message, named after its type (snapshot, update, heartbeat, reconnect),
-// with the revision as id and the gateway's JSON as data. Errors before the
-// first message are answered as the gateway answers errors (an HTTP status,
-// which also stops EventSource from retrying); errors after it end the
-// stream with an "error" event whose data is the gRPC status.
+// watchPathParams are the fields of the watch route's path, which its query
+// does not set.
+var watchPathParams = utilities.NewDoubleArray([][]string{{"request_id"}})
+
+// serveWatch streams WatchRequest, as Server-Sent Events (sse) or as
+// newline-delimited JSON. An event per message is named after its type
+// (snapshot, update, heartbeat, reconnect), with the revision as id and the
+// gateway's JSON as data; a line per message is {"result": message}, as
+// grpc-gateway streams. Errors before the first message are answered as the
+// gateway answers errors (an HTTP status, which also stops EventSource from
+// retrying); errors after it end the stream with the gRPC status, as an
+// "error" event or an {"error": status} line.
 //
 // The watch runs on a goroutine of its own. Over HTTP/1.1, with Streams
 // set, the handler takes the connection over once the stream has begun
 // (detach) and returns, so that an idle stream keeps neither the handler's
 // goroutine nor net/http's buffers; otherwise the handler waits for the
 // watch to end.
-func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id string) {
+func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id string, sse bool) {
 	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
 	fail := func(err error) { errorHandler(r.Context(), h.mux, out, w, r, err) }
@@ -189,7 +204,7 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 		fail(status.Error(codes.Unimplemented, "this gateway serves no event stream"))
 		return
 	}
-	after, err := resumeRevision(r)
+	after, err := resumeRevision(r, sse)
 	if err != nil {
 		fail(err)
 		return
@@ -245,7 +260,7 @@ func (h *watchHandler) serveEvents(w http.ResponseWriter, r *http.Request, id st
 		fail(err)
 		return
 	}
-	ev := h.startEvents(ctx, w, r, out)
+	ev := h.startEvents(ctx, w, r, out, sse)
 	if ev.conn != nil && unfollow() {
 		go ev.closed(cancel)
 	}
@@ -269,23 +284,31 @@ func (h *watchHandler) runWatch(ctx context.Context, req *eventsv1.WatchRequestR
 	return h.watch(ctx, req, send)
 }
 
-// startEvents answers 200 with the event stream's headers and the retry
-// hint, detaches the stream when it can, and starts the comment
-// heartbeats. A comment is written after one and a half heartbeat
-// intervals of silence: WatchRequest sends a heartbeat message every
-// interval, and a comment due at the same moment came just before each of
-// them.
-func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, m runtime.Marshaler) *eventWriter {
+// startEvents answers 200 with the stream's headers (and for an event
+// stream the retry hint), detaches the stream when it can, and starts an
+// event stream's comment heartbeats. A comment is written after one and a
+// half heartbeat intervals of silence: WatchRequest sends a heartbeat
+// message every interval, and a comment due at the same moment came just
+// before each of them. Newline-delimited JSON has no comments.
+func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, m runtime.Marshaler, sse bool) *eventWriter {
 	// HTTP/1.1 only: the gateway then writes the chunked encoding net/http
 	// chose, and HTTP/2 cannot give its connection away.
 	detach := h.streams != nil && r.ProtoMajor == 1 && r.ProtoMinor == 1
 	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
+	if sse {
+		hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
+	} else {
+		hdr.Set("Content-Type", m.ContentType(nil))
+	}
 	hdr.Set("Cache-Control", "no-store") // it may hold personal data
 	hdr.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	ev := &eventWriter{w: w, rc: http.NewResponseController(w), m: m, quiet: h.heartbeat * 3 / 2, timeout: h.writeTimeout}
-	ev.retry(SSERetry)
+	ev := &eventWriter{w: w, rc: http.NewResponseController(w), m: m, lines: !sse, quiet: h.heartbeat * 3 / 2, timeout: h.writeTimeout}
+	if sse {
+		ev.retry(SSERetry)
+	} else {
+		ev.write(nil) // the headers
+	}
 	if errors.Is(ev.err, http.ErrNotSupported) {
 		h.log.LogAttrs(ctx, slog.LevelError, "event stream cannot be flushed: a middleware hides http.Flusher (give its ResponseWriter an Unwrap method)")
 		ev.err, ev.rc = nil, nil
@@ -293,20 +316,24 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 	if detach && ev.err == nil && ev.rc != nil {
 		ev.detach(h.streams)
 	}
-	ev.idle = time.AfterFunc(ev.quiet, ev.beat)
+	if sse {
+		ev.idle = time.AfterFunc(ev.quiet, ev.beat)
+	}
 	return ev
 }
 
-// eventWriter writes Server-Sent Events, flushing each one, and a comment
-// heartbeat whenever nothing was written for quiet. After the first failed
-// write it writes nothing more; err says why. The heartbeat runs on a
-// timer's goroutine, so writes hold mu. A detached stream writes each
-// block as an HTTP/1.1 chunk straight to its connection, conn, each
-// write of which may take timeout.
+// eventWriter writes a watch stream, flushing each message: Server-Sent
+// Events, with a comment heartbeat whenever nothing was written for quiet,
+// or newline-delimited JSON (lines). After the first failed write it
+// writes nothing more; err says why. The heartbeat runs on a timer's
+// goroutine, so writes hold mu. A detached stream writes each block as an
+// HTTP/1.1 chunk straight to its connection, conn, each write of which may
+// take timeout.
 type eventWriter struct {
 	w       io.Writer
 	rc      *http.ResponseController
 	m       runtime.Marshaler
+	lines   bool
 	quiet   time.Duration
 	timeout time.Duration
 
@@ -323,19 +350,24 @@ type eventWriter struct {
 // an idle stream keeps none.
 var blocks = sync.Pool{New: func() any { return new([]byte) }}
 
-// message writes msg as an event named after its type, id its revision,
-// and returns the write's error.
+// message writes msg, as an event named after its type, id its revision,
+// or as a "result" line, and returns the write's error.
 func (e *eventWriter) message(msg *eventsv1.WatchRequestResponse) error {
+	if e.lines {
+		return e.event("result", "", msg)
+	}
 	name := strings.ToLower(strings.TrimPrefix(msg.GetType().String(), "WATCH_MESSAGE_TYPE_"))
 	return e.event(name, strconv.FormatInt(msg.GetRevision(), 10), msg)
 }
 
 // status writes st as an "error" event without an id, so a reconnecting
-// client still resumes from the last revision it got.
+// client still resumes from the last revision it got, or an "error" line.
 func (e *eventWriter) status(st *status.Status) {
 	_ = e.event("error", "", st.Proto())
 }
 
+// event writes msg as an event (name, and id unless empty), or as the
+// line {"name": msg}.
 func (e *eventWriter) event(name, id string, msg proto.Message) error {
 	data, err := e.m.Marshal(msg)
 	if err != nil {
@@ -344,14 +376,20 @@ func (e *eventWriter) event(name, id string, msg proto.Message) error {
 	}
 	bp := blocks.Get().(*[]byte)
 	b := (*bp)[:0]
-	if id != "" {
-		b = append(append(append(b, "id: "...), id...), '\n')
+	switch {
+	case e.lines:
+		b = append(append(append(append(b, `{"`...), name...), `":`...), bytes.TrimRight(data, "\r\n")...)
+		b = append(b, "}\n"...)
+	default:
+		if id != "" {
+			b = append(append(append(b, "id: "...), id...), '\n')
+		}
+		b = append(append(append(b, "event: "...), name...), '\n')
+		for line := range bytes.Lines(data) { // the JSON is one line, but be safe
+			b = append(append(append(b, "data: "...), bytes.TrimRight(line, "\r\n")...), '\n')
+		}
+		b = append(b, '\n')
 	}
-	b = append(append(append(b, "event: "...), name...), '\n')
-	for line := range bytes.Lines(data) { // the JSON is one line, but be safe
-		b = append(append(append(b, "data: "...), bytes.TrimRight(line, "\r\n")...), '\n')
-	}
-	b = append(b, '\n')
 	e.mu.Lock()
 	e.write(b)
 	err = e.err
@@ -376,7 +414,9 @@ func (e *eventWriter) stop() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.stopped = true
-	e.idle.Stop()
+	if e.idle != nil {
+		e.idle.Stop()
+	}
 }
 
 func (e *eventWriter) retry(d time.Duration) {

@@ -2,12 +2,20 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
 // A detached stream whose client stops reading fails its write once the
@@ -65,20 +73,26 @@ func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
-// The newline-delimited JSON watch (written by the gateway) gets a write
-// deadline before each write and flush, and a last one for what net/http
+// sendOne is a watch that sends one snapshot and ends with err.
+func sendOne(err error) WatchFunc {
+	return func(_ context.Context, _ *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error {
+		if serr := send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT}); serr != nil {
+			return serr
+		}
+		return err
+	}
+}
+
+// The newline-delimited JSON watch gets a write deadline before each write
+// and flush (the headers', the line's), and a last one for what net/http
 // writes after the handler; the HTTP/1.x connection closes after it.
 func TestNDJSONWatchWritesHaveDeadlines(t *testing.T) {
 	t.Parallel()
-	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte(`{"result":{}}` + "\n"))
-		w.(http.Flusher).Flush() // the gateway needs a Flusher to stream
-	})
-	h := &watchHandler{next: next, writeTimeout: time.Minute}
+	h := &watchHandler{mux: runtime.NewServeMux(), watch: sendOne(nil), log: slog.New(slog.DiscardHandler), writeTimeout: time.Minute}
 	rec := &deadlineRecorder{header: http.Header{}}
 	r, _ := http.NewRequest(http.MethodGet, "/v1/requests/r1:watch", nil)
 	h.ServeHTTP(rec, r)
-	want := []string{"deadline", "write", "deadline", "flush", "deadline"}
+	want := []string{"deadline", "write", "deadline", "flush", "deadline", "write", "deadline", "flush", "deadline"}
 	if len(rec.log) != len(want) {
 		t.Fatalf("calls %q, want %q", rec.log, want)
 	}
@@ -115,12 +129,8 @@ func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
 // connection closes. net.Pipe has no buffer: every write waits for a reader.
 func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 	t.Parallel()
-	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte(`{"result":{}}` + "\n"))
-		w.(http.Flusher).Flush()
-		w.Write([]byte(`{"error":{"code":14,"message":"store down"}}` + "\n")) // not flushed, as grpc-gateway leaves it
-	})
-	h := &watchHandler{next: next, writeTimeout: 50 * time.Millisecond}
+	h := &watchHandler{mux: runtime.NewServeMux(), watch: sendOne(status.Error(codes.Unavailable, "store down")),
+		log: slog.New(slog.DiscardHandler), writeTimeout: 50 * time.Millisecond}
 	serverEnd, client := net.Pipe()
 	defer client.Close()
 	closed := make(chan struct{})
@@ -138,7 +148,7 @@ func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 	// Read the first line's whole chunk, then stop reading.
 	var got []byte
 	buf := make([]byte, 1)
-	for !bytes.Contains(got, []byte("{\"result\":{}}\n\r\n")) {
+	for !bytes.Contains(got, []byte(`{"result":`)) || !bytes.HasSuffix(got, []byte("\n\r\n")) {
 		if _, err := client.Read(buf); err != nil {
 			t.Fatalf("reading the stream: %v (got %q)", err, got)
 		}
