@@ -180,6 +180,12 @@ func TestAPIKeysAndScopes(t *testing.T) {
 
 	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id, testReaderKey, nil); r.code != http.StatusOK || r.header.Get("Cache-Control") != "no-store" {
 		t.Errorf("GET a request: %d, Cache-Control %q; want 200, not to be stored by caches", r.code, r.header.Get("Cache-Control"))
+	} else {
+		for name := range r.header {
+			if strings.HasPrefix(name, "Grpc-") {
+				t.Errorf("GET a request: header %s: %q", name, r.header.Get(name))
+			}
+		}
 	}
 
 	reader := ts.client(t, testReaderKey)

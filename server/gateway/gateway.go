@@ -89,10 +89,15 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithDisablePathLengthFallback(),
 		// Routes match the path as sent, and path parameters are then
-		// unescaped whole: a request id is one segment whatever it holds,
-		// "/" and ":" included (%2F, %3A).
+		// unescaped whole: an escaped ":" (%3A) is part of a request id. A
+		// "/" cannot be: the mux splits the path at %2F too.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
-		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }))
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		// Nor does gRPC metadata become HTTP headers (Grpc-Metadata-*): the
+		// server's are its content type and the request id, which the HTTP
+		// answer has already.
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }))
 	// First, so that every route registered after takes precedence.
 	if err := registerNotAllowed(mux); err != nil {
 		return nil, err
