@@ -353,7 +353,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	}
 	if h.guard != nil {
 		if err := h.guard.CheckSignature(r.Header, body); err != nil {
-			h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, err)
+			writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 			return
 		}
 	}
@@ -403,15 +403,15 @@ func senderGone(err error) bool {
 }
 
 // admit applies the guard before the body is read: client address (403),
-// rate (429 with Retry-After), then credentials (401). Rejections are logged
-// as a fact, without the request's details.
+// rate (429 with Retry-After), then credentials (401). A rejection has no
+// log line of its own: the request's line says it, with the reason.
 func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, params map[string]string) bool {
 	if h.guard == nil {
 		return true
 	}
 	addr := h.guard.ClientAddr(r)
 	if err := h.guard.CheckAddr(addr); err != nil {
-		h.reject(w, r, out, http.StatusForbidden, codes.PermissionDenied, err)
+		writeStatus(w, out, http.StatusForbidden, status.New(codes.PermissionDenied, err.Error()))
 		return false
 	}
 	// Credentials first, then the rate budget of their outcome: a sender
@@ -424,22 +424,15 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	}
 	if ok, wait := allow(addr); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		h.reject(w, r, out, http.StatusTooManyRequests, codes.ResourceExhausted, errors.New("too many webhooks from this address, retry later"))
+		writeStatus(w, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
 		return false
 	}
 	if credErr != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
-		h.reject(w, r, out, http.StatusUnauthorized, codes.Unauthenticated, credErr)
+		writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, credErr.Error()))
 		return false
 	}
 	return true
-}
-
-func (h *webhookHandler) reject(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, httpStatus int, code codes.Code, err error) {
-	if h.log != nil {
-		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook rejected", slog.Int("status", httpStatus))
-	}
-	writeStatus(w, out, httpStatus, status.New(code, err.Error()))
 }
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status

@@ -6,11 +6,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 
 	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -74,5 +76,46 @@ func TestWebhooksFirstAnswersAsTheMux(t *testing.T) {
 				t.Errorf("taken by the shortcut: %v (answer %d), want %v", code == http.StatusOK, code, tt.taken)
 			}
 		})
+	}
+}
+
+// recordingHandler keeps the messages of the records it handles.
+type recordingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	return nil
+}
+func (h *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
+
+// A refused webhook (401, 403, 429) gets no log line from the gateway: the
+// request's own line (observe) says it, with the reason.
+func TestRejectedWebhooksLogNothingMore(t *testing.T) {
+	t.Parallel()
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: 1, Burst: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingHandler{}
+	log := slog.New(rec)
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+	wh := &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: DefaultMaxBodyBytes, guard: guard, log: log}
+	h := webhooksFirst(mux, wh)
+	for _, want := range []int{http.StatusUnauthorized, http.StatusTooManyRequests} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, WebhookPath+"/wk_wrong0123456789", strings.NewReader(`{}`)))
+		if w.Code != want {
+			t.Fatalf("answered %d %s, want %d", w.Code, w.Body, want)
+		}
+	}
+	if len(rec.msgs) != 0 {
+		t.Errorf("the gateway logged %q for refused webhooks", rec.msgs)
 	}
 }
