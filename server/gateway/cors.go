@@ -7,6 +7,10 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // corsPolicy lets pages from a list of origins use the watch route. No
@@ -65,7 +69,7 @@ func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
 	h.Add("Vary", "Origin")
 	if !p.allows(origin) {
 		if preflight {
-			http.Error(w, "origin not allowed", http.StatusForbidden)
+			writeStatus(w, &runtime.JSONPb{}, http.StatusForbidden, status.New(codes.PermissionDenied, "origin not allowed (--cors-origins)"))
 		}
 		return preflight
 	}

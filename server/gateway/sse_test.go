@@ -383,6 +383,9 @@ func TestWatchCORS(t *testing.T) {
 			if resp.StatusCode != tt.code {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.code)
 			}
+			if ct := resp.Header.Get("Content-Type"); tt.code == http.StatusForbidden && ct != "application/json" {
+				t.Errorf("refusal in %q, want JSON as the API's", ct)
+			}
 			if got := resp.Header.Get("Access-Control-Allow-Origin"); got != tt.allowOrigin {
 				t.Errorf("Access-Control-Allow-Origin %q, want %q", got, tt.allowOrigin)
 			}
