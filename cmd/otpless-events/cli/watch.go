@@ -37,13 +37,18 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 			"RECONNECT (restart, maximum watch duration), or the connection drops mid-stream, watch\n" +
 			"reconnects and resumes after the last revision it printed, waiting for the server to be back:\n" +
 			"at once after a stream that worked (one that brought any message but RECONNECT, a heartbeat\n" +
-			"included, or lasted 5 s), else after 0.1 s, doubled on each quick failure up to 5 s.\n\n" +
+			"included, or lasted 5 s), else after 0.1 s, doubled on each quick failure up to 5 s. A stream\n" +
+			"that brings nothing, not even a heartbeat, for --idle-timeout counts as dropped: a connection\n" +
+			"can die without a word (a network partition, a NAT that forgot it).\n\n" +
 			"Needs an API key with the watch scope, or a watch token ($" + envAPIKey + " or --api-key-file),\n" +
 			"when the server checks credentials.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
+			}
+			if timeout < 0 || w.idle < 0 {
+				return errors.New("--timeout and --idle-timeout must not be negative (0: never)")
 			}
 			conn, err := client.dial()
 			if err != nil {
@@ -64,6 +69,7 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&w.json, "json", false, "print each change as a JSON object (a WatchRequestResponse) on its own line")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
+	f.DurationVar(&w.idle, "idle-timeout", time.Minute, "reconnect when the stream brings nothing, not even a heartbeat, for this long\n(keep it above the server's --watch-heartbeat; 0: never)")
 	client.register(f, true)
 	documentEnv(f)
 	return cmd
@@ -74,6 +80,7 @@ type watcher struct {
 	client         eventsv1.RequestServiceClient
 	id             string
 	json           bool
+	idle           time.Duration // a stream silent this long is dropped; 0: never
 	stdout, stderr io.Writer
 
 	after    int64                  // the last revision received
@@ -88,10 +95,12 @@ type watcher struct {
 }
 
 // errReconnect asks run to open the stream again; errStopped says the
-// timeout passed or the user interrupted.
+// timeout passed or the user interrupted; errSilent drops a stream that
+// brought nothing for the idle timeout.
 var (
 	errReconnect = errors.New("reconnect")
 	errStopped   = errors.New("stopped")
+	errSilent    = errors.New("silent stream")
 )
 
 // stopped reports whether err ends the watch because of ctx (whose deadline
@@ -157,12 +166,19 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 	if again {
 		opts = append(opts, grpc.WaitForReady(true)) // the server may be restarting
 	}
-	stream, err := w.client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: w.id, AfterRevision: w.after}, opts...)
+	sctx, drop := context.WithCancelCause(ctx)
+	defer drop(nil)
+	stream, err := w.client.WatchRequest(sctx, &eventsv1.WatchRequestRequest{RequestId: w.id, AfterRevision: w.after}, opts...)
 	if err != nil {
 		if stopped(ctx, err) {
 			return errStopped
 		}
 		return rpcError("watch "+w.id, err)
+	}
+	var silent *time.Timer
+	if w.idle > 0 {
+		silent = time.AfterFunc(w.idle, func() { drop(errSilent) })
+		defer silent.Stop()
 	}
 	for {
 		msg, err := stream.Recv()
@@ -174,11 +190,17 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			return fmt.Errorf("watch %s: the server ended the stream at %s", w.id, statusWord(w.status))
 		case err != nil && stopped(ctx, err):
 			return errStopped
+		case err != nil && errors.Is(context.Cause(sctx), errSilent):
+			fmt.Fprintf(w.stderr, "nothing from the server for %s at revision %d: reconnecting\n", w.idle, w.after)
+			return errReconnect
 		case err != nil && (w.received || again) && status.Code(err) == codes.Unavailable:
 			fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
 			return errReconnect
 		case err != nil:
 			return rpcError("watch "+w.id, err)
+		}
+		if silent != nil {
+			silent.Reset(w.idle)
 		}
 		if msg.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT {
 			// Not counted as received: a server that is going away may

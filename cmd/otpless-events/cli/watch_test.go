@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -178,5 +179,56 @@ func TestWatchBackoff(t *testing.T) {
 				t.Errorf("watch waited %v before reconnecting, want %v", slept, tt.sleeps)
 			}
 		})
+	}
+}
+
+// silentClient's first stream brings a snapshot and then nothing, as a
+// connection that died without a word; its second brings SUCCESS.
+type silentClient struct {
+	eventsv1.RequestServiceClient
+	opened int
+}
+
+func (c *silentClient) WatchRequest(ctx context.Context, _ *eventsv1.WatchRequestRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], error) {
+	c.opened++
+	steps := []step{snapshotAt(1), successAt(2)}
+	if c.opened == 1 {
+		steps = []step{snapshotAt(1)}
+	}
+	return &silentStream{ctx: ctx, steps: steps}, nil
+}
+
+type silentStream struct {
+	grpc.ClientStream
+	ctx   context.Context
+	steps []step
+}
+
+// Recv returns the steps, then waits for the call's context as a gRPC
+// stream does.
+func (s *silentStream) Recv() (*eventsv1.WatchRequestResponse, error) {
+	if len(s.steps) > 0 {
+		st := s.steps[0]
+		s.steps = s.steps[1:]
+		return st.msg, st.err
+	}
+	<-s.ctx.Done()
+	return nil, status.FromContextError(s.ctx.Err()).Err()
+}
+
+// A stream that brings nothing, not even a heartbeat, for the idle timeout
+// is dropped and opened again after the last revision.
+func TestWatchDropsASilentStream(t *testing.T) {
+	t.Parallel()
+	client := &silentClient{}
+	var stderr strings.Builder
+	w := &watcher{client: client, id: "r", idle: 50 * time.Millisecond, stdout: io.Discard, stderr: &stderr}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := w.run(ctx); err != nil {
+		t.Fatalf("watch: %v (stderr %q)", err, stderr.String())
+	}
+	if client.opened != 2 || !strings.Contains(stderr.String(), "nothing from the server for 50ms at revision 1") {
+		t.Errorf("%d streams opened, stderr %q; want 2, the silent one dropped", client.opened, stderr.String())
 	}
 }
