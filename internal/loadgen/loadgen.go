@@ -162,8 +162,8 @@ func RequestID(run uint32, slot, gen int) string {
 // ends the posts in flight at once (their connections are closed) and skips
 // the drain.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
-	if cfg.Concurrency <= 0 || cfg.Duration <= 0 || cfg.Rate < 0 {
-		return nil, errors.New("loadgen: concurrency and duration must be positive, rate not negative")
+	if cfg.Concurrency <= 0 || cfg.Duration <= 0 || cfg.Rate < 0 || cfg.Requests < 0 || cfg.Watchers < 0 {
+		return nil, errors.New("loadgen: concurrency and duration must be positive, rate, requests and watchers not negative")
 	}
 	if cfg.Watchers > 0 && len(cfg.WatchConns) == 0 && cfg.SSE == nil {
 		return nil, errors.New("loadgen: watchers need a gRPC connection or an SSE endpoint")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -155,6 +156,9 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if f.drain <= 0 {
 		return fmt.Errorf("--drain %v: want a positive duration", f.drain)
 	}
+	if err := f.checkNumbers(); err != nil {
+		return err
+	}
 	if !f.self && os.Getenv("GOGC") == "" {
 		// The load generator shares the machine with the server it
 		// measures: with 10,000 watchers the collector, scanning their
@@ -218,7 +222,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		}
 		cfg.SSE = &loadgen.SSE{BaseURL: base, Token: token, TLS: tlsCfg}
 	case f.watchers > 0:
-		for range max(f.watchConns, 1) {
+		for range f.watchConns {
 			conn, err := dial()
 			if err != nil {
 				return err
@@ -527,4 +531,34 @@ func waitServing(ctx context.Context, addr string) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// checkNumbers refuses, before any traffic, the numeric flags out of their
+// range, naming the flag.
+func (f *benchFlags) checkNumbers() error {
+	var errs []error
+	for _, c := range []struct {
+		flag string
+		v    int
+		min  int
+	}{{"concurrency", f.concurrency, 1}, {"requests", f.requests, 0}, {"watchers", f.watchers, 0}, {"watch-conns", f.watchConns, 1}} {
+		if c.v < c.min {
+			errs = append(errs, fmt.Errorf("--%s %d: want %d or more", c.flag, c.v, c.min))
+		}
+	}
+	for _, c := range []struct {
+		flag string
+		v    float64
+	}{{"fallbacks", f.mix.Fallback}, {"duplicates", f.mix.Duplicate}, {"reorder", f.mix.Reorder}} {
+		if !(c.v >= 0 && c.v <= 1) {
+			errs = append(errs, fmt.Errorf("--%s %v: want a share from 0 to 1", c.flag, c.v))
+		}
+	}
+	if !(f.rate >= 0) || math.IsInf(f.rate, 0) {
+		errs = append(errs, fmt.Errorf("--rate %v: want 0 (closed loop) or a positive number", f.rate))
+	}
+	if f.duration <= 0 {
+		errs = append(errs, fmt.Errorf("--duration %v: want a positive duration", f.duration))
+	}
+	return errors.Join(errs...)
 }

@@ -159,3 +159,20 @@ func TestBenchReportLostDeliveries(t *testing.T) {
 		}
 	}
 }
+
+// Numeric flags out of their range are refused before any traffic (with
+// --self no server would even start), each named.
+func TestBenchRefusesNumbersOutOfRange(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ flag, value string }{
+		{"watchers", "-3"}, {"requests", "-1"}, {"watch-conns", "0"}, {"concurrency", "0"},
+		{"duplicates", "2"}, {"fallbacks", "-1"}, {"reorder", "1.5"}, {"reorder", "NaN"},
+		{"rate", "-1"}, {"rate", "+Inf"}, {"duration", "-1s"},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"bench", "--self", "--duration", "1s", "--" + tc.flag, tc.value}
+		if code := Main(t.Context(), args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--"+tc.flag+" ") || stdout.Len() != 0 {
+			t.Errorf("--%s %s: exit %d, stderr %q, stdout %q; want 1 naming the flag, and no report", tc.flag, tc.value, code, stderr.String(), stdout.String())
+		}
+	}
+}
