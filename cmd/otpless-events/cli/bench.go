@@ -83,7 +83,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&f.httpAddr, "http-addr", f.httpAddr, "HTTP address of the server (host:port, or a base URL)")
+	fs.StringVar(&f.httpAddr, "http-addr", f.httpAddr, "HTTP address of the server (host:port, a base URL, or the webhook URL itself)")
 	f.client.register(fs, true)
 	fs.Float64Var(&f.rate, "rate", 0, "webhooks per second, open loop; 0: closed loop")
 	fs.IntVar(&f.concurrency, "concurrency", 64, "senders: the most webhooks in flight")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,7 +81,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&httpAddr, "http-addr", httpAddr, "HTTP address of the server (host:port, or a base URL)")
+	f.StringVar(&httpAddr, "http-addr", httpAddr, "HTTP address of the server (host:port, a base URL, or the webhook URL itself)")
 	client.register(f, false)
 	documentEnv(f)
 	return cmd
@@ -89,6 +90,9 @@ func newSend(stdout io.Writer) *cobra.Command {
 // webhookURL is the webhook route at addr, a host:port or a base URL.
 func webhookURL(addr string, useTLS bool) string {
 	if strings.Contains(addr, "://") {
+		if u, err := url.Parse(addr); err == nil && (u.Path == gateway.WebhookPath || strings.HasPrefix(u.Path, gateway.WebhookPath+"/")) {
+			return addr // the webhook URL itself, as serve prints it
+		}
 		return strings.TrimSuffix(addr, "/") + gateway.WebhookPath
 	}
 	scheme := "http://"

@@ -73,3 +73,25 @@ func TestReadStreamInterrupted(t *testing.T) {
 		t.Fatal("readStream still waiting for input 10 s after it was interrupted")
 	}
 }
+
+// --http-addr takes a host and port, a base URL, or the webhook URL that
+// serve prints, key and all.
+func TestWebhookURL(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		addr string
+		tls  bool
+		want string
+	}{
+		{"127.0.0.1:8080", false, "http://127.0.0.1:8080/v1/webhooks/otpless"},
+		{"127.0.0.1:8443", true, "https://127.0.0.1:8443/v1/webhooks/otpless"},
+		{"http://127.0.0.1:8080/", false, "http://127.0.0.1:8080/v1/webhooks/otpless"},
+		{"https://proxy.example/base", false, "https://proxy.example/base/v1/webhooks/otpless"},
+		{"http://127.0.0.1:8080/v1/webhooks/otpless/whk_0123456789abcdef", false, "http://127.0.0.1:8080/v1/webhooks/otpless/whk_0123456789abcdef"},
+		{"http://u:p@127.0.0.1:8080/v1/webhooks/otpless", false, "http://u:p@127.0.0.1:8080/v1/webhooks/otpless"},
+	} {
+		if got := webhookURL(tc.addr, tc.tls); got != tc.want {
+			t.Errorf("webhookURL(%q, %v) = %q, want %q", tc.addr, tc.tls, got, tc.want)
+		}
+	}
+}
