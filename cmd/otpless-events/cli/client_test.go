@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -400,6 +402,17 @@ func TestSend(t *testing.T) {
 	sec := testserver.Start(t, testserver.Secure)
 	if code, _, errOut = run(t, "send", "--http-addr", sec.HTTPURL, one); code == 0 || !strings.Contains(errOut, "HTTP 401") {
 		t.Fatalf("send without the webhook key: exit %d, %q", code, errOut)
+	}
+
+	// Nothing sent, or nothing stored, is no success: an empty file, and
+	// a URL that answers 200 without naming an event (not this server).
+	if code, out, errOut = run(t, "send", "--http-addr", ts.HTTPURL, write("empty.jsonl", "\n\n")); code == 0 || out != "" || !strings.Contains(errOut, "no webhook body") {
+		t.Errorf("send of an empty file: exit %d, %q, %q; want 1, saying there was no body", code, out, errOut)
+	}
+	other200 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "{}") }))
+	t.Cleanup(other200.Close)
+	if code, out, errOut = run(t, "send", "--http-addr", other200.URL, one); code == 0 || out != "" || !strings.Contains(errOut, "names no event") {
+		t.Errorf("send to a server answering 200 {}: exit %d, %q, %q; want 1", code, out, errOut)
 	}
 }
 

@@ -66,7 +66,11 @@ func newSend(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
-			post := func(b body) error { return postBody(cmd.Context(), hc, url, b, stdout) }
+			posted := 0
+			post := func(b body) error {
+				posted++
+				return postBody(cmd.Context(), hc, url, b, stdout)
+			}
 			for _, f := range files {
 				if f == stdinName {
 					err = readStream(cmd.Context(), cmd.InOrStdin(), post)
@@ -76,6 +80,9 @@ func newSend(stdout io.Writer) *cobra.Command {
 				if err != nil {
 					return err
 				}
+			}
+			if posted == 0 {
+				return fmt.Errorf("no webhook body in %s", strings.Join(files, ", "))
 			}
 			return nil
 		},
@@ -285,6 +292,9 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 	out := &eventsv1.IngestResponse{}
 	if err := protojson.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%s: answer %q: %w", b.where, answer, err)
+	}
+	if len(out.GetEvents()) == 0 { // a stored body has at least one event
+		return fmt.Errorf("%s: answer %q names no event: is %s an otpless-events server?", b.where, answer, redactURL(url))
 	}
 	for _, e := range out.GetEvents() {
 		line := fmt.Sprintf("%s  %s  rev %d  %s", b.where, orNone(e.GetRequestId()), e.GetRevision(), e.GetStatus())
