@@ -54,7 +54,11 @@ func (f *clientFlags) apiKey() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("API key: %w", err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	key := strings.TrimSpace(string(b))
+	if key == "" {
+		return "", fmt.Errorf("API key: %s is empty", f.apiKeyFile)
+	}
+	return key, nil
 }
 
 // tlsConfig is nil for plaintext.
@@ -82,6 +86,9 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	tlsCfg, err := f.tlsConfig()
 	if err != nil {
 		return nil, err
+	}
+	if scheme, _, ok := strings.Cut(f.grpcAddr, "://"); ok && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) {
+		return nil, fmt.Errorf("--grpc-addr %q: want host:port or a gRPC target (dns:///host:port, unix:path), not an HTTP URL", f.grpcAddr)
 	}
 	target := dialAddr(f.grpcAddr)
 	switch {

@@ -560,3 +560,27 @@ func TestWatchPrintsTheEmptySnapshotOnce(t *testing.T) {
 		t.Fatalf("after two reconnects watch printed revision %d, want 1 (the empty snapshot once only)", l.rev)
 	}
 }
+
+// Client flags that cannot work are refused saying why, before any call:
+// an empty key file, a URL where a gRPC address goes.
+func TestClientFlagsThatCannotWork(t *testing.T) {
+	t.Parallel()
+	empty := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"get", "--api-key-file", empty, tryID}, "is empty"},
+		{[]string{"watch", "--api-key-file", empty, tryID}, "is empty"},
+		{[]string{"get", "--grpc-addr", "http://127.0.0.1:9090", tryID}, "not an HTTP URL"},
+		{[]string{"watch", "--timeout", "-1s", tryID}, "must not be negative"},
+		{[]string{"watch", "--idle-timeout", "-1s", tryID}, "must not be negative"},
+	} {
+		if code, _, errOut := run(t, tc.args...); code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, %q; want 1 saying %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}
