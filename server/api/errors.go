@@ -14,7 +14,7 @@ import (
 // Status maps a domain error to a gRPC status error. Errors that already
 // carry a status pass through. Anything unknown becomes INTERNAL with a
 // generic message, so internals never leak to clients; the server's log
-// has them (see Fault).
+// has them (see fault).
 func Status(err error) error {
 	if err == nil {
 		return nil
@@ -34,22 +34,22 @@ func Status(err error) error {
 	case errors.Is(err, store.ErrClosed):
 		return status.Error(codes.Unavailable, "server is shutting down, retry later")
 	case errors.Is(err, store.ErrUnavailable):
-		return &Fault{status.New(codes.Unavailable, "store unavailable, retry later"), err}
+		return &fault{status.New(codes.Unavailable, "store unavailable, retry later"), err}
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
-	return &Fault{status.New(codes.Internal, "internal error"), err}
+	return &fault{status.New(codes.Internal, "internal error"), err}
 }
 
-// Fault is a status error caused by a fault of the server: the client gets
+// fault is a status error caused by a fault of the server: the client gets
 // the status, the server's log also the cause (what errors.Unwrap gives).
-type Fault struct {
+type fault struct {
 	st    *status.Status
 	cause error
 }
 
-func (f *Fault) Error() string              { return f.st.Err().Error() }
-func (f *Fault) GRPCStatus() *status.Status { return f.st }
-func (f *Fault) Unwrap() error              { return f.cause }
+func (f *fault) Error() string              { return f.st.Err().Error() }
+func (f *fault) GRPCStatus() *status.Status { return f.st }
+func (f *fault) Unwrap() error              { return f.cause }

@@ -153,9 +153,6 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if f.watchVia != "grpc" && f.watchVia != "sse" {
 		return fmt.Errorf("--watch-via %q: want grpc or sse", f.watchVia)
 	}
-	if f.drain <= 0 {
-		return fmt.Errorf("--drain %v: want a positive duration", f.drain)
-	}
 	if err := f.checkNumbers(); err != nil {
 		return err
 	}
@@ -557,8 +554,13 @@ func (f *benchFlags) checkNumbers() error {
 	if !(f.rate >= 0) || math.IsInf(f.rate, 0) {
 		errs = append(errs, fmt.Errorf("--rate %v: want 0 (closed loop) or a positive number", f.rate))
 	}
-	if f.duration <= 0 {
-		errs = append(errs, fmt.Errorf("--duration %v: want a positive duration", f.duration))
+	for _, c := range []struct {
+		flag string
+		v    time.Duration
+	}{{"duration", f.duration}, {"drain", f.drain}} {
+		if c.v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s %v: want a positive duration", c.flag, c.v))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -167,7 +167,7 @@ func TestBenchRefusesNumbersOutOfRange(t *testing.T) {
 	for _, tc := range []struct{ flag, value string }{
 		{"watchers", "-3"}, {"requests", "-1"}, {"watch-conns", "0"}, {"concurrency", "0"},
 		{"duplicates", "2"}, {"fallbacks", "-1"}, {"reorder", "1.5"}, {"reorder", "NaN"},
-		{"rate", "-1"}, {"rate", "+Inf"}, {"duration", "-1s"},
+		{"rate", "-1"}, {"rate", "+Inf"}, {"duration", "-1s"}, {"drain", "0s"},
 	} {
 		var stdout, stderr bytes.Buffer
 		args := []string{"bench", "--self", "--duration", "1s", "--" + tc.flag, tc.value}
