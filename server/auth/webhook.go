@@ -179,6 +179,23 @@ func (g *WebhookGuard) AllowFailure(addr netip.Addr) (bool, time.Duration) {
 	return g.failures.allow(addr, g.now())
 }
 
+// SignatureDecides reports whether a webhook that CheckCredentials let
+// through is authenticated by its signature alone: signing secrets are the
+// only credential configured. Who sent it is then known only once its body
+// is read and its signature checked.
+func (g *WebhookGuard) SignatureDecides() bool {
+	return len(g.signing) > 0 && len(g.cfg.Keys) == 0 && len(g.cfg.Basic) == 0 && !g.cfg.AllowUnauthenticated
+}
+
+// ErrNoSignature is CheckSignature's error for a webhook without the
+// signature's headers, which no body can make valid.
+var ErrNoSignature = fmt.Errorf("%w: webhook-id, webhook-timestamp and webhook-signature headers required", ErrUnauthenticated)
+
+// HasSignature reports whether h carries the signature's headers.
+func HasSignature(h http.Header) bool {
+	return h.Get("webhook-id") != "" && h.Get("webhook-timestamp") != "" && h.Get("webhook-signature") != ""
+}
+
 // CheckCredentials authenticates a webhook before its body is read: the key
 // from the URL (hasKey false on the keyless route) or HTTP Basic.
 func (g *WebhookGuard) CheckCredentials(r *http.Request, key string, hasKey bool) error {
@@ -208,10 +225,10 @@ func (g *WebhookGuard) CheckSignature(h http.Header, body []byte) error {
 	if len(g.signing) == 0 {
 		return nil
 	}
-	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
-	if id == "" || ts == "" || sigs == "" {
-		return fmt.Errorf("%w: webhook-id, webhook-timestamp and webhook-signature headers required", ErrUnauthenticated)
+	if !HasSignature(h) {
+		return ErrNoSignature
 	}
+	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
 		return fmt.Errorf("%w: webhook-timestamp is not a number", ErrUnauthenticated)
@@ -301,10 +318,16 @@ const (
 	limiterMaxEntries = 100000
 )
 
-func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration) {
+// limitKey is the address whose budget addr spends: for IPv6 its /64.
+func limitKey(addr netip.Addr) netip.Addr {
 	if addr.Is6() && !addr.Is4In6() {
-		addr = netip.PrefixFrom(addr, 64).Masked().Addr()
+		return netip.PrefixFrom(addr, 64).Masked().Addr()
 	}
+	return addr
+}
+
+func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration) {
+	addr = limitKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.entries) >= limiterSweepAt && now.Sub(l.lastSweep) > 10*time.Second {

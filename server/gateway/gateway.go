@@ -331,7 +331,8 @@ type webhookHandler struct {
 func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params map[string]string) {
 	ctx := r.Context()
 	_, out := runtime.MarshalerForRequest(h.mux, r)
-	if !h.admit(w, r, out, params) {
+	admitted, pending := h.admit(w, r, out, params)
+	if !admitted {
 		return
 	}
 	body, err := readBody(w, r, h.maxBody)
@@ -352,7 +353,11 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		return
 	}
 	if h.guard != nil {
-		if err := h.guard.CheckSignature(r.Header, body); err != nil {
+		err := h.guard.CheckSignature(r.Header, body)
+		if pending && !h.spend(w, r, out, err != nil) {
+			return
+		}
+		if err != nil {
 			writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 			return
 		}
@@ -405,34 +410,64 @@ func senderGone(err error) bool {
 // admit applies the guard before the body is read: client address (403),
 // rate (429 with Retry-After), then credentials (401). A rejection has no
 // log line of its own: the request's line says it, with the reason.
-func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, params map[string]string) bool {
+//
+// A webhook that only its signature can authenticate is pending: whose
+// budget it spends is known once the signature is checked (spend), so that
+// unsigned requests cannot take the places of signed ones. One without the
+// signature's headers fails at once.
+func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, params map[string]string) (admitted, pending bool) {
 	if h.guard == nil {
-		return true
+		return true, false
 	}
 	addr := h.guard.ClientAddr(r)
 	if err := h.guard.CheckAddr(addr); err != nil {
 		writeStatus(w, out, http.StatusForbidden, status.New(codes.PermissionDenied, err.Error()))
-		return false
+		return false, false
 	}
 	// Credentials first, then the rate budget of their outcome: a sender
 	// without them takes no place among those with them.
 	key, hasKey := params["key"]
 	credErr := h.guard.CheckCredentials(r, key, hasKey)
+	if credErr == nil && h.guard.SignatureDecides() {
+		if auth.HasSignature(r.Header) {
+			return true, true
+		}
+		credErr = auth.ErrNoSignature
+	}
 	allow := h.guard.Allow
 	if credErr != nil {
 		allow = h.guard.AllowFailure
 	}
 	if ok, wait := allow(addr); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		writeStatus(w, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
-		return false
+		tooMany(w, out, wait)
+		return false, false
 	}
 	if credErr != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
 		writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, credErr.Error()))
+		return false, false
+	}
+	return true, false
+}
+
+// spend takes a pending webhook's place from the budget of its signature's
+// outcome, and reports whether there was one (else it answers 429).
+func (h *webhookHandler) spend(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, failed bool) bool {
+	allow := h.guard.Allow
+	if failed {
+		allow = h.guard.AllowFailure
+	}
+	if ok, wait := allow(h.guard.ClientAddr(r)); !ok {
+		tooMany(w, out, wait)
 		return false
 	}
 	return true
+}
+
+// tooMany answers 429, saying when to retry.
+func tooMany(w http.ResponseWriter, out runtime.Marshaler, wait time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+	writeStatus(w, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
 }
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status

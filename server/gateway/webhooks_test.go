@@ -2,12 +2,15 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 
@@ -117,5 +120,57 @@ func TestRejectedWebhooksLogNothingMore(t *testing.T) {
 	}
 	if len(rec.msgs) != 0 {
 		t.Errorf("the gateway logged %q for refused webhooks", rec.msgs)
+	}
+}
+
+// With signing secrets the only credential, a webhook's sender is known
+// once its signature is checked: an unsigned one spends the failure budget
+// of its address, never the budget of signed ones (which, full, would
+// refuse OTPLESS), and once that is spent it is refused before its body
+// is read.
+func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
+	t.Parallel()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}, RatePerSecond: 0.001, Burst: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: DefaultMaxBodyBytes, guard: guard, log: log})
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	const unsigned, forged, signed = "unsigned", "forged", "signed"
+	post := func(from, how string) int {
+		r := httptest.NewRequest(http.MethodPost, WebhookPath, strings.NewReader(body))
+		r.RemoteAddr = from + ":4000"
+		if how != unsigned {
+			ts := strconv.FormatInt(time.Now().Unix(), 10)
+			signer := key
+			if how == forged {
+				signer = []byte("not the key, not the key, at all")
+			}
+			r.Header.Set("webhook-id", "msg_1")
+			r.Header.Set("webhook-timestamp", ts)
+			r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+ts+"."+body)))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	for i, step := range []struct {
+		from, how string
+		want      int
+	}{
+		{"192.0.2.1", unsigned, http.StatusUnauthorized},    // refused before its body, from the failure budget
+		{"192.0.2.1", signed, http.StatusOK},                // the signed budget is whole
+		{"192.0.2.1", unsigned, http.StatusTooManyRequests}, // no failure budget left
+		{"192.0.2.1", signed, http.StatusTooManyRequests},   // the signed budget is spent too
+		{"192.0.2.2", forged, http.StatusUnauthorized},      // read, then refused, from the failure budget
+		{"192.0.2.2", forged, http.StatusTooManyRequests},
+		{"192.0.2.2", signed, http.StatusOK},
+	} {
+		if got := post(step.from, step.how); got != step.want {
+			t.Errorf("step %d: a webhook from %s, %s: %d, want %d", i+1, step.from, step.how, got, step.want)
+		}
 	}
 }
