@@ -473,7 +473,7 @@ func TestHealthRoutes(t *testing.T) {
 }
 
 // Health/Watch needs no credentials, so it is bounded per client address:
-// beyond MaxHealthWatches open streams from one address the next is
+// beyond MaxPublicStreams open streams from one address the next is
 // refused, and once one closes a new one is taken again.
 func TestHealthWatchesAreBounded(t *testing.T) {
 	t.Parallel()
@@ -487,7 +487,7 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		_, err = st.Recv()
 		return err
 	}
-	cancels := make([]context.CancelFunc, MaxHealthWatches)
+	cancels := make([]context.CancelFunc, MaxPublicStreams)
 	for i := range cancels {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancels[i] = cancel
@@ -497,7 +497,7 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		}
 	}
 	if err := open(context.Background()); status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxHealthWatches+1, err)
+		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxPublicStreams+1, err)
 	}
 	// Another address is not held up by this one.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
@@ -532,16 +532,18 @@ type fakeStream struct {
 
 func (f fakeStream) Context() context.Context { return f.ctx }
 
-// The Health/Watch bound holds per address and in all.
-func TestHealthWatchLimitInAll(t *testing.T) {
+// The bound of streams that need no credential, Health/Watch and
+// reflection's, holds per address and in all; other streams pass.
+func TestPublicStreamLimitInAll(t *testing.T) {
 	t.Parallel()
-	limit := healthWatchLimit(2, 5)
-	info := &grpc.StreamServerInfo{FullMethod: healthpb.Health_Watch_FullMethodName}
+	limit := publicStreamLimit(2, 5)
+	const reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	release := make(chan struct{})
 	var wg sync.WaitGroup
-	open := func(ip string) error {
+	open := func(ip, method string) error {
 		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}})
 		admitted := make(chan error, 1)
+		info := &grpc.StreamServerInfo{FullMethod: method}
 		wg.Go(func() {
 			err := limit(nil, fakeStream{ctx: ctx}, info, func(any, grpc.ServerStream) error {
 				admitted <- nil
@@ -556,16 +558,19 @@ func TestHealthWatchLimitInAll(t *testing.T) {
 	}
 	defer wg.Wait()
 	defer close(release)
+	watch := healthpb.Health_Watch_FullMethodName
 	for i, tc := range []struct {
-		ip string
-		ok bool
+		ip, method string
+		ok         bool
 	}{
-		{"10.0.0.1", true}, {"10.0.0.1", true}, {"10.0.0.1", false}, // two from one address
-		{"2001:db8::1", true}, {"2001:db8::1", true}, {"2001:db8::2", true}, // IPv6 too, each address its own
-		{"10.0.0.3", false}, // five in all
+		{"10.0.0.1", watch, true}, {"10.0.0.1", reflection, true}, {"10.0.0.1", watch, false}, // two from one address
+		{"10.0.0.1", reflection, false},
+		{"2001:db8::1", watch, true}, {"2001:db8::1", reflection, true}, {"2001:db8::2", watch, true}, // IPv6 too, each address its own
+		{"10.0.0.3", reflection, false},                                         // five in all
+		{"10.0.0.1", eventsv1.RequestService_WatchRequest_FullMethodName, true}, // needs a credential: bounded elsewhere
 	} {
-		if err := open(tc.ip); (err == nil) != tc.ok {
-			t.Errorf("watch %d from %s: %v, want admitted %v", i+1, tc.ip, err, tc.ok)
+		if err := open(tc.ip, tc.method); (err == nil) != tc.ok {
+			t.Errorf("stream %d from %s (%s): %v, want admitted %v", i+1, tc.ip, tc.method, err, tc.ok)
 		}
 	}
 }

@@ -315,7 +315,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// interceptor, is only for the far larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchLimit(MaxHealthWatches, MaxHealthWatchesInAll), healthWatchesEnd(s.shuttingDown))...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -573,23 +573,26 @@ func (s *Server) closeAll() {
 	s.closeMetrics()
 }
 
-// MaxHealthWatches bounds the grpc.health.v1.Health/Watch streams open at
-// once from one client address, and MaxHealthWatchesInAll from all: the
-// health service answers without credentials, and a health checker needs a
-// handful. The first keeps one client from taking every place. (Grouping
-// IPv6 clients by /64 would join whole cloud subnets and pod ranges.)
+// MaxPublicStreams bounds the streams that need no credential
+// (grpc.health.v1.Health/Watch, and reflection's) open at once from one
+// client address, and MaxPublicStreamsInAll from all: a health checker or
+// a schema browser needs a handful. The first keeps one client from taking
+// every place. (Grouping IPv6 clients by /64 would join whole cloud subnets
+// and pod ranges.)
 const (
-	MaxHealthWatches      = 100
-	MaxHealthWatchesInAll = 1000
+	MaxPublicStreams      = 100
+	MaxPublicStreamsInAll = 1000
 )
 
-// healthWatchLimit refuses a Health/Watch stream beyond perAddr open ones
-// from its peer's address, or inAll from all, with RESOURCE_EXHAUSTED.
-func healthWatchLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
+// publicStreamLimit refuses a stream that needs no credential beyond
+// perAddr open ones from its peer's address, or inAll from all, with
+// RESOURCE_EXHAUSTED: each holds a goroutine and buffers for as long as
+// its client keeps it.
+func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
-	exhausted := status.Errorf(codes.ResourceExhausted, "too many health watches open (%d from one address, %d in all)", perAddr, inAll)
+	exhausted := status.Errorf(codes.ResourceExhausted, "too many health watch and reflection streams open (%d from one address, %d in all)", perAddr, inAll)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+		if info.FullMethod != healthpb.Health_Watch_FullMethodName && !strings.HasPrefix(info.FullMethod, "/grpc.reflection.") {
 			return handler(srv, ss)
 		}
 		var addr string
