@@ -142,12 +142,25 @@ func isWebhookKeyPath(path string) bool {
 func logPath(p string) string {
 	const route = "/webhooks/otpless/"
 	clean := path.Clean(p)
-	if i := strings.Index(strings.ToLower(clean), route); i >= 0 {
+	if i := strings.Index(asciiLower(clean), route); i >= 0 {
 		if key := clean[i+len(route):]; key != "" {
 			return clean[:i+len(route)] + MaskToken(key)
 		}
 	}
 	return p
+}
+
+// asciiLower lowers A to Z alone, so that every byte keeps its offset
+// (strings.ToLower may change the length of other letters, or of bytes
+// that are not UTF-8).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // responseWriter records the status and size of a response. It passes

@@ -21,6 +21,11 @@ func TestLogPathMasksWebhookKeys(t *testing.T) {
 		{"/v1/webhooks/otpless/", "/v1/webhooks/otpless/"},
 		{"/v1/requests/r1", "/v1/requests/r1"},
 		{"/v1/requests/a//b", "/v1/requests/a//b"},
+		// Letters whose lower case is longer or shorter, and bytes that
+		// are not UTF-8, before the route: offsets stay.
+		{"/" + strings.Repeat("Ⱥ", 60) + "/v1/webhooks/otpless/" + key, "/" + strings.Repeat("Ⱥ", 60) + "/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/İİİİ/v1/webhooks/otpless/" + key, "/İİİİ/v1/webhooks/otpless/" + MaskToken(key)},
+		{"/\xff\xfe/v1/webhooks/otpless/" + key, "/\xff\xfe/v1/webhooks/otpless/" + MaskToken(key)},
 	} {
 		got := logPath(tc.path)
 		if got != tc.want || strings.Contains(got, "secret") {
