@@ -179,6 +179,23 @@ func (g *WebhookGuard) AllowFailure(addr netip.Addr) (bool, time.Duration) {
 	return g.failures.allow(addr, g.now())
 }
 
+// Spend takes a webhook's place from the budget of its credentials'
+// outcome: Allow's, or AllowFailure's when they failed.
+func (g *WebhookGuard) Spend(addr netip.Addr, failed bool) (bool, time.Duration) {
+	if failed {
+		return g.AllowFailure(addr)
+	}
+	return g.Allow(addr)
+}
+
+// FailuresLeft reports whether addr has failure budget left, taking none.
+func (g *WebhookGuard) FailuresLeft(addr netip.Addr) (bool, time.Duration) {
+	if g.failures == nil {
+		return true, 0
+	}
+	return g.failures.left(addr, g.now())
+}
+
 // SignatureDecides reports whether a webhook that CheckCredentials let
 // through is authenticated by its signature alone: signing secrets are the
 // only credential configured. Who sent it is then known only once its body
@@ -187,13 +204,21 @@ func (g *WebhookGuard) SignatureDecides() bool {
 	return len(g.signing) > 0 && len(g.cfg.Keys) == 0 && len(g.cfg.Basic) == 0 && !g.cfg.AllowUnauthenticated
 }
 
-// ErrNoSignature is CheckSignature's error for a webhook without the
-// signature's headers, which no body can make valid.
-var ErrNoSignature = fmt.Errorf("%w: webhook-id, webhook-timestamp and webhook-signature headers required", ErrUnauthenticated)
-
-// HasSignature reports whether h carries the signature's headers.
-func HasSignature(h http.Header) bool {
-	return h.Get("webhook-id") != "" && h.Get("webhook-timestamp") != "" && h.Get("webhook-signature") != ""
+// CheckSignatureHeaders checks what CheckSignature can before the body is
+// read: the signature's headers are there, and the timestamp is within
+// the tolerance.
+func (g *WebhookGuard) CheckSignatureHeaders(h http.Header) error {
+	if h.Get("webhook-id") == "" || h.Get("webhook-timestamp") == "" || h.Get("webhook-signature") == "" {
+		return fmt.Errorf("%w: webhook-id, webhook-timestamp and webhook-signature headers required", ErrUnauthenticated)
+	}
+	sec, err := strconv.ParseInt(h.Get("webhook-timestamp"), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: webhook-timestamp is not a number", ErrUnauthenticated)
+	}
+	if d := g.now().Sub(time.Unix(sec, 0)); d > g.cfg.SignatureTolerance || d < -g.cfg.SignatureTolerance {
+		return fmt.Errorf("%w: webhook-timestamp outside the tolerance window", ErrUnauthenticated)
+	}
+	return nil
 }
 
 // CheckCredentials authenticates a webhook before its body is read: the key
@@ -225,17 +250,10 @@ func (g *WebhookGuard) CheckSignature(h http.Header, body []byte) error {
 	if len(g.signing) == 0 {
 		return nil
 	}
-	if !HasSignature(h) {
-		return ErrNoSignature
+	if err := g.CheckSignatureHeaders(h); err != nil {
+		return err
 	}
 	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return fmt.Errorf("%w: webhook-timestamp is not a number", ErrUnauthenticated)
-	}
-	if d := g.now().Sub(time.Unix(sec, 0)); d > g.cfg.SignatureTolerance || d < -g.cfg.SignatureTolerance {
-		return fmt.Errorf("%w: webhook-timestamp outside the tolerance window", ErrUnauthenticated)
-	}
 	msg := make([]byte, 0, len(id)+len(ts)+len(body)+2)
 	msg = append(append(append(append(append(msg, id...), '.'), ts...), '.'), body...)
 	for _, key := range g.signing {
@@ -351,6 +369,21 @@ func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
 		return false, d
+	}
+	return true, 0
+}
+
+// left is allow without taking a token, nor adding addr: an address not
+// tracked has its whole budget.
+func (l *addrLimiter) left(addr netip.Addr, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entries[limitKey(addr)]
+	if e == nil {
+		return true, 0
+	}
+	if tokens := e.lim.TokensAt(now); tokens < 1 {
+		return false, time.Duration((1 - tokens) / float64(l.limit) * float64(time.Second))
 	}
 	return true, 0
 }

@@ -337,6 +337,9 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	}
 	body, err := readBody(w, r, h.maxBody)
 	if err != nil {
+		if pending { // a sender that sent no body it could sign failed
+			h.guard.Spend(h.guard.ClientAddr(r), true)
+		}
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeStatus(w, out, http.StatusRequestEntityTooLarge,
@@ -413,8 +416,9 @@ func senderGone(err error) bool {
 //
 // A webhook that only its signature can authenticate is pending: whose
 // budget it spends is known once the signature is checked (spend), so that
-// unsigned requests cannot take the places of signed ones. One without the
-// signature's headers fails at once.
+// unsigned requests cannot take the places of signed ones. Until then its
+// address must have failure budget left; one whose signature's headers are
+// missing or out of date fails at once.
 func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, params map[string]string) (admitted, pending bool) {
 	if h.guard == nil {
 		return true, false
@@ -429,16 +433,15 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	key, hasKey := params["key"]
 	credErr := h.guard.CheckCredentials(r, key, hasKey)
 	if credErr == nil && h.guard.SignatureDecides() {
-		if auth.HasSignature(r.Header) {
+		if credErr = h.guard.CheckSignatureHeaders(r.Header); credErr == nil {
+			if ok, wait := h.guard.FailuresLeft(addr); !ok {
+				tooMany(w, out, wait)
+				return false, false
+			}
 			return true, true
 		}
-		credErr = auth.ErrNoSignature
 	}
-	allow := h.guard.Allow
-	if credErr != nil {
-		allow = h.guard.AllowFailure
-	}
-	if ok, wait := allow(addr); !ok {
+	if ok, wait := h.guard.Spend(addr, credErr != nil); !ok {
 		tooMany(w, out, wait)
 		return false, false
 	}
@@ -453,11 +456,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 // spend takes a pending webhook's place from the budget of its signature's
 // outcome, and reports whether there was one (else it answers 429).
 func (h *webhookHandler) spend(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, failed bool) bool {
-	allow := h.guard.Allow
-	if failed {
-		allow = h.guard.AllowFailure
-	}
-	if ok, wait := allow(h.guard.ClientAddr(r)); !ok {
+	if ok, wait := h.guard.Spend(h.guard.ClientAddr(r), failed); !ok {
 		tooMany(w, out, wait)
 		return false
 	}

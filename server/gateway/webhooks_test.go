@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/base64"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -123,54 +124,87 @@ func TestRejectedWebhooksLogNothingMore(t *testing.T) {
 	}
 }
 
+// readCounter counts the reads of a body.
+type readCounter struct {
+	r     io.Reader
+	reads *int
+}
+
+func (c readCounter) Read(p []byte) (int, error) {
+	*c.reads++
+	return c.r.Read(p)
+}
+
 // With signing secrets the only credential, a webhook's sender is known
-// once its signature is checked: an unsigned one spends the failure budget
-// of its address, never the budget of signed ones (which, full, would
-// refuse OTPLESS), and once that is spent it is refused before its body
-// is read.
+// once its signature is checked: an unsigned or forged one spends the
+// failure budget of its address, never the budget of signed ones (which,
+// full, would refuse OTPLESS). One without the signature's headers, or
+// from an address whose failures used up their budget, is refused before
+// its body is read; one whose body cannot be read (too large) fails too.
 func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 	t.Parallel()
 	key := []byte("0123456789abcdef0123456789abcdef")
-	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}, RatePerSecond: 0.001, Burst: 1})
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}, RatePerSecond: 0.001, Burst: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
-	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: DefaultMaxBodyBytes, guard: guard, log: log})
+	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log})
 	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
-	const unsigned, forged, signed = "unsigned", "forged", "signed"
-	post := func(from, how string) int {
-		r := httptest.NewRequest(http.MethodPost, WebhookPath, strings.NewReader(body))
+	huge := strings.Repeat(" ", 2<<10) + body
+	const unsigned, forged, signed, stale = "unsigned", "forged", "signed", "stale"
+	post := func(from, how, content string) (code, reads int) {
+		r := httptest.NewRequest(http.MethodPost, WebhookPath, readCounter{strings.NewReader(content), &reads})
 		r.RemoteAddr = from + ":4000"
 		if how != unsigned {
-			ts := strconv.FormatInt(time.Now().Unix(), 10)
+			ts := time.Now()
+			if how == stale {
+				ts = ts.Add(-time.Hour)
+			}
+			sec := strconv.FormatInt(ts.Unix(), 10)
 			signer := key
 			if how == forged {
 				signer = []byte("not the key, not the key, at all")
 			}
 			r.Header.Set("webhook-id", "msg_1")
-			r.Header.Set("webhook-timestamp", ts)
-			r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+ts+"."+body)))
+			r.Header.Set("webhook-timestamp", sec)
+			r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+sec+"."+content)))
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
-		return w.Code
+		return w.Code, reads
 	}
 	for i, step := range []struct {
-		from, how string
-		want      int
+		from, how, body string
+		want            int
+		read            bool
 	}{
-		{"192.0.2.1", unsigned, http.StatusUnauthorized},    // refused before its body, from the failure budget
-		{"192.0.2.1", signed, http.StatusOK},                // the signed budget is whole
-		{"192.0.2.1", unsigned, http.StatusTooManyRequests}, // no failure budget left
-		{"192.0.2.1", signed, http.StatusTooManyRequests},   // the signed budget is spent too
-		{"192.0.2.2", forged, http.StatusUnauthorized},      // read, then refused, from the failure budget
-		{"192.0.2.2", forged, http.StatusTooManyRequests},
-		{"192.0.2.2", signed, http.StatusOK},
+		// Two of each budget per address. Unsigned ones spend the failures'
+		// alone: two signed ones still pass.
+		{"192.0.2.1", unsigned, body, http.StatusUnauthorized, false},
+		{"192.0.2.1", signed, body, http.StatusOK, true},
+		{"192.0.2.1", signed, body, http.StatusOK, true},
+		{"192.0.2.1", unsigned, body, http.StatusUnauthorized, false},
+		{"192.0.2.1", unsigned, body, http.StatusTooManyRequests, false},
+		{"192.0.2.1", forged, body, http.StatusTooManyRequests, false}, // no failure budget left: not read
+		// Forged ones are read, then spend the failures' budget.
+		{"192.0.2.2", forged, body, http.StatusUnauthorized, true},
+		{"192.0.2.2", forged, body, http.StatusUnauthorized, true},
+		{"192.0.2.2", forged, body, http.StatusTooManyRequests, false},
+		// So do bodies that cannot be read whole, and out-of-date signatures
+		// (refused before their body).
+		{"192.0.2.3", forged, huge, http.StatusRequestEntityTooLarge, true},
+		{"192.0.2.3", forged, huge, http.StatusRequestEntityTooLarge, true},
+		{"192.0.2.3", forged, body, http.StatusTooManyRequests, false},
+		{"192.0.2.4", stale, body, http.StatusUnauthorized, false},
+		{"192.0.2.4", stale, body, http.StatusUnauthorized, false},
+		{"192.0.2.4", signed, body, http.StatusTooManyRequests, false},
+		{"192.0.2.5", signed, body, http.StatusOK, true},
 	} {
-		if got := post(step.from, step.how); got != step.want {
-			t.Errorf("step %d: a webhook from %s, %s: %d, want %d", i+1, step.from, step.how, got, step.want)
+		code, reads := post(step.from, step.how, step.body)
+		if code != step.want || (reads > 0) != step.read {
+			t.Errorf("step %d: a webhook from %s, %s: %d, body read %v; want %d, read %v", i+1, step.from, step.how, code, reads > 0, step.want, step.read)
 		}
 	}
 }
