@@ -137,10 +137,12 @@ func (o *Observer) finishGRPC(ctx context.Context, c *call, method string, start
 	switch {
 	case panicked != nil:
 		level = slog.LevelError
+	case strings.HasPrefix(method, "/grpc.health.v1.Health/"):
+		// Probes, as /healthz and /readyz; a Watch ends UNAVAILABLE at
+		// every shutdown.
+		level = slog.LevelDebug
 	case serverFault(code):
 		level = slog.LevelWarn
-	case strings.HasPrefix(method, "/grpc.health.v1.Health/"): // probes, as /healthz and /readyz
-		level = slog.LevelDebug
 	}
 	if !o.log.Enabled(ctx, level) {
 		return
