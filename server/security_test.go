@@ -519,4 +519,12 @@ func TestWatchRouteAnswersAsTheAPI(t *testing.T) {
 			}
 		}
 	}
+	// A reconnecting EventSource's Last-Event-ID comes before the query,
+	// which must still be well formed.
+	for query, want := range map[string]int{"?after_revision=0": http.StatusOK, "?after_revision=abc": http.StatusBadRequest} {
+		r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch"+query, testAdminKey, nil, "Accept", "text/event-stream", "Last-Event-ID", got.Request.Revision)
+		if r.code != want || (want == http.StatusOK && !strings.Contains(string(r.body), "event: heartbeat")) {
+			t.Errorf("watch%s with Last-Event-ID %s: %d %s, want %d (a heartbeat when 200)", query, got.Request.Revision, r.code, r.body, want)
+		}
+	}
 }

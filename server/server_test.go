@@ -699,8 +699,7 @@ func TestConfigValidate(t *testing.T) {
 // end of the grace period, but shutdown still drains the writer cleanly.
 // Open Health.Watch streams end at shutdown, once told NOT_SERVING (or at
 // once, when what they watch was not SERVING), with UNAVAILABLE: they do
-// not hold the server's stop for the grace (a minute here), nor keep the
-// queued webhook from its commit.
+// not hold the server's stop for the grace (a minute here).
 func TestShutdownWithHealthWatchOpen(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, func(c *server.Config) { c.ShutdownGrace = time.Minute })

@@ -20,9 +20,9 @@ type WatchFunc func(ctx context.Context, req *eventsv1.WatchRequestRequest, send
 
 // InProcess returns a WatchFunc that calls srv's WatchRequest on the
 // caller's goroutine, through interceptors in the order a gRPC server
-// chains them, with no connection in between. An event stream then holds
+// chains them, with no connection in between. A watch stream then holds
 // its HTTP connection and the goroutine running the watch (see
-// serveEvents); through the in-process gRPC connection it also held a
+// serveWatch); through the in-process gRPC connection it also held a
 // client stream, a server stream and three more goroutines.
 func InProcess(srv eventsv1.RequestServiceServer, interceptors ...grpc.StreamServerInterceptor) WatchFunc {
 	var handler grpc.StreamHandler

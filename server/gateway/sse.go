@@ -158,13 +158,6 @@ func acceptsEventStream(r *http.Request) bool {
 // as the gateway reads a request's fields from it (after_revision or
 // afterRevision, once; a malformed query is refused).
 func resumeRevision(r *http.Request, sse bool) (int64, error) {
-	if v := r.Header.Get("Last-Event-ID"); sse && v != "" {
-		rev, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || rev < 0 {
-			return 0, status.Errorf(codes.InvalidArgument, "Last-Event-ID %q is not a revision", v)
-		}
-		return rev, nil
-	}
 	if err := r.ParseForm(); err != nil {
 		return 0, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -174,6 +167,13 @@ func resumeRevision(r *http.Request, sse bool) (int64, error) {
 	}
 	if req.GetAfterRevision() < 0 {
 		return 0, status.Error(codes.InvalidArgument, "after_revision must not be negative")
+	}
+	if v := r.Header.Get("Last-Event-ID"); sse && v != "" {
+		rev, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || rev < 0 {
+			return 0, status.Errorf(codes.InvalidArgument, "Last-Event-ID %q is not a revision", v)
+		}
+		return rev, nil
 	}
 	return req.GetAfterRevision(), nil
 }
@@ -201,7 +201,7 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 	_, out := runtime.MarshalerForRequest(h.mux, r)
 	fail := func(err error) { errorHandler(r.Context(), h.mux, out, w, r, err) }
 	if h.watch == nil {
-		fail(status.Error(codes.Unimplemented, "this gateway serves no event stream"))
+		fail(status.Error(codes.Unimplemented, "this gateway serves no watch stream"))
 		return
 	}
 	after, err := resumeRevision(r, sse)
@@ -254,7 +254,7 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 			ev.status(status.Convert(err))
 		}
 		ev.close(ctx.Err() == nil)
-		h.log.LogAttrs(ctx, slog.LevelDebug, "event stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
+		h.log.LogAttrs(ctx, slog.LevelDebug, "watch stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
 	}()
 	if err := <-first; err != nil {
 		fail(err)
@@ -495,8 +495,8 @@ func (e *eventWriter) close(end bool) {
 	e.streams.remove(e.conn)
 }
 
-// Streams tracks the event streams that left their handlers (see
-// serveEvents), which http.Server.Shutdown neither waits for nor closes.
+// Streams tracks the watch streams that left their handlers (see
+// serveWatch), which http.Server.Shutdown neither waits for nor closes.
 // The zero value is ready for use.
 type Streams struct {
 	mu     sync.Mutex

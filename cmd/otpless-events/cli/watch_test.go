@@ -187,10 +187,12 @@ func TestWatchBackoff(t *testing.T) {
 type silentClient struct {
 	eventsv1.RequestServiceClient
 	opened int
+	after  []int64 // the revision each stream resumed after
 }
 
-func (c *silentClient) WatchRequest(ctx context.Context, _ *eventsv1.WatchRequestRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], error) {
+func (c *silentClient) WatchRequest(ctx context.Context, req *eventsv1.WatchRequestRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], error) {
 	c.opened++
+	c.after = append(c.after, req.GetAfterRevision())
 	steps := []step{snapshotAt(1), successAt(2)}
 	if c.opened == 1 {
 		steps = []step{snapshotAt(1)}
@@ -228,7 +230,7 @@ func TestWatchDropsASilentStream(t *testing.T) {
 	if err := w.run(ctx); err != nil {
 		t.Fatalf("watch: %v (stderr %q)", err, stderr.String())
 	}
-	if client.opened != 2 || !strings.Contains(stderr.String(), "nothing from the server for 50ms at revision 1") {
-		t.Errorf("%d streams opened, stderr %q; want 2, the silent one dropped", client.opened, stderr.String())
+	if client.opened != 2 || !slices.Equal(client.after, []int64{0, 1}) || !strings.Contains(stderr.String(), "nothing from the server for 50ms at revision 1") {
+		t.Errorf("%d streams opened after revisions %v, stderr %q; want 2, the silent one dropped and the next after revision 1", client.opened, client.after, stderr.String())
 	}
 }
