@@ -668,7 +668,7 @@ func (w *endingWatch) endUnlessServing() {
 func ingestLimit(max int64) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if m, ok := req.(proto.Message); ok && info.FullMethod == eventsv1.WebhookService_Ingest_FullMethodName && int64(proto.Size(m)) > max {
-			return nil, status.Errorf(codes.ResourceExhausted, "webhook is larger than %d bytes", max)
+			return nil, status.Error(codes.ResourceExhausted, "webhook is larger than "+api.Size(max))
 		}
 		return handler(ctx, req)
 	}

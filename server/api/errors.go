@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -53,3 +54,16 @@ type fault struct {
 func (f *fault) Error() string              { return f.st.Err().Error() }
 func (f *fault) GRPCStatus() *status.Status { return f.st }
 func (f *fault) Unwrap() error              { return f.cause }
+
+// Size names a byte count for an error message: in MiB or KiB when it is a
+// whole number of them ("1 MiB"), else in bytes. The log's masking takes a
+// run of seven digits or more for a phone number, as 1048576 would be.
+func Size(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}

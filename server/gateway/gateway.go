@@ -124,7 +124,7 @@ const maxAPIBodyBytes = 64 << 10
 // own bound. Answers about requests, which may hold personal data, are not
 // to be cached.
 func apiRequests(next http.Handler) http.Handler {
-	tooLarge := status.New(codes.InvalidArgument, fmt.Sprintf("request body is larger than %d bytes", maxAPIBodyBytes))
+	tooLarge := status.New(codes.InvalidArgument, "request body is larger than "+api.Size(maxAPIBodyBytes))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/requests/") {
 			w.Header().Set("Cache-Control", "no-store")
@@ -343,7 +343,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeStatus(w, out, http.StatusRequestEntityTooLarge,
-				status.New(codes.InvalidArgument, fmt.Sprintf("webhook body is larger than %d bytes", h.maxBody)))
+				status.New(codes.InvalidArgument, "webhook body is larger than "+api.Size(h.maxBody)))
 			return
 		}
 		if senderGone(err) || ctx.Err() != nil { // HTTP/2 says so by canceling the stream
