@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -77,6 +78,12 @@ type Config struct {
 	// HTTP clients: reading a request's headers, reading a whole request,
 	// and keeping an idle connection.
 	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
+	// GRPCKeepalive is how long a gRPC connection may send nothing before
+	// the server pings it; one that does not answer within as long again
+	// is closed, and its watches with it (a peer gone without a word would
+	// otherwise hold them until TCP gives up, about 15 minutes). Clients
+	// may ping as often as every 10 s.
+	GRPCKeepalive time.Duration
 	// PIIRetention is how long raw bodies and personal data are kept; the
 	// status history stays. Checked every RetentionInterval.
 	PIIRetention, RetentionInterval time.Duration
@@ -158,6 +165,7 @@ func DefaultConfig() Config {
 		HTTPReadHeaderTimeout: 10 * time.Second,
 		HTTPReadTimeout:       30 * time.Second,
 		HTTPIdleTimeout:       2 * time.Minute,
+		GRPCKeepalive:         time.Minute,
 	}
 }
 
@@ -182,7 +190,7 @@ func (c *Config) Validate() error {
 	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace},
 		{"health interval", c.HealthInterval},
 		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval},
-		{"HTTP read-header timeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", c.HTTPReadTimeout}, {"HTTP idle timeout", c.HTTPIdleTimeout}} {
+		{"HTTP read-header timeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", c.HTTPReadTimeout}, {"HTTP idle timeout", c.HTTPIdleTimeout}, {"gRPC keepalive", c.GRPCKeepalive}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
 		}
@@ -314,6 +322,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// grpc-go's own limit, which refuses a message before any
 		// interceptor, is only for the far larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown))...)...),
 	)

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -874,5 +876,70 @@ func TestLargeEventsArePaged(t *testing.T) {
 	}
 	if total != n {
 		t.Errorf("over HTTP: %d events, want %d", total, n)
+	}
+}
+
+// frozenConn drops what it reads, and swallows writes, once frozen: a peer
+// gone without a word (a partition, a NAT that forgot the connection).
+type frozenConn struct {
+	net.Conn
+	frozen *atomic.Bool
+}
+
+func (c frozenConn) Read(p []byte) (int, error) {
+	for c.frozen.Load() {
+		if _, err := c.Conn.Read(p); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Read(p)
+}
+
+func (c frozenConn) Write(p []byte) (int, error) {
+	if c.frozen.Load() {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// TestSilentPeersLoseTheirWatches: the server pings a gRPC connection that
+// has sent nothing for --grpc-keepalive, and closes it when the ping goes
+// unanswered: the watch of a peer gone without a word ends, and its place
+// under the watch limits (one per request here) is free again.
+func TestSilentPeersLoseTheirWatches(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, func(c *server.Config) {
+		c.GRPCKeepalive = time.Second
+		c.Security.MaxWatchesPerRequest = 1
+	})
+	creds := grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testAdminKey, Insecure: true})
+	var frozen atomic.Bool
+	gone := srv.Dial(t, creds, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		return frozenConn{Conn: c, frozen: &frozen}, err
+	}))
+	requests := eventsv1.NewRequestServiceClient(srv.Dial(t, creds))
+	ctx := t.Context()
+	first, err := eventsv1.NewRequestServiceClient(gone).WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: "silent-req"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	frozen.Store(true)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		wctx, cancel := context.WithCancel(ctx)
+		w, err := requests.WatchRequest(wctx, &eventsv1.WatchRequestRequest{RequestId: "silent-req"})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		cancel()
+		if err == nil {
+			return // the silent peer's place was freed
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("a second watch while the first's peer is silent: %v; want the place freed within 30 s", err)
+		}
 	}
 }
