@@ -602,7 +602,7 @@ func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
 	exhausted := status.Errorf(codes.ResourceExhausted, "too many health watch and reflection streams open (%d from one address, %d in all)", perAddr, inAll)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if info.FullMethod != healthpb.Health_Watch_FullMethodName && !strings.HasPrefix(info.FullMethod, "/grpc.reflection.") {
+		if !auth.Public(info.FullMethod) {
 			return handler(srv, ss)
 		}
 		var addr string

@@ -61,11 +61,19 @@ func (k *Keyring) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
-func (k *Keyring) authorize(ctx context.Context, method string) (context.Context, *Principal, error) {
+// Public reports whether method needs no credential.
+func Public(method string) bool {
 	for _, prefix := range publicPrefixes {
 		if strings.HasPrefix(method, prefix) {
-			return ctx, nil, nil
+			return true
 		}
+	}
+	return false
+}
+
+func (k *Keyring) authorize(ctx context.Context, method string) (context.Context, *Principal, error) {
+	if Public(method) {
+		return ctx, nil, nil
 	}
 	p, err := k.Authenticate(bearerFromMetadata(ctx))
 	if err != nil {
