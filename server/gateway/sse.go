@@ -134,11 +134,11 @@ func watchRequestID(u *url.URL) (string, bool) {
 		return "", false
 	}
 	escaped, ok = strings.CutSuffix(escaped, watchSuffix)
-	if !ok || escaped == "" || strings.Contains(escaped, "/") {
+	if !ok || escaped == "" {
 		return "", false
 	}
 	id, err := url.PathUnescape(escaped)
-	return id, err == nil && !strings.Contains(id, "/")
+	return id, err == nil && !strings.Contains(id, "/") // "/" as sent, or as %2F
 }
 
 // acceptsEventStream reports whether r asks for text/event-stream.
