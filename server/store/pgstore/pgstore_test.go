@@ -686,18 +686,7 @@ func TestPingCountsReleases(t *testing.T) {
 	a := commit("e2", at(1)) // holds the pool's connection, waiting for tx1's lock
 	awaitBlockedBy(t, observer, first)
 	tx2, locked2 := lock(second) // next in line for the row, after a
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var waiting bool
-		if err := observer.QueryRow(ctx, `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID())).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second lock did not wait")
-		}
-	}
+	awaitQuery(t, observer, "the second lock to wait", `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID()))
 	b := commit("e3", at(2))           // waits for the pool, then for tx2's lock
 	time.Sleep(300 * time.Millisecond) // b waiting for the pool, ahead of the ping
 
@@ -761,17 +750,24 @@ func TestPartitionTimeouts(t *testing.T) {
 // waits for a lock that holder's session holds.
 func awaitBlockedBy(t *testing.T, observer, holder *pgx.Conn) {
 	t.Helper()
+	awaitQuery(t, observer, "a session to wait for the lock", `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))`,
+		int32(holder.PgConn().PID()))
+}
+
+// awaitQuery waits, up to 20 s, until query (of a boolean) says true on
+// observer.
+func awaitQuery(t *testing.T, observer *pgx.Conn, what, query string, args ...any) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var waiting bool
-		if err := observer.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))`,
-			int32(holder.PgConn().PID())).Scan(&waiting); err != nil {
+		var ok bool
+		if err := observer.QueryRow(t.Context(), query, args...).Scan(&ok); err != nil {
 			t.Fatal(err)
 		}
-		if waiting {
+		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no session waited for the lock")
+			t.Fatalf("waited 20 s for %s", what)
 		}
 	}
 }
