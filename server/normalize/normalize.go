@@ -38,7 +38,11 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 	case isSet(req.GetNotificationType()):
 		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_SYSTEM, []*eventsv1.Event{v1SystemEvent(req)}
 	case isSet(req.GetEventType()):
-		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2, v2Events(req)
+		format = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2
+		var err error
+		if events, err = v2Events(req); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
+		}
 	case isSet(req.GetStatus()):
 		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_DELIVERY, []*eventsv1.Event{v1DeliveryEvent(req)}
 	default:
@@ -108,7 +112,7 @@ func v2Kind(eventType, status string) eventsv1.EventKind {
 
 // v2Events makes one event per request id of a v2 body. Only auth events
 // carry authenticationDetails, and only they can yield several events.
-func v2Events(req *eventsv1.IngestRequest) []*eventsv1.Event {
+func v2Events(req *eventsv1.IngestRequest) ([]*eventsv1.Event, error) {
 	d := req.GetData()
 	status := norm(d.GetStatus())
 	kind := v2Kind(norm(req.GetEventType()), status)
@@ -118,6 +122,10 @@ func v2Events(req *eventsv1.IngestRequest) []*eventsv1.Event {
 	}
 	events := make([]*eventsv1.Event, 0, len(groups))
 	for _, g := range groups {
+		channels, err := g.channels()
+		if err != nil {
+			return nil, err
+		}
 		events = append(events, &eventsv1.Event{
 			RequestId:     strings.Clone(g.requestID),
 			Kind:          kind,
@@ -128,7 +136,7 @@ func v2Events(req *eventsv1.IngestRequest) []*eventsv1.Event {
 			Identity:      strings.Clone(d.GetIdentity()),
 			Error:         ErrorInfo(d.GetErrorCode(), d.GetErrorMessage()),
 			AuthMethod:    g.method(),
-			AuthChannels:  g.channels(),
+			AuthChannels:  channels,
 			Phone:         phoneDetails(g.phone.GetPhoneNumber(), g.phone.GetCountryCode()),
 			Email:         strings.Clone(g.email.GetEmail()),
 			Token:         strings.Clone(d.GetToken()),
@@ -136,7 +144,7 @@ func v2Events(req *eventsv1.IngestRequest) []*eventsv1.Event {
 			TraceId:       strings.Clone(d.GetTraceId()),
 		})
 	}
-	return events
+	return events, nil
 }
 
 // authGroup is the authenticationDetails entries of one request id.
@@ -189,20 +197,29 @@ func (g authGroup) method() string {
 	return norm(g.email.GetMethod())
 }
 
+// MaxAuthChannels bounds the channels an auth event may list: OTPLESS offers
+// about a dozen, and a body naming more is not one it sent.
+const MaxAuthChannels = 64
+
 // channels lists the channels the group's entries name, phone first, with
-// "/"-joined names split, normalized and without repeats.
-func (g authGroup) channels() []string {
+// "/"-joined names split, normalized and without repeats; more than
+// MaxAuthChannels distinct names is an error.
+func (g authGroup) channels() ([]string, error) {
 	var out []string
 	for _, list := range [...][]string{g.phone.GetChannel(), g.email.GetChannel()} {
 		for _, elem := range list {
 			for name := range strings.SplitSeq(elem, "/") {
-				if name = norm(name); name != "" && !slices.Contains(out, name) {
-					out = append(out, name)
+				if name = norm(name); name == "" || slices.Contains(out, name) {
+					continue
 				}
+				if len(out) == MaxAuthChannels {
+					return nil, fmt.Errorf("authenticationDetails names more than %d channels", MaxAuthChannels)
+				}
+				out = append(out, name)
 			}
 		}
 	}
-	return out
+	return out, nil
 }
 
 // v1DeliveryEvent reads a legacy delivery report.

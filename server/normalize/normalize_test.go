@@ -488,3 +488,40 @@ func TestRequestIDsNoReaderCouldAskFor(t *testing.T) {
 		t.Errorf("a request id of %d bytes: %v", normalize.MaxRequestIDLen, err)
 	}
 }
+
+// TestAuthChannelsBounded checks that an auth event lists at most
+// MaxAuthChannels channels, and that a body naming more is refused in time
+// linear in its size: the list's repeats were once removed in quadratic
+// time, and a 1 MiB body of "/"-joined names held a CPU for tens of seconds.
+func TestAuthChannelsBounded(t *testing.T) {
+	t.Parallel()
+	names := func(n int) string {
+		s := make([]string, n)
+		for i := range s {
+			s[i] = fmt.Sprintf("C%d", i)
+		}
+		return strings.Join(s, "/")
+	}
+	body := func(channels string) *eventsv1.IngestRequest {
+		return &eventsv1.IngestRequest{EventType: "AUTH", Data: &eventsv1.WebhookData{Status: "INITIATED", AuthenticationDetails: &eventsv1.AuthenticationDetails{
+			Phone: &eventsv1.AuthDetail{RequestId: "r1", Channel: []string{channels, "sms/C0"}},
+		}}}
+	}
+	events, err := normalize.Events(body(names(normalize.MaxAuthChannels-1)), received)
+	if err != nil {
+		t.Fatalf("%d channels: %v", normalize.MaxAuthChannels, err)
+	}
+	if got := events[0].GetAuthChannels(); len(got) != normalize.MaxAuthChannels || got[len(got)-1] != "SMS" {
+		t.Errorf("%d channels and SMS, with C0 twice: got %d, last %q", normalize.MaxAuthChannels-1, len(got), got[len(got)-1])
+	}
+	for _, n := range []int{normalize.MaxAuthChannels + 1, 150_000} {
+		_, err := normalize.Events(body(names(n)), received)
+		if !errors.Is(err, normalize.ErrInvalidBody) || !strings.Contains(err.Error(), "more than 64 channels") {
+			t.Errorf("%d channels: Events = %v, want ErrInvalidBody naming the bound", n, err)
+		}
+	}
+	repeats := strings.Repeat("SMS/", 250_000) // 1 MiB of one name
+	if events, err := normalize.Events(body(repeats), received); err != nil || len(events[0].GetAuthChannels()) != 2 {
+		t.Errorf("one name repeated: %v, %v", events, err)
+	}
+}
