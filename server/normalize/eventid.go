@@ -16,7 +16,7 @@ import (
 //
 //	request id, kind (enum number, decimal), status, channel, from_channel,
 //	to_channel, error code, event time (Unix milliseconds, decimal; empty
-//	for a body without a readable time)
+//	for a body without a time)
 //
 // and, for an event that names no request, its OTPLESS token (the legacy
 // UNREACHABLE may come without requestId, and two users' in one
@@ -25,7 +25,7 @@ import (
 // retention purge; the token is random.
 //
 // A byte-identical retry therefore gets the same id, and the receive time
-// plays no part: a body without a readable time has its receive time as
+// plays no part: a body without a time has its receive time as
 // event time, but not in its id, so that its retries are duplicates too.
 func eventID(e *eventsv1.Event, eventTime time.Time, timed bool) string {
 	at := ""

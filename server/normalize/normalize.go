@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -48,7 +49,10 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 	default:
 		return nil, fmt.Errorf("%w: no eventType, status or notificationType", ErrUnrecognized)
 	}
-	t, timed := eventTime(req, received)
+	t, timed, err := eventTime(req, received)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
+	}
 	for _, e := range events {
 		if err := CheckRequestID(e.GetRequestId()); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
@@ -80,15 +84,55 @@ func CheckRequestID(id string) error {
 	return nil
 }
 
-// eventTime is the top-level timestamp, else data.timestamp, else
-// received; timed reports whether the body had one.
-func eventTime(req *eventsv1.IngestRequest, received time.Time) (t time.Time, timed bool) {
-	for _, v := range [...]*structpb.Value{req.GetTimestamp(), req.GetData().GetTimestamp()} {
-		if t, ok := ParseTime(v); ok {
-			return t, true
+// MaxAhead bounds how far after its arrival a webhook's time may be: more
+// is a wrong clock, and a time that far ahead would stay the request's
+// latest for as long.
+const MaxAhead = 24 * time.Hour
+
+// eventTime is the first of the top-level timestamp and data.timestamp that
+// holds a time, else received; timed reports whether the body had one. A
+// time that cannot be read, or is more than MaxAhead after received, is an
+// error naming its field.
+func eventTime(req *eventsv1.IngestRequest, received time.Time) (t time.Time, timed bool, err error) {
+	for _, f := range [...]struct {
+		name string
+		v    *structpb.Value
+	}{{"timestamp", req.GetTimestamp()}, {"data.timestamp", req.GetData().GetTimestamp()}} {
+		t, err := ParseTime(f.v)
+		switch {
+		case errors.Is(err, ErrNoTime):
+			continue
+		case err != nil:
+			return time.Time{}, false, fmt.Errorf("%s %s %s", f.name, quoteValue(f.v), err)
+		case t.After(received.Add(MaxAhead)):
+			return time.Time{}, false, fmt.Errorf("%s %s is more than a day after the webhook arrived (%s)",
+				f.name, quoteValue(f.v), received.UTC().Format(time.RFC3339))
 		}
+		return t, true, nil
 	}
-	return received, false
+	return received, false, nil
+}
+
+// quoteValue writes a timestamp's value for an error message, cut to 40
+// bytes.
+func quoteValue(v *structpb.Value) string {
+	var s string
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		s = strconv.Quote(k.StringValue)
+	case *structpb.Value_NumberValue:
+		s = strconv.FormatFloat(k.NumberValue, 'f', -1, 64)
+	case *structpb.Value_BoolValue:
+		return strconv.FormatBool(k.BoolValue)
+	case *structpb.Value_ListValue:
+		return "(a list)"
+	default:
+		return "(an object)"
+	}
+	if len(s) > 40 {
+		return strings.ToValidUTF8(s[:40], "") + "..."
+	}
+	return s
 }
 
 // v2Kind is DELIVERY for eventType DLR and AUTH for AUTH. For an eventType

@@ -196,11 +196,11 @@ func TestEventTime(t *testing.T) {
 		{"top-level seconds", `{"eventType": "AUTH", "timestamp": 1734518721, "data": {"status": "SUCCESS"}}`, time.Unix(1734518721, 0)},
 		{"top-level before data", `{"status": "SENT", "timestamp": 1734518721, "data": {"timestamp": 1707743466000}}`, time.Unix(1734518721, 0)},
 		{"data.timestamp in v2", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "2024-12-18T10:45:21Z"}}`, time.Unix(1734518721, 0)},
-		{"unreadable top-level, data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, time.UnixMilli(1707743466000)},
+		{"null top-level, data.timestamp", `{"status": "SENT", "timestamp": null, "data": {"timestamp": 1707743466000}}`, time.UnixMilli(1707743466000)},
+		{"a day ahead", fmt.Sprintf(`{"status": "SENT", "timestamp": %d}`, received.Add(normalize.MaxAhead).UnixMilli()), received.Add(normalize.MaxAhead)},
 		{"none: receive time", `{"status": "SENT", "data": {"referenceId": "r1"}}`, received},
 		{"zero: receive time", `{"status": "SENT", "timestamp": 0}`, received},
-		{"negative: receive time", `{"status": "SENT", "timestamp": -1707743466000}`, received},
-		{"object: receive time", `{"status": "SENT", "timestamp": {"ms": 1707743466000}}`, received},
+		{"empty string: receive time", `{"status": "SENT", "timestamp": ""}`, received},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,6 +208,37 @@ func TestEventTime(t *testing.T) {
 			e := normalizeBody(t, []byte(tt.body))[0]
 			if got := e.GetEventTime().AsTime(); !got.Equal(tt.want) {
 				t.Errorf("event time %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestEventTimeRefused checks that a time the body has but that cannot be
+// used is an error naming its field and value: were it replaced by the
+// receive time, a delayed FAILED could end a request that went on on another
+// channel, and a time years ahead would stay the request's latest.
+func TestEventTimeRefused(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ name, body, err string }{
+		{"negative", `{"status": "SENT", "timestamp": -1707743466000}`, `timestamp -1707743466000 is not epoch seconds`},
+		{"object", `{"status": "SENT", "timestamp": {"ms": 1707743466000}}`, `timestamp (an object) is not a number or a string`},
+		{"bool", `{"status": "SENT", "timestamp": true}`, `timestamp true is not a number or a string`},
+		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp "soon" is not epoch seconds`},
+		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp "Mon, 12 Feb 2024 13:11:19 IST" is not epoch seconds`},
+		{"long value cut", `{"status": "SENT", "timestamp": "` + strings.Repeat("9", 100) + `x"}`, `timestamp "` + strings.Repeat("9", 39) + `... is not`},
+		{"year 2100", `{"eventType": "DLR", "timestamp": 4102444800000, "data": {"status": "FAILED"}}`, `timestamp 4102444800000 is more than a day after the webhook arrived (2026-01-02T03:04:05Z)`},
+		{"a day and a millisecond ahead", fmt.Sprintf(`{"status": "SENT", "timestamp": %d}`, received.Add(normalize.MaxAhead+time.Millisecond).UnixMilli()), "more than a day after"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req, err := normalize.Decode([]byte(tt.body))
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			events, err := normalize.Events(req, received)
+			if !errors.Is(err, normalize.ErrInvalidBody) || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("Events = %v, %v; want ErrInvalidBody saying %q", events, err, tt.err)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package normalize
 
 import (
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -19,8 +20,9 @@ const (
 )
 
 // isoLayouts are the ISO 8601 forms ParseTime reads, tried in order, after a
-// space between date and time has been replaced by "T". time.Parse accepts
-// fractional seconds after the seconds field even where the layout has none.
+// space between date and time has been replaced by "T", a space before the
+// zone removed and a "[Zone]" suffix dropped. time.Parse accepts fractional
+// seconds after the seconds field even where the layout has none.
 var isoLayouts = [...]string{
 	time.RFC3339,               // "Z" or "+05:30"
 	"2006-01-02T15:04:05Z0700", // "+0530"
@@ -30,34 +32,56 @@ var isoLayouts = [...]string{
 	"2006-01-02T15:04Z0700",
 	"2006-01-02T15:04Z07",
 	"2006-01-02T15:04",
-	"2006-01-02", // a plain date: midnight UTC
+	"2006-01-02",           // a plain date: midnight UTC
+	"20060102T150405Z0700", // the basic form
 }
 
 // lastTime is the latest time a google.protobuf.Timestamp holds.
 var lastTime = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
 
+// ErrNoTime is ParseTime's error for a value that holds no time: missing,
+// null, a blank string, or zero.
+var ErrNoTime = errors.New("no time")
+
 // ParseTime reads an OTPLESS timestamp: a number or a numeric string of
 // epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
 // magnitude; fractions are rounded to the microsecond, which is all a
-// float64 carries at these magnitudes), or an ISO 8601 / RFC 3339 string. It
-// reports false for a missing value, another JSON type, an unreadable string,
-// times not after the Unix epoch, and times after the year 9999, which a
-// google.protobuf.Timestamp cannot hold. The time returned is in UTC.
-func ParseTime(v *structpb.Value) (time.Time, bool) {
+// float64 carries at these magnitudes), or an ISO 8601 / RFC 3339 string
+// (or HTTP's RFC 1123 date in GMT or with an offset). A value that holds no time is ErrNoTime;
+// another JSON type, an unreadable string, a time not after the Unix epoch
+// or after the year 9999 (which a google.protobuf.Timestamp cannot hold) is
+// an error saying so. The time returned is in UTC.
+func ParseTime(v *structpb.Value) (time.Time, error) {
 	var (
 		t  time.Time
 		ok bool
 	)
 	switch k := v.GetKind().(type) {
+	case nil, *structpb.Value_NullValue:
+		return time.Time{}, ErrNoTime
 	case *structpb.Value_NumberValue:
+		if k.NumberValue == 0 {
+			return time.Time{}, ErrNoTime
+		}
 		t, ok = fromNumber(k.NumberValue)
 	case *structpb.Value_StringValue:
-		t, ok = fromString(strings.TrimSpace(k.StringValue))
+		s := strings.TrimSpace(k.StringValue)
+		if s == "" || s == "0" {
+			return time.Time{}, ErrNoTime
+		}
+		t, ok = fromString(s)
+	default:
+		return time.Time{}, errors.New("is not a number or a string")
 	}
-	if !ok || !t.After(time.Unix(0, 0)) || t.After(lastTime) {
-		return time.Time{}, false
+	switch {
+	case !ok:
+		return time.Time{}, errors.New("is not epoch seconds or milliseconds, nor an ISO 8601 time")
+	case !t.After(time.Unix(0, 0)):
+		return time.Time{}, errors.New("is not after 1970")
+	case t.After(lastTime):
+		return time.Time{}, errors.New("is after the year 9999")
 	}
-	return t.UTC(), true
+	return t.UTC(), nil
 }
 
 // fromInt reads an epoch number exactly.
@@ -100,15 +124,31 @@ func fromString(s string) (time.Time, bool) {
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return fromInt(n), true
 		}
+	}
+	if strings.Trim(s, "0123456789.eE+") == "" { // "1.7e12", and a decimal ParseInt refused
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil {
 			return time.Time{}, false
 		}
 		return fromNumber(f)
 	}
+	// HTTP's date: in GMT, or with an offset (time.Parse would put any
+	// other zone's name at offset zero).
+	if t, err := time.Parse(time.RFC1123, s); err == nil && strings.HasSuffix(s, " GMT") {
+		return t, true
+	}
+	if t, err := time.Parse(time.RFC1123Z, s); err == nil {
+		return t, true
+	}
 	s = strings.ToUpper(s) // RFC 3339 allows "t" and "z"
 	if len(s) > len("2006-01-02") && s[len("2006-01-02")] == ' ' {
 		s = s[:len("2006-01-02")] + "T" + s[len("2006-01-02")+1:]
+	}
+	if i := strings.IndexByte(s, '['); i > 0 && strings.HasSuffix(s, "]") { // Java's "+05:30[Asia/Kolkata]"
+		s = s[:i]
+	}
+	if i := strings.LastIndexByte(s, ' '); i > 0 && i+1 < len(s) && strings.IndexByte("+-Z", s[i+1]) >= 0 { // "16:01:02.100 +0530"
+		s = s[:i] + s[i+1:]
 	}
 	for _, layout := range isoLayouts {
 		if t, err := time.Parse(layout, s); err == nil {

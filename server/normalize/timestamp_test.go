@@ -1,7 +1,9 @@
 package normalize_test
 
 import (
+	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +18,7 @@ func TestParseTime(t *testing.T) {
 	tests := []struct {
 		name string
 		v    *structpb.Value
-		want time.Time // zero: not readable
+		want time.Time // zero: ErrNoTime
 	}{
 		// Numbers, told apart by magnitude.
 		{"seconds", num(1734518721), time.Unix(1734518721, 0)},
@@ -64,45 +66,72 @@ func TestParseTime(t *testing.T) {
 		{"the last time a Timestamp holds", str("9999-12-31T23:59:59.999999999Z"), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
 		{"year 9999 ahead of UTC", str("9999-12-31T23:59:59+05:30"), time.Date(9999, 12, 31, 18, 29, 59, 0, time.UTC)},
 		{"surrounding space", str(" 2024-12-18T10:45:21Z\n"), time.Unix(1734518721, 0)},
-		// Not readable.
+		{"RFC 1123 in GMT", str("Wed, 18 Dec 2024 10:45:21 GMT"), time.Unix(1734518721, 0)},
+		{"RFC 1123 with an offset", str("Wed, 18 Dec 2024 16:15:21 +0530"), time.Unix(1734518721, 0)},
+		{"exponent string", str("1.7345187215e12"), time.UnixMicro(1734518721500000)},
+		{"exponent string with sign", str("1.734518721E+9"), time.Unix(1734518721, 0)},
+		{"space before the offset", str("2024-12-18 16:15:21.100 +0530"), time.Date(2024, 12, 18, 16, 15, 21, 1e8, ist)},
+		{"space before Z", str("2024-12-18T10:45:21 Z"), time.Unix(1734518721, 0)},
+		{"Java's zone suffix", str("2024-12-18T16:15:21.100+05:30[Asia/Kolkata]"), time.Date(2024, 12, 18, 16, 15, 21, 1e8, ist)},
+		{"basic form", str("20241218T104521Z"), time.Unix(1734518721, 0)},
+		{"basic form with offset", str("20241218T161521+0530"), time.Unix(1734518721, 0)},
+		// No time.
 		{"nil", nil, time.Time{}},
 		{"no kind", &structpb.Value{}, time.Time{}},
 		{"null", structpb.NewNullValue(), time.Time{}},
-		{"bool", structpb.NewBoolValue(true), time.Time{}},
-		{"list", structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{num(1734518721)}}), time.Time{}},
 		{"zero", num(0), time.Time{}},
-		{"negative", num(-1734518721), time.Time{}},
-		{"below a µs", num(1e-9), time.Time{}},
-		{"NaN", num(math.NaN()), time.Time{}},
-		{"infinity", num(math.Inf(1)), time.Time{}},
-		{"beyond int64 ns", num(1e19), time.Time{}},
 		{"zero string", str("0"), time.Time{}},
-		{"negative string", str("-1734518721"), time.Time{}},
-		{"huge string", str("99999999999999999999"), time.Time{}},
-		{"exponent string", str("1.7e12"), time.Time{}},
-		{"two points", str("1734518721.1.2"), time.Time{}},
-		{"lone point", str("."), time.Time{}},
 		{"empty string", str(""), time.Time{}},
-		{"words", str("yesterday"), time.Time{}},
-		{"epoch", str("1970-01-01T00:00:00Z"), time.Time{}},
-		{"before epoch", str("1969-07-20T20:17:40Z"), time.Time{}},
-		{"bad month", str("2024-13-18T10:45:21Z"), time.Time{}},
-		{"year 9999 behind UTC: after it in UTC", str("9999-12-31T23:59:59-23:59"), time.Time{}},
-		{"RFC 1123", str("Wed, 18 Dec 2024 10:45:21 GMT"), time.Time{}},
-		{"offset of three digits", str("2024-12-18T10:45:21+053"), time.Time{}},
-		{"hour only", str("2024-12-18T10Z"), time.Time{}},
+		{"blank string", str(" \t"), time.Time{}},
+	}
+	unreadable := []struct {
+		name string
+		v    *structpb.Value
+		err  string
+	}{
+		{"bool", structpb.NewBoolValue(true), "is not a number or a string"},
+		{"list", structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{num(1734518721)}}), "is not a number or a string"},
+		{"object", structpb.NewStructValue(&structpb.Struct{}), "is not a number or a string"},
+		{"negative", num(-1734518721), "is not epoch seconds"},
+		{"below a µs", num(1e-9), "is not after 1970"},
+		{"NaN", num(math.NaN()), "is not epoch seconds"},
+		{"infinity", num(math.Inf(1)), "is not epoch seconds"},
+		{"beyond int64 ns", num(1e19), "is not epoch seconds"},
+		{"negative string", str("-1734518721"), "is not epoch seconds"},
+		{"huge string", str("99999999999999999999"), "is not epoch seconds"},
+		{"exponent out of range", str("1e400"), "is not epoch seconds"},
+		{"two points", str("1734518721.1.2"), "is not epoch seconds"},
+		{"lone point", str("."), "is not epoch seconds"},
+		{"words", str("yesterday"), "is not epoch seconds"},
+		{"epoch", str("1970-01-01T00:00:00Z"), "is not after 1970"},
+		{"before epoch", str("1969-07-20T20:17:40Z"), "is not after 1970"},
+		{"bad month", str("2024-13-18T10:45:21Z"), "is not epoch seconds"},
+		{"year 9999 behind UTC: after it in UTC", str("9999-12-31T23:59:59-23:59"), "is after the year 9999"},
+		{"RFC 1123 in another zone", str("Wed, 18 Dec 2024 16:15:21 IST"), "is not epoch seconds"},
+		{"offset of three digits", str("2024-12-18T10:45:21+053"), "is not epoch seconds"},
+		{"hour only", str("2024-12-18T10Z"), "is not epoch seconds"},
+		{"bracket without a zone before it", str("[Asia/Kolkata]"), "is not epoch seconds"},
+	}
+	for _, tt := range unreadable {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := normalize.ParseTime(tt.v)
+			if err == nil || errors.Is(err, normalize.ErrNoTime) || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("ParseTime(%v) = %v, %v; want an error saying %q", tt.v, got, err, tt.err)
+			}
+		})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, ok := normalize.ParseTime(tt.v)
-			if want := !tt.want.IsZero(); ok != want {
-				t.Fatalf("ParseTime(%v) = %v, %t; want ok %t", tt.v, got, ok, want)
+			got, err := normalize.ParseTime(tt.v)
+			if tt.want.IsZero() != errors.Is(err, normalize.ErrNoTime) || (err != nil && !errors.Is(err, normalize.ErrNoTime)) {
+				t.Fatalf("ParseTime(%v) = %v, %v; want %v", tt.v, got, err, tt.want)
 			}
 			if !got.Equal(tt.want) {
 				t.Errorf("ParseTime(%v) = %v, want %v", tt.v, got, tt.want)
 			}
-			if ok && got.Location() != time.UTC {
+			if err == nil && got.Location() != time.UTC {
 				t.Errorf("ParseTime(%v) location %v, want UTC", tt.v, got.Location())
 			}
 		})

@@ -384,8 +384,9 @@ type Event struct {
 	AuthSessionId string `protobuf:"bytes,15,opt,name=auth_session_id,json=authSessionId,proto3" json:"auth_session_id,omitempty"`
 	// v2: OTPLESS's trace id.
 	TraceId string `protobuf:"bytes,16,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
-	// When the event happened, from the body. When the body has no readable
-	// time, the receive time.
+	// When the event happened, from the body. When the body has no time, the
+	// receive time (a time that cannot be read, or more than a day after the
+	// receive time, has the webhook refused).
 	EventTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
 	// When this service received the body.
 	ReceiveTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=receive_time,json=receiveTime,proto3" json:"receive_time,omitempty"`
