@@ -54,7 +54,11 @@ const (
 // results nobody acknowledges (active, so the first does not end it).
 // Either would hold its row locks, and with them every replica's commits
 // of those requests, until the database found the connection dead: hours,
-// by TCP's defaults.
+// by TCP's defaults. Each is half the store's timeout: a commit that began
+// waiting for such a session's locks up to half its timeout before the
+// session went silent gets them in time, rather than failing with its whole
+// batch (with equal timeouts, one whose wait began before the session's
+// last statement ran out first).
 var partitionTimeouts = []string{"idle_in_transaction_session_timeout", "tcp_user_timeout"}
 
 // setsParam reports whether the DSN sets the session setting name, as a
@@ -96,8 +100,8 @@ func WithMaxConns(n int32) Option {
 // WithTimeout bounds every call, from taking a connection to the commit
 // (default DefaultTimeout). A call that runs out fails with
 // store.ErrUnavailable. The database ends a transaction left waiting for
-// its next statement as long (idle_in_transaction_session_timeout, unless
-// the DSN sets it), which only a client it no longer hears does.
+// its next statement half as long (idle_in_transaction_session_timeout,
+// unless the DSN sets it), which only a client it no longer hears does.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
 }
@@ -152,7 +156,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	var set []string
 	for _, name := range partitionTimeouts {
 		if !setsParam(cfg.ConnConfig, name) {
-			set = append(set, fmt.Sprintf("SET %s = %d", name, max(o.timeout.Milliseconds(), 1)))
+			set = append(set, fmt.Sprintf("SET %s = %d", name, max(o.timeout.Milliseconds()/2, 1)))
 		}
 	}
 	if len(set) > 0 {

@@ -723,8 +723,8 @@ func TestPingCountsReleases(t *testing.T) {
 }
 
 // TestPartitionTimeouts: each session ends what a client the database no
-// longer hears would leave holding locks, after the store's timeout: an
-// idle transaction, and results sent to nobody. A DSN's own value stays.
+// longer hears would leave holding locks, after half the store's timeout:
+// an idle transaction, and results sent to nobody. A DSN's own value stays.
 func TestPartitionTimeouts(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
@@ -732,8 +732,8 @@ func TestPartitionTimeouts(t *testing.T) {
 		dsn        string
 		idle, user string
 	}{
-		{dsn, "5s", "5000"},
-		{pgtest.WithParam(t, dsn, "tcp_user_timeout", "1000"), "5s", "1000"}, // tcp_user_timeout shows milliseconds
+		{dsn, "2500ms", "2500"},
+		{pgtest.WithParam(t, dsn, "tcp_user_timeout", "1000"), "2500ms", "1000"}, // tcp_user_timeout shows milliseconds
 	} {
 		s := open(t, tc.dsn)
 		var idle, user string
@@ -743,6 +743,54 @@ func TestPartitionTimeouts(t *testing.T) {
 		if idle != tc.idle || user != tc.user {
 			t.Errorf("idle_in_transaction_session_timeout %s, tcp_user_timeout %s; want %s and %s", idle, user, tc.idle, tc.user)
 		}
+	}
+}
+
+// TestCommitOutwaitsASilentReplica: a commit waiting for the row lock of
+// another replica's commit, cut off (silent) after a statement sent while
+// the first already waited, gets the lock when the database ends that
+// session, within its own timeout. With the session's timeout equal to the
+// call's, the waiting commit ran out first, and failed with its batch.
+func TestCommitOutwaitsASilentReplica(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	const timeout = 2 * time.Second
+	healthy, cut := open(t, dsn, pgstore.WithTimeout(timeout)), open(t, dsn, pgstore.WithTimeout(timeout))
+	ctx := t.Context()
+	if _, _, err := healthy.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := cut.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := healthy.Commit(ctx, []store.Webhook{
+			hook(at(1), delivery("r1", "e2", "SMS", "DELIVERED", at(1))),
+			hook(at(1), delivery("r2", "e3", "SMS", "SENT", at(1))),
+		})
+		done <- err
+	}()
+	awaitBlockedBy(t, connect(t, dsn), conn.Conn())
+	time.Sleep(timeout / 8) // the waiter's clock runs
+	if _, err := tx.Exec(ctx, `SELECT 1`); err != nil { // the cut replica's last statement
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the commit waiting for the silent session's lock: %v", err)
+	}
+	r, err := healthy.GetRequest(ctx, "r1")
+	if err != nil || r.GetRevision() != 2 {
+		t.Errorf("r1 after the wait: %v, %v; want revision 2", r, err)
 	}
 }
 
