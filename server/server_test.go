@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -401,6 +402,8 @@ func TestBadInput(t *testing.T) {
 		{"nothing recognisable", `{"hello":"world"}`, http.StatusBadRequest, "eventType"},
 		{"wrong type", `{"eventType":"DLR","data":{"requestId":5}}`, http.StatusBadRequest, "requestId"},
 		{"too large", huge, http.StatusRequestEntityTooLarge, "larger"},
+		{"timestamp not a time", strings.Replace(valid, `1764153000400`, `true`, 1), http.StatusBadRequest, "timestamp true is not a number"},
+		{"timestamp years ahead", strings.Replace(valid, `1764153000400`, `4102444800000`, 1), http.StatusBadRequest, "timestamp 4102444800000 is more than a day after"},
 	}
 	// Each body is sent with its length, and chunked (no length announced).
 	chunked := func(t *testing.T, body string) httpResult {
@@ -451,6 +454,33 @@ func TestBadInput(t *testing.T) {
 	}
 	if resp := ts.ingest(t, []byte(valid)); resp.GetDuplicates() != 1 {
 		t.Fatalf("valid body again: %v", resp)
+	}
+}
+
+// TestWebhookEncodings: a compressed body is refused saying so (it was 400
+// "not valid UTF-8"), and nothing of it is stored; a body that begins with
+// a byte order mark is read without it.
+func TestWebhookEncodings(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	body := []byte(`{"data":{"requestId":"encoded-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(body)
+	zw.Close()
+	r := ts.do(t, http.MethodPost, "/v1/webhooks/otpless", "", gz.Bytes(), "Content-Encoding", "gzip")
+	if r.code != http.StatusUnsupportedMediaType || !strings.Contains(string(r.body), `Content-Encoding \"gzip\" is not accepted`) {
+		t.Fatalf("gzip body: %d %s, want 415 naming the encoding", r.code, r.body)
+	}
+	if r := ts.get(t, "/v1/requests/encoded-req"); r.code != http.StatusNotFound {
+		t.Fatalf("GET after the gzip body: %d %s, want 404", r.code, r.body)
+	}
+	if r := ts.do(t, http.MethodPost, "/v1/webhooks/otpless", "", body, "Content-Encoding", "identity"); r.code != http.StatusOK {
+		t.Fatalf("identity: %d %s", r.code, r.body)
+	}
+	bom := append([]byte("\ufeff"), strings.Replace(string(body), "SENT", "DELIVERED", 1)...)
+	if r := ts.post(t, "/v1/webhooks/otpless", bom); r.code != http.StatusOK || !strings.Contains(string(r.body), `"stored":1`) {
+		t.Fatalf("body with a byte order mark: %d %s", r.code, r.body)
 	}
 }
 

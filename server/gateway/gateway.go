@@ -335,9 +335,17 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	if !admitted {
 		return
 	}
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		if pending { // a sender that sent no body it could sign failed
+			h.guard.Spend(h.guard.ClientAddr(r), true)
+		}
+		writeStatus(w, out, http.StatusUnsupportedMediaType,
+			status.New(codes.InvalidArgument, fmt.Sprintf("Content-Encoding %.40q is not accepted: send the body uncompressed", ce)))
+		return
+	}
 	body, err := readBody(w, r, h.maxBody)
 	if err != nil {
-		if pending { // a sender that sent no body it could sign failed
+		if pending {
 			h.guard.Spend(h.guard.ClientAddr(r), true)
 		}
 		var tooLarge *http.MaxBytesError
@@ -365,6 +373,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 			return
 		}
 	}
+	body = bytes.TrimPrefix(body, utf8BOM) // which RFC 8259 lets a reader ignore; after the signature, which covers it
 	req, err := normalize.Decode(body)
 	if err != nil {
 		errorHandler(ctx, h.mux, out, w, r, api.Status(err))
@@ -385,6 +394,8 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		h.log.LogAttrs(ctx, slog.LevelDebug, "writing webhook response", slog.Any("error", err))
 	}
 }
+
+var utf8BOM = []byte("\ufeff")
 
 // readBody reads a request body of at most max bytes. A body whose length
 // is announced is read into a slice of that size, in one piece; a chunked

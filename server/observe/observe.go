@@ -36,7 +36,7 @@ const namespace = "otpless_events"
 // Rejection reasons, the values of the reason label of
 // otpless_events_webhooks_rejected_total.
 const (
-	ReasonInvalidBody     = "invalid_body"    // not a JSON object readable as a webhook
+	ReasonInvalidBody     = "invalid_body"    // not a JSON object readable as a webhook, or compressed
 	ReasonUnrecognized    = "unrecognized"    // no eventType, status or notificationType
 	ReasonTooLarge        = "too_large"       // over --max-body-bytes
 	ReasonOverloaded      = "overloaded"      // write queue full
@@ -269,7 +269,7 @@ func reasonForCode(c codes.Code) string {
 // reasonForHTTP is reasonForCode for HTTP statuses of the webhook route.
 func reasonForHTTP(code int) string {
 	switch code {
-	case http.StatusBadRequest:
+	case http.StatusBadRequest, http.StatusUnsupportedMediaType:
 		return ReasonInvalidBody
 	case http.StatusRequestEntityTooLarge:
 		return ReasonTooLarge

@@ -782,7 +782,8 @@ func TestCommitOutwaitsASilentReplica(t *testing.T) {
 	}()
 	awaitBlockedBy(t, connect(t, dsn), conn.Conn())
 	time.Sleep(timeout / 8) // the waiter's clock runs
-	if _, err := tx.Exec(ctx, `SELECT 1`); err != nil { // the cut replica's last statement
+	// The cut replica's last statement.
+	if _, err := tx.Exec(ctx, `SELECT 1`); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
