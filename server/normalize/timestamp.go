@@ -46,11 +46,12 @@ var ErrNoTime = errors.New("no time")
 // ParseTime reads an OTPLESS timestamp: a number or a numeric string of
 // epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
 // magnitude; fractions are rounded to the microsecond, which is all a
-// float64 carries at these magnitudes), or an ISO 8601 / RFC 3339 string
-// (or HTTP's RFC 1123 date in GMT or with an offset). A value that holds no time is ErrNoTime;
-// another JSON type, an unreadable string, a time not after the Unix epoch
-// or after the year 9999 (which a google.protobuf.Timestamp cannot hold) is
-// an error saying so. The time returned is in UTC.
+// float64 carries at these magnitudes), an ISO 8601 / RFC 3339 string, or
+// HTTP's RFC 1123 date in GMT or with an offset. A value that holds no time
+// is ErrNoTime; another JSON type, an unreadable string, a time not after
+// the Unix epoch or after the year 9999 (which a google.protobuf.Timestamp
+// cannot hold) is an error saying so, worded to follow the value ("is not
+// …"). The time returned is in UTC.
 func ParseTime(v *structpb.Value) (time.Time, error) {
 	var (
 		t  time.Time
