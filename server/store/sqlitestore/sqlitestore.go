@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -349,6 +350,10 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 		if err := rows.Scan(&id, &body); err != nil {
 			rows.Close()
 			return nil, "", s.fail(ctx, op, err)
+		}
+		if !utf8.Valid(body) { // ingest stores only UTF-8: a damaged file, not a failure a retry could fix
+			rows.Close()
+			return nil, "", fmt.Errorf("sqlitestore: %s %q: the body of webhook %d is not UTF-8", op, requestID, id)
 		}
 		bodies[id] = string(body)
 	}
