@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/otpless-events/otpless-events/server/store"
@@ -70,10 +72,21 @@ type Writer struct {
 
 // item is one Submit waiting for its batch.
 type item struct {
-	ctx     context.Context
 	webhook store.Webhook
 	done    chan outcome // buffered: the writer never blocks on a caller
+	// state is queued until the writer takes the item into a commit or its
+	// caller gives up waiting, whichever comes first: a webhook taken is
+	// committed, and its caller waits for the outcome even once its
+	// context has ended, so that logs and metrics say what happened to it.
+	state atomic.Int32
 }
+
+// The states of an item.
+const (
+	queued int32 = iota
+	taken
+	abandoned
+)
 
 type outcome struct {
 	result store.Result
@@ -146,7 +159,7 @@ func (w *Writer) enqueue(ctx context.Context, webhook store.Webhook) (*item, err
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("groupcommit: submit: %w", err)
 	}
-	it := &item{ctx: ctx, webhook: webhook, done: make(chan outcome, 1)}
+	it := &item{webhook: webhook, done: make(chan outcome, 1)}
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	switch {
@@ -172,7 +185,11 @@ func (w *Writer) wait(ctx context.Context, it *item) (store.Result, error) {
 	case o := <-it.done:
 		return o.result, o.err
 	case <-ctx.Done():
-		return store.Result{}, fmt.Errorf("groupcommit: submit: waiting for the commit: %w", ctx.Err())
+		if it.state.CompareAndSwap(queued, abandoned) {
+			return store.Result{}, fmt.Errorf("groupcommit: submit: waiting for the commit: %w", ctx.Err())
+		}
+		o := <-it.done // in a commit already, which the store's timeouts bound
+		return o.result, o.err
 	}
 }
 
@@ -224,14 +241,14 @@ func (w *Writer) run(ctx context.Context) {
 			// is runnable it returns at once.
 			runtime.Gosched()
 			batch = w.fill(append(batch[:0], it))
-			w.commit(ctx, batch)
+			w.commit(ctx, take(batch))
 		case <-w.quit:
 			for {
 				batch = w.fill(batch[:0])
 				if len(batch) == 0 {
 					return
 				}
-				w.commit(ctx, batch)
+				w.commit(ctx, take(batch))
 			}
 		}
 	}
@@ -250,21 +267,21 @@ func (w *Writer) fill(batch []*item) []*item {
 	return batch
 }
 
-// commit commits the batch and answers every item of it exactly once.
-func (w *Writer) commit(ctx context.Context, batch []*item) {
-	// Callers that gave up are answered (nobody reads it) and left out.
-	live := make([]*item, 0, len(batch))
-	webhooks := make([]store.Webhook, 0, len(batch))
-	for _, it := range batch {
-		if err := it.ctx.Err(); err != nil {
-			it.done <- outcome{err: fmt.Errorf("groupcommit: submit: %w", err)}
-			continue
-		}
-		live = append(live, it)
-		webhooks = append(webhooks, it.webhook)
-	}
+// take marks the items of batch taken, leaving out those whose callers
+// gave up waiting, and returns the rest (in batch's memory).
+func take(batch []*item) []*item {
+	return slices.DeleteFunc(batch, func(it *item) bool { return !it.state.CompareAndSwap(queued, taken) })
+}
+
+// commit commits the batch of taken items and answers every item of it
+// exactly once.
+func (w *Writer) commit(ctx context.Context, live []*item) {
 	if len(live) == 0 {
 		return
+	}
+	webhooks := make([]store.Webhook, len(live))
+	for i, it := range live {
+		webhooks[i] = it.webhook
 	}
 
 	start := time.Now()

@@ -461,6 +461,27 @@ func TestSubmitContextCanceled(t *testing.T) {
 	}
 }
 
+// TestSubmitContextEndsInTheCommit: a caller whose context ends while its
+// webhook is in a commit gets the commit's outcome: the webhook is stored,
+// and the caller's logs and metrics must not say otherwise (they said "not
+// stored", and counted a rejection, of webhooks that were committed).
+func TestSubmitContextEndsInTheCommit(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	w := start(t, &fakeStore{hook: g.hook}, Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	first := submitAsync(ctx, w, webhook(0))
+	recv(t, g.entered, "the first commit")
+	cancel()
+	select {
+	case o := <-first:
+		t.Fatalf("Submit returned %+v while its webhook was in the commit", o)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(g.release)
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+}
+
 func TestOnCommitBeforeAnswer(t *testing.T) {
 	t.Parallel()
 	var (
