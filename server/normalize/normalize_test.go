@@ -214,7 +214,8 @@ func TestEventTime(t *testing.T) {
 }
 
 // TestEventTimeRefused checks that a time the body has but that cannot be
-// used is an error naming its field and value: were it replaced by the
+// used is an error naming its field (and its value, unless a string, which
+// may hold personal data): were it replaced by the
 // receive time, a delayed FAILED could end a request that went on on another
 // channel, and a time years ahead would stay the request's latest.
 func TestEventTimeRefused(t *testing.T) {
@@ -223,9 +224,8 @@ func TestEventTimeRefused(t *testing.T) {
 		{"negative", `{"status": "SENT", "timestamp": -1707743466000}`, `timestamp -1707743466000 is not epoch seconds`},
 		{"object", `{"status": "SENT", "timestamp": {"ms": 1707743466000}}`, `timestamp (an object) is not a number or a string`},
 		{"bool", `{"status": "SENT", "timestamp": true}`, `timestamp true is not a number or a string`},
-		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp "soon" is not epoch seconds`},
-		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp "Mon, 12 Feb 2024 13:11:19 IST" is not epoch seconds`},
-		{"long value cut", `{"status": "SENT", "timestamp": "` + strings.Repeat("9", 100) + `x"}`, `timestamp "` + strings.Repeat("9", 39) + `... is not`},
+		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp (a string) is not epoch seconds`},
+		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp (a string) is not epoch seconds`},
 		{"year 2100", `{"eventType": "DLR", "timestamp": 4102444800000, "data": {"status": "FAILED"}}`, `timestamp 4102444800000 is more than a day after the webhook arrived (2026-01-02T03:04:05Z)`},
 		{"a day and a millisecond ahead", fmt.Sprintf(`{"status": "SENT", "timestamp": %d}`, received.Add(normalize.MaxAhead+time.Millisecond).UnixMilli()), "more than a day after"},
 	}
