@@ -215,9 +215,9 @@ func TestEventTime(t *testing.T) {
 
 // TestEventTimeRefused checks that a time the body has but that cannot be
 // used is an error naming its field (and its value, unless a string, which
-// may hold personal data): were it replaced by the
-// receive time, a delayed FAILED could end a request that went on on another
-// channel, and a time years ahead would stay the request's latest.
+// may hold personal data): were it replaced by the receive time, a delayed
+// FAILED could end a request that went on on another channel, and a time
+// years ahead would stay the request's latest.
 func TestEventTimeRefused(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ name, body, err string }{
