@@ -1,19 +1,23 @@
 // Package pii knows which fields of the API's messages are personal data —
-// phone numbers, email addresses, delivery identities, the OTPLESS token and
-// raw webhook bodies — and removes them: from responses to callers that may
+// phone numbers, email addresses, delivery identities, the OTPLESS token,
+// raw webhook bodies, and the error messages delivery reports bring (free
+// text, in which a vendor may name the number it failed to reach) — and
+// removes them: from responses to callers that may
 // not see them, and from stored data once its retention has passed.
 //
 // It imports only the generated API types.
 package pii
 
 import (
+	"slices"
+
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
 // Request returns r without personal data. r is not changed: it may be
 // shared, e.g. with other watchers. The copy shares r's messages that hold
-// no personal data (times, fallbacks, failures), so neither r nor the copy
-// may be changed afterwards.
+// no personal data (times, fallbacks, errors without a message), so neither
+// r nor the copy may be changed afterwards.
 //
 // The copies here name every field but the personal ones: deep clones of
 // the messages sent to watchers were half of the watch streams'
@@ -32,7 +36,7 @@ func Request(r *eventsv1.AuthRequest) *eventsv1.AuthRequest {
 		TraceId:         r.TraceId,
 		ActiveChannel:   r.ActiveChannel,
 		Fallbacks:       r.Fallbacks,
-		Failures:        r.Failures,
+		Failures:        failures(r.Failures),
 		AuthMethod:      r.AuthMethod,
 		AuthChannels:    r.AuthChannels,
 		SuccessTime:     r.SuccessTime,
@@ -53,7 +57,7 @@ func Request(r *eventsv1.AuthRequest) *eventsv1.AuthRequest {
 				Read:      ch.Read,
 				Clicked:   ch.Clicked,
 				Failed:    ch.Failed,
-				Error:     ch.Error,
+				Error:     errorInfo(ch.Error),
 			}
 		}
 	}
@@ -73,7 +77,7 @@ func Events(events []*eventsv1.Event) []*eventsv1.Event {
 			Channel:       e.Channel,
 			FromChannel:   e.FromChannel,
 			ToChannel:     e.ToChannel,
-			Error:         e.Error,
+			Error:         errorInfo(e.Error),
 			AuthMethod:    e.AuthMethod,
 			AuthChannels:  e.AuthChannels,
 			AuthSessionId: e.AuthSessionId,
@@ -86,15 +90,44 @@ func Events(events []*eventsv1.Event) []*eventsv1.Event {
 	return out
 }
 
+// failures returns fs with their errors' messages removed, fs itself when
+// none has one.
+func failures(fs []*eventsv1.Failure) []*eventsv1.Failure {
+	if !slices.ContainsFunc(fs, func(f *eventsv1.Failure) bool { return f.GetError().GetMessage() != "" }) {
+		return fs
+	}
+	out := make([]*eventsv1.Failure, len(fs))
+	for i, f := range fs {
+		out[i] = &eventsv1.Failure{Channel: f.Channel, Error: errorInfo(f.Error), Time: f.Time}
+	}
+	return out
+}
+
+// errorInfo returns e without its message: e itself when it has none, nil
+// when nothing else is left.
+func errorInfo(e *eventsv1.ErrorInfo) *eventsv1.ErrorInfo {
+	switch {
+	case e.GetMessage() == "":
+		return e
+	case e.Code == "" && e.Description == "" && e.Retriable == eventsv1.Retriable_RETRIABLE_UNSPECIFIED:
+		return nil
+	}
+	return &eventsv1.ErrorInfo{Code: e.Code, Description: e.Description, Retriable: e.Retriable}
+}
+
 // StripRequest removes personal data from r in place.
 func StripRequest(r *eventsv1.AuthRequest) {
 	r.Phone, r.Email, r.Token = nil, "", ""
 	for _, ch := range r.GetChannels() {
-		ch.Identity = ""
+		ch.Identity, ch.Error = "", errorInfo(ch.Error)
+	}
+	for _, f := range r.GetFailures() {
+		f.Error = errorInfo(f.Error)
 	}
 }
 
 // StripEvent removes personal data and the raw body from e in place.
 func StripEvent(e *eventsv1.Event) {
 	e.Phone, e.Email, e.Identity, e.Token, e.RawBody = nil, "", "", "", ""
+	e.Error = errorInfo(e.Error)
 }

@@ -42,6 +42,40 @@ func TestRequestAndEvents(t *testing.T) {
 	}
 }
 
+// An error's message is free text from the sender ("Mobile Number
+// 919812345678 not OPT-IN"): removed, with the code and what it means kept;
+// an error that was only a message goes.
+func TestErrorMessages(t *testing.T) {
+	t.Parallel()
+	coded := &eventsv1.ErrorInfo{Code: "033", Message: "Mobile Number 919812345678 not OPT-IN", Description: "Mobile Number not OPT-IN", Retriable: eventsv1.Retriable_RETRIABLE_AFTER_OPT_IN}
+	bare := &eventsv1.ErrorInfo{Message: "failed for a@b.co"}
+	r := &eventsv1.AuthRequest{
+		Channels: []*eventsv1.ChannelProgress{{Channel: "WHATSAPP", Error: coded}, {Channel: "SMS", Error: bare}},
+		Failures: []*eventsv1.Failure{{Channel: "WHATSAPP", Error: coded}, {Channel: "SMS", Error: bare}},
+	}
+	wantCoded := &eventsv1.ErrorInfo{Code: "033", Description: "Mobile Number not OPT-IN", Retriable: eventsv1.Retriable_RETRIABLE_AFTER_OPT_IN}
+	red := Request(r)
+	for i, got := range []*eventsv1.ErrorInfo{red.Channels[0].Error, red.Failures[0].Error} {
+		if !proto.Equal(got, wantCoded) {
+			t.Errorf("error %d: %v, want %v", i, got, wantCoded)
+		}
+	}
+	if red.Channels[1].Error != nil || red.Failures[1].Error != nil {
+		t.Errorf("an error that was only a message: %v, %v; want none", red.Channels[1].Error, red.Failures[1].Error)
+	}
+	if coded.Message == "" || bare.Message == "" {
+		t.Fatal("Request changed its input")
+	}
+	if e := Events([]*eventsv1.Event{{Error: coded}, {Error: bare}}); !proto.Equal(e[0].Error, wantCoded) || e[1].Error != nil {
+		t.Errorf("Events: %v, %v", e[0].Error, e[1].Error)
+	}
+	ev := &eventsv1.Event{Error: proto.CloneOf(coded)}
+	StripEvent(ev)
+	if !proto.Equal(ev.Error, wantCoded) {
+		t.Errorf("StripEvent: %v, want %v", ev.Error, wantCoded)
+	}
+}
+
 // Request and Events remove what StripRequest and StripEvent remove and
 // keep every other field, however the messages are filled, and change
 // nothing in their input.

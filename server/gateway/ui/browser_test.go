@@ -314,12 +314,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		const id = "d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8"
 		long := strings.Repeat("0123456789abcdef", 25) // no place to break a line
-		ts.Ingest(t, []byte(`{"status":"FAILED","data":{"referenceId":"`+id+`","timestamp":1707743479000,"channel":"WHATSAPP","errorCode":"003","errorMessage":"`+long+`"}}`))
+		ts.Ingest(t, []byte(`{"status":"FAILED","data":{"referenceId":"`+id+`","timestamp":1707743479000,"channel":"`+long+`","errorCode":"003"}}`))
 		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
 		p.waitRevision(1)
 		wide, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
 		if err != nil || wide {
-			t.Errorf("a long error message makes the page wider than the window (%v)", err)
+			t.Errorf("a long channel name makes the page wider than the window (%v)", err)
 		}
 		for expr, want := range map[string]string{
 			`since('2025-01-01T00:00:02.100Z', '2025-01-01T00:00:00Z')`: "+2.1 s",

@@ -92,16 +92,13 @@ function humanize(s) {
 }
 
 // errorText puts a failure in words: the documented meaning, the code, and
-// whether retrying can help.
+// whether retrying can help. (A watch token never shows OTPLESS's message,
+// which may name the user's number.)
 function errorText(err) {
   if (!err) return '';
-  const words = err.description || err.message || 'unknown failure';
+  const words = err.description || 'unknown failure';
   const parts = [err.code ? `code ${err.code}` : null, RETRIABLE[err.retriable]].filter(Boolean);
-  let text = parts.length ? `${words} (${parts.join(', ')})` : words;
-  if (err.message && err.description && err.message.toLowerCase() !== err.description.toLowerCase()) {
-    text += ` — OTPLESS said “${err.message}”`;
-  }
-  return text;
+  return parts.length ? `${words} (${parts.join(', ')})` : words;
 }
 
 // describe puts one event in words.
