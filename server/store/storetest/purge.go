@@ -16,8 +16,10 @@ func testPurgePII(t *testing.T, su suite) {
 	if !ok {
 		t.Fatalf("%T does not implement store.Purger (declare an exception if it cannot)", s)
 	}
+	failed := delivery("r1", "e-failed", "WHATSAPP", "FAILED", at(50))
+	failed.Error = &eventsv1.ErrorInfo{Code: "033", Message: "+919800000000 not opted in"}
 	old := hookBody(`{"old":"+919800000000"}`, t0,
-		auth("r1", "e-init", "INITIATED", at(0)),
+		auth("r1", "e-init", "INITIATED", at(0)), failed,
 		delivery("r1", "e-sent", "SMS", "SENT", at(100)))
 	recent := hookBody(`{"recent":"+919800000000"}`, t0.Add(2*time.Hour),
 		delivery("r1", "e-delivered", "SMS", "DELIVERED", at(200)))
@@ -29,7 +31,7 @@ func testPurgePII(t *testing.T, su suite) {
 	if err != nil || n != 1 {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
 	}
-	events := checkAfterPurge(t, s, "r1", before, 3, func(e *eventsv1.Event) bool { return e.GetEventId() != "e-delivered" })
+	events := checkAfterPurge(t, s, "r1", before, 4, func(e *eventsv1.Event) bool { return e.GetEventId() != "e-delivered" })
 	for _, e := range events {
 		if e.GetStatus() == "" || e.GetEventTime() == nil {
 			t.Errorf("event %s lost its status history: %v", e.GetEventId(), e)
@@ -41,6 +43,9 @@ func testPurgePII(t *testing.T, su suite) {
 	}
 	if after.GetPhone() != nil {
 		t.Errorf("snapshot keeps the phone of a purged event: %v", after.GetPhone())
+	}
+	if f := after.GetFailures(); len(f) != 1 || f[0].GetError().GetCode() != "033" || f[0].GetError().GetMessage() != "" {
+		t.Errorf("snapshot's failures after the purge: %v; want one of code 033, without its message", f)
 	}
 	checkNothingLeft(t, p, t0.Add(time.Hour))
 }
@@ -139,7 +144,7 @@ func checkNothingLeft(t *testing.T, p store.Purger, cutoff time.Time) {
 // purged, and keeps it when not.
 func checkPurged(t *testing.T, e *eventsv1.Event, purged bool) {
 	t.Helper()
-	hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil
+	hasPII := e.GetRawBody() != "" || e.GetIdentity() != "" || e.GetPhone() != nil || e.GetError().GetMessage() != ""
 	if purged == hasPII {
 		t.Errorf("%s/%s (received %v, purged %t): raw body %q, identity %q, phone %v",
 			e.GetRequestId(), e.GetEventId(), e.GetReceiveTime().AsTime(), purged, e.GetRawBody(), e.GetIdentity(), e.GetPhone())
