@@ -1,7 +1,9 @@
 package normalize_test
 
 import (
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/normalize"
@@ -30,5 +32,24 @@ func TestErrorInfo(t *testing.T) {
 		if got := normalize.ErrorInfo(tt.code, tt.message); !proto.Equal(got, tt.want) {
 			t.Errorf("ErrorInfo(%q, %q) = %v, want %v", tt.code, tt.message, got, tt.want)
 		}
+	}
+}
+
+// A long message is cut at MaxErrorMessage bytes, on a character boundary:
+// five 900 KB messages made a snapshot no gRPC client could read.
+func TestErrorInfoLongMessage(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("ab", normalize.MaxErrorMessage)
+	got := normalize.ErrorInfo("003", long).GetMessage()
+	if want := long[:normalize.MaxErrorMessage] + "…"; got != want {
+		t.Errorf("message of %d bytes kept as %d bytes %q…, want %d", len(long), len(got), got[:20], len(want))
+	}
+	odd := "x" + strings.Repeat("é", normalize.MaxErrorMessage) // the cut falls inside an "é"
+	got = normalize.ErrorInfo("", odd).GetMessage()
+	if !utf8.ValidString(got) || len(got) != normalize.MaxErrorMessage-1+len("…") {
+		t.Errorf("cut inside a character: %d bytes, valid UTF-8 %t", len(got), utf8.ValidString(got))
+	}
+	if short := strings.Repeat("a", normalize.MaxErrorMessage); normalize.ErrorInfo("", short).GetMessage() != short {
+		t.Error("a message of MaxErrorMessage bytes was cut")
 	}
 }
