@@ -202,7 +202,8 @@ type ErrorInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The failure code as sent, e.g. "033".
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	// The failure text as sent.
+	// The failure text as sent, cut to 1 KiB (the raw body has all of it).
+	// Personal data: it may name the number a vendor failed to reach.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The documented meaning of the code, when the code is known.
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
