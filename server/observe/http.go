@@ -94,7 +94,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	attrs = append(attrs,
 		slog.String("request_id", c.requestID),
 		slog.String("method", r.Method),
-		slog.String("path", logPath(r.URL.Path)),
+		slog.String("path", logPath(r.URL.Path, code == http.StatusNotFound)),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
 		slog.Int64("bytes", rw.bytes),
@@ -136,10 +136,17 @@ func isWebhookKeyPath(path string) bool {
 	return ok && key != "" && !strings.Contains(key, "/")
 }
 
+// minWebhookKeyLen is the length of the shortest webhook key (package auth
+// refuses shorter ones).
+const minWebhookKeyLen = 16
+
 // logPath is the path as logged: what follows the webhook route's
 // segments, wherever they are (a base URL ending in "/", a proxy's prefix,
 // another case), replaced by its fingerprint, since it may be a webhook key.
-func logPath(p string) string {
+// In the path of a 404 outside the request routes, so is every segment as
+// long as a webhook key: a mistyped webhook URL ("/v1/webhook/otpless/…")
+// has its key somewhere.
+func logPath(p string, notFound bool) string {
 	const route = "/webhooks/otpless/"
 	clean := path.Clean(p)
 	if i := strings.Index(asciiLower(clean), route); i >= 0 {
@@ -147,7 +154,16 @@ func logPath(p string) string {
 			return clean[:i+len(route)] + MaskToken(key)
 		}
 	}
-	return p
+	if !notFound || strings.HasPrefix(p, "/v1/requests/") {
+		return p
+	}
+	segments := strings.Split(p, "/")
+	for i, s := range segments {
+		if len(s) >= minWebhookKeyLen {
+			segments[i] = MaskToken(s)
+		}
+	}
+	return strings.Join(segments, "/")
 }
 
 // asciiLower lowers A to Z alone, so that every byte keeps its offset
