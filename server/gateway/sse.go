@@ -254,7 +254,11 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 			ev.status(status.Convert(err))
 		}
 		ev.close(ctx.Err() == nil)
-		h.log.LogAttrs(ctx, slog.LevelDebug, "watch stream ended", slog.String("request_id", id), slog.Any("error", cmp.Or(ev.err, err)))
+		attrs := []slog.Attr{slog.String("otpless_request_id", id)} // request_id is the HTTP request's, in the access log
+		if err := cmp.Or(ev.err, err); err != nil {
+			attrs = append(attrs, slog.Any("error", err))
+		}
+		h.log.LogAttrs(ctx, slog.LevelDebug, "watch stream ended", attrs...)
 	}()
 	if err := <-first; err != nil {
 		fail(err)

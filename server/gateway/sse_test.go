@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,8 +57,10 @@ func startGateway(t *testing.T, watch watchFunc, opts gateway.Options) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opts.Logger = log
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	log := opts.Logger
 	opts.Watch = gateway.InProcess(fake)
 	h, err := gateway.New(t.Context(), conn, api.NewWebhookServer(failingIngester{}, log), opts)
 	if err != nil {
@@ -450,5 +454,58 @@ func TestStatusPageIsServed(t *testing.T) {
 				t.Errorf("page served without its CSP and referrer policy: %v", resp.Header)
 			}
 		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's writes and a test's
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The line a watch stream's end logs names the OTPLESS request id as the
+// access log does (otpless_request_id: request_id is the HTTP request's),
+// and has no error when it ended without one (it said error=<nil>).
+func TestWatchStreamEndLogLine(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	url := startGateway(t, func(req *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		return s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 3, eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS))
+	}, gateway.Options{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	st := openSSE(t, testContext(t), url+"/v1/requests/r1:watch", nil)
+	if ev := st.nextEvent(t); ev.Event != "snapshot" {
+		t.Fatalf("first event %q", ev.Event)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "watch stream ended") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line for the stream's end in %s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for line := range strings.Lines(logs.String()) {
+		if !strings.Contains(line, "watch stream ended") {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec["otpless_request_id"] != "r1" || rec["request_id"] != nil || rec["error"] != nil {
+			t.Errorf("line %s: want otpless_request_id r1, and neither request_id nor error", line)
+		}
 	}
 }
