@@ -62,3 +62,35 @@ func TestHandler(t *testing.T) {
 		t.Fatalf("POST: %d, want 405", post.StatusCode)
 	}
 }
+
+// The document says how each route authenticates, so that clients
+// generated from it send their credentials: a bearer credential for the
+// request routes, HTTP Basic for the webhook route.
+func TestDocumentNamesCredentials(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		SecurityDefinitions map[string]struct{ Type, In, Name string }
+		Security            []map[string][]string
+		Paths               map[string]map[string]struct{ Security []map[string][]string }
+	}
+	if err := json.Unmarshal(openapi.Document(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if b := doc.SecurityDefinitions["bearer"]; b.Type != "apiKey" || b.In != "header" || b.Name != "Authorization" {
+		t.Errorf("bearer: %+v, want an apiKey in the Authorization header", b)
+	}
+	if doc.SecurityDefinitions["basic"].Type != "basic" {
+		t.Errorf("basic: %+v", doc.SecurityDefinitions["basic"])
+	}
+	if len(doc.Security) != 1 || doc.Security[0]["bearer"] == nil {
+		t.Errorf("the document's security %v, want bearer", doc.Security)
+	}
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			webhook := path == "/v1/webhooks/otpless"
+			if overrides := op.Security != nil; overrides != webhook || (webhook && op.Security[0]["basic"] == nil) {
+				t.Errorf("%s %s: security %v", method, path, op.Security)
+			}
+		}
+	}
+}

@@ -7,6 +7,7 @@
 package eventsv1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -1209,7 +1210,7 @@ var File_otpless_events_v1_request_proto protoreflect.FileDescriptor
 
 const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\n" +
-	"\x1fotpless/events/v1/request.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dotpless/events/v1/event.proto\"P\n" +
+	"\x1fotpless/events/v1/request.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dotpless/events/v1/event.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"P\n" +
 	"\x04Step\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\aimplied\x18\x02 \x01(\bR\aimplied\"\xab\x03\n" +
@@ -1312,7 +1313,14 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/requests/{request_id}\x12\x98\x01\n" +
 	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x8a\x01\n" +
 	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\x9c\x01\n" +
-	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xd4\x01\n" +
+	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xf6\x04\x92A\x9e\x03Z\x8d\x03\n" +
+	"\xc8\x01\n" +
+	"\x05basic\x12\xbe\x01\b\x01\x12\xb9\x01The webhook route's HTTP Basic credentials. OTPLESS may instead be given the URL with the key in it, POST /v1/webhooks/otpless/{key}, which takes the same body and answers the same way.\n" +
+	"\xbf\x01\n" +
+	"\x06bearer\x12\xb4\x01\b\x02\x12\x9e\x01\"Bearer \" and an API key (with the scope the route needs), or a watch token from CreateWatchToken. The watch route also takes a watch token as ?access_token=.\x1a\rAuthorization \x02b\f\n" +
+	"\n" +
+	"\n" +
+	"\x06bearer\x12\x00\n" +
 	"\x15com.otpless.events.v1B\fRequestProtoP\x01ZGgithub.com/otpless-events/otpless-events/gen/otpless/events/v1;eventsv1\xa2\x02\x03OEX\xaa\x02\x11Otpless.Events.V1\xca\x02\x11Otpless\\Events\\V1\xe2\x02\x1dOtpless\\Events\\V1\\GPBMetadata\xea\x02\x13Otpless::Events::V1b\x06proto3"
 
 var (

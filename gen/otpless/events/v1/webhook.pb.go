@@ -7,6 +7,7 @@
 package eventsv1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -675,7 +676,7 @@ var File_otpless_events_v1_webhook_proto protoreflect.FileDescriptor
 
 const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\n" +
-	"\x1fotpless/events/v1/webhook.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dotpless/events/v1/event.proto\"\xf0\x02\n" +
+	"\x1fotpless/events/v1/webhook.proto\x12\x11otpless.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dotpless/events/v1/event.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xf0\x02\n" +
 	"\rIngestRequest\x122\n" +
 	"\x04data\x18\x01 \x01(\v2\x1e.otpless.events.v1.WebhookDataR\x04data\x12\x1d\n" +
 	"\n" +
@@ -735,9 +736,11 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x120\n" +
-	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x80\x01\n" +
-	"\x0eWebhookService\x12n\n" +
-	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/webhooks/otplessB\xd4\x01\n" +
+	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x90\x01\n" +
+	"\x0eWebhookService\x12~\n" +
+	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"/\x92A\rb\v\n" +
+	"\t\n" +
+	"\x05basic\x12\x00\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/webhooks/otplessB\xd4\x01\n" +
 	"\x15com.otpless.events.v1B\fWebhookProtoP\x01ZGgithub.com/otpless-events/otpless-events/gen/otpless/events/v1;eventsv1\xa2\x02\x03OEX\xaa\x02\x11Otpless.Events.V1\xca\x02\x11Otpless\\Events\\V1\xe2\x02\x1dOtpless\\Events\\V1\\GPBMetadata\xea\x02\x13Otpless::Events::V1b\x06proto3"
 
 var (
