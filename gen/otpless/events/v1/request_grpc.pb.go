@@ -45,7 +45,8 @@ type RequestServiceClient interface {
 	// WatchRequest streams a request's state: first the current snapshot (also
 	// for a request nothing is known about yet, at revision 0), then one
 	// message per change, heartbeats while quiet, and it ends with OK after
-	// the terminal snapshot (SUCCESS) or, when the server's maximum watch
+	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
+	// revision, after one HEARTBEAT) or, when the server's maximum watch
 	// duration passes, after a RECONNECT message.
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
@@ -133,7 +134,8 @@ type RequestServiceServer interface {
 	// WatchRequest streams a request's state: first the current snapshot (also
 	// for a request nothing is known about yet, at revision 0), then one
 	// message per change, heartbeats while quiet, and it ends with OK after
-	// the terminal snapshot (SUCCESS) or, when the server's maximum watch
+	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
+	// revision, after one HEARTBEAT) or, when the server's maximum watch
 	// duration passes, after a RECONNECT message.
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
