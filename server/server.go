@@ -265,7 +265,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = slog.New(observe.MaskingHandler(log.Handler()))
+	log = slog.New(observe.MaskingHandler(observe.RequestIDHandler(log.Handler())))
 	s := &Server{cfg: cfg, log: log, obs: observe.New(log.With("component", "access"))}
 	ok := false
 	defer func() {

@@ -280,7 +280,7 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 func (h *watchHandler) runWatch(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			h.log.LogAttrs(ctx, slog.LevelError, "event stream panicked", slog.String("request_id", req.GetRequestId()),
+			h.log.LogAttrs(ctx, slog.LevelError, "event stream panicked", slog.String("otpless_request_id", req.GetRequestId()),
 				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 			err = status.Error(codes.Internal, "internal error")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 )
@@ -75,4 +76,37 @@ func validRequestID(id string) bool {
 		}
 	}
 	return true
+}
+
+// RequestIDHandler wraps h so that a line logged with the context of a
+// call (LogAttrs(ctx, …) in a handler, or anything it calls) carries the
+// call's request_id, when it has none of its own: "webhook not stored"
+// and the like can then be matched with their request's line.
+func RequestIDHandler(h slog.Handler) slog.Handler { return requestIDHandler{h} }
+
+type requestIDHandler struct{ h slog.Handler }
+
+func (r requestIDHandler) Enabled(ctx context.Context, l slog.Level) bool { return r.h.Enabled(ctx, l) }
+
+func (r requestIDHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if id := RequestID(ctx); id != "" {
+		has := false
+		rec.Attrs(func(a slog.Attr) bool {
+			has = a.Key == "request_id"
+			return !has
+		})
+		if !has {
+			rec = rec.Clone()
+			rec.AddAttrs(slog.String("request_id", id))
+		}
+	}
+	return r.h.Handle(ctx, rec)
+}
+
+func (r requestIDHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return requestIDHandler{r.h.WithAttrs(attrs)}
+}
+
+func (r requestIDHandler) WithGroup(name string) slog.Handler {
+	return requestIDHandler{r.h.WithGroup(name)}
 }
