@@ -57,12 +57,42 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 		if err := CheckRequestID(e.GetRequestId()); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
 		}
+		if err := checkLengths(e); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
+		}
 		e.Format = format
 		e.EventTime = timestamppb.New(t)
 		e.ReceiveTime = timestamppb.New(received)
 		e.EventId = eventID(e, t, timed)
 	}
 	return events, nil
+}
+
+// MaxFieldLen bounds every other text an event keeps from the body but the
+// error message (which is cut: MaxErrorMessage): OTPLESS's are short, and a
+// request's snapshot holds several of each, which gRPC clients read whole
+// (4 MiB at most by default).
+const MaxFieldLen = 4 << 10
+
+// checkLengths refuses an event with a text longer than MaxFieldLen, naming
+// its field.
+func checkLengths(e *eventsv1.Event) error {
+	for _, f := range [...]struct{ name, v string }{
+		{"status", e.GetStatus()}, {"channel", e.GetChannel()}, {"fromChannel", e.GetFromChannel()}, {"toChannel", e.GetToChannel()},
+		{"errorCode", e.GetError().GetCode()}, {"method", e.GetAuthMethod()}, {"identity", e.GetIdentity()}, {"email", e.GetEmail()},
+		{"token", e.GetToken()}, {"authSessionId", e.GetAuthSessionId()}, {"traceId", e.GetTraceId()},
+		{"phoneNumber", e.GetPhone().GetPhoneNumber()}, {"countryCode", e.GetPhone().GetCountryCode()},
+	} {
+		if len(f.v) > MaxFieldLen {
+			return fmt.Errorf("%s is longer than 4 KiB", f.name)
+		}
+	}
+	for _, c := range e.GetAuthChannels() {
+		if len(c) > MaxFieldLen {
+			return errors.New("a channel of authenticationDetails is longer than 4 KiB")
+		}
+	}
+	return nil
 }
 
 // MaxRequestIDLen bounds request ids: OTPLESS's are 32 hex digits, and

@@ -556,3 +556,39 @@ func TestAuthChannelsBounded(t *testing.T) {
 		t.Errorf("one name repeated: %v, %v", events, err)
 	}
 }
+
+// TestFieldLengthsBounded checks that an event keeps no text longer than
+// MaxFieldLen, naming the field: five FAILED reports with 900 KB error codes
+// made a snapshot no gRPC client could read (the gateway answered 429).
+func TestFieldLengthsBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", normalize.MaxFieldLen+1)
+	ok := strings.Repeat("x", normalize.MaxFieldLen)
+	for _, tc := range []struct{ name, body, field string }{
+		{"error code", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "channel": "SMS", "errorCode": "%s"}}`, "errorCode"},
+		{"channel", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "SENT", "channel": "%s"}}`, "channel"},
+		{"to channel", `{"eventType": "AUTH", "data": {"requestId": "r1", "status": "FALLBACK", "fromChannel": "SMS", "toChannel": "%s"}}`, "toChannel"},
+		{"status", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "%s"}}`, "status"},
+		{"identity", `{"status": "SENT", "data": {"referenceId": "r1", "identity": "%s"}}`, "identity"},
+		{"token", `{"notificationType": "APPROVAL_ACTION", "requestId": "r1", "token": "%s"}`, "token"},
+		{"auth channel", `{"eventType": "AUTH", "data": {"status": "INITIATED", "authenticationDetails": {"phone": {"requestId": "r1", "channel": ["%s"]}}}}`, "channel of authenticationDetails"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			events := func(v string) error {
+				req, err := normalize.Decode(fmt.Appendf(nil, tc.body, v))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = normalize.Events(req, received)
+				return err
+			}
+			if err := events(long); !errors.Is(err, normalize.ErrInvalidBody) || !strings.Contains(err.Error(), tc.field+" is longer than 4 KiB") {
+				t.Errorf("%s of %d bytes: %v, want ErrInvalidBody naming it", tc.field, len(long), err)
+			}
+			if err := events(ok); err != nil {
+				t.Errorf("%s of %d bytes: %v", tc.field, len(ok), err)
+			}
+		})
+	}
+}
