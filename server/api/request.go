@@ -283,10 +283,8 @@ func (s *RequestServer) CreateWatchToken(ctx context.Context, req *eventsv1.Crea
 	}
 	ttl := auth.DefaultWatchTokenTTL
 	if req.GetTtl() != nil {
-		// A token's expiry is kept in whole seconds: under a second it
-		// would be minted expired.
-		if err := req.GetTtl().CheckValid(); err != nil || req.GetTtl().AsDuration() < time.Second {
-			return nil, status.Error(codes.InvalidArgument, "ttl must be at least 1s")
+		if err := req.GetTtl().CheckValid(); err != nil || req.GetTtl().AsDuration() <= 0 {
+			return nil, status.Error(codes.InvalidArgument, "ttl must be a positive duration")
 		}
 		ttl = min(req.GetTtl().AsDuration(), auth.MaxWatchTokenTTL)
 	}

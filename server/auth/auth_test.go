@@ -88,6 +88,28 @@ func TestAuthenticate(t *testing.T) {
 	}
 }
 
+// A token lives at least its ttl, whatever the fraction of a second it is
+// minted at (its expiry is whole seconds): rounded down, a 1 s token minted
+// at x.999 s lived 1 ms.
+func TestWatchTokenLivesItsTTL(t *testing.T) {
+	t.Parallel()
+	signer, _ := NewTokenSigner([][]byte{[]byte("old-key-old-key-old-key-old-key-!")})
+	for _, frac := range []time.Duration{0, time.Nanosecond, 999 * time.Millisecond, time.Second - time.Nanosecond} {
+		for _, ttl := range []time.Duration{time.Nanosecond, time.Second, 10 * time.Minute} {
+			minted := time.Unix(1_800_000_000, 0).Add(frac)
+			signer.now = func() time.Time { return minted }
+			tok, exp := signer.Mint("req-a", ttl)
+			if exp.Before(minted.Add(ttl)) || !exp.Before(minted.Add(ttl+time.Second)) || exp.Nanosecond() != 0 {
+				t.Errorf("minted at +%v with ttl %v: expires %v, want the first whole second not before %v", frac, ttl, exp, minted.Add(ttl))
+			}
+			signer.now = func() time.Time { return minted.Add(ttl - time.Nanosecond) }
+			if _, err := signer.Verify(tok); err != nil {
+				t.Errorf("minted at +%v with ttl %v, verified before its ttl ran out: %v", frac, ttl, err)
+			}
+		}
+	}
+}
+
 func TestWatchTokens(t *testing.T) {
 	t.Parallel()
 	old := []byte("old-key-old-key-old-key-old-key-!")

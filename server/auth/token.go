@@ -50,7 +50,8 @@ type tokenClaims struct {
 
 // Mint returns a token for requestID that expires after ttl.
 func (s *TokenSigner) Mint(requestID string, ttl time.Duration) (string, time.Time) {
-	exp := s.now().Add(ttl).Truncate(time.Second)
+	// Whole seconds, rounded up: a token lives at least ttl.
+	exp := s.now().Add(ttl + time.Second - 1).Truncate(time.Second)
 	payload, _ := json.Marshal(tokenClaims{RequestID: requestID, Expires: exp.Unix()}) // cannot fail
 	signed := tokenPrefix + base64.RawURLEncoding.EncodeToString(payload)
 	return signed + "." + base64.RawURLEncoding.EncodeToString(s.sign(s.keys[0], signed)), exp

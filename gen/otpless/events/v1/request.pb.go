@@ -1101,8 +1101,8 @@ type CreateWatchTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The OTPLESS request id the token is bound to.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// How long the token lives: default 10 minutes, at least 1 second, at
-	// most 1 hour.
+	// How long the token lives: default 10 minutes, at most 1 hour. Its
+	// expiry is a whole second, rounded up.
 	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
