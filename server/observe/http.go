@@ -94,7 +94,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	attrs = append(attrs,
 		slog.String("request_id", c.requestID),
 		slog.String("method", r.Method),
-		slog.String("path", logPath(r.URL.Path, code == http.StatusNotFound)),
+		slog.String("path", logPath(r.URL.Path, code >= 400 && route != "request" && route != "events" && route != "watch")),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
 		slog.Int64("bytes", rw.bytes),
@@ -143,10 +143,10 @@ const minWebhookKeyLen = 16
 // logPath is the path as logged: what follows the webhook route's
 // segments, wherever they are (a base URL ending in "/", a proxy's prefix,
 // another case), replaced by its fingerprint, since it may be a webhook key.
-// In the path of a 404 outside the request routes, so is every segment as
-// long as a webhook key: a mistyped webhook URL ("/v1/webhook/otpless/…")
-// has its key somewhere.
-func logPath(p string, notFound bool) string {
+// When segments is set (an error answer outside the request routes), so
+// is every segment as long as a webhook key: a mistyped webhook URL
+// ("/v1/webhook/otpless/…") has its key somewhere.
+func logPath(p string, segments bool) string {
 	const route = "/webhooks/otpless/"
 	clean := path.Clean(p)
 	if i := strings.Index(asciiLower(clean), route); i >= 0 {
@@ -154,16 +154,16 @@ func logPath(p string, notFound bool) string {
 			return clean[:i+len(route)] + MaskToken(key)
 		}
 	}
-	if !notFound || strings.HasPrefix(p, "/v1/requests/") {
+	if !segments {
 		return p
 	}
-	segments := strings.Split(p, "/")
-	for i, s := range segments {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
 		if len(s) >= minWebhookKeyLen {
-			segments[i] = MaskToken(s)
+			parts[i] = MaskToken(s)
 		}
 	}
-	return strings.Join(segments, "/")
+	return strings.Join(parts, "/")
 }
 
 // asciiLower lowers A to Z alone, so that every byte keeps its offset

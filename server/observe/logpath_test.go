@@ -1,6 +1,11 @@
 package observe
 
 import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -34,26 +39,36 @@ func TestLogPathMasksWebhookKeys(t *testing.T) {
 	}
 }
 
-// In the path of a 404, a mistyped webhook URL's key is logged as its
-// fingerprint too; the request routes' ids, and the paths of answers other
-// than 404, are kept.
-func TestLogPathOfNotFound(t *testing.T) {
+// In the path of an error answer outside the request routes, a mistyped
+// webhook URL's key is logged as its fingerprint too; the request routes'
+// ids, and the paths of other answers, are kept.
+func TestLogPathOfErrors(t *testing.T) {
 	const key = "whk_Lh8kQ0secretsecretsecret"
 	for _, tc := range []struct {
-		path     string
-		notFound bool
-		want     string
+		method, path string
+		code         int
+		want         string
 	}{
-		{"/v1/webhook/otpless/" + key, true, "/v1/webhook/otpless/" + MaskToken(key)},
-		{"/v1/webhooks/otpless;x/" + key, true, "/v1/webhooks/otpless;x/" + MaskToken(key)},
-		{"/" + key, true, "/" + MaskToken(key)},
-		{"/v1/webhooks/otpless%2F" + key, true, "/v1/webhooks/" + MaskToken("otpless%2F"+key)},
-		{"/v1/requests/0123456789abcdef0123456789abcdef", true, "/v1/requests/0123456789abcdef0123456789abcdef"},
-		{"/ui/app.js", true, "/ui/app.js"},
-		{"/somewhere/averyveryverylongsegment", false, "/somewhere/averyveryverylongsegment"},
+		{"POST", "/v1/webhook/otpless/" + key, 404, "/v1/webhook/otpless/" + MaskToken(key)},
+		{"POST", "/v1/webhooks/otpless;x/" + key, 404, "/v1/webhooks/otpless;x/" + MaskToken(key)},
+		{"POST", "/" + key, 404, "/" + MaskToken(key)},
+		{"POST", "/v1/webhooks/otpless%252F" + key, 404, "/v1/webhooks/" + MaskToken("otpless%2F"+key)},
+		{"POST", "/v1/requests/x/" + key, 404, "/v1/requests/x/" + MaskToken(key)},
+		{"GET", "/v1/requests/0123456789abcdef0123456789abcdef", 404, "/v1/requests/0123456789abcdef0123456789abcdef"},
+		{"GET", "/v1/requests/0123456789abcdef0123456789abcdef/events", 401, "/v1/requests/0123456789abcdef0123456789abcdef/events"},
+		{"GET", "/ui/app.js", 404, "/ui/app.js"},
+		{"GET", "/somewhere/averyveryverylongsegment", 200, "/somewhere/averyveryverylongsegment"},
 	} {
-		if got := logPath(tc.path, tc.notFound); got != tc.want || strings.Contains(got, "secret") {
-			t.Errorf("logPath(%q, %t) = %q, want %q", tc.path, tc.notFound, got, tc.want)
+		var buf bytes.Buffer
+		o := New(slog.New(slog.NewJSONHandler(&buf, nil)))
+		h := o.HTTP(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(tc.code) }))
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(tc.method, tc.path, nil))
+		var line struct{ Path string }
+		if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+			t.Fatalf("%s: %v", buf.Bytes(), err)
+		}
+		if line.Path != tc.want || strings.Contains(line.Path, "secret") {
+			t.Errorf("%s %s answered %d logs path %q, want %q", tc.method, tc.path, tc.code, line.Path, tc.want)
 		}
 	}
 }
