@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Helpers for backends: what every Store implementation needs the same way.
@@ -74,4 +76,17 @@ func MapErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w (%v)", cerr, err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// RawBody is a stored webhook body as an event's raw_body. Ingest stores
+// only UTF-8, so a body that is not comes from a damaged file or row: it is
+// logged, and its invalid bytes are replaced, so that its events can still
+// be listed (a protobuf string must be UTF-8, and the page would not encode).
+func RawBody(ctx context.Context, log *slog.Logger, requestID string, webhookID int64, body []byte) string {
+	if utf8.Valid(body) {
+		return string(body)
+	}
+	log.LogAttrs(ctx, slog.LevelError, "a stored webhook body is not UTF-8: the store is damaged",
+		slog.String("otpless_request_id", requestID), slog.Int64("webhook", webhookID))
+	return strings.ToValidUTF8(string(body), "\uFFFD")
 }

@@ -257,7 +257,7 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 		return nil, "", fmt.Errorf("pgstore: %s: empty request id: %w", op, store.ErrNotFound)
 	}
 	limit := page.Limit()
-	query, args := `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
+	query, args := `SELECT e.data, w.id, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
 		WHERE e.request_id = $1
 		ORDER BY e.event_time_ms, e.event_id LIMIT $2`, []any{[]byte(requestID), limit + 1}
 	if page.Token != "" {
@@ -265,7 +265,7 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 		if err != nil {
 			return nil, "", fmt.Errorf("pgstore: %s: %w", op, err)
 		}
-		query = `SELECT e.data, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
+		query = `SELECT e.data, w.id, w.body FROM events e JOIN webhooks w ON w.id = e.webhook_id
 			WHERE e.request_id = $1 AND (e.event_time_ms, e.event_id) > ($3, $4)
 			ORDER BY e.event_time_ms, e.event_id LIMIT $2`
 		args = append(args, c.EventTimeMillis, c.EventID)
@@ -277,14 +277,17 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 		return nil, "", s.fail(ctx, op, err)
 	}
 	events := make([]*eventsv1.Event, 0, min(limit+1, 64))
-	var data, body []byte
-	var decodeErr error // a corrupt row: not a failure a retry could fix
-	_, err = pgx.ForEachRow(rows, []any{&data, &body}, func() error {
+	var (
+		data, body []byte
+		webhookID  int64
+		decodeErr  error // a corrupt row: not a failure a retry could fix
+	)
+	_, err = pgx.ForEachRow(rows, []any{&data, &webhookID, &body}, func() error {
 		e := new(eventsv1.Event)
 		if decodeErr = proto.Unmarshal(data, e); decodeErr != nil {
 			return decodeErr
 		}
-		e.RawBody = string(body)
+		e.RawBody = store.RawBody(ctx, s.log, requestID, webhookID, body)
 		events = append(events, e)
 		return nil
 	})

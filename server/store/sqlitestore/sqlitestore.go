@@ -26,7 +26,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -351,11 +350,7 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 			rows.Close()
 			return nil, "", s.fail(ctx, op, err)
 		}
-		if !utf8.Valid(body) { // ingest stores only UTF-8: a damaged file, not a failure a retry could fix
-			rows.Close()
-			return nil, "", fmt.Errorf("sqlitestore: %s %q: the body of webhook %d is not UTF-8", op, requestID, id)
-		}
-		bodies[id] = string(body)
+		bodies[id] = store.RawBody(ctx, s.log, requestID, id, body)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, "", s.fail(ctx, op, err)
