@@ -47,11 +47,12 @@ var ErrNoTime = errors.New("no time")
 // epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
 // magnitude; fractions are rounded to the microsecond, which is all a
 // float64 carries at these magnitudes), an ISO 8601 / RFC 3339 string, or
-// HTTP's RFC 1123 date in GMT or with an offset. A value that holds no time
-// is ErrNoTime; another JSON type, an unreadable string, a time not after
-// the Unix epoch or after the year 9999 (which a google.protobuf.Timestamp
-// cannot hold) is an error saying so, worded to follow the value ("is not
-// …"). The time returned is in UTC.
+// HTTP's RFC 1123 date in GMT (or UTC) or with an offset. A value that
+// holds no time (missing, null, blank, zero) is ErrNoTime; another JSON
+// type, an unreadable string, a time not after the Unix epoch or after the
+// year 9999 (which a google.protobuf.Timestamp cannot hold) is an error
+// saying so, worded to follow the value ("is not …"). The time returned is
+// in UTC.
 func ParseTime(v *structpb.Value) (time.Time, error) {
 	var (
 		t  time.Time
@@ -67,7 +68,7 @@ func ParseTime(v *structpb.Value) (time.Time, error) {
 		t, ok = fromNumber(k.NumberValue)
 	case *structpb.Value_StringValue:
 		s := strings.TrimSpace(k.StringValue)
-		if s == "" || s == "0" {
+		if s == "" || strings.Trim(s, "0.") == "" && strings.Contains(s, "0") { // "0", "0.0"
 			return time.Time{}, ErrNoTime
 		}
 		t, ok = fromString(s)
@@ -76,7 +77,7 @@ func ParseTime(v *structpb.Value) (time.Time, error) {
 	}
 	switch {
 	case !ok:
-		return time.Time{}, errors.New("is not epoch seconds or milliseconds, nor an ISO 8601 time")
+		return time.Time{}, errors.New("is not epoch seconds or milliseconds, an ISO 8601 time, nor HTTP's date")
 	case !t.After(time.Unix(0, 0)):
 		return time.Time{}, errors.New("is not after 1970")
 	case t.After(lastTime):
@@ -133,9 +134,9 @@ func fromString(s string) (time.Time, bool) {
 		}
 		return fromNumber(f)
 	}
-	// HTTP's date: in GMT, or with an offset (time.Parse would put any
-	// other zone's name at offset zero).
-	if t, err := time.Parse(time.RFC1123, s); err == nil && strings.HasSuffix(s, " GMT") {
+	// HTTP's date: in GMT (or UTC), or with an offset (time.Parse would put
+	// any other zone's name at offset zero).
+	if t, err := time.Parse(time.RFC1123, s); err == nil && (strings.HasSuffix(s, " GMT") || strings.HasSuffix(s, " UTC")) {
 		return t, true
 	}
 	if t, err := time.Parse(time.RFC1123Z, s); err == nil {

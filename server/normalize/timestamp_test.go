@@ -67,6 +67,7 @@ func TestParseTime(t *testing.T) {
 		{"year 9999 ahead of UTC", str("9999-12-31T23:59:59+05:30"), time.Date(9999, 12, 31, 18, 29, 59, 0, time.UTC)},
 		{"surrounding space", str(" 2024-12-18T10:45:21Z\n"), time.Unix(1734518721, 0)},
 		{"RFC 1123 in GMT", str("Wed, 18 Dec 2024 10:45:21 GMT"), time.Unix(1734518721, 0)},
+		{"RFC 1123 in UTC", str("Wed, 18 Dec 2024 10:45:21 UTC"), time.Unix(1734518721, 0)},
 		{"RFC 1123 with an offset", str("Wed, 18 Dec 2024 16:15:21 +0530"), time.Unix(1734518721, 0)},
 		{"exponent string", str("1.7345187215e12"), time.UnixMicro(1734518721500000)},
 		{"exponent string with sign", str("1.734518721E+9"), time.Unix(1734518721, 0)},
@@ -81,6 +82,8 @@ func TestParseTime(t *testing.T) {
 		{"null", structpb.NewNullValue(), time.Time{}},
 		{"zero", num(0), time.Time{}},
 		{"zero string", str("0"), time.Time{}},
+		{"zero string with a point", str("0.0"), time.Time{}},
+		{"zeros", str("00"), time.Time{}},
 		{"empty string", str(""), time.Time{}},
 		{"blank string", str(" \t"), time.Time{}},
 	}

@@ -1314,7 +1314,8 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/requests/{request_id}\x12\x98\x01\n" +
 	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x8a\x01\n" +
 	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\x9c\x01\n" +
-	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xf6\x04\x92A\x9e\x03Z\x8d\x03\n" +
+	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xd0\x05\x92A\xf8\x03\x12X\n" +
+	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1Z\x8d\x03\n" +
 	"\xc8\x01\n" +
 	"\x05basic\x12\xbe\x01\b\x01\x12\xb9\x01The webhook route's HTTP Basic credentials. OTPLESS may instead be given the URL with the key in it, POST /v1/webhooks/otpless/{key}, which takes the same body and answers the same way.\n" +
 	"\xbf\x01\n" +

@@ -42,7 +42,9 @@ type IngestRequest struct {
 	// v2: "DLR" or "AUTH".
 	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// When the event happened: epoch seconds, epoch milliseconds (both as
-	// numbers or numeric strings) or an ISO 8601 string.
+	// numbers or numeric strings), an ISO 8601 string or HTTP's date. Missing,
+	// null, "" or 0: the arrival time. Anything else that is not a time, or a
+	// time more than a day after the arrival, is refused.
 	Timestamp *structpb.Value `protobuf:"bytes,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	// v1 delivery report: SENT, DELIVERED, READ, FAILED, ...
 	Status string `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
@@ -230,7 +232,8 @@ type WebhookData struct {
 	AuthenticationDetails *AuthenticationDetails `protobuf:"bytes,13,opt,name=authentication_details,json=authenticationDetails,proto3" json:"authentication_details,omitempty"`
 	// v1 delivery report: the request id.
 	ReferenceId string `protobuf:"bytes,14,opt,name=reference_id,json=referenceId,proto3" json:"reference_id,omitempty"`
-	// v1 delivery report: when the status was reached.
+	// v1 delivery report: when the status was reached, read as the top-level
+	// timestamp is, when that holds no time.
 	Timestamp     *structpb.Value `protobuf:"bytes,15,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -32,7 +32,9 @@ type WebhookServiceClient interface {
 	// body itself durably, and answers only after the commit. Retried bodies
 	// are answered with the same success and reported as duplicates.
 	//
-	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable;
+	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable, or
+	// something no OTPLESS body holds (a timestamp that is not a time or is
+	// more than a day ahead, more than 64 auth channels, a text over 4 KiB);
 	// UNAVAILABLE when the write queue is full or the store is failing, so
 	// that OTPLESS retries.
 	Ingest(ctx context.Context, in *IngestRequest, opts ...grpc.CallOption) (*IngestResponse, error)
@@ -66,7 +68,9 @@ type WebhookServiceServer interface {
 	// body itself durably, and answers only after the commit. Retried bodies
 	// are answered with the same success and reported as duplicates.
 	//
-	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable;
+	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable, or
+	// something no OTPLESS body holds (a timestamp that is not a time or is
+	// more than a day ahead, more than 64 auth channels, a text over 4 KiB);
 	// UNAVAILABLE when the write queue is full or the store is failing, so
 	// that OTPLESS retries.
 	Ingest(context.Context, *IngestRequest) (*IngestResponse, error)
