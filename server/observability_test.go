@@ -5,8 +5,6 @@ package server
 // add a panicking handler, or flip readiness as the store's ping loop does.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -34,41 +32,18 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/observe"
 
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
 
-// logBuffer collects JSON log lines from the server's goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines returns the log lines whose attributes include every one of want.
-func (b *logBuffer) lines(t *testing.T, want map[string]any) []map[string]any {
+// logLines returns the log lines whose attributes include every one of want.
+func logLines(t *testing.T, b *testlog.Buffer, want map[string]any) []map[string]any {
 	t.Helper()
 	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(b.String()))
-	sc.Buffer(nil, 1<<20)
 next:
-	for sc.Scan() {
-		l := map[string]any{}
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatalf("log line %s: %v", sc.Bytes(), err)
-		}
+	for _, l := range b.Lines(t) {
 		for k, v := range want {
 			if l[k] != v {
 				continue next
@@ -84,14 +59,14 @@ type opsServer struct {
 	httpURL    string
 	metricsURL string
 	conn       *grpc.ClientConn
-	logs       *logBuffer
+	logs       *testlog.Buffer
 }
 
 // startOps runs a server with metrics on, authentication off and every log
 // line kept; before, when set, runs between New and Run.
 func startOps(t testing.TB, mutate func(*Config), before func(*Server)) *opsServer {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	cfg := DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
@@ -248,7 +223,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("gRPC Ingest over the limit: %v, want RESOURCE_EXHAUSTED", err)
 	}
-	if lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
+	if lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
 		t.Errorf("%d log lines for the gRPC Ingest over the limit, want 1", len(lines))
 	}
 	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
@@ -381,7 +356,7 @@ func TestEventStreamIsObserved(t *testing.T) {
 		t.Fatal("watch_streams{http} stayed up after the event stream ended")
 	}
 	want := map[string]any{"msg": "grpc call", "request_id": "sse-1", "transport": "http", "method": eventsv1.RequestService_WatchRequest_FullMethodName, "otpless_request_id": "sse-req"}
-	if !eventually(func() bool { return len(s.logs.lines(t, want)) == 1 }) {
+	if !eventually(func() bool { return len(logLines(t, s.logs, want)) == 1 }) {
 		t.Fatalf("no gRPC line for the event stream with the HTTP request id:\n%s", s.logs)
 	}
 }
@@ -407,20 +382,20 @@ func TestRequestLogs(t *testing.T) {
 		t.Errorf("gRPC response header %v lacks a request id", hdr)
 	}
 
-	hook := s.logs.lines(t, map[string]any{"msg": "http request", "request_id": "hook-1"})
+	hook := logLines(t, s.logs, map[string]any{"msg": "http request", "request_id": "hook-1"})
 	if len(hook) != 1 {
 		t.Fatalf("%d log lines for the webhook: %s", len(hook), s.logs)
 	}
 	if l := hook[0]; l["status"] != float64(200) || l["otpless_request_id"] != "log-req" || l["otpless_trace_id"] != "tr_ops" || l["path"] != "/v1/webhooks/otpless" {
 		t.Errorf("webhook line %v", l)
 	}
-	if n := len(s.logs.lines(t, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
+	if n := len(logLines(t, s.logs, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
 		t.Errorf("%d HTTP lines for the read, want 1", n)
 	}
-	if n := len(s.logs.lines(t, map[string]any{"msg": "grpc call", "request_id": "read-1", "transport": "http", "code": "OK", "otpless_request_id": "log-req"})); n != 1 {
+	if n := len(logLines(t, s.logs, map[string]any{"msg": "grpc call", "request_id": "read-1", "transport": "http", "code": "OK", "otpless_request_id": "log-req"})); n != 1 {
 		t.Errorf("%d gRPC lines carry the HTTP request id, want 1:\n%s", n, s.logs)
 	}
-	if n := len(s.logs.lines(t, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
+	if n := len(logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
 		t.Errorf("%d lines for the direct gRPC call, want 1", n)
 	}
 	if strings.Contains(s.logs.String(), "9812345678") {
@@ -457,10 +432,10 @@ func TestHealthRoutes(t *testing.T) {
 		t.Fatalf("/healthz while not ready: %d, want 200 (the process is alive)", code)
 	}
 	// Probes log at debug, also while they fail: one line every few seconds.
-	if lines := s.logs.lines(t, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
+	if lines := logLines(t, s.logs, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
 		t.Errorf("/readyz while not ready logged %v, want one line at DEBUG", lines)
 	}
-	if lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "method": "/grpc.health.v1.Health/Check"}); len(lines) != 2 || lines[0]["level"] != "DEBUG" || lines[1]["level"] != "DEBUG" {
+	if lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": "/grpc.health.v1.Health/Check"}); len(lines) != 2 || lines[0]["level"] != "DEBUG" || lines[1]["level"] != "DEBUG" {
 		t.Errorf("gRPC health checks logged %v, want two lines at DEBUG", lines)
 	}
 	if got := s.scrape(t)["otpless_events_ready"]; got != 0 {
@@ -662,7 +637,7 @@ func TestPanicsAreRecovered(t *testing.T) {
 		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR", "transport": "http"},
 		{"msg": "http request", "path": "/boom", "status": float64(500), "panic": "http kaboom", "level": "ERROR"},
 	} {
-		lines := s.logs.lines(t, want)
+		lines := logLines(t, s.logs, want)
 		if len(lines) != 2 {
 			t.Errorf("%d log lines like %v, want one per panic", len(lines), want)
 			continue
@@ -731,7 +706,7 @@ func TestReadFaultsAreLoggedWithTheirCause(t *testing.T) {
 	if code != http.StatusInternalServerError || !strings.Contains(body, `"internal error"`) {
 		t.Fatalf("GET events of a broken row: %d %s, want 500 and a generic message", code, body)
 	}
-	lines := s.logs.lines(t, map[string]any{"msg": "grpc call", "request_id": "broken-1", "code": "Internal"})
+	lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "request_id": "broken-1", "code": "Internal"})
 	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["cause"]), "events") {
 		t.Errorf("log lines of the read %v, want one with the cause", lines)
 	}

@@ -24,7 +24,7 @@ func TestHealthCallsLogAtDebug(t *testing.T) {
 	o.StreamServerInterceptor()(nil, healthStream{}, info, func(any, grpc.ServerStream) error {
 		return status.Error(codes.Unavailable, "server is shutting down")
 	})
-	if lines := logs.lines(t); len(lines) != 1 || lines[0]["level"] != "DEBUG" || lines[0]["code"] != "Unavailable" {
+	if lines := logs.Lines(t); len(lines) != 1 || lines[0]["level"] != "DEBUG" || lines[0]["code"] != "Unavailable" {
 		t.Errorf("a health watch ended by shutdown logged %v, want one line at DEBUG", lines)
 	}
 }

@@ -1,8 +1,6 @@
 package observe_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,44 +11,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/gateway"
 	"github.com/otpless-events/otpless-events/server/observe"
 )
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the JSON log lines written so far.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+func newObserver(t *testing.T) (*observe.Observer, *testlog.Buffer) {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, l := range bytes.Split(bytes.TrimSpace(b.buf.Bytes()), []byte("\n")) {
-		if len(l) == 0 {
-			continue
-		}
-		m := map[string]any{}
-		if err := json.Unmarshal(l, &m); err != nil {
-			t.Fatalf("log line %s: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-func newObserver(t *testing.T) (*observe.Observer, *syncBuffer) {
-	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	return observe.New(log), logs
 }
@@ -148,7 +116,7 @@ func TestHTTPPanicIsRecovered(t *testing.T) {
 	}
 
 	var found bool
-	for _, l := range logs.lines(t) {
+	for _, l := range logs.Lines(t) {
 		if l["request_id"] == "panic-req-1" {
 			found = true
 			if l["level"] != "ERROR" || l["panic"] != "kaboom" || !strings.Contains(l["stack"].(string), "TestHTTPPanicIsRecovered") || l["status"] != float64(500) {
@@ -206,7 +174,7 @@ func TestHTTPRequestLog(t *testing.T) {
 	// A request's line is written once its handler has returned, which can
 	// be after the client has its answer: wait for both, in any order.
 	var lines []map[string]any
-	waitFor(t, func() bool { lines = logs.lines(t); return len(lines) >= 2 })
+	waitFor(t, func() bool { lines = logs.Lines(t); return len(lines) >= 2 })
 	if len(lines) != 2 {
 		t.Fatalf("%d log lines for 2 requests: %v", len(lines), lines)
 	}
