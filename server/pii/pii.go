@@ -2,8 +2,8 @@
 // phone numbers, email addresses, delivery identities, the OTPLESS token,
 // raw webhook bodies, and the error messages delivery reports bring (free
 // text, in which a vendor may name the number it failed to reach) — and
-// removes them: from responses to callers that may
-// not see them, and from stored data once its retention has passed.
+// removes them: from responses to callers that may not see them, and from
+// stored data once its retention has passed.
 //
 // It imports only the generated API types.
 package pii
