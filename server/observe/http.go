@@ -94,7 +94,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	attrs = append(attrs,
 		slog.String("request_id", c.requestID),
 		slog.String("method", r.Method),
-		slog.String("path", logPath(r.URL.Path, code >= 400 && route != "request" && route != "events" && route != "watch")),
+		slog.String("path", logPath(r.URL.Path, code >= 400 && !isRequestRoute(r.URL.Path))),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
 		slog.Int64("bytes", rw.bytes),
@@ -134,6 +134,22 @@ func routeOf(path string) string {
 func isWebhookKeyPath(path string) bool {
 	key, ok := strings.CutPrefix(path, webhookPath+"/")
 	return ok && key != "" && !strings.Contains(key, "/")
+}
+
+// isRequestRoute reports whether path is one of RequestService's routes:
+// one request id, then nothing, /events, :watch or :watchToken.
+func isRequestRoute(path string) bool {
+	rest, ok := strings.CutPrefix(path, "/v1/requests/")
+	if !ok {
+		return false
+	}
+	for _, suffix := range []string{"/events", ":watchToken", ":watch"} {
+		if id, ok := strings.CutSuffix(rest, suffix); ok {
+			rest = id
+			break
+		}
+	}
+	return rest != "" && !strings.Contains(rest, "/")
 }
 
 // minWebhookKeyLen is the length of the shortest webhook key (package auth
