@@ -48,7 +48,8 @@ var ErrNoTime = errors.New("no time")
 // magnitude; fractions are rounded to the microsecond, which is all a
 // float64 carries at these magnitudes), an ISO 8601 / RFC 3339 string, or
 // HTTP's RFC 1123 date in GMT (or UTC) or with an offset. A value that
-// holds no time (missing, null, blank, zero) is ErrNoTime; another JSON
+// holds no time (missing, null, blank, or a number or numeric string of
+// zero) is ErrNoTime; another JSON
 // type, an unreadable string, a time not after the Unix epoch or after the
 // year 9999 (which a google.protobuf.Timestamp cannot hold) is an error
 // saying so, worded to follow the value ("is not …"). The time returned is
@@ -68,7 +69,7 @@ func ParseTime(v *structpb.Value) (time.Time, error) {
 		t, ok = fromNumber(k.NumberValue)
 	case *structpb.Value_StringValue:
 		s := strings.TrimSpace(k.StringValue)
-		if s == "" || strings.Trim(s, "0.") == "" && strings.Contains(s, "0") { // "0", "0.0"
+		if f, err := strconv.ParseFloat(s, 64); s == "" || err == nil && f == 0 { // "0", "0.0", "-0", "0e0"
 			return time.Time{}, ErrNoTime
 		}
 		t, ok = fromString(s)

@@ -84,6 +84,9 @@ func TestParseTime(t *testing.T) {
 		{"zero string", str("0"), time.Time{}},
 		{"zero string with a point", str("0.0"), time.Time{}},
 		{"zeros", str("00"), time.Time{}},
+		{"negative zero string", str("-0"), time.Time{}},
+		{"zero with an exponent", str("0e0"), time.Time{}},
+		{"negative zero", num(math.Copysign(0, -1)), time.Time{}},
 		{"empty string", str(""), time.Time{}},
 		{"blank string", str(" \t"), time.Time{}},
 	}
@@ -105,6 +108,7 @@ func TestParseTime(t *testing.T) {
 		{"exponent out of range", str("1e400"), "is not epoch seconds"},
 		{"two points", str("1734518721.1.2"), "is not epoch seconds"},
 		{"lone point", str("."), "is not epoch seconds"},
+		{"zeros and points, not a number", str("0.0.0"), "is not epoch seconds"},
 		{"words", str("yesterday"), "is not epoch seconds"},
 		{"epoch", str("1970-01-01T00:00:00Z"), "is not after 1970"},
 		{"before epoch", str("1969-07-20T20:17:40Z"), "is not after 1970"},

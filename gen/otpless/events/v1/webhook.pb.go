@@ -43,7 +43,7 @@ type IngestRequest struct {
 	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// When the event happened: epoch seconds, epoch milliseconds (both as
 	// numbers or numeric strings), an ISO 8601 string or HTTP's date. Missing,
-	// null, "" or 0: the arrival time. Anything else that is not a time, or a
+	// null, "" or zero (a number or numeric string): the arrival time. Anything else that is not a time, or a
 	// time more than a day after the arrival, is refused.
 	Timestamp *structpb.Value `protobuf:"bytes,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	// v1 delivery report: SENT, DELIVERED, READ, FAILED, ...
