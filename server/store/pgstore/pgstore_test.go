@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/pgstore"
@@ -827,7 +828,8 @@ func awaitQuery(t *testing.T, observer *pgx.Conn, what, query string, args ...an
 func TestDamagedBody(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
-	s := open(t, dsn)
+	var logs testlog.Buffer
+	s := open(t, dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	ctx := t.Context()
 	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
 		t.Fatal(err)
@@ -838,6 +840,15 @@ func TestDamagedBody(t *testing.T) {
 	events, _, err := s.ListEvents(ctx, "r1", store.Page{})
 	if err != nil || len(events) != 1 || events[0].GetRawBody() != "{\"\uFFFD}" {
 		t.Fatalf("ListEvents of a damaged body: %v, %v; want its event, the body's invalid byte replaced", events, err)
+	}
+	var damaged []map[string]any
+	for _, l := range logs.Lines(t) {
+		if l["level"] == "ERROR" && l["otpless_request_id"] == "r1" {
+			damaged = append(damaged, l)
+		}
+	}
+	if len(damaged) != 1 {
+		t.Errorf("log lines %v, want one error naming the request", logs.String())
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
 	"github.com/otpless-events/otpless-events/server/store/storetest"
@@ -347,7 +348,11 @@ func TestProcessLock(t *testing.T) {
 // why in its own words; failing the page lost it for every caller.
 func TestDamagedBody(t *testing.T) {
 	t.Parallel()
-	s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	var logs testlog.Buffer
+	s, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "events.db"), sqlitestore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
 	ctx := t.Context()
 	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
@@ -359,5 +364,14 @@ func TestDamagedBody(t *testing.T) {
 	events, _, err := s.ListEvents(ctx, "r1", store.Page{})
 	if err != nil || len(events) != 1 || events[0].GetRawBody() != "{\"\uFFFD}" {
 		t.Fatalf("ListEvents of a damaged body: %v, %v; want its event, the body's invalid byte replaced", events, err)
+	}
+	var damaged []map[string]any
+	for _, l := range logs.Lines(t) {
+		if l["level"] == "ERROR" && l["otpless_request_id"] == "r1" {
+			damaged = append(damaged, l)
+		}
+	}
+	if len(damaged) != 1 {
+		t.Errorf("log lines %v, want one error naming the request", logs.String())
 	}
 }

@@ -67,7 +67,7 @@ func oldDatabase(t *testing.T, path string, requests int) (map[string][]*eventsv
 		webhookID int64
 		listed    = map[string][]*eventsv1.Event{}
 		snapshots = map[string]*eventsv1.AuthRequest{}
-		purgeable  int
+		purgeable int
 	)
 	// webhook stores one body with its events, as the old Commit did.
 	webhook := func(body string, received time.Time, events ...*eventsv1.Event) {

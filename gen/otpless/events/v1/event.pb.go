@@ -394,7 +394,8 @@ type Event struct {
 	// The payload generation the body was read as.
 	Format PayloadFormat `protobuf:"varint,19,opt,name=format,proto3,enum=otpless.events.v1.PayloadFormat" json:"format,omitempty"`
 	// The original webhook body, verbatim (JSON text). Set where events are
-	// listed; empty in watch updates.
+	// listed; empty in watch updates, and once retention purged it. (Bytes a
+	// damaged store no longer holds as UTF-8 read as U+FFFD.)
 	RawBody       string `protobuf:"bytes,20,opt,name=raw_body,json=rawBody,proto3" json:"raw_body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
