@@ -717,3 +717,33 @@ func assertSnapshot(t *testing.T, got, want *eventsv1.AuthRequest) {
 		t.Errorf("snapshot differs\n got: %s\nwant: %s", prototext.Format(got), prototext.Format(want))
 	}
 }
+
+// TestSnapshotListsBounded: a snapshot lists the latest MaxListed channels,
+// fallbacks and failures; status and active channel still come from all of
+// them, and event_count counts every event. Unbounded, a thousand FAILED
+// reports made a snapshot no gRPC client could read.
+func TestSnapshotListsBounded(t *testing.T) {
+	t.Parallel()
+	const n = state.MaxListed + 36
+	var events []*eventsv1.Event
+	for i := range n {
+		ch := fmt.Sprintf("CH%03d", i)
+		events = append(events,
+			dlrFailed(fmt.Sprintf("f%03d", i), int64(2*i+1), ch, "033"),
+			fallback(fmt.Sprintf("b%03d", i), int64(2*i+2), ch, fmt.Sprintf("CH%03d", i+1)))
+	}
+	events = append(events, dlr("d", 2*n+5, fmt.Sprintf("CH%03d", n), "DELIVERED"))
+	r := state.Fold(reqID, events)
+	if len(r.GetChannels()) != state.MaxListed || len(r.GetFallbacks()) != state.MaxListed || len(r.GetFailures()) != state.MaxListed {
+		t.Fatalf("%d channels, %d fallbacks, %d failures; want %d of each", len(r.GetChannels()), len(r.GetFallbacks()), len(r.GetFailures()), state.MaxListed)
+	}
+	if got := r.GetFailures()[0].GetChannel(); got != fmt.Sprintf("CH%03d", n-state.MaxListed) {
+		t.Errorf("first failure listed on %s, want the latest %d kept", got, state.MaxListed)
+	}
+	if got := r.GetChannels()[state.MaxListed-1].GetChannel(); got != fmt.Sprintf("CH%03d", n) {
+		t.Errorf("last channel listed %s, want the latest", got)
+	}
+	if r.GetActiveChannel() != fmt.Sprintf("CH%03d", n) || r.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS || r.GetEventCount() != int32(len(events)) {
+		t.Errorf("active %s, status %v, %d events; want CH%03d, IN_PROGRESS, %d", r.GetActiveChannel(), r.GetStatus(), r.GetEventCount(), n, len(events))
+	}
+}

@@ -228,7 +228,21 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 	to := f.fallbackTo()
 	r.ActiveChannel = cmp.Or(f.startedAfter(to), to, f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
+	r.Channels, r.Fallbacks, r.Failures = latest(r.Channels), latest(r.Fallbacks), latest(r.Failures)
 	return r
+}
+
+// MaxListed bounds the channels, fallbacks and failures a snapshot lists.
+// A snapshot is sent whole to every watcher and read whole by gRPC clients
+// (4 MiB at most by default), and a sender could otherwise grow it without
+// bound; a request OTPLESS sends has a few of each. Status and active
+// channel are worked out from all of them, and event_count counts every
+// event.
+const MaxListed = 64
+
+// latest returns the last MaxListed of s, which is in the snapshot's order.
+func latest[T any](s []T) []T {
+	return s[max(len(s)-MaxListed, 0):]
 }
 
 // startedAfter is the channel the request moved on to from to, the target

@@ -546,11 +546,11 @@ type AuthRequest struct {
 	// (the fallback to it was missed).
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
 	// Delivery progress, one entry per channel, ordered by first event time,
-	// then channel name.
+	// then channel name; the last 64 of them, as of fallbacks and failures.
 	Channels []*ChannelProgress `protobuf:"bytes,7,rep,name=channels,proto3" json:"channels,omitempty"`
-	// Fallbacks in time order.
+	// Fallbacks in time order (the latest 64).
 	Fallbacks []*Fallback `protobuf:"bytes,8,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
-	// FAILED reports in time order.
+	// FAILED reports in time order (the latest 64).
 	Failures []*Failure `protobuf:"bytes,9,rep,name=failures,proto3" json:"failures,omitempty"`
 	// OTP, MAGIC_LINK, SILENT_AUTH, OAUTH, ...
 	AuthMethod string `protobuf:"bytes,10,opt,name=auth_method,json=authMethod,proto3" json:"auth_method,omitempty"`
