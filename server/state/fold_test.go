@@ -747,3 +747,26 @@ func TestSnapshotListsBounded(t *testing.T) {
 		t.Errorf("active %s, status %v, %d events; want CH%03d, IN_PROGRESS, %d", r.GetActiveChannel(), r.GetStatus(), r.GetEventCount(), n, len(events))
 	}
 }
+
+// TestSnapshotListsKeepTheActiveChannel: however many other channels and
+// failures a request has, its snapshot lists its active channel and that
+// channel's latest failure.
+func TestSnapshotListsKeepTheActiveChannel(t *testing.T) {
+	t.Parallel()
+	events := []*eventsv1.Event{dlr("s", 0, "SMS", "SENT"), dlr("e", 1, "EMAIL", "SENT")}
+	for i := range state.MaxListed + 1 {
+		ch := fmt.Sprintf("CH%03d", i)
+		events = append(events, dlr("x"+ch, 1, ch, "SENT"), dlrFailed("y"+ch, int64(102+i), ch, "003"))
+	}
+	events = append(events, fallback("b", 100, "EMAIL", "SMS"), dlrFailed("f", 101, "SMS", "033"))
+	r := state.Fold(reqID, events)
+	if r.GetActiveChannel() != "SMS" || r.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_FAILED {
+		t.Fatalf("active %s, status %v; want SMS, FAILED", r.GetActiveChannel(), r.GetStatus())
+	}
+	if c := r.GetChannels(); len(c) != state.MaxListed || c[0].GetChannel() != "SMS" || c[0].GetStatus() != eventsv1.DeliveryStatus_DELIVERY_STATUS_FAILED || c[1].GetChannel() != "CH003" {
+		t.Errorf("%d channels, first %v, second %s; want %d, SMS (FAILED) then the latest others", len(c), c[0], c[1].GetChannel(), state.MaxListed)
+	}
+	if f := r.GetFailures(); len(f) != state.MaxListed || f[0].GetChannel() != "SMS" || f[1].GetChannel() != "CH002" {
+		t.Errorf("%d failures, first %v, second %s; want %d, SMS's then the latest others", len(f), f[0], f[1].GetChannel(), state.MaxListed)
+	}
+}

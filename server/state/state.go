@@ -228,7 +228,10 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 	to := f.fallbackTo()
 	r.ActiveChannel = cmp.Or(f.startedAfter(to), to, f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
-	r.Channels, r.Fallbacks, r.Failures = latest(r.Channels), latest(r.Fallbacks), latest(r.Failures)
+	active := func(channel string) bool { return channel == r.ActiveChannel }
+	r.Channels = latest(r.Channels, func(c *eventsv1.ChannelProgress) bool { return active(c.GetChannel()) })
+	r.Fallbacks = latest(r.Fallbacks, func(*eventsv1.Fallback) bool { return false })
+	r.Failures = latest(r.Failures, func(f *eventsv1.Failure) bool { return active(f.GetChannel()) })
 	return r
 }
 
@@ -240,9 +243,21 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 // event.
 const MaxListed = 64
 
-// latest returns the last MaxListed of s, which is in the snapshot's order.
-func latest[T any](s []T) []T {
-	return s[max(len(s)-MaxListed, 0):]
+// latest returns the last MaxListed of s, which is in the snapshot's order,
+// and the last element keep holds for even when it comes before them (in
+// place of the first of them): the active channel and its latest failure
+// stay listed.
+func latest[T any](s []T, keep func(T) bool) []T {
+	cut := len(s) - MaxListed
+	if cut <= 0 || slices.ContainsFunc(s[cut:], keep) {
+		return s[max(cut, 0):]
+	}
+	for i := cut - 1; i >= 0; i-- {
+		if keep(s[i]) {
+			return append([]T{s[i]}, s[cut+1:]...)
+		}
+	}
+	return s[cut:]
 }
 
 // startedAfter is the channel the request moved on to from to, the target

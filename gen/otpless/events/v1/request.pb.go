@@ -546,7 +546,8 @@ type AuthRequest struct {
 	// (the fallback to it was missed).
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
 	// Delivery progress, one entry per channel, ordered by first event time,
-	// then channel name; the last 64 of them, as of fallbacks and failures.
+	// then channel name. This list and the two below hold at most 64 entries:
+	// the latest, and always the active channel and its latest failure.
 	Channels []*ChannelProgress `protobuf:"bytes,7,rep,name=channels,proto3" json:"channels,omitempty"`
 	// Fallbacks in time order (the latest 64).
 	Fallbacks []*Fallback `protobuf:"bytes,8,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
