@@ -69,7 +69,7 @@ func ParseTime(v *structpb.Value) (time.Time, error) {
 		t, ok = fromNumber(k.NumberValue)
 	case *structpb.Value_StringValue:
 		s := strings.TrimSpace(k.StringValue)
-		if f, err := strconv.ParseFloat(s, 64); s == "" || err == nil && f == 0 { // "0", "0.0", "-0", "0e0"
+		if s == "" || isZero(s) {
 			return time.Time{}, ErrNoTime
 		}
 		t, ok = fromString(s)
@@ -159,6 +159,13 @@ func fromString(s string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// isZero reports whether s is a number of zero as fromString reads numbers
+// ("0", "0.0", "-0", "0e0"; not "0x0p0" or "0_0", which ParseFloat takes).
+func isZero(s string) bool {
+	f, err := strconv.ParseFloat(s, 64)
+	return err == nil && f == 0 && strings.Trim(s, "0123456789.eE+-") == ""
 }
 
 // isDecimal reports whether s is digits with at most one decimal point.

@@ -109,6 +109,8 @@ func TestParseTime(t *testing.T) {
 		{"two points", str("1734518721.1.2"), "is not epoch seconds"},
 		{"lone point", str("."), "is not epoch seconds"},
 		{"zeros and points, not a number", str("0.0.0"), "is not epoch seconds"},
+		{"a hexadecimal zero", str("0x0p0"), "is not epoch seconds"},
+		{"a zero with an underscore", str("0_0"), "is not epoch seconds"},
 		{"words", str("yesterday"), "is not epoch seconds"},
 		{"epoch", str("1970-01-01T00:00:00Z"), "is not after 1970"},
 		{"before epoch", str("1969-07-20T20:17:40Z"), "is not after 1970"},

@@ -149,7 +149,7 @@ func isRequestRoute(path string) bool {
 			break
 		}
 	}
-	return rest != "" && !strings.Contains(rest, "/")
+	return rest != "" && !strings.ContainsAny(rest, "/:")
 }
 
 // minWebhookKeyLen is the length of the shortest webhook key (package auth

@@ -56,6 +56,8 @@ func TestLogPathOfErrors(t *testing.T) {
 		{"POST", "/v1/requests/x/" + key, 404, "/v1/requests/x/" + MaskToken(key)},
 		{"POST", "/v1/requests/x/" + key + "/events", 404, "/v1/requests/x/" + MaskToken(key) + "/events"},
 		{"GET", "/v1/requests/x/" + key + ":watch", 404, "/v1/requests/x/" + MaskToken(key+":watch")},
+		{"POST", "/v1/requests/" + key + ":foo", 404, "/v1/requests/" + MaskToken(key+":foo")},
+		{"POST", "/v1/requests/" + key + ":watchTokens", 404, "/v1/requests/" + MaskToken(key+":watchTokens")},
 		{"POST", "/v1/requests/0123456789abcdef0123456789abcdef:watchToken", 400, "/v1/requests/0123456789abcdef0123456789abcdef:watchToken"},
 		{"GET", "/v1/requests/0123456789abcdef0123456789abcdef:watch", 429, "/v1/requests/0123456789abcdef0123456789abcdef:watch"},
 		{"GET", "/v1/requests/0123456789abcdef0123456789abcdef", 404, "/v1/requests/0123456789abcdef0123456789abcdef"},
