@@ -38,22 +38,6 @@ import (
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
 
-// logLines returns the log lines whose attributes include every one of want.
-func logLines(t *testing.T, b *testlog.Buffer, want map[string]any) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-next:
-	for _, l := range b.Lines(t) {
-		for k, v := range want {
-			if l[k] != v {
-				continue next
-			}
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
 type opsServer struct {
 	*Server
 	httpURL    string
@@ -223,7 +207,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("gRPC Ingest over the limit: %v, want RESOURCE_EXHAUSTED", err)
 	}
-	if lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
+	if lines := s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
 		t.Errorf("%d log lines for the gRPC Ingest over the limit, want 1", len(lines))
 	}
 	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
@@ -356,7 +340,7 @@ func TestEventStreamIsObserved(t *testing.T) {
 		t.Fatal("watch_streams{http} stayed up after the event stream ended")
 	}
 	want := map[string]any{"msg": "grpc call", "request_id": "sse-1", "transport": "http", "method": eventsv1.RequestService_WatchRequest_FullMethodName, "otpless_request_id": "sse-req"}
-	if !eventually(func() bool { return len(logLines(t, s.logs, want)) == 1 }) {
+	if !eventually(func() bool { return len(s.logs.Matching(t, want)) == 1 }) {
 		t.Fatalf("no gRPC line for the event stream with the HTTP request id:\n%s", s.logs)
 	}
 }
@@ -382,20 +366,20 @@ func TestRequestLogs(t *testing.T) {
 		t.Errorf("gRPC response header %v lacks a request id", hdr)
 	}
 
-	hook := logLines(t, s.logs, map[string]any{"msg": "http request", "request_id": "hook-1"})
+	hook := s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "hook-1"})
 	if len(hook) != 1 {
 		t.Fatalf("%d log lines for the webhook: %s", len(hook), s.logs)
 	}
 	if l := hook[0]; l["status"] != float64(200) || l["otpless_request_id"] != "log-req" || l["otpless_trace_id"] != "tr_ops" || l["path"] != "/v1/webhooks/otpless" {
 		t.Errorf("webhook line %v", l)
 	}
-	if n := len(logLines(t, s.logs, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
+	if n := len(s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
 		t.Errorf("%d HTTP lines for the read, want 1", n)
 	}
-	if n := len(logLines(t, s.logs, map[string]any{"msg": "grpc call", "request_id": "read-1", "transport": "http", "code": "OK", "otpless_request_id": "log-req"})); n != 1 {
+	if n := len(s.logs.Matching(t, map[string]any{"msg": "grpc call", "request_id": "read-1", "transport": "http", "code": "OK", "otpless_request_id": "log-req"})); n != 1 {
 		t.Errorf("%d gRPC lines carry the HTTP request id, want 1:\n%s", n, s.logs)
 	}
-	if n := len(logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
+	if n := len(s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
 		t.Errorf("%d lines for the direct gRPC call, want 1", n)
 	}
 	if strings.Contains(s.logs.String(), "9812345678") {
@@ -432,10 +416,10 @@ func TestHealthRoutes(t *testing.T) {
 		t.Fatalf("/healthz while not ready: %d, want 200 (the process is alive)", code)
 	}
 	// Probes log at debug, also while they fail: one line every few seconds.
-	if lines := logLines(t, s.logs, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
+	if lines := s.logs.Matching(t, map[string]any{"msg": "http request", "path": "/readyz", "status": float64(503)}); len(lines) != 1 || lines[0]["level"] != "DEBUG" {
 		t.Errorf("/readyz while not ready logged %v, want one line at DEBUG", lines)
 	}
-	if lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "method": "/grpc.health.v1.Health/Check"}); len(lines) != 2 || lines[0]["level"] != "DEBUG" || lines[1]["level"] != "DEBUG" {
+	if lines := s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": "/grpc.health.v1.Health/Check"}); len(lines) != 2 || lines[0]["level"] != "DEBUG" || lines[1]["level"] != "DEBUG" {
 		t.Errorf("gRPC health checks logged %v, want two lines at DEBUG", lines)
 	}
 	if got := s.scrape(t)["otpless_events_ready"]; got != 0 {
@@ -637,7 +621,7 @@ func TestPanicsAreRecovered(t *testing.T) {
 		{"msg": "grpc call", "method": "/test.Panics/Panic", "code": "Internal", "panic": "grpc kaboom", "level": "ERROR", "transport": "http"},
 		{"msg": "http request", "path": "/boom", "status": float64(500), "panic": "http kaboom", "level": "ERROR"},
 	} {
-		lines := logLines(t, s.logs, want)
+		lines := s.logs.Matching(t, want)
 		if len(lines) != 2 {
 			t.Errorf("%d log lines like %v, want one per panic", len(lines), want)
 			continue
@@ -706,7 +690,7 @@ func TestReadFaultsAreLoggedWithTheirCause(t *testing.T) {
 	if code != http.StatusInternalServerError || !strings.Contains(body, `"internal error"`) {
 		t.Fatalf("GET events of a broken row: %d %s, want 500 and a generic message", code, body)
 	}
-	lines := logLines(t, s.logs, map[string]any{"msg": "grpc call", "request_id": "broken-1", "code": "Internal"})
+	lines := s.logs.Matching(t, map[string]any{"msg": "grpc call", "request_id": "broken-1", "code": "Internal"})
 	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["cause"]), "events") {
 		t.Errorf("log lines of the read %v, want one with the cause", lines)
 	}

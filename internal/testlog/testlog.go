@@ -46,3 +46,20 @@ func (b *Buffer) Lines(t testing.TB) []map[string]any {
 	}
 	return out
 }
+
+// Matching returns the JSON log lines whose attributes include every one of
+// want.
+func (b *Buffer) Matching(t testing.TB, want map[string]any) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+next:
+	for _, l := range b.Lines(t) {
+		for k, v := range want {
+			if l[k] != v {
+				continue next
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}

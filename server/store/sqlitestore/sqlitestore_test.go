@@ -365,13 +365,7 @@ func TestDamagedBody(t *testing.T) {
 	if err != nil || len(events) != 1 || events[0].GetRawBody() != "{\"\uFFFD}" {
 		t.Fatalf("ListEvents of a damaged body: %v, %v; want its event, the body's invalid byte replaced", events, err)
 	}
-	var damaged []map[string]any
-	for _, l := range logs.Lines(t) {
-		if l["level"] == "ERROR" && l["otpless_request_id"] == "r1" {
-			damaged = append(damaged, l)
-		}
-	}
-	if len(damaged) != 1 {
+	if damaged := logs.Matching(t, map[string]any{"level": "ERROR", "otpless_request_id": "r1"}); len(damaged) != 1 {
 		t.Errorf("log lines %v, want one error naming the request", logs.String())
 	}
 }
