@@ -202,8 +202,10 @@ type ErrorInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The failure code as sent, e.g. "033".
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	// The failure text as sent, cut to 1 KiB (the raw body has all of it).
-	// Personal data: it may name the number a vendor failed to reach.
+	// The failure text as sent, cut to 1 KiB and "…" (the raw body has all
+	// of it). Personal data (shown only to callers that may read it, and
+	// purged after the retention): it may name the number a vendor failed to
+	// reach.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The documented meaning of the code, when the code is known.
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
@@ -393,9 +395,10 @@ type Event struct {
 	ReceiveTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=receive_time,json=receiveTime,proto3" json:"receive_time,omitempty"`
 	// The payload generation the body was read as.
 	Format PayloadFormat `protobuf:"varint,19,opt,name=format,proto3,enum=otpless.events.v1.PayloadFormat" json:"format,omitempty"`
-	// The original webhook body, verbatim (JSON text). Set where events are
-	// listed; empty in watch updates, and once retention purged it. (Bytes a
-	// damaged store no longer holds as UTF-8 read as U+FFFD.)
+	// The original webhook body, verbatim (JSON text). Personal data: set
+	// where events are listed for a caller that may read it; empty in watch
+	// updates, and once retention purged it. (Bytes a damaged store no longer
+	// holds as UTF-8 read as U+FFFD.)
 	RawBody       string `protobuf:"bytes,20,opt,name=raw_body,json=rawBody,proto3" json:"raw_body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
