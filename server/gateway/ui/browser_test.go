@@ -351,7 +351,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 		// A failure report, then OTPLESS reports the user unreachable: the
 		// outcome names the second, which no fallback undoes.
-		ts.Ingest(t, dlr("FAILED", 1707743499000))
+		// Without a code (OTPLESS's documented FAILED has none), and for a
+		// watch token without a message: the page says so in words.
+		p.waitRevision(ts.Ingest(t, dlr("FAILED", 1707743499000)).GetEvents()[0].GetRevision())
+		if v := p.view(); len(v.Failures) != 1 || !strings.HasSuffix(v.Failures[0], "SMS unknown failure") {
+			t.Errorf("after a FAILED without a code: failures %q; want the failure named unknown", v.Failures)
+		}
 		unreachable := fmt.Sprintf(`{"token":"tok","timestamp":1707743509000,"requestId":%q,"notificationType":"UNREACHABLE"}`, id)
 		p.waitRevision(ts.Ingest(t, []byte(unreachable)).GetEvents()[0].GetRevision())
 		if v := p.view(); v.Status != "REQUEST_STATUS_FAILED" || !strings.HasPrefix(v.Outcome, "OTPLESS reported the user unreachable at") {

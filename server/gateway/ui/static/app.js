@@ -95,7 +95,7 @@ function humanize(s) {
 // whether retrying can help. (A watch token never shows OTPLESS's message,
 // which may name the user's number.)
 function errorText(err) {
-  if (!err) return '';
+  if (!err) return 'unknown failure';
   const words = err.description || 'unknown failure';
   const parts = [err.code ? `code ${err.code}` : null, RETRIABLE[err.retriable]].filter(Boolean);
   return parts.length ? `${words} (${parts.join(', ')})` : words;
