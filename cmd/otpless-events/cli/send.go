@@ -301,7 +301,7 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		if e.GetDuplicate() {
 			line += "  (duplicate)"
 		}
-		if _, err := fmt.Fprintln(stdout, line); err != nil {
+		if _, err := fmt.Fprintln(stdout, printable(line)); err != nil {
 			return err
 		}
 	}

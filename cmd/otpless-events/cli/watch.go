@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -247,7 +249,7 @@ func (w *watcher) gaveUp(ctx context.Context) error {
 			msg += " (" + f.GetChannel() + " " + failureText(f.GetError()) + ")"
 		}
 	}
-	return errors.New(msg)
+	return errors.New(printable(msg))
 }
 
 func (w *watcher) print(msg *eventsv1.WatchRequestResponse) error {
@@ -264,8 +266,27 @@ func (w *watcher) print(msg *eventsv1.WatchRequestResponse) error {
 		_, err = w.stdout.Write(line.Bytes())
 		return err
 	}
-	_, err := fmt.Fprintf(w.stdout, "rev %-3d %-12s %s\n", msg.GetRevision(), statusWord(msg.GetRequest().GetStatus()), describeChange(msg))
+	_, err := fmt.Fprintf(w.stdout, "rev %-3d %-12s %s\n", msg.GetRevision(), statusWord(msg.GetRequest().GetStatus()), printable(describeChange(msg)))
 	return err
+}
+
+// printable escapes the control characters of s, as Go writes them in a
+// string literal ("\x1b", "\n"): what a line says comes from webhook
+// senders, who must not clear the terminal, set its title or start lines.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func statusWord(s eventsv1.RequestStatus) string {

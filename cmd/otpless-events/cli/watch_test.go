@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -232,5 +233,25 @@ func TestWatchDropsASilentStream(t *testing.T) {
 	}
 	if client.opened != 2 || !slices.Equal(client.after, []int64{0, 1}) || !strings.Contains(stderr.String(), "nothing from the server for 50ms at revision 1") {
 		t.Errorf("%d streams opened after revisions %v, stderr %q; want 2, the silent one dropped and the next after revision 1", client.opened, client.after, stderr.String())
+	}
+}
+
+// What watch prints of a change comes from webhook senders: control
+// characters in it are escaped, so that none reaches the terminal (ESC
+// sequences cleared the screen or set its title; a newline faked a line).
+func TestWatchPrintsNoControlCharacters(t *testing.T) {
+	var out strings.Builder
+	w := &watcher{stdout: &out}
+	msg := &eventsv1.WatchRequestResponse{
+		Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, Revision: 2,
+		Request: &eventsv1.AuthRequest{Revision: 2, Status: eventsv1.RequestStatus_REQUEST_STATUS_FAILED},
+		Events:  []*eventsv1.Event{{Status: "FAILED", Channel: "SMS\x1b[2J", Error: &eventsv1.ErrorInfo{Code: "0\x1b]0;PWNED\a33\n"}}},
+	}
+	if err := w.print(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if strings.ContainsFunc(strings.TrimSuffix(got, "\n"), unicode.IsControl) || !strings.Contains(got, `SMS\x1b[2J FAILED`) || !strings.Contains(got, `0\x1b]0;PWNED\a33\n`) {
+		t.Errorf("printed %q; want one line with the control characters escaped", got)
 	}
 }
