@@ -221,11 +221,11 @@ func TestEventTime(t *testing.T) {
 func TestEventTimeRefused(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ name, body, err string }{
-		{"negative", `{"status": "SENT", "timestamp": -1707743466000}`, `timestamp -1707743466000 is not epoch seconds`},
+		{"negative", `{"status": "SENT", "timestamp": -1707743466000}`, `timestamp -1707743466000 is not an epoch time`},
 		{"object", `{"status": "SENT", "timestamp": {"ms": 1707743466000}}`, `timestamp (an object) is not a number or a string`},
 		{"bool", `{"status": "SENT", "timestamp": true}`, `timestamp true is not a number or a string`},
-		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp (a string) is not epoch seconds`},
-		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp (a string) is not epoch seconds`},
+		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp (a string) is not an epoch time`},
+		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp (a string) is not an epoch time`},
 		{"year 2100", `{"eventType": "DLR", "timestamp": 4102444800000, "data": {"status": "FAILED"}}`, `timestamp 4102444800000 is more than a day after the webhook arrived (2026-01-02T03:04:05Z)`},
 		{"a day and a millisecond ahead", fmt.Sprintf(`{"status": "SENT", "timestamp": %d}`, received.Add(normalize.MaxAhead+time.Millisecond).UnixMilli()), "more than a day after"},
 	}

@@ -78,7 +78,7 @@ func ParseTime(v *structpb.Value) (time.Time, error) {
 	}
 	switch {
 	case !ok:
-		return time.Time{}, errors.New("is not epoch seconds or milliseconds, an ISO 8601 time, nor HTTP's date")
+		return time.Time{}, errors.New("is not an epoch time (seconds to nanoseconds), an ISO 8601 time, nor HTTP's date")
 	case !t.After(time.Unix(0, 0)):
 		return time.Time{}, errors.New("is not after 1970")
 	case t.After(lastTime):
