@@ -161,11 +161,18 @@ func fromString(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// isZero reports whether s is a number of zero as fromString reads numbers
-// ("0", "0.0", "-0", "0e0"; not "0x0p0" or "0_0", which ParseFloat takes).
+// isZero reports whether s writes the number zero: zeros and at most one
+// point, signed or not, with any exponent ("0", "0.0", "-0", "0e5"; not
+// "1e-400", which is zero only as a float64, nor "0x0p0" or "0_0").
 func isZero(s string) bool {
-	f, err := strconv.ParseFloat(s, 64)
-	return err == nil && f == 0 && strings.Trim(s, "0123456789.eE+-") == ""
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		s = s[1:]
+	}
+	mantissa, exponent, hasExponent := strings.Cut(strings.ToLower(s), "e")
+	if _, err := strconv.Atoi(exponent); hasExponent && err != nil {
+		return false
+	}
+	return strings.Contains(mantissa, "0") && strings.Trim(mantissa, "0.") == "" && strings.Count(mantissa, ".") <= 1
 }
 
 // isDecimal reports whether s is digits with at most one decimal point.

@@ -46,9 +46,9 @@
 //
 // Adding events never lowers a channel along DeliveryStatuses and never
 // moves a request out of SUCCESS. A snapshot lists at most MaxListed
-// channels, fallbacks and failures, the latest, and always the active
-// channel and its latest failure: of a request with more channels, an
-// older one can drop out of the list.
+// channels, fallbacks and failures, the latest, and the active channel's
+// entry (when it has a report) and latest failure: of a request with more
+// channels, an older one can drop out of the list.
 //
 // It imports only the generated API types and protobuf.
 package state

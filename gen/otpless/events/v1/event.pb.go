@@ -204,8 +204,9 @@ type ErrorInfo struct {
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
 	// The failure text as sent, cut to 1 KiB and "…" (the raw body has all
 	// of it). Personal data (shown only to callers that may read it, and
-	// purged after the retention): it may name the number a vendor failed to
-	// reach.
+	// purged after the retention, except where an earlier build purged the
+	// webhook: see the README's Upgrading): it may name the number a vendor
+	// failed to reach.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The documented meaning of the code, when the code is known.
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`

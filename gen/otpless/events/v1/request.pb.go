@@ -545,13 +545,14 @@ type AuthRequest struct {
 	// first reported after its failure, and never fallen back from, is active
 	// (the fallback to it was missed).
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
-	// Delivery progress, one entry per channel, ordered by first event time,
-	// then channel name. This list and the two below hold at most 64 entries:
-	// the latest, and always the active channel and its latest failure.
+	// Delivery progress, one entry per reported channel, ordered by first
+	// event time, then channel name. This list and the two below hold at most
+	// 64 entries: the latest, and (first, when it would not be among them)
+	// the active channel's entry and its latest failure.
 	Channels []*ChannelProgress `protobuf:"bytes,7,rep,name=channels,proto3" json:"channels,omitempty"`
-	// Fallbacks in time order (the latest 64).
+	// Fallbacks in time order.
 	Fallbacks []*Fallback `protobuf:"bytes,8,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
-	// FAILED reports in time order (the latest 64).
+	// FAILED reports in time order.
 	Failures []*Failure `protobuf:"bytes,9,rep,name=failures,proto3" json:"failures,omitempty"`
 	// OTP, MAGIC_LINK, SILENT_AUTH, OAUTH, ...
 	AuthMethod string `protobuf:"bytes,10,opt,name=auth_method,json=authMethod,proto3" json:"auth_method,omitempty"`
