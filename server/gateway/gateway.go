@@ -335,21 +335,20 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	if !admitted {
 		return
 	}
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+	body, err := h.readWebhook(w, r)
+	if err != nil {
 		if pending { // a sender that sent no body it could sign failed
 			h.guard.Spend(h.guard.ClientAddr(r), true)
 		}
-		writeStatus(w, out, http.StatusUnsupportedMediaType,
-			status.New(codes.InvalidArgument, fmt.Sprintf("Content-Encoding %.40q is not accepted: send the body uncompressed", ce)))
-		return
-	}
-	body, err := readBody(w, r, h.maxBody)
-	if err != nil {
-		if pending {
-			h.guard.Spend(h.guard.ClientAddr(r), true)
-		}
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		var (
+			tooLarge   *http.MaxBytesError
+			compressed compressedError
+		)
+		switch {
+		case errors.As(err, &compressed):
+			writeStatus(w, out, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, err.Error()))
+			return
+		case errors.As(err, &tooLarge):
 			writeStatus(w, out, http.StatusRequestEntityTooLarge,
 				status.New(codes.InvalidArgument, "webhook body is larger than "+api.Size(h.maxBody)))
 			return
@@ -396,6 +395,22 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 }
 
 var utf8BOM = []byte("\ufeff")
+
+// compressedError is readWebhook's for a body sent with a Content-Encoding.
+type compressedError struct{ encoding string }
+
+func (e compressedError) Error() string {
+	return fmt.Sprintf("Content-Encoding %.40q is not accepted: send the body uncompressed", e.encoding)
+}
+
+// readWebhook reads a webhook's body, at most maxBody bytes, refusing one
+// that is compressed before reading it.
+func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return nil, compressedError{ce}
+	}
+	return readBody(w, r, h.maxBody)
+}
 
 // readBody reads a request body of at most max bytes. A body whose length
 // is announced is read into a slice of that size, in one piece; a chunked
