@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // Standard input holds JSON bodies one after another, laid out as they
@@ -93,5 +96,22 @@ func TestWebhookURL(t *testing.T) {
 		if got := webhookURL(tc.addr, tc.tls); got != tc.want {
 			t.Errorf("webhookURL(%q, %v) = %q, want %q", tc.addr, tc.tls, got, tc.want)
 		}
+	}
+}
+
+// What send prints of an answer names what the sender wrote (a status):
+// control characters in it are escaped, as watch escapes them.
+func TestSendPrintsNoControlCharacters(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, `{"events":[{"eventId":"e1","requestId":"r1","revision":"1","status":"SENT\u001b]0;PWNED\u0007"}],"stored":1}`)
+	}))
+	defer srv.Close()
+	var out strings.Builder
+	if err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); strings.ContainsFunc(strings.TrimSuffix(got, "\n"), unicode.IsControl) || !strings.Contains(got, `SENT\x1b]0;PWNED\a`) {
+		t.Errorf("printed %q; want one line with the control characters escaped", got)
 	}
 }
