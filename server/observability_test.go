@@ -33,6 +33,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/observe"
 
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
@@ -372,6 +373,27 @@ func TestRequestLogs(t *testing.T) {
 	}
 	if l := hook[0]; l["status"] != float64(200) || l["otpless_request_id"] != "log-req" || l["otpless_trace_id"] != "tr_ops" || l["path"] != "/v1/webhooks/otpless" {
 		t.Errorf("webhook line %v", l)
+	}
+	// A refused webhook's line names the OTPLESS ids its body has, over
+	// HTTP and over gRPC.
+	ahead := dlrBody("log-req", "READ", time.Now().Add(48*time.Hour).UnixMilli())
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", ahead, observe.RequestIDHeader, "hook-2"); code != http.StatusBadRequest {
+		t.Fatalf("POST of a webhook two days ahead: %d %s", code, body)
+	}
+	refused := s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "hook-2", "status": float64(400), "otpless_request_id": "log-req", "otpless_trace_id": "tr_ops"})
+	if len(refused) != 1 {
+		t.Errorf("%d lines for the refused webhook with its OTPLESS ids, want 1:\n%s", len(refused), s.logs)
+	}
+	req, err := normalize.Decode([]byte(ahead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), observe.RequestIDMetadata, "hook-3")
+	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, req); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("gRPC Ingest of a webhook two days ahead: %v", err)
+	}
+	if n := len(s.logs.Matching(t, map[string]any{"msg": "grpc call", "request_id": "hook-3", "code": "InvalidArgument", "otpless_request_id": "log-req", "otpless_trace_id": "tr_ops"})); n != 1 {
+		t.Errorf("%d gRPC lines for the refused webhook with its OTPLESS ids, want 1:\n%s", n, s.logs)
 	}
 	if n := len(s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "read-1", "status": float64(200)})); n != 1 {
 		t.Errorf("%d HTTP lines for the read, want 1", n)

@@ -32,8 +32,9 @@ type WebhookServer struct {
 
 // IngestObserver is told the outcome of every webhook IngestBody handles:
 // its events and the store's result, or the error it failed with (before
-// it became a gRPC status; events are nil when normalization failed). It
-// runs on the caller's goroutine, with the caller's ctx, and must be quick.
+// it became a gRPC status; when normalization failed, events is the one
+// normalize.Named gives, with only the ids the body names). It runs on the
+// caller's goroutine, with the caller's ctx, and must be quick.
 type IngestObserver interface {
 	ObserveIngest(ctx context.Context, events []*eventsv1.Event, res store.Result, err error)
 }
@@ -62,7 +63,7 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 	received := s.now()
 	events, err := normalize.Events(req, received)
 	if err != nil {
-		s.observe(ctx, nil, store.Result{}, err)
+		s.observe(ctx, []*eventsv1.Event{normalize.Named(req)}, store.Result{}, err)
 		return nil, Status(err)
 	}
 	res, err := s.ingester.Submit(ctx, store.Webhook{Body: body, Received: received, Events: events})

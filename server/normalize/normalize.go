@@ -9,6 +9,7 @@
 package normalize
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -356,4 +357,35 @@ func norm(s string) string {
 
 func isSet(s string) bool {
 	return strings.TrimSpace(s) != ""
+}
+
+// Named returns an event holding only the request id and trace id that req
+// names, for the log line of a body Events refused: the request id its
+// first event would have had (for a body naming no format, the first of
+// data.requestId, data.referenceId and requestId), and data.traceId. Either is left empty when CheckRequestID
+// refuses it.
+func Named(req *eventsv1.IngestRequest) *eventsv1.Event {
+	d := req.GetData()
+	var id string
+	switch {
+	case isSet(req.GetNotificationType()):
+		id = req.GetRequestId()
+	case isSet(req.GetEventType()):
+		id = d.GetRequestId()
+		if v2Kind(norm(req.GetEventType()), norm(d.GetStatus())) == eventsv1.EventKind_EVENT_KIND_AUTH {
+			id = authGroups(d.GetAuthenticationDetails(), id)[0].requestID
+		}
+	case isSet(req.GetStatus()):
+		id = d.GetReferenceId()
+	default:
+		id = cmp.Or(d.GetRequestId(), d.GetReferenceId(), req.GetRequestId())
+	}
+	e := &eventsv1.Event{}
+	if CheckRequestID(id) == nil {
+		e.RequestId = strings.Clone(id)
+	}
+	if CheckRequestID(d.GetTraceId()) == nil {
+		e.TraceId = strings.Clone(d.GetTraceId())
+	}
+	return e
 }

@@ -592,3 +592,42 @@ func TestFieldLengthsBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestNamed checks that Named gives, for every documented body, the request
+// and trace id of its first event, and for refused bodies the ids they name
+// when a reader could ask for them.
+func TestNamed(t *testing.T) {
+	t.Parallel()
+	for _, f := range fixtures.Docs(t) {
+		req, err := normalize.Decode(f.Body)
+		if err != nil {
+			t.Fatalf("%s: %v", f.Name, err)
+		}
+		events := normalizeBody(t, f.Body)
+		got := normalize.Named(req)
+		if got.GetRequestId() != events[0].GetRequestId() || got.GetTraceId() != events[0].GetTraceId() {
+			t.Errorf("%s: Named = %q, %q; want the first event's %q, %q", f.Name, got.GetRequestId(), got.GetTraceId(), events[0].GetRequestId(), events[0].GetTraceId())
+		}
+	}
+	for _, tc := range []struct {
+		name, body, requestID, traceID string
+	}{
+		{"v2 time far ahead", `{"eventType":"DLR","timestamp":4102444800000,"data":{"requestId":"r1","traceId":"t1","status":"SENT"}}`, "r1", "t1"},
+		{"v2 auth, the phone entry's id", `{"eventType":"AUTH","timestamp":"soon","data":{"requestId":"r0","status":"SUCCESS","authenticationDetails":{"phone":{"requestId":"r2"}}}}`, "r2", ""},
+		{"v1 delivery", `{"status":"DELIVERED","data":{"referenceId":"r3","timestamp":"soon"}}`, "r3", ""},
+		{"v1 system", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","timestamp":"soon"}`, "r4", ""},
+		{"no format", `{"data":{"referenceId":"r5","traceId":"t5"}}`, "r5", "t5"},
+		{"ids no reader could ask for", `{"eventType":"DLR","data":{"requestId":"r\n6","traceId":"` + strings.Repeat("t", normalize.MaxRequestIDLen+1) + `","status":"SENT"}}`, "", ""},
+	} {
+		req, err := normalize.Decode([]byte(tc.body))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if _, err := normalize.Events(req, received); err == nil {
+			t.Fatalf("%s: Events accepted the body", tc.name)
+		}
+		if got := normalize.Named(req); got.GetRequestId() != tc.requestID || got.GetTraceId() != tc.traceID {
+			t.Errorf("%s: Named = %q, %q; want %q, %q", tc.name, got.GetRequestId(), got.GetTraceId(), tc.requestID, tc.traceID)
+		}
+	}
+}
