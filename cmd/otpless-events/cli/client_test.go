@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -582,5 +583,23 @@ func TestClientFlagsThatCannotWork(t *testing.T) {
 		if code, _, errOut := run(t, tc.args...); code != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: exit %d, %q; want 1 saying %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// get escapes in its JSON the control characters protojson leaves, as watch
+// --json does: what it prints comes from webhook senders.
+func TestGetPrintsNoControlCharacters(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	file := filepath.Join(t.TempDir(), "c1.json")
+	if err := os.WriteFile(file, []byte(`{"data":{"requestId":"c1-req","status":"SENT","channel":"SMS\u009b2J\u007f"},"eventType":"DLR","timestamp":1764153000400}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := run(t, "send", "--http-addr", ts.HTTPURL, file); code != 0 {
+		t.Fatalf("send: exit %d: %s", code, errOut)
+	}
+	code, out, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "c1-req")
+	if code != 0 || strings.ContainsFunc(strings.TrimSuffix(out, "\n"), func(r rune) bool { return unicode.IsControl(r) && r != '\n' }) || !strings.Contains(out, `SMS\u009b2J\u007f`) {
+		t.Fatalf("get: exit %d, printed %q (%s); want the control characters escaped", code, out, errOut)
 	}
 }

@@ -35,7 +35,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(stdout, "%s\n", b)
+			_, err = fmt.Fprintf(stdout, "%s\n", printableJSON(b))
 			return err
 		},
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -263,7 +264,7 @@ func (w *watcher) print(msg *eventsv1.WatchRequestResponse) error {
 			return err
 		}
 		line.WriteByte('\n')
-		_, err = w.stdout.Write(line.Bytes())
+		_, err = w.stdout.Write(printableJSON(line.Bytes()))
 		return err
 	}
 	_, err := fmt.Fprintf(w.stdout, "rev %-3d %-12s %s\n", msg.GetRevision(), statusWord(msg.GetRequest().GetStatus()), printable(describeChange(msg)))
@@ -287,6 +288,28 @@ func printable(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// printableJSON escapes in b, JSON that protojson wrote, the control
+// characters it leaves as they are (DEL and the C1 controls, U+007F to
+// U+009F; a terminal may take U+009B for ESC [) as \u escapes, which mean
+// the same in JSON: they can only be within strings.
+func printableJSON(b []byte) []byte {
+	unescaped := func(r rune) bool { return r >= 0x7f && unicode.IsControl(r) }
+	if !bytes.ContainsFunc(b, unescaped) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if unescaped(r) {
+			out = fmt.Appendf(out, `\u%04x`, r)
+		} else {
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }
 
 func statusWord(s eventsv1.RequestStatus) string {

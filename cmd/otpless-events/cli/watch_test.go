@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -253,5 +254,29 @@ func TestWatchPrintsNoControlCharacters(t *testing.T) {
 	got := out.String()
 	if strings.ContainsFunc(strings.TrimSuffix(got, "\n"), unicode.IsControl) || !strings.Contains(got, `SMS\x1b[2J FAILED`) || !strings.Contains(got, `0\x1b]0;PWNED\a33\n`) {
 		t.Errorf("printed %q; want one line with the control characters escaped", got)
+	}
+}
+
+// watch --json (and get) escape what protojson leaves of the control
+// characters: DEL and the C1 controls, one of which a terminal may take for
+// ESC [. The line stays JSON that means the same.
+func TestWatchJSONPrintsNoControlCharacters(t *testing.T) {
+	var out strings.Builder
+	w := &watcher{stdout: &out, json: true}
+	channel := "SMS\u009b2J\x7f\x1b"
+	msg := &eventsv1.WatchRequestResponse{
+		Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, Revision: 2,
+		Events: []*eventsv1.Event{{Status: "SENT", Channel: channel}},
+	}
+	if err := w.print(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if strings.ContainsFunc(strings.TrimSuffix(got, "\n"), unicode.IsControl) || !strings.Contains(got, `SMS\u009b2J\u007f\u001b`) {
+		t.Fatalf("printed %q; want the control characters escaped", got)
+	}
+	var back eventsv1.WatchRequestResponse
+	if err := protojson.Unmarshal([]byte(got), &back); err != nil || back.GetEvents()[0].GetChannel() != channel {
+		t.Errorf("the line reads back as channel %q (%v), want %q", back.GetEvents()[0].GetChannel(), err, channel)
 	}
 }
