@@ -19,3 +19,7 @@ func CachedRequests(s *Store) int {
 
 // WriterDB is the writer connection.
 func WriterDB(s *Store) *sql.DB { return s.w }
+
+// WithWriterMode opens the writer connection with the SQLite URI mode given
+// ("ro": as SQLite opens a file the process may not write).
+func WithWriterMode(mode string) Option { return func(o *options) { o.writerMode = mode } }

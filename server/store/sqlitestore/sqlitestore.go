@@ -28,7 +28,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -45,6 +46,7 @@ type options struct {
 	busyTimeout   time.Duration
 	cacheRequests int
 	processLock   bool
+	writerMode    string // a URI mode for the writer connection (tests)
 }
 
 // WithLogger sets the logger (default: discard).
@@ -177,7 +179,11 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	// secure_delete(1) zeroes what a write removes, so the personal data a
 	// retention purge strips does not stay in the file's free space (within
 	// the noise of the commit benchmark).
-	if s.w, err = sql.Open("sqlite", uri+"?_txlock=immediate&"+pragmas("journal_mode(WAL)", "synchronous(FULL)", "temp_store(MEMORY)", "secure_delete(1)")); err != nil {
+	writerURI := uri + "?_txlock=immediate&"
+	if o.writerMode != "" {
+		writerURI += "mode=" + o.writerMode + "&"
+	}
+	if s.w, err = sql.Open("sqlite", writerURI+pragmas("journal_mode(WAL)", "synchronous(FULL)", "temp_store(MEMORY)", "secure_delete(1)")); err != nil {
 		return err
 	}
 	s.w.SetMaxOpenConns(1)
@@ -206,6 +212,12 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if err := moveEvents(ctx, s.w, log.With("path", s.path)); err != nil {
 		return store.MapErr(ctx, err)
+	}
+	// A file SQLite can open only for reading (by its mode or owner, or on
+	// a read-only mount) would serve reads, and fail every commit: the
+	// server would be ready and answer every webhook 503.
+	if err := checkWritable(ctx, s.w); err != nil {
+		return err
 	}
 
 	// The schema exists now, so the readers never create or convert it.
@@ -247,6 +259,26 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	prepare(s.r, &s.bodies, `SELECT id, body FROM webhooks WHERE id IN (SELECT value FROM json_each(?))`)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", store.MapErr(ctx, err))
+	}
+	return nil
+}
+
+// checkWritable runs a write that changes nothing, and rolls it back:
+// SQLite refuses it on a database it opened only for reading (BEGIN
+// IMMEDIATE it allows).
+func checkWritable(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin a write: %w", store.MapErr(ctx, err))
+	}
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx, `DELETE FROM webhooks WHERE 0`)
+	var se *sqlite.Error
+	switch {
+	case errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY:
+		return fmt.Errorf("the file cannot be written by this process (its mode or owner, or a read-only mount): %w", err)
+	case err != nil:
+		return fmt.Errorf("write: %w", store.MapErr(ctx, err))
 	}
 	return nil
 }

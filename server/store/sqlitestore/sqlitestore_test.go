@@ -172,6 +172,24 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
+// A database SQLite can open only for reading (mode=ro stands for a file
+// the process may not write, which root, running the tests, always may) is
+// refused at Open, saying so: it served reads and failed every commit.
+func TestReadOnlyFileRefused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	open(t, path).Close()
+	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithWriterMode("ro"))
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a database it cannot write succeeded")
+	}
+	if !strings.Contains(err.Error(), "cannot be written by this process") || !strings.Contains(err.Error(), path) {
+		t.Errorf("Open: %v; want it to say the file %s cannot be written", err, path)
+	}
+	open(t, path).Close() // and read-write it opens
+}
+
 func TestPathWithURICharacters(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "a dir?x=1#frag%20", "events.db")
