@@ -34,16 +34,18 @@ func deliverySetup(t *testing.T) (*runner, *slot, *genState, func(ms int) time.T
 	return r, s, g, func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 }
 
-// A delivery is measured from the post of the attempt that was stored: a
-// retry after a refused original, not the original; the first of two
-// answered 2xx; and not at all when an earlier attempt got no answer (it
-// may have been the one stored) or none was answered 2xx.
+// A delivery is measured from the post of the attempt that was stored (from
+// when it was due, in open loop: a stall of the senders shows): a retry
+// after a refused original, not the original; the first of two answered
+// 2xx; and not at all when an earlier attempt got no answer (it may have
+// been the one stored) or none was answered 2xx.
 func TestDeliveryFromStoredAttempt(t *testing.T) {
 	t.Parallel()
 	const key = "DELIVERED/SMS"
 	type post struct {
 		at, answered int // ms
 		o            outcome
+		late         int // ms it went out after it was due (open loop)
 	}
 	for _, tc := range []struct {
 		name      string
@@ -51,11 +53,12 @@ func TestDeliveryFromStoredAttempt(t *testing.T) {
 		delivered int           // ms
 		want      time.Duration // 0: not measured
 	}{
-		{"retry stored after a refused original", []post{{0, 2, refused}, {1000, 1007, stored}}, 1005, 5 * time.Millisecond},
-		{"original stored, retry a duplicate", []post{{0, 2, stored}, {1000, 1001, stored}}, 3, 3 * time.Millisecond},
-		{"delivered before the answer", []post{{0, 9, stored}}, 4, 4 * time.Millisecond},
-		{"original unanswered, may have been stored", []post{{0, 30, unknown}, {1000, 1002, stored}}, 1004, 0},
-		{"none stored", []post{{0, 2, refused}}, 5, 0},
+		{"retry stored after a refused original", []post{{0, 2, refused, 0}, {1000, 1007, stored, 0}}, 1005, 5 * time.Millisecond},
+		{"original stored, retry a duplicate", []post{{0, 2, stored, 0}, {1000, 1001, stored, 0}}, 3, 3 * time.Millisecond},
+		{"delivered before the answer", []post{{0, 9, stored, 0}}, 4, 4 * time.Millisecond},
+		{"original unanswered, may have been stored", []post{{0, 30, unknown, 0}, {1000, 1002, stored, 0}}, 1004, 0},
+		{"none stored", []post{{0, 2, refused, 0}}, 5, 0},
+		{"sent late: from when it was due", []post{{0, 3, stored, 800}}, 4, 804 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -63,7 +66,8 @@ func TestDeliveryFromStoredAttempt(t *testing.T) {
 			var refs []attemptRef
 			for i, p := range tc.posts {
 				wh := Webhook{Key: key, Retry: i > 0}
-				refs = append(refs, r.noteSend(job{slot: s, gen: 0, wh: wh}, at(p.at)))
+				due := at(p.at - p.late)
+				refs = append(refs, r.noteSend(job{slot: s, gen: 0, wh: wh, intended: due}, at(p.at)))
 			}
 			// The answers and the delivery, in time order.
 			type step struct {

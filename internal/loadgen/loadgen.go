@@ -100,14 +100,24 @@ type Result struct {
 	OK   int64 `json:"ok"`
 	// Throughput is OK per second of Elapsed.
 	Throughput float64 `json:"webhooks_per_second"`
-	// Ingest is the latency of 200 answers: from the intended send time in
+	// RequestsStarted counts the auth requests whose first webhook was
+	// sent, RequestsWhole those whose every webhook was: the mix (retries,
+	// fallbacks, SUCCESS ending a watch) is that of whole requests, and a
+	// run too short for its requests in progress sends mostly their first
+	// webhooks.
+	RequestsStarted int64 `json:"requests_started"`
+	RequestsWhole   int64 `json:"requests_whole"`
+	// Ingest is the latency of every post until its answer, whatever its
+	// status, or its failure (a timeout counts the time until then; posts
+	// the run's end canceled do not count): from the intended send time in
 	// open loop, from the send in closed loop.
 	Ingest Latency `json:"ingest"`
-	// Delivery is the latency from posting a webhook to a watcher
-	// receiving the UPDATE with its event. It runs from the post of the
-	// attempt that was stored: the first answered 2xx, when a retry
-	// follows a refused one. A delivery that may have come from a post
-	// that got no answer (and so may have been stored) is not measured.
+	// Delivery is the latency from a webhook's post (in open loop, from
+	// the time it was due, as for Ingest) to a watcher receiving the UPDATE
+	// with its event. It runs from the attempt that was stored: the first
+	// answered 2xx, when a retry follows a refused one. A delivery that
+	// may have come from a post that got no answer (and so may have been
+	// stored) is not measured.
 	Delivery Latency `json:"delivery"`
 	// DeliveryExpected counts the events of watched requests that their
 	// watcher had to receive in an UPDATE: stored (answered 2xx) with every
@@ -181,8 +191,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	watchCtx, stopWatchers := context.WithCancel(ctx)
 	var watchers sync.WaitGroup
 	defer func() { stopWatchers(); watchers.Wait() }()
+	var ready int64
 	if cfg.Watchers > 0 {
 		r.startWatchers(watchCtx, &watchers)
+		ready = r.armed.Load()
 		if cfg.WatchersReady != nil {
 			cfg.WatchersReady()
 		}
@@ -219,14 +231,32 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		DeliveryLost:     r.lost.Load(),
 		DeliveryResynced: r.resynced.Load(),
 		Errors:           r.errs.snapshot(),
-		WatchersReady:    int(r.armed.Load()),
+		WatchersReady:    int(ready),
 		WatchLate:        r.late.Load(),
 		WatchErrors:      r.watchErrs.snapshot(),
 	}
 	if elapsed > 0 {
 		res.Throughput = float64(res.OK) / elapsed.Seconds()
 	}
+	res.RequestsStarted, res.RequestsWhole = r.requests()
 	return res, nil
+}
+
+// requests counts the requests started and those sent whole.
+func (r *runner) requests() (started, whole int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.slots {
+		if s.gen < 0 {
+			continue
+		}
+		started += int64(s.gen + 1)
+		whole += int64(s.gen) // the earlier ones
+		if s.pos == len(s.script) {
+			whole++
+		}
+	}
+	return started, whole
 }
 
 type runner struct {
@@ -237,10 +267,11 @@ type runner struct {
 	stopClosing func() bool
 	run         uint32
 
-	mu     sync.Mutex // guards rng, cursor and the slots' scripts
-	rng    *rand.Rand
-	cursor int
-	slots  []*slot
+	mu      sync.Mutex // guards rng, cursor and the slots' scripts
+	rng     *rand.Rand
+	cursor  int
+	slots   []*slot
+	watched []*slot // the slots with a watcher, spread evenly among all
 
 	sent, ok  atomic.Int64
 	lastDone  atomic.Int64 // unix ns of the last answer
@@ -291,10 +322,11 @@ type keyState struct {
 	settled   bool      // delivered, and measured if that could be
 }
 
-// attempt is one post of an event.
+// attempt is one post of an event: when it was due (open loop; closed
+// loop: when it was sent) and sent.
 type attempt struct {
-	sent    time.Time
-	outcome outcome
+	due, sent time.Time
+	outcome   outcome
 }
 
 type outcome uint8
@@ -351,8 +383,17 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 		DisableHeaderNamesNormalizing: true,
 	}
 	r.stopClosing = context.AfterFunc(ctx, r.conns.closeAll)
+	// Slot i is watched when it brings the count of watched slots among
+	// the first i+1 to the next whole number of Watchers/Requests: watched
+	// webhooks then go out all along the round-robin, not in one burst of
+	// it, so that no stall of the server misses them.
 	for i := range r.slots {
-		r.slots[i] = &slot{index: i, watched: i < cfg.Watchers, gen: -1, sending: -1, armed: -1, gens: map[int]*genState{}}
+		s := &slot{index: i, gen: -1, sending: -1, armed: -1, gens: map[int]*genState{}}
+		s.watched = (i+1)*cfg.Watchers/cfg.Requests > i*cfg.Watchers/cfg.Requests
+		if s.watched {
+			r.watched = append(r.watched, s)
+		}
+		r.slots[i] = s
 	}
 	return r
 }
@@ -524,6 +565,8 @@ func (r *runner) send(ctx context.Context, j job) {
 		kind := transportError(err)
 		if ctx.Err() != nil { // its connection was closed, or its deadline was the run's
 			kind = "canceled"
+		} else {
+			r.ingest.Record(done.Sub(j.intended)) // a stall that ends in a timeout shows
 		}
 		r.errs.add(kind)
 		r.noteAnswer(j.slot, att, unknown, done)
@@ -537,12 +580,12 @@ func (r *runner) send(ctx context.Context, j job) {
 		o = stored
 	}
 	r.noteAnswer(j.slot, att, o, done)
+	r.ingest.Record(done.Sub(j.intended))
 	if code != http.StatusOK {
 		r.errs.add(fmt.Sprintf("http_%d", code))
 		return
 	}
 	r.ok.Add(1)
-	r.ingest.Record(done.Sub(j.intended))
 }
 
 // noteSend records that a watched request's event is being posted at at.
@@ -578,7 +621,7 @@ func (r *runner) noteSend(j job, at time.Time) attemptRef {
 	if !g.open {
 		k.unwatched = true
 	}
-	k.attempts = append(k.attempts, attempt{sent: at})
+	k.attempts = append(k.attempts, attempt{due: j.intended, sent: at})
 	return attemptRef{g: g, key: i, n: len(k.attempts) - 1}
 }
 
@@ -642,7 +685,7 @@ func (r *runner) settle(k *keyState) {
 			return
 		}
 	}
-	r.delivery.Record(k.delivered.Sub(first.sent))
+	r.delivery.Record(k.delivered.Sub(first.due))
 }
 
 // genState returns the state of generation gen, made if need be; under
@@ -718,7 +761,7 @@ func (r *runner) judge(g *genState) {
 // judgeOpen judges the generations whose stream was still open at the end
 // of the run.
 func (r *runner) judgeOpen() {
-	for _, s := range r.slots[:r.cfg.Watchers] {
+	for _, s := range r.watched {
 		s.mu.Lock()
 		for _, g := range s.gens {
 			if g.open {
@@ -732,7 +775,7 @@ func (r *runner) judgeOpen() {
 // outstanding reports whether an open stream still misses a delivery it
 // should receive.
 func (r *runner) outstanding() bool {
-	for _, s := range r.slots[:r.cfg.Watchers] {
+	for _, s := range r.watched {
 		s.mu.Lock()
 		for _, g := range s.gens {
 			if g.open && !g.judged && !g.resynced {
@@ -779,7 +822,7 @@ func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 		} else {
 			sub = grpcSubscriber(eventsv1.NewRequestServiceClient(r.cfg.WatchConns[i%len(r.cfg.WatchConns)]))
 		}
-		wg.Go(func() { r.watch(ctx, r.slots[i], sub, ready, opening) })
+		wg.Go(func() { r.watch(ctx, r.watched[i], sub, ready, opening) })
 	}
 	timeout := time.After(time.Minute)
 	for range r.cfg.Watchers {
@@ -972,7 +1015,8 @@ func transportError(err error) string {
 		return "timeout"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection_refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, fasthttp.ErrConnectionClosed):
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, fasthttp.ErrConnectionClosed):
 		return "connection_reset"
 	}
 	return "transport"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -68,8 +70,8 @@ func TestRunPostsAndCounts(t *testing.T) {
 	if got, want := res.Errors["http_503"], res.Sent/4; got != want || res.OK != res.Sent-want {
 		t.Errorf("ok %d, errors %v: want %d answered 503 and the rest ok", res.OK, res.Errors, want)
 	}
-	if res.Ingest.Count != uint64(res.OK) || res.Ingest.P50 <= 0 || res.Throughput <= 0 {
-		t.Errorf("ingest %+v, %.0f/s: want a latency for every 200", res.Ingest, res.Throughput)
+	if res.Ingest.Count != uint64(res.Sent) || res.Ingest.P50 <= 0 || res.Throughput <= 0 {
+		t.Errorf("ingest %+v, %.0f/s: want a latency for every answer, 503s too", res.Ingest, res.Throughput)
 	}
 }
 
@@ -222,6 +224,8 @@ func TestTransportErrorKinds(t *testing.T) {
 		{fasthttp.ErrConnectionClosed, "connection_reset"},
 		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, "connection_reset"},
 		{io.ErrUnexpectedEOF, "connection_reset"},
+		{&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.EPIPE)}, "connection_reset"},
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNABORTED}, "connection_reset"},
 		{fmt.Errorf("dial: %w", context.Canceled), "canceled"},
 		{errors.New("x509: certificate signed by unknown authority"), "transport"},
 	} {
@@ -272,4 +276,87 @@ func TestCeilingTLS(t *testing.T) {
 func goroutines() []byte {
 	buf := make([]byte, 1<<20)
 	return buf[:runtime.Stack(buf, true)]
+}
+
+// A stall that ends in timeouts shows in the ingest latencies: every post
+// counts until its answer or its failure, not only those answered 200.
+func TestStallEndingInTimeoutsShows(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if n.Add(1)%10 == 0 {
+			select { // stalls past the post's timeout
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	res, err := Run(t.Context(), Config{WebhookURL: srv.URL + "/v1/webhooks/otpless", Rate: 200, Concurrency: 32, Duration: time.Second,
+		Requests: 10, Mix: DefaultMix, Seed: 5, sendTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors["timeout"] == 0 || res.Ingest.Count != uint64(res.Sent) || res.Ingest.Max < 300*time.Millisecond || res.Ingest.P99 < 300*time.Millisecond {
+		t.Errorf("errors %v, ingest %+v: want the timed-out tenth at 300 ms or more, in p99 and max", res.Errors, res.Ingest)
+	}
+}
+
+// Watched slots are spread evenly among all, so that watched webhooks go
+// out all along the round-robin.
+func TestWatchedSlotsSpread(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ requests, watchers int }{{1000, 200}, {10, 3}, {7, 7}, {5, 0}, {10000, 10000}, {1000, 999}} {
+		r := newRunner(t.Context(), Config{Requests: tc.requests, Watchers: tc.watchers, Concurrency: 1})
+		r.close()
+		if len(r.watched) != tc.watchers {
+			t.Errorf("%d of %d: %d slots watched", tc.watchers, tc.requests, len(r.watched))
+			continue
+		}
+		// Any window of slots holds its share of watchers, give or take one.
+		for _, w := range []int{tc.requests / 10, tc.requests / 2} {
+			for start := 0; start+w <= tc.requests; start += max(w/3, 1) {
+				watched := 0
+				for _, s := range r.slots[start : start+w] {
+					if s.watched {
+						watched++
+					}
+				}
+				if want := float64(w) * float64(tc.watchers) / float64(tc.requests); math.Abs(float64(watched)-want) > 1 {
+					t.Errorf("%d of %d: slots %d to %d hold %d watched, want about %.1f", tc.watchers, tc.requests, start, start+w, watched, want)
+				}
+			}
+		}
+	}
+}
+
+// The report counts requests started and sent whole: a request is whole
+// once its slot moved on to the next, or its script is all sent.
+func TestRequestsCounted(t *testing.T) {
+	t.Parallel()
+	r := newRunner(t.Context(), Config{Requests: 3, Concurrency: 1, Mix: DefaultMix, Seed: 1})
+	defer r.close()
+	if started, whole := r.requests(); started != 0 || whole != 0 {
+		t.Fatalf("before any webhook: %d started, %d whole", started, whole)
+	}
+	type gen struct{ slot, gen int }
+	sent := map[gen]int{}
+	length := map[gen]int{}
+	for range 200 {
+		j := r.next()
+		sent[gen{j.slot.index, j.gen}]++
+		length[gen{j.slot.index, j.gen}] = len(j.slot.script)
+	}
+	var wantWhole int64
+	for g, n := range sent {
+		if n == length[g] {
+			wantWhole++
+		}
+	}
+	if started, whole := r.requests(); started != int64(len(sent)) || whole != wantWhole {
+		t.Errorf("%d started, %d whole; want %d and %d", started, whole, len(sent), wantWhole)
+	}
 }

@@ -89,17 +89,17 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 	fs.IntVar(&f.concurrency, "concurrency", 64, "senders: the most webhooks in flight")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to send")
 	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once (default: the larger of --watchers and 1000)")
-	fs.IntVar(&f.watchers, "watchers", 0, "gRPC watchers, each following one request in progress after another")
+	fs.IntVar(&f.watchers, "watchers", 0, "watchers (gRPC, or see --watch-via), each following one request in progress after another")
 	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
 	fs.StringVar(&f.watchVia, "watch-via", "grpc", "how watchers follow: grpc, or sse (Server-Sent Events from the HTTP gateway, a connection each)")
 	fs.DurationVar(&f.drain, "drain", f.drain, "how long watchers may still take, after the last answer, to receive what they expect (ends early when nothing is outstanding)")
 	fs.Float64Var(&f.mix.Fallback, "fallbacks", f.mix.Fallback, "share of requests that fall back from WhatsApp to SMS")
 	fs.Float64Var(&f.mix.Duplicate, "duplicates", f.mix.Duplicate, "share of webhooks retried")
-	fs.Float64Var(&f.mix.Reorder, "reorder", f.mix.Reorder, "share of neighbouring webhooks that arrive swapped")
+	fs.Float64Var(&f.mix.Reorder, "reorder", f.mix.Reorder, "chance that a webhook trades places with the next of its request (the two are not moved again)")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed of the traffic's shape")
 	fs.BoolVar(&f.self, "self", false, "run the server in this process (fresh data directory, generated credentials, no rate limits)")
 	fs.BoolVar(&f.ceiling, "ceiling", false, "also measure a bare net/http handler with the same traffic")
-	fs.IntVar(&f.serverPID, "server-pid", 0, "pid of the local server process, to report its memory")
+	fs.IntVar(&f.serverPID, "server-pid", 0, "pid of the local server process, to report its memory and CPU per webhook")
 	fs.BoolVar(&f.json, "json", false, "print the report as JSON")
 	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of this process during the traffic (pprof format) to this file")
 	documentEnv(fs)
@@ -114,19 +114,21 @@ type benchReport struct {
 	Duration    time.Duration   `json:"duration_ns"`
 	Watchers    int             `json:"watchers"`
 	WatchVia    string          `json:"watch_via,omitempty"`
+	InProgress  int             `json:"requests_in_progress"`
 	CPUs        int             `json:"cpus"`
 	Result      *loadgen.Result `json:"result"`
 	// Ceiling is the bare handler's run (over TLS when CeilingTLS);
-	// CeilingRatio the server's throughput as a share of it.
+	// CeilingRatio the server's throughput as a share of it, in closed
+	// loop (in open loop the server's throughput is the rate).
 	Ceiling      *loadgen.Result `json:"ceiling,omitempty"`
 	CeilingTLS   bool            `json:"ceiling_tls,omitempty"`
 	CeilingRatio float64         `json:"ceiling_ratio,omitempty"`
 	// Server is the server process's memory and CPU, when it is known.
 	Server *benchServer `json:"server,omitempty"`
 	// LoadCPUPerWebhook is bench's own CPU time per webhook answered 200
-	// during the run (without --self: the load generator's share of the
-	// machine).
-	LoadCPUPerWebhook time.Duration `json:"load_cpu_per_webhook_ns"`
+	// during the run: the load generator's share of the machine (not with
+	// --self, where the server is in the process too).
+	LoadCPUPerWebhook time.Duration `json:"load_cpu_per_webhook_ns,omitempty"`
 }
 
 // benchServer samples the server process before the watchers, with every
@@ -194,7 +196,8 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		Seed:        f.seed,
 		Drain:       f.drain,
 	}
-	report := &benchReport{Target: redactURL(url), Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Watchers: f.watchers, CPUs: runtime.GOMAXPROCS(0)}
+	report := &benchReport{Target: redactURL(url), Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Watchers: f.watchers,
+		InProgress: cfg.InProgress(), CPUs: runtime.GOMAXPROCS(0)}
 	if f.watchers > 0 {
 		report.WatchVia = f.watchVia
 	}
@@ -263,7 +266,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if err != nil {
 		return err
 	}
-	if self1, err := loadgen.ReadProc(os.Getpid()); err == nil && report.Result.OK > 0 {
+	if self1, err := loadgen.ReadProc(os.Getpid()); err == nil && report.Result.OK > 0 && !f.self {
 		report.LoadCPUPerWebhook = (self1.CPU - self0.CPU) / time.Duration(report.Result.OK)
 	}
 	if srv := report.Server; srv != nil {
@@ -272,7 +275,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 			srv.CPUPerWebhook = (srv.End.CPU - srv.WatchersIdle.CPU) / time.Duration(ok)
 		}
 	}
-	if report.Ceiling != nil && report.Ceiling.Throughput > 0 {
+	if report.Ceiling != nil && report.Ceiling.Throughput > 0 && f.rate == 0 {
 		report.CeilingRatio = report.Result.Throughput / report.Ceiling.Throughput
 	}
 	if f.json {
@@ -388,6 +391,7 @@ func (r *benchReport) print(w io.Writer) {
 	fmt.Fprintf(w, "bench: %s, %s, %s, %d CPUs -> %s\n", mode, r.Duration, watchers, r.CPUs, r.Target)
 	res := r.Result
 	fmt.Fprintf(w, "webhooks  %d sent, %d ok in %s: %.0f/s\n", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), res.Throughput)
+	fmt.Fprintf(w, "requests  %s\n", requestsLine(res, r.InProgress))
 	fmt.Fprintf(w, "ingest    %s\n", latencyLine(res.Ingest))
 	if r.Watchers > 0 {
 		fmt.Fprintf(w, "delivery  %s\n", latencyLine(res.Delivery))
@@ -414,9 +418,24 @@ func (r *benchReport) print(w io.Writer) {
 		if r.CeilingTLS {
 			bare += " over TLS"
 		}
-		fmt.Fprintf(w, "ceiling   %s: %.0f/s, %s\n", bare, c.Throughput, latencyLine(c.Ingest))
-		fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
+		fmt.Fprintf(w, "ceiling   %s: %d sent, %d ok: %.0f/s, %s; errors %s\n", bare, c.Sent, c.OK, c.Throughput, latencyLine(c.Ingest), kinds(c.Errors))
+		if r.Rate > 0 {
+			fmt.Fprintf(w, "          this server: no share of the ceiling in open loop (it took the rate); run without --rate\n")
+		} else {
+			fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
+		}
 	}
+}
+
+// requestsLine says how many requests were started and sent whole, and
+// warns when most were cut short: their mix is not the one asked for.
+func requestsLine(res *loadgen.Result, inProgress int) string {
+	line := fmt.Sprintf("%d started, %d sent whole, %d at a time", res.RequestsStarted, res.RequestsWhole, inProgress)
+	if res.RequestsWhole*2 < res.RequestsStarted && res.Sent > 0 {
+		every := time.Duration(float64(res.Elapsed) * float64(inProgress) / float64(res.Sent))
+		line += fmt.Sprintf("; most were cut short (each got a webhook every %s), so the traffic was mostly their first webhooks: run longer, or with fewer --requests", every.Round(time.Millisecond))
+	}
+	return line
 }
 
 func latencyLine(l loadgen.Latency) string {
@@ -550,6 +569,9 @@ func (f *benchFlags) checkNumbers() error {
 		if !(c.v >= 0 && c.v <= 1) {
 			errs = append(errs, fmt.Errorf("--%s %v: want a share from 0 to 1", c.flag, c.v))
 		}
+	}
+	if f.requests > 0 && f.requests < f.watchers {
+		errs = append(errs, fmt.Errorf("--requests %d: want at least --watchers (%d), a request in progress each", f.requests, f.watchers))
 	}
 	if !(f.rate >= 0) || math.IsInf(f.rate, 0) {
 		errs = append(errs, fmt.Errorf("--rate %v: want 0 (closed loop) or a positive number", f.rate))
