@@ -59,15 +59,18 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"--rate 0, closed loop with --concurrency senders, while --watchers watchers follow the\n" +
 			"requests (over gRPC, or with --watch-via sse as Server-Sent Events). Reports webhooks/s,\n" +
 			"ingest and webhook-to-watcher latency, errors, and the server's memory and CPU when it is a\n" +
-			"local process (--server-pid, or --self to run one in this process). Delivery latency runs\n" +
-			"from posting the attempt that was stored (answered 2xx). After the last answer the watchers\n" +
+			"local process (--server-pid, or --self to run one in this process). Ingest latency counts\n" +
+			"every post until its answer or failure; delivery latency runs from the attempt that was\n" +
+			"stored (answered 2xx); both from when the webhook was due in open loop, from its post in\n" +
+			"closed loop. It also counts the requests sent whole: a run too short for its requests in\n" +
+			"progress sends mostly their first webhooks, and says so. After the last answer the watchers\n" +
 			"have --drain to receive what they still expect; bench reports the deliveries that never\n" +
 			"arrived and exits 1 when there were any (or when no webhook was answered 200, or no watcher\n" +
 			"subscribed).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
-			"the target is https) against a bare net/http handler and reports the server's throughput\n" +
-			"as a share of it. To leave the CPU to a server on the same machine, bench collects garbage\n" +
-			"less often (GOGC=400) unless $GOGC is set.\n\n" +
+			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
+			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
+			"bench collects garbage less often (GOGC=400) unless $GOGC is set.\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else the\n" +
 			"default address. Watchers need an API key with the watch scope ($" + envAPIKey + " or\n" +
 			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
