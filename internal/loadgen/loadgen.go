@@ -66,8 +66,10 @@ type Config struct {
 	// Seed makes the traffic repeatable; request ids differ per run.
 	Seed uint64
 	// WatchersReady, when set, is called once every watcher is subscribed,
-	// before the first webhook.
+	// before the first webhook; TrafficDone once the last answer came and
+	// the watchers drained, before they close their streams.
 	WatchersReady func()
+	TrafficDone   func()
 	// Drain is how long watchers may still take, after the last answer, to
 	// receive the deliveries expected (default DefaultDrain). It ends as
 	// soon as none is outstanding.
@@ -214,6 +216,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	elapsed = max(elapsed, time.Duration(r.lastDone.Load()-start.UnixNano()))
 	if cfg.Watchers > 0 && ctx.Err() == nil {
 		r.drain(ctx, cfg.Drain)
+	}
+	if cfg.TrafficDone != nil {
+		cfg.TrafficDone()
 	}
 	stopWatchers()
 	watchers.Wait()

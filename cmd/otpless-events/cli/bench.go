@@ -135,7 +135,9 @@ type benchReport struct {
 }
 
 // benchServer samples the server process before the watchers, with every
-// watcher subscribed and idle (just before the traffic), and at the end.
+// watcher subscribed and idle (just before the traffic), and at the end of
+// the traffic (the last answer, and the deliveries drained), before the
+// watchers close their streams.
 type benchServer struct {
 	PID          int          `json:"pid"`
 	Self         bool         `json:"self"` // the server runs in bench's process
@@ -254,10 +256,13 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		}
 		srv.WatchersIdle = srv.Start
 		cfg.WatchersReady = func() { srv.WatchersIdle, _ = loadgen.ReadProc(f.serverPID) }
+		cfg.TrafficDone = func() { srv.End, _ = loadgen.ReadProc(f.serverPID) }
 		report.Server = srv
 	}
 	self0, _ := loadgen.ReadProc(os.Getpid())
+	self1 := self0
 	cfg.WatchersReady = both(cfg.WatchersReady, func() { self0, _ = loadgen.ReadProc(os.Getpid()) })
+	cfg.TrafficDone = both(cfg.TrafficDone, func() { self1, _ = loadgen.ReadProc(os.Getpid()) })
 	stopProfile, err := startCPUProfile(f.cpuProfile)
 	if err != nil {
 		return err
@@ -269,11 +274,10 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if err != nil {
 		return err
 	}
-	if self1, err := loadgen.ReadProc(os.Getpid()); err == nil && report.Result.OK > 0 && !f.self {
+	if report.Result.OK > 0 && !f.self {
 		report.LoadCPUPerWebhook = (self1.CPU - self0.CPU) / time.Duration(report.Result.OK)
 	}
 	if srv := report.Server; srv != nil {
-		srv.End, _ = loadgen.ReadProc(f.serverPID)
 		if ok := report.Result.OK; ok > 0 {
 			srv.CPUPerWebhook = (srv.End.CPU - srv.WatchersIdle.CPU) / time.Duration(ok)
 		}
