@@ -87,6 +87,7 @@ func WithEventCache(requests int) Option {
 type Store struct {
 	path string
 	file os.FileInfo // the file opened, to notice it removed or replaced
+	wal  os.FileInfo // and its write-ahead log
 	// lock is the file, locked, with WithProcessLock. It is closed only
 	// after SQLite's connections: closing any descriptor of a file drops
 	// every fcntl lock the process holds on it, SQLite's included.
@@ -154,6 +155,12 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
 	}
 	if err := s.open(ctx, o, log); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
+	}
+	// SQLite keeps the log while a connection is open, and the store keeps
+	// its connections; the log exists by now (checkWritable wrote).
+	if s.wal, err = os.Stat(abs + "-wal"); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
 	}
@@ -414,13 +421,18 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// checkFile reports ErrUnavailable when the file at the store's path is no
-// longer the one it opened (removed, or replaced): what it would write then
-// would be lost.
+// checkFile reports ErrUnavailable when the file at the store's path, or
+// its write-ahead log, is no longer the one it opened (removed, or
+// replaced): what it would write then would be lost.
 func (s *Store) checkFile() error {
 	fi, err := os.Stat(s.path)
 	if err != nil || !os.SameFile(fi, s.file) {
 		return fmt.Errorf("%w: the database file %s was removed or replaced since it was opened; restart to open it again", store.ErrUnavailable, s.path)
+	}
+	// Commits go to the log until a checkpoint: one written to a removed
+	// log is lost when the process stops without closing the store.
+	if fi, err := os.Stat(s.path + "-wal"); err != nil || !os.SameFile(fi, s.wal) {
+		return fmt.Errorf("%w: the write-ahead log %s-wal was removed or replaced since it was opened; restart to open the database again", store.ErrUnavailable, s.path)
 	}
 	return nil
 }

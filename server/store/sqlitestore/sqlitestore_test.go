@@ -298,6 +298,24 @@ func TestNewDatabaseIsPrivate(t *testing.T) {
 	}
 }
 
+// A write-ahead log removed while open is noticed: commits went on into
+// the removed log, and a crash then lost the whole database.
+func TestWALRemoved(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	defer s.Close()
+	if err := os.Remove(path + "-wal"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "write-ahead log") {
+		t.Errorf("Ping %v, want ErrUnavailable naming the write-ahead log", err)
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Commit %v, want ErrUnavailable", err)
+	}
+}
+
 // TestFileRemovedOrReplaced: a database file removed or replaced while
 // open is noticed: what the store would write then would reach no one.
 func TestFileRemovedOrReplaced(t *testing.T) {
