@@ -336,8 +336,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	start := int64(time.Since(s.base))
 	conn, err := s.pool.Acquire(qctx)
 	if err == nil {
-		_, err = conn.Exec(qctx, `SELECT 1`)
+		err = checkWritable(qctx, conn.Conn())
 		conn.Release()
+		if errors.Is(err, errNotWritable) {
+			return s.fail(ctx, op, err) // the connection is fine
+		}
 	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
 		if s.released.Load() > start {
 			return nil
@@ -349,6 +352,27 @@ func (s *Store) Ping(ctx context.Context) error {
 			s.pool.Reset()
 		}
 		return s.fail(ctx, op, err)
+	}
+	return nil
+}
+
+var errNotWritable = errors.New("cannot write")
+
+// checkWritable asks conn whether a commit could succeed: the server takes
+// writes (not a standby, nor read-only by default_transaction_read_only)
+// and the tables are where the search_path says. An error that wraps
+// errNotWritable is the database's answer; any other, the connection's.
+func checkWritable(ctx context.Context, conn *pgx.Conn) error {
+	var readOnly string
+	var tables bool
+	if err := conn.QueryRow(ctx, `SELECT current_setting('transaction_read_only'), to_regclass('requests') IS NOT NULL`).Scan(&readOnly, &tables); err != nil {
+		return err
+	}
+	switch {
+	case readOnly != "off":
+		return fmt.Errorf("%w: the database is read-only (a standby, or default_transaction_read_only)", errNotWritable)
+	case !tables:
+		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errNotWritable)
 	}
 	return nil
 }

@@ -418,6 +418,33 @@ func TestUnavailable(t *testing.T) {
 	}
 }
 
+// Ping fails, saying why, when the database answers but a commit could not
+// succeed: the schema renamed away, or the server read-only (as a standby
+// after a failover). SELECT 1 had passed, and readiness with it, while
+// every webhook got 503.
+func TestPingFailsWhenCommitsCannot(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	s := open(t, dsn)
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	readOnly := open(t, pgtest.WithParam(t, dsn, "options", "-cdefault_transaction_read_only=on"))
+	if err := readOnly.Ping(t.Context()); !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("Ping of a read-only database: %v, want ErrUnavailable saying it is read-only", err)
+	}
+
+	admin := connect(t, dsn)
+	moved := pgx.Identifier{schema + "_moved"}.Sanitize()
+	if _, err := admin.Exec(t.Context(), "ALTER SCHEMA "+pgx.Identifier{schema}.Sanitize()+" RENAME TO "+moved); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(context.Background(), "ALTER SCHEMA "+moved+" RENAME TO "+pgx.Identifier{schema}.Sanitize())
+	if err := s.Ping(t.Context()); !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "search_path") {
+		t.Errorf("Ping with the schema renamed away: %v, want ErrUnavailable naming the search_path", err)
+	}
+}
+
 func wantUnavailable(t *testing.T, what string, err error) {
 	t.Helper()
 	if !errors.Is(err, store.ErrUnavailable) {
