@@ -24,6 +24,7 @@ import (
 	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
+	"github.com/otpless-events/otpless-events/server/observe"
 )
 
 const (
@@ -328,6 +329,34 @@ func TestWebhookAllowList(t *testing.T) {
 	})
 	if r := ts.post(t, ts.webhookPath, dlr("cidr-req", "SENT", 1764153000000)); r.code != http.StatusForbidden {
 		t.Fatalf("webhook from outside the allow-list: %d %s, want 403", r.code, r.body)
+	}
+}
+
+// Behind a trusted proxy, a request's log line names the sender the
+// proxy forwarded for as client, beside the proxy's own address: the lines
+// of refused webhooks can be traced to who sent them.
+func TestLogsNameTheClientBehindAProxy(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	ts := startServer(t, func(c *server.Config) {
+		secured(func(s *server.Security) {
+			s.Webhook.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		})(c)
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	if r := ts.do(t, http.MethodPost, "/v1/webhooks/otpless/wrong-key-0123456789", "", dlr("xff-req", "SENT", 1764153000000), "X-Forwarded-For", "203.0.113.7"); r.code != http.StatusUnauthorized {
+		t.Fatalf("wrong key: %d %s, want 401", r.code, r.body)
+	}
+	lines := logs.Matching(t, map[string]any{"msg": "http request", "status": float64(401)})
+	if len(lines) != 1 || lines[0]["client"] != "203.0.113.7" || !strings.HasPrefix(lines[0]["remote"].(string), "127.0.0.1:") {
+		t.Fatalf("401 lines %v: want one naming client 203.0.113.7 and the proxy as remote", lines)
+	}
+	// Straight from the peer: remote says it all.
+	if r := ts.do(t, http.MethodPost, "/v1/webhooks/otpless/wrong-key-0123456789", "", dlr("xff-req", "SENT", 1764153000000), observe.RequestIDHeader, "direct-1"); r.code != http.StatusUnauthorized {
+		t.Fatalf("wrong key: %d %s, want 401", r.code, r.body)
+	}
+	if lines := logs.Matching(t, map[string]any{"msg": "http request", "request_id": "direct-1"}); len(lines) != 1 || lines[0]["client"] != nil {
+		t.Errorf("lines of a direct request %v: want one, without client", lines)
 	}
 }
 

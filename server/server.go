@@ -346,6 +346,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway connection: %w", err)
 	}
+	if sec.guard != nil && len(cfg.Security.Webhook.TrustedProxies) > 0 {
+		s.obs.SetClientAddr(sec.guard.ClientAddr)
+	}
 	handler, err := gateway.New(ctx, s.conn, webhooks, gateway.Options{
 		MaxBodyBytes: cfg.MaxBodyBytes,
 		Guard:        sec.guard,

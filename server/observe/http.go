@@ -2,6 +2,7 @@ package observe
 
 import (
 	"log/slog"
+	"net"
 	"net/http"
 	"path"
 	"runtime/debug"
@@ -100,6 +101,13 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		slog.Int64("bytes", rw.bytes),
 		slog.String("remote", r.RemoteAddr),
 	)
+	if o.client != nil {
+		if a := o.client(r); a.IsValid() {
+			if host, _, _ := net.SplitHostPort(r.RemoteAddr); host != a.String() {
+				attrs = append(attrs, slog.String("client", a.String()))
+			}
+		}
+	}
 	attrs = appendOTPLESS(attrs, c)
 	if panicked != nil {
 		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))

@@ -74,7 +74,7 @@ func Scrub(s string) string {
 // masker says how the value of an attribute key is masked; nil: it is not.
 func masker(key string) func(string) string {
 	switch key { // the keys of every request's log line, without normalizing them
-	case "request_id", "method", "path", "status", "code", "duration", "bytes", "remote",
+	case "request_id", "method", "path", "status", "code", "duration", "bytes", "remote", "client",
 		"transport", "component", "otpless_request_id", "otpless_trace_id":
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -62,6 +63,9 @@ type Observer struct {
 
 	log *slog.Logger
 	ids *idSource
+	// client, when set, is the address a request came from behind the
+	// proxies trusted (see SetClientAddr).
+	client func(*http.Request) netip.Addr
 
 	events        *prometheus.CounterVec
 	duplicates    *prometheus.CounterVec
@@ -76,6 +80,11 @@ type Observer struct {
 	httpSeconds   *prometheus.HistogramVec
 	panics        *prometheus.CounterVec
 }
+
+// SetClientAddr makes the HTTP lines name, as client, the address f gives
+// for a request when it is not the peer's: the sender behind a trusted
+// proxy. Call it before serving.
+func (o *Observer) SetClientAddr(f func(*http.Request) netip.Addr) { o.client = f }
 
 // New returns an Observer logging requests to log (nil: discard) and
 // registering its metrics on a new registry.
