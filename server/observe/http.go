@@ -125,6 +125,8 @@ func routeOf(path string) string {
 		switch {
 		case strings.HasSuffix(path, ":watch"):
 			return "watch"
+		case strings.HasSuffix(path, ":watchToken"):
+			return "watch_token"
 		case strings.HasSuffix(path, "/events"):
 			return "events"
 		case strings.Contains(path[len("/v1/requests/"):], ":"), strings.Count(path, "/") > 3:
@@ -141,7 +143,7 @@ func routeOf(path string) string {
 // one segment after it. Longer paths are no route (404), not webhooks.
 func isWebhookKeyPath(path string) bool {
 	key, ok := strings.CutPrefix(path, webhookPath+"/")
-	return ok && key != "" && !strings.Contains(key, "/")
+	return ok && !strings.Contains(key, "/") // the gateway serves an empty key too (and refuses it)
 }
 
 // isRequestRoute reports whether path is one of RequestService's routes:

@@ -78,3 +78,28 @@ func TestLogPathOfErrors(t *testing.T) {
 		}
 	}
 }
+
+// Routes are named as the gateway serves them: an empty webhook key is
+// the keyed webhook route (the gateway refuses it as an unknown key), and
+// a watch token is minted on a route of its own.
+func TestRouteOf(t *testing.T) {
+	t.Parallel()
+	for path, want := range map[string]string{
+		"/v1/webhooks/otpless":        "webhook",
+		"/v1/webhooks/otpless/wk_abc": "webhook",
+		"/v1/webhooks/otpless/":       "webhook",
+		"/v1/webhooks/otpless/a/b":    "other",
+		"/v1/requests/r1":             "request",
+		"/v1/requests/r1/events":      "events",
+		"/v1/requests/r1:watch":       "watch",
+		"/v1/requests/r1:watchToken":  "watch_token",
+		"/v1/requests/r1:foo":         "request_other",
+		"/v1/requests/r1/events/x":    "request_other",
+		"/readyz":                     "readyz",
+		"/nothing":                    "other",
+	} {
+		if got := routeOf(path); got != want {
+			t.Errorf("routeOf(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

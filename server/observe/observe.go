@@ -144,7 +144,7 @@ func New(log *slog.Logger) *Observer {
 		}, []string{"route", "code"}),
 		httpSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "http_request_duration_seconds",
-			Help:    "HTTP request duration (whole streams for watch routes), by route.",
+			Help:    "HTTP request duration, by route (a watch stream's until its first message over HTTP/1.1, whole over HTTP/2).",
 			Buckets: latencyBuckets,
 		}, []string{"route"}),
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
