@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,11 +27,18 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	root.SetIn(stdin)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "error:", err)
+		if !errors.As(err, new(errReported)) {
+			fmt.Fprintln(stderr, "error:", err)
+		}
 		return 1
 	}
 	return 0
 }
+
+// errReported is an error the command has logged already.
+type errReported struct{ error }
+
+func (e errReported) Unwrap() error { return e.error }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{

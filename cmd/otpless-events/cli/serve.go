@@ -32,10 +32,16 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			cfg.Logger = log
+			// From here on an error that stops the server is a line of
+			// the log, in its format and masked, rather than plain text.
+			fail := func(err error) error {
+				slog.New(observe.MaskingHandler(log.Handler())).Error("serve stopped", "error", err)
+				return errReported{err}
+			}
 			atLeastTwoProcs(log)
 			sec, gen, err := secFlags.resolve(cfg.DataDir)
 			if err != nil {
-				return err
+				return fail(err)
 			}
 			cfg.Security = sec
 			scheme := "http"
@@ -47,10 +53,13 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				// The credentials are kept already, the admin key as a
 				// hash only: shown now, or never.
 				announce(stdout, gen, scheme, cfg.HTTPAddr)
-				return err
+				return fail(err)
 			}
 			announce(stdout, gen, scheme, srv.HTTPAddr().String())
-			return srv.Run(cmd.Context())
+			if err := srv.Run(cmd.Context()); err != nil {
+				return fail(err)
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()

@@ -1,0 +1,33 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+)
+
+// An error that stops serve after its logger exists is a line of the log,
+// in the log's format: with --log-format json, every line of standard
+// error is JSON, the last one saying why serve stopped.
+func TestServeFailureIsLogged(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0",
+		"--metrics-addr", "", "--log-format", "json")
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	var last map[string]any
+	for _, l := range lines {
+		if err := json.Unmarshal([]byte(l), &last); err != nil {
+			t.Fatalf("exit %d; a line of standard error is not JSON: %q\n%s", code, l, errOut)
+		}
+	}
+	if code != 1 || last["level"] != "ERROR" || last["msg"] != "serve stopped" || !strings.Contains(fmt.Sprint(last["error"]), "address already in use") {
+		t.Errorf("exit %d, last line %v: want exit 1 and an ERROR line saying why", code, last)
+	}
+}
