@@ -208,8 +208,8 @@ func TestMetrics(t *testing.T) {
 	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("gRPC Ingest over the limit: %v, want RESOURCE_EXHAUSTED", err)
 	}
-	if lines := s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted"}); len(lines) != 1 {
-		t.Errorf("%d log lines for the gRPC Ingest over the limit, want 1", len(lines))
+	if lines := s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "ResourceExhausted", "reason": "too_large"}); len(lines) != 1 {
+		t.Errorf("%d log lines for the gRPC Ingest over the limit with its reason, want 1:\n%s", len(lines), s.logs)
 	}
 	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
 		t.Fatalf("watch: %v %v, want the UPDATE", m, err)

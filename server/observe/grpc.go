@@ -127,7 +127,8 @@ func (o *Observer) finishGRPC(ctx context.Context, c *call, method string, start
 		if err != nil {
 			result = "rejected"
 			if !c.ingested {
-				o.rejected.WithLabelValues(reasonForCode(code)).Inc()
+				c.rejectReason = reasonForCode(code)
+				o.rejected.WithLabelValues(c.rejectReason).Inc()
 			}
 		}
 		o.ingestSeconds.WithLabelValues(transportGRPC, result).Observe(took.Seconds())
