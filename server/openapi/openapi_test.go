@@ -94,3 +94,45 @@ func TestDocumentNamesCredentials(t *testing.T) {
 		}
 	}
 }
+
+// Every operation names the errors it answers, each a google.rpc.Status:
+// those of every route, and its own.
+func TestDocumentNamesErrors(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Responses map[string]struct {
+				Description string
+				Schema      struct {
+					Ref string `json:"$ref"`
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(openapi.Document(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	own := map[string][]string{
+		"get /v1/requests/{requestId}":             {"404"},
+		"get /v1/requests/{requestId}/events":      {"404"},
+		"get /v1/requests/{requestId}:watch":       {"429"},
+		"post /v1/requests/{requestId}:watchToken": {"413"},
+		"post /v1/webhooks/otpless":                {"413", "415", "429"},
+	}
+	n := 0
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			n++
+			name := method + " " + path
+			for _, code := range append([]string{"400", "401", "403", "503"}, own[name]...) {
+				r, ok := op.Responses[code]
+				if !ok || r.Description == "" || r.Schema.Ref != "#/definitions/rpcStatus" {
+					t.Errorf("%s: answer %s is %+v (declared %v), want a description and a google.rpc.Status", name, code, r, ok)
+				}
+			}
+		}
+	}
+	if n != len(own) {
+		t.Errorf("%d operations, want %d", n, len(own))
+	}
+}

@@ -1310,14 +1310,38 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x1bWATCH_MESSAGE_TYPE_SNAPSHOT\x10\x01\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_TYPE_UPDATE\x10\x02\x12 \n" +
 	"\x1cWATCH_MESSAGE_TYPE_HEARTBEAT\x10\x03\x12 \n" +
-	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xd5\x04\n" +
-	"\x0eRequestService\x12|\n" +
+	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xe0\a\n" +
+	"\x0eRequestService\x12\xd5\x01\n" +
 	"\n" +
-	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/requests/{request_id}\x12\x98\x01\n" +
-	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x8a\x01\n" +
-	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\x9c\x01\n" +
-	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xd0\x05\x92A\xf8\x03\x12X\n" +
-	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1Z\x8d\x03\n" +
+	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"z\x92AVJT\n" +
+	"\x03404\x12M\n" +
+	"3NOT_FOUND: no event of the request has been stored.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/requests/{request_id}\x12\xf2\x01\n" +
+	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"\x81\x01\x92AVJT\n" +
+	"\x03404\x12M\n" +
+	"3NOT_FOUND: no event of the request has been stored.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x9c\x02\n" +
+	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"\xb8\x01\x92A\x8d\x01J\x8a\x01\n" +
+	"\x03429\x12\x82\x01\n" +
+	"hRESOURCE_EXHAUSTED: the credential, or the request, has as many watch streams open as the server allows.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xe1\x01\n" +
+	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"t\x92ABJ@\n" +
+	"\x03413\x129\n" +
+	"\x1fThe body is larger than 64 KiB.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xbd\t\x92A\xe5\a\x12X\n" +
+	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1R\xa6\x01\n" +
+	"\x03400\x12\x9e\x01\n" +
+	"\x83\x01INVALID_ARGUMENT: a field out of its range (a request id no request could have, a page token or size, a ttl); the message names it.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRR\n" +
+	"\x03401\x12K\n" +
+	"1UNAUTHENTICATED: no credential, or one not known.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR|\n" +
+	"\x03403\x12u\n" +
+	"[PERMISSION_DENIED: the credential lacks the scope, or is a watch token for another request.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRp\n" +
+	"\x03503\x12i\n" +
+	"OUNAVAILABLE: the store cannot be reached or the server is shutting down; retry.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusZ\x8d\x03\n" +
 	"\xc8\x01\n" +
 	"\x05basic\x12\xbe\x01\b\x01\x12\xb9\x01The webhook route's HTTP Basic credentials. OTPLESS may instead be given the URL with the key in it, POST /v1/webhooks/otpless/{key}, which takes the same body and answers the same way.\n" +
 	"\xbf\x01\n" +

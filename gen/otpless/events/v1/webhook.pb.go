@@ -739,9 +739,30 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x120\n" +
-	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x90\x01\n" +
-	"\x0eWebhookService\x12~\n" +
-	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"/\x92A\rb\v\n" +
+	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x83\a\n" +
+	"\x0eWebhookService\x12\xf0\x06\n" +
+	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\xa0\x06\x92A\xfd\x05J\x8f\x01\n" +
+	"\x03400\x12\x87\x01\n" +
+	"mINVALID_ARGUMENT: the body is not an OTPLESS webhook, or holds what none does; the message names the problem.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJZ\n" +
+	"\x03401\x12S\n" +
+	"9UNAUTHENTICATED: no webhook credential, or one not known.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJi\n" +
+	"\x03403\x12b\n" +
+	"HPERMISSION_DENIED: the sender's address is not allowed to post webhooks.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJJ\n" +
+	"\x03413\x12C\n" +
+	")The body is larger than the server takes.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJP\n" +
+	"\x03415\x12I\n" +
+	"/The body has a Content-Encoding; send it as is.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJ|\n" +
+	"\x03429\x12u\n" +
+	"[RESOURCE_EXHAUSTED: the sender's address is over its webhook rate; retry after Retry-After.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJy\n" +
+	"\x03503\x12r\n" +
+	"XUNAVAILABLE: the write queue is full or the store is failing; nothing was stored, retry.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Statusb\v\n" +
 	"\t\n" +
 	"\x05basic\x12\x00\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/webhooks/otplessB\xd4\x01\n" +
 	"\x15com.otpless.events.v1B\fWebhookProtoP\x01ZGgithub.com/otpless-events/otpless-events/gen/otpless/events/v1;eventsv1\xa2\x02\x03OEX\xaa\x02\x11Otpless.Events.V1\xca\x02\x11Otpless\\Events\\V1\xe2\x02\x1dOtpless\\Events\\V1\\GPBMetadata\xea\x02\x13Otpless::Events::V1b\x06proto3"
