@@ -338,7 +338,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err == nil {
 		err = checkWritable(qctx, conn.Conn())
 		conn.Release()
-		if errors.Is(err, errNotWritable) {
+		if errors.Is(err, errNoTables) {
 			return s.fail(ctx, op, err) // the connection is fine
 		}
 	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
@@ -356,12 +356,15 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-var errNotWritable = errors.New("cannot write")
+var errNoTables = errors.New("no tables")
 
 // checkWritable asks conn whether a commit could succeed: the server takes
 // writes (not a standby, nor read-only by default_transaction_read_only)
-// and the tables are where the search_path says. An error that wraps
-// errNotWritable is the database's answer; any other, the connection's.
+// and the tables are where the search_path says (else an error wrapping
+// errNoTables). A read-only server fails the ping as a connection would:
+// the pool is dropped, so that after a failover new connections find the
+// new primary behind the same address, rather than old ones the demoted
+// one (pgx keeps a connection for an hour).
 func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 	var readOnly string
 	var tables bool
@@ -370,9 +373,9 @@ func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 	}
 	switch {
 	case readOnly != "off":
-		return fmt.Errorf("%w: the database is read-only (a standby, or default_transaction_read_only)", errNotWritable)
+		return errors.New("the database is read-only (a standby, or default_transaction_read_only)")
 	case !tables:
-		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errNotWritable)
+		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errNoTables)
 	}
 	return nil
 }
