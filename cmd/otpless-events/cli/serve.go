@@ -33,8 +33,12 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			}
 			cfg.Logger = log
 			// From here on an error that stops the server is a line of
-			// the log, in its format and masked, rather than plain text.
+			// the log, in its format and masked, rather than plain text
+			// (unless the log's level is above errors).
 			fail := func(err error) error {
+				if !log.Enabled(cmd.Context(), slog.LevelError) {
+					return err
+				}
 				slog.New(observe.MaskingHandler(log.Handler())).Error("serve stopped", "error", err)
 				return errReported{err}
 			}

@@ -31,3 +31,19 @@ func TestServeFailureIsLogged(t *testing.T) {
 		t.Errorf("exit %d, last line %v: want exit 1 and an ERROR line saying why", code, last)
 	}
 }
+
+// With the log's level above errors, the error is printed as before: serve
+// never exits 1 saying nothing.
+func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0",
+		"--metrics-addr", "", "--log-level", "ERROR+1")
+	if code != 1 || !strings.Contains(errOut, "error: ") || !strings.Contains(errOut, "address already in use") {
+		t.Errorf("exit %d, standard error %q: want exit 1 and the error", code, errOut)
+	}
+}
