@@ -2,8 +2,8 @@ package observe
 
 import (
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"path"
 	"runtime/debug"
 	"strconv"
@@ -102,10 +102,8 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		slog.String("remote", r.RemoteAddr),
 	)
 	if o.client != nil {
-		if a := o.client(r); a.IsValid() {
-			if host, _, _ := net.SplitHostPort(r.RemoteAddr); host != a.String() {
-				attrs = append(attrs, slog.String("client", a.String()))
-			}
+		if a := o.client(r); a.IsValid() && a != peerAddr(r.RemoteAddr) {
+			attrs = append(attrs, slog.String("client", a.String()))
 		}
 	}
 	attrs = appendOTPLESS(attrs, c)
@@ -113,6 +111,16 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))
 	}
 	o.log.LogAttrs(ctx, level, "http request", attrs...)
+}
+
+// peerAddr is the address of a request's RemoteAddr (host:port, or a bare
+// host), unmapped as the client address is; the zero Addr when unreadable.
+func peerAddr(remote string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().Unmap()
+	}
+	a, _ := netip.ParseAddr(remote)
+	return a.Unmap()
 }
 
 // routeOf names the route of path for metric labels: a fixed set, never
