@@ -9,7 +9,6 @@
 package normalize
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -32,23 +31,9 @@ import (
 // that CheckRequestID refuses is ErrInvalidBody. The events share no memory
 // with req.
 func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event, error) {
-	var (
-		format eventsv1.PayloadFormat
-		events []*eventsv1.Event
-	)
-	switch {
-	case isSet(req.GetNotificationType()):
-		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_SYSTEM, []*eventsv1.Event{v1SystemEvent(req)}
-	case isSet(req.GetEventType()):
-		format = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2
-		var err error
-		if events, err = v2Events(req); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
-		}
-	case isSet(req.GetStatus()):
-		format, events = eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_DELIVERY, []*eventsv1.Event{v1DeliveryEvent(req)}
-	default:
-		return nil, fmt.Errorf("%w: no eventType, status or notificationType", ErrUnrecognized)
+	format, events, err := build(req)
+	if err != nil {
+		return nil, err
 	}
 	t, timed, err := eventTime(req, received)
 	if err != nil {
@@ -67,6 +52,24 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 		e.EventId = eventID(e, t, timed)
 	}
 	return events, nil
+}
+
+// build reads req in its format, into events that have no time, identity
+// or format yet.
+func build(req *eventsv1.IngestRequest) (eventsv1.PayloadFormat, []*eventsv1.Event, error) {
+	switch {
+	case isSet(req.GetNotificationType()):
+		return eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_SYSTEM, []*eventsv1.Event{v1SystemEvent(req)}, nil
+	case isSet(req.GetEventType()):
+		events, err := v2Events(req)
+		if err != nil {
+			return 0, nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
+		}
+		return eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2, events, nil
+	case isSet(req.GetStatus()):
+		return eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_DELIVERY, []*eventsv1.Event{v1DeliveryEvent(req)}, nil
+	}
+	return 0, nil, fmt.Errorf("%w: no eventType, status or notificationType", ErrUnrecognized)
 }
 
 // MaxFieldLen bounds every other text an event keeps from the body but the
@@ -360,32 +363,20 @@ func isSet(s string) bool {
 }
 
 // Named returns an event holding only the request id and trace id that req
-// names, for the log line of a body Events refused: the request id its
-// first event would have had (for a body naming no format, the first of
-// data.requestId, data.referenceId and requestId), and data.traceId. Either is left empty when CheckRequestID
-// refuses it.
+// names, for the log line of a body Events refused: those its first event
+// would have had, each when CheckRequestID takes it. A body naming no
+// format, or whose events cannot be read, names none.
 func Named(req *eventsv1.IngestRequest) *eventsv1.Event {
-	d := req.GetData()
-	var id string
-	switch {
-	case isSet(req.GetNotificationType()):
-		id = req.GetRequestId()
-	case isSet(req.GetEventType()):
-		id = d.GetRequestId()
-		if v2Kind(norm(req.GetEventType()), norm(d.GetStatus())) == eventsv1.EventKind_EVENT_KIND_AUTH {
-			id = authGroups(d.GetAuthenticationDetails(), id)[0].requestID
-		}
-	case isSet(req.GetStatus()):
-		id = d.GetReferenceId()
-	default:
-		id = cmp.Or(d.GetRequestId(), d.GetReferenceId(), req.GetRequestId())
+	named := &eventsv1.Event{}
+	_, events, err := build(req)
+	if err != nil {
+		return named
 	}
-	e := &eventsv1.Event{}
-	if CheckRequestID(id) == nil {
-		e.RequestId = strings.Clone(id)
+	if id := events[0].GetRequestId(); CheckRequestID(id) == nil {
+		named.RequestId = id
 	}
-	if CheckRequestID(d.GetTraceId()) == nil {
-		e.TraceId = strings.Clone(d.GetTraceId())
+	if id := events[0].GetTraceId(); CheckRequestID(id) == nil {
+		named.TraceId = id
 	}
-	return e
+	return named
 }

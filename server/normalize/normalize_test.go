@@ -594,8 +594,8 @@ func TestFieldLengthsBounded(t *testing.T) {
 }
 
 // TestNamed checks that Named gives, for every documented body, the request
-// and trace id of its first event, and for refused bodies the ids they name
-// when a reader could ask for them.
+// and trace id of its first event, and for refused bodies the ids that
+// event would have had, when a reader could ask for them.
 func TestNamed(t *testing.T) {
 	t.Parallel()
 	for _, f := range fixtures.Docs(t) {
@@ -614,9 +614,9 @@ func TestNamed(t *testing.T) {
 	}{
 		{"v2 time far ahead", `{"eventType":"DLR","timestamp":4102444800000,"data":{"requestId":"r1","traceId":"t1","status":"SENT"}}`, "r1", "t1"},
 		{"v2 auth, the phone entry's id", `{"eventType":"AUTH","timestamp":"soon","data":{"requestId":"r0","status":"SUCCESS","authenticationDetails":{"phone":{"requestId":"r2"}}}}`, "r2", ""},
-		{"v1 delivery", `{"status":"DELIVERED","data":{"referenceId":"r3","timestamp":"soon"}}`, "r3", ""},
+		{"v1 delivery: its events have no trace id", `{"status":"DELIVERED","data":{"referenceId":"r3","traceId":"t3","timestamp":"soon"}}`, "r3", ""},
 		{"v1 system", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","timestamp":"soon"}`, "r4", ""},
-		{"no format", `{"data":{"referenceId":"r5","traceId":"t5"}}`, "r5", "t5"},
+		{"no format", `{"data":{"referenceId":"r5","traceId":"t5"}}`, "", ""},
 		{"ids no reader could ask for", `{"eventType":"DLR","data":{"requestId":"r\n6","traceId":"` + strings.Repeat("t", normalize.MaxRequestIDLen+1) + `","status":"SENT"}}`, "", ""},
 	} {
 		req, err := normalize.Decode([]byte(tc.body))
