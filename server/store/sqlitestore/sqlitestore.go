@@ -156,7 +156,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	if err := s.open(ctx, o, log); err != nil {
 		s.closeAll()
-		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, explainOpen(err))
 	}
 	// SQLite keeps the log while a connection is open, and the store keeps
 	// its connections; the log exists by now (checkWritable wrote).
@@ -279,15 +279,28 @@ func checkWritable(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("begin a write: %w", store.MapErr(ctx, err))
 	}
 	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, `DELETE FROM webhooks WHERE 0`)
-	var se *sqlite.Error
-	switch {
-	case errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY:
-		return fmt.Errorf("the file cannot be written by this process (its mode or owner, or a read-only mount): %w", err)
-	case err != nil:
+	if _, err := tx.ExecContext(ctx, `DELETE FROM webhooks WHERE 0`); err != nil {
 		return fmt.Errorf("write: %w", store.MapErr(ctx, err))
 	}
 	return nil
+}
+
+// explainOpen says what an error of SQLite's that fails Open means for the
+// operator: the file or its directory cannot be written (SQLite can open a
+// file it may only read, and then fails the first write), or cannot be
+// opened at all.
+func explainOpen(err error) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_READONLY:
+		return fmt.Errorf("this process cannot write the database (the mode or owner of the file or of its directory, or a read-only mount): %w", err)
+	case sqlite3.SQLITE_CANTOPEN:
+		return fmt.Errorf("this process cannot open the database (the mode or owner of the file or of its directory, or a read-only mount): %w", err)
+	}
+	return err
 }
 
 // Path returns the absolute path of the database file.

@@ -184,7 +184,7 @@ func TestReadOnlyFileRefused(t *testing.T) {
 		s.Close()
 		t.Fatal("Open of a database it cannot write succeeded")
 	}
-	if !strings.Contains(err.Error(), "cannot be written by this process") || !strings.Contains(err.Error(), path) {
+	if !strings.Contains(err.Error(), "cannot write the database") || !strings.Contains(err.Error(), path) {
 		t.Errorf("Open: %v; want it to say the file %s cannot be written", err, path)
 	}
 	open(t, path).Close() // and read-write it opens
