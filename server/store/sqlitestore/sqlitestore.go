@@ -193,6 +193,9 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	if s.w, err = sql.Open("sqlite", writerURI+pragmas("journal_mode(WAL)", "synchronous(FULL)", "temp_store(MEMORY)", "secure_delete(1)")); err != nil {
 		return err
 	}
+	// Neither pool closes its connections by age or idleness: SQLite
+	// removes the write-ahead log when the last one closes, and checkFile
+	// would take that for the log removed by someone else.
 	s.w.SetMaxOpenConns(1)
 	s.w.SetMaxIdleConns(1)
 	s.w.SetConnMaxLifetime(0)
