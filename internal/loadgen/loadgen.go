@@ -109,11 +109,13 @@ type Result struct {
 	// webhooks.
 	RequestsStarted int64 `json:"requests_started"`
 	RequestsWhole   int64 `json:"requests_whole"`
-	// Ingest is the latency of every post until its answer, whatever its
-	// status, or its failure (a timeout counts the time until then; posts
-	// the run's end canceled do not count): from the intended send time in
-	// open loop, from the send in closed loop.
+	// Ingest is the latency of the posts answered 200, Failed that of the
+	// others until their answer or failure (a timeout counts the time until
+	// then, so that a stall ending in timeouts shows; posts the run's end
+	// canceled do not count): from the intended send time in open loop,
+	// from the send in closed loop.
 	Ingest Latency `json:"ingest"`
+	Failed Latency `json:"failed"`
 	// Delivery is the latency from a webhook's post (in open loop, from
 	// the time it was due, as for Ingest) to a watcher receiving the UPDATE
 	// with its event. It runs from the attempt that was stored: the first
@@ -231,6 +233,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		Sent:             r.sent.Load(),
 		OK:               r.ok.Load(),
 		Ingest:           summarize(&r.ingest),
+		Failed:           summarize(&r.failed),
 		Delivery:         summarize(&r.delivery),
 		DeliveryExpected: r.expected.Load(),
 		DeliveryLost:     r.lost.Load(),
@@ -281,6 +284,7 @@ type runner struct {
 	sent, ok  atomic.Int64
 	lastDone  atomic.Int64 // unix ns of the last answer
 	ingest    Histogram
+	failed    Histogram
 	delivery  Histogram
 	errs      counter
 	late      atomic.Int64
@@ -571,7 +575,7 @@ func (r *runner) send(ctx context.Context, j job) {
 		if ctx.Err() != nil { // its connection was closed, or its deadline was the run's
 			kind = "canceled"
 		} else {
-			r.ingest.Record(done.Sub(j.intended)) // a stall that ends in a timeout shows
+			r.failed.Record(done.Sub(j.intended)) // a stall that ends in a timeout shows
 		}
 		r.errs.add(kind)
 		r.noteAnswer(j.slot, att, unknown, done)
@@ -585,12 +589,13 @@ func (r *runner) send(ctx context.Context, j job) {
 		o = stored
 	}
 	r.noteAnswer(j.slot, att, o, done)
-	r.ingest.Record(done.Sub(j.intended))
 	if code != http.StatusOK {
+		r.failed.Record(done.Sub(j.intended))
 		r.errs.add(fmt.Sprintf("http_%d", code))
 		return
 	}
 	r.ok.Add(1)
+	r.ingest.Record(done.Sub(j.intended))
 }
 
 // noteSend records that a watched request's event is being posted at at.

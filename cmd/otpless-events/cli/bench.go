@@ -59,12 +59,13 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"--rate 0, closed loop with --concurrency senders, while --watchers watchers follow the\n" +
 			"requests (over gRPC, or with --watch-via sse as Server-Sent Events). Reports webhooks/s,\n" +
 			"ingest and webhook-to-watcher latency, errors, and the server's memory and CPU when it is a\n" +
-			"local process (--server-pid, or --self to run one in this process). Ingest latency counts\n" +
-			"every post until its answer or failure; delivery latency runs from the attempt that was\n" +
-			"stored (answered 2xx); both from when the webhook was due in open loop, from its post in\n" +
-			"closed loop. It also counts the requests sent whole: a run too short for its requests in\n" +
-			"progress sends mostly their first webhooks, and says so. After the last answer the watchers\n" +
-			"have --drain to receive what they still expect; bench reports the deliveries that never\n" +
+			"local process (--server-pid, or --self to run one in this process). Ingest latency is that of\n" +
+			"the posts answered 200 (the others' until their answer or failure is on the failed line);\n" +
+			"delivery latency runs from the attempt that was stored (answered 2xx); all from when the\n" +
+			"webhook was due in open loop, from its post in closed loop. It also counts the requests\n" +
+			"sent whole: a run too short for its requests in progress sends mostly their first\n" +
+			"webhooks, and says so. After the last answer the watchers have --drain to receive what\n" +
+			"they still expect; bench reports the deliveries that never\n" +
 			"arrived and exits 1 when there were any (or when no webhook was answered 200, or no watcher\n" +
 			"subscribed).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
@@ -406,6 +407,9 @@ func (r *benchReport) print(w io.Writer) {
 		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, errors: %s\n", res.WatchersReady, res.WatchLate, kinds(res.WatchErrors))
 	}
 	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))
+	if res.Failed.Count > 0 {
+		fmt.Fprintf(w, "failed    %s\n", latencyLine(res.Failed))
+	}
 	if m := r.Server; m != nil {
 		who := fmt.Sprintf("pid %d", m.PID)
 		if m.Self {
