@@ -240,7 +240,7 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 				wh.serve(w, r, nil)
 				return
 			}
-			if key, ok := strings.CutPrefix(r.URL.Path, WebhookPath+"/"); ok && key != "" && !strings.Contains(key, "/") {
+			if key, ok := strings.CutPrefix(r.URL.Path, WebhookPath+"/"); ok && !strings.Contains(key, "/") { // an empty key too, as the mux takes it
 				wh.serve(w, r, map[string]string{"key": key})
 				return
 			}
