@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -357,6 +358,31 @@ func TestLogsNameTheClientBehindAProxy(t *testing.T) {
 	}
 	if lines := logs.Matching(t, map[string]any{"msg": "http request", "request_id": "direct-1"}); len(lines) != 1 || lines[0]["client"] != nil {
 		t.Errorf("lines of a direct request %v: want one, without client", lines)
+	}
+}
+
+// HEAD on a request route answers as GET would, headers and all, without
+// the body: a client may ask whether a request is known, and what its
+// answer would weigh, without reading it.
+func TestHeadAnswersAsGet(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	ts.ingest(t, dlr("head-req", "SENT", 1764153000000))
+	for _, tc := range []struct {
+		path, bearer string
+	}{
+		{"/v1/requests/head-req", testAdminKey},
+		{"/v1/requests/head-req/events", testAdminKey},
+		{"/v1/requests/nobody", testAdminKey},
+		{"/v1/requests/head-req", ""},
+		{"/v1/requests/head-req", testWatcherKey},
+	} {
+		get := ts.do(t, http.MethodGet, tc.path, tc.bearer, nil)
+		head := ts.do(t, http.MethodHead, tc.path, tc.bearer, nil)
+		if head.code != get.code || len(head.body) != 0 || head.header.Get("Content-Type") != get.header.Get("Content-Type") ||
+			head.header.Get("Content-Length") != strconv.Itoa(len(get.body)) {
+			t.Errorf("%s as %q: HEAD %d %v %q; GET %d %v (%d bytes)", tc.path, tc.bearer, head.code, head.header, head.body, get.code, get.header, len(get.body))
+		}
 	}
 }
 

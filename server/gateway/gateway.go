@@ -98,7 +98,11 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// answer has already.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }))
-	// First, so that every route registered after takes precedence.
+	// First, so that every route registered after takes precedence: HEAD
+	// on /v1/requests/{request_id} would take "x:watch" for an id.
+	if err := registerHead(mux); err != nil {
+		return nil, err
+	}
 	if err := registerNotAllowed(mux); err != nil {
 		return nil, err
 	}
@@ -161,6 +165,9 @@ func routes() map[string][]string {
 			switch p := b.GetPattern().(type) {
 			case *annotations.HttpRule_Get:
 				r[p.Get] = append(r[p.Get], http.MethodGet)
+				if !methods.Get(i).IsStreamingServer() {
+					r[p.Get] = append(r[p.Get], http.MethodHead) // see registerHead
+				}
 			case *annotations.HttpRule_Post:
 				r[p.Post] = append(r[p.Post], http.MethodPost)
 			case *annotations.HttpRule_Put:
@@ -197,6 +204,28 @@ func registerNotAllowed(mux *runtime.ServeMux) error {
 			if err != nil {
 				return fmt.Errorf("gateway: register %s %s: %w", m, path, err)
 			}
+		}
+	}
+	return nil
+}
+
+// registerHead serves HEAD on every route that serves GET with HEAD in its
+// methods (routes: not the watch route, whose stream is no document to
+// describe): as GET, whose body net/http drops from a HEAD's answer. It
+// goes first, under the 405s of registerNotAllowed, so that HEAD on the
+// watch route is refused rather than taken for a request id with a colon.
+func registerHead(mux *runtime.ServeMux) error {
+	for path, methods := range routes() {
+		if !slices.Contains(methods, http.MethodHead) {
+			continue
+		}
+		err := mux.HandlePath(http.MethodHead, path, func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+			get := r.Clone(r.Context())
+			get.Method = http.MethodGet
+			mux.ServeHTTP(w, get)
+		})
+		if err != nil {
+			return fmt.Errorf("gateway: register HEAD %s: %w", path, err)
 		}
 	}
 	return nil

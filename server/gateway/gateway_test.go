@@ -84,13 +84,16 @@ func TestMethodNotAllowed(t *testing.T) {
 		{http.MethodGet, gateway.WebhookPath, "POST"},
 		{http.MethodPut, gateway.WebhookPath + "/wk_key", "POST"},
 		{http.MethodHead, gateway.WebhookPath, "POST"},
-		{http.MethodPost, "/v1/requests/r1", "GET"},
-		{http.MethodDelete, "/v1/requests/r1/events", "GET"},
+		{http.MethodPost, "/v1/requests/r1", "GET, HEAD"},
+		{http.MethodDelete, "/v1/requests/r1/events", "GET, HEAD"},
 		{http.MethodPost, "/v1/requests/r1:watch", "GET"},
+		{http.MethodHead, "/v1/requests/r1:watch", "GET"}, // a stream, not a document; not a request id "r1:watch" either
 		{http.MethodPut, "/v1/requests/r1:watchToken", "POST"},
 		{http.MethodPost, "/v1/requests/r1:watchToken", ""},
 		{http.MethodPost, gateway.WebhookPath, ""},
 		{http.MethodGet, "/v1/requests/r1", ""},
+		{http.MethodHead, "/v1/requests/r1", ""},
+		{http.MethodHead, "/v1/requests/r1/events", ""},
 	} {
 		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader("{}"))
 		if err != nil {
