@@ -325,7 +325,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown))...)...),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown),
+			boundedSends(gateway.StreamWriteTimeout))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -672,6 +673,41 @@ func (w *endingWatch) SendMsg(m any) error {
 func (w *endingWatch) endUnlessServing() {
 	if !w.serving.Load() {
 		w.end()
+	}
+}
+
+// boundedSends ends a server stream whose client has taken no message for
+// d, as the gateway does with its own streams: with the client's flow
+// control window full a Send waits, without limit, for a client that stopped
+// reading, and the handler with it; a watch would hold its slot (and lock
+// others out of the request) past --max-watch-duration and keepalive, which
+// the client still answers. The Send runs on a goroutine of its own; once
+// the handler has returned with the error, grpc-go ends the stream, and
+// that Send with it.
+func boundedSends(d time.Duration) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !info.IsServerStream {
+			return handler(srv, ss)
+		}
+		return handler(srv, &boundedStream{ServerStream: ss, d: d})
+	}
+}
+
+type boundedStream struct {
+	grpc.ServerStream
+	d time.Duration
+}
+
+func (s *boundedStream) SendMsg(m any) error {
+	sent := make(chan error, 1)
+	go func() { sent <- s.ServerStream.SendMsg(m) }()
+	timeout := time.NewTimer(s.d)
+	defer timeout.Stop()
+	select {
+	case err := <-sent:
+		return err
+	case <-timeout.C:
+		return status.Errorf(codes.DeadlineExceeded, "the client took no message for %s: stream ended", s.d)
 	}
 }
 

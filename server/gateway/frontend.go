@@ -30,7 +30,7 @@ func frontend(mux *runtime.ServeMux, next http.Handler, opts Options) http.Handl
 		streams:   opts.Streams,
 		log:       log,
 
-		writeTimeout: streamWriteTimeout,
+		writeTimeout: StreamWriteTimeout,
 	}
 	page := ui.Handler()
 	uiRoot := strings.TrimSuffix(ui.Path, "/")

@@ -31,12 +31,12 @@ import (
 // Events streams.
 const DefaultSSEHeartbeat = 15 * time.Second
 
-// streamWriteTimeout bounds each write of a watch stream, SSE or NDJSON:
-// a client that stops reading loses its stream, and with it its watch
-// slot, once the socket buffers are full and a write has waited this long.
-// A stream has no other write deadline, since it outlives any server
-// write timeout.
-const streamWriteTimeout = 30 * time.Second
+// StreamWriteTimeout bounds each write of a watch stream, SSE or NDJSON
+// (and, in the server, each message of a gRPC stream): a client that stops
+// reading loses its stream, and with it its watch slot, once the socket
+// buffers are full and a write has waited this long. A stream has no other
+// write deadline, since it outlives any server write timeout.
+const StreamWriteTimeout = 30 * time.Second
 
 // SSERetry is the reconnection delay the event stream asks EventSource
 // clients to use.
@@ -67,7 +67,7 @@ type watchHandler struct {
 	heartbeat time.Duration
 	streams   *Streams
 	log       *slog.Logger
-	// writeTimeout is streamWriteTimeout but in tests.
+	// writeTimeout is StreamWriteTimeout but in tests.
 	writeTimeout time.Duration
 }
 
