@@ -1,8 +1,10 @@
 package observe
 
 import (
+	"errors"
 	"io"
 	"sync"
+	"time"
 )
 
 // DefaultLogBacklog is how many bytes of log a LogWriter holds waiting for
@@ -18,11 +20,17 @@ const DefaultLogBacklog = 1 << 20
 // order.
 //
 // Write copies p and returns at once, unless backlog bytes are waiting
-// already (besides those of the write under way): then it waits for room, so that a log that cannot keep up
-// slows its writers down rather than growing without bound or losing
-// lines. Close writes what is waiting and stops the goroutine; what is
-// written after Close goes straight to w. A process that dies without
-// Close (a fatal error, SIGKILL) loses at most what was waiting.
+// already (besides those of the write under way): then it waits for room,
+// so that a log that cannot keep up slows its writers down rather than
+// growing without bound or losing lines. But once one write to w has
+// lasted StuckAfter (nothing reads the other end of a pipe), lines that
+// find no room are dropped until it ends, and then a line made by
+// SetDropNotice says how many: a log nobody reads must not stop the
+// requests that log, nor shutdown. Close writes what is waiting and stops
+// the goroutine, waiting at most StuckAfter for a write that does not end
+// (hardly at all when one is stuck already);
+// what is written after Close goes straight to w. A process that dies
+// without Close (a fatal error, SIGKILL) loses at most what was waiting.
 type LogWriter struct {
 	w       io.Writer
 	backlog int
@@ -30,12 +38,28 @@ type LogWriter struct {
 	done    chan struct{} // the goroutine has written everything and ended
 
 	mu      sync.Mutex
-	room    sync.Cond // a write to w ended
+	room    sync.Cond // a write to w ended, or became stuck
 	pending []byte
 	spare   []byte // the buffer of the last write, for reuse
 	closed  bool
 	err     error // of the last failed write to w
+	writes  int   // writes to w begun
+	writing bool  // one is under way
+	stuck   bool  // the write under way has lasted stuckAfter
+	dropped int   // lines dropped since the last write that ended
+	notice  func(dropped int) []byte
+
+	stuckAfter time.Duration
 }
+
+// StuckAfter is how long a write to the log's writer may last before the
+// log drops what finds no room.
+const StuckAfter = 5 * time.Second
+
+// SetDropNotice sets the line written after lines were dropped, given how
+// many (in the log's own format, as its handler would write it). Call it
+// before the first Write.
+func (l *LogWriter) SetDropNotice(f func(dropped int) []byte) { l.notice = f }
 
 // NewLogWriter starts a LogWriter for w that holds at most backlog bytes
 // waiting, and as many in the write under way (DefaultLogBacklog when
@@ -44,7 +68,7 @@ func NewLogWriter(w io.Writer, backlog int) *LogWriter {
 	if backlog < 1 {
 		backlog = DefaultLogBacklog
 	}
-	l := &LogWriter{w: w, backlog: backlog, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &LogWriter{w: w, backlog: backlog, wake: make(chan struct{}, 1), done: make(chan struct{}), stuckAfter: StuckAfter}
 	l.room.L = &l.mu
 	go l.run()
 	return l
@@ -54,8 +78,14 @@ func NewLogWriter(w io.Writer, backlog int) *LogWriter {
 // open: slog has nowhere to report a failed write, and Close returns it.
 func (l *LogWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
-	for !l.closed && len(l.pending) > 0 && len(l.pending)+len(p) > l.backlog {
+	full := func() bool { return len(l.pending) > 0 && len(l.pending)+len(p) > l.backlog }
+	for !l.closed && !l.stuck && full() {
 		l.room.Wait()
+	}
+	if l.stuck && full() {
+		l.dropped++
+		l.mu.Unlock()
+		return len(p), nil
 	}
 	if l.closed {
 		l.mu.Unlock()
@@ -78,22 +108,47 @@ func (l *LogWriter) run() {
 	for range l.wake {
 		l.flush()
 	}
-	l.flush() // what came before Close and after the last wake-up
+	for l.flush() { // what came before Close and after the last wake-up
+	}
 }
 
-// flush writes what is pending, outside the lock.
-func (l *LogWriter) flush() {
+// flush writes what is pending, outside the lock, and reports whether more
+// is pending since (a drop notice after Close).
+func (l *LogWriter) flush() (more bool) {
 	l.mu.Lock()
 	b := l.pending
 	l.pending = l.spare[:0]
+	l.writes++
+	l.writing = true
+	this := l.writes
 	l.mu.Unlock()
 	var err error
 	if len(b) > 0 {
+		stuck := time.AfterFunc(l.stuckAfter, func() {
+			l.mu.Lock()
+			if l.writing && l.writes == this { // not a write that ended meanwhile
+				l.stuck = true
+				l.room.Broadcast()
+			}
+			l.mu.Unlock()
+		})
 		_, err = l.w.Write(b)
+		stuck.Stop()
 	}
 	l.mu.Lock()
+	l.writing, l.stuck = false, false
 	if err != nil {
 		l.err = err
+	}
+	if l.dropped > 0 && l.notice != nil {
+		l.pending = append(l.pending, l.notice(l.dropped)...)
+		l.dropped = 0
+		if !l.closed {
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
 	}
 	// b is the next spare, unless it grew past twice the backlog (one line
 	// larger than that): then none is kept, since the old spare is what
@@ -103,7 +158,9 @@ func (l *LogWriter) flush() {
 		l.spare = b[:0]
 	}
 	l.room.Broadcast()
+	more = l.closed && len(l.pending) > 0
 	l.mu.Unlock()
+	return more
 }
 
 // Close writes what is waiting, stops the goroutine and returns the error
@@ -115,8 +172,16 @@ func (l *LogWriter) Close() error {
 		close(l.wake)
 		l.room.Broadcast() // writers waiting for room write directly, after the rest
 	}
+	wait := l.stuckAfter
+	if l.stuck {
+		wait = min(wait, 100*time.Millisecond) // for a write that just ended
+	}
 	l.mu.Unlock()
-	<-l.done
+	select {
+	case <-l.done:
+	case <-time.After(wait):
+		return errors.New("log: a write to the log has not ended; what was waiting is lost")
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.err

@@ -228,3 +228,56 @@ func TestLogWriterAfterAnOversizedLine(t *testing.T) {
 		t.Errorf("written %q, want %q", got, want)
 	}
 }
+
+// A write to the writer beneath that does not end (nothing reads the other
+// end of a pipe) stops nobody for longer than StuckAfter: lines that find no
+// room are dropped, a notice says how many once a write ends again, and
+// Close gives up on the stuck write.
+func TestLogWriterDropsWhileAWriteIsStuck(t *testing.T) {
+	rec := recorder{}
+	rec.hold()
+	l := observe.NewLogWriter(&rec, 10)
+	observe.SetStuckAfter(l, 50*time.Millisecond)
+	l.SetDropNotice(func(n int) []byte { return fmt.Appendf(nil, "dropped %d\n", n) })
+	l.Write([]byte("first\n")) // the write that sticks
+	for rec.entered.Load() == 0 {
+		time.Sleep(time.Millisecond) // polling for the goroutine's write to begin
+	}
+	l.Write([]byte("waits\n")) // room in the backlog
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 3 {
+			l.Write([]byte("no room\n"))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write still waits for a write that does not end")
+	}
+	rec.release()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(rec.text(), "dropped") && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling for the notice, written once the write ended
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if got, want := rec.text(), "first\nwaits\ndropped 3\n"; got != want {
+		t.Errorf("written %q, want %q", got, want)
+	}
+
+	stuck := recorder{}
+	stuck.hold()
+	defer stuck.release()
+	l = observe.NewLogWriter(&stuck, 0)
+	observe.SetStuckAfter(l, 50*time.Millisecond)
+	l.Write([]byte("never written\n"))
+	for stuck.entered.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := l.Close(); err == nil {
+		t.Error("Close of a writer whose write never ends reported no error")
+	}
+}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"os"
@@ -31,6 +32,12 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			logs.SetDropNotice(func(dropped int) []byte {
+				var line bytes.Buffer
+				notice, _ := newLogger(&line, logFormat, logLevel)
+				notice.Warn("log lines dropped: a write to standard error lasted over "+observe.StuckAfter.String(), "dropped", dropped)
+				return line.Bytes()
+			})
 			cfg.Logger = log
 			// From here on an error that stops the server is a line of
 			// the log, in its format and masked, rather than plain text
