@@ -321,7 +321,9 @@ func (h *watchHandler) startEvents(ctx context.Context, w http.ResponseWriter, r
 		ev.detach(h.streams)
 	}
 	if sse {
+		ev.mu.Lock() // a beat before the assignment reads idle under mu
 		ev.idle = time.AfterFunc(ev.quiet, ev.beat)
+		ev.mu.Unlock()
 	}
 	return ev
 }
