@@ -8,18 +8,26 @@ import (
 	"testing"
 )
 
-// An error that stops serve after its logger exists is a line of the log,
-// in the log's format: with --log-format json, every line of standard
-// error is JSON, the last one saying why serve stopped.
-func TestServeFailureIsLogged(t *testing.T) {
-	t.Parallel()
+// serveOnATakenPort runs serve with its HTTP address taken, and more
+// flags: it stops at once, with an error.
+func serveOnATakenPort(t *testing.T, flags ...string) (code int, stderr string) {
+	t.Helper()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0",
-		"--metrics-addr", "", "--log-format", "json")
+	args := append([]string{"serve", "--data-dir", t.TempDir(), "--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0", "--metrics-addr", ""}, flags...)
+	code, _, stderr = run(t, args...)
+	return code, stderr
+}
+
+// An error that stops serve after its logger exists is a line of the log,
+// in the log's format: with --log-format json, every line of standard
+// error is JSON, the last one saying why serve stopped.
+func TestServeFailureIsLogged(t *testing.T) {
+	t.Parallel()
+	code, errOut := serveOnATakenPort(t, "--log-format", "json")
 	lines := strings.Split(strings.TrimSpace(errOut), "\n")
 	var last map[string]any
 	for _, l := range lines {
@@ -36,13 +44,7 @@ func TestServeFailureIsLogged(t *testing.T) {
 // never exits 1 saying nothing.
 func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
 	t.Parallel()
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", taken.Addr().String(), "--grpc-addr", "127.0.0.1:0",
-		"--metrics-addr", "", "--log-level", "ERROR+1")
+	code, errOut := serveOnATakenPort(t, "--log-level", "ERROR+1")
 	if code != 1 || !strings.Contains(errOut, "error: ") || !strings.Contains(errOut, "address already in use") {
 		t.Errorf("exit %d, standard error %q: want exit 1 and the error", code, errOut)
 	}
