@@ -16,8 +16,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -233,6 +235,7 @@ type Server struct {
 	relay  *pgnotify.Relay // nil unless the store is shared (PostgreSQL)
 	health *health.Server
 	grpc   *grpc.Server
+	peers  peerConns // the gRPC listener's connections (boundedSends)
 	http   *http.Server
 	conn   *grpc.ClientConn
 	// streams are the HTTP/1.1 event streams that left their handlers,
@@ -326,7 +329,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown),
-			boundedSends(gateway.StreamWriteTimeout))...)...),
+			boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
 	)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -380,6 +383,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// stays plain and client certificates are checked in the handshake.
 		s.grpcLis = tls.NewListener(s.grpcLis, sec.grpcTLS)
 	}
+	s.grpcLis = s.peers.listen(s.grpcLis)
 	if s.httpLis, err = lc.Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listener: %w", err)
 	}
@@ -681,34 +685,113 @@ func (w *endingWatch) endUnlessServing() {
 // control window full a Send waits, without limit, for a client that stopped
 // reading, and the handler with it; a watch would hold its slot (and lock
 // others out of the request) past --max-watch-duration and keepalive, which
-// the client still answers. The Send runs on a goroutine of its own; once
-// the handler has returned with the error, grpc-go ends the stream, and
-// that Send with it.
-func boundedSends(d time.Duration) grpc.StreamServerInterceptor {
+// the client still answers. The Send runs on a goroutine of its own; when it
+// has waited d, closeConn closes the client's connection (ending the Send,
+// and the stream, whose last frames would otherwise wait in grpc-go for the
+// client to read them: the stream limits would count it no more) and the
+// handler gets DEADLINE_EXCEEDED.
+func boundedSends(d time.Duration, closeConn func(net.Addr)) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if !info.IsServerStream {
 			return handler(srv, ss)
 		}
-		return handler(srv, &boundedStream{ServerStream: ss, d: d})
+		return handler(srv, &boundedStream{ServerStream: ss, d: d, closeConn: closeConn})
 	}
 }
 
 type boundedStream struct {
 	grpc.ServerStream
-	d time.Duration
+	d         time.Duration
+	closeConn func(net.Addr)
+}
+
+// sent is how a Send on its goroutine ended: its error, or its panic.
+type sent struct {
+	err   error
+	panic any
+	stack []byte
 }
 
 func (s *boundedStream) SendMsg(m any) error {
-	sent := make(chan error, 1)
-	go func() { sent <- s.ServerStream.SendMsg(m) }()
+	done := make(chan sent, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- sent{panic: p, stack: debug.Stack()}
+			}
+		}()
+		done <- sent{err: s.ServerStream.SendMsg(m)}
+	}()
 	timeout := time.NewTimer(s.d)
 	defer timeout.Stop()
 	select {
-	case err := <-sent:
-		return err
+	case r := <-done:
+		if r.panic != nil { // for the recovery interceptor, on the handler's goroutine
+			panic(fmt.Sprintf("%v\n\nin the stream's Send:\n%s", r.panic, r.stack))
+		}
+		return r.err
 	case <-timeout.C:
-		return status.Errorf(codes.DeadlineExceeded, "the client took no message for %s: stream ended", s.d)
+		if p, ok := peer.FromContext(s.Context()); ok && p.Addr != nil {
+			s.closeConn(p.Addr)
+		}
+		return status.Errorf(codes.DeadlineExceeded, "the client took no message for %s: its connection was closed", s.d)
 	}
+}
+
+// peerConns tracks the connections of a listener by their remote address.
+type peerConns struct {
+	mu sync.Mutex
+	m  map[string]net.Conn
+}
+
+// listen returns l, with its connections tracked.
+func (p *peerConns) listen(l net.Listener) net.Listener {
+	return &trackingListener{Listener: l, peers: p}
+}
+
+// close closes the connection from addr, if there is one.
+func (p *peerConns) close(addr net.Addr) {
+	p.mu.Lock()
+	c := p.m[addr.String()]
+	p.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+type trackingListener struct {
+	net.Listener
+	peers *peerConns
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, peers: l.peers, key: c.RemoteAddr().String()}
+	l.peers.mu.Lock()
+	if l.peers.m == nil {
+		l.peers.m = map[string]net.Conn{}
+	}
+	l.peers.m[tc.key] = tc
+	l.peers.mu.Unlock()
+	return tc, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	peers *peerConns
+	key   string
+}
+
+func (c *trackedConn) Close() error {
+	c.peers.mu.Lock()
+	if c.peers.m[c.key] == c {
+		delete(c.peers.m, c.key)
+	}
+	c.peers.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // ingestLimit refuses gRPC Ingest messages of more than max bytes with
