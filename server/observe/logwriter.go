@@ -28,14 +28,15 @@ const DefaultLogBacklog = 1 << 20
 // SetDropNotice says how many: a log nobody reads must not stop the
 // requests that log, nor shutdown. Close writes what is waiting and stops
 // the goroutine, waiting at most StuckAfter for a write that does not end
-// (hardly at all when one is stuck already);
-// what is written after Close goes straight to w. A process that dies
+// (hardly at all when one is stuck already); what is written after Close
+// goes straight to w, or nowhere once Close gave up waiting. A process that dies
 // without Close (a fatal error, SIGKILL) loses at most what was waiting.
 type LogWriter struct {
 	w       io.Writer
 	backlog int
 	wake    chan struct{} // one pending wake-up; closed by Close
 	done    chan struct{} // the goroutine has written everything and ended
+	gaveUp  chan struct{} // Close stopped waiting for done: writes are dropped
 
 	mu      sync.Mutex
 	room    sync.Cond // a write to w ended, or became stuck
@@ -68,7 +69,8 @@ func NewLogWriter(w io.Writer, backlog int) *LogWriter {
 	if backlog < 1 {
 		backlog = DefaultLogBacklog
 	}
-	l := &LogWriter{w: w, backlog: backlog, wake: make(chan struct{}, 1), done: make(chan struct{}), stuckAfter: StuckAfter}
+	l := &LogWriter{w: w, backlog: backlog, wake: make(chan struct{}, 1), done: make(chan struct{}), gaveUp: make(chan struct{}),
+		stuckAfter: StuckAfter}
 	l.room.L = &l.mu
 	go l.run()
 	return l
@@ -89,7 +91,11 @@ func (l *LogWriter) Write(p []byte) (int, error) {
 	}
 	if l.closed {
 		l.mu.Unlock()
-		<-l.done // after everything queued before Close
+		select {
+		case <-l.done: // after everything queued before Close
+		case <-l.gaveUp:
+			return len(p), nil
+		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.w.Write(p)
@@ -180,7 +186,8 @@ func (l *LogWriter) Close() error {
 	select {
 	case <-l.done:
 	case <-time.After(wait):
-		return errors.New("log: a write to the log has not ended; what was waiting is lost")
+		close(l.gaveUp)
+		return errors.New("log: a write to the log has not ended; what was waiting, and what comes after, is lost")
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

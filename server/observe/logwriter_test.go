@@ -280,4 +280,11 @@ func TestLogWriterDropsWhileAWriteIsStuck(t *testing.T) {
 	if err := l.Close(); err == nil {
 		t.Error("Close of a writer whose write never ends reported no error")
 	}
+	after := make(chan struct{})
+	go func() { l.Write([]byte("after Close\n")); close(after) }()
+	select {
+	case <-after:
+	case <-time.After(5 * time.Second):
+		t.Error("a Write after Close gave up waits for the write that never ends")
+	}
 }

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/observe"
@@ -32,6 +34,10 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// grpc-go's and grpc-gateway's own errors (a client gone
+			// during an answer) go through the log too, not straight to
+			// standard error, which may be stuck.
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, grpcErrors{slog.New(observe.MaskingHandler(log.Handler()))}))
 			logs.SetDropNotice(func(dropped int) []byte {
 				var line bytes.Buffer
 				notice, _ := newLogger(&line, logFormat, logLevel)
@@ -112,4 +118,13 @@ func atLeastTwoProcs(log *slog.Logger) {
 		runtime.GOMAXPROCS(2)
 		log.Info("one CPU: running with GOMAXPROCS=2 so that the store's writer cannot stall the server", "was", n)
 	}
+}
+
+// grpcErrors writes what grpclog logs as errors as lines of log, at warn
+// (grpc-go's own judgment of an error is not the server's).
+type grpcErrors struct{ log *slog.Logger }
+
+func (g grpcErrors) Write(p []byte) (int, error) {
+	g.log.Warn(strings.TrimSpace(string(p)), "component", "grpc")
+	return len(p), nil
 }
