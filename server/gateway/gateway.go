@@ -88,6 +88,9 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	// cookies and client-chosen metadata have no business there.
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler), runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithDisablePathLengthFallback(),
+		// Answers say their length (net/http does only for small ones), a
+		// HEAD's too.
+		runtime.WithWriteContentLength(),
 		// Routes match the path as sent, and path parameters are then
 		// unescaped whole: an escaped ":" (%3A) is part of a request id. A
 		// "/" cannot be: the mux splits the path at %2F too.

@@ -98,7 +98,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		slog.String("path", logPath(r.URL.Path, code >= 400 && !isRequestRoute(r.URL.Path))),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
-		slog.Int64("bytes", rw.bytes),
+		slog.Int64("bytes", sentBytes(r, rw)),
 		slog.String("remote", r.RemoteAddr),
 	)
 	if o.client != nil {
@@ -111,6 +111,15 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))
 	}
 	o.log.LogAttrs(ctx, level, "http request", attrs...)
+}
+
+// sentBytes is the size of the body sent: none for HEAD, whose body
+// net/http drops.
+func sentBytes(r *http.Request, rw *responseWriter) int64 {
+	if r.Method == http.MethodHead {
+		return 0
+	}
+	return rw.bytes
 }
 
 // peerAddr is the address of a request's RemoteAddr (host:port, or a bare
