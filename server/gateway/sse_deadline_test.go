@@ -160,3 +160,19 @@ func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 		t.Fatal("the connection of a client that stopped reading was still open after 10 s")
 	}
 }
+
+// The heartbeat timer may fire as soon as it is made: its first beat reads
+// the timer under the writer's lock, which its assignment must hold too
+// (a data race under -race otherwise).
+func TestHeartbeatTimerMadeUnderTheLock(t *testing.T) {
+	t.Parallel()
+	h := &watchHandler{heartbeat: time.Nanosecond, log: slog.New(slog.DiscardHandler), writeTimeout: time.Second}
+	r, err := http.NewRequest(http.MethodGet, "/v1/requests/r:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &deadlineRecorder{ResponseWriter: nil, header: http.Header{}}
+	ev := h.startEvents(context.Background(), w, r, &runtime.JSONPb{}, true)
+	time.Sleep(5 * time.Millisecond) // beats come and go
+	ev.stop()
+}
