@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -616,8 +615,8 @@ func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 		var addr string
 		if p, ok := peer.FromContext(ss.Context()); ok && p.Addr != nil {
 			addr = p.Addr.String()
-			if ap, err := netip.ParseAddrPort(addr); err == nil {
-				addr = ap.Addr().Unmap().String()
+			if a := auth.PeerAddr(addr); a.IsValid() {
+				addr = a.String()
 			}
 		}
 		if !byAddr.Take(addr) {

@@ -479,3 +479,19 @@ func TestMissingDirs(t *testing.T) {
 		t.Errorf("missingDirs of an existing directory = %q", got)
 	}
 }
+
+func TestPeerAddr(t *testing.T) {
+	t.Parallel()
+	for remote, want := range map[string]string{
+		"203.0.113.7:5000":          "203.0.113.7",
+		"203.0.113.7":               "203.0.113.7",
+		"[::ffff:203.0.113.7]:5000": "203.0.113.7",
+		"[2001:db8::1]:443":         "2001:db8::1",
+		"[fe80::1%eth0]:80":         "fe80::1%eth0",
+		"pipe":                      "invalid IP",
+	} {
+		if got := PeerAddr(remote).String(); got != want {
+			t.Errorf("PeerAddr(%q) = %s, want %s", remote, got, want)
+		}
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -122,18 +121,24 @@ func decodeSigningSecret(s string) ([]byte, error) {
 	return []byte(s), nil
 }
 
+// PeerAddr is the address of a peer as net.Conn's RemoteAddr names it
+// (host:port, or a bare host), IPv4-mapped addresses unmapped; the zero
+// Addr when it names none.
+func PeerAddr(remote string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().Unmap()
+	}
+	a, _ := netip.ParseAddr(remote)
+	return a.Unmap()
+}
+
 // ClientAddr is the client's address: the peer, or, when the peer is a
 // trusted proxy, the right-most X-Forwarded-For entry that is not one.
 func (g *WebhookGuard) ClientAddr(r *http.Request) netip.Addr {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
+	addr := PeerAddr(r.RemoteAddr)
+	if !addr.IsValid() {
+		return addr
 	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}
-	}
-	addr = addr.Unmap()
 	if !inNets(g.cfg.TrustedProxies, addr) {
 		return addr
 	}

@@ -3,12 +3,13 @@ package observe
 import (
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/otpless-events/otpless-events/server/auth"
 )
 
 // webhookPath is gateway.WebhookPath (a test keeps them equal); webhook
@@ -102,7 +103,7 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		slog.String("remote", r.RemoteAddr),
 	)
 	if o.client != nil {
-		if a := o.client(r); a.IsValid() && a != peerAddr(r.RemoteAddr) {
+		if a := o.client(r); a.IsValid() && a != auth.PeerAddr(r.RemoteAddr) {
 			attrs = append(attrs, slog.String("client", a.String()))
 		}
 	}
@@ -120,16 +121,6 @@ func sentBytes(r *http.Request, rw *responseWriter) int64 {
 		return 0
 	}
 	return rw.bytes
-}
-
-// peerAddr is the address of a request's RemoteAddr (host:port, or a bare
-// host), unmapped as the client address is; the zero Addr when unreadable.
-func peerAddr(remote string) netip.Addr {
-	if ap, err := netip.ParseAddrPort(remote); err == nil {
-		return ap.Addr().Unmap()
-	}
-	a, _ := netip.ParseAddr(remote)
-	return a.Unmap()
 }
 
 // routeOf names the route of path for metric labels: a fixed set, never

@@ -103,19 +103,3 @@ func TestRouteOf(t *testing.T) {
 		}
 	}
 }
-
-func TestPeerAddr(t *testing.T) {
-	t.Parallel()
-	for remote, want := range map[string]string{
-		"203.0.113.7:5000":          "203.0.113.7",
-		"203.0.113.7":               "203.0.113.7",
-		"[::ffff:203.0.113.7]:5000": "203.0.113.7",
-		"[2001:db8::1]:443":         "2001:db8::1",
-		"[fe80::1%eth0]:80":         "fe80::1%eth0",
-		"pipe":                      "invalid IP",
-	} {
-		if got := peerAddr(remote).String(); got != want {
-			t.Errorf("peerAddr(%q) = %s, want %s", remote, got, want)
-		}
-	}
-}

@@ -297,13 +297,16 @@ func explainOpen(err error) error {
 	if !errors.As(err, &se) {
 		return err
 	}
+	var cannot string
 	switch se.Code() & 0xff {
 	case sqlite3.SQLITE_READONLY:
-		return fmt.Errorf("this process cannot write the database (the mode or owner of the file or of its directory, or a read-only mount): %w", err)
+		cannot = "write"
 	case sqlite3.SQLITE_CANTOPEN:
-		return fmt.Errorf("this process cannot open the database (the mode or owner of the file or of its directory, or a read-only mount): %w", err)
+		cannot = "open"
+	default:
+		return err
 	}
-	return err
+	return fmt.Errorf("this process cannot %s the database (the mode or owner of the file or of its directory, or a read-only mount): %w", cannot, err)
 }
 
 // Path returns the absolute path of the database file.
