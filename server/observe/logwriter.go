@@ -101,12 +101,17 @@ func (l *LogWriter) Write(p []byte) (int, error) {
 		return l.w.Write(p)
 	}
 	l.pending = append(l.pending, p...)
-	select {
-	case l.wake <- struct{}{}:
-	default: // a wake-up is pending: the goroutine will take p with the rest
-	}
+	l.wakeUp()
 	l.mu.Unlock()
 	return len(p), nil
+}
+
+// wakeUp has the goroutine write what is pending; under mu, before Close.
+func (l *LogWriter) wakeUp() {
+	select {
+	case l.wake <- struct{}{}:
+	default: // a wake-up is pending: the goroutine will take it all
+	}
 }
 
 func (l *LogWriter) run() {
@@ -150,10 +155,7 @@ func (l *LogWriter) flush() (more bool) {
 		l.pending = append(l.pending, l.notice(l.dropped)...)
 		l.dropped = 0
 		if !l.closed {
-			select {
-			case l.wake <- struct{}{}:
-			default:
-			}
+			l.wakeUp()
 		}
 	}
 	// b is the next spare, unless it grew past twice the backlog (one line

@@ -37,7 +37,8 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			// grpc-go's and grpc-gateway's own errors (a client gone
 			// during an answer) go through the log too, not straight to
 			// standard error, which may be stuck.
-			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, grpcErrors{slog.New(observe.MaskingHandler(log.Handler()))}))
+			masked := slog.New(observe.MaskingHandler(log.Handler())) // as the server's own lines are
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, grpcErrors{masked}))
 			logs.SetDropNotice(func(dropped int) []byte {
 				var line bytes.Buffer
 				notice, _ := newLogger(&line, logFormat, logLevel)
@@ -52,7 +53,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				if !log.Enabled(cmd.Context(), slog.LevelError) {
 					return err
 				}
-				slog.New(observe.MaskingHandler(log.Handler())).Error("serve stopped", "error", err)
+				masked.Error("serve stopped", "error", err)
 				return errReported{err}
 			}
 			atLeastTwoProcs(log)
