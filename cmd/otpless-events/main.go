@@ -8,10 +8,13 @@ import (
 	"os/signal"
 	"syscall"
 
+	"google.golang.org/grpc/grpclog"
+
 	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
 )
 
 func main() {
+	grpclog.SetLoggerV2(cli.GRPCLogger())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The first signal asks the command to finish (serve shuts down
 	// gracefully); a second one ends the process at once.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/grpclog"
@@ -34,11 +35,8 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// grpc-go's and grpc-gateway's own errors (a client gone
-			// during an answer) go through the log too, not straight to
-			// standard error, which may be stuck.
 			masked := slog.New(observe.MaskingHandler(log.Handler())) // as the server's own lines are
-			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, grpcErrors{masked}))
+			grpcLog.Store(masked)
 			logs.SetDropNotice(func(dropped int) []byte {
 				var line bytes.Buffer
 				notice, _ := newLogger(&line, logFormat, logLevel)
@@ -121,11 +119,28 @@ func atLeastTwoProcs(log *slog.Logger) {
 	}
 }
 
-// grpcErrors writes what grpclog logs as errors as lines of log, at warn
-// (grpc-go's own judgment of an error is not the server's).
-type grpcErrors struct{ log *slog.Logger }
+// grpcLog is where grpclog's errors go once serve has its log; before,
+// standard error.
+var grpcLog atomic.Pointer[slog.Logger]
+
+// GRPCLogger is grpclog's logger, for main to install before anything uses
+// gRPC (grpclog.SetLoggerV2 must come first): grpc-go's and grpc-gateway's
+// own errors (a client gone during an answer) then go through serve's log,
+// masked, not straight to a standard error that may be stuck.
+func GRPCLogger() grpclog.LoggerV2 {
+	return grpclog.NewLoggerV2(io.Discard, io.Discard, grpcErrors{grpcLog.Load})
+}
+
+// grpcErrors writes what grpclog logs as errors as lines of the log that
+// to gives, at warn (grpc-go's own judgment of an error is not the
+// server's), or to standard error when there is none.
+type grpcErrors struct{ to func() *slog.Logger }
 
 func (g grpcErrors) Write(p []byte) (int, error) {
-	g.log.Warn(strings.TrimSpace(string(p)), "component", "grpc")
+	log := g.to()
+	if log == nil {
+		return os.Stderr.Write(p)
+	}
+	log.Warn(strings.TrimSpace(string(p)), "component", "grpc")
 	return len(p), nil
 }
