@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // MaskPhone hides a phone number but its last two digits: "919812345678"
@@ -17,11 +18,13 @@ func MaskPhone(s string) string {
 		return ""
 	}
 	keep := 2
-	if len(s) < 6 {
-		keep = 0
+	if len(s) < 6 || !isASCIIDigit(s[len(s)-1]) || !isASCIIDigit(s[len(s)-2]) {
+		keep = 0 // nothing but digits is kept, so that no character is cut in two
 	}
 	return strings.Repeat("*", len(s)-keep) + s[len(s)-keep:]
 }
+
+func isASCIIDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // MaskEmail keeps the first character of the local part and the domain:
 // "asha.rao@example.com" becomes "a***@example.com". A value without "@" is
@@ -31,7 +34,8 @@ func MaskEmail(s string) string {
 	if !ok || local == "" {
 		return strings.Repeat("*", len(s))
 	}
-	return local[:1] + "***@" + domain
+	_, first := utf8.DecodeRuneInString(local)
+	return local[:first] + "***@" + domain
 }
 
 // MaskToken replaces a secret (an OTPLESS token, a key) with a short
@@ -54,21 +58,94 @@ func MaskIdentity(s string) string {
 	return MaskPhone(s)
 }
 
-var (
-	emailPattern = regexp.MustCompile(`[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}`)
-	// Seven or more digits standing alone (not inside an id such as a hex
-	// request id), optionally after "+".
-	phonePattern = regexp.MustCompile(`\+?\b[0-9]{7,}\b`)
-)
+var emailPattern = regexp.MustCompile(`[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}`)
 
-// Scrub masks email addresses and phone-like digit runs in free text, such
-// as an error message that quotes part of a webhook body.
+// Scrub masks email addresses and phone numbers in free text, such as an
+// error message that quotes part of a webhook body.
 func Scrub(s string) string {
 	if !strings.ContainsAny(s, "@0123456789") {
 		return s
 	}
-	s = emailPattern.ReplaceAllStringFunc(s, MaskEmail)
-	return phonePattern.ReplaceAllStringFunc(s, MaskPhone)
+	return scrubPhones(emailPattern.ReplaceAllStringFunc(s, MaskEmail))
+}
+
+// scrubPhones masks what may be a phone number: seven or more digits,
+// optionally after "+", that may be grouped by single spaces, dashes or
+// parentheses ("+91 98123 45678", "+1 (555) 123-4567"), and stand alone: a
+// run touching an ASCII letter or "_", or a "." between digits, is part of
+// something else (a hex id, a UUID, a decimal, an address). A date written
+// 2006-01-02 is left as it is.
+func scrubPhones(s string) string {
+	var b strings.Builder
+	done := 0 // s[:done] is in b
+	for i := 0; i < len(s); {
+		c := s[i]
+		if !(isASCIIDigit(c) || c == '+' || c == '(') || tiedBefore(s, i) {
+			i++
+			continue
+		}
+		end, digits := i, 0
+		if c == '+' {
+			end++
+		}
+		for j := end; j < len(s); j++ {
+			switch c := s[j]; {
+			case isASCIIDigit(c):
+				digits++
+				end = j + 1
+			case c == ')':
+				end = j + 1
+			case (c == ' ' || c == '-' || c == '(') && j+1 < len(s) && (isASCIIDigit(s[j+1]) || s[j+1] == '('):
+			default:
+				j = len(s)
+			}
+		}
+		if isDate(s[i:end]) {
+			i += len("2006-01-02") // what follows the date may be a number
+			continue
+		}
+		if digits < 7 || tiedAfter(s, end) {
+			i = max(end, i+1)
+			continue
+		}
+		b.WriteString(s[done:i])
+		b.WriteString(MaskPhone(s[i:end]))
+		done, i = end, end
+	}
+	if done == 0 {
+		return s
+	}
+	b.WriteString(s[done:])
+	return b.String()
+}
+
+// tiedBefore reports whether a run starting at s[i] continues something
+// before it: an ASCII letter, digit or "_", or a "." after a digit.
+func tiedBefore(s string, i int) bool {
+	return i > 0 && (wordByte(s[i-1]) || s[i-1] == '.' && i > 1 && isASCIIDigit(s[i-2]))
+}
+
+// tiedAfter reports whether a run ending before s[end] goes on after it: an
+// ASCII letter, digit or "_", or a "." before a digit.
+func tiedAfter(s string, end int) bool {
+	return end < len(s) && (wordByte(s[end]) || s[end] == '.' && end+1 < len(s) && isASCIIDigit(s[end+1]))
+}
+
+func wordByte(c byte) bool {
+	return isASCIIDigit(c) || 'a' <= c|0x20 && c|0x20 <= 'z' || c == '_'
+}
+
+// isDate reports whether s starts as a date written 2006-01-02.
+func isDate(s string) bool {
+	if len(s) < 10 || s[4] != '-' || s[7] != '-' {
+		return false
+	}
+	for _, i := range []int{0, 1, 2, 3, 5, 6, 8, 9} {
+		if !isASCIIDigit(s[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // masker says how the value of an attribute key is masked; nil: it is not.

@@ -32,6 +32,17 @@ func TestMaskers(t *testing.T) {
 		{"scrub email", observe.Scrub, "bad address asha.rao@example.com here", "bad address a***@example.com here"},
 		{"scrub keeps hex ids", observe.Scrub, "request b1f0c2d3e4a5968778695a4b3c2d1e0f", "request b1f0c2d3e4a5968778695a4b3c2d1e0f"},
 		{"scrub keeps short numbers", observe.Scrub, "offset 1234", "offset 1234"},
+		{"phone ending in another script", observe.MaskPhone, "98123456７８", "**************"},
+		{"email starting in another script", observe.MaskEmail, "üser@example.de", "ü***@example.de"},
+		{"scrub spaced phone", observe.Scrub, "number +91 98123 45678 is barred", "number *************78 is barred"},
+		{"scrub grouped phone", observe.Scrub, "call +1 (555) 123-4567.", "call ***************67."},
+		{"scrub dashed phone", observe.Scrub, "to 98123-45678, to 98123 4567", "to *********78, to ********67"},
+		{"scrub phone after a date", observe.Scrub, "on 2026-11-30 9812345678", "on 2026-11-30 ********78"},
+		{"scrub keeps dates and times", observe.Scrub, "at 2026-11-30 20:50:20 and 2026-11-30T20:50:20Z", "at 2026-11-30 20:50:20 and 2026-11-30T20:50:20Z"},
+		{"scrub keeps uuids", observe.Scrub, "id 12345678-1234-5678-9abc-def012345678", "id 12345678-1234-5678-9abc-def012345678"},
+		{"scrub keeps decimals and addresses", observe.Scrub, "timestamp -98123.4567891 from 10.0.0.1:5432", "timestamp -98123.4567891 from 10.0.0.1:5432"},
+		{"scrub keeps digits inside words", observe.Scrub, "id_919812345678 phone=919812345678x", "id_919812345678 phone=919812345678x"},
+		{"scrub keeps numbers apart", observe.Scrub, "1234 and 5678", "1234 and 5678"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
