@@ -19,11 +19,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -257,6 +259,71 @@ func TestMetrics(t *testing.T) {
 
 // A sender that closes its connection halfway through a body gave up: the
 // webhook counts as canceled, not as an invalid body.
+// rawCodec sends a []byte as the message, whatever it holds.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// TestCallsRefusedBeforeTheInterceptors: what grpc-go answers itself, before
+// any interceptor, is logged and counted.
+func TestCallsRefusedBeforeTheInterceptors(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	ctx := t.Context()
+
+	// A truncated message: field 1 announces 5 bytes and has 1.
+	var out []byte
+	err := s.conn.Invoke(ctx, eventsv1.WebhookService_Ingest_FullMethodName, []byte{0x0a, 0x05, 'D'}, &out, grpc.ForceCodecV2(rawCodec{}))
+	if status.Code(err) != codes.Internal {
+		t.Fatalf("Ingest of an undecodable message: %v, want INTERNAL (grpc-go's answer)", err)
+	}
+	unknown := "/otpless.events.v1.Nope/" + strings.Repeat("é", 100)
+	for _, method := range []string{"/otpless.events.v1.Nope/Call", unknown} {
+		if err := s.conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != codes.Unimplemented {
+			t.Fatalf("%s: %v, want UNIMPLEMENTED", method, err)
+		}
+	}
+
+	// The lines come once the answer has gone.
+	for _, want := range []map[string]any{
+		{"method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "Internal", "reason": "invalid_body", "transport": "grpc", "level": "WARN"},
+		{"method": "/otpless.events.v1.Nope/Call", "code": "Unimplemented"},
+	} {
+		want["msg"] = "grpc call"
+		if !eventually(func() bool { return len(s.logs.Matching(t, want)) == 1 }) {
+			t.Errorf("no line matching %v:\n%s", want, s.logs)
+		}
+	}
+	var long []map[string]any
+	for _, l := range s.logs.Matching(t, map[string]any{"msg": "grpc call", "code": "Unimplemented"}) {
+		if m, _ := l["method"].(string); strings.HasPrefix(m, "/otpless.events.v1.Nope/é") {
+			long = append(long, l)
+		}
+	}
+	if len(long) != 1 || !utf8.ValidString(long[0]["method"].(string)) || len(long[0]["method"].(string)) > 128+len("…") {
+		t.Errorf("the long unknown method's lines: %v, want one naming at most 128 bytes of it, cut between characters", long)
+	}
+
+	series := s.scrape(t)
+	for name, want := range map[string]float64{
+		`otpless_events_grpc_refused_total{code="Internal"}`:            1,
+		`otpless_events_grpc_refused_total{code="Unimplemented"}`:       2,
+		`otpless_events_grpc_refused_total{code="ResourceExhausted"}`:   0,
+		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`: 1,
+	} {
+		if got, ok := series[name]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+}
+
 func TestAbandonedBodyIsCanceled(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)

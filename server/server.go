@@ -317,6 +317,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.health = health.NewServer()
 	s.shuttingDown, s.startShutdown = context.WithCancel(context.Background())
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	servedMethods := sync.OnceValue(func() map[string]bool { // asked once the server runs
+		served := make(map[string]bool)
+		for name, info := range s.grpc.GetServiceInfo() {
+			for _, m := range info.Methods {
+				served["/"+name+"/"+m.Name] = true
+			}
+		}
+		return served
+	})
 	s.grpc = grpc.NewServer(
 		// gRPC Ingest messages are bounded like the webhook route's bodies
 		// (the protobuf form of a body is smaller than its JSON) by
@@ -326,6 +335,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.StatsHandler(s.obs.StatsHandler(func(method string) bool { return servedMethods()[method] })),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown),
 			boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),

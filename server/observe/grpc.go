@@ -39,6 +39,7 @@ func (o *Observer) RecoverGRPC(ctx context.Context, _ any) error {
 func (o *Observer) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		start := time.Now()
+		markIntercepted(ctx)
 		c := o.newGRPCCall(ctx)
 		ctx = withCall(ctx, c)
 		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDMetadata, c.requestID))
@@ -63,6 +64,7 @@ func (o *Observer) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 func (o *Observer) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
+		markIntercepted(ss.Context())
 		c := o.newGRPCCall(ss.Context())
 		ctx := withCall(ss.Context(), c)
 		_ = ss.SetHeader(metadata.Pairs(RequestIDMetadata, c.requestID))

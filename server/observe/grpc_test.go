@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
 
@@ -26,5 +27,33 @@ func TestHealthCallsLogAtDebug(t *testing.T) {
 	})
 	if lines := logs.Lines(t); len(lines) != 1 || lines[0]["level"] != "DEBUG" || lines[0]["code"] != "Unavailable" {
 		t.Errorf("a health watch ended by shutdown logged %v, want one line at DEBUG", lines)
+	}
+}
+
+// A call the interceptors saw is theirs to log: the stats handler logs only
+// the calls that ended before any interceptor.
+func TestStatsHandlerLogsOnlyCallsNoInterceptorSaw(t *testing.T) {
+	t.Parallel()
+	o, logs := newObserver(t)
+	h := o.StatsHandler(func(string) bool { return true })
+	const method = "/otpless.events.v1.RequestService/GetRequest"
+	fail := status.Error(codes.NotFound, "no such request")
+
+	seen := h.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: method})
+	_, _ = o.UnaryServerInterceptor()(seen, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(context.Context, any) (any, error) {
+		return nil, fail
+	})
+	h.HandleRPC(seen, &stats.End{Error: fail})
+	if lines := logs.Lines(t); len(lines) != 1 {
+		t.Fatalf("a call the interceptor saw logged %d lines, want its one: %v", len(lines), lines)
+	}
+
+	unseen := h.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: method})
+	h.HandleRPC(unseen, &stats.InPayload{})
+	h.HandleRPC(unseen, &stats.End{Error: status.Error(codes.Internal, "grpc: error unmarshalling request")})
+	ok := h.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: method})
+	h.HandleRPC(ok, &stats.End{})
+	if lines := logs.Lines(t); len(lines) != 2 || lines[1]["code"] != "Internal" || lines[1]["method"] != method {
+		t.Errorf("after a call no interceptor saw and one that ended well: %v, want one more line, the first's", lines)
 	}
 }

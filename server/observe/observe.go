@@ -79,6 +79,7 @@ type Observer struct {
 	httpRequests  *prometheus.CounterVec
 	httpSeconds   *prometheus.HistogramVec
 	panics        *prometheus.CounterVec
+	grpcRefused   *prometheus.CounterVec
 }
 
 // SetClientAddr makes the HTTP lines name, as client, the address f gives
@@ -151,13 +152,17 @@ func New(log *slog.Logger) *Observer {
 			Namespace: namespace, Name: "panics_recovered_total",
 			Help: "Panics recovered in handlers, by transport.",
 		}, []string{"transport"}),
+		grpcRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "grpc_refused_total",
+			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method), by code.",
+		}, []string{"code"}),
 	}
 	o.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		o.GRPC, o.events, o.duplicates, o.rejected, o.ingestSeconds,
 		o.commitSize, o.commitSeconds, o.commitErrors,
-		o.watchStreams, o.deliverySecs, o.httpRequests, o.httpSeconds, o.panics,
+		o.watchStreams, o.deliverySecs, o.httpRequests, o.httpSeconds, o.panics, o.grpcRefused,
 	)
 	// Series of fixed label values start at zero, so that an alert on
 	// their rate has something to read before the first one happens.
@@ -167,6 +172,9 @@ func New(log *slog.Logger) *Observer {
 		for _, result := range []string{"accepted", "rejected"} {
 			o.ingestSeconds.WithLabelValues(t, result)
 		}
+	}
+	for _, c := range []codes.Code{codes.Internal, codes.ResourceExhausted, codes.Unimplemented} {
+		o.grpcRefused.WithLabelValues(c.String())
 	}
 	for _, reason := range []string{ReasonInvalidBody, ReasonUnrecognized, ReasonTooLarge, ReasonOverloaded, ReasonUnavailable,
 		ReasonUnauthenticated, ReasonRateLimited, ReasonCanceled, ReasonInternal} {

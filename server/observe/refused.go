@@ -1,0 +1,96 @@
+package observe
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+)
+
+// maxLoggedMethod bounds the method a refused call's line names: a client
+// names it, and an unknown one can be anything.
+const maxLoggedMethod = 128
+
+// StatsHandler logs and counts the gRPC calls that grpc-go answers before
+// any interceptor sees them, which would otherwise leave no trace: a request
+// message it cannot decode (INTERNAL) or that is over its size limit
+// (RESOURCE_EXHAUSTED), and a method no service has (UNIMPLEMENTED). known
+// reports whether a full method name is served; it is first asked once the
+// server runs.
+func (o *Observer) StatsHandler(known func(method string) bool) stats.Handler {
+	return &refusedCalls{o: o, known: known}
+}
+
+type refusedCalls struct {
+	o     *Observer
+	known func(string) bool
+}
+
+// interceptedKey marks a call the server interceptors saw: its value is an
+// *atomic.Bool that they set.
+type interceptedKey struct{}
+
+type refusedCall struct {
+	start       time.Time
+	method      string
+	intercepted atomic.Bool
+}
+
+// markIntercepted tells the stats handler that the call of ctx reached the
+// interceptors, which log it.
+func markIntercepted(ctx context.Context) {
+	if c, ok := ctx.Value(interceptedKey{}).(*refusedCall); ok {
+		c.intercepted.Store(true)
+	}
+}
+
+func (h *refusedCalls) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if !h.known(info.FullMethodName) {
+		// grpc-go answers at once, and no stats.End follows.
+		h.log(ctx, info.FullMethodName, time.Now(), status.Error(codes.Unimplemented, "unknown method"))
+		return ctx
+	}
+	return context.WithValue(ctx, interceptedKey{}, &refusedCall{start: time.Now(), method: info.FullMethodName})
+}
+
+func (h *refusedCalls) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	end, ok := s.(*stats.End)
+	if !ok {
+		return
+	}
+	c, ok := ctx.Value(interceptedKey{}).(*refusedCall)
+	if !ok || c.intercepted.Load() || end.Error == nil {
+		return
+	}
+	h.log(ctx, c.method, c.start, end.Error)
+}
+
+func (h *refusedCalls) log(ctx context.Context, method string, start time.Time, err error) {
+	code := status.Code(err)
+	h.o.grpcRefused.WithLabelValues(code.String()).Inc()
+	c := h.o.newGRPCCall(ctx)
+	if method == eventsv1.WebhookService_Ingest_FullMethodName && code == codes.Internal {
+		// grpc-go's INTERNAL before any handler is a message it could not
+		// decode or decompress: the sender's fault.
+		c.ingested, c.rejectReason = true, ReasonInvalidBody
+		h.o.rejected.WithLabelValues(ReasonInvalidBody).Inc()
+	}
+	if len(method) > maxLoggedMethod {
+		cut := maxLoggedMethod
+		for cut > 0 && !utf8.RuneStart(method[cut]) {
+			cut--
+		}
+		method = method[:cut] + "…"
+	}
+	h.o.finishGRPC(ctx, c, method, start, err, nil, nil)
+}
+
+func (*refusedCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+func (*refusedCalls) HandleConn(context.Context, stats.ConnStats) {}
