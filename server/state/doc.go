@@ -31,10 +31,12 @@
 // Statuses count only with their kind: steps and FAILED on DELIVERY events,
 // SUCCESS and FALLBACK on AUTH events, UNREACHABLE on SYSTEM events.
 //
-// The active channel is the target of the latest fallback (of fallbacks at
-// one time, the end of their chain: A->B and B->C make C active, whatever
-// their ids), else the channel of the latest delivery report, else the
-// first channel of auth_channels. But where the latest fallback's target
+// The active channel is the channel a SUCCESS names as the one the user
+// completed on (the latest SUCCESS naming exactly one in auth_channels), so
+// that late reports move nothing once it is known. Else it is the target of
+// the latest fallback (of fallbacks at one time, the end of their chain:
+// A->B and B->C make C active, whatever their ids), else the channel of the
+// latest delivery report, else the first channel of auth_channels. But where the latest fallback's target
 // failed (nothing past SENT came of it) and, after that failure and the
 // fallback, a channel no fallback moved away from was first reported, the
 // fallback to it was missed (OTPLESS starts on another channel only after

@@ -573,6 +573,28 @@ func TestActiveChannelAfterFallbacks(t *testing.T) {
 			fallback("fb", 3, "WHATSAPP", "SMS"), dlr("s", 4, "SMS", "DELIVERED"), dlrFailed("ef", 5, "EMAIL", "00a"),
 		},
 		active: "SMS", status: inProgress,
+	}, {
+		name: "a success names the channel it was completed on; the fallback to it was missed",
+		events: []*eventsv1.Event{
+			initiated("i", 0, "WHATSAPP", "SMS"), dlr("ws", 1, "WHATSAPP", "SENT"), dlr("s", 4, "SMS", "DELIVERED"),
+			with(success("ok", 6, "tok"), func(e *eventsv1.Event) { e.AuthChannels = []string{"SMS"} }),
+			dlr("wd", 7, "WHATSAPP", "DELIVERED"),
+		},
+		active: "SMS", status: reqSuccess,
+	}, {
+		name: "a success naming its channel outweighs the latest fallback",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "SILENT_AUTH", "WHATSAPP"), fallback("fb2", 2, "WHATSAPP", "SMS"),
+			with(success("ok", 3, "tok"), func(e *eventsv1.Event) { e.AuthChannels = []string{"WHATSAPP"} }),
+		},
+		active: "WHATSAPP", status: reqSuccess,
+	}, {
+		name: "a success naming several channels leaves the rules above",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "SILENT_AUTH", "WHATSAPP"), dlr("s", 2, "SMS", "DELIVERED"),
+			with(success("ok", 3, "tok"), func(e *eventsv1.Event) { e.AuthChannels = []string{"SMS", "WHATSAPP"} }),
+		},
+		active: "WHATSAPP", status: reqSuccess,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := state.Fold(reqID, tc.events)

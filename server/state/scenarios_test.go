@@ -107,7 +107,9 @@ func TestFoldScenariosOrderIndependent(t *testing.T) {
 
 // TestFoldScenariosMonotonic feeds every request's events one at a time in
 // random orders and expects no channel to move back along
-// state.DeliveryStatuses and no request to leave SUCCESS.
+// state.DeliveryStatuses, no request to leave SUCCESS, and no active
+// channel known at SUCCESS to change after it (every SUCCESS of the current
+// payloads names its channel).
 func TestFoldScenariosMonotonic(t *testing.T) {
 	t.Parallel()
 	rank := map[eventsv1.DeliveryStatus]int{}
@@ -126,6 +128,10 @@ func TestFoldScenariosMonotonic(t *testing.T) {
 						next := state.Fold(id, input[:k])
 						if state.Terminal(prev) && !state.Terminal(next) {
 							t.Fatalf("-seed=%d, permutation %d of %s: left SUCCESS adding %s", seed, i, id, input[k-1].GetEventId())
+						}
+						if state.Terminal(prev) && prev.GetActiveChannel() != "" && next.GetActiveChannel() != prev.GetActiveChannel() {
+							t.Fatalf("-seed=%d, permutation %d of %s: the active channel went from %s to %s after SUCCESS adding %s",
+								seed, i, id, prev.GetActiveChannel(), next.GetActiveChannel(), input[k-1].GetEventId())
 						}
 						for _, c := range prev.GetChannels() {
 							if after := channel(next, c.GetChannel()).GetStatus(); rank[after] < rank[c.GetStatus()] {

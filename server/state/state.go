@@ -108,6 +108,7 @@ type folder struct {
 	r            *eventsv1.AuthRequest
 	succeeded    bool
 	successToken string            // from the latest SUCCESS carrying one
+	successOn    string            // the one channel the latest SUCCESS naming one names
 	fallbacksTo  []*eventsv1.Event // the latest fallbacks naming a to_channel, all at one time
 	lastDelivery string            // channel of the latest delivery report
 	channels     []*progress       // in order of first report
@@ -151,6 +152,9 @@ func (f *folder) addAuth(e *eventsv1.Event) {
 			f.r.SuccessTime = copyTime(e.GetEventTime())
 		}
 		f.successToken = cmp.Or(e.GetToken(), f.successToken)
+		if chs := e.GetAuthChannels(); len(chs) == 1 {
+			f.successOn = chs[0]
+		}
 	case statusFallback:
 		if e.GetToChannel() != "" {
 			if n := len(f.fallbacksTo); n > 0 && compareTime(e.GetEventTime(), f.fallbacksTo[n-1].GetEventTime()) != 0 {
@@ -226,7 +230,7 @@ func (f *folder) snapshot(evs []*eventsv1.Event) *eventsv1.AuthRequest {
 		r.Channels[i] = p.snapshot()
 	}
 	to := f.fallbackTo()
-	r.ActiveChannel = cmp.Or(f.startedAfter(to), to, f.lastDelivery, first(r.AuthChannels))
+	r.ActiveChannel = cmp.Or(f.successOn, f.startedAfter(to), to, f.lastDelivery, first(r.AuthChannels))
 	r.Status = f.status(r)
 	active := func(channel string) bool { return channel == r.ActiveChannel }
 	r.Channels = latest(r.Channels, func(c *eventsv1.ChannelProgress) bool { return active(c.GetChannel()) })

@@ -538,12 +538,13 @@ type AuthRequest struct {
 	AuthSessionId string `protobuf:"bytes,4,opt,name=auth_session_id,json=authSessionId,proto3" json:"auth_session_id,omitempty"`
 	// OTPLESS's trace id.
 	TraceId string `protobuf:"bytes,5,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
-	// The channel OTPLESS is using now: the target of the latest fallback (of
-	// fallbacks at one time, the end of their chain: A->B and B->C make C
-	// active), else the channel of the latest delivery report, else the first
-	// channel named by an auth event; but where that target failed, a channel
-	// first reported after its failure, and never fallen back from, is active
-	// (the fallback to it was missed).
+	// The channel OTPLESS is using now: the one a SUCCESS names as the channel
+	// the user completed on (late reports then move nothing); else the target
+	// of the latest fallback (of fallbacks at one time, the end of their
+	// chain: A->B and B->C make C active), else the channel of the latest
+	// delivery report, else the first channel named by an auth event; but
+	// where that target failed, a channel first reported after its failure,
+	// and never fallen back from, is active (the fallback to it was missed).
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
 	// Delivery progress, one entry per reported channel, ordered by first
 	// event time, then channel name. This list and the two below hold at most
