@@ -801,12 +801,20 @@ func TestRequestIDsThatNeedEscaping(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
 	ts.ingest(t, []byte(`{"eventType":"DLR","timestamp":1764153000000,"data":{"requestId":"a/b","status":"SENT","channel":"SMS"}}`))
-	for _, path := range []string{"/v1/requests/a%2Fb", "/v1/requests/a%2Fb/events", "/v1/requests/a%2Fb:watch"} {
+	ts.ingest(t, []byte(`{"eventType":"DLR","timestamp":1764153000000,"data":{"requestId":"e","status":"SENT","channel":"SMS"}}`))
+	for _, path := range []string{"/v1/requests/a%2Fb", "/v1/requests/a%2Fb/events", "/v1/requests/a%2Fb:watch", "/v1/requests/e%2Fevents", "/v1/requests/e%2fevents"} {
 		for _, accept := range []string{"", "text/event-stream"} {
 			r := ts.do(t, http.MethodGet, path, testAdminKey, nil, "Accept", accept)
 			if r.code != http.StatusNotFound {
 				t.Errorf("GET %s (Accept %q): %d %s, want 404", path, accept, r.code, r.body)
 			}
+		}
+	}
+	// With its colon as sent, "c:watchToken" is the token route, which
+	// takes POST only.
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		if r := ts.do(t, method, "/v1/requests/c:watchToken", testAdminKey, nil); r.code != http.StatusMethodNotAllowed || r.header.Get("Allow") != http.MethodPost {
+			t.Errorf("%s /v1/requests/c:watchToken: %d (Allow %q), want 405 allowing POST", method, r.code, r.header.Get("Allow"))
 		}
 	}
 	for _, id := range []string{"x:watch", "c:watchToken", "%2F", "sp ace?#"} {

@@ -106,11 +106,17 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := registerHead(mux); err != nil {
 		return nil, err
 	}
-	if err := registerNotAllowed(mux); err != nil {
+	if err := registerNotAllowed(mux, func(string) bool { return true }); err != nil {
 		return nil, err
 	}
 	if err := eventsv1.RegisterRequestServiceHandler(ctx, mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: register RequestService: %w", err)
+	}
+	// Again for the routes with a verb, over RequestService's: GET on
+	// "x:watchToken" is the token route's 405, not GetRequest of an id with
+	// a colon (which is sent as %3A).
+	if err := registerNotAllowed(mux, func(path string) bool { return strings.Contains(path, "}:") }); err != nil {
+		return nil, err
 	}
 	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger}
 	if err := wh.register(); err != nil {
@@ -188,12 +194,15 @@ func routes() map[string][]string {
 // registerNotAllowed answers, on every route, the methods it does not serve
 // with 405 and Allow. Without it the mux answers them 501: gRPC's
 // Unimplemented, which is not the client's mistake.
-func registerNotAllowed(mux *runtime.ServeMux) error {
+func registerNotAllowed(mux *runtime.ServeMux, of func(path string) bool) error {
 	rs := routes()
 	// In order, so that the more specific of two templates that both match
 	// a path ("/v1/requests/{request_id}:watch" after
 	// "/v1/requests/{request_id}") is registered later, and tried first.
 	for _, path := range slices.Sorted(maps.Keys(rs)) {
+		if !of(path) {
+			continue
+		}
 		served := rs[path]
 		allow := strings.Join(served, ", ")
 		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
@@ -283,11 +292,19 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 
 // validURL answers 400 for a path or query that is not valid UTF-8: such a
 // request id could not even be sent to the gRPC server, and a client's typo
-// must not read as a server fault.
+// must not read as a server fault. A request route's path with an escaped
+// "/" gets 404, saying why.
 func validURL(next http.Handler) http.Handler {
+	slashInID := status.New(codes.NotFound, `a request id holding "/" (%2F) cannot be named over HTTP, only over gRPC`)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !utf8.ValidString(r.URL.Path) || !validQuery(r.URL.Query()) {
 			writeStatus(w, &runtime.JSONPb{}, http.StatusBadRequest, status.New(codes.InvalidArgument, "the URL's path or query is not valid UTF-8"))
+			return
+		}
+		// The mux splits the path at %2F as at "/", and would take
+		// "e%2Fevents" for the events of "e".
+		if strings.HasPrefix(r.URL.Path, "/v1/requests/") && strings.Contains(strings.ToUpper(r.URL.EscapedPath()), "%2F") {
+			writeStatus(w, &runtime.JSONPb{}, http.StatusNotFound, slashInID)
 			return
 		}
 		next.ServeHTTP(w, r)
