@@ -354,6 +354,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.conn, err = grpc.NewClient("passthrough:///in-process",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A page of events holds at least one, whose raw body can be as
+		// large as --max-body-bytes allows.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxPageBytes+2*int(cfg.MaxBodyBytes))),
 		grpc.WithChainUnaryInterceptor(s.obs.UnaryClientInterceptor()),
 		grpc.WithChainStreamInterceptor(s.obs.StreamClientInterceptor()))
 	if err != nil {

@@ -794,6 +794,25 @@ func TestInvalidUTF8URLsAre400(t *testing.T) {
 	}
 }
 
+// TestEventLargerThanGRPCDefault: with --max-body-bytes above what a page
+// holds, an event that large is stored and listed over HTTP (the gateway's
+// connection takes more than gRPC's default 4 MiB).
+func TestEventLargerThanGRPCDefault(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.MaxBodyBytes = 6 << 20 })
+	body := fmt.Appendf(nil, `{"eventType":"DLR","timestamp":1764153000000,"data":{"requestId":"huge","status":"SENT","channel":"SMS","metaData":{"pad":%q}}}`,
+		strings.Repeat("x", 9<<19))
+	ts.ingest(t, body)
+	var page struct {
+		Events []struct {
+			RawBody string `json:"rawBody"`
+		} `json:"events"`
+	}
+	if r := ts.get(t, "/v1/requests/huge/events"); r.code != http.StatusOK || json.Unmarshal(r.body, &page) != nil || len(page.Events) != 1 || len(page.Events[0].RawBody) != len(body) {
+		t.Errorf("GET the events of a request with a %d-byte event: %d %.200s, want the event", len(body), r.code, r.body)
+	}
+}
+
 // TestRequestIDsThatNeedEscaping: an id is one path segment, percent-encoded:
 // a ":watch" (%3A) in it does not make the route a watch. An id holding "/"
 // cannot be named (the routes split the path at %2F too), on any route.

@@ -93,18 +93,20 @@ func (s *RequestServer) ListRequestEvents(ctx context.Context, req *eventsv1.Lis
 	return &eventsv1.ListRequestEventsResponse{Events: events, NextPageToken: next}, nil
 }
 
-// maxPageBytes bounds the encoded size of a page of events below the
-// 4 MiB that gRPC clients accept by default (the gateway's own included).
-const maxPageBytes = 3 << 20
+// MaxPageBytes bounds the encoded size of a page of events below the
+// 4 MiB that gRPC clients accept by default; a page of one event can be
+// larger where --max-body-bytes lets a body near that (the gateway's own
+// connection takes it).
+const MaxPageBytes = 3 << 20
 
 // fitPage cuts a page of events, whose raw bodies may be large, at
-// maxPageBytes; the next page then starts after the last one kept. A
+// MaxPageBytes; the next page then starts after the last one kept. A
 // page keeps its first event whatever its size.
 func fitPage(events []*eventsv1.Event, next string) ([]*eventsv1.Event, string) {
 	size := 0
 	for i, e := range events {
 		size += protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(e))
-		if i > 0 && size > maxPageBytes {
+		if i > 0 && size > MaxPageBytes {
 			return events[:i], store.CursorAfter(events[i-1]).Token()
 		}
 	}
