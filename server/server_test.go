@@ -794,6 +794,26 @@ func TestInvalidUTF8URLsAre400(t *testing.T) {
 	}
 }
 
+// TestGRPCGzip: a client compressing its messages with gzip is understood,
+// and answered in kind. The client's compressor is grpc-go's old kind, which
+// unlike encoding/gzip registers nothing in the process: the server's
+// registration is the one tested.
+func TestGRPCGzip(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, nil)
+	conn := srv.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testAdminKey, Insecure: true}),
+		grpc.WithCompressor(grpc.NewGZIPCompressor()), grpc.WithDecompressor(grpc.NewGZIPDecompressor()))
+	in := &eventsv1.IngestRequest{EventType: "DLR", Timestamp: structpb.NewNumberValue(1764153000000),
+		Data: &eventsv1.WebhookData{RequestId: "gz", Status: "SENT", Channel: "SMS"}}
+	if _, err := eventsv1.NewWebhookServiceClient(conn).Ingest(t.Context(), in); err != nil {
+		t.Fatalf("Ingest compressed with gzip: %v", err)
+	}
+	r, err := eventsv1.NewRequestServiceClient(conn).GetRequest(t.Context(), &eventsv1.GetRequestRequest{RequestId: "gz"})
+	if err != nil || r.GetRequest().GetActiveChannel() != "SMS" {
+		t.Fatalf("GetRequest compressed with gzip: %v %v, want the request on SMS", r, err)
+	}
+}
+
 // TestEventLargerThanGRPCDefault: with --max-body-bytes above what a page
 // holds, an event that large is stored and listed over HTTP (the gateway's
 // connection takes more than gRPC's default 4 MiB).
