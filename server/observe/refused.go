@@ -32,8 +32,8 @@ type refusedCalls struct {
 	known func(string) bool
 }
 
-// interceptedKey marks a call the server interceptors saw: its value is an
-// *atomic.Bool that they set.
+// interceptedKey holds a call's *refusedCall, which the server
+// interceptors mark when they see the call.
 type interceptedKey struct{}
 
 type refusedCall struct {

@@ -36,13 +36,14 @@
 // that late reports move nothing once it is known. Else it is the target of
 // the latest fallback (of fallbacks at one time, the end of their chain:
 // A->B and B->C make C active, whatever their ids), else the channel of the
-// latest delivery report, else the first channel of auth_channels. But where the latest fallback's target
-// failed (nothing past SENT came of it) and, after that failure and the
-// fallback, a channel no fallback moved away from was first reported, the
-// fallback to it was missed (OTPLESS starts on another channel only after
-// one), and it is active: of several, the one first reported latest. A late
-// report of a channel in use before the fallback, or of one running
-// alongside (an email of the same request), moves nothing.
+// latest delivery report, else the first channel of auth_channels. But
+// where the latest fallback's target failed (nothing past SENT came of it)
+// and, after that failure and the fallback, a channel no fallback moved
+// away from was first reported, the fallback to it was missed (OTPLESS
+// starts on another channel only after one), and it is active: of several,
+// the one first reported latest. A late report of a channel in use before
+// the fallback, or of one running alongside (an email of the same request),
+// moves nothing.
 // Where events disagree on a single-valued field, the latest event carrying
 // a value wins; the token prefers SUCCESS events.
 //

@@ -108,7 +108,7 @@ type folder struct {
 	r            *eventsv1.AuthRequest
 	succeeded    bool
 	successToken string            // from the latest SUCCESS carrying one
-	successOn    string            // the one channel the latest SUCCESS naming one names
+	successOn    string            // of the latest SUCCESS naming one channel, that channel
 	fallbacksTo  []*eventsv1.Event // the latest fallbacks naming a to_channel, all at one time
 	lastDelivery string            // channel of the latest delivery report
 	channels     []*progress       // in order of first report
