@@ -206,12 +206,14 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 
 // update builds one message from the pending changes newer than last: an
 // UPDATE with the newest snapshot and the events added after last, or,
-// when the watcher fell so far behind that some changes were dropped, a
-// SNAPSHOT without events, so the client knows events are missing. Nil when
-// nothing is newer.
+// when the watcher fell so far behind that some changes were dropped, or
+// their events would make a message over maxUpdateEventBytes, a SNAPSHOT
+// without events, so the client knows events are missing. Nil when nothing
+// is newer.
 func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
 	changes, dropped := sub.Next()
 	var msg *eventsv1.WatchRequestResponse
+	size := 0
 	for _, c := range changes {
 		if c.Request.GetRevision() <= last {
 			continue
@@ -219,16 +221,25 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		if msg == nil {
 			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}
 		}
-		msg.Events = append(msg.Events, c.EventsAfter(last)...)
+		for _, e := range c.EventsAfter(last) {
+			msg.Events = append(msg.Events, e)
+			size += proto.Size(e)
+		}
 		msg.Request = c.Request
 		msg.Revision = c.Request.GetRevision()
 		last = msg.Revision
 	}
-	if msg != nil && dropped {
+	if msg != nil && (dropped || size > maxUpdateEventBytes) {
 		msg.Type, msg.Events = eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, nil
 	}
 	return msg
 }
+
+// maxUpdateEventBytes bounds the events of one UPDATE, so that with the
+// snapshot (its lists bounded by state.MaxListed) it stays under the 4 MiB
+// a gRPC client takes by default: a sender can make events of up to a few
+// hundred KiB (64 channels of 4 KiB), and many can land in one commit.
+const maxUpdateEventBytes = 2 << 20
 
 // snapshot reads the request for a new watch on a goroutine of its own.
 // The store's read runs deep (SQLite's is C translated to Go), and the

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/broker"
@@ -102,6 +104,37 @@ func TestUpdateSendsOnlyEventsAfterTheWatchersRevision(t *testing.T) {
 		}
 		if msg.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE || msg.GetRevision() != tc.wantRev || !slices.Equal(got, tc.want) {
 			t.Errorf("%s: update = %v at %d with %v, want UPDATE at %d with %v", tc.name, msg.GetType(), msg.GetRevision(), got, tc.wantRev, tc.want)
+		}
+	}
+}
+
+// Events a gRPC client's 4 MiB could not take in one UPDATE (a sender's
+// large INITIATEDs landing in one commit) make a SNAPSHOT without them.
+func TestUpdateTooLargeForOneMessage(t *testing.T) {
+	t.Parallel()
+	big := func(id string, rev int64) store.Change {
+		channels := make([]string, 64)
+		for i := range channels {
+			channels[i] = fmt.Sprintf("%04d%s", i, strings.Repeat("C", 4092))
+		}
+		return store.Change{Request: &eventsv1.AuthRequest{RequestId: "r", Revision: rev},
+			Events: []*eventsv1.Event{{RequestId: "r", EventId: id, AuthChannels: channels}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		changes []store.Change
+		want    eventsv1.WatchMessageType
+	}{
+		{"seven in turn", []store.Change{big("e1", 1), big("e2", 2), big("e3", 3), big("e4", 4), big("e5", 5), big("e6", 6), big("e7", 7)}, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE},
+		{"nine in turn", []store.Change{big("e1", 1), big("e2", 2), big("e3", 3), big("e4", 4), big("e5", 5), big("e6", 6), big("e7", 7), big("e8", 8), big("e9", 9)}, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT},
+	} {
+		b := broker.New(0)
+		sub := b.Subscribe("r")
+		b.Publish(tc.changes)
+		msg := update(sub, 0)
+		sub.Close()
+		if msg.GetType() != tc.want || msg.GetRevision() != int64(len(tc.changes)) || proto.Size(msg) > 4<<20 {
+			t.Errorf("%s: %v at %d, %d bytes, want %v at %d, under 4 MiB", tc.name, msg.GetType(), msg.GetRevision(), proto.Size(msg), tc.want, len(tc.changes))
 		}
 	}
 }

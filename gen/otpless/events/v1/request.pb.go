@@ -1035,7 +1035,8 @@ type WatchRequestResponse struct {
 	// UPDATE: the new events (raw_body empty). When the watcher fell a little
 	// behind, several changes are coalesced into one UPDATE carrying the
 	// newest snapshot and the events of all of them; when it fell too far
-	// behind for that, a SNAPSHOT is sent instead.
+	// behind for that, or the events would make the message larger than
+	// 2 MiB, a SNAPSHOT is sent instead.
 	Events        []*Event `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
