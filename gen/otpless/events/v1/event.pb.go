@@ -277,7 +277,9 @@ func (x *ErrorInfo) GetRetriable() Retriable {
 // PhoneDetails is the phone part of an auth event.
 type PhoneDetails struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Phone number without country code.
+	// Phone number without country code; from a legacy (v1) system event,
+	// which gives the number with its country code in one, that number, and
+	// no country_code.
 	PhoneNumber string `protobuf:"bytes,1,opt,name=phone_number,json=phoneNumber,proto3" json:"phone_number,omitempty"`
 	// Country code, e.g. "+91".
 	CountryCode   string `protobuf:"bytes,2,opt,name=country_code,json=countryCode,proto3" json:"country_code,omitempty"`
