@@ -4,3 +4,6 @@ import "github.com/jackc/pgx/v5/pgxpool"
 
 // Pool is the store's connection pool, for tests that look at sessions.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// SelectUnpurged is the purge's query for the webhooks due.
+const SelectUnpurged = selectUnpurged

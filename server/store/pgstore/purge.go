@@ -48,10 +48,14 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 }
 
+// selectUnpurged takes the oldest webhooks whose bodies are due; the
+// index webhooks_unpurged serves it.
+const selectUnpurged = `SELECT id FROM webhooks
+	WHERE received_at < $1 AND length(body) > 0
+	ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED`
+
 func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error) {
-	rows, _ := tx.Query(ctx, `SELECT id FROM webhooks
-		WHERE received_at < $1 AND length(body) > 0
-		ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED`, cutoff, purgeChunk)
+	rows, _ := tx.Query(ctx, selectUnpurged, cutoff, purgeChunk)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(ids) == 0 {
 		return 0, err
