@@ -718,6 +718,11 @@ func TestConfigValidate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "mysql") || !strings.Contains(err.Error(), "heartbeat") {
 		t.Fatalf("Validate() = %v, want both problems named", err)
 	}
+	busyLoop := cfg
+	busyLoop.RetentionInterval, busyLoop.HealthInterval = time.Nanosecond, time.Millisecond
+	if err := busyLoop.Validate(); err == nil || !strings.Contains(err.Error(), "retention interval must be at least 10ms, got 1ns") || !strings.Contains(err.Error(), "health interval") {
+		t.Fatalf("Validate() with intervals of 1ns and 1ms = %v, want both refused", err)
+	}
 	busy := cfg
 	busy.DataDir = t.TempDir()
 	busy.Store = filepath.Join(busy.DataDir, "x.db")
