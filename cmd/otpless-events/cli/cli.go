@@ -64,14 +64,15 @@ func EnvName(name string) string {
 }
 
 // bindEnv sets every flag not given on the command line from its environment
-// variable, and names that variable in the flag's help.
+// variable. An empty variable leaves a flag that is not text as it is
+// ("" is no boolean, number or duration; VAR= is a common way to unset).
 func bindEnv(flags *pflag.FlagSet) error {
 	var err error
 	flags.VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Changed {
 			return
 		}
-		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+		if v, ok := os.LookupEnv(EnvName(f.Name)); ok && (v != "" || strings.HasPrefix(f.Value.Type(), "string")) {
 			if serr := flags.Set(f.Name, v); serr != nil {
 				err = fmt.Errorf("%s: %w", EnvName(f.Name), serr)
 			}

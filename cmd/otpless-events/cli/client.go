@@ -55,8 +55,11 @@ func (f *clientFlags) apiKey() (string, error) {
 		return "", fmt.Errorf("API key: %w", err)
 	}
 	key := strings.TrimSpace(string(b))
-	if key == "" {
+	switch {
+	case key == "":
 		return "", fmt.Errorf("API key: %s is empty", f.apiKeyFile)
+	case strings.ContainsAny(key, "\r\n"):
+		return "", fmt.Errorf("API key: %s holds more than one line; it must hold the key alone (of apikey's output, what follows \"key:\")", f.apiKeyFile)
 	}
 	return key, nil
 }

@@ -539,6 +539,19 @@ func TestSendErrorHidesWebhookKey(t *testing.T) {
 			t.Errorf("send to %q: exit %d, stderr %q; want an error without the key", url, code, errOut)
 		}
 	}
+	// A Basic password holding an unescaped "/", "?" or "#" makes the URL
+	// parse with the password's start as the port.
+	for _, url := range []string{
+		"http://otpless:SECRETpw/x+Y==@127.0.0.1:1/v1/webhooks/otpless",
+		"http://otpless:SECRETpw?x@127.0.0.1:1/v1/webhooks/otpless",
+		"http://otpless:SECRETpw#x@127.0.0.1:1/v1/webhooks/otpless",
+	} {
+		t.Setenv("OTPLESS_WEBHOOK_URL", url)
+		code, _, errOut := run(t, "send", body)
+		if code == 0 || strings.Contains(errOut, "SECRET") || !strings.Contains(errOut, "percent-encoded") {
+			t.Errorf("send to %q: exit %d, stderr %q; want an error without the password, saying what to do", url, code, errOut)
+		}
+	}
 }
 
 // A request that has not begun, watched across reconnects (here, streams
@@ -566,8 +579,15 @@ func TestWatchPrintsTheEmptySnapshotOnce(t *testing.T) {
 // an empty key file, a URL where a gRPC address goes.
 func TestClientFlagsThatCannotWork(t *testing.T) {
 	t.Parallel()
-	empty := filepath.Join(t.TempDir(), "key")
+	empty, twoLines := filepath.Join(t.TempDir(), "key"), filepath.Join(t.TempDir(), "apikey-output")
 	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(twoLines, []byte("key:    oek_abc\nconfig: client 0123 read\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body := filepath.Join(t.TempDir(), "sent.json")
+	if err := os.WriteFile(body, []byte(`{"eventType":"DLR","data":{"requestId":"r","status":"SENT"}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -575,6 +595,8 @@ func TestClientFlagsThatCannotWork(t *testing.T) {
 		want string
 	}{
 		{[]string{"get", "--api-key-file", empty, tryID}, "is empty"},
+		{[]string{"get", "--api-key-file", twoLines, tryID}, "more than one line"},
+		{[]string{"send", "--plaintext", "--tls-ca-file", empty, "--http-addr", "https://127.0.0.1:1", body}, "--plaintext and --tls"},
 		{[]string{"watch", "--api-key-file", empty, tryID}, "is empty"},
 		{[]string{"get", "--grpc-addr", "http://127.0.0.1:9090", tryID}, "not an HTTP URL"},
 		{[]string{"watch", "--timeout", "-1s", tryID}, "must not be negative"},
@@ -601,5 +623,16 @@ func TestGetPrintsNoControlCharacters(t *testing.T) {
 	code, out, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "c1-req")
 	if code != 0 || strings.ContainsFunc(strings.TrimSuffix(out, "\n"), func(r rune) bool { return unicode.IsControl(r) && r != '\n' }) || !strings.Contains(out, `SMS\u009b2J\u007f`) {
 		t.Fatalf("get: exit %d, printed %q (%s); want the control characters escaped", code, out, errOut)
+	}
+}
+
+// An empty environment variable leaves a flag that is not text unset (VAR=
+// is a common way to unset one), rather than failing to parse "".
+func TestEmptyEnvironmentVariables(t *testing.T) {
+	t.Setenv("OTPLESS_EVENTS_JSON", "")
+	t.Setenv("OTPLESS_EVENTS_PLAINTEXT", "")
+	code, _, errOut := run(t, "get", "--grpc-addr", "127.0.0.1:1", tryID)
+	if code != 1 || strings.Contains(errOut, "OTPLESS_EVENTS_") || strings.Contains(errOut, "invalid argument") {
+		t.Errorf("get with OTPLESS_EVENTS_JSON and _PLAINTEXT empty: exit %d, %q; want it to go on (and find nobody there)", code, errOut)
 	}
 }

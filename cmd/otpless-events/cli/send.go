@@ -55,6 +55,9 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if u := os.Getenv(envWebhookURL); u != "" && !explicit {
 				url = u
 			}
+			if (client.tls || client.tlsCAFile != "") && client.plaintext {
+				return errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+			}
 			if (client.tls || client.tlsCAFile != "") && strings.HasPrefix(url, "http://") {
 				return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(url))
 			}
@@ -269,8 +272,8 @@ func (c *lineCounter) lineOfNext(off int64) int {
 // postBody posts one body and prints what the server stored.
 func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b.data))
-	if err != nil { // a *url.Error: its text would show the webhook key
-		return fmt.Errorf("webhook URL %s: %w", redactURL(url), errors.Unwrap(err))
+	if err != nil { // a *url.Error: its text, and what it quotes, can show the key or a password
+		return fmt.Errorf("webhook URL %s is not a valid URL (a user or password holding \"/\", \"?\", \"#\" or \"@\" must be percent-encoded)", redactURL(url))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
