@@ -66,8 +66,8 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"sent whole: a run too short for its requests in progress sends mostly their first\n" +
 			"webhooks, and says so. After the last answer the watchers have --drain to receive what\n" +
 			"they still expect; bench reports the deliveries that never\n" +
-			"arrived and exits 1 when there were any (or when no webhook was answered 200, or no watcher\n" +
-			"subscribed).\n" +
+			"arrived and exits 1 when there were any (or when no webhook was answered 200, no watcher\n" +
+			"subscribed, or a signal cut the run short).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
 			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
@@ -133,6 +133,9 @@ type benchReport struct {
 	// during the run: the load generator's share of the machine (not with
 	// --self, where the server is in the process too).
 	LoadCPUPerWebhook time.Duration `json:"load_cpu_per_webhook_ns,omitempty"`
+	// Interrupted says a signal cut the run short: its figures are of less
+	// than Duration, and bench exits 1.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // benchServer samples the server process before the watchers, with every
@@ -275,6 +278,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if err != nil {
 		return err
 	}
+	report.Interrupted = ctx.Err() != nil
 	if report.Result.OK > 0 && !f.self {
 		report.LoadCPUPerWebhook = (self1.CPU - self0.CPU) / time.Duration(report.Result.OK)
 	}
@@ -377,6 +381,8 @@ func redactURL(url string) string {
 func (r *benchReport) failed() error {
 	res := r.Result
 	switch {
+	case r.Interrupted:
+		return errors.New("bench: interrupted, the figures are of a shorter run")
 	case res.OK == 0:
 		return errors.New("bench: no webhook was answered 200 (see errors)")
 	case r.Watchers > 0 && res.WatchersReady == 0:

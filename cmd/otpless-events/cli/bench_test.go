@@ -185,6 +185,27 @@ func TestBenchReportLostDeliveries(t *testing.T) {
 	}
 }
 
+// A run cut short by a signal (its context canceled) says so and fails: a
+// script must not take its figures for the run asked for.
+func TestBenchInterrupted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs load for a moment; skipped with -short")
+	}
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	timer := time.AfterFunc(1500*time.Millisecond, cancel)
+	defer timer.Stop()
+	args := []string{"bench", "--self", "--json", "--duration", "1m", "--rate", "100", "--concurrency", "4"}
+	if code := Main(ctx, args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "interrupted") {
+		t.Fatalf("bench interrupted: exit %d, stderr %q; want 1, saying it was interrupted", code, stderr.String())
+	}
+	var r benchReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || !r.Interrupted || r.Result.OK == 0 {
+		t.Errorf("bench --json interrupted printed %s (%v); want the report of what ran, marked interrupted", stdout.String(), err)
+	}
+}
+
 // Numeric flags out of their range are refused before any traffic (with
 // --self no server would even start), each named.
 func TestBenchRefusesNumbersOutOfRange(t *testing.T) {
