@@ -818,7 +818,8 @@ func (r *runner) drain(ctx context.Context, d time.Duration) {
 }
 
 // startWatchers subscribes one watcher per watched slot and returns once
-// all are subscribed (or a minute has passed).
+// all are subscribed, or a minute has passed, or noneReadyAfter has with
+// none subscribed (a server that is down or speaks another protocol).
 func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 	ready := make(chan struct{}, r.cfg.Watchers)
 	opening := make(chan struct{}, 256) // bounds subscriptions in progress at start
@@ -834,10 +835,15 @@ func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 		}
 		wg.Go(func() { r.watch(ctx, r.watched[i], sub, ready, opening) })
 	}
-	timeout := time.After(time.Minute)
-	for range r.cfg.Watchers {
+	timeout, noneReady := time.After(time.Minute), time.After(noneReadyAfter)
+	for n := 0; n < r.cfg.Watchers; {
 		select {
 		case <-ready:
+			n++
+		case <-noneReady:
+			if n == 0 {
+				return
+			}
 		case <-timeout:
 			return
 		case <-ctx.Done():
@@ -845,6 +851,9 @@ func (r *runner) startWatchers(ctx context.Context, wg *sync.WaitGroup) {
 		}
 	}
 }
+
+// noneReadyAfter is how long startWatchers waits for a first subscription.
+const noneReadyAfter = 10 * time.Second
 
 // watch follows slot s: subscribes to its next request before that
 // request's first webhook, records every UPDATE's events, and moves on when

@@ -93,7 +93,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 	fs.IntVar(&f.concurrency, "concurrency", 64, "senders: the most webhooks in flight")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to send")
 	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once (default: the larger of --watchers and 1000)")
-	fs.IntVar(&f.watchers, "watchers", 0, "watchers (gRPC, or see --watch-via), each following one request in progress after another")
+	fs.IntVar(&f.watchers, "watchers", 0, "watchers (gRPC, or see --watch-via), each following one request in progress after another; the traffic starts once all have subscribed, after a minute at most, or after 10s if none could")
 	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
 	fs.StringVar(&f.watchVia, "watch-via", "grpc", "how watchers follow: grpc, or sse (Server-Sent Events from the HTTP gateway, a connection each)")
 	fs.DurationVar(&f.drain, "drain", f.drain, "how long watchers may still take, after the last answer, to receive what they expect (ends early when nothing is outstanding)")

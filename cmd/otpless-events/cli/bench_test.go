@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/otpless-events/otpless-events/internal/loadgen"
+	"github.com/otpless-events/otpless-events/internal/testserver"
 )
 
 // TestBenchSmoke runs bench for a moment against a real server in this
@@ -203,6 +205,31 @@ func TestBenchInterrupted(t *testing.T) {
 	var r benchReport
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || !r.Interrupted || r.Result.OK == 0 {
 		t.Errorf("bench --json interrupted printed %s (%v); want the report of what ran, marked interrupted", stdout.String(), err)
+	}
+}
+
+// Watchers that cannot reach a gRPC server end the run in seconds, not
+// after the minute allowed for many to subscribe.
+func TestBenchWatchersUnreachable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits seconds for watchers; skipped with -short")
+	}
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := closed.Addr().String()
+	closed.Close()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--http-addr", ts.HTTPURL, "--grpc-addr", addr, "--watchers", "2", "--rate", "20", "--duration", "1s"}
+	start := time.Now()
+	if code := Main(t.Context(), args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no watcher subscribed") {
+		t.Fatalf("bench with its watchers' server down: exit %d, stderr %q; want 1, saying no watcher subscribed", code, stderr.String())
+	}
+	if took := time.Since(start); took > 45*time.Second {
+		t.Errorf("bench took %s to give up on watchers that could not connect", took)
 	}
 }
 
