@@ -213,7 +213,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 
 	// What is refused (a key in clear) is refused before any traffic.
 	if !f.self {
-		if err := f.client.postInClear(url); err != nil {
+		if err := f.client.postTo(url); err != nil {
 			return err
 		}
 	}

@@ -131,6 +131,19 @@ func (f *clientFlags) inClear(target, shown string) error {
 		"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to connect in clear anyway", shown)
 }
 
+// postTo refuses to post to webhookURL with flags that cannot work with it,
+// or in clear to another machine without --plaintext.
+func (f *clientFlags) postTo(webhookURL string) error {
+	tls := f.tls || f.tlsCAFile != ""
+	switch {
+	case tls && f.plaintext:
+		return errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+	case tls && strings.HasPrefix(webhookURL, "http://"):
+		return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(webhookURL))
+	}
+	return f.postInClear(webhookURL)
+}
+
 // postInClear refuses to post webhooks to webhookURL over http:// unless
 // its host is this machine or --plaintext says so: the key in the URL and
 // the bodies' personal data would cross the network in clear.

@@ -597,6 +597,7 @@ func TestClientFlagsThatCannotWork(t *testing.T) {
 		{[]string{"get", "--api-key-file", empty, tryID}, "is empty"},
 		{[]string{"get", "--api-key-file", twoLines, tryID}, "more than one line"},
 		{[]string{"send", "--plaintext", "--tls-ca-file", empty, "--http-addr", "https://127.0.0.1:1", body}, "--plaintext and --tls"},
+		{[]string{"bench", "--tls", "--http-addr", "http://127.0.0.1:1", "--duration", "1s"}, "is http://"},
 		{[]string{"watch", "--api-key-file", empty, tryID}, "is empty"},
 		{[]string{"get", "--grpc-addr", "http://127.0.0.1:9090", tryID}, "not an HTTP URL"},
 		{[]string{"watch", "--timeout", "-1s", tryID}, "must not be negative"},

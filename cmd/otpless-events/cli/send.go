@@ -55,13 +55,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if u := os.Getenv(envWebhookURL); u != "" && !explicit {
 				url = u
 			}
-			if (client.tls || client.tlsCAFile != "") && client.plaintext {
-				return errors.New("--plaintext and --tls or --tls-ca-file: pick one")
-			}
-			if (client.tls || client.tlsCAFile != "") && strings.HasPrefix(url, "http://") {
-				return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(url))
-			}
-			if err := client.postInClear(url); err != nil {
+			if err := client.postTo(url); err != nil {
 				return err
 			}
 			tlsCfg, err := client.tlsConfig()
