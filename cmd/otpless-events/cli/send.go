@@ -41,7 +41,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 			"server does not answer with 200, or on standard input at the first that is not JSON.\n\n" +
 			"The target is --http-addr when given on the command line, else $" + envWebhookURL + " (the URL\n" +
 			"serve prints on its first start, webhook key included; user:password@ in it is sent as\n" +
-			"HTTP Basic), else http://" + httpAddr + gateway.WebhookPath + ".",
+			"HTTP Basic), else --http-addr from $" + EnvName("http-addr") + ", else http://" + httpAddr + gateway.WebhookPath + ".",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
 			if i := slices.Index(files, stdinName); i >= 0 && slices.Contains(files[i+1:], stdinName) {
