@@ -73,7 +73,8 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
 			"bench collects garbage less often (GOGC=400) unless $GOGC is set.\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else\n" +
-			"$" + EnvName("http-addr") + ", else the default address. Watchers need an API key with the watch scope ($" + envAPIKey + " or\n" +
+			"$" + EnvName("http-addr") + ", else the default address. Watchers need an API key with the\n" +
+			"watch scope ($" + envAPIKey + " or\n" +
 			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
 			"rate limit and watch limits are far below benchmark load: raise them (--webhook-rate 0,\n" +
 			"--max-watches-per-credential 0).",
