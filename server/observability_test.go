@@ -259,6 +259,29 @@ func TestMetrics(t *testing.T) {
 
 // A sender that closes its connection halfway through a body gave up: the
 // webhook counts as canceled, not as an invalid body.
+// Retention's runs are in the metrics: webhooks purged and the last run
+// that succeeded, so that an alert can tell retention has stopped.
+func TestRetentionMetrics(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, func(c *Config) { c.PIIRetention, c.RetentionInterval = time.Millisecond, 20*time.Millisecond }, nil)
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("ret-req", "SENT", 1764153000400)); code != http.StatusOK {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	var series map[string]float64
+	if !eventually(func() bool {
+		series = s.scrape(t)
+		return series["otpless_events_retention_purged_webhooks_total"] >= 1
+	}) {
+		t.Fatalf("no purge counted: %v", series)
+	}
+	if at := series["otpless_events_retention_last_success_timestamp_seconds"]; at < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("retention_last_success_timestamp_seconds = %v, want a moment ago", at)
+	}
+	if n, ok := series["otpless_events_retention_failures_total"]; !ok || n != 0 {
+		t.Errorf("retention_failures_total = %v (present %v), want 0", n, ok)
+	}
+}
+
 // rawCodec sends a []byte as the message, whatever it holds.
 type rawCodec struct{}
 

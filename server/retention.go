@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"time"
@@ -15,6 +16,9 @@ type retention struct {
 	purger         store.Purger
 	keep, interval time.Duration
 	log            *slog.Logger
+	// observe, when set, is told of every run that was not stopped: the
+	// webhooks purged, and its error (a panic's too).
+	observe func(purged int, err error)
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -42,15 +46,25 @@ func (r *retention) purge(ctx context.Context) {
 	defer func() { // a panic costs this run, not the process
 		if p := recover(); p != nil {
 			r.log.Error("purging personal data panicked", "panic", p, "stack", string(debug.Stack()))
+			r.observed(0, fmt.Errorf("panic: %v", p))
 		}
 	}()
 	cutoff := time.Now().Add(-r.keep)
 	n, err := r.purger.PurgePII(ctx, cutoff)
+	if ctx.Err() == nil {
+		r.observed(n, err)
+	}
 	switch {
 	case err != nil && ctx.Err() == nil:
 		r.log.Warn("purging personal data", "error", err)
 	case n > 0:
 		r.log.Info("purged personal data", "webhooks", n, "received_before", cutoff)
+	}
+}
+
+func (r *retention) observed(purged int, err error) {
+	if r.observe != nil {
+		r.observe(purged, err)
 	}
 }
 

@@ -23,7 +23,13 @@ func TestRetentionSurvivesAPanic(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
 	p := &panickingPurger{}
-	r := &retention{purger: p, keep: time.Hour, interval: time.Millisecond, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	var failures atomic.Int32
+	r := &retention{purger: p, keep: time.Hour, interval: time.Millisecond, log: slog.New(slog.NewTextHandler(&logs, nil)),
+		observe: func(purged int, err error) {
+			if err != nil && strings.Contains(err.Error(), "purge kaboom") {
+				failures.Add(1)
+			}
+		}}
 	r.start()
 	for deadline := time.Now().Add(10 * time.Second); p.runs.Load() < 2; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -33,5 +39,8 @@ func TestRetentionSurvivesAPanic(t *testing.T) {
 	r.stop()
 	if !strings.Contains(logs.String(), "purge kaboom") {
 		t.Errorf("the panic was not logged: %s", logs.String())
+	}
+	if failures.Load() < 2 {
+		t.Errorf("%d failed runs observed, want every run's panic", failures.Load())
 	}
 }

@@ -303,7 +303,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		publish = s.relay.OnCommit
 	}
 	if p, ok := s.store.(store.Purger); ok {
-		s.purge = &retention{purger: p, keep: cfg.PIIRetention, interval: cfg.RetentionInterval, log: log.With("component", "retention")}
+		s.purge = &retention{purger: p, keep: cfg.PIIRetention, interval: cfg.RetentionInterval, log: log.With("component", "retention"),
+			observe: s.obs.ObservePurge}
 	} else {
 		log.Warn("the store cannot purge personal data; it is kept indefinitely")
 	}

@@ -80,6 +80,9 @@ type Observer struct {
 	httpSeconds   *prometheus.HistogramVec
 	panics        *prometheus.CounterVec
 	grpcRefused   *prometheus.CounterVec
+	purged        prometheus.Counter
+	purgeFailures prometheus.Counter
+	purgedAt      prometheus.Gauge
 }
 
 // SetClientAddr makes the HTTP lines name, as client, the address f gives
@@ -152,6 +155,18 @@ func New(log *slog.Logger) *Observer {
 			Namespace: namespace, Name: "panics_recovered_total",
 			Help: "Panics recovered in handlers, by transport.",
 		}, []string{"transport"}),
+		purged: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "retention_purged_webhooks_total",
+			Help: "Webhooks whose personal data retention removed.",
+		}),
+		purgeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "retention_failures_total",
+			Help: "Retention runs that failed (each also a warning in the log).",
+		}),
+		purgedAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "retention_last_success_timestamp_seconds",
+			Help: "When a retention run last ended without error (Unix time; 0: none yet).",
+		}),
 		grpcRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "grpc_refused_total",
 			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method), by code.",
@@ -163,6 +178,7 @@ func New(log *slog.Logger) *Observer {
 		o.GRPC, o.events, o.duplicates, o.rejected, o.ingestSeconds,
 		o.commitSize, o.commitSeconds, o.commitErrors,
 		o.watchStreams, o.deliverySecs, o.httpRequests, o.httpSeconds, o.panics, o.grpcRefused,
+		o.purged, o.purgeFailures, o.purgedAt,
 	)
 	// Series of fixed label values start at zero, so that an alert on
 	// their rate has something to read before the first one happens.
@@ -208,6 +224,17 @@ func (o *Observer) ObserveCommit(b groupcommit.Batch) {
 	if b.Err != nil {
 		o.commitErrors.Inc()
 	}
+}
+
+// ObservePurge records one retention run: the webhooks it purged, and err
+// when it failed.
+func (o *Observer) ObservePurge(purged int, err error) {
+	o.purged.Add(float64(purged))
+	if err != nil {
+		o.purgeFailures.Inc()
+		return
+	}
+	o.purgedAt.SetToCurrentTime()
 }
 
 // ObserveIngest records the outcome of one webhook handed to the ingest
