@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -92,6 +93,9 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	}
 	if scheme, _, ok := strings.Cut(f.grpcAddr, "://"); ok && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) {
 		return nil, fmt.Errorf("--grpc-addr %q: want host:port or a gRPC target (dns:///host:port, unix:path), not an HTTP URL", f.grpcAddr)
+	}
+	if _, _, err := net.SplitHostPort(f.grpcAddr); err != nil && strings.Contains(err.Error(), "missing port") {
+		return nil, fmt.Errorf("--grpc-addr %q: give a port (host:port; the server's is 9090 by default)", f.grpcAddr)
 	}
 	target := dialAddr(f.grpcAddr)
 	switch {
@@ -193,5 +197,22 @@ func loopback(target string) bool {
 // rpcError says what failed, in the server's words.
 func rpcError(what string, err error) error {
 	st := status.Convert(err)
-	return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
+	msg := fmt.Sprintf("%s: %s (%s)", what, st.Message(), st.Code())
+	if st.Code() == codes.Unavailable {
+		for _, h := range connectionHints {
+			if strings.Contains(st.Message(), h.says) {
+				msg += "; " + h.hint
+				break
+			}
+		}
+	}
+	return errors.New(msg)
+}
+
+// connectionHints say what is likely wrong when grpc-go's words for a
+// failed connection say it only to those who know its transport.
+var connectionHints = []struct{ says, hint string }{
+	{"looked like an HTTP/1.1 header", "is it the HTTP port? --grpc-addr takes the gRPC port (9090 by default)"},
+	{"error reading server preface: EOF", "does the server use TLS? then give --tls, or --tls-ca-file"},
+	{"does not look like a TLS handshake", "does the server use TLS? it answered without: leave out --tls and --tls-ca-file"},
 }

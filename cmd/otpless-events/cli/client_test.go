@@ -514,11 +514,30 @@ func TestClientsOverTLS(t *testing.T) {
 	if sent, ok, errs := bench(1, "--rate", "100", "--duration", "100ms"); sent == 0 || ok != 0 || errs["transport"] != sent {
 		t.Fatalf("bench trusted a certificate no system CA signed: %d sent, %d ok, errors %v", sent, ok, errs)
 	}
-	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, tryID); code == 0 {
-		t.Fatal("get in plaintext from a TLS server succeeded")
+	if code, _, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, tryID); code == 0 || !strings.Contains(errOut, "does the server use TLS?") {
+		t.Fatalf("get in plaintext from a TLS server: exit %d, %q; want it failed, asking whether the server uses TLS", code, errOut)
 	}
 	if code, _, _ := run(t, "get", "--grpc-addr", ts.GRPCAddr, "--tls", tryID); code == 0 {
 		t.Fatal("get trusted a certificate no system CA signed")
+	}
+}
+
+// A gRPC client pointed at the HTTP port, or at a plaintext server with TLS,
+// is told what is likely wrong, besides grpc-go's words.
+func TestClientConnectionHints(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"get", "--grpc-addr", strings.TrimPrefix(ts.HTTPURL, "http://"), tryID}, "is it the HTTP port?"},
+		{[]string{"get", "--grpc-addr", ts.GRPCAddr, "--tls", tryID}, "does the server use TLS?"},
+		{[]string{"get", "--grpc-addr", "127.0.0.1", tryID}, "give a port"},
+	} {
+		if code, _, errOut := run(t, tc.args...); code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, %q; want 1 saying %q", tc.args, code, errOut, tc.want)
+		}
 	}
 }
 
