@@ -5,11 +5,13 @@
 // removes them: from responses to callers that may not see them, and from
 // stored data once its retention has passed.
 //
-// It imports only the generated API types.
+// It imports only the generated API types and protobuf.
 package pii
 
 import (
 	"slices"
+
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -113,6 +115,19 @@ func errorInfo(e *eventsv1.ErrorInfo) *eventsv1.ErrorInfo {
 		return nil
 	}
 	return &eventsv1.ErrorInfo{Code: e.Code, Description: e.Description, Retriable: e.Retriable}
+}
+
+// SameState reports whether a and b are the same snapshot once their
+// personal data, revision and update time are left out: whether a purge's
+// refold of a snapshot changed only what the purge removes (not so when the
+// fold changed since the snapshot was made).
+func SameState(a, b *eventsv1.AuthRequest) bool {
+	x, y := proto.CloneOf(a), proto.CloneOf(b)
+	for _, r := range []*eventsv1.AuthRequest{x, y} {
+		StripRequest(r)
+		r.Revision, r.UpdateTime = 0, nil
+	}
+	return proto.Equal(x, y)
 }
 
 // StripRequest removes personal data from r in place.

@@ -54,6 +54,15 @@ func TestConformance(t *testing.T) {
 			}
 			return open(t, pgtest.DSN(t), pgstore.WithSchema(schema))
 		},
+		SetSnapshot: func(t *testing.T, s store.Store, r *eventsv1.AuthRequest) {
+			data, err := proto.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.(*pgstore.Store).Pool().Exec(t.Context(), `UPDATE requests SET data = $1 WHERE request_id = $2`, data, []byte(r.GetRequestId())); err != nil {
+				t.Fatal(err)
+			}
+		},
 	})
 }
 

@@ -10,7 +10,6 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/pii"
-	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -110,9 +109,8 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error)
 	return len(ids), nil
 }
 
-// refold rewrites the snapshots of requests (locked) from their events,
-// keeping revision and update time: removing personal data is not a change
-// watchers follow.
+// refold rewrites the snapshots of requests (locked) from their events
+// (see store.Refold).
 func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
 	if len(requests) == 0 {
 		return nil
@@ -130,7 +128,12 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
 	}); err != nil {
 		return fmt.Errorf("refold: %w", err)
 	}
-	var datas [][]byte
+	var (
+		datas     [][]byte
+		revisions []int64
+		updated   []time.Time
+		now       = time.Now()
+	)
 	rows, _ = tx.Query(ctx, `SELECT request_id, data FROM requests WHERE request_id = ANY($1)`, requests)
 	var ids [][]byte
 	if _, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
@@ -138,20 +141,20 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
 		if err := proto.Unmarshal(data, old); err != nil {
 			return fmt.Errorf("decode snapshot of %q: %w", rid, err)
 		}
-		snap := state.Fold(string(rid), events[string(rid)])
-		snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
+		snap := store.Refold(string(rid), old, events[string(rid)], now)
 		b, err := proto.Marshal(snap)
 		if err != nil {
 			return fmt.Errorf("encode snapshot of %q: %w", rid, err)
 		}
 		ids, datas = append(ids, rid), append(datas, b)
+		revisions, updated = append(revisions, snap.GetRevision()), append(updated, snap.GetUpdateTime().AsTime())
 		return nil
 	}); err != nil {
 		return fmt.Errorf("refold: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data
-		FROM unnest($1::bytea[], $2::bytea[]) AS u (request_id, data)
-		WHERE r.request_id = u.request_id`, ids, datas); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data, revision = u.revision, updated_at = u.updated_at
+		FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::timestamptz[]) AS u (request_id, data, revision, updated_at)
+		WHERE r.request_id = u.request_id`, ids, datas, revisions, updated); err != nil {
 		return fmt.Errorf("refold: %w", err)
 	}
 	return nil

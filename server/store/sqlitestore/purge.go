@@ -13,7 +13,6 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/pii"
-	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -46,7 +45,7 @@ func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query stri
 		LIMIT ?3`)
 	prepare(s.w, &p.requests, `SELECT request_id, data, events FROM requests
 		WHERE request_id IN (SELECT value FROM json_each(?))`)
-	prepare(s.w, &p.updateRequest, `UPDATE requests SET data = ?, events = ? WHERE request_id = ?`)
+	prepare(s.w, &p.updateRequest, `UPDATE requests SET data = ?, events = ?, revision = ?, updated_at = ? WHERE request_id = ?`)
 	prepare(s.w, &p.requestless, `SELECT event_id, data FROM events
 		WHERE webhook_id IN (SELECT value FROM json_each(?)) AND request_id = ''`)
 	prepare(s.w, &p.updateEvent, `UPDATE events SET data = ? WHERE request_id = '' AND event_id = ?`)
@@ -246,9 +245,8 @@ func (pc *purgeTx) loadRequests() error {
 }
 
 // stripRequest removes the personal data of the request's events that the
-// webhooks due brought, and refolds its snapshot from all its events,
-// keeping its revision and update time: removing personal data is not a
-// change watchers follow.
+// webhooks due brought, and refolds its snapshot from all its events (see
+// store.Refold).
 func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 	old := new(eventsv1.AuthRequest)
 	if err := proto.Unmarshal(r.snapshot, old); err != nil {
@@ -274,13 +272,12 @@ func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 		events[i] = e
 		column = appendEntry(column, en)
 	}
-	snap := state.Fold(id, events)
-	snap.Revision, snap.UpdateTime = old.GetRevision(), old.GetUpdateTime()
+	snap := store.Refold(id, old, events, time.Now())
 	data, err := proto.Marshal(snap)
 	if err != nil {
 		return err
 	}
-	_, err = pc.stmt(pc.s.purge.updateRequest).ExecContext(pc.ctx, data, column, id)
+	_, err = pc.stmt(pc.s.purge.updateRequest).ExecContext(pc.ctx, data, column, snap.GetRevision(), snap.GetUpdateTime().AsTime().UnixMilli(), id)
 	return err
 }
 

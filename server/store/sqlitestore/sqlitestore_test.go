@@ -44,6 +44,15 @@ func TestConformance(t *testing.T) {
 			}
 			return open(t, path)
 		},
+		SetSnapshot: func(t *testing.T, s store.Store, r *eventsv1.AuthRequest) {
+			data, err := proto.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sqlitestore.WriterDB(s.(*sqlitestore.Store)).ExecContext(t.Context(), `UPDATE requests SET data = ? WHERE request_id = ?`, data, r.GetRequestId()); err != nil {
+				t.Fatal(err)
+			}
+		},
 	})
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
 )
@@ -48,6 +50,35 @@ func testPurgePII(t *testing.T, su suite) {
 		t.Errorf("snapshot's failures after the purge: %v; want one of code 033, without its message", f)
 	}
 	checkNothingLeft(t, p, t0.Add(time.Hour))
+}
+
+// A snapshot an earlier build's fold made, which the purge's refold
+// changes beyond the personal data it removes: that is a change, at the
+// next revision, and the commit after it takes the one after that.
+func testPurgePIIRefoldsAnEarlierFold(t *testing.T, su suite) {
+	if su.opts.SetSnapshot == nil {
+		t.Skip("the backend gives no Options.SetSnapshot")
+	}
+	s := su.open(t)
+	p := s.(store.Purger)
+	commit(t, s, hookBody(`{"old":"+919800000000"}`, t0, delivery("r1", "e-sent", "SMS", "SENT", at(0))))
+	before := get(t, s, "r1")
+	earlier := proto.CloneOf(before)
+	earlier.ActiveChannel = "WHATSAPP" // what another fold could have made of it
+	su.opts.SetSnapshot(t, s, earlier)
+
+	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
+	}
+	after := get(t, s, "r1")
+	if after.GetRevision() != before.GetRevision()+1 || after.GetActiveChannel() != "SMS" || !after.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) {
+		t.Errorf("after the purge refolded an earlier fold's snapshot: revision %d, active %s, updated %v; want revision %d, SMS, later than %v",
+			after.GetRevision(), after.GetActiveChannel(), after.GetUpdateTime().AsTime(), before.GetRevision()+1, before.GetUpdateTime().AsTime())
+	}
+	_, changes := commit(t, s, hookBody(`{}`, t0.Add(2*time.Hour), delivery("r1", "e-delivered", "SMS", "DELIVERED", at(100))))
+	if len(changes) != 1 || changes[0].Request.GetRevision() != before.GetRevision()+2 || get(t, s, "r1").GetRevision() != before.GetRevision()+2 {
+		t.Errorf("the commit after the purge: changes %v; want the request at revision %d", changes, before.GetRevision()+2)
+	}
 }
 
 // Many requests whose webhooks are interleaved in time, more than one

@@ -28,6 +28,11 @@ type Options struct {
 	// a restart. Nil skips the Persistence test.
 	Reopen func(t *testing.T, s store.Store) store.Store
 
+	// SetSnapshot overwrites the stored snapshot of r's request with r, as
+	// an earlier build's fold may have made it (revision and all). Nil
+	// skips the PurgePIIRefoldsAnEarlierFold test.
+	SetSnapshot func(t *testing.T, s store.Store, r *eventsv1.AuthRequest)
+
 	// Exceptions names tests the backend is known not to pass, each with
 	// the reason; they are skipped with that reason. Naming a test that
 	// does not exist fails the run, so the list cannot go stale.
@@ -71,6 +76,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"PurgePII", testPurgePII},
 		{"PurgePIIMany", testPurgePIIMany},
 		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
+		{"PurgePIIRefoldsAnEarlierFold", testPurgePIIRefoldsAnEarlierFold},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {
