@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -55,6 +56,14 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				return errReported{err}
 			}
 			atLeastTwoProcs(log)
+			// What makes the configuration unusable whatever the
+			// credentials is refused before a first start makes them (and
+			// prints them once only).
+			withoutSecurity := cfg
+			withoutSecurity.Security.Disabled = true
+			if err := withoutSecurity.Validate(); err != nil {
+				return fail(fmt.Errorf("config: %w", err))
+			}
 			sec, gen, err := secFlags.resolve(cfg.DataDir)
 			if err != nil {
 				return fail(err)

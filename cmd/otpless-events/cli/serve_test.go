@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 )
@@ -47,5 +48,19 @@ func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
 	code, errOut := serveOnATakenPort(t, "--log-level", "ERROR+1")
 	if code != 1 || !strings.Contains(errOut, "error: ") || !strings.Contains(errOut, "address already in use") {
 		t.Errorf("exit %d, standard error %q: want exit 1 and the error", code, errOut)
+	}
+}
+
+// A configuration unusable whatever the credentials is refused before a
+// first start makes them: they are printed once only, and would be lost.
+func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	code, out, errOut := run(t, "serve", "--data-dir", dir, "--http-addr", "", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+	if code != 1 || strings.Contains(out, "export") || !strings.Contains(errOut, "http") {
+		t.Errorf("serve with an empty --http-addr: exit %d, stdout %q, stderr %q; want 1, no credentials printed, the address named", code, out, errOut)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("serve refused its configuration but left %d files in its data directory", len(entries))
 	}
 }
