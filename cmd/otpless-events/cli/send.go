@@ -70,7 +70,7 @@ func newSend(stdout io.Writer) *cobra.Command {
 			}
 			for _, f := range files {
 				if f == stdinName {
-					err = readStream(cmd.Context(), cmd.InOrStdin(), post)
+					err = readStream(cmd.Context(), cmd.InOrStdin(), maxStdinBody, post)
 				} else {
 					err = sendFile(f, post)
 				}
@@ -160,7 +160,7 @@ var bom = []byte("\uFEFF")
 // them. A body is named by the line where it starts. When ctx ends first it
 // returns at once, though a read of r may still be waiting: reading a
 // terminal or a pipe cannot be interrupted.
-func readStream(ctx context.Context, r io.Reader, post func(body) error) error {
+func readStream(ctx context.Context, r io.Reader, maxBody int, post func(body) error) error {
 	type next struct {
 		b   body
 		err error // io.EOF at the end
@@ -181,7 +181,7 @@ func readStream(ctx context.Context, r io.Reader, post func(body) error) error {
 		if b, err := br.Peek(len(bom)); err == nil && bytes.Equal(b, bom) {
 			br.Discard(len(bom))
 		}
-		in := &lineCounter{r: br, line: 1}
+		in := &lineCounter{r: br, line: 1, max: maxBody}
 		dec := json.NewDecoder(in)
 		for {
 			var raw json.RawMessage
@@ -229,13 +229,22 @@ type lineCounter struct {
 	buf  []byte // read, from offset base on
 	base int64
 	line int // the line at base
+	max  int // bounds buf: what was read since the body began
 }
 
 func (c *lineCounter) Read(p []byte) (int, error) {
+	if len(c.buf) > c.max { // else it and the decoder's copy would grow without bound
+		return 0, fmt.Errorf("a body is over %d MiB", c.max>>20)
+	}
 	n, err := c.r.Read(p)
 	c.buf = append(c.buf, p[:n]...)
 	return n, err
 }
+
+// maxStdinBody bounds a body read from standard input: far over what a
+// server takes (--max-body-bytes, 1 MiB by default), and a bound on the
+// memory send holds.
+const maxStdinBody = 64 << 20
 
 // lineAt is the line of the byte at offset off, no earlier than the last
 // offset asked about.

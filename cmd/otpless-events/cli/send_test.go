@@ -35,7 +35,7 @@ func TestReadStream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var got []string
-			err := readStream(context.Background(), strings.NewReader(tt.in), func(b body) error {
+			err := readStream(context.Background(), strings.NewReader(tt.in), maxStdinBody, func(b body) error {
 				got = append(got, b.where+"="+string(b.data))
 				return nil
 			})
@@ -62,7 +62,7 @@ func TestReadStreamInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- readStream(ctx, r, func(body) error {
+		done <- readStream(ctx, r, maxStdinBody, func(body) error {
 			cancel() // Ctrl-C after the first body
 			return nil
 		})
@@ -114,4 +114,25 @@ func TestSendPrintsNoControlCharacters(t *testing.T) {
 	if got := out.String(); strings.ContainsFunc(strings.TrimSuffix(got, "\n"), unicode.IsControl) || !strings.Contains(got, `SENT\x1b]0;PWNED\a`) {
 		t.Errorf("printed %q; want one line with the control characters escaped", got)
 	}
+}
+
+// A body without end is refused once past the bound, rather than held in
+// memory whole (300 MB took 1.7 GB).
+func TestReadStreamBoundsABody(t *testing.T) {
+	t.Parallel()
+	endless := io.MultiReader(strings.NewReader(`{"pad":"`), endlessX{})
+	err := readStream(t.Context(), endless, 1<<20, func(body) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "over 1 MiB") {
+		t.Errorf("an endless body on stdin: %v, want it refused past 1 MiB", err)
+	}
+}
+
+// endlessX reads as x, x, x, … for ever.
+type endlessX struct{}
+
+func (endlessX) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
 }
