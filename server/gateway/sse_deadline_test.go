@@ -130,7 +130,7 @@ func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
 func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 	t.Parallel()
 	h := &watchHandler{mux: runtime.NewServeMux(), watch: sendOne(status.Error(codes.Unavailable, "store down")),
-		log: slog.New(slog.DiscardHandler), writeTimeout: 50 * time.Millisecond}
+		log: slog.New(slog.DiscardHandler), writeTimeout: 500 * time.Millisecond}
 	serverEnd, client := net.Pipe()
 	defer client.Close()
 	closed := make(chan struct{})
@@ -145,14 +145,17 @@ func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 	defer srv.Close()
 
 	client.Write([]byte("GET /v1/requests/r1:watch HTTP/1.1\r\nHost: x\r\n\r\n"))
-	// Read the first line's whole chunk, then stop reading.
+	// Read the first line's whole chunk, then stop reading. A read takes
+	// what one write of the server gives: a byte at a time, the server's
+	// write of it could outlast the write timeout on a busy machine.
 	var got []byte
-	buf := make([]byte, 1)
+	buf := make([]byte, 64<<10)
 	for !bytes.Contains(got, []byte(`{"result":`)) || !bytes.HasSuffix(got, []byte("\n\r\n")) {
-		if _, err := client.Read(buf); err != nil {
+		n, err := client.Read(buf)
+		if err != nil {
 			t.Fatalf("reading the stream: %v (got %q)", err, got)
 		}
-		got = append(got, buf...)
+		got = append(got, buf[:n]...)
 	}
 	select {
 	case <-closed:
