@@ -13,7 +13,7 @@ import (
 // Refold is the snapshot of request id from events, which retention has
 // just stripped of personal data, in place of old: at old's revision and
 // update time, since removing personal data is not a change watchers
-// follow, unless the fold made more of them than that (old was made by an
+// follow, unless it differs from old in more than that (old was made by an
 // earlier build's fold), which is a change: the next revision, at now.
 func Refold(id string, old *eventsv1.AuthRequest, events []*eventsv1.Event, now time.Time) *eventsv1.AuthRequest {
 	snap := state.Fold(id, events)
