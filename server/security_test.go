@@ -240,6 +240,11 @@ func TestWatchTokens(t *testing.T) {
 			t.Errorf("mint with ttl %s: %d %s, want 400 saying it must be positive", ttl, r.code, r.body)
 		}
 	}
+	// A typo is refused, naming the field, rather than a token of the
+	// default life.
+	if r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(`{"ttl_seconds":60}`)); r.code != http.StatusBadRequest || !strings.Contains(string(r.body), "ttl_seconds") {
+		t.Errorf("mint with an unknown field: %d %s, want 400 naming it", r.code, r.body)
+	}
 	r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(`{"ttl":"60s"}`))
 	if r.code != http.StatusOK {
 		t.Fatalf("mint over HTTP: %d %s", r.code, r.body)

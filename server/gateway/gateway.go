@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -96,6 +97,12 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// "/" cannot be: the mux splits the path at %2F too.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		// As grpc-gateway's default, but a body's unknown field is refused
+		// (400 naming it) rather than dropped: {"ttl_seconds": 60} was a
+		// token of the default life.
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+			MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true},
+		}}),
 		// Nor does gRPC metadata become HTTP headers (Grpc-Metadata-*): the
 		// server's are its content type and the request id, which the HTTP
 		// answer has already.
