@@ -35,6 +35,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/observe"
 
@@ -279,6 +280,38 @@ func TestRetentionMetrics(t *testing.T) {
 	}
 	if n, ok := series["otpless_events_retention_failures_total"]; !ok || n != 0 {
 		t.Errorf("retention_failures_total = %v (present %v), want 0", n, ok)
+	}
+}
+
+// A call refused for want of a credential before grpc-go reads its message
+// (the keyring's tap handle) is logged and counted, as the interceptors
+// would have.
+func TestCallsRefusedWithoutCredentialAreLogged(t *testing.T) {
+	t.Parallel()
+	keys, err := auth.ParseAPIKeys(auth.FormatAPIKey("admin", "ops-admin-key", []auth.Scope{auth.ScopeAdmin}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startOps(t, func(c *Config) {
+		c.Security = Security{APIKeys: keys, WatchTokenKeys: [][]byte{[]byte("ops-watch-token-key-0123456789abcdef")},
+			Webhook: auth.WebhookConfig{Keys: []string{"ops-webhook-key-0123456789"}}}
+	}, nil)
+	in := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "no-key", Status: "SENT"}}
+	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(t.Context(), in); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Ingest without a credential: %v, want UNAUTHENTICATED", err)
+	}
+	want := map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "Unauthenticated", "reason": "unauthenticated"}
+	if lines := s.logs.Matching(t, want); len(lines) != 1 {
+		t.Errorf("%d lines matching %v, want 1:\n%s", len(lines), want, s.logs)
+	}
+	series := s.scrape(t)
+	for name, want := range map[string]float64{
+		`otpless_events_grpc_refused_total{code="Unauthenticated"}`:        1,
+		`otpless_events_webhooks_rejected_total{reason="unauthenticated"}`: 1,
+	} {
+		if got := series[name]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 }
 

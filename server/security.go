@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/tap"
 
 	"github.com/otpless-events/otpless-events/server/auth"
 )
@@ -18,6 +19,7 @@ type security struct {
 	guard   *auth.WebhookGuard
 	unary   []grpc.UnaryServerInterceptor
 	stream  []grpc.StreamServerInterceptor
+	tap     tap.ServerInHandle // nil: none
 	grpcTLS *tls.Config
 	httpTLS *tls.Config
 }
@@ -40,6 +42,7 @@ func newSecurity(cfg Security) (*security, error) {
 	keyring := auth.NewKeyring(cfg.APIKeys, s.tokens)
 	s.unary = append(s.unary, keyring.UnaryInterceptor())
 	s.stream = append(s.stream, keyring.StreamInterceptor())
+	s.tap = keyring.TapHandle
 	return s, nil
 }
 

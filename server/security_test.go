@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -84,6 +86,38 @@ func (ts *testServer) client(t *testing.T, bearer string) eventsv1.RequestServic
 	}
 	t.Cleanup(func() { conn.Close() })
 	return eventsv1.NewRequestServiceClient(conn)
+}
+
+// A call without a valid credential is refused before its request message
+// is read: the interceptors see a unary call only once the message has
+// arrived, so a client sending none held its stream, and a goroutine, for
+// ever (300 such streams on one connection held 300). Health stays public.
+func TestCallsWithoutCredentialRefusedAtOnce(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, bearer := range []string{"", "ak_not-a-key-of-this-server-0123456789"} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		if bearer != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bearer)
+		}
+		// A stream that sends no message: GetRequest waits for one.
+		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, eventsv1.RequestService_GetRequest_FullMethodName)
+		if err == nil {
+			err = stream.RecvMsg(new(eventsv1.GetRequestResponse))
+		}
+		cancel()
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("GetRequest with bearer %q and no message sent: %v, want UNAUTHENTICATED before any message", bearer, err)
+		}
+	}
+	if _, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("health check without a credential: %v", err)
+	}
 }
 
 func TestWebhookAuthentication(t *testing.T) {

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
@@ -341,7 +342,21 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		return served
 	})
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
+		grpc.StatsHandler(s.obs.StatsHandler(func(method string) bool { return servedMethods()[method] })),
+	}
+	if sec.tap != nil {
+		// A call refused there has no stats and meets no interceptor:
+		// it is logged and counted here.
+		opts = append(opts, grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
+			ctx, err := sec.tap(ctx, info)
+			if err != nil {
+				s.obs.Refused(ctx, info.FullMethodName, err)
+			}
+			return ctx, err
+		}))
+	}
+	s.grpc = grpc.NewServer(append(opts,
 		// gRPC Ingest messages are bounded like the webhook route's bodies
 		// (the protobuf form of a body is smaller than its JSON) by
 		// ingestLimit, inside the interceptors that count and log them;
@@ -350,11 +365,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.StatsHandler(s.obs.StatsHandler(func(method string) bool { return servedMethods()[method] })),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown),
 			boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
-	)
+	)...)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
 	healthpb.RegisterHealthServer(s.grpc, s.health)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -59,6 +60,22 @@ func (k *Keyring) StreamInterceptor() grpc.StreamServerInterceptor {
 		}
 		return handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx, p: p})
 	}
+}
+
+// TapHandle refuses a call to a method that needs a credential when it
+// names none that is valid, before grpc-go reads any of its messages: the
+// interceptors see a unary call only once its whole request message has
+// arrived, so a client could open any number of streams without a
+// credential and hold them by sending nothing. Scopes are the
+// interceptors' to check.
+func (k *Keyring) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if Public(info.FullMethodName) {
+		return ctx, nil
+	}
+	if _, err := k.Authenticate(bearerFromMetadata(metadata.NewIncomingContext(ctx, info.Header))); err != nil {
+		return ctx, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return ctx, nil
 }
 
 // Public reports whether method needs no credential.

@@ -91,6 +91,12 @@ func (h *refusedCalls) log(ctx context.Context, method string, start time.Time, 
 	h.o.finishGRPC(ctx, c, method, start, err, nil, nil)
 }
 
+// Refused logs and counts a call refused before grpc-go began it (by a tap
+// handle, with err), as the stats handler does the calls it answers itself.
+func (o *Observer) Refused(ctx context.Context, method string, err error) {
+	(&refusedCalls{o: o}).log(ctx, method, time.Now(), err)
+}
+
 func (*refusedCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 
 func (*refusedCalls) HandleConn(context.Context, stats.ConnStats) {}
