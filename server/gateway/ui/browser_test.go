@@ -407,6 +407,44 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("after-restart")
 	})
 
+	// Refused when it comes back (the request's only watch slot taken
+	// meanwhile), the page keeps what it shows and, once let in, resumes
+	// after its revision: nothing lost, nothing twice.
+	t.Run("refused on its return, then resumed", func(t *testing.T) {
+		ts := testserver.Start(t, func(c *server.Config) { c.Security.MaxWatchesPerRequest = 1 })
+		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live"`)
+		for _, body := range sc.Bodies[:2] { // INITIATED, SENT
+			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
+		}
+
+		ts.Restart(t)
+		// The page comes back after its retry hint (2 s); a watcher takes
+		// the only slot first.
+		hold, release := context.WithCancel(t.Context())
+		defer release()
+		w, err := eventsv1.NewRequestServiceClient(ts.Dial(t)).WatchRequest(hold, &eventsv1.WatchRequestRequest{RequestId: id})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		if err != nil {
+			t.Fatalf("the watcher taking the slot: %v", err)
+		}
+		p.waitFor("the refusal", `document.getElementById('stream-error').textContent.includes('HTTP 429')`)
+		if v := p.view(); len(v.Activity) != 2 || v.Status == "" {
+			t.Errorf("refused, the page shows status %q and activity %v; want what it showed (2 events)", v.Status, v.Activity)
+		}
+		release()
+		p.waitFor("the stream again", `document.body.dataset.connection === "live"`)
+		for _, body := range sc.Bodies[2:] {
+			p.waitRevision(ts.Ingest(t, body).GetEvents()[0].GetRevision())
+		}
+		p.waitFor("the end of the watch", `document.body.dataset.connection === "finished"`)
+		checkOnce(t, p.view(), len(sc.Bodies))
+	})
+
 	t.Run("README snippet", func(t *testing.T) {
 		ts := testserver.Start(t, testserver.Secure)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")

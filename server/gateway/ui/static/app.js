@@ -25,6 +25,10 @@ const RETRIABLE = {
 
 // How long to wait before watching again after a refusal that may pass.
 const RETRY_SECONDS = 5;
+// A stream silent this long (four heartbeats at the server's default of
+// 15 s) is taken for dead, closed and opened again: a connection can die
+// without a word, and EventSource would wait on it for ever.
+const IDLE_SECONDS = 60;
 
 // gRPC codes after which reconnecting cannot help.
 const FINAL_CODES = new Set([3, 5, 7, 8, 9, 11, 12, 16]);
@@ -159,19 +163,43 @@ function watch(id, token) {
   if (source) source.close();
   reset(id);
   setConnection('connecting', 'Connecting…');
-  let url = `../v1/requests/${encodeURIComponent(id)}:watch`;
-  if (token) url += `?access_token=${encodeURIComponent(token)}`;
+  follow(id, token);
+}
+
+// follow opens the request's stream, from after the revision the page shows
+// when it shows one (a stream opened again after a refusal or a silence), so
+// that nothing shown is lost or repeated.
+function follow(id, token) {
+  const params = new URLSearchParams();
+  if (token) params.set('access_token', token);
+  const shown = document.body.dataset.revision;
+  if (shown) params.set('after_revision', shown);
+  const query = params.toString();
+  const url = `../v1/requests/${encodeURIComponent(id)}:watch${query ? `?${query}` : ''}`;
   const es = new EventSource(url);
   source = es;
   watching = [id, token];
   const log = window.otplessWatch;
+  let idle = null;
+  const quiet = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => {
+      if (es !== source || es.readyState === EventSource.CLOSED) return;
+      es.close();
+      setConnection('reconnecting', 'Reconnecting…');
+      follow(id, token);
+    }, IDLE_SECONDS * 1000);
+  };
+  quiet();
 
   es.onopen = () => {
+    quiet();
     log.opens++;
     setConnection('live', log.opens > 1 ? 'Live (reconnected)' : 'Live');
     showStreamError('');
   };
   const onMessage = (e) => {
+    quiet();
     const msg = JSON.parse(e.data);
     log.messages.push({ type: e.type, revision: Number(msg.revision) });
     document.body.dataset.revision = msg.revision;
@@ -182,6 +210,7 @@ function watch(id, token) {
       render(msg.request);
       if (msg.request.status === 'REQUEST_STATUS_SUCCESS') {
         es.close();
+        clearTimeout(idle);
         setConnection('finished', 'Finished');
       }
     } else if (e.type === 'reconnect') {
@@ -200,17 +229,20 @@ function watch(id, token) {
       showStreamError(`The stream ended with an error: ${st.message} (gRPC code ${st.code}).`);
       if (FINAL_CODES.has(st.code)) {
         es.close();
+        clearTimeout(idle);
         setConnection('closed', 'Closed');
       }
       return;
     }
     if (es.readyState === EventSource.CLOSED) {
+      clearTimeout(idle);
       setConnection('closed', 'Closed');
       explainRefusal(url).then((transient) => {
         if (!transient || es !== source) return;
-        // Too many streams, a replica going away: worth another try.
+        // Too many streams, a replica going away: worth another try,
+        // from what the page shows.
         setConnection('reconnecting', `Retrying in ${RETRY_SECONDS} s…`);
-        setTimeout(() => { if (es === source) watch(id, token); }, RETRY_SECONDS * 1000);
+        setTimeout(() => { if (es === source) follow(id, token); }, RETRY_SECONDS * 1000);
       });
     } else if (document.body.dataset.connection !== 'finished') {
       setConnection('reconnecting', 'Reconnecting…');
