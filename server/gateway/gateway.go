@@ -469,13 +469,24 @@ func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]
 }
 
 // readBody reads a request body of at most max bytes. A body whose length
-// is announced is read into a slice of that size, in one piece; a chunked
-// one grows as it comes, and one that is too large fails when it passes
-// max (which also tells net/http to close the connection).
+// is announced, up to readUpfront, is read into a slice of that size, in
+// one piece; a larger or chunked one grows as it comes, and one that is too
+// large fails when it passes max (which also tells net/http to close the
+// connection).
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
 	body := http.MaxBytesReader(w, r.Body, max)
 	if r.ContentLength < 0 || r.ContentLength > max {
 		return io.ReadAll(body)
+	}
+	if r.ContentLength > readUpfront {
+		// Read as it comes: announcing a length, before any credential is
+		// checked, must not make the server hold that much for a sender
+		// who sends nothing.
+		b, err := io.ReadAll(io.LimitReader(body, r.ContentLength))
+		if err == nil && int64(len(b)) < r.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		return b, err
 	}
 	b := make([]byte, r.ContentLength)
 	if _, err := io.ReadFull(body, b); err != nil {
@@ -483,6 +494,10 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 	}
 	return b, nil
 }
+
+// readUpfront is the largest announced body readBody allocates before it
+// arrives; OTPLESS's are a few KiB.
+const readUpfront = 64 << 10
 
 // senderGone reports whether a body read failed because the sender
 // stopped sending (closed or reset the connection, or let the read time

@@ -208,3 +208,47 @@ func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 		}
 	}
 }
+
+// readsAsked records the largest buffer a read of it was given.
+type readsAsked struct {
+	data    []byte
+	largest int
+}
+
+func (r *readsAsked) Read(p []byte) (int, error) {
+	r.largest = max(r.largest, len(p))
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// A body announced large but not sent is not held at its announced size:
+// before any credential is checked, a sender could otherwise make the
+// server hold --max-body-bytes per connection for a few bytes sent.
+func TestReadBodyAllocatesAsItArrives(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		announced int64
+		sent      string
+		wantErr   bool
+		largest   int
+	}{
+		{1 << 20, "{", true, readUpfront}, // announced 1 MiB, sent a byte
+		{int64(readUpfront) + 2, strings.Repeat("x", readUpfront+2), false, readUpfront + 2}, // all of it: read whole
+		{10, "0123456789", false, 10},
+	} {
+		body := &readsAsked{data: []byte(tc.sent)}
+		r := httptest.NewRequest(http.MethodPost, WebhookPath, body)
+		r.ContentLength = tc.announced
+		b, err := readBody(httptest.NewRecorder(), r, 1<<20)
+		if (err != nil) != tc.wantErr || (err == nil && string(b) != tc.sent) {
+			t.Errorf("announced %d, sent %d: %d bytes, %v", tc.announced, len(tc.sent), len(b), err)
+		}
+		if body.largest > tc.largest {
+			t.Errorf("announced %d, sent %d: a read was given %d bytes, want at most %d", tc.announced, len(tc.sent), body.largest, tc.largest)
+		}
+	}
+}
