@@ -772,8 +772,10 @@ func TestPingCountsReleases(t *testing.T) {
 	awaitBlockedBy(t, observer, first)
 	tx2, locked2 := lock(second) // next in line for the row, after a
 	awaitQuery(t, observer, "the second lock to wait", `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID()))
-	b := commit("e3", at(2))           // waits for the pool, then for tx2's lock
-	time.Sleep(300 * time.Millisecond) // b waiting for the pool, ahead of the ping
+	b := commit("e3", at(2)) // waits for the pool, then for tx2's lock
+	// b waiting for the pool, ahead of the ping (the pool's queue is first
+	// come, first served; 300 ms was not always enough under CI's load).
+	time.Sleep(time.Second)
 
 	pinged := make(chan error, 1)
 	start := time.Now()
