@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -135,6 +137,23 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
 	}
 	return sec, gen, nil
+}
+
+// looseSecretFiles are the files of secrets this start reads (configured,
+// or kept in dataDir) that other users may read or write: worth a warning,
+// as the files serve makes are 0600.
+func (f *securityFlags) looseSecretFiles(dataDir string) []string {
+	if runtime.GOOS == "windows" { // no such mode bits
+		return nil
+	}
+	var loose []string
+	for _, file := range []string{f.apiKeysFile, f.webhookKeysFile, f.webhookBasicFile, f.signingSecretsFile, f.watchTokenKeysFile, f.tlsKey,
+		filepath.Join(dataDir, webhookKeyFile), filepath.Join(dataDir, apiKeysFile), filepath.Join(dataDir, watchTokenKeyFile)} {
+		if info, err := os.Stat(file); file != "" && err == nil && info.Mode().Perm()&0o077 != 0 {
+			loose = append(loose, file)
+		}
+	}
+	return loose
 }
 
 func readAPIKeys(env, file string) ([]auth.APIKey, error) {

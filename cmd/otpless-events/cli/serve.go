@@ -69,6 +69,9 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 				return fail(err)
 			}
 			cfg.Security = sec
+			for _, file := range secFlags.looseSecretFiles(cfg.DataDir) {
+				log.Warn("a file of secrets may be read or written by other users: chmod 600 it", "file", file)
+			}
 			scheme := "http"
 			if cfg.Security.TLSCertFile != "" {
 				scheme = "https"

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -62,5 +63,28 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("serve refused its configuration but left %d files in its data directory", len(entries))
+	}
+}
+
+// A file of secrets others may read is worth a warning: serve makes its own
+// 0600, and uses what it is given as it is.
+func TestServeWarnsOfLooseSecretFiles(t *testing.T) {
+	t.Parallel()
+	keys := filepath.Join(t.TempDir(), "webhook-keys")
+	if err := os.WriteFile(keys, []byte("wk_loose-but-long-enough-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(keys, 0o644); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	_, errOut := serveOnATakenPort(t, "--webhook-keys-file", keys)
+	if !strings.Contains(errOut, "chmod 600") || !strings.Contains(errOut, keys) {
+		t.Errorf("serve with a webhook key file of mode 0644 logged:\n%s\nwant a warning naming it", errOut)
+	}
+	if err := os.Chmod(keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut := serveOnATakenPort(t, "--webhook-keys-file", keys); strings.Contains(errOut, "chmod 600") {
+		t.Errorf("serve warned of a file of mode 0600:\n%s", errOut)
 	}
 }
