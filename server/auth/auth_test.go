@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -195,6 +196,20 @@ func TestUnaryInterceptor(t *testing.T) {
 			}
 			if tt.want == codes.OK && tt.bearer != "" && seen == nil {
 				t.Fatal("handler saw no principal")
+			}
+		})
+		// The same through the tap handle, whose principal the
+		// interceptor takes rather than authenticating again (its context
+		// here has no credential of its own).
+		t.Run(tt.name+" tapped", func(t *testing.T) {
+			md, _ := metadata.FromIncomingContext(incoming(tt.bearer))
+			ctx, err := k.TapHandle(context.Background(), &tap.Info{FullMethodName: tt.method, Header: md})
+			if err == nil {
+				_, err = intercept(ctx, &eventsv1.GetRequestRequest{RequestId: tt.requestID},
+					&grpc.UnaryServerInfo{FullMethod: tt.method}, func(context.Context, any) (any, error) { return nil, nil })
+			}
+			if got := status.Code(err); got != tt.want {
+				t.Fatalf("code %v (%v), want %v", got, err, tt.want)
 			}
 		})
 	}

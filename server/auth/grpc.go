@@ -72,11 +72,16 @@ func (k *Keyring) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 	if Public(info.FullMethodName) {
 		return ctx, nil
 	}
-	if _, err := k.Authenticate(bearerFromMetadata(metadata.NewIncomingContext(ctx, info.Header))); err != nil {
+	p, err := k.Authenticate(bearerFromMetadata(metadata.NewIncomingContext(ctx, info.Header)))
+	if err != nil {
 		return ctx, status.Error(codes.Unauthenticated, err.Error())
 	}
-	return ctx, nil
+	return context.WithValue(ctx, tappedKey{}, p), nil // the interceptor's, so that it does not authenticate again
 }
+
+// tappedKey holds the *Principal TapHandle authenticated, before its scopes
+// are checked.
+type tappedKey struct{}
 
 // Public reports whether method needs no credential.
 func Public(method string) bool {
@@ -92,9 +97,12 @@ func (k *Keyring) authorize(ctx context.Context, method string) (context.Context
 	if Public(method) {
 		return ctx, nil, nil
 	}
-	p, err := k.Authenticate(bearerFromMetadata(ctx))
-	if err != nil {
-		return nil, nil, status.Error(codes.Unauthenticated, err.Error())
+	p, tapped := ctx.Value(tappedKey{}).(*Principal)
+	if !tapped {
+		var err error
+		if p, err = k.Authenticate(bearerFromMetadata(ctx)); err != nil {
+			return nil, nil, status.Error(codes.Unauthenticated, err.Error())
+		}
 	}
 	if p.RequestID != "" && !watchTokenMethods[method] {
 		return nil, nil, status.Error(codes.PermissionDenied, "a watch token may only watch or get its request")
