@@ -34,6 +34,7 @@ var isoLayouts = [...]string{
 	"2006-01-02T15:04",
 	"2006-01-02",           // a plain date: midnight UTC
 	"20060102T150405Z0700", // the basic form
+	"20060102T150405",      // the basic form with no zone: UTC
 }
 
 // lastTime is the latest time a google.protobuf.Timestamp holds.
@@ -123,6 +124,13 @@ func fromNumber(f float64) (time.Time, bool) {
 }
 
 func fromString(s string) (time.Time, bool) {
+	// Eight digits are the basic form of a date, not epoch seconds of 1970
+	// to 1973 (a number, unlike a string, is always epoch).
+	if len(s) == len("20060102") {
+		if t, err := time.Parse("20060102", s); err == nil {
+			return t, true
+		}
+	}
 	if isDecimal(s) {
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return fromInt(n), true

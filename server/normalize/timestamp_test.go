@@ -76,6 +76,11 @@ func TestParseTime(t *testing.T) {
 		{"Java's zone suffix", str("2024-12-18T16:15:21.100+05:30[Asia/Kolkata]"), time.Date(2024, 12, 18, 16, 15, 21, 1e8, ist)},
 		{"basic form", str("20241218T104521Z"), time.Unix(1734518721, 0)},
 		{"basic form with offset", str("20241218T161521+0530"), time.Unix(1734518721, 0)},
+		{"basic form, no zone: UTC", str("20241218T104521"), time.Unix(1734518721, 0)},
+		{"basic form, fraction, no zone: UTC", str("20241218T104521.720"), time.Unix(1734518721, 720e6)},
+		{"basic date", str("20241218"), time.Date(2024, 12, 18, 0, 0, 0, 0, time.UTC)},
+		{"eight digits that are no date: epoch seconds", str("20241318"), time.Unix(20241318, 0)},
+		{"eight digits as a number: epoch seconds", num(20241218), time.Unix(20241218, 0)},
 		// No time.
 		{"nil", nil, time.Time{}},
 		{"no kind", &structpb.Value{}, time.Time{}},
