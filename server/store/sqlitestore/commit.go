@@ -77,8 +77,12 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 		// Whatever failed, the cache may no longer match the file (a failed
 		// COMMIT may still have reached it): start over from the file.
 		s.cache.clear()
+		if isFull(err) {
+			s.diskFull.Store(true)
+		}
 		return nil, nil, s.fail(ctx, op, err)
 	}
+	s.diskFull.Store(false)
 	c.afterCommit()
 	return c.results, c.changes, nil
 }

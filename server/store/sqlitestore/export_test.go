@@ -23,3 +23,11 @@ func WriterDB(s *Store) *sql.DB { return s.w }
 // WithWriterMode opens the writer connection with the SQLite URI mode given
 // ("ro": as SQLite opens a file the process may not write).
 func WithWriterMode(mode string) Option { return func(o *options) { o.writerMode = mode } }
+
+// SetFreeBytes replaces how the store reads the free space of the file
+// system holding the database.
+func SetFreeBytes(s *Store, f func(dir string) (uint64, error)) { s.freeBytes = f }
+
+// MinFree is how much free space Ping wants after a commit failed for want
+// of it.
+const MinFree = minFree

@@ -110,6 +110,13 @@ type Store struct {
 	afterTxCommit  func()
 	log            *slog.Logger
 
+	// diskFull is set when a commit fails for want of space (SQLITE_FULL)
+	// and cleared by the next commit that succeeds, or by Ping once the
+	// file system has minFree bytes free again (freeBytes; tests replace
+	// it).
+	diskFull  atomic.Bool
+	freeBytes func(dir string) (uint64, error)
+
 	// On w, used through tx.StmtContext.
 	head, requestsOf, storedNoRequest            *sql.Stmt
 	insertWebhooks, insertEvents, upsertRequests multiRow
@@ -144,7 +151,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if f, err := os.OpenFile(abs, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
 		f.Close()
 	}
-	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests), log: log}
+	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests), log: log, freeBytes: freeBytes}
 	if o.processLock {
 		if s.lock, err = lockFile(abs); err != nil {
 			return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
@@ -423,14 +430,18 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 }
 
 // Ping implements store.Store: the file must still be the one opened, and
-// readable. (A full disk, or a write lock held by another process, fails
-// writes only: those show in Commit.)
+// readable, and the last commit must not have failed for want of space
+// unless minFree bytes have been freed since. (A write lock held by another
+// process fails writes only: that shows in Commit.)
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if s.closed.Load() {
 		return fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 	}
 	if err := s.checkFile(); err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", op, err)
+	}
+	if err := s.checkSpace(); err != nil {
 		return fmt.Errorf("sqlitestore: %s: %w", op, err)
 	}
 	var v int
@@ -454,6 +465,39 @@ func (s *Store) checkFile() error {
 		return fmt.Errorf("%w: the write-ahead log %s-wal was removed or replaced since it was opened; restart to open the database again", store.ErrUnavailable, s.path)
 	}
 	return nil
+}
+
+// minFree is how much free space Ping wants to see after a commit failed
+// for want of it: a few large commits' worth of write-ahead log.
+const minFree = 16 << 20
+
+// checkSpace reports ErrUnavailable while the last commit failed for want
+// of space and the file system holding the database has less than minFree
+// bytes free. A small write can still succeed then (into space the log
+// holds already) while commits fail, so it is the failure that counts, and
+// free space that ends it; a commit that succeeds ends it too.
+func (s *Store) checkSpace() error {
+	if !s.diskFull.Load() {
+		return nil
+	}
+	dir := filepath.Dir(s.path)
+	free, err := s.freeBytes(dir)
+	if errors.Is(err, errors.ErrUnsupported) || err == nil && free >= minFree {
+		// Where free space cannot be read, readiness cannot wait for it:
+		// taken out of service, the store would get no commit to end it.
+		s.diskFull.Store(false)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: a commit failed as the disk is full, and the free space of %s cannot be read: %v", store.ErrUnavailable, dir, err)
+	}
+	return fmt.Errorf("%w: a commit failed as the disk is full, and %s has %d bytes free (ready again at %d, or once a commit succeeds)", store.ErrUnavailable, dir, free, minFree)
+}
+
+// isFull reports whether err is SQLite's "database or disk is full".
+func isFull(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_FULL
 }
 
 // Close implements store.Store. Commits in flight finish first.

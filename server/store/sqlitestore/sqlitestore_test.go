@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -412,5 +413,66 @@ func TestDamagedBody(t *testing.T) {
 	}
 	if damaged := logs.Matching(t, map[string]any{"level": "ERROR", "otpless_request_id": "r1"}); len(damaged) != 1 {
 		t.Errorf("log lines %v, want one error naming the request", logs.String())
+	}
+}
+
+// TestFullDiskIsNotReady: once a commit fails for want of space, Ping
+// fails, saying so, until the file system has room again or a commit
+// succeeds. (max_page_count stands in for the disk: SQLite answers both
+// with SQLITE_FULL.)
+func TestFullDiskIsNotReady(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	defer s.Close()
+	var free atomic.Uint64
+	sqlitestore.SetFreeBytes(s, func(string) (uint64, error) { return free.Load(), nil })
+	big := func(id string) []store.Webhook {
+		return []store.Webhook{webhook(`{"pad":"`+strings.Repeat("x", 64<<10)+`"}`, &eventsv1.Event{EventId: id, RequestId: "r-" + id})}
+	}
+	if _, _, err := s.Commit(ctx, big("e1")); err != nil {
+		t.Fatal(err)
+	}
+	// With the disk nearly full and no commit failed, readiness holds: a
+	// disk that still takes the commits is not full.
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping before any failed commit: %v", err)
+	}
+	db := sqlitestore.WriterDB(s)
+	var pages int64
+	if err := db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, fmt.Sprintf(`PRAGMA max_page_count = %d`, pages)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(ctx, big("e2")); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit past max_page_count: %v, want ErrUnavailable", err)
+	}
+	err := s.Ping(ctx)
+	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "disk is full") {
+		t.Fatalf("Ping after a commit failed for want of space: %v, want ErrUnavailable saying the disk is full", err)
+	}
+	// Space freed: ready again.
+	free.Store(sqlitestore.MinFree)
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping with %d bytes free: %v", free.Load(), err)
+	}
+	// Full again; then a commit that succeeds ends it whatever statfs says.
+	free.Store(0)
+	if _, _, err := s.Commit(ctx, big("e3")); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit past max_page_count: %v, want ErrUnavailable", err)
+	}
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("Ping after a second failed commit: nil, want an error")
+	}
+	if _, err := db.ExecContext(ctx, `PRAGMA max_page_count = 1073741823`); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(ctx, big("e4")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping after a commit succeeded: %v", err)
 	}
 }
