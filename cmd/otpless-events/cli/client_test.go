@@ -539,6 +539,14 @@ func TestClientConnectionHints(t *testing.T) {
 			t.Errorf("%v: exit %d, %q; want 1 saying %q", tc.args, code, errOut, tc.want)
 		}
 	}
+	// send, pointed at the gRPC port.
+	body := filepath.Join(t.TempDir(), "sent.json")
+	if err := os.WriteFile(body, []byte(`{"eventType":"DLR","data":{"requestId":"r","status":"SENT"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := run(t, "send", "--http-addr", ts.GRPCAddr, body); code != 1 || !strings.Contains(errOut, "is it the gRPC port?") {
+		t.Errorf("send to the gRPC port: exit %d, %q; want 1 saying it is the gRPC port", code, errOut)
+	}
 }
 
 // An unreachable server must not make send print the webhook key.

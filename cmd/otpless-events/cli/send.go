@@ -281,7 +281,11 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil { // a *url.Error: its text would show the webhook key
-		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), errors.Unwrap(err))
+		err = errors.Unwrap(err)
+		if strings.Contains(err.Error(), `malformed HTTP response "\x00`) { // an HTTP/2 frame: gRPC's port
+			return fmt.Errorf("%s: POST %s: %w; is it the gRPC port? the webhook URL takes the HTTP port (8080 by default)", b.where, redactURL(url), err)
+		}
+		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), err)
 	}
 	answer, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
