@@ -88,3 +88,12 @@ func TestServeWarnsOfLooseSecretFiles(t *testing.T) {
 		t.Errorf("serve warned of a file of mode 0600:\n%s", errOut)
 	}
 }
+
+// A log level serve cannot read is named with the ones it can.
+func TestServeRefusesUnknownLogLevel(t *testing.T) {
+	t.Parallel()
+	code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--log-level", "loud")
+	if code != 1 || !strings.Contains(errOut, `log level "loud": want debug, info, warn or error`) {
+		t.Errorf("serve --log-level loud: exit %d, stderr %q; want 1 naming the levels", code, errOut)
+	}
+}
