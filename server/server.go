@@ -599,7 +599,7 @@ func (s *Server) watchStore() (stop func()) {
 			case ctx.Err() != nil:
 				return
 			case err != nil && healthy:
-				s.log.Warn("store unreachable; not ready", "error", err)
+				s.log.Warn("store ping failed; not ready", "error", err)
 				s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_NOT_SERVING)
 			case err == nil && !healthy:
 				s.log.Info("store reachable again; ready")

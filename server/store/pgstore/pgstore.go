@@ -338,7 +338,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err == nil {
 		err = checkWritable(qctx, conn.Conn())
 		conn.Release()
-		if errors.Is(err, errNoTables) {
+		if errors.Is(err, errUnusable) {
 			return s.fail(ctx, op, err) // the connection is fine
 		}
 	} else if st := s.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
@@ -356,26 +356,47 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-var errNoTables = errors.New("no tables")
+// errUnusable marks a ping that the database answered, on a connection
+// that works, with a reason the store cannot serve: the pool is kept.
+var errUnusable = errors.New("the store cannot serve")
+
+// privilegesQuery lists, comma-separated (NULL for none), the privileges
+// this store's statements need that the current role lacks: on the tables
+// and the sequence of the ids of webhooks, those the search_path finds.
+// has_table_privilege with several privileges at once is true when any is
+// held, hence one row per privilege.
+const privilegesQuery = `SELECT string_agg(p.priv || ' on ' || p.rel, ', ' ORDER BY p.n)
+	FROM (VALUES (1, 'webhooks', 'SELECT'), (2, 'webhooks', 'INSERT'), (3, 'webhooks', 'UPDATE'), (4, 'webhooks', 'DELETE'),
+		(5, 'events', 'SELECT'), (6, 'events', 'INSERT'), (7, 'events', 'UPDATE'),
+		(8, 'requests', 'SELECT'), (9, 'requests', 'INSERT'), (10, 'requests', 'UPDATE'),
+		(11, 'webhooks_id_seq', 'USAGE')) AS p (n, rel, priv)
+	WHERE to_regclass(p.rel) IS NOT NULL AND NOT CASE
+		WHEN p.rel LIKE '%_seq' THEN has_sequence_privilege(to_regclass(p.rel)::oid, p.priv)
+		ELSE has_table_privilege(to_regclass(p.rel)::oid, p.priv) END`
 
 // checkWritable asks conn whether a commit could succeed: the server takes
-// writes (not a standby, nor read-only by default_transaction_read_only)
-// and the tables are where the search_path says (else an error wrapping
-// errNoTables). A read-only server fails the ping as a connection would:
-// the pool is dropped, so that after a failover new connections find the
-// new primary behind the same address, rather than old ones the demoted
-// one (pgx keeps a connection for an hour).
+// writes (not a standby, nor read-only by default_transaction_read_only),
+// the tables are where the search_path says, and the role holds every
+// privilege the store's statements need on them (else an error wrapping
+// errUnusable, naming what is missing). A read-only server fails the ping
+// as a connection would: the pool is dropped, so that after a failover new
+// connections find the new primary behind the same address, rather than
+// old ones the demoted one (pgx keeps a connection for an hour).
 func checkWritable(ctx context.Context, conn *pgx.Conn) error {
-	var readOnly string
+	var readOnly, role string
 	var tables bool
-	if err := conn.QueryRow(ctx, `SELECT current_setting('transaction_read_only'), to_regclass('requests') IS NOT NULL`).Scan(&readOnly, &tables); err != nil {
+	var missing *string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('transaction_read_only'), to_regclass('requests') IS NOT NULL,
+		current_user, (`+privilegesQuery+`)`).Scan(&readOnly, &tables, &role, &missing); err != nil {
 		return err
 	}
 	switch {
 	case readOnly != "off":
 		return errors.New("the database is read-only (a standby, or default_transaction_read_only)")
 	case !tables:
-		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errNoTables)
+		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errUnusable)
+	case missing != nil:
+		return fmt.Errorf("%w: the role %s lacks privileges: %s (GRANT them)", errUnusable, role, *missing)
 	}
 	return nil
 }

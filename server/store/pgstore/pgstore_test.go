@@ -565,6 +565,32 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if err := st.Ping(ctx); err != nil {
 		t.Errorf("Ping as %s: %v", role, err)
 	}
+
+	// Without a privilege a commit needs, every webhook would fail: the
+	// ping fails too, naming what is missing, and keeps the pool (the
+	// connection is fine).
+	for _, revoke := range []string{
+		"REVOKE INSERT ON " + s + ".webhooks FROM " + role,
+		"REVOKE UPDATE ON " + s + ".requests FROM " + role,
+		"REVOKE USAGE ON SEQUENCE " + s + ".webhooks_id_seq FROM " + role,
+	} {
+		if _, err := admin.Exec(ctx, revoke); err != nil {
+			t.Fatalf("%s: %v", revoke, err)
+		}
+	}
+	before := st.Pool().Stat().NewConnsCount()
+	err = st.Ping(ctx)
+	t.Logf("Ping as %s without them: %v", role, err)
+	want := "INSERT on webhooks, UPDATE on requests, USAGE on webhooks_id_seq"
+	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), role) {
+		t.Errorf("Ping as %s without INSERT on webhooks, UPDATE on requests and USAGE on the sequence: %v; want ErrUnavailable naming the role and %q", role, err, want)
+	}
+	if err := st.Ping(ctx); err == nil || st.Pool().Stat().NewConnsCount() != before {
+		t.Errorf("a second Ping: %v, after %d new connections; want it to fail on the same pool", err, st.Pool().Stat().NewConnsCount()-before)
+	}
+	if _, _, err := st.Commit(ctx, []store.Webhook{hook(at(2), delivery("r2", "e2", "SMS", "SENT", at(2)))}); err == nil {
+		t.Errorf("Commit as %s without those privileges succeeded: the test revoked nothing it needs", role)
+	}
 }
 
 // TestAbandonedCommitReleasesLocks: a replica cut off in the middle of a
