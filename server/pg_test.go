@@ -3,20 +3,25 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
@@ -167,8 +172,11 @@ func readsWatcherSnapshot(t *testing.T, ctx context.Context, w *follower, id str
 }
 
 // TestStoreDSNErrors: a store DSN with an unknown scheme is refused
-// without echoing it (it may carry a password), and a postgres:// DSN that
-// cannot be reached fails New.
+// without echoing it (it may carry a password); a postgres:// DSN that
+// does not parse, or names a database that does not exist, fails New
+// without showing the password; one whose database cannot be reached does
+// not (the server waits for it; TestPostgresWaitsAtStart), and its warning
+// does not show the password either.
 func TestStoreDSNErrors(t *testing.T) {
 	t.Parallel()
 	cfg := server.DefaultConfig()
@@ -178,18 +186,197 @@ func TestStoreDSNErrors(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "mysql") {
 		t.Errorf("Validate with a mysql:// store = %v; want an error naming the scheme only", err)
 	}
-	cfg.Store = "postgres://user:s3cret@127.0.0.1:1/x?connect_timeout=1"
-	if err := cfg.Validate(); err != nil {
-		t.Errorf("Validate with a postgres:// store: %v", err)
-	}
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	var logs testlog.Buffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	cfg.Store = "postgres://user:s3cret@127.0.0.1:1/x?connect_timeout=1"
 	srv, err := server.New(context.Background(), cfg)
-	if err == nil {
-		srv.Run(canceled())
-		t.Fatal("New with an unreachable PostgreSQL succeeded")
+	if err != nil {
+		t.Fatalf("New with an unreachable PostgreSQL: %v", err)
 	}
-	if strings.Contains(err.Error(), "s3cret") {
-		t.Errorf("New's error shows the password: %v", err)
+	if err := srv.Run(canceled()); err != nil {
+		t.Errorf("Run, canceled while waiting for PostgreSQL: %v", err)
+	}
+	if !strings.Contains(logs.String(), "not reachable") || strings.Contains(logs.String(), "s3cret") {
+		t.Errorf("the log, with PostgreSQL unreachable, does not say so or shows the password:\n%s", logs.String())
+	}
+
+	for _, dsn := range []string{"postgres://user:s3cret@127.0.0.1:5432/x?connect_timeout=nope", noDatabase(t)} {
+		cfg.Store = dsn
+		srv, err := server.New(context.Background(), cfg)
+		if err == nil {
+			srv.Run(canceled())
+			t.Errorf("New with %s succeeded", strings.ReplaceAll(dsn, "s3cret", "…"))
+			continue
+		}
+		t.Logf("New: %v", err)
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("New's error shows the password: %v", err)
+		}
+	}
+}
+
+// noDatabase is the test database's DSN naming a database that does not
+// exist, with a password (which trust authentication does not check); it
+// skips t without a test database.
+func noDatabase(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(pgtest.DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "s3cret")
+	u.Path = "/otpless_no_such_database"
+	return u.String()
+}
+
+// TestPostgresWaitsAtStart: a server whose PostgreSQL cannot be reached at
+// start (it starts at the same time) listens all the same, live but not
+// ready, answers webhooks with 503 and Retry-After, says why in a warning,
+// and becomes ready by itself once the database answers. One that meets a
+// mistake waiting cannot mend once it reaches the database (here a role
+// that does not exist) stops with it.
+func TestPostgresWaitsAtStart(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		dsn  func(dsn string) string
+		// wantErr: the error Run ends with, once the database answers;
+		// "" to become ready.
+		wantErr string
+	}{
+		{"reached", func(dsn string) string { return dsn }, ""},
+		{"no such role", func(dsn string) string {
+			u, _ := url.Parse(dsn)
+			u.User = url.User("otpless_no_such_role")
+			return u.String()
+		}, "otpless_no_such_role"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dsn, _ := pgtest.Schema(t)
+			proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+			proxy.Cut()
+			var logs testlog.Buffer
+			cfg := server.DefaultConfig()
+			cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+			cfg.DataDir = t.TempDir()
+			cfg.Security.Disabled = true
+			cfg.Store = pgtest.WithAddr(t, tc.dsn(dsn), proxy.Addr())
+			cfg.HealthInterval = 50 * time.Millisecond
+			cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, t.Output()), nil))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			srv, err := server.New(ctx, cfg)
+			if err != nil {
+				t.Fatalf("New with the database not reachable yet: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- srv.Run(ctx) }()
+			defer func() {
+				cancel()
+				<-done
+			}()
+			base := "http://" + srv.HTTPAddr().String()
+			conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			health := healthpb.NewHealthClient(conn)
+			check := func(service string) healthpb.HealthCheckResponse_ServingStatus {
+				t.Helper()
+				resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+				if err != nil {
+					t.Fatalf("Health.Check(%q): %v", service, err)
+				}
+				return resp.GetStatus()
+			}
+			get := func(path string) int {
+				t.Helper()
+				resp, err := http.Get(base + path)
+				if err != nil {
+					t.Fatalf("GET %s: %v", path, err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+
+			if code := get("/healthz"); code != http.StatusOK {
+				t.Errorf("/healthz while waiting for the database: %d, want 200", code)
+			}
+			if code := get("/readyz"); code != http.StatusServiceUnavailable {
+				t.Errorf("/readyz while waiting for the database: %d, want 503", code)
+			}
+			if st := check(server.LivenessService); st != healthpb.HealthCheckResponse_SERVING {
+				t.Errorf("liveness while waiting for the database: %v, want SERVING", st)
+			}
+			if st := check(server.ReadinessService); st != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Errorf("readiness while waiting for the database: %v, want NOT_SERVING", st)
+			}
+			r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("wait-req", "SENT", 1764153000000), 10*time.Second)
+			if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+				t.Errorf("a webhook while waiting for the database: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
+			}
+			// New's attempt and at least one of Run's, each a warning.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				warned := logs.Matching(t, map[string]any{"level": "WARN"})
+				n := 0
+				for _, l := range warned {
+					if strings.Contains(fmt.Sprint(l["msg"]), "not reachable") && strings.Contains(fmt.Sprint(l["error"]), "failed to connect") {
+						n++
+					}
+				}
+				if n >= 2 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d warnings that the database is not reachable, with the reason, want 2 or more: %v", n, warned)
+				}
+			}
+
+			proxy.Restore()
+			if tc.wantErr != "" {
+				select {
+				case err := <-done:
+					done <- err // for the deferred wait
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Errorf("Run = %v, want an error naming %s", err, tc.wantErr)
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatal("Run goes on waiting for a database that refuses its role")
+				}
+				return
+			}
+			awaitReadiness(t, health, healthpb.HealthCheckResponse_SERVING)
+			if code := get("/readyz"); code != http.StatusOK {
+				t.Errorf("/readyz once the database is reached: %d, want 200", code)
+			}
+			r, err = postWithin(ctx, base+"/v1/webhooks/otpless", dlr("wait-req", "SENT", 1764153000000), 10*time.Second)
+			if err != nil || r.code != http.StatusOK {
+				t.Errorf("a webhook once the database is reached: %d %s, %v; want 200", r.code, r.body, err)
+			}
+		})
+	}
+}
+
+// awaitReadiness waits until readiness is want, by watching it.
+func awaitReadiness(t *testing.T, health healthpb.HealthClient, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatalf("readiness never became %v: %v", want, err)
+		}
+		if resp.GetStatus() == want {
+			return
+		}
 	}
 }
 

@@ -247,11 +247,16 @@ type Server struct {
 	broker *broker.Broker
 	purge  *retention      // nil when the store cannot purge
 	relay  *pgnotify.Relay // nil unless the store is shared (PostgreSQL)
-	health *health.Server
-	grpc   *grpc.Server
-	peers  peerConns // the gRPC listener's connections (boundedSends)
-	http   *http.Server
-	conn   *grpc.ClientConn
+	// pending is the PostgreSQL store when New could not reach its
+	// database: Run connects it, and is not ready until then. While
+	// waiting, ingest answers 503 without queueing for the writer.
+	pending *pgstore.Store
+	waiting atomic.Bool
+	health  *health.Server
+	grpc    *grpc.Server
+	peers   peerConns // the gRPC listener's connections (boundedSends)
+	http    *http.Server
+	conn    *grpc.ClientConn
 	// streams are the HTTP/1.1 event streams that left their handlers,
 	// which http.Server.Shutdown does not wait for.
 	streams gateway.Streams
@@ -273,7 +278,8 @@ type Server struct {
 }
 
 // New opens the store and binds both listeners, so configuration and bind
-// errors surface before anything is served.
+// errors surface before anything is served. A PostgreSQL database that
+// cannot be reached yet is not an error: Run waits for it.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -321,7 +327,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	webhooks := api.NewWebhookServer(s.writer, log.With("component", "ingest"))
+	webhooks := api.NewWebhookServer(untilConnected{s.writer, &s.waiting}, log.With("component", "ingest"))
 	webhooks.SetObserver(s.obs)
 	requests := api.NewRequestServer(s.store, s.broker, api.WatchOptions{
 		Heartbeat:        cfg.WatchHeartbeat,
@@ -431,6 +437,21 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.listenMetrics(ctx, &lc); err != nil {
 		return nil, err
 	}
+	// PostgreSQL is reached, and migrated, once the ports are bound, so
+	// that their errors come first and a silent database delays nothing
+	// else. One that cannot be reached yet is left to Run.
+	if pg, ok := s.store.(*pgstore.Store); ok {
+		if err := pg.Connect(ctx); err != nil {
+			if !pgstore.Unreachable(err) && ctx.Err() == nil {
+				return nil, fmt.Errorf("open store: %w", err)
+			}
+			if ctx.Err() == nil {
+				log.Warn("PostgreSQL not reachable; the server will listen, not ready, and connect again", "error", err)
+			}
+			s.pending = pg
+			s.waiting.Store(true)
+		}
+	}
 	ok = true
 	return s, nil
 }
@@ -441,7 +462,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 		return nil, err
 	}
 	if backend == "postgres" {
-		st, err := pgstore.Open(ctx, path, pgstore.WithLogger(log))
+		st, err := pgstore.New(path, pgstore.WithLogger(log)) // connected at the end of New
 		if err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
@@ -469,7 +490,10 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
 // Run serves until ctx is done or a listener fails, then shuts down in order:
 // readiness off, watch streams ended (with RECONNECT), HTTP and gRPC drained
 // within the grace period, queued webhooks committed, store closed. A
-// Server runs once: a second Run returns an error and leaves it alone.
+// PostgreSQL store New could not reach is connected first, while serving
+// not ready (see connectStore); an error that waiting cannot mend ends Run
+// with it. A Server runs once: a second Run returns an error and leaves it
+// alone.
 func (s *Server) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
 		return errors.New("server: Run called twice")
@@ -477,12 +501,6 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.writer.Start(context.WithoutCancel(ctx)); err != nil {
 		s.closeAll()
 		return fmt.Errorf("start writer: %w", err)
-	}
-	if s.relay != nil {
-		if err := s.relay.Start(context.WithoutCancel(ctx)); err != nil {
-			s.closeAll()
-			return fmt.Errorf("start relay: %w", err)
-		}
 	}
 	errc := make(chan error, 3)
 	s.serveMetrics(errc)
@@ -495,22 +513,112 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		errc <- s.http.Serve(s.httpLis)
 	}()
-	if s.purge != nil {
-		s.purge.start()
-	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.stopHealth = s.watchStore()
-	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()),
-		"gomaxprocs", runtime.GOMAXPROCS(0))
+	serving := []any{"grpc", s.GRPCAddr().String(), "http", s.HTTPAddr().String(), "metrics", addrString(s.MetricsAddr()),
+		"gomaxprocs", runtime.GOMAXPROCS(0)}
 
 	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-errc:
-		serveErr = fmt.Errorf("serve: %w", serveErr)
+	if s.pending != nil {
+		s.log.Info("serving", append(serving, "ready", false)...)
+		serveErr = s.awaitStore(ctx, errc)
+	}
+	if serveErr == nil && ctx.Err() == nil {
+		if err := s.becomeReady(ctx); err != nil {
+			serveErr = err
+		} else if s.pending == nil {
+			s.log.Info("serving", serving...)
+		}
+	}
+	if serveErr == nil {
+		select {
+		case <-ctx.Done():
+		case serveErr = <-errc:
+			serveErr = fmt.Errorf("serve: %w", serveErr)
+		}
 	}
 	s.log.Info("shutting down")
 	return errors.Join(serveErr, s.shutdown())
+}
+
+// becomeReady starts what needs the store connected (the relay, the
+// retention purge and the loop that pings the store) and reports SERVING.
+func (s *Server) becomeReady(ctx context.Context) error {
+	if s.relay != nil {
+		if err := s.relay.Start(context.WithoutCancel(ctx)); err != nil {
+			return fmt.Errorf("start relay: %w", err)
+		}
+	}
+	if s.purge != nil {
+		s.purge.start()
+	}
+	s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
+	s.stopHealth = s.watchStore()
+	return nil
+}
+
+// Bounds of the wait between attempts to reach a PostgreSQL database that
+// could not be reached at start: doubled after each failure, from the
+// first to the second.
+var (
+	connectMinBackoff = 250 * time.Millisecond
+	connectMaxBackoff = 10 * time.Second
+)
+
+// awaitStore runs connectStore until it ends, or a listener fails (its
+// error).
+func (s *Server) awaitStore(ctx context.Context, errc <-chan error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	connected := make(chan error, 1)
+	go func() { connected <- s.connectStore(ctx) }()
+	select {
+	case err := <-connected:
+		return err
+	case err := <-errc:
+		cancel()
+		<-connected
+		return fmt.Errorf("serve: %w", err)
+	}
+}
+
+// connectStore connects s.pending, attempt after attempt, each failure a
+// warning with its reason, until it succeeds (nil), fails in a way that
+// waiting cannot mend (its error), or ctx is done (nil).
+func (s *Server) connectStore(ctx context.Context) error {
+	wait := connectMinBackoff
+	for attempt := 2; ; attempt++ { // New made the first
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		err := s.pending.Connect(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			s.waiting.Store(false)
+			s.log.Info("PostgreSQL reached; ready", "attempts", attempt)
+			return nil
+		case !pgstore.Unreachable(err):
+			return fmt.Errorf("open store: %w", err)
+		}
+		wait = min(2*wait, connectMaxBackoff)
+		s.log.Warn("PostgreSQL not reachable; not ready", "error", err, "attempts", attempt, "retry_in", wait)
+	}
+}
+
+// untilConnected is the writer, refusing webhooks as the store would
+// (store.ErrUnavailable: 503 with Retry-After) while waiting is set.
+type untilConnected struct {
+	api.Ingester
+	waiting *atomic.Bool
+}
+
+func (u untilConnected) Submit(ctx context.Context, w store.Webhook) (store.Result, error) {
+	if u.waiting.Load() {
+		return store.Result{}, fmt.Errorf("server: ingest: %w: the database has not been reached yet", store.ErrUnavailable)
+	}
+	return u.Ingester.Submit(ctx, w)
 }
 
 func (s *Server) shutdown() error {

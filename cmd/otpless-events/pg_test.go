@@ -6,9 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -260,4 +265,88 @@ func checkWatch(t *testing.T, who string, msgs []*eventsv1.WatchRequestResponse,
 	if len(delivered) == len(all) && !proto.Equal(last, final) {
 		t.Errorf("%s: last snapshot\n%v\nwant the final one\n%v", who, last, final)
 	}
+}
+
+// TestServeWaitsForPostgres: serve started before its PostgreSQL can be
+// reached (they start together) serves, live but not ready, answers
+// webhooks with 503 and Retry-After, and exits 0 at once on SIGTERM;
+// serve pointed at a database that does not exist exits 1 at once, saying
+// so.
+func TestServeWaitsForPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	t.Run("unreachable", func(t *testing.T) {
+		t.Parallel()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close() // nothing listens there now
+		p := startServe(t, t.TempDir(), append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+pgtest.WithAddr(t, dsn, l.Addr().String()))...)
+		for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
+			resp, err := http.Get(p.httpURL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET %s while waiting for the database: %d, want %d", path, resp.StatusCode, want)
+			}
+		}
+		resp, err := http.Post(p.httpURL+"/v1/webhooks/otpless/"+testWebhookKey, "application/json",
+			strings.NewReader(`{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000000}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("a webhook while waiting for the database: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.exited:
+			if p.waitErr != nil {
+				t.Errorf("serve exited with %v after SIGTERM while waiting for the database, want 0", p.waitErr)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("serve did not exit within 10 s of SIGTERM while waiting for the database")
+		}
+	})
+	t.Run("no such database", func(t *testing.T) {
+		t.Parallel()
+		u, err := url.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Path = "/otpless_no_such_database"
+		cmd := exec.Command(buildBinary(t), "serve", "--data-dir", t.TempDir(),
+			"--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+		cmd.Env = append(append(os.Environ(), credentialsEnv()...), "OTPLESS_EVENTS_STORE="+u.String())
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case err := <-exited:
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Errorf("serve with a database that does not exist: %v, want exit status 1", err)
+			}
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("serve with a database that does not exist still runs after 30 s:\n%s", stderr.String())
+		}
+		if !strings.Contains(stderr.String(), `database \"otpless_no_such_database\" does not exist`) {
+			t.Errorf("serve's log does not say that the database does not exist:\n%s", stderr.String())
+		}
+	})
 }

@@ -38,8 +38,8 @@ import (
 // Commit returns only after the transaction has committed.
 func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
 	const op = "commit"
-	if s.closed.Load() {
-		return nil, nil, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	if err := s.usable(op); err != nil {
+		return nil, nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)

@@ -65,7 +65,8 @@ func channelFor(schema string) string {
 }
 
 // Channel is the channel Commit notifies on; LISTEN to it (quoted, with
-// pgx.Identifier) to follow the commits of every replica.
+// pgx.Identifier) to follow the commits of every replica. It is known once
+// Connect has succeeded.
 func (s *Store) Channel() string { return s.channel }
 
 // Notify sends payload on Channel from a connection of the pool, as
@@ -73,6 +74,9 @@ func (s *Store) Channel() string { return s.channel }
 // It prepares no statement, so that behind a pooler in transaction mode it
 // reaches the question whether LISTEN works.
 func (s *Store) Notify(ctx context.Context, payload string) error {
+	if err := s.usable("notify"); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", pgx.QueryExecModeSimpleProtocol, s.channel, payload); err != nil {
@@ -91,8 +95,8 @@ func (s *Store) ListenConfig() *pgx.ConnConfig { return s.pool.Config().ConnConf
 // the events between the two revisions.
 func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]store.Change, error) {
 	const op = "changes since"
-	if s.closed.Load() {
-		return nil, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	if err := s.usable(op); err != nil {
+		return nil, err
 	}
 	if len(since) == 0 {
 		return nil, nil

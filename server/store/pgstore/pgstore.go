@@ -21,12 +21,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
@@ -115,6 +119,12 @@ type Store struct {
 	timeout time.Duration
 	log     *slog.Logger
 	closed  atomic.Bool
+	// create is the schema WithSchema named ("" for the search_path's);
+	// where is user@host/database, for errors.
+	create, where string
+	// connected is set once Connect has brought the schema up to date
+	// (and set schema and channel): until then every call fails.
+	connected atomic.Bool
 	// released is when a connection last came back to the pool alive, as
 	// time since base (monotonic): the database answered then.
 	base     time.Time
@@ -123,8 +133,24 @@ type Store struct {
 
 // Open connects to the database named by dsn (a postgres:// URL or a
 // key=value connection string, as pgx parses it; pool_max_conns and
-// connect_timeout work) and brings the schema up to date.
+// connect_timeout work) and brings the schema up to date: New, then
+// Connect.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
+	s, err := New(dsn, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Connect(ctx); err != nil {
+		s.pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// New returns a Store of the database named by dsn, as Open does, without
+// connecting: it fails only for a DSN that does not parse. Every call
+// fails with store.ErrUnavailable until Connect has succeeded.
+func New(dsn string, opts ...Option) (*Store, error) {
 	o := options{logger: slog.New(slog.DiscardHandler), timeout: DefaultTimeout}
 	for _, opt := range opts {
 		opt(&o)
@@ -169,7 +195,8 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns
 	}
-	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now()}
+	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now(), create: o.schema,
+		where: fmt.Sprintf("%s@%s/%s", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database)}
 	// A call that fails by its timeout closes its connection; one that comes
 	// back alive ran its statements.
 	cfg.AfterRelease = func(c *pgx.Conn) bool {
@@ -178,14 +205,75 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		}
 		return true
 	}
-	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+	// The pool connects when a call first needs a connection (or in the
+	// background, for pool_min_conns): not here.
+	if s.pool, err = pgxpool.NewWithConfig(context.Background(), cfg); err != nil {
 		return nil, fmt.Errorf("pgstore: open: %w", err)
 	}
-	if err := s.open(ctx, o.schema); err != nil {
-		s.pool.Close()
-		return nil, fmt.Errorf("pgstore: open %s@%s/%s: %w", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
-	}
 	return s, nil
+}
+
+// Connect connects to the database and brings the schema up to date, once:
+// after it has succeeded, it does nothing. After a failure it may be called
+// again; Unreachable tells a failure that may pass (the database is not up
+// yet) from one that will not.
+func (s *Store) Connect(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("pgstore: connect: %w", store.ErrClosed)
+	}
+	if s.connected.Load() {
+		return nil
+	}
+	if err := s.open(ctx, s.create); err != nil {
+		return fmt.Errorf("pgstore: open %s: %w", s.where, err)
+	}
+	s.connected.Store(true)
+	return nil
+}
+
+// usable is the error of a call (op) on a Store closed or not yet
+// connected, else nil.
+func (s *Store) usable(op string) error {
+	switch {
+	case s.closed.Load():
+		return fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	case !s.connected.Load():
+		return fmt.Errorf("pgstore: %s: %w: the database has not been reached yet", op, store.ErrUnavailable)
+	}
+	return nil
+}
+
+// Unreachable reports whether err, from Connect, says that the database
+// could not be reached, which waiting may mend: no answer in time, a
+// connection refused, reset or closed before the server spoke, a host name
+// that does not resolve (yet), or the server's own word that it is
+// starting, shutting down or has no connection slot free. Anything else
+// the server answered (authentication, a database or schema that does not
+// exist, a migration's error) and errors of TLS or of the configuration
+// are not.
+func Unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
+			"53300": // too_many_connections
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, "08") // connection_exception
+	}
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED),
+		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	// A timeout while connecting (connect_timeout); not one of a migration
+	// that runs too long, which would only run too long again.
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) && (pgconn.Timeout(err) || errors.As(err, &netErr) && netErr.Timeout())
 }
 
 func (s *Store) open(ctx context.Context, schema string) error {
@@ -224,8 +312,8 @@ func (s *Store) Schema() string { return s.schema }
 // GetRequest implements store.Store.
 func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error) {
 	const op = "get request"
-	if s.closed.Load() {
-		return nil, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	if err := s.usable(op); err != nil {
+		return nil, err
 	}
 	if requestID == "" {
 		return nil, fmt.Errorf("pgstore: %s: empty request id: %w", op, store.ErrNotFound)
@@ -250,8 +338,8 @@ func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.Aut
 // ListEvents implements store.Store.
 func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Page) ([]*eventsv1.Event, string, error) {
 	const op = "list events"
-	if s.closed.Load() {
-		return nil, "", fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	if err := s.usable(op); err != nil {
+		return nil, "", err
 	}
 	if requestID == "" {
 		return nil, "", fmt.Errorf("pgstore: %s: empty request id: %w", op, store.ErrNotFound)
@@ -328,8 +416,8 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // drops nothing, if none did.
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
-	if s.closed.Load() {
-		return fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+	if err := s.usable(op); err != nil {
+		return err
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,11 +17,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/selfsigned"
 	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -162,6 +166,125 @@ func TestNewerSchemaRefused(t *testing.T) {
 	if s, err := pgstore.Open(t.Context(), dsn); err == nil {
 		s.Close()
 		t.Fatal("Open of a schema from a newer binary succeeded")
+	}
+}
+
+// TestUnreachable: Connect's failures that waiting may mend (nothing
+// listening, a connection closed before the server spoke, no answer, a
+// host name that does not resolve, the server starting or out of
+// connections) are Unreachable; those it will not (a role or database
+// that does not exist, a search_path naming no schema, a schema newer
+// than the binary) are not. Until Connect succeeds, calls fail with
+// ErrUnavailable; once the database answers, a later Connect succeeds.
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	closedPort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		return l.Addr().String()
+	}
+	cut := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	cut.Cut()
+	silent := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	silent.Freeze()
+	newer, _ := pgtest.Schema(t)
+	open(t, newer).Close()
+	if _, err := connect(t, newer).Exec(t.Context(), `INSERT INTO otpless_schema_migrations (version, name) VALUES (999, '0999_future.sql')`); err != nil {
+		t.Fatal(err)
+	}
+	withUser := func(user string) string {
+		u, _ := url.Parse(dsn)
+		u.User = url.User(user)
+		return u.String()
+	}
+	withDatabase := func(db string) string {
+		u, _ := url.Parse(dsn)
+		u.Path = "/" + db
+		return u.String()
+	}
+	// A CA that signed nothing the server has.
+	otherCA, _, err := selfsigned.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _, err := selfsigned.PEM(otherCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		dsn         string
+		unreachable bool
+	}{
+		{"nothing listening", pgtest.WithAddr(t, dsn, closedPort()), true},
+		{"closed at once", pgtest.WithAddr(t, dsn, cut.Addr()), true},
+		{"no answer", pgtest.WithParam(t, pgtest.WithAddr(t, dsn, silent.Addr()), "connect_timeout", "1"), true},
+		{"host name not resolved", pgtest.WithAddr(t, dsn, "otpless-events-test.invalid:5432"), true},
+		{"no such role", withUser("otpless_no_such_role"), false},
+		{"no such database", withDatabase("otpless_no_such_database"), false},
+		{"search_path naming no schema", pgtest.WithParam(t, dsn, "search_path", pgtest.SchemaName(t)), false},
+		{"schema newer than the binary", newer, false},
+		// Refused by the server, or not signed by the CA.
+		{"TLS failing", pgtest.WithParam(t, pgtest.WithParam(t, dsn, "sslmode", "verify-full"), "sslrootcert", caFile), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := pgstore.New(tc.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			err = s.Connect(t.Context())
+			if err == nil {
+				t.Fatal("Connect succeeded")
+			}
+			if got := pgstore.Unreachable(err); got != tc.unreachable {
+				t.Errorf("Unreachable(%v) = %t, want %t", err, got, tc.unreachable)
+			}
+			if _, err := s.GetRequest(t.Context(), "r"); !errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("GetRequest before Connect succeeded: %v, want ErrUnavailable", err)
+			}
+			if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(0), delivery("r", "e", "SMS", "SENT", at(0)))}); !errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("Commit before Connect succeeded: %v, want ErrUnavailable", err)
+			}
+		})
+	}
+	// The server's own word (a PostgreSQL starting or stopping, or out of
+	// connections), which this test cannot make it say.
+	for code, want := range map[string]bool{"57P03": true, "57P01": true, "53300": true, "08006": true, "28P01": false, "3D000": false, "42501": false} {
+		if got := pgstore.Unreachable(fmt.Errorf("open: %w", &pgconn.PgError{Code: code})); got != want {
+			t.Errorf("Unreachable(SQLSTATE %s) = %t, want %t", code, got, want)
+		}
+	}
+
+	// The database comes up.
+	later := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	later.Cut()
+	s, err := pgstore.New(pgtest.WithAddr(t, dsn, later.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Connect(t.Context()); !pgstore.Unreachable(err) {
+		t.Fatalf("Connect through a cut proxy: %v, want it unreachable", err)
+	}
+	later.Restore()
+	if err := s.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect once the database answers: %v", err)
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(0), delivery("r", "e", "SMS", "SENT", at(0)))}); err != nil {
+		t.Errorf("Commit after Connect: %v", err)
+	}
+	if err := s.Ping(t.Context()); err != nil {
+		t.Errorf("Ping after Connect: %v", err)
 	}
 }
 

@@ -27,8 +27,8 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 	const op = "purge"
 	total := 0
 	for {
-		if s.closed.Load() {
-			return total, fmt.Errorf("pgstore: %s: %w", op, store.ErrClosed)
+		if err := s.usable(op); err != nil {
+			return total, err
 		}
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		var n int
