@@ -47,6 +47,13 @@ import (
 // DefaultMaxBodyBytes is the largest webhook body accepted.
 const DefaultMaxBodyBytes = 1 << 20
 
+// DefaultMaxUnauthenticatedReads bounds the webhook bodies read at once
+// before their sender is known (signing secrets the only credential). Each
+// holds a goroutine and up to 64 KiB for up to --http-read-timeout;
+// OTPLESS's bodies arrive with their headers and are read in well under a
+// millisecond, so that even thousands a second hold a few at a time.
+const DefaultMaxUnauthenticatedReads = 1024
+
 // WebhookPath is the route OTPLESS posts to.
 const WebhookPath = "/v1/webhooks/otpless"
 
@@ -57,6 +64,10 @@ type Options struct {
 	// Guard authenticates and limits webhook senders; nil accepts every
 	// sender (authentication disabled).
 	Guard *auth.WebhookGuard
+	// MaxUnauthenticatedReads bounds the webhook bodies read at once whose
+	// signature alone can authenticate them (DefaultMaxUnauthenticatedReads
+	// when 0); past it, 503 with Retry-After, the body unread.
+	MaxUnauthenticatedReads int
 	// CORSOrigins may use the watch route from a browser: origins
 	// (scheme://host[:port]) or "*"; empty allows same-origin pages only.
 	CORSOrigins []string
@@ -125,7 +136,11 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := registerNotAllowed(mux, func(path string) bool { return strings.Contains(path, "}:") }); err != nil {
 		return nil, err
 	}
-	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger}
+	if opts.MaxUnauthenticatedReads <= 0 {
+		opts.MaxUnauthenticatedReads = DefaultMaxUnauthenticatedReads
+	}
+	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger,
+		unauthenticated: make(chan struct{}, opts.MaxUnauthenticatedReads)}
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
@@ -382,6 +397,11 @@ type webhookHandler struct {
 	maxBody int64
 	guard   *auth.WebhookGuard
 	log     *slog.Logger
+	// unauthenticated holds a place for each body being read whose
+	// sender only its signature can tell (admit takes it, serve gives it
+	// back once the body is read): without a bound, anyone could hold
+	// any number, each for up to the server's read timeout.
+	unauthenticated chan struct{}
 }
 
 func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -391,7 +411,15 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	if !admitted {
 		return
 	}
-	body, err := h.readWebhook(w, r)
+	var (
+		body []byte
+		err  error
+	)
+	if pending {
+		body, err = h.readUnauthenticated(w, r)
+	} else {
+		body, err = h.readWebhook(w, r)
+	}
 	if err != nil {
 		if pending { // a sender that sent no body it could sign failed
 			h.guard.Spend(h.guard.ClientAddr(r), true)
@@ -468,6 +496,13 @@ func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]
 	return readBody(w, r, h.maxBody)
 }
 
+// readUnauthenticated is readWebhook for a pending webhook, giving back
+// the place admit took for it once the body is read.
+func (h *webhookHandler) readUnauthenticated(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	defer func() { <-h.unauthenticated }()
+	return h.readWebhook(w, r)
+}
+
 // readBody reads a request body of at most max bytes. A body whose length
 // is announced, up to readUpfront, is read into a slice of that size, in
 // one piece; a larger or chunked one grows as it comes, and one that is too
@@ -535,7 +570,15 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 				tooMany(w, out, wait)
 				return false, false
 			}
-			return true, true
+			select {
+			case h.unauthenticated <- struct{}{}:
+				return true, true
+			default:
+				w.Header().Set("Retry-After", "1")
+				writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable,
+					"too many webhooks being read before their signatures are checked, retry later"))
+				return false, false
+			}
 		}
 	}
 	if ok, wait := h.guard.Spend(addr, credErr != nil); !ok {

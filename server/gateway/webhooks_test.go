@@ -150,7 +150,8 @@ func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 	}
 	log := slog.New(slog.DiscardHandler)
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
-	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log})
+	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
+		unauthenticated: make(chan struct{}, 1)})
 	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
 	huge := strings.Repeat(" ", 2<<10) + body
 	const unsigned, forged, signed, stale = "unsigned", "forged", "signed", "stale"
@@ -250,5 +251,79 @@ func TestReadBodyAllocatesAsItArrives(t *testing.T) {
 		if body.largest > tc.largest {
 			t.Errorf("announced %d, sent %d: a read was given %d bytes, want at most %d", tc.announced, len(tc.sent), body.largest, tc.largest)
 		}
+	}
+}
+
+// heldBody is a body whose sender holds it back: its first read says so on
+// started, and waits for release.
+type heldBody struct {
+	started chan<- struct{}
+	release <-chan struct{}
+	data    io.Reader
+	once    sync.Once
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	b.once.Do(func() {
+		b.started <- struct{}{}
+		<-b.release
+	})
+	return b.data.Read(p)
+}
+
+// With signing secrets the only credential, a body must be read before its
+// sender is known. Bodies being read so are bounded: past the bound a
+// webhook is answered 503 with Retry-After at once, its body unread, and a
+// place is free again once a body is read. Through New, so that the route
+// served before the gateway mux is the one bounded.
+func TestUnauthenticatedReadsAreBounded(t *testing.T) {
+	t.Parallel()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	h, err := New(t.Context(), nil, api.NewWebhookServer(storingIngester{}, log), Options{Guard: guard, MaxUnauthenticatedReads: 2, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	signed := func(b io.Reader) *http.Request {
+		r := httptest.NewRequest(http.MethodPost, WebhookPath, b)
+		sec := strconv.FormatInt(time.Now().Unix(), 10)
+		r.Header.Set("webhook-id", "msg_1")
+		r.Header.Set("webhook-timestamp", sec)
+		r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(key, []byte("msg_1."+sec+"."+body)))
+		return r
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	codes := make(chan int, 2)
+	for range 2 {
+		r := signed(&heldBody{started: started, release: release, data: strings.NewReader(body)})
+		go func() {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			codes <- w.Code
+		}()
+		<-started
+	}
+	reads := 0
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, signed(readCounter{strings.NewReader(body), &reads}))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || reads > 0 {
+		t.Errorf("with two bodies being read, a third: %d, Retry-After %q, body read %v; want 503, a Retry-After, unread",
+			w.Code, w.Header().Get("Retry-After"), reads > 0)
+	}
+	close(release)
+	for range 2 {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("a held webhook, once sent: %d, want 200", code)
+		}
+	}
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, signed(strings.NewReader(body)))
+	if w.Code != http.StatusOK {
+		t.Errorf("once those were read, a webhook: %d %s, want 200", w.Code, w.Body)
 	}
 }
