@@ -17,6 +17,7 @@ import (
 type security struct {
 	tokens  *auth.TokenSigner
 	guard   *auth.WebhookGuard
+	keyring *auth.Keyring
 	unary   []grpc.UnaryServerInterceptor
 	stream  []grpc.StreamServerInterceptor
 	tap     tap.ServerInHandle // nil: none
@@ -39,10 +40,10 @@ func newSecurity(cfg Security) (*security, error) {
 	if s.guard, err = auth.NewWebhookGuard(cfg.Webhook); err != nil {
 		return nil, err
 	}
-	keyring := auth.NewKeyring(cfg.APIKeys, s.tokens)
-	s.unary = append(s.unary, keyring.UnaryInterceptor())
-	s.stream = append(s.stream, keyring.StreamInterceptor())
-	s.tap = keyring.TapHandle
+	s.keyring = auth.NewKeyring(cfg.APIKeys, s.tokens)
+	s.unary = append(s.unary, s.keyring.UnaryInterceptor())
+	s.stream = append(s.stream, s.keyring.StreamInterceptor())
+	s.tap = s.keyring.TapHandle
 	return s, nil
 }
 

@@ -403,6 +403,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	handler, err := gateway.New(ctx, s.conn, webhooks, gateway.Options{
 		MaxBodyBytes: cfg.MaxBodyBytes,
 		Guard:        sec.guard,
+		Keyring:      sec.keyring,
 		CORSOrigins:  cfg.CORSOrigins,
 		SSEHeartbeat: cfg.WatchHeartbeat,
 		Watch:        s.watchInProcess(requests, sec.stream),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -152,6 +153,17 @@ func bearerFromMetadata(ctx context.Context) string {
 		}
 	}
 	return ""
+}
+
+// AuthenticateHeader is Authenticate for the bearer credential of an HTTP
+// request's Authorization header, as the gateway forwards it to gRPC.
+func (k *Keyring) AuthenticateHeader(h http.Header) (*Principal, error) {
+	for _, v := range h.Values("Authorization") {
+		if tok, ok := cutBearer(v); ok {
+			return k.Authenticate(tok)
+		}
+	}
+	return nil, ErrUnauthenticated
 }
 
 func cutBearer(v string) (string, bool) {

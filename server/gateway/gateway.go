@@ -64,6 +64,9 @@ type Options struct {
 	// Guard authenticates and limits webhook senders; nil accepts every
 	// sender (authentication disabled).
 	Guard *auth.WebhookGuard
+	// Keyring authenticates API requests that carry a body before it is
+	// read; nil reads them all (authentication disabled).
+	Keyring *auth.Keyring
 	// MaxUnauthenticatedReads bounds the webhook bodies read at once whose
 	// signature alone can authenticate them (DefaultMaxUnauthenticatedReads
 	// when 0); past it, 503 with Retry-After, the body unread.
@@ -144,7 +147,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
-	return validURL(apiRequests(accessTokenFromQuery(frontend(mux, webhooksFirst(mux, wh), opts)))), nil
+	return validURL(accessTokenFromQuery(apiRequests(opts.Keyring, frontend(mux, webhooksFirst(mux, wh), opts)))), nil
 }
 
 // maxAPIBodyBytes bounds the body of a request to the API (not a webhook):
@@ -153,21 +156,34 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 // amount. The API's bodies are a few hundred bytes.
 const maxAPIBodyBytes = 64 << 10
 
-// apiRequests answers 413 to an API request whose body is over
-// maxAPIBodyBytes: at once when its length is announced, else once that
-// much has been read (the body is read here, whole); webhooks have their
-// own bound. Answers about requests, which may hold personal data, are not
-// to be cached.
-func apiRequests(next http.Handler) http.Handler {
+// apiRequests answers 413 to an API request (under /v1/, not a webhook)
+// whose body is over maxAPIBodyBytes: at once when its length is announced,
+// else once that much has been read (the body is read here, whole, and
+// only once its Authorization header holds a valid credential: 401 without
+// reading it otherwise, when keyring is set). Webhooks have
+// their own credentials and bound; no other route reads a body. Answers
+// about requests, which may hold personal data, are not to be cached.
+func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 	tooLarge := status.New(codes.InvalidArgument, "request body is larger than "+api.Size(maxAPIBodyBytes))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/requests/") {
 			w.Header().Set("Cache-Control", "no-store")
 		}
-		if r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") && r.Body != nil && r.Body != http.NoBody {
+		if strings.HasPrefix(r.URL.Path, "/v1/") && r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") &&
+			r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > maxAPIBodyBytes {
 				writeStatus(w, &runtime.JSONPb{}, http.StatusRequestEntityTooLarge, tooLarge)
 				return
+			}
+			if keyring != nil {
+				// The gRPC server would refuse the call all the same, but
+				// only once the gateway had read its body: up to 64 KiB
+				// held per connection for anyone.
+				if _, err := keyring.AuthenticateHeader(r.Header); err != nil {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+					writeStatus(w, &runtime.JSONPb{}, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
+					return
+				}
 			}
 			body, err := readBody(w, r, maxAPIBodyBytes)
 			var tooBig *http.MaxBytesError

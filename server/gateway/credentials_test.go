@@ -1,0 +1,65 @@
+package gateway
+
+import (
+	"crypto/sha256"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/otpless-events/otpless-events/server/api"
+	"github.com/otpless-events/otpless-events/server/auth"
+)
+
+// An API request's body is read only once its Authorization header holds
+// a valid credential: a caller without one is refused (401, with the
+// Bearer challenge) at the cost of its headers alone. No route outside the
+// API reads a body.
+func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
+	t.Parallel()
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	const key = "oek_0123456789abcdef0123456789abcdef"
+	keyring := auth.NewKeyring([]auth.APIKey{{Name: "web", Hash: sha256.Sum256([]byte(key)), Scopes: []auth.Scope{auth.ScopeMintWatchToken}}}, nil)
+	log := slog.New(slog.DiscardHandler)
+	h, err := New(t.Context(), conn, api.NewWebhookServer(storingIngester{}, log), Options{Keyring: keyring, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path, authorization string
+		want                      int // 0: any
+		read                      bool
+	}{
+		{"no credential", "/v1/requests/r1:watchToken", "", http.StatusUnauthorized, false},
+		{"an unknown key", "/v1/requests/r1:watchToken", "Bearer oek_not-a-key", http.StatusUnauthorized, false},
+		{"not a bearer", "/v1/requests/r1:watchToken", "Basic " + key, http.StatusUnauthorized, false},
+		{"a forged watch token", "/v1/requests/r1:watchToken", "Bearer owt1.e30.AAAA", http.StatusUnauthorized, false},
+		{"a key", "/v1/requests/r1:watchToken", "Bearer " + key, 0, true},
+		{"the status page", "/ui/", "", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reads := 0
+			r := httptest.NewRequest(http.MethodPost, tc.path, readCounter{strings.NewReader(`{}`), &reads})
+			if tc.authorization != "" {
+				r.Header.Set("Authorization", tc.authorization)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if (tc.want != 0 && w.Code != tc.want) || (reads > 0) != tc.read {
+				t.Errorf("%d, body read %v; want %d, read %v", w.Code, reads > 0, tc.want, tc.read)
+			}
+			if w.Code == http.StatusUnauthorized && !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Bearer ") {
+				t.Errorf("401 with WWW-Authenticate %q, want the Bearer challenge", w.Header().Get("WWW-Authenticate"))
+			}
+		})
+	}
+}
