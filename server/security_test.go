@@ -336,6 +336,15 @@ func TestWatchTokens(t *testing.T) {
 	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+expired, "", nil); r.code != http.StatusUnauthorized {
 		t.Errorf("expired token: %d, want 401", r.code)
 	}
+
+	// An API key, even one that may watch, is refused in a URL, saying so:
+	// URLs end up in proxies' logs and browsers' histories.
+	for _, key := range []string{testAdminKey, testWatcherKey} {
+		r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+key, "", nil)
+		if r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), "only a watch token") {
+			t.Errorf("an API key as access_token: %d %s, want 401 saying only a watch token is taken", r.code, r.body)
+		}
+	}
 }
 
 func TestWebhookRateLimit(t *testing.T) {

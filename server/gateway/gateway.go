@@ -147,7 +147,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
-	return validURL(accessTokenFromQuery(apiRequests(opts.Keyring, frontend(mux, webhooksFirst(mux, wh), opts)))), nil
+	return validURL(accessTokenFromQuery(opts.Keyring != nil, newCORSPolicy(opts.CORSOrigins), apiRequests(opts.Keyring, frontend(mux, webhooksFirst(mux, wh), opts)))), nil
 }
 
 // maxAPIBodyBytes bounds the body of a request to the API (not a webhook):
@@ -367,7 +367,14 @@ func validQuery(q url.Values) bool {
 // Authorization header, for browsers' EventSource, which cannot set headers.
 // The parameter is removed so that it never reaches a request message. Other
 // routes take credentials in the header only.
-func accessTokenFromQuery(next http.Handler) http.Handler {
+//
+// With authentication on (checked), the parameter takes only a watch token:
+// a URL ends up in proxies' logs and browsers' histories, where a token
+// bound to one request that expires within the hour may be, and an API key
+// may not. Anything else is refused (401, saying why) before it is used.
+func accessTokenFromQuery(checked bool, cors corsPolicy, next http.Handler) http.Handler {
+	notWatchToken := status.New(codes.Unauthenticated,
+		"?access_token= takes only a watch token (CreateWatchToken); send an API key in the Authorization header, never in a URL")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, isWatch := watchRequestID(r.URL); r.Method != http.MethodGet || !isWatch {
 			next.ServeHTTP(w, r)
@@ -375,6 +382,12 @@ func accessTokenFromQuery(next http.Handler) http.Handler {
 		}
 		q := r.URL.Query()
 		if tok := q.Get("access_token"); tok != "" {
+			if checked && !auth.IsWatchToken(tok) {
+				cors.handle(w, r) // so that a page on an allowed origin can read why
+				w.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+				writeStatus(w, &runtime.JSONPb{}, http.StatusUnauthorized, notWatchToken)
+				return
+			}
 			q.Del("access_token")
 			r = r.Clone(r.Context())
 			r.URL.RawQuery = q.Encode()
