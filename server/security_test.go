@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
@@ -485,6 +486,46 @@ func TestWatchStreamLimits(t *testing.T) {
 		if resp.StatusCode != tt.want {
 			t.Errorf("event stream with %q: %d, want %d", tt.bearer, resp.StatusCode, tt.want)
 		}
+	}
+}
+
+// One watch token cannot take all of its request's watch slots: past its
+// own bound it is refused, as the other limits refuse, over gRPC and as
+// ?access_token=, while another token of the same request still watches.
+func TestWatchStreamsPerToken(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, func(s *server.Security) { s.MaxWatchesPerToken, s.MaxWatchesPerRequest = 2, 20 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const id = "per-token-limit"
+	mint := func(ttl time.Duration) string { // tokens of one request differ by their expiry
+		resp, err := ts.client(t, testMinterKey).CreateWatchToken(ctx, &eventsv1.CreateWatchTokenRequest{RequestId: id, Ttl: durationpb.New(ttl)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetToken()
+	}
+	first, second := mint(time.Minute), mint(2*time.Minute)
+	open := func(tok string) error {
+		stream, err := ts.client(t, tok).WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		return err
+	}
+	for i := range 2 {
+		if err := open(first); err != nil {
+			t.Fatalf("watch %d by one token: %v", i+1, err)
+		}
+	}
+	if err := open(first); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "watch token") {
+		t.Errorf("a third watch by one token: %v, want ResourceExhausted naming the watch token", err)
+	}
+	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+first, "", nil, "Accept", "text/event-stream"); r.code != http.StatusTooManyRequests {
+		t.Errorf("an event stream by that token: %d %s, want 429", r.code, r.body)
+	}
+	if err := open(second); err != nil {
+		t.Errorf("a watch by another token of the request: %v", err)
 	}
 }
 

@@ -116,9 +116,9 @@ type Security struct {
 	WatchTokenKeys [][]byte
 	// Webhook says how webhook senders are authenticated and limited.
 	Webhook auth.WebhookConfig
-	// MaxWatchesPerCredential and MaxWatchesPerRequest bound concurrent watch
-	// streams (0: unbounded).
-	MaxWatchesPerCredential, MaxWatchesPerRequest int
+	// MaxWatchesPerCredential, MaxWatchesPerToken (of one watch token) and
+	// MaxWatchesPerRequest bound concurrent watch streams (0: unbounded).
+	MaxWatchesPerCredential, MaxWatchesPerToken, MaxWatchesPerRequest int
 	// TLSCertFile and TLSKeyFile, when set, serve both listeners over TLS.
 	TLSCertFile, TLSKeyFile string
 	// ClientCAFile, when set, requires gRPC clients to present a certificate
@@ -134,7 +134,7 @@ func (s *Security) validate() []error {
 	if s.ClientCAFile != "" && s.TLSCertFile == "" {
 		errs = append(errs, errors.New("mutual TLS needs a TLS certificate and key"))
 	}
-	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerRequest < 0 {
+	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerToken < 0 || s.MaxWatchesPerRequest < 0 {
 		errs = append(errs, errors.New("watch stream limits must not be negative"))
 	}
 	if s.Disabled {
@@ -333,6 +333,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Heartbeat:        cfg.WatchHeartbeat,
 		MaxDuration:      cfg.MaxWatchDuration,
 		MaxPerCredential: cfg.Security.MaxWatchesPerCredential,
+		MaxPerToken:      cfg.Security.MaxWatchesPerToken,
 		MaxPerRequest:    cfg.Security.MaxWatchesPerRequest,
 		Tokens:           sec.tokens,
 	})

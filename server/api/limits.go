@@ -39,34 +39,48 @@ func (s *Slots) Give(key string) {
 	}
 }
 
-// streamLimiter bounds concurrent watch streams per credential and per
-// request id. A zero limit means unbounded.
+// streamLimiter bounds concurrent watch streams per credential, per watch
+// token and per request id. A zero limit means unbounded.
 type streamLimiter struct {
-	perCredential, perRequest int
-	byCredential, byRequest   *Slots
+	perCredential, perToken, perRequest int
+	byCredential, byToken, byRequest    *Slots
 }
 
-func newStreamLimiter(perCredential, perRequest int) *streamLimiter {
+func newStreamLimiter(perCredential, perToken, perRequest int) *streamLimiter {
 	return &streamLimiter{
 		perCredential: perCredential,
+		perToken:      perToken,
 		perRequest:    perRequest,
 		byCredential:  NewSlots(perCredential),
+		byToken:       NewSlots(perToken),
 		byRequest:     NewSlots(perRequest),
 	}
 }
 
 // acquire takes a slot for one stream, or fails with RESOURCE_EXHAUSTED.
-// Call release when the stream ends.
-func (l *streamLimiter) acquire(credential, requestID string) (release func(), err error) {
+// token tells a watch token from the others of its request ("" for any
+// other credential): without a bound of its own, one token could take all
+// of its request's slots. Call release when the stream ends.
+func (l *streamLimiter) acquire(credential, token, requestID string) (release func(), err error) {
 	if !l.byCredential.Take(credential) {
 		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this credential (limit %d)", l.perCredential))
 	}
+	if token != "" && !l.byToken.Take(token) {
+		l.byCredential.Give(credential)
+		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this watch token (limit %d)", l.perToken))
+	}
 	if !l.byRequest.Take(requestID) {
+		if token != "" {
+			l.byToken.Give(token)
+		}
 		l.byCredential.Give(credential)
 		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this request (limit %d)", l.perRequest))
 	}
 	return func() {
 		l.byCredential.Give(credential)
+		if token != "" {
+			l.byToken.Give(token)
+		}
 		l.byRequest.Give(requestID)
 	}, nil
 }

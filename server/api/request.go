@@ -35,9 +35,9 @@ type WatchOptions struct {
 	Heartbeat time.Duration
 	// MaxDuration ends a stream with RECONNECT once it has lasted this long.
 	MaxDuration time.Duration
-	// MaxPerCredential and MaxPerRequest bound concurrent streams (0: no
-	// bound).
-	MaxPerCredential, MaxPerRequest int
+	// MaxPerCredential, MaxPerToken (of a watch token) and MaxPerRequest
+	// bound concurrent streams (0: no bound).
+	MaxPerCredential, MaxPerToken, MaxPerRequest int
 	// Tokens mints watch tokens; nil disables CreateWatchToken.
 	Tokens *auth.TokenSigner
 }
@@ -55,7 +55,7 @@ type RequestServer struct {
 // NewRequestServer returns a RequestServer reading from r and following
 // changes through b.
 func NewRequestServer(r Reader, b *broker.Broker, opts WatchOptions) *RequestServer {
-	return &RequestServer{store: r, broker: b, opts: opts, streams: newStreamLimiter(opts.MaxPerCredential, opts.MaxPerRequest)}
+	return &RequestServer{store: r, broker: b, opts: opts, streams: newStreamLimiter(opts.MaxPerCredential, opts.MaxPerToken, opts.MaxPerRequest)}
 }
 
 // GetRequest returns the request's current snapshot.
@@ -125,7 +125,11 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		return status.Error(codes.InvalidArgument, "after_revision must not be negative")
 	}
 	ctx := stream.Context()
-	release, err := s.streams.acquire(credentialName(ctx), id)
+	var token string
+	if p := auth.FromContext(ctx); p != nil {
+		token = p.Token
+	}
+	release, err := s.streams.acquire(credentialName(ctx), token, id)
 	if err != nil {
 		return err
 	}

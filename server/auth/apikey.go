@@ -105,7 +105,8 @@ func (k *Keyring) Authenticate(bearer string) (*Principal, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Principal{Name: "watch-token:" + id, Scopes: []Scope{ScopeWatch, ScopeRead}, RequestID: id}, nil
+		digest := sha256.Sum256([]byte(bearer))
+		return &Principal{Name: "watch-token:" + id, Scopes: []Scope{ScopeWatch, ScopeRead}, RequestID: id, Token: string(digest[:16])}, nil
 	}
 	h := sha256.Sum256([]byte(bearer))
 	var found *APIKey

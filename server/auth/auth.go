@@ -76,6 +76,9 @@ type Principal struct {
 	Scopes []Scope
 	// RequestID, for a watch token, is the only request it may read.
 	RequestID string
+	// Token, for a watch token, tells it from the other tokens of its
+	// request, for per-token limits: a digest of it, never the token.
+	Token string
 }
 
 // Has reports whether p holds scope (admin holds them all).

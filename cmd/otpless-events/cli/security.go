@@ -38,7 +38,7 @@ type securityFlags struct {
 	allowCIDRs, trustedProxies                                                             string
 	rate                                                                                   float64
 	burst                                                                                  int
-	maxPerCredential, maxPerRequest                                                        int
+	maxPerCredential, maxPerToken, maxPerRequest                                           int
 	tlsCert, tlsKey, clientCA                                                              string
 }
 
@@ -54,6 +54,7 @@ func (f *securityFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.rate, "webhook-rate", 200, "webhooks per second per client address (0: unlimited)")
 	fs.IntVar(&f.burst, "webhook-burst", 400, "burst of webhooks per client address")
 	fs.IntVar(&f.maxPerCredential, "max-watches-per-credential", 1000, "concurrent watch streams per credential (0: unlimited)")
+	fs.IntVar(&f.maxPerToken, "max-watches-per-token", 4, "concurrent watch streams per watch token (0: unlimited)")
 	fs.IntVar(&f.maxPerRequest, "max-watches-per-request", 20, "concurrent watch streams per request id (0: unlimited)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file for both listeners")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file for both listeners")
@@ -70,6 +71,7 @@ type generated struct {
 func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
 	sec := server.Security{
 		MaxWatchesPerCredential: f.maxPerCredential,
+		MaxWatchesPerToken:      f.maxPerToken,
 		MaxWatchesPerRequest:    f.maxPerRequest,
 		TLSCertFile:             f.tlsCert,
 		TLSKeyFile:              f.tlsKey,
