@@ -21,6 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -35,6 +36,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/server/api"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/observe"
@@ -600,8 +602,12 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 			t.Fatalf("health watch %d: %v", i+1, err)
 		}
 	}
-	if err := open(context.Background()); status.Code(err) != codes.ResourceExhausted {
+	err := open(context.Background())
+	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxPublicStreams+1, err)
+	}
+	if d := status.Convert(err).Details(); len(d) != 1 || !isRetryInfo(d[0], api.RetryStreamAfter) {
+		t.Fatalf("health watch %d: details %v, want a RetryInfo of %v", MaxPublicStreams+1, d, api.RetryStreamAfter)
 	}
 	// Another address is not held up by this one.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
@@ -839,4 +845,10 @@ func TestReadFaultsAreLoggedWithTheirCause(t *testing.T) {
 	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["cause"]), "events") {
 		t.Errorf("log lines of the read %v, want one with the cause", lines)
 	}
+}
+
+// isRetryInfo reports whether detail is a google.rpc.RetryInfo of delay.
+func isRetryInfo(detail any, delay time.Duration) bool {
+	ri, ok := detail.(*errdetails.RetryInfo)
+	return ok && ri.GetRetryDelay().AsDuration() == delay
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,6 +28,7 @@ import (
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/api"
 	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/observe"
 )
@@ -456,11 +458,17 @@ func TestWatchStreamLimits(t *testing.T) {
 			t.Fatalf("watch %s: %v", id, err)
 		}
 	}
-	if err := open("lim-a"); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("third watch of one request: %v, want ResourceExhausted", err)
-	}
-	if err := open("lim-c"); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("fourth watch of one credential: %v, want ResourceExhausted", err)
+	// A refusal says when to try again, in a RetryInfo generated clients
+	// read.
+	for _, tc := range []struct{ id, what string }{{"lim-a", "third watch of one request"}, {"lim-c", "fourth watch of one credential"}} {
+		err := open(tc.id)
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("%s: %v, want ResourceExhausted", tc.what, err)
+			continue
+		}
+		if d := retryInfoDelay(err); d != api.RetryStreamAfter {
+			t.Errorf("%s: RetryInfo delay %v (details %v), want %v", tc.what, d, status.Convert(err).Details(), api.RetryStreamAfter)
+		}
 	}
 	// The event stream runs WatchRequest in process, through the same
 	// interceptors: the same credential is at its limit there too, and
@@ -485,6 +493,13 @@ func TestWatchStreamLimits(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.want {
 			t.Errorf("event stream with %q: %d, want %d", tt.bearer, resp.StatusCode, tt.want)
+		}
+		want := ""
+		if tt.want == http.StatusTooManyRequests {
+			want = "5"
+		}
+		if got := resp.Header.Get("Retry-After"); got != want {
+			t.Errorf("event stream with %q: Retry-After %q, want %q", tt.bearer, got, want)
 		}
 	}
 }
@@ -518,8 +533,8 @@ func TestWatchStreamsPerToken(t *testing.T) {
 			t.Fatalf("watch %d by one token: %v", i+1, err)
 		}
 	}
-	if err := open(first); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "watch token") {
-		t.Errorf("a third watch by one token: %v, want ResourceExhausted naming the watch token", err)
+	if err := open(first); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "watch token") || retryInfoDelay(err) != api.RetryStreamAfter {
+		t.Errorf("a third watch by one token: %v, want ResourceExhausted naming the watch token, with a RetryInfo of %v", err, api.RetryStreamAfter)
 	}
 	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+first, "", nil, "Accept", "text/event-stream"); r.code != http.StatusTooManyRequests {
 		t.Errorf("an event stream by that token: %d %s, want 429", r.code, r.body)
@@ -527,6 +542,16 @@ func TestWatchStreamsPerToken(t *testing.T) {
 	if err := open(second); err != nil {
 		t.Errorf("a watch by another token of the request: %v", err)
 	}
+}
+
+// retryInfoDelay is the delay of err's google.rpc.RetryInfo, or -1.
+func retryInfoDelay(err error) time.Duration {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return -1
 }
 
 func TestLogsCarryNoPII(t *testing.T) {

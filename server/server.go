@@ -759,7 +759,7 @@ const (
 // its client keeps it.
 func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
-	exhausted := status.Errorf(codes.ResourceExhausted, "too many health watch and reflection streams open (%d from one address, %d in all)", perAddr, inAll)
+	exhausted := api.Exhausted(fmt.Sprintf("too many health watch and reflection streams open (%d from one address, %d in all)", perAddr, inAll))
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if !auth.Public(info.FullMethod) {
 			return handler(srv, ss)

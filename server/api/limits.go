@@ -3,9 +3,12 @@ package api
 import (
 	"fmt"
 	"sync"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Slots counts what is open under each key, up to a limit per key (0: no
@@ -63,18 +66,18 @@ func newStreamLimiter(perCredential, perToken, perRequest int) *streamLimiter {
 // of its request's slots. Call release when the stream ends.
 func (l *streamLimiter) acquire(credential, token, requestID string) (release func(), err error) {
 	if !l.byCredential.Take(credential) {
-		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this credential (limit %d)", l.perCredential))
+		return nil, Exhausted(fmt.Sprintf("too many watch streams for this credential (limit %d)", l.perCredential))
 	}
 	if token != "" && !l.byToken.Take(token) {
 		l.byCredential.Give(credential)
-		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this watch token (limit %d)", l.perToken))
+		return nil, Exhausted(fmt.Sprintf("too many watch streams for this watch token (limit %d)", l.perToken))
 	}
 	if !l.byRequest.Take(requestID) {
 		if token != "" {
 			l.byToken.Give(token)
 		}
 		l.byCredential.Give(credential)
-		return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("too many watch streams for this request (limit %d)", l.perRequest))
+		return nil, Exhausted(fmt.Sprintf("too many watch streams for this request (limit %d)", l.perRequest))
 	}
 	return func() {
 		l.byCredential.Give(credential)
@@ -83,4 +86,23 @@ func (l *streamLimiter) acquire(credential, token, requestID string) (release fu
 		}
 		l.byRequest.Give(requestID)
 	}, nil
+}
+
+// RetryStreamAfter is how long a client refused a stream for a limit on
+// open streams is told to wait before trying again. A place frees only
+// when another stream ends, which nothing here can foresee; 5 s is what
+// the status page waits after a 429 and where watch's backoff stops
+// growing, so a refused client neither hammers the server nor waits much
+// longer than ours do.
+const RetryStreamAfter = 5 * time.Second
+
+// Exhausted is RESOURCE_EXHAUSTED for a stream refused for a limit on open
+// streams, with a google.rpc.RetryInfo of RetryStreamAfter for generated
+// clients to back off by (the gateway turns it into Retry-After).
+func Exhausted(msg string) error {
+	st, err := status.New(codes.ResourceExhausted, msg).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(RetryStreamAfter)})
+	if err != nil { // a RetryInfo always encodes
+		return status.Error(codes.ResourceExhausted, msg)
+	}
+	return st.Err()
 }

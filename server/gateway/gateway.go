@@ -32,6 +32,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -397,8 +398,9 @@ func accessTokenFromQuery(checked bool, cors corsPolicy, next http.Handler) http
 	})
 }
 
-// errorHandler is the gateway's default, plus Retry-After on UNAVAILABLE so
-// that senders back off and retry.
+// errorHandler is the gateway's default, plus Retry-After so that clients
+// back off and retry: on UNAVAILABLE, and where the status says when in a
+// google.rpc.RetryInfo (a watch refused for a watch limit).
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	switch status.Code(err) {
 	case codes.Unavailable:
@@ -406,7 +408,24 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	case codes.Unauthenticated:
 		w = challenge{w}
 	}
+	if d, ok := retryDelay(err); ok {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(d.Seconds())), 10))
+	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// retryDelay is the delay of err's RetryInfo detail, if it has one.
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() >= 0 {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 // challenge gives a 401 the API's WWW-Authenticate challenge, in place of
