@@ -15,7 +15,10 @@ import (
 type retention struct {
 	purger         store.Purger
 	keep, interval time.Duration
-	log            *slog.Logger
+	// publish, when set, takes the changes a purge's refolds make, as the
+	// writer's OnCommit takes a commit's, for the watchers.
+	publish func([]store.Change)
+	log     *slog.Logger
 	// observe, when set, is told of every run that was not stopped: the
 	// webhooks purged, and its error (a panic's too).
 	observe func(purged int, err error)
@@ -50,7 +53,7 @@ func (r *retention) purge(ctx context.Context) {
 		}
 	}()
 	cutoff := time.Now().Add(-r.keep)
-	n, err := r.purger.PurgePII(ctx, cutoff)
+	n, err := r.purger.PurgePII(ctx, cutoff, r.publish)
 	if ctx.Err() == nil {
 		r.observed(n, err)
 	}

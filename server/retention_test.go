@@ -3,16 +3,26 @@ package server
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"log/slog"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
 
 type panickingPurger struct{ runs atomic.Int32 }
 
-func (p *panickingPurger) PurgePII(context.Context, time.Time) (int, error) {
+func (p *panickingPurger) PurgePII(context.Context, time.Time, func([]store.Change)) (int, error) {
 	p.runs.Add(1)
 	panic("purge kaboom")
 }
@@ -42,5 +52,87 @@ func TestRetentionSurvivesAPanic(t *testing.T) {
 	}
 	if failures.Load() < 2 {
 		t.Errorf("%d failed runs observed, want every run's panic", failures.Load())
+	}
+}
+
+// A purge whose refold changes more than personal data (a snapshot an
+// earlier build's fold made) is a change at the next revision: a watcher
+// connected then gets it as an UPDATE, on either backend (on PostgreSQL
+// through the notification every replica listens to).
+func TestRetentionRefoldReachesWatchers(t *testing.T) {
+	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		var path string
+		testRefoldReachesWatchers(t, func(c *Config) { path = filepath.Join(c.DataDir, "otpless-events.db") },
+			func(t *testing.T, data []byte, id string) {
+				db, err := sql.Open("sqlite", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				if _, err := db.Exec(`UPDATE requests SET data = ? WHERE request_id = ?`, data, id); err != nil {
+					t.Fatal(err)
+				}
+			})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		dsn, _ := pgtest.Schema(t)
+		testRefoldReachesWatchers(t, func(c *Config) { c.Store = dsn },
+			func(t *testing.T, data []byte, id string) {
+				conn, err := pgx.Connect(t.Context(), dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close(context.Background())
+				if _, err := conn.Exec(t.Context(), `UPDATE requests SET data = $1 WHERE request_id = $2`, data, []byte(id)); err != nil {
+					t.Fatal(err)
+				}
+			})
+	})
+}
+
+func testRefoldReachesWatchers(t *testing.T, mutate func(*Config), setSnapshot func(t *testing.T, data []byte, id string)) {
+	var srv *Server
+	s := startOps(t, func(c *Config) {
+		c.PIIRetention, c.RetentionInterval = time.Millisecond, time.Hour // this test runs the purge
+		mutate(c)
+	}, func(x *Server) { srv = x })
+	const id = "refold-watched"
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody(id, "SENT", time.Now().Add(-time.Minute).UnixMilli())); code != http.StatusOK {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	client := eventsv1.NewRequestServiceClient(s.conn)
+	got, err := client.GetRequest(t.Context(), &eventsv1.GetRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier := got.GetRequest()
+	earlier.ActiveChannel = "SMS" // what another fold could have made of it (the webhook says WHATSAPP)
+	data, err := proto.Marshal(earlier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setSnapshot(t, data, id)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	stream, err := client.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, err := stream.Recv(); err != nil || first.GetRevision() != earlier.GetRevision() {
+		t.Fatalf("first message %v, %v; want the snapshot at revision %d", first, err, earlier.GetRevision())
+	}
+	time.Sleep(2 * time.Millisecond) // the webhook is past retention
+	srv.purge.purge(ctx)
+	msg, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("no message after the purge's refold: %v", err)
+	}
+	if msg.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE || msg.GetRevision() != earlier.GetRevision()+1 ||
+		msg.GetRequest().GetActiveChannel() != "WHATSAPP" || len(msg.GetEvents()) != 0 {
+		t.Fatalf("after the purge's refold: %v; want an UPDATE at revision %d, active channel WHATSAPP, no events", msg, earlier.GetRevision()+1)
 	}
 }

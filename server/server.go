@@ -311,7 +311,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if p, ok := s.store.(store.Purger); ok {
 		s.purge = &retention{purger: p, keep: cfg.PIIRetention, interval: cfg.RetentionInterval, log: log.With("component", "retention"),
-			observe: s.obs.ObservePurge}
+			publish: publish, observe: s.obs.ObservePurge}
 	} else {
 		log.Warn("the store cannot purge personal data; it is kept indefinitely")
 	}

@@ -211,9 +211,10 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 // update builds one message from the pending changes newer than last: an
 // UPDATE with the newest snapshot and the events added after last, or,
 // when the watcher fell so far behind that some changes were dropped, or
-// their events would make a message over maxUpdateEventBytes, a SNAPSHOT
-// without events, so the client knows events are missing. Nil when nothing
-// is newer.
+// a retention refold came before the commit of the revision before it,
+// or their events would make a message over maxUpdateEventBytes, a
+// SNAPSHOT without events, so the client knows events are missing. Nil
+// when nothing is newer.
 func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
 	changes, dropped := sub.Next()
 	var msg *eventsv1.WatchRequestResponse
@@ -221,6 +222,9 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 	for _, c := range changes {
 		if c.Request.GetRevision() <= last {
 			continue
+		}
+		if c.Refold && c.Request.GetRevision()-1 > last {
+			dropped = true // the commit before it is still on its way
 		}
 		if msg == nil {
 			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}

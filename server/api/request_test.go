@@ -108,6 +108,38 @@ func TestUpdateSendsOnlyEventsAfterTheWatchersRevision(t *testing.T) {
 	}
 }
 
+// A retention refold is an UPDATE without events to a watcher at the
+// revision before it, and after the commit of that revision; published
+// before that commit (which it can be: the purge and the commit publish
+// on goroutines of their own), it is a SNAPSHOT, since the commit's events
+// will not follow.
+func TestUpdateOfARefold(t *testing.T) {
+	t.Parallel()
+	at := func(rev int64) *eventsv1.AuthRequest { return &eventsv1.AuthRequest{RequestId: "r", Revision: rev} }
+	commit2 := store.Change{Request: at(2), Events: []*eventsv1.Event{{RequestId: "r", EventId: "e2"}}}
+	refold3 := store.Change{Request: at(3), Refold: true}
+	for _, tc := range []struct {
+		name    string
+		changes []store.Change
+		last    int64
+		want    eventsv1.WatchMessageType
+		events  int
+	}{
+		{"after the watcher's revision", []store.Change{refold3}, 2, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, 0},
+		{"after the commit before it", []store.Change{commit2, refold3}, 1, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, 1},
+		{"ahead of the commit before it", []store.Change{refold3, commit2}, 1, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0},
+	} {
+		b := broker.New(0)
+		sub := b.Subscribe("r")
+		b.Publish(tc.changes)
+		msg := update(sub, tc.last)
+		sub.Close()
+		if msg.GetType() != tc.want || msg.GetRevision() != 3 || len(msg.GetEvents()) != tc.events {
+			t.Errorf("%s: %v at %d with %d events, want %v at 3 with %d", tc.name, msg.GetType(), msg.GetRevision(), len(msg.GetEvents()), tc.want, tc.events)
+		}
+	}
+}
+
 // Events a gRPC client's 4 MiB could not take in one UPDATE (a sender's
 // large INITIATEDs landing in one commit) make a SNAPSHOT without them.
 func TestUpdateTooLargeForOneMessage(t *testing.T) {

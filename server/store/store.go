@@ -65,6 +65,12 @@ type Change struct {
 	// (parallel to Events), for a Change that spans several revisions (see
 	// ChangeReader); when nil, every event came with Request's revision.
 	EventRevisions []int64
+	// Refold marks the change a retention purge made (see Purger): a new
+	// snapshot at the revision after the one before, with no event. It may
+	// reach the broker before the commit of the revision before it, so a
+	// watcher still behind that revision is missing events it does not
+	// carry.
+	Refold bool
 }
 
 // EventsAfter returns the events of c added after revision rev: what a
@@ -150,7 +156,11 @@ type Purger interface {
 	// body and the personal data of its events (phone, email, identity,
 	// token; see package pii), and refolds the snapshots of the requests
 	// concerned so they equal the fold of what is left. Statuses, channels,
-	// times and revisions stay: the status history is kept. It returns how
-	// many webhooks it purged; running it again purges nothing more.
-	PurgePII(ctx context.Context, cutoff time.Time) (int, error)
+	// times and revisions stay: the status history is kept. A refold that
+	// changes more than personal data is a change (see Refold): changed,
+	// when not nil, gets a Change of each such request (Refold set, no
+	// events) once the transaction that made it commits, to publish as
+	// a commit's. It returns how many webhooks it purged; running it again
+	// purges nothing more.
+	PurgePII(ctx context.Context, cutoff time.Time, changed func([]Change)) (int, error)
 }

@@ -682,7 +682,7 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if _, err := st.ChangesSince(ctx, map[string]int64{"r1": 0}); err != nil {
 		t.Errorf("ChangesSince as %s: %v", role, err)
 	}
-	if _, err := st.PurgePII(ctx, at(1000)); err != nil {
+	if _, err := st.PurgePII(ctx, at(1000), nil); err != nil {
 		t.Errorf("PurgePII as %s: %v", role, err)
 	}
 	if err := st.Ping(ctx); err != nil {

@@ -23,7 +23,10 @@ var _ store.Purger = (*Store)(nil)
 // each transaction takes the webhooks no other holds (SKIP LOCKED), and locks
 // their requests in the order Commit does before rewriting events and
 // snapshots, so a concurrent commit never folds events half purged.
-func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
+//
+// A refold that is a change is notified on Channel as a commit's change
+// is, in the same transaction, so that every replica's watchers get it.
+func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
 	total := 0
 	for {
@@ -31,14 +34,20 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 			return total, err
 		}
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
-		var n int
+		var (
+			n       int
+			changes []store.Change
+		)
 		err := pgx.BeginFunc(qctx, s.pool, func(tx pgx.Tx) (err error) {
-			n, err = purgeChunkTx(qctx, tx, cutoff)
+			n, changes, err = purgeChunkTx(qctx, tx, cutoff, s.channel)
 			return err
 		})
 		cancel()
 		if err != nil {
 			return total, s.fail(ctx, op, err)
+		}
+		if len(changes) > 0 && changed != nil {
+			changed(changes)
 		}
 		total += n
 		if n < purgeChunk {
@@ -53,11 +62,13 @@ const selectUnpurged = `SELECT id FROM webhooks
 	WHERE received_at < $1 AND length(body) > 0
 	ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED`
 
-func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error) {
+// purgeChunkTx purges a chunk of webhooks, and returns how many, and the
+// changes of the requests whose refold was one (notified on channel).
+func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel string) (int, []store.Change, error) {
 	rows, _ := tx.Query(ctx, selectUnpurged, cutoff, purgeChunk)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(ids) == 0 {
-		return 0, err
+		return 0, nil, err
 	}
 
 	rows, _ = tx.Query(ctx, `SELECT request_id FROM requests WHERE request_id IN
@@ -65,7 +76,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error)
 		ORDER BY request_id FOR UPDATE`, ids)
 	requests, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	if err != nil {
-		return 0, fmt.Errorf("lock requests: %w", err)
+		return 0, nil, fmt.Errorf("lock requests: %w", err)
 	}
 
 	// Strip the events of those webhooks.
@@ -93,7 +104,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error)
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("strip events: %w", err)
+		return 0, nil, fmt.Errorf("strip events: %w", err)
 	}
 	b := &pgx.Batch{}
 	b.Queue(`UPDATE events AS e SET data = u.data
@@ -101,19 +112,21 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time) (int, error)
 		WHERE e.request_id = u.request_id AND e.event_id = u.event_id`, rids, eids, datas)
 	b.Queue(`UPDATE webhooks SET body = '' WHERE id = ANY($1)`, ids)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("strip events: %w", err)
+		return 0, nil, fmt.Errorf("strip events: %w", err)
 	}
-	if err := refold(ctx, tx, requests); err != nil {
-		return 0, err
+	changes, err := refold(ctx, tx, requests, channel)
+	if err != nil {
+		return 0, nil, err
 	}
-	return len(ids), nil
+	return len(ids), changes, nil
 }
 
 // refold rewrites the snapshots of requests (locked) from their events
-// (see store.Refold).
-func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
+// (see store.Refold), and returns the changes of those whose refold was one,
+// each notified on channel.
+func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, channel string) ([]store.Change, error) {
 	if len(requests) == 0 {
-		return nil
+		return nil, nil
 	}
 	events := map[string][]*eventsv1.Event{}
 	rows, _ := tx.Query(ctx, `SELECT request_id, data FROM events WHERE request_id = ANY($1)`, requests)
@@ -126,13 +139,15 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
 		events[string(rid)] = append(events[string(rid)], e)
 		return nil
 	}); err != nil {
-		return fmt.Errorf("refold: %w", err)
+		return nil, fmt.Errorf("refold: %w", err)
 	}
 	var (
 		datas     [][]byte
 		revisions []int64
 		updated   []time.Time
 		now       = time.Now()
+		changes   []store.Change
+		payloads  []string
 	)
 	rows, _ = tx.Query(ctx, `SELECT request_id, data FROM requests WHERE request_id = ANY($1)`, requests)
 	var ids [][]byte
@@ -148,14 +163,25 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte) error {
 		}
 		ids, datas = append(ids, rid), append(datas, b)
 		revisions, updated = append(revisions, snap.GetRevision()), append(updated, snap.GetUpdateTime().AsTime())
+		if snap.GetRevision() != old.GetRevision() {
+			changes = append(changes, store.Change{Request: snap, Refold: true})
+			if n := (Notification{RequestID: snap.GetRequestId(), Revision: snap.GetRevision()}); n.notifiable() {
+				payloads = append(payloads, n.payload())
+			}
+		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("refold: %w", err)
+		return nil, fmt.Errorf("refold: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data, revision = u.revision, updated_at = u.updated_at
 		FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::timestamptz[]) AS u (request_id, data, revision, updated_at)
 		WHERE r.request_id = u.request_id`, ids, datas, revisions, updated); err != nil {
-		return fmt.Errorf("refold: %w", err)
+		return nil, fmt.Errorf("refold: %w", err)
 	}
-	return nil
+	if len(payloads) > 0 {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload`, channel, payloads); err != nil {
+			return nil, fmt.Errorf("refold: notify: %w", err)
+		}
+	}
+	return changes, nil
 }

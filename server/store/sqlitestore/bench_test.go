@@ -208,7 +208,7 @@ func BenchmarkPurge(b *testing.B) {
 		}
 	}
 	b.ResetTimer()
-	purged, err := s.PurgePII(b.Context(), time.Now().Add(24*365*time.Hour))
+	purged, err := s.PurgePII(b.Context(), time.Now().Add(24*365*time.Hour), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -193,7 +193,7 @@ func TestCachePurge(t *testing.T) {
 	if got, _ := s.GetRequest(ctx, "r1"); got.GetPhone() == nil {
 		t.Fatalf("snapshot before the purge has no phone: %v", got)
 	}
-	if n, err := s.PurgePII(ctx, old.GetReceiveTime().AsTime().Add(time.Hour)); err != nil || n != 2 {
+	if n, err := s.PurgePII(ctx, old.GetReceiveTime().AsTime().Add(time.Hour), nil); err != nil || n != 2 {
 		t.Fatalf("PurgePII = %d, %v; want 2", n, err)
 	}
 	checkIsFold(t, s, "r1")
@@ -298,8 +298,8 @@ func TestCacheMatchesUncached(t *testing.T) {
 		}
 		if c%100 == 99 {
 			cutoff := batch[0].Received.Add(-10 * time.Millisecond)
-			n1, err1 := cached.PurgePII(ctx, cutoff)
-			n2, err2 := plain.PurgePII(ctx, cutoff)
+			n1, err1 := cached.PurgePII(ctx, cutoff, nil)
+			n2, err2 := plain.PurgePII(ctx, cutoff, nil)
 			if err1 != nil || err2 != nil || n1 != n2 || n1 == 0 {
 				t.Fatalf("PurgePII = %d, %v and %d, %v; want the same, not 0", n1, err1, n2, err2)
 			}

@@ -55,16 +55,19 @@ func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query stri
 var _ store.Purger = (*Store)(nil)
 
 // PurgePII implements store.Purger.
-func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
+func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
 	total := 0
 	for {
 		if s.closed.Load() {
 			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 		}
-		n, more, err := s.purgeChunk(ctx, cutoff.UnixMilli())
+		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli())
 		if err != nil {
 			return total, s.fail(ctx, op, err)
+		}
+		if len(changes) > 0 && changed != nil {
+			changed(changes)
 		}
 		total += n
 		if !more {
@@ -75,47 +78,49 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time) (int, error) {
 
 // purgeChunk purges one chunk of webhooks in one transaction, holding the
 // writer lock, and drops the requests it refolds from the event cache. more
-// reports whether webhooks due may remain.
-func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more bool, err error) {
+// reports whether webhooks due may remain; changes are the refolds that
+// were changes.
+func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more bool, changes []store.Change, err error) {
 	if err := s.lockWriter(ctx); err != nil {
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	defer s.unlockWriter()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	defer rollbackOnPanic(s, tx)
-	n, more, requests, err := s.purgeChunkTx(ctx, tx, cutoffMs)
+	n, more, requests, changes, err := s.purgeChunkTx(ctx, tx, cutoffMs)
 	if err == nil {
 		err = tx.Commit()
 	}
 	if err != nil {
 		tx.Rollback()
 		s.cache.clear()
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	for _, id := range requests {
 		s.cache.remove(id)
 	}
-	return n, more, nil
+	return n, more, changes, nil
 }
 
 // purgeChunkTx returns how many webhooks it purged, whether webhooks due may
-// remain, and the requests whose events it changed.
-func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, []string, error) {
+// remain, the requests whose events it changed, and the changes of those
+// whose refold was one.
+func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, []string, []store.Change, error) {
 	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}}
 	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk)
 	if err != nil {
-		return 0, false, nil, err
+		return 0, false, nil, nil, err
 	}
 	chunk, err := pc.addWebhooks(rows)
 	if err != nil || chunk == 0 {
-		return 0, false, nil, err
+		return 0, false, nil, nil, err
 	}
 	more := chunk == purgeChunk
 	if err := pc.loadRequests(); err != nil {
-		return 0, false, nil, err
+		return 0, false, nil, nil, err
 	}
 
 	// The other webhooks due of those requests, and their requests.
@@ -130,31 +135,31 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (i
 	if len(candidates) > 0 {
 		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonArray(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings)
 		if err != nil {
-			return 0, false, nil, err
+			return 0, false, nil, nil, err
 		}
 		n, err := pc.addWebhooks(rows)
 		if err != nil {
-			return 0, false, nil, err
+			return 0, false, nil, nil, err
 		}
 		more = more || n == purgeSiblings
 		if err := pc.loadRequests(); err != nil {
-			return 0, false, nil, err
+			return 0, false, nil, nil, err
 		}
 	}
 
 	for id, r := range pc.requests {
 		if err := pc.stripRequest(id, r); err != nil {
-			return 0, false, nil, err
+			return 0, false, nil, nil, err
 		}
 	}
 	ids := jsonArray(slices.Collect(maps.Keys(pc.due)))
 	if err := pc.stripRequestless(ids); err != nil {
-		return 0, false, nil, err
+		return 0, false, nil, nil, err
 	}
 	if _, err := pc.stmt(s.purge.clearBodies).ExecContext(ctx, ids); err != nil {
-		return 0, false, nil, err
+		return 0, false, nil, nil, err
 	}
-	return len(pc.due), more, slices.Collect(maps.Keys(pc.requests)), nil
+	return len(pc.due), more, slices.Collect(maps.Keys(pc.requests)), pc.changes, nil
 }
 
 // purgeTx is one purge transaction: the webhooks due it purges and the rows
@@ -165,6 +170,7 @@ type purgeTx struct {
 	s        *Store
 	due      map[int64]bool
 	requests map[string]*purgedRequest // nil until loaded
+	changes  []store.Change            // the refolds that were changes
 }
 
 type purgedRequest struct {
@@ -277,8 +283,13 @@ func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 	if err != nil {
 		return err
 	}
-	_, err = pc.stmt(pc.s.purge.updateRequest).ExecContext(pc.ctx, data, column, snap.GetRevision(), snap.GetUpdateTime().AsTime().UnixMilli(), id)
-	return err
+	if _, err = pc.stmt(pc.s.purge.updateRequest).ExecContext(pc.ctx, data, column, snap.GetRevision(), snap.GetUpdateTime().AsTime().UnixMilli(), id); err != nil {
+		return err
+	}
+	if snap.GetRevision() != old.GetRevision() {
+		pc.changes = append(pc.changes, store.Change{Request: snap, Refold: true})
+	}
+	return nil
 }
 
 // stripRequestless removes the personal data of the request-less events of

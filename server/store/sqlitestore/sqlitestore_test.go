@@ -271,7 +271,7 @@ func TestPurgeLeavesNoTraceInTheFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour)); err != nil || n != 20 {
+	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour), nil); err != nil || n != 20 {
 		t.Fatalf("PurgePII = %d, %v; want 20", n, err)
 	}
 	if err := s.Close(); err != nil {

@@ -214,7 +214,7 @@ func TestUpgradeMovesEvents(t *testing.T) {
 
 	// Retention finds the moved events of every webhook not yet purged.
 	cutoff := time.Date(2026, 11, 1, 23, 0, 0, 0, time.UTC)
-	n, err := s.PurgePII(ctx, cutoff)
+	n, err := s.PurgePII(ctx, cutoff, nil)
 	if err != nil || n != unpurged {
 		t.Fatalf("PurgePII = %d, %v; want the %d webhooks not yet purged", n, err, unpurged)
 	}

@@ -29,9 +29,13 @@ func testPurgePII(t *testing.T, su suite) {
 	commit(t, s, recent)
 	before := get(t, s, "r1")
 
-	n, err := p.PurgePII(context.Background(), t0.Add(time.Hour))
+	var changed []store.Change
+	n, err := p.PurgePII(context.Background(), t0.Add(time.Hour), func(c []store.Change) { changed = append(changed, c...) })
 	if err != nil || n != 1 {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
+	}
+	if len(changed) != 0 {
+		t.Errorf("a purge of personal data only reported changes %v; want none", changed)
 	}
 	events := checkAfterPurge(t, s, "r1", before, 4, func(e *eventsv1.Event) bool { return e.GetEventId() != "e-delivered" })
 	for _, e := range events {
@@ -67,10 +71,14 @@ func testPurgePIIRefoldsAnEarlierFold(t *testing.T, su suite) {
 	earlier.ActiveChannel = "WHATSAPP" // what another fold could have made of it
 	su.opts.SetSnapshot(t, s, earlier)
 
-	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 1 {
+	var changed []store.Change
+	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour), func(c []store.Change) { changed = append(changed, c...) }); err != nil || n != 1 {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
 	}
 	after := get(t, s, "r1")
+	if len(changed) != 1 || !changed[0].Refold || len(changed[0].Events) != 0 || !proto.Equal(changed[0].Request, after) {
+		t.Errorf("the purge reported changes %v; want one, a refold without events, of the snapshot stored %v", changed, after)
+	}
 	if after.GetRevision() != before.GetRevision()+1 || after.GetActiveChannel() != "SMS" || !after.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) {
 		t.Errorf("after the purge refolded an earlier fold's snapshot: revision %d, active %s, updated %v; want revision %d, SMS, later than %v",
 			after.GetRevision(), after.GetActiveChannel(), after.GetUpdateTime().AsTime(), before.GetRevision()+1, before.GetUpdateTime().AsTime())
@@ -111,7 +119,7 @@ func testPurgePIIMany(t *testing.T, su suite) {
 		before[id] = get(t, s, id)
 	}
 
-	n, err := p.PurgePII(context.Background(), cutoff)
+	n, err := p.PurgePII(context.Background(), cutoff, nil)
 	if err != nil || n != due {
 		t.Fatalf("PurgePII = %d, %v; want the %d webhooks before the cutoff", n, err, due)
 	}
@@ -136,7 +144,7 @@ func testPurgePIIWebhookOfTwoRequests(t *testing.T, su suite) {
 	commit(t, s, hookBody(`{"r2":"+919800000000"}`, t0.Add(2*time.Hour), delivery("r2", "e-sent", "SMS", "SENT", at(100))))
 	before := map[string]*eventsv1.AuthRequest{"r1": get(t, s, "r1"), "r2": get(t, s, "r2")}
 
-	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour)); err != nil || n != 1 {
+	if n, err := p.PurgePII(context.Background(), t0.Add(time.Hour), nil); err != nil || n != 1 {
 		t.Fatalf("PurgePII = %d, %v; want 1 webhook purged", n, err)
 	}
 	for _, id := range []string{"r1", "r2"} {
@@ -166,7 +174,7 @@ func checkAfterPurge(t *testing.T, s store.Store, id string, before *eventsv1.Au
 // nothing to purge.
 func checkNothingLeft(t *testing.T, p store.Purger, cutoff time.Time) {
 	t.Helper()
-	if n, err := p.PurgePII(context.Background(), cutoff); err != nil || n != 0 {
+	if n, err := p.PurgePII(context.Background(), cutoff, nil); err != nil || n != 0 {
 		t.Fatalf("second PurgePII = %d, %v; want nothing left to purge", n, err)
 	}
 }
