@@ -55,12 +55,16 @@ func (s *Server) streamInterceptors(inner ...grpc.StreamServerInterceptor) []grp
 	}, inner...)
 }
 
-// watchInProcess runs WatchRequest for the gateway's event stream through
+// watchInProcess runs WatchRequest for the gateway's watch streams through
 // the gRPC server's stream interceptors, without a connection.
 func (s *Server) watchInProcess(requests eventsv1.RequestServiceServer, inner []grpc.StreamServerInterceptor) gateway.WatchFunc {
 	watch := gateway.InProcess(requests, s.streamInterceptors(inner...)...)
 	return func(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error {
-		return watch(observe.InProcess(ctx), req, send)
+		format := observe.StreamNDJSON
+		if gateway.IsEventStream(ctx) {
+			format = observe.StreamSSE
+		}
+		return watch(observe.InProcess(ctx, format), req, send)
 	}
 }
 

@@ -5,6 +5,7 @@ package server
 // add a panicking handler, or flip readiness as the store's ping loop does.
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -416,9 +417,10 @@ func eventually(cond func() bool) bool {
 	return true
 }
 
-// An event stream runs WatchRequest in process: it counts as an http watch
-// stream, its deliveries are measured, and its gRPC log line carries the
-// HTTP request id.
+// An event stream runs WatchRequest in process: it counts as an sse watch
+// stream (a newline-delimited JSON stream as an ndjson one), its
+// deliveries are measured, and its gRPC log line carries the HTTP request
+// id.
 func TestEventStreamIsObserved(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
@@ -448,9 +450,30 @@ func TestEventStreamIsObserved(t *testing.T) {
 	if ev := next(); ev != "snapshot" {
 		t.Fatalf("first event %q, want snapshot", ev)
 	}
-	if got := s.scrape(t)[`otpless_events_watch_streams{transport="http"}`]; got != 1 {
-		t.Fatalf("watch_streams{http} = %v with one event stream open, want 1", got)
+	if got := s.scrape(t)[`otpless_events_watch_streams{transport="sse"}`]; got != 1 {
+		t.Fatalf("watch_streams{sse} = %v with one event stream open, want 1", got)
 	}
+	lines, err := http.NewRequestWithContext(ctx, http.MethodGet, s.httpURL+"/v1/requests/ndjson-req:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	linesResp, err := http.DefaultClient.Do(lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linesResp.Body.Close()
+	if _, err := bufio.NewReader(linesResp.Body).ReadBytes('\n'); err != nil {
+		t.Fatalf("first line of the NDJSON stream: %v", err)
+	}
+	m := s.scrape(t)
+	if m[`otpless_events_watch_streams{transport="ndjson"}`] != 1 || m[`otpless_events_watch_streams{transport="sse"}`] != 1 {
+		t.Fatalf("watch_streams with an event stream and an NDJSON stream open: sse %v, ndjson %v; want 1 each",
+			m[`otpless_events_watch_streams{transport="sse"}`], m[`otpless_events_watch_streams{transport="ndjson"}`])
+	}
+	if _, ok := m[`otpless_events_watch_streams{transport="http"}`]; ok {
+		t.Errorf("watch_streams{http} is still there, at %v", m[`otpless_events_watch_streams{transport="http"}`])
+	}
+	linesResp.Body.Close()
 	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("sse-req", "SENT", 1764153000400)); code != http.StatusOK {
 		t.Fatalf("POST: %d %s", code, body)
 	}
@@ -462,8 +485,11 @@ func TestEventStreamIsObserved(t *testing.T) {
 	}
 
 	cancel() // the browser leaves
-	if !eventually(func() bool { return s.scrape(t)[`otpless_events_watch_streams{transport="http"}`] == 0 }) {
-		t.Fatal("watch_streams{http} stayed up after the event stream ended")
+	if !eventually(func() bool {
+		m := s.scrape(t)
+		return m[`otpless_events_watch_streams{transport="sse"}`] == 0 && m[`otpless_events_watch_streams{transport="ndjson"}`] == 0
+	}) {
+		t.Fatal("watch_streams{sse} or {ndjson} stayed up after the streams ended")
 	}
 	want := map[string]any{"msg": "grpc call", "request_id": "sse-1", "transport": "http", "method": eventsv1.RequestService_WatchRequest_FullMethodName, "otpless_request_id": "sse-req"}
 	if !eventually(func() bool { return len(s.logs.Matching(t, want)) == 1 }) {

@@ -15,8 +15,16 @@ import (
 
 // WatchFunc runs RequestService.WatchRequest for the event stream, calling
 // send with each message. ctx carries the caller's metadata as incoming
-// gRPC metadata.
+// gRPC metadata, and says whether the stream is Server-Sent Events
+// (IsEventStream) or newline-delimited JSON.
 type WatchFunc func(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error
+
+// eventStreamKey marks the context of a watch served as Server-Sent Events.
+type eventStreamKey struct{}
+
+// IsEventStream reports whether a WatchFunc's ctx is that of a stream
+// served as Server-Sent Events rather than newline-delimited JSON.
+func IsEventStream(ctx context.Context) bool { return ctx.Value(eventStreamKey{}) != nil }
 
 // InProcess returns a WatchFunc that calls srv's WatchRequest on the
 // caller's goroutine, through interceptors in the order a gRPC server

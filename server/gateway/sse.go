@@ -219,6 +219,9 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 	}
 	md, _ := metadata.FromOutgoingContext(annotated)
 	ctx = metadata.NewIncomingContext(ctx, md)
+	if sse {
+		ctx = context.WithValue(ctx, eventStreamKey{}, true)
+	}
 
 	// The watch's context ends with the request's until the stream is
 	// detached, and then when the client closes the connection.

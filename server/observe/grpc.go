@@ -23,6 +23,13 @@ const (
 	transportHTTP = "http" // through the HTTP gateway's in-process connection
 )
 
+// The HTTP watch streams, the values of watch_streams' transport label
+// beside grpc.
+const (
+	StreamSSE    = "sse"    // Server-Sent Events
+	StreamNDJSON = "ndjson" // newline-delimited JSON
+)
+
 // RecoverGRPC is the handler of the grpc-ecosystem recovery interceptor: the
 // panic becomes INTERNAL with a generic message. The observe interceptor,
 // which must come right after recovery in the chain, has logged it with its
@@ -70,7 +77,7 @@ func (o *Observer) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		_ = ss.SetHeader(metadata.Pairs(RequestIDMetadata, c.requestID))
 		stream := &observedStream{ServerStream: ss, ctx: ctx, c: c}
 		if info.FullMethod == eventsv1.RequestService_WatchRequest_FullMethodName {
-			open := o.watchStreams.WithLabelValues(transportOf(ctx))
+			open := o.watchStreams.WithLabelValues(watchTransportOf(ctx))
 			open.Inc()
 			defer open.Dec()
 			stream.delivery = o
@@ -99,13 +106,28 @@ func (o *Observer) newGRPCCall(ctx context.Context) *call {
 }
 
 // InProcess prepares the context of a gRPC call that the HTTP gateway makes
-// without a connection (its event stream): the call counts under the http
-// transport, and its log line carries the HTTP request's id.
-func InProcess(ctx context.Context) context.Context {
-	return context.WithValue(ctx, inProcessKey{}, true)
+// without a connection (its watch streams): the call counts under the http
+// transport, its open stream under stream (StreamSSE or StreamNDJSON; else
+// http), and its log line carries the HTTP request's id.
+func InProcess(ctx context.Context, stream string) context.Context {
+	if stream != StreamSSE && stream != StreamNDJSON {
+		stream = transportHTTP
+	}
+	return context.WithValue(ctx, inProcessKey{}, stream)
 }
 
+// inProcessKey holds the watch stream's transport label of an in-process
+// call.
 type inProcessKey struct{}
+
+// watchTransportOf is the transport label of an open watch stream: grpc,
+// or the HTTP stream's format.
+func watchTransportOf(ctx context.Context) string {
+	if s, ok := ctx.Value(inProcessKey{}).(string); ok {
+		return s
+	}
+	return transportOf(ctx)
+}
 
 // transportOf tells calls made for the gateway, over its in-process
 // connection or without one, from direct gRPC clients.

@@ -135,7 +135,7 @@ func New(log *slog.Logger) *Observer {
 		}),
 		watchStreams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "watch_streams",
-			Help: "Open WatchRequest streams, by transport: grpc (direct clients) or http (through the HTTP gateway: NDJSON, SSE).",
+			Help: "Open WatchRequest streams, by transport: grpc (direct clients), or through the HTTP gateway sse (Server-Sent Events) or ndjson (newline-delimited JSON).",
 		}, []string{"transport"}),
 		deliverySecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "watch_delivery_seconds",
@@ -182,8 +182,10 @@ func New(log *slog.Logger) *Observer {
 	)
 	// Series of fixed label values start at zero, so that an alert on
 	// their rate has something to read before the first one happens.
-	for _, t := range []string{transportGRPC, transportHTTP} {
+	for _, t := range []string{transportGRPC, StreamSSE, StreamNDJSON} {
 		o.watchStreams.WithLabelValues(t)
+	}
+	for _, t := range []string{transportGRPC, transportHTTP} {
 		o.panics.WithLabelValues(t)
 		for _, result := range []string{"accepted", "rejected"} {
 			o.ingestSeconds.WithLabelValues(t, result)
