@@ -210,13 +210,15 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 		return
 	}
 	// The metadata the gateway would send becomes the call's incoming
-	// metadata; the annotated context itself is not kept.
+	// metadata; the annotated context itself is not kept, but for its
+	// deadline: a Grpc-Timeout header's, as on the gateway's other routes.
 	annotated, err := runtime.AnnotateContext(ctx, h.mux, r, eventsv1.RequestService_WatchRequest_FullMethodName,
 		runtime.WithHTTPPathPattern(watchPattern))
 	if err != nil {
 		fail(err)
 		return
 	}
+	deadline, hasDeadline := annotated.Deadline()
 	md, _ := metadata.FromOutgoingContext(annotated)
 	ctx = metadata.NewIncomingContext(ctx, md)
 	if sse {
@@ -231,12 +233,20 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 	first := make(chan error, 1)         // nil: the first message waits for a writer
 	writer := make(chan *eventWriter, 1) // the writer for the first message and the rest
 	done := make(chan struct{})          // the watch and its last writes are over
+	// The watch alone ends at the deadline, as a gRPC call does, with
+	// DEADLINE_EXCEEDED; the stream, whose client is still there, then
+	// says so as it says any error.
+	watchCtx, stopDeadline := ctx, context.CancelFunc(func() {})
+	if hasDeadline {
+		watchCtx, stopDeadline = context.WithDeadline(ctx, deadline)
+	}
 	req := &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: after}
 	go func() {
 		defer close(done)
 		defer cancel(nil)
+		defer stopDeadline()
 		var ev *eventWriter
-		err := h.runWatch(ctx, req, func(m *eventsv1.WatchRequestResponse) error {
+		err := h.runWatch(watchCtx, req, func(m *eventsv1.WatchRequestResponse) error {
 			if ev == nil {
 				first <- nil
 				ev = <-writer

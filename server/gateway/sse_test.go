@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -263,6 +264,73 @@ func TestSSEErrors(t *testing.T) {
 		}
 		if ev, err := st.next(); err != io.EOF {
 			t.Fatalf("after the error: %+v, %v; want the end of the stream", ev, err)
+		}
+	})
+}
+
+// A Grpc-Timeout header bounds the watch as it bounds a call on the other
+// routes: at its deadline the stream ends with DEADLINE_EXCEEDED, as an
+// error event or line (and before the first message as the HTTP error).
+func TestWatchHonoursGrpcTimeout(t *testing.T) {
+	t.Parallel()
+	url := startGateway(t, func(_ *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		if err := s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 3, eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS)); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		return status.FromContextError(s.Context().Err()).Err()
+	}, gateway.Options{Streams: &gateway.Streams{}})
+	timeout := http.Header{"Grpc-Timeout": {"300m"}}
+	// Without the deadline, the watch would wait for the client to leave.
+	bounded := func(t *testing.T) context.Context {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	t.Run("sse", func(t *testing.T) {
+		t.Parallel()
+		st := openSSE(t, bounded(t), url+"/v1/requests/r1:watch", timeout)
+		if ev := st.nextEvent(t); ev.Event != "snapshot" {
+			t.Fatalf("first event %+v", ev)
+		}
+		ev := st.nextEvent(t)
+		var e struct{ Code int }
+		if err := json.Unmarshal([]byte(ev.Data), &e); ev.Event != "error" || err != nil || e.Code != int(codes.DeadlineExceeded) {
+			t.Fatalf("event %+v, want an error event of code %d", ev, codes.DeadlineExceeded)
+		}
+		if ev, err := st.next(); err != io.EOF {
+			t.Fatalf("after the error: %+v, %v; want the end of the stream", ev, err)
+		}
+	})
+	t.Run("ndjson", func(t *testing.T) {
+		t.Parallel()
+		req, _ := http.NewRequestWithContext(bounded(t), http.MethodGet, url+"/v1/requests/r1:watch", nil)
+		req.Header = timeout.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("reading the stream: %v (so far %s)", err, body)
+		}
+		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+		var last struct{ Error struct{ Code int } }
+		if len(lines) != 2 || json.Unmarshal([]byte(lines[1]), &last) != nil || last.Error.Code != int(codes.DeadlineExceeded) {
+			t.Fatalf("stream %q, want a result line, then an error line of code %d", body, codes.DeadlineExceeded)
+		}
+	})
+	t.Run("before the first message", func(t *testing.T) {
+		t.Parallel()
+		slow := startGateway(t, func(_ *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+			<-s.Context().Done()
+			return status.FromContextError(s.Context().Err()).Err()
+		}, gateway.Options{})
+		st := openSSE(t, bounded(t), slow+"/v1/requests/r1:watch", timeout)
+		if st.resp.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("%d, want 504", st.resp.StatusCode)
 		}
 	})
 }
