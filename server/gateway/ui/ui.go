@@ -8,9 +8,12 @@
 package ui
 
 import (
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"io/fs"
 	"net/http"
+	"path"
 	"strings"
 )
 
@@ -26,17 +29,32 @@ func Handler() http.Handler {
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
+	etags := contentTags(sub)
 	files := http.StripPrefix(strings.TrimSuffix(Path, "/"), http.FileServerFS(sub))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
 		if r.URL.Path == strings.TrimSuffix(Path, "/") {
 			target := Path
 			if r.URL.RawQuery != "" {
 				target += "?" + r.URL.RawQuery
 			}
+			// The query may hold ?access_token=: the redirect is not to be
+			// kept, nor its URL sent on as a referrer.
+			h.Set("Cache-Control", "no-store")
+			h.Set("Referrer-Policy", "no-referrer")
 			http.Redirect(w, r, target, http.StatusMovedPermanently)
 			return
 		}
-		h := w.Header()
+		// The embedded files have no modification time: a hash of their
+		// content lets a browser revalidate what it keeps (no-cache) and
+		// take an upgrade's files at once.
+		name := strings.TrimPrefix(r.URL.Path, Path)
+		if name == "" || strings.HasSuffix(name, "/") {
+			name = path.Join(name, "index.html")
+		}
+		if tag, ok := etags[name]; ok {
+			h.Set("ETag", tag)
+		}
 		// The page URL may carry ?access_token=: never send it on as a
 		// referrer, and let nothing but the page's own files run.
 		h.Set("Referrer-Policy", "no-referrer")
@@ -45,4 +63,26 @@ func Handler() http.Handler {
 		h.Set("Cache-Control", "no-cache")
 		files.ServeHTTP(w, r)
 	})
+}
+
+// contentTags gives each file of the tree a strong ETag, a hash of its
+// content, by its path in the tree.
+func contentTags(fsys fs.FS) map[string]string {
+	tags := map[string]string{}
+	err := fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		tags[name] = `"` + hex.EncodeToString(sum[:16]) + `"`
+		return nil
+	})
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	return tags
 }
