@@ -502,6 +502,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 		refused.waitFor("the refusal", `document.body.dataset.connection === "closed" && document.getElementById('stream-error').textContent.includes('HTTP 401')`)
 	})
 
+	// An unknown request's page, across a server restart: the stream
+	// starts over with the revision-0 snapshot, and the page says once that
+	// nothing has arrived.
+	t.Run("an unknown request across a restart", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id=a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5")
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live" && document.body.dataset.revision === "0"`)
+		ts.Restart(t)
+		p.waitFor("the snapshot again", `window.otplessWatch.opens === 2 && window.otplessWatch.messages.filter(m => m.type === "snapshot").length === 2`)
+		notes, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('#activity li.note')].map(e => e.textContent)`))
+		if err != nil || len(notes) != 1 {
+			t.Errorf("notes %q (%v), want one", notes, err)
+		}
+	})
+
 	// waitFor stops at once on a condition that no page can satisfy, and
 	// waits on one that throws only until the page has rendered.
 	t.Run("conditions waitFor gives up on", func(t *testing.T) {

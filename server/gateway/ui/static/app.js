@@ -202,11 +202,14 @@ function follow(id, token) {
     quiet();
     const msg = JSON.parse(e.data);
     log.messages.push({ type: e.type, revision: Number(msg.revision) });
+    // A stream opened again may start over with the snapshot the page
+    // shows (a request not seen yet, at revision 0): its note is there.
+    const again = document.body.dataset.revision === String(msg.revision);
     document.body.dataset.revision = msg.revision;
     $('fact-revision').textContent = msg.revision;
     if (e.type === 'snapshot' || e.type === 'update') {
       for (const ev of msg.events || []) addActivity(ev, msg.request);
-      if (e.type === 'snapshot') addSnapshotNote(msg.request);
+      if (e.type === 'snapshot' && !again) addSnapshotNote(msg.request);
       render(msg.request);
       if (msg.request.status === 'REQUEST_STATUS_SUCCESS') {
         es.close();
