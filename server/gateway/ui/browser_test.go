@@ -480,7 +480,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 			`document.getElementById('request-id').value = 'not-this-token'; document.getElementById('watch-form').requestSubmit(); true`)); err != nil {
 			t.Fatal(err)
 		}
-		page.waitFor("the refusal of the other id", `document.body.dataset.connection === "closed" && document.getElementById('summary-id').textContent === "not-this-token"`)
+		page.waitFor("the refusal of the other id", `document.body.dataset.access === "refused" && document.getElementById('summary-id').textContent === "not-this-token"`)
 		const shownNow = `({badge: document.getElementById('status-badge').textContent, outcome: document.getElementById('outcome').textContent,
 			events: document.getElementById('fact-events').textContent, method: document.getElementById('fact-method').textContent,
 			channels: document.querySelectorAll('#channels article').length, noChannels: !document.getElementById('no-channels').hidden,
@@ -494,7 +494,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := (shown{Events: "0", Method: "–", NoChannels: true}); now != want {
+		if want := (shown{Badge: "Access refused", Events: "0", Method: "–", NoChannels: true}); now != want {
 			t.Errorf("after switching to a refused id: %+v, want %+v", now, want)
 		}
 		// A bad token: the page stops and says why.
@@ -515,6 +515,34 @@ func TestStatusPageInBrowser(t *testing.T) {
 			`[...document.querySelectorAll('#activity li.note')].map(e => e.textContent)`))
 		if err != nil || len(notes) != 1 {
 			t.Errorf("notes %q (%v), want one", notes, err)
+		}
+	})
+
+	// Refused for its token, the page says so and what to do, rather than
+	// showing the placeholders of a request not yet seen.
+	t.Run("access refused", func(t *testing.T) {
+		ts := testserver.Start(t, testserver.Secure)
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		for _, token := range []string{"forged", ""} {
+			p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id+"&access_token="+token)
+			p.waitFor("the refusal", `document.body.dataset.access === "refused"`)
+			type shown struct {
+				Badge, Error                  string
+				Placeholders, Facts, Activity bool
+			}
+			got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[shown](`({
+				badge: document.getElementById('status-badge').textContent,
+				error: document.getElementById('stream-error').textContent,
+				placeholders: document.getElementById('no-channels').getClientRects().length > 0,
+				facts: document.querySelector('.facts').getClientRects().length > 0,
+				activity: document.getElementById('activity').getClientRects().length > 0})`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Badge != "Access refused" || !strings.Contains(got.Error, "HTTP 401") || !strings.Contains(got.Error, "new link") ||
+				got.Placeholders || got.Facts || got.Activity {
+				t.Errorf("token %q: the page shows %+v; want access refused, a new link asked for, no placeholders", token, got)
+			}
 		}
 	})
 

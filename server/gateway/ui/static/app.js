@@ -139,6 +139,8 @@ function showStreamError(text) {
 function reset(id) {
   window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
   $('main').hidden = false;
+  $('main').classList.remove('refused');
+  delete document.body.dataset.access;
   $('summary-id').textContent = id;
   $('status-badge').textContent = '';
   $('status-badge').className = 'badge';
@@ -262,6 +264,10 @@ async function explainRefusal(url) {
     const resp = await fetch(url, { headers: { Accept: 'text/event-stream' }, signal: abort.signal });
     if (resp.ok) return true;
     const body = await resp.json().catch(() => ({}));
+    if (resp.status === 401 || resp.status === 403) {
+      refuseAccess(resp.status, body.message);
+      return false;
+    }
     showStreamError(`The server refused the stream: ${body.message || resp.statusText} (HTTP ${resp.status}).`);
     return [429, 502, 503, 504].includes(resp.status);
   } catch {
@@ -270,6 +276,18 @@ async function explainRefusal(url) {
   } finally {
     abort.abort();
   }
+}
+
+// refuseAccess says plainly that this link cannot show the request and what
+// to do. With nothing shown yet, it leaves out what would read as waiting.
+function refuseAccess(status, message) {
+  document.body.dataset.access = 'refused';
+  showStreamError(`Access refused (HTTP ${status}${message ? `: ${message}` : ''}). ` +
+    'The watch token in this link is missing, expired or not for this request: ask for a new link, with a new token.');
+  if (document.body.dataset.revision) return; // what was shown stays
+  $('main').classList.add('refused');
+  $('status-badge').textContent = 'Access refused';
+  $('status-badge').className = 'badge failed';
 }
 
 function addActivity(ev, req) {
