@@ -546,6 +546,35 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	// A time not of today shows its date; one of today need not.
+	t.Run("dates", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2"
+		ts.Ingest(t, []byte(`{"status":"SENT","data":{"referenceId":"`+id+`","timestamp":1707743479000,"channel":"SMS"}}`))
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitRevision(1)
+		// The date as the local calendar has it, worked out here apart from
+		// the page's code.
+		const localDate = `((ts) => { const d = new Date(ts); return d.getFullYear() + '-' + String(d.getMonth() + 1).padStart(2, '0') + '-' + String(d.getDate()).padStart(2, '0'); })`
+		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('main time')].filter(t => !t.textContent.startsWith(`+localDate+`(t.dateTime))).map(t => t.textContent)`))
+		if err != nil || len(got) != 0 {
+			t.Errorf("times of 2024 without their date: %q (%v)", got, err)
+		}
+		noon := `new Date(new Date().setHours(12, 0, 0, 0))`
+		yesterday := `(() => { const d = new Date(); d.setDate(d.getDate() - 1); d.setHours(12, 0, 0, 0); return d; })()`
+		for _, tc := range []struct{ expr, want string }{
+			{`clock(` + noon + `.toISOString())`, `'12:00:00.000'`},
+			{`clock(` + yesterday + `.toISOString())`, localDate + `(` + yesterday + `) + ' 12:00:00.000'`},
+		} {
+			ok, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[bool](tc.expr+` === `+tc.want))
+			if err != nil || !ok {
+				got, _ := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[string](tc.expr))
+				t.Errorf("%s = %q (%v), want %s", tc.expr, got, err, tc.want)
+			}
+		}
+	})
+
 	// waitFor stops at once on a condition that no page can satisfy, and
 	// waits on one that throws only until the page has rendered.
 	t.Run("conditions waitFor gives up on", func(t *testing.T) {

@@ -61,11 +61,14 @@ function pad(n, width) {
   return String(n).padStart(width, '0');
 }
 
-// clock formats a proto JSON timestamp as local HH:MM:SS.mmm.
+// clock formats a proto JSON timestamp as local HH:MM:SS.mmm, after its
+// date (YYYY-MM-DD) unless it is today's.
 function clock(ts) {
   if (!ts) return '';
   const d = new Date(ts);
-  return `${pad(d.getHours(), 2)}:${pad(d.getMinutes(), 2)}:${pad(d.getSeconds(), 2)}.${pad(d.getMilliseconds(), 3)}`;
+  const hms = `${pad(d.getHours(), 2)}:${pad(d.getMinutes(), 2)}:${pad(d.getSeconds(), 2)}.${pad(d.getMilliseconds(), 3)}`;
+  if (d.toDateString() === new Date().toDateString()) return hms;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1, 2)}-${pad(d.getDate(), 2)} ${hms}`;
 }
 
 // since says how long after start ts is, e.g. "+2.1 s".
