@@ -575,6 +575,53 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	// Values the webhook's sender chose are isolated: a right-to-left
+	// override in a channel's name, or a stray end of isolate before one,
+	// cannot reorder the page's own words around it.
+	t.Run("bidi values", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6"
+		for _, body := range []string{
+			`{"data":{"status":"INITIATED","authenticationDetails":{"phone":{"requestId":"` + id + `","method":"\u202eOTP","channel":["\u202eEVIL","SMS"]}}},"eventType":"AUTH","timestamp":1764153060}`,
+			`{"data":{"requestId":"` + id + `","status":"FAILED","channel":"\u202eEVIL","errorCode":"\u202e033"},"eventType":"DLR","timestamp":1764153062100}`,
+			`{"data":{"requestId":"` + id + `","status":"FALLBACK","fromChannel":"\u202eEVIL","toChannel":"X\u2069\u202eSMS"},"eventType":"AUTH","timestamp":1764153062200}`,
+			`{"data":{"requestId":"` + id + `","status":"FAILED","channel":"X\u2069\u202eSMS","errorCode":"\u2069\u202e003"},"eventType":"DLR","timestamp":1764153063100}`,
+		} {
+			ts.Ingest(t, []byte(body))
+		}
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitRevision(4)
+		// Each word of the page's own (two letters or more, outside a
+		// <bdi>) must read left to right.
+		reordered, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](`(() => {
+			const bad = [];
+			const walk = document.createTreeWalker(document.getElementById('main'), NodeFilter.SHOW_TEXT);
+			for (let n; (n = walk.nextNode());) {
+				if (n.parentElement.closest('bdi')) continue;
+				for (const m of n.data.matchAll(/[A-Za-z]{2,}/g)) {
+					let last = null;
+					for (let i = m.index; i < m.index + m[0].length; i++) {
+						const r = document.createRange();
+						r.setStart(n, i);
+						r.setEnd(n, i + 1);
+						const b = r.getBoundingClientRect();
+						if (b.width === 0) { last = null; continue; }
+						if (last && Math.abs(b.top - last.top) < 1 && b.left < last.left) { bad.push(n.parentElement.textContent); break; }
+						last = b;
+					}
+				}
+			}
+			return bad;
+		})()`))
+		if err != nil || len(reordered) != 0 {
+			t.Errorf("the page's own words reordered in %q (%v)", reordered, err)
+		}
+		if title, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[string](`document.title`)); err != nil || !strings.HasPrefix(title, "\u2068"+id+"\u2069") {
+			t.Errorf("title %q (%v), want the id isolated", title, err)
+		}
+		p.screenshot("bidi")
+	})
+
 	// waitFor stops at once on a condition that no page can satisfy, and
 	// waits on one that throws only until the page has rendered.
 	t.Run("conditions waitFor gives up on", func(t *testing.T) {

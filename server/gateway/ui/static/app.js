@@ -57,6 +57,25 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// val shows a value the webhook's sender chose (a channel, an error code, a
+// method) isolated from its neighbours, so that bidi characters in it
+// (a right-to-left override) cannot reorder the text around it.
+function val(s) {
+  return el('bdi', null, balanced(String(s)));
+}
+
+// balanced gives each end of isolate (U+2069) in s without its start one
+// (U+2066-U+2068) before s: else it would end the isolate s is shown in.
+function balanced(s) {
+  let open = 0;
+  let stray = 0;
+  for (const c of s) {
+    if (c >= '\u2066' && c <= '\u2068') open++;
+    else if (c === '\u2069') open ? open-- : stray++;
+  }
+  return '\u2068'.repeat(stray) + s;
+}
+
 function pad(n, width) {
   return String(n).padStart(width, '0');
 }
@@ -102,27 +121,35 @@ function humanize(s) {
 // whether retrying can help. (A watch token never shows OTPLESS's message,
 // which may name the user's number.)
 function errorText(err) {
-  if (!err) return 'unknown failure';
+  if (!err) return ['unknown failure'];
   const words = err.description || 'unknown failure';
-  const parts = [err.code ? `code ${err.code}` : null, RETRIABLE[err.retriable]].filter(Boolean);
-  return parts.length ? `${words} (${parts.join(', ')})` : words;
+  const parts = [err.code ? ['code ', val(err.code)] : null, RETRIABLE[err.retriable]].filter(Boolean);
+  if (!parts.length) return [words];
+  return [words, ' (', ...parts.flatMap((x, i) => (i ? [', ', x] : [x])).flat(), ')'];
 }
 
-// describe puts one event in words.
+// list joins values with commas.
+function list(values) {
+  return values.flatMap((v, i) => (i ? [', ', val(v)] : [val(v)]));
+}
+
+// describe puts one event in words (an array of text and nodes).
 function describe(e) {
   switch (e.status) {
     case 'INITIATED':
-      return `Initiated${e.authMethod ? ' ' + e.authMethod : ''}${e.authChannels && e.authChannels.length ? ' via ' + e.authChannels.join(', ') : ''}`;
+      return ['Initiated', e.authMethod ? [' ', val(e.authMethod)] : [],
+        e.authChannels && e.authChannels.length ? [' via ', list(e.authChannels)] : []].flat(2);
     case 'FALLBACK':
-      return `Fell back ${e.fromChannel ? 'from ' + e.fromChannel + ' ' : ''}to ${e.toChannel || 'another channel'}`;
+      return ['Fell back ', e.fromChannel ? ['from ', val(e.fromChannel), ' '] : [],
+        'to ', e.toChannel ? val(e.toChannel) : 'another channel'].flat();
     case 'SUCCESS':
-      return `Success${e.authMethod ? ' (' + e.authMethod + ')' : ''}`;
+      return ['Success', e.authMethod ? [' (', val(e.authMethod), ')'] : []].flat();
     case 'FAILED':
-      return `${e.channel || 'Delivery'} failed: ${errorText(e.error)}`;
+      return [e.channel ? val(e.channel) : 'Delivery', ' failed: ', ...errorText(e.error)];
     case 'UNREACHABLE':
-      return 'OTPLESS reported the user unreachable';
+      return ['OTPLESS reported the user unreachable'];
   }
-  return e.channel ? `${e.channel} ${humanize(e.status).toLowerCase()}` : humanize(e.status);
+  return e.channel ? [val(e.channel), ' ', val(humanize(e.status).toLowerCase())] : [val(humanize(e.status))];
 }
 
 function setConnection(state, text) {
@@ -144,7 +171,7 @@ function reset(id) {
   $('main').hidden = false;
   $('main').classList.remove('refused');
   delete document.body.dataset.access;
-  $('summary-id').textContent = id;
+  $('summary-id').replaceChildren(val(id));
   $('status-badge').textContent = '';
   $('status-badge').className = 'badge';
   $('outcome').textContent = '';
@@ -161,7 +188,7 @@ function reset(id) {
   showStreamError('');
   document.body.dataset.status = '';
   document.body.dataset.revision = '';
-  document.title = `${id} · OTPLESS request status`;
+  document.title = `\u2068${balanced(id)}\u2069 · OTPLESS request status`; // isolated as val does
 }
 
 function watch(id, token) {
@@ -314,21 +341,21 @@ function render(req) {
   const badge = $('status-badge');
   badge.textContent = STATUS[req.status] || humanize(req.status);
   badge.className = `badge ${(req.status || '').replace('REQUEST_STATUS_', '').toLowerCase()}`;
-  $('fact-method').textContent = req.authMethod || '–';
-  $('fact-channel').textContent = req.activeChannel || '–';
+  $('fact-method').replaceChildren(req.authMethod ? val(req.authMethod) : '–');
+  $('fact-channel').replaceChildren(req.activeChannel ? val(req.activeChannel) : '–');
   $('fact-events').textContent = req.eventCount || 0;
-  $('outcome').textContent = outcome(req);
+  $('outcome').replaceChildren(...outcome(req));
   $('outcome').className = `outcome ${badge.className.replace('badge ', '')}`;
   renderChannels(req);
   refreshSince(req.firstEventTime);
   renderList('fallbacks', req.fallbacks, (f) =>
     el('li', { 'data-fallback': `${f.fromChannel}/${f.toChannel}` },
       time(f.time, req.firstEventTime), ' ',
-      el('span', { class: 'what' }, `${f.fromChannel || '?'} → ${f.toChannel}`)));
+      el('span', { class: 'what' }, f.fromChannel ? val(f.fromChannel) : '?', ' → ', val(f.toChannel))));
   renderList('failures', req.failures, (f) =>
     el('li', { 'data-failure': `${f.channel}/${f.error ? f.error.code : ''}` },
       time(f.time, req.firstEventTime), ' ',
-      el('span', { class: 'what' }, el('strong', null, f.channel), ' ', errorText(f.error))));
+      el('span', { class: 'what' }, el('strong', null, val(f.channel)), ' ', errorText(f.error))));
 }
 
 function renderList(name, items, row) {
@@ -336,24 +363,26 @@ function renderList(name, items, row) {
   $(name).replaceChildren(...(items || []).map(row));
 }
 
-// outcome says where the request stands in one sentence.
+// outcome says where the request stands in one sentence (an array of text
+// and nodes).
 function outcome(req) {
   switch (req.status) {
     case 'REQUEST_STATUS_SUCCESS':
-      return `Signed in at ${clock(req.successTime)}${req.authMethod ? ' with ' + req.authMethod : ''}${req.activeChannel ? ' over ' + req.activeChannel : ''}.`;
+      return [`Signed in at ${clock(req.successTime)}`, req.authMethod ? [' with ', val(req.authMethod)] : [],
+        req.activeChannel ? [' over ', val(req.activeChannel)] : [], '.'].flat();
     case 'REQUEST_STATUS_FAILED': {
-      if (req.unreachableTime) return `OTPLESS reported the user unreachable at ${clock(req.unreachableTime)}.`;
+      if (req.unreachableTime) return [`OTPLESS reported the user unreachable at ${clock(req.unreachableTime)}.`];
       const f = (req.failures || []).filter((x) => x.channel === req.activeChannel).pop();
-      if (!f) return 'OTPLESS reported the user unreachable.';
-      return `${f.channel} failed: ${errorText(f.error)}. OTPLESS may still fall back to another channel.`;
+      if (!f) return ['OTPLESS reported the user unreachable.'];
+      return [val(f.channel), ' failed: ', ...errorText(f.error), '. OTPLESS may still fall back to another channel.'];
     }
     case 'REQUEST_STATUS_IN_PROGRESS': {
       const ch = (req.channels || []).find((c) => c.channel === req.activeChannel);
       const step = ch && STEPS.filter((s) => ch[s]).pop();
-      return step ? `In progress: ${humanize(step).toLowerCase()} on ${ch.channel}, waiting for the user.` : 'In progress: waiting for OTPLESS.';
+      return step ? [`In progress: ${humanize(step).toLowerCase()} on `, val(ch.channel), ', waiting for the user.'] : ['In progress: waiting for OTPLESS.'];
     }
   }
-  return 'Nothing received for this request yet. Waiting for OTPLESS…';
+  return ['Nothing received for this request yet. Waiting for OTPLESS…'];
 }
 
 function renderChannels(req) {
@@ -379,7 +408,7 @@ function renderChannels(req) {
     }
     const active = ch.channel === req.activeChannel;
     return el('article', { class: `channel${active ? ' active' : ''}`, 'data-channel': ch.channel },
-      el('h3', null, ch.channel, active ? el('span', { class: 'tag active' }, 'active') : null,
+      el('h3', null, val(ch.channel), active ? el('span', { class: 'tag active' }, 'active') : null,
         el('span', { class: 'channel-status' }, humanize((ch.status || '').replace('DELIVERY_STATUS_', '')))),
       el('ol', { class: 'steps' }, steps));
   }));
