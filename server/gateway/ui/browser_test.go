@@ -622,6 +622,38 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("bidi")
 	})
 
+	// Huge values (an INITIATED of 64 channels of 4 KiB each) are cut, the
+	// whole value in the title, and the page does not widen.
+	t.Run("huge values", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "f0e1d2c3b4a5968778695a4b3c2d1e0f"
+		var chs []string
+		for i := range 64 {
+			chs = append(chs, fmt.Sprintf(`"C%02d%s"`, i, strings.Repeat("x", 4093)))
+		}
+		ts.Ingest(t, []byte(`{"data":{"status":"INITIATED","authenticationDetails":{"phone":{"requestId":"`+id+`","method":"OTP","channel":[`+strings.Join(chs, ",")+`]}}},"eventType":"AUTH","timestamp":1764153060}`))
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the snapshot", `document.body.dataset.connection === "live"`)
+		ts.Ingest(t, []byte(`{"data":{"requestId":"`+id+`","status":"SENT","channel":"C05`+strings.Repeat("x", 4093)+`"},"eventType":"DLR","timestamp":1764153060300}`))
+		p.waitRevision(2)
+		type shown struct {
+			ScrollWidth, Width, Longest int
+			Titled                      bool
+		}
+		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[shown](`(() => {
+			const vals = [...document.querySelectorAll('main bdi')].filter(b => b.textContent.startsWith('C0'));
+			return {
+				scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth,
+				longest: Math.max(...vals.map(b => b.textContent.length)),
+				titled: vals.length > 0 && vals.every(b => b.title.length === 4096 && b.title.startsWith(b.textContent.slice(0, -1))),
+			};
+		})()`))
+		if err != nil || got.ScrollWidth > got.Width || got.Longest > 100 || !got.Titled {
+			t.Errorf("%+v (%v): want no wider than the window, values cut to 100 characters or fewer, each whole in its title", got, err)
+		}
+		p.screenshot("huge")
+	})
+
 	// waitFor stops at once on a condition that no page can satisfy, and
 	// waits on one that throws only until the page has rendered.
 	t.Run("conditions waitFor gives up on", func(t *testing.T) {

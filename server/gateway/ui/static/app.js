@@ -57,11 +57,18 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// Values longer than this many characters are cut.
+const CUT = 80;
+
 // val shows a value the webhook's sender chose (a channel, an error code, a
 // method) isolated from its neighbours, so that bidi characters in it
-// (a right-to-left override) cannot reorder the text around it.
+// (a right-to-left override) cannot reorder the text around it. A long
+// value is cut to CUT characters and an ellipsis, the whole in its title.
 function val(s) {
-  return el('bdi', null, balanced(String(s)));
+  s = String(s);
+  const chars = [...s];
+  if (chars.length <= CUT) return el('bdi', null, balanced(s));
+  return el('bdi', { class: 'cut', title: s }, balanced(chars.slice(0, CUT).join('')), '…');
 }
 
 // balanced gives each end of isolate (U+2069) in s without its start one
