@@ -654,6 +654,39 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("huge")
 	})
 
+	// At 375 px wide (a phone) nothing sticks out of its box and the page
+	// does not scroll sideways.
+	t.Run("narrow window", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		for _, body := range sc.Bodies[:5] { // up to SMS DELIVERED: SMS SENT implied, WhatsApp failed
+			ts.Ingest(t, body)
+		}
+		p := openPage(t, browser, "about:blank")
+		if err := chromedp.Do(p.bounded(30*time.Second), chromedp.EmulateViewport(375, 812), chromedp.Navigate(ts.HTTPURL+"/ui/?request_id="+id)); err != nil {
+			t.Fatal(err)
+		}
+		p.waitRevision(5)
+		out, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](`(() => {
+			const bad = [];
+			const name = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + String(e.className).replace(/ /g, '.') : '');
+			for (const e of document.body.querySelectorAll('*')) {
+				if (e.closest('.visually-hidden, script, link') || !e.getClientRects().length) continue;
+				const r = e.getBoundingClientRect(), q = e.parentElement.getBoundingClientRect();
+				if (r.left < q.left - 0.5 || r.right > q.right + 0.5) {
+					bad.push(name(e) + ' [' + Math.round(r.left) + ', ' + Math.round(r.right) + '] in ' + name(e.parentElement) + ' [' + Math.round(q.left) + ', ' + Math.round(q.right) + ']');
+				}
+			}
+			if (document.documentElement.scrollWidth > window.innerWidth) bad.push('the page, ' + document.documentElement.scrollWidth + ' px wide');
+			return bad;
+		})()`))
+		if err != nil || len(out) != 0 {
+			t.Errorf("at 375 px (%v):\n%s", err, strings.Join(out, "\n"))
+		}
+		p.screenshot("narrow")
+	})
+
 	// waitFor stops at once on a condition that no page can satisfy, and
 	// waits on one that throws only until the page has rendered.
 	t.Run("conditions waitFor gives up on", func(t *testing.T) {
