@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/grpc"
 
@@ -685,6 +687,46 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Errorf("at 375 px (%v):\n%s", err, strings.Join(out, "\n"))
 		}
 		p.screenshot("narrow")
+	})
+
+	// Opened from a link with its token (through the /ui redirect), the
+	// page sends the token in no Referer: not for its files, not for its
+	// stream.
+	t.Run("no token in a Referer", func(t *testing.T) {
+		ts := testserver.Start(t, testserver.Secure)
+		const id = "c2a1d4e3f6b5a8c7d0e9f1a2b3c4d5e6"
+		admin := eventsv1.NewRequestServiceClient(ts.Dial(t, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: testserver.AdminKey, Insecure: true})))
+		tok, err := admin.CreateWatchToken(t.Context(), &eventsv1.CreateWatchTokenRequest{RequestId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := openPage(t, browser, "about:blank")
+		var mu sync.Mutex
+		var sent, referred []string // each request's URL; those with a Referer, and it
+		if err := chromedp.Listen(p.ctx, func(ev any) {
+			if e, ok := ev.(*network.EventRequestWillBeSent); ok {
+				mu.Lock()
+				sent = append(sent, e.Request.URL)
+				if ref, _ := e.Request.Headers["Referer"].(string); ref != "" {
+					referred = append(referred, e.Request.URL+" (Referer "+ref+")")
+				}
+				mu.Unlock()
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := chromedp.Do(p.bounded(30*time.Second), chromedp.Navigate(ts.HTTPURL+"/ui?request_id="+id+"&access_token="+tok.GetToken())); err != nil {
+			t.Fatal(err)
+		}
+		p.waitFor("the stream", `document.body.dataset.connection === "live"`)
+		mu.Lock()
+		defer mu.Unlock()
+		if len(sent) < 4 { // the link, the page, its two files, the stream
+			t.Errorf("requests seen: %q; want the page's", sent)
+		}
+		for _, r := range referred {
+			t.Errorf("a Referer sent: %s", r)
+		}
 	})
 
 	// waitFor stops at once on a condition that no page can satisfy, and
