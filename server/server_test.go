@@ -584,7 +584,7 @@ func TestWatchFinishedRequestEndsAfterSnapshot(t *testing.T) {
 func TestSlowWatcherIsCoalesced(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const id, n = "slow-req", 200
 

@@ -190,7 +190,9 @@ func TestSSEOutlivesHTTPReadTimeout(t *testing.T) {
 // outlives the read timeout, carries a whole scenario and ends cleanly.
 func TestSSEOverTLS(t *testing.T) {
 	t.Parallel()
-	const readTimeout = 100 * time.Millisecond
+	// The read timeout covers the TLS handshake too, which under -race on
+	// a busy machine took longer than 100 ms.
+	const readTimeout = 500 * time.Millisecond
 	certFile, keyFile := testserver.SelfSigned(t)
 	ts := testserver.Start(t, func(c *server.Config) {
 		c.Security.TLSCertFile, c.Security.TLSKeyFile = certFile, keyFile
