@@ -213,6 +213,7 @@ func rpcError(what string, err error) error {
 // failed connection say it only to those who know its transport.
 var connectionHints = []struct{ says, hint string }{
 	{"looked like an HTTP/1.1 header", "is it the HTTP port? --grpc-addr takes the gRPC port (9090 by default)"},
-	{"error reading server preface: EOF", "does the server use TLS? then give --tls, or --tls-ca-file"},
+	// A TLS server closes a plaintext connection: EOF, or a reset, by timing.
+	{"error reading server preface: ", "does the server use TLS? then give --tls, or --tls-ca-file"},
 	{"does not look like a TLS handshake", "does the server use TLS? it answered without: leave out --tls and --tls-ca-file"},
 }

@@ -3,6 +3,9 @@ package cli
 import (
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // dial connects in clear only to this machine, unless told to: the API key
@@ -50,5 +53,19 @@ func TestDialRefusesPlaintextToRemote(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A plaintext client of a TLS server reads EOF or a reset, by timing:
+// either way it is asked whether the server uses TLS.
+func TestRPCErrorHints(t *testing.T) {
+	for _, desc := range []string{
+		`connection error: desc = "error reading server preface: EOF"`,
+		`connection error: desc = "error reading server preface: read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer"`,
+		`connection error: desc = "error reading server preface: connection reset by peer"`,
+	} {
+		if err := rpcError("request r", status.Error(codes.Unavailable, desc)); !strings.Contains(err.Error(), "does the server use TLS?") {
+			t.Errorf("%s: %v, want the TLS hint", desc, err)
+		}
 	}
 }
