@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -282,7 +283,7 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 	resp, err := hc.Do(req)
 	if err != nil { // a *url.Error: its text would show the webhook key
 		err = errors.Unwrap(err)
-		if strings.Contains(err.Error(), `malformed HTTP response "\x00`) { // an HTTP/2 frame: gRPC's port
+		if req.URL.Scheme == "http" && speaksHTTP2First(ctx, req.URL.Host) {
 			return fmt.Errorf("%s: POST %s: %w; is it the gRPC port? the webhook URL takes the HTTP port (8080 by default)", b.where, redactURL(url), err)
 		}
 		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), err)
@@ -316,6 +317,28 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 	}
 	return nil
+}
+
+// speaksHTTP2First reports whether the server at addr (host:port), dialed
+// in clear, begins with an HTTP/2 SETTINGS frame unasked, as a gRPC server
+// does and an HTTP/1.1 one never would. What net/http makes of such an
+// answer to its request varies with timing, so the server is asked again.
+func speaksHTTP2First(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetReadDeadline(deadline)
+	var frame [9]byte // a frame header: length (3), type (1), flags (1), stream (4)
+	if _, err := io.ReadFull(conn, frame[:]); err != nil {
+		return false
+	}
+	const settings = 0x4
+	return frame[3] == settings && frame[5]|frame[6]|frame[7]|frame[8] == 0
 }
 
 func orNone(requestID string) string {
