@@ -94,11 +94,13 @@ func TestRetentionRefoldReachesWatchers(t *testing.T) {
 }
 
 func testRefoldReachesWatchers(t *testing.T, mutate func(*Config), setSnapshot func(t *testing.T, data []byte, id string)) {
-	var srv *Server
+	// The test runs the purge, and only it: the loop's first run, at start,
+	// would purge the webhook whenever it came after the POST.
+	var purge *retention
 	s := startOps(t, func(c *Config) {
-		c.PIIRetention, c.RetentionInterval = time.Millisecond, time.Hour // this test runs the purge
+		c.PIIRetention, c.RetentionInterval = time.Millisecond, time.Hour
 		mutate(c)
-	}, func(x *Server) { srv = x })
+	}, func(x *Server) { purge, x.purge = x.purge, nil })
 	const id = "refold-watched"
 	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody(id, "SENT", time.Now().Add(-time.Minute).UnixMilli())); code != http.StatusOK {
 		t.Fatalf("POST: %d %s", code, body)
@@ -126,7 +128,7 @@ func testRefoldReachesWatchers(t *testing.T, mutate func(*Config), setSnapshot f
 		t.Fatalf("first message %v, %v; want the snapshot at revision %d", first, err, earlier.GetRevision())
 	}
 	time.Sleep(2 * time.Millisecond) // the webhook is past retention
-	srv.purge.purge(ctx)
+	purge.purge(ctx)
 	msg, err := stream.Recv()
 	if err != nil {
 		t.Fatalf("no message after the purge's refold: %v", err)
