@@ -11,5 +11,15 @@ func freeBytes(dir string) (uint64, error) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, err
 	}
-	return uint64(st.Bavail) * uint64(st.Bsize), nil
+	avail, size := statfsAvail(&st)
+	return avail * size, nil
+}
+
+// atLeastZero is n, or 0 for a negative n: the BSDs count the blocks
+// available as signed, below zero once root has written into its reserve.
+func atLeastZero[T int64 | uint64](n T) uint64 {
+	if n < 0 {
+		return 0
+	}
+	return uint64(n)
 }
