@@ -245,7 +245,8 @@ func (s *Store) usable(op string) error {
 
 // Unreachable reports whether err, from Connect, says that the database
 // could not be reached, which waiting may mend: no answer in time, a
-// connection refused, reset or closed before the server spoke, a host name
+// connection that could not be opened (refused, no route, no socket file
+// yet), or reset or closed before the server spoke, a host name
 // that does not resolve (yet), or the server's own word that it is
 // starting, shutting down or has no connection slot free. Anything else
 // the server answered (authentication, a database or schema that does not
@@ -261,9 +262,14 @@ func Unreachable(err error) bool {
 		}
 		return strings.HasPrefix(pgErr.Code, "08") // connection_exception
 	}
-	var dnsErr *net.DNSError
+	var (
+		dnsErr *net.DNSError
+		opErr  *net.OpError
+	)
 	switch {
-	case errors.As(err, &dnsErr),
+	// A connection not opened at all, whatever the system's word for why
+	// (Windows's WSAECONNREFUSED is no syscall.ECONNREFUSED).
+	case errors.As(err, &dnsErr), errors.As(err, &opErr) && opErr.Op == "dial",
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED),
 		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EPIPE),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):

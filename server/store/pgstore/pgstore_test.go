@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -285,6 +286,30 @@ func TestUnreachable(t *testing.T) {
 	}
 	if err := s.Ping(t.Context()); err != nil {
 		t.Errorf("Ping after Connect: %v", err)
+	}
+}
+
+// A connection that could not be opened at all is unreachable, whatever the
+// system's word for why: Windows says "refused" with WSAECONNREFUSED
+// (10061), which is not syscall.ECONNREFUSED there, and a Unix socket is
+// missing (ENOENT) until PostgreSQL starts.
+func TestUnreachableDial(t *testing.T) {
+	t.Parallel()
+	for _, errno := range []syscall.Errno{10061, 10065, syscall.ECONNREFUSED} {
+		dial := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connectex", errno)}
+		err := fmt.Errorf("pgstore: open: %w", fmt.Errorf("failed to connect: %w", dial))
+		if !pgstore.Unreachable(err) {
+			t.Errorf("Unreachable(%v) = false, want true", err)
+		}
+	}
+	// A Unix socket of a PostgreSQL not started yet: no file there.
+	s, err := pgstore.New("postgres://postgres@/test?host=" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Connect(t.Context()); !pgstore.Unreachable(err) {
+		t.Errorf("Connect to a socket file that is not there: %v, want it unreachable", err)
 	}
 }
 
