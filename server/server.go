@@ -610,7 +610,9 @@ func (s *Server) connectStore(ctx context.Context) error {
 }
 
 // untilConnected is the writer, refusing webhooks as the store would
-// (store.ErrUnavailable: 503 with Retry-After) while waiting is set.
+// (store.ErrUnavailable: 503 with Retry-After) while waiting is set. The
+// store refuses them too; this keeps them out of the write queue, where
+// each would wait for a commit that fails.
 type untilConnected struct {
 	api.Ingester
 	waiting *atomic.Bool

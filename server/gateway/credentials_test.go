@@ -60,6 +60,10 @@ func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
 			if w.Code == http.StatusUnauthorized && !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Bearer ") {
 				t.Errorf("401 with WWW-Authenticate %q, want the Bearer challenge", w.Header().Get("WWW-Authenticate"))
 			}
+			// net/http would read the unread body on, to reuse the connection.
+			if w.Code == http.StatusUnauthorized && w.Header().Get("Connection") != "close" {
+				t.Errorf("401 with Connection %q, want close", w.Header().Get("Connection"))
+			}
 		})
 	}
 }

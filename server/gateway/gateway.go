@@ -181,7 +181,8 @@ func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 				// only once the gateway had read its body: up to 64 KiB
 				// held per connection for anyone.
 				if _, err := keyring.AuthenticateHeader(r.Header); err != nil {
-					w.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+					w.Header().Set("WWW-Authenticate", bearerChallenge)
+					w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
 					writeStatus(w, &runtime.JSONPb{}, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 					return
 				}
@@ -385,7 +386,7 @@ func accessTokenFromQuery(checked bool, cors corsPolicy, next http.Handler) http
 		if tok := q.Get("access_token"); tok != "" {
 			if checked && !auth.IsWatchToken(tok) {
 				cors.handle(w, r) // so that a page on an allowed origin can read why
-				w.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+				w.Header().Set("WWW-Authenticate", bearerChallenge)
 				writeStatus(w, &runtime.JSONPb{}, http.StatusUnauthorized, notWatchToken)
 				return
 			}
@@ -428,13 +429,16 @@ func retryDelay(err error) (time.Duration, bool) {
 	return 0, false
 }
 
+// bearerChallenge is the API's WWW-Authenticate challenge.
+const bearerChallenge = `Bearer realm="otpless-events"`
+
 // challenge gives a 401 the API's WWW-Authenticate challenge, in place of
 // the status message grpc-gateway puts there.
 type challenge struct{ http.ResponseWriter }
 
 func (c challenge) WriteHeader(code int) {
 	if code == http.StatusUnauthorized {
-		c.Header().Set("WWW-Authenticate", `Bearer realm="otpless-events"`)
+		c.Header().Set("WWW-Authenticate", bearerChallenge)
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
@@ -623,6 +627,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 				return true, true
 			default:
 				w.Header().Set("Retry-After", "1")
+				w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
 				writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable,
 					"too many webhooks being read before their signatures are checked, retry later"))
 				return false, false

@@ -311,9 +311,9 @@ func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 	reads := 0
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, signed(readCounter{strings.NewReader(body), &reads}))
-	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || reads > 0 {
-		t.Errorf("with two bodies being read, a third: %d, Retry-After %q, body read %v; want 503, a Retry-After, unread",
-			w.Code, w.Header().Get("Retry-After"), reads > 0)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || reads > 0 || w.Header().Get("Connection") != "close" {
+		t.Errorf("with two bodies being read, a third: %d, Retry-After %q, body read %v, Connection %q; want 503, a Retry-After, unread, close",
+			w.Code, w.Header().Get("Retry-After"), reads > 0, w.Header().Get("Connection"))
 	}
 	close(release)
 	for range 2 {
