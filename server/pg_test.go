@@ -87,21 +87,7 @@ func (f *follower) until(t *testing.T, rev int64) {
 // awaitHealth waits until the readiness status is want, by watching it.
 func awaitHealth(t *testing.T, ts *testServer, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	w, err := healthpb.NewHealthClient(ts.conn).Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		resp, err := w.Recv()
-		if err != nil {
-			t.Fatalf("readiness never became %v: %v", want, err)
-		}
-		if resp.GetStatus() == want {
-			return
-		}
-	}
+	awaitReadiness(t, healthpb.NewHealthClient(ts.conn), want)
 }
 
 // TestPostgresOutage: a replica cut off from PostgreSQL answers ingest with
