@@ -458,6 +458,29 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// SQLitePath returns the file of the embedded database that Store and
+// DataDir name, as serve opens it; an error when Store names another
+// backend.
+func (c *Config) SQLitePath() (string, error) {
+	backend, path, err := parseStore(c.Store)
+	if err != nil {
+		return "", err
+	}
+	if backend != "sqlite" {
+		return "", fmt.Errorf("the store is %s", backend)
+	}
+	if path == "" {
+		if c.DataDir == "" {
+			return "", errors.New("neither a store DSN nor a data directory is set")
+		}
+		path = filepath.Join(c.DataDir, sqliteFile)
+	}
+	return path, nil
+}
+
+// sqliteFile is the embedded database's file in DataDir.
+const sqliteFile = "otpless-events.db"
+
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, error) {
 	backend, path, err := parseStore(cfg.Store)
 	if err != nil {
@@ -474,7 +497,9 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("data directory: %w", err)
 		}
-		path = filepath.Join(cfg.DataDir, "otpless-events.db")
+	}
+	if path, err = cfg.SQLitePath(); err != nil {
+		return nil, err
 	}
 	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
 	if err != nil {

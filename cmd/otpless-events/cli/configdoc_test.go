@@ -22,25 +22,10 @@ type configRow struct {
 // | `--flag` | `ENV` | default | what |.
 func readConfigTable(t *testing.T) []configRow {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test")
-		}
-	}
-	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readREADME(t)
 	var rows []configRow
 	in := false
-	sc := bufio.NewScanner(bytes.NewReader(readme))
+	sc := bufio.NewScanner(strings.NewReader(readme))
 	for n := 1; sc.Scan(); n++ {
 		line := sc.Text()
 		if strings.HasPrefix(line, "## ") {
@@ -63,6 +48,28 @@ func readConfigTable(t *testing.T) []configRow {
 		t.Fatal("README.md has no configuration table under ## Configuration")
 	}
 	return rows
+}
+
+// readREADME returns the README.md of the module.
+func readREADME(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatal("no go.mod above the test")
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(readme)
 }
 
 // codeSpan matches a cell that is exactly one code span.
@@ -141,4 +148,27 @@ func TestServeHelpNamesEnvironment(t *testing.T) {
 			t.Errorf("serve --help does not document --%s and $%s", f.Name, EnvName(f.Name))
 		}
 	})
+}
+
+// TestDBFlagsAsServe: a flag of a db subcommand that serve has too is
+// serve's (the same default, so the configuration table holds for it),
+// and one of its own is named in the README.
+func TestDBFlagsAsServe(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	serve := newServe(&out, &out).Flags()
+	readme := readREADME(t)
+	for _, sub := range newDB(&out).Commands() {
+		sub.Flags().VisitAll(func(f *pflag.Flag) {
+			if sf := serve.Lookup(f.Name); sf != nil {
+				if f.DefValue != sf.DefValue {
+					t.Errorf("db %s --%s defaults to %q, serve's to %q", sub.Name(), f.Name, f.DefValue, sf.DefValue)
+				}
+				return
+			}
+			if !strings.Contains(readme, "`db "+sub.Name()+" --"+f.Name+"`") {
+				t.Errorf("db %s --%s is not in the README (as `db %s --%s`)", sub.Name(), f.Name, sub.Name(), f.Name)
+			}
+		})
+	}
 }

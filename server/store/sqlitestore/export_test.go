@@ -31,3 +31,10 @@ func SetFreeBytes(s *Store, f func(dir string) (uint64, error)) { s.freeBytes = 
 // MinFree is how much free space Ping wants after a commit failed for want
 // of it.
 const MinFree = minFree
+
+// SetOfflineLocked makes f run whenever Check or Vacuum has taken the
+// process lock, until the test ends. Not for parallel tests.
+func SetOfflineLocked(t interface{ Cleanup(func()) }, f func()) {
+	offlineLocked = f
+	t.Cleanup(func() { offlineLocked = func() {} })
+}

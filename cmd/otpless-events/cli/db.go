@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+)
+
+func newDB(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "db",
+		Short: "Maintain the embedded SQLite database while the server is stopped",
+		Long: "Offline maintenance of the embedded database, found as serve finds it (--data-dir, --store).\n" +
+			"Each refuses to run while a server has the database open, and a server started\n" +
+			"meanwhile refuses to start.",
+	}
+	cmd.AddCommand(newDBCheck(stdout))
+	return cmd
+}
+
+// dbFlags are serve's flags that say where the database is, with serve's
+// defaults and environment variables.
+func dbFlags(f *pflag.FlagSet) *server.Config {
+	def := server.DefaultConfig()
+	cfg := &server.Config{}
+	f.StringVar(&cfg.DataDir, "data-dir", def.DataDir, "directory of the embedded database, as for serve")
+	f.StringVar(&cfg.Store, "store", def.Store, "sqlite://PATH or a file path, as for serve (default: SQLite in --data-dir)")
+	return cfg
+}
+
+// dbPath binds the environment and returns the database's file.
+func dbPath(cmd *cobra.Command, cfg *server.Config) (string, error) {
+	if err := bindEnv(cmd.Flags()); err != nil {
+		return "", err
+	}
+	path, err := cfg.SQLitePath()
+	if err != nil {
+		return "", fmt.Errorf("%s works on the embedded SQLite database only: %w", cmd.CommandPath(), err)
+	}
+	return path, nil
+}
+
+func newDBCheck(stdout io.Writer) *cobra.Command {
+	var quick bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check the database file for damage (SQLite's integrity_check); exit 1 on any",
+		Args:  cobra.NoArgs,
+	}
+	cfg := dbFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&quick, "quick", false, "run quick_check: faster on a large file, but does not compare indexes with their tables")
+	documentEnv(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		path, err := dbPath(cmd, cfg)
+		if err != nil {
+			return err
+		}
+		problems, err := sqlitestore.Check(cmd.Context(), path, quick)
+		if err != nil {
+			return err
+		}
+		if len(problems) == 0 {
+			fmt.Fprintf(stdout, "%s: ok\n", path)
+			return nil
+		}
+		for _, p := range problems {
+			fmt.Fprintf(stdout, "%s: %s\n", path, p)
+		}
+		return fmt.Errorf("%s is damaged (SQLite's report above)", path)
+	}
+	return cmd
+}

@@ -1,0 +1,104 @@
+package cli_test
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+)
+
+// dataDir returns a data directory holding a database as serve makes it,
+// of one webhook, closed.
+func dataDir(t *testing.T) (dir, path string) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, "otpless-events.db")
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh := store.Webhook{Body: []byte(`{"mobile":"+919800000001"}`), Events: []*eventsv1.Event{{EventId: "e1", RequestId: "r1", Status: "SENT"}}}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{wh}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, path
+}
+
+func TestDBCheck(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	for _, args := range [][]string{{"db", "check", "--data-dir", dir}, {"db", "check", "--quick", "--store", "sqlite://" + path}} {
+		if code, out, errOut := run(t, args...); code != 0 || !strings.Contains(out, "ok") {
+			t.Fatalf("%q on a fresh database: exit %d, %q, %q", args, code, out, errOut)
+		}
+	}
+
+	// Garbage over the second page, the root of a table.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pageSize := int(binary.BigEndian.Uint16(b[16:18]))
+	copy(b[pageSize:2*pageSize], strings.Repeat("\xde\xad\xbe\xef", pageSize/4))
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
+	if code != 1 || !strings.Contains(out, "page 2") || !strings.Contains(errOut, "damaged") {
+		t.Fatalf("a damaged page: exit %d, %q, %q; want 1, the page named and the file said damaged", code, out, errOut)
+	}
+}
+
+// TestDBRefusedWhileServing: db refuses a database a server (a store with
+// the process lock) has open, saying so.
+func TestDBRefusedWhileServing(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, sub := range []string{"check"} {
+		code, _, errOut := run(t, "db", sub, "--data-dir", dir)
+		if code != 1 || !strings.Contains(errOut, "another process has this database open") || !strings.Contains(errOut, "stop the server first") {
+			t.Errorf("db %s while serving: exit %d, %q", sub, code, errOut)
+		}
+	}
+}
+
+// TestDBNotSQLite: a PostgreSQL store, or a data directory without a
+// database, is refused.
+func TestDBNotSQLite(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--store", "postgres://localhost/otpless"}, "embedded SQLite database only"},
+		{[]string{"--data-dir", t.TempDir()}, "no database there"},
+	} {
+		code, _, errOut := run(t, append([]string{"db", "check"}, tc.args...)...)
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, %q; want %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}
+
+// TestDBDataDirFromEnvironment: like serve, db reads --data-dir from
+// $OTPLESS_EVENTS_DATA_DIR.
+func TestDBDataDirFromEnvironment(t *testing.T) {
+	dir, _ := dataDir(t)
+	t.Setenv("OTPLESS_EVENTS_DATA_DIR", dir)
+	if code, out, errOut := run(t, "db", "check"); code != 0 || !strings.Contains(out, dir) {
+		t.Fatalf("exit %d, %q, %q", code, out, errOut)
+	}
+}

@@ -1,0 +1,130 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// offlineLocked, when tests replace it, runs once openOffline has the lock.
+var offlineLocked = func() {}
+
+// openOffline opens the existing database file at path for maintenance,
+// holding the lock a Store opened WithProcessLock holds, so that neither
+// runs while the other has the file. It neither creates the file nor
+// migrates its schema. close releases the connection, then the lock.
+func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, close func() error, err error) {
+	if abs, err = filepath.Abs(path); err != nil {
+		return nil, "", nil, err
+	}
+	fi, err := os.Stat(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, abs, nil, errors.New("no database there")
+	}
+	if err != nil {
+		return nil, abs, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, abs, nil, fmt.Errorf("%s is not a file", abs)
+	}
+	lock, err := lockFile(abs)
+	if err != nil {
+		return nil, abs, nil, fmt.Errorf("%w: stop the server first", err)
+	}
+	offlineLocked()
+	// mode=rw: a file removed meanwhile is an error, not a new database.
+	uri := "file:" + (&url.URL{Path: abs}).EscapedPath() + "?mode=rw&_pragma=busy_timeout(5000)"
+	if db, err = sql.Open("sqlite", uri); err == nil {
+		db.SetMaxOpenConns(1)
+		err = db.PingContext(ctx)
+	}
+	var closed bool
+	close = func() error {
+		if closed {
+			return nil
+		}
+		closed = true
+		var errs []error
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+		// After SQLite's connection: closing the lock's descriptor drops
+		// every fcntl lock the process holds on the file.
+		if lock != nil {
+			errs = append(errs, lock.Close())
+		}
+		return errors.Join(errs...)
+	}
+	if err != nil {
+		close()
+		return nil, abs, nil, explainOpen(err)
+	}
+	return db, abs, close, nil
+}
+
+// Check runs SQLite's integrity_check on the database file at path (with
+// quick, the faster quick_check, which does not compare indexes with their
+// tables) and returns what it reports: nil when the file is sound, else
+// one line per problem found. It takes the lock a server holds on the
+// file, and fails while one has it open. It does not change the file,
+// except to recover a write-ahead log a crash left.
+func Check(ctx context.Context, path string, quick bool) (problems []string, err error) {
+	db, abs, closeDB, err := openOffline(ctx, path)
+	if isCorrupt(err) {
+		return []string{err.Error()}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+	}
+	defer closeDB()
+	pragma := "PRAGMA integrity_check"
+	if quick {
+		pragma = "PRAGMA quick_check"
+	}
+	rows, err := db.QueryContext(ctx, pragma)
+	if err == nil {
+		defer rows.Close()
+		for rows.Next() {
+			var line string
+			if err = rows.Scan(&line); err != nil {
+				break
+			}
+			if line != "ok" {
+				problems = append(problems, strings.Split(line, "\n")...)
+			}
+		}
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	// Damage SQLite meets before it can say where (in the file's header
+	// or its schema) fails the check itself: that is what it found.
+	if isCorrupt(err) {
+		return append(problems, err.Error()), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+	}
+	rows.Close()
+	return problems, closeDB()
+}
+
+// isCorrupt reports whether err is SQLite's finding the file damaged, or
+// not a database at all.
+func isCorrupt(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	code := se.Code() & 0xff
+	return code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB
+}
