@@ -20,6 +20,7 @@ func newDB(stdout io.Writer) *cobra.Command {
 			"meanwhile refuses to start.",
 	}
 	cmd.AddCommand(newDBCheck(stdout))
+	cmd.AddCommand(newDBVacuum(stdout))
 	return cmd
 }
 
@@ -72,6 +73,32 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 			fmt.Fprintf(stdout, "%s: %s\n", path, p)
 		}
 		return fmt.Errorf("%s is damaged (SQLite's report above)", path)
+	}
+	return cmd
+}
+
+func newDBVacuum(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vacuum",
+		Short: "Rewrite the database file (SQLite's VACUUM): no free pages, nothing left of purged personal data",
+		Long: "Rewrites every page of the database file, so that copies of rows a retention purge\n" +
+			"changed, left in the pages' unused space, are gone, and the file holds no free pages.\n" +
+			"It may need free disk space of twice the file's size.",
+		Args: cobra.NoArgs,
+	}
+	cfg := dbFlags(cmd.Flags())
+	documentEnv(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		path, err := dbPath(cmd, cfg)
+		if err != nil {
+			return err
+		}
+		before, after, err := sqlitestore.Vacuum(cmd.Context(), path)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d bytes before, %d after\n", path, before, after)
+		return nil
 	}
 	return cmd
 }

@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,28 @@ func TestDBCheck(t *testing.T) {
 	}
 }
 
+// TestDBVacuum: db vacuum prints the file's size before and after, and
+// leaves a database that checks clean.
+func TestDBVacuum(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	code, out, errOut := run(t, "db", "vacuum", "--data-dir", dir)
+	var before, after int64
+	if _, err := fmt.Sscanf(strings.TrimPrefix(out, path+": "), "%d bytes before, %d after", &before, &after); code != 0 || err != nil {
+		t.Fatalf("exit %d, %q, %q (%v)", code, out, errOut, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != fi.Size() || after > before {
+		t.Errorf("%q; the file has %d bytes", out, fi.Size())
+	}
+	if code, out, errOut := run(t, "db", "check", "--data-dir", dir); code != 0 {
+		t.Errorf("check after vacuum: exit %d, %q, %q", code, out, errOut)
+	}
+}
+
 // TestDBRefusedWhileServing: db refuses a database a server (a store with
 // the process lock) has open, saying so.
 func TestDBRefusedWhileServing(t *testing.T) {
@@ -67,7 +90,7 @@ func TestDBRefusedWhileServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for _, sub := range []string{"check"} {
+	for _, sub := range []string{"check", "vacuum"} {
 		code, _, errOut := run(t, "db", sub, "--data-dir", dir)
 		if code != 1 || !strings.Contains(errOut, "another process has this database open") || !strings.Contains(errOut, "stop the server first") {
 			t.Errorf("db %s while serving: exit %d, %q", sub, code, errOut)

@@ -128,3 +128,48 @@ func isCorrupt(err error) bool {
 	code := se.Code() & 0xff
 	return code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB
 }
+
+// Vacuum rewrites the database file at path with SQLite's VACUUM, which
+// leaves no free pages and nothing of deleted rows in the space pages do
+// not use (copies of personal data a retention purge removed can stay
+// there otherwise), and empties the write-ahead log, before and after. It
+// returns the size of the file before and after. It takes the lock a
+// server holds on the file, and fails while one has it open. It may need
+// free disk space of twice the file's size (a copy built in the temporary
+// directory, and the write-ahead log it is copied back through).
+func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
+	db, abs, closeDB, err := openOffline(ctx, path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	}
+	defer closeDB()
+	size := func() (int64, error) {
+		// TRUNCATE: the log's pages are written into the file and the
+		// log is cut to nothing, with the older copies of pages it held.
+		var busy, logged, done int
+		if err := db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logged, &done); err != nil {
+			return 0, err
+		}
+		if busy != 0 {
+			return 0, errors.New("the write-ahead log could not be checkpointed: another connection is using the database")
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return 0, err
+		}
+		return fi.Size(), nil
+	}
+	if before, err = size(); err != nil {
+		return 0, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	}
+	if _, err := db.ExecContext(ctx, "VACUUM"); err != nil {
+		return before, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	}
+	if after, err = size(); err != nil {
+		return before, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	}
+	if err := closeDB(); err != nil {
+		return before, after, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	}
+	return before, after, nil
+}

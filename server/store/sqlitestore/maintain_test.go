@@ -1,11 +1,14 @@
 package sqlitestore_test
 
 import (
+	"bytes"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -132,5 +135,117 @@ func TestServerRefusedDuringCheck(t *testing.T) {
 	}
 	if openErr == nil || !strings.Contains(openErr.Error(), "another process") {
 		t.Fatalf("Open with the lock during Check: %v, want it refused", openErr)
+	}
+}
+
+// TestVacuumRemovesResidue: after a purge, Vacuum leaves no copy of a
+// personal value in the file's unused space (planted there by a write
+// without secure_delete, as the copies a purge cannot reach are) nor in
+// its write-ahead log, keeps what is stored, and makes the file no larger.
+func TestVacuumRemovesResidue(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	ctx := t.Context()
+	for i := range 20 {
+		e := event(fmt.Sprintf("r%d", i), "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", i)
+		e.Identity = fmt.Sprintf("IDENTITY-919800000%03d", i)
+		wh := hookOf(e)
+		wh.Body = fmt.Appendf(nil, `{"mobile":"BODY-919800000%03d","pad":%q}`, i, strings.Repeat("x", 500))
+		if _, _, err := s.Commit(ctx, []store.Webhook{wh}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour), nil); err != nil || n != 20 {
+		t.Fatalf("PurgePII = %d, %v; want 20", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	const planted = "PLANTED-919812345678"
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=secure_delete(0)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	for _, q := range []string{
+		`CREATE TABLE residue (v TEXT)`,
+		`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
+			INSERT INTO residue SELECT '` + planted + `' || i || printf('%.500c', 'x') FROM n`,
+		`DROP TABLE residue`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(readFile(t, path), []byte(planted)); n == 0 {
+		t.Fatal("the planted value is not in the file: the test plants nothing")
+	}
+
+	before, after, err := sqlitestore.Vacuum(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d bytes before, %d after", before, after)
+	if size := int64(len(readFile(t, path))); after != size || after > before {
+		t.Errorf("Vacuum: %d bytes before, %d after; the file has %d", before, after, size)
+	}
+	for _, p := range []string{path, path + "-wal"} {
+		if n := bytes.Count(readFile(t, p), []byte(planted)); n > 0 {
+			t.Errorf("%s holds the planted value %d times after Vacuum", filepath.Base(p), n)
+		}
+	}
+	if problems, err := sqlitestore.Check(ctx, path, false); err != nil || len(problems) > 0 {
+		t.Errorf("Check after Vacuum: %q, %v", problems, err)
+	}
+	s = open(t, path)
+	defer s.Close()
+	if r, err := s.GetRequest(ctx, "r7"); err != nil || r.GetRequestId() != "r7" {
+		t.Errorf("GetRequest after Vacuum: %v, %v", r, err)
+	}
+}
+
+// readFile returns the file at path, or nothing when there is none.
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestVacuumRefusedWhileOpen: Vacuum fails while a server has the file,
+// and a server started while it runs is refused. Not parallel: it sets a
+// hook of the package.
+func TestVacuumRefusedWhileOpen(t *testing.T) {
+	path := stoppedDB(t, 1)
+	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := sqlitestore.Vacuum(t.Context(), path); err == nil || !strings.Contains(err.Error(), "another process") {
+		t.Errorf("Vacuum while a store has the lock: %v, want it refused", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var openErr error
+	sqlitestore.SetOfflineLocked(t, func() {
+		s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+		if err == nil {
+			s.Close()
+		}
+		openErr = err
+	})
+	if _, _, err := sqlitestore.Vacuum(t.Context(), path); err != nil {
+		t.Fatal(err)
+	}
+	if openErr == nil || !strings.Contains(openErr.Error(), "another process") {
+		t.Fatalf("Open with the lock during Vacuum: %v, want it refused", openErr)
 	}
 }
