@@ -49,3 +49,24 @@ func TestFilesHaveContentTags(t *testing.T) {
 		}
 	}
 }
+
+// The page may be opened at a URL holding a watch token: it is not kept
+// under that URL (no-store), wherever it is reached from; its script and
+// style, loaded by their bare names, are kept and revalidated.
+func TestPageIsNotKept(t *testing.T) {
+	t.Parallel()
+	h := Handler()
+	for path, want := range map[string]string{
+		"/ui/":                                   "no-store",
+		"/ui/?request_id=r1&access_token=owt1.x": "no-store",
+		"/ui/index.html?request_id=r1&access_token=x": "no-store", // a redirect to ./ with the query
+		"/ui/app.js":    "no-cache",
+		"/ui/style.css": "no-cache",
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if got := rec.Header().Get("Cache-Control"); got != want {
+			t.Errorf("%s: %d with Cache-Control %q, want %q", path, rec.Code, got, want)
+		}
+	}
+}

@@ -52,15 +52,24 @@ func Handler() http.Handler {
 		if name == "" || strings.HasSuffix(name, "/") {
 			name = path.Join(name, "index.html")
 		}
-		if tag, ok := etags[name]; ok {
+		tag, ok := etags[name]
+		if ok {
 			h.Set("ETag", tag)
+		}
+		// The page is opened at a URL that may hold ?access_token=, which
+		// would be the key of its copy in the browser's disk cache: only
+		// the files it loads by their bare names (its script and style)
+		// are kept.
+		if ok && name != "index.html" {
+			h.Set("Cache-Control", "no-cache")
+		} else {
+			h.Set("Cache-Control", "no-store")
 		}
 		// The page URL may carry ?access_token=: never send it on as a
 		// referrer, and let nothing but the page's own files run.
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Cache-Control", "no-cache")
 		files.ServeHTTP(w, r)
 	})
 }
