@@ -626,8 +626,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("bidi")
 	})
 
-	// Huge values (an INITIATED of 64 channels of 4 KiB each) are cut, the
-	// whole value in the title, and the page does not widen.
+	// Huge values (an INITIATED of 64 channels of 4 KiB each) are cut, each
+	// a button that shows it whole and cuts it again, from the keyboard
+	// too, and the page does not widen.
 	t.Run("huge values", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		const id = "f0e1d2c3b4a5968778695a4b3c2d1e0f"
@@ -642,20 +643,71 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.waitRevision(2)
 		type shown struct {
 			ScrollWidth, Width, Longest int
-			Titled                      bool
+			Buttons                     bool
 		}
 		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[shown](`(() => {
 			const vals = [...document.querySelectorAll('main bdi')].filter(b => b.textContent.startsWith('C0'));
 			return {
 				scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth,
 				longest: Math.max(...vals.map(b => b.textContent.length)),
-				titled: vals.length > 0 && vals.every(b => b.title.length === 4096 && b.title.startsWith(b.textContent.slice(0, -1))),
+				buttons: vals.length > 0 && vals.every(b => b.querySelector('button.cut[aria-expanded="false"]')),
 			};
 		})()`))
-		if err != nil || got.ScrollWidth > got.Width || got.Longest > 100 || !got.Titled {
-			t.Errorf("%+v (%v): want no wider than the window, values cut to 100 characters or fewer, each whole in its title", got, err)
+		if err != nil || got.ScrollWidth > got.Width || got.Longest > 100 || !got.Buttons {
+			t.Errorf("%+v (%v): want no wider than the window, values cut to 100 characters or fewer, each a collapsed button", got, err)
+		}
+
+		// From the keyboard: the first channel of the activity list, focused,
+		// opens with Enter and closes with Space.
+		type focused struct {
+			Cut, Expanded, Text string
+			ScrollWidth, Width  int
+		}
+		const readFocused = `(() => { const b = document.activeElement; return {
+			cut: b.matches('#activity bdi > button.cut') ? 'yes' : b.outerHTML.slice(0, 80),
+			expanded: b.getAttribute('aria-expanded'), text: b.textContent,
+			scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth}; })()`
+		// The channels' names are upper-cased: "C05XXX…" in place of
+		// "C05xxx…", and each has 4,096 characters.
+		var first string // the first 80 characters shown
+		for _, step := range []struct {
+			action   chromedp.Action[chromedp.Void]
+			expanded string
+			length   int
+		}{
+			{chromedp.Focus(chromedp.CSS(`#activity button.cut`)), "false", 81},
+			{chromedp.KeyEvent("\r"), "true", 4096},
+			{chromedp.KeyEvent(" "), "false", 81},
+			{chromedp.KeyEvent(" "), "true", 4096},
+		} {
+			if err := chromedp.Do(p.bounded(10*time.Second), step.action); err != nil {
+				t.Fatal(err)
+			}
+			f, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[focused](readFocused))
+			text := []rune(f.Text)
+			if first == "" && len(text) > 80 {
+				first = string(text[:80])
+			}
+			if err != nil || f.Cut != "yes" || f.Expanded != step.expanded || len(text) != step.length || !strings.HasPrefix(f.Text, first) ||
+				(step.length == 81 && text[80] != '…') || f.ScrollWidth > f.Width {
+				t.Fatalf("focused %q, aria-expanded %q, showing %d characters (%.12q), page %d px in %d (%v); want the cut value, aria-expanded %s, showing %d",
+					f.Cut, f.Expanded, len(text), f.Text, f.ScrollWidth, f.Width, err, step.expanded, step.length)
+			}
 		}
 		p.screenshot("huge")
+
+		// A value open in a part of the page drawn again on an update (the
+		// channels) stays open, and keeps the focus.
+		if err := chromedp.Do(p.bounded(10*time.Second), chromedp.Focus(chromedp.CSS(`#channels button.cut`)), chromedp.KeyEvent("\r")); err != nil {
+			t.Fatal(err)
+		}
+		ts.Ingest(t, []byte(`{"data":{"requestId":"`+id+`","status":"DELIVERED","channel":"C05`+strings.Repeat("x", 4093)+`"},"eventType":"DLR","timestamp":1764153060600}`))
+		p.waitRevision(3)
+		kept, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[string](
+			`(b => b.matches('#channels button.cut') ? b.getAttribute('aria-expanded') + ' ' + b.textContent.length : b.tagName)(document.activeElement)`))
+		if err != nil || kept != "true 4096" {
+			t.Errorf("after an update, the focus on %q (%v); want the opened channel's button, whole", kept, err)
+		}
 	})
 
 	// At 375 px wide (a phone) nothing sticks out of its box and the page

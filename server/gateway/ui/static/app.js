@@ -60,15 +60,54 @@ function el(tag, attrs, ...children) {
 // Values longer than this many characters are cut.
 const CUT = 80;
 
+// The whole value of each cut value's button, and the whole values the
+// reader has opened (kept open when the page is drawn again).
+const cutValues = new WeakMap();
+const opened = new Set();
+
 // val shows a value the webhook's sender chose (a channel, an error code, a
 // method) isolated from its neighbours, so that bidi characters in it
 // (a right-to-left override) cannot reorder the text around it. A long
-// value is cut to CUT characters and an ellipsis, the whole in its title.
+// value is cut to CUT characters and an ellipsis, in a button that shows
+// the whole value in its place and cuts it again (a title is out of reach
+// of a keyboard, a finger and most screen readers).
 function val(s) {
   s = String(s);
   const chars = [...s];
   if (chars.length <= CUT) return el('bdi', null, balanced(s));
-  return el('bdi', { class: 'cut', title: s }, balanced(chars.slice(0, CUT).join('')), '…');
+  const b = el('button', { type: 'button', class: 'cut' });
+  cutValues.set(b, s);
+  showCut(b, opened.has(s));
+  b.addEventListener('click', () => {
+    const open = b.getAttribute('aria-expanded') !== 'true';
+    if (open) opened.add(s);
+    else opened.delete(s);
+    showCut(b, open);
+  });
+  return el('bdi', null, b);
+}
+
+// showCut shows a cut value's button whole (open) or cut.
+function showCut(b, open) {
+  const s = cutValues.get(b);
+  const chars = [...s];
+  b.setAttribute('aria-expanded', String(open));
+  b.title = open ? `Show the first ${CUT} characters only` : `Show all ${chars.length} characters`;
+  b.textContent = open ? balanced(s) : `${balanced(chars.slice(0, CUT).join(''))}…`;
+}
+
+// keepFocus runs draw, which may replace the cut value that has the focus,
+// and gives the focus to its replacement: the same value, as many times
+// over in the page.
+function keepFocus(draw) {
+  const f = document.activeElement;
+  const s = f && cutValues.get(f);
+  const same = (v) => [...document.querySelectorAll('button.cut')].filter((b) => cutValues.get(b) === v);
+  const nth = s === undefined ? -1 : same(s).indexOf(f);
+  draw();
+  if (nth < 0 || f.isConnected) return;
+  const b = same(s)[nth];
+  if (b) b.focus();
 }
 
 // balanced gives each end of isolate (U+2069) in s without its start one
@@ -175,6 +214,7 @@ function showStreamError(text) {
 // reset empties every part of the page that showed the previous request.
 function reset(id) {
   window.otplessWatch = { messages: [], eventIds: [], opens: 0, errors: [] };
+  opened.clear();
   $('main').hidden = false;
   $('main').classList.remove('refused');
   delete document.body.dataset.access;
@@ -249,7 +289,7 @@ function follow(id, token) {
     if (e.type === 'snapshot' || e.type === 'update') {
       for (const ev of msg.events || []) addActivity(ev, msg.request);
       if (e.type === 'snapshot' && !again) addSnapshotNote(msg.request);
-      render(msg.request);
+      keepFocus(() => render(msg.request));
       if (msg.request.status === 'REQUEST_STATUS_SUCCESS') {
         es.close();
         clearTimeout(idle);
