@@ -711,7 +711,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})
 
 	// At 375 px wide (a phone) nothing sticks out of its box and the page
-	// does not scroll sideways.
+	// does not scroll sideways, nor once long values (a channel, an error
+	// code, in a card, a failure, a fallback, the activity) are opened; and
+	// beside them, the page's own short words keep to one line.
 	t.Run("narrow window", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")
@@ -719,12 +721,15 @@ func TestStatusPageInBrowser(t *testing.T) {
 		for _, body := range sc.Bodies[:5] { // up to SMS DELIVERED: SMS SENT implied, WhatsApp failed
 			ts.Ingest(t, body)
 		}
+		long := strings.Repeat("0123456789abcdef", 25) // no place to break a line
+		ts.Ingest(t, []byte(`{"data":{"requestId":"`+id+`","status":"FALLBACK","fromChannel":"SMS","toChannel":"`+long+`"},"eventType":"AUTH","timestamp":1764153066000}`))
+		ts.Ingest(t, []byte(`{"data":{"requestId":"`+id+`","status":"FAILED","channel":"`+long+`","errorCode":"`+long+`"},"eventType":"DLR","timestamp":1764153067000}`))
 		p := openPage(t, browser, "about:blank")
 		if err := chromedp.Do(p.bounded(30*time.Second), chromedp.EmulateViewport(375, 812), chromedp.Navigate(ts.HTTPURL+"/ui/?request_id="+id)); err != nil {
 			t.Fatal(err)
 		}
-		p.waitRevision(5)
-		out, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](`(() => {
+		p.waitRevision(7)
+		const sticksOut = `(() => {
 			const bad = [];
 			const name = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + String(e.className).replace(/ /g, '.') : '');
 			for (const e of document.body.querySelectorAll('*')) {
@@ -735,10 +740,31 @@ func TestStatusPageInBrowser(t *testing.T) {
 				}
 			}
 			if (document.documentElement.scrollWidth > window.innerWidth) bad.push('the page, ' + document.documentElement.scrollWidth + ' px wide');
+			// The page's own short words keep to one line, not squeezed
+			// letter by letter beside a long value.
+			for (const e of document.querySelectorAll('main .tag, main .channel-status, main .step-name, main .badge')) {
+				const r = document.createRange();
+				r.selectNodeContents(e);
+				const lines = new Set([...r.getClientRects()].map(x => Math.round(x.top))).size;
+				if (lines > 1) bad.push(name(e) + ' "' + e.textContent + '" on ' + lines + ' lines');
+			}
 			return bad;
-		})()`))
+		})()`
+		out, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](sticksOut))
 		if err != nil || len(out) != 0 {
 			t.Errorf("at 375 px (%v):\n%s", err, strings.Join(out, "\n"))
+		}
+		opened, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[int](`(() => {
+			const cut = [...document.querySelectorAll('main button.cut')];
+			for (const b of cut) b.click();
+			return cut.filter(b => b.getAttribute('aria-expanded') === 'true' && b.textContent.length === 400).length;
+		})()`))
+		if err != nil || opened < 6 { // the channel twice, the code thrice, the fallback's target
+			t.Fatalf("%d long values opened (%v), want 6 or more", opened, err)
+		}
+		out, err = chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](sticksOut))
+		if err != nil || len(out) != 0 {
+			t.Errorf("at 375 px, the long values opened (%v):\n%s", err, strings.Join(out, "\n"))
 		}
 		p.screenshot("narrow")
 	})
