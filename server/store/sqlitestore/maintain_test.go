@@ -122,6 +122,18 @@ func TestCheckRefusedWhileOpen(t *testing.T) {
 // refused. Not parallel: it sets a hook of the package.
 func TestServerRefusedDuringCheck(t *testing.T) {
 	path := stoppedDB(t, 1)
+	openErr := openMeanwhile(t, path)
+	if _, err := sqlitestore.Check(t.Context(), path, false); err != nil {
+		t.Fatal(err)
+	}
+	if *openErr == nil || !strings.Contains((*openErr).Error(), "another process") {
+		t.Fatalf("Open with the lock during Check: %v, want it refused", *openErr)
+	}
+}
+
+// openMeanwhile makes the next Check or Vacuum open path as a server does
+// once it holds the lock, and returns where that open's error will be.
+func openMeanwhile(t *testing.T, path string) *error {
 	var openErr error
 	sqlitestore.SetOfflineLocked(t, func() {
 		s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
@@ -130,12 +142,7 @@ func TestServerRefusedDuringCheck(t *testing.T) {
 		}
 		openErr = err
 	})
-	if _, err := sqlitestore.Check(t.Context(), path, false); err != nil {
-		t.Fatal(err)
-	}
-	if openErr == nil || !strings.Contains(openErr.Error(), "another process") {
-		t.Fatalf("Open with the lock during Check: %v, want it refused", openErr)
-	}
+	return &openErr
 }
 
 // TestVacuumRemovesResidue: after a purge, Vacuum leaves no copy of a
@@ -234,18 +241,11 @@ func TestVacuumRefusedWhileOpen(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var openErr error
-	sqlitestore.SetOfflineLocked(t, func() {
-		s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
-		if err == nil {
-			s.Close()
-		}
-		openErr = err
-	})
+	openErr := openMeanwhile(t, path)
 	if _, _, err := sqlitestore.Vacuum(t.Context(), path); err != nil {
 		t.Fatal(err)
 	}
-	if openErr == nil || !strings.Contains(openErr.Error(), "another process") {
-		t.Fatalf("Open with the lock during Vacuum: %v, want it refused", openErr)
+	if *openErr == nil || !strings.Contains((*openErr).Error(), "another process") {
+		t.Fatalf("Open with the lock during Vacuum: %v, want it refused", *openErr)
 	}
 }
