@@ -577,8 +577,17 @@ func (s *Server) becomeReady(ctx context.Context) error {
 	if s.purge != nil {
 		s.purge.start()
 	}
-	s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
-	s.stopHealth = s.watchStore()
+	// Ready only once the store answers a first ping: a role lacking a
+	// privilege, or a disk already full, is not ready from the start.
+	pctx, cancel := context.WithTimeout(ctx, max(s.cfg.HealthInterval, time.Second))
+	err := s.store.Ping(pctx)
+	cancel()
+	if err == nil {
+		s.health.SetServingStatus(ReadinessService, healthpb.HealthCheckResponse_SERVING)
+	} else if ctx.Err() == nil {
+		s.log.Warn("store ping failed; not ready", "error", err)
+	}
+	s.stopHealth = s.watchStore(err == nil)
 	return nil
 }
 
@@ -713,16 +722,15 @@ func (s *Server) shutdown() error {
 // interval on a loaded machine does not flap. When the store answers again,
 // the relay re-reads every watched request: its listening connection may
 // be silent for good (a failover behind the same address), which its own
-// ping finds out only later. It returns a function that stops the loop and
-// waits for it.
-func (s *Server) watchStore() (stop func()) {
+// ping finds out only later. healthy is the outcome of the ping before
+// the loop. It returns a function that stops the loop and waits for it.
+func (s *Server) watchStore(healthy bool) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		tick := time.NewTicker(s.cfg.HealthInterval)
 		defer tick.Stop()
-		healthy := true
 		for {
 			select {
 			case <-ctx.Done():

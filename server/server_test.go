@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
@@ -1023,5 +1026,49 @@ func TestSilentPeersLoseTheirWatches(t *testing.T) {
 		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
 			t.Fatalf("a second watch while the first's peer is silent: %v; want the place freed within 30 s", err)
 		}
+	}
+}
+
+// A store whose first ping fails (here its write-ahead log is gone) leaves
+// the server not ready from the start, not only from the first health
+// interval on (an hour here).
+func TestNotReadyWhenTheFirstPingFails(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	cfg.Security.Disabled = true
+	cfg.HealthInterval = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(cfg.DataDir, "otpless-events.db-wal")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for len(logs.Matching(t, map[string]any{"msg": "serving"})) == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("Run ended before serving: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	resp, err := http.Get("http://" + srv.HTTPAddr().String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with the store's first ping failed: %d, want 503", resp.StatusCode)
+	}
+	if len(logs.Matching(t, map[string]any{"msg": "store ping failed; not ready"})) == 0 {
+		t.Errorf("no warning that the store's ping failed; log:\n%s", logs.String())
 	}
 }
