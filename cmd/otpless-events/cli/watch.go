@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -106,6 +107,29 @@ var (
 	errSilent    = errors.New("silent stream")
 )
 
+// retryAfter asks run to open the stream again after wait: the server
+// refused it for a limit on open streams, saying when to try again.
+type retryAfter struct{ wait time.Duration }
+
+func (r retryAfter) Error() string { return "retry after " + r.wait.String() }
+
+// refusedForNow is the retryAfter of a refusal that says when to try
+// again (RESOURCE_EXHAUSTED with a google.rpc.RetryInfo), else nil.
+func (w *watcher) refusedForNow(err error) error {
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted {
+		return nil
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() > 0 {
+			wait := ri.GetRetryDelay().AsDuration()
+			fmt.Fprintf(w.stderr, "refused for now: %s; trying again in %s\n", st.Message(), wait)
+			return retryAfter{wait}
+		}
+	}
+	return nil
+}
+
 // stopped reports whether err ends the watch because of ctx (whose deadline
 // may reach the server, and come back as DEADLINE_EXCEEDED, before ctx
 // itself says so).
@@ -126,11 +150,17 @@ func (w *watcher) run(ctx context.Context) error {
 		w.received = false
 		began := w.now()
 		err := w.follow(ctx, attempt > 0)
+		var refused retryAfter
 		switch {
 		case err == nil:
 			return nil // SUCCESS
 		case errors.Is(err, errStopped):
 			return w.gaveUp(ctx)
+		case errors.As(err, &refused):
+			if !w.sleep(ctx, refused.wait) {
+				return w.gaveUp(ctx)
+			}
+			backoff = minBackoff
 		case !errors.Is(err, errReconnect):
 			return err
 		case w.received || w.now().Sub(began) >= maxBackoff:
@@ -176,6 +206,9 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		if stopped(ctx, err) {
 			return errStopped
 		}
+		if ra := w.refusedForNow(err); ra != nil {
+			return ra
+		}
 		return rpcError("watch "+w.id, err)
 	}
 	var silent *time.Timer
@@ -200,6 +233,9 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
 			return errReconnect
 		case err != nil:
+			if ra := w.refusedForNow(err); ra != nil {
+				return ra
+			}
 			return rpcError("watch "+w.id, err)
 		}
 		if silent != nil {

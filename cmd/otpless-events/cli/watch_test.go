@@ -9,10 +9,12 @@ import (
 	"time"
 	"unicode"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
@@ -82,6 +84,15 @@ var (
 		return watchMsg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, rev, succeeded)
 	}
 	lost = step{err: status.Error(codes.Unavailable, "connection reset")}
+	// exhausted is a watch limit's refusal, with when to try again.
+	exhausted = func() step {
+		st, err := status.New(codes.ResourceExhausted, "too many watch streams for this request (limit 20)").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)})
+		if err != nil {
+			panic(err)
+		}
+		return step{err: st.Err()}
+	}()
 )
 
 // later is s after d on the fake clock.
@@ -144,6 +155,17 @@ func TestWatchBackoff(t *testing.T) {
 				{heartbeatAt(1), successAt(2)},
 			},
 			sleeps: []time.Duration{100 * ms, 200 * ms, 100 * ms},
+		},
+		{
+			// A watch limit's refusal says when to try again: watch waits
+			// that long, rather than failing, whether or not a stream
+			// worked before.
+			name: "refused for a watch limit",
+			streams: [][]step{
+				{exhausted}, {exhausted}, {snapshotAt(1), lost}, {exhausted}, {lost},
+				{heartbeatAt(1), successAt(2)},
+			},
+			sleeps: []time.Duration{5 * time.Second, 5 * time.Second, 5 * time.Second, 100 * ms},
 		},
 		{
 			// As a server that is shutting down might: RECONNECT alone
