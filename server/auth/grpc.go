@@ -147,23 +147,27 @@ func (s *authorizedStream) RecvMsg(m any) error {
 
 func bearerFromMetadata(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		if tok, ok := cutBearer(v); ok {
-			return tok
-		}
-	}
-	return ""
+	return firstBearer(md.Get("authorization"))
 }
 
 // AuthenticateHeader is Authenticate for the bearer credential of an HTTP
 // request's Authorization header, as the gateway forwards it to gRPC.
 func (k *Keyring) AuthenticateHeader(h http.Header) (*Principal, error) {
-	for _, v := range h.Values("Authorization") {
-		if tok, ok := cutBearer(v); ok {
-			return k.Authenticate(tok)
-		}
+	if tok := firstBearer(h.Values("Authorization")); tok != "" {
+		return k.Authenticate(tok)
 	}
 	return nil, ErrUnauthenticated
+}
+
+// firstBearer is the token of the first Bearer credential among values
+// of Authorization, or "".
+func firstBearer(values []string) string {
+	for _, v := range values {
+		if tok, ok := cutBearer(v); ok {
+			return tok
+		}
+	}
+	return ""
 }
 
 func cutBearer(v string) (string, bool) {
