@@ -60,11 +60,7 @@ func (s *Server) streamInterceptors(inner ...grpc.StreamServerInterceptor) []grp
 func (s *Server) watchInProcess(requests eventsv1.RequestServiceServer, inner []grpc.StreamServerInterceptor) gateway.WatchFunc {
 	watch := gateway.InProcess(requests, s.streamInterceptors(inner...)...)
 	return func(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error {
-		format := observe.StreamNDJSON
-		if gateway.IsEventStream(ctx) {
-			format = observe.StreamSSE
-		}
-		return watch(observe.InProcess(ctx, format), req, send)
+		return watch(observe.InProcess(ctx, gateway.IsEventStream(ctx)), req, send)
 	}
 }
 

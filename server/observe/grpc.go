@@ -26,8 +26,8 @@ const (
 // The HTTP watch streams, the values of watch_streams' transport label
 // beside grpc.
 const (
-	StreamSSE    = "sse"    // Server-Sent Events
-	StreamNDJSON = "ndjson" // newline-delimited JSON
+	streamSSE    = "sse"    // Server-Sent Events
+	streamNDJSON = "ndjson" // newline-delimited JSON
 )
 
 // RecoverGRPC is the handler of the grpc-ecosystem recovery interceptor: the
@@ -107,11 +107,12 @@ func (o *Observer) newGRPCCall(ctx context.Context) *call {
 
 // InProcess prepares the context of a gRPC call that the HTTP gateway makes
 // without a connection (its watch streams): the call counts under the http
-// transport, its open stream under stream (StreamSSE or StreamNDJSON; else
-// http), and its log line carries the HTTP request's id.
-func InProcess(ctx context.Context, stream string) context.Context {
-	if stream != StreamSSE && stream != StreamNDJSON {
-		stream = transportHTTP
+// transport, its open stream as Server-Sent Events or newline-delimited
+// JSON (eventStream), and its log line carries the HTTP request's id.
+func InProcess(ctx context.Context, eventStream bool) context.Context {
+	stream := streamNDJSON
+	if eventStream {
+		stream = streamSSE
 	}
 	return context.WithValue(ctx, inProcessKey{}, stream)
 }

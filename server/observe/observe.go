@@ -182,7 +182,7 @@ func New(log *slog.Logger) *Observer {
 	)
 	// Series of fixed label values start at zero, so that an alert on
 	// their rate has something to read before the first one happens.
-	for _, t := range []string{transportGRPC, StreamSSE, StreamNDJSON} {
+	for _, t := range []string{transportGRPC, streamSSE, streamNDJSON} {
 		o.watchStreams.WithLabelValues(t)
 	}
 	for _, t := range []string{transportGRPC, transportHTTP} {
