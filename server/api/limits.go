@@ -106,3 +106,18 @@ func Exhausted(msg string) error {
 	}
 	return st.Err()
 }
+
+// RetryDelay is the delay of err's google.rpc.RetryInfo, as Exhausted
+// gives it, if err carries a valid one.
+func RetryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() >= 0 {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}

@@ -32,7 +32,6 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/annotations"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -409,24 +408,10 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	case codes.Unauthenticated:
 		w = challenge{w}
 	}
-	if d, ok := retryDelay(err); ok {
+	if d, ok := api.RetryDelay(err); ok {
 		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(d.Seconds())), 10))
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
-}
-
-// retryDelay is the delay of err's RetryInfo detail, if it has one.
-func retryDelay(err error) (time.Duration, bool) {
-	st, ok := status.FromError(err)
-	if !ok {
-		return 0, false
-	}
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() >= 0 {
-			return ri.GetRetryDelay().AsDuration(), true
-		}
-	}
-	return 0, false
 }
 
 // bearerChallenge is the API's WWW-Authenticate challenge.

@@ -14,7 +14,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/api"
 )
 
 func newWatch(stdout, stderr io.Writer) *cobra.Command {
@@ -109,23 +109,18 @@ var (
 
 // retryAfter asks run to open the stream again after wait: the server
 // refused it for a limit on open streams, saying when to try again.
-type retryAfter struct{ wait time.Duration }
+type retryAfter struct {
+	wait time.Duration
+	why  string
+}
 
-func (r retryAfter) Error() string { return "retry after " + r.wait.String() }
+func (r retryAfter) Error() string { return r.why }
 
 // refusedForNow is the retryAfter of a refusal that says when to try
 // again (RESOURCE_EXHAUSTED with a google.rpc.RetryInfo), else nil.
-func (w *watcher) refusedForNow(err error) error {
-	st := status.Convert(err)
-	if st.Code() != codes.ResourceExhausted {
-		return nil
-	}
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() > 0 {
-			wait := ri.GetRetryDelay().AsDuration()
-			fmt.Fprintf(w.stderr, "refused for now: %s; trying again in %s\n", st.Message(), wait)
-			return retryAfter{wait}
-		}
+func refusedForNow(err error) error {
+	if wait, ok := api.RetryDelay(err); ok && wait > 0 && status.Code(err) == codes.ResourceExhausted {
+		return retryAfter{wait, status.Convert(err).Message()}
 	}
 	return nil
 }
@@ -157,6 +152,7 @@ func (w *watcher) run(ctx context.Context) error {
 		case errors.Is(err, errStopped):
 			return w.gaveUp(ctx)
 		case errors.As(err, &refused):
+			fmt.Fprintf(w.stderr, "refused for now: %s; trying again in %s\n", refused.why, refused.wait)
 			if !w.sleep(ctx, refused.wait) {
 				return w.gaveUp(ctx)
 			}
@@ -206,7 +202,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		if stopped(ctx, err) {
 			return errStopped
 		}
-		if ra := w.refusedForNow(err); ra != nil {
+		if ra := refusedForNow(err); ra != nil {
 			return ra
 		}
 		return rpcError("watch "+w.id, err)
@@ -233,7 +229,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
 			return errReconnect
 		case err != nil:
-			if ra := w.refusedForNow(err); ra != nil {
+			if ra := refusedForNow(err); ra != nil {
 				return ra
 			}
 			return rpcError("watch "+w.id, err)
