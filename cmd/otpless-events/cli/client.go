@@ -100,7 +100,7 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	target := dialAddr(f.grpcAddr)
 	switch {
 	case tlsCfg != nil && f.plaintext:
-		return nil, errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+		return nil, errTLSAndPlaintext
 	case tlsCfg == nil:
 		if err := f.inClear(target, fmt.Sprintf("gRPC address %q", f.grpcAddr)); err != nil {
 			return nil, err
@@ -135,13 +135,16 @@ func (f *clientFlags) inClear(target, shown string) error {
 		"give --tls (or --tls-ca-file) for a server with TLS, or --plaintext to connect in clear anyway", shown)
 }
 
+// errTLSAndPlaintext refuses flags that ask for TLS and for none.
+var errTLSAndPlaintext = errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+
 // postTo refuses to post to webhookURL with flags that cannot work with it,
 // or in clear to another machine without --plaintext.
 func (f *clientFlags) postTo(webhookURL string) error {
 	tls := f.tls || f.tlsCAFile != ""
 	switch {
 	case tls && f.plaintext:
-		return errors.New("--plaintext and --tls or --tls-ca-file: pick one")
+		return errTLSAndPlaintext
 	case tls && strings.HasPrefix(webhookURL, "http://"):
 		return fmt.Errorf("TLS asked for, but the webhook URL %s is http://: give an https:// one", redactURL(webhookURL))
 	}
