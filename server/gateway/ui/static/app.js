@@ -171,12 +171,17 @@ function errorText(err) {
   const words = err.description || 'unknown failure';
   const parts = [err.code ? ['code ', val(err.code)] : null, RETRIABLE[err.retriable]].filter(Boolean);
   if (!parts.length) return [words];
-  return [words, ' (', ...parts.flatMap((x, i) => (i ? [', ', x] : [x])).flat(), ')'];
+  return [words, ' (', ...joined(parts).flat(), ')'];
+}
+
+// joined puts commas between items (text or nodes).
+function joined(items) {
+  return items.flatMap((x, i) => (i ? [', ', x] : [x]));
 }
 
 // list joins values with commas.
 function list(values) {
-  return values.flatMap((v, i) => (i ? [', ', val(v)] : [val(v)]));
+  return joined(values.map(val));
 }
 
 // describe puts one event in words (an array of text and nodes).
