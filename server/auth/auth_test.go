@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -143,6 +144,19 @@ func TestWatchTokens(t *testing.T) {
 	tampered := tok[:len(tokenPrefix)+2] + "x" + tok[len(tokenPrefix)+3:]
 	if _, err := signer.Verify(tampered); err == nil {
 		t.Fatal("tampered token accepted")
+	}
+	// The signature's last character carries two bits no byte has: a token
+	// has one spelling, or per-token limits would count four tokens.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, tok[len(tok)-1])
+	if last%4 != 0 {
+		t.Fatalf("the signature's last character %q sets an unused bit", tok[len(tok)-1])
+	}
+	for spare := 1; spare < 4; spare++ {
+		respelt := tok[:len(tok)-1] + string(alphabet[last+spare])
+		if _, err := signer.Verify(respelt); err == nil {
+			t.Errorf("a token spelt with unused bits set (%s) accepted", respelt[len(respelt)-4:])
+		}
 	}
 	now = now.Add(10 * time.Minute)
 	if _, err := signer.Verify(tok); err == nil || !errors.Is(err, ErrUnauthenticated) {
