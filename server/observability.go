@@ -136,7 +136,8 @@ func probe(w http.ResponseWriter, r *http.Request, code int, text string) {
 
 // listenMetrics binds the metrics listener when Config.MetricsAddr is set.
 // It serves /metrics and the runtime profiles under /debug/pprof/, so it
-// belongs on a private address.
+// belongs on a private address; not the command line, which may hold a
+// store DSN's password.
 func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error {
 	if s.cfg.MetricsAddr == "" {
 		return nil
@@ -148,7 +149,6 @@ func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.obs.Handler())
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)

@@ -743,6 +743,27 @@ func TestOpenAPIRoute(t *testing.T) {
 	}
 }
 
+// The metrics listener serves the runtime's profiles, but not the command
+// line, which may hold a store DSN with its password.
+func TestProfilesRoute(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	for path, want := range map[string]int{
+		"/debug/pprof/":                  http.StatusOK,
+		"/debug/pprof/heap?debug=1":      http.StatusOK,
+		"/debug/pprof/goroutine?debug=1": http.StatusOK,
+		"/debug/pprof/profile?seconds=1": http.StatusOK,
+		"/debug/pprof/trace?seconds=0.1": http.StatusOK,
+		"/debug/pprof/symbol":            http.StatusOK,
+		"/debug/pprof/cmdline":           http.StatusNotFound,
+	} {
+		code, _, body := do(t, http.MethodGet, s.metricsURL+path, "")
+		if code != want {
+			t.Errorf("GET %s: %d, want %d: %.200s", path, code, want, body)
+		}
+	}
+}
+
 // A panicking gRPC handler becomes INTERNAL and a panicking HTTP handler
 // 500; both are logged with their stack, and the server goes on serving.
 func TestPanicsAreRecovered(t *testing.T) {
