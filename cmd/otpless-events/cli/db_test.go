@@ -95,6 +95,9 @@ func TestDBRefusedWhileServing(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, "another process has this database open") || !strings.Contains(errOut, "stop the server first") {
 			t.Errorf("db %s while serving: exit %d, %q", sub, code, errOut)
 		}
+		if n := strings.Count(errOut, path); n != 1 {
+			t.Errorf("db %s while serving names the file %d times: %q", sub, n, errOut)
+		}
 	}
 }
 

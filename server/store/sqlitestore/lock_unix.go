@@ -10,7 +10,8 @@ import (
 )
 
 // lockFile takes an exclusive lock on the file at path, held while the file
-// returned stays open; it fails at once when another holds it.
+// returned stays open; it fails at once when another holds it. Its errors
+// leave naming the file to the caller.
 func lockFile(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -19,9 +20,9 @@ func lockFile(path string) (*os.File, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another process has this database open (it holds a lock on %s)", path)
+			return nil, errors.New("another process has this database open (it holds its lock)")
 		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, fmt.Errorf("lock: %w", err)
 	}
 	return f, nil
 }

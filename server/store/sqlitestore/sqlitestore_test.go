@@ -366,6 +366,8 @@ func TestProcessLock(t *testing.T) {
 			second.Close()
 		}
 		t.Fatalf("a second Open with the lock: %v, want it refused", err)
+	} else if n := strings.Count(err.Error(), path); n != 1 {
+		t.Errorf("the refusal names the file %d times: %v", n, err)
 	}
 	// By another path to the same file too.
 	link := filepath.Join(t.TempDir(), "link.db")
