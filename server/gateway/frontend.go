@@ -11,8 +11,9 @@ import (
 
 // frontend puts what browsers need in front of next (webhooks, then the
 // gateway mux): the status page at /ui/ (and / redirecting there), and on
-// the watch route, CORS and Server-Sent Events.
-func frontend(mux *runtime.ServeMux, next http.Handler, opts Options) http.Handler {
+// the watch route, CORS (by cors, the policy accessTokenFromQuery also
+// answers by) and Server-Sent Events.
+func frontend(mux *runtime.ServeMux, next http.Handler, cors corsPolicy, opts Options) http.Handler {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -25,7 +26,7 @@ func frontend(mux *runtime.ServeMux, next http.Handler, opts Options) http.Handl
 		next:      next,
 		mux:       mux,
 		watch:     opts.Watch,
-		cors:      newCORSPolicy(opts.CORSOrigins),
+		cors:      cors,
 		heartbeat: heartbeat,
 		streams:   opts.Streams,
 		log:       log,

@@ -147,7 +147,8 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
-	return validURL(accessTokenFromQuery(opts.Keyring != nil, newCORSPolicy(opts.CORSOrigins), apiRequests(opts.Keyring, frontend(mux, webhooksFirst(mux, wh), opts)))), nil
+	cors := newCORSPolicy(opts.CORSOrigins)
+	return validURL(accessTokenFromQuery(opts.Keyring != nil, cors, apiRequests(opts.Keyring, frontend(mux, webhooksFirst(mux, wh), cors, opts)))), nil
 }
 
 // maxAPIBodyBytes bounds the body of a request to the API (not a webhook):
