@@ -18,3 +18,20 @@ func TestGRPCErrorsAreLogLines(t *testing.T) {
 		t.Errorf("logged %q", got)
 	}
 }
+
+// TestDropNotice: the line saying log lines were dropped is written at
+// every level, as a warning where warnings are logged.
+func TestDropNotice(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ format, level, want string }{
+		{"text", "info", "level=WARN"},
+		{"text", "warn", "level=WARN"},
+		{"text", "error", "level=ERROR"},
+		{"json", "error", `"level":"ERROR"`},
+	} {
+		line := string(dropNotice(tc.format, tc.level)(3))
+		if !strings.Contains(line, tc.want) || !strings.Contains(line, "log lines dropped") || !strings.Contains(line, "dropped=3") && !strings.Contains(line, `"dropped":3`) {
+			t.Errorf("--log-format %s --log-level %s: %q, want a line with %s saying 3 were dropped", tc.format, tc.level, line, tc.want)
+		}
+	}
+}

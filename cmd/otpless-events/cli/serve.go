@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,12 +39,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			}
 			masked := slog.New(observe.MaskingHandler(log.Handler())) // as the server's own lines are
 			grpcLog.Store(masked)
-			logs.SetDropNotice(func(dropped int) []byte {
-				var line bytes.Buffer
-				notice, _ := newLogger(&line, logFormat, logLevel)
-				notice.Warn("log lines dropped: a write to standard error lasted over "+observe.StuckAfter.String(), "dropped", dropped)
-				return line.Bytes()
-			})
+			logs.SetDropNotice(dropNotice(logFormat, logLevel))
 			cfg.Logger = log
 			// From here on an error that stops the server is a line of
 			// the log, in its format and masked, rather than plain text
@@ -155,4 +151,20 @@ func (g grpcErrors) Write(p []byte) (int, error) {
 	}
 	log.Warn(strings.TrimSpace(string(p)), "component", "grpc")
 	return len(p), nil
+}
+
+// dropNotice makes the line the log writes after it dropped lines: a
+// warning, or an error where the level leaves warnings out (the dropped
+// lines were errors then).
+func dropNotice(format, level string) func(dropped int) []byte {
+	return func(dropped int) []byte {
+		var line bytes.Buffer
+		notice, _ := newLogger(&line, format, level)
+		lvl := slog.LevelWarn
+		if !notice.Enabled(context.Background(), lvl) {
+			lvl = slog.LevelError
+		}
+		notice.Log(context.Background(), lvl, "log lines dropped: a write to standard error lasted over "+observe.StuckAfter.String(), "dropped", dropped)
+		return line.Bytes()
+	}
 }
