@@ -375,6 +375,7 @@ func TestCallsRefusedBeforeTheInterceptors(t *testing.T) {
 		`otpless_events_grpc_refused_total{code="Internal"}`:            1,
 		`otpless_events_grpc_refused_total{code="Unimplemented"}`:       2,
 		`otpless_events_grpc_refused_total{code="ResourceExhausted"}`:   0,
+		`otpless_events_grpc_refused_total{code="Unauthenticated"}`:     0,
 		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`: 1,
 	} {
 		if got, ok := series[name]; !ok || got != want {

@@ -169,7 +169,7 @@ func New(log *slog.Logger) *Observer {
 		}),
 		grpcRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "grpc_refused_total",
-			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method), by code.",
+			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method, a call without a valid credential), by code.",
 		}, []string{"code"}),
 	}
 	o.Registry.MustRegister(
@@ -191,7 +191,7 @@ func New(log *slog.Logger) *Observer {
 			o.ingestSeconds.WithLabelValues(t, result)
 		}
 	}
-	for _, c := range []codes.Code{codes.Internal, codes.ResourceExhausted, codes.Unimplemented} {
+	for _, c := range []codes.Code{codes.Internal, codes.ResourceExhausted, codes.Unimplemented, codes.Unauthenticated} {
 		o.grpcRefused.WithLabelValues(c.String())
 	}
 	for _, reason := range []string{ReasonInvalidBody, ReasonUnrecognized, ReasonTooLarge, ReasonOverloaded, ReasonUnavailable,
