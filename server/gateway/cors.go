@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -69,7 +68,7 @@ func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
 	h.Add("Vary", "Origin")
 	if !p.allows(origin) {
 		if preflight {
-			writeStatus(w, &runtime.JSONPb{}, http.StatusForbidden, status.New(codes.PermissionDenied, "origin not allowed (--cors-origins)"))
+			writeStatus(w, statusJSON, http.StatusForbidden, status.New(codes.PermissionDenied, "origin not allowed (--cors-origins)"))
 		}
 		return preflight
 	}

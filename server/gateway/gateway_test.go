@@ -120,6 +120,43 @@ func TestMethodNotAllowed(t *testing.T) {
 	}
 }
 
+// Every error body has the shape of grpc-gateway's own, details included,
+// whether the mux wrote it or a refusal before the mux did.
+func TestErrorBodiesHaveOneShape(t *testing.T) {
+	t.Parallel()
+	srv := unreachableGateway(t, failingIngester{store.ErrUnavailable})
+	for _, tc := range []struct {
+		method, path, body string
+		code               int
+	}{
+		{http.MethodGet, "/v1/requests/r1", "", http.StatusServiceUnavailable}, // the mux's
+		{http.MethodPut, "/v1/requests/r1", "", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/v1/requests/a%2Fb", "", http.StatusNotFound},
+		{http.MethodGet, "/v1/requests/%ff", "", http.StatusBadRequest},
+		{http.MethodPost, "/v1/requests/r1:watchToken", strings.Repeat(" ", 65<<10), http.StatusRequestEntityTooLarge},
+		{http.MethodPost, gateway.WebhookPath, "{", http.StatusBadRequest},
+	} {
+		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var fields map[string]json.RawMessage
+		if resp.StatusCode != tc.code || json.Unmarshal(b, &fields) != nil {
+			t.Errorf("%s %s: %d %s, want %d with a JSON status", tc.method, tc.path, resp.StatusCode, b, tc.code)
+			continue
+		}
+		if len(fields) != 3 || fields["code"] == nil || fields["message"] == nil || fields["details"] == nil {
+			t.Errorf("%s %s: %s, want code, message and details", tc.method, tc.path, b)
+		}
+	}
+}
+
 // statusOf records the status its handler answered.
 type statusOf struct {
 	http.ResponseWriter
