@@ -423,7 +423,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		TLSConfig:         sec.httpTLS,
 	}
 
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: closeDeadPeers}
 	if s.grpcLis, err = lc.Listen(ctx, "tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
@@ -776,6 +776,14 @@ func (s *Server) closeAll() {
 	}
 	s.closeMetrics()
 }
+
+// DeadPeerTimeout is how long data the server sent on a connection may go
+// unacknowledged before the connection is closed (TCP_USER_TIMEOUT, on
+// Linux). A client whose network vanished without a word, a phone gone out
+// of coverage, then loses its watch streams, and their places under the
+// watch limits, within a heartbeat and this, rather than once TCP's
+// retransmissions give up, about 15 minutes later.
+const DeadPeerTimeout = time.Minute
 
 // MaxPublicStreams bounds the streams that need no credential
 // (grpc.health.v1.Health/Watch, and reflection's) open at once from one
