@@ -40,6 +40,11 @@ func frontend(mux *runtime.ServeMux, next http.Handler, cors corsPolicy, opts Op
 		case p == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 			http.Redirect(w, r, ui.Path, http.StatusFound)
 		case p == uiRoot || strings.HasPrefix(p, ui.Path):
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				w.Header().Set("Allow", "GET, HEAD")
+				routingErrorHandler(r.Context(), mux, nil, w, r, http.StatusMethodNotAllowed)
+				return
+			}
 			page.ServeHTTP(w, r)
 		default:
 			watch.ServeHTTP(w, r)

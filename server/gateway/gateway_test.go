@@ -93,6 +93,9 @@ func TestMethodNotAllowed(t *testing.T) {
 		{http.MethodPost, gateway.WebhookPath, ""},
 		{http.MethodGet, "/v1/requests/r1", ""},
 		{http.MethodHead, "/v1/requests/r1", ""},
+		{http.MethodPost, "/ui/", "GET, HEAD"}, // the status page
+		{http.MethodDelete, "/ui/app.js", "GET, HEAD"},
+		{http.MethodGet, "/ui/", ""},
 		{http.MethodHead, "/v1/requests/r1/events", ""},
 	} {
 		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader("{}"))
