@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -908,11 +909,15 @@ func TestPingKeepsBusyConnections(t *testing.T) {
 // and gets none in time still succeeds when one came back to the pool while
 // it waited (the pool is busy, the database answering): the only
 // connection goes from a commit that ends to another that waits for a row
-// lock, while the ping waits behind it.
+// lock, while the ping waits behind it. Each step waits for the one before
+// to be seen (in the database's locks, in the pool's queue), and the ping's
+// deadline comes when the test says, so that a slow machine cannot reorder
+// them.
 func TestPingCountsReleases(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
-	s := open(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"))
+	// No call ends by the store's timeout while the test lines them up.
+	s := open(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"), pgstore.WithTimeout(time.Minute))
 	ctx := t.Context()
 	commit := func(id string, at time.Time) <-chan error {
 		done := make(chan error, 1)
@@ -947,18 +952,15 @@ func TestPingCountsReleases(t *testing.T) {
 	tx2, locked2 := lock(second) // next in line for the row, after a
 	awaitQuery(t, observer, "the second lock to wait", `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID()))
 	b := commit("e3", at(2)) // waits for the pool, then for tx2's lock
-	// b waiting for the pool, ahead of the ping (the pool's queue is first
-	// come, first served; 300 ms was not always enough under CI's load).
-	time.Sleep(time.Second)
+	// The pool's queue is first come, first served: b waits in it before
+	// the ping does, so that the connection a gives back goes to b.
+	awaitPoolWaiters(t, "Commit", 1)
 
+	canceled := s.Pool().Stat().CanceledAcquireCount()
+	pctx, expire := withExpiry(t) // as the server's health check's deadline
 	pinged := make(chan error, 1)
-	start := time.Now()
-	go func() {
-		pctx, cancel := context.WithTimeout(ctx, time.Second) // as the server's health check
-		defer cancel()
-		pinged <- s.Ping(pctx)
-	}()
-	time.Sleep(300 * time.Millisecond)
+	go func() { pinged <- s.Ping(pctx) }()
+	awaitPoolWaiters(t, "Ping", 1)
 	if err := tx1.Rollback(ctx); err != nil { // a commits; the connection goes to b
 		t.Fatal(err)
 	}
@@ -968,18 +970,79 @@ func TestPingCountsReleases(t *testing.T) {
 	if err := <-locked2; err != nil {
 		t.Fatal(err)
 	}
-	err := <-pinged
-	if elapsed := time.Since(start); elapsed < 900*time.Millisecond {
-		t.Fatalf("the ping ended after %v, before its timeout: it got the connection ahead of b, so this test did not test what it means to", elapsed)
+	awaitBlockedBy(t, observer, second) // b has the connection
+	select {
+	case err := <-pinged:
+		t.Fatalf("the ping ended (%v) before its deadline: it got the connection ahead of b, so this test did not test what it means to", err)
+	default:
 	}
-	if err != nil {
+	expire()
+	if err := <-pinged; err != nil {
 		t.Errorf("Ping while a connection came back to the busy pool: %v", err)
+	}
+	if n := s.Pool().Stat().CanceledAcquireCount() - canceled; n != 1 {
+		t.Errorf("%d waits for the pool given up, want the ping's: it did not end waiting for a connection, as this test means it to", n)
 	}
 	if err := tx2.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-b; err != nil {
 		t.Fatalf("the second waiting commit: %v", err)
+	}
+}
+
+// withExpiry returns a context of t.Context's values that ends, as one
+// whose deadline passed (context.DeadlineExceeded), when expire is called,
+// at the latest when t ends: a deadline of the test's choosing rather than
+// the clock's.
+func withExpiry(t *testing.T) (ctx context.Context, expire func()) {
+	done := make(chan struct{})
+	expire = sync.OnceFunc(func() { close(done) })
+	t.Cleanup(expire)
+	return expiring{t.Context(), done}, expire
+}
+
+type expiring struct {
+	context.Context
+	done chan struct{}
+}
+
+func (c expiring) Done() <-chan struct{} { return c.done }
+
+func (c expiring) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+// awaitPoolWaiters waits, up to 20 s, until n of the calling test's
+// goroutines wait in a store's pool for a connection in the store's method
+// call ("Commit", "Ping"). pgxpool shows its queue nowhere but in the
+// goroutines' stacks: a call is in the queue once it blocks in the select
+// of the pool's semaphore (before, it may be taking the semaphore's mutex).
+func awaitPoolWaiters(t *testing.T, call string, n int) {
+	t.Helper()
+	test := "." + strings.SplitN(t.Name(), "/", 2)[0] + "."
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2) // each goroutine's stack
+		got := 0
+		for g := range strings.SplitSeq(b.String(), "\n\n") {
+			header, stack, _ := strings.Cut(g, "\n")
+			if strings.Contains(header, "[select") && strings.HasPrefix(stack, "golang.org/x/sync/semaphore.(*Weighted).Acquire(") &&
+				strings.Contains(stack, "pgstore.(*Store)."+call+"(") && strings.Contains(stack, test) {
+				got++
+			}
+		}
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 20 s for %d calls of %s to wait in the pool; %d do", n, call, got)
+		}
 	}
 }
 
