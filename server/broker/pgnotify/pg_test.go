@@ -211,7 +211,12 @@ func TestReconnect(t *testing.T) {
 // only the events its snapshot does not count.
 func TestNewWatcherAfterReconnect(t *testing.T) {
 	t.Parallel()
-	proxy, cut, other := cutAndOther(t)
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	// No recheck: the commit after the watcher starts reaches it by its
+	// notification, not by a re-read that could come at any time.
+	cut := startReplicaWith(t, pgtest.WithAddr(t, dsn, proxy.Addr()), noRecheck)
+	other := startReplica(t, dsn)
 	first := cut.broker.Subscribe("nw")
 	other.commit(t, "nw", "nw-1")
 	follow(t, first, 0, 1, 1)
@@ -229,7 +234,15 @@ func TestNewWatcherAfterReconnect(t *testing.T) {
 		}
 		snap, _ = cut.store.GetRequest(t.Context(), "nw")
 	}
-	time.Sleep(200 * time.Millisecond) // and listens again
+	// And until its relay listens again, and has taken the re-read of the
+	// watched requests that follows (none: nobody watches nw now). A
+	// watcher that started before that re-read would be sent revision 3,
+	// which its snapshot has.
+	for deadline := time.Now().Add(20 * time.Second); cut.relay.Losses() == 0 || !pgnotify.Settled(cut.relay); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cut replica's relay does not listen again (%d losses)", cut.relay.Losses())
+		}
+	}
 
 	second := cut.broker.Subscribe("nw")
 	defer second.Close()
