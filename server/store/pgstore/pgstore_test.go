@@ -919,39 +919,37 @@ func TestPingCountsReleases(t *testing.T) {
 	// No call ends by the store's timeout while the test lines them up.
 	s := open(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"), pgstore.WithTimeout(time.Minute))
 	ctx := t.Context()
-	commit := func(id string, at time.Time) <-chan error {
+	commit := func(rid, id string, at time.Time) <-chan error {
 		done := make(chan error, 1)
 		go func() {
-			_, _, err := s.Commit(ctx, []store.Webhook{hook(at, delivery("r1", id, "SMS", "SENT", at))})
+			_, _, err := s.Commit(ctx, []store.Webhook{hook(at, delivery(rid, id, "SMS", "SENT", at))})
 			done <- err
 		}()
 		return done
 	}
-	if err := <-commit("e1", at(0)); err != nil {
-		t.Fatal(err)
+	for _, rid := range []string{"r1", "r2"} {
+		if err := <-commit(rid, rid+"-e1", at(0)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	lock := func(conn *pgx.Conn) (pgx.Tx, <-chan error) {
+	// The commits wait for rows of different requests: waiting for the
+	// same row as another transaction, a commit can take it first once the
+	// commit before them has changed it.
+	lock := func(conn *pgx.Conn, rid string) pgx.Tx {
 		tx, err := conn.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		locked := make(chan error, 1)
-		go func() {
-			_, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`)
-			locked <- err
-		}()
-		return tx, locked
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = $1 FOR UPDATE`, []byte(rid)); err != nil {
+			t.Fatal(err)
+		}
+		return tx
 	}
 	observer, first, second := connect(t, dsn), connect(t, dsn), connect(t, dsn)
-	tx1, locked := lock(first)
-	if err := <-locked; err != nil {
-		t.Fatal(err)
-	}
-	a := commit("e2", at(1)) // holds the pool's connection, waiting for tx1's lock
+	tx1, tx2 := lock(first, "r1"), lock(second, "r2")
+	a := commit("r1", "r1-e2", at(1)) // holds the pool's connection, waiting for tx1's lock
 	awaitBlockedBy(t, observer, first)
-	tx2, locked2 := lock(second) // next in line for the row, after a
-	awaitQuery(t, observer, "the second lock to wait", `SELECT cardinality(pg_blocking_pids($1)) > 0`, int32(second.PgConn().PID()))
-	b := commit("e3", at(2)) // waits for the pool, then for tx2's lock
+	b := commit("r2", "r2-e2", at(1)) // waits for the pool, then for tx2's lock
 	// The pool's queue is first come, first served: b waits in it before
 	// the ping does, so that the connection a gives back goes to b.
 	awaitPoolWaiters(t, "Commit", 1)
@@ -966,9 +964,6 @@ func TestPingCountsReleases(t *testing.T) {
 	}
 	if err := <-a; err != nil {
 		t.Fatalf("the first waiting commit: %v", err)
-	}
-	if err := <-locked2; err != nil {
-		t.Fatal(err)
 	}
 	awaitBlockedBy(t, observer, second) // b has the connection
 	select {
