@@ -858,7 +858,10 @@ func TestPingKeepsBusyConnections(t *testing.T) {
 	dsn, _ := pgtest.Schema(t)
 	other := connect(t, dsn)
 	app := "otpless_ping_" + fmt.Sprint(rand.Uint64())
-	s := open(t, pgtest.WithParam(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"), "application_name", app))
+	// The commit that holds the connection waits for the lock until the
+	// test ends it, not for the store's timeout (5 s by default, which a
+	// stalled machine can spend before the ping is over).
+	s := open(t, pgtest.WithParam(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"), "application_name", app), pgstore.WithTimeout(time.Minute))
 	ctx := t.Context()
 	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
 		t.Fatal(err)
