@@ -531,7 +531,9 @@ func TestWatchHeartbeatResumeAndMaxDuration(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, func(c *server.Config) {
 		c.WatchHeartbeat = 20 * time.Millisecond
-		c.MaxWatchDuration = 300 * time.Millisecond
+		// Long enough that a watch stalled for a while on a loaded machine
+		// still has a heartbeat due before its end.
+		c.MaxWatchDuration = time.Second
 	})
 	ctx := context.Background()
 	ts.ingest(t, dlr("hb-req", "SENT", 1764153000000))

@@ -312,7 +312,7 @@ func TestListenNotInEffect(t *testing.T) {
 	defer sub.Close()
 	other.commit(t, "deaf", "deaf-1")
 	follow(t, sub, 0, 1, 1)
-	for deadline := time.Now().Add(5 * time.Second); !said.Load(); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); !said.Load(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the relay did not log that LISTEN is not in effect")
 		}
