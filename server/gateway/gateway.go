@@ -54,6 +54,11 @@ const DefaultMaxBodyBytes = 1 << 20
 // millisecond, so that even thousands a second hold a few at a time.
 const DefaultMaxUnauthenticatedReads = 1024
 
+// unauthenticatedShare is the share of MaxUnauthenticatedReads one client
+// address may hold (64 of the default 1,024), so that one sender cannot
+// take them all from OTPLESS.
+const unauthenticatedShare = 16
+
 // WebhookPath is the route OTPLESS posts to.
 const WebhookPath = "/v1/webhooks/otpless"
 
@@ -69,7 +74,8 @@ type Options struct {
 	Keyring *auth.Keyring
 	// MaxUnauthenticatedReads bounds the webhook bodies read at once whose
 	// signature alone can authenticate them (DefaultMaxUnauthenticatedReads
-	// when 0); past it, 503 with Retry-After, the body unread.
+	// when 0), and a sixteenth of it those from one client address; past
+	// either, 503 with Retry-After, the body unread.
 	MaxUnauthenticatedReads int
 	// CORSOrigins may use the watch route from a browser: origins
 	// (scheme://host[:port]) or "*"; empty allows same-origin pages only.
@@ -143,7 +149,8 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		opts.MaxUnauthenticatedReads = DefaultMaxUnauthenticatedReads
 	}
 	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger,
-		unauthenticated: make(chan struct{}, opts.MaxUnauthenticatedReads)}
+		unauthenticated:       make(chan struct{}, opts.MaxUnauthenticatedReads),
+		unauthenticatedByAddr: api.NewSlots(max(1, opts.MaxUnauthenticatedReads/unauthenticatedShare))}
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
@@ -438,8 +445,10 @@ type webhookHandler struct {
 	// unauthenticated holds a place for each body being read whose
 	// sender only its signature can tell (admit takes it, serve gives it
 	// back once the body is read): without a bound, anyone could hold
-	// any number, each for up to the server's read timeout.
-	unauthenticated chan struct{}
+	// any number, each for up to the server's read timeout. One client
+	// address holds at most its share of them, in unauthenticatedByAddr.
+	unauthenticated       chan struct{}
+	unauthenticatedByAddr *api.Slots
 }
 
 func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -537,7 +546,10 @@ func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]
 // readUnauthenticated is readWebhook for a pending webhook, giving back
 // the place admit took for it once the body is read.
 func (h *webhookHandler) readUnauthenticated(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	defer func() { <-h.unauthenticated }()
+	defer func() {
+		h.unauthenticatedByAddr.Give(h.guard.ClientAddr(r).String())
+		<-h.unauthenticated
+	}()
 	return h.readWebhook(w, r)
 }
 
@@ -610,14 +622,15 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 			}
 			select {
 			case h.unauthenticated <- struct{}{}:
-				return true, true
+				if h.unauthenticatedByAddr.Take(addr.String()) {
+					return true, true
+				}
+				<-h.unauthenticated
+				unreadRetry(w, out, "too many webhooks from this address being read before their signatures are checked, retry later")
 			default:
-				w.Header().Set("Retry-After", "1")
-				w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
-				writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable,
-					"too many webhooks being read before their signatures are checked, retry later"))
-				return false, false
+				unreadRetry(w, out, "too many webhooks being read before their signatures are checked, retry later")
 			}
+			return false, false
 		}
 	}
 	if ok, wait := h.guard.Spend(addr, credErr != nil); !ok {
@@ -630,6 +643,14 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		return false, false
 	}
 	return true, false
+}
+
+// unreadRetry answers 503 with Retry-After to a webhook whose body is left
+// unread, closing its connection: else net/http reads on, to reuse it.
+func unreadRetry(w http.ResponseWriter, out runtime.Marshaler, msg string) {
+	w.Header().Set("Retry-After", "1")
+	w.Header().Set("Connection", "close")
+	writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, msg))
 }
 
 // spend takes a pending webhook's place from the budget of its signature's

@@ -272,10 +272,11 @@ func (b *heldBody) Read(p []byte) (int, error) {
 }
 
 // With signing secrets the only credential, a body must be read before its
-// sender is known. Bodies being read so are bounded: past the bound a
-// webhook is answered 503 with Retry-After at once, its body unread, and a
-// place is free again once a body is read. Through New, so that the route
-// served before the gateway mux is the one bounded.
+// sender is known. Bodies being read so are bounded, in all and from one
+// address (a sixteenth of all): past either bound a webhook is answered
+// 503 with Retry-After at once, its body unread, and a place is free again
+// once a body is read. Through New, so that the route served before the
+// gateway mux is the one bounded.
 func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 	t.Parallel()
 	key := []byte("0123456789abcdef0123456789abcdef")
@@ -283,47 +284,75 @@ func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.DiscardHandler)
-	h, err := New(t.Context(), nil, api.NewWebhookServer(storingIngester{}, log), Options{Guard: guard, MaxUnauthenticatedReads: 2, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
-	signed := func(b io.Reader) *http.Request {
+	signed := func(from string, b io.Reader) *http.Request {
 		r := httptest.NewRequest(http.MethodPost, WebhookPath, b)
+		r.RemoteAddr = from + ":4711"
 		sec := strconv.FormatInt(time.Now().Unix(), 10)
 		r.Header.Set("webhook-id", "msg_1")
 		r.Header.Set("webhook-timestamp", sec)
 		r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(key, []byte("msg_1."+sec+"."+body)))
 		return r
 	}
-	started, release := make(chan struct{}), make(chan struct{})
-	codes := make(chan int, 2)
-	for range 2 {
-		r := signed(&heldBody{started: started, release: release, data: strings.NewReader(body)})
-		go func() {
+	for _, tc := range []struct {
+		name    string
+		max     int      // MaxUnauthenticatedReads; a sixteenth of it per address
+		held    []string // the addresses of the bodies held being read
+		refused string   // refused while they are
+		served  string   // "", or an address served meanwhile
+	}{
+		{"in all", 4, []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"}, "192.0.2.5", ""},
+		{"from one address", 32, []string{"192.0.2.1", "192.0.2.1"}, "192.0.2.1", "192.0.2.2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			log := slog.New(slog.DiscardHandler)
+			h, err := New(t.Context(), nil, api.NewWebhookServer(storingIngester{}, log), Options{Guard: guard, MaxUnauthenticatedReads: tc.max, Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			started, release := make(chan struct{}), make(chan struct{})
+			codes := make(chan int, len(tc.held))
+			for _, from := range tc.held {
+				r := signed(from, &heldBody{started: started, release: release, data: strings.NewReader(body)})
+				go func() {
+					w := httptest.NewRecorder()
+					h.ServeHTTP(w, r)
+					codes <- w.Code
+				}()
+				select {
+				case <-started:
+				case code := <-codes:
+					t.Fatalf("a webhook from %s, with %d held: %d before its body was read", from, len(tc.held), code)
+				case <-time.After(10 * time.Second):
+					t.Fatal("a held body was never read")
+				}
+			}
+			reads := 0
 			w := httptest.NewRecorder()
-			h.ServeHTTP(w, r)
-			codes <- w.Code
-		}()
-		<-started
-	}
-	reads := 0
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, signed(readCounter{strings.NewReader(body), &reads}))
-	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || reads > 0 || w.Header().Get("Connection") != "close" {
-		t.Errorf("with two bodies being read, a third: %d, Retry-After %q, body read %v, Connection %q; want 503, a Retry-After, unread, close",
-			w.Code, w.Header().Get("Retry-After"), reads > 0, w.Header().Get("Connection"))
-	}
-	close(release)
-	for range 2 {
-		if code := <-codes; code != http.StatusOK {
-			t.Errorf("a held webhook, once sent: %d, want 200", code)
-		}
-	}
-	w = httptest.NewRecorder()
-	h.ServeHTTP(w, signed(strings.NewReader(body)))
-	if w.Code != http.StatusOK {
-		t.Errorf("once those were read, a webhook: %d %s, want 200", w.Code, w.Body)
+			h.ServeHTTP(w, signed(tc.refused, readCounter{strings.NewReader(body), &reads}))
+			if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || reads > 0 || w.Header().Get("Connection") != "close" {
+				t.Errorf("from %s with %v held: %d, Retry-After %q, body read %v, Connection %q; want 503, a Retry-After, unread, close",
+					tc.refused, tc.held, w.Code, w.Header().Get("Retry-After"), reads > 0, w.Header().Get("Connection"))
+			}
+			if tc.served != "" {
+				w = httptest.NewRecorder()
+				h.ServeHTTP(w, signed(tc.served, strings.NewReader(body)))
+				if w.Code != http.StatusOK {
+					t.Errorf("from %s meanwhile: %d %s, want 200", tc.served, w.Code, w.Body)
+				}
+			}
+			close(release)
+			for range tc.held {
+				if code := <-codes; code != http.StatusOK {
+					t.Errorf("a held webhook, once sent: %d, want 200", code)
+				}
+			}
+			w = httptest.NewRecorder()
+			h.ServeHTTP(w, signed(tc.refused, strings.NewReader(body)))
+			if w.Code != http.StatusOK {
+				t.Errorf("once those were read, a webhook from %s: %d %s, want 200", tc.refused, w.Code, w.Body)
+			}
+		})
 	}
 }
