@@ -151,7 +151,7 @@ func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
 	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
-		unauthenticated: make(chan struct{}, 1)})
+		unauthenticated: make(chan struct{}, 1), unauthenticatedByAddr: api.NewSlots(1)})
 	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
 	huge := strings.Repeat(" ", 2<<10) + body
 	const unsigned, forged, signed, stale = "unsigned", "forged", "signed", "stale"
