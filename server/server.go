@@ -503,7 +503,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 	}
 	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+		return nil, fmt.Errorf("open store: %w", err) // its errors name the file
 	}
 	return st, nil
 }

@@ -101,6 +101,25 @@ func TestDBRefusedWhileServing(t *testing.T) {
 	}
 }
 
+// TestServeRefusedWhileServing: a second serve on a database a server has
+// open is refused, naming the file once, as db is.
+func TestServeRefusedWhileServing(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	code, _, errOut := run(t, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", "")
+	if code != 1 || !strings.Contains(errOut, "another process has this database open") {
+		t.Fatalf("serve while serving: exit %d, %q", code, errOut)
+	}
+	if n := strings.Count(errOut, path); n != 1 {
+		t.Errorf("serve while serving names the file %d times: %q", n, errOut)
+	}
+}
+
 // TestDBNotSQLite: a PostgreSQL store, or a data directory without a
 // database, is refused.
 func TestDBNotSQLite(t *testing.T) {
