@@ -424,6 +424,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	lc := net.ListenConfig{Control: closeDeadPeers}
+	// Plain TCP: Go listens with MPTCP where the kernel has it, and an MPTCP
+	// socket refuses TCP_USER_TIMEOUT.
+	lc.SetMultipathTCP(false)
 	if s.grpcLis, err = lc.Listen(ctx, "tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
@@ -781,8 +784,9 @@ func (s *Server) closeAll() {
 // unacknowledged before the connection is closed (TCP_USER_TIMEOUT, on
 // Linux). A client whose network vanished without a word, a phone gone out
 // of coverage, then loses its watch streams, and their places under the
-// watch limits, within a heartbeat and this, rather than once TCP's
-// retransmissions give up, about 15 minutes later.
+// watch limits, within a heartbeat and this. Without it, a gRPC client
+// goes after two --grpc-keepalive intervals, but an HTTP one only once
+// TCP's retransmissions give up, about 15 minutes later.
 const DeadPeerTimeout = time.Minute
 
 // MaxPublicStreams bounds the streams that need no credential

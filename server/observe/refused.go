@@ -20,7 +20,8 @@ const maxLoggedMethod = 128
 // StatsHandler logs and counts the gRPC calls that grpc-go answers before
 // any interceptor sees them, which would otherwise leave no trace: a request
 // message it cannot decode (INTERNAL) or that is over its size limit
-// (RESOURCE_EXHAUSTED), and a method no service has (UNIMPLEMENTED). known
+// (RESOURCE_EXHAUSTED), a method no service has (UNIMPLEMENTED), and a call
+// the server's tap refused without a valid credential (UNAUTHENTICATED). known
 // reports whether a full method name is served; it is first asked once the
 // server runs.
 func (o *Observer) StatsHandler(known func(method string) bool) stats.Handler {
