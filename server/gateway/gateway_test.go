@@ -98,16 +98,7 @@ func TestMethodNotAllowed(t *testing.T) {
 		{http.MethodGet, "/ui/", ""},
 		{http.MethodHead, "/v1/requests/r1/events", ""},
 	} {
-		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader("{}"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b := send(t, tc.method, srv.URL+tc.path, "{}")
 		if tc.allow == "" {
 			if resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented {
 				t.Errorf("%s %s: %d %s, want it served", tc.method, tc.path, resp.StatusCode, b)
@@ -139,16 +130,7 @@ func TestErrorBodiesHaveOneShape(t *testing.T) {
 		{http.MethodPost, "/v1/requests/r1:watchToken", strings.Repeat(" ", 65<<10), http.StatusRequestEntityTooLarge},
 		{http.MethodPost, gateway.WebhookPath, "{", http.StatusBadRequest},
 	} {
-		req, err := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b := send(t, tc.method, srv.URL+tc.path, tc.body)
 		var fields map[string]json.RawMessage
 		if resp.StatusCode != tc.code || json.Unmarshal(b, &fields) != nil {
 			t.Errorf("%s %s: %d %s, want %d with a JSON status", tc.method, tc.path, resp.StatusCode, b, tc.code)
@@ -158,6 +140,22 @@ func TestErrorBodiesHaveOneShape(t *testing.T) {
 			t.Errorf("%s %s: %s, want code, message and details", tc.method, tc.path, b)
 		}
 	}
+}
+
+// send makes one request and reads its answer whole.
+func send(t *testing.T, method, url, body string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
 }
 
 // statusOf records the status its handler answered.

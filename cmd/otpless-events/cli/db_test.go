@@ -80,9 +80,10 @@ func TestDBVacuum(t *testing.T) {
 	}
 }
 
-// TestDBRefusedWhileServing: db refuses a database a server (a store with
-// the process lock) has open, saying so.
-func TestDBRefusedWhileServing(t *testing.T) {
+// TestRefusedWhileServing: db, and a second serve, refuse a database a
+// server (a store with the process lock) has open, saying so and naming
+// the file once.
+func TestRefusedWhileServing(t *testing.T) {
 	t.Parallel()
 	dir, path := dataDir(t)
 	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
@@ -90,33 +91,19 @@ func TestDBRefusedWhileServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for _, sub := range []string{"check", "vacuum"} {
-		code, _, errOut := run(t, "db", sub, "--data-dir", dir)
-		if code != 1 || !strings.Contains(errOut, "another process has this database open") || !strings.Contains(errOut, "stop the server first") {
-			t.Errorf("db %s while serving: exit %d, %q", sub, code, errOut)
+	for _, args := range [][]string{
+		{"db", "check"},
+		{"db", "vacuum"},
+		{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", ""},
+	} {
+		code, _, errOut := run(t, append(args, "--data-dir", dir)...)
+		if code != 1 || !strings.Contains(errOut, "another process has this database open") ||
+			args[0] == "db" && !strings.Contains(errOut, "stop the server first") {
+			t.Errorf("%s while serving: exit %d, %q", strings.Join(args[:2], " "), code, errOut)
 		}
 		if n := strings.Count(errOut, path); n != 1 {
-			t.Errorf("db %s while serving names the file %d times: %q", sub, n, errOut)
+			t.Errorf("%s while serving names the file %d times: %q", strings.Join(args[:2], " "), n, errOut)
 		}
-	}
-}
-
-// TestServeRefusedWhileServing: a second serve on a database a server has
-// open is refused, naming the file once, as db is.
-func TestServeRefusedWhileServing(t *testing.T) {
-	t.Parallel()
-	dir, path := dataDir(t)
-	s, err := sqlitestore.Open(t.Context(), path, sqlitestore.WithProcessLock())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	code, _, errOut := run(t, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", "")
-	if code != 1 || !strings.Contains(errOut, "another process has this database open") {
-		t.Fatalf("serve while serving: exit %d, %q", code, errOut)
-	}
-	if n := strings.Count(errOut, path); n != 1 {
-		t.Errorf("serve while serving names the file %d times: %q", n, errOut)
 	}
 }
 
