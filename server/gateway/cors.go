@@ -68,7 +68,7 @@ func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
 	h.Add("Vary", "Origin")
 	if !p.allows(origin) {
 		if preflight {
-			writeStatus(w, statusJSON, http.StatusForbidden, status.New(codes.PermissionDenied, "origin not allowed (--cors-origins)"))
+			writeStatus(w, gatewayJSON, http.StatusForbidden, status.New(codes.PermissionDenied, "origin not allowed (--cors-origins)"))
 		}
 		return preflight
 	}

@@ -120,9 +120,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// As grpc-gateway's default, but a body's unknown field is refused
 		// (400 naming it) rather than dropped: {"ttl_seconds": 60} was a
 		// token of the default life.
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
-			MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true},
-		}}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: gatewayJSON}),
 		// Nor does gRPC metadata become HTTP headers (Grpc-Metadata-*): the
 		// server's are its content type and the request id, which the HTTP
 		// answer has already.
@@ -180,7 +178,7 @@ func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 		if strings.HasPrefix(r.URL.Path, "/v1/") && r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") &&
 			r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > maxAPIBodyBytes {
-				writeStatus(w, statusJSON, http.StatusRequestEntityTooLarge, tooLarge)
+				writeStatus(w, gatewayJSON, http.StatusRequestEntityTooLarge, tooLarge)
 				return
 			}
 			if keyring != nil {
@@ -190,7 +188,7 @@ func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 				if _, err := keyring.AuthenticateHeader(r.Header); err != nil {
 					w.Header().Set("WWW-Authenticate", bearerChallenge)
 					w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
-					writeStatus(w, statusJSON, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
+					writeStatus(w, gatewayJSON, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 					return
 				}
 			}
@@ -198,10 +196,10 @@ func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 			var tooBig *http.MaxBytesError
 			switch {
 			case errors.As(err, &tooBig):
-				writeStatus(w, statusJSON, http.StatusRequestEntityTooLarge, tooLarge)
+				writeStatus(w, gatewayJSON, http.StatusRequestEntityTooLarge, tooLarge)
 				return
 			case err != nil:
-				writeStatus(w, statusJSON, http.StatusBadRequest, status.New(codes.InvalidArgument, "reading the request body: "+err.Error()))
+				writeStatus(w, gatewayJSON, http.StatusBadRequest, status.New(codes.InvalidArgument, "reading the request body: "+err.Error()))
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
@@ -345,13 +343,13 @@ func validURL(next http.Handler) http.Handler {
 	slashInID := status.New(codes.NotFound, `a request id holding "/" (%2F) cannot be named over HTTP, only over gRPC`)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !utf8.ValidString(r.URL.Path) || !validQuery(r.URL.Query()) {
-			writeStatus(w, statusJSON, http.StatusBadRequest, status.New(codes.InvalidArgument, "the URL's path or query is not valid UTF-8"))
+			writeStatus(w, gatewayJSON, http.StatusBadRequest, status.New(codes.InvalidArgument, "the URL's path or query is not valid UTF-8"))
 			return
 		}
 		// The mux splits the path at %2F as at "/", and would take
 		// "e%2Fevents" for the events of "e".
 		if strings.HasPrefix(r.URL.Path, "/v1/requests/") && strings.Contains(strings.ToUpper(r.URL.EscapedPath()), "%2F") {
-			writeStatus(w, statusJSON, http.StatusNotFound, slashInID)
+			writeStatus(w, gatewayJSON, http.StatusNotFound, slashInID)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -394,7 +392,7 @@ func accessTokenFromQuery(checked bool, cors corsPolicy, next http.Handler) http
 			if checked && !auth.IsWatchToken(tok) {
 				cors.handle(w, r) // so that a page on an allowed origin can read why
 				w.Header().Set("WWW-Authenticate", bearerChallenge)
-				writeStatus(w, statusJSON, http.StatusUnauthorized, notWatchToken)
+				writeStatus(w, gatewayJSON, http.StatusUnauthorized, notWatchToken)
 				return
 			}
 			q.Del("access_token")
@@ -669,9 +667,10 @@ func tooMany(w http.ResponseWriter, out runtime.Marshaler, wait time.Duration) {
 	writeStatus(w, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
 }
 
-// statusJSON writes the errors answered before a request reaches the mux
-// as the mux writes its own (details: [] included).
-var statusJSON = &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true}}
+// gatewayJSON is the mux's JSON, and that of the errors answered before a
+// request reaches the mux, so that they have the mux's shape (details: []
+// included).
+var gatewayJSON = &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true}}
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status
 // the gRPC code cannot express.
