@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -606,7 +605,7 @@ func TestHealthRoutes(t *testing.T) {
 }
 
 // Health/Watch needs no credentials, so it is bounded per client address:
-// beyond MaxPublicStreams open streams from one address the next is
+// beyond MaxPublicCalls open streams from one address the next is
 // refused, and once one closes a new one is taken again.
 func TestHealthWatchesAreBounded(t *testing.T) {
 	t.Parallel()
@@ -620,7 +619,7 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		_, err = st.Recv()
 		return err
 	}
-	cancels := make([]context.CancelFunc, MaxPublicStreams)
+	cancels := make([]context.CancelFunc, MaxPublicCalls)
 	for i := range cancels {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancels[i] = cancel
@@ -631,10 +630,10 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 	}
 	err := open(context.Background())
 	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxPublicStreams+1, err)
+		t.Fatalf("health watch %d: %v, want RESOURCE_EXHAUSTED", MaxPublicCalls+1, err)
 	}
 	if d := status.Convert(err).Details(); len(d) != 1 || !isRetryInfo(d[0], api.RetryStreamAfter) {
-		t.Fatalf("health watch %d: details %v, want a RetryInfo of %v", MaxPublicStreams+1, d, api.RetryStreamAfter)
+		t.Fatalf("health watch %d: details %v, want a RetryInfo of %v", MaxPublicCalls+1, d, api.RetryStreamAfter)
 	}
 	// Another address is not held up by this one.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
@@ -669,46 +668,72 @@ type fakeStream struct {
 
 func (f fakeStream) Context() context.Context { return f.ctx }
 
-// The bound of streams that need no credential, Health/Watch and
-// reflection's, holds per address and in all; other streams pass.
-func TestPublicStreamLimitInAll(t *testing.T) {
+// A Check needs no credential either, and its client need never send its
+// request message: such calls count against the same bound, and a place is
+// free again once one ends.
+func TestHeldChecksAreBounded(t *testing.T) {
 	t.Parallel()
-	limit := publicStreamLimit(2, 5)
-	const reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-	release := make(chan struct{})
-	var wg sync.WaitGroup
-	open := func(ip, method string) error {
-		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}})
-		admitted := make(chan error, 1)
-		info := &grpc.StreamServerInfo{FullMethod: method}
-		wg.Go(func() {
-			err := limit(nil, fakeStream{ctx: ctx}, info, func(any, grpc.ServerStream) error {
-				admitted <- nil
-				<-release
-				return nil
-			})
-			if err != nil {
-				admitted <- err
-			}
-		})
-		return <-admitted
+	s := startOps(t, nil, nil)
+	held := make([]context.CancelFunc, MaxPublicCalls)
+	for i := range held {
+		ctx, cancel := context.WithCancel(context.Background())
+		held[i] = cancel
+		defer cancel()
+		// A stream for Check whose message never comes.
+		if _, err := s.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, healthpb.Health_Check_FullMethodName); err != nil {
+			t.Fatal(err)
+		}
 	}
-	defer wg.Wait()
-	defer close(release)
-	watch := healthpb.Health_Watch_FullMethodName
+	check := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := healthpb.NewHealthClient(s.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if !eventually(func() bool { return status.Code(check()) == codes.ResourceExhausted }) {
+		t.Fatalf("with %d Checks held, another: %v, want RESOURCE_EXHAUSTED", MaxPublicCalls, check())
+	}
+	held[0]()
+	if !eventually(func() bool { return check() == nil }) {
+		t.Fatalf("once a held Check ended, another: %v", check())
+	}
+}
+
+// The bound of calls that need no credential, health's and reflection's,
+// holds per address and in all, and gives a place back as a call's stream
+// ends; other calls pass.
+func TestPublicCallLimit(t *testing.T) {
+	t.Parallel()
+	limit := publicCallLimit(2, 5)
+	const reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+	var ends []context.CancelFunc
+	defer func() {
+		for _, end := range ends {
+			end()
+		}
+	}()
+	open := func(ip, method string) error {
+		ctx, end := context.WithCancel(peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}}))
+		ends = append(ends, end)
+		return limit(ctx, method)
+	}
+	watch, check := healthpb.Health_Watch_FullMethodName, healthpb.Health_Check_FullMethodName
 	for i, tc := range []struct {
 		ip, method string
 		ok         bool
 	}{
-		{"10.0.0.1", watch, true}, {"10.0.0.1", reflection, true}, {"10.0.0.1", watch, false}, // two from one address
-		{"10.0.0.1", reflection, false},
-		{"2001:db8::1", watch, true}, {"2001:db8::1", reflection, true}, {"2001:db8::2", watch, true}, // IPv6 too, each address its own
+		{"10.0.0.1", watch, true}, {"10.0.0.1", reflection, true}, {"10.0.0.1", check, false}, // two from one address
+		{"2001:db8::1", watch, true}, {"2001:db8::1", check, true}, {"2001:db8::2", watch, true}, // IPv6 too, each address its own
 		{"10.0.0.3", reflection, false},                                         // five in all
 		{"10.0.0.1", eventsv1.RequestService_WatchRequest_FullMethodName, true}, // needs a credential: bounded elsewhere
 	} {
 		if err := open(tc.ip, tc.method); (err == nil) != tc.ok {
-			t.Errorf("stream %d from %s (%s): %v, want admitted %v", i+1, tc.ip, tc.method, err, tc.ok)
+			t.Errorf("call %d from %s (%s): %v, want admitted %v", i+1, tc.ip, tc.method, err, tc.ok)
 		}
+	}
+	ends[0]() // the first call from 10.0.0.1 ends
+	if !eventually(func() bool { return open("10.0.0.1", check) == nil }) {
+		t.Error("no place from 10.0.0.1 once one of its calls ended")
 	}
 }
 

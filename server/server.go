@@ -352,17 +352,23 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	opts := []grpc.ServerOption{
 		grpc.StatsHandler(s.obs.StatsHandler(func(method string) bool { return servedMethods()[method] })),
 	}
-	if sec.tap != nil {
-		// A call refused there has no stats and meets no interceptor:
-		// it is logged and counted here.
-		opts = append(opts, grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
-			ctx, err := sec.tap(ctx, info)
-			if err != nil {
-				s.obs.Refused(ctx, info.FullMethodName, err)
-			}
-			return ctx, err
-		}))
-	}
+	// The tap authenticates calls (when security is on) and bounds those
+	// that need no credential. A call refused there has no stats and
+	// meets no interceptor: it is logged and counted here.
+	public := publicCallLimit(MaxPublicCalls, MaxPublicCallsInAll)
+	opts = append(opts, grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		var err error
+		if sec.tap != nil {
+			ctx, err = sec.tap(ctx, info)
+		}
+		if err == nil {
+			err = public(ctx, info.FullMethodName)
+		}
+		if err != nil {
+			s.obs.Refused(ctx, info.FullMethodName, err)
+		}
+		return ctx, err
+	}))
 	s.grpc = grpc.NewServer(append(opts,
 		// gRPC Ingest messages are bounded like the webhook route's bodies
 		// (the protobuf form of a body is smaller than its JSON) by
@@ -373,7 +379,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
-		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), publicStreamLimit(MaxPublicStreams, MaxPublicStreamsInAll), healthWatchesEnd(s.shuttingDown),
+		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),
 			boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
 	)...)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
@@ -789,30 +795,33 @@ func (s *Server) closeAll() {
 // TCP's retransmissions give up, about 15 minutes later.
 const DeadPeerTimeout = time.Minute
 
-// MaxPublicStreams bounds the streams that need no credential
-// (grpc.health.v1.Health/Watch, and reflection's) open at once from one
-// client address, and MaxPublicStreamsInAll from all: a health checker or
-// a schema browser needs a handful. The first keeps one client from taking
-// every place. (Grouping IPv6 clients by /64 would join whole cloud subnets
-// and pod ranges.)
+// MaxPublicCalls bounds the calls that need no credential (health and
+// reflection) in flight at once from one client address, and
+// MaxPublicCallsInAll from all: a health checker or a schema browser needs
+// a handful. The first keeps one client from taking every place.
+// (Grouping IPv6 clients by /64 would join whole cloud subnets and pod
+// ranges.)
 const (
-	MaxPublicStreams      = 100
-	MaxPublicStreamsInAll = 1000
+	MaxPublicCalls      = 100
+	MaxPublicCallsInAll = 1000
 )
 
-// publicStreamLimit refuses a stream that needs no credential beyond
-// perAddr open ones from its peer's address, or inAll from all, with
-// RESOURCE_EXHAUSTED: each holds a goroutine and buffers for as long as
-// its client keeps it.
-func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
+// publicCallLimit, called by the tap as each call's stream opens, refuses a
+// call that needs no credential beyond perAddr in flight from its peer's
+// address, or inAll from all, with RESOURCE_EXHAUSTED: each holds a
+// goroutine and buffers for as long as its client keeps it, a Health/Watch
+// stream and a Check alike (whose request message a client need never
+// send). A place is given back when the call's stream ends, however it
+// ends (ctx is the stream's).
+func publicCallLimit(perAddr, inAll int) func(ctx context.Context, method string) error {
 	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
-	exhausted := api.Exhausted(fmt.Sprintf("too many health watch and reflection streams open (%d from one address, %d in all)", perAddr, inAll))
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !auth.Public(info.FullMethod) {
-			return handler(srv, ss)
+	exhausted := api.Exhausted(fmt.Sprintf("too many health and reflection calls in flight (%d from one address, %d in all)", perAddr, inAll))
+	return func(ctx context.Context, method string) error {
+		if !auth.Public(method) {
+			return nil
 		}
 		var addr string
-		if p, ok := peer.FromContext(ss.Context()); ok && p.Addr != nil {
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 			addr = p.Addr.String()
 			if a := auth.PeerAddr(addr); a.IsValid() {
 				addr = a.String()
@@ -821,12 +830,15 @@ func publicStreamLimit(perAddr, inAll int) grpc.StreamServerInterceptor {
 		if !byAddr.Take(addr) {
 			return exhausted
 		}
-		defer byAddr.Give(addr)
 		if !all.Take("") {
+			byAddr.Give(addr)
 			return exhausted
 		}
-		defer all.Give("")
-		return handler(srv, ss)
+		context.AfterFunc(ctx, func() {
+			all.Give("")
+			byAddr.Give(addr)
+		})
+		return nil
 	}
 }
 

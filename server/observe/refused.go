@@ -20,8 +20,7 @@ const maxLoggedMethod = 128
 // StatsHandler logs and counts the gRPC calls that grpc-go answers before
 // any interceptor sees them, which would otherwise leave no trace: a request
 // message it cannot decode (INTERNAL) or that is over its size limit
-// (RESOURCE_EXHAUSTED), a method no service has (UNIMPLEMENTED), and a call
-// the server's tap refused without a valid credential (UNAUTHENTICATED). known
+// (RESOURCE_EXHAUSTED), and a method no service has (UNIMPLEMENTED). known
 // reports whether a full method name is served; it is first asked once the
 // server runs.
 func (o *Observer) StatsHandler(known func(method string) bool) stats.Handler {
@@ -93,7 +92,9 @@ func (h *refusedCalls) log(ctx context.Context, method string, start time.Time, 
 }
 
 // Refused logs and counts a call refused before grpc-go began it (by a tap
-// handle, with err), as the stats handler does the calls it answers itself.
+// handle, with err: a call without a valid credential, or one that needs
+// none over its bound), as the stats handler does the calls it answers
+// itself.
 func (o *Observer) Refused(ctx context.Context, method string, err error) {
 	(&refusedCalls{o: o}).log(ctx, method, time.Now(), err)
 }
