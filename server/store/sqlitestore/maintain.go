@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
@@ -34,7 +33,7 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 		return nil, abs, nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, abs, nil, fmt.Errorf("%s is not a file", abs)
+		return nil, abs, nil, errors.New("not a file") // the caller names it
 	}
 	lock, err := lockFile(abs)
 	if err != nil {
@@ -121,11 +120,7 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 // isCorrupt reports whether err is SQLite's finding the file damaged, or
 // not a database at all.
 func isCorrupt(err error) bool {
-	var se *sqlite.Error
-	if !errors.As(err, &se) {
-		return false
-	}
-	code := se.Code() & 0xff
+	code := resultCode(err)
 	return code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB
 }
 
@@ -139,8 +134,13 @@ func isCorrupt(err error) bool {
 // directory, and the write-ahead log it is copied back through).
 func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 	db, abs, closeDB, err := openOffline(ctx, path)
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+		}
+	}()
 	if err != nil {
-		return 0, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+		return 0, 0, err
 	}
 	defer closeDB()
 	size := func() (int64, error) {
@@ -160,16 +160,13 @@ func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 		return fi.Size(), nil
 	}
 	if before, err = size(); err != nil {
-		return 0, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+		return 0, 0, err
 	}
-	if _, err := db.ExecContext(ctx, "VACUUM"); err != nil {
-		return before, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+	if _, err = db.ExecContext(ctx, "VACUUM"); err != nil {
+		return before, 0, err
 	}
 	if after, err = size(); err != nil {
-		return before, 0, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
+		return before, 0, err
 	}
-	if err := closeDB(); err != nil {
-		return before, after, fmt.Errorf("sqlitestore: vacuum %s: %w", abs, err)
-	}
-	return before, after, nil
+	return before, after, closeDB()
 }

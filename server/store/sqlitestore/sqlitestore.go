@@ -300,12 +300,8 @@ func checkWritable(ctx context.Context, db *sql.DB) error {
 // file it may only read, and then fails the first write), or cannot be
 // opened at all.
 func explainOpen(err error) error {
-	var se *sqlite.Error
-	if !errors.As(err, &se) {
-		return err
-	}
 	var cannot string
-	switch se.Code() & 0xff {
+	switch resultCode(err) {
 	case sqlite3.SQLITE_READONLY:
 		cannot = "write"
 	case sqlite3.SQLITE_CANTOPEN:
@@ -495,9 +491,16 @@ func (s *Store) checkSpace() error {
 }
 
 // isFull reports whether err is SQLite's "database or disk is full".
-func isFull(err error) bool {
+func isFull(err error) bool { return resultCode(err) == sqlite3.SQLITE_FULL }
+
+// resultCode is the primary result code of err's SQLite error (the low
+// byte of its extended code), or SQLITE_OK when err is none of SQLite's.
+func resultCode(err error) int {
 	var se *sqlite.Error
-	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_FULL
+	if !errors.As(err, &se) {
+		return sqlite3.SQLITE_OK
+	}
+	return se.Code() & 0xff
 }
 
 // Close implements store.Store. Commits in flight finish first.
