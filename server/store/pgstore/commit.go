@@ -381,7 +381,7 @@ func (c *commit) fold(ctx context.Context, tx pgx.Tx, all map[string][]*eventsv1
 		})
 	}
 	if len(payloads) > 0 {
-		b.Queue(`SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload`, c.channel, payloads)
+		b.Queue(notifyAll, c.channel, payloads)
 	}
 	if len(unused) > 0 {
 		b.Queue(`DELETE FROM webhooks WHERE id = ANY($1)`, unused)

@@ -37,6 +37,10 @@ func (n Notification) payload() string {
 	return string(b)
 }
 
+// notifyAll sends each payload of $2 (text[]) on channel $1, as a
+// transaction's statement: its listeners get them once it commits.
+const notifyAll = `SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload`
+
 // ParseNotification decodes the payload of a notification on Channel.
 func ParseNotification(payload string) (Notification, error) {
 	var n Notification

@@ -179,7 +179,7 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, channel string) (
 		return nil, fmt.Errorf("refold: %w", err)
 	}
 	if len(payloads) > 0 {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload`, channel, payloads); err != nil {
+		if _, err := tx.Exec(ctx, notifyAll, channel, payloads); err != nil {
 			return nil, fmt.Errorf("refold: notify: %w", err)
 		}
 	}
