@@ -478,13 +478,19 @@ func (c *Config) SQLitePath() (string, error) {
 	if backend != "sqlite" {
 		return "", fmt.Errorf("the store is %s", backend)
 	}
-	if path == "" {
-		if c.DataDir == "" {
-			return "", errors.New("neither a store DSN nor a data directory is set")
-		}
-		path = filepath.Join(c.DataDir, sqliteFile)
+	return c.sqliteFileAt(path)
+}
+
+// sqliteFileAt is the embedded database's file: location, the path a
+// sqlite store DSN gives, or the default file in DataDir.
+func (c *Config) sqliteFileAt(location string) (string, error) {
+	if location != "" {
+		return location, nil
 	}
-	return path, nil
+	if c.DataDir == "" {
+		return "", errors.New("neither a store DSN nor a data directory is set")
+	}
+	return filepath.Join(c.DataDir, sqliteFile), nil
 }
 
 // sqliteFile is the embedded database's file in DataDir.
@@ -502,13 +508,14 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 		}
 		return st, nil
 	}
-	if path == "" {
+	inDataDir := path == ""
+	if path, err = cfg.sqliteFileAt(path); err != nil {
+		return nil, err
+	}
+	if inDataDir {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("data directory: %w", err)
 		}
-	}
-	if path, err = cfg.SQLitePath(); err != nil {
-		return nil, err
 	}
 	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
 	if err != nil {
