@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
@@ -152,23 +151,8 @@ func openMeanwhile(t *testing.T, path string) *error {
 func TestVacuumRemovesResidue(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "events.db")
-	s := open(t, path)
+	storePurged(t, path, 500)
 	ctx := t.Context()
-	for i := range 20 {
-		e := event(fmt.Sprintf("r%d", i), "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", i)
-		e.Identity = fmt.Sprintf("IDENTITY-919800000%03d", i)
-		wh := hookOf(e)
-		wh.Body = fmt.Appendf(nil, `{"mobile":"BODY-919800000%03d","pad":%q}`, i, strings.Repeat("x", 500))
-		if _, _, err := s.Commit(ctx, []store.Webhook{wh}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour), nil); err != nil || n != 20 {
-		t.Fatalf("PurgePII = %d, %v; want 20", n, err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
 
 	const planted = "PLANTED-919812345678"
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=secure_delete(0)")
@@ -209,7 +193,7 @@ func TestVacuumRemovesResidue(t *testing.T) {
 	if problems, err := sqlitestore.Check(ctx, path, false); err != nil || len(problems) > 0 {
 		t.Errorf("Check after Vacuum: %q, %v", problems, err)
 	}
-	s = open(t, path)
+	s := open(t, path)
 	defer s.Close()
 	if r, err := s.GetRequest(ctx, "r7"); err != nil || r.GetRequestId() != "r7" {
 		t.Errorf("GetRequest after Vacuum: %v, %v", r, err)
