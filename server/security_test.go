@@ -352,13 +352,16 @@ func TestWatchTokens(t *testing.T) {
 
 func TestWebhookRateLimit(t *testing.T) {
 	t.Parallel()
-	ts := startSecured(t, func(s *server.Security) { s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2 })
+	ts := startSecured(t, func(s *server.Security) {
+		s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2
+		s.Webhook.FailureRatePerSecond, s.Webhook.FailureBurst = 0.001, 3
+	})
 	// Without credentials: refused, and none of the address's budget for
 	// webhooks spent; failures have a budget of their own, so guessing is
 	// limited too.
 	for i := range 5 {
 		want := http.StatusUnauthorized
-		if i >= 2 {
+		if i >= 3 {
 			want = http.StatusTooManyRequests
 		}
 		if r := ts.post(t, "/v1/webhooks/otpless/not-the-key-0123456789", dlr("rate-req", "SENT", 1764153000000)); r.code != want {

@@ -321,8 +321,12 @@ func TestWebhookCredentials(t *testing.T) {
 		ok    bool
 	}{{0, 0, true}, {200, 400, true}, {0.5, 1, true}, {-5, 400, false}, {math.NaN(), 400, false}, {math.Inf(1), 400, false}, {200, 0, false}, {200, -1, false}} {
 		_, err := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: c.rate, Burst: c.burst})
-		if (err == nil) != c.ok {
+		if (err == nil) != c.ok || err != nil && !strings.Contains(err.Error(), "of webhooks") {
 			t.Errorf("rate %v, burst %d: %v, want ok %v", c.rate, c.burst, err, c.ok)
+		}
+		_, err = NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, FailureRatePerSecond: c.rate, FailureBurst: c.burst})
+		if (err == nil) != c.ok || err != nil && !strings.Contains(err.Error(), "of failed webhooks") {
+			t.Errorf("failure rate %v, burst %d: %v, want ok %v", c.rate, c.burst, err, c.ok)
 		}
 	}
 	open, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true})
@@ -420,7 +424,7 @@ func TestClientAddrAndAllowList(t *testing.T) {
 
 func TestRateLimitPerAddress(t *testing.T) {
 	t.Parallel()
-	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, RatePerSecond: 1, Burst: 3})
+	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, RatePerSecond: 1, Burst: 3, FailureRatePerSecond: 100, FailureBurst: 100})
 	now := time.Unix(1_800_000_000, 0)
 	g.now = func() time.Time { return now }
 	a, b := netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2.2.2.2")
@@ -451,6 +455,50 @@ func TestRateLimitPerAddress(t *testing.T) {
 	}
 	if ok, _ := g.Allow(netip.MustParseAddr("2001:db8:0:1::1")); !ok {
 		t.Fatal("another /64 was limited too")
+	}
+}
+
+// Authenticated webhooks and failed ones are limited apart, each by its
+// own rate and burst, and either may be unlimited alone.
+func TestRateLimitsApart(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0)
+	a := netip.MustParseAddr("1.1.1.1")
+	onlyFailures, _ := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, FailureRatePerSecond: 1, FailureBurst: 2})
+	onlyFailures.now = func() time.Time { return now }
+	for i := range 1000 {
+		if ok, _ := onlyFailures.Allow(a); !ok {
+			t.Fatalf("authenticated webhook %d refused without a rate for them", i+1)
+		}
+	}
+	for i, want := range []bool{true, true, false} {
+		if ok, _ := onlyFailures.AllowFailure(a); ok != want {
+			t.Fatalf("failure %d: allowed %v, want %v", i+1, ok, want)
+		}
+	}
+
+	both, _ := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: 1, Burst: 1, FailureRatePerSecond: 1, FailureBurst: 3})
+	both.now = func() time.Time { return now }
+	if ok, _ := both.Allow(a); !ok {
+		t.Fatal("first authenticated webhook refused")
+	}
+	if ok, _ := both.Allow(a); ok {
+		t.Fatal("authenticated webhook over a burst of 1 allowed")
+	}
+	for i := range 3 {
+		if ok, _ := both.AllowFailure(a); !ok {
+			t.Fatalf("failure %d within its own burst of 3 refused", i+1)
+		}
+	}
+	if ok, _ := both.AllowFailure(a); ok {
+		t.Fatal("failure over its burst allowed")
+	}
+
+	none, _ := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}})
+	for range 1000 {
+		if ok, _ := none.AllowFailure(a); !ok {
+			t.Fatal("failure refused without a rate for them")
+		}
 	}
 }
 

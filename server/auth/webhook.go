@@ -47,10 +47,14 @@ type WebhookConfig struct {
 	AllowedNets []netip.Prefix
 	// TrustedProxies are the only peers whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
-	// RatePerSecond and Burst limit webhooks per client address, and apart
-	// from them failed credentials per client address; 0 disables.
-	RatePerSecond float64
-	Burst         int
+	// RatePerSecond and Burst limit authenticated webhooks per client
+	// address; FailureRatePerSecond and FailureBurst, from a budget of
+	// their own, webhooks whose credentials failed. A rate of 0 disables
+	// its limit.
+	RatePerSecond        float64
+	Burst                int
+	FailureRatePerSecond float64
+	FailureBurst         int
 }
 
 // Configured reports whether any way to authenticate webhooks is set.
@@ -90,16 +94,29 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	if g.cfg.SignatureTolerance <= 0 {
 		g.cfg.SignatureTolerance = DefaultSignatureTolerance
 	}
-	switch {
-	case !(cfg.RatePerSecond >= 0) || math.IsInf(cfg.RatePerSecond, 0): // NaN too
-		return nil, fmt.Errorf("webhooks: the rate per client address must be 0 (unlimited) or a positive number, not %v", cfg.RatePerSecond)
-	case cfg.RatePerSecond > 0 && cfg.Burst < 1:
-		return nil, fmt.Errorf("webhooks: the burst per client address must be at least 1, not %d", cfg.Burst)
-	case cfg.RatePerSecond > 0:
-		g.limiter = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst, entries: map[netip.Addr]*limitEntry{}}
-		g.failures = &addrLimiter{limit: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst, entries: map[netip.Addr]*limitEntry{}}
+	var err error
+	if g.limiter, err = newAddrLimiter("webhooks", cfg.RatePerSecond, cfg.Burst); err != nil {
+		return nil, err
+	}
+	if g.failures, err = newAddrLimiter("failed webhooks", cfg.FailureRatePerSecond, cfg.FailureBurst); err != nil {
+		return nil, err
 	}
 	return g, nil
+}
+
+// newAddrLimiter returns a limiter of perSecond per client address with
+// burst, nil for a perSecond of 0 (unlimited); what names the limited in
+// its errors.
+func newAddrLimiter(what string, perSecond float64, burst int) (*addrLimiter, error) {
+	switch {
+	case !(perSecond >= 0) || math.IsInf(perSecond, 0): // NaN too
+		return nil, fmt.Errorf("webhooks: the rate of %s per client address must be 0 (unlimited) or a positive number, not %v", what, perSecond)
+	case perSecond == 0:
+		return nil, nil
+	case burst < 1:
+		return nil, fmt.Errorf("webhooks: the burst of %s per client address must be at least 1, not %d", what, burst)
+	}
+	return &addrLimiter{limit: rate.Limit(perSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}, nil
 }
 
 func decodeSigningSecret(s string) ([]byte, error) {

@@ -103,7 +103,7 @@ func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
 // request's own line (observe) says it, with the reason.
 func TestRejectedWebhooksLogNothingMore(t *testing.T) {
 	t.Parallel()
-	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: 1, Burst: 1})
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, FailureRatePerSecond: 1, FailureBurst: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func (c readCounter) Read(p []byte) (int, error) {
 func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 	t.Parallel()
 	key := []byte("0123456789abcdef0123456789abcdef")
-	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}, RatePerSecond: 0.001, Burst: 2})
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{SigningSecrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(key)}, RatePerSecond: 0.001, Burst: 2, FailureRatePerSecond: 0.001, FailureBurst: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

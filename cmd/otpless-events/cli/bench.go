@@ -75,9 +75,9 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else\n" +
 			"$" + EnvName("http-addr") + ", else the default address. Watchers need an API key with the\n" +
 			"watch scope ($" + envAPIKey + " or\n" +
-			"--api-key-file) when the server checks credentials. A server's default per-address webhook\n" +
-			"rate limit and watch limits are far below benchmark load: raise them (--webhook-rate 0,\n" +
-			"--max-watches-per-credential 0).",
+			"--api-key-file) when the server checks credentials. A server's default watch limits are\n" +
+			"far below benchmark load: raise them (--max-watches-per-credential 0,\n" +
+			"--max-watches-per-request 0).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			explicit := cmd.Flags().Changed("http-addr")

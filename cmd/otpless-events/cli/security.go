@@ -36,8 +36,8 @@ type securityFlags struct {
 	apiKeysFile, webhookKeysFile, webhookBasicFile, signingSecretsFile, watchTokenKeysFile string
 	allowUnauthenticated                                                                   bool
 	allowCIDRs, trustedProxies                                                             string
-	rate                                                                                   float64
-	burst                                                                                  int
+	rate, failureRate                                                                      float64
+	burst, failureBurst                                                                    int
 	maxPerCredential, maxPerToken, maxPerRequest                                           int
 	tlsCert, tlsKey, clientCA                                                              string
 }
@@ -51,8 +51,10 @@ func (f *securityFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.allowUnauthenticated, "allow-unauthenticated-webhooks", false, "accept webhooks without credentials on /v1/webhooks/otpless")
 	fs.StringVar(&f.allowCIDRs, "webhook-allow-cidrs", "", "comma-separated networks webhooks may come from (empty: any)")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated networks of proxies whose X-Forwarded-For is believed")
-	fs.Float64Var(&f.rate, "webhook-rate", 200, "webhooks per second per client address (0: unlimited)")
-	fs.IntVar(&f.burst, "webhook-burst", 400, "burst of webhooks per client address")
+	fs.Float64Var(&f.rate, "webhook-rate", 0, "authenticated webhooks per second per client address (0: unlimited)")
+	fs.IntVar(&f.burst, "webhook-burst", 400, "burst of authenticated webhooks per client address")
+	fs.Float64Var(&f.failureRate, "webhook-failure-rate", 200, "webhooks with failed credentials per second per client address (0: unlimited)")
+	fs.IntVar(&f.failureBurst, "webhook-failure-burst", 400, "burst of webhooks with failed credentials per client address")
 	fs.IntVar(&f.maxPerCredential, "max-watches-per-credential", 1000, "concurrent watch streams per credential (0: unlimited)")
 	fs.IntVar(&f.maxPerToken, "max-watches-per-token", 4, "concurrent watch streams per watch token (0: unlimited)")
 	fs.IntVar(&f.maxPerRequest, "max-watches-per-request", 20, "concurrent watch streams per request id (0: unlimited)")
@@ -79,7 +81,9 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 	}
 	var gen generated
 	w := &sec.Webhook
-	w.AllowUnauthenticated, w.RatePerSecond, w.Burst = f.allowUnauthenticated, f.rate, f.burst
+	w.AllowUnauthenticated = f.allowUnauthenticated
+	w.RatePerSecond, w.Burst = f.rate, f.burst
+	w.FailureRatePerSecond, w.FailureBurst = f.failureRate, f.failureBurst
 	var err error
 	if w.AllowedNets, err = auth.ParsePrefixes(f.allowCIDRs); err != nil {
 		return sec, gen, fmt.Errorf("--webhook-allow-cidrs: %w", err)
