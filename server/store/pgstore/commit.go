@@ -54,7 +54,13 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	defer cancel()
 	c := newCommit(batch, s.channel)
 	if err := pgx.BeginFunc(qctx, s.pool, func(tx pgx.Tx) error { return c.run(qctx, tx) }); err != nil {
+		if full := diskFull(err); full != nil {
+			s.full.Store(full)
+		}
 		return nil, nil, s.fail(ctx, op, err)
+	}
+	if s.full.Load() != nil {
+		s.full.Store(nil)
 	}
 	return c.results, c.changes, nil
 }

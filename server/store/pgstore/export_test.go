@@ -7,3 +7,7 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // SelectUnpurged is the purge's query for the webhooks due.
 const SelectUnpurged = selectUnpurged
+
+// DiskFull reports whether a commit failed as the database's disk is full
+// and neither a commit nor a ping's test write has succeeded since.
+func (s *Store) DiskFull() bool { return s.full.Load() != nil }

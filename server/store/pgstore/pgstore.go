@@ -129,6 +129,10 @@ type Store struct {
 	// time since base (monotonic): the database answered then.
 	base     time.Time
 	released atomic.Int64
+	// full is the error of the last commit that failed for want of disk
+	// space on the server (diskFull), until a commit or a ping's test
+	// write succeeds (checkSpace): Ping fails meanwhile.
+	full atomic.Pointer[pgconn.PgError]
 }
 
 // Open connects to the database named by dsn (a postgres:// URL or a
@@ -419,7 +423,8 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // because every one is in use succeeds if one came back alive while it
 // waited (to a caller ahead of it): the database is busy, not gone, and
 // readiness does not drop a replica for being under load. It fails, but
-// drops nothing, if none did.
+// drops nothing, if none did. After a commit failed as the database's disk
+// is full, it also tries a write (checkSpace).
 func (s *Store) Ping(ctx context.Context) error {
 	const op = "ping"
 	if err := s.usable(op); err != nil {
@@ -431,6 +436,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	conn, err := s.pool.Acquire(qctx)
 	if err == nil {
 		err = checkWritable(qctx, conn.Conn())
+		if err == nil {
+			err = s.checkSpace(qctx, conn.Conn())
+		}
 		conn.Release()
 		if errors.Is(err, errUnusable) {
 			return s.fail(ctx, op, err) // the connection is fine
@@ -493,6 +501,49 @@ func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("%w: the role %s lacks privileges: %s (GRANT them)", errUnusable, role, *missing)
 	}
 	return nil
+}
+
+// diskFull returns err's PostgreSQL error when it is disk_full (SQLSTATE
+// 53100: the server could not extend a file for want of space), else nil.
+func diskFull(err error) *pgconn.PgError {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "53100" {
+		return pgErr
+	}
+	return nil
+}
+
+// probeBody is the body of checkSpace's row, the size of a webhook's.
+var probeBody = make([]byte, 1024)
+
+// checkSpace is nil unless the last commit failed as the database's disk is
+// full (s.full). Then it inserts a row into webhooks on conn, as a commit
+// does, and rolls it back: if that succeeds there is space again, and it
+// ends the state, as a commit that succeeds would (a replica that is not
+// ready gets no webhooks to commit). If the server refuses it, the error
+// wraps errUnusable: the connection is fine.
+func (s *Store) checkSpace(ctx context.Context, conn *pgx.Conn) error {
+	full := s.full.Load()
+	if full == nil {
+		return nil
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO webhooks (received_at, body) VALUES (now(), $1)`, probeBody)
+	if rerr := tx.Rollback(ctx); err == nil {
+		err = rerr
+	}
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		s.full.CompareAndSwap(full, nil) // unless a commit failed meanwhile
+		return nil
+	case errors.As(err, &pgErr):
+		return fmt.Errorf("%w: the database's disk is full: a commit failed for want of space, and a test write fails too (%v)", errUnusable, err)
+	}
+	return err
 }
 
 // Close implements store.Store. It waits for the calls in flight.

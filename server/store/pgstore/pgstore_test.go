@@ -655,6 +655,96 @@ func TestPingFailsWhenCommitsCannot(t *testing.T) {
 	}
 }
 
+// TestPingFailsWhileTheDiskIsFull: once a commit has failed as the
+// database's disk is full (SQLSTATE 53100, raised here by a trigger on
+// webhooks, as PostgreSQL raises it when it cannot extend a table's file),
+// Ping fails, saying so, on the same pool: readiness had stayed while every
+// webhook got 503. While the disk stays full, so does Ping's test write
+// (the trigger fails it too); once there is space again, it succeeds and
+// so does Ping, with no commit needed (a replica not ready gets none). A
+// commit that succeeds ends it too. Other errors of a commit leave Ping
+// alone.
+func TestPingFailsWhileTheDiskIsFull(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	ctx := t.Context()
+	admin := connect(t, dsn)
+	raise := func(code string) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, `CREATE OR REPLACE FUNCTION raise_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (test)' USING ERRCODE = '`+code+`'; END $$;
+			DROP TRIGGER IF EXISTS raise_on_insert ON webhooks;
+			CREATE TRIGGER raise_on_insert BEFORE INSERT ON webhooks EXECUTE FUNCTION raise_on_insert()`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free := func() {
+		t.Helper()
+		if _, err := admin.Exec(ctx, `DROP TRIGGER raise_on_insert ON webhooks`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	commit := func() error {
+		n++
+		_, _, err := s.Commit(ctx, []store.Webhook{hook(at(n), delivery("r1", fmt.Sprint("e", n), "SMS", "SENT", at(n)))})
+		return err
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	raise("out_of_memory")
+	if err := commit(); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit failing with out_of_memory: %v, want ErrUnavailable", err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping after a commit failed with out_of_memory: %v, want nil", err)
+	}
+
+	raise("disk_full")
+	if err := commit(); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit with the disk full: %v, want ErrUnavailable", err)
+	}
+	before := s.Pool().Stat().NewConnsCount()
+	for range 2 {
+		err := s.Ping(ctx)
+		t.Logf("Ping with the disk full: %v", err)
+		if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "disk is full") || !strings.Contains(err.Error(), "No space left") {
+			t.Errorf("Ping with the disk full: %v, want ErrUnavailable saying the disk is full, with the database's word", err)
+		}
+	}
+	if n := s.Pool().Stat().NewConnsCount() - before; n != 0 {
+		t.Errorf("Ping with the disk full opened %d connections, want the pool kept", n)
+	}
+	free()
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping with space again, no commit since: %v, want nil", err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("a second Ping with space again: %v, want nil", err)
+	}
+
+	raise("disk_full")
+	if err := commit(); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit with the disk full again: %v, want ErrUnavailable", err)
+	}
+	if !s.DiskFull() {
+		t.Fatal("a commit failed with disk_full, and the store does not know it")
+	}
+	free()
+	if err := commit(); err != nil {
+		t.Fatalf("Commit with space again: %v", err)
+	}
+	if s.DiskFull() {
+		t.Error("a commit succeeded, and the store still takes the disk for full")
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping after a commit succeeded: %v, want nil", err)
+	}
+}
+
 func wantUnavailable(t *testing.T, what string, err error) {
 	t.Helper()
 	if !errors.Is(err, store.ErrUnavailable) {
