@@ -304,6 +304,19 @@ func TestPostgresWaitsAtStart(t *testing.T) {
 			if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 				t.Errorf("a webhook while waiting for the database: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
 			}
+			// One line for the refused webhook, its request's (with the
+			// reason): the cause is in the warnings of the attempts, and a
+			// second line per webhook is noise at OTPLESS's retry rate.
+			if id := r.header.Get("X-Request-Id"); err == nil {
+				for deadline := time.Now().Add(20 * time.Second); len(logs.Matching(t, map[string]any{"request_id": id, "msg": "http request"})) == 0; time.Sleep(20 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("no request line for the refused webhook %s:\n%s", id, logs.String())
+					}
+				}
+				if lines := logs.Matching(t, map[string]any{"request_id": id}); len(lines) != 1 || lines[0]["reason"] != "unavailable" {
+					t.Errorf("the refused webhook %s has %d log lines, want its request's alone, with reason unavailable: %v", id, len(lines), lines)
+				}
+			}
 			// New's attempt and at least one of Run's, each a warning.
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 				warned := logs.Matching(t, map[string]any{"level": "WARN"})

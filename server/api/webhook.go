@@ -69,8 +69,17 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 	res, err := s.ingester.Submit(ctx, store.Webhook{Body: body, Received: received, Events: events})
 	s.observe(ctx, events, res, err)
 	if err != nil {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "webhook not stored", slog.Any("error", err))
-		return nil, Status(err)
+		st := Status(err)
+		// A refusal (the store unavailable, closed or overloaded, or the
+		// caller gone) is said by the request's own log line, with its
+		// reason; its cause is logged where it arises, once: a failed
+		// commit by the writer, per batch, and a database not reached yet
+		// by the server, per attempt. Only a fault nothing else explains
+		// gets a line here.
+		if status.Code(st) == codes.Internal {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "webhook not stored", slog.Any("error", err))
+		}
+		return nil, st
 	}
 	resp := &eventsv1.IngestResponse{Events: make([]*eventsv1.IngestedEvent, len(events))}
 	for i, e := range events {
