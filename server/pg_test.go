@@ -3,9 +3,11 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -199,6 +201,42 @@ func TestStoreDSNErrors(t *testing.T) {
 		if strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("New's error shows the password: %v", err)
 		}
+	}
+}
+
+// TestUnresolvedHostIsNamed: a store DSN whose host name does not resolve
+// (a typo, or a Service not created yet) is waited for, and the warning
+// names the host and the failed lookup, so that an operator sees a typo.
+// It needs no network: the lookup fails either way, and "no such host" is
+// wanted only where the resolver can say so.
+func TestUnresolvedHostIsNamed(t *testing.T) {
+	t.Parallel()
+	const host = "otpless-events-test.invalid" // .invalid never resolves (RFC 6761)
+	cfg := server.DefaultConfig()
+	cfg.Security.Disabled = true
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg.DataDir = t.TempDir()
+	var logs testlog.Buffer
+	cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, t.Output()), nil))
+	cfg.Store = "postgres://events@" + host + "/otpless?connect_timeout=1"
+	srv, err := server.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New with a host name that does not resolve: %v, want it to wait", err)
+	}
+	if err := srv.Run(canceled()); err != nil {
+		t.Errorf("Run, canceled while waiting: %v", err)
+	}
+	warned := logs.Matching(t, map[string]any{"level": "WARN"})
+	if len(warned) == 0 {
+		t.Fatalf("no warning with the database's host name not resolving:\n%s", logs.String())
+	}
+	text := fmt.Sprint(warned[0]["error"])
+	if !strings.Contains(text, "lookup "+host) {
+		t.Errorf("the warning does not name the failed lookup of %s: %s", host, text)
+	}
+	var dnsErr *net.DNSError
+	if _, err := net.DefaultResolver.LookupHost(t.Context(), host); errors.As(err, &dnsErr) && dnsErr.IsNotFound && !strings.Contains(text, "no such host") {
+		t.Errorf("the resolver says %s does not exist, and the warning does not: %s", host, text)
 	}
 }
 
