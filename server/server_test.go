@@ -728,6 +728,11 @@ func TestConfigValidate(t *testing.T) {
 	if err := busyLoop.Validate(); err == nil || !strings.Contains(err.Error(), "retention interval must be at least 10ms, got 1ns") || !strings.Contains(err.Error(), "health interval") {
 		t.Fatalf("Validate() with intervals of 1ns and 1ms = %v, want both refused", err)
 	}
+	negative := cfg
+	negative.Security.MaxWatches = -1
+	if err := negative.Validate(); err == nil || !strings.Contains(err.Error(), "watch stream limits must not be negative") {
+		t.Fatalf("Validate() with a negative bound of watch streams in all = %v, want it refused", err)
+	}
 	busy := cfg
 	busy.DataDir = t.TempDir()
 	busy.Store = filepath.Join(busy.DataDir, "x.db")

@@ -43,27 +43,32 @@ func (s *Slots) Give(key string) {
 }
 
 // streamLimiter bounds concurrent watch streams per credential, per watch
-// token and per request id. A zero limit means unbounded.
+// token, per request id and in all. A zero limit means unbounded.
 type streamLimiter struct {
-	perCredential, perToken, perRequest int
-	byCredential, byToken, byRequest    *Slots
+	perCredential, perToken, perRequest, inAll int
+	byCredential, byToken, byRequest, all      *Slots
 }
 
-func newStreamLimiter(perCredential, perToken, perRequest int) *streamLimiter {
+func newStreamLimiter(opts WatchOptions) *streamLimiter {
 	return &streamLimiter{
-		perCredential: perCredential,
-		perToken:      perToken,
-		perRequest:    perRequest,
-		byCredential:  NewSlots(perCredential),
-		byToken:       NewSlots(perToken),
-		byRequest:     NewSlots(perRequest),
+		perCredential: opts.MaxPerCredential,
+		perToken:      opts.MaxPerToken,
+		perRequest:    opts.MaxPerRequest,
+		inAll:         opts.MaxInAll,
+		byCredential:  NewSlots(opts.MaxPerCredential),
+		byToken:       NewSlots(opts.MaxPerToken),
+		byRequest:     NewSlots(opts.MaxPerRequest),
+		all:           NewSlots(opts.MaxInAll),
 	}
 }
 
 // acquire takes a slot for one stream, or fails with RESOURCE_EXHAUSTED.
 // token tells a watch token from the others of its request ("" for any
 // other credential): without a bound of its own, one token could take all
-// of its request's slots. Call release when the stream ends.
+// of its request's slots. The bound in all comes last, so that a client at
+// a bound of its own is told so, and only a stream every other bound
+// admits takes a place in it. A refusal gives back what it took. Call
+// release when the stream ends.
 func (l *streamLimiter) acquire(credential, token, requestID string) (release func(), err error) {
 	if !l.byCredential.Take(credential) {
 		return nil, Exhausted(fmt.Sprintf("too many watch streams for this credential (limit %d)", l.perCredential))
@@ -79,7 +84,16 @@ func (l *streamLimiter) acquire(credential, token, requestID string) (release fu
 		l.byCredential.Give(credential)
 		return nil, Exhausted(fmt.Sprintf("too many watch streams for this request (limit %d)", l.perRequest))
 	}
+	if !l.all.Take("") {
+		l.byRequest.Give(requestID)
+		if token != "" {
+			l.byToken.Give(token)
+		}
+		l.byCredential.Give(credential)
+		return nil, Exhausted(fmt.Sprintf("too many watch streams on this server (limit %d)", l.inAll))
+	}
 	return func() {
+		l.all.Give("")
 		l.byCredential.Give(credential)
 		if token != "" {
 			l.byToken.Give(token)

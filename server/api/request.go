@@ -35,9 +35,10 @@ type WatchOptions struct {
 	Heartbeat time.Duration
 	// MaxDuration ends a stream with RECONNECT once it has lasted this long.
 	MaxDuration time.Duration
-	// MaxPerCredential, MaxPerToken (of a watch token) and MaxPerRequest
-	// bound concurrent streams (0: no bound).
-	MaxPerCredential, MaxPerToken, MaxPerRequest int
+	// MaxPerCredential, MaxPerToken (of a watch token), MaxPerRequest and
+	// MaxInAll (every stream of this server, whatever its transport) bound
+	// concurrent streams (0: no bound).
+	MaxPerCredential, MaxPerToken, MaxPerRequest, MaxInAll int
 	// Tokens mints watch tokens; nil disables CreateWatchToken.
 	Tokens *auth.TokenSigner
 }
@@ -55,7 +56,7 @@ type RequestServer struct {
 // NewRequestServer returns a RequestServer reading from r and following
 // changes through b.
 func NewRequestServer(r Reader, b *broker.Broker, opts WatchOptions) *RequestServer {
-	return &RequestServer{store: r, broker: b, opts: opts, streams: newStreamLimiter(opts.MaxPerCredential, opts.MaxPerToken, opts.MaxPerRequest)}
+	return &RequestServer{store: r, broker: b, opts: opts, streams: newStreamLimiter(opts)}
 }
 
 // GetRequest returns the request's current snapshot.

@@ -77,7 +77,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"watch scope ($" + envAPIKey + " or\n" +
 			"--api-key-file) when the server checks credentials. A server's default watch limits are\n" +
 			"far below benchmark load: raise them (--max-watches-per-credential 0,\n" +
-			"--max-watches-per-request 0).",
+			"--max-watches-per-request 0, and --max-watches 0 for more than " + fmt.Sprint(server.DefaultMaxWatches) + " watchers).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			explicit := cmd.Flags().Changed("http-addr")
@@ -514,7 +514,7 @@ func startSelf(ctx context.Context, stderr io.Writer) (*selfServer, error) {
 	cfg.Security.APIKeys = []auth.APIKey{{Name: "bench", Hash: sha256.Sum256([]byte(apiKey)), Scopes: []auth.Scope{auth.ScopeWatch}}}
 	cfg.Security.WatchTokenKeys = [][]byte{tokenKey}
 	cfg.Security.Webhook = auth.WebhookConfig{Keys: []string{webhookKey}}
-	cfg.Security.MaxWatchesPerCredential, cfg.Security.MaxWatchesPerRequest = 0, 0
+	cfg.Security.MaxWatchesPerCredential, cfg.Security.MaxWatchesPerRequest, cfg.Security.MaxWatches = 0, 0, 0
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	srv, err := server.New(runCtx, cfg)

@@ -38,7 +38,7 @@ type securityFlags struct {
 	allowCIDRs, trustedProxies                                                             string
 	rate, failureRate                                                                      float64
 	burst, failureBurst                                                                    int
-	maxPerCredential, maxPerToken, maxPerRequest                                           int
+	maxPerCredential, maxPerToken, maxPerRequest, maxWatches                               int
 	tlsCert, tlsKey, clientCA                                                              string
 }
 
@@ -58,6 +58,7 @@ func (f *securityFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxPerCredential, "max-watches-per-credential", 1000, "concurrent watch streams per credential (0: unlimited)")
 	fs.IntVar(&f.maxPerToken, "max-watches-per-token", 4, "concurrent watch streams per watch token (0: unlimited)")
 	fs.IntVar(&f.maxPerRequest, "max-watches-per-request", 20, "concurrent watch streams per request id (0: unlimited)")
+	fs.IntVar(&f.maxWatches, "max-watches", server.DefaultMaxWatches, "concurrent watch streams in all, over gRPC, SSE and NDJSON (0: unlimited)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file for both listeners")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file for both listeners")
 	fs.StringVar(&f.clientCA, "grpc-client-ca", "", "CA file; gRPC clients must present a certificate it signed (mutual TLS)")
@@ -75,6 +76,7 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		MaxWatchesPerCredential: f.maxPerCredential,
 		MaxWatchesPerToken:      f.maxPerToken,
 		MaxWatchesPerRequest:    f.maxPerRequest,
+		MaxWatches:              f.maxWatches,
 		TLSCertFile:             f.tlsCert,
 		TLSKeyFile:              f.tlsKey,
 		ClientCAFile:            f.clientCA,
