@@ -7,6 +7,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -144,7 +145,8 @@ func (s *opsServer) watchHTTP(t *testing.T, id, apiKey, token string, sse bool) 
 // refusedInAll reports what is wrong with err for a watch refused for the
 // bound in all of limit: RESOURCE_EXHAUSTED naming it, with a RetryInfo of
 // api.RetryStreamAfter.
-func refusedInAll(st *status.Status, limit int) error {
+func refusedInAll(err error, limit int) error {
+	st := status.Convert(err)
 	want := fmt.Sprintf("too many watch streams on this server (limit %d)", limit)
 	if st.Code() != codes.ResourceExhausted || st.Message() != want {
 		return fmt.Errorf("%v %q, want ResourceExhausted %q", st.Code(), st.Message(), want)
@@ -165,7 +167,7 @@ func refusedInAllHTTP(w httpWatch, limit int) error {
 	if err := protojson.Unmarshal(w.body, &body); err != nil {
 		return fmt.Errorf("body %s: %v", w.body, err)
 	}
-	return refusedInAll(status.FromProto(&body), limit)
+	return refusedInAll(status.FromProto(&body).Err(), limit)
 }
 
 // Past --max-watches, a watch is refused over each transport, whatever
@@ -190,8 +192,9 @@ func TestMaxWatchesAcrossTransports(t *testing.T) {
 
 	// The fourth is refused over each transport, by credentials and for
 	// requests far from their own bounds.
-	if _, err := s.watchGRPC(t.Context(), limitKeyTwo, "all-d"); refusedInAll(status.Convert(err), limit) != nil {
-		t.Errorf("a fourth watch over gRPC: %v", refusedInAll(status.Convert(err), limit))
+	_, err := s.watchGRPC(t.Context(), limitKeyTwo, "all-d")
+	if err := refusedInAll(err, limit); err != nil {
+		t.Errorf("a fourth watch over gRPC: %v", err)
 	}
 	if err := refusedInAllHTTP(s.watchHTTP(t, "all-e", "", s.mint(t, "all-e"), true), limit); err != nil {
 		t.Errorf("a fourth watch as Server-Sent Events, by a watch token: %v", err)
@@ -214,8 +217,9 @@ func TestMaxWatchesAcrossTransports(t *testing.T) {
 		if !eventually(func() bool { return open() == nil }) {
 			t.Fatalf("%s: not admitted once a stream ended", what)
 		}
-		if _, err := s.watchGRPC(t.Context(), limitKeyTwo, "all-f"); refusedInAll(status.Convert(err), limit) != nil {
-			t.Fatalf("after %s: %v", what, refusedInAll(status.Convert(err), limit))
+		_, err := s.watchGRPC(t.Context(), limitKeyTwo, "all-f")
+		if err := refusedInAll(err, limit); err != nil {
+			t.Fatalf("after %s, another: %v", what, err)
 		}
 	}
 	// The event stream's client leaves: a gRPC watch takes its place.
@@ -243,7 +247,7 @@ func TestMaxWatchesAcrossTransports(t *testing.T) {
 		}
 	}
 	for {
-		if _, err := done.Recv(); err == io.EOF {
+		if _, err := done.Recv(); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
 			t.Fatalf("the watch of a request that finished: %v, want its end", err)
@@ -292,8 +296,9 @@ func TestMaxWatchesRefusalsHoldNothing(t *testing.T) {
 	// place left taken by a refusal in all would name one of them next.
 	token := s.mint(t, "hold-e")
 	for i := range limit {
-		if _, err := s.watchGRPC(t.Context(), token, "hold-e"); refusedInAll(status.Convert(err), limit) != nil {
-			t.Fatalf("refusal %d in all: %v", i+1, refusedInAll(status.Convert(err), limit))
+		_, err := s.watchGRPC(t.Context(), token, "hold-e")
+		if err := refusedInAll(err, limit); err != nil {
+			t.Fatalf("refusal %d in all: %v", i+1, err)
 		}
 	}
 	if err := refusedInAllHTTP(s.watchHTTP(t, "hold-e", "", token, true), limit); err != nil {
