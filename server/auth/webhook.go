@@ -226,6 +226,10 @@ func (g *WebhookGuard) SignatureDecides() bool {
 	return len(g.signing) > 0 && len(g.cfg.Keys) == 0 && len(g.cfg.Basic) == 0 && !g.cfg.AllowUnauthenticated
 }
 
+// SignatureRequired reports whether a webhook needs a valid signature as
+// well as what CheckCredentials checks: signing secrets are configured.
+func (g *WebhookGuard) SignatureRequired() bool { return len(g.signing) > 0 }
+
 // CheckSignatureHeaders checks what CheckSignature can before the body is
 // read: the signature's headers are there, and the timestamp is within
 // the tolerance.

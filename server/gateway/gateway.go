@@ -493,7 +493,10 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	}
 	if h.guard != nil {
 		err := h.guard.CheckSignature(r.Header, body)
-		if pending && !h.spend(w, r, out, err != nil) {
+		// A pending webhook spends the budget of its signature's outcome;
+		// any other spent the authenticated one in admit, and a forged
+		// signature spends a failure besides.
+		if (pending || err != nil) && !h.spend(w, r, out, err != nil) {
 			return
 		}
 		if err != nil {
@@ -628,6 +631,15 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 			default:
 				unreadRetry(w, out, "too many webhooks being read before their signatures are checked, retry later")
 			}
+			return false, false
+		}
+	}
+	if credErr == nil && h.guard.SignatureRequired() {
+		// Its signature, checked once the body is read, may still fail
+		// and spend a failure (serve): as for a pending webhook, its
+		// address must have one left.
+		if ok, wait := h.guard.FailuresLeft(addr); !ok {
+			tooMany(w, out, wait)
 			return false, false
 		}
 	}

@@ -356,3 +356,66 @@ func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 		})
 	}
 }
+
+// With signing secrets beside a webhook key (or beside
+// --allow-unauthenticated-webhooks), a webhook the key admits is read, and
+// a forged signature then spends the failure budget of its address, which
+// must have some left before the body is read: authenticated webhooks are
+// unlimited by default, and forged ones were limited by nothing.
+func TestForgedSignaturesBesideOtherCredentialsSpendFailures(t *testing.T) {
+	t.Parallel()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	for _, tc := range []struct {
+		name   string
+		cfg    auth.WebhookConfig
+		target string
+	}{
+		{"beside a key", auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, SigningSecrets: []string{secret}}, WebhookPath + "/wk_0123456789abcdef"},
+		{"beside allow-unauthenticated", auth.WebhookConfig{AllowUnauthenticated: true, SigningSecrets: []string{secret}}, WebhookPath},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.cfg.FailureRatePerSecond, tc.cfg.FailureBurst = 0.001, 2
+			guard, err := auth.NewWebhookGuard(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log := slog.New(slog.DiscardHandler)
+			mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+			h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
+				unauthenticated: make(chan struct{}, 1), unauthenticatedByAddr: api.NewSlots(1)})
+			post := func(from string, signer []byte) (code, reads int) {
+				r := httptest.NewRequest(http.MethodPost, tc.target, readCounter{strings.NewReader(body), &reads})
+				r.RemoteAddr = from + ":4000"
+				sec := strconv.FormatInt(time.Now().Unix(), 10)
+				r.Header.Set("webhook-id", "msg_1")
+				r.Header.Set("webhook-timestamp", sec)
+				r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+sec+"."+body)))
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, r)
+				return w.Code, reads
+			}
+			forger := []byte("not the key, not the key, at all")
+			for i, step := range []struct {
+				from   string
+				signer []byte
+				want   int
+				read   bool
+			}{
+				{"192.0.2.1", key, http.StatusOK, true},
+				{"192.0.2.1", forger, http.StatusUnauthorized, true},
+				{"192.0.2.1", forger, http.StatusUnauthorized, true},
+				{"192.0.2.1", forger, http.StatusTooManyRequests, false},
+				{"192.0.2.1", key, http.StatusTooManyRequests, false},
+				{"192.0.2.2", key, http.StatusOK, true},
+			} {
+				code, reads := post(step.from, step.signer)
+				if code != step.want || (reads > 0) != step.read {
+					t.Errorf("step %d: from %s: %d, body read %v; want %d, read %v", i+1, step.from, code, reads > 0, step.want, step.read)
+				}
+			}
+		})
+	}
+}
