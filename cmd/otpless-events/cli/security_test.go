@@ -6,25 +6,33 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
 )
 
-// By default serve limits failed credentials per client address but not
-// authenticated webhooks: OTPLESS sends from a few addresses, and a limit
-// on them would refuse its peaks.
-func TestWebhookLimitsByDefault(t *testing.T) {
+// resolveSecurity is serve's Security from the security flags args, with a
+// webhook key in the environment.
+func resolveSecurity(t *testing.T, args ...string) server.Security {
+	t.Helper()
 	t.Setenv(envWebhookKeys, "wk_0123456789abcdef")
 	var f securityFlags
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	f.register(fs)
-	if err := fs.Parse(nil); err != nil {
+	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
 	sec, _, err := f.resolve(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	guard, err := auth.NewWebhookGuard(sec.Webhook)
+	return sec
+}
+
+// By default serve limits failed credentials per client address but not
+// authenticated webhooks: OTPLESS sends from a few addresses, and a limit
+// on them would refuse its peaks.
+func TestWebhookLimitsByDefault(t *testing.T) {
+	guard, err := auth.NewWebhookGuard(resolveSecurity(t).Webhook)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,4 +48,13 @@ func TestWebhookLimitsByDefault(t *testing.T) {
 		}
 	}
 	t.Fatal("10,000 failed credentials from one address allowed at once by default")
+}
+
+// Each of the four webhook limit flags sets its own field: the burst of
+// failures is not --webhook-burst's, though both default to 400.
+func TestWebhookLimitFlags(t *testing.T) {
+	w := resolveSecurity(t, "--webhook-rate", "1", "--webhook-burst", "2", "--webhook-failure-rate", "3", "--webhook-failure-burst", "4").Webhook
+	if w.RatePerSecond != 1 || w.Burst != 2 || w.FailureRatePerSecond != 3 || w.FailureBurst != 4 {
+		t.Errorf("rate %v, burst %d, failure rate %v, failure burst %d; want 1, 2, 3, 4", w.RatePerSecond, w.Burst, w.FailureRatePerSecond, w.FailureBurst)
+	}
 }
