@@ -732,6 +732,9 @@ func TestPingFailsWhileTheDiskIsFull(t *testing.T) {
 	if err := s.Ping(ctx); err != nil {
 		t.Errorf("Ping with space again, no commit since: %v, want nil", err)
 	}
+	if s.DiskFull() {
+		t.Error("a ping's test write succeeded, and the store still takes the disk for full")
+	}
 	if err := s.Ping(ctx); err != nil {
 		t.Errorf("a second Ping with space again: %v, want nil", err)
 	}
