@@ -58,3 +58,16 @@ func TestWebhookLimitFlags(t *testing.T) {
 		t.Errorf("rate %v, burst %d, failure rate %v, failure burst %d; want 1, 2, 3, 4", w.RatePerSecond, w.Burst, w.FailureRatePerSecond, w.FailureBurst)
 	}
 }
+
+// --max-watches reaches the server's configuration: by default
+// server.DefaultMaxWatches, else as given (0 included).
+func TestMaxWatchesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{{nil, server.DefaultMaxWatches}, {[]string{"--max-watches", "7"}, 7}, {[]string{"--max-watches", "0"}, 0}} {
+		if got := resolveSecurity(t, tc.args...).MaxWatches; got != tc.want {
+			t.Errorf("%q: MaxWatches %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}
