@@ -45,21 +45,23 @@ func (s *Slots) Give(key string) {
 // streamLimiter bounds concurrent watch streams per credential, per watch
 // token, per request id and in all. A zero limit means unbounded.
 type streamLimiter struct {
-	perCredential, perToken, perRequest, inAll int
-	byCredential, byToken, byRequest, all      *Slots
+	byCredential, byToken, byRequest, all *Slots
 }
 
 func newStreamLimiter(opts WatchOptions) *streamLimiter {
 	return &streamLimiter{
-		perCredential: opts.MaxPerCredential,
-		perToken:      opts.MaxPerToken,
-		perRequest:    opts.MaxPerRequest,
-		inAll:         opts.MaxInAll,
-		byCredential:  NewSlots(opts.MaxPerCredential),
-		byToken:       NewSlots(opts.MaxPerToken),
-		byRequest:     NewSlots(opts.MaxPerRequest),
-		all:           NewSlots(opts.MaxInAll),
+		byCredential: NewSlots(opts.MaxPerCredential),
+		byToken:      NewSlots(opts.MaxPerToken),
+		byRequest:    NewSlots(opts.MaxPerRequest),
+		all:          NewSlots(opts.MaxInAll),
 	}
+}
+
+// place is a slot a stream takes: under key in slots, refused saying what
+// is at its limit.
+type place struct {
+	slots     *Slots
+	key, what string
 }
 
 // acquire takes a slot for one stream, or fails with RESOURCE_EXHAUSTED.
@@ -70,35 +72,24 @@ func newStreamLimiter(opts WatchOptions) *streamLimiter {
 // admits takes a place in it. A refusal gives back what it took. Call
 // release when the stream ends.
 func (l *streamLimiter) acquire(credential, token, requestID string) (release func(), err error) {
-	if !l.byCredential.Take(credential) {
-		return nil, Exhausted(fmt.Sprintf("too many watch streams for this credential (limit %d)", l.perCredential))
+	places := make([]place, 0, 4)
+	places = append(places, place{l.byCredential, credential, "for this credential"})
+	if token != "" {
+		places = append(places, place{l.byToken, token, "for this watch token"})
 	}
-	if token != "" && !l.byToken.Take(token) {
-		l.byCredential.Give(credential)
-		return nil, Exhausted(fmt.Sprintf("too many watch streams for this watch token (limit %d)", l.perToken))
-	}
-	if !l.byRequest.Take(requestID) {
-		if token != "" {
-			l.byToken.Give(token)
+	places = append(places, place{l.byRequest, requestID, "for this request"}, place{l.all, "", "on this server"})
+	for i, p := range places {
+		if !p.slots.Take(p.key) {
+			for _, taken := range places[:i] {
+				taken.slots.Give(taken.key)
+			}
+			return nil, Exhausted(fmt.Sprintf("too many watch streams %s (limit %d)", p.what, p.slots.limit))
 		}
-		l.byCredential.Give(credential)
-		return nil, Exhausted(fmt.Sprintf("too many watch streams for this request (limit %d)", l.perRequest))
-	}
-	if !l.all.Take("") {
-		l.byRequest.Give(requestID)
-		if token != "" {
-			l.byToken.Give(token)
-		}
-		l.byCredential.Give(credential)
-		return nil, Exhausted(fmt.Sprintf("too many watch streams on this server (limit %d)", l.inAll))
 	}
 	return func() {
-		l.all.Give("")
-		l.byCredential.Give(credential)
-		if token != "" {
-			l.byToken.Give(token)
+		for _, p := range places {
+			p.slots.Give(p.key)
 		}
-		l.byRequest.Give(requestID)
 	}, nil
 }
 
