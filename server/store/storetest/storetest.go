@@ -77,6 +77,10 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"PurgePIIMany", testPurgePIIMany},
 		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
 		{"PurgePIIRefoldsAnEarlierFold", testPurgePIIRefoldsAnEarlierFold},
+		{"Export", testExport},
+		{"ExportPageBytes", testExportPageBytes},
+		{"ExportPurged", testExportPurged},
+		{"Copy", testCopy},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// Exporter is implemented by stores whose webhooks can be read back (the
+// Store interface does not require it): Copy reads a store with it to
+// commit what it holds into another.
+type Exporter interface {
+	// Export calls page with every stored webhook, in the order the store
+	// gave them their ids (the order they were committed, on a store with
+	// one writer), a page at a time: at most size webhooks (one if size is
+	// not positive), fewer once their bodies reach ExportPageBytes (one at least). Each
+	// holds its body (empty once PurgePII purged it), its Received time,
+	// and the events stored with it, those that were new when it was
+	// committed (a webhook is stored only with one), with their personal
+	// data removed once purged; RawBody is not set. Every page is read
+	// from one snapshot of the store, taken when Export begins: what is
+	// committed meanwhile is left out. page may keep the webhooks; an
+	// error from it ends Export with that error.
+	Export(ctx context.Context, size int, page func([]Webhook) error) error
+}
+
+// Page sizes of Export.
+const (
+	// ExportPageSize is Copy's page, the default --max-batch of serve:
+	// one Commit of the destination each.
+	ExportPageSize = 256
+	// ExportPageBytes ends a page of Export once the bodies it holds
+	// come to that much, so that memory stays bounded by a few pages
+	// whatever the size of the webhooks.
+	ExportPageBytes = 4 << 20
+)
+
+// CopyStats counts what Copy did.
+type CopyStats struct {
+	// Webhooks is how many webhooks were read from the source.
+	Webhooks int
+	// Events is how many of their events the destination stored, and
+	// Duplicates how many it had already (a run after another, or a
+	// destination that replicas write to as well).
+	Events, Duplicates int
+	// Requests is how many requests the destination knew nothing of
+	// before.
+	Requests int
+}
+
+// Copy commits every webhook of from into to, in from's order (see
+// Exporter), a page per Commit: to dedups, folds and numbers revisions as
+// for webhooks it receives, so a copy run again adds nothing, and one
+// interrupted leaves whole commits and goes on when run again. progress,
+// when not nil, gets the counts after each page.
+func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)) (CopyStats, error) {
+	var st CopyStats
+	err := from.Export(ctx, ExportPageSize, func(page []Webhook) error {
+		results, changes, err := to.Commit(ctx, page)
+		if err != nil {
+			return err
+		}
+		st.Webhooks += len(page)
+		for _, r := range results {
+			for _, e := range r.Events {
+				if e.Duplicate {
+					st.Duplicates++
+				} else {
+					st.Events++
+				}
+			}
+		}
+		for _, c := range changes {
+			// The first commit of a request makes it at revision 1.
+			if c.Request.GetRevision() == 1 && !c.Refold {
+				st.Requests++
+			}
+		}
+		if progress != nil {
+			progress(st)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("copy: %w", err)
+	}
+	return st, nil
+}
