@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // Exporter is implemented by stores whose webhooks can be read back (the
@@ -25,8 +26,7 @@ type Exporter interface {
 
 // Page sizes of Export.
 const (
-	// ExportPageSize is Copy's page, the default --max-batch of serve:
-	// one Commit of the destination each.
+	// ExportPageSize is Copy's page, the default --max-batch of serve.
 	ExportPageSize = 256
 	// ExportPageBytes ends a page of Export once the bodies it holds
 	// come to that much, so that memory stays bounded by a few pages
@@ -47,33 +47,32 @@ type CopyStats struct {
 	Requests int
 }
 
+// CopyWindow bounds how far apart the webhooks of one of Copy's commits
+// were received. The destination dates a snapshot by the latest webhook
+// of the commit that made it, so a copied snapshot's update time is at
+// most that much after its request's last webhook (a source's own commits
+// hold webhooks that arrived together), while a busy store's pages still
+// go in a commit or a few.
+const CopyWindow = time.Second
+
 // Copy commits every webhook of from into to, in from's order (see
-// Exporter), a page per Commit: to dedups, folds and numbers revisions as
-// for webhooks it receives, so a copy run again adds nothing, and one
-// interrupted leaves whole commits and goes on when run again. progress,
-// when not nil, gets the counts after each page.
+// Exporter), each page in commits of webhooks received within CopyWindow
+// of each other: to dedups, folds and numbers revisions as for webhooks it
+// receives, so a copy run again adds nothing, and one interrupted leaves
+// whole commits and goes on when run again. progress, when not nil, gets
+// the counts after each page.
 func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)) (CopyStats, error) {
 	var st CopyStats
 	err := from.Export(ctx, ExportPageSize, func(page []Webhook) error {
-		results, changes, err := to.Commit(ctx, page)
-		if err != nil {
-			return err
-		}
-		st.Webhooks += len(page)
-		for _, r := range results {
-			for _, e := range r.Events {
-				if e.Duplicate {
-					st.Duplicates++
-				} else {
-					st.Events++
-				}
+		for len(page) > 0 {
+			n := 1
+			for n < len(page) && page[n].Received.Before(page[0].Received.Add(CopyWindow)) {
+				n++
 			}
-		}
-		for _, c := range changes {
-			// The first commit of a request makes it at revision 1.
-			if c.Request.GetRevision() == 1 && !c.Refold {
-				st.Requests++
+			if err := copyBatch(ctx, to, page[:n], &st); err != nil {
+				return err
 			}
+			page = page[n:]
 		}
 		if progress != nil {
 			progress(st)
@@ -84,4 +83,29 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 		return st, fmt.Errorf("copy: %w", err)
 	}
 	return st, nil
+}
+
+// copyBatch commits batch into to and counts it in st.
+func copyBatch(ctx context.Context, to Store, batch []Webhook, st *CopyStats) error {
+	results, changes, err := to.Commit(ctx, batch)
+	if err != nil {
+		return err
+	}
+	st.Webhooks += len(batch)
+	for _, r := range results {
+		for _, e := range r.Events {
+			if e.Duplicate {
+				st.Duplicates++
+			} else {
+				st.Events++
+			}
+		}
+	}
+	for _, c := range changes {
+		// The first commit of a request makes it at revision 1.
+		if c.Request.GetRevision() == 1 && !c.Refold {
+			st.Requests++
+		}
+	}
+	return nil
 }

@@ -55,7 +55,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newGet(stdout))
 	root.AddCommand(newSend(stdout))
 	root.AddCommand(newBench(stdout, stderr))
-	root.AddCommand(newDB(stdout))
+	root.AddCommand(newDB(stdout, stderr))
 	return root
 }
 

@@ -158,7 +158,7 @@ func TestDBFlagsAsServe(t *testing.T) {
 	var out bytes.Buffer
 	serve := newServe(&out, &out).Flags()
 	readme := readREADME(t)
-	for _, sub := range newDB(&out).Commands() {
+	for _, sub := range newDB(&out, &out).Commands() {
 		sub.Flags().VisitAll(func(f *pflag.Flag) {
 			if sf := serve.Lookup(f.Name); sf != nil {
 				if f.DefValue != sf.DefValue {

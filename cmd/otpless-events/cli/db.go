@@ -1,37 +1,48 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/otpless-events/otpless-events/server"
+	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
 )
 
-func newDB(stdout io.Writer) *cobra.Command {
+func newDB(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "db",
-		Short: "Maintain the embedded SQLite database while the server is stopped",
-		Long: "Offline maintenance of the embedded database, found as serve finds it (--data-dir, --store).\n" +
-			"Each refuses to run while a server has the database open, and a server started\n" +
-			"meanwhile refuses to start.",
+		Short: "Maintain or copy the stored data while the server is stopped",
+		Long: "Offline maintenance of the embedded database, found as serve finds it (--data-dir, --store),\n" +
+			"and copy, which moves what a store holds into another. Each refuses to run while a server\n" +
+			"has the SQLite database open, and a server started meanwhile refuses to start.",
 	}
 	cmd.AddCommand(newDBCheck(stdout))
 	cmd.AddCommand(newDBVacuum(stdout))
+	cmd.AddCommand(newDBCopy(stdout, stderr))
 	return cmd
 }
 
-// dbCommand completes a db subcommand: serve's flags that say where the
-// database is (with serve's defaults and environment variables), and run
-// with the database's file.
-func dbCommand(cmd *cobra.Command, run func(cmd *cobra.Command, path string) error) *cobra.Command {
+// dbFlags adds to a db subcommand serve's flags that say where the store
+// is (with serve's defaults and environment variables), and takes no
+// arguments.
+func dbFlags(cmd *cobra.Command) *server.Config {
 	def := server.DefaultConfig()
 	cfg := &server.Config{}
 	cmd.Args = cobra.NoArgs
 	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", def.DataDir, "directory of the embedded database, as for serve")
 	cmd.Flags().StringVar(&cfg.Store, "store", def.Store, "sqlite://PATH or a file path, as for serve (default: SQLite in --data-dir)")
+	return cfg
+}
+
+// dbCommand completes a db subcommand of the embedded database: dbFlags,
+// and run with the database's file.
+func dbCommand(cmd *cobra.Command, run func(cmd *cobra.Command, path string) error) *cobra.Command {
+	cfg := dbFlags(cmd)
 	documentEnv(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := bindEnv(cmd.Flags()); err != nil {
@@ -44,6 +55,66 @@ func dbCommand(cmd *cobra.Command, run func(cmd *cobra.Command, path string) err
 		return run(cmd, path)
 	}
 	return cmd
+}
+
+// copyProgress is how often db copy says how far it got.
+const copyProgress = 5 * time.Second
+
+func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
+	var to string
+	cmd := &cobra.Command{
+		Use:   "copy --to DSN",
+		Short: "Copy every stored webhook, with its events, into another store (SQLite or PostgreSQL)",
+		Long: "Copies what the store of --data-dir or --store holds (SQLite or PostgreSQL) into the store\n" +
+			"of --to (postgres://…, sqlite://PATH or a file path; a SQLite file is created), webhook by\n" +
+			"webhook in the order the source stored them, through the destination's own commits: it\n" +
+			"folds its own snapshots, with revisions of its own. What retention purged stays purged.\n" +
+			"Events the destination holds already are duplicates, so a copy run again, or after an\n" +
+			"interruption, adds only what is missing. A PostgreSQL source is read from one snapshot\n" +
+			"(replicas may go on writing; what they commit meanwhile is not copied).",
+	}
+	cfg := dbFlags(cmd)
+	cmd.Flags().StringVar(&to, "to", "", "the destination store: postgres://…, sqlite://PATH or a file path")
+	documentEnv(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := bindEnv(cmd.Flags()); err != nil {
+			return err
+		}
+		if to == "" {
+			return errors.New("--to is required: the store to copy into")
+		}
+		log, err := newLogger(stderr, "text", "info")
+		if err != nil {
+			return err
+		}
+		ctx := cmd.Context()
+		from, dst, err := cfg.OpenCopy(ctx, to, log)
+		if err != nil {
+			return err
+		}
+		defer from.(store.Store).Close()
+		defer dst.Close()
+		last := time.Now()
+		st, err := store.Copy(ctx, from, dst, func(st store.CopyStats) {
+			if time.Since(last) >= copyProgress {
+				last = time.Now()
+				fmt.Fprintf(stderr, "%d webhooks copied so far\n", st.Webhooks)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("%w (%s before; run db copy again to go on)", err, copySummary(st))
+		}
+		if err := dst.Close(); err != nil {
+			return fmt.Errorf("destination: %w", err)
+		}
+		fmt.Fprintln(stdout, copySummary(st))
+		return nil
+	}
+	return cmd
+}
+
+func copySummary(st store.CopyStats) string {
+	return fmt.Sprintf("%d webhooks copied: %d events stored, %d duplicates, %d new requests", st.Webhooks, st.Events, st.Duplicates, st.Requests)
 }
 
 func newDBCheck(stdout io.Writer) *cobra.Command {

@@ -82,7 +82,7 @@ func TestDBVacuum(t *testing.T) {
 
 // TestRefusedWhileServing: db, and a second serve, refuse a database a
 // server (a store with the process lock) has open, saying so and naming
-// the file once.
+// the file once; db copy refuses it as its source and as its destination.
 func TestRefusedWhileServing(t *testing.T) {
 	t.Parallel()
 	dir, path := dataDir(t)
@@ -94,6 +94,7 @@ func TestRefusedWhileServing(t *testing.T) {
 	for _, args := range [][]string{
 		{"db", "check"},
 		{"db", "vacuum"},
+		{"db", "copy", "--to", filepath.Join(t.TempDir(), "copy.db")},
 		{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", ""},
 	} {
 		code, _, errOut := run(t, append(args, "--data-dir", dir)...)
@@ -104,6 +105,12 @@ func TestRefusedWhileServing(t *testing.T) {
 		if n := strings.Count(errOut, path); n != 1 {
 			t.Errorf("%s while serving names the file %d times: %q", strings.Join(args[:2], " "), n, errOut)
 		}
+	}
+	// Nor is a database a server has open a destination.
+	other, _ := dataDir(t)
+	code, _, errOut := run(t, "db", "copy", "--data-dir", other, "--to", path)
+	if code != 1 || !strings.Contains(errOut, "destination: ") || !strings.Contains(errOut, "stop the server first") {
+		t.Errorf("db copy to a database a server has open: exit %d, %q", code, errOut)
 	}
 }
 

@@ -319,6 +319,24 @@ func (s *Store) open(ctx context.Context, schema string) error {
 // Schema returns the schema holding the tables.
 func (s *Store) Schema() string { return s.schema }
 
+// Identity names the tables this store uses, whatever the DSN that reached
+// them: the server (by its start time and port), the database and the
+// schema. Two stores of one Identity are one store.
+func (s *Store) Identity(ctx context.Context) (string, error) {
+	const op = "identity"
+	if err := s.usable(op); err != nil {
+		return "", err
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var started, port, database string
+	err := s.pool.QueryRow(qctx, `SELECT pg_postmaster_start_time()::text, current_setting('port'), current_database()`).Scan(&started, &port, &database)
+	if err != nil {
+		return "", s.fail(ctx, op, err)
+	}
+	return fmt.Sprintf("started %s, port %s, database %q, schema %q", started, port, database, s.schema), nil
+}
+
 // GetRequest implements store.Store.
 func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.AuthRequest, error) {
 	const op = "get request"

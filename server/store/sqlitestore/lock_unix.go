@@ -25,7 +25,7 @@ func lockFile(path string) (*os.File, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, errors.New("another process has this database open (it holds its lock)")
+			return nil, ErrLocked
 		}
 		return nil, fmt.Errorf("lock: %w", err)
 	}

@@ -83,6 +83,10 @@ func WithEventCache(requests int) Option {
 	return func(o *options) { o.cacheRequests = requests }
 }
 
+// ErrLocked fails Open WithProcessLock, and the offline commands (Check,
+// Vacuum), while another process (or Store) holds the lock on the file.
+var ErrLocked = errors.New("another process has this database open (it holds its lock)")
+
 // Store is a store.Store in one SQLite file. It is safe for concurrent use.
 type Store struct {
 	path string

@@ -1,0 +1,216 @@
+package cli_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/pgstore"
+	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+	"github.com/otpless-events/otpless-events/server/store/storetest"
+)
+
+// copySource is a data directory whose database holds every shared
+// scenario, each body committed as it arrived (some in batches of two, as
+// serve's writer takes them), the first scenario's webhooks purged by
+// retention. It returns the directory, the request ids, those purged, and
+// how many webhooks and distinct events the database holds.
+func copySource(t *testing.T) (dir string, requests, purged []string, webhooks, events int) {
+	t.Helper()
+	dir = t.TempDir()
+	s, err := sqlitestore.Open(t.Context(), filepath.Join(dir, "otpless-events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	received := time.Date(2025, 11, 26, 12, 0, 0, 0, time.UTC)
+	var cutoff time.Time
+	for k, sc := range fixtures.Scenarios(t) {
+		var batch []store.Webhook
+		for i, body := range sc.Bodies {
+			received = received.Add(time.Second)
+			req, err := normalize.Decode(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs, err := normalize.Events(req, received)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs {
+				if id := e.GetRequestId(); id != "" && !slices.Contains(requests, id) {
+					requests = append(requests, id)
+					if k == 0 {
+						purged = append(purged, id)
+					}
+				}
+			}
+			batch = append(batch, store.Webhook{Body: body, Received: received, Events: evs})
+			if len(batch) == 2 || i%3 == 0 || i == len(sc.Bodies)-1 {
+				results, _, err := s.Commit(t.Context(), batch)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range results {
+					if n := newEvents(r); n > 0 {
+						webhooks, events = webhooks+1, events+n
+					}
+				}
+				batch = nil
+			}
+		}
+		if k == 0 {
+			cutoff = received.Add(time.Millisecond)
+		}
+	}
+	if n, err := s.PurgePII(t.Context(), cutoff, nil); err != nil || n == 0 {
+		t.Fatalf("PurgePII = %d, %v; want the first scenario's webhooks", n, err)
+	}
+	return dir, requests, purged, webhooks, events
+}
+
+func newEvents(r store.Result) (n int) {
+	for _, e := range r.Events {
+		if !e.Duplicate {
+			n++
+		}
+	}
+	return n
+}
+
+// openCopied opens a SQLite store db copy left, closed when the test ends.
+func openCopied(t *testing.T, path string) store.Store {
+	t.Helper()
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// checkCopy runs db copy with args, twice, and checks what it did, with
+// the source and the destination opened after each run (a store of this
+// process open while db copy takes and drops the lock on its file would
+// lose SQLite's locks): every request alike, the purged ones still purged,
+// and nothing changed by the second run.
+func checkCopy(t *testing.T, args []string, openFrom, open func() store.Store, requests, purged []string, webhooks, events int) {
+	t.Helper()
+	args = append([]string{"db", "copy"}, args...)
+	want := fmt.Sprintf("%d webhooks copied: %d events stored, 0 duplicates, %d new requests\n", webhooks, events, len(requests))
+	if code, out, errOut := run(t, args...); code != 0 || out != want {
+		t.Fatalf("%q: exit %d, %q, %q; want 0, %q", args, code, out, errOut, want)
+	}
+	from, to := openFrom(), open()
+	storetest.CheckCopied(t, from, to, requests)
+	from.Close()
+	snapshots := map[string]*eventsv1.AuthRequest{}
+	for _, rid := range requests {
+		if snapshots[rid], _ = to.GetRequest(t.Context(), rid); snapshots[rid] == nil {
+			t.Fatalf("%s not copied", rid)
+		}
+	}
+	for _, rid := range purged {
+		evs, _, err := to.ListEvents(t.Context(), rid, store.Page{Size: store.MaxPageSize})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.GetRawBody() != "" || e.GetPhone() != nil || e.GetIdentity() != "" || e.GetToken() != "" || e.GetError().GetMessage() != "" {
+				t.Errorf("%s/%s was purged, and its copy holds personal data: %v", rid, e.GetEventId(), e)
+			}
+		}
+	}
+	to.Close()
+
+	want = fmt.Sprintf("%d webhooks copied: 0 events stored, %d duplicates, 0 new requests\n", webhooks, events)
+	if code, out, errOut := run(t, args...); code != 0 || out != want {
+		t.Fatalf("%q again: exit %d, %q, %q; want 0, %q", args, code, out, errOut, want)
+	}
+	to = open()
+	defer to.Close()
+	for _, rid := range requests {
+		if got, err := to.GetRequest(t.Context(), rid); err != nil || !proto.Equal(got, snapshots[rid]) {
+			t.Errorf("%s after a second copy: %v, %v; want it unchanged, %v", rid, got, err, snapshots[rid])
+		}
+	}
+}
+
+// openIn returns a function opening the database of the data directory
+// dir.
+func openIn(t *testing.T, dir string) func() store.Store {
+	return func() store.Store { return openCopied(t, filepath.Join(dir, "otpless-events.db")) }
+}
+
+// TestDBCopy: db copy from the embedded database into another SQLite file
+// gives every request of the scenarios the same events and state, leaves
+// what retention purged purged, and adds nothing when run again.
+func TestDBCopy(t *testing.T) {
+	t.Parallel()
+	dir, requests, purged, webhooks, events := copySource(t)
+	dst := filepath.Join(t.TempDir(), "copy.db")
+	checkCopy(t, []string{"--data-dir", dir, "--to", dst}, openIn(t, dir), func() store.Store { return openCopied(t, dst) },
+		requests, purged, webhooks, events)
+}
+
+// TestDBCopyPostgres: db copy from the embedded database into PostgreSQL,
+// and from there into a new SQLite file.
+func TestDBCopyPostgres(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	dir, requests, purged, webhooks, events := copySource(t)
+	openPG := func() store.Store {
+		s, err := pgstore.Open(t.Context(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	checkCopy(t, []string{"--data-dir", dir, "--to", dsn}, openIn(t, dir), openPG, requests, purged, webhooks, events)
+
+	dst := filepath.Join(t.TempDir(), "back.db")
+	checkCopy(t, []string{"--store", dsn, "--to", "sqlite://" + dst}, openPG, func() store.Store { return openCopied(t, dst) },
+		requests, purged, webhooks, events)
+
+	if code, _, errOut := run(t, "db", "copy", "--store", dsn, "--to", pgtest.WithParam(t, dsn, "application_name", "other")); code != 1 || !strings.Contains(errOut, "the destination is the source") {
+		t.Errorf("db copy of a schema onto itself: exit %d, %q", code, errOut)
+	}
+}
+
+// TestDBCopyRefused: db copy refuses a source that is not there, no
+// destination, and the source's file as the destination, by whatever
+// path.
+func TestDBCopyRefused(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	link := filepath.Join(t.TempDir(), "link.db")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--data-dir", t.TempDir(), "--to", filepath.Join(t.TempDir(), "x.db")}, "no database there"},
+		{[]string{"--data-dir", dir}, "--to is required"},
+		{[]string{"--data-dir", dir, "--to", path}, "is the source"},
+		{[]string{"--store", path, "--to", "sqlite://" + link}, "is the source"},
+	} {
+		code, _, errOut := run(t, append([]string{"db", "copy"}, tc.args...)...)
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, %q; want %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}

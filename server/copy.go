@@ -1,0 +1,107 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+
+	"github.com/otpless-events/otpless-events/server/store"
+	"github.com/otpless-events/otpless-events/server/store/pgstore"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
+)
+
+// OpenCopy opens the two stores of a copy (db copy), for a run while no
+// server uses the source: from, the store c names as serve finds it, which
+// must exist, and to, the store of the DSN dst (as --store takes it; a
+// SQLite file is created). A SQLite file is opened with the lock a server
+// holds, so that the copy fails while a server has it open and a server
+// cannot start meanwhile; PostgreSQL is connected, and either is migrated.
+// It refuses to take one store for both. The caller closes both.
+func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (from store.Exporter, to store.Store, err error) {
+	src, err := c.openOffline(ctx, c.Store, false, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("source: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			src.Close()
+		}
+	}()
+	if dst == "" {
+		return nil, nil, errors.New("destination: no store DSN")
+	}
+	if sq, ok := src.(*sqlitestore.Store); ok {
+		// Before opening it: a second lock on the source's file would fail
+		// as if a server held it.
+		if backend, path, _ := parseStore(dst); backend == "sqlite" && sameFile(sq.Path(), path) {
+			return nil, nil, fmt.Errorf("the destination %s is the source", path)
+		}
+	}
+	to, err = (&Config{}).openOffline(ctx, dst, true, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("destination: %w", err)
+	}
+	if err := samePostgres(ctx, src, to); err != nil {
+		to.Close()
+		return nil, nil, err
+	}
+	return src.(store.Exporter), to, nil
+}
+
+// openOffline opens the store of dsn (or in c's DataDir) as OpenCopy
+// does; create makes a SQLite file that is not there yet.
+func (c *Config) openOffline(ctx context.Context, dsn string, create bool, log *slog.Logger) (store.Store, error) {
+	backend, location, err := parseStore(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if backend == "postgres" {
+		return pgstore.Open(ctx, location, pgstore.WithLogger(log))
+	}
+	path, err := c.sqliteFileAt(location)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); !create && errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: no database there", path)
+	}
+	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
+	if errors.Is(err, sqlitestore.ErrLocked) {
+		return nil, fmt.Errorf("%w: stop the server first", err)
+	}
+	return st, err
+}
+
+// sameFile reports whether the files at a and b are one.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
+}
+
+// samePostgres refuses two PostgreSQL stores of the same tables.
+func samePostgres(ctx context.Context, a, b store.Store) error {
+	pa, ok := a.(*pgstore.Store)
+	pb, ok2 := b.(*pgstore.Store)
+	if !ok || !ok2 {
+		return nil
+	}
+	ia, err := pa.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	ib, err := pb.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	if ia == ib {
+		return fmt.Errorf("the destination is the source (%s)", ia)
+	}
+	return nil
+}
