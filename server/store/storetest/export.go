@@ -214,3 +214,47 @@ func CheckCopied(t *testing.T, from, to store.Store, requests []string) {
 		equalProto(t, rid+" copied", got, want)
 	}
 }
+
+// cancelAfter is a store whose context is canceled once it has made n
+// commits, as Ctrl-C would cancel db copy's.
+type cancelAfter struct {
+	store.Store
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
+	results, changes, err := c.Store.Commit(ctx, batch)
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return results, changes, err
+}
+
+// A Copy canceled midway fails with the context's error and leaves the
+// commits it made; run again, it copies the rest.
+func testCopyInterrupted(t *testing.T, su suite) {
+	from, to := su.open(t), su.open(t)
+	var requests []string
+	for r := range 4 {
+		rid := string(rune('a' + r))
+		requests = append(requests, rid)
+		// A second apart: a commit each.
+		commit(t, from, hook(t0.Add(time.Duration(r)*time.Second), auth(rid, "init", "INITIATED", at(r)), delivery(rid, "sent", "SMS", "SENT", at(r))))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := store.Copy(ctx, exporter(t, from), &cancelAfter{Store: to, n: 2, cancel: cancel}, nil)
+	if want := (store.CopyStats{Webhooks: 2, Events: 4, Requests: 2}); !errors.Is(err, context.Canceled) || st != want {
+		t.Fatalf("Copy canceled after 2 commits = %+v, %v; want %+v, context canceled", st, err, want)
+	}
+	CheckCopied(t, from, to, requests[:2])
+	if _, err := to.GetRequest(context.Background(), "c"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a request of a commit after the cancel: %v; want none", err)
+	}
+	st, err = store.Copy(context.Background(), exporter(t, from), to, nil)
+	if want := (store.CopyStats{Webhooks: 4, Events: 4, Duplicates: 4, Requests: 2}); err != nil || st != want {
+		t.Fatalf("Copy again = %+v, %v; want %+v", st, err, want)
+	}
+	CheckCopied(t, from, to, requests)
+}

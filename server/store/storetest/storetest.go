@@ -81,6 +81,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"ExportPageBytes", testExportPageBytes},
 		{"ExportPurged", testExportPurged},
 		{"Copy", testCopy},
+		{"CopyInterrupted", testCopyInterrupted},
 	}
 	known := map[string]bool{}
 	for _, tt := range tests {
