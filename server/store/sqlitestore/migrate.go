@@ -145,3 +145,110 @@ func moveEventsBatch(ctx context.Context, db *sql.DB) (n int, err error) {
 	}
 	return len(ids), tx.Commit()
 }
+
+// fillRequestIDs fills in the request_ids of the webhooks that migration
+// 0005 listed in fill_request_ids (purged before 0004), from the entries of
+// every request's row, moveBatch requests per transaction, then drops the
+// list. Each addition is made once, so an interrupted fill starts over at
+// the next Open and stores nothing twice; a database with nothing to fill
+// costs a lookup.
+func fillRequestIDs(ctx context.Context, db *sql.DB, log *slog.Logger) error {
+	var listed, pending bool
+	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'fill_request_ids')`).Scan(&listed); err != nil || !listed {
+		return err
+	}
+	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM fill_request_ids)`).Scan(&pending); err != nil {
+		return err
+	}
+	if pending {
+		log.Info("naming the requests of webhooks purged before an upgrade (once)")
+		for after := ""; ; {
+			last, err := fillRequestIDsBatch(ctx, db, after)
+			if err != nil {
+				return fmt.Errorf("name the requests of purged webhooks: %w", err)
+			}
+			if last == "" {
+				break
+			}
+			after = last
+		}
+	}
+	_, err := db.ExecContext(ctx, `DROP TABLE fill_request_ids`)
+	return err
+}
+
+// fillRequestIDsBatch fills in the request_ids of the listed webhooks from
+// the moveBatch requests after the request id after, and returns the last
+// request id read ("" when there was none).
+func fillRequestIDsBatch(ctx context.Context, db *sql.DB, after string) (last string, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT request_id, events FROM requests WHERE request_id > ? ORDER BY request_id LIMIT ?`, after, moveBatch)
+	if err != nil {
+		return "", err
+	}
+	type row struct {
+		rid    string
+		column []byte
+	}
+	requests, err := scanAll(rows, func(r *sql.Rows) (row, error) {
+		var x row
+		return x, r.Scan(&x.rid, &x.column)
+	})
+	if err != nil || len(requests) == 0 {
+		return "", err
+	}
+	type pair struct {
+		webhookID int64
+		rid       string
+	}
+	var (
+		pairs []pair
+		ids   []int64
+		seen  = map[pair]bool{}
+	)
+	for _, r := range requests {
+		entries, err := parseEntries(r.column)
+		if err != nil {
+			return "", fmt.Errorf("events of %s: %w", r.rid, err)
+		}
+		for _, en := range entries {
+			if p := (pair{en.webhookID, r.rid}); !seen[p] {
+				seen[p] = true
+				pairs, ids = append(pairs, p), append(ids, en.webhookID)
+			}
+		}
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT webhook_id FROM fill_request_ids WHERE webhook_id IN (SELECT value FROM json_each(?))`, jsonArray(ids))
+	if err != nil {
+		return "", err
+	}
+	listed, err := scanAll(rows, func(r *sql.Rows) (id int64, err error) { return id, r.Scan(&id) })
+	if err != nil {
+		return "", err
+	}
+	if len(listed) > 0 {
+		fill := map[int64]bool{}
+		for _, id := range listed {
+			fill[id] = true
+		}
+		update, err := tx.PrepareContext(ctx, `UPDATE webhooks SET request_ids = json_insert(request_ids, '$[#]', ?1)
+			WHERE id = ?2 AND NOT EXISTS (SELECT 1 FROM json_each(request_ids) WHERE value = ?1)`)
+		if err != nil {
+			return "", err
+		}
+		defer update.Close()
+		for _, p := range pairs {
+			if !fill[p.webhookID] {
+				continue
+			}
+			if _, err := update.ExecContext(ctx, p.rid, p.webhookID); err != nil {
+				return "", err
+			}
+		}
+	}
+	return requests[len(requests)-1].rid, tx.Commit()
+}

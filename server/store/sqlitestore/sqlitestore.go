@@ -234,6 +234,9 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	if err := moveEvents(ctx, s.w, log.With("path", s.path)); err != nil {
 		return store.MapErr(ctx, err)
 	}
+	if err := fillRequestIDs(ctx, s.w, log.With("path", s.path)); err != nil {
+		return store.MapErr(ctx, err)
+	}
 	// A file SQLite can open only for reading (by its mode or owner, or on
 	// a read-only mount) would serve reads, and fail every commit: the
 	// server would be ready and answer every webhook 503.

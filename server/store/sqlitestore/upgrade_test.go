@@ -234,6 +234,46 @@ func TestUpgradeMovesEvents(t *testing.T) {
 	}
 }
 
+// A database from before migration 0004 exports every webhook with its
+// events, those of the webhook it had purged too (0004 named the requests
+// of the webhooks not yet purged only).
+func TestUpgradeExports(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	listed, _, _ := oldDatabase(t, path, 3)
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	exported := map[string]int{}
+	// A webhook a page: its requests are the ones its request_ids names.
+	err = s.Export(t.Context(), 1, func(page []store.Webhook) error {
+		for _, wh := range page {
+			for _, e := range wh.Events {
+				if e.GetRequestId() != "" {
+					exported[e.GetRequestId()]++
+				}
+				if e.GetEventId() == "purged-before" && (len(wh.Body) != 0 || e.GetIdentity() != "") {
+					t.Errorf("the webhook purged before the upgrade exported with personal data: %q, %v", wh.Body, e)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Export: %v", err)
+	}
+	for rid, events := range listed {
+		if exported[rid] != len(events) {
+			t.Errorf("%s: %d events exported, want its %d", rid, exported[rid], len(events))
+		}
+	}
+	if n := count(t, rawDB(t, path), `SELECT COUNT(*) FROM sqlite_schema WHERE name = 'fill_request_ids'`); n != 0 {
+		t.Errorf("the list of webhooks to fill in is left after Open")
+	}
+}
+
 // A move that fails part way keeps what it moved, stores nothing twice, and
 // goes on at the next Open.
 func TestUpgradeMoveResumes(t *testing.T) {
