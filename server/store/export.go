@@ -34,6 +34,22 @@ const (
 	ExportPageBytes = 4 << 20
 )
 
+// ExportPages is the loop of a backend's Export: read returns the page
+// after the webhook id after (0 for the first) and the id of its last
+// webhook, or an empty page at the end; each page goes to page.
+func ExportPages(page func([]Webhook) error, read func(after int64) ([]Webhook, int64, error)) error {
+	for after := int64(0); ; {
+		whs, last, err := read(after)
+		if err != nil || len(whs) == 0 {
+			return err
+		}
+		if err := page(whs); err != nil {
+			return err
+		}
+		after = last
+	}
+}
+
 // CopyStats counts what Copy did.
 type CopyStats struct {
 	// Webhooks is how many webhooks were read from the source.

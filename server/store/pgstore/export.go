@@ -22,9 +22,9 @@ const exportIdle = time.Minute
 
 // Export implements store.Exporter in one REPEATABLE READ transaction, so
 // that replicas may go on writing: what they commit after it begins is
-// left out, and a webhook whose id was taken before but committed after
-// (ids are taken at insert, not at commit) is not skipped, as paging by
-// id alone would skip it. Each page's reads are bounded by the store's
+// left out. (Paging by id outside one snapshot could skip a webhook whose
+// id was taken before a page was read and committed after: ids are taken
+// at insert, not at commit.) Each page's reads are bounded by the store's
 // timeout.
 func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook) error) error {
 	const op = "export"
@@ -41,21 +41,15 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return s.fail(ctx, op, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) // read only: nothing to commit
-	for after := int64(0); ; {
+	return store.ExportPages(page, func(after int64) ([]store.Webhook, int64, error) {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
 		whs, last, err := exportPage(qctx, tx, after, max(size, 1))
-		cancel()
 		if err != nil {
-			return s.fail(ctx, op, err)
+			return nil, 0, s.fail(ctx, op, err)
 		}
-		if len(whs) == 0 {
-			return nil
-		}
-		if err := page(whs); err != nil {
-			return err
-		}
-		after = last
-	}
+		return whs, last, nil
+	})
 }
 
 // exportPage reads the page of webhooks after the id after, and returns

@@ -30,19 +30,13 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return s.fail(ctx, op, err)
 	}
 	defer tx.Rollback() // read only: nothing to commit
-	for after := int64(0); ; {
+	return store.ExportPages(page, func(after int64) ([]store.Webhook, int64, error) {
 		whs, last, err := exportPage(ctx, tx, after, max(size, 1))
 		if err != nil {
-			return s.fail(ctx, op, err)
+			return nil, 0, s.fail(ctx, op, err)
 		}
-		if len(whs) == 0 {
-			return nil
-		}
-		if err := page(whs); err != nil {
-			return err
-		}
-		after = last
-	}
+		return whs, last, nil
+	})
 }
 
 // exportPage reads the page of webhooks after the id after, and returns
