@@ -74,6 +74,7 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 			"(replicas may go on writing; what they commit meanwhile is not copied).",
 	}
 	cfg := dbFlags(cmd)
+	cmd.Flags().Lookup("store").Usage = "the source: a store DSN as for serve, sqlite://PATH, a file path or postgres://… (default: SQLite in --data-dir)"
 	cmd.Flags().StringVar(&to, "to", "", "the destination store: postgres://…, sqlite://PATH or a file path")
 	documentEnv(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
