@@ -78,6 +78,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
 		{"PurgePIIRefoldsAnEarlierFold", testPurgePIIRefoldsAnEarlierFold},
 		{"Export", testExport},
+		{"ExportSnapshot", testExportSnapshot},
 		{"ExportPageBytes", testExportPageBytes},
 		{"ExportPurged", testExportPurged},
 		{"Copy", testCopy},
