@@ -1273,3 +1273,28 @@ func TestDamagedBody(t *testing.T) {
 		t.Errorf("log lines %v, want one error naming the request", logs.String())
 	}
 }
+
+// TestExportWaitsForItsCaller: Export's transaction outlives the session's
+// idle_in_transaction_session_timeout (half the store's timeout) while its
+// caller takes longer with a page, as a copy committing it into another
+// store does.
+func TestExportWaitsForItsCaller(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	const timeout = 400 * time.Millisecond
+	s := open(t, dsn, pgstore.WithTimeout(timeout))
+	for i := range 2 {
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery("r", fmt.Sprint(i), "SMS", "SENT", at(i)))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := 0
+	err := s.Export(t.Context(), 1, func([]store.Webhook) error {
+		pages++
+		time.Sleep(timeout) // twice the session's idle timeout
+		return nil
+	})
+	if err != nil || pages != 2 {
+		t.Errorf("Export with a slow caller = %v after %d pages; want 2 pages", err, pages)
+	}
+}
