@@ -246,29 +246,8 @@ func TestUpgradeExports(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
-	exported := map[string]int{}
 	// A webhook a page: its requests are the ones its request_ids names.
-	err = s.Export(t.Context(), 1, func(page []store.Webhook) error {
-		for _, wh := range page {
-			for _, e := range wh.Events {
-				if e.GetRequestId() != "" {
-					exported[e.GetRequestId()]++
-				}
-				if e.GetEventId() == "purged-before" && (len(wh.Body) != 0 || e.GetIdentity() != "") {
-					t.Errorf("the webhook purged before the upgrade exported with personal data: %q, %v", wh.Body, e)
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("Export: %v", err)
-	}
-	for rid, events := range listed {
-		if exported[rid] != len(events) {
-			t.Errorf("%s: %d events exported, want its %d", rid, exported[rid], len(events))
-		}
-	}
+	checkExport(t, s, 1, listed)
 	if n := count(t, rawDB(t, path), `SELECT COUNT(*) FROM sqlite_schema WHERE name = 'fill_request_ids'`); n != 0 {
 		t.Errorf("the list of webhooks to fill in is left after Open")
 	}
@@ -328,6 +307,90 @@ func TestUpgradeMoveResumes(t *testing.T) {
 		}
 		if snap, err := s.GetRequest(ctx, rid); err != nil || !proto.Equal(snap, snapshots[rid]) {
 			t.Errorf("GetRequest(%s) = %v, %v", rid, snap, err)
+		}
+	}
+}
+
+// A fill of request_ids that fails part way (on a database already past
+// migration 0004: its events moved, its purged webhook naming no request)
+// starts over at the next Open, and names each request once.
+func TestUpgradeFillResumes(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "events.db")
+	listed, _, _ := oldDatabase(t, path, 2500)
+	s, err := sqlitestore.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	// As a build with migration 0004 and not 0005 left it, and the last
+	// request's row unreadable: the fill's third transaction fails.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const last = "r02499"
+	var events []byte
+	if err := db.QueryRow(`SELECT events FROM requests WHERE request_id = ?`, last).Scan(&events); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`UPDATE webhooks SET request_ids = '[]' WHERE length(body) = 0`,
+		`DELETE FROM schema_migrations WHERE version = 5`,
+		`UPDATE requests SET events = X'FF' WHERE request_id = '` + last + `'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if s, err := sqlitestore.Open(ctx, path); err == nil || !strings.Contains(err.Error(), last) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("Open with a request's events unreadable = %v; want an error naming %s", err, last)
+	}
+	if _, err := db.Exec(`UPDATE requests SET events = ? WHERE request_id = ?`, events, last); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = sqlitestore.Open(ctx, path); err != nil {
+		t.Fatalf("Open after the fix: %v", err)
+	}
+	defer s.Close()
+	var ids string
+	if err := db.QueryRow(`SELECT request_ids FROM webhooks WHERE length(body) = 0`).Scan(&ids); err != nil || ids != `["r00002"]` {
+		t.Errorf("the purged webhook's request_ids after a resumed fill = %s, %v; want [\"r00002\"]", ids, err)
+	}
+	checkExport(t, s, store.ExportPageSize, listed)
+}
+
+// checkExport exports s, size webhooks a page, and fails the test unless
+// each request of listed has its events exported, the webhook purged
+// before the upgrade without personal data.
+func checkExport(t *testing.T, s *sqlitestore.Store, size int, listed map[string][]*eventsv1.Event) {
+	t.Helper()
+	exported := map[string]int{}
+	err := s.Export(t.Context(), size, func(page []store.Webhook) error {
+		for _, wh := range page {
+			for _, e := range wh.Events {
+				if e.GetRequestId() != "" {
+					exported[e.GetRequestId()]++
+				}
+				if e.GetEventId() == "purged-before" && (len(wh.Body) != 0 || e.GetIdentity() != "") {
+					t.Errorf("the webhook purged before the upgrade exported with personal data: %q, %v", wh.Body, e)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Export: %v", err)
+	}
+	for rid, events := range listed {
+		if exported[rid] != len(events) {
+			t.Errorf("%s: %d events exported, want its %d", rid, exported[rid], len(events))
 		}
 	}
 }
