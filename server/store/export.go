@@ -81,9 +81,20 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 	var st CopyStats
 	err := from.Export(ctx, ExportPageSize, func(page []Webhook) error {
 		for len(page) > 0 {
-			n := 1
-			for n < len(page) && page[n].Received.Before(page[0].Received.Add(CopyWindow)) {
-				n++
+			// Received times need not follow the ids (replicas' clocks,
+			// a clock set back): the commit's earliest and latest count.
+			n, first, last := 1, page[0].Received, page[0].Received
+			for ; n < len(page); n++ {
+				r := page[n].Received
+				if r.Before(first) {
+					first = r
+				}
+				if r.After(last) {
+					last = r
+				}
+				if last.Sub(first) >= CopyWindow {
+					break
+				}
 			}
 			if err := copyBatch(ctx, to, page[:n], &st); err != nil {
 				return err

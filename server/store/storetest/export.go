@@ -190,9 +190,14 @@ func testCopy(t *testing.T, su suite) {
 		}
 	}
 
-	st, err := store.Copy(context.Background(), exporter(t, from), to, nil)
+	counter := &counted{Store: to}
+	st, err := store.Copy(context.Background(), exporter(t, from), counter, nil)
 	if want := (store.CopyStats{Webhooks: 12, Events: 15, Requests: 3}); err != nil || st != want {
 		t.Fatalf("Copy = %+v, %v; want %+v", st, err, want)
+	}
+	// Each request's first webhook, then its three received together.
+	if counter.commits != 6 {
+		t.Errorf("Copy made %d commits; want 6, one of the webhooks received within store.CopyWindow of each other", counter.commits)
 	}
 	CheckCopied(t, from, to, requests)
 	before := map[string]*eventsv1.AuthRequest{}
@@ -224,6 +229,23 @@ func testCopy(t *testing.T, su suite) {
 	}
 }
 
+// A copied snapshot's update time is at most store.CopyWindow after its
+// request's last webhook, whatever the webhooks beside it in the source's
+// order: one received an hour later, stored first, is not of its commit.
+func testCopyUpdateTime(t *testing.T, su suite) {
+	from, to := su.open(t), su.open(t)
+	commit(t, from, hook(t0.Add(time.Hour), auth("later", "init", "INITIATED", at(0))))
+	commit(t, from, hook(t0, auth("earlier", "init", "INITIATED", at(0))))
+	if _, err := store.Copy(context.Background(), exporter(t, from), to, nil); err != nil {
+		t.Fatal(err)
+	}
+	for rid, received := range map[string]time.Time{"later": t0.Add(time.Hour), "earlier": t0} {
+		if got := get(t, to, rid).GetUpdateTime().AsTime(); got.Before(received) || !got.Before(received.Add(store.CopyWindow)) {
+			t.Errorf("%s copied with update time %v; want within store.CopyWindow of its webhook, received %v", rid, got, received)
+		}
+	}
+}
+
 // CheckCopied fails the test unless every request of requests is in to as
 // it is in from: the same events (RawBody included), and the same
 // snapshot but for revision and update time, which to gave its own
@@ -240,17 +262,17 @@ func CheckCopied(t *testing.T, from, to store.Store, requests []string) {
 	}
 }
 
-// cancelAfter is a store whose context is canceled once it has made n
-// commits, as Ctrl-C would cancel db copy's.
-type cancelAfter struct {
+// counted is a store that counts its commits and, once it has made
+// cancelAt of them, cancels (as Ctrl-C would cancel db copy's context).
+type counted struct {
 	store.Store
-	n      int
-	cancel context.CancelFunc
+	commits, cancelAt int
+	cancel            context.CancelFunc
 }
 
-func (c *cancelAfter) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
+func (c *counted) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
 	results, changes, err := c.Store.Commit(ctx, batch)
-	if c.n--; c.n == 0 {
+	if c.commits++; c.commits == c.cancelAt {
 		c.cancel()
 	}
 	return results, changes, err
@@ -269,7 +291,7 @@ func testCopyInterrupted(t *testing.T, su suite) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := store.Copy(ctx, exporter(t, from), &cancelAfter{Store: to, n: 2, cancel: cancel}, nil)
+	st, err := store.Copy(ctx, exporter(t, from), &counted{Store: to, cancelAt: 2, cancel: cancel}, nil)
 	if want := (store.CopyStats{Webhooks: 2, Events: 4, Requests: 2}); !errors.Is(err, context.Canceled) || st != want {
 		t.Fatalf("Copy canceled after 2 commits = %+v, %v; want %+v, context canceled", st, err, want)
 	}

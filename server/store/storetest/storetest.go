@@ -82,6 +82,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"ExportPageBytes", testExportPageBytes},
 		{"ExportPurged", testExportPurged},
 		{"Copy", testCopy},
+		{"CopyUpdateTime", testCopyUpdateTime},
 		{"CopyInterrupted", testCopyInterrupted},
 	}
 	known := map[string]bool{}
