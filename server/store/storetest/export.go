@@ -84,6 +84,15 @@ func testExport(t *testing.T, su suite) {
 	}
 	checkExported(t, slices.Concat(pages...), want...)
 
+	// A size that is not positive is a page of one.
+	pages = nil
+	if err := exporter(t, s).Export(context.Background(), 0, func(page []store.Webhook) error {
+		pages = append(pages, page)
+		return nil
+	}); err != nil || len(pages) != len(want) {
+		t.Errorf("Export(size 0) = %d pages, %v; want %d of one webhook", len(pages), err, len(want))
+	}
+
 	// An error from the page ends Export with it.
 	errStop := errors.New("stop")
 	calls := 0
