@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -73,29 +74,19 @@ const CopyWindow = time.Second
 
 // Copy commits every webhook of from into to, in from's order (see
 // Exporter), each page in commits of webhooks received within CopyWindow
-// of each other: to dedups, folds and numbers revisions as for webhooks it
-// receives, so a copy run again adds nothing, and one interrupted leaves
-// whole commits and goes on when run again. progress, when not nil, gets
-// the counts after each page.
+// of each other, and of one webhook a request at most: to dedups, folds
+// and numbers revisions as for webhooks it receives, so a copy run again
+// adds nothing, and one interrupted leaves whole commits and goes on when
+// run again. A request's revision in to is thus at least its revision in
+// from, and the same only where each of from's commits brought it one
+// webhook, with the same snapshot at each revision: a watcher resuming
+// after a revision from's server sent it gets a fresh snapshot unless it
+// has it. progress, when not nil, gets the counts after each page.
 func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)) (CopyStats, error) {
 	var st CopyStats
 	err := from.Export(ctx, ExportPageSize, func(page []Webhook) error {
 		for len(page) > 0 {
-			// Received times need not follow the ids (replicas' clocks,
-			// a clock set back): the commit's earliest and latest count.
-			n, first, last := 1, page[0].Received, page[0].Received
-			for ; n < len(page); n++ {
-				r := page[n].Received
-				if r.Before(first) {
-					first = r
-				}
-				if r.After(last) {
-					last = r
-				}
-				if last.Sub(first) >= CopyWindow {
-					break
-				}
-			}
+			n := copyCommit(page)
 			if err := copyBatch(ctx, to, page[:n], &st); err != nil {
 				return err
 			}
@@ -110,6 +101,48 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 		return st, fmt.Errorf("copy: %w", err)
 	}
 	return st, nil
+}
+
+// copyCommit is how many of page's first webhooks Copy commits at once:
+// received within CopyWindow of each other (received times need not follow
+// the ids, with replicas' clocks or a clock set back: the earliest and the
+// latest count), and none naming a request another of them names.
+func copyCommit(page []Webhook) int {
+	first, last := page[0].Received, page[0].Received
+	requests := requestsOf(page[0], nil)
+	for n, wh := range page[1:] {
+		first, last = minTime(first, wh.Received), maxTime(last, wh.Received)
+		if last.Sub(first) >= CopyWindow || slices.ContainsFunc(requestsOf(wh, nil), func(rid string) bool { return slices.Contains(requests, rid) }) {
+			return n + 1
+		}
+		requests = requestsOf(wh, requests)
+	}
+	return len(page)
+}
+
+// requestsOf appends to ids the request ids wh's events name that ids
+// lacks.
+func requestsOf(wh Webhook, ids []string) []string {
+	for _, e := range wh.Events {
+		if rid := e.GetRequestId(); rid != "" && !slices.Contains(ids, rid) {
+			ids = append(ids, rid)
+		}
+	}
+	return ids
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // copyBatch commits batch into to and counts it in st.

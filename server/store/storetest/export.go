@@ -204,11 +204,20 @@ func testCopy(t *testing.T, su suite) {
 	if want := (store.CopyStats{Webhooks: 12, Events: 15, Requests: 3}); err != nil || st != want {
 		t.Fatalf("Copy = %+v, %v; want %+v", st, err, want)
 	}
-	// Each request's first webhook, then its three received together.
-	if counter.commits != 6 {
-		t.Errorf("Copy made %d commits; want 6, one of the webhooks received within store.CopyWindow of each other", counter.commits)
+	// Each request's webhooks one by one: its first, received apart, and
+	// the three received together, of one request.
+	if counter.commits != 12 {
+		t.Errorf("Copy made %d commits; want 12, one a webhook of a request", counter.commits)
 	}
 	CheckCopied(t, from, to, requests)
+	// The source folded the three in one revision: a watcher resuming
+	// after either of its revisions must get a fresh snapshot from the
+	// destination, not be taken to have the destination's.
+	for _, rid := range requests {
+		if got, src := get(t, to, rid).GetRevision(), get(t, from, rid).GetRevision(); got != 4 || src != 2 {
+			t.Errorf("%s: revision %d in the destination, %d in the source; want 4 (a webhook each) and 2", rid, got, src)
+		}
+	}
 	before := map[string]*eventsv1.AuthRequest{}
 	for _, rid := range requests {
 		before[rid] = get(t, to, rid)
