@@ -135,6 +135,15 @@ func (c readCounter) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// guardedHandler is the webhook route behind guard, storing nothing, with
+// bodies of 1 KiB at most and one unauthenticated read at a time.
+func guardedHandler(guard *auth.WebhookGuard) http.Handler {
+	log := slog.New(slog.DiscardHandler)
+	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
+	return webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
+		unauthenticated: make(chan struct{}, 1), unauthenticatedByAddr: api.NewSlots(1)})
+}
+
 // With signing secrets the only credential, a webhook's sender is known
 // once its signature is checked: an unsigned or forged one spends the
 // failure budget of its address, never the budget of signed ones (which,
@@ -148,10 +157,7 @@ func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.DiscardHandler)
-	mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
-	h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
-		unauthenticated: make(chan struct{}, 1), unauthenticatedByAddr: api.NewSlots(1)})
+	h := guardedHandler(guard)
 	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
 	huge := strings.Repeat(" ", 2<<10) + body
 	const unsigned, forged, signed, stale = "unsigned", "forged", "signed", "stale"
@@ -382,10 +388,7 @@ func TestForgedSignaturesBesideOtherCredentialsSpendFailures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			log := slog.New(slog.DiscardHandler)
-			mux := runtime.NewServeMux(runtime.WithErrorHandler(errorHandler))
-			h := webhooksFirst(mux, &webhookHandler{mux: mux, ingest: api.NewWebhookServer(storingIngester{}, log), maxBody: 1 << 10, guard: guard, log: log,
-				unauthenticated: make(chan struct{}, 1), unauthenticatedByAddr: api.NewSlots(1)})
+			h := guardedHandler(guard)
 			post := func(from string, signer []byte) (code, reads int) {
 				r := httptest.NewRequest(http.MethodPost, tc.target, readCounter{strings.NewReader(body), &reads})
 				r.RemoteAddr = from + ":4000"
