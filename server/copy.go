@@ -21,6 +21,15 @@ import (
 // cannot start meanwhile; PostgreSQL is connected, and either is migrated.
 // It refuses to take one store for both. The caller closes both.
 func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (from store.Exporter, to store.Store, err error) {
+	if dst == "" {
+		return nil, nil, errors.New("destination: no store DSN")
+	}
+	// Before the source is opened (and migrated): a DSN that cannot name a
+	// store is refused at once.
+	dstBackend, dstPath, err := parseStore(dst)
+	if err != nil {
+		return nil, nil, fmt.Errorf("destination: %w", err)
+	}
 	src, err := c.openOffline(ctx, c.Store, false, log)
 	if err != nil {
 		return nil, nil, fmt.Errorf("source: %w", err)
@@ -30,15 +39,10 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 			src.Close()
 		}
 	}()
-	if dst == "" {
-		return nil, nil, errors.New("destination: no store DSN")
-	}
-	if sq, ok := src.(*sqlitestore.Store); ok {
+	if sq, ok := src.(*sqlitestore.Store); ok && dstBackend == "sqlite" && sameFile(sq.Path(), dstPath) {
 		// Before opening it: a second lock on the source's file would fail
 		// as if a server held it.
-		if backend, path, _ := parseStore(dst); backend == "sqlite" && sameFile(sq.Path(), path) {
-			return nil, nil, fmt.Errorf("the destination %s is the source", path)
-		}
+		return nil, nil, fmt.Errorf("the destination %s is the source", dstPath)
 	}
 	to, err = (&Config{}).openOffline(ctx, dst, true, log)
 	if err != nil {
