@@ -36,18 +36,25 @@ const (
 )
 
 // ExportPages is the loop of a backend's Export: read returns the page
-// after the webhook id after (0 for the first) and the id of its last
-// webhook, or an empty page at the end; each page goes to page.
-func ExportPages(page func([]Webhook) error, read func(after int64) ([]Webhook, int64, error)) error {
+// after the webhook id after (0 for the first) and the ids of its
+// webhooks, or an empty page at the end; each page goes to page. A webhook
+// is stored only with an event that was new, so one without events is an
+// error: the events it brought were not found.
+func ExportPages(page func([]Webhook) error, read func(after int64) ([]Webhook, []int64, error)) error {
 	for after := int64(0); ; {
-		whs, last, err := read(after)
+		whs, ids, err := read(after)
 		if err != nil || len(whs) == 0 {
 			return err
+		}
+		for i, wh := range whs {
+			if len(wh.Events) == 0 {
+				return fmt.Errorf("webhook %d: none of its events found", ids[i])
+			}
 		}
 		if err := page(whs); err != nil {
 			return err
 		}
-		after = last
+		after = ids[len(ids)-1]
 	}
 }
 

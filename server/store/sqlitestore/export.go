@@ -30,22 +30,22 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return s.fail(ctx, op, err)
 	}
 	defer tx.Rollback() // read only: nothing to commit
-	return store.ExportPages(page, func(after int64) ([]store.Webhook, int64, error) {
-		whs, last, err := exportPage(ctx, tx, after, max(size, 1))
+	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
+		whs, ids, err := exportPage(ctx, tx, after, max(size, 1))
 		if err != nil {
-			return nil, 0, s.fail(ctx, op, err)
+			return nil, nil, s.fail(ctx, op, err)
 		}
-		return whs, last, nil
+		return whs, ids, nil
 	})
 }
 
 // exportPage reads the page of webhooks after the id after, and returns
-// them and the id of the last.
-func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store.Webhook, int64, error) {
+// them and their ids.
+func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store.Webhook, []int64, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT id, received_at, body, request_ids FROM webhooks
 		WHERE id > ? ORDER BY id LIMIT ?`, after, size)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	var (
 		whs      []store.Webhook
@@ -62,12 +62,12 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		)
 		if err := rows.Scan(&id, &received, &wh.Body, &requestIDs); err != nil {
 			rows.Close()
-			return nil, 0, err
+			return nil, nil, err
 		}
 		var rids []string
 		if err := json.Unmarshal(requestIDs, &rids); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("request ids of webhook %d: %w", id, err)
+			return nil, nil, fmt.Errorf("request ids of webhook %d: %w", id, err)
 		}
 		for _, rid := range rids {
 			requests[rid] = true
@@ -79,7 +79,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 	}
 	rows.Close() // perhaps before the last row, for the page's bytes
 	if err := rows.Err(); err != nil || len(whs) == 0 {
-		return nil, 0, err
+		return nil, nil, err
 	}
 
 	add := func(webhookID int64, data []byte, what string) error {
@@ -98,7 +98,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		rows, err := tx.QueryContext(ctx, `SELECT request_id, events FROM requests
 			WHERE request_id IN (SELECT value FROM json_each(?)) ORDER BY request_id`, jsonArray(rids))
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, err
 		}
 		type row struct {
 			rid    string
@@ -109,17 +109,17 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 			return x, r.Scan(&x.rid, &x.column)
 		})
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, err
 		}
 		for _, c := range columns {
 			entries, err := parseEntries(c.column)
 			if err != nil {
-				return nil, 0, fmt.Errorf("events of %s: %w", c.rid, err)
+				return nil, nil, fmt.Errorf("events of %s: %w", c.rid, err)
 			}
 			for _, en := range entries {
 				if _, ok := index[en.webhookID]; ok {
 					if err := add(en.webhookID, en.data, c.rid); err != nil {
-						return nil, 0, err
+						return nil, nil, err
 					}
 				}
 			}
@@ -128,7 +128,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 	rows, err = tx.QueryContext(ctx, `SELECT webhook_id, data FROM events
 		WHERE request_id = '' AND webhook_id IN (SELECT value FROM json_each(?)) ORDER BY webhook_id, event_id`, jsonArray(ids))
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	type row struct {
 		webhookID int64
@@ -139,18 +139,12 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		return x, r.Scan(&x.webhookID, &x.data)
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	for _, x := range requestless {
 		if err := add(x.webhookID, x.data, "no request"); err != nil {
-			return nil, 0, err
+			return nil, nil, err
 		}
 	}
-	for i, wh := range whs {
-		// Stored only with a new event: its events are lost to the copy.
-		if len(wh.Events) == 0 {
-			return nil, 0, fmt.Errorf("webhook %d: none of its events found (its request_ids names none that holds one)", ids[i])
-		}
-	}
-	return whs, ids[len(ids)-1], nil
+	return whs, ids, nil
 }

@@ -3,6 +3,7 @@ package sqlitestore_test
 import (
 	"bytes"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -392,5 +393,35 @@ func checkExport(t *testing.T, s *sqlitestore.Store, size int, listed map[string
 		if exported[rid] != len(events) {
 			t.Errorf("%s: %d events exported, want its %d", rid, exported[rid], len(events))
 		}
+	}
+}
+
+// A webhook whose events cannot be found (its request_ids names none that
+// holds one) fails the export, naming it: copied, it would store nothing,
+// and its events would be lost without a word.
+func TestExportRefusesAWebhookWithoutEvents(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	oldDatabase(t, path, 3)
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var id int64
+	if err := db.QueryRow(`UPDATE webhooks SET request_ids = '[]' WHERE id = (SELECT min(id) FROM webhooks
+		WHERE request_ids != '[]' AND id NOT IN (SELECT webhook_id FROM events)) RETURNING id`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	// A page of one: with another webhook of its request in its page, its
+	// events would be found through that one's request_ids.
+	err = s.Export(t.Context(), 1, func([]store.Webhook) error { return nil })
+	if want := fmt.Sprintf("webhook %d: none of its events found", id); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Export with the events of webhook %d not found = %v; want an error saying %q, not ErrUnavailable", id, err, want)
 	}
 }
