@@ -1,8 +1,11 @@
 package sqlitestore
 
 import (
+	"context"
+	"database/sql"
 	"encoding/binary"
 	"errors"
+	"fmt"
 
 	"github.com/otpless-events/otpless-events/server/store"
 )
@@ -76,4 +79,34 @@ func lengthPrefixed(b []byte) (field, rest []byte) {
 		return nil, b
 	}
 	return b[n : n+int(l) : n+int(l)], b[n+int(l):]
+}
+
+// requestEntries are the entries of one request's events column.
+type requestEntries struct {
+	requestID string
+	entries   []entry
+}
+
+// queryEntries runs query on tx, which selects rows of (request_id,
+// events), and returns each row's request id and parsed entries.
+func queryEntries(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]requestEntries, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return scanAll(rows, func(r *sql.Rows) (requestEntries, error) {
+		var (
+			x      requestEntries
+			column []byte
+		)
+		if err := r.Scan(&x.requestID, &column); err != nil {
+			return x, err
+		}
+		entries, err := parseEntries(column)
+		if err != nil {
+			return x, fmt.Errorf("events of %s: %w", x.requestID, err)
+		}
+		x.entries = entries
+		return x, nil
+	})
 }

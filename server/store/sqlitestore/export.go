@@ -95,30 +95,15 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		for rid := range requests {
 			rids = append(rids, rid)
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT request_id, events FROM requests
+		columns, err := queryEntries(ctx, tx, `SELECT request_id, events FROM requests
 			WHERE request_id IN (SELECT value FROM json_each(?)) ORDER BY request_id`, jsonArray(rids))
 		if err != nil {
 			return nil, nil, err
 		}
-		type row struct {
-			rid    string
-			column []byte
-		}
-		columns, err := scanAll(rows, func(r *sql.Rows) (row, error) {
-			var x row
-			return x, r.Scan(&x.rid, &x.column)
-		})
-		if err != nil {
-			return nil, nil, err
-		}
 		for _, c := range columns {
-			entries, err := parseEntries(c.column)
-			if err != nil {
-				return nil, nil, fmt.Errorf("events of %s: %w", c.rid, err)
-			}
-			for _, en := range entries {
+			for _, en := range c.entries {
 				if _, ok := index[en.webhookID]; ok {
-					if err := add(en.webhookID, en.data, c.rid); err != nil {
+					if err := add(en.webhookID, en.data, c.requestID); err != nil {
 						return nil, nil, err
 					}
 				}

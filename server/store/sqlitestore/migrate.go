@@ -186,18 +186,7 @@ func fillRequestIDsBatch(ctx context.Context, db *sql.DB, after string) (last st
 		return "", err
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT request_id, events FROM requests WHERE request_id > ? ORDER BY request_id LIMIT ?`, after, moveBatch)
-	if err != nil {
-		return "", err
-	}
-	type row struct {
-		rid    string
-		column []byte
-	}
-	requests, err := scanAll(rows, func(r *sql.Rows) (row, error) {
-		var x row
-		return x, r.Scan(&x.rid, &x.column)
-	})
+	requests, err := queryEntries(ctx, tx, `SELECT request_id, events FROM requests WHERE request_id > ? ORDER BY request_id LIMIT ?`, after, moveBatch)
 	if err != nil || len(requests) == 0 {
 		return "", err
 	}
@@ -211,18 +200,14 @@ func fillRequestIDsBatch(ctx context.Context, db *sql.DB, after string) (last st
 		seen  = map[pair]bool{}
 	)
 	for _, r := range requests {
-		entries, err := parseEntries(r.column)
-		if err != nil {
-			return "", fmt.Errorf("events of %s: %w", r.rid, err)
-		}
-		for _, en := range entries {
-			if p := (pair{en.webhookID, r.rid}); !seen[p] {
+		for _, en := range r.entries {
+			if p := (pair{en.webhookID, r.requestID}); !seen[p] {
 				seen[p] = true
 				pairs, ids = append(pairs, p), append(ids, en.webhookID)
 			}
 		}
 	}
-	rows, err = tx.QueryContext(ctx, `SELECT webhook_id FROM fill_request_ids WHERE webhook_id IN (SELECT value FROM json_each(?))`, jsonArray(ids))
+	rows, err := tx.QueryContext(ctx, `SELECT webhook_id FROM fill_request_ids WHERE webhook_id IN (SELECT value FROM json_each(?))`, jsonArray(ids))
 	if err != nil {
 		return "", err
 	}
@@ -250,5 +235,5 @@ func fillRequestIDsBatch(ctx context.Context, db *sql.DB, after string) (last st
 			}
 		}
 	}
-	return requests[len(requests)-1].rid, tx.Commit()
+	return requests[len(requests)-1].requestID, tx.Commit()
 }
