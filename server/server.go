@@ -849,17 +849,11 @@ func publicCallLimit(perAddr, inAll int) func(ctx context.Context, method string
 				addr = a.String()
 			}
 		}
-		if !byAddr.Take(addr) {
+		places := []api.Place{{Slots: byAddr, Key: addr}, {Slots: all}}
+		if api.TakeAll(places) >= 0 {
 			return exhausted
 		}
-		if !all.Take("") {
-			byAddr.Give(addr)
-			return exhausted
-		}
-		context.AfterFunc(ctx, func() {
-			all.Give("")
-			byAddr.Give(addr)
-		})
+		context.AfterFunc(ctx, func() { api.GiveAll(places) })
 		return nil
 	}
 }

@@ -42,6 +42,32 @@ func (s *Slots) Give(key string) {
 	}
 }
 
+// Place is a slot under Key in Slots; What names its bound in a refusal.
+type Place struct {
+	Slots     *Slots
+	Key, What string
+}
+
+// TakeAll takes every place, or none: at the first place at its limit it
+// gives back those it took and returns that place's index. It returns -1
+// when it took them all.
+func TakeAll(places []Place) int {
+	for i, p := range places {
+		if !p.Slots.Take(p.Key) {
+			GiveAll(places[:i])
+			return i
+		}
+	}
+	return -1
+}
+
+// GiveAll gives back the places TakeAll took.
+func GiveAll(places []Place) {
+	for _, p := range places {
+		p.Slots.Give(p.Key)
+	}
+}
+
 // streamLimiter bounds concurrent watch streams per credential, per watch
 // token, per request id and in all. A zero limit means unbounded.
 type streamLimiter struct {
@@ -57,13 +83,6 @@ func newStreamLimiter(opts WatchOptions) *streamLimiter {
 	}
 }
 
-// place is a slot a stream takes: under key in slots, refused saying what
-// is at its limit.
-type place struct {
-	slots     *Slots
-	key, what string
-}
-
 // acquire takes a slot for one stream, or fails with RESOURCE_EXHAUSTED.
 // token tells a watch token from the others of its request ("" for any
 // other credential): without a bound of its own, one token could take all
@@ -72,25 +91,16 @@ type place struct {
 // admits takes a place in it. A refusal gives back what it took. Call
 // release when the stream ends.
 func (l *streamLimiter) acquire(credential, token, requestID string) (release func(), err error) {
-	places := make([]place, 0, 4)
-	places = append(places, place{l.byCredential, credential, "for this credential"})
+	places := make([]Place, 0, 4)
+	places = append(places, Place{l.byCredential, credential, "for this credential"})
 	if token != "" {
-		places = append(places, place{l.byToken, token, "for this watch token"})
+		places = append(places, Place{l.byToken, token, "for this watch token"})
 	}
-	places = append(places, place{l.byRequest, requestID, "for this request"}, place{l.all, "", "on this server"})
-	for i, p := range places {
-		if !p.slots.Take(p.key) {
-			for _, taken := range places[:i] {
-				taken.slots.Give(taken.key)
-			}
-			return nil, Exhausted(fmt.Sprintf("too many watch streams %s (limit %d)", p.what, p.slots.limit))
-		}
+	places = append(places, Place{l.byRequest, requestID, "for this request"}, Place{l.all, "", "on this server"})
+	if i := TakeAll(places); i >= 0 {
+		return nil, Exhausted(fmt.Sprintf("too many watch streams %s (limit %d)", places[i].What, places[i].Slots.limit))
 	}
-	return func() {
-		for _, p := range places {
-			p.slots.Give(p.key)
-		}
-	}, nil
+	return func() { GiveAll(places) }, nil
 }
 
 // RetryStreamAfter is how long a client refused a stream for a limit on
