@@ -135,6 +135,15 @@ func (c readCounter) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// sign gives r the Standard Webhooks headers of body signed with key at
+// time at, as message msg_1.
+func sign(r *http.Request, key []byte, at time.Time, body string) {
+	sec := strconv.FormatInt(at.Unix(), 10)
+	r.Header.Set("webhook-id", "msg_1")
+	r.Header.Set("webhook-timestamp", sec)
+	r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(key, []byte("msg_1."+sec+"."+body)))
+}
+
 // guardedHandler is the webhook route behind guard, storing nothing, with
 // bodies of 1 KiB at most and one unauthenticated read at a time.
 func guardedHandler(guard *auth.WebhookGuard) http.Handler {
@@ -169,14 +178,11 @@ func TestUnsignedWebhooksSpendOnlyTheFailureBudget(t *testing.T) {
 			if how == stale {
 				ts = ts.Add(-time.Hour)
 			}
-			sec := strconv.FormatInt(ts.Unix(), 10)
 			signer := key
 			if how == forged {
 				signer = []byte("not the key, not the key, at all")
 			}
-			r.Header.Set("webhook-id", "msg_1")
-			r.Header.Set("webhook-timestamp", sec)
-			r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+sec+"."+content)))
+			sign(r, signer, ts, content)
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
@@ -294,10 +300,7 @@ func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 	signed := func(from string, b io.Reader) *http.Request {
 		r := httptest.NewRequest(http.MethodPost, WebhookPath, b)
 		r.RemoteAddr = from + ":4711"
-		sec := strconv.FormatInt(time.Now().Unix(), 10)
-		r.Header.Set("webhook-id", "msg_1")
-		r.Header.Set("webhook-timestamp", sec)
-		r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(key, []byte("msg_1."+sec+"."+body)))
+		sign(r, key, time.Now(), body)
 		return r
 	}
 	for _, tc := range []struct {
@@ -392,10 +395,7 @@ func TestForgedSignaturesBesideOtherCredentialsSpendFailures(t *testing.T) {
 			post := func(from string, signer []byte) (code, reads int) {
 				r := httptest.NewRequest(http.MethodPost, tc.target, readCounter{strings.NewReader(body), &reads})
 				r.RemoteAddr = from + ":4000"
-				sec := strconv.FormatInt(time.Now().Unix(), 10)
-				r.Header.Set("webhook-id", "msg_1")
-				r.Header.Set("webhook-timestamp", sec)
-				r.Header.Set("webhook-signature", "v1,"+auth.SignWebhook(signer, []byte("msg_1."+sec+"."+body)))
+				sign(r, signer, time.Now(), body)
 				w := httptest.NewRecorder()
 				h.ServeHTTP(w, r)
 				return w.Code, reads
