@@ -16,8 +16,9 @@
 // implies every earlier one, which is then marked implied and timed at the
 // earliest observed later step. A channel is FAILED when a FAILED report
 // exists and no step past SENT was observed; a report of DELIVERED or later
-// moves it on. Reports with an unknown status or without a channel only
-// count towards event_count and the first and last event times.
+// moves it on. Reports with an unknown status or without a channel move no
+// channel: like every event, they count towards event_count and the first
+// and last event times, and give their single-valued fields (below).
 //
 // # Request status
 //
