@@ -40,7 +40,13 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	if err != nil {
 		return s.fail(ctx, op, err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) // read only: nothing to commit
+	defer func() {
+		// Read only: nothing to commit. Bounded as every call is: on a
+		// database gone silent, the rollback would wait for good.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+		defer cancel()
+		tx.Rollback(rctx)
+	}()
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()

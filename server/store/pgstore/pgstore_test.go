@@ -1298,3 +1298,39 @@ func TestExportWaitsForItsCaller(t *testing.T) {
 		t.Errorf("Export with a slow caller = %v after %d pages; want 2 pages", err, pages)
 	}
 }
+
+// TestExportEndsOnASilentDatabase: Export ends within the store's timeout
+// when the database goes silent while its caller has a page, as every
+// call does, rather than wait in its rollback for an answer that never
+// comes (db copy then hung until a second Ctrl-C).
+func TestExportEndsOnASilentDatabase(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	const timeout = 500 * time.Millisecond
+	s := open(t, pgtest.WithAddr(t, dsn, proxy.Addr()), pgstore.WithTimeout(timeout))
+	for i := range 2 {
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery("r", fmt.Sprint(i), "SMS", "SENT", at(i)))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failed := errors.New("the destination failed")
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Export(t.Context(), 1, func([]store.Webhook) error {
+			proxy.Freeze()
+			return failed
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, failed) {
+			t.Errorf("Export = %v; want its caller's error", err)
+		}
+	case <-time.After(20 * timeout):
+		t.Errorf("Export still running %s after the database went silent; want it ended within the store's timeout", 20*timeout)
+		proxy.Cut()
+		<-done
+	}
+	proxy.Cut() // the pool's connections end at once, not in a partition
+}
