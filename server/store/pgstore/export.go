@@ -32,14 +32,13 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return err
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	tx, err := s.pool.BeginTx(qctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err == nil {
-		_, err = tx.Exec(qctx, fmt.Sprintf("SET LOCAL idle_in_transaction_session_timeout = %d", exportIdle.Milliseconds()))
-	}
-	cancel()
 	if err != nil {
 		return s.fail(ctx, op, err)
 	}
+	// From here on the transaction holds a connection of the pool, which
+	// only its end gives back, whatever fails.
 	defer func() {
 		// Read only: nothing to commit. Bounded as every call is: on a
 		// database gone silent, the rollback would wait for good.
@@ -47,6 +46,9 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		defer cancel()
 		tx.Rollback(rctx)
 	}()
+	if _, err := tx.Exec(qctx, fmt.Sprintf("SET LOCAL idle_in_transaction_session_timeout = %d", exportIdle.Milliseconds())); err != nil {
+		return s.fail(ctx, op, err)
+	}
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()

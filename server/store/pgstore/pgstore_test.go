@@ -1334,3 +1334,35 @@ func TestExportEndsOnASilentDatabase(t *testing.T) {
 	}
 	proxy.Cut() // the pool's connections end at once, not in a partition
 }
+
+// TestExportReleasesItsConnection: an Export whose transaction began but
+// could not be set up (the database went silent between its BEGIN and its
+// SET) gives its connection back to the pool. Kept, Close waited for it
+// for good, and db copy hung after saying what failed.
+func TestExportReleasesItsConnection(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	const timeout = 500 * time.Millisecond
+	s, err := pgstore.Open(t.Context(), pgtest.WithAddr(t, dsn, proxy.Addr()), pgstore.WithTimeout(timeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(0), delivery("r", "e", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+	proxy.FreezeOn("SET LOCAL idle_in_transaction_session_timeout")
+	err = s.Export(t.Context(), 1, func([]store.Webhook) error { return nil })
+	wantUnavailable(t, "Export with the database silent after its BEGIN", err)
+	proxy.Cut() // connections end at once, not in a partition
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(20 * timeout):
+		t.Errorf("Close still waiting %s after the failed Export; want the Export's connection back in the pool", 20*timeout)
+	}
+}

@@ -1,6 +1,7 @@
 package pgtest
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -17,11 +18,12 @@ type Proxy struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	cut     bool
-	frozen  bool
-	conns   map[net.Conn]*link // both ends of every forwarded pair
-	changed chan struct{}      // closed, and replaced, when the state changes
+	mu       sync.Mutex
+	cut      bool
+	frozen   bool
+	freezeOn []byte             // FreezeOn's pattern, until a client sends it
+	conns    map[net.Conn]*link // both ends of every forwarded pair
+	changed  chan struct{}      // closed, and replaced, when the state changes
 }
 
 // link is one forwarded pair of connections.
@@ -72,6 +74,15 @@ func (p *Proxy) Freeze() {
 	defer p.mu.Unlock()
 	p.frozen = true
 	p.broadcast()
+}
+
+// FreezeOn freezes the proxy, as Freeze does, once a client sends bytes
+// holding pattern (in one read), before they are forwarded: a partition
+// at a chosen point of a conversation, such as between two statements.
+func (p *Proxy) FreezeOn(pattern string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.freezeOn = []byte(pattern)
 }
 
 // Restore forwards again: new connections after a Cut; after a Freeze,
@@ -134,7 +145,7 @@ func (p *Proxy) forward(client net.Conn) {
 	}
 	var wg sync.WaitGroup
 	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, p.held(l, src))
+		io.Copy(dst, p.held(l, src, src == client))
 		// One direction ended: end the other too, once it may be heard.
 		p.awaitHeard(l)
 		dst.Close()
@@ -153,11 +164,20 @@ func (p *Proxy) forward(client net.Conn) {
 func (p *Proxy) silent(l *link) bool { return p.frozen || l.silent }
 
 // held reads src while l is not silent: what comes meanwhile waits, and
-// so does what a read brought as l fell silent.
-func (p *Proxy) held(l *link, src net.Conn) io.Reader {
+// so does what a read brought as l fell silent. What a client sends may
+// freeze the proxy (FreezeOn).
+func (p *Proxy) held(l *link, src net.Conn, fromClient bool) io.Reader {
 	return readerFunc(func(b []byte) (int, error) {
 		p.awaitHeard(l)
 		n, err := src.Read(b)
+		if fromClient {
+			p.mu.Lock()
+			if p.freezeOn != nil && bytes.Contains(b[:n], p.freezeOn) {
+				p.freezeOn, p.frozen = nil, true
+				p.broadcast()
+			}
+			p.mu.Unlock()
+		}
 		p.awaitHeard(l)
 		return n, err
 	})
