@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,12 +54,20 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 		whs, ids, err := exportPage(qctx, tx, after, max(size, 1))
+		if errors.Is(err, errDamaged) { // not a failure a retry could fix
+			return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)
+		}
 		if err != nil {
 			return nil, nil, s.fail(ctx, op, err)
 		}
 		return whs, ids, nil
 	})
 }
+
+// errDamaged marks the errors of an export that are in what it read, not
+// in the reading: stored data that does not decode, which no retry mends,
+// so they are not store.ErrUnavailable.
+var errDamaged = errors.New("damaged data")
 
 // exportPage reads the page of webhooks after the id after, and returns
 // them and their ids.
@@ -100,7 +109,7 @@ func exportPage(ctx context.Context, tx pgx.Tx, after int64, size int) ([]store.
 	_, err = pgx.ForEachRow(rows, []any{&webhookID, &data}, func() error {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("decode an event of webhook %d: %w", webhookID, err)
+			return fmt.Errorf("%w: decode an event of webhook %d: %w", errDamaged, webhookID, err)
 		}
 		whs[index[webhookID]].Events = append(whs[index[webhookID]].Events, e)
 		return nil

@@ -1366,3 +1366,23 @@ func TestExportReleasesItsConnection(t *testing.T) {
 		t.Errorf("Close still waiting %s after the failed Export; want the Export's connection back in the pool", 20*timeout)
 	}
 }
+
+// TestExportOfDamagedData: an event that cannot be decoded fails the
+// export as what it is, not as store.ErrUnavailable, which told the
+// operator to run db copy again for a fault no retry mends.
+func TestExportOfDamagedData(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	ctx := t.Context()
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(t, dsn).Exec(ctx, `UPDATE events SET data = '\xff'::bytea`); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Export(ctx, 10, func([]store.Webhook) error { return nil })
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Export of a damaged event = %v; want an error, not ErrUnavailable", err)
+	}
+}

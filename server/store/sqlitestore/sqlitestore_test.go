@@ -481,3 +481,34 @@ func TestFullDiskIsNotReady(t *testing.T) {
 		t.Fatalf("Ping after a commit succeeded: %v", err)
 	}
 }
+
+// TestExportOfDamagedData: stored data that cannot be read back (an
+// event that does not decode, a request's events column out of shape)
+// fails the export as what it is, not as store.ErrUnavailable, which told
+// the operator to run db copy again for a fault no retry mends.
+func TestExportOfDamagedData(t *testing.T) {
+	t.Parallel()
+	for name, damage := range map[string]string{
+		"event":  `UPDATE events SET data = X'FF' WHERE request_id = ''`,
+		"column": `UPDATE requests SET events = X'01' WHERE request_id = 'r1'`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := open(t, filepath.Join(t.TempDir(), "events.db"))
+			defer s.Close()
+			ctx := t.Context()
+			if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(
+				event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0),
+				event("", "u1", eventsv1.EventKind_EVENT_KIND_SYSTEM, "UNREACHABLE", "", 0))}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sqlitestore.WriterDB(s).ExecContext(ctx, damage); err != nil {
+				t.Fatal(err)
+			}
+			err := s.Export(ctx, 10, func([]store.Webhook) error { return nil })
+			if err == nil || errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("Export of a damaged %s = %v; want an error, not ErrUnavailable", name, err)
+			}
+		})
+	}
+}
