@@ -48,7 +48,7 @@ func ExportPages(page func([]Webhook) error, read func(after int64) ([]Webhook, 
 		}
 		for i, wh := range whs {
 			if len(wh.Events) == 0 {
-				return fmt.Errorf("webhook %d: none of its events found", ids[i])
+				return fmt.Errorf("%w: webhook %d: none of its events found", ErrDamaged, ids[i])
 			}
 		}
 		if err := page(whs); err != nil {

@@ -28,6 +28,9 @@ var (
 	ErrOverloaded = errors.New("store: write queue full")
 	// ErrClosed: the store or the writer has been closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrDamaged: stored data does not decode, or lacks what it must hold;
+	// no retry mends it.
+	ErrDamaged = errors.New("store: damaged data")
 )
 
 // Webhook is one received body and the events normalization made of it.

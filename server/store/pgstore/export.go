@@ -54,7 +54,7 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 		whs, ids, err := exportPage(qctx, tx, after, max(size, 1))
-		if errors.Is(err, errDamaged) { // not a failure a retry could fix
+		if errors.Is(err, store.ErrDamaged) { // not a failure a retry could fix
 			return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)
 		}
 		if err != nil {
@@ -63,11 +63,6 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return whs, ids, nil
 	})
 }
-
-// errDamaged marks the errors of an export that are in what it read, not
-// in the reading: stored data that does not decode, which no retry mends,
-// so they are not store.ErrUnavailable.
-var errDamaged = errors.New("damaged data")
 
 // exportPage reads the page of webhooks after the id after, and returns
 // them and their ids.
@@ -109,7 +104,7 @@ func exportPage(ctx context.Context, tx pgx.Tx, after int64, size int) ([]store.
 	_, err = pgx.ForEachRow(rows, []any{&webhookID, &data}, func() error {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("%w: decode an event of webhook %d: %w", errDamaged, webhookID, err)
+			return fmt.Errorf("%w: decode an event of webhook %d: %w", store.ErrDamaged, webhookID, err)
 		}
 		whs[index[webhookID]].Events = append(whs[index[webhookID]].Events, e)
 		return nil

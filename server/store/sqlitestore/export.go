@@ -33,7 +33,7 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	defer tx.Rollback() // read only: nothing to commit
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		whs, ids, err := exportPage(ctx, tx, after, max(size, 1))
-		if errors.Is(err, errDamaged) { // not a failure a retry could fix
+		if errors.Is(err, store.ErrDamaged) { // not a failure a retry could fix
 			return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
 		}
 		if err != nil {
@@ -42,11 +42,6 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		return whs, ids, nil
 	})
 }
-
-// errDamaged marks the errors of an export that are in what it read, not
-// in the reading: stored data that does not decode, which no retry mends,
-// so they are not store.ErrUnavailable.
-var errDamaged = errors.New("damaged data")
 
 // exportPage reads the page of webhooks after the id after, and returns
 // them and their ids.
@@ -76,7 +71,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		var rids []string
 		if err := json.Unmarshal(requestIDs, &rids); err != nil {
 			rows.Close()
-			return nil, nil, fmt.Errorf("%w: request ids of webhook %d: %w", errDamaged, id, err)
+			return nil, nil, fmt.Errorf("%w: request ids of webhook %d: %w", store.ErrDamaged, id, err)
 		}
 		for _, rid := range rids {
 			requests[rid] = true
@@ -94,7 +89,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 	add := func(webhookID int64, data []byte, what string) error {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("%w: decode an event of webhook %d (%s): %w", errDamaged, webhookID, what, err)
+			return fmt.Errorf("%w: decode an event of webhook %d (%s): %w", store.ErrDamaged, webhookID, what, err)
 		}
 		whs[index[webhookID]].Events = append(whs[index[webhookID]].Events, e)
 		return nil
@@ -107,7 +102,7 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		columns, err := queryEntries(ctx, tx, `SELECT request_id, events FROM requests
 			WHERE request_id IN (SELECT value FROM json_each(?)) ORDER BY request_id`, jsonArray(rids))
 		if errors.Is(err, errBadEntries) {
-			return nil, nil, fmt.Errorf("%w: %w", errDamaged, err)
+			return nil, nil, fmt.Errorf("%w: %w", store.ErrDamaged, err)
 		}
 		if err != nil {
 			return nil, nil, err

@@ -506,8 +506,8 @@ func TestExportOfDamagedData(t *testing.T) {
 				t.Fatal(err)
 			}
 			err := s.Export(ctx, 10, func([]store.Webhook) error { return nil })
-			if err == nil || errors.Is(err, store.ErrUnavailable) {
-				t.Errorf("Export of a damaged %s = %v; want an error, not ErrUnavailable", name, err)
+			if !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("Export of a damaged %s = %v; want ErrDamaged, not ErrUnavailable", name, err)
 			}
 		})
 	}

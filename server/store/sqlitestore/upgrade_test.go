@@ -421,7 +421,7 @@ func TestExportRefusesAWebhookWithoutEvents(t *testing.T) {
 	// A page of one: with another webhook of its request in its page, its
 	// events would be found through that one's request_ids.
 	err = s.Export(t.Context(), 1, func([]store.Webhook) error { return nil })
-	if want := fmt.Sprintf("webhook %d: none of its events found", id); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, store.ErrUnavailable) {
+	if want := fmt.Sprintf("webhook %d: none of its events found", id); !errors.Is(err, store.ErrDamaged) || !strings.Contains(err.Error(), want) || errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Export with the events of webhook %d not found = %v; want an error saying %q, not ErrUnavailable", id, err, want)
 	}
 }
