@@ -151,6 +151,9 @@ func (s *Security) validate() []error {
 	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerToken < 0 || s.MaxWatchesPerRequest < 0 || s.MaxWatches < 0 {
 		errs = append(errs, errors.New("watch stream limits must not be negative"))
 	}
+	if err := s.Webhook.CheckLimits(); err != nil {
+		errs = append(errs, err)
+	}
 	if s.Disabled {
 		return errs
 	}

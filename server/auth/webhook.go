@@ -104,17 +104,33 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	return g, nil
 }
 
+// CheckLimits reports the rates and bursts that cannot work: a rate that
+// is negative or not a number, or a burst under 1 for a rate that is set.
+// It needs no credential, so that a start can refuse them before it makes
+// any.
+func (c *WebhookConfig) CheckLimits() error {
+	return errors.Join(checkLimit("webhooks", c.RatePerSecond, c.Burst),
+		checkLimit("failed webhooks", c.FailureRatePerSecond, c.FailureBurst))
+}
+
+// checkLimit reports why a limit of perSecond per client address with
+// burst cannot work, if it cannot; what names the limited.
+func checkLimit(what string, perSecond float64, burst int) error {
+	switch {
+	case !(perSecond >= 0) || math.IsInf(perSecond, 0): // NaN too
+		return fmt.Errorf("webhooks: the rate of %s per client address must be 0 (unlimited) or a positive number, not %v", what, perSecond)
+	case perSecond > 0 && burst < 1:
+		return fmt.Errorf("webhooks: the burst of %s per client address must be at least 1, not %d", what, burst)
+	}
+	return nil
+}
+
 // newAddrLimiter returns a limiter of perSecond per client address with
 // burst, nil for a perSecond of 0 (unlimited); what names the limited in
 // its errors.
 func newAddrLimiter(what string, perSecond float64, burst int) (*addrLimiter, error) {
-	switch {
-	case !(perSecond >= 0) || math.IsInf(perSecond, 0): // NaN too
-		return nil, fmt.Errorf("webhooks: the rate of %s per client address must be 0 (unlimited) or a positive number, not %v", what, perSecond)
-	case perSecond == 0:
-		return nil, nil
-	case burst < 1:
-		return nil, fmt.Errorf("webhooks: the burst of %s per client address must be at least 1, not %d", what, burst)
+	if err := checkLimit(what, perSecond, burst); err != nil || perSecond == 0 {
+		return nil, err
 	}
 	return &addrLimiter{limit: rate.Limit(perSecond), burst: burst, entries: map[netip.Addr]*limitEntry{}}, nil
 }

@@ -69,9 +69,10 @@ type generated struct {
 	webhookKey, apiKey string
 }
 
-// resolve reads the configured secrets and, for what is not configured,
-// loads or creates credentials in dataDir.
-func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
+// settings is the Security the flags give without a secret: limits,
+// rates, networks and TLS files, which serve can check before a first
+// start makes credentials.
+func (f *securityFlags) settings() (server.Security, error) {
 	sec := server.Security{
 		MaxWatchesPerCredential: f.maxPerCredential,
 		MaxWatchesPerToken:      f.maxPerToken,
@@ -81,18 +82,29 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		TLSKeyFile:              f.tlsKey,
 		ClientCAFile:            f.clientCA,
 	}
-	var gen generated
 	w := &sec.Webhook
 	w.AllowUnauthenticated = f.allowUnauthenticated
 	w.RatePerSecond, w.Burst = f.rate, f.burst
 	w.FailureRatePerSecond, w.FailureBurst = f.failureRate, f.failureBurst
 	var err error
 	if w.AllowedNets, err = auth.ParsePrefixes(f.allowCIDRs); err != nil {
-		return sec, gen, fmt.Errorf("--webhook-allow-cidrs: %w", err)
+		return sec, fmt.Errorf("--webhook-allow-cidrs: %w", err)
 	}
 	if w.TrustedProxies, err = auth.ParsePrefixes(f.trustedProxies); err != nil {
-		return sec, gen, fmt.Errorf("--trusted-proxies: %w", err)
+		return sec, fmt.Errorf("--trusted-proxies: %w", err)
 	}
+	return sec, nil
+}
+
+// resolve is settings with the configured secrets and, for what is not
+// configured, credentials loaded or created in dataDir.
+func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
+	var gen generated
+	sec, err := f.settings()
+	if err != nil {
+		return sec, gen, err
+	}
+	w := &sec.Webhook
 	if w.Keys, err = auth.ReadSecrets(os.Getenv(envWebhookKeys), f.webhookKeysFile); err != nil {
 		return sec, gen, err
 	}

@@ -56,6 +56,9 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			// credentials is refused before a first start makes them (and
 			// prints them once only).
 			withoutSecurity := cfg
+			if withoutSecurity.Security, err = secFlags.settings(); err != nil {
+				return fail(err)
+			}
 			withoutSecurity.Security.Disabled = true
 			if err := withoutSecurity.Validate(); err != nil {
 				return fail(fmt.Errorf("config: %w", err))

@@ -54,15 +54,35 @@ func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
 
 // A configuration unusable whatever the credentials is refused before a
 // first start makes them: they are printed once only, and would be lost.
+// So are the settings of the security flags that hold no secret: limits,
+// rates and TLS files.
 func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	code, out, errOut := run(t, "serve", "--data-dir", dir, "--http-addr", "", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
-	if code != 1 || strings.Contains(out, "export") || !strings.Contains(errOut, "http") {
-		t.Errorf("serve with an empty --http-addr: exit %d, stdout %q, stderr %q; want 1, no credentials printed, the address named", code, out, errOut)
-	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
-		t.Errorf("serve refused its configuration but left %d files in its data directory", len(entries))
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		says  string
+	}{
+		{"empty http address", []string{"--http-addr", ""}, "http"},
+		{"negative watch limit", []string{"--max-watches-per-token", "-1"}, "must not be negative"},
+		{"negative watches in all", []string{"--max-watches", "-1"}, "must not be negative"},
+		{"TLS certificate without key", []string{"--tls-cert", "cert.pem"}, "TLS needs both"},
+		{"client CA without TLS", []string{"--grpc-client-ca", "ca.pem"}, "mutual TLS"},
+		{"negative webhook rate", []string{"--webhook-rate", "-1"}, "rate of webhooks"},
+		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			args := append([]string{"serve", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", ""}, tc.flags...)
+			code, out, errOut := run(t, args...)
+			if code != 1 || strings.Contains(out, "export") || !strings.Contains(errOut, tc.says) {
+				t.Errorf("serve %s: exit %d, stdout %q, stderr %q; want 1, no credentials printed, saying %q", strings.Join(tc.flags, " "), code, out, errOut, tc.says)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Errorf("serve refused its configuration but left %d files in its data directory", len(entries))
+			}
+		})
 	}
 }
 
