@@ -346,6 +346,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	webhooks := api.NewWebhookServer(untilConnected{s.writer, &s.waiting}, log.With("component", "ingest"))
 	webhooks.SetObserver(s.obs)
+	webhooks.SetMaxBodyBytes(cfg.MaxBodyBytes)
 	requests := api.NewRequestServer(s.store, s.broker, api.WatchOptions{
 		Heartbeat:        cfg.WatchHeartbeat,
 		MaxDuration:      cfg.MaxWatchDuration,
@@ -1025,7 +1026,8 @@ func (c *trackedConn) Close() error {
 
 // ingestLimit refuses gRPC Ingest messages of more than max bytes with
 // RESOURCE_EXHAUSTED, as grpc-go's own limit would, but where the
-// observing interceptors see it.
+// observing interceptors see it. (Ingest bounds the JSON it keeps of a
+// message too.)
 func ingestLimit(max int64) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if m, ok := req.(proto.Message); ok && info.FullMethod == eventsv1.WebhookService_Ingest_FullMethodName && int64(proto.Size(m)) > max {

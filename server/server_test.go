@@ -797,6 +797,20 @@ func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
 	if _, err := ts.webhooks.Ingest(ctx, big); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("body over --max-body-bytes over gRPC: %v, want ResourceExhausted", err)
 	}
+	// A message under the bound whose JSON, the body kept, is over it (a
+	// control character is one byte in protobuf, six in JSON): kept, it
+	// would make a page of events larger than the reads are sized for.
+	escaped := &eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "escaped-req", Status: "SENT",
+		MetaData: structpb.NewStringValue(strings.Repeat("\x01", 2<<10))}}
+	if n := proto.Size(escaped); n > 4<<10 {
+		t.Fatalf("the message is %d bytes, over the bound itself", n)
+	}
+	if _, err := ts.webhooks.Ingest(ctx, escaped); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a message whose JSON is over --max-body-bytes over gRPC: %v, want ResourceExhausted", err)
+	}
+	if _, err := ts.requests.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: "escaped-req"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetRequest of the refused webhook's request: %v, want NotFound (nothing stored)", err)
+	}
 }
 
 func TestInvalidUTF8URLsAre400(t *testing.T) {

@@ -28,6 +28,7 @@ type WebhookServer struct {
 	log      *slog.Logger
 	now      func() time.Time
 	observer IngestObserver
+	maxBody  int64 // 0: no bound
 }
 
 // IngestObserver is told the outcome of every webhook IngestBody handles:
@@ -42,6 +43,13 @@ type IngestObserver interface {
 // SetObserver makes o the IngestObserver. Call it before serving.
 func (s *WebhookServer) SetObserver(o IngestObserver) { s.observer = o }
 
+// SetMaxBodyBytes bounds the body Ingest keeps for a gRPC caller, its
+// message as JSON, at n bytes, as the webhook route bounds the bodies it
+// reads: a message under that as protobuf can be several times as large as
+// JSON (a control character takes six bytes there), and what is kept must
+// fit the reads of a request's events. Call it before serving.
+func (s *WebhookServer) SetMaxBodyBytes(n int64) { s.maxBody = n }
+
 // NewWebhookServer returns a WebhookServer that stores through ingester.
 func NewWebhookServer(ingester Ingester, log *slog.Logger) *WebhookServer {
 	return &WebhookServer{ingester: ingester, log: log, now: time.Now}
@@ -53,6 +61,9 @@ func (s *WebhookServer) Ingest(ctx context.Context, req *eventsv1.IngestRequest)
 	body, err := protojson.Marshal(req)
 	if err != nil { // e.g. NaN in a google.protobuf.Value: not JSON
 		return nil, status.Error(codes.InvalidArgument, "the request cannot be kept as JSON: "+err.Error())
+	}
+	if s.maxBody > 0 && int64(len(body)) > s.maxBody {
+		return nil, status.Error(codes.ResourceExhausted, "webhook is larger than "+Size(s.maxBody)+" as JSON, the form it is kept in")
 	}
 	return s.IngestBody(ctx, req, body)
 }
