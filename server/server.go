@@ -399,7 +399,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),
-			boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
+			reflectionEnds(s.shuttingDown), boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
 	)...)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)
@@ -907,6 +907,42 @@ func (w *endingWatch) SendMsg(m any) error {
 func (w *endingWatch) endUnlessServing() {
 	if !w.serving.Load() {
 		w.end()
+	}
+}
+
+// reflectionEnds ends each reflection stream with UNAVAILABLE once
+// shutdown has begun: its client holds it open between questions (a schema
+// browser, for as long as it runs), and the handler waits for the next one
+// in RecvMsg, which nothing else ends; an open stream would hold
+// GracefulStop for the whole grace.
+func reflectionEnds(shutdown context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !strings.HasPrefix(info.FullMethod, "/grpc.reflection.") {
+			return handler(srv, ss)
+		}
+		return handler(srv, &endingRecv{ServerStream: ss, shutdown: shutdown})
+	}
+}
+
+// endingRecv is a stream whose RecvMsg returns UNAVAILABLE once shutdown
+// has begun. The receive it gave up on ends with the stream, once the
+// handler has returned.
+type endingRecv struct {
+	grpc.ServerStream
+	shutdown context.Context
+}
+
+func (s *endingRecv) RecvMsg(m any) error {
+	if s.shutdown.Err() != nil {
+		return status.Error(codes.Unavailable, "server is shutting down")
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-done:
+		return err
+	case <-s.shutdown.Done():
+		return status.Error(codes.Unavailable, "server is shutting down")
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -782,6 +783,37 @@ func TestShutdownWithHealthWatchOpen(t *testing.T) {
 		if got := <-ends; got != want {
 			t.Errorf("Health.Watch at shutdown: %s, want %s", got, want)
 		}
+	}
+}
+
+// TestShutdownWithReflectionStreamOpen: a reflection stream, which a schema
+// browser holds open between its questions, ends with UNAVAILABLE once
+// shutdown begins, rather than hold it for the whole grace.
+func TestShutdownWithReflectionStreamOpen(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, func(c *server.Config) { c.ShutdownGrace = 20 * time.Second })
+	st, err := reflectionpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatalf("the answer to ListServices: %v", err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := st.Recv()
+		ended <- err
+	}()
+	start := time.Now()
+	ts.stop() // fails the test unless Run returns nil
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("shutdown with a reflection stream open took %s: it waited for the stream", took)
+	}
+	if err := <-ended; status.Code(err) != codes.Unavailable {
+		t.Errorf("the reflection stream at shutdown: %v, want Unavailable", err)
 	}
 }
 
