@@ -105,6 +105,10 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// MaxMaxBodyBytes bounds MaxBodyBytes: the gRPC message limits are sized
+// from twice it and a page of events, and must fit an int of 32 bits.
+const MaxMaxBodyBytes = 512 << 20
+
 // DefaultMaxWatches is serve's bound of concurrent watch streams in all.
 // A stream costs about 17 KiB over gRPC and up to 27 KiB as Server-Sent
 // Events over HTTP/1.1, so 20,000 hold 330–530 MiB, and a garbage
@@ -233,6 +237,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WriteQueue <= 0 || c.MaxBatch <= 0 || c.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("write queue, max batch and max body bytes must be positive"))
+	}
+	if c.MaxBodyBytes > MaxMaxBodyBytes {
+		errs = append(errs, fmt.Errorf("max body bytes must be at most 512 MiB, got %d", c.MaxBodyBytes))
 	}
 	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)

@@ -734,6 +734,13 @@ func TestConfigValidate(t *testing.T) {
 	if err := negative.Validate(); err == nil || !strings.Contains(err.Error(), "watch stream limits must not be negative") {
 		t.Fatalf("Validate() with a negative bound of watch streams in all = %v, want it refused", err)
 	}
+	// Twice the bound, which gRPC's message limits take, must not overflow:
+	// at 2^62 every API call was refused as "larger than max".
+	huge := cfg
+	huge.MaxBodyBytes = 1 << 62
+	if err := huge.Validate(); err == nil || !strings.Contains(err.Error(), "max body bytes must be at most 512 MiB") {
+		t.Fatalf("Validate() with a body bound of 2^62 = %v, want it refused", err)
+	}
 	busy := cfg
 	busy.DataDir = t.TempDir()
 	busy.Store = filepath.Join(busy.DataDir, "x.db")
