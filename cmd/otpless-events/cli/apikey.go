@@ -18,6 +18,9 @@ func newAPIKey(stdout io.Writer) *cobra.Command {
 			"API keys ($" + envAPIKeys + " or --api-keys-file), which holds only the key's hash.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
 			if err := auth.CheckKeyName(name); err != nil {
 				return err
 			}
@@ -32,5 +35,6 @@ func newAPIKey(stdout io.Writer) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", "client", "name of the key, shown in logs and limits")
 	cmd.Flags().StringVar(&scopes, "scopes", "read", "comma-separated scopes: read, read_pii, watch, mint_watch_token, ingest, admin")
+	documentEnv(cmd.Flags())
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -170,5 +171,42 @@ func TestDBFlagsAsServe(t *testing.T) {
 				t.Errorf("db %s --%s is not in the README (as `db %s --%s`)", sub.Name(), f.Name, sub.Name(), f.Name)
 			}
 		})
+	}
+}
+
+// TestEveryCommandNamesEnvironment: every flag of every command, as the
+// package promises, is also read from its environment variable, which its
+// help names.
+func TestEveryCommandNamesEnvironment(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	var visit func(cmd *cobra.Command)
+	visit = func(cmd *cobra.Command) {
+		for _, sub := range cmd.Commands() {
+			visit(sub)
+		}
+		if !cmd.Runnable() {
+			return
+		}
+		cmd.Flags().VisitAll(func(f *pflag.Flag) {
+			if !strings.Contains(f.Usage, "$"+EnvName(f.Name)) {
+				t.Errorf("%s --%s: its help does not name $%s", cmd.CommandPath(), f.Name, EnvName(f.Name))
+			}
+		})
+	}
+	visit(newRoot(&out, &out))
+}
+
+// TestAPIKeyReadsEnvironment: apikey's flags are read from the
+// environment, as every command's are.
+func TestAPIKeyReadsEnvironment(t *testing.T) {
+	t.Setenv(EnvName("name"), "from-env")
+	t.Setenv(EnvName("scopes"), "watch")
+	var out, errOut bytes.Buffer
+	if code := Main(t.Context(), []string{"apikey"}, nil, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "config: from-env ") || !strings.HasSuffix(strings.TrimSpace(out.String()), " watch") {
+		t.Errorf("apikey with $%s and $%s set printed %q, want a key named from-env with the watch scope", EnvName("name"), EnvName("scopes"), out.String())
 	}
 }
