@@ -123,6 +123,9 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		return sec, gen, err
 	}
 	if !w.Configured() {
+		if err := canKeep(dataDir, "webhook key", "$"+envWebhookKeys+" (or --webhook-keys-file), Basic credentials or signing secrets"); err != nil {
+			return sec, gen, err
+		}
 		key, created, err := auth.LoadOrCreateSecret(dataDir, webhookKeyFile, "whk_")
 		if err != nil {
 			return sec, gen, err
@@ -137,6 +140,9 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		return sec, gen, err
 	}
 	if len(sec.APIKeys) == 0 {
+		if err := canKeep(dataDir, "admin API key", "$"+envAPIKeys+" (or --api-keys-file)"); err != nil {
+			return sec, gen, err
+		}
 		if sec.APIKeys, gen.apiKey, err = loadOrCreateAdminKey(dataDir); err != nil {
 			return sec, gen, err
 		}
@@ -147,6 +153,9 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		return sec, gen, err
 	}
 	if len(tokenKeys) == 0 {
+		if err := canKeep(dataDir, "watch-token key", "$"+envWatchTokenKeys+" (or --watch-token-keys-file)"); err != nil {
+			return sec, gen, err
+		}
 		key, _, err := auth.LoadOrCreateSecret(dataDir, watchTokenKeyFile, "")
 		if err != nil {
 			return sec, gen, err
@@ -157,6 +166,15 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
 	}
 	return sec, gen, nil
+}
+
+// canKeep refuses to make a credential (what) without a data directory to
+// keep it in, naming how to configure it instead.
+func canKeep(dataDir, what, configure string) error {
+	if dataDir == "" {
+		return fmt.Errorf("no --data-dir to keep a generated %s in: configure one with %s, or give --data-dir", what, configure)
+	}
+	return nil
 }
 
 // looseSecretFiles are the files of secrets this start reads (configured,

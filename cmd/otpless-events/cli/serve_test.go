@@ -86,6 +86,17 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	}
 }
 
+// Without a data directory, a credential that is not configured cannot be
+// made and kept: serve says which to configure, not that mkdir failed.
+func TestServeWithoutDataDirNamesTheCredentials(t *testing.T) {
+	t.Parallel()
+	store := filepath.Join(t.TempDir(), "x.db")
+	code, out, errOut := run(t, "serve", "--data-dir", "", "--store", store, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+	if code != 1 || strings.Contains(out, "export") || !strings.Contains(errOut, "--data-dir") || !strings.Contains(errOut, "OTPLESS_EVENTS_WEBHOOK_KEYS") || strings.Contains(errOut, "mkdir") {
+		t.Errorf("serve --data-dir '' without credentials: exit %d, stdout %q, stderr %q; want 1, naming --data-dir and the credentials to configure", code, out, errOut)
+	}
+}
+
 // A file of secrets others may read is worth a warning: serve makes its own
 // 0600, and uses what it is given as it is.
 func TestServeWarnsOfLooseSecretFiles(t *testing.T) {
