@@ -152,6 +152,11 @@ func (s *Security) validate() []error {
 	if s.ClientCAFile != "" && s.TLSCertFile == "" {
 		errs = append(errs, errors.New("mutual TLS needs a TLS certificate and key"))
 	}
+	if s.TLSCertFile != "" && s.TLSKeyFile != "" {
+		// The files are read now too, so that a start refuses what it
+		// cannot read before it makes credentials.
+		errs = append(errs, new(security).loadTLS(*s))
+	}
 	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerToken < 0 || s.MaxWatchesPerRequest < 0 || s.MaxWatches < 0 {
 		errs = append(errs, errors.New("watch stream limits must not be negative"))
 	}

@@ -68,6 +68,7 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"negative watches in all", []string{"--max-watches", "-1"}, "must not be negative"},
 		{"TLS certificate without key", []string{"--tls-cert", "cert.pem"}, "TLS needs both"},
 		{"client CA without TLS", []string{"--grpc-client-ca", "ca.pem"}, "mutual TLS"},
+		{"no TLS certificate file", []string{"--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"}, "missing-cert.pem"},
 		{"negative webhook rate", []string{"--webhook-rate", "-1"}, "rate of webhooks"},
 		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
 	} {
