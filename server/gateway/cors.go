@@ -47,7 +47,15 @@ func newCORSPolicy(origins []string) corsPolicy {
 			p.anyOrigin = true
 			continue
 		}
-		p.origins = append(p.origins, strings.ToLower(strings.TrimSuffix(o, "/")))
+		o = strings.ToLower(strings.TrimSuffix(o, "/"))
+		// A browser leaves a scheme's default port out of the origin it
+		// sends, so a configured one would never match.
+		if strings.HasPrefix(o, "https://") {
+			o = strings.TrimSuffix(o, ":443")
+		} else {
+			o = strings.TrimSuffix(o, ":80")
+		}
+		p.origins = append(p.origins, o)
 	}
 	return p
 }

@@ -413,7 +413,7 @@ func TestWatchCORS(t *testing.T) {
 		return s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0, 0))
 	}
 	// As "https://shop.example, https://login.example.com" splits.
-	listed := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"https://shop.example", " https://login.example.com"}})
+	listed := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"https://shop.example", " https://login.example.com", "https://Pay.example:443", "http://dev.example:80/"}})
 	anyOrigin := startGateway(t, snapshot, gateway.Options{CORSOrigins: []string{"*"}})
 	none := startGateway(t, snapshot, gateway.Options{})
 
@@ -423,6 +423,8 @@ func TestWatchCORS(t *testing.T) {
 		allowOrigin                              string
 	}{
 		{"preflight from a listed origin", listed, http.MethodOptions, "/v1/requests/r1:watch", "https://login.example.com", "", http.StatusNoContent, "https://login.example.com"},
+		{"preflight from an origin listed with its default port", listed, http.MethodOptions, "/v1/requests/r1:watch", "https://pay.example", "", http.StatusNoContent, "https://pay.example"},
+		{"event stream from an origin listed with its default port", listed, http.MethodGet, "/v1/requests/r1:watch", "http://dev.example", "text/event-stream", http.StatusOK, "http://dev.example"},
 		{"preflight from another origin", listed, http.MethodOptions, "/v1/requests/r1:watch", "https://evil.example", "", http.StatusForbidden, ""},
 		{"event stream from a listed origin", listed, http.MethodGet, "/v1/requests/r1:watch", "https://login.example.com", "text/event-stream", http.StatusOK, "https://login.example.com"},
 		{"NDJSON from a listed origin", listed, http.MethodGet, "/v1/requests/r1:watch", "https://login.example.com", "", http.StatusOK, "https://login.example.com"},
