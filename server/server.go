@@ -244,7 +244,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("write queue, max batch and max body bytes must be positive"))
 	}
 	if c.MaxBodyBytes > MaxMaxBodyBytes {
-		errs = append(errs, fmt.Errorf("max body bytes must be at most 512 MiB, got %d", c.MaxBodyBytes))
+		errs = append(errs, fmt.Errorf("max body bytes must be at most %s, got %d", api.Size(MaxMaxBodyBytes), c.MaxBodyBytes))
 	}
 	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)
