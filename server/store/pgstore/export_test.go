@@ -11,3 +11,11 @@ const SelectUnpurged = selectUnpurged
 // DiskFull reports whether a commit failed as the database's disk is full
 // and neither a commit nor a ping's test write has succeeded since.
 func (s *Store) DiskFull() bool { return s.full.Load() != nil }
+
+// MigrationLock is the first key of the advisory lock migrations take; the
+// second is hashtext(schema).
+const MigrationLock = migrationLock
+
+// WaitLockMsg is what a start logs while it waits for another session's
+// migration lock.
+const WaitLockMsg = waitLockMsg

@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,12 +32,14 @@ const migrationLock = 0x6f74706c // "otpl"
 // start together apply each migration once; the others wait, then find
 // nothing to do. With create, a missing schema is created first. A schema
 // that is up to date needs no privilege beyond reading the bookkeeping;
-// one newer than this binary's is refused.
-func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool, ms []store.Migration) (applied []string, err error) {
+// one newer than this binary's is refused. It keeps step at nil until it
+// holds the lock, then at the name of the migration it runs ("" between).
+func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool, ms []store.Migration, step *atomic.Pointer[string]) (applied []string, err error) {
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, migrationLock, schema); err != nil {
 			return fmt.Errorf("lock: %w", err)
 		}
+		step.Store(new(string))
 		if create {
 			var exists bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&exists); err != nil {
@@ -69,6 +72,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool
 			return fmt.Errorf("schema version %d is newer than this binary knows (%d)", current, len(ms))
 		}
 		for _, m := range ms[current:] {
+			step.Store(&m.Name)
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
 				return fmt.Errorf("%s: %w", m.Name, err)
 			}

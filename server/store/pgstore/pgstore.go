@@ -12,6 +12,8 @@
 //
 // Every call is bounded by a timeout (WithTimeout), so that an unreachable
 // database fails calls with store.ErrUnavailable instead of hanging them.
+// Connect's migration is not: it runs as long as it needs while the
+// database answers.
 //
 // It may import package store, the state fold, the generated API types,
 // protobuf and pgx; nothing from the servers.
@@ -106,6 +108,8 @@ func WithMaxConns(n int32) Option {
 // store.ErrUnavailable. The database ends a transaction left waiting for
 // its next statement half as long (idle_in_transaction_session_timeout,
 // unless the DSN sets it), which only a client it no longer hears does.
+// Connect's migration has no deadline: every half timeout it checks that
+// the database answers a query within the timeout, and gives up when not.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
 }
@@ -218,9 +222,11 @@ func New(dsn string, opts ...Option) (*Store, error) {
 }
 
 // Connect connects to the database and brings the schema up to date, once:
-// after it has succeeded, it does nothing. After a failure it may be called
-// again; Unreachable tells a failure that may pass (the database is not up
-// yet) from one that will not.
+// after it has succeeded, it does nothing. A migration, or the wait for
+// another replica's, lasts as long as it needs while the database answers,
+// logged every 30 s. After a failure it may be called again; Unreachable
+// tells a failure that may pass (the database is not up yet, or stopped
+// answering) from one that will not.
 func (s *Store) Connect(ctx context.Context) error {
 	if s.closed.Load() {
 		return fmt.Errorf("pgstore: connect: %w", store.ErrClosed)
@@ -248,7 +254,8 @@ func (s *Store) usable(op string) error {
 }
 
 // Unreachable reports whether err, from Connect, says that the database
-// could not be reached, which waiting may mend: no answer in time, a
+// could not be reached, which waiting may mend: no answer in time (also
+// one that stopped answering while a migration ran or was waited for), a
 // connection that could not be opened (refused, no route, no socket file
 // yet), or reset or closed before the server spoke, a host name
 // that does not resolve (yet), or the server's own word that it is
@@ -257,6 +264,9 @@ func (s *Store) usable(op string) error {
 // exist, a migration's error) and errors of TLS or of the configuration
 // are not.
 func Unreachable(err error) bool {
+	if errors.Is(err, errNoAnswer) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
@@ -279,20 +289,22 @@ func Unreachable(err error) bool {
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return true
 	}
-	// A timeout while connecting (connect_timeout); not one of a migration
-	// that runs too long, which would only run too long again.
+	// A timeout while connecting (connect_timeout).
 	var connErr *pgconn.ConnectError
 	var netErr net.Error
 	return errors.As(err, &connErr) && (pgconn.Timeout(err) || errors.As(err, &netErr) && netErr.Timeout())
 }
 
 func (s *Store) open(ctx context.Context, schema string) error {
-	ctx, cancel := context.WithTimeout(ctx, max(s.timeout, time.Minute)) // migrations may take longer than a call
-	defer cancel()
 	create := schema != ""
 	if !create {
+		qctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
 		var current *string
-		if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
+		if err := s.pool.QueryRow(qctx, `SELECT current_schema()`).Scan(&current); err != nil {
+			if qctx.Err() != nil && ctx.Err() == nil {
+				return fmt.Errorf("current schema: %w (%s): %w", errNoAnswer, s.timeout, err)
+			}
 			return store.MapErr(ctx, err)
 		}
 		if current == nil {
@@ -304,9 +316,9 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	if err != nil {
 		return err
 	}
-	applied, err := migrate(ctx, s.pool, schema, create, ms)
+	applied, err := s.migrateWatched(ctx, schema, create, ms)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", store.MapErr(ctx, err))
+		return fmt.Errorf("migrate: %w", err)
 	}
 	for _, name := range applied {
 		s.log.Info("applied migration", "schema", schema, "migration", name)
@@ -314,6 +326,106 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	s.schema = schema
 	s.channel = channelFor(schema)
 	return nil
+}
+
+// errNoAnswer is the error of a start whose database stopped answering:
+// Unreachable.
+var errNoAnswer = errors.New("the database did not answer in time")
+
+// waitLogEvery is how often a start still waiting for the schema's
+// migration logs so.
+const waitLogEvery = 30 * time.Second
+
+// What a start logs while it waits for the schema's migration.
+const (
+	waitLockMsg      = "waiting for the schema's migration lock, held by another session (another replica migrating)"
+	waitMigrationMsg = "waiting for a migration to finish"
+)
+
+// migrateWatched runs migrate with no deadline, for a migration takes as
+// long as it takes (an index built over a large table), and so does
+// waiting for another replica's. Instead, every half timeout, it checks on
+// a connection of its own (the migration may hold the pool's only one)
+// that the database still answers, and when it does not, ends the
+// migration with errNoAnswer; every waitLogEvery it logs that it waits.
+func (s *Store) migrateWatched(ctx context.Context, schema string, create bool, ms []store.Migration) ([]string, error) {
+	mctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	type result struct {
+		applied []string
+		err     error
+	}
+	var step atomic.Pointer[string]
+	done := make(chan result, 1)
+	go func() {
+		applied, err := migrate(mctx, s.pool, schema, create, ms, &step)
+		done <- result{applied, err}
+	}()
+
+	var watch *pgx.Conn // opened at the first check: most migrations are over by then
+	defer func() {
+		if watch != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+			defer cancel()
+			watch.Close(cctx)
+		}
+	}()
+	start := time.Now()
+	checkEvery := time.NewTicker(max(s.timeout/2, time.Millisecond))
+	defer checkEvery.Stop()
+	logEvery := time.NewTicker(waitLogEvery)
+	defer logEvery.Stop()
+	check := checkEvery.C
+	for {
+		select {
+		case r := <-done:
+			if r.err == nil {
+				return r.applied, nil
+			}
+			if cause := context.Cause(mctx); errors.Is(cause, errNoAnswer) {
+				return nil, cause
+			}
+			return nil, store.MapErr(ctx, r.err)
+		case <-check:
+			if err := s.answers(ctx, &watch); err != nil && ctx.Err() == nil {
+				check = nil
+				during := "the wait for the migration lock"
+				if name := step.Load(); name != nil {
+					during = strings.TrimSpace("the migration " + *name)
+				}
+				stop(fmt.Errorf("%w (%s), %s into %s: %w", errNoAnswer, s.timeout, time.Since(start).Round(time.Second), during, err))
+			}
+		case <-logEvery.C:
+			waited := time.Since(start).Round(time.Second)
+			if name := step.Load(); name == nil {
+				s.log.Info(waitLockMsg, "schema", schema, "waited", waited)
+			} else {
+				s.log.Info(waitMigrationMsg, "schema", schema, "migration", *name, "waited", waited)
+			}
+		}
+	}
+}
+
+// answers reports whether the database answers a query on *conn within the
+// store's timeout, connecting it first if nil (from the pool's
+// configuration, not the pool). A server that refuses the connection with
+// an error of its own (no connection slot free) answers too.
+func (s *Store) answers(ctx context.Context, conn **pgx.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if *conn == nil {
+		c, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		*conn = c
+	}
+	_, err := (*conn).Exec(ctx, `SELECT 1`)
+	return err
 }
 
 // Schema returns the schema holding the tables.

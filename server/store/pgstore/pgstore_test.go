@@ -117,6 +117,116 @@ func TestMigrationsConcurrent(t *testing.T) {
 	}
 }
 
+// lockMigrations holds the migration lock of schema, as another replica's
+// start migrating it does, on a session of its own; the function returned
+// lets it go.
+func lockMigrations(t *testing.T, dsn, schema string) (unlock func()) {
+	t.Helper()
+	holder := connect(t, dsn)
+	if _, err := holder.Exec(t.Context(), `SELECT pg_advisory_lock($1, hashtext($2))`, pgstore.MigrationLock, schema); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := holder.Exec(t.Context(), `SELECT pg_advisory_unlock($1, hashtext($2))`, pgstore.MigrationLock, schema); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestStartOutwaitsAMigration: a start waits for another replica's
+// migration (its lock) as long as it lasts while the database answers,
+// here longer than the minute that once bounded a start, and logs that it
+// waits. Its pool has one connection, which waits for the lock: the check
+// that the database answers must not need one from the pool.
+func TestStartOutwaitsAMigration(t *testing.T) {
+	t.Parallel()
+	const hold = 65 * time.Second
+	dsn, schema := pgtest.Schema(t)
+	unlock := lockMigrations(t, dsn, schema)
+	dsn = pgtest.WithParam(t, dsn, "pool_max_conns", "1")
+	var logs testlog.Buffer
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(time.Second), pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("Open returned while another session held the migration lock: %v", err)
+	case <-time.After(hold):
+	}
+	unlock()
+	if err := <-opened; err != nil {
+		t.Fatalf("Open once the migration lock was let go: %v", err)
+	}
+	if waits := logs.Matching(t, map[string]any{"msg": pgstore.WaitLockMsg, "schema": schema}); len(waits) < 2 {
+		t.Errorf("logged %d times in %s that the start waits for the migration lock, want at least 2:\n%s", len(waits), hold, logs.String())
+	}
+}
+
+// TestStartEndsWhenTheDatabaseGoesSilent: a start waiting for another
+// replica's migration gives up soon after the database stops answering,
+// as an unreachable database, and connects once it answers again.
+func TestStartEndsWhenTheDatabaseGoesSilent(t *testing.T) {
+	t.Parallel()
+	const timeout = 500 * time.Millisecond
+	dsn, schema := pgtest.Schema(t)
+	unlock := lockMigrations(t, dsn, schema)
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	s, err := pgstore.New(pgtest.WithParam(t, pgtest.WithAddr(t, dsn, proxy.Addr()), "pool_max_conns", "1"), pgstore.WithTimeout(timeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	connected := make(chan error, 1)
+	go func() { connected <- s.Connect(ctx) }()
+	observer := connect(t, dsn)
+	awaitQuery(t, observer, "the start to wait for the migration lock",
+		`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1 AND objid = hashtext($2)::oid)`,
+		pgstore.MigrationLock, schema)
+	select { // several checks, all answered
+	case err := <-connected:
+		t.Fatalf("Connect returned while the database answered and another session held the migration lock: %v", err)
+	case <-time.After(4 * timeout):
+	}
+
+	proxy.Freeze()
+	silent := time.Now()
+	select {
+	case err := <-connected:
+		if !pgstore.Unreachable(err) {
+			t.Errorf("Connect with the database silent: %v, want it unreachable", err)
+		}
+		t.Logf("Connect returned %s after the database went silent: %v", time.Since(silent).Round(time.Millisecond), err)
+		if d := time.Since(silent); d > 8*timeout {
+			t.Errorf("Connect returned %s after the database went silent, want within %s", d.Round(time.Millisecond), 8*timeout)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Connect still waits 30 s after the database went silent")
+	}
+
+	// As serve does: connect again until it succeeds. The pool's one
+	// connection, abandoned, may keep its place for a while (pgx gives it
+	// 15 s to say goodbye).
+	unlock()
+	proxy.RestoreNew()
+	for start := time.Now(); ; time.Sleep(timeout) {
+		err := s.Connect(ctx)
+		if err == nil {
+			t.Logf("connected again %s after the database answered", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if !pgstore.Unreachable(err) || time.Since(start) > 30*time.Second {
+			t.Fatalf("Connect once the database answers again: %v", err)
+		}
+	}
+	proxy.Cut() // the abandoned connections have 15 s to say goodbye, and Close waits
+}
+
 // TestPurgeFindsDueWebhooksByIndex: the purge's query for due webhooks can
 // be served by an index, not a scan of every webhook ever stored (run by
 // every replica at every interval).
@@ -229,6 +339,7 @@ func TestUnreachable(t *testing.T) {
 		{"nothing listening", pgtest.WithAddr(t, dsn, closedPort()), true},
 		{"closed at once", pgtest.WithAddr(t, dsn, cut.Addr()), true},
 		{"no answer", pgtest.WithParam(t, pgtest.WithAddr(t, dsn, silent.Addr()), "connect_timeout", "1"), true},
+		{"no answer within the store's timeout", pgtest.WithParam(t, pgtest.WithAddr(t, dsn, silent.Addr()), "connect_timeout", "10"), true},
 		{"host name not resolved", pgtest.WithAddr(t, dsn, "otpless-events-test.invalid:5432"), true},
 		{"no such role", withUser("otpless_no_such_role"), false},
 		{"no such database", withDatabase("otpless_no_such_database"), false},
