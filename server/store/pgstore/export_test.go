@@ -19,3 +19,6 @@ const MigrationLock = migrationLock
 // WaitLockMsg is what a start logs while it waits for another session's
 // migration lock.
 const WaitLockMsg = waitLockMsg
+
+// WaitMigrationMsg is what a start logs while a migration of its runs.
+const WaitMigrationMsg = waitMigrationMsg

@@ -167,6 +167,52 @@ func TestStartOutwaitsAMigration(t *testing.T) {
 	}
 }
 
+// TestStartOutwaitsItsMigration: a migration that takes a while (here
+// 0002's index, waiting for a transaction writing to webhooks) runs until
+// done while the database answers, and the start logs which it waits for.
+func TestStartOutwaitsItsMigration(t *testing.T) {
+	t.Parallel()
+	const hold = 35 * time.Second
+	dsn, schema := pgtest.Schema(t)
+	open(t, dsn).Close()
+	conn := connect(t, dsn)
+	if _, err := conn.Exec(t.Context(), `DROP INDEX webhooks_unpurged; DELETE FROM otpless_schema_migrations WHERE version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE webhooks IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	var logs testlog.Buffer
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(time.Second), pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("Open returned while its migration waited for the table: %v", err)
+	case <-time.After(hold):
+	}
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-opened; err != nil {
+		t.Fatalf("Open once the table was free: %v", err)
+	}
+	want := map[string]any{"msg": pgstore.WaitMigrationMsg, "schema": schema, "migration": "0002_purge_index.sql"}
+	if waits := logs.Matching(t, want); len(waits) == 0 {
+		t.Errorf("logged no line of %v in %s:\n%s", want, hold, logs.String())
+	}
+}
+
 // TestStartEndsWhenTheDatabaseGoesSilent: a start waiting for another
 // replica's migration gives up soon after the database stops answering,
 // as an unreachable database, and connects once it answers again.
