@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -667,4 +668,98 @@ func postWithin(ctx context.Context, url string, body []byte, limit time.Duratio
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return httpResult{code: resp.StatusCode, header: resp.Header, body: b}, err
+}
+
+// TestPostgresMigratesWhileServing: a start whose migration lasts (here it
+// waits for the migration lock another replica holds, as it would for that
+// replica's index over a large table) listens meanwhile, live but not
+// ready, and becomes ready once the migration is done, rather than answer
+// nothing until then and be killed by its liveness probe.
+func TestPostgresMigratesWhileServing(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	holder, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background())
+	const migrationLock = 0x6f74706c // pgstore's, with hashtext(schema)
+	if _, err := holder.Exec(t.Context(), `SELECT pg_advisory_lock($1, hashtext($2))`, migrationLock, schema); err != nil {
+		t.Fatal(err)
+	}
+	unlocked := false
+	unlock := func() {
+		if !unlocked {
+			unlocked = true
+			if _, err := holder.Exec(context.Background(), `SELECT pg_advisory_unlock($1, hashtext($2))`, migrationLock, schema); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer unlock()
+
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Store = dsn
+	cfg.HealthInterval = 50 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewJSONHandler(t.Output(), nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type made struct {
+		srv *server.Server
+		err error
+	}
+	newDone := make(chan made, 1)
+	go func() {
+		srv, err := server.New(ctx, cfg)
+		newDone <- made{srv, err}
+	}()
+	var srv *server.Server
+	select {
+	case m := <-newDone:
+		if m.err != nil {
+			t.Fatalf("New while another replica migrates: %v", m.err)
+		}
+		srv = m.srv
+	case <-time.After(30 * time.Second):
+		unlock()
+		t.Fatal("New still waits for the migration after 30 s: the ports answer nothing meanwhile")
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	base := "http://" + srv.HTTPAddr().String()
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s while migrating: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("migrating-req", "SENT", 1764153000000), 10*time.Second)
+	if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("a webhook while migrating: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
+	}
+
+	unlock()
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	awaitReadiness(t, healthpb.NewHealthClient(conn), healthpb.HealthCheckResponse_SERVING)
+	r, err = postWithin(ctx, base+"/v1/webhooks/otpless", dlr("migrating-req", "SENT", 1764153000000), 10*time.Second)
+	if err != nil || r.code != http.StatusOK {
+		t.Errorf("a webhook once migrated: %d %s, %v; want 200", r.code, r.body, err)
+	}
 }

@@ -280,12 +280,15 @@ type Server struct {
 	// database: Run connects it, and is not ready until then. While
 	// waiting, ingest answers 503 without queueing for the writer.
 	pending *pgstore.Store
-	waiting atomic.Bool
-	health  *health.Server
-	grpc    *grpc.Server
-	peers   peerConns // the gRPC listener's connections (boundedSends)
-	http    *http.Server
-	conn    *grpc.ClientConn
+	// connecting is New's first attempt to connect pending when New
+	// returned before it ended (connectWait); Run takes its outcome.
+	connecting *connectAttempt
+	waiting    atomic.Bool
+	health     *health.Server
+	grpc       *grpc.Server
+	peers      peerConns // the gRPC listener's connections (boundedSends)
+	http       *http.Server
+	conn       *grpc.ClientConn
 	// streams are the HTTP/1.1 event streams that left their handlers,
 	// which http.Server.Shutdown does not wait for.
 	streams gateway.Streams
@@ -481,9 +484,21 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	// PostgreSQL is reached, and migrated, once the ports are bound, so
 	// that their errors come first and a silent database delays nothing
-	// else. One that cannot be reached yet is left to Run.
-	if pg, ok := s.store.(*pgstore.Store); ok {
-		if err := pg.Connect(ctx); err != nil {
+	// else. One that cannot be reached yet is left to Run, and so is a
+	// first attempt that outlasts connectWait (a migration, or the wait for
+	// another replica's), so that the ports answer meanwhile, not ready.
+	if pg, isPG := s.store.(*pgstore.Store); isPG {
+		attempt := connectInBackground(ctx, pg)
+		select {
+		case <-attempt.done:
+		case <-time.After(connectWait):
+			log.Info("PostgreSQL still connecting or migrating; the server will listen, not ready, meanwhile")
+			s.pending, s.connecting = pg, attempt
+			s.waiting.Store(true)
+			ok = true
+			return s, nil
+		}
+		if err := attempt.err; err != nil {
 			if !pgstore.Unreachable(err) && ctx.Err() == nil {
 				return nil, fmt.Errorf("open store: %w", err)
 			}
@@ -496,6 +511,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// connectWait is how long New waits for its first attempt to connect
+// PostgreSQL, and migrate, before it leaves the attempt to Run: a
+// migration can take minutes (an index over a large table), and a
+// liveness probe's patience is about 30 s (Kubernetes' defaults).
+var connectWait = 5 * time.Second
+
+// connectAttempt is a Connect running on a goroutine of its own: done is
+// closed once it has returned err; cancel ends it.
+type connectAttempt struct {
+	done   chan struct{}
+	err    error
+	cancel context.CancelFunc
+}
+
+func connectInBackground(ctx context.Context, pg *pgstore.Store) *connectAttempt {
+	ctx, cancel := context.WithCancel(ctx)
+	a := &connectAttempt{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(a.done)
+		a.err = pg.Connect(ctx)
+	}()
+	return a
 }
 
 // SQLitePath returns the file of the embedded database that Store and
@@ -668,26 +707,46 @@ func (s *Server) awaitStore(ctx context.Context, errc <-chan error) error {
 // waiting cannot mend (its error), or ctx is done (nil).
 func (s *Server) connectStore(ctx context.Context) error {
 	wait := connectMinBackoff
+	if a := s.connecting; a != nil { // New's attempt, still running then
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.done:
+		}
+		if done, err := s.connected(ctx, a.err, 1, wait); done {
+			return err
+		}
+	}
 	for attempt := 2; ; attempt++ { // New made the first
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		err := s.pending.Connect(ctx)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err == nil:
-			s.waiting.Store(false)
-			s.log.Info("PostgreSQL reached; ready", "attempts", attempt)
-			return nil
-		case !pgstore.Unreachable(err):
-			return fmt.Errorf("open store: %w", err)
-		}
 		wait = min(2*wait, connectMaxBackoff)
-		s.log.Warn("PostgreSQL not reachable; not ready", "error", err, "attempts", attempt, "retry_in", wait)
+		if done, err := s.connected(ctx, s.pending.Connect(ctx), attempt, wait); done {
+			return err
+		}
 	}
+}
+
+// connected reports whether connectStore is done after an attempt that
+// ended with err, and with what: ready (nil), stopped (nil), or an error
+// that waiting cannot mend. Otherwise it warns, saying when the next
+// attempt comes.
+func (s *Server) connected(ctx context.Context, err error, attempt int, retryIn time.Duration) (bool, error) {
+	switch {
+	case ctx.Err() != nil:
+		return true, nil
+	case err == nil:
+		s.waiting.Store(false)
+		s.log.Info("PostgreSQL reached; ready", "attempts", attempt)
+		return true, nil
+	case !pgstore.Unreachable(err):
+		return true, fmt.Errorf("open store: %w", err)
+	}
+	s.log.Warn("PostgreSQL not reachable; not ready", "error", err, "attempts", attempt, "retry_in", retryIn)
+	return false, nil
 }
 
 // untilConnected is the writer, refusing webhooks as the store would
@@ -808,6 +867,10 @@ func (s *Server) watchStore(healthy bool) (stop func()) {
 
 // closeAll releases what New opened.
 func (s *Server) closeAll() {
+	if a := s.connecting; a != nil { // the store's Close waits for its connections
+		a.cancel()
+		<-a.done
+	}
 	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
 		if l != nil {
 			l.Close()
