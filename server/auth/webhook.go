@@ -32,7 +32,8 @@ type WebhookConfig struct {
 	// Keys are secrets accepted in the URL: POST /v1/webhooks/otpless/{key}.
 	// Several may be active at once, for rotation.
 	Keys []string
-	// Basic credentials accepted on either route.
+	// Basic credentials accepted on POST /v1/webhooks/otpless (the keyed
+	// route checks its key alone).
 	Basic []BasicCredential
 	// AllowUnauthenticated accepts webhooks without credentials on
 	// POST /v1/webhooks/otpless. Off unless the operator turns it on.

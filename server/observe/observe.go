@@ -41,7 +41,7 @@ const (
 	ReasonUnrecognized    = "unrecognized"    // no eventType, status or notificationType
 	ReasonTooLarge        = "too_large"       // over --max-body-bytes
 	ReasonOverloaded      = "overloaded"      // write queue full
-	ReasonUnavailable     = "unavailable"     // store failing, or shutting down
+	ReasonUnavailable     = "unavailable"     // store failing, shutting down, or too many unsigned bodies being read
 	ReasonUnauthenticated = "unauthenticated" // missing or wrong credentials, or address not allowed
 	ReasonRateLimited     = "rate_limited"    // the sender's rate budget is spent
 	ReasonCanceled        = "canceled"        // the sender gave up first
