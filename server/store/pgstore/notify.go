@@ -125,12 +125,23 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 		changes               []store.Change
 		rid, snapData, evData []byte
 		evRevision            *int64
+		damaged               string // the request whose rows are being left out
 	)
+	// A request whose stored data does not decode is left out, said as an
+	// error, rather than fail the call: the others' watchers get theirs.
+	leaveOut := func(what string, err error) {
+		damaged = string(rid)
+		s.log.Error("a request's stored data does not decode; its watchers get no update", "request_id", damaged, "what", what, "error", err)
+	}
 	_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData, &evRevision}, func() error {
+		if damaged != "" && damaged == string(rid) {
+			return nil
+		}
 		if n := len(changes); n == 0 || changes[n-1].Request.GetRequestId() != string(rid) {
 			r := new(eventsv1.AuthRequest)
 			if err := proto.Unmarshal(snapData, r); err != nil {
-				return fmt.Errorf("decode snapshot of %q: %w", rid, err)
+				leaveOut("snapshot", err)
+				return nil
 			}
 			changes = append(changes, store.Change{Request: r})
 		}
@@ -139,7 +150,9 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 		}
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(evData, e); err != nil {
-			return fmt.Errorf("decode event of %q: %w", rid, err)
+			changes = changes[:len(changes)-1]
+			leaveOut("event", err)
+			return nil
 		}
 		c := &changes[len(changes)-1]
 		c.Events = append(c.Events, e)

@@ -1543,3 +1543,38 @@ func TestExportOfDamagedData(t *testing.T) {
 		t.Errorf("Export of a damaged event = %v; want ErrDamaged, not ErrUnavailable", err)
 	}
 }
+
+// TestChangesSinceLeavesOutDamagedData: a request whose stored snapshot or
+// event does not decode is left out of ChangesSince, said as an error,
+// rather than fail the call, which the relay retried for ever while the
+// watchers of every other request in it got nothing.
+func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	var logs testlog.Buffer
+	s := open(t, dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+	ctx := t.Context()
+	var whs []store.Webhook
+	for i, id := range []string{"r1", "r2", "r3"} {
+		whs = append(whs, hook(at(i), delivery(id, "e"+id, "SMS", "SENT", at(i)), delivery(id, "f"+id, "SMS", "DELIVERED", at(i+1))))
+	}
+	if _, _, err := s.Commit(ctx, whs); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, dsn)
+	if _, err := conn.Exec(ctx, `UPDATE requests SET data = '\xff'::bytea WHERE request_id = 'r2'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE events SET data = '\xff'::bytea WHERE event_id = 'fr3'`); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := s.ChangesSince(ctx, map[string]int64{"r1": 0, "r2": 0, "r3": 0})
+	if err != nil || len(changes) != 1 || changes[0].Request.GetRequestId() != "r1" || len(changes[0].Events) != 2 {
+		t.Fatalf("ChangesSince with r2's snapshot and an event of r3 damaged = %v, %v; want r1's change alone", changes, err)
+	}
+	for _, id := range []string{"r2", "r3"} {
+		if lines := logs.Matching(t, map[string]any{"level": "ERROR", "request_id": id}); len(lines) != 1 {
+			t.Errorf("%d error lines naming %s, want 1:\n%s", len(lines), id, logs.String())
+		}
+	}
+}
