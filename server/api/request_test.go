@@ -30,10 +30,16 @@ func (emptyReader) ListEvents(context.Context, string, store.Page) ([]*eventsv1.
 
 type recordingStream struct {
 	grpc.ServerStream
+	ctx  context.Context // nil: context.Background()
 	sent []*eventsv1.WatchRequestResponse
 }
 
-func (r *recordingStream) Context() context.Context { return context.Background() }
+func (r *recordingStream) Context() context.Context {
+	if r.ctx == nil {
+		return context.Background()
+	}
+	return r.ctx
+}
 func (r *recordingStream) Send(m *eventsv1.WatchRequestResponse) error {
 	r.sent = append(r.sent, m)
 	return nil
@@ -205,6 +211,41 @@ func TestWatchResumeFirstMessage(t *testing.T) {
 		if len(stream.sent) != 1 || stream.sent[0].GetType() != tc.want || stream.sent[0].GetRevision() != 3 {
 			t.Errorf("after %d: sent %v, want one %v at revision 3", tc.after, stream.sent, tc.want)
 		}
+	}
+}
+
+// Marked with EndQuietlyWhenFinished, a watch resumed at the revision of a
+// finished request sends nothing and ends OK, its place under the limits
+// given back; from before that revision it still gets the snapshot. A
+// request not finished is unaffected (see TestWatchResumeFirstMessage for
+// what an unmarked watch gets).
+func TestWatchEndQuietlyWhenFinished(t *testing.T) {
+	t.Parallel()
+	done := &eventsv1.AuthRequest{RequestId: "r", Revision: 3, Status: eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS}
+	s := NewRequestServer(fixedReader{done}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour, MaxInAll: 1})
+	quiet := EndQuietlyWhenFinished(context.Background())
+	for range 2 { // the second is refused if the first kept its place
+		stream := &recordingStream{ctx: quiet}
+		if err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r", AfterRevision: 3}, stream); err != nil || len(stream.sent) != 0 {
+			t.Fatalf("resumed at SUCCESS: %v, sent %v; want an OK end without a message", err, stream.sent)
+		}
+	}
+	stream := &recordingStream{ctx: quiet}
+	if err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r", AfterRevision: 2}, stream); err != nil ||
+		len(stream.sent) != 1 || stream.sent[0].GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT {
+		t.Fatalf("resumed before SUCCESS: %v, sent %v; want the snapshot", err, stream.sent)
+	}
+
+	// Not finished: the heartbeat, then the watch goes on (here until its
+	// context ends).
+	pending := &eventsv1.AuthRequest{RequestId: "r", Revision: 3, Status: eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS}
+	s = NewRequestServer(fixedReader{pending}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	ctx, cancel := context.WithCancel(quiet)
+	cancel()
+	stream = &recordingStream{ctx: ctx}
+	err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r", AfterRevision: 3}, stream)
+	if status.Code(err) != codes.Canceled || len(stream.sent) != 1 || stream.sent[0].GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT {
+		t.Fatalf("resumed at a revision not finished: %v, sent %v; want the heartbeat, then the watch's end with its context", err, stream.sent)
 	}
 }
 

@@ -16,7 +16,9 @@ import (
 // WatchFunc runs RequestService.WatchRequest for the event stream, calling
 // send with each message. ctx carries the caller's metadata as incoming
 // gRPC metadata, and says whether the stream is Server-Sent Events
-// (IsEventStream) or newline-delimited JSON.
+// (IsEventStream) or newline-delimited JSON. An event stream that resumes
+// marks ctx with api.EndQuietlyWhenFinished: a watch that then ends OK
+// without a message is answered 204 No Content.
 type WatchFunc func(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) error
 
 // eventStreamKey marks the context of a watch served as Server-Sent Events.

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/api"
 )
 
 // DefaultSSEHeartbeat is the default heartbeat interval of Server-Sent
@@ -189,7 +190,9 @@ var watchPathParams = utilities.NewDoubleArray([][]string{{"request_id"}})
 // grpc-gateway streams. Errors before the first message are answered as the
 // gateway answers errors (an HTTP status, which also stops EventSource from
 // retrying); errors after it end the stream with the gRPC status, as an
-// "error" event or an {"error": status} line.
+// "error" event or an {"error": status} line. An event stream that resumes
+// at the revision of a finished request, and would only say so and end, is
+// answered 204 No Content instead (noContent).
 //
 // The watch runs on a goroutine of its own. Over HTTP/1.1, with Streams
 // set, the handler takes the connection over once the stream has begun
@@ -223,6 +226,9 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 	ctx = metadata.NewIncomingContext(ctx, md)
 	if sse {
 		ctx = context.WithValue(ctx, eventStreamKey{}, true)
+		if after > 0 { // a resume, which may find the request finished: see noContent
+			ctx = api.EndQuietlyWhenFinished(ctx)
+		}
 	}
 
 	// The watch's context ends with the request's until the stream is
@@ -259,6 +265,9 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 			return nil
 		})
 		if ev == nil {
+			if err == nil && sse && after > 0 {
+				err = errFinished
+			}
 			first <- cmp.Or(err, status.Error(codes.Internal, "the watch ended without a message"))
 			return
 		}
@@ -274,6 +283,10 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 		h.log.LogAttrs(ctx, slog.LevelDebug, "watch stream ended", attrs...)
 	}()
 	if err := <-first; err != nil {
+		if err == errFinished {
+			noContent(w)
+			return
+		}
 		fail(err)
 		return
 	}
@@ -285,6 +298,21 @@ func (h *watchHandler) serveWatch(w http.ResponseWriter, r *http.Request, id str
 	if ev.conn == nil {
 		<-done
 	}
+}
+
+// errFinished is the end, OK and without a message, of an event stream's
+// watch that resumed (api.EndQuietlyWhenFinished): the request is finished
+// and the client has its last revision.
+var errFinished = errors.New("the request is finished and the client is up to date")
+
+// noContent answers an event stream that would only say that nothing is new
+// and end: 204 No Content, which an EventSource takes as the end, where
+// after a 200 and the end of the stream it reconnects, every retry
+// interval, for as long as its page is open. The CORS headers, set
+// already, let a page on another origin see the answer.
+func noContent(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // runWatch runs h.watch. It is the bottom of the watch's goroutine, so it

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,6 +103,93 @@ func TestSSEResumesAcrossDisconnect(t *testing.T) {
 		if n != 1 {
 			t.Errorf("event %s delivered %d times", e, n)
 		}
+	}
+}
+
+// After SUCCESS the stream ends; an EventSource the page does not close
+// then reconnects with the final revision as Last-Event-ID. That resume,
+// which has nothing to say, is answered 204 No Content, which stops the
+// EventSource (after a 200 and an end it would be back every retry
+// interval), with the headers a page on another origin needs to see it, and
+// gives back its place under the watch limits at once. A resume from before
+// SUCCESS and a first connection get the snapshot, and the other transports
+// are answered as before.
+func TestSSEResumeOfAFinishedRequestIsNoContent(t *testing.T) {
+	t.Parallel()
+	const origin = "https://login.example"
+	ts := testserver.Start(t, func(c *server.Config) {
+		c.CORSOrigins = []string{origin}
+		c.Security.MaxWatches = 1 // a place a 204 kept would refuse the next watch (429)
+	})
+	const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
+	for _, body := range fixtures.Named(t, "whatsapp-happy-path").Bodies {
+		ts.Ingest(t, body)
+	}
+	// finished reads a stream to its end, and checks that it was the
+	// snapshot at SUCCESS and nothing else.
+	finished := func(t *testing.T, st *sseStream) int64 {
+		t.Helper()
+		if st.resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, want 200", st.resp.StatusCode)
+		}
+		ev := st.nextEvent(t)
+		snap := message(t, ev)
+		if ev.Event != "snapshot" || ev.ID != strconv.FormatInt(snap.GetRevision(), 10) ||
+			snap.GetRequest().GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS {
+			t.Fatalf("%s id %s %v, want the snapshot at SUCCESS", ev.Event, ev.ID, snap.GetRequest())
+		}
+		if ev, err := st.events.NextEvent(); err != io.EOF {
+			t.Fatalf("after the snapshot at SUCCESS: %+v, %v; want the end", ev, err)
+		}
+		return snap.GetRevision()
+	}
+
+	final := finished(t, openSSE(t, testContext(t), watchURL(ts, id), nil)) // a first connection
+	last := strconv.FormatInt(final, 10)
+	for _, tt := range []struct {
+		name, query string
+		header      http.Header
+	}{
+		{"Last-Event-ID at SUCCESS", "", http.Header{"Last-Event-Id": {last}, "Origin": {origin}}},
+		{"again", "", http.Header{"Last-Event-Id": {last}, "Origin": {origin}}},
+		{"after_revision at SUCCESS", "?after_revision=" + last, http.Header{"Origin": {origin}}},
+	} {
+		st := openSSE(t, testContext(t), watchURL(ts, id)+tt.query, tt.header)
+		body, err := io.ReadAll(st.resp.Body)
+		if err != nil || st.resp.StatusCode != http.StatusNoContent || len(body) != 0 {
+			t.Fatalf("%s: %d %q (%v), want 204 without a body", tt.name, st.resp.StatusCode, body, err)
+		}
+		h := st.resp.Header
+		if h.Get("Access-Control-Allow-Origin") != origin || h.Get("Cache-Control") != "no-store" || h.Get("Content-Type") != "" {
+			t.Errorf("%s: headers %v, want Access-Control-Allow-Origin %s, Cache-Control no-store and no Content-Type", tt.name, h, origin)
+		}
+	}
+	// A resume before SUCCESS gets what it missed.
+	st := openSSE(t, testContext(t), watchURL(ts, id), http.Header{"Last-Event-Id": {strconv.FormatInt(final-1, 10)}})
+	if got := finished(t, st); got != final {
+		t.Errorf("resumed before SUCCESS: the snapshot at %d, want %d", got, final)
+	}
+
+	// Newline-delimited JSON and gRPC resumes at SUCCESS: a heartbeat and
+	// the end, as before.
+	resp, err := http.Get(watchURL(ts, id) + "?after_revision=" + last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "WATCH_MESSAGE_TYPE_HEARTBEAT") || strings.Count(string(body), "\n") != 1 {
+		t.Errorf("NDJSON resume at SUCCESS: %d %s (%v), want a heartbeat line", resp.StatusCode, body, err)
+	}
+	stream, err := eventsv1.NewRequestServiceClient(ts.Dial(t)).WatchRequest(testContext(t), &eventsv1.WatchRequestRequest{RequestId: id, AfterRevision: final})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT || m.GetRevision() != final {
+		t.Fatalf("gRPC resume at SUCCESS: %v, %v; want a heartbeat at %d", m, err, final)
+	}
+	if m, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("gRPC resume at SUCCESS, after the heartbeat: %v, %v; want the OK end", m, err)
 	}
 }
 

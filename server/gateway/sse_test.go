@@ -216,6 +216,59 @@ func TestSSEResumeRevision(t *testing.T) {
 	}
 }
 
+// A watch that ends OK without a message, as WatchRequest does for an event
+// stream that resumes at the last revision of a finished request
+// (api.EndQuietlyWhenFinished), is answered 204 No Content, with the
+// route's headers; on a watch not resumed, or not an event stream, it is
+// still an internal error.
+func TestWatchEndedWithoutAMessage(t *testing.T) {
+	t.Parallel()
+	const origin = "https://shop.example"
+	url := startGateway(t, func(*eventsv1.WatchRequestRequest, grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		return nil
+	}, gateway.Options{CORSOrigins: []string{origin}})
+	tests := []struct {
+		name, accept, query, lastEventID string
+		code                             int
+	}{
+		{"event stream resumed by Last-Event-ID", "text/event-stream", "", "3", http.StatusNoContent},
+		{"event stream resumed by after_revision", "text/event-stream", "?after_revision=3", "", http.StatusNoContent},
+		{"event stream from the start", "text/event-stream", "", "", http.StatusInternalServerError},
+		{"NDJSON resumed", "", "?after_revision=3", "", http.StatusInternalServerError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req, err := http.NewRequestWithContext(testContext(t), http.MethodGet, url+"/v1/requests/r1:watch"+tt.query, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Origin", origin)
+			if tt.accept != "" {
+				req.Header.Set("Accept", tt.accept)
+			}
+			if tt.lastEventID != "" {
+				req.Header.Set("Last-Event-ID", tt.lastEventID)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != tt.code {
+				t.Fatalf("%d %s (%v), want %d", resp.StatusCode, body, err, tt.code)
+			}
+			if resp.Header.Get("Access-Control-Allow-Origin") != origin || resp.Header.Get("Cache-Control") != "no-store" {
+				t.Errorf("headers %v, want Access-Control-Allow-Origin %s and Cache-Control no-store", resp.Header, origin)
+			}
+			if tt.code == http.StatusNoContent && len(body) != 0 {
+				t.Errorf("204 with a body %q", body)
+			}
+		})
+	}
+}
+
 // An error before the first message is an HTTP error (EventSource stops);
 // one after it ends the stream with an "error" event carrying the status.
 func TestSSEErrors(t *testing.T) {

@@ -272,6 +272,36 @@ func TestStatusPageInBrowser(t *testing.T) {
 		p.screenshot("happy-path")
 	})
 
+	// An EventSource that its page does not close at SUCCESS: the stream
+	// ends, the browser reconnects with the final revision as
+	// Last-Event-ID, and the server's 204 stops it for good.
+	t.Run("an EventSource left open after SUCCESS", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "b1f0c2d3e4a5968778695a4b3c2d1e0f"
+		var final int64
+		for _, body := range fixtures.Named(t, "whatsapp-happy-path").Bodies {
+			final = ts.Ingest(t, body).GetEvents()[0].GetRevision()
+		}
+		p := openPage(t, browser, ts.HTTPURL+"/ui/")
+		const follow = `new Promise((resolve) => {
+			const seen = window.leftOpen = [];
+			const es = new EventSource('/v1/requests/` + id + `:watch');
+			es.onopen = () => seen.push('open');
+			for (const type of ['snapshot', 'update', 'heartbeat']) es.addEventListener(type, (e) => seen.push(type + ' ' + e.lastEventId));
+			es.onerror = () => {
+				seen.push(es.readyState === EventSource.CLOSED ? 'closed' : 'error');
+				if (es.readyState === EventSource.CLOSED) resolve(seen.join(', '));
+			};
+		})`
+		got, err := chromedp.Run(p.bounded(15*time.Second), chromedp.Evaluate[string](follow, chromedp.EvalAwaitPromise))
+		if err != nil { // what it saw until then
+			got, _ = chromedp.Run(p.bounded(5*time.Second), chromedp.Evaluate[string](`window.leftOpen.join(', ')`))
+		}
+		if want := fmt.Sprintf("open, snapshot %d, error, closed", final); err != nil || got != want {
+			t.Fatalf("the EventSource saw %q (%v), want %q", got, err, want)
+		}
+	})
+
 	t.Run("refused for a while", func(t *testing.T) {
 		ts := testserver.Start(t, func(c *server.Config) { c.Security.MaxWatchesPerRequest = 1 })
 		const id = "e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9"

@@ -339,11 +339,13 @@ function follow(id, token) {
 
 // explainRefusal shows why the server refused the stream (EventSource itself
 // cannot read the error body), and reports whether the refusal may pass
-// (429, 502, 503, 504; or the stream is there again).
+// (429, 502, 503, 504; or the stream is there again). 204 is no refusal: the
+// request is finished and the page shows its last revision.
 async function explainRefusal(url) {
   const abort = new AbortController();
   try {
     const resp = await fetch(url, { headers: { Accept: 'text/event-stream' }, signal: abort.signal });
+    if (resp.status === 204) return false;
     if (resp.ok) return true;
     const body = await resp.json().catch(() => ({}));
     if (resp.status === 401 || resp.status === 403) {
