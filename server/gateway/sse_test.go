@@ -550,6 +550,7 @@ func TestStatusPageIsServed(t *testing.T) {
 		{"/ui/style.css", "text/css; charset=utf-8", ".step", http.StatusOK, ""},
 		{"/ui?request_id=r1", "", "", http.StatusMovedPermanently, "/ui/?request_id=r1"},
 		{"/", "", "", http.StatusFound, "/ui/"},
+		{"/?request_id=r1&access_token=t", "", "", http.StatusFound, "/ui/?request_id=r1&access_token=t"},
 		{"/ui/missing.js", "", "", http.StatusNotFound, ""},
 	}
 	for _, tt := range tests {
