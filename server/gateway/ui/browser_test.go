@@ -398,6 +398,53 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	// A status counts only with its kind (server/state): a delivery report
+	// saying SUCCESS, FALLBACK or UNREACHABLE, or an auth event saying
+	// FAILED, moves nothing, and the activity list does not present it as
+	// the sign-in, a fallback, the user unreachable or a failure.
+	t.Run("statuses of another kind", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4"
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitFor("the first snapshot", `document.body.dataset.connection === "live"`)
+		for _, body := range []string{
+			`{"data":{"status":"INITIATED","authenticationDetails":{"phone":{"requestId":"` + id + `","method":"OTP","channel":["SMS"]}}},"eventType":"AUTH","timestamp":1764153060}`,
+			`{"data":{"requestId":"` + id + `","status":"SUCCESS","channel":"SMS"},"eventType":"DLR","timestamp":1764153061000}`,
+			`{"data":{"requestId":"` + id + `","status":"FALLBACK","fromChannel":"SMS","toChannel":"EMAIL"},"eventType":"DLR","timestamp":1764153062000}`,
+			`{"data":{"requestId":"` + id + `","status":"UNREACHABLE"},"eventType":"DLR","timestamp":1764153063000}`,
+			`{"data":{"requestId":"` + id + `","status":"FAILED","channel":"SMS","errorCode":"003"},"eventType":"AUTH","timestamp":1764153064000}`,
+		} {
+			p.waitRevision(ts.Ingest(t, []byte(body)).GetEvents()[0].GetRevision())
+		}
+		if v := p.view(); v.Status != "REQUEST_STATUS_IN_PROGRESS" || len(v.Activity) != 5 {
+			t.Fatalf("status %s, activity %v; want IN_PROGRESS with 5 events", v.Status, v.Activity)
+		}
+		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('#activity [data-event-id]')].slice(1).map(e => e.className + ': ' + e.querySelector('.what').textContent)`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range got {
+			class, what, _ := strings.Cut(line, ": ")
+			if class != "" || strings.HasPrefix(what, "Success") || strings.HasPrefix(what, "Fell back") ||
+				strings.Contains(what, "reported the user unreachable") || strings.Contains(what, "failed:") {
+				t.Errorf("activity %q: a report that moves nothing shown as what it would mean on its own kind", line)
+			}
+		}
+		// The same statuses of their own kinds still read as such.
+		for _, body := range []string{
+			`{"data":{"requestId":"` + id + `","status":"FAILED","channel":"SMS","errorCode":"003"},"eventType":"DLR","timestamp":1764153065000}`,
+			`{"data":{"status":"SUCCESS","authenticationDetails":{"phone":{"requestId":"` + id + `","method":"OTP","channel":["SMS"]}}},"eventType":"AUTH","timestamp":1764153066}`,
+		} {
+			p.waitRevision(ts.Ingest(t, []byte(body)).GetEvents()[0].GetRevision())
+		}
+		got, err = chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('#activity [data-event-id]')].slice(5).map(e => e.className + ': ' + e.querySelector('.what').textContent)`))
+		if err != nil || len(got) != 2 || !strings.HasPrefix(got[0], "bad: SMS failed: ") || got[1] != "good: Success (OTP)" {
+			t.Errorf("activity %q (%v); want the failure, then the success", got, err)
+		}
+	})
+
 	t.Run("server restart", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")

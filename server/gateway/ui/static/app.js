@@ -184,9 +184,24 @@ function list(values) {
   return joined(values.map(val));
 }
 
+// KIND is the kind of event each of these statuses counts with (see
+// server/state): on an event of another kind it moves nothing.
+const KIND = {
+  SUCCESS: 'EVENT_KIND_AUTH',
+  FALLBACK: 'EVENT_KIND_AUTH',
+  FAILED: 'EVENT_KIND_DELIVERY',
+  UNREACHABLE: 'EVENT_KIND_SYSTEM',
+};
+
+// meaning is e's status when it counts as such, else '': a delivery
+// report saying SUCCESS is no sign-in.
+function meaning(e) {
+  return !KIND[e.status] || KIND[e.status] === e.kind ? e.status : '';
+}
+
 // describe puts one event in words (an array of text and nodes).
 function describe(e) {
-  switch (e.status) {
+  switch (meaning(e)) {
     case 'INITIATED':
       return ['Initiated', e.authMethod ? [' ', val(e.authMethod)] : [],
         e.authChannels && e.authChannels.length ? [' via ', list(e.authChannels)] : []].flat(2);
@@ -376,7 +391,8 @@ function refuseAccess(status, message) {
 
 function addActivity(ev, req) {
   window.otplessWatch.eventIds.push(ev.eventId);
-  const cls = ev.status === 'FAILED' || ev.status === 'UNREACHABLE' ? 'bad' : ev.status === 'SUCCESS' ? 'good' : '';
+  const st = meaning(ev);
+  const cls = st === 'FAILED' || st === 'UNREACHABLE' ? 'bad' : st === 'SUCCESS' ? 'good' : '';
   $('activity').append(
     el('li', { 'data-event-id': ev.eventId, class: cls },
       time(ev.eventTime, req.firstEventTime),
