@@ -445,6 +445,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	// A fallback OTPLESS sent without the channel it fell back to (a
+	// legacy FALLBACK_TRIGGERED without fallbackChannel) is listed with a
+	// mark in its place, not with nothing after its arrow.
+	t.Run("a fallback to no named channel", func(t *testing.T) {
+		ts := testserver.Start(t, nil)
+		const id = "c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6"
+		ts.Ingest(t, []byte(`{"token":"tok","timestamp":1707743509000,"requestId":"`+id+`","notificationType":"FALLBACK_TRIGGERED"}`))
+		p := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
+		p.waitRevision(1)
+		got, err := chromedp.Run(p.bounded(10*time.Second), chromedp.Evaluate[[]string](
+			`[...document.querySelectorAll('#fallbacks .what')].map(e => e.textContent)`))
+		if err != nil || len(got) != 1 || got[0] != "? → ?" {
+			t.Errorf("fallbacks %q (%v); want one, \"? → ?\"", got, err)
+		}
+	})
+
 	t.Run("server restart", func(t *testing.T) {
 		ts := testserver.Start(t, nil)
 		sc := fixtures.Named(t, "whatsapp-fails-then-sms")

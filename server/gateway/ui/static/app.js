@@ -421,7 +421,7 @@ function render(req) {
   renderList('fallbacks', req.fallbacks, (f) =>
     el('li', { 'data-fallback': `${f.fromChannel}/${f.toChannel}` },
       time(f.time, req.firstEventTime), ' ',
-      el('span', { class: 'what' }, f.fromChannel ? val(f.fromChannel) : '?', ' → ', val(f.toChannel))));
+      el('span', { class: 'what' }, f.fromChannel ? val(f.fromChannel) : '?', ' → ', f.toChannel ? val(f.toChannel) : '?')));
   renderList('failures', req.failures, (f) =>
     el('li', { 'data-failure': `${f.channel}/${f.error ? f.error.code : ''}` },
       time(f.time, req.firstEventTime), ' ',
