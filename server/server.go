@@ -67,7 +67,8 @@ type Config struct {
 	// HealthInterval is how often the store is pinged; readiness is
 	// NOT_SERVING while that fails.
 	HealthInterval time.Duration
-	// WatchHeartbeat is the heartbeat interval of quiet watch streams.
+	// WatchHeartbeat is the interval of watch streams' heartbeats, sent
+	// whether the stream changed or not.
 	WatchHeartbeat time.Duration
 	// MaxWatchDuration ends a watch stream with RECONNECT after this long.
 	MaxWatchDuration time.Duration

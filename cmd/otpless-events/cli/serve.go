@@ -95,7 +95,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded database and first-start credentials")
 	f.StringVar(&cfg.Store, "store", cfg.Store, "store DSN: sqlite://PATH, a file path, or postgres://… for PostgreSQL shared by several replicas (default: SQLite in --data-dir)")
 	f.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "how often the store is pinged (at least 10ms); not ready while that fails")
-	f.DurationVar(&cfg.WatchHeartbeat, "watch-heartbeat", cfg.WatchHeartbeat, "heartbeat interval of quiet watch streams")
+	f.DurationVar(&cfg.WatchHeartbeat, "watch-heartbeat", cfg.WatchHeartbeat, "interval of the heartbeats of watch streams, sent whether they changed or not")
 	f.DurationVar(&cfg.MaxWatchDuration, "max-watch-duration", cfg.MaxWatchDuration, "watch streams end with RECONNECT after this long")
 	f.IntVar(&cfg.WriteQueue, "write-queue", cfg.WriteQueue, "webhooks waiting for commit before ingest answers 503")
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most")
