@@ -86,11 +86,6 @@ func (p *Principal) Has(scope Scope) bool {
 	return p != nil && (slices.Contains(p.Scopes, scope) || slices.Contains(p.Scopes, ScopeAdmin))
 }
 
-// MayRead reports whether p may read requestID at all.
-func (p *Principal) MayRead(requestID string) bool {
-	return p != nil && (p.RequestID == "" || p.RequestID == requestID)
-}
-
 type principalKey struct{}
 
 // WithPrincipal returns ctx carrying p.
