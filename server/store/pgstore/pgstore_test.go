@@ -147,7 +147,7 @@ func TestStartOutwaitsAMigration(t *testing.T) {
 	var logs testlog.Buffer
 	opened := make(chan error, 1)
 	go func() {
-		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(time.Second), pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 		if err == nil {
 			s.Close()
 		}
@@ -190,7 +190,7 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	var logs testlog.Buffer
 	opened := make(chan error, 1)
 	go func() {
-		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithTimeout(time.Second), pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 		if err == nil {
 			s.Close()
 		}
@@ -218,7 +218,7 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 // as an unreachable database, and connects once it answers again.
 func TestStartEndsWhenTheDatabaseGoesSilent(t *testing.T) {
 	t.Parallel()
-	const timeout = 500 * time.Millisecond
+	const timeout = time.Second
 	dsn, schema := pgtest.Schema(t)
 	unlock := lockMigrations(t, dsn, schema)
 	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
