@@ -66,9 +66,13 @@ func CheckBatch(batch []Webhook) error {
 }
 
 // MapErr classifies a driver error against the caller's ctx: ctx's error
-// when it is done (drivers report an interrupted statement), else
-// ErrUnavailable with the cause.
+// when it is done (drivers report an interrupted statement), err itself
+// when it says stored data is damaged (ErrDamaged, which no retry mends),
+// else ErrUnavailable with the cause.
 func MapErr(ctx context.Context, err error) error {
+	if errors.Is(err, ErrDamaged) {
+		return err
+	}
 	if cerr := ctx.Err(); cerr != nil {
 		if errors.Is(err, cerr) {
 			return err

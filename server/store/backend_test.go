@@ -1,6 +1,9 @@
 package store_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"testing/fstest"
 
@@ -37,5 +40,24 @@ func TestCheckBatch(t *testing.T) {
 	bad := append(ok, store.Webhook{Events: []*eventsv1.Event{{EventId: "e"}, {}}})
 	if err := store.CheckBatch(bad); err == nil {
 		t.Fatal("an event without an id was accepted")
+	}
+}
+
+// TestMapErr: a driver's error is unavailability, but damaged data stays
+// damaged (a retry cannot mend it) and a done context says so.
+func TestMapErr(t *testing.T) {
+	t.Parallel()
+	driver := errors.New("connection reset")
+	if err := store.MapErr(t.Context(), driver); !errors.Is(err, store.ErrUnavailable) || !errors.Is(err, driver) {
+		t.Errorf("MapErr(driver error) = %v, want ErrUnavailable wrapping it", err)
+	}
+	damaged := fmt.Errorf("%w: decode an event", store.ErrDamaged)
+	if err := store.MapErr(t.Context(), damaged); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("MapErr(damaged data) = %v, want ErrDamaged, not ErrUnavailable", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := store.MapErr(ctx, driver); !errors.Is(err, context.Canceled) || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("MapErr(driver error, canceled) = %v, want context.Canceled", err)
 	}
 }

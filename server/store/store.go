@@ -127,7 +127,8 @@ type Store interface {
 	//     each Change's events in batch order. Commit does not modify the
 	//     batch; Change.Events may share messages with it.
 	//   - A done ctx fails the call with an error wrapping ctx.Err().
-	//   - Backend failures wrap ErrUnavailable; after Close, ErrClosed.
+	//   - Backend failures wrap ErrUnavailable, stored data that does not
+	//     decode ErrDamaged; after Close, ErrClosed.
 	Commit(ctx context.Context, batch []Webhook) ([]Result, []Change, error)
 
 	// GetRequest returns the current snapshot, or ErrNotFound (always for

@@ -2,7 +2,6 @@ package pgstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -54,9 +53,6 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 		whs, ids, err := exportPage(qctx, tx, after, max(size, 1))
-		if errors.Is(err, store.ErrDamaged) { // not a failure a retry could fix
-			return nil, nil, fmt.Errorf("pgstore: %s: %w", op, err)
-		}
 		if err != nil {
 			return nil, nil, s.fail(ctx, op, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"github.com/otpless-events/otpless-events/server/store"
@@ -42,7 +41,7 @@ func appendEntry(b []byte, e entry) []byte {
 	return append(b, e.data...)
 }
 
-var errBadEntries = errors.New("malformed events column")
+var errBadEntries = fmt.Errorf("%w: malformed events column", store.ErrDamaged)
 
 // parseEntries splits a requests.events column into its entries.
 func parseEntries(b []byte) ([]entry, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -33,9 +32,6 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	defer tx.Rollback() // read only: nothing to commit
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		whs, ids, err := exportPage(ctx, tx, after, max(size, 1))
-		if errors.Is(err, store.ErrDamaged) { // not a failure a retry could fix
-			return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
-		}
 		if err != nil {
 			return nil, nil, s.fail(ctx, op, err)
 		}
@@ -101,9 +97,6 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 		}
 		columns, err := queryEntries(ctx, tx, `SELECT request_id, events FROM requests
 			WHERE request_id IN (SELECT value FROM json_each(?)) ORDER BY request_id`, jsonArray(rids))
-		if errors.Is(err, errBadEntries) {
-			return nil, nil, fmt.Errorf("%w: %w", store.ErrDamaged, err)
-		}
 		if err != nil {
 			return nil, nil, err
 		}
