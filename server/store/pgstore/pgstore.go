@@ -470,7 +470,7 @@ func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.Aut
 	}
 	r := new(eventsv1.AuthRequest)
 	if err := proto.Unmarshal(data, r); err != nil {
-		return nil, fmt.Errorf("pgstore: %s %q: decode snapshot: %w", op, requestID, err)
+		return nil, fmt.Errorf("pgstore: %s %q: %w: decode snapshot: %w", op, requestID, store.ErrDamaged, err)
 	}
 	return r, nil
 }
@@ -508,20 +508,16 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	var (
 		data, body []byte
 		webhookID  int64
-		decodeErr  error // a corrupt row: not a failure a retry could fix
 	)
 	_, err = pgx.ForEachRow(rows, []any{&data, &webhookID, &body}, func() error {
 		e := new(eventsv1.Event)
-		if decodeErr = proto.Unmarshal(data, e); decodeErr != nil {
-			return decodeErr
+		if err := proto.Unmarshal(data, e); err != nil {
+			return fmt.Errorf("%w: decode an event of webhook %d: %w", store.ErrDamaged, webhookID, err)
 		}
 		e.RawBody = store.RawBody(ctx, s.log, requestID, webhookID, body)
 		events = append(events, e)
 		return nil
 	})
-	if decodeErr != nil {
-		return nil, "", fmt.Errorf("pgstore: %s %q: decode event: %w", op, requestID, decodeErr)
-	}
 	if err != nil {
 		return nil, "", s.fail(ctx, op, err)
 	}

@@ -1542,6 +1542,9 @@ func TestExportOfDamagedData(t *testing.T) {
 	if !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Export of a damaged event = %v; want ErrDamaged, not ErrUnavailable", err)
 	}
+	if _, _, err := s.ListEvents(ctx, "r1", store.Page{}); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("ListEvents of a damaged event = %v; want ErrDamaged, not ErrUnavailable", err)
+	}
 }
 
 // TestChangesSinceLeavesOutDamagedData: a request whose stored snapshot or
@@ -1571,6 +1574,9 @@ func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
 	changes, err := s.ChangesSince(ctx, map[string]int64{"r1": 0, "r2": 0, "r3": 0})
 	if err != nil || len(changes) != 1 || changes[0].Request.GetRequestId() != "r1" || len(changes[0].Events) != 2 {
 		t.Fatalf("ChangesSince with r2's snapshot and an event of r3 damaged = %v, %v; want r1's change alone", changes, err)
+	}
+	if _, err := s.GetRequest(ctx, "r2"); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("GetRequest of a damaged snapshot = %v; want ErrDamaged", err)
 	}
 	for _, id := range []string{"r2", "r3"} {
 		if lines := logs.Matching(t, map[string]any{"level": "ERROR", "request_id": id}); len(lines) != 1 {

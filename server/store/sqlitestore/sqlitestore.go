@@ -341,7 +341,7 @@ func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.Aut
 	}
 	r := new(eventsv1.AuthRequest)
 	if err := proto.Unmarshal(data, r); err != nil {
-		return nil, fmt.Errorf("sqlitestore: %s %q: decode snapshot: %w", op, requestID, err)
+		return nil, fmt.Errorf("sqlitestore: %s %q: %w: decode snapshot: %w", op, requestID, store.ErrDamaged, err)
 	}
 	return r, nil
 }
@@ -397,7 +397,7 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	for i, en := range entries {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(en.data, e); err != nil {
-			return nil, "", fmt.Errorf("sqlitestore: %s %q: decode event %s: %w", op, requestID, en.eventID, err)
+			return nil, "", fmt.Errorf("sqlitestore: %s %q: %w: decode event %s: %w", op, requestID, store.ErrDamaged, en.eventID, err)
 		}
 		events[i], webhookIDs[i] = e, en.webhookID
 	}

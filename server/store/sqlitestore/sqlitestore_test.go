@@ -509,6 +509,11 @@ func TestExportOfDamagedData(t *testing.T) {
 			if !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
 				t.Errorf("Export of a damaged %s = %v; want ErrDamaged, not ErrUnavailable", name, err)
 			}
+			if name == "column" {
+				if _, _, err := s.ListEvents(ctx, "r1", store.Page{}); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+					t.Errorf("ListEvents of a damaged %s = %v; want ErrDamaged, not ErrUnavailable", name, err)
+				}
+			}
 		})
 	}
 }
