@@ -379,8 +379,9 @@ const (
 	limiterMaxEntries = 100000
 )
 
-// limitKey is the address whose budget addr spends: for IPv6 its /64.
-func limitKey(addr netip.Addr) netip.Addr {
+// ClientKey is the address whose budget addr spends under the limits per
+// client address: addr, or for IPv6 its /64.
+func ClientKey(addr netip.Addr) netip.Addr {
 	if addr.Is6() && !addr.Is4In6() {
 		return netip.PrefixFrom(addr, 64).Masked().Addr()
 	}
@@ -388,7 +389,7 @@ func limitKey(addr netip.Addr) netip.Addr {
 }
 
 func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration) {
-	addr = limitKey(addr)
+	addr = ClientKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.entries) >= limiterSweepAt && now.Sub(l.lastSweep) > 10*time.Second {
@@ -421,7 +422,7 @@ func (l *addrLimiter) allow(addr netip.Addr, now time.Time) (bool, time.Duration
 func (l *addrLimiter) left(addr netip.Addr, now time.Time) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := l.entries[limitKey(addr)]
+	e := l.entries[ClientKey(addr)]
 	if e == nil {
 		return true, 0
 	}

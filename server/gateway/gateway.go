@@ -55,8 +55,9 @@ const DefaultMaxBodyBytes = 1 << 20
 const DefaultMaxUnauthenticatedReads = 1024
 
 // unauthenticatedShare is the share of MaxUnauthenticatedReads one client
-// address may hold (64 of the default 1,024), so that one sender cannot
-// take them all from OTPLESS.
+// address (an IPv6 /64, as under the webhook rates: auth.ClientKey) may
+// hold (64 of the default 1,024), so that one sender cannot take them all
+// from OTPLESS.
 const unauthenticatedShare = 16
 
 // WebhookPath is the route OTPLESS posts to.
@@ -548,7 +549,7 @@ func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]
 // the place admit took for it once the body is read.
 func (h *webhookHandler) readUnauthenticated(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	defer func() {
-		h.unauthenticatedByAddr.Give(h.guard.ClientAddr(r).String())
+		h.unauthenticatedByAddr.Give(auth.ClientKey(h.guard.ClientAddr(r)).String())
 		<-h.unauthenticated
 	}()
 	return h.readWebhook(w, r)
@@ -623,7 +624,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 			}
 			select {
 			case h.unauthenticated <- struct{}{}:
-				if h.unauthenticatedByAddr.Take(addr.String()) {
+				if h.unauthenticatedByAddr.Take(auth.ClientKey(addr).String()) {
 					return true, true
 				}
 				<-h.unauthenticated

@@ -312,6 +312,9 @@ func TestUnauthenticatedReadsAreBounded(t *testing.T) {
 	}{
 		{"in all", 4, []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"}, "192.0.2.5", ""},
 		{"from one address", 32, []string{"192.0.2.1", "192.0.2.1"}, "192.0.2.1", "192.0.2.2"},
+		// An IPv6 client commonly holds a /64 whole, and counts as one
+		// address there, as under the webhook rates.
+		{"from one /64", 32, []string{"[2001:db8::1]", "[2001:db8::2]"}, "[2001:db8::3]", "[2001:db8:0:1::1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
