@@ -393,6 +393,27 @@ func TestSigningSecretStrength(t *testing.T) {
 	}
 }
 
+// A webhook key is the last segment of the URL OTPLESS posts to: one that
+// holds "/" (as base64 often does) cannot be named there, escaped or not,
+// and would have every webhook answered 404.
+func TestWebhookKeysFitTheURL(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		key string
+		ok  bool
+	}{
+		{"wk_0123456789abcdef", true},
+		{"wk_0123456789abc+=?", true}, // sent escaped where it must be
+		{"wk_01234567", false},
+		{"wk_0123456789abc/de", false},
+	} {
+		_, err := NewWebhookGuard(WebhookConfig{Keys: []string{tt.key}})
+		if (err == nil) != tt.ok {
+			t.Errorf("NewWebhookGuard with key %q: err = %v, want ok = %v", tt.key, err, tt.ok)
+		}
+	}
+}
+
 func TestClientAddrAndAllowList(t *testing.T) {
 	t.Parallel()
 	proxies, _ := ParsePrefixes("10.0.0.0/8, 192.168.1.1")

@@ -83,6 +83,11 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 		if len(k) < 16 {
 			return nil, errors.New("webhooks: a webhook key is shorter than 16 characters")
 		}
+		// The key is the URL's last segment, which the routes split at
+		// "/" and at its escape %2F alike: no URL could name it.
+		if strings.Contains(k, "/") {
+			return nil, errors.New(`webhooks: a webhook key holds "/", which no webhook URL can carry (the key is one path segment)`)
+		}
 	}
 	g := &WebhookGuard{cfg: cfg, now: time.Now}
 	for _, s := range cfg.SigningSecrets {
