@@ -443,6 +443,24 @@ func TestClientAddrAndAllowList(t *testing.T) {
 	}
 }
 
+// Client addresses are compared unmapped (PeerAddr, ClientAddr), so a
+// network written in its IPv4-mapped form, as dual-stack logs show
+// addresses, is unmapped too, as a single address is: else an allow-list
+// entry so written refused every sender in it, and a trusted proxy so
+// written was not believed.
+func TestMappedNetworks(t *testing.T) {
+	t.Parallel()
+	nets, err := ParsePrefixes("::ffff:203.0.113.0/120, ::ffff:198.51.100.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]bool{"203.0.113.9": true, "198.51.100.7": true, "198.51.100.8": false, "2001:db8::1": false} {
+		if got := inNets(nets, netip.MustParseAddr(a)); got != want {
+			t.Errorf("%s in %v: %v, want %v", a, nets, got, want)
+		}
+	}
+}
+
 func TestRateLimitPerAddress(t *testing.T) {
 	t.Parallel()
 	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, RatePerSecond: 1, Burst: 3, FailureRatePerSecond: 100, FailureBurst: 100})
