@@ -183,7 +183,7 @@ func (g *WebhookGuard) ClientAddr(r *http.Request) netip.Addr {
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
-		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		hop, err := parseHop(strings.TrimSpace(hops[i]))
 		if err != nil {
 			return addr // a malformed chain: trust only what we saw
 		}
@@ -193,6 +193,16 @@ func (g *WebhookGuard) ClientAddr(r *http.Request) netip.Addr {
 		}
 	}
 	return addr
+}
+
+// parseHop reads one X-Forwarded-For entry: an address, or an address and
+// port, as some proxies (Azure's Application Gateway) write it.
+func parseHop(s string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	return ap.Addr(), err
 }
 
 // CheckAddr returns ErrForbidden when an allow-list is set and addr is not
