@@ -6,8 +6,11 @@ package server
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,6 +33,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	_ "modernc.org/sqlite"
 
@@ -379,6 +383,56 @@ func TestCallsRefusedBeforeTheInterceptors(t *testing.T) {
 	} {
 		if got, ok := series[name]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+}
+
+// An Ingest in a compression the server lacks is refused by grpc-go before
+// any interceptor (UNIMPLEMENTED): the sender's mistake, as a compressed
+// body on the webhook route is, so it is a rejected webhook with an
+// invalid body, not a fault of the server.
+func TestIngestInAnUnknownCompressionIsInvalid(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	msg, err := proto.Marshal(&eventsv1.IngestRequest{EventType: "DLR", Data: &eventsv1.WebhookData{RequestId: "zstd-req", Status: "SENT"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := binary.BigEndian.AppendUint32([]byte{1}, uint32(len(msg))) // compressed, as the header says
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &protocols}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodPost, "http://"+s.GRPCAddr().String()+eventsv1.WebhookService_Ingest_FullMethodName,
+		bytes.NewReader(append(frame, msg...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("TE", "trailers")
+	req.Header.Set("Grpc-Encoding", "zstd")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := cmp.Or(resp.Header.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Status")); got != strconv.Itoa(int(codes.Unimplemented)) {
+		t.Fatalf("Ingest in zstd: grpc-status %q, want %d (UNIMPLEMENTED)", got, codes.Unimplemented)
+	}
+
+	want := map[string]any{"msg": "grpc call", "method": eventsv1.WebhookService_Ingest_FullMethodName, "code": "Unimplemented", "reason": "invalid_body"}
+	if !eventually(func() bool { return len(s.logs.Matching(t, want)) == 1 }) {
+		t.Errorf("no line matching %v:\n%s", want, s.logs)
+	}
+	series := s.scrape(t)
+	for name, want := range map[string]float64{
+		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`:                    1,
+		`otpless_events_webhooks_rejected_total{reason="internal"}`:                        0,
+		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="grpc"}`: 1,
+	} {
+		if got := series[name]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
 }

@@ -20,9 +20,9 @@ const maxLoggedMethod = 128
 // StatsHandler logs and counts the gRPC calls that grpc-go answers before
 // any interceptor sees them, which would otherwise leave no trace: a request
 // message it cannot decode (INTERNAL) or that is over its size limit
-// (RESOURCE_EXHAUSTED), and a method no service has (UNIMPLEMENTED). known
-// reports whether a full method name is served; it is first asked once the
-// server runs.
+// (RESOURCE_EXHAUSTED), and a method no service has or a compression it
+// lacks (UNIMPLEMENTED). known reports whether a full method name is
+// served; it is first asked once the server runs.
 func (o *Observer) StatsHandler(known func(method string) bool) stats.Handler {
 	return &refusedCalls{o: o, known: known}
 }
@@ -75,9 +75,10 @@ func (h *refusedCalls) log(ctx context.Context, method string, start time.Time, 
 	code := status.Code(err)
 	h.o.grpcRefused.WithLabelValues(code.String()).Inc()
 	c := h.o.newGRPCCall(ctx)
-	if method == eventsv1.WebhookService_Ingest_FullMethodName && code == codes.Internal {
+	if method == eventsv1.WebhookService_Ingest_FullMethodName && (code == codes.Internal || code == codes.Unimplemented) {
 		// grpc-go's INTERNAL before any handler is a message it could not
-		// decode or decompress: the sender's fault.
+		// decode or decompress, and its UNIMPLEMENTED for a method it
+		// serves a compression it lacks (grpc-encoding): the sender's fault.
 		c.ingested, c.rejectReason = true, ReasonInvalidBody
 		h.o.rejected.WithLabelValues(ReasonInvalidBody).Inc()
 	}
