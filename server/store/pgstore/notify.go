@@ -131,7 +131,7 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 	// error, rather than fail the call: the others' watchers get theirs.
 	leaveOut := func(what string, err error) {
 		damaged = string(rid)
-		s.log.Error("a request's stored data does not decode; its watchers get no update", "request_id", damaged, "what", what, "error", err)
+		s.log.Error("a request's stored data does not decode; its watchers get no update", "otpless_request_id", damaged, "what", what, "error", err)
 	}
 	_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData, &evRevision}, func() error {
 		if damaged != "" && damaged == string(rid) {

@@ -1579,7 +1579,7 @@ func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
 		t.Errorf("GetRequest of a damaged snapshot = %v; want ErrDamaged", err)
 	}
 	for _, id := range []string{"r2", "r3"} {
-		if lines := logs.Matching(t, map[string]any{"level": "ERROR", "request_id": id}); len(lines) != 1 {
+		if lines := logs.Matching(t, map[string]any{"level": "ERROR", "otpless_request_id": id}); len(lines) != 1 {
 			t.Errorf("%d error lines naming %s, want 1:\n%s", len(lines), id, logs.String())
 		}
 	}
