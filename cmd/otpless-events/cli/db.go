@@ -20,6 +20,11 @@ func newDB(stdout, stderr io.Writer) *cobra.Command {
 		Long: "Offline maintenance of the embedded database, found as serve finds it (--data-dir, --store),\n" +
 			"and copy, which moves what a store holds into another. Each refuses to run while a server\n" +
 			"has the SQLite database open, and a server started meanwhile refuses to start.",
+		// Runnable, so that cobra checks the arguments: a command that is
+		// not answers an unknown subcommand (db chek) with its help and
+		// exit 0, as though it had run.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newDBCheck(stdout))
 	cmd.AddCommand(newDBVacuum(stdout))

@@ -141,3 +141,18 @@ func TestDBDataDirFromEnvironment(t *testing.T) {
 		t.Fatalf("exit %d, %q, %q", code, out, errOut)
 	}
 }
+
+// TestDBUnknownSubcommand: a mistyped db subcommand is refused, exit 1,
+// as the root command refuses one, rather than answered with the help and
+// exit 0, as though it had run (db chek && … would go on); db alone still
+// shows the help.
+func TestDBUnknownSubcommand(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := run(t, "db", "chek")
+	if code != 1 || !strings.Contains(errOut, `unknown command "chek"`) {
+		t.Errorf("db chek: exit %d, %q, %q; want 1, the command named", code, out, errOut)
+	}
+	if code, out, errOut := run(t, "db"); code != 0 || !strings.Contains(out, "vacuum") {
+		t.Errorf("db: exit %d, %q, %q; want 0 and the help", code, out, errOut)
+	}
+}
