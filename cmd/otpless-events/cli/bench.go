@@ -158,6 +158,11 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if f.self && f.serverPID != 0 {
 		return errors.New("--self and --server-pid: the server of --self is this process")
 	}
+	if f.serverPID != 0 { // a pid of no process is refused before any traffic, --ceiling's too
+		if _, err := loadgen.ReadProc(f.serverPID); err != nil {
+			return fmt.Errorf("--server-pid: %w", err)
+		}
+	}
 	url := webhookURL(f.httpAddr, f.client.tls || f.client.tlsCAFile != "")
 	if u := os.Getenv(envWebhookURL); u != "" && !explicitAddr {
 		url = u

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -247,5 +248,19 @@ func TestBenchRefusesNumbersOutOfRange(t *testing.T) {
 		if code := Main(t.Context(), args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--"+tc.flag+" ") || stdout.Len() != 0 {
 			t.Errorf("--%s %s: exit %d, stderr %q, stdout %q; want 1 naming the flag, and no report", tc.flag, tc.value, code, stderr.String(), stdout.String())
 		}
+	}
+}
+
+// A --server-pid of no process is refused before any traffic, --ceiling's
+// included, not once the ceiling has run for --duration.
+func TestBenchRefusesUnknownServerPIDFirst(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // a bound for "does not run the ceiling"
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--http-addr", "127.0.0.1:1", "--ceiling", "--duration", "1h", "--concurrency", "1", "--server-pid", fmt.Sprint(math.MaxInt32)}
+	code := Main(ctx, args, nil, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "--server-pid") || ctx.Err() != nil || stdout.Len() != 0 {
+		t.Errorf("bench --ceiling --server-pid of no process: exit %d, stderr %q, stdout %q, context %v; want 1 naming the flag at once, and no report", code, stderr.String(), stdout.String(), ctx.Err())
 	}
 }
