@@ -173,6 +173,13 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if err := f.checkNumbers(); err != nil {
 		return err
 	}
+	profile, err := createCPUProfile(f.cpuProfile)
+	if err != nil {
+		return err
+	}
+	if profile != nil {
+		defer profile.Close() // closed already when the run got as far as its profile
+	}
 	if !f.self && os.Getenv("GOGC") == "" {
 		// The load generator shares the machine with the server it
 		// measures: with 10,000 watchers the collector, scanning their
@@ -273,7 +280,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	self1 := self0
 	cfg.WatchersReady = both(cfg.WatchersReady, func() { self0, _ = loadgen.ReadProc(os.Getpid()) })
 	cfg.TrafficDone = both(cfg.TrafficDone, func() { self1, _ = loadgen.ReadProc(os.Getpid()) })
-	stopProfile, err := startCPUProfile(f.cpuProfile)
+	stopProfile, err := startCPUProfile(profile)
 	if err != nil {
 		return err
 	}
@@ -320,18 +327,27 @@ func ceilingConfig(cfg loadgen.Config, c *loadgen.Ceiling) loadgen.Config {
 	return bare
 }
 
-// startCPUProfile starts profiling this process into path ("": no
-// profile) and returns the function that stops and writes it.
-func startCPUProfile(path string) (stop func() error, err error) {
+// createCPUProfile creates the file of --cpu-profile at path ("": no
+// profile, nil), before any traffic, so that a path it cannot write is
+// refused at once.
+func createCPUProfile(path string) (*os.File, error) {
 	if path == "" {
-		return func() error { return nil }, nil
+		return nil, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
+	return f, nil
+}
+
+// startCPUProfile starts profiling this process into f (nil: no profile)
+// and returns the function that stops, writes and closes it.
+func startCPUProfile(f *os.File) (stop func() error, err error) {
+	if f == nil {
+		return func() error { return nil }, nil
+	}
 	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
 	return func() error {

@@ -264,3 +264,18 @@ func TestBenchRefusesUnknownServerPIDFirst(t *testing.T) {
 		t.Errorf("bench --ceiling --server-pid of no process: exit %d, stderr %q, stdout %q, context %v; want 1 naming the flag at once, and no report", code, stderr.String(), stdout.String(), ctx.Err())
 	}
 }
+
+// A --cpu-profile file that cannot be made is refused before any traffic,
+// --ceiling's included, not once the ceiling has run for --duration.
+func TestBenchRefusesUnwritableCPUProfileFirst(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // a bound for "does not run the ceiling"
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	profile := filepath.Join(t.TempDir(), "missing", "cpu.prof")
+	args := []string{"bench", "--http-addr", "127.0.0.1:1", "--ceiling", "--duration", "1h", "--concurrency", "1", "--cpu-profile", profile}
+	code := Main(ctx, args, nil, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "--cpu-profile") || ctx.Err() != nil || stdout.Len() != 0 {
+		t.Errorf("bench --ceiling --cpu-profile in no directory: exit %d, stderr %q, stdout %q, context %v; want 1 naming the flag at once, and no report", code, stderr.String(), stdout.String(), ctx.Err())
+	}
+}
