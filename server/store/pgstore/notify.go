@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -90,8 +91,17 @@ func (s *Store) Notify(ctx context.Context, payload string) error {
 }
 
 // ListenConfig returns a copy of the pool's connection configuration, for a
-// dedicated listening connection outside the pool.
-func (s *Store) ListenConfig() *pgx.ConnConfig { return s.pool.Config().ConnConfig }
+// dedicated listening connection outside the pool, which sets the pool's
+// partitionTimeouts as its connections do.
+func (s *Store) ListenConfig() *pgx.ConnConfig {
+	cfg := s.pool.Config().ConnConfig
+	if s.sessionSQL != "" {
+		cfg.AfterConnect = func(ctx context.Context, conn *pgconn.PgConn) error {
+			return conn.Exec(ctx, s.sessionSQL).Close()
+		}
+	}
+	return cfg
+}
 
 // ChangesSince implements store.ChangeReader. Each Change's events are in
 // commit order (by revision, then by webhook in batch order, then by event

@@ -126,6 +126,9 @@ type Store struct {
 	// create is the schema WithSchema named ("" for the search_path's);
 	// where is user@host/database, for errors.
 	create, where string
+	// sessionSQL sets the partitionTimeouts the DSN leaves alone, on every
+	// connection ("": none).
+	sessionSQL string
 	// connected is set once Connect has brought the schema up to date
 	// (and set schema and channel): until then every call fails.
 	connected atomic.Bool
@@ -193,18 +196,18 @@ func New(dsn string, opts ...Option) (*Store, error) {
 			set = append(set, fmt.Sprintf("SET %s = %d", name, max(o.timeout.Milliseconds()/2, 1)))
 		}
 	}
+	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now(), create: o.schema,
+		where: fmt.Sprintf("%s@%s/%s", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database)}
 	if len(set) > 0 {
-		sql := strings.Join(set, "; ")
+		s.sessionSQL = strings.Join(set, "; ")
 		cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, sql)
+			_, err := conn.Exec(ctx, s.sessionSQL)
 			return err
 		}
 	}
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns
 	}
-	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now(), create: o.schema,
-		where: fmt.Sprintf("%s@%s/%s", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database)}
 	// A call that fails by its timeout closes its connection; one that comes
 	// back alive ran its statements.
 	cfg.AfterRelease = func(c *pgx.Conn) bool {

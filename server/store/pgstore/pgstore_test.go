@@ -1311,6 +1311,9 @@ func awaitPoolWaiters(t *testing.T, call string, n int) {
 // TestPartitionTimeouts: each session ends what a client the database no
 // longer hears would leave holding locks, after half the store's timeout:
 // an idle transaction, and results sent to nobody. A DSN's own value stays.
+// The relay's listening connection, outside the pool, has them too: else
+// notifications sent to a replica gone in a partition kept its session,
+// its connection slot and the notification queue's tail for TCP's minutes.
 func TestPartitionTimeouts(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
@@ -1328,6 +1331,18 @@ func TestPartitionTimeouts(t *testing.T) {
 		}
 		if idle != tc.idle || user != tc.user {
 			t.Errorf("idle_in_transaction_session_timeout %s, tcp_user_timeout %s; want %s and %s", idle, user, tc.idle, tc.user)
+		}
+		conn, err := pgx.ConnectConfig(t.Context(), s.ListenConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = conn.QueryRow(t.Context(), `SELECT current_setting('idle_in_transaction_session_timeout'), current_setting('tcp_user_timeout')`).Scan(&idle, &user)
+		conn.Close(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idle != tc.idle || user != tc.user {
+			t.Errorf("listening connection: idle_in_transaction_session_timeout %s, tcp_user_timeout %s; want %s and %s", idle, user, tc.idle, tc.user)
 		}
 	}
 }
