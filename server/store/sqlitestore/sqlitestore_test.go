@@ -312,12 +312,16 @@ func TestNewDatabaseIsPrivate(t *testing.T) {
 }
 
 // A write-ahead log removed while open is noticed: commits went on into
-// the removed log, and a crash then lost the whole database.
+// the removed log, and a crash then lost the whole database. So did
+// retention's purges, which said they had removed what the file kept.
 func TestWALRemoved(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "events.db")
 	s := open(t, path)
 	defer s.Close()
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Remove(path + "-wal"); err != nil {
 		t.Fatal(err)
 	}
@@ -327,10 +331,14 @@ func TestWALRemoved(t *testing.T) {
 	if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Commit %v, want ErrUnavailable", err)
 	}
+	if n, err := s.PurgePII(t.Context(), time.Now().Add(time.Hour), nil); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("PurgePII %d, %v; want ErrUnavailable", n, err)
+	}
 }
 
 // TestFileRemovedOrReplaced: a database file removed or replaced while
-// open is noticed: what the store would write then would reach no one.
+// open is noticed: what the store would write then would reach no one,
+// and a purge would remove personal data only from the file gone.
 func TestFileRemovedOrReplaced(t *testing.T) {
 	t.Parallel()
 	for _, replace := range []bool{false, true} {
@@ -338,6 +346,9 @@ func TestFileRemovedOrReplaced(t *testing.T) {
 		path := filepath.Join(dir, "events.db")
 		s := open(t, path)
 		defer s.Close()
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.Rename(path, filepath.Join(dir, "moved.db")); err != nil {
 			t.Fatal(err)
 		}
@@ -351,6 +362,9 @@ func TestFileRemovedOrReplaced(t *testing.T) {
 		}
 		if _, _, err := s.Commit(t.Context(), []store.Webhook{webhook("{}", &eventsv1.Event{EventId: "e", RequestId: "r"})}); !errors.Is(err, store.ErrUnavailable) {
 			t.Errorf("replaced %v: Commit %v, want ErrUnavailable", replace, err)
+		}
+		if n, err := s.PurgePII(t.Context(), time.Now().Add(time.Hour), nil); !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("replaced %v: PurgePII %d, %v; want ErrUnavailable", replace, n, err)
 		}
 	}
 }
