@@ -59,7 +59,7 @@ func (r *retention) purge(ctx context.Context) {
 	}
 	switch {
 	case err != nil && ctx.Err() == nil:
-		r.log.Warn("purging personal data", "error", err)
+		r.log.Warn("purging personal data", "error", err, "webhooks", n)
 	case n > 0:
 		r.log.Info("purged personal data", "webhooks", n, "received_before", cutoff)
 	}

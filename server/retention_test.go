@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -52,6 +54,31 @@ func TestRetentionSurvivesAPanic(t *testing.T) {
 	}
 	if failures.Load() < 2 {
 		t.Errorf("%d failed runs observed, want every run's panic", failures.Load())
+	}
+}
+
+type failingPurger struct{}
+
+func (failingPurger) PurgePII(context.Context, time.Time, func([]store.Change)) (int, error) {
+	return 700, errors.New("the database went away")
+}
+
+// A run that purged some webhooks and then failed says how many in its
+// warning, as the purged metric counts them.
+func TestRetentionFailureSaysWhatWasPurged(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	r := &retention{purger: failingPurger{}, keep: time.Hour, log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	r.purge(t.Context())
+	var line struct {
+		Level, Msg, Error string
+		Webhooks          int
+	}
+	if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, logs.String())
+	}
+	if line.Level != "WARN" || line.Error != "the database went away" || line.Webhooks != 700 {
+		t.Errorf("logged %+v; want a warning with the error and 700 webhooks", line)
 	}
 }
 
