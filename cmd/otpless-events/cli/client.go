@@ -49,7 +49,11 @@ func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
 // apiKey is the credential to send: --api-key-file, else $OTPLESS_EVENTS_API_KEY.
 func (f *clientFlags) apiKey() (string, error) {
 	if f.apiKeyFile == "" {
-		return strings.TrimSpace(os.Getenv(envAPIKey)), nil
+		key := strings.TrimSpace(os.Getenv(envAPIKey))
+		if !headerSafe(key) {
+			return "", fmt.Errorf("API key: $%s holds a character other than printable ASCII, which no Authorization header can carry", envAPIKey)
+		}
+		return key, nil
 	}
 	b, err := os.ReadFile(f.apiKeyFile)
 	if err != nil {
@@ -61,8 +65,16 @@ func (f *clientFlags) apiKey() (string, error) {
 		return "", fmt.Errorf("API key: %s is empty", f.apiKeyFile)
 	case strings.ContainsAny(key, "\r\n"):
 		return "", fmt.Errorf("API key: %s holds more than one line; it must hold the key alone (of apikey's output, what follows \"key:\")", f.apiKeyFile)
+	case !headerSafe(key):
+		return "", fmt.Errorf("API key: %s holds a character other than printable ASCII, which no Authorization header can carry", f.apiKeyFile)
 	}
 	return key, nil
+}
+
+// headerSafe reports whether key is printable ASCII, as API keys and watch
+// tokens are: grpc-go refuses anything else in a header, as INTERNAL.
+func headerSafe(key string) bool {
+	return !strings.ContainsFunc(key, func(r rune) bool { return r < ' ' || r > '~' })
 }
 
 // tlsConfig is nil for plaintext.

@@ -606,8 +606,11 @@ func TestWatchPrintsTheEmptySnapshotOnce(t *testing.T) {
 // an empty key file, a URL where a gRPC address goes.
 func TestClientFlagsThatCannotWork(t *testing.T) {
 	t.Parallel()
-	empty, twoLines := filepath.Join(t.TempDir(), "key"), filepath.Join(t.TempDir(), "apikey-output")
+	empty, twoLines, unsafe := filepath.Join(t.TempDir(), "key"), filepath.Join(t.TempDir(), "apikey-output"), filepath.Join(t.TempDir(), "pasted")
 	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unsafe, []byte("ak_\u00a0abcdef\n"), 0o600); err != nil { // a no-break space pasted in
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(twoLines, []byte("key:    oek_abc\nconfig: client 0123 read\n"), 0o600); err != nil {
@@ -623,6 +626,7 @@ func TestClientFlagsThatCannotWork(t *testing.T) {
 	}{
 		{[]string{"get", "--api-key-file", empty, tryID}, "is empty"},
 		{[]string{"get", "--api-key-file", twoLines, tryID}, "more than one line"},
+		{[]string{"get", "--api-key-file", unsafe, tryID}, "printable ASCII"},
 		{[]string{"send", "--plaintext", "--tls-ca-file", empty, "--http-addr", "https://127.0.0.1:1", body}, "--plaintext and --tls"},
 		{[]string{"bench", "--tls", "--http-addr", "http://127.0.0.1:1", "--duration", "1s"}, "is http://"},
 		{[]string{"watch", "--api-key-file", empty, tryID}, "is empty"},
@@ -651,6 +655,15 @@ func TestGetPrintsNoControlCharacters(t *testing.T) {
 	code, out, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "c1-req")
 	if code != 0 || strings.ContainsFunc(strings.TrimSuffix(out, "\n"), func(r rune) bool { return unicode.IsControl(r) && r != '\n' }) || !strings.Contains(out, `SMS\u009b2J\u007f`) {
 		t.Fatalf("get: exit %d, printed %q (%s); want the control characters escaped", code, out, errOut)
+	}
+}
+
+// An API key in the environment that no header can carry is refused
+// saying so, not with grpc-go's INTERNAL about a header value.
+func TestAPIKeyEnvironmentNotPrintable(t *testing.T) {
+	t.Setenv("OTPLESS_EVENTS_API_KEY", "ak_abc\x01def")
+	if code, _, errOut := run(t, "get", "--grpc-addr", "127.0.0.1:1", tryID); code != 1 || !strings.Contains(errOut, "$OTPLESS_EVENTS_API_KEY holds a character other than printable ASCII") {
+		t.Errorf("exit %d, %q; want 1 naming the variable", code, errOut)
 	}
 }
 
