@@ -494,7 +494,9 @@ func (s *Store) checkSpace() error {
 	if err != nil {
 		return fmt.Errorf("%w: a commit failed as the disk is full, and the free space of %s cannot be read: %v", store.ErrUnavailable, dir, err)
 	}
-	return fmt.Errorf("%w: a commit failed as the disk is full, and %s has %d bytes free (ready again at %d, or once a commit succeeds)", store.ErrUnavailable, dir, free, minFree)
+	// In KiB and MiB: the log's masking takes a run of seven digits or
+	// more for a phone number (under minFree, the KiB have five at most).
+	return fmt.Errorf("%w: a commit failed as the disk is full, and %s has %d KiB free (ready again at %d MiB, or once a commit succeeds)", store.ErrUnavailable, dir, free>>10, minFree>>20)
 }
 
 // isFull reports whether err is SQLite's "database or disk is full".

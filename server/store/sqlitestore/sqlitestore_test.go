@@ -20,6 +20,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/server/observe"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
 	"github.com/otpless-events/otpless-events/server/store/storetest"
@@ -493,6 +494,45 @@ func TestFullDiskIsNotReady(t *testing.T) {
 	}
 	if err := s.Ping(ctx); err != nil {
 		t.Fatalf("Ping after a commit succeeded: %v", err)
+	}
+}
+
+// TestFullDiskReadinessKeepsItsFigures: the readiness warning after a
+// commit failed for want of space says how much is free and how much it
+// waits for in figures the log's masking leaves alone (it takes a run of
+// seven digits for a phone number, and wrote "ready again at ******16").
+func TestFullDiskReadinessKeepsItsFigures(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	defer s.Close()
+	sqlitestore.SetFreeBytes(s, func(string) (uint64, error) { return 5<<20 + 123456, nil })
+	big := func(id string) []store.Webhook {
+		return []store.Webhook{webhook(`{"pad":"`+strings.Repeat("x", 64<<10)+`"}`, &eventsv1.Event{EventId: id, RequestId: "r-" + id})}
+	}
+	if _, _, err := s.Commit(ctx, big("e1")); err != nil {
+		t.Fatal(err)
+	}
+	db := sqlitestore.WriterDB(s)
+	var pages int64
+	if err := db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, fmt.Sprintf(`PRAGMA max_page_count = %d`, pages)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(ctx, big("e2")); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Commit past max_page_count: %v, want ErrUnavailable", err)
+	}
+	err := s.Ping(ctx)
+	if err == nil {
+		t.Fatal("Ping after a commit failed for want of space: nil, want an error")
+	}
+	logged := observe.Scrub(err.Error())
+	for _, want := range []string{"5240 KiB free", "16 MiB"} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("Ping's error as the log writes it: %q; want it to say %q", logged, want)
+		}
 	}
 }
 
