@@ -292,11 +292,12 @@ func (w *Writer) commit(ctx context.Context, live []*item) {
 	if w.observe != nil {
 		w.observe(Batch{Webhooks: len(live), Took: time.Since(start), Err: err})
 	}
-	if errors.Is(err, errPanicked) && len(live) > 1 {
-		// One webhook may be what makes the store panic, every time: on
-		// their own, the others are stored, and only it fails (503) until
-		// the bug is fixed, rather than every batch its retries join.
-		w.log.Warn("committing the webhooks of the batch one at a time", "webhooks", len(live))
+	if (errors.Is(err, errPanicked) || errors.Is(err, store.ErrDamaged)) && len(live) > 1 {
+		// One webhook may be what makes the store panic, or what reads a
+		// request's damaged row, every time: on their own, the others are
+		// stored, and only it fails (503) until the bug or the data is
+		// mended, rather than every batch its retries join.
+		w.log.Warn("committing the webhooks of the batch one at a time", "webhooks", len(live), "err", err)
 		for _, it := range live {
 			w.commit(ctx, []*item{it})
 		}

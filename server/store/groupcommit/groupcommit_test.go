@@ -543,10 +543,26 @@ func TestStorePanic(t *testing.T) {
 	}
 }
 
-// A webhook that makes the store panic fails alone: the others of its
-// batch are committed one at a time, each answered with its own result.
+// A webhook that makes the store panic, or that meets stored data that
+// does not decode (its request's row damaged), fails alone: the others of
+// its batch are committed one at a time, each answered with its own
+// result. Else every batch its retries joined failed whole.
 func TestStorePanicIsolatesTheWebhook(t *testing.T) {
 	t.Parallel()
+	for _, fault := range []string{"panic", "damaged"} {
+		t.Run(fault, func(t *testing.T) {
+			t.Parallel()
+			testIsolation(t, func() error {
+				if fault == "panic" {
+					panic("the store's kaboom")
+				}
+				return fmt.Errorf("request r3: %w: decode snapshot", store.ErrDamaged)
+			})
+		})
+	}
+}
+
+func testIsolation(t *testing.T, fail func() error) {
 	const poison = 3
 	g := newGate()
 	fs := &fakeStore{hook: func(ctx context.Context, call int, batch []store.Webhook) error {
@@ -554,7 +570,7 @@ func TestStorePanicIsolatesTheWebhook(t *testing.T) {
 			return err
 		}
 		if slices.ContainsFunc(batch, func(wh store.Webhook) bool { return number(wh) == poison }) {
-			panic("the store's kaboom")
+			return fail()
 		}
 		return nil
 	}}
@@ -573,7 +589,7 @@ func TestStorePanicIsolatesTheWebhook(t *testing.T) {
 		o := recv(t, it.done, "a queued webhook")
 		if n := i + 1; n == poison {
 			if !errors.Is(o.err, store.ErrUnavailable) {
-				t.Errorf("the webhook the store panics on: %v, want ErrUnavailable", o.err)
+				t.Errorf("the webhook the store fails on: %v, want ErrUnavailable", o.err)
 			}
 		} else {
 			wantResult(t, n, o)

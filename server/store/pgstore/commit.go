@@ -313,7 +313,7 @@ func (c *commit) insert(ctx context.Context, tx pgx.Tx, stored map[eventKey]bool
 			_, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
 				e := new(eventsv1.Event)
 				if err := proto.Unmarshal(data, e); err != nil {
-					return fmt.Errorf("decode event of %q: %w", rid, err)
+					return fmt.Errorf("%w: decode event of %q: %w", store.ErrDamaged, rid, err)
 				}
 				all[string(rid)] = append(all[string(rid)], e)
 				return nil

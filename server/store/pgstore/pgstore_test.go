@@ -1598,4 +1598,9 @@ func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
 			t.Errorf("%d error lines naming %s, want 1:\n%s", len(lines), id, logs.String())
 		}
 	}
+	// A commit that meets the damaged event is ErrDamaged, which the writer
+	// takes as the mark of one webhook to commit apart from its batch.
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(9), delivery("r3", "gr3", "SMS", "READ", at(9)))}); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Commit to r3, whose event is damaged: %v, want ErrDamaged", err)
+	}
 }

@@ -375,7 +375,7 @@ func (c *commit) plan(ctx context.Context) error {
 		for n, data := range p.data {
 			e := new(eventsv1.Event)
 			if err := proto.Unmarshal(data, e); err != nil {
-				return fmt.Errorf("decode event %s of %s: %w", p.ids[n], p.requestID, err)
+				return fmt.Errorf("%w: decode event %s of %s: %w", store.ErrDamaged, p.ids[n], p.requestID, err)
 			}
 			p.stored[n] = e
 		}

@@ -536,6 +536,36 @@ func TestFullDiskReadinessKeepsItsFigures(t *testing.T) {
 	}
 }
 
+// TestCommitToDamagedRequest: a commit that meets a request's damaged row
+// fails as store.ErrDamaged, which the writer takes as the mark of one
+// webhook to commit apart from the others of its batch.
+func TestCommitToDamagedRequest(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	defer s.Close()
+	ctx := t.Context()
+	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	// Through a connection of its own, as damage comes: the store's event
+	// cache, which kept r1's events, is dropped when another writes.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `UPDATE requests SET events = X'01' WHERE request_id = 'r1'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e2", eventsv1.EventKind_EVENT_KIND_DELIVERY, "DELIVERED", "SMS", 1))}); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Commit to a request whose events column is damaged: %v, want ErrDamaged", err)
+	}
+	if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r2", "e3", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))}); err != nil {
+		t.Errorf("Commit to another request: %v", err)
+	}
+}
+
 // TestExportOfDamagedData: stored data that cannot be read back (an
 // event that does not decode, a request's events column out of shape)
 // fails the export as what it is, not as store.ErrUnavailable, which told
