@@ -300,8 +300,10 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, st.Message)
 	}
+	// A newer server may answer with fields and enum values this build does
+	// not know, as the API may add them.
 	out := &eventsv1.IngestResponse{}
-	if err := protojson.Unmarshal(answer, out); err != nil {
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%s: answer %q: %w", b.where, answer, err)
 	}
 	if len(out.GetEvents()) == 0 { // a stored body has at least one event

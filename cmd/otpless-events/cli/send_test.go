@@ -116,6 +116,25 @@ func TestSendPrintsNoControlCharacters(t *testing.T) {
 	}
 }
 
+// An answer from a newer server, with a field or an enum value this build
+// does not know (which buf breaking lets the API add), is read for what
+// this build knows: the webhook was stored, and send says so.
+func TestSendReadsANewerServersAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, `{"events":[{"eventId":"e1","requestId":"r1","duplicate":false,"revision":"3","status":"SENT",`+
+			`"kind":"EVENT_KIND_NOT_YET_KNOWN","shard":"b"}],"stored":1,"duplicates":0,"commitTime":"2026-01-02T03:04:05Z"}`)
+	}))
+	defer srv.Close()
+	var out strings.Builder
+	if err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out.String(), "-:1  r1  rev 3  SENT\n"; got != want {
+		t.Errorf("printed %q, want %q", got, want)
+	}
+}
+
 // A body without end is refused once past the bound, rather than held in
 // memory whole (300 MB took 1.7 GB).
 func TestReadStreamBoundsABody(t *testing.T) {
