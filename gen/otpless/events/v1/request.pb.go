@@ -167,8 +167,8 @@ const (
 	WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE WatchMessageType = 2
 	// Nothing changed; the client has everything up to revision.
 	WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT WatchMessageType = 3
-	// The server's maximum watch duration passed and the stream ends now:
-	// reconnect with after_revision = revision.
+	// The server's maximum watch duration passed, or the server is shutting
+	// down, and the stream ends now: reconnect with after_revision = revision.
 	WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT WatchMessageType = 4
 )
 
@@ -1312,7 +1312,7 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x1bWATCH_MESSAGE_TYPE_SNAPSHOT\x10\x01\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_TYPE_UPDATE\x10\x02\x12 \n" +
 	"\x1cWATCH_MESSAGE_TYPE_HEARTBEAT\x10\x03\x12 \n" +
-	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xe0\a\n" +
+	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xba\b\n" +
 	"\x0eRequestService\x12\xd5\x01\n" +
 	"\n" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"z\x92AVJT\n" +
@@ -1322,10 +1322,10 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"\x81\x01\x92AVJT\n" +
 	"\x03404\x12M\n" +
 	"3NOT_FOUND: no event of the request has been stored.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x9c\x02\n" +
-	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"\xb8\x01\x92A\x8d\x01J\x8a\x01\n" +
-	"\x03429\x12\x82\x01\n" +
-	"hRESOURCE_EXHAUSTED: the credential, or the request, has as many watch streams open as the server allows.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\xf6\x02\n" +
+	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"\x92\x02\x92A\xe7\x01J\xe4\x01\n" +
+	"\x03429\x12\xdc\x01\n" +
+	"\xc1\x01RESOURCE_EXHAUSTED: as many watch streams are open as the server allows for the credential, the watch token, the request, or in all; retry after Retry-After (the status's google.rpc.RetryInfo).\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xe1\x01\n" +
 	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"t\x92ABJ@\n" +
 	"\x03413\x129\n" +

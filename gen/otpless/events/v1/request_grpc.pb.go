@@ -47,7 +47,11 @@ type RequestServiceClient interface {
 	// message per change, heartbeats while quiet, and it ends with OK after
 	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
 	// revision, after one HEARTBEAT) or, when the server's maximum watch
-	// duration passes, after a RECONNECT message.
+	// duration passes or the server shuts down, after a RECONNECT message.
+	// Errors: RESOURCE_EXHAUSTED, with a google.rpc.RetryInfo saying when to
+	// try again, when as many watch streams are open as the server allows for
+	// the credential, the watch token, the request, or in all; UNAVAILABLE
+	// while the server shuts down or its store cannot be read.
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
 	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
@@ -136,7 +140,11 @@ type RequestServiceServer interface {
 	// message per change, heartbeats while quiet, and it ends with OK after
 	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
 	// revision, after one HEARTBEAT) or, when the server's maximum watch
-	// duration passes, after a RECONNECT message.
+	// duration passes or the server shuts down, after a RECONNECT message.
+	// Errors: RESOURCE_EXHAUSTED, with a google.rpc.RetryInfo saying when to
+	// try again, when as many watch streams are open as the server allows for
+	// the credential, the watch token, the request, or in all; UNAVAILABLE
+	// while the server shuts down or its store cannot be read.
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
 	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
