@@ -35,8 +35,9 @@ type WebhookServiceClient interface {
 	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable, or
 	// something no OTPLESS body holds (a timestamp that is not a time or is
 	// more than a day ahead, more than 64 auth channels, a text over 4 KiB);
-	// UNAVAILABLE when the write queue is full or the store is failing, so
-	// that OTPLESS retries.
+	// RESOURCE_EXHAUSTED when the message, or its JSON (the form the body is
+	// kept in), is larger than the server takes; UNAVAILABLE when the write
+	// queue is full or the store is failing, so that OTPLESS retries.
 	Ingest(ctx context.Context, in *IngestRequest, opts ...grpc.CallOption) (*IngestResponse, error)
 }
 
@@ -71,8 +72,9 @@ type WebhookServiceServer interface {
 	// Errors: INVALID_ARGUMENT when the body holds nothing recognisable, or
 	// something no OTPLESS body holds (a timestamp that is not a time or is
 	// more than a day ahead, more than 64 auth channels, a text over 4 KiB);
-	// UNAVAILABLE when the write queue is full or the store is failing, so
-	// that OTPLESS retries.
+	// RESOURCE_EXHAUSTED when the message, or its JSON (the form the body is
+	// kept in), is larger than the server takes; UNAVAILABLE when the write
+	// queue is full or the store is failing, so that OTPLESS retries.
 	Ingest(context.Context, *IngestRequest) (*IngestResponse, error)
 	mustEmbedUnimplementedWebhookServiceServer()
 }
