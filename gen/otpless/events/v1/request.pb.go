@@ -913,7 +913,8 @@ func (x *ListRequestEventsRequest) GetPageToken() string {
 // ListRequestEventsResponse is one page of events.
 type ListRequestEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Events in event-time order (then event id), with raw_body set.
+	// Events in event-time order (then event id), with raw_body set for a
+	// caller that may read personal data, until retention purges it.
 	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`

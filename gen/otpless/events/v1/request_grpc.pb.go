@@ -35,11 +35,12 @@ type RequestServiceClient interface {
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*GetRequestResponse, error)
 	// ListRequestEvents returns a request's normalized events in event-time
-	// order, each with the raw body it came from, a page at a time. Pages are
-	// read as they are asked for, not from one snapshot: an event stored
-	// meanwhile with an earlier time than the page reached is on a page
-	// already read. Compare the count with the request's event_count, or
-	// follow it with WatchRequest.
+	// order, each with the raw body it came from for a caller that may read
+	// personal data (read_pii), a page at a time. Pages are read as they are
+	// asked for, not from one snapshot: an event stored meanwhile with an
+	// earlier time than the page reached is on a page already read. Compare
+	// the count with the request's event_count, or follow it with
+	// WatchRequest.
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	ListRequestEvents(ctx context.Context, in *ListRequestEventsRequest, opts ...grpc.CallOption) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
@@ -128,11 +129,12 @@ type RequestServiceServer interface {
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	GetRequest(context.Context, *GetRequestRequest) (*GetRequestResponse, error)
 	// ListRequestEvents returns a request's normalized events in event-time
-	// order, each with the raw body it came from, a page at a time. Pages are
-	// read as they are asked for, not from one snapshot: an event stored
-	// meanwhile with an earlier time than the page reached is on a page
-	// already read. Compare the count with the request's event_count, or
-	// follow it with WatchRequest.
+	// order, each with the raw body it came from for a caller that may read
+	// personal data (read_pii), a page at a time. Pages are read as they are
+	// asked for, not from one snapshot: an event stored meanwhile with an
+	// earlier time than the page reached is on a page already read. Compare
+	// the count with the request's event_count, or follow it with
+	// WatchRequest.
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	ListRequestEvents(context.Context, *ListRequestEventsRequest) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
