@@ -372,7 +372,8 @@ type Event struct {
 	FromChannel string `protobuf:"bytes,6,opt,name=from_channel,json=fromChannel,proto3" json:"from_channel,omitempty"`
 	// FALLBACK: the channel tried next.
 	ToChannel string `protobuf:"bytes,7,opt,name=to_channel,json=toChannel,proto3" json:"to_channel,omitempty"`
-	// The address a delivery report is about.
+	// The address a delivery report is about. Personal data: empty for a
+	// caller without read_pii, and once retention purged it.
 	Identity string `protobuf:"bytes,8,opt,name=identity,proto3" json:"identity,omitempty"`
 	// FAILED deliveries: what went wrong.
 	Error *ErrorInfo `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
@@ -380,7 +381,9 @@ type Event struct {
 	AuthMethod string `protobuf:"bytes,10,opt,name=auth_method,json=authMethod,proto3" json:"auth_method,omitempty"`
 	// INITIATED and SUCCESS: the channels named, "/"-joined values split.
 	AuthChannels []string `protobuf:"bytes,11,rep,name=auth_channels,json=authChannels,proto3" json:"auth_channels,omitempty"`
-	// Phone details, when the body carries them.
+	// Phone details, when the body carries them. This and the next two are
+	// personal data: unset for a caller without read_pii, and once retention
+	// purged them.
 	Phone *PhoneDetails `protobuf:"bytes,12,opt,name=phone,proto3" json:"phone,omitempty"`
 	// Email address, when the body carries one.
 	Email string `protobuf:"bytes,13,opt,name=email,proto3" json:"email,omitempty"`

@@ -294,6 +294,8 @@ type ChannelProgress struct {
 	// What the earliest FAILED report said.
 	Error *ErrorInfo `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	// The address delivered to, as the latest report carrying one said.
+	// Personal data: empty for a caller without read_pii, and once retention
+	// purged it.
 	Identity      string `protobuf:"bytes,9,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -559,7 +561,9 @@ type AuthRequest struct {
 	AuthMethod string `protobuf:"bytes,10,opt,name=auth_method,json=authMethod,proto3" json:"auth_method,omitempty"`
 	// The channels named by auth events.
 	AuthChannels []string `protobuf:"bytes,11,rep,name=auth_channels,json=authChannels,proto3" json:"auth_channels,omitempty"`
-	// The phone being authenticated.
+	// The phone being authenticated. This and the next two are personal
+	// data: unset for a caller without read_pii, and once retention purged
+	// them.
 	Phone *PhoneDetails `protobuf:"bytes,12,opt,name=phone,proto3" json:"phone,omitempty"`
 	// The email address being authenticated.
 	Email string `protobuf:"bytes,13,opt,name=email,proto3" json:"email,omitempty"`
