@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -250,9 +251,16 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		if msg == nil {
 			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}
 		}
-		for _, e := range c.EventsAfter(last) {
-			msg.Events = append(msg.Events, e)
+		events := c.EventsAfter(last)
+		for _, e := range events {
 			size += proto.Size(e)
+		}
+		if msg.Events == nil {
+			// Shared with the other watchers: clipped, so that the append
+			// of a later change copies it rather than writing past it.
+			msg.Events = slices.Clip(events)
+		} else {
+			msg.Events = append(msg.Events, events...)
 		}
 		msg.Request = c.Request
 		msg.Revision = c.Request.GetRevision()

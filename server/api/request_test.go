@@ -114,6 +114,29 @@ func TestUpdateSendsOnlyEventsAfterTheWatchersRevision(t *testing.T) {
 	}
 }
 
+// An update's events start as the first change's, which other watchers
+// share: the events of the changes after it go into a copy, never into
+// room left in the shared slice.
+func TestUpdateLeavesSharedEventsAlone(t *testing.T) {
+	t.Parallel()
+	ev := func(id string) *eventsv1.Event { return &eventsv1.Event{RequestId: "r", EventId: id} }
+	shared := append(make([]*eventsv1.Event, 0, 4), ev("e2"))
+	b := broker.New(0)
+	sub := b.Subscribe("r")
+	b.Publish([]store.Change{
+		{Request: &eventsv1.AuthRequest{RequestId: "r", Revision: 2}, Events: shared},
+		{Request: &eventsv1.AuthRequest{RequestId: "r", Revision: 3}, Events: []*eventsv1.Event{ev("e3")}},
+	})
+	msg := update(sub, 1)
+	sub.Close()
+	if got := len(msg.GetEvents()); got != 2 {
+		t.Fatalf("update has %d events, want 2", got)
+	}
+	if spare := shared[:2][1]; spare != nil {
+		t.Errorf("update wrote %s into the shared events' spare room", spare.GetEventId())
+	}
+}
+
 // A retention refold is an UPDATE without events to a watcher at the
 // revision before it, and after the commit of that revision; published
 // before that commit (which it can be: the purge and the commit publish
