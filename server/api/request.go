@@ -139,12 +139,14 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 	defer release()
 	send := stream.Send
 	if !auth.MaySeePII(ctx) {
+		// The messages sent are this call's own, their request and events
+		// shared: masking replaces those in them.
 		send = func(m *eventsv1.WatchRequestResponse) error {
-			r := &eventsv1.WatchRequestResponse{Type: m.Type, Revision: m.Revision, Request: pii.Request(m.Request)}
+			m.Request = pii.Request(m.Request)
 			if len(m.Events) > 0 {
-				r.Events = pii.Events(m.Events)
+				m.Events = pii.Events(m.Events)
 			}
-			return stream.Send(r)
+			return stream.Send(m)
 		}
 	}
 	sub := s.broker.Subscribe(id)
