@@ -28,8 +28,9 @@ import (
 // and RawBody left empty. The format is chosen by the first field set of
 // notificationType (v1 system), eventType (v2) and status (v1 delivery); a
 // body with none of them is ErrUnrecognized, and one naming a request id
-// that CheckRequestID refuses is ErrInvalidBody. The events share no memory
-// with req.
+// that CheckRequestID refuses is ErrInvalidBody. The events share no message
+// with req; they share the strings they take whole from it (a string cannot
+// change, and a copy kept no less), but not the part of one that they keep.
 func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event, error) {
 	format, events, err := build(req)
 	if err != nil {
@@ -200,21 +201,21 @@ func v2Events(req *eventsv1.IngestRequest) ([]*eventsv1.Event, error) {
 			return nil, err
 		}
 		events = append(events, &eventsv1.Event{
-			RequestId:     strings.Clone(g.requestID),
+			RequestId:     g.requestID,
 			Kind:          kind,
 			Status:        status,
 			Channel:       norm(d.GetChannel()),
 			FromChannel:   norm(d.GetFromChannel()),
 			ToChannel:     norm(d.GetToChannel()),
-			Identity:      strings.Clone(d.GetIdentity()),
+			Identity:      d.GetIdentity(),
 			Error:         ErrorInfo(d.GetErrorCode(), d.GetErrorMessage()),
 			AuthMethod:    g.method(),
 			AuthChannels:  channels,
 			Phone:         phoneDetails(g.phone.GetPhoneNumber(), g.phone.GetCountryCode()),
-			Email:         strings.Clone(g.email.GetEmail()),
-			Token:         strings.Clone(d.GetToken()),
-			AuthSessionId: strings.Clone(d.GetAuthSessionId()),
-			TraceId:       strings.Clone(d.GetTraceId()),
+			Email:         g.email.GetEmail(),
+			Token:         d.GetToken(),
+			AuthSessionId: d.GetAuthSessionId(),
+			TraceId:       d.GetTraceId(),
 		})
 	}
 	return events, nil
@@ -299,11 +300,11 @@ func (g authGroup) channels() ([]string, error) {
 func v1DeliveryEvent(req *eventsv1.IngestRequest) *eventsv1.Event {
 	d := req.GetData()
 	return &eventsv1.Event{
-		RequestId: strings.Clone(d.GetReferenceId()),
+		RequestId: d.GetReferenceId(),
 		Kind:      eventsv1.EventKind_EVENT_KIND_DELIVERY,
 		Status:    norm(req.GetStatus()),
 		Channel:   norm(d.GetChannel()),
-		Identity:  strings.Clone(d.GetIdentity()),
+		Identity:  d.GetIdentity(),
 		Error:     ErrorInfo(d.GetErrorCode(), d.GetErrorMessage()),
 	}
 }
@@ -314,8 +315,8 @@ func v1DeliveryEvent(req *eventsv1.IngestRequest) *eventsv1.Event {
 // notificationType as status. Token and mobile are kept whenever sent.
 func v1SystemEvent(req *eventsv1.IngestRequest) *eventsv1.Event {
 	e := &eventsv1.Event{
-		RequestId: strings.Clone(req.GetRequestId()),
-		Token:     strings.Clone(req.GetToken()),
+		RequestId: req.GetRequestId(),
+		Token:     req.GetToken(),
 		Phone:     phoneDetails(req.GetMobile().GetNumber(), ""),
 	}
 	switch nt := norm(req.GetNotificationType()); nt {
@@ -347,8 +348,8 @@ func phoneDetails(number, countryCode string) *eventsv1.PhoneDetails {
 		return nil
 	}
 	return &eventsv1.PhoneDetails{
-		PhoneNumber: strings.Clone(number),
-		CountryCode: strings.Clone(countryCode),
+		PhoneNumber: number,
+		CountryCode: countryCode,
 	}
 }
 
