@@ -198,9 +198,10 @@ func (c *commit) run(ctx context.Context) error {
 
 	// Which first occurrences are new; the webhooks that bring one get ids.
 	var (
-		webhookArgs, eventArgs []any
-		latest                 time.Time
-		requestIDs             []string // of one webhook's new events
+		webhookArgs = make([]any, 0, 4*len(c.batch))
+		eventArgs   []any
+		latest      time.Time
+		requestIDs  []string // of one webhook's new events
 	)
 	for i, wh := range c.batch {
 		if wh.Received.After(latest) {
@@ -443,7 +444,8 @@ func (c *commit) storedWithoutRequest(ctx context.Context, ids []string) (map[st
 // fold writes the new snapshot of every touched request and makes the
 // changes, in order.
 func (c *commit) fold(ctx context.Context, updated time.Time) error {
-	var args []any
+	args := make([]any, 0, 5*len(c.order))
+	c.changes = make([]store.Change, 0, len(c.order))
 	for _, p := range c.order {
 		if !p.touched() {
 			continue
