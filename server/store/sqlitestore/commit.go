@@ -165,7 +165,6 @@ type pending struct {
 	added     int               // how many of the batch's events are new
 	events    []*eventsv1.Event // the new ones, in batch order
 	entries   []byte            // the new ones as stored
-	encoded   [][]byte          // their data, when cacheable
 	cacheable bool              // to be cached if the commit succeeds and the request is not done
 	terminal  bool              // the new snapshot is terminal
 }
@@ -231,9 +230,6 @@ func (c *commit) run(ctx context.Context) error {
 			}
 			p.events = append(p.events, e)
 			p.entries = appendEntry(p.entries, entry{webhookID, store.EventTimeMillis(e), e.GetEventId(), data})
-			if p.cacheable {
-				p.encoded = append(p.encoded, data)
-			}
 		}
 		if isNew {
 			maxID = webhookID
@@ -473,7 +469,6 @@ func (c *commit) fold(ctx context.Context, updated time.Time) error {
 // few events follow.
 func (c *commit) updateCache() {
 	cache := c.s.cache
-next:
 	for _, p := range c.order {
 		if !p.touched() {
 			continue // unchanged
@@ -482,15 +477,12 @@ next:
 			cache.remove(p.requestID)
 			continue
 		}
-		events := slices.Grow(slices.Clip(p.stored), len(p.encoded))
-		for _, data := range p.encoded {
-			// The cache's own copy, as it reads back from the file.
-			e := new(eventsv1.Event)
-			if err := proto.Unmarshal(data, e); err != nil {
-				cache.remove(p.requestID) // not expected: it was just encoded
-				continue next
-			}
-			events = append(events, e)
+		events := slices.Grow(slices.Clip(p.stored), len(p.events))
+		for _, e := range p.events {
+			// The cache's own copy, equal to what it reads back from the
+			// file (the event was encoded whole, without its raw body); a
+			// clone, which shares the strings, rather than decoding it.
+			events = append(events, proto.CloneOf(e))
 		}
 		cache.put(p.requestID, p.revision, events)
 	}
