@@ -498,9 +498,9 @@ func TestShutdownWithDatabaseSilent(t *testing.T) {
 // again or stay silent for good (a failover behind the same address), the
 // replica recovers by itself, and its watchers get what the other replica
 // committed meanwhile, each event once: also after a partition too short
-// for the relay to find its listening connection silent (within 5 s: the
-// server's Resync), and for a request whose changes this replica had
-// passed on nothing of.
+// for the relay to find its listening connection silent (the server's
+// Resync), and for a request whose changes this replica had passed on
+// nothing of.
 func TestPostgresPartition(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -528,6 +528,11 @@ func testPartition(t *testing.T, heal func(*pgtest.Proxy)) {
 	cut := startServer(t, func(c *server.Config) {
 		c.Store = pgtest.WithAddr(t, dsn, proxy.Addr())
 		c.HealthInterval = 50 * time.Millisecond
+		// The relay's own ping would find a listening connection left
+		// silent only after a minute of quiet, and a minute more: a
+		// watcher that catches up before then was brought by the server's
+		// Resync.
+		server.SetRelayPing(c, time.Minute)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -544,15 +549,11 @@ func testPartition(t *testing.T, heal func(*pgtest.Proxy)) {
 	heal(proxy)
 	healed := time.Now()
 	awaitHealth(t, cut, healthpb.HealthCheckResponse_SERVING)
+	// Within until's 20 s, long before the relay's own ping gives up a
+	// listening connection left silent: the server asks it to re-read once
+	// its store answers again.
 	q.until(t, 2)
-	caughtUp := time.Since(healed)
-	t.Logf("after a short partition, the watcher of %s caught up %s after it healed", quiet, caughtUp.Round(time.Millisecond))
-	// Before the relay's own ping (after 5 s of quiet, then 5 s more) gives
-	// up a listening connection left silent: the server asks it to re-read
-	// once its store answers again.
-	if caughtUp > 5*time.Second {
-		t.Errorf("the watcher caught up %s after the partition healed, want within 5 s", caughtUp.Round(time.Millisecond))
-	}
+	t.Logf("after a short partition, the watcher of %s caught up %s after it healed", quiet, time.Since(healed).Round(time.Millisecond))
 
 	// A long one: the replica's calls run out of time meanwhile.
 	proxy.Freeze()

@@ -104,6 +104,10 @@ type Config struct {
 	// Logger receives the server's logs, personal data masked; nil discards
 	// them.
 	Logger *slog.Logger
+
+	// relayPing, set by tests, is the PostgreSQL relay's Options.Ping (zero:
+	// its default).
+	relayPing time.Duration
 }
 
 // MaxMaxBodyBytes bounds MaxBodyBytes: the gRPC message limits are sized
@@ -339,7 +343,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if pg, ok := s.store.(*pgstore.Store); ok {
 		// Replicas share the database: watchers here follow every
 		// replica's commits, this one's included, through the relay.
-		s.relay = pgnotify.New(pg, s.broker, pgnotify.Options{Logger: log})
+		s.relay = pgnotify.New(pg, s.broker, pgnotify.Options{Logger: log, Ping: cfg.relayPing})
 		publish = s.relay.OnCommit
 	}
 	if p, ok := s.store.(store.Purger); ok {
