@@ -714,14 +714,6 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 	}
 }
 
-// fakeStream is a ServerStream from a peer address.
-type fakeStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (f fakeStream) Context() context.Context { return f.ctx }
-
 // A Check needs no credential either, and its client need never send its
 // request message: such calls count against the same bound, and a place is
 // free again once one ends.
