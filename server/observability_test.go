@@ -589,6 +589,15 @@ func TestRequestLogs(t *testing.T) {
 	if len(refused) != 1 {
 		t.Errorf("%d lines for the refused webhook with its OTPLESS ids, want 1:\n%s", len(refused), s.logs)
 	}
+	// So does one refused as it does not decode (a field of the wrong
+	// type), once, with its reason.
+	mistyped := strings.Replace(dlrBody("log-req", "READ", 1764153000500), `"identity":"`+phone+`"`, `"identity":919812345678`, 1)
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", mistyped, observe.RequestIDHeader, "hook-4"); code != http.StatusBadRequest {
+		t.Fatalf("POST of a webhook with a number for its identity: %d %s", code, body)
+	}
+	if n := len(s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "hook-4", "status": float64(400), "otpless_request_id": "log-req", "otpless_trace_id": "tr_ops", "reason": "invalid_body"})); n != 1 {
+		t.Errorf("%d lines for the webhook that does not decode with its OTPLESS ids and reason, want 1:\n%s", n, s.logs)
+	}
 	req, err := normalize.Decode([]byte(ahead))
 	if err != nil {
 		t.Fatal(err)

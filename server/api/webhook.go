@@ -112,6 +112,12 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 	return resp, nil
 }
 
+// Refused records a webhook whose body did not decode (err, from
+// normalize.Decode): a rejection, named by the ids the body has.
+func (s *WebhookServer) Refused(ctx context.Context, body []byte, err error) {
+	s.observe(ctx, []*eventsv1.Event{normalize.NamedBody(body)}, store.Result{}, err)
+}
+
 func (s *WebhookServer) observe(ctx context.Context, events []*eventsv1.Event, res store.Result, err error) {
 	if s.observer != nil {
 		s.observer.ObserveIngest(ctx, events, res, err)

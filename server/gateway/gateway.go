@@ -508,6 +508,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	body = bytes.TrimPrefix(body, utf8BOM) // which RFC 8259 lets a reader ignore; after the signature, which covers it
 	req, err := normalize.Decode(body)
 	if err != nil {
+		h.ingest.Refused(ctx, body, err)
 		errorHandler(ctx, h.mux, out, w, r, api.Status(err))
 		return
 	}

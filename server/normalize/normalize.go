@@ -9,6 +9,7 @@
 package normalize
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -378,6 +379,51 @@ func Named(req *eventsv1.IngestRequest) *eventsv1.Event {
 	}
 	if id := events[0].GetTraceId(); CheckRequestID(id) == nil {
 		named.TraceId = id
+	}
+	return named
+}
+
+// NamedBody is Named for a body that Decode refused: the request and trace
+// ids where the body has them, by the format its first field set names (as
+// Events chooses), read leniently (a field of the wrong type, elsewhere or
+// one of them, leaves the others), for the log line of its refusal. A body
+// that is not JSON names none.
+func NamedBody(body []byte) *eventsv1.Event {
+	type entry struct {
+		RequestID string `json:"requestId"`
+	}
+	var b struct {
+		NotificationType, EventType, Status json.RawMessage
+		RequestID                           string `json:"requestId"`
+		Data                                struct {
+			RequestID             string `json:"requestId"`
+			ReferenceID           string `json:"referenceId"`
+			TraceID               string `json:"traceId"`
+			AuthenticationDetails struct {
+				Phone, Email entry
+			} `json:"authenticationDetails"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(body, &b) // fills what it can before and after a type error
+	var ids []string
+	named := &eventsv1.Event{}
+	switch {
+	case b.NotificationType != nil:
+		ids = []string{b.RequestID}
+	case b.EventType != nil:
+		d := b.Data
+		ids = []string{d.AuthenticationDetails.Phone.RequestID, d.AuthenticationDetails.Email.RequestID, d.RequestID}
+		if CheckRequestID(d.TraceID) == nil {
+			named.TraceId = d.TraceID
+		}
+	case b.Status != nil:
+		ids = []string{b.Data.ReferenceID}
+	}
+	for _, id := range ids {
+		if id != "" && CheckRequestID(id) == nil {
+			named.RequestId = id
+			break
+		}
 	}
 	return named
 }

@@ -608,6 +608,9 @@ func TestNamed(t *testing.T) {
 		if got.GetRequestId() != events[0].GetRequestId() || got.GetTraceId() != events[0].GetTraceId() {
 			t.Errorf("%s: Named = %q, %q; want the first event's %q, %q", f.Name, got.GetRequestId(), got.GetTraceId(), events[0].GetRequestId(), events[0].GetTraceId())
 		}
+		if byBody := normalize.NamedBody(f.Body); !proto.Equal(byBody, got) {
+			t.Errorf("%s: NamedBody = %v; want Named's %v", f.Name, byBody, got)
+		}
 	}
 	for _, tc := range []struct {
 		name, body, requestID, traceID string
@@ -628,6 +631,31 @@ func TestNamed(t *testing.T) {
 		}
 		if got := normalize.Named(req); got.GetRequestId() != tc.requestID || got.GetTraceId() != tc.traceID {
 			t.Errorf("%s: Named = %q, %q; want %q, %q", tc.name, got.GetRequestId(), got.GetTraceId(), tc.requestID, tc.traceID)
+		}
+		if got := normalize.NamedBody([]byte(tc.body)); got.GetRequestId() != tc.requestID || got.GetTraceId() != tc.traceID {
+			t.Errorf("%s: NamedBody = %q, %q; want %q, %q", tc.name, got.GetRequestId(), got.GetTraceId(), tc.requestID, tc.traceID)
+		}
+	}
+}
+
+// A body Decode refuses is named by the ids it has, read around the field
+// of the wrong type; one that is not JSON by none.
+func TestNamedBody(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, body, requestID, traceID string
+	}{
+		{"v2, identity a number", `{"eventType":"DLR","data":{"requestId":"r1","traceId":"t1","status":"SENT","identity":919812345678}}`, "r1", "t1"},
+		{"v2, its request id a number", `{"eventType":"DLR","data":{"requestId":12,"traceId":"t1","status":"SENT"}}`, "", "t1"},
+		{"v1 delivery, channel an object", `{"status":"DELIVERED","data":{"referenceId":"r3","channel":{}}}`, "r3", ""},
+		{"v1 system, mobile a string", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","mobile":"98"}`, "r4", ""},
+		{"not JSON", `{"eventType":"DLR","data":{"requestId":"r5"`, "", ""},
+	} {
+		if _, err := normalize.Decode([]byte(tc.body)); !errors.Is(err, normalize.ErrInvalidBody) {
+			t.Fatalf("%s: Decode %v, want ErrInvalidBody", tc.name, err)
+		}
+		if got := normalize.NamedBody([]byte(tc.body)); got.GetRequestId() != tc.requestID || got.GetTraceId() != tc.traceID {
+			t.Errorf("%s: NamedBody = %q, %q; want %q, %q", tc.name, got.GetRequestId(), got.GetTraceId(), tc.requestID, tc.traceID)
 		}
 	}
 }
