@@ -67,8 +67,8 @@ func CheckBatch(batch []Webhook) error {
 
 // MapErr classifies a driver error against the caller's ctx: ctx's error
 // when it is done (drivers report an interrupted statement), err itself
-// when it says stored data is damaged (ErrDamaged, which no retry mends),
-// else ErrUnavailable with the cause.
+// when it says stored data is damaged (ErrDamaged, which no retry mends) or
+// is ErrUnavailable already, else ErrUnavailable with the cause.
 func MapErr(ctx context.Context, err error) error {
 	if errors.Is(err, ErrDamaged) {
 		return err
@@ -78,6 +78,9 @@ func MapErr(ctx context.Context, err error) error {
 			return err
 		}
 		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return err
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }

@@ -55,6 +55,9 @@ func TestMapErr(t *testing.T) {
 	if err := store.MapErr(t.Context(), damaged); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("MapErr(damaged data) = %v, want ErrDamaged, not ErrUnavailable", err)
 	}
+	if said := fmt.Errorf("%w: the file was replaced", store.ErrUnavailable); store.MapErr(t.Context(), said) != said {
+		t.Errorf("MapErr(an ErrUnavailable) = %v, want it as it is", store.MapErr(t.Context(), said))
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if err := store.MapErr(ctx, driver); !errors.Is(err, context.Canceled) || errors.Is(err, store.ErrUnavailable) {

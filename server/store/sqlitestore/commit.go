@@ -52,9 +52,6 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if len(batch) == 0 {
 		return nil, nil, nil
 	}
-	if err := s.checkFile(); err != nil {
-		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
-	}
 	if err := s.lockWriter(ctx); err != nil {
 		return nil, nil, fmt.Errorf("sqlitestore: %s: %w", op, err)
 	}
@@ -117,14 +114,20 @@ func rollbackOnPanic(s *Store, tx *sql.Tx) {
 }
 
 // lockWriter takes the writer lock, which every write transaction and every
-// use of the event cache holds.
+// use of the event cache holds, once the database file and its log are still
+// the ones opened (checkFile; else it is not taken): what a write would put
+// in a file removed or replaced, while it waited too, would reach no one.
 func (s *Store) lockWriter(ctx context.Context) error {
 	select {
 	case s.writer <- struct{}{}:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if err := s.checkFile(); err != nil {
+		s.unlockWriter()
+		return err
+	}
+	return nil
 }
 
 func (s *Store) unlockWriter() { <-s.writer }

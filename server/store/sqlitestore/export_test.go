@@ -17,6 +17,13 @@ func CachedRequests(s *Store) int {
 	return s.cache.len()
 }
 
+// HoldWriter takes the writer lock, as a commit in progress holds it, until
+// release is called.
+func HoldWriter(s *Store) (release func()) {
+	s.writer <- struct{}{}
+	return func() { <-s.writer }
+}
+
 // WriterDB is the writer connection.
 func WriterDB(s *Store) *sql.DB { return s.w }
 

@@ -370,6 +370,34 @@ func TestFileRemovedOrReplaced(t *testing.T) {
 	}
 }
 
+// TestFileReplacedWhileWaiting: a commit that waits for the writer lock
+// (a purge's chunk holds it) while the file is replaced is refused when it
+// gets the lock, rather than stored into the file no one reads: the check
+// is made with the lock held.
+func TestFileReplacedWhileWaiting(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.db")
+	s := open(t, path)
+	defer s.Close()
+	release := sqlitestore.HoldWriter(s)
+	waiting := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		close(waiting)
+		_, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0))})
+		done <- err
+	}()
+	<-waiting
+	if err := os.Rename(path, filepath.Join(dir, "moved.db")); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-done; !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Commit that waited while the file was replaced: %v, want ErrUnavailable", err)
+	}
+}
+
 // TestProcessLock: with WithProcessLock, a second Store on the file (a
 // second server process) is refused until the first closes.
 func TestProcessLock(t *testing.T) {
