@@ -48,25 +48,22 @@ func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
 
 // apiKey is the credential to send: --api-key-file, else $OTPLESS_EVENTS_API_KEY.
 func (f *clientFlags) apiKey() (string, error) {
-	if f.apiKeyFile == "" {
-		key := strings.TrimSpace(os.Getenv(envAPIKey))
-		if !headerSafe(key) {
-			return "", fmt.Errorf("API key: $%s holds a character other than printable ASCII, which no Authorization header can carry", envAPIKey)
+	key, from := strings.TrimSpace(os.Getenv(envAPIKey)), "$"+envAPIKey
+	if f.apiKeyFile != "" {
+		b, err := os.ReadFile(f.apiKeyFile)
+		if err != nil {
+			return "", fmt.Errorf("API key: %w", err)
 		}
-		return key, nil
+		key, from = strings.TrimSpace(string(b)), f.apiKeyFile
+		switch {
+		case key == "":
+			return "", fmt.Errorf("API key: %s is empty", from)
+		case strings.ContainsAny(key, "\r\n"):
+			return "", fmt.Errorf("API key: %s holds more than one line; it must hold the key alone (of apikey's output, what follows \"key:\")", from)
+		}
 	}
-	b, err := os.ReadFile(f.apiKeyFile)
-	if err != nil {
-		return "", fmt.Errorf("API key: %w", err)
-	}
-	key := strings.TrimSpace(string(b))
-	switch {
-	case key == "":
-		return "", fmt.Errorf("API key: %s is empty", f.apiKeyFile)
-	case strings.ContainsAny(key, "\r\n"):
-		return "", fmt.Errorf("API key: %s holds more than one line; it must hold the key alone (of apikey's output, what follows \"key:\")", f.apiKeyFile)
-	case !headerSafe(key):
-		return "", fmt.Errorf("API key: %s holds a character other than printable ASCII, which no Authorization header can carry", f.apiKeyFile)
+	if !headerSafe(key) {
+		return "", fmt.Errorf("API key: %s holds a character other than printable ASCII, which no Authorization header can carry", from)
 	}
 	return key, nil
 }
