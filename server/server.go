@@ -454,6 +454,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		SSEHeartbeat: cfg.WatchHeartbeat,
 		Watch:        s.watchInProcess(requests, sec.stream),
 		Streams:      &s.streams,
+		Panicked:     s.obs.WatchPanicked,
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {

@@ -30,6 +30,7 @@ func frontend(mux *runtime.ServeMux, next http.Handler, cors corsPolicy, opts Op
 		heartbeat: heartbeat,
 		streams:   opts.Streams,
 		log:       log,
+		panicked:  opts.Panicked,
 
 		writeTimeout: StreamWriteTimeout,
 	}

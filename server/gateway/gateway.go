@@ -94,7 +94,11 @@ type Options struct {
 	// goroutine, and Streams.Shutdown waits for it. Nil keeps each stream
 	// on its handler's goroutine.
 	Streams *Streams
-	Logger  *slog.Logger
+	// Panicked, when set, is told of each panic a watch stream's own
+	// goroutine recovers: one outside the interceptors Watch runs
+	// through, which would otherwise be logged but not counted.
+	Panicked func()
+	Logger   *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are

@@ -68,6 +68,7 @@ type watchHandler struct {
 	heartbeat time.Duration
 	streams   *Streams
 	log       *slog.Logger
+	panicked  func() // Options.Panicked; may be nil
 	// writeTimeout is StreamWriteTimeout but in tests.
 	writeTimeout time.Duration
 }
@@ -317,12 +318,15 @@ func noContent(w http.ResponseWriter) {
 
 // runWatch runs h.watch. It is the bottom of the watch's goroutine, so it
 // recovers a panic (as the HTTP middleware does for handlers) into an
-// internal error, and logs it.
+// internal error, logs it, and tells h.panicked.
 func (h *watchHandler) runWatch(ctx context.Context, req *eventsv1.WatchRequestRequest, send func(*eventsv1.WatchRequestResponse) error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			h.log.LogAttrs(ctx, slog.LevelError, "event stream panicked", slog.String("otpless_request_id", req.GetRequestId()),
 				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			if h.panicked != nil {
+				h.panicked()
+			}
 			err = status.Error(codes.Internal, "internal error")
 		}
 	}()

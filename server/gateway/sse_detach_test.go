@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,9 +147,11 @@ func TestStreamsShutdown(t *testing.T) {
 }
 
 // A watch that panics ends as an internal error, before its first message
-// (500) as after it (an "error" event), and the gateway serves on.
+// (500) as after it (an "error" event), the gateway serves on, and each
+// panic is told to Options.Panicked (the server counts them).
 func TestSSEWatchPanicIsInternalError(t *testing.T) {
 	t.Parallel()
+	var panics atomic.Int32
 	url := startGateway(t, func(req *eventsv1.WatchRequestRequest, s grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
 		if req.GetRequestId() == "late" {
 			if err := s.Send(msg(eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, 0, 0)); err != nil {
@@ -156,7 +159,7 @@ func TestSSEWatchPanicIsInternalError(t *testing.T) {
 			}
 		}
 		panic("watch bug")
-	}, gateway.Options{Streams: &gateway.Streams{}})
+	}, gateway.Options{Streams: &gateway.Streams{}, Panicked: func() { panics.Add(1) }})
 	for range 2 {
 		st := openSSE(t, testContext(t), url+"/v1/requests/early:watch", nil)
 		body, _ := io.ReadAll(st.resp.Body)
@@ -168,6 +171,9 @@ func TestSSEWatchPanicIsInternalError(t *testing.T) {
 	st.nextEvent(t)
 	if ev := st.nextEvent(t); ev.Event != "error" || !strings.Contains(ev.Data, `"code":13`) {
 		t.Fatalf("panic after the first message: %+v, want an internal error event", ev)
+	}
+	if n := panics.Load(); n != 3 {
+		t.Errorf("Panicked told of %d panics, want 3", n)
 	}
 }
 

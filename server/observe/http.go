@@ -57,6 +57,11 @@ func (o *Observer) HTTP(next http.Handler) http.Handler {
 	})
 }
 
+// WatchPanicked counts, under transport http, a panic an HTTP watch
+// stream's own goroutine recovered (gateway.Options.Panicked): it runs
+// after its handler has left this middleware, outside any interceptor.
+func (o *Observer) WatchPanicked() { o.panics.WithLabelValues(transportHTTP).Inc() }
+
 func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, start time.Time, panicked any, stack []byte) {
 	took := time.Since(start)
 	code := rw.code()
