@@ -8,7 +8,8 @@ import (
 
 // The webhook URL printed on a first start works from this machine's shell:
 // for a listener on all interfaces it names the loopback address (and says
-// to use the host's name for OTPLESS), never "[::]" or "0.0.0.0".
+// to use the host's name for OTPLESS), never "[::]" or "0.0.0.0"; and
+// never port 0, which a start that failed before listening would print.
 func TestAnnounceWebhookURL(t *testing.T) {
 	t.Parallel()
 	gen := generated{webhookKey: "whk_k", apiKey: "oek_k"}
@@ -22,6 +23,8 @@ func TestAnnounceWebhookURL(t *testing.T) {
 		{":8080", "http://127.0.0.1:8080/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1"},
 		{"192.0.2.7:8080", "http://192.0.2.7:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"},
 		{"nosuchhost.invalid:8080", "http://nosuchhost.invalid:8080/v1/webhooks/otpless/whk_k", "give this URL to OTPLESS"}, // as configured, when serve cannot start
+		{"127.0.0.1:0", "http://127.0.0.1:PORT/v1/webhooks/otpless/whk_k", "PORT: the port serve listens on"},               // the same, before a port was chosen
+		{":0", "http://127.0.0.1:PORT/v1/webhooks/otpless/whk_k", "public name in place of 127.0.0.1; PORT: the port serve listens on"},
 	} {
 		var out bytes.Buffer
 		announce(&out, gen, "http", tc.addr)

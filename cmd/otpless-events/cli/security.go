@@ -184,9 +184,12 @@ func (f *securityFlags) looseSecretFiles(dataDir string) []string {
 	if runtime.GOOS == "windows" { // no such mode bits
 		return nil
 	}
+	files := []string{f.apiKeysFile, f.webhookKeysFile, f.webhookBasicFile, f.signingSecretsFile, f.watchTokenKeysFile, f.tlsKey}
+	if dataDir != "" { // else nothing is kept, nor read, there
+		files = append(files, filepath.Join(dataDir, webhookKeyFile), filepath.Join(dataDir, apiKeysFile), filepath.Join(dataDir, watchTokenKeyFile))
+	}
 	var loose []string
-	for _, file := range []string{f.apiKeysFile, f.webhookKeysFile, f.webhookBasicFile, f.signingSecretsFile, f.watchTokenKeysFile, f.tlsKey,
-		filepath.Join(dataDir, webhookKeyFile), filepath.Join(dataDir, apiKeysFile), filepath.Join(dataDir, watchTokenKeyFile)} {
+	for _, file := range files {
 		if info, err := os.Stat(file); file != "" && err == nil && info.Mode().Perm()&0o077 != 0 {
 			loose = append(loose, file)
 		}
@@ -240,9 +243,14 @@ func announce(w io.Writer, gen generated, scheme, addr string) {
 		note := "give this URL to OTPLESS"
 		if host, port, err := net.SplitHostPort(addr); err == nil {
 			if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() { // Go listens on both families there
-				addr = net.JoinHostPort("127.0.0.1", port)
+				host = "127.0.0.1"
 				note = "for OTPLESS, this host's public name in place of 127.0.0.1"
 			}
+			if port == "0" { // a start that failed before it had a port
+				port = "PORT"
+				note += "; PORT: the port serve listens on"
+			}
+			addr = net.JoinHostPort(host, port)
 		}
 		fmt.Fprintf(w, "  export OTPLESS_WEBHOOK_URL=%s://%s/v1/webhooks/otpless/%s   # %s\n", scheme, addr, gen.webhookKey, note)
 	}

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"net/netip"
+	"os"
+	"runtime"
 	"testing"
 
 	"github.com/spf13/pflag"
@@ -69,5 +71,27 @@ func TestMaxWatchesFlag(t *testing.T) {
 		if got := resolveSecurity(t, tc.args...).MaxWatches; got != tc.want {
 			t.Errorf("%q: MaxWatches %d, want %d", tc.args, got, tc.want)
 		}
+	}
+}
+
+// Without a data directory nothing is kept or read there: files of the
+// data directory's names in the current directory are none of serve's.
+func TestLooseSecretFilesWithoutDataDir(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, name := range []string{webhookKeyFile, apiKeysFile, watchTokenKeyFile} {
+		if err := os.WriteFile(name, []byte("x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(name, 0o644); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+	}
+	var f securityFlags
+	if loose := f.looseSecretFiles(""); len(loose) != 0 {
+		t.Errorf("looseSecretFiles without a data directory = %q, want none", loose)
+	}
+	if loose := f.looseSecretFiles("."); len(loose) != 3 && runtime.GOOS != "windows" {
+		t.Errorf("looseSecretFiles(\".\") = %q, want the three files", loose)
 	}
 }
