@@ -95,7 +95,10 @@ func (c Config) InProgress() int {
 type Result struct {
 	// Elapsed runs from the first webhook to the last answer; in open loop
 	// it lasts at least the n intervals of the n webhooks sent (n/Rate,
-	// about Duration), as webhook k owns [k/Rate, (k+1)/Rate).
+	// about Duration), as webhook k owns [k/Rate, (k+1)/Rate), and in
+	// closed loop at least Duration (unless canceled), for which the
+	// senders sent: a run whose last posts all failed (a server down, or
+	// stalled) lasted that long all the same.
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// Sent counts webhooks posted; OK those answered 200.
 	Sent int64 `json:"sent"`
@@ -213,7 +216,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		n := r.openLoop(ctx, start)
 		elapsed = time.Duration(float64(n) / cfg.Rate * float64(time.Second))
 	} else {
+		// The senders send for Duration, less when ctx ends the run: a
+		// run whose last posts all failed lasted that long all the same.
 		r.closedLoop(ctx, start)
+		elapsed = min(cfg.Duration, time.Since(start))
 	}
 	elapsed = max(elapsed, time.Duration(r.lastDone.Load()-start.UnixNano()))
 	if cfg.Watchers > 0 && ctx.Err() == nil {

@@ -382,3 +382,35 @@ func TestTrafficDoneAfterTheLastAnswer(t *testing.T) {
 		t.Errorf("TrafficDone called %d times, with %d of %d posts answered", calls, atCall, res.Sent)
 	}
 }
+
+// In closed loop the senders send for Duration: a server that answers the
+// first posts and then fails every one (here it resets the connection) is
+// credited with its answers over the whole run, not over the moment until
+// its last answer, as if it had kept up that pace.
+func TestClosedLoopThroughputOverTheRun(t *testing.T) {
+	t.Parallel()
+	const answered = 20
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if n.Add(1) <= answered {
+			return
+		}
+		time.Sleep(5 * time.Millisecond) // no busy loop of resets
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	defer srv.Close()
+	const d = 500 * time.Millisecond
+	res, err := Run(t.Context(), Config{WebhookURL: srv.URL, Concurrency: 2, Duration: d, Requests: 10, Mix: DefaultMix, Seed: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK != answered || res.Errors["connection_reset"] == 0 {
+		t.Fatalf("%d ok, errors %v: want %d answered, then resets", res.OK, res.Errors, answered)
+	}
+	if res.Elapsed < d || res.Throughput > answered/d.Seconds() {
+		t.Errorf("%d ok in %v: %.0f/s; want them over the run's %v, at most %.0f/s", res.OK, res.Elapsed, res.Throughput, d, answered/d.Seconds())
+	}
+}
