@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -418,7 +419,7 @@ func (r *benchReport) failed() error {
 func (r *benchReport) print(w io.Writer) {
 	mode := fmt.Sprintf("closed loop, %d senders", r.Concurrency)
 	if r.Rate > 0 {
-		mode = fmt.Sprintf("open loop at %.0f webhooks/s, at most %d in flight", r.Rate, r.Concurrency)
+		mode = fmt.Sprintf("open loop at %s webhooks/s, at most %d in flight", perSecond(r.Rate), r.Concurrency)
 	}
 	watchers := fmt.Sprintf("%d watchers", r.Watchers)
 	if r.WatchVia != "" {
@@ -426,7 +427,7 @@ func (r *benchReport) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "bench: %s, %s, %s, %d CPUs -> %s\n", mode, r.Duration, watchers, r.CPUs, r.Target)
 	res := r.Result
-	fmt.Fprintf(w, "webhooks  %d sent, %d ok in %s: %.0f/s\n", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), res.Throughput)
+	fmt.Fprintf(w, "webhooks  %d sent, %d ok in %s: %s/s\n", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), perSecond(res.Throughput))
 	fmt.Fprintf(w, "requests  %s\n", requestsLine(res, r.InProgress))
 	fmt.Fprintf(w, "ingest    %s\n", latencyLine(res.Ingest))
 	if r.Watchers > 0 {
@@ -457,7 +458,7 @@ func (r *benchReport) print(w io.Writer) {
 		if r.CeilingTLS {
 			bare += " over TLS"
 		}
-		fmt.Fprintf(w, "ceiling   %s: %d sent, %d ok: %.0f/s, %s; errors %s\n", bare, c.Sent, c.OK, c.Throughput, latencyLine(c.Ingest), kinds(c.Errors))
+		fmt.Fprintf(w, "ceiling   %s: %d sent, %d ok: %s/s, %s; errors %s\n", bare, c.Sent, c.OK, perSecond(c.Throughput), latencyLine(c.Ingest), kinds(c.Errors))
 		if r.Rate > 0 {
 			fmt.Fprintf(w, "          this server: no share of the ceiling in open loop (it took the rate); run without --rate\n")
 		} else {
@@ -496,6 +497,15 @@ func lostLine(res *loadgen.Result) string {
 func us(d time.Duration) string { return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond)) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
+
+// perSecond prints a rate: whole from 100 up, else to three significant
+// digits, so that a slow one (0.5/s) does not read as 0 or 1.
+func perSecond(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return strconv.FormatFloat(v, 'g', 3, 64)
+}
 
 func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 

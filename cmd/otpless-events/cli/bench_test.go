@@ -279,3 +279,29 @@ func TestBenchRefusesUnwritableCPUProfileFirst(t *testing.T) {
 		t.Errorf("bench --ceiling --cpu-profile in no directory: exit %d, stderr %q, stdout %q, context %v; want 1 naming the flag at once, and no report", code, stderr.String(), stdout.String(), ctx.Err())
 	}
 }
+
+// A rate below a few webhooks a second is printed as it is, the rate asked
+// for and the throughput measured, not rounded to a whole number (0.5/s
+// read "open loop at 0 webhooks/s" and "0/s"); large ones stay whole.
+func TestBenchReportSlowRates(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		rate, throughput float64
+		want             []string
+	}{
+		{0.5, 0.5, []string{"open loop at 0.5 webhooks/s", " ok in 4s: 0.5/s"}},
+		{0.05, 0.25, []string{"open loop at 0.05 webhooks/s", " ok in 4s: 0.25/s"}},
+		{12.5, 12.345, []string{"open loop at 12.5 webhooks/s", " ok in 4s: 12.3/s"}},
+		{5000, 4999.6, []string{"open loop at 5000 webhooks/s", " ok in 4s: 5000/s"}},
+	} {
+		r := &benchReport{Target: "http://127.0.0.1:8080", Rate: tc.rate, Concurrency: 2, Duration: 4 * time.Second,
+			Result: &loadgen.Result{Sent: 2, OK: 2, Elapsed: 4 * time.Second, Throughput: tc.throughput}}
+		var out bytes.Buffer
+		r.print(&out)
+		for _, want := range tc.want {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("report:\n%s\nwant %q", out.String(), want)
+			}
+		}
+	}
+}
