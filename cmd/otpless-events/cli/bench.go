@@ -72,7 +72,8 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
 			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
-			"bench collects garbage less often (GOGC=400) unless $GOGC is set.\n\n" +
+			"bench collects garbage less often (GOGC=400) unless $GOGC is set (not with --self, whose\n" +
+			"server shares the process).\n\n" +
 			"The target is as for send: --http-addr when given, else $" + envWebhookURL + ", else\n" +
 			"$" + EnvName("http-addr") + ", else the default address. Watchers need an API key with the\n" +
 			"watch scope ($" + envAPIKey + " or\n" +
