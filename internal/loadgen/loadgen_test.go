@@ -414,3 +414,29 @@ func TestClosedLoopThroughputOverTheRun(t *testing.T) {
 		t.Errorf("%d ok in %v: %.0f/s; want them over the run's %v, at most %.0f/s", res.OK, res.Elapsed, res.Throughput, d, answered/d.Seconds())
 	}
 }
+
+// A stall the server recovers from shows in the latency of every webhook
+// due during it, not only in that of the one in flight when it began: in
+// open loop the webhooks due meanwhile wait, and each counts from when it
+// was due (no coordinated omission), however few the senders.
+func TestOpenLoopStallShowsInEveryWebhookDue(t *testing.T) {
+	t.Parallel()
+	var first atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if first.CompareAndSwap(false, true) {
+			time.Sleep(300 * time.Millisecond)
+		}
+	}))
+	defer srv.Close()
+	// 100 webhooks, one every 5 ms; the 60 due during the first one's
+	// 300 ms wait behind it, from 295 ms down to nothing: the 10 slowest
+	// waited 250 ms or more.
+	res, err := Run(t.Context(), Config{WebhookURL: srv.URL, Rate: 200, Concurrency: 1, Duration: 500 * time.Millisecond, Requests: 10, Mix: DefaultMix, Seed: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK != 100 || res.Ingest.P90 < 150*time.Millisecond || res.Ingest.Max < 300*time.Millisecond {
+		t.Errorf("%d ok, ingest %+v: want the webhooks due during a 300 ms stall to count their wait", res.OK, res.Ingest)
+	}
+}
