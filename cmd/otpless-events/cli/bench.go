@@ -68,7 +68,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"webhooks, and says so. After the last answer the watchers have --drain to receive what\n" +
 			"they still expect; bench reports the deliveries that never\n" +
 			"arrived and exits 1 when there were any (or when no webhook was answered 200, no watcher\n" +
-			"subscribed, or a signal cut the run short).\n" +
+			"subscribed, the --ceiling run got no answer, or a signal cut the run short).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
 			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
@@ -413,6 +413,8 @@ func (r *benchReport) failed() error {
 		return errors.New("bench: no watcher subscribed (see the watchers' errors)")
 	case res.DeliveryLost > 0:
 		return fmt.Errorf("bench: %d of %d expected deliveries never reached a watcher", res.DeliveryLost, res.DeliveryExpected)
+	case r.Ceiling != nil && r.Ceiling.OK == 0:
+		return errors.New("bench: the bare handler answered no webhook 200: no ceiling to compare with (see its errors)")
 	}
 	return nil
 }
@@ -460,9 +462,12 @@ func (r *benchReport) print(w io.Writer) {
 			bare += " over TLS"
 		}
 		fmt.Fprintf(w, "ceiling   %s: %d sent, %d ok: %s/s, %s; errors %s\n", bare, c.Sent, c.OK, perSecond(c.Throughput), latencyLine(c.Ingest), kinds(c.Errors))
-		if r.Rate > 0 {
+		switch {
+		case r.Rate > 0:
 			fmt.Fprintf(w, "          this server: no share of the ceiling in open loop (it took the rate); run without --rate\n")
-		} else {
+		case c.OK == 0:
+			fmt.Fprintf(w, "          this server: no share of a ceiling that answered nothing\n")
+		default:
 			fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
 		}
 	}

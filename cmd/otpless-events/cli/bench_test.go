@@ -305,3 +305,20 @@ func TestBenchReportSlowRates(t *testing.T) {
 		}
 	}
 }
+
+// A ceiling run that got no answer is no ceiling: the report says so, not
+// "0.00 of the ceiling", and bench exits 1.
+func TestBenchReportCeilingWithoutAnswers(t *testing.T) {
+	t.Parallel()
+	r := &benchReport{Target: "http://127.0.0.1:8080", Concurrency: 2, Duration: time.Second,
+		Result:  &loadgen.Result{Sent: 10, OK: 10, Elapsed: time.Second, Throughput: 10},
+		Ceiling: &loadgen.Result{Sent: 10, Elapsed: time.Second, Errors: map[string]int64{"connection_refused": 10}}}
+	var out bytes.Buffer
+	r.print(&out)
+	if strings.Contains(out.String(), "of the ceiling") || !strings.Contains(out.String(), "no share of a ceiling that answered nothing") {
+		t.Errorf("report:\n%s\nwant no share of a ceiling that answered nothing", out.String())
+	}
+	if err := r.failed(); err == nil || !strings.Contains(err.Error(), "no ceiling") {
+		t.Errorf("failed() = %v, want an error naming the missing ceiling", err)
+	}
+}
