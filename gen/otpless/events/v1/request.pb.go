@@ -559,7 +559,7 @@ type AuthRequest struct {
 	Failures []*Failure `protobuf:"bytes,9,rep,name=failures,proto3" json:"failures,omitempty"`
 	// OTP, MAGIC_LINK, SILENT_AUTH, OAUTH, ...
 	AuthMethod string `protobuf:"bytes,10,opt,name=auth_method,json=authMethod,proto3" json:"auth_method,omitempty"`
-	// The channels named by auth events.
+	// The channels named by the latest auth event that names any.
 	AuthChannels []string `protobuf:"bytes,11,rep,name=auth_channels,json=authChannels,proto3" json:"auth_channels,omitempty"`
 	// The phone being authenticated. This and the next two are personal
 	// data: unset for a caller without read_pii, and once retention purged
