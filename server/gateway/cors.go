@@ -86,6 +86,10 @@ func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
 		h.Set("Access-Control-Allow-Origin", origin)
 	}
 	if !preflight {
+		// Else the page sees none of them: Retry-After says when a watch
+		// refused for a limit (429) or for a store that fails (503) may
+		// try again, and X-Request-Id names the request in the logs.
+		h.Set("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
 		return false
 	}
 	h.Set("Access-Control-Allow-Methods", "GET, OPTIONS")

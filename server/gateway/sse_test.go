@@ -522,6 +522,43 @@ func TestWatchCORS(t *testing.T) {
 	}
 }
 
+// A page of another origin reads the headers that tell it when to try
+// again (Retry-After, on a watch refused for a limit) and which request to
+// name when it reports a problem (X-Request-Id): a browser hides every
+// header but a few from it unless the answer exposes them.
+func TestWatchCORSExposesHeaders(t *testing.T) {
+	t.Parallel()
+	const origin = "https://shop.example"
+	url := startGateway(t, func(*eventsv1.WatchRequestRequest, grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		return api.Exhausted("too many watch streams of this request")
+	}, gateway.Options{CORSOrigins: []string{origin}})
+	req, err := http.NewRequestWithContext(testContext(t), http.MethodGet, url+"/v1/requests/r1:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Origin", origin)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "5" {
+		t.Fatalf("%d, Retry-After %q; want 429 with Retry-After 5", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	exposed := map[string]bool{}
+	for _, v := range resp.Header.Values("Access-Control-Expose-Headers") {
+		for h := range strings.SplitSeq(v, ",") {
+			exposed[http.CanonicalHeaderKey(strings.TrimSpace(h))] = true
+		}
+	}
+	for _, h := range []string{"Retry-After", "X-Request-Id"} {
+		if !exposed[h] {
+			t.Errorf("Access-Control-Expose-Headers %q: %s is hidden from the page", resp.Header.Values("Access-Control-Expose-Headers"), h)
+		}
+	}
+}
+
 func TestCheckCORSOrigins(t *testing.T) {
 	t.Parallel()
 	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example "}); err != nil {
