@@ -93,7 +93,9 @@ func (p corsPolicy) handle(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	h.Set("Access-Control-Allow-Methods", "GET, OPTIONS")
-	h.Set("Access-Control-Allow-Headers", "Accept, Authorization, Cache-Control, Last-Event-ID")
+	// The headers the route reads (and Cache-Control, which EventSource
+	// sends): a page may set any of them on a fetch.
+	h.Set("Access-Control-Allow-Headers", "Accept, Authorization, Cache-Control, Grpc-Timeout, Last-Event-ID, X-Request-Id")
 	h.Set("Access-Control-Max-Age", "600")
 	w.WriteHeader(http.StatusNoContent)
 	return true

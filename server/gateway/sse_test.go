@@ -559,6 +559,46 @@ func TestWatchCORSExposesHeaders(t *testing.T) {
 	}
 }
 
+// A preflight allows every request header the watch route reads, so that a
+// page of another origin may send them: the credential, Last-Event-ID,
+// Grpc-Timeout (a deadline, as on the other routes) and its own
+// X-Request-Id. A header it does not allow makes the browser refuse the
+// request before sending it.
+func TestWatchCORSPreflightAllowsTheRouteHeaders(t *testing.T) {
+	t.Parallel()
+	const origin = "https://shop.example"
+	url := startGateway(t, func(*eventsv1.WatchRequestRequest, grpc.ServerStreamingServer[eventsv1.WatchRequestResponse]) error {
+		return nil
+	}, gateway.Options{CORSOrigins: []string{origin}})
+	asked := []string{"authorization", "last-event-id", "grpc-timeout", "x-request-id"}
+	req, err := http.NewRequestWithContext(testContext(t), http.MethodOptions, url+"/v1/requests/r1:watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Origin", origin)
+	req.Header.Set("Access-Control-Request-Method", "GET")
+	req.Header.Set("Access-Control-Request-Headers", strings.Join(asked, ","))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("preflight: %d, want 204", resp.StatusCode)
+	}
+	allowed := map[string]bool{}
+	for _, v := range resp.Header.Values("Access-Control-Allow-Headers") {
+		for h := range strings.SplitSeq(v, ",") {
+			allowed[strings.ToLower(strings.TrimSpace(h))] = true
+		}
+	}
+	for _, h := range asked {
+		if !allowed[h] {
+			t.Errorf("Access-Control-Allow-Headers %q: %s is not allowed", resp.Header.Values("Access-Control-Allow-Headers"), h)
+		}
+	}
+}
+
 func TestCheckCORSOrigins(t *testing.T) {
 	t.Parallel()
 	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example "}); err != nil {
