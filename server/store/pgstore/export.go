@@ -33,7 +33,12 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	tx, err := s.pool.BeginTx(qctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	// The transaction's longer idle timeout is set in the query that
+	// begins it: set by a statement of its own, the session's (half the
+	// store's timeout) would end a transaction whose next statement a
+	// busy process sent that much later.
+	tx, err := s.pool.BeginTx(qctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
+		"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = %d", exportIdle.Milliseconds())})
 	if err != nil {
 		return s.fail(ctx, op, err)
 	}
@@ -46,9 +51,6 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 		defer cancel()
 		tx.Rollback(rctx)
 	}()
-	if _, err := tx.Exec(qctx, fmt.Sprintf("SET LOCAL idle_in_transaction_session_timeout = %d", exportIdle.Milliseconds())); err != nil {
-		return s.fail(ctx, op, err)
-	}
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
