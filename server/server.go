@@ -108,6 +108,10 @@ type Config struct {
 	// relayPing, set by tests, is the PostgreSQL relay's Options.Ping (zero:
 	// its default).
 	relayPing time.Duration
+	// sendWait, set by tests, is how long a gRPC stream's message may wait
+	// for its client before boundedSends closes the connection (zero:
+	// gateway.StreamWriteTimeout).
+	sendWait time.Duration
 }
 
 // MaxMaxBodyBytes bounds MaxBodyBytes: the gRPC message limits are sized
@@ -408,6 +412,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		return ctx, err
 	}))
+	sendWait := gateway.StreamWriteTimeout
+	if cfg.sendWait > 0 {
+		sendWait = cfg.sendWait
+	}
 	s.grpc = grpc.NewServer(append(opts,
 		// gRPC Ingest messages are bounded like the webhook route's bodies
 		// (the protobuf form of a body is smaller than its JSON) by
@@ -419,7 +427,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),
-			reflectionEnds(s.shuttingDown), boundedSends(gateway.StreamWriteTimeout, s.peers.close))...)...),
+			reflectionEnds(s.shuttingDown), boundedSends(sendWait, s.peers.close))...)...),
 	)...)
 	eventsv1.RegisterWebhookServiceServer(s.grpc, webhooks)
 	eventsv1.RegisterRequestServiceServer(s.grpc, requests)

@@ -589,7 +589,11 @@ func TestWatchFinishedRequestEndsAfterSnapshot(t *testing.T) {
 // is coalesced to the newest snapshot.
 func TestSlowWatcherIsCoalesced(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, nil)
+	// The slow watcher's messages wait for it until the end, and it shares
+	// its connection with the fast one: the server's bound on that wait
+	// (30 s), which a loaded machine's 201 commits can outlast, would close
+	// the connection and end both streams. The test's own bound stands.
+	ts := startServer(t, func(c *server.Config) { server.SetSendWait(c, 2*time.Minute) })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const id, n = "slow-req", 200
