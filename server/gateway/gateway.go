@@ -294,11 +294,19 @@ func registerHead(mux *runtime.ServeMux) error {
 }
 
 // routingErrorHandler answers a request no route takes: as grpc-gateway's
-// default does, but a method a route does not serve is 405, not 501.
+// default does, but a method a route does not serve is 405, not 501, and
+// names the methods it does in Allow.
 func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
 	if httpStatus != http.StatusMethodNotAllowed {
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
 		return
+	}
+	if w.Header().Get("Allow") == "" && r.Method != http.MethodOptions { // OPTIONS: allowOf's own probe
+		// A method registerNotAllowed has no handler for (TRACE, a
+		// WebDAV method, "get"), which the mux refused by itself.
+		if allow := allowOf(mux, r); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
 	}
 	_, out := runtime.MarshalerForRequest(mux, r)
 	msg := fmt.Sprintf("method %s is not allowed here", r.Method)
@@ -307,6 +315,24 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 	}
 	writeStatus(w, out, http.StatusMethodNotAllowed, status.New(codes.Unimplemented, msg))
 }
+
+// allowOf is the Allow header of the route r's path takes: that of its
+// answer to OPTIONS, which no route serves, so that registerNotAllowed
+// answers it on every route, with the mux's precedence.
+func allowOf(mux *runtime.ServeMux, r *http.Request) string {
+	probe := r.Clone(r.Context())
+	probe.Method = http.MethodOptions
+	w := headerOnly{http.Header{}}
+	mux.ServeHTTP(w, probe)
+	return w.h.Get("Allow")
+}
+
+// headerOnly is a ResponseWriter that keeps the header and drops the rest.
+type headerOnly struct{ h http.Header }
+
+func (w headerOnly) Header() http.Header         { return w.h }
+func (w headerOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (w headerOnly) WriteHeader(int)             {}
 
 // register adds the webhook routes, with and without a key in the path,
 // to wh's mux.

@@ -73,7 +73,8 @@ func TestWebhookStoreTroubleIs503(t *testing.T) {
 }
 
 // A method a route does not serve is the client's mistake: 405 with Allow
-// naming the ones it does, never grpc-gateway's 501. The routes keep the
+// naming the ones it does (which RFC 9110 requires of every 405, whatever
+// the method), never grpc-gateway's 501. The routes keep the
 // methods they serve, the more specific template first.
 func TestMethodNotAllowed(t *testing.T) {
 	t.Parallel()
@@ -97,6 +98,11 @@ func TestMethodNotAllowed(t *testing.T) {
 		{http.MethodDelete, "/ui/app.js", "GET, HEAD"},
 		{http.MethodGet, "/ui/", ""},
 		{http.MethodHead, "/v1/requests/r1/events", ""},
+		// Methods no route serves, which the mux refuses by itself.
+		{http.MethodTrace, gateway.WebhookPath, "POST"},
+		{"PROPFIND", "/v1/requests/r1", "GET, HEAD"},
+		{http.MethodTrace, "/v1/requests/r1:watch", "GET"},
+		{"get", "/v1/requests/r1:watchToken", "POST"}, // methods are case-sensitive
 	} {
 		resp, b := send(t, tc.method, srv.URL+tc.path, "{}")
 		if tc.allow == "" {
