@@ -44,6 +44,10 @@ func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
 		{"a forged watch token", "/v1/requests/r1:watchToken", "Bearer owt1.e30.AAAA", http.StatusUnauthorized, false},
 		{"a key", "/v1/requests/r1:watchToken", "Bearer " + key, 0, true},
 		{"the status page", "/ui/", "", 0, false},
+		// No route: 404, as without a body, not a refusal of credentials
+		// its sender (OTPLESS, at a mistyped webhook URL) may well hold.
+		{"a mistyped webhook URL", "/v1/webhook/otpless/wk_0123456789abcdef", "", http.StatusNotFound, false},
+		{"a path of no API", "/v1/nothing", "", http.StatusNotFound, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

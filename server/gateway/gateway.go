@@ -167,21 +167,24 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 // amount. The API's bodies are a few hundred bytes.
 const maxAPIBodyBytes = 64 << 10
 
-// apiRequests answers 413 to an API request (under /v1/, not a webhook)
-// whose body is over maxAPIBodyBytes: at once when its length is announced,
-// else once that much has been read (the body is read here, whole, and
-// only once its Authorization header holds a valid credential: 401 without
-// reading it otherwise, when keyring is set). Webhooks have
-// their own credentials and bound; no other route reads a body. Answers
-// about requests, which may hold personal data, are not to be cached.
+// apiRequests answers 413 to an API request (under /v1/requests/, where
+// RequestService's routes are) whose body is over maxAPIBodyBytes: at once
+// when its length is announced, else once that much has been read (the
+// body is read here, whole, and only once its Authorization header holds a
+// valid credential: 401 without reading it otherwise, when keyring is set).
+// Webhooks have their own credentials and bound; no other route reads a
+// body, so that a path of none (a mistyped webhook URL) is a 404 with a
+// body as without. Answers about requests, which may hold personal data,
+// are not to be cached.
 func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 	tooLarge := status.New(codes.InvalidArgument, "request body is larger than "+api.Size(maxAPIBodyBytes))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/v1/requests/") {
-			w.Header().Set("Cache-Control", "no-store")
+		if !strings.HasPrefix(r.URL.Path, "/v1/requests/") {
+			next.ServeHTTP(w, r)
+			return
 		}
-		if strings.HasPrefix(r.URL.Path, "/v1/") && r.URL.Path != WebhookPath && !strings.HasPrefix(r.URL.Path, WebhookPath+"/") &&
-			r.Body != nil && r.Body != http.NoBody {
+		w.Header().Set("Cache-Control", "no-store")
+		if r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > maxAPIBodyBytes {
 				writeStatus(w, gatewayJSON, http.StatusRequestEntityTooLarge, tooLarge)
 				return
