@@ -648,8 +648,10 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	}
 	// Credentials first, then the rate budget of their outcome: a sender
 	// without them takes no place among those with them.
-	key, hasKey := params["key"]
-	credErr := h.guard.CheckCredentials(r, key, hasKey)
+	// An empty key is none: the keyless route written with a trailing
+	// slash, whose sender may well hold Basic credentials.
+	key := params["key"]
+	credErr := h.guard.CheckCredentials(r, key, key != "")
 	if credErr == nil && h.guard.SignatureDecides() {
 		if credErr = h.guard.CheckSignatureHeaders(r.Header); credErr == nil {
 			if ok, wait := h.guard.FailuresLeft(addr); !ok {

@@ -425,3 +425,39 @@ func TestForgedSignaturesBesideOtherCredentialsSpendFailures(t *testing.T) {
 		})
 	}
 }
+
+// The keyless route with a trailing slash, as a webhook URL is often
+// written, is the keyless route: an empty key is no key, so HTTP Basic
+// authenticates it, and without credentials the refusal asks for them
+// rather than calling a key unknown that was never sent.
+func TestEmptyWebhookKeyIsNoKey(t *testing.T) {
+	t.Parallel()
+	guard, err := auth.NewWebhookGuard(auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"},
+		Basic: []auth.BasicCredential{{User: "otpless", Password: "0123456789abcdef"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := guardedHandler(guard)
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	for _, tc := range []struct {
+		name, user, password string
+		want                 int
+		says                 string
+	}{
+		{"basic", "otpless", "0123456789abcdef", http.StatusOK, ""},
+		{"wrong basic", "otpless", "wrong", http.StatusUnauthorized, "wrong basic credentials"},
+		{"no credentials", "", "", http.StatusUnauthorized, "webhook key or basic credentials required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, WebhookPath+"/", strings.NewReader(body))
+			if tc.user != "" {
+				r.SetBasicAuth(tc.user, tc.password)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.want || !strings.Contains(w.Body.String(), tc.says) {
+				t.Errorf("%d %s, want %d saying %q", w.Code, w.Body, tc.want, tc.says)
+			}
+		})
+	}
+}

@@ -156,7 +156,7 @@ func routeOf(path string) string {
 // one segment after it. Longer paths are no route (404), not webhooks.
 func isWebhookKeyPath(path string) bool {
 	key, ok := strings.CutPrefix(path, webhookPath+"/")
-	return ok && !strings.Contains(key, "/") // the gateway serves an empty key too (and refuses it)
+	return ok && !strings.Contains(key, "/") // the gateway serves an empty key too (as no key)
 }
 
 // isRequestRoute reports whether path is one of RequestService's routes:

@@ -80,8 +80,8 @@ func TestLogPathOfErrors(t *testing.T) {
 }
 
 // Routes are named as the gateway serves them: an empty webhook key is
-// the keyed webhook route (the gateway refuses it as an unknown key), and
-// a watch token is minted on a route of its own.
+// the webhook route (the gateway takes it for no key), and a watch token
+// is minted on a route of its own.
 func TestRouteOf(t *testing.T) {
 	t.Parallel()
 	for path, want := range map[string]string{
