@@ -36,10 +36,10 @@ func Status(err error) error {
 		return status.Error(codes.Unavailable, "server is shutting down, retry later")
 	case errors.Is(err, store.ErrUnavailable):
 		return &fault{status.New(codes.Unavailable, "store unavailable, retry later"), err}
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.Canceled): // the text alone: what wraps it names internals
+		return status.Error(codes.Canceled, context.Canceled.Error())
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
+		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
 	}
 	return &fault{status.New(codes.Internal, "internal error"), err}
 }
