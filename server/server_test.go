@@ -476,8 +476,19 @@ func TestWebhookEncodings(t *testing.T) {
 	if r.code != http.StatusUnsupportedMediaType || !strings.Contains(string(r.body), `Content-Encoding \"gzip\" is not accepted`) {
 		t.Fatalf("gzip body: %d %s, want 415 naming the encoding", r.code, r.body)
 	}
+	// The codings of every Content-Encoding line count, not the first's.
+	req, err := http.NewRequest(http.MethodPost, ts.httpURL+"/v1/webhooks/otpless", bytes.NewReader(gz.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Add("Content-Encoding", "identity")
+	req.Header.Add("Content-Encoding", "gzip")
+	if r := send(t, req); r.code != http.StatusUnsupportedMediaType {
+		t.Fatalf("gzip body, its coding on a second Content-Encoding line: %d %s, want 415", r.code, r.body)
+	}
 	if r := ts.get(t, "/v1/requests/encoded-req"); r.code != http.StatusNotFound {
-		t.Fatalf("GET after the gzip body: %d %s, want 404", r.code, r.body)
+		t.Fatalf("GET after the gzip bodies: %d %s, want 404", r.code, r.body)
 	}
 	if r := ts.do(t, http.MethodPost, "/v1/webhooks/otpless", "", body, "Content-Encoding", "identity"); r.code != http.StatusOK {
 		t.Fatalf("identity: %d %s", r.code, r.body)

@@ -573,8 +573,12 @@ func (e compressedError) Error() string {
 // readWebhook reads a webhook's body, at most maxBody bytes, refusing one
 // that is compressed before reading it.
 func (h *webhookHandler) readWebhook(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return nil, compressedError{ce}
+	for _, ce := range r.Header.Values("Content-Encoding") { // each line, each coding of a list
+		for c := range strings.SplitSeq(ce, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return nil, compressedError{ce}
+			}
+		}
 	}
 	return readBody(w, r, h.maxBody)
 }
