@@ -17,7 +17,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -263,6 +265,64 @@ func TestMetrics(t *testing.T) {
 		t.Fatal("watch_streams{grpc} stayed up after the stream ended")
 	}
 }
+
+// TestMetricsAreDocumented: the README's Operations names every metric
+// /metrics exports, as it claims to (its table, or a prefix it names such
+// as go_*), and its table names none that is not exported (but the
+// PostgreSQL-only ones, on SQLite here).
+func TestMetricsAreDocumented(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	// A webhook and its retry, so that the series that appear with their
+	// first observation are there.
+	for range 2 {
+		if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("doc-req", "SENT", 1764153000400)); code != http.StatusOK {
+			t.Fatalf("POST webhook: %d %s", code, body)
+		}
+	}
+	table := map[string]string{} // metric -> its row
+	for _, line := range strings.Split(readme, "\n") {
+		if m := metricRow.FindStringSubmatch(line); m != nil {
+			table[m[1]] = line
+		}
+	}
+	exported := map[string]bool{}
+	for series := range s.scrape(t) {
+		name, _, _ := strings.Cut(series, "{")
+		exported[name] = true
+	}
+	for name := range exported {
+		base := name
+		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+			if b, ok := strings.CutSuffix(name, suffix); ok && (table[b] != "" || !strings.HasPrefix(b, "otpless_events_")) {
+				base = b
+			}
+		}
+		if table[base] != "" || strings.Contains(readme, "`"+base+"`") {
+			continue
+		}
+		if prefix, _, ok := strings.Cut(base, "_"); ok && strings.Contains(readme, "(`"+prefix+"_*`") {
+			continue
+		}
+		if prefix := "grpc_server_"; strings.HasPrefix(base, prefix) && strings.Contains(readme, "(`"+prefix+"*`") {
+			continue
+		}
+		t.Errorf("/metrics exports %s, which the README's Metrics does not name", base)
+	}
+	for name, row := range table {
+		if !strings.Contains(row, "PostgreSQL only") && !exported[name] && !exported[name+"_count"] {
+			t.Errorf("the README's metrics table names %s, which /metrics does not export", name)
+		}
+	}
+}
+
+// metricRow matches a row of the README's metrics table.
+var metricRow = regexp.MustCompile("^\\| `(otpless_events_[a-z_]+)` \\|")
 
 // A sender that closes its connection halfway through a body gave up: the
 // webhook counts as canceled, not as an invalid body.
