@@ -50,10 +50,11 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if len(batch) == 0 {
 		return nil, nil, nil
 	}
-	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	deadline := time.Now().Add(s.timeout)
+	qctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	c := newCommit(batch, s.channel)
-	if err := pgx.BeginFunc(qctx, s.pool, func(tx pgx.Tx) error { return c.run(qctx, tx) }); err != nil {
+	if err := s.inTx(qctx, deadline, c.run); err != nil {
 		if full := diskFull(err); full != nil {
 			s.full.Store(full)
 		}
@@ -63,6 +64,28 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 		s.full.Store(nil)
 	}
 	return c.results, c.changes, nil
+}
+
+// inTx runs fn in a transaction and commits it unless ctx is done by then.
+// The COMMIT itself is bounded by deadline alone, not canceled with ctx (as
+// database/sql's is not): pgx gives up on a statement canceled in flight
+// by closing its connection, and a COMMIT the database had received by
+// then is stored all the same, after the call failed with ctx's error.
+func (s *Store) inTx(ctx context.Context, deadline time.Time, fn func(context.Context, pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) // nothing to do after the COMMIT
+	if err := fn(ctx, tx); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	return tx.Commit(cctx)
 }
 
 // eventKey identifies an event.

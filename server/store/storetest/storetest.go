@@ -70,6 +70,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"ListEventsNotFound", testListEventsNotFound},
 		{"ConcurrentCommits", testConcurrentCommits},
 		{"CanceledContext", testCanceledContext},
+		{"CommitCanceledMidway", testCommitCanceledMidway},
 		{"Closed", testClosed},
 		{"Ping", testPing},
 		{"Persistence", testPersistence},

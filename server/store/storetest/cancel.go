@@ -1,0 +1,142 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/store"
+)
+
+// countdown is a context canceled at its n-th look (a call of Done or
+// Err), wherever in a call that comes: run with n = 1, 2, 3, ... it
+// cancels a call at each point where the backend heeds its context.
+type countdown struct {
+	context.Context
+	cancel context.CancelFunc
+	left   atomic.Int64
+}
+
+func newCountdown(n int64) *countdown {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &countdown{Context: ctx, cancel: cancel}
+	c.left.Store(n)
+	return c
+}
+
+func (c *countdown) look() {
+	if c.left.Add(-1) == 0 {
+		c.cancel()
+	}
+}
+
+func (c *countdown) Done() <-chan struct{} { c.look(); return c.Context.Done() }
+func (c *countdown) Err() error            { c.look(); return c.Context.Err() }
+
+// A Commit whose context is canceled while it runs, at any point, either
+// stores its whole batch and says so, or fails with the context's error
+// and stores nothing of it: the same batch committed again is then new,
+// at the next revision. The store goes on as though the failed call had
+// not been made.
+func testCommitCanceledMidway(t *testing.T, su suite) {
+	s := su.open(t)
+	first := auth("r1", "init", "INITIATED", at(0))
+	commit(t, s, hook(at(0), first))
+	var (
+		rev       int64 = 1
+		all             = []*eventsv1.Event{first}
+		failures  int
+		successes int
+	)
+	// batch is the k-th attempt's: a new event of r1, one of a new
+	// request, one of no request, and a retry of r1's first event.
+	batch := func(k int) []store.Webhook {
+		return []store.Webhook{
+			hook(at(100+k), delivery("r1", fmt.Sprintf("e%d", k), "SMS", "SENT", at(100+k)), auth("r1", "init", "INITIATED", at(0))),
+			hook(at(100+k), auth(fmt.Sprintf("new%d", k), "init", "INITIATED", at(100+k)), system("", fmt.Sprintf("u%d", k), "UNREACHABLE", at(100+k))),
+		}
+	}
+	// attempt commits the k-th batch with ctx, which cancel cancels, and
+	// reports whether the commit succeeded before ctx was canceled.
+	attempt := func(ctx context.Context, cancel func(), k int) (completed bool) {
+		t.Helper()
+		defer cancel()
+		b := batch(k)
+		before := get(t, s, "r1")
+		results, changes, err := s.Commit(ctx, b)
+		canceled := ctx.Err() != nil
+		cancel()
+		newID := fmt.Sprintf("new%d", k)
+		if err == nil {
+			successes++
+			rev++
+			checkResults(t, results, [][]bool{{false, true}, {false, false}}, [][]int64{{rev, rev}, {1, 0}})
+			if len(changes) != 2 {
+				t.Errorf("attempt %d: %d changes, want 2", k, len(changes))
+			}
+			all = append(all, b[0].Events[0])
+			equalProto(t, fmt.Sprintf("r1 after attempt %d", k), get(t, s, "r1"), snapshot("r1", all, rev, at(100+k)))
+			get(t, s, newID)
+			return !canceled
+		}
+		failures++
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("attempt %d: Commit canceled while it ran: %v; want an error wrapping context.Canceled", k, err)
+		}
+		if after := get(t, s, "r1"); !proto.Equal(after, before) {
+			t.Errorf("attempt %d failed (%v), and r1 changed: revision %d -> %d", k, err, before.GetRevision(), after.GetRevision())
+		}
+		if _, err := s.GetRequest(context.Background(), newID); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("attempt %d failed, and its new request is there: %v", k, err)
+		}
+		// Nothing of it was stored: it is new when committed again.
+		rev++
+		results, _ = commit(t, s, batch(k)...)
+		checkResults(t, results, [][]bool{{false, true}, {false, false}}, [][]int64{{rev, rev}, {1, 0}})
+		all = append(all, b[0].Events[0])
+		return false
+	}
+
+	// Canceled at each look at the context in turn, until a commit ends
+	// before its context's countdown does; that one is timed.
+	k := 0
+	var took time.Duration
+	for n := int64(1); ; n++ {
+		if n > 10000 {
+			t.Fatalf("Commit still looked at its context %d times", n)
+		}
+		k++
+		ctx := newCountdown(n)
+		start := time.Now()
+		if attempt(ctx, ctx.cancel, k) {
+			took = time.Since(start)
+			break
+		}
+		if t.Failed() {
+			return
+		}
+	}
+	// Canceled after a while, through the time a commit takes: at points a
+	// backend does not look at its context itself (a driver's goroutine,
+	// a query in flight).
+	for i := range 16 {
+		k++
+		ctx, cancel := context.WithCancel(context.Background())
+		timer := time.AfterFunc(took*time.Duration(i)/16, cancel)
+		attempt(ctx, func() { timer.Stop(); cancel() }, k)
+		if t.Failed() {
+			return
+		}
+	}
+	t.Logf("%d commits canceled, %d completed", failures, successes)
+	equalProto(t, "r1 at the end", get(t, s, "r1"), snapshot("r1", all, rev, get(t, s, "r1").GetUpdateTime().AsTime()))
+	if got := listAll(t, s, "r1", 7); len(got) != len(all) {
+		t.Errorf("r1 lists %d events, want %d", len(got), len(all))
+	}
+}
