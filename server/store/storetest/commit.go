@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -281,6 +282,14 @@ func testClosed(t *testing.T, su suite) {
 	_, _, err = s.ListEvents(ctx, "r1", store.Page{Size: 10})
 	wantErr(t, "ListEvents after Close", err, store.ErrClosed)
 	wantErr(t, "Ping after Close", s.Ping(ctx), store.ErrClosed)
+	if p, ok := s.(store.Purger); ok {
+		_, err := p.PurgePII(ctx, t0.Add(time.Hour), nil)
+		wantErr(t, "PurgePII after Close", err, store.ErrClosed)
+	}
+	if x, ok := s.(store.Exporter); ok {
+		err := x.Export(ctx, 10, func([]store.Webhook) error { return nil })
+		wantErr(t, "Export after Close", err, store.ErrClosed)
+	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v, want nil", err)
 	}

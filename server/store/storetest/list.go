@@ -146,3 +146,32 @@ func testListEventsNotFound(t *testing.T, su suite) {
 	_, _, err = s.ListEvents(context.Background(), "nope", store.Page{Size: 10})
 	wantErr(t, "ListEvents of an unknown request", err, store.ErrNotFound)
 }
+
+// Page sizes are bounded as Page.Limit says: over store.MaxPageSize is a
+// page of MaxPageSize, not positive a page of store.DefaultPageSize.
+func testListEventsPageSizeBounds(t *testing.T, su suite) {
+	s := su.open(t)
+	n := store.MaxPageSize + 1
+	events := make([]*eventsv1.Event, n)
+	for i := range events {
+		events[i] = delivery("r1", fmt.Sprintf("e%04d", i), "SMS", "SENT", at(i))
+	}
+	commit(t, s, hook(at(n), events...))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		size, want int
+	}{{store.MaxPageSize + 1, store.MaxPageSize}, {1 << 30, store.MaxPageSize}, {0, store.DefaultPageSize}, {-5, store.DefaultPageSize}} {
+		page, next, err := s.ListEvents(ctx, "r1", store.Page{Size: tc.size})
+		if err != nil || len(page) != tc.want || next == "" {
+			t.Errorf("ListEvents(size %d) = %d events, next %q, %v; want %d and a next page", tc.size, len(page), next, err, tc.want)
+			continue
+		}
+		if got := ids(page)[tc.want-1]; got != fmt.Sprintf("e%04d", tc.want-1) {
+			t.Errorf("ListEvents(size %d): the page ends at %s", tc.size, got)
+		}
+		rest, next, err := s.ListEvents(ctx, "r1", store.Page{Size: tc.size, Token: next})
+		if err != nil || len(rest) != min(tc.want, n-tc.want) || len(rest) == 0 || ids(rest)[0] != fmt.Sprintf("e%04d", tc.want) {
+			t.Errorf("ListEvents(size %d) second page = %q, next %q, %v; want it to go on at e%04d", tc.size, ids(rest), next, err, tc.want)
+		}
+	}
+}

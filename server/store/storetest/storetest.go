@@ -68,6 +68,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"ListEventsPagingWhileWriting", testListEventsPagingWhileWriting},
 		{"ListEventsInvalidToken", testListEventsInvalidToken},
 		{"ListEventsNotFound", testListEventsNotFound},
+		{"ListEventsPageSizeBounds", testListEventsPageSizeBounds},
 		{"ConcurrentCommits", testConcurrentCommits},
 		{"CanceledContext", testCanceledContext},
 		{"CommitCanceledMidway", testCommitCanceledMidway},
