@@ -33,12 +33,13 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		if err := s.usable(op); err != nil {
 			return total, err
 		}
-		qctx, cancel := context.WithTimeout(ctx, s.timeout)
+		deadline := time.Now().Add(s.timeout)
+		qctx, cancel := context.WithDeadline(ctx, deadline)
 		var (
 			n       int
 			changes []store.Change
 		)
-		err := pgx.BeginFunc(qctx, s.pool, func(tx pgx.Tx) (err error) {
+		err := s.inTx(qctx, deadline, func(qctx context.Context, tx pgx.Tx) (err error) {
 			n, changes, err = purgeChunkTx(qctx, tx, cutoff, s.channel)
 			return err
 		})

@@ -140,3 +140,97 @@ func testCommitCanceledMidway(t *testing.T, su suite) {
 		t.Errorf("r1 lists %d events, want %d", len(got), len(all))
 	}
 }
+
+// A purge whose context is canceled while it runs, at any point, reports
+// every refold it made a change (see store.Purger) once its transaction
+// commits: a purge that fails having refolded a request would leave the
+// watchers without that change.
+func testPurgeCanceledMidway(t *testing.T, su suite) {
+	if su.opts.SetSnapshot == nil {
+		t.Skip("the backend gives no Options.SetSnapshot")
+	}
+	s := su.open(t)
+	p := s.(store.Purger)
+	// round commits a webhook of request id, received before the cutoff,
+	// and gives the request a snapshot an earlier fold made, which the
+	// purge's refold changes: a change at the next revision.
+	round := func(id string) *eventsv1.AuthRequest {
+		commit(t, s, hookBody(`{"old":"+919800000000"}`, t0, delivery(id, "e-sent", "SMS", "SENT", at(0))))
+		earlier := get(t, s, id)
+		earlier.ActiveChannel = "WHATSAPP"
+		su.opts.SetSnapshot(t, s, earlier)
+		return earlier
+	}
+	purge := func(ctx context.Context, id string, before *eventsv1.AuthRequest) (completed bool) {
+		t.Helper()
+		var changed []store.Change
+		n, err := p.PurgePII(ctx, t0.Add(time.Hour), func(c []store.Change) { changed = append(changed, c...) })
+		after := get(t, s, id)
+		refolded := after.GetRevision() != before.GetRevision()
+		switch {
+		case err == nil && (n != 1 || !refolded || len(changed) != 1):
+			t.Errorf("%s: PurgePII = %d, nil with %d changes, revision %d -> %d; want 1 webhook purged, its refold a change", id, n, len(changed), before.GetRevision(), after.GetRevision())
+		case err != nil && refolded && len(changed) == 0:
+			t.Errorf("%s: PurgePII failed (%v) after refolding the request (revision %d -> %d), and reported no change", id, err, before.GetRevision(), after.GetRevision())
+		case err != nil && !errors.Is(err, context.Canceled):
+			t.Errorf("%s: PurgePII canceled while it ran: %v; want an error wrapping context.Canceled", id, err)
+		}
+		if err != nil {
+			// Purge what is left, so that the next round starts clean: a
+			// backend that skips rows another transaction holds may have
+			// to wait for the failed one's to end.
+			// The refold is a change reported once: by the failed purge
+			// if it was stored, else by this one.
+			for start := time.Now(); ; {
+				if _, err := p.PurgePII(context.Background(), t0.Add(time.Hour), func(c []store.Change) { changed = append(changed, c...) }); err != nil {
+					t.Fatalf("PurgePII: %v", err)
+				}
+				if events := listAll(t, s, id, 10); len(events) == 1 && events[0].GetIdentity() == "" {
+					break
+				}
+				if time.Since(start) > 10*time.Second {
+					t.Fatalf("%s: its webhook is still not purged 10 s after a purge failed", id)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if len(changed) != 1 {
+				t.Errorf("%s: after a purge that failed (%v) and the purge after it, %d changes were reported; want the refold's, once", id, err, len(changed))
+			}
+		}
+		return err == nil && ctx.Err() == nil
+	}
+	k := 0
+	var took time.Duration
+	for n := int64(1); ; n++ {
+		if n > 10000 {
+			t.Fatalf("PurgePII still looked at its context %d times", n)
+		}
+		k++
+		id := fmt.Sprintf("r%d", k)
+		before := round(id)
+		ctx := newCountdown(n)
+		start := time.Now()
+		done := purge(ctx, id, before)
+		ctx.cancel()
+		if done {
+			took = time.Since(start)
+			break
+		}
+		if t.Failed() {
+			return
+		}
+	}
+	for i := range 16 {
+		k++
+		id := fmt.Sprintf("r%d", k)
+		before := round(id)
+		ctx, cancel := context.WithCancel(context.Background())
+		timer := time.AfterFunc(took*time.Duration(i)/16, cancel)
+		purge(ctx, id, before)
+		timer.Stop()
+		cancel()
+		if t.Failed() {
+			return
+		}
+	}
+}

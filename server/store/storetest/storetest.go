@@ -79,6 +79,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"PurgePIIMany", testPurgePIIMany},
 		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
 		{"PurgePIIRefoldsAnEarlierFold", testPurgePIIRefoldsAnEarlierFold},
+		{"PurgeCanceledMidway", testPurgeCanceledMidway},
 		{"Export", testExport},
 		{"ExportSnapshot", testExportSnapshot},
 		{"ExportPageBytes", testExportPageBytes},
