@@ -512,7 +512,9 @@ func resultCode(err error) int {
 	return se.Code() & 0xff
 }
 
-// Close implements store.Store. Commits in flight finish first.
+// Close implements store.Store. It does not wait for calls in flight: a
+// commit part way through its statements fails (ErrClosed) and stores
+// nothing. The server closes the store after its writer has stopped.
 func (s *Store) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
