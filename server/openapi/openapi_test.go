@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/otpless-events/otpless-events/server/openapi"
@@ -65,7 +66,8 @@ func TestHandler(t *testing.T) {
 
 // The document says how each route authenticates, so that clients
 // generated from it send their credentials: a bearer credential for the
-// request routes, HTTP Basic for the webhook route.
+// request routes (or, on the watch route, a watch token as access_token),
+// HTTP Basic for the webhook route.
 func TestDocumentNamesCredentials(t *testing.T) {
 	t.Parallel()
 	var doc struct {
@@ -82,16 +84,58 @@ func TestDocumentNamesCredentials(t *testing.T) {
 	if doc.SecurityDefinitions["basic"].Type != "basic" {
 		t.Errorf("basic: %+v", doc.SecurityDefinitions["basic"])
 	}
+	if a := doc.SecurityDefinitions["access_token"]; a.Type != "apiKey" || a.In != "query" || a.Name != "access_token" {
+		t.Errorf("access_token: %+v, want an apiKey in the query's access_token", a)
+	}
 	if len(doc.Security) != 1 || doc.Security[0]["bearer"] == nil {
 		t.Errorf("the document's security %v, want bearer", doc.Security)
 	}
 	for path, ops := range doc.Paths {
 		for method, op := range ops {
-			webhook := path == "/v1/webhooks/otpless"
-			if overrides := op.Security != nil; overrides != webhook || (webhook && op.Security[0]["basic"] == nil) {
-				t.Errorf("%s %s: security %v", method, path, op.Security)
+			var want []string // the document's
+			switch path {
+			case "/v1/webhooks/otpless":
+				want = []string{"basic"}
+			case "/v1/requests/{requestId}:watch":
+				want = []string{"bearer", "access_token"}
+			}
+			var got []string
+			for _, req := range op.Security {
+				for name := range req {
+					got = append(got, name)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s %s: security %v, want %v", method, path, op.Security, want)
 			}
 		}
+	}
+}
+
+// The watch route documents what browsers use of it: the event stream it
+// also produces, Last-Event-ID, and the 204 that ends a resumed stream of a
+// finished request.
+func TestDocumentDescribesEventStreams(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Produces   []string
+			Parameters []struct{ Name, In string }
+			Responses  map[string]struct{ Description string }
+		}
+	}
+	if err := json.Unmarshal(openapi.Document(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	op := doc.Paths["/v1/requests/{requestId}:watch"]["get"]
+	if !slices.Contains(op.Produces, "text/event-stream") {
+		t.Errorf("watch produces %v, want text/event-stream among them", op.Produces)
+	}
+	if !slices.ContainsFunc(op.Parameters, func(p struct{ Name, In string }) bool { return p.Name == "Last-Event-ID" && p.In == "header" }) {
+		t.Errorf("watch parameters %+v, want the Last-Event-ID header", op.Parameters)
+	}
+	if op.Responses["204"].Description == "" {
+		t.Errorf("watch answers %v, want a 204 described", op.Responses)
 	}
 }
 

@@ -1317,7 +1317,7 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x1bWATCH_MESSAGE_TYPE_SNAPSHOT\x10\x01\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_TYPE_UPDATE\x10\x02\x12 \n" +
 	"\x1cWATCH_MESSAGE_TYPE_HEARTBEAT\x10\x03\x12 \n" +
-	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xba\b\n" +
+	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xd6\r\n" +
 	"\x0eRequestService\x12\xd5\x01\n" +
 	"\n" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"z\x92AVJT\n" +
@@ -1327,15 +1327,25 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x11ListRequestEvents\x12+.otpless.events.v1.ListRequestEventsRequest\x1a,.otpless.events.v1.ListRequestEventsResponse\"\x81\x01\x92AVJT\n" +
 	"\x03404\x12M\n" +
 	"3NOT_FOUND: no event of the request has been stored.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\xf6\x02\n" +
-	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"\x92\x02\x92A\xe7\x01J\xe4\x01\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\"\x12 /v1/requests/{request_id}/events\x12\x92\b\n" +
+	"\fWatchRequest\x12&.otpless.events.v1.WatchRequestRequest\x1a'.otpless.events.v1.WatchRequestResponse\"\xae\a\x92A\x83\a\x1a\xbc\x02Over HTTP the stream is newline-delimited JSON, or with Accept: text/event-stream Server-Sent Events: one event per message, named snapshot, update, heartbeat or reconnect, its id the revision, its data the message as JSON; an error after the first event ends the stream with an error event whose data is the status.:\x10application/json:\x11text/event-streamJ\x89\x01\n" +
+	"\x03204\x12\x81\x01\n" +
+	"\x7fServer-Sent Events resumed at the last revision of a finished request: nothing more will come (EventSource stops reconnecting).J\xe4\x01\n" +
 	"\x03429\x12\xdc\x01\n" +
 	"\xc1\x01RESOURCE_EXHAUSTED: as many watch streams are open as the server allows for the credential, the watch token, the request, or in all; retry after Retry-After (the status's google.rpc.RetryInfo).\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xe1\x01\n" +
+	"\x14\x1a\x12.google.rpc.Statusb\f\n" +
+	"\n" +
+	"\n" +
+	"\x06bearer\x12\x00b\x12\n" +
+	"\x10\n" +
+	"\faccess_token\x12\x00r\x87\x01\n" +
+	"\x84\x01\n" +
+	"\rLast-Event-ID\x12qServer-Sent Events: the revision to resume after, as after_revision (which EventSource sends when it reconnects).\x18\x01\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xe1\x01\n" +
 	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"t\x92ABJ@\n" +
 	"\x03413\x129\n" +
 	"\x1fThe body is larger than 64 KiB.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xbd\t\x92A\xe5\a\x12X\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xde\n" +
+	"\x92A\x86\t\x12X\n" +
 	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1R\xa6\x01\n" +
 	"\x03400\x12\x9e\x01\n" +
 	"\x83\x01INVALID_ARGUMENT: a field out of its range (a request id no request could have, a page token or size, a ttl); the message names it.\x12\x16\n" +
@@ -1348,7 +1358,9 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusRp\n" +
 	"\x03503\x12i\n" +
 	"OUNAVAILABLE: the store cannot be reached or the server is shutting down; retry.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusZ\x8d\x03\n" +
+	"\x14\x1a\x12.google.rpc.StatusZ\xae\x04\n" +
+	"\x9e\x01\n" +
+	"\faccess_token\x12\x8d\x01\b\x02\x12yA watch token from CreateWatchToken, on the watch route only (EventSource cannot set headers); an API key there gets 401.\x1a\faccess_token \x01\n" +
 	"\xc8\x01\n" +
 	"\x05basic\x12\xbe\x01\b\x01\x12\xb9\x01The webhook route's HTTP Basic credentials. OTPLESS may instead be given the URL with the key in it, POST /v1/webhooks/otpless/{key}, which takes the same body and answers the same way.\n" +
 	"\xbf\x01\n" +
