@@ -2,8 +2,14 @@ package normalize_test
 
 import (
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/server/normalize"
 )
@@ -50,4 +56,80 @@ func FuzzNormalize(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzRetriedBody: a body sent again later, or kept as the JSON a gRPC
+// caller's message is stored as and read back, gives the very same events,
+// ids included; only the receive time (and the event time of a body
+// without one, which is its receive time) may differ. A field read
+// differently the second time would store one event twice.
+func FuzzRetriedBody(f *testing.F) {
+	for _, doc := range fixtures.Docs(f) {
+		f.Add(doc.Body, uint32(1))
+	}
+	for _, s := range fixtures.Scenarios(f) {
+		for _, body := range s.Bodies {
+			f.Add(body, uint32(3600))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte, later uint32) {
+		req, err := normalize.Decode(body)
+		if err != nil {
+			return
+		}
+		want, err := normalize.Events(req, received)
+		if err != nil {
+			return
+		}
+		retried := received.Add(time.Duration(later) * time.Millisecond)
+		got, err := normalize.Events(req, retried)
+		if err != nil {
+			t.Fatalf("accepted at %v, refused %v later: %v", received, retried.Sub(received), err)
+		}
+		if d := differ(got, want); d != "" {
+			t.Fatalf("sent again %v later: %s", retried.Sub(received), d)
+		}
+		kept, err := protojson.Marshal(req)
+		if err != nil {
+			t.Fatalf("the decoded body cannot be kept as JSON: %v", err)
+		}
+		again, err := normalize.Decode(kept)
+		if err != nil {
+			t.Fatalf("the body kept as JSON does not decode: %v\n%s", err, kept)
+		}
+		if !proto.Equal(again, req) {
+			t.Fatalf("the body kept as JSON reads as another:\n got %v\nwant %v", again, req)
+		}
+		got, err = normalize.Events(again, received)
+		if err != nil {
+			t.Fatalf("the body kept as JSON is refused: %v", err)
+		}
+		if d := differ(got, want); d != "" {
+			t.Fatalf("the body kept as JSON: %s", d)
+		}
+	})
+}
+
+// differ says how got differs from want beyond receive times, "" if not.
+func differ(got, want []*eventsv1.Event) string {
+	if len(got) != len(want) {
+		return fmt.Sprintf("%d events, want %d", len(got), len(want))
+	}
+	for i := range got {
+		g, w := proto.CloneOf(got[i]), proto.CloneOf(want[i])
+		if untimed(g) && untimed(w) {
+			g.EventTime, w.EventTime = nil, nil
+		}
+		g.ReceiveTime, w.ReceiveTime = nil, nil
+		if !proto.Equal(g, w) {
+			return fmt.Sprintf("event %d:\n got %v\nwant %v", i, g, w)
+		}
+	}
+	return ""
+}
+
+// untimed reports whether e's event time is its receive time, as for a body
+// without a time.
+func untimed(e *eventsv1.Event) bool {
+	return proto.Equal(e.GetEventTime(), e.GetReceiveTime())
 }
