@@ -73,7 +73,8 @@ func fuzzEvents(data []byte) []*eventsv1.Event {
 // FuzzFold: the fold of any events is the fold of the same events in any
 // other order with any of them retried (the package's order independence),
 // and adding them one at a time never moves a listed channel back along
-// DeliveryStatuses nor a request out of SUCCESS.
+// DeliveryStatuses, a request out of SUCCESS, an unreachable one out of
+// FAILED but to SUCCESS, nor one with events back to UNSPECIFIED.
 func FuzzFold(f *testing.F) {
 	for _, seed := range []string{
 		"\x00\x01\x00\x00" + "\x04\x01\x05\x00" + "\x10\x02\x0a\x02",                      // SMS SENT, SMS DELIVERED, WHATSAPP FAILED
@@ -107,6 +108,14 @@ func FuzzFold(f *testing.F) {
 			next := state.Fold(reqID, input[:k])
 			if state.Terminal(prev) && !state.Terminal(next) {
 				t.Fatalf("adding %v left SUCCESS: %v", input[k-1], next)
+			}
+			// UNREACHABLE, once reported, keeps the request FAILED until
+			// SUCCESS, and a request with events is never UNSPECIFIED.
+			if prev.GetUnreachableTime() != nil && !state.Terminal(next) && next.GetStatus() != eventsv1.RequestStatus_REQUEST_STATUS_FAILED {
+				t.Fatalf("adding %v moved an unreachable request to %v", input[k-1], next.GetStatus())
+			}
+			if next.GetStatus() == eventsv1.RequestStatus_REQUEST_STATUS_UNSPECIFIED && next.GetEventCount() > 0 {
+				t.Fatalf("adding %v left a request of %d events UNSPECIFIED", input[k-1], next.GetEventCount())
 			}
 			for _, c := range prev.GetChannels() {
 				// Four channels at most: none drops out of the list.
