@@ -16,7 +16,8 @@ import (
 
 // FuzzNormalize feeds arbitrary bodies through Decode and Events: they must
 // not panic, must fail only with the package's sentinel errors, and every
-// event they produce must have an id and a valid event time.
+// event they produce must have an id and a valid event time, and encode as
+// protobuf (which the store keeps it as).
 func FuzzNormalize(f *testing.F) {
 	for _, doc := range fixtures.Docs(f) {
 		f.Add(doc.Body)
@@ -53,6 +54,9 @@ func FuzzNormalize(f *testing.F) {
 			}
 			if err := e.GetEventTime().CheckValid(); err != nil {
 				t.Errorf("event time: %v", err)
+			}
+			if _, err := proto.Marshal(e); err != nil {
+				t.Errorf("event cannot be stored: %v", err)
 			}
 		}
 	})
