@@ -302,17 +302,31 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	})
 
+	// Refused before its first snapshot, a page knows nothing of the
+	// request yet: it says nothing of it (no "0" events, no "No delivery
+	// report yet" for a request that has them), then shows it once let in.
 	t.Run("refused for a while", func(t *testing.T) {
 		ts := testserver.Start(t, func(c *server.Config) { c.Security.MaxWatchesPerRequest = 1 })
 		const id = "e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9"
+		ts.Ingest(t, []byte(`{"data":{"requestId":"`+id+`","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153060300}`))
 		first := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
 		first.waitFor("the first page's stream", `document.body.dataset.connection === "live"`)
 		second := openPage(t, browser, ts.HTTPURL+"/ui/?request_id="+id)
 		second.waitFor("the refusal of a second stream", `document.body.dataset.connection === "reconnecting" && document.getElementById('stream-error').textContent.includes('HTTP 429')`)
+		type shown struct{ Events, Claims string }
+		got, err := chromedp.Run(second.bounded(10*time.Second), chromedp.Evaluate[shown](`({
+			events: document.getElementById('fact-events').textContent,
+			claims: [...document.querySelectorAll('#main .muted, #main .badge, #main .outcome')].filter(e => e.getClientRects().length).map(e => e.textContent).join(' | ')})`))
+		if err != nil || got.Events != "–" || strings.Contains(got.Claims, "No delivery report") {
+			t.Errorf("refused before its first snapshot, the page shows events %q and %q (%v); want \"–\" and no claim of no report", got.Events, got.Claims, err)
+		}
 		if err := chromedp.Cancel(first.ctx); err != nil { // the first page's tab closes
 			t.Fatal(err)
 		}
 		second.waitFor("the second page's stream, on its own", `document.body.dataset.connection === "live"`)
+		if v := second.view(); v.Steps["SMS/SENT"] != "reached" {
+			t.Errorf("let in, the page shows steps %v; want SMS SENT reached", v.Steps)
+		}
 	})
 
 	// A page left for another may stay in the back/forward cache, and its
@@ -591,7 +605,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := (shown{Badge: "Access refused", Events: "0", Method: "–", NoChannels: true}); now != want {
+		if want := (shown{Badge: "Access refused", Events: "–", Method: "–"}); now != want {
 			t.Errorf("after switching to a refused id: %+v, want %+v", now, want)
 		}
 		// A bad token: the page stops and says why.

@@ -243,10 +243,11 @@ function reset(id) {
   $('status-badge').className = 'badge';
   $('outcome').textContent = '';
   $('outcome').className = 'outcome';
-  for (const f of ['method', 'channel', 'revision']) $(`fact-${f}`).textContent = '–';
-  $('fact-events').textContent = '0';
+  // Nothing is known of the request until its first snapshot (a stream
+  // refused or slow to come): no count, no "no report yet".
+  for (const f of ['method', 'channel', 'events', 'revision']) $(`fact-${f}`).textContent = '–';
   $('channels').replaceChildren();
-  $('no-channels').hidden = false;
+  $('no-channels').hidden = true;
   for (const name of ['fallbacks', 'failures']) {
     $(name).replaceChildren();
     $(`${name}-section`).hidden = true;
