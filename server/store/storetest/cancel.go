@@ -62,16 +62,14 @@ func testCommitCanceledMidway(t *testing.T, su suite) {
 			hook(at(100+k), auth(fmt.Sprintf("new%d", k), "init", "INITIATED", at(100+k)), system("", fmt.Sprintf("u%d", k), "UNREACHABLE", at(100+k))),
 		}
 	}
-	// attempt commits the k-th batch with ctx, which cancel cancels, and
-	// reports whether the commit succeeded before ctx was canceled.
-	attempt := func(ctx context.Context, cancel func(), k int) (completed bool) {
+	// attempt commits the k-th batch with ctx and reports whether the
+	// commit succeeded before ctx was canceled.
+	attempt := func(ctx context.Context, k int) (completed bool) {
 		t.Helper()
-		defer cancel()
 		b := batch(k)
 		before := get(t, s, "r1")
 		results, changes, err := s.Commit(ctx, b)
 		canceled := ctx.Err() != nil
-		cancel()
 		newID := fmt.Sprintf("new%d", k)
 		if err == nil {
 			successes++
@@ -103,36 +101,10 @@ func testCommitCanceledMidway(t *testing.T, su suite) {
 		return false
 	}
 
-	// Canceled at each look at the context in turn, until a commit ends
-	// before its context's countdown does; that one is timed.
 	k := 0
-	var took time.Duration
-	for n := int64(1); ; n++ {
-		if n > 10000 {
-			t.Fatalf("Commit still looked at its context %d times", n)
-		}
-		k++
-		ctx := newCountdown(n)
-		start := time.Now()
-		if attempt(ctx, ctx.cancel, k) {
-			took = time.Since(start)
-			break
-		}
-		if t.Failed() {
-			return
-		}
-	}
-	// Canceled after a while, through the time a commit takes: at points a
-	// backend does not look at its context itself (a driver's goroutine,
-	// a query in flight).
-	for i := range 16 {
-		k++
-		ctx, cancel := context.WithCancel(context.Background())
-		timer := time.AfterFunc(took*time.Duration(i)/16, cancel)
-		attempt(ctx, func() { timer.Stop(); cancel() }, k)
-		if t.Failed() {
-			return
-		}
+	cancelThroughout(t, "Commit", func() { k++ }, func(ctx context.Context) bool { return attempt(ctx, k) })
+	if t.Failed() {
+		return
 	}
 	t.Logf("%d commits canceled, %d completed", failures, successes)
 	equalProto(t, "r1 at the end", get(t, s, "r1"), snapshot("r1", all, rev, get(t, s, "r1").GetUpdateTime().AsTime()))
@@ -199,18 +171,35 @@ func testPurgeCanceledMidway(t *testing.T, su suite) {
 		}
 		return err == nil && ctx.Err() == nil
 	}
-	k := 0
+	var (
+		k      int
+		id     string
+		before *eventsv1.AuthRequest
+	)
+	cancelThroughout(t, "PurgePII", func() {
+		k++
+		id = fmt.Sprintf("r%d", k)
+		before = round(id)
+	}, func(ctx context.Context) bool { return purge(ctx, id, before) })
+}
+
+// cancelThroughout calls call, each time after next, with contexts
+// canceled at each of its looks at them in turn, until a call ends before
+// its countdown does; then with contexts canceled at 16 points through the
+// time that call took: at points a backend does not look at its context
+// itself (a driver's goroutine, a query in flight). It stops at the first
+// failure.
+func cancelThroughout(t *testing.T, what string, next func(), call func(ctx context.Context) (completed bool)) {
+	t.Helper()
 	var took time.Duration
 	for n := int64(1); ; n++ {
 		if n > 10000 {
-			t.Fatalf("PurgePII still looked at its context %d times", n)
+			t.Fatalf("%s still looked at its context %d times", what, n)
 		}
-		k++
-		id := fmt.Sprintf("r%d", k)
-		before := round(id)
+		next()
 		ctx := newCountdown(n)
 		start := time.Now()
-		done := purge(ctx, id, before)
+		done := call(ctx)
 		ctx.cancel()
 		if done {
 			took = time.Since(start)
@@ -221,12 +210,10 @@ func testPurgeCanceledMidway(t *testing.T, su suite) {
 		}
 	}
 	for i := range 16 {
-		k++
-		id := fmt.Sprintf("r%d", k)
-		before := round(id)
+		next()
 		ctx, cancel := context.WithCancel(context.Background())
 		timer := time.AfterFunc(took*time.Duration(i)/16, cancel)
-		purge(ctx, id, before)
+		call(ctx)
 		timer.Stop()
 		cancel()
 		if t.Failed() {
