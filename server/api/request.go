@@ -236,13 +236,12 @@ func EndQuietlyWhenFinished(ctx context.Context) context.Context {
 // UPDATE with the newest snapshot and the events added after last, or,
 // when the watcher fell so far behind that some changes were dropped, or
 // a retention refold came before the commit of the revision before it,
-// or their events would make a message over maxUpdateEventBytes, a
-// SNAPSHOT without events, so the client knows events are missing. Nil
+// or their events would make a message over maxUpdateBytes, a SNAPSHOT
+// without events, so the client knows events are missing. Nil
 // when nothing is newer.
 func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
 	changes, dropped := sub.Next()
 	var msg *eventsv1.WatchRequestResponse
-	size := 0
 	for _, c := range changes {
 		if c.Request.GetRevision() <= last {
 			continue
@@ -254,9 +253,6 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 			msg = &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE}
 		}
 		events := c.EventsAfter(last)
-		for _, e := range events {
-			size += proto.Size(e)
-		}
 		if msg.Events == nil {
 			// Shared with the other watchers: clipped, so that the append
 			// of a later change copies it rather than writing past it.
@@ -268,17 +264,19 @@ func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse
 		msg.Revision = c.Request.GetRevision()
 		last = msg.Revision
 	}
-	if msg != nil && (dropped || size > maxUpdateEventBytes) {
+	// The snapshot counts too: one a sender filled can take half of it.
+	if msg != nil && (dropped || proto.Size(msg) > maxUpdateBytes) {
 		msg.Type, msg.Events = eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, nil
 	}
 	return msg
 }
 
-// maxUpdateEventBytes bounds the events of one UPDATE, so that with the
-// snapshot (its lists bounded by state.MaxListed) it stays under the 4 MiB
-// a gRPC client takes by default: a sender can make events of up to a few
-// hundred KiB (64 channels of 4 KiB), and many can land in one commit.
-const maxUpdateEventBytes = 2 << 20
+// maxUpdateBytes bounds an UPDATE, its snapshot and events together, so
+// that it stays under the 4 MiB a gRPC client takes by default: a sender
+// can make events of up to a few hundred KiB (64 channels of 4 KiB), many
+// can land in one commit, and a snapshot whose lists (bounded by
+// state.MaxListed) it filled with such texts takes over 2 MiB alone.
+const maxUpdateBytes = 2 << 20
 
 // snapshot reads the request for a new watch on a goroutine of its own.
 // The store's read runs deep (SQLite's is C translated to Go), and the

@@ -12,9 +12,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/broker"
+	"github.com/otpless-events/otpless-events/server/normalize"
+	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -197,6 +200,57 @@ func TestUpdateTooLargeForOneMessage(t *testing.T) {
 		if msg.GetType() != tc.want || msg.GetRevision() != int64(len(tc.changes)) || proto.Size(msg) > 4<<20 {
 			t.Errorf("%s: %v at %d, %d bytes, want %v at %d, under 4 MiB", tc.name, msg.GetType(), msg.GetRevision(), proto.Size(msg), tc.want, len(tc.changes))
 		}
+	}
+}
+
+// An UPDATE is bounded as a whole, its snapshot with its events: a
+// sender's request whose snapshot lists the most it can (64 channels,
+// fallbacks and failures, each text 4 KiB) with several large INITIATEDs
+// in one message would be over the 4 MiB a gRPC client takes by default.
+func TestUpdateWithTheLargestSnapshot(t *testing.T) {
+	t.Parallel()
+	text := func(prefix string, i int) string {
+		s := fmt.Sprintf("%s%04d", prefix, i)
+		return s + strings.Repeat("x", normalize.MaxFieldLen-len(s))
+	}
+	at := func(i int) *timestamppb.Timestamp { return timestamppb.New(time.Unix(1764153000+int64(i), 0)) }
+	var events []*eventsv1.Event
+	for i := range state.MaxListed {
+		events = append(events,
+			&eventsv1.Event{EventId: text("d", i), RequestId: "r", Kind: eventsv1.EventKind_EVENT_KIND_DELIVERY, Status: "FAILED",
+				Channel: text("C", i), Identity: text("I", i), EventTime: at(i),
+				Error: &eventsv1.ErrorInfo{Code: text("E", i), Message: strings.Repeat("m", 1024) + "…"}},
+			&eventsv1.Event{EventId: text("f", i), RequestId: "r", Kind: eventsv1.EventKind_EVENT_KIND_AUTH, Status: "FALLBACK",
+				FromChannel: text("F", i), ToChannel: text("T", i), EventTime: at(i)})
+	}
+	initiated := func(i int) *eventsv1.Event {
+		channels := make([]string, normalize.MaxAuthChannels)
+		for j := range channels {
+			channels[j] = text(fmt.Sprintf("A%d-", i), j)
+		}
+		return &eventsv1.Event{EventId: fmt.Sprintf("i%d", i), RequestId: "r", Kind: eventsv1.EventKind_EVENT_KIND_AUTH, Status: "INITIATED",
+			AuthChannels: channels, AuthMethod: text("M", i), Email: text("e", i), Token: text("t", i), AuthSessionId: text("s", i),
+			TraceId: text("r", i), Phone: &eventsv1.PhoneDetails{PhoneNumber: text("1", i), CountryCode: text("9", i)}, EventTime: at(1000 + i)}
+	}
+	b := broker.New(0)
+	sub := b.Subscribe("r")
+	defer sub.Close()
+	var changes []store.Change
+	for i := range 7 {
+		e := initiated(i)
+		events = append(events, e)
+		snap := state.Fold("r", events)
+		snap.Revision = int64(2 + i)
+		changes = append(changes, store.Change{Request: snap, Events: []*eventsv1.Event{e}})
+	}
+	b.Publish(changes)
+	msg := update(sub, 1)
+	if size := proto.Size(msg); size > 4<<20 || msg.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE && size > maxUpdateBytes {
+		t.Errorf("%v at %d with %d events: %d bytes, want an UPDATE of at most %d or a SNAPSHOT, under 4 MiB",
+			msg.GetType(), msg.GetRevision(), len(msg.GetEvents()), size, maxUpdateBytes)
+	}
+	if msg.GetRevision() != 8 {
+		t.Errorf("revision %d, want 8", msg.GetRevision())
 	}
 }
 
