@@ -271,9 +271,30 @@ func parseStore(dsn string) (backend, location string, err error) {
 	case strings.Contains(dsn, "://"):
 		scheme, _, _ := strings.Cut(dsn, "://") // not the whole DSN: it may hold a password
 		return "", "", fmt.Errorf("store scheme %q is not supported (want sqlite://, postgres:// or a file path)", scheme)
+	case isKeywordValueDSN(dsn):
+		// Not quoted either. Taken for a path, it named a SQLite file, and
+		// every log line about that file held the password.
+		return "", "", errors.New("the store looks like a PostgreSQL connection string in keyword/value form (host=… password=…): write it as postgres://USER:PASSWORD@HOST/DB?…, or, for a file of that name, sqlite://PATH")
 	default:
 		return "sqlite", dsn, nil
 	}
+}
+
+// isKeywordValueDSN reports whether dsn has a field that starts as one of
+// the connection parameters of libpq's keyword/value form ("host=…
+// password=…"), which no file path is meant to.
+func isKeywordValueDSN(dsn string) bool {
+	for _, f := range strings.Fields(dsn) {
+		key, _, ok := strings.Cut(f, "=")
+		if !ok {
+			continue
+		}
+		switch key {
+		case "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "sslmode", "service":
+			return true
+		}
+	}
+	return false
 }
 
 // Server is a configured, listening service; Run serves it.

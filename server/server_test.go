@@ -1147,3 +1147,33 @@ func TestNotReadyWhenTheFirstPingFails(t *testing.T) {
 		t.Errorf("no warning that the store's ping failed; log:\n%s", logs.String())
 	}
 }
+
+// A PostgreSQL DSN in libpq's keyword/value form is not a file path: taken
+// for one, it made a SQLite file named after it, password and all, and
+// every line about that file logged the password in clear.
+func TestConfigValidateKeywordValueDSN(t *testing.T) {
+	t.Parallel()
+	cfg := server.DefaultConfig()
+	cfg.Security.Disabled = true
+	for _, dsn := range []string{
+		"host=db.internal user=events password=SECRETPW99 dbname=otpless",
+		"password=SECRETPW99",
+		"  dbname=otpless\tsslmode=verify-full password='SECRET PW99'",
+	} {
+		c := cfg
+		c.Store = dsn
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "postgres://") {
+			t.Errorf("Validate() with store %q = %v, want it refused, naming postgres://", dsn, err)
+		} else if strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("Validate() with store %q = %v: the error quotes the password", dsn, err)
+		}
+	}
+	for _, path := range []string{"/srv/otpless-events/events.db", "/srv/a=b/events.db", "events v2.db", "x=1.db"} {
+		c := cfg
+		c.Store = path
+		if err := c.Validate(); err != nil {
+			t.Errorf("Validate() with store %q = %v, want a file path accepted", path, err)
+		}
+	}
+}
