@@ -385,17 +385,19 @@ func baseURL(url string) string {
 }
 
 // redactURL drops a webhook key or user:password from a URL for the report.
+// The key goes first: an "@" in it is no userinfo's end.
 func redactURL(url string) string {
+	suffix := ""
+	if base, key, ok := strings.Cut(url, "/v1/webhooks/otpless/"); ok && key != "" {
+		url, suffix = base, "/v1/webhooks/otpless/{key}"
+	}
 	if scheme, rest, ok := strings.Cut(url, "://"); ok {
 		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
 			rest = rest[at+1:]
 		}
 		url = scheme + "://" + rest
 	}
-	if base, key, ok := strings.Cut(url, "/v1/webhooks/otpless/"); ok && key != "" {
-		return base + "/v1/webhooks/otpless/{key}"
-	}
-	return url
+	return url + suffix
 }
 
 // failed is the run's error, after the report said why: it measured

@@ -155,3 +155,20 @@ func (endlessX) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// redactURL keeps neither a webhook key nor a password, whatever they
+// hold: an "@" in a key (a path segment) is not the end of a userinfo.
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ url, want string }{
+		{"http://127.0.0.1:8080/v1/webhooks/otpless/whk_0123456789abcdef", "http://127.0.0.1:8080/v1/webhooks/otpless/{key}"},
+		{"http://hook:s3cretpassword@127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{"http://hook:s3cret@word@127.0.0.1:8080/v1/webhooks/otpless", "http://127.0.0.1:8080/v1/webhooks/otpless"},
+		{"https://events.example/v1/webhooks/otpless/whk_ab@SECRETSECRETSECRET", "https://events.example/v1/webhooks/otpless/{key}"},
+		{"http://hook:pass/word@127.0.0.1:8080/v1/webhooks/otpless/", "http://127.0.0.1:8080/v1/webhooks/otpless/"},
+	} {
+		if got := redactURL(tt.url); got != tt.want {
+			t.Errorf("redactURL(%q) = %q, want %q", tt.url, got, tt.want)
+		}
+	}
+}
