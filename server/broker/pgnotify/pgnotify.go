@@ -70,7 +70,8 @@ type Options struct {
 	Recheck time.Duration
 	// Ping is how long the listening connection may stay quiet before it is
 	// pinged, and how long the ping may take: a connection gone silent is
-	// given up within twice this (default 5s).
+	// given up within twice this, three times when the ping's notification
+	// cannot be sent either (a partition) (default 5s).
 	Ping time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting and
 	// before retrying a failed read (defaults 100ms and 5s).
