@@ -27,6 +27,7 @@ import (
 	"github.com/otpless-events/otpless-events/internal/loadgen"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
+	"github.com/otpless-events/otpless-events/server/gateway"
 )
 
 // benchFlags are bench's settings.
@@ -388,8 +389,8 @@ func baseURL(url string) string {
 // The key goes first: an "@" in it is no userinfo's end.
 func redactURL(url string) string {
 	suffix := ""
-	if base, key, ok := strings.Cut(url, "/v1/webhooks/otpless/"); ok && key != "" {
-		url, suffix = base, "/v1/webhooks/otpless/{key}"
+	if base, key, ok := strings.Cut(url, gateway.WebhookPath+"/"); ok && key != "" {
+		url, suffix = base, gateway.WebhookPath+"/{key}"
 	}
 	if scheme, rest, ok := strings.Cut(url, "://"); ok {
 		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
@@ -565,7 +566,7 @@ func startSelf(ctx context.Context, stderr io.Writer) (*selfServer, error) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(runCtx) }()
 	s := &selfServer{
-		webhookURL: "http://" + srv.HTTPAddr().String() + "/v1/webhooks/otpless/" + webhookKey,
+		webhookURL: "http://" + srv.HTTPAddr().String() + gateway.WebhookPath + "/" + webhookKey,
 		grpcAddr:   srv.GRPCAddr().String(),
 		apiKey:     apiKey,
 		stop: func() {
