@@ -1344,8 +1344,8 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"t\x92ABJ@\n" +
 	"\x03413\x129\n" +
 	"\x1fThe body is larger than 64 KiB.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xde\n" +
-	"\x92A\x86\t\x12X\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xa0\n" +
+	"\x92A\xc8\b\x12X\n" +
 	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1R\xa6\x01\n" +
 	"\x03400\x12\x9e\x01\n" +
 	"\x83\x01INVALID_ARGUMENT: a field out of its range (a request id no request could have, a page token or size, a ttl); the message names it.\x12\x16\n" +
@@ -1358,13 +1358,13 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusRp\n" +
 	"\x03503\x12i\n" +
 	"OUNAVAILABLE: the store cannot be reached or the server is shutting down; retry.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusZ\xae\x04\n" +
+	"\x14\x1a\x12.google.rpc.StatusZ\xf0\x03\n" +
 	"\x9e\x01\n" +
 	"\faccess_token\x12\x8d\x01\b\x02\x12yA watch token from CreateWatchToken, on the watch route only (EventSource cannot set headers); an API key there gets 401.\x1a\faccess_token \x01\n" +
 	"\xc8\x01\n" +
 	"\x05basic\x12\xbe\x01\b\x01\x12\xb9\x01The webhook route's HTTP Basic credentials. OTPLESS may instead be given the URL with the key in it, POST /v1/webhooks/otpless/{key}, which takes the same body and answers the same way.\n" +
-	"\xbf\x01\n" +
-	"\x06bearer\x12\xb4\x01\b\x02\x12\x9e\x01\"Bearer \" and an API key (with the scope the route needs), or a watch token from CreateWatchToken. The watch route also takes a watch token as ?access_token=.\x1a\rAuthorization \x02b\f\n" +
+	"\x81\x01\n" +
+	"\x06bearer\x12w\b\x02\x12b\"Bearer \" and an API key (with the scope the route needs), or a watch token from CreateWatchToken.\x1a\rAuthorization \x02b\f\n" +
 	"\n" +
 	"\n" +
 	"\x06bearer\x12\x00\n" +
