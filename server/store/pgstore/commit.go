@@ -50,11 +50,8 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	if len(batch) == 0 {
 		return nil, nil, nil
 	}
-	deadline := time.Now().Add(s.timeout)
-	qctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
 	c := newCommit(batch, s.channel)
-	if err := s.inTx(qctx, deadline, c.run); err != nil {
+	if err := s.inTx(ctx, c.run); err != nil {
 		if full := diskFull(err); full != nil {
 			s.full.Store(full)
 		}
@@ -66,12 +63,16 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	return c.results, c.changes, nil
 }
 
-// inTx runs fn in a transaction and commits it unless ctx is done by then.
-// The COMMIT itself is bounded by deadline alone, not canceled with ctx (as
-// database/sql's is not): pgx gives up on a statement canceled in flight
-// by closing its connection, and a COMMIT the database had received by
-// then is stored all the same, after the call failed with ctx's error.
-func (s *Store) inTx(ctx context.Context, deadline time.Time, fn func(context.Context, pgx.Tx) error) error {
+// inTx runs fn in a transaction, within the store's timeout, and commits
+// it unless ctx is done by then. The COMMIT itself is bounded by the
+// store's timeout alone, not canceled with ctx (as database/sql's is not):
+// pgx gives up on a statement canceled in flight by closing its
+// connection, and a COMMIT the database had received by then is stored
+// all the same, after the call failed with ctx's error.
+func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
+	deadline := time.Now().Add(s.timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err

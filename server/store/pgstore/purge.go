@@ -33,17 +33,14 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		if err := s.usable(op); err != nil {
 			return total, err
 		}
-		deadline := time.Now().Add(s.timeout)
-		qctx, cancel := context.WithDeadline(ctx, deadline)
 		var (
 			n       int
 			changes []store.Change
 		)
-		err := s.inTx(qctx, deadline, func(qctx context.Context, tx pgx.Tx) (err error) {
+		err := s.inTx(ctx, func(qctx context.Context, tx pgx.Tx) (err error) {
 			n, changes, err = purgeChunkTx(qctx, tx, cutoff, s.channel)
 			return err
 		})
-		cancel()
 		if err != nil {
 			return total, s.fail(ctx, op, err)
 		}
