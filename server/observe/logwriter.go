@@ -37,6 +37,7 @@ type LogWriter struct {
 	wake    chan struct{} // one pending wake-up; closed by Close
 	done    chan struct{} // the goroutine has written everything and ended
 	gaveUp  chan struct{} // Close stopped waiting for done: writes are dropped
+	giveUp  sync.Once     // closes gaveUp
 
 	mu      sync.Mutex
 	room    sync.Cond // a write to w ended, or became stuck
@@ -171,8 +172,11 @@ func (l *LogWriter) flush() (more bool) {
 	return more
 }
 
+var errStuck = errors.New("log: a write to the log has not ended; what was waiting, and what comes after, is lost")
+
 // Close writes what is waiting, stops the goroutine and returns the error
 // of the last failed write, if any. Writes after Close go straight to w.
+// Close may be called again: it returns the same.
 func (l *LogWriter) Close() error {
 	l.mu.Lock()
 	if !l.closed {
@@ -187,9 +191,11 @@ func (l *LogWriter) Close() error {
 	l.mu.Unlock()
 	select {
 	case <-l.done:
+	case <-l.gaveUp: // an earlier Close
+		return errStuck
 	case <-time.After(wait):
-		close(l.gaveUp)
-		return errors.New("log: a write to the log has not ended; what was waiting, and what comes after, is lost")
+		l.giveUp.Do(func() { close(l.gaveUp) })
+		return errStuck
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

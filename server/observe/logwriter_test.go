@@ -288,3 +288,20 @@ func TestLogWriterDropsWhileAWriteIsStuck(t *testing.T) {
 		t.Error("a Write after Close gave up waits for the write that never ends")
 	}
 }
+
+func TestLogWriterClosedTwiceWhileAWriteIsStuck(t *testing.T) {
+	stuck := recorder{}
+	stuck.hold()
+	defer stuck.release()
+	l := observe.NewLogWriter(&stuck, 0)
+	observe.SetStuckAfter(l, 50*time.Millisecond)
+	l.Write([]byte("never written\n"))
+	for stuck.entered.Load() == 0 {
+		time.Sleep(time.Millisecond) // polling for the goroutine's write to begin
+	}
+	for i := range 2 {
+		if err := l.Close(); err == nil {
+			t.Errorf("Close %d of a writer whose write never ends reported no error", i+1)
+		}
+	}
+}
