@@ -234,13 +234,14 @@ func EndQuietlyWhenFinished(ctx context.Context) context.Context {
 
 // update builds one message from the pending changes newer than last: an
 // UPDATE with the newest snapshot and the events added after last, or,
-// when the watcher fell so far behind that some changes were dropped, or
-// a retention refold came before the commit of the revision before it,
-// or their events would make a message over maxUpdateBytes, a SNAPSHOT
-// without events, so the client knows events are missing. Nil
+// when the watcher fell so far behind that changes newer than last were
+// dropped, or a retention refold came before the commit of the revision
+// before it, or their events would make a message over maxUpdateBytes, a
+// SNAPSHOT without events, so the client knows events are missing. Nil
 // when nothing is newer.
 func update(sub *broker.Subscription, last int64) *eventsv1.WatchRequestResponse {
-	changes, dropped := sub.Next()
+	changes, droppedUpTo := sub.Next()
+	dropped := droppedUpTo > last
 	var msg *eventsv1.WatchRequestResponse
 	for _, c := range changes {
 		if c.Request.GetRevision() <= last {

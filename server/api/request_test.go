@@ -172,6 +172,37 @@ func TestUpdateOfARefold(t *testing.T) {
 	}
 }
 
+// A subscription that overflowed drops its oldest changes: a SNAPSHOT
+// tells the watcher events are missing only when a dropped change was
+// newer than its revision (a watch whose first read came after a burst
+// of commits was queued has lost nothing by their dropping).
+func TestUpdateAfterAnOverflow(t *testing.T) {
+	t.Parallel()
+	const max = 4
+	for _, tc := range []struct {
+		name string
+		last int64
+		want eventsv1.WatchMessageType
+	}{
+		{"of changes the watcher has", 2, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE},
+		{"of changes the watcher lacks", 1, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT},
+	} {
+		b := broker.New(max)
+		sub := b.Subscribe("r")
+		for rev := int64(1); rev <= max+2; rev++ { // 1 and 2 are dropped
+			b.Publish([]store.Change{{
+				Request: &eventsv1.AuthRequest{RequestId: "r", Revision: rev},
+				Events:  []*eventsv1.Event{{RequestId: "r", EventId: fmt.Sprint("e", rev)}},
+			}})
+		}
+		msg := update(sub, tc.last)
+		sub.Close()
+		if msg.GetType() != tc.want || msg.GetRevision() != max+2 {
+			t.Errorf("%s: %v at %d, want %v at %d", tc.name, msg.GetType(), msg.GetRevision(), tc.want, max+2)
+		}
+	}
+}
+
 // Events a gRPC client's 4 MiB could not take in one UPDATE (a sender's
 // large INITIATEDs landing in one commit) make a SNAPSHOT without them.
 func TestUpdateTooLargeForOneMessage(t *testing.T) {

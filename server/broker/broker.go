@@ -150,7 +150,7 @@ type Subscription struct {
 
 	mu      sync.Mutex
 	pending []store.Change
-	dropped bool
+	dropped int64 // the highest revision of the changes dropped since Next
 }
 
 // Ready receives a value when changes are pending.
@@ -159,14 +159,15 @@ func (s *Subscription) Ready() <-chan struct{} { return s.ready }
 // Done is closed when the broker closes.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
-// Next takes the pending changes in publish order. Dropped reports whether
-// older changes were dropped because the subscriber fell behind; the last
-// change still carries the newest snapshot.
-func (s *Subscription) Next() (changes []store.Change, dropped bool) {
+// Next takes the pending changes in publish order. Dropped is the highest
+// revision of the older changes dropped because the subscriber fell behind
+// (0 when none was): a subscriber at that revision or later lost nothing by
+// it. The last change still carries the newest snapshot.
+func (s *Subscription) Next() (changes []store.Change, dropped int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	changes, dropped = s.pending, s.dropped
-	s.pending, s.dropped = nil, false
+	s.pending, s.dropped = nil, 0
 	return changes, dropped
 }
 
@@ -178,9 +179,9 @@ func (s *Subscription) Close() {
 func (s *Subscription) push(c store.Change) {
 	s.mu.Lock()
 	if len(s.pending) == s.max {
+		s.dropped = max(s.dropped, s.pending[0].Request.GetRevision())
 		copy(s.pending, s.pending[1:])
 		s.pending = s.pending[:s.max-1]
-		s.dropped = true
 	}
 	s.pending = append(s.pending, c)
 	s.mu.Unlock()

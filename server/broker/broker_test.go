@@ -29,7 +29,7 @@ func TestPublishReachesOnlyThatRequest(t *testing.T) {
 			t.Fatal("subscriber of a not signalled")
 		}
 		got, dropped := s.Next()
-		if len(got) != 1 || got[0].Request.GetRevision() != 1 || dropped {
+		if len(got) != 1 || got[0].Request.GetRevision() != 1 || dropped != 0 {
 			t.Fatalf("Next() = %v, %v; want one change at revision 1", got, dropped)
 		}
 	}
@@ -54,8 +54,8 @@ func TestSlowSubscriberIsCoalescedNotBlocking(t *testing.T) {
 		b.Publish([]store.Change{change("a", rev)})
 	}
 	got, dropped := slow.Next()
-	if !dropped {
-		t.Error("dropped = false after overflowing the buffer")
+	if want := int64(1000 - max); dropped != want {
+		t.Errorf("dropped up to revision %d after overflowing the buffer, want %d", dropped, want)
 	}
 	if len(got) != max {
 		t.Fatalf("len = %d, want %d", len(got), max)

@@ -105,7 +105,7 @@ func follow(t *testing.T, sub *broker.Subscription, from, rev int64, wantEvents 
 			t.Fatalf("stuck at revision %d, want %d", last, rev)
 		}
 		changes, dropped := sub.Next()
-		if dropped {
+		if dropped != 0 {
 			t.Fatal("the subscription dropped changes")
 		}
 		for _, c := range changes {

@@ -93,7 +93,7 @@ func (f *follower) waitFor(t *testing.T, rev int64) {
 		select {
 		case <-f.sub.Ready():
 			changes, dropped := f.sub.Next()
-			if dropped {
+			if dropped != 0 {
 				t.Fatal("the subscription dropped changes")
 			}
 			f.got = append(f.got, changes...)
