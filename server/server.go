@@ -811,6 +811,9 @@ func (s *Server) shutdown() error {
 	s.broker.Close()
 	var errs []error
 	if err := s.http.Shutdown(grace); err != nil {
+		// What outlasted the grace (a body still coming) is cut, rather
+		// than left to the read timeout after Run has returned.
+		s.http.Close()
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
 	if err := s.streams.Shutdown(grace); err != nil {

@@ -839,6 +839,37 @@ func TestShutdownWithReflectionStreamOpen(t *testing.T) {
 	}
 }
 
+// TestShutdownClosesWhatOutlastsTheGrace: a client still sending a body
+// when the grace ends has its connection closed, rather than kept until
+// the read timeout by a server that has returned from Run.
+func TestShutdownClosesWhatOutlastsTheGrace(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, func(c *server.Config) {
+		c.ShutdownGrace = 200 * time.Millisecond
+		c.HTTPReadTimeout = 10 * time.Minute
+	})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.HTTPURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// With Expect: 100-continue, the 100 says the handler is reading.
+	body := string(dlr("slow-body-req", "SENT", 1764153000000))
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", srv.WebhookPath, len(body))
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := bufio.NewReader(conn).ReadString('\n'); !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("the answer to the headers: %q, %v; want 100 Continue", line, err)
+	}
+	io.WriteString(conn, body[:10])
+	if err := srv.Shutdown(); err == nil {
+		t.Error("Run returned no error though a request outlasted the grace")
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("after Run returned, the connection read %d bytes, %v; want it closed", n, err)
+	}
+}
+
 func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, func(c *server.Config) { c.MaxBodyBytes = 4 << 10 })
