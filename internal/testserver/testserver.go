@@ -62,8 +62,8 @@ type Server struct {
 	cfg      server.Config
 	stop     func() error
 	shutdown func() error
-	client *http.Client
-	tlsCA  string // the server's certificate, when it serves TLS
+	client   *http.Client
+	tlsCA    string // the server's certificate, when it serves TLS
 }
 
 // Start runs a server with authentication disabled (unless mutate is
