@@ -266,6 +266,43 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// A path the gateway routes nowhere because it escapes a letter of a
+// route's fixed segments (/v1/webhooks/%6Ftpless) is a 404 of no route, as
+// the gateway answers it: not a rejected webhook (as internal, which the
+// README says to alert on) nor a request route. An escaped "/", which the
+// gateway takes for a separator, still makes the webhook route.
+func TestEscapedPathsAreNamedAsTheGatewayRoutesThem(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+	}{
+		{http.MethodPost, "/v1/webhooks/%6Ftpless", http.StatusNotFound},
+		{http.MethodPost, "/v1/webhooks/%6Ftpless/esc-webhook-key-0123456789", http.StatusNotFound},
+		{http.MethodGet, "/v1/%72equests/esc-req", http.StatusNotFound},
+		{http.MethodPost, "/v1/webhooks/otpless%2Fesc-webhook-key-0123456789", http.StatusOK},
+	} {
+		if code, _, body := do(t, tc.method, s.httpURL+tc.path, dlrBody("esc-req", "SENT", 1764153000400)); code != tc.code {
+			t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, code, body, tc.code)
+		}
+	}
+	series := s.scrape(t)
+	for name, want := range map[string]float64{
+		`otpless_events_http_requests_total{code="404",route="other"}`:                     3,
+		`otpless_events_http_requests_total{code="404",route="webhook"}`:                   0,
+		`otpless_events_http_requests_total{code="404",route="request"}`:                   0,
+		`otpless_events_http_requests_total{code="200",route="webhook"}`:                   1,
+		`otpless_events_webhooks_rejected_total{reason="internal"}`:                        0,
+		`otpless_events_ingest_duration_seconds_count{result="rejected",transport="http"}`: 0,
+		`otpless_events_ingest_duration_seconds_count{result="accepted",transport="http"}`: 1,
+	} {
+		if got := series[name]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
 // TestMetricsAreDocumented: the README's Operations names every metric
 // /metrics exports, as it claims to (its table, or a prefix it names such
 // as go_*), and its table names none that is not exported (but the

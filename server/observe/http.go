@@ -3,6 +3,7 @@ package observe
 import (
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path"
 	"runtime/debug"
 	"strconv"
@@ -65,7 +66,7 @@ func (o *Observer) WatchPanicked() { o.panics.WithLabelValues(transportHTTP).Inc
 func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, start time.Time, panicked any, stack []byte) {
 	took := time.Since(start)
 	code := rw.code()
-	route := routeOf(r.URL.Path)
+	route := routeOf(routePath(r.URL))
 	o.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	o.httpSeconds.WithLabelValues(route).Observe(took.Seconds())
 	if route == "webhook" && r.Method == http.MethodPost {
@@ -128,8 +129,21 @@ func sentBytes(r *http.Request, rw *responseWriter) int64 {
 	return rw.bytes
 }
 
-// routeOf names the route of path for metric labels: a fixed set, never
-// the path itself (it holds request ids).
+// routePath is u's path as the gateway routes it: as sent, with an
+// escaped "/" for a separator, when it was sent escaped otherwise than
+// net/url would escape it (a segment with an escaped letter then matches
+// no route's fixed segment); else the path.
+func routePath(u *url.URL) string {
+	if u.RawPath == "" {
+		return u.Path
+	}
+	return escapedSlash.Replace(u.RawPath)
+}
+
+var escapedSlash = strings.NewReplacer("%2F", "/", "%2f", "/")
+
+// routeOf names the route of path (routePath's) for metric labels: a
+// fixed set, never the path itself (it holds request ids).
 func routeOf(path string) string {
 	switch {
 	case path == webhookPath || isWebhookKeyPath(path):
