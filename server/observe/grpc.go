@@ -238,12 +238,13 @@ func (s *observedStream) RecvMsg(m any) error {
 }
 
 // SendMsg measures, for an UPDATE, the time since the webhook that made the
-// change arrived (the snapshot's update_time).
+// change arrived (the snapshot's update_time), or none when that is ahead:
+// another replica's clock can be.
 func (s *observedStream) SendMsg(m any) error {
 	if s.delivery != nil {
 		if w, ok := m.(*eventsv1.WatchRequestResponse); ok && w.GetType() == eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
 			if t := w.GetRequest().GetUpdateTime(); t != nil {
-				s.delivery.deliverySecs.Observe(since(t.AsTime()))
+				s.delivery.deliverySecs.Observe(max(0, since(t.AsTime())))
 			}
 		}
 	}

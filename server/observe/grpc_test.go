@@ -3,12 +3,16 @@ package observe_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
 type healthStream struct{ grpc.ServerStream }
@@ -56,4 +60,38 @@ func TestStatsHandlerLogsOnlyCallsNoInterceptorSaw(t *testing.T) {
 	if lines := logs.Lines(t); len(lines) != 2 || lines[1]["code"] != "Internal" || lines[1]["method"] != method {
 		t.Errorf("after a call no interceptor saw and one that ended well: %v, want one more line, the first's", lines)
 	}
+}
+
+type watchStream struct{ healthStream }
+
+func (watchStream) SendMsg(any) error { return nil }
+
+// A snapshot's update time from another replica, whose clock is ahead, is
+// a delivery of no time: a negative one would lower the histogram's sum,
+// which Prometheus takes for a counter reset.
+func TestDeliveryFromAClockAheadIsNotNegative(t *testing.T) {
+	t.Parallel()
+	o, _ := newObserver(t)
+	info := &grpc.StreamServerInfo{FullMethod: eventsv1.RequestService_WatchRequest_FullMethodName, IsServerStream: true}
+	ahead := timestamppb.New(time.Now().Add(time.Hour))
+	o.StreamServerInterceptor()(nil, watchStream{}, info, func(_ any, ss grpc.ServerStream) error {
+		return ss.SendMsg(&eventsv1.WatchRequestResponse{
+			Type:    eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE,
+			Request: &eventsv1.AuthRequest{RequestId: "r", UpdateTime: ahead},
+		})
+	})
+	families, err := o.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "otpless_events_watch_delivery_seconds" {
+			h := f.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() != 1 || h.GetSampleSum() != 0 {
+				t.Errorf("delivery of an update an hour ahead: %d samples summing to %v s, want 1 of 0 s", h.GetSampleCount(), h.GetSampleSum())
+			}
+			return
+		}
+	}
+	t.Error("no otpless_events_watch_delivery_seconds")
 }
