@@ -917,8 +917,10 @@ func (x *ListRequestEventsRequest) GetPageToken() string {
 // ListRequestEventsResponse is one page of events.
 type ListRequestEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Events in event-time order (then event id), with raw_body set for a
-	// caller that may read personal data, until retention purges it.
+	// Events by event time in whole milliseconds, then by event id: events
+	// within one millisecond are in event-id order, whatever their
+	// sub-millisecond times. raw_body is set for a caller that may read
+	// personal data, until retention purges it.
 	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`

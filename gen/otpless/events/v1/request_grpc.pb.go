@@ -35,8 +35,9 @@ type RequestServiceClient interface {
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*GetRequestResponse, error)
 	// ListRequestEvents returns a request's normalized events in event-time
-	// order, each with the raw body it came from for a caller that may read
-	// personal data (read_pii), a page at a time. Pages are read as they are
+	// order (to the millisecond: events of one millisecond by event id), each
+	// with the raw body it came from for a caller that may read personal data
+	// (read_pii), a page at a time. Pages are read as they are
 	// asked for, not from one snapshot: an event stored meanwhile with an
 	// earlier time than the page reached is on a page already read. Compare
 	// the count with the request's event_count, or follow it with
@@ -129,8 +130,9 @@ type RequestServiceServer interface {
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	GetRequest(context.Context, *GetRequestRequest) (*GetRequestResponse, error)
 	// ListRequestEvents returns a request's normalized events in event-time
-	// order, each with the raw body it came from for a caller that may read
-	// personal data (read_pii), a page at a time. Pages are read as they are
+	// order (to the millisecond: events of one millisecond by event id), each
+	// with the raw body it came from for a caller that may read personal data
+	// (read_pii), a page at a time. Pages are read as they are
 	// asked for, not from one snapshot: an event stored meanwhile with an
 	// earlier time than the page reached is on a page already read. Compare
 	// the count with the request's event_count, or follow it with
