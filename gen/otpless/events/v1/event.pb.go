@@ -28,11 +28,16 @@ type EventKind int32
 const (
 	// Not set.
 	EventKind_EVENT_KIND_UNSPECIFIED EventKind = 0
-	// A delivery report: SENT, DELIVERED, READ, CLICKED or FAILED on one channel.
+	// A delivery report: SENT, DELIVERED, READ, CLICKED or FAILED on one
+	// channel, or a status this service does not know, as sent (eventType DLR,
+	// or a legacy delivery report).
 	EventKind_EVENT_KIND_DELIVERY EventKind = 1
-	// An auth event: INITIATED, FALLBACK or SUCCESS.
+	// An auth event: INITIATED, FALLBACK or SUCCESS, or a status this service
+	// does not know, as sent (eventType AUTH).
 	EventKind_EVENT_KIND_AUTH EventKind = 2
-	// A legacy system event with no v2 equivalent (UNREACHABLE).
+	// A system event: a legacy one with no v2 equivalent (UNREACHABLE, or a
+	// notificationType this service does not know), or a v2 body whose
+	// eventType and status this service both does not know.
 	EventKind_EVENT_KIND_SYSTEM EventKind = 3
 )
 
@@ -351,7 +356,9 @@ func (x *PhoneDetails) GetCountryCode() string {
 //   - anything else      -> kind SYSTEM, status = the notificationType.
 //
 // Legacy delivery reports map to kind DELIVERY with data.referenceId as the
-// request id.
+// request id. A v2 body whose eventType is neither DLR nor AUTH takes its
+// kind from its status (DELIVERY or AUTH for the statuses named under
+// status), and SYSTEM when that status is not one of them.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's identity: a hash of the fields that make two webhooks the
