@@ -531,8 +531,10 @@ type AuthRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The OTPLESS request id.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Increases by at least one on every change of the snapshot; 0 while
-	// nothing is known.
+	// Increases by at least one on every change of the snapshot but the
+	// removal of personal data by retention, which keeps it (and of which no
+	// watcher is told: the snapshot a caller without read_pii sees is the
+	// same); 0 while nothing is known.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// The overall state.
 	Status RequestStatus `protobuf:"varint,3,opt,name=status,proto3,enum=otpless.events.v1.RequestStatus" json:"status,omitempty"`
