@@ -32,7 +32,7 @@ type Reader interface {
 
 // WatchOptions bound watch streams.
 type WatchOptions struct {
-	// Heartbeat is the interval of HEARTBEAT messages on a quiet stream.
+	// Heartbeat is the interval of HEARTBEAT messages, changes or not.
 	Heartbeat time.Duration
 	// MaxDuration ends a stream with RECONNECT once it has lasted this long.
 	MaxDuration time.Duration

@@ -46,7 +46,8 @@ type RequestServiceClient interface {
 	ListRequestEvents(ctx context.Context, in *ListRequestEventsRequest, opts ...grpc.CallOption) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
 	// for a request nothing is known about yet, at revision 0), then one
-	// message per change, heartbeats while quiet, and it ends with OK after
+	// message per change, a HEARTBEAT every heartbeat interval of the server
+	// (changes or not), and it ends with OK after
 	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
 	// revision, after one HEARTBEAT) or, when the server's maximum watch
 	// duration passes or the server shuts down, after a RECONNECT message.
@@ -141,7 +142,8 @@ type RequestServiceServer interface {
 	ListRequestEvents(context.Context, *ListRequestEventsRequest) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
 	// for a request nothing is known about yet, at revision 0), then one
-	// message per change, heartbeats while quiet, and it ends with OK after
+	// message per change, a HEARTBEAT every heartbeat interval of the server
+	// (changes or not), and it ends with OK after
 	// the terminal snapshot (SUCCESS; with after_revision at that snapshot's
 	// revision, after one HEARTBEAT) or, when the server's maximum watch
 	// duration passes or the server shuts down, after a RECONNECT message.

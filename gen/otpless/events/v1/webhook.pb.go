@@ -232,8 +232,8 @@ type WebhookData struct {
 	AuthenticationDetails *AuthenticationDetails `protobuf:"bytes,13,opt,name=authentication_details,json=authenticationDetails,proto3" json:"authentication_details,omitempty"`
 	// v1 delivery report: the request id.
 	ReferenceId string `protobuf:"bytes,14,opt,name=reference_id,json=referenceId,proto3" json:"reference_id,omitempty"`
-	// v1 delivery report: when the status was reached, read as the top-level
-	// timestamp is, when that holds no time.
+	// When the status was reached (v1 delivery reports, and v2 bodies that
+	// have it), read as the top-level timestamp is, when that holds no time.
 	Timestamp     *structpb.Value `protobuf:"bytes,15,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
