@@ -614,3 +614,56 @@ func TestPeerAddr(t *testing.T) {
 		}
 	}
 }
+
+// A comment in a file of secrets is not a secret, whatever it holds: split
+// at its commas, the tail of "# ..., rotated ..." was a webhook key, and
+// that of a watch-token key file's first comment the key tokens were
+// signed with: anyone who guessed the words could post webhooks or forge
+// tokens.
+func TestCommentsInSecretsAreNotSecrets(t *testing.T) {
+	t.Parallel()
+	read := func(text string) []string {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "secrets")
+		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		secrets, err := ReadSecrets("", file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secrets
+	}
+
+	keys := read("# OTPLESS's URL key, rotated 2026-01-15 by the ops team\n" +
+		"whk_current-0123456789abcdef\n" +
+		"whk_previous-0123456789abcdef, # kept until OTPLESS moves, then removed for good\n")
+	if want := []string{"whk_current-0123456789abcdef", "whk_previous-0123456789abcdef"}; !slices.Equal(keys, want) {
+		t.Errorf("webhook keys = %q, want %q", keys, want)
+	}
+	if g, err := NewWebhookGuard(WebhookConfig{Keys: keys}); err != nil {
+		t.Error(err)
+	} else {
+		for _, guess := range []string{"rotated 2026-01-15 by the ops team", "then removed for good"} {
+			if err := g.CheckCredentials(webhookRequest("198.51.100.7:1234", ""), guess, true); err == nil {
+				t.Errorf("words of a comment, %q, are a webhook key", guess)
+			}
+		}
+	}
+
+	tokenKeys := read("# watch-token keys, newest first: prepend a new one to rotate\n" +
+		"a-real-watch-token-key-0123456789abcdef\n")
+	var raw [][]byte
+	for _, k := range tokenKeys {
+		raw = append(raw, []byte(k))
+	}
+	signer, err := NewTokenSigner(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guessed, _ := NewTokenSigner([][]byte{[]byte("newest first: prepend a new one to rotate")})
+	forged, _ := guessed.Mint("someone-elses-request", time.Minute)
+	if id, err := signer.Verify(forged); err == nil {
+		t.Errorf("a token signed with the words of a comment is valid, for %q (keys %q)", id, tokenKeys)
+	}
+}

@@ -106,7 +106,9 @@ func syncDir(dir string) error {
 }
 
 // ReadSecrets returns the secrets in an environment value and a file, one
-// per line or comma-separated; either may be empty.
+// per line or comma-separated; either may be empty. A line is a comment
+// from an entry that starts with "#" to its end, commas and all: the words
+// of one are never a secret.
 func ReadSecrets(envValue, file string) ([]string, error) {
 	text := envValue
 	if file != "" {
@@ -117,9 +119,15 @@ func ReadSecrets(envValue, file string) ([]string, error) {
 		text += "\n" + string(b)
 	}
 	var out []string
-	for _, line := range strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == ',' }) {
-		if s := strings.TrimSpace(line); s != "" && !strings.HasPrefix(s, "#") {
-			out = append(out, s)
+	for line := range strings.Lines(text) {
+		for _, entry := range strings.Split(line, ",") {
+			s := strings.TrimSpace(entry)
+			if strings.HasPrefix(s, "#") {
+				break
+			}
+			if s != "" {
+				out = append(out, s)
+			}
 		}
 	}
 	return out, nil
