@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bufio"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -51,20 +50,29 @@ func CheckKeyName(name string) error {
 }
 
 // ParseAPIKeys reads API-key configuration: one key per line (or separated
-// by ';'), each "NAME SHA256-HEX SCOPE[,SCOPE...]". Blank lines and lines
-// starting with '#' are skipped.
+// by ';'), each "NAME SHA256-HEX SCOPE[,SCOPE...]". Blank entries are
+// skipped, and so is a line from an entry starting with '#' to its end, the
+// keys of a line commented out included.
 func ParseAPIKeys(text string) ([]APIKey, error) {
+	var entries []string
+	for line := range strings.Lines(text) {
+		for _, entry := range strings.Split(line, ";") {
+			if strings.HasPrefix(strings.TrimSpace(entry), "#") {
+				break
+			}
+			entries = append(entries, entry)
+		}
+	}
 	var keys []APIKey
 	names := map[string]bool{}
-	sc := bufio.NewScanner(strings.NewReader(strings.ReplaceAll(text, ";", "\n")))
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
+	for i, entry := range entries {
+		line := strings.TrimSpace(entry)
+		if line == "" {
 			continue
 		}
 		f := strings.Fields(line)
 		if len(f) != 3 {
-			return nil, fmt.Errorf("api key %d: want NAME SHA256-HEX SCOPES, got %d fields", n, len(f))
+			return nil, fmt.Errorf("api key %d: want NAME SHA256-HEX SCOPES, got %d fields", i+1, len(f))
 		}
 		k := APIKey{Name: f[0]}
 		h, err := hex.DecodeString(f[1])
@@ -81,7 +89,7 @@ func ParseAPIKeys(text string) ([]APIKey, error) {
 		names[k.Name] = true
 		keys = append(keys, k)
 	}
-	return keys, sc.Err()
+	return keys, nil
 }
 
 // Keyring checks bearer credentials: API keys and watch tokens.

@@ -667,3 +667,25 @@ func TestCommentsInSecretsAreNotSecrets(t *testing.T) {
 		t.Errorf("a token signed with the words of a comment is valid, for %q (keys %q)", id, tokenKeys)
 	}
 }
+
+// A line of API keys commented out is out whole: split at its ";" first,
+// the keys after the first stayed configured, an admin key among them.
+func TestCommentedOutAPIKeysAreOut(t *testing.T) {
+	t.Parallel()
+	text := "# retired: " + FormatAPIKey("web", "web-secret", []Scope{ScopeRead}) + "; " + FormatAPIKey("ops", "ops-secret", []Scope{ScopeAdmin}) + "\n" +
+		FormatAPIKey("reader", "reader-secret", []Scope{ScopeRead}) + "; # old: " + FormatAPIKey("old", "old-secret", []Scope{ScopeAdmin}) + "\n"
+	keys, err := ParseAPIKeys(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	if !slices.Equal(names, []string{"reader"}) {
+		t.Errorf("keys configured: %q, want only reader", names)
+	}
+	if p, err := NewKeyring(keys, nil).Authenticate("ops-secret"); err == nil {
+		t.Errorf("a key commented out authenticates, as %q with %v", p.Name, p.Scopes)
+	}
+}
