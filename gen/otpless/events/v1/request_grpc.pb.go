@@ -59,8 +59,9 @@ type RequestServiceClient interface {
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
 	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
 	// watch route. The token grants WatchRequest (and GetRequest) on that
-	// request id only, never personal data, and stops working when it expires.
-	// Requires the mint_watch_token scope.
+	// request id only, never personal data, and is refused once it expires; a
+	// watch stream it opened before then runs on, up to the server's maximum
+	// watch duration. Requires the mint_watch_token scope.
 	CreateWatchToken(ctx context.Context, in *CreateWatchTokenRequest, opts ...grpc.CallOption) (*CreateWatchTokenResponse, error)
 }
 
@@ -155,8 +156,9 @@ type RequestServiceServer interface {
 	// CreateWatchToken mints a short-lived token that lets a browser watch one
 	// request: as a bearer token over gRPC, or as ?access_token= on the HTTP
 	// watch route. The token grants WatchRequest (and GetRequest) on that
-	// request id only, never personal data, and stops working when it expires.
-	// Requires the mint_watch_token scope.
+	// request id only, never personal data, and is refused once it expires; a
+	// watch stream it opened before then runs on, up to the server's maximum
+	// watch duration. Requires the mint_watch_token scope.
 	CreateWatchToken(context.Context, *CreateWatchTokenRequest) (*CreateWatchTokenResponse, error)
 	mustEmbedUnimplementedRequestServiceServer()
 }
