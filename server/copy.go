@@ -15,7 +15,8 @@ import (
 
 // OpenCopy opens the two stores of a copy (db copy), for a run while no
 // server uses the source: from, the store c names as serve finds it, which
-// must exist, and to, the store of the DSN dst (as --store takes it; a
+// must exist (a SQLite file, or a PostgreSQL schema holding the tables),
+// and to, the store of the DSN dst (as --store takes it; a
 // SQLite file is created). A SQLite file is opened with the lock a server
 // holds, so that the copy fails while a server has it open and a server
 // cannot start meanwhile; PostgreSQL is connected, and either is migrated.
@@ -56,14 +57,22 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 }
 
 // openOffline opens the store of dsn (or in c's DataDir) as OpenCopy
-// does; create makes a SQLite file that is not there yet.
+// does; create makes a SQLite file that is not there yet, or the tables
+// of a PostgreSQL schema that holds none (without, such a store is
+// refused).
 func (c *Config) openOffline(ctx context.Context, dsn string, create bool, log *slog.Logger) (store.Store, error) {
 	backend, location, err := parseStore(dsn)
 	if err != nil {
 		return nil, err
 	}
 	if backend == "postgres" {
-		return pgstore.Open(ctx, location, pgstore.WithLogger(log))
+		opts := []pgstore.Option{pgstore.WithLogger(log)}
+		if !create {
+			// As a SQLite source must exist: a schema without the tables
+			// is a search_path naming the wrong one, not a store to make.
+			opts = append(opts, pgstore.WithExisting())
+		}
+		return pgstore.Open(ctx, location, opts...)
 	}
 	path, err := c.sqliteFileAt(location)
 	if err != nil {

@@ -1,7 +1,9 @@
 package cli_test
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -214,5 +217,35 @@ func TestDBCopyRefused(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%q: exit %d, %q; want %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// TestDBCopyPostgresSourceWithoutStore: a PostgreSQL source whose schema
+// holds no store (a search_path left at public, or naming another schema)
+// is refused, as a data directory without a database is, rather than
+// given the tables and copied as an empty store with exit 0; the schema
+// is left as it was, and no destination is made.
+func TestDBCopyPostgresSourceWithoutStore(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	dst := filepath.Join(t.TempDir(), "copy.db")
+	code, out, errOut := run(t, "db", "copy", "--store", dsn, "--to", dst)
+	if code != 1 || !strings.Contains(errOut, "source: ") || !strings.Contains(errOut, "no store there") {
+		t.Errorf("db copy from an empty schema: exit %d, %q, %q; want 1, the source said to hold no store", code, out, errOut)
+	}
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	var tables int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_tables WHERE schemaname = $1`, schema).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("db copy from an empty schema left %d tables in it; want none", tables)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("db copy from an empty schema made its destination: %v", err)
 	}
 }

@@ -82,6 +82,7 @@ type options struct {
 	schema   string
 	maxConns int32
 	timeout  time.Duration
+	existing bool
 }
 
 // WithLogger sets the logger (default: discard).
@@ -95,6 +96,14 @@ func WithLogger(l *slog.Logger) Option {
 // too, but that schema must exist), by default public.
 func WithSchema(schema string) Option {
 	return func(o *options) { o.schema = schema }
+}
+
+// WithExisting makes Connect (and Open) refuse a schema that holds no
+// store (none of its tables) instead of creating one in it: for a store
+// only to be read, such as the source of a copy, where such a schema is a
+// search_path that names the wrong one.
+func WithExisting() Option {
+	return func(o *options) { o.existing = true }
 }
 
 // WithMaxConns sets the size of the connection pool, overriding the DSN's
@@ -126,6 +135,8 @@ type Store struct {
 	// create is the schema WithSchema named ("" for the search_path's);
 	// where is user@host/database, for errors.
 	create, where string
+	// existing is WithExisting's.
+	existing bool
 	// sessionSQL sets the partitionTimeouts the DSN leaves alone, on every
 	// connection ("": none).
 	sessionSQL string
@@ -196,7 +207,7 @@ func New(dsn string, opts ...Option) (*Store, error) {
 			set = append(set, fmt.Sprintf("SET %s = %d", name, max(o.timeout.Milliseconds()/2, 1)))
 		}
 	}
-	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now(), create: o.schema,
+	s := &Store{timeout: o.timeout, log: o.logger.With("component", "pgstore"), base: time.Now(), create: o.schema, existing: o.existing,
 		where: fmt.Sprintf("%s@%s/%s", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database)}
 	if len(set) > 0 {
 		s.sessionSQL = strings.Join(set, "; ")
@@ -315,6 +326,11 @@ func (s *Store) open(ctx context.Context, schema string) error {
 		}
 		schema = *current
 	}
+	if s.existing {
+		if err := s.holdsStore(ctx, schema); err != nil {
+			return err
+		}
+	}
 	ms, err := loadMigrations()
 	if err != nil {
 		return err
@@ -328,6 +344,26 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	}
 	s.schema = schema
 	s.channel = channelFor(schema)
+	return nil
+}
+
+// holdsStore fails unless schema holds a store (WithExisting): its
+// migrations' bookkeeping, which the first migration makes with the
+// tables.
+func (s *Store) holdsStore(ctx context.Context, schema string) error {
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var exists bool
+	if err := s.pool.QueryRow(qctx, `SELECT to_regclass($1) IS NOT NULL`,
+		pgx.Identifier{schema, "otpless_schema_migrations"}.Sanitize()).Scan(&exists); err != nil {
+		if qctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("look for the store: %w (%s): %w", errNoAnswer, s.timeout, err)
+		}
+		return store.MapErr(ctx, err)
+	}
+	if !exists {
+		return fmt.Errorf("no store there: the schema %q holds none of its tables (is search_path= in the DSN the schema the server uses?)", schema)
+	}
 	return nil
 }
 
