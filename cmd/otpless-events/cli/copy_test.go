@@ -193,8 +193,8 @@ func TestDBCopyPostgres(t *testing.T) {
 }
 
 // TestDBCopyRefused: db copy refuses a source that is not there, no
-// destination, and the source's file as the destination, by whatever
-// path.
+// destination, the source's file as the destination, by whatever path,
+// and a directory as the destination.
 func TestDBCopyRefused(t *testing.T) {
 	t.Parallel()
 	dir, path := dataDir(t)
@@ -212,6 +212,9 @@ func TestDBCopyRefused(t *testing.T) {
 		{[]string{"--data-dir", dir}, "--to is required"},
 		{[]string{"--data-dir", dir, "--to", path}, "is the source"},
 		{[]string{"--store", path, "--to", "sqlite://" + link}, "is the source"},
+		// A directory (a data directory, say) is no database file, whatever
+		// its mode.
+		{[]string{"--data-dir", dir, "--to", t.TempDir()}, "is a directory, not a database file"},
 	} {
 		code, _, errOut := run(t, append([]string{"db", "copy"}, tc.args...)...)
 		if code != 1 || !strings.Contains(errOut, tc.want) {

@@ -165,6 +165,12 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
 	}
+	if s.file.IsDir() {
+		// SQLite cannot open it, which explainOpen would put down to its
+		// mode or owner.
+		s.closeAll()
+		return nil, fmt.Errorf("sqlitestore: open %s: is a directory, not a database file", abs)
+	}
 	if err := s.open(ctx, o, log); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, explainOpen(err))
