@@ -15,7 +15,7 @@ import (
 
 // OpenCopy opens the two stores of a copy (db copy), for a run while no
 // server uses the source: from, the store c names as serve finds it, which
-// must exist (a SQLite file, or a PostgreSQL schema holding the tables),
+// must exist (a SQLite file or a PostgreSQL schema, holding the tables),
 // and to, the store of the DSN dst (as --store takes it; a
 // SQLite file is created). A SQLite file is opened with the lock a server
 // holds, so that the copy fails while a server has it open and a server
@@ -58,8 +58,8 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 
 // openOffline opens the store of dsn (or in c's DataDir) as OpenCopy
 // does; create makes a SQLite file that is not there yet, or the tables
-// of a PostgreSQL schema that holds none (without, such a store is
-// refused).
+// of a file or PostgreSQL schema that holds none (without, such a store
+// is refused).
 func (c *Config) openOffline(ctx context.Context, dsn string, create bool, log *slog.Logger) (store.Store, error) {
 	backend, location, err := parseStore(dsn)
 	if err != nil {
@@ -68,8 +68,9 @@ func (c *Config) openOffline(ctx context.Context, dsn string, create bool, log *
 	if backend == "postgres" {
 		opts := []pgstore.Option{pgstore.WithLogger(log)}
 		if !create {
-			// As a SQLite source must exist: a schema without the tables
-			// is a search_path naming the wrong one, not a store to make.
+			// As a SQLite source must hold one: a schema without the
+			// tables is a search_path naming the wrong one, not a store
+			// to make.
 			opts = append(opts, pgstore.WithExisting())
 		}
 		return pgstore.Open(ctx, location, opts...)
@@ -81,7 +82,11 @@ func (c *Config) openOffline(ctx context.Context, dsn string, create bool, log *
 	if _, err := os.Stat(path); !create && errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: no database there", path)
 	}
-	st, err := sqlitestore.Open(ctx, path, sqlitestore.WithLogger(log), sqlitestore.WithProcessLock())
+	opts := []sqlitestore.Option{sqlitestore.WithLogger(log), sqlitestore.WithProcessLock()}
+	if !create {
+		opts = append(opts, sqlitestore.WithExisting())
+	}
+	st, err := sqlitestore.Open(ctx, path, opts...)
 	if errors.Is(err, sqlitestore.ErrLocked) {
 		return nil, fmt.Errorf("%w: stop the server first", err)
 	}

@@ -1,6 +1,8 @@
 package cli_test
 
 import (
+	"bytes"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -250,5 +252,46 @@ func TestDBCopyPostgresSourceWithoutStore(t *testing.T) {
 	}
 	if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("db copy from an empty schema made its destination: %v", err)
+	}
+}
+
+// TestDBCopySQLiteSourceWithoutStore: a SQLite source file that holds no
+// store (empty, or another program's database) is refused, as a missing
+// one is, rather than given the tables and copied as an empty store with
+// exit 0; the file is left as it was.
+func TestDBCopySQLiteSourceWithoutStore(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.db")
+	db, err := sql.Open("sqlite", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{empty, other} {
+		before, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "copy.db")
+		code, out, errOut := run(t, "db", "copy", "--store", src, "--to", dst)
+		if code != 1 || !strings.Contains(errOut, "source: ") || !strings.Contains(errOut, "no store there") {
+			t.Errorf("db copy from %s: exit %d, %q, %q; want 1, the source said to hold no store", filepath.Base(src), code, out, errOut)
+		}
+		if after, err := os.ReadFile(src); err != nil || !bytes.Equal(after, before) {
+			t.Errorf("db copy from %s changed it: %d bytes before, %d after (%v)", filepath.Base(src), len(before), len(after), err)
+		}
+		if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("db copy from %s made its destination: %v", filepath.Base(src), err)
+		}
 	}
 }

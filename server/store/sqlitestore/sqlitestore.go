@@ -46,6 +46,7 @@ type options struct {
 	busyTimeout   time.Duration
 	cacheRequests int
 	processLock   bool
+	existing      bool
 	writerMode    string // a URI mode for the writer connection (tests)
 }
 
@@ -72,6 +73,14 @@ func WithBusyTimeout(d time.Duration) Option {
 // on the same file would neither see nor announce the other's commits.
 func WithProcessLock() Option {
 	return func(o *options) { o.processLock = true }
+}
+
+// WithExisting makes Open refuse a file that holds no store (empty, or
+// another program's database), leaving it as it is, instead of creating
+// the tables in it; and a file that is not there. For a store only to be
+// read, such as the source of a copy.
+func WithExisting() Option {
+	return func(o *options) { o.existing = true }
 }
 
 // WithEventCache sets how many requests the event cache keeps (default
@@ -152,8 +161,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	// A new database is readable by its owner only, as are the -wal and
 	// -shm files SQLite makes beside it with its mode: it holds personal
 	// data. An existing one keeps the mode it has.
-	if f, err := os.OpenFile(abs, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
-		f.Close()
+	if !o.existing {
+		if f, err := os.OpenFile(abs, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+			f.Close()
+		}
 	}
 	s := &Store{path: abs, writer: make(chan struct{}, 1), cache: newEventCache(o.cacheRequests), log: log, freeBytes: freeBytes}
 	if o.processLock {
@@ -194,6 +205,12 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 		return q.Encode()
 	}
 
+	if o.existing {
+		// Before the writer, whose journal_mode(WAL) would change the file.
+		if err := holdsStore(ctx, uri+"?"+pragmas()); err != nil {
+			return err
+		}
+	}
 	var err error
 	// BEGIN IMMEDIATE: a write transaction takes the write lock up front
 	// rather than failing to upgrade a read lock later. temp_store(MEMORY)
@@ -289,6 +306,25 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	prepare(s.r, &s.bodies, `SELECT id, body FROM webhooks WHERE id IN (SELECT value FROM json_each(?))`)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", store.MapErr(ctx, err))
+	}
+	return nil
+}
+
+// holdsStore fails unless the database at uri holds a store
+// (WithExisting): the migrations' bookkeeping, which every build made. It
+// only reads.
+func holdsStore(ctx context.Context, uri string) error {
+	db, err := sql.Open("sqlite", uri)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var exists bool
+	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&exists); err != nil {
+		return store.MapErr(ctx, err)
+	}
+	if !exists {
+		return errors.New("no store there: the file holds none of its tables")
 	}
 	return nil
 }
