@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"database/sql"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -154,5 +155,34 @@ func TestDBUnknownSubcommand(t *testing.T) {
 	}
 	if code, out, errOut := run(t, "db"); code != 0 || !strings.Contains(out, "vacuum") {
 		t.Errorf("db: exit %d, %q, %q; want 0 and the help", code, out, errOut)
+	}
+}
+
+// TestDBCheckNoStore: a database file left empty (truncated, or a restore
+// that wrote nothing), or that is another program's database, holds none
+// of the store's tables: db check says so and exits 1, rather than ok (a
+// server would start on it as a new, empty store).
+func TestDBCheckNoStore(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other.db")
+	db, err := sql.Open("sqlite", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE notes (v TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--data-dir", dir}, {"--quick", "--store", other}} {
+		code, out, errOut := run(t, append([]string{"db", "check"}, args...)...)
+		if code != 1 || !strings.Contains(out, "holds no store") || !strings.Contains(errOut, "damaged") {
+			t.Errorf("db check %q: exit %d, %q, %q; want 1, the file said to hold no store", args, code, out, errOut)
+		}
 	}
 }

@@ -73,7 +73,8 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 // Check runs SQLite's integrity_check on the database file at path (with
 // quick, the faster quick_check, which does not compare indexes with their
 // tables) and returns what it reports: nil when the file is sound, else
-// one line per problem found. It takes the lock a server holds on the
+// one line per problem found. A file that holds no store (empty, or
+// another program's database) has that problem. It takes the lock a server holds on the
 // file, and fails while one has it open. It does not change the file,
 // except to recover a write-ahead log a crash left.
 func Check(ctx context.Context, path string, quick bool) (problems []string, err error) {
@@ -114,8 +115,25 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
 	rows.Close()
+	// A sound file may hold no store: emptied (SQLite takes an empty file
+	// for an empty database), or another program's.
+	var held bool
+	err = db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&held)
+	if isCorrupt(err) {
+		return append(problems, err.Error()), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+	}
+	if !held {
+		problems = append(problems, noStore)
+	}
 	return problems, closeDB()
 }
+
+// noStore is Check's problem with a file that holds none of the store's
+// tables.
+const noStore = "the file holds no store (none of its tables): empty, or another program's database; a server would start on it as a new, empty store"
 
 // isCorrupt reports whether err is SQLite's finding the file damaged, or
 // not a database at all.
