@@ -218,6 +218,11 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("http address is empty"))
 	}
+	for _, a := range []struct{ name, addr string }{{"grpc", c.GRPCAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr}} {
+		if err := checkListenAddr(a.addr); a.addr != "" && err != nil {
+			errs = append(errs, fmt.Errorf("%s address %q: %w", a.name, a.addr, err))
+		}
+	}
 	if c.Store == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("neither a store DSN nor a data directory is set"))
 	}
@@ -257,6 +262,25 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)
+}
+
+// checkListenAddr refuses what no listener could take, whatever the
+// machine: an address without a port, or one whose port is neither a
+// number up to 65535 nor a service name. Found before the store is opened
+// and the first start's credentials are made, rather than at the listen.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err + " (want host:port, :port for every interface)")
+		}
+		return err
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q is neither a number up to 65535 nor a service name", port)
+	}
+	return nil
 }
 
 // parseStore splits a store DSN into backend and location.

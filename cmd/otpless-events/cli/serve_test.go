@@ -71,6 +71,10 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"no TLS certificate file", []string{"--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"}, "missing-cert.pem"},
 		{"negative webhook rate", []string{"--webhook-rate", "-1"}, "rate of webhooks"},
 		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
+		{"gRPC address without a port", []string{"--grpc-addr", "localhost"}, "missing port"},
+		{"HTTP address with a port that is no number", []string{"--http-addr", "127.0.0.1:80a"}, "http address"},
+		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
+		{"gRPC port out of range", []string{"--grpc-addr", "127.0.0.1:65536"}, "grpc address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
