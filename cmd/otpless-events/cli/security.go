@@ -97,7 +97,10 @@ func (f *securityFlags) settings() (server.Security, error) {
 }
 
 // resolve is settings with the configured secrets and, for what is not
-// configured, credentials loaded or created in dataDir.
+// configured, credentials loaded or created in dataDir. Every configured
+// secret is read before any credential is made: a file that cannot be read
+// must not leave behind an admin key made on this start, which only its
+// printing shows.
 func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
 	var gen generated
 	sec, err := f.settings()
@@ -122,6 +125,14 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 	if w.SigningSecrets, err = auth.ReadSecrets(os.Getenv(envSigningSecrets), f.signingSecretsFile); err != nil {
 		return sec, gen, err
 	}
+	if sec.APIKeys, err = readAPIKeys(os.Getenv(envAPIKeys), f.apiKeysFile); err != nil {
+		return sec, gen, err
+	}
+	tokenKeys, err := auth.ReadSecrets(os.Getenv(envWatchTokenKeys), f.watchTokenKeysFile)
+	if err != nil {
+		return sec, gen, err
+	}
+
 	if !w.Configured() {
 		if err := canKeep(dataDir, "webhook key", "$"+envWebhookKeys+" (or --webhook-keys-file), Basic credentials or signing secrets"); err != nil {
 			return sec, gen, err
@@ -135,10 +146,6 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 			gen.webhookKey = key
 		}
 	}
-
-	if sec.APIKeys, err = readAPIKeys(os.Getenv(envAPIKeys), f.apiKeysFile); err != nil {
-		return sec, gen, err
-	}
 	if len(sec.APIKeys) == 0 {
 		if err := canKeep(dataDir, "admin API key", "$"+envAPIKeys+" (or --api-keys-file)"); err != nil {
 			return sec, gen, err
@@ -146,11 +153,6 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		if sec.APIKeys, gen.apiKey, err = loadOrCreateAdminKey(dataDir); err != nil {
 			return sec, gen, err
 		}
-	}
-
-	tokenKeys, err := auth.ReadSecrets(os.Getenv(envWatchTokenKeys), f.watchTokenKeysFile)
-	if err != nil {
-		return sec, gen, err
 	}
 	if len(tokenKeys) == 0 {
 		if err := canKeep(dataDir, "watch-token key", "$"+envWatchTokenKeys+" (or --watch-token-keys-file)"); err != nil {

@@ -58,6 +58,7 @@ func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
 // rates and TLS files.
 func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	t.Parallel()
+	missing := t.TempDir()
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -75,6 +76,11 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"HTTP address with a port that is no number", []string{"--http-addr", "127.0.0.1:80a"}, "http address"},
 		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
 		{"gRPC port out of range", []string{"--grpc-addr", "127.0.0.1:65536"}, "grpc address"},
+		// A secret configured in a file that cannot be read: what else is
+		// not configured is not made either (an admin key made, then not
+		// printed, would be lost).
+		{"no API keys file", []string{"--api-keys-file", filepath.Join(missing, "api-keys")}, "api-keys"},
+		{"no watch-token keys file", []string{"--watch-token-keys-file", filepath.Join(missing, "token-keys")}, "token-keys"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
