@@ -226,8 +226,12 @@ func (c *Config) Validate() error {
 	if c.Store == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("neither a store DSN nor a data directory is set"))
 	}
-	if _, _, err := parseStore(c.Store); err != nil {
+	if backend, dsn, err := parseStore(c.Store); err != nil {
 		errs = append(errs, err)
+	} else if backend == "postgres" {
+		if err := pgstore.CheckDSN(dsn); err != nil { // its text hides the password
+			errs = append(errs, err)
+		}
 	}
 	for _, d := range []struct {
 		name string

@@ -76,6 +76,7 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"HTTP address with a port that is no number", []string{"--http-addr", "127.0.0.1:80a"}, "http address"},
 		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
 		{"gRPC port out of range", []string{"--grpc-addr", "127.0.0.1:65536"}, "grpc address"},
+		{"PostgreSQL DSN that does not parse", []string{"--store", "postgres://u@127.0.0.1:1/db?pool_max_conns=many"}, "pool_max_conns"},
 		// A secret configured in a file that cannot be read: what else is
 		// not configured is not made either (an admin key made, then not
 		// printed, would be lost).

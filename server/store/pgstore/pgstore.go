@@ -169,6 +169,15 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
+// CheckDSN reports whether dsn parses as Open and New read it, without
+// connecting or opening anything: the error New would fail with, or nil.
+func CheckDSN(dsn string) error {
+	if _, err := pgxpool.ParseConfig(dsn); err != nil {
+		return fmt.Errorf("pgstore: %w", err)
+	}
+	return nil
+}
+
 // New returns a Store of the database named by dsn, as Open does, without
 // connecting: it fails only for a DSN that does not parse. Every call
 // fails with store.ErrUnavailable until Connect has succeeded.
