@@ -235,7 +235,9 @@ func loadOrCreateAdminKey(dataDir string) ([]auth.APIKey, string, error) {
 // announce prints credentials made on this start; they are not shown again.
 // The webhook URL is for the HTTP listener at addr (host:port): on all
 // interfaces (":8080"), it names the loopback address, for this machine's
-// shell, and says to name the host instead for OTPLESS.
+// shell, and says to name the host instead for OTPLESS; on loopback (the
+// default), it says that OTPLESS cannot reach it, and how to listen for
+// OTPLESS.
 func announce(w io.Writer, gen generated, scheme, addr string) {
 	if gen == (generated{}) {
 		return
@@ -244,12 +246,17 @@ func announce(w io.Writer, gen generated, scheme, addr string) {
 	if gen.webhookKey != "" {
 		note := "give this URL to OTPLESS"
 		if host, port, err := net.SplitHostPort(addr); err == nil {
-			if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() { // Go listens on both families there
-				host = "127.0.0.1"
-				note = "for OTPLESS, this host's public name in place of 127.0.0.1"
-			}
 			if port == "0" { // a start that failed before it had a port
 				port = "PORT"
+			}
+			switch ip := net.ParseIP(host); {
+			case host == "" || ip != nil && ip.IsUnspecified(): // Go listens on both families there
+				host = "127.0.0.1"
+				note = "for OTPLESS, this host's public name in place of 127.0.0.1"
+			case loopback(addr):
+				note = "this machine only: OTPLESS cannot reach " + host + "; for OTPLESS, serve with --http-addr :" + port + " and give this host's public name"
+			}
+			if port == "PORT" {
 				note += "; PORT: the port serve listens on"
 			}
 			addr = net.JoinHostPort(host, port)
