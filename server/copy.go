@@ -28,6 +28,9 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 	// Before the source is opened (and migrated): a DSN that cannot name a
 	// store is refused at once.
 	dstBackend, dstPath, err := parseStore(dst)
+	if err == nil && dstBackend == "postgres" {
+		err = pgstore.CheckDSN(dstPath) // its text hides the password
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("destination: %w", err)
 	}

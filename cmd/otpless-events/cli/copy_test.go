@@ -211,6 +211,7 @@ func TestDBCopyRefused(t *testing.T) {
 		{[]string{"--data-dir", t.TempDir(), "--to", filepath.Join(t.TempDir(), "x.db")}, "no database there"},
 		// Refused before the source is looked for.
 		{[]string{"--data-dir", t.TempDir(), "--to", "mysql://db.internal/x"}, `destination: store scheme "mysql" is not supported`},
+		{[]string{"--data-dir", t.TempDir(), "--to", "postgres://u@127.0.0.1:1/db?pool_max_conns=many"}, "destination: pgstore: cannot parse"},
 		{[]string{"--data-dir", dir}, "--to is required"},
 		{[]string{"--data-dir", dir, "--to", path}, "is the source"},
 		{[]string{"--store", path, "--to", "sqlite://" + link}, "is the source"},
