@@ -63,17 +63,20 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			if err := withoutSecurity.Validate(); err != nil {
 				return fail(fmt.Errorf("config: %w", err))
 			}
+			scheme := "http"
+			if withoutSecurity.Security.TLSCertFile != "" {
+				scheme = "https"
+			}
 			sec, gen, err := secFlags.resolve(cfg.DataDir)
 			if err != nil {
+				// What it made before failing is kept, the admin key as a
+				// hash only: shown now, or never.
+				announce(stdout, gen, scheme, cfg.HTTPAddr)
 				return fail(err)
 			}
 			cfg.Security = sec
 			for _, file := range secFlags.looseSecretFiles(cfg.DataDir) {
 				log.Warn("a file of secrets may be read or written by other users: chmod 600 it", "file", file)
-			}
-			scheme := "http"
-			if cfg.Security.TLSCertFile != "" {
-				scheme = "https"
 			}
 			srv, err := server.New(cmd.Context(), cfg)
 			if err != nil {

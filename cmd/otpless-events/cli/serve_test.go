@@ -140,3 +140,25 @@ func TestServeRefusesUnknownLogLevel(t *testing.T) {
 		t.Errorf("serve --log-level loud: exit %d, stderr %q; want 1 naming the levels", code, errOut)
 	}
 }
+
+// A first start that fails after making a credential, reading another kept
+// in its data directory (here an empty watch-token key file), still prints
+// what it made: the admin key is kept as a hash only, so shown then or
+// never.
+func TestServePrintsCredentialsMadeBeforeAFailure(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "watch-token-key"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "serve", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+	if code != 1 || !strings.Contains(errOut, "watch-token-key is empty") {
+		t.Fatalf("serve with an empty watch-token key file: exit %d, stderr %q; want 1 saying the file is empty", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "api-keys")); err == nil && !strings.Contains(out, "export OTPLESS_EVENTS_API_KEY=oek_") {
+		t.Errorf("serve made an admin key, kept as a hash only, but printed %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "webhook-key")); err == nil && !strings.Contains(out, "export OTPLESS_WEBHOOK_URL=") {
+		t.Errorf("serve made a webhook key but printed %q", out)
+	}
+}
