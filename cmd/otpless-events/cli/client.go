@@ -9,9 +9,11 @@ import (
 	neturl "net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -119,7 +121,12 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	// A server that comes back is found within 5 s, however long it was
+	// away, as the README says of watch: grpc-go's own backoff grows to
+	// two minutes between attempts.
+	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+		BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 5 * time.Second}})
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), reconnect}
 	if tlsCfg != nil {
 		opts[0] = grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))
 	}
