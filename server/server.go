@@ -166,8 +166,14 @@ func (s *Security) validate() []error {
 		// cannot read before it makes credentials.
 		errs = append(errs, new(security).loadTLS(*s))
 	}
-	if s.MaxWatchesPerCredential < 0 || s.MaxWatchesPerToken < 0 || s.MaxWatchesPerRequest < 0 || s.MaxWatches < 0 {
-		errs = append(errs, errors.New("watch stream limits must not be negative"))
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"max watches per credential", s.MaxWatchesPerCredential}, {"max watches per token", s.MaxWatchesPerToken},
+		{"max watches per request", s.MaxWatchesPerRequest}, {"max watches", s.MaxWatches}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative, got %d", n.name, n.v))
+		}
 	}
 	if err := s.Webhook.CheckLimits(); err != nil {
 		errs = append(errs, err)
@@ -258,8 +264,13 @@ func (c *Config) Validate() error {
 	if err := gateway.CheckCORSOrigins(c.CORSOrigins); err != nil {
 		errs = append(errs, err)
 	}
-	if c.WriteQueue <= 0 || c.MaxBatch <= 0 || c.MaxBodyBytes <= 0 {
-		errs = append(errs, errors.New("write queue, max batch and max body bytes must be positive"))
+	for _, n := range []struct {
+		name string
+		v    int64
+	}{{"write queue", int64(c.WriteQueue)}, {"max batch", int64(c.MaxBatch)}, {"max body bytes", c.MaxBodyBytes}} {
+		if n.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", n.name, n.v))
+		}
 	}
 	if c.MaxBodyBytes > MaxMaxBodyBytes {
 		errs = append(errs, fmt.Errorf("max body bytes must be at most %s, got %d", api.Size(MaxMaxBodyBytes), c.MaxBodyBytes))

@@ -746,8 +746,13 @@ func TestConfigValidate(t *testing.T) {
 	}
 	negative := cfg
 	negative.Security.MaxWatches = -1
-	if err := negative.Validate(); err == nil || !strings.Contains(err.Error(), "watch stream limits must not be negative") {
-		t.Fatalf("Validate() with a negative bound of watch streams in all = %v, want it refused", err)
+	if err := negative.Validate(); err == nil || err.Error() != "max watches must not be negative, got -1" {
+		t.Fatalf("Validate() with a negative bound of watch streams in all = %v, want it refused, named", err)
+	}
+	noBatch := cfg
+	noBatch.MaxBatch = 0
+	if err := noBatch.Validate(); err == nil || err.Error() != "max batch must be positive, got 0" {
+		t.Fatalf("Validate() with a max batch of 0 = %v, want it refused, named", err)
 	}
 	// Twice the bound, which gRPC's message limits take, must not overflow:
 	// at 2^62 every API call was refused as "larger than max".
