@@ -67,10 +67,11 @@ func CheckBatch(batch []Webhook) error {
 
 // MapErr classifies a driver error against the caller's ctx: ctx's error
 // when it is done (drivers report an interrupted statement), err itself
-// when it says stored data is damaged (ErrDamaged, which no retry mends) or
-// is ErrUnavailable already, else ErrUnavailable with the cause.
+// when it says stored data is damaged or the schema newer (ErrDamaged,
+// NewerSchemaError: no retry mends either) or is ErrUnavailable already,
+// else ErrUnavailable with the cause.
 func MapErr(ctx context.Context, err error) error {
-	if errors.Is(err, ErrDamaged) {
+	if errors.Is(err, ErrDamaged) || errors.As(err, new(NewerSchemaError)) {
 		return err
 	}
 	if cerr := ctx.Err(); cerr != nil {

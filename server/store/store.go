@@ -10,6 +10,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -32,6 +33,14 @@ var (
 	// no retry mends it.
 	ErrDamaged = errors.New("store: damaged data")
 )
+
+// NewerSchemaError refuses a database that a newer build migrated: this
+// one does not know its schema. No retry mends it.
+type NewerSchemaError struct{ Version, Known int }
+
+func (e NewerSchemaError) Error() string {
+	return fmt.Sprintf("schema version %d is newer than this binary knows (%d)", e.Version, e.Known)
+}
 
 // Webhook is one received body and the events normalization made of it.
 type Webhook struct {

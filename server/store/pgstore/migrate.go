@@ -69,7 +69,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool
 			return err
 		}
 		if current > len(ms) {
-			return fmt.Errorf("schema version %d is newer than this binary knows (%d)", current, len(ms))
+			return store.NewerSchemaError{Version: current, Known: len(ms)}
 		}
 		for _, m := range ms[current:] {
 			step.Store(&m.Name)

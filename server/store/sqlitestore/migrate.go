@@ -44,7 +44,7 @@ func migrate(ctx context.Context, db *sql.DB, ms []store.Migration, now time.Tim
 		return nil, err
 	}
 	if current > len(ms) {
-		return nil, fmt.Errorf("schema version %d is newer than this binary knows (%d)", current, len(ms))
+		return nil, store.NewerSchemaError{Version: current, Known: len(ms)}
 	}
 	for _, m := range ms[current:] {
 		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
