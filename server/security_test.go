@@ -342,10 +342,13 @@ func TestWatchTokens(t *testing.T) {
 
 	// An API key, even one that may watch, is refused in a URL, saying so:
 	// URLs end up in proxies' logs and browsers' histories.
-	for _, key := range []string{testAdminKey, testWatcherKey} {
-		r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+key, "", nil)
-		if r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), "only a watch token") {
-			t.Errorf("an API key as access_token: %d %s, want 401 saying only a watch token is taken", r.code, r.body)
+	// Not cached either, as no answer about requests is; and behind an
+	// empty first value too.
+	for i, query := range []string{"access_token=" + testAdminKey, "access_token=" + testWatcherKey, "access_token=&access_token=" + testAdminKey} {
+		r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?"+query, "", nil)
+		if r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), "only a watch token") || r.header.Get("Cache-Control") != "no-store" {
+			t.Errorf("an API key as access_token (query %d): %d %s, Cache-Control %q; want 401 saying only a watch token is taken, no-store",
+				i, r.code, r.body, r.header.Get("Cache-Control"))
 		}
 	}
 }

@@ -422,13 +422,20 @@ func accessTokenFromQuery(checked bool, cors corsPolicy, next http.Handler) http
 			return
 		}
 		q := r.URL.Query()
-		if tok := q.Get("access_token"); tok != "" {
-			if checked && !auth.IsWatchToken(tok) {
+		tok := ""
+		for _, v := range q["access_token"] { // each: a key behind an empty one is in the URL too
+			if v != "" && checked && !auth.IsWatchToken(v) {
 				cors.handle(w, r) // so that a page on an allowed origin can read why
 				w.Header().Set("WWW-Authenticate", bearerChallenge)
+				w.Header().Set("Cache-Control", "no-store")
 				writeStatus(w, gatewayJSON, http.StatusUnauthorized, notWatchToken)
 				return
 			}
+			if tok == "" {
+				tok = v
+			}
+		}
+		if tok != "" {
 			q.Del("access_token")
 			r = r.Clone(r.Context())
 			r.URL.RawQuery = q.Encode()
