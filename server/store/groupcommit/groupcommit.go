@@ -242,6 +242,7 @@ func (w *Writer) run(ctx context.Context) {
 			runtime.Gosched()
 			batch = w.fill(append(batch[:0], it))
 			w.commit(ctx, take(batch))
+			clear(batch) // the memory is reused: keep no answered webhook
 		case <-w.quit:
 			for {
 				batch = w.fill(batch[:0])
@@ -249,6 +250,7 @@ func (w *Writer) run(ctx context.Context) {
 					return
 				}
 				w.commit(ctx, take(batch))
+				clear(batch)
 			}
 		}
 	}

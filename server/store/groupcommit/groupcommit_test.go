@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -600,5 +602,75 @@ func testIsolation(t *testing.T, fail func() error) {
 	}
 	if !slices.Equal(published, []int64{0, 1, 2, 4, 5}) {
 		t.Errorf("changes published %v, want those of every webhook but the poisoned one", published)
+	}
+}
+
+// answeringStore answers every Commit as fakeStore does but keeps nothing
+// of its batches; the first Commit waits for g.
+type answeringStore struct {
+	store.Store
+	g     *gate
+	calls atomic.Int32
+}
+
+func (s *answeringStore) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
+	if err := s.g.hook(ctx, int(s.calls.Add(1)-1), batch); err != nil {
+		return nil, nil, err
+	}
+	results := make([]store.Result, len(batch))
+	for i, wh := range batch {
+		results[i] = store.Result{Events: []store.EventResult{{Revision: int64(number(wh))}}}
+	}
+	return results, nil, nil
+}
+
+// TestAnsweredWebhooksAreReleased: once a batch is answered, the writer
+// keeps none of its webhooks. It kept them in the memory it reuses for
+// the next batch, so that after a burst up to MaxBatch webhooks (their
+// bodies up to --max-body-bytes each) stayed in memory until another
+// batch as large came.
+func TestAnsweredWebhooksAreReleased(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	w := start(t, &answeringStore{g: g}, Options{MaxBatch: 8})
+	first := holdFirstBatch(t, w, g)
+	released := make(chan int, 8)
+	var outcomes []<-chan outcome
+	for n := 1; n <= 4; n++ {
+		wh := webhook(n)
+		runtime.AddCleanup(&wh.Body[0], func(n int) { released <- n }, n)
+		outcomes = append(outcomes, submitAsync(t.Context(), w, wh))
+	}
+	waitFor(t, func() bool { return w.Queued() == 4 }, "the burst to be queued")
+	close(g.release)
+	wantResult(t, 0, recv(t, first, "webhook 0"))
+	for i, ch := range outcomes {
+		wantResult(t, i+1, recv(t, ch, "a webhook of the burst"))
+	}
+	outcomes = nil
+
+	deadline := time.Now().Add(10 * time.Second)
+	for got := 0; got < 4; {
+		runtime.GC()
+		select {
+		case <-released:
+			got++
+		case <-time.After(10 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of the 4 answered webhooks released; the writer still holds the others", got)
+			}
+		}
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
