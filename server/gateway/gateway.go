@@ -518,9 +518,9 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		case errors.As(err, &compressed):
 			writeStatus(w, out, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, err.Error()))
 			return
-		case errors.As(err, &tooLarge):
+		case errors.As(err, &tooLarge): // RESOURCE_EXHAUSTED, as gRPC Ingest answers a message over the bound
 			writeStatus(w, out, http.StatusRequestEntityTooLarge,
-				status.New(codes.InvalidArgument, "webhook body is larger than "+api.Size(h.maxBody)))
+				status.New(codes.ResourceExhausted, "webhook body is larger than "+api.Size(h.maxBody)))
 			return
 		}
 		if senderGone(err) || ctx.Err() != nil { // HTTP/2 says so by canceling the stream
