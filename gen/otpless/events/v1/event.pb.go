@@ -408,7 +408,8 @@ type Event struct {
 	ReceiveTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=receive_time,json=receiveTime,proto3" json:"receive_time,omitempty"`
 	// The payload generation the body was read as.
 	Format PayloadFormat `protobuf:"varint,19,opt,name=format,proto3,enum=otpless.events.v1.PayloadFormat" json:"format,omitempty"`
-	// The original webhook body, verbatim (JSON text). Personal data: set
+	// The original webhook body, verbatim (JSON text; over gRPC Ingest, the
+	// message as JSON, see IngestRequest). Personal data: set
 	// where events are listed for a caller that may read it; empty in watch
 	// updates, and once retention purged it. (Bytes a damaged store no longer
 	// holds as UTF-8 read as U+FFFD.)

@@ -34,7 +34,9 @@ const (
 //     "notificationType", "fallbackChannel"}
 //
 // Fields OTPLESS adds later are ignored on the way in; the original body is
-// stored verbatim alongside the events it produced.
+// stored verbatim (but for a leading byte order mark) alongside the events
+// it produced. A gRPC caller sends no body: what is stored is the message as
+// JSON, without fields this server does not know.
 type IngestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// v2 and v1 delivery reports: the payload.
