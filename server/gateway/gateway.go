@@ -177,7 +177,7 @@ const maxAPIBodyBytes = 64 << 10
 // body as without. Answers about requests, which may hold personal data,
 // are not to be cached.
 func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
-	tooLarge := status.New(codes.InvalidArgument, "request body is larger than "+api.Size(maxAPIBodyBytes))
+	tooLarge := status.New(codes.ResourceExhausted, "request body is larger than "+api.Size(maxAPIBodyBytes)) // as on the webhook route
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/v1/requests/") {
 			next.ServeHTTP(w, r)

@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/otpless-events/otpless-events/server/api"
@@ -128,13 +130,14 @@ func TestErrorBodiesHaveOneShape(t *testing.T) {
 	for _, tc := range []struct {
 		method, path, body string
 		code               int
+		status             codes.Code // the body's code, which gRPC would answer
 	}{
-		{http.MethodGet, "/v1/requests/r1", "", http.StatusServiceUnavailable}, // the mux's
-		{http.MethodPut, "/v1/requests/r1", "", http.StatusMethodNotAllowed},
-		{http.MethodGet, "/v1/requests/a%2Fb", "", http.StatusNotFound},
-		{http.MethodGet, "/v1/requests/%ff", "", http.StatusBadRequest},
-		{http.MethodPost, "/v1/requests/r1:watchToken", strings.Repeat(" ", 65<<10), http.StatusRequestEntityTooLarge},
-		{http.MethodPost, gateway.WebhookPath, "{", http.StatusBadRequest},
+		{http.MethodGet, "/v1/requests/r1", "", http.StatusServiceUnavailable, codes.Unavailable}, // the mux's
+		{http.MethodPut, "/v1/requests/r1", "", http.StatusMethodNotAllowed, codes.Unimplemented},
+		{http.MethodGet, "/v1/requests/a%2Fb", "", http.StatusNotFound, codes.NotFound},
+		{http.MethodGet, "/v1/requests/%ff", "", http.StatusBadRequest, codes.InvalidArgument},
+		{http.MethodPost, "/v1/requests/r1:watchToken", strings.Repeat(" ", 65<<10), http.StatusRequestEntityTooLarge, codes.ResourceExhausted},
+		{http.MethodPost, gateway.WebhookPath, "{", http.StatusBadRequest, codes.InvalidArgument},
 	} {
 		resp, b := send(t, tc.method, srv.URL+tc.path, tc.body)
 		var fields map[string]json.RawMessage
@@ -144,6 +147,9 @@ func TestErrorBodiesHaveOneShape(t *testing.T) {
 		}
 		if len(fields) != 3 || fields["code"] == nil || fields["message"] == nil || fields["details"] == nil {
 			t.Errorf("%s %s: %s, want code, message and details", tc.method, tc.path, b)
+		}
+		if got := string(fields["code"]); got != strconv.Itoa(int(tc.status)) {
+			t.Errorf("%s %s: code %s, want %d (%v)", tc.method, tc.path, got, tc.status, tc.status)
 		}
 	}
 }

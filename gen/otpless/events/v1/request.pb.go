@@ -1321,7 +1321,7 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x1bWATCH_MESSAGE_TYPE_SNAPSHOT\x10\x01\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_TYPE_UPDATE\x10\x02\x12 \n" +
 	"\x1cWATCH_MESSAGE_TYPE_HEARTBEAT\x10\x03\x12 \n" +
-	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xd6\r\n" +
+	"\x1cWATCH_MESSAGE_TYPE_RECONNECT\x10\x042\xeb\r\n" +
 	"\x0eRequestService\x12\xd5\x01\n" +
 	"\n" +
 	"GetRequest\x12$.otpless.events.v1.GetRequestRequest\x1a%.otpless.events.v1.GetRequestResponse\"z\x92AVJT\n" +
@@ -1344,10 +1344,10 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x10\n" +
 	"\faccess_token\x12\x00r\x87\x01\n" +
 	"\x84\x01\n" +
-	"\rLast-Event-ID\x12qServer-Sent Events: the revision to resume after, as after_revision (which EventSource sends when it reconnects).\x18\x01\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xe1\x01\n" +
-	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"t\x92ABJ@\n" +
-	"\x03413\x129\n" +
-	"\x1fThe body is larger than 64 KiB.\x12\x16\n" +
+	"\rLast-Event-ID\x12qServer-Sent Events: the revision to resume after, as after_revision (which EventSource sends when it reconnects).\x18\x01\x82\xd3\xe4\x93\x02!\x12\x1f/v1/requests/{request_id}:watch0\x01\x12\xf6\x01\n" +
+	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"\x88\x01\x92AVJT\n" +
+	"\x03413\x12M\n" +
+	"3RESOURCE_EXHAUSTED: the body is larger than 64 KiB.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xa0\n" +
 	"\x92A\xc8\b\x12X\n" +
 	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1R\xa6\x01\n" +
