@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +38,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	_ "modernc.org/sqlite"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -714,6 +716,52 @@ func TestRequestLogs(t *testing.T) {
 	}
 	if n := len(s.logs.Matching(t, map[string]any{"msg": "grpc call", "method": "/otpless.events.v1.RequestService/GetRequest", "transport": "grpc"})); n != 1 {
 		t.Errorf("%d lines for the direct gRPC call, want 1", n)
+	}
+	if strings.Contains(s.logs.String(), "9812345678") {
+		t.Errorf("a phone number reached the logs in clear:\n%s", s.logs)
+	}
+}
+
+// A gRPC Ingest refused once its message has arrived (over the size bound,
+// as protobuf or as the JSON kept, or not keepable as JSON) names the
+// OTPLESS ids the message has, as a refused webhook's line does over HTTP,
+// and counts as one rejection.
+func TestRefusedGRPCIngestNamesItsIDs(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, func(c *Config) { c.MaxBodyBytes = 4 << 10 }, nil)
+	data := func(id string) *eventsv1.WebhookData {
+		return &eventsv1.WebhookData{RequestId: id, TraceId: "tr_" + id, Status: "SENT", Channel: "WHATSAPP", Identity: phone}
+	}
+	nan, big, escaped := data("nan-req"), data("big-req"), data("escaped-req")
+	nan.MetaData = structpb.NewNumberValue(math.NaN())
+	big.ErrorMessage = strings.Repeat("x", 6<<10)                             // under grpc-go's own bound, twice this one
+	escaped.MetaData = structpb.NewStringValue(strings.Repeat("\x01", 2<<10)) // six bytes each as JSON
+	for _, tc := range []struct {
+		data   *eventsv1.WebhookData
+		code   codes.Code
+		reason string
+	}{
+		{nan, codes.InvalidArgument, observe.ReasonInvalidBody},
+		{big, codes.ResourceExhausted, observe.ReasonTooLarge},
+		{escaped, codes.ResourceExhausted, observe.ReasonTooLarge},
+	} {
+		id := tc.data.GetRequestId()
+		ctx := metadata.AppendToOutgoingContext(context.Background(), observe.RequestIDMetadata, "ingest-"+id)
+		if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(ctx, &eventsv1.IngestRequest{EventType: "DLR", Data: tc.data}); status.Code(err) != tc.code {
+			t.Fatalf("Ingest of %s: %v, want %v", id, err, tc.code)
+		}
+		want := map[string]any{"msg": "grpc call", "request_id": "ingest-" + id, "code": tc.code.String(), "reason": tc.reason,
+			"otpless_request_id": id, "otpless_trace_id": "tr_" + id}
+		if n := len(s.logs.Matching(t, want)); n != 1 {
+			t.Errorf("%d lines for the refused Ingest of %s with its OTPLESS ids and reason, want 1:\n%s", n, id, s.logs)
+		}
+	}
+	m := s.scrape(t)
+	if got := m[`otpless_events_webhooks_rejected_total{reason="too_large"}`]; got != 2 {
+		t.Errorf("webhooks_rejected_total{too_large} = %v, want 2", got)
+	}
+	if got := m[`otpless_events_webhooks_rejected_total{reason="invalid_body"}`]; got != 1 {
+		t.Errorf("webhooks_rejected_total{invalid_body} = %v, want 1", got)
 	}
 	if strings.Contains(s.logs.String(), "9812345678") {
 		t.Errorf("a phone number reached the logs in clear:\n%s", s.logs)

@@ -36,7 +36,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/grpc/test/bufconn"
-	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
@@ -479,13 +478,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.grpc = grpc.NewServer(append(opts,
 		// gRPC Ingest messages are bounded like the webhook route's bodies
 		// (the protobuf form of a body is smaller than its JSON) by
-		// ingestLimit, inside the interceptors that count and log them;
-		// grpc-go's own limit, which refuses a message before any
-		// interceptor, is only for the far larger.
+		// Ingest itself (SetMaxBodyBytes), where they are counted and
+		// logged with the ids they name; grpc-go's own limit, which
+		// refuses a message before any interceptor, is only for the far
+		// larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptors(append(slices.Clip(sec.unary), ingestLimit(cfg.MaxBodyBytes))...)...),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),
 			reflectionEnds(s.shuttingDown), boundedSends(sendWait, s.peers.close))...)...),
 	)...)
@@ -1225,17 +1225,4 @@ func (c *trackedConn) Close() error {
 	}
 	c.peers.mu.Unlock()
 	return c.Conn.Close()
-}
-
-// ingestLimit refuses gRPC Ingest messages of more than max bytes with
-// RESOURCE_EXHAUSTED, as grpc-go's own limit would, but where the
-// observing interceptors see it. (Ingest bounds the JSON it keeps of a
-// message too.)
-func ingestLimit(max int64) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if m, ok := req.(proto.Message); ok && info.FullMethod == eventsv1.WebhookService_Ingest_FullMethodName && int64(proto.Size(m)) > max {
-			return nil, status.Error(codes.ResourceExhausted, "webhook is larger than "+api.Size(max))
-		}
-		return handler(ctx, req)
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/normalize"
@@ -43,11 +44,12 @@ type IngestObserver interface {
 // SetObserver makes o the IngestObserver. Call it before serving.
 func (s *WebhookServer) SetObserver(o IngestObserver) { s.observer = o }
 
-// SetMaxBodyBytes bounds the body Ingest keeps for a gRPC caller, its
-// message as JSON, at n bytes, as the webhook route bounds the bodies it
-// reads: a message under that as protobuf can be several times as large as
-// JSON (a control character takes six bytes there), and what is kept must
-// fit the reads of a request's events. Call it before serving.
+// SetMaxBodyBytes bounds what Ingest takes from a gRPC caller at n bytes,
+// as the webhook route bounds the bodies it reads: its message, and the
+// body kept, its message as JSON (a message under the bound as protobuf
+// can be several times as large as JSON, where a control character takes
+// six bytes), since what is kept must fit the reads of a request's
+// events. Call it before serving.
 func (s *WebhookServer) SetMaxBodyBytes(n int64) { s.maxBody = n }
 
 // NewWebhookServer returns a WebhookServer that stores through ingester.
@@ -57,15 +59,26 @@ func NewWebhookServer(ingester Ingester, log *slog.Logger) *WebhookServer {
 
 // Ingest serves gRPC callers, who send the decoded message: the body kept is
 // its canonical JSON. The HTTP route calls IngestBody with the original bytes.
+// A message refused before IngestBody is a rejection too, named by the ids
+// it has.
 func (s *WebhookServer) Ingest(ctx context.Context, req *eventsv1.IngestRequest) (*eventsv1.IngestResponse, error) {
+	if s.maxBody > 0 && int64(proto.Size(req)) > s.maxBody {
+		return nil, s.refuse(ctx, req, status.Error(codes.ResourceExhausted, "webhook is larger than "+Size(s.maxBody)))
+	}
 	body, err := protojson.Marshal(req)
 	if err != nil { // e.g. NaN in a google.protobuf.Value: not JSON
-		return nil, status.Error(codes.InvalidArgument, "the request cannot be kept as JSON: "+err.Error())
+		return nil, s.refuse(ctx, req, status.Error(codes.InvalidArgument, "the request cannot be kept as JSON: "+err.Error()))
 	}
 	if s.maxBody > 0 && int64(len(body)) > s.maxBody {
-		return nil, status.Error(codes.ResourceExhausted, "webhook is larger than "+Size(s.maxBody)+" as JSON, the form it is kept in")
+		return nil, s.refuse(ctx, req, status.Error(codes.ResourceExhausted, "webhook is larger than "+Size(s.maxBody)+" as JSON, the form it is kept in"))
 	}
 	return s.IngestBody(ctx, req, body)
+}
+
+// refuse records req, refused with st before IngestBody, and returns st.
+func (s *WebhookServer) refuse(ctx context.Context, req *eventsv1.IngestRequest, st error) error {
+	s.observe(ctx, []*eventsv1.Event{normalize.Named(req)}, store.Result{}, st)
+	return st
 }
 
 // IngestBody normalizes req, stores it with body (the webhook as received) and
