@@ -35,8 +35,10 @@ type WebhookServer struct {
 // IngestObserver is told the outcome of every webhook IngestBody handles:
 // its events and the store's result, or the error it failed with (before
 // it became a gRPC status; when normalization failed, events is the one
-// normalize.Named gives, with only the ids the body names). It runs on the
-// caller's goroutine, with the caller's ctx, and must be quick.
+// normalize.Named gives, with only the ids the body names). It is told of
+// a message Ingest refuses before IngestBody too, with that event and the
+// gRPC status. It runs on the caller's goroutine, with the caller's ctx,
+// and must be quick.
 type IngestObserver interface {
 	ObserveIngest(ctx context.Context, events []*eventsv1.Event, res store.Result, err error)
 }
