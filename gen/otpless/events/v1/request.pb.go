@@ -1170,7 +1170,8 @@ type CreateWatchTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The token: opaque, URL-safe.
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// When the token is refused from (a watch stream opened before runs on).
+	// When the token expires: refused from then on, though a watch stream it
+	// opened before runs on.
 	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
