@@ -9,6 +9,7 @@ import (
 	neturl "net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -35,6 +36,11 @@ type clientFlags struct {
 	tls        bool
 	tlsCAFile  string
 	plaintext  bool
+
+	// certAsked is set once dial has made a TLS connection, and records
+	// whether a server asked it for a client certificate, which it has
+	// none of.
+	certAsked *atomic.Bool
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
@@ -128,6 +134,15 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 		BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 5 * time.Second}})
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), reconnect}
 	if tlsCfg != nil {
+		// A server that requires a certificate (serve's --grpc-client-ca)
+		// refuses the handshake, and the client sees that only as a reset,
+		// a broken pipe or an alert, by timing: the request is what says so.
+		asked := new(atomic.Bool)
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			asked.Store(true)
+			return &tls.Certificate{}, nil // none
+		}
+		f.certAsked = asked
 		opts[0] = grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))
 	}
 	if key != "" {
@@ -211,6 +226,17 @@ func loopback(target string) bool {
 		return ip.IsLoopback()
 	}
 	return strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
+}
+
+// rpcError is the package's rpcError for a call over the connection dial
+// made: a connection that failed after the server asked for a client
+// certificate says so.
+func (f *clientFlags) rpcError(what string, err error) error {
+	if st := status.Convert(err); st.Code() == codes.Unavailable && f.certAsked != nil && f.certAsked.Load() {
+		return fmt.Errorf("%s: %s (%s); the server asked for a client certificate (serve's --grpc-client-ca), which get and watch do not present",
+			what, st.Message(), st.Code())
+	}
+	return rpcError(what, err)
 }
 
 // rpcError says what failed, in the server's words.

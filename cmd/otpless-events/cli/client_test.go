@@ -677,3 +677,35 @@ func TestEmptyEnvironmentVariables(t *testing.T) {
 		t.Errorf("get with OTPLESS_EVENTS_JSON and _PLAINTEXT empty: exit %d, %q; want it to go on (and find nobody there)", code, errOut)
 	}
 }
+
+// A server run with --grpc-client-ca refuses get and watch, which present
+// no client certificate, at the handshake: they say so, rather than ask
+// whether the server uses TLS when they were told it does.
+func TestClientsOfAMutualTLSServer(t *testing.T) {
+	t.Parallel()
+	certFile, keyFile := testserver.SelfSigned(t)
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Security.TLSCertFile, cfg.Security.TLSKeyFile, cfg.Security.ClientCAFile = certFile, keyFile, certFile // its own CA
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	for _, cmd := range [][]string{{"get"}, {"watch", "--timeout", "20s"}} {
+		code, _, errOut := run(t, append(cmd, "--grpc-addr", srv.GRPCAddr().String(), "--tls-ca-file", certFile, tryID)...)
+		if code != 1 || strings.Contains(errOut, "does the server use TLS?") || !strings.Contains(errOut, "client certificate") {
+			t.Errorf("%s over TLS from a server that requires a client certificate: exit %d, %q; want 1 saying it requires a client certificate", cmd[0], code, errOut)
+		}
+	}
+}
