@@ -53,7 +53,7 @@ func (s *security) loadTLS(cfg Security) error {
 	}
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return fmt.Errorf("TLS certificate %s and key %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
 	}
 	base := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	s.httpTLS = base.Clone()

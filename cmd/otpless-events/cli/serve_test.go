@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/otpless-events/otpless-events/internal/testserver"
 )
 
 // serveOnATakenPort runs serve with its HTTP address taken, and more
@@ -59,6 +61,8 @@ func TestServeFailureIsPrintedAboveErrorLevel(t *testing.T) {
 func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	t.Parallel()
 	missing := t.TempDir()
+	cert, _ := testserver.SelfSigned(t)
+	_, otherKey := testserver.SelfSigned(t)
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -70,6 +74,7 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"TLS certificate without key", []string{"--tls-cert", "cert.pem"}, "TLS needs both"},
 		{"client CA without TLS", []string{"--grpc-client-ca", "ca.pem"}, "mutual TLS"},
 		{"no TLS certificate file", []string{"--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"}, "missing-cert.pem"},
+		{"another certificate's key", []string{"--tls-cert", cert, "--tls-key", otherKey}, "TLS certificate " + cert + " and key " + otherKey + ": tls: private key does not match"},
 		{"negative webhook rate", []string{"--webhook-rate", "-1"}, "rate of webhooks"},
 		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
 		{"gRPC address without a port", []string{"--grpc-addr", "localhost"}, "missing port"},
