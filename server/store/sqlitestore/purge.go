@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -39,14 +40,16 @@ type purgeStmts struct {
 func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query string)) {
 	p := &s.purge
 	prepare(s.w, &p.webhooks, `SELECT id, request_ids FROM webhooks
-		WHERE received_at < ? AND length(body) > 0 ORDER BY received_at LIMIT ?`)
+		WHERE received_at < ?1 AND length(body) > 0 AND id NOT IN (SELECT value FROM json_each(?3))
+		ORDER BY received_at LIMIT ?2`)
 	prepare(s.w, &p.siblings, `SELECT id, request_ids FROM webhooks
 		WHERE id IN (SELECT value FROM json_each(?1)) AND received_at < ?2 AND length(body) > 0
+		AND id NOT IN (SELECT value FROM json_each(?4))
 		LIMIT ?3`)
 	prepare(s.w, &p.requests, `SELECT request_id, data, events FROM requests
 		WHERE request_id IN (SELECT value FROM json_each(?))`)
 	prepare(s.w, &p.updateRequest, `UPDATE requests SET data = ?, events = ?, revision = ?, updated_at = ? WHERE request_id = ?`)
-	prepare(s.w, &p.requestless, `SELECT event_id, data FROM events
+	prepare(s.w, &p.requestless, `SELECT event_id, webhook_id, data FROM events
 		WHERE webhook_id IN (SELECT value FROM json_each(?)) AND request_id = ''`)
 	prepare(s.w, &p.updateEvent, `UPDATE events SET data = ? WHERE request_id = '' AND event_id = ?`)
 	prepare(s.w, &p.clearBodies, `UPDATE webhooks SET body = X'' WHERE id IN (SELECT value FROM json_each(?))`)
@@ -54,15 +57,29 @@ func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query stri
 
 var _ store.Purger = (*Store)(nil)
 
-// PurgePII implements store.Purger.
+// PurgePII implements store.Purger. Stored data that does not decode (a
+// request's row, an event of no request) cannot be stripped: the webhooks
+// due that brought data to it are left as they are, for a later run to
+// retry, and the others purged; the run then fails as store.ErrDamaged,
+// naming what it found.
 func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
-	total := 0
+	var (
+		total   int
+		skip    = []int64{} // webhooks left unpurged for damaged data ([], not null, in JSON)
+		damaged []error
+	)
 	for {
 		if s.closed.Load() {
 			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 		}
-		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli())
+		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli(), skip)
+		if d := (*damage)(nil); errors.As(err, &d) {
+			// The chunk again, without them.
+			skip = append(skip, d.webhooks...)
+			damaged = append(damaged, d.err)
+			continue
+		}
 		if err != nil {
 			return total, s.fail(ctx, op, err)
 		}
@@ -71,16 +88,33 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		}
 		total += n
 		if !more {
+			if len(damaged) > 0 {
+				return total, fmt.Errorf("sqlitestore: %s: %d webhooks left unpurged: %w", op, len(skip), errors.Join(damaged[:min(len(damaged), maxDamageNamed)]...))
+			}
 			return total, nil
 		}
 	}
 }
 
+// maxDamageNamed bounds the damaged data a failed purge names.
+const maxDamageNamed = 5
+
+// damage is stored data that a purge transaction cannot decode; webhooks
+// are the webhooks due that brought data to it. err wraps
+// store.ErrDamaged.
+type damage struct {
+	webhooks []int64
+	err      error
+}
+
+func (d *damage) Error() string { return d.err.Error() }
+func (d *damage) Unwrap() error { return d.err }
+
 // purgeChunk purges one chunk of webhooks in one transaction, holding the
 // writer lock, and drops the requests it refolds from the event cache. more
 // reports whether webhooks due may remain; changes are the refolds that
 // were changes.
-func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more bool, changes []store.Change, err error) {
+func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64, skip []int64) (n int, more bool, changes []store.Change, err error) {
 	if err := s.lockWriter(ctx); err != nil {
 		return 0, false, nil, err
 	}
@@ -90,7 +124,7 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 		return 0, false, nil, err
 	}
 	defer rollbackOnPanic(s, tx)
-	n, more, requests, changes, err := s.purgeChunkTx(ctx, tx, cutoffMs)
+	n, more, requests, changes, err := s.purgeChunkTx(ctx, tx, cutoffMs, jsonArray(skip))
 	if err == nil {
 		err = tx.Commit()
 	}
@@ -107,10 +141,11 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64) (n int, more boo
 
 // purgeChunkTx returns how many webhooks it purged, whether webhooks due may
 // remain, the requests whose events it changed, and the changes of those
-// whose refold was one.
-func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (int, bool, []string, []store.Change, error) {
-	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}}
-	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk)
+// whose refold was one. It leaves out the webhooks of skip (a JSON array),
+// and fails with a *damage when it meets stored data that does not decode.
+func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64, skip string) (int, bool, []string, []store.Change, error) {
+	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}, named: map[string][]int64{}}
+	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk, skip)
 	if err != nil {
 		return 0, false, nil, nil, err
 	}
@@ -133,7 +168,7 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64) (i
 		}
 	}
 	if len(candidates) > 0 {
-		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonArray(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings)
+		rows, err := pc.stmt(s.purge.siblings).QueryContext(ctx, jsonArray(slices.Collect(maps.Keys(candidates))), cutoffMs, purgeSiblings, skip)
 		if err != nil {
 			return 0, false, nil, nil, err
 		}
@@ -170,7 +205,19 @@ type purgeTx struct {
 	s        *Store
 	due      map[int64]bool
 	requests map[string]*purgedRequest // nil until loaded
+	named    map[string][]int64        // request id -> the webhooks due naming it
 	changes  []store.Change            // the refolds that were changes
+}
+
+// damaged is the damage of request id's stored data: err, which it wraps
+// in store.ErrDamaged.
+func (pc *purgeTx) damaged(id string, err error) *damage {
+	if errors.Is(err, store.ErrDamaged) {
+		err = fmt.Errorf("request %s: %w", id, err)
+	} else {
+		err = fmt.Errorf("%w: request %s: %w", store.ErrDamaged, id, err)
+	}
+	return &damage{webhooks: pc.named[id], err: err}
 }
 
 type purgedRequest struct {
@@ -201,6 +248,7 @@ func (pc *purgeTx) addWebhooks(rows *sql.Rows) (int, error) {
 		}
 		pc.due[wh.id] = true
 		for _, id := range ids {
+			pc.named[id] = append(pc.named[id], wh.id)
 			if _, ok := pc.requests[id]; !ok {
 				pc.requests[id] = nil
 			}
@@ -235,7 +283,7 @@ func (pc *purgeTx) loadRequests() error {
 			return err
 		}
 		if r.entries, err = parseEntries(column); err != nil {
-			return fmt.Errorf("events of %s: %w", id, err)
+			return pc.damaged(id, fmt.Errorf("events: %w", err))
 		}
 		pc.requests[id] = &r
 	}
@@ -244,7 +292,7 @@ func (pc *purgeTx) loadRequests() error {
 	}
 	for id, r := range pc.requests {
 		if r == nil {
-			return fmt.Errorf("webhook names request %q, which has no row", id)
+			return pc.damaged(id, errors.New("named by a webhook, it has no row"))
 		}
 	}
 	return nil
@@ -256,7 +304,7 @@ func (pc *purgeTx) loadRequests() error {
 func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 	old := new(eventsv1.AuthRequest)
 	if err := proto.Unmarshal(r.snapshot, old); err != nil {
-		return fmt.Errorf("decode snapshot of %s: %w", id, err)
+		return pc.damaged(id, fmt.Errorf("decode snapshot: %w", err))
 	}
 	var (
 		column []byte
@@ -265,7 +313,7 @@ func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 	for i, en := range r.entries {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(en.data, e); err != nil {
-			return fmt.Errorf("decode event %s of %s: %w", en.eventID, id, err)
+			return pc.damaged(id, fmt.Errorf("decode event %s: %w", en.eventID, err))
 		}
 		if pc.due[en.webhookID] {
 			pii.StripEvent(e)
@@ -296,8 +344,9 @@ func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 // the webhooks due (ids, a JSON array).
 func (pc *purgeTx) stripRequestless(ids string) error {
 	type row struct {
-		eventID string
-		data    []byte
+		eventID   string
+		webhookID int64
+		data      []byte
 	}
 	rows, err := pc.stmt(pc.s.purge.requestless).QueryContext(pc.ctx, ids)
 	if err != nil {
@@ -305,7 +354,7 @@ func (pc *purgeTx) stripRequestless(ids string) error {
 	}
 	evs, err := scanAll(rows, func(r *sql.Rows) (row, error) {
 		var x row
-		return x, r.Scan(&x.eventID, &x.data)
+		return x, r.Scan(&x.eventID, &x.webhookID, &x.data)
 	})
 	if err != nil {
 		return err
@@ -313,7 +362,7 @@ func (pc *purgeTx) stripRequestless(ids string) error {
 	for _, x := range evs {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(x.data, e); err != nil {
-			return fmt.Errorf("decode event %s: %w", x.eventID, err)
+			return &damage{webhooks: []int64{x.webhookID}, err: fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, x.eventID, err)}
 		}
 		pii.StripEvent(e)
 		data, err := proto.Marshal(e)
