@@ -1114,8 +1114,8 @@ type CreateWatchTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The OTPLESS request id the token is bound to.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// How long the token lives: default 10 minutes, at most 1 hour. Its
-	// expiry is a whole second, rounded up.
+	// How long the token lives: default (unset) 10 minutes, at most 1 hour;
+	// zero or less is refused. Its expiry is a whole second, rounded up.
 	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
