@@ -2,7 +2,9 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,9 +28,19 @@ var _ store.Purger = (*Store)(nil)
 //
 // A refold that is a change is notified on Channel as a commit's change
 // is, in the same transaction, so that every replica's watchers get it.
+//
+// Stored data that does not decode (a request's snapshot or event, an
+// event of no request) cannot be stripped: the webhooks due that brought
+// data to it are left as they are, for a later run to retry, and the
+// others purged; the run then fails as store.ErrDamaged, naming what it
+// found.
 func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
-	total := 0
+	var (
+		total   int
+		skip    = []int64{} // webhooks left unpurged for damaged data (never nil: NULL would match none)
+		damaged []error
+	)
 	for {
 		if err := s.usable(op); err != nil {
 			return total, err
@@ -38,9 +50,16 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 			changes []store.Change
 		)
 		err := s.inTx(ctx, func(qctx context.Context, tx pgx.Tx) (err error) {
-			n, changes, err = purgeChunkTx(qctx, tx, cutoff, s.channel)
+			n, changes, err = purgeChunkTx(qctx, tx, cutoff, skip, s.channel)
 			return err
 		})
+		if d := (*damage)(nil); errors.As(err, &d) && len(d.webhooks) > 0 {
+			// The chunk again, without them (none was left out yet: the
+			// chunk's queries leave out those).
+			skip = append(skip, d.webhooks...)
+			damaged = append(damaged, d.errs...)
+			continue
+		}
 		if err != nil {
 			return total, s.fail(ctx, op, err)
 		}
@@ -49,21 +68,59 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		}
 		total += n
 		if n < purgeChunk {
+			if len(damaged) > 0 {
+				return total, fmt.Errorf("pgstore: %s: %d webhooks left unpurged: %w", op, len(skip), errors.Join(damaged[:min(len(damaged), maxDamageNamed)]...))
+			}
 			return total, nil
 		}
 	}
 }
 
-// selectUnpurged takes the oldest webhooks whose bodies are due; the
-// index webhooks_unpurged serves it.
+// maxDamageNamed bounds the damaged data a failed purge names.
+const maxDamageNamed = 5
+
+// damage is stored data that a purge transaction cannot decode; webhooks
+// are the webhooks due of the chunk that brought data to it, errs name
+// it, each wrapping store.ErrDamaged.
+type damage struct {
+	webhooks []int64
+	errs     []error
+}
+
+func (d *damage) Error() string   { return errors.Join(d.errs...).Error() }
+func (d *damage) Unwrap() []error { return d.errs }
+
+// add notes the damage err of the data that webhooks brought.
+func (d *damage) add(err error, webhooks ...int64) {
+	for _, id := range webhooks {
+		if !slices.Contains(d.webhooks, id) {
+			d.webhooks = append(d.webhooks, id)
+		}
+	}
+	d.errs = append(d.errs, err)
+}
+
+// found is d as an error when it holds any damage, else nil.
+func (d *damage) found() error {
+	if len(d.errs) == 0 {
+		return nil
+	}
+	return d
+}
+
+// selectUnpurged takes the oldest webhooks whose bodies are due, but those
+// of $3 (left unpurged for damaged data); the index webhooks_unpurged
+// serves it.
 const selectUnpurged = `SELECT id FROM webhooks
-	WHERE received_at < $1 AND length(body) > 0
+	WHERE received_at < $1 AND length(body) > 0 AND NOT (id = ANY($3))
 	ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED`
 
-// purgeChunkTx purges a chunk of webhooks, and returns how many, and the
-// changes of the requests whose refold was one (notified on channel).
-func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel string) (int, []store.Change, error) {
-	rows, _ := tx.Query(ctx, selectUnpurged, cutoff, purgeChunk)
+// purgeChunkTx purges a chunk of webhooks, but those of skip, and returns
+// how many, and the changes of the requests whose refold was one (notified
+// on channel). It fails with a *damage, naming all it found in the chunk,
+// when it meets stored data that does not decode.
+func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64, channel string) (int, []store.Change, error) {
+	rows, _ := tx.Query(ctx, selectUnpurged, cutoff, purgeChunk, skip)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(ids) == 0 {
 		return 0, nil, err
@@ -83,15 +140,27 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel stri
 		eids  []string
 		datas [][]byte
 		e     = new(eventsv1.Event)
+		named = map[string][]int64{} // request id -> the webhooks of the chunk that brought events to it
+		bad   = map[string]error{}   // request id -> its event that does not decode
+		d     damage
 	)
-	rows, _ = tx.Query(ctx, `SELECT request_id, event_id, data FROM events WHERE webhook_id = ANY($1)`, ids)
+	rows, _ = tx.Query(ctx, `SELECT request_id, event_id, webhook_id, data FROM events WHERE webhook_id = ANY($1)`, ids)
 	var (
 		rid, data []byte
 		eid       string
+		wid       int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&rid, &eid, &data}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&rid, &eid, &wid, &data}, func() error {
+		if len(rid) > 0 && !slices.Contains(named[string(rid)], wid) {
+			named[string(rid)] = append(named[string(rid)], wid)
+		}
 		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("decode event %s: %w", eid, err)
+			if len(rid) == 0 {
+				d.add(fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, eid, err), wid)
+			} else if _, ok := bad[string(rid)]; !ok {
+				bad[string(rid)] = fmt.Errorf("%w: request %q: decode event %s: %w", store.ErrDamaged, rid, eid, err)
+			}
+			return nil
 		}
 		pii.StripEvent(e)
 		stripped, err := proto.Marshal(e)
@@ -104,6 +173,12 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel stri
 	if err != nil {
 		return 0, nil, fmt.Errorf("strip events: %w", err)
 	}
+	for id, err := range bad {
+		d.add(err, named[id]...)
+	}
+	if err := d.found(); err != nil {
+		return 0, nil, err
+	}
 	b := &pgx.Batch{}
 	b.Queue(`UPDATE events AS e SET data = u.data
 		FROM unnest($1::bytea[], $2::text[], $3::bytea[]) AS u (request_id, event_id, data)
@@ -112,7 +187,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel stri
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, nil, fmt.Errorf("strip events: %w", err)
 	}
-	changes, err := refold(ctx, tx, requests, channel)
+	changes, err := refold(ctx, tx, requests, named, channel)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -121,18 +196,27 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, channel stri
 
 // refold rewrites the snapshots of requests (locked) from their events
 // (see store.Refold), and returns the changes of those whose refold was one,
-// each notified on channel.
-func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, channel string) ([]store.Change, error) {
+// each notified on channel. It fails with a *damage, naming all it found,
+// when a request's snapshot or event does not decode: named maps each
+// request to the webhooks due that brought events to it.
+func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, named map[string][]int64, channel string) ([]store.Change, error) {
 	if len(requests) == 0 {
 		return nil, nil
 	}
-	events := map[string][]*eventsv1.Event{}
-	rows, _ := tx.Query(ctx, `SELECT request_id, data FROM events WHERE request_id = ANY($1)`, requests)
+	var (
+		events = map[string][]*eventsv1.Event{}
+		bad    = map[string]error{} // request id -> why it cannot be refolded
+		eid    string
+	)
+	rows, _ := tx.Query(ctx, `SELECT request_id, event_id, data FROM events WHERE request_id = ANY($1)`, requests)
 	var rid, data []byte
-	if _, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&rid, &eid, &data}, func() error {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("decode event of %q: %w", rid, err)
+			if _, ok := bad[string(rid)]; !ok {
+				bad[string(rid)] = fmt.Errorf("%w: request %q: decode event %s: %w", store.ErrDamaged, rid, eid, err)
+			}
+			return nil
 		}
 		events[string(rid)] = append(events[string(rid)], e)
 		return nil
@@ -150,9 +234,13 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, channel string) (
 	rows, _ = tx.Query(ctx, `SELECT request_id, data FROM requests WHERE request_id = ANY($1)`, requests)
 	var ids [][]byte
 	if _, err := pgx.ForEachRow(rows, []any{&rid, &data}, func() error {
+		if _, ok := bad[string(rid)]; ok {
+			return nil
+		}
 		old := new(eventsv1.AuthRequest)
 		if err := proto.Unmarshal(data, old); err != nil {
-			return fmt.Errorf("decode snapshot of %q: %w", rid, err)
+			bad[string(rid)] = fmt.Errorf("%w: request %q: decode snapshot: %w", store.ErrDamaged, rid, err)
+			return nil
 		}
 		snap := store.Refold(string(rid), old, events[string(rid)], now)
 		b, err := proto.Marshal(snap)
@@ -170,6 +258,13 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, channel string) (
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("refold: %w", err)
+	}
+	if len(bad) > 0 {
+		var d damage
+		for id, err := range bad {
+			d.add(err, named[id]...)
+		}
+		return nil, &d
 	}
 	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data, revision = u.revision, updated_at = u.updated_at
 		FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::timestamptz[]) AS u (request_id, data, revision, updated_at)
