@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -174,6 +175,43 @@ type Purger interface {
 	// when not nil, gets a Change of each such request (Refold set, no
 	// events) once the transaction that made it commits, to publish as
 	// a commit's. It returns how many webhooks it purged; running it again
-	// purges nothing more.
+	// purges nothing more. Stored data that does not decode cannot be
+	// stripped: the webhooks that brought data to it are left as they are,
+	// the others purged, and the run fails as ErrDamaged (PurgedAround).
 	PurgePII(ctx context.Context, cutoff time.Time, changed func([]Change)) (int, error)
+}
+
+// PurgeDamage is what a purge's chunk met that does not decode: Errs name
+// it, each wrapping ErrDamaged; Webhooks are the chunk's webhooks due that
+// brought data to it, which the purge leaves out to go on without.
+type PurgeDamage struct {
+	Webhooks []int64
+	Errs     []error
+}
+
+func (d *PurgeDamage) Error() string   { return errors.Join(d.Errs...).Error() }
+func (d *PurgeDamage) Unwrap() []error { return d.Errs }
+
+// Add notes err, the damage of data that webhooks brought.
+func (d *PurgeDamage) Add(err error, webhooks ...int64) {
+	for _, id := range webhooks {
+		if !slices.Contains(d.Webhooks, id) {
+			d.Webhooks = append(d.Webhooks, id)
+		}
+	}
+	d.Errs = append(d.Errs, err)
+}
+
+// Found is d as an error when it holds any damage, else nil.
+func (d *PurgeDamage) Found() error {
+	if len(d.Errs) == 0 {
+		return nil
+	}
+	return d
+}
+
+// PurgedAround is the error of a purge that left skipped webhooks as they
+// were for damage (the PurgeDamage errors met), naming at most five.
+func PurgedAround(skipped int, damage []error) error {
+	return fmt.Errorf("%d webhooks left unpurged: %w", skipped, errors.Join(damage[:min(len(damage), 5)]...))
 }

@@ -53,11 +53,11 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 			n, changes, err = purgeChunkTx(qctx, tx, cutoff, skip, s.channel)
 			return err
 		})
-		if d := (*damage)(nil); errors.As(err, &d) && len(d.webhooks) > 0 {
+		if d := (*store.PurgeDamage)(nil); errors.As(err, &d) && len(d.Webhooks) > 0 {
 			// The chunk again, without them (none was left out yet: the
 			// chunk's queries leave out those).
-			skip = append(skip, d.webhooks...)
-			damaged = append(damaged, d.errs...)
+			skip = append(skip, d.Webhooks...)
+			damaged = append(damaged, d.Errs...)
 			continue
 		}
 		if err != nil {
@@ -69,43 +69,11 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		total += n
 		if n < purgeChunk {
 			if len(damaged) > 0 {
-				return total, fmt.Errorf("pgstore: %s: %d webhooks left unpurged: %w", op, len(skip), errors.Join(damaged[:min(len(damaged), maxDamageNamed)]...))
+				return total, fmt.Errorf("pgstore: %s: %w", op, store.PurgedAround(len(skip), damaged))
 			}
 			return total, nil
 		}
 	}
-}
-
-// maxDamageNamed bounds the damaged data a failed purge names.
-const maxDamageNamed = 5
-
-// damage is stored data that a purge transaction cannot decode; webhooks
-// are the webhooks due of the chunk that brought data to it, errs name
-// it, each wrapping store.ErrDamaged.
-type damage struct {
-	webhooks []int64
-	errs     []error
-}
-
-func (d *damage) Error() string   { return errors.Join(d.errs...).Error() }
-func (d *damage) Unwrap() []error { return d.errs }
-
-// add notes the damage err of the data that webhooks brought.
-func (d *damage) add(err error, webhooks ...int64) {
-	for _, id := range webhooks {
-		if !slices.Contains(d.webhooks, id) {
-			d.webhooks = append(d.webhooks, id)
-		}
-	}
-	d.errs = append(d.errs, err)
-}
-
-// found is d as an error when it holds any damage, else nil.
-func (d *damage) found() error {
-	if len(d.errs) == 0 {
-		return nil
-	}
-	return d
 }
 
 // selectUnpurged takes the oldest webhooks whose bodies are due, but those
@@ -117,7 +85,7 @@ const selectUnpurged = `SELECT id FROM webhooks
 
 // purgeChunkTx purges a chunk of webhooks, but those of skip, and returns
 // how many, and the changes of the requests whose refold was one (notified
-// on channel). It fails with a *damage, naming all it found in the chunk,
+// on channel). It fails with a *store.PurgeDamage, naming all it found in the chunk,
 // when it meets stored data that does not decode.
 func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64, channel string) (int, []store.Change, error) {
 	rows, _ := tx.Query(ctx, selectUnpurged, cutoff, purgeChunk, skip)
@@ -142,7 +110,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64
 		e     = new(eventsv1.Event)
 		named = map[string][]int64{} // request id -> the webhooks of the chunk that brought events to it
 		bad   = map[string]error{}   // request id -> its event that does not decode
-		d     damage
+		d     store.PurgeDamage
 	)
 	rows, _ = tx.Query(ctx, `SELECT request_id, event_id, webhook_id, data FROM events WHERE webhook_id = ANY($1)`, ids)
 	var (
@@ -156,7 +124,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64
 		}
 		if err := proto.Unmarshal(data, e); err != nil {
 			if len(rid) == 0 {
-				d.add(fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, eid, err), wid)
+				d.Add(fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, eid, err), wid)
 			} else if _, ok := bad[string(rid)]; !ok {
 				bad[string(rid)] = fmt.Errorf("%w: request %q: decode event %s: %w", store.ErrDamaged, rid, eid, err)
 			}
@@ -174,9 +142,9 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64
 		return 0, nil, fmt.Errorf("strip events: %w", err)
 	}
 	for id, err := range bad {
-		d.add(err, named[id]...)
+		d.Add(err, named[id]...)
 	}
-	if err := d.found(); err != nil {
+	if err := d.Found(); err != nil {
 		return 0, nil, err
 	}
 	b := &pgx.Batch{}
@@ -196,7 +164,7 @@ func purgeChunkTx(ctx context.Context, tx pgx.Tx, cutoff time.Time, skip []int64
 
 // refold rewrites the snapshots of requests (locked) from their events
 // (see store.Refold), and returns the changes of those whose refold was one,
-// each notified on channel. It fails with a *damage, naming all it found,
+// each notified on channel. It fails with a *store.PurgeDamage, naming all it found,
 // when a request's snapshot or event does not decode: named maps each
 // request to the webhooks due that brought events to it.
 func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, named map[string][]int64, channel string) ([]store.Change, error) {
@@ -260,9 +228,9 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, named map[string]
 		return nil, fmt.Errorf("refold: %w", err)
 	}
 	if len(bad) > 0 {
-		var d damage
+		var d store.PurgeDamage
 		for id, err := range bad {
-			d.add(err, named[id]...)
+			d.Add(err, named[id]...)
 		}
 		return nil, &d
 	}

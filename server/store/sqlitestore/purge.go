@@ -74,11 +74,11 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 		}
 		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli(), skip)
-		if d := (*damage)(nil); errors.As(err, &d) && len(d.webhooks) > 0 {
+		if d := (*store.PurgeDamage)(nil); errors.As(err, &d) && len(d.Webhooks) > 0 {
 			// The chunk again, without them (none was left out yet: the
 			// chunk's queries leave out those).
-			skip = append(skip, d.webhooks...)
-			damaged = append(damaged, d.err)
+			skip = append(skip, d.Webhooks...)
+			damaged = append(damaged, d.Errs...)
 			continue
 		}
 		if err != nil {
@@ -90,26 +90,12 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		total += n
 		if !more {
 			if len(damaged) > 0 {
-				return total, fmt.Errorf("sqlitestore: %s: %d webhooks left unpurged: %w", op, len(skip), errors.Join(damaged[:min(len(damaged), maxDamageNamed)]...))
+				return total, fmt.Errorf("sqlitestore: %s: %w", op, store.PurgedAround(len(skip), damaged))
 			}
 			return total, nil
 		}
 	}
 }
-
-// maxDamageNamed bounds the damaged data a failed purge names.
-const maxDamageNamed = 5
-
-// damage is stored data that a purge transaction cannot decode; webhooks
-// are the webhooks due that brought data to it. err wraps
-// store.ErrDamaged.
-type damage struct {
-	webhooks []int64
-	err      error
-}
-
-func (d *damage) Error() string { return d.err.Error() }
-func (d *damage) Unwrap() error { return d.err }
 
 // purgeChunk purges one chunk of webhooks in one transaction, holding the
 // writer lock, and drops the requests it refolds from the event cache. more
@@ -143,7 +129,7 @@ func (s *Store) purgeChunk(ctx context.Context, cutoffMs int64, skip []int64) (n
 // purgeChunkTx returns how many webhooks it purged, whether webhooks due may
 // remain, the requests whose events it changed, and the changes of those
 // whose refold was one. It leaves out the webhooks of skip (a JSON array),
-// and fails with a *damage when it meets stored data that does not decode.
+// and fails with a *store.PurgeDamage when it meets stored data that does not decode.
 func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64, skip string) (int, bool, []string, []store.Change, error) {
 	pc := purgeTx{ctx: ctx, tx: tx, s: s, due: map[int64]bool{}, requests: map[string]*purgedRequest{}, named: map[string][]int64{}}
 	rows, err := pc.stmt(s.purge.webhooks).QueryContext(ctx, cutoffMs, purgeChunk, skip)
@@ -212,13 +198,15 @@ type purgeTx struct {
 
 // damaged is the damage of request id's stored data: err, which it wraps
 // in store.ErrDamaged.
-func (pc *purgeTx) damaged(id string, err error) *damage {
+func (pc *purgeTx) damaged(id string, err error) *store.PurgeDamage {
 	if errors.Is(err, store.ErrDamaged) {
 		err = fmt.Errorf("request %s: %w", id, err)
 	} else {
 		err = fmt.Errorf("%w: request %s: %w", store.ErrDamaged, id, err)
 	}
-	return &damage{webhooks: pc.named[id], err: err}
+	d := new(store.PurgeDamage)
+	d.Add(err, pc.named[id]...)
+	return d
 }
 
 type purgedRequest struct {
@@ -363,7 +351,9 @@ func (pc *purgeTx) stripRequestless(ids string) error {
 	for _, x := range evs {
 		e := new(eventsv1.Event)
 		if err := proto.Unmarshal(x.data, e); err != nil {
-			return &damage{webhooks: []int64{x.webhookID}, err: fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, x.eventID, err)}
+			d := new(store.PurgeDamage)
+			d.Add(fmt.Errorf("%w: decode event %s of no request: %w", store.ErrDamaged, x.eventID, err), x.webhookID)
+			return d
 		}
 		pii.StripEvent(e)
 		data, err := proto.Marshal(e)
