@@ -69,6 +69,17 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		Damage: func(t *testing.T, s store.Store, requestID, eventID string) {
+			query, args := `UPDATE events SET data = '\xff'::bytea WHERE request_id = $1 AND event_id = $2`, []any{[]byte(requestID), eventID}
+			if eventID == "" {
+				query, args = `UPDATE requests SET data = '\xff'::bytea WHERE request_id = $1`, []any{[]byte(requestID)}
+			}
+			if tag, err := s.(*pgstore.Store).Pool().Exec(t.Context(), query, args...); err != nil {
+				t.Fatal(err)
+			} else if tag.RowsAffected() != 1 {
+				t.Fatalf("damage %q %q: %d rows", requestID, eventID, tag.RowsAffected())
+			}
+		},
 	})
 }
 
@@ -1607,87 +1618,5 @@ func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
 	// takes as the mark of one webhook to commit apart from its batch.
 	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(9), delivery("r3", "gr3", "SMS", "READ", at(9)))}); !errors.Is(err, store.ErrDamaged) {
 		t.Errorf("Commit to r3, whose event is damaged: %v, want ErrDamaged", err)
-	}
-}
-
-// TestPurgeAroundDamagedData: stored data that does not decode (a
-// request's snapshot or event, an event of no request) leaves the webhooks
-// that brought data to it unpurged, and the run failed as ErrDamaged; it
-// no longer stops the purge of every webhook after it, run after run.
-func TestPurgeAroundDamagedData(t *testing.T) {
-	t.Parallel()
-	for name, damage := range map[string]string{
-		"snapshot":    `UPDATE requests SET data = '\xff'::bytea WHERE request_id = 'r1'`,
-		"event":       `UPDATE events SET data = '\xff'::bytea WHERE request_id = 'r1' AND event_id = 'e1'`,
-		"requestless": `UPDATE events SET data = '\xff'::bytea WHERE request_id = ''`,
-		// An event of r1 not due, met only by the refold.
-		"later event": `UPDATE events SET data = '\xff'::bytea WHERE request_id = 'r1' AND event_id = 'e-later'`,
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			dsn, _ := pgtest.Schema(t)
-			s := open(t, dsn)
-			ctx := t.Context()
-			// The damaged webhook first, then 600 others of 60 requests
-			// (more than one purge transaction takes), the first of
-			// them also naming the damaged request (and, for "later
-			// event", a webhook of it not due yet).
-			damaged := delivery("r1", "e1", "SMS", "SENT", at(0))
-			if name == "requestless" {
-				damaged = &eventsv1.Event{EventId: "u1", Kind: eventsv1.EventKind_EVENT_KIND_SYSTEM, Status: "UNREACHABLE",
-					EventTime: timestamppb.New(at(0)), ReceiveTime: timestamppb.New(at(0))}
-			}
-			damaged.Identity = "+919800000000"
-			whs := []store.Webhook{hook(at(0), damaged)}
-			for i := range 600 {
-				e := delivery(fmt.Sprintf("r%d", 2+i%60), fmt.Sprintf("e%d", i), "SMS", "SENT", at(1+i))
-				e.Identity = "+919800000001"
-				wh := hook(at(1+i), e)
-				if i == 0 && name != "requestless" {
-					r1 := delivery("r1", "e-other", "SMS", "DELIVERED", at(1))
-					r1.Identity = "+919800000002"
-					wh = hook(at(1+i), e, r1)
-				}
-				whs = append(whs, wh)
-			}
-			if name == "later event" {
-				whs = append(whs, hook(time.Now().Add(2*time.Hour), delivery("r1", "e-later", "SMS", "READ", at(700))))
-			}
-			for batch := range slices.Chunk(whs, 100) {
-				if _, _, err := s.Commit(ctx, batch); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := connect(t, dsn).Exec(ctx, damage); err != nil {
-				t.Fatal(err)
-			}
-
-			cutoff := time.Now().Add(time.Hour)
-			n, err := s.PurgePII(ctx, cutoff, nil)
-			want := 600
-			if name != "requestless" {
-				want = 599 // the first also names r1
-			}
-			if n != want || !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
-				t.Fatalf("PurgePII = %d, %v; want the %d webhooks not damaged purged, and ErrDamaged", n, err, want)
-			}
-			t.Logf("PurgePII = %d, %v", n, err)
-			for i := range 60 {
-				id := fmt.Sprintf("r%d", 2+i)
-				events, _, err := s.ListEvents(ctx, id, store.Page{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, e := range events {
-					if unpurged := name != "requestless" && id == "r2" && e.GetEventId() == "e0"; unpurged != (e.GetIdentity() != "" || e.GetRawBody() != "") {
-						t.Errorf("%s/%s after the purge: identity %q, raw body %q", id, e.GetEventId(), e.GetIdentity(), e.GetRawBody())
-					}
-				}
-			}
-			// The next run finds the same damage, and nothing else.
-			if n, err := s.PurgePII(ctx, cutoff, nil); n != 0 || !errors.Is(err, store.ErrDamaged) {
-				t.Errorf("PurgePII again = %d, %v; want 0 and ErrDamaged", n, err)
-			}
-		})
 	}
 }

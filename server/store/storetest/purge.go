@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -199,5 +200,81 @@ func checkPurged(t *testing.T, e *eventsv1.Event, purged bool) {
 	if purged == hasPII {
 		t.Errorf("%s/%s (received %v, purged %t): raw body %q, identity %q, phone %v",
 			e.GetRequestId(), e.GetEventId(), e.GetReceiveTime().AsTime(), purged, e.GetRawBody(), e.GetIdentity(), e.GetPhone())
+	}
+}
+
+// Stored data that does not decode cannot be stripped: a purge leaves the
+// webhooks that brought data to it as they are, purges the others (more
+// than one chunk of them), and fails as ErrDamaged, not as unavailable;
+// the next run finds the same and nothing else. (Before, the oldest chunk
+// failed on every run, and personal data after it was kept for good.)
+func testPurgePIIAroundDamagedData(t *testing.T, su suite) {
+	if su.opts.Damage == nil {
+		t.Skip("the backend gives no Options.Damage")
+	}
+	for _, tc := range []struct{ name, requestID, eventID string }{
+		{"snapshot", "r1", ""},
+		{"event", "r1", "e1"},
+		{"event of no request", "", "u1"},
+		{"event not due, met by the refold", "r1", "e-later"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := su.open(t)
+			p := s.(store.Purger)
+			// The damaged webhook first, then 600 others of 60 requests
+			// (more than one purge transaction takes), the first of them
+			// also naming r1.
+			damaged := delivery("r1", "e1", "SMS", "SENT", at(0))
+			if tc.requestID == "" {
+				damaged = system("", "u1", "UNREACHABLE", at(0))
+			}
+			damaged.Identity = "+919800000000"
+			whs := []store.Webhook{hook(at(0), damaged)}
+			for i := range 600 {
+				e := delivery(fmt.Sprintf("r%d", 2+i%60), fmt.Sprintf("e%d", i), "SMS", "SENT", at(1+i))
+				e.Identity = "+919800000001"
+				wh := hook(at(1+i), e)
+				if i == 0 && tc.requestID != "" {
+					r1 := delivery("r1", "e-other", "SMS", "DELIVERED", at(1))
+					r1.Identity = "+919800000002"
+					wh = hook(at(1+i), e, r1)
+				}
+				whs = append(whs, wh)
+			}
+			if tc.eventID == "e-later" {
+				whs = append(whs, hook(t0.Add(2*time.Hour), delivery("r1", "e-later", "SMS", "READ", at(700))))
+			}
+			for batch := range slices.Chunk(whs, 100) {
+				commit(t, s, batch...)
+			}
+			su.opts.Damage(t, s, tc.requestID, tc.eventID)
+
+			cutoff := t0.Add(time.Hour)
+			want := 599 // the first also names r1
+			if tc.requestID == "" {
+				want = 600
+			}
+			n, err := p.PurgePII(t.Context(), cutoff, nil)
+			if n != want || !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+				t.Fatalf("PurgePII = %d, %v; want the %d webhooks not damaged purged, and ErrDamaged", n, err, want)
+			}
+			for i := range 60 {
+				id := fmt.Sprintf("r%d", 2+i)
+				events, _, err := s.ListEvents(t.Context(), id, store.Page{Size: 100})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range events {
+					left := tc.requestID != "" && id == "r2" && e.GetEventId() == "e0"
+					if left != (e.GetIdentity() != "" || e.GetRawBody() != "") {
+						t.Errorf("%s/%s after the purge: identity %q, raw body %q", id, e.GetEventId(), e.GetIdentity(), e.GetRawBody())
+					}
+				}
+			}
+			if n, err := p.PurgePII(t.Context(), cutoff, nil); n != 0 || !errors.Is(err, store.ErrDamaged) {
+				t.Errorf("PurgePII again = %d, %v; want 0 and ErrDamaged", n, err)
+			}
+		})
 	}
 }

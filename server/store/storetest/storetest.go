@@ -33,6 +33,13 @@ type Options struct {
 	// skips the PurgePIIRefoldsAnEarlierFold test.
 	SetSnapshot func(t *testing.T, s store.Store, r *eventsv1.AuthRequest)
 
+	// Damage overwrites stored data with bytes that do not decode: the
+	// snapshot of requestID's request when eventID is empty, the event
+	// eventID of no request when requestID is empty, else the event eventID
+	// of requestID's request (or all of that request's, where a backend
+	// keeps them together). Nil skips the PurgePIIAroundDamagedData test.
+	Damage func(t *testing.T, s store.Store, requestID, eventID string)
+
 	// Exceptions names tests the backend is known not to pass, each with
 	// the reason; they are skipped with that reason. Naming a test that
 	// does not exist fails the run, so the list cannot go stale.
@@ -80,6 +87,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"PurgePIIWebhookOfTwoRequests", testPurgePIIWebhookOfTwoRequests},
 		{"PurgePIIRefoldsAnEarlierFold", testPurgePIIRefoldsAnEarlierFold},
 		{"PurgeCanceledMidway", testPurgeCanceledMidway},
+		{"PurgePIIAroundDamagedData", testPurgePIIAroundDamagedData},
 		{"Export", testExport},
 		{"ExportSnapshot", testExportSnapshot},
 		{"ExportPageBytes", testExportPageBytes},
