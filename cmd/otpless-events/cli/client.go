@@ -9,7 +9,6 @@ import (
 	neturl "net/url"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -36,11 +35,6 @@ type clientFlags struct {
 	tls        bool
 	tlsCAFile  string
 	plaintext  bool
-
-	// certAsked is set once dial has made a TLS connection, and records
-	// whether a server asked it for a client certificate, which it has
-	// none of.
-	certAsked *atomic.Bool
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet, withGRPC bool) {
@@ -135,14 +129,12 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), reconnect}
 	if tlsCfg != nil {
 		// A server that requires a certificate (serve's --grpc-client-ca)
-		// refuses the handshake, and the client sees that only as a reset,
-		// a broken pipe or an alert, by timing: the request is what says so.
-		asked := new(atomic.Bool)
+		// would refuse the handshake, which the client sees only as a
+		// reset, a broken pipe or an alert, by timing: its request is
+		// where to say so.
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			asked.Store(true)
-			return &tls.Certificate{}, nil // none
+			return nil, errClientCertificate
 		}
-		f.certAsked = asked
 		opts[0] = grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))
 	}
 	if key != "" {
@@ -228,16 +220,9 @@ func loopback(target string) bool {
 	return strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
 }
 
-// rpcError is the package's rpcError for a call over the connection dial
-// made: a connection that failed after the server asked for a client
-// certificate says so.
-func (f *clientFlags) rpcError(what string, err error) error {
-	if st := status.Convert(err); st.Code() == codes.Unavailable && f.certAsked != nil && f.certAsked.Load() {
-		return fmt.Errorf("%s: %s (%s); the server asked for a client certificate (serve's --grpc-client-ca), which get and watch do not present",
-			what, st.Message(), st.Code())
-	}
-	return rpcError(what, err)
-}
+// errClientCertificate fails a handshake with a server that asks for a
+// client certificate.
+var errClientCertificate = errors.New("the server asks for a client certificate (serve's --grpc-client-ca), which get and watch do not present")
 
 // rpcError says what failed, in the server's words.
 func rpcError(what string, err error) error {

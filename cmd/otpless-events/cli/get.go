@@ -29,7 +29,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 			defer conn.Close()
 			resp, err := eventsv1.NewRequestServiceClient(conn).GetRequest(cmd.Context(), &eventsv1.GetRequestRequest{RequestId: args[0]})
 			if err != nil {
-				return client.rpcError("request "+args[0], err)
+				return rpcError("request "+args[0], err)
 			}
 			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(resp.GetRequest())
 			if err != nil {

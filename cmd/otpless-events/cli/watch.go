@@ -66,7 +66,7 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 				defer cancel()
 			}
 			w.client = eventsv1.NewRequestServiceClient(conn)
-			w.id, w.stdout, w.stderr, w.rpcError = args[0], stdout, stderr, client.rpcError
+			w.id, w.stdout, w.stderr = args[0], stdout, stderr
 			return w.run(ctx)
 		},
 	}
@@ -86,8 +86,6 @@ type watcher struct {
 	json           bool
 	idle           time.Duration // a stream silent this long is dropped; 0: never
 	stdout, stderr io.Writer
-	// rpcError describes a failed call (the package's rpcError if nil).
-	rpcError func(what string, err error) error
 
 	after    int64                  // the last revision received
 	status   eventsv1.RequestStatus // the last status printed
@@ -141,9 +139,6 @@ func (w *watcher) run(ctx context.Context) error {
 	}
 	if w.sleep == nil {
 		w.sleep = sleep
-	}
-	if w.rpcError == nil {
-		w.rpcError = rpcError
 	}
 	backoff := minBackoff
 	for attempt := 0; ; attempt++ {
@@ -210,7 +205,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		if ra := refusedForNow(err); ra != nil {
 			return ra
 		}
-		return w.rpcError("watch "+w.id, err)
+		return rpcError("watch "+w.id, err)
 	}
 	var silent *time.Timer
 	if w.idle > 0 {
@@ -237,7 +232,7 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			if ra := refusedForNow(err); ra != nil {
 				return ra
 			}
-			return w.rpcError("watch "+w.id, err)
+			return rpcError("watch "+w.id, err)
 		}
 		if silent != nil {
 			silent.Reset(w.idle)
