@@ -117,8 +117,7 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 	rows.Close()
 	// A sound file may hold no store: emptied (SQLite takes an empty file
 	// for an empty database), or another program's.
-	var held bool
-	err = db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&held)
+	held, err := hasStore(ctx, db)
 	if isCorrupt(err) {
 		return append(problems, err.Error()), nil
 	}

@@ -311,22 +311,29 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 }
 
 // holdsStore fails unless the database at uri holds a store
-// (WithExisting): the migrations' bookkeeping, which every build made. It
-// only reads.
+// (WithExisting). It only reads.
 func holdsStore(ctx context.Context, uri string) error {
 	db, err := sql.Open("sqlite", uri)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	var exists bool
-	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&exists); err != nil {
+	exists, err := hasStore(ctx, db)
+	if err != nil {
 		return store.MapErr(ctx, err)
 	}
 	if !exists {
 		return errors.New("no store there: the file holds none of its tables")
 	}
 	return nil
+}
+
+// hasStore reports whether db holds a store: the migrations' bookkeeping,
+// which every build made.
+func hasStore(ctx context.Context, db *sql.DB) (bool, error) {
+	var exists bool
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&exists)
+	return exists, err
 }
 
 // checkWritable runs a write that changes nothing, and rolls it back:
