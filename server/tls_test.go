@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
 )
@@ -89,20 +90,7 @@ func TestTLSAndMutualTLS(t *testing.T) {
 	secured(func(s *server.Security) {
 		s.TLSCertFile, s.TLSKeyFile, s.ClientCAFile = pki.certFile, pki.keyFile, pki.caFile
 	})(&cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	srv := testserver.Run(t, cfg)
 
 	// HTTPS on the gateway.
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool}}}

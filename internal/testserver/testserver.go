@@ -84,6 +84,28 @@ func Start(t testing.TB, mutate func(*server.Config)) *Server {
 	return start(t, cfg)
 }
 
+// Run runs server.New(cfg) until the test ends, without waiting for it to
+// serve, and fails the test if Run fails: for a configuration whose
+// clients Start cannot make (one requiring client certificates, say).
+func Run(t testing.TB, cfg server.Config) *server.Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return srv
+}
+
 func start(t testing.TB, cfg server.Config) *Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())

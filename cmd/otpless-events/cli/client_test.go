@@ -688,20 +688,7 @@ func TestClientsOfAMutualTLSServer(t *testing.T) {
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	cfg.Security.Disabled = true
 	cfg.Security.TLSCertFile, cfg.Security.TLSKeyFile, cfg.Security.ClientCAFile = certFile, keyFile, certFile // its own CA
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	srv := testserver.Run(t, cfg)
 	for _, cmd := range [][]string{{"get"}, {"watch", "--timeout", "20s"}} {
 		code, _, errOut := run(t, append(cmd, "--grpc-addr", srv.GRPCAddr().String(), "--tls-ca-file", certFile, tryID)...)
 		if code != 1 || strings.Contains(errOut, "does the server use TLS?") || !strings.Contains(errOut, "client certificate") {
