@@ -89,24 +89,18 @@ func Start(t testing.TB, mutate func(*server.Config)) *Server {
 // clients Start cannot make (one requiring client certificates, say).
 func Run(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatalf("server.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	srv, stop := launch(t, cfg)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
 	return srv
 }
 
-func start(t testing.TB, cfg server.Config) *Server {
+// launch runs server.New(cfg); stop stops it and returns Run's error, the
+// same on every call.
+func launch(t testing.TB, cfg server.Config) (srv *server.Server, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg)
@@ -118,6 +112,18 @@ func start(t testing.TB, cfg server.Config) *Server {
 	go func() { done <- srv.Run(ctx) }()
 	var once sync.Once
 	var runErr error
+	return srv, func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
+}
+
+func start(t testing.TB, cfg server.Config) *Server {
+	t.Helper()
+	srv, stop := launch(t, cfg)
 	var errSeen bool // Shutdown returned runErr: the cleanup leaves it
 	scheme, client := "http://", http.DefaultClient
 	if cert := cfg.Security.TLSCertFile; cert != "" {
@@ -136,13 +142,7 @@ func start(t testing.TB, cfg server.Config) *Server {
 		cfg:         cfg,
 		client:      client,
 		tlsCA:       cfg.Security.TLSCertFile,
-		stop: func() error {
-			once.Do(func() {
-				cancel()
-				runErr = <-done
-			})
-			return runErr
-		},
+		stop:        stop,
 	}
 	if len(cfg.Security.Webhook.Keys) > 0 {
 		s.WebhookPath += "/" + cfg.Security.Webhook.Keys[0]
