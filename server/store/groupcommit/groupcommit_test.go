@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,15 +25,22 @@ type fakeStore struct {
 	store.Store // only Commit is used
 
 	hook func(ctx context.Context, call int, batch []store.Webhook) error
+	// forget keeps no batch (committed reports none), so that the store
+	// holds none of the webhooks it answered.
+	forget bool
 
 	mu      sync.Mutex
+	calls   int
 	batches [][]store.Webhook
 }
 
 func (f *fakeStore) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
 	f.mu.Lock()
-	call := len(f.batches)
-	f.batches = append(f.batches, batch)
+	call := f.calls
+	f.calls++
+	if !f.forget {
+		f.batches = append(f.batches, batch)
+	}
 	f.mu.Unlock()
 	if f.hook != nil {
 		if err := f.hook(ctx, call, batch); err != nil {
@@ -605,25 +611,6 @@ func testIsolation(t *testing.T, fail func() error) {
 	}
 }
 
-// answeringStore answers every Commit as fakeStore does but keeps nothing
-// of its batches; the first Commit waits for g.
-type answeringStore struct {
-	store.Store
-	g     *gate
-	calls atomic.Int32
-}
-
-func (s *answeringStore) Commit(ctx context.Context, batch []store.Webhook) ([]store.Result, []store.Change, error) {
-	if err := s.g.hook(ctx, int(s.calls.Add(1)-1), batch); err != nil {
-		return nil, nil, err
-	}
-	results := make([]store.Result, len(batch))
-	for i, wh := range batch {
-		results[i] = store.Result{Events: []store.EventResult{{Revision: int64(number(wh))}}}
-	}
-	return results, nil, nil
-}
-
 // TestAnsweredWebhooksAreReleased: once a batch is answered, the writer
 // keeps none of its webhooks. It kept them in the memory it reuses for
 // the next batch, so that after a burst up to MaxBatch webhooks (their
@@ -632,7 +619,7 @@ func (s *answeringStore) Commit(ctx context.Context, batch []store.Webhook) ([]s
 func TestAnsweredWebhooksAreReleased(t *testing.T) {
 	t.Parallel()
 	g := newGate()
-	w := start(t, &answeringStore{g: g}, Options{MaxBatch: 8})
+	w := start(t, &fakeStore{hook: g.hook, forget: true}, Options{MaxBatch: 8})
 	first := holdFirstBatch(t, w, g)
 	released := make(chan int, 8)
 	var outcomes []<-chan outcome
