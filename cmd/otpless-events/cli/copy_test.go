@@ -196,7 +196,7 @@ func TestDBCopyPostgres(t *testing.T) {
 
 // TestDBCopyRefused: db copy refuses a source that is not there, no
 // destination, the source's file as the destination, by whatever path,
-// and a directory as the destination.
+// a directory as the destination, and one in a directory not there.
 func TestDBCopyRefused(t *testing.T) {
 	t.Parallel()
 	dir, path := dataDir(t)
@@ -218,6 +218,8 @@ func TestDBCopyRefused(t *testing.T) {
 		// A directory (a data directory, say) is no database file, whatever
 		// its mode.
 		{[]string{"--data-dir", dir, "--to", t.TempDir()}, "is a directory, not a database file"},
+		// Said as such, not as the lock's "no such file or directory".
+		{[]string{"--data-dir", dir, "--to", filepath.Join(t.TempDir(), "nodir", "x.db")}, "nodir: no such directory"},
 	} {
 		code, _, errOut := run(t, append([]string{"db", "copy"}, tc.args...)...)
 		if code != 1 || !strings.Contains(errOut, tc.want) {

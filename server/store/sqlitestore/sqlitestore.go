@@ -17,6 +17,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
@@ -157,6 +158,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	if _, err := os.Stat(filepath.Dir(abs)); errors.Is(err, fs.ErrNotExist) {
+		// Not left to the lock's or SQLite's "no such file".
+		return nil, fmt.Errorf("sqlitestore: open %s: %s: no such directory", abs, filepath.Dir(abs))
 	}
 	// A new database is readable by its owner only, as are the -wal and
 	// -shm files SQLite makes beside it with its mode: it holds personal
