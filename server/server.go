@@ -223,10 +223,14 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("http address is empty"))
 	}
-	for _, a := range []struct{ name, addr string }{{"grpc", c.GRPCAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr}} {
+	listens := []listenAddr{{"grpc", c.GRPCAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr}}
+	for _, a := range listens {
 		if err := checkListenAddr(a.addr); a.addr != "" && err != nil {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", a.name, a.addr, err))
 		}
+	}
+	if err := checkListenClash(listens); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Store == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("neither a store DSN nor a data directory is set"))
@@ -296,6 +300,39 @@ func checkListenAddr(addr string) error {
 	}
 	return nil
 }
+
+// checkListenClash refuses two listeners on one port whose hosts overlap
+// (the same host, or a wildcard, which on Linux takes the port on every
+// address), which failed at the listen, after the first start had made and
+// printed its credentials. Port 0 is a new port each time.
+func checkListenClash(addrs []listenAddr) error {
+	type listen struct {
+		listenAddr
+		host string
+		port int
+	}
+	var ls []listen
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a.addr)
+		if err != nil {
+			continue // checkListenAddr says why
+		}
+		if n, err := net.LookupPort("tcp", port); err == nil && n != 0 {
+			ls = append(ls, listen{a, strings.ToLower(host), n})
+		}
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	for i, a := range ls {
+		for _, b := range ls[i+1:] {
+			if a.port == b.port && (a.host == b.host || wildcard(a.host) || wildcard(b.host)) {
+				return fmt.Errorf("%s address %q and %s address %q listen on the same port", a.name, a.addr, b.name, b.addr)
+			}
+		}
+	}
+	return nil
+}
+
+type listenAddr struct{ name, addr string }
 
 // parseStore splits a store DSN into backend and location.
 func parseStore(dsn string) (backend, location string, err error) {

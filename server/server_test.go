@@ -761,6 +761,29 @@ func TestConfigValidate(t *testing.T) {
 	if err := huge.Validate(); err == nil || !strings.Contains(err.Error(), "max body bytes must be at most 512 MiB") {
 		t.Fatalf("Validate() with a body bound of 2^62 = %v, want it refused", err)
 	}
+	// Both would be listened on only after the first start made (and
+	// printed) its credentials.
+	for _, addrs := range [][3]string{
+		{"127.0.0.1:8080", "127.0.0.1:8080", ""},
+		{"127.0.0.1:9090", ":9090", ""},
+		{"127.0.0.1:9090", "127.0.0.1:8080", "[::]:8080"},
+	} {
+		clash := cfg
+		clash.GRPCAddr, clash.HTTPAddr, clash.MetricsAddr = addrs[0], addrs[1], addrs[2]
+		if err := clash.Validate(); err == nil || !strings.Contains(err.Error(), "listen on the same port") {
+			t.Errorf("Validate() with addresses %q = %v, want the clash named", addrs, err)
+		}
+	}
+	for _, addrs := range [][3]string{
+		{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"},
+		{"127.0.0.1:9090", "127.0.0.2:9090", ""},
+	} {
+		apart := cfg
+		apart.GRPCAddr, apart.HTTPAddr, apart.MetricsAddr = addrs[0], addrs[1], addrs[2]
+		if err := apart.Validate(); err != nil {
+			t.Errorf("Validate() with addresses %q = %v, want them taken", addrs, err)
+		}
+	}
 	busy := cfg
 	busy.DataDir = t.TempDir()
 	busy.Store = filepath.Join(busy.DataDir, "x.db")
