@@ -26,7 +26,10 @@
 //	IN_PROGRESS  some event, and none of the rules below applies.
 //	FAILED       an UNREACHABLE system event exists, or the active channel
 //	             is FAILED. A FALLBACK to another channel changes the active
-//	             channel and so leaves FAILED, unless UNREACHABLE was reported.
+//	             channel and so leaves FAILED, unless that channel is FAILED
+//	             too (whenever it failed: a channel fallen back to again
+//	             stays FAILED until a step past SENT is reported) or
+//	             UNREACHABLE was reported.
 //	SUCCESS      a SUCCESS auth event exists. Terminal: nothing leaves it.
 //
 // Statuses count only with their kind: steps and FAILED on DELIVERY events,

@@ -555,6 +555,13 @@ func TestActiveChannelAfterFallbacks(t *testing.T) {
 		},
 		active: "WHATSAPP", status: reqFailed,
 	}, {
+		name: "a fallback back to a channel that failed before leaves the request failed",
+		events: []*eventsv1.Event{
+			dlrFailed("wf", 1, "WHATSAPP", "003"), fallback("fb", 2, "WHATSAPP", "SMS"),
+			dlrFailed("sf", 3, "SMS", "003"), fallback("fb2", 4, "SMS", "WHATSAPP"),
+		},
+		active: "WHATSAPP", status: reqFailed,
+	}, {
 		name: "a late failure of the channel a legacy fallback left",
 		events: []*eventsv1.Event{
 			fallback("fb", 2, "", "SMS"), dlr("s", 3, "SMS", "DELIVERED"), dlrFailed("wf", 4, "WHATSAPP", "101"),

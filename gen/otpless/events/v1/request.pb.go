@@ -37,7 +37,9 @@ const (
 	// The active channel reported FAILED (and nothing past SENT), or OTPLESS
 	// reported the user UNREACHABLE. Not terminal: SUCCESS moves the request
 	// to SUCCESS, and a FALLBACK to another channel moves a request failed by
-	// its channel back to IN_PROGRESS (UNREACHABLE stays FAILED).
+	// its channel back to IN_PROGRESS, unless that channel is FAILED too
+	// (whenever it failed: one fallen back to again stays FAILED until a step
+	// past SENT is reported); UNREACHABLE stays FAILED.
 	RequestStatus_REQUEST_STATUS_FAILED RequestStatus = 2
 	// OTPLESS reported SUCCESS (or legacy APPROVAL_ACTION). Terminal: no later
 	// event moves the request out of it.
