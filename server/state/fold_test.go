@@ -562,6 +562,12 @@ func TestActiveChannelAfterFallbacks(t *testing.T) {
 		},
 		active: "WHATSAPP", status: reqFailed,
 	}, {
+		name: "a channel first reported after the target failed but before the fallback to it was not moved to",
+		events: []*eventsv1.Event{
+			dlrFailed("sf", 1, "SMS", "003"), dlr("vs", 2, "VIBER", "SENT"), fallback("fb", 3, "WHATSAPP", "SMS"),
+		},
+		active: "SMS", status: reqFailed,
+	}, {
 		name: "a late failure of the channel a legacy fallback left",
 		events: []*eventsv1.Event{
 			fallback("fb", 2, "", "SMS"), dlr("s", 3, "SMS", "DELIVERED"), dlrFailed("wf", 4, "WHATSAPP", "101"),

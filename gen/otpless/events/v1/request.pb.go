@@ -549,8 +549,9 @@ type AuthRequest struct {
 	// of the latest fallback (of fallbacks at one time, the end of their
 	// chain: A->B and B->C make C active), else the channel of the latest
 	// delivery report, else the first channel named by an auth event; but
-	// where that target failed, a channel first reported after its failure,
-	// and never fallen back from, is active (the fallback to it was missed).
+	// where that target failed, a channel first reported after both its
+	// failure and that fallback, and never fallen back from, is active (the
+	// fallback to it was missed).
 	ActiveChannel string `protobuf:"bytes,6,opt,name=active_channel,json=activeChannel,proto3" json:"active_channel,omitempty"`
 	// Delivery progress, one entry per reported channel, ordered by first
 	// event time, then channel name. This list and the two below hold at most
