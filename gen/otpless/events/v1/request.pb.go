@@ -167,7 +167,9 @@ const (
 	WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT WatchMessageType = 1
 	// The snapshot changed; events holds the events that changed it.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE WatchMessageType = 2
-	// Nothing changed; the client has everything up to revision.
+	// Sent every heartbeat interval of the server, whether the request changed
+	// or not: the client has been sent everything up to revision (a change
+	// after it comes in a message of its own).
 	WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT WatchMessageType = 3
 	// The server's maximum watch duration passed, or the server is shutting
 	// down, and the stream ends now: reconnect with after_revision = revision.
