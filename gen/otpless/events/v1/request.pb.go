@@ -162,8 +162,11 @@ const (
 	// Not set.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UNSPECIFIED WatchMessageType = 0
 	// The current snapshot, without events: the first message, and later
-	// whenever the watcher fell so far behind that changes were dropped (the
-	// snapshot is complete; the events in between are not sent).
+	// whenever the events of the changes since the last message are not
+	// sent: the watcher fell so far behind that changes were dropped, their
+	// events would make the message larger than 2 MiB, or a retention refold
+	// of the request came ahead of the commit before it (the snapshot is
+	// complete; the events in between are not sent).
 	WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT WatchMessageType = 1
 	// The snapshot changed; events holds the events that changed it.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE WatchMessageType = 2
