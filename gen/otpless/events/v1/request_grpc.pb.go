@@ -38,10 +38,11 @@ type RequestServiceClient interface {
 	// order (to the millisecond: events of one millisecond by event id), each
 	// with the raw body it came from for a caller that may read personal data
 	// (read_pii), a page at a time. Pages are read as they are
-	// asked for, not from one snapshot: an event stored meanwhile with an
-	// earlier time than the page reached is on a page already read. Compare
-	// the count with the request's event_count, or follow it with
-	// WatchRequest.
+	// asked for, not from one snapshot: an event stored meanwhile that sorts
+	// before the end of the page reached (an earlier millisecond, or the
+	// same millisecond and a lower event id, whatever its sub-millisecond
+	// time) is on a page already read. Compare the count with the request's
+	// event_count, or follow it with WatchRequest.
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	ListRequestEvents(ctx context.Context, in *ListRequestEventsRequest, opts ...grpc.CallOption) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
@@ -135,10 +136,11 @@ type RequestServiceServer interface {
 	// order (to the millisecond: events of one millisecond by event id), each
 	// with the raw body it came from for a caller that may read personal data
 	// (read_pii), a page at a time. Pages are read as they are
-	// asked for, not from one snapshot: an event stored meanwhile with an
-	// earlier time than the page reached is on a page already read. Compare
-	// the count with the request's event_count, or follow it with
-	// WatchRequest.
+	// asked for, not from one snapshot: an event stored meanwhile that sorts
+	// before the end of the page reached (an earlier millisecond, or the
+	// same millisecond and a lower event id, whatever its sub-millisecond
+	// time) is on a page already read. Compare the count with the request's
+	// event_count, or follow it with WatchRequest.
 	// Errors: NOT_FOUND when no event of the request has been stored.
 	ListRequestEvents(context.Context, *ListRequestEventsRequest) (*ListRequestEventsResponse, error)
 	// WatchRequest streams a request's state: first the current snapshot (also
