@@ -112,6 +112,9 @@ type folder struct {
 	fallbacksTo  []*eventsv1.Event // the latest fallbacks naming a to_channel, all at one time
 	lastDelivery string            // channel of the latest delivery report
 	channels     []*progress       // in order of first report
+	// byChannel indexes channels once there are more than a request
+	// OTPLESS sends has, so that a fold stays linear in them.
+	byChannel map[string]*progress
 }
 
 func (f *folder) add(e *eventsv1.Event) {
@@ -198,13 +201,27 @@ func (f *folder) addDelivery(e *eventsv1.Event) {
 
 // progress returns the progress of e's channel, starting it with e.
 func (f *folder) progress(e *eventsv1.Event) *progress {
-	for _, p := range f.channels {
-		if p.channel == e.GetChannel() {
-			return p
+	if p, ok := f.byChannel[e.GetChannel()]; ok {
+		return p
+	}
+	if f.byChannel == nil {
+		for _, p := range f.channels {
+			if p.channel == e.GetChannel() {
+				return p
+			}
 		}
 	}
 	p := &progress{channel: e.GetChannel(), first: e}
 	f.channels = append(f.channels, p)
+	switch {
+	case f.byChannel != nil:
+		f.byChannel[p.channel] = p
+	case len(f.channels) > 8:
+		f.byChannel = make(map[string]*progress, 2*len(f.channels))
+		for _, p := range f.channels {
+			f.byChannel[p.channel] = p
+		}
+	}
 	return p
 }
 
@@ -280,9 +297,13 @@ func (f *folder) startedAfter(to string) string {
 	if at := f.fallbacksTo[0].GetEventTime(); compareTime(at, after) > 0 {
 		after = at
 	}
+	movedFrom := make(map[string]bool, len(f.r.Fallbacks))
+	for _, fb := range f.r.Fallbacks {
+		movedFrom[fb.GetFromChannel()] = true
+	}
 	var latest *eventsv1.Event
 	for _, p := range f.channels {
-		if compareTime(p.first.GetEventTime(), after) <= 0 || slices.ContainsFunc(f.r.Fallbacks, func(fb *eventsv1.Fallback) bool { return fb.GetFromChannel() == p.channel }) {
+		if compareTime(p.first.GetEventTime(), after) <= 0 || movedFrom[p.channel] {
 			continue
 		}
 		if latest == nil || compareEvents(p.first, latest) > 0 {
@@ -299,14 +320,25 @@ func (f *folder) startedAfter(to string) string {
 // target is moved on from, the last fallback's.
 func (f *folder) fallbackTo() string {
 	tied := f.fallbacksTo
+	switch len(tied) {
+	case 0:
+		return ""
+	case 1:
+		return tied[0].GetToChannel()
+	}
+	movedFrom := make(map[string]int, len(tied))
+	for _, o := range tied {
+		movedFrom[o.GetFromChannel()]++
+	}
 	for i := len(tied) - 1; i >= 0; i-- {
 		to := tied[i].GetToChannel()
-		if !slices.ContainsFunc(tied, func(o *eventsv1.Event) bool { return o != tied[i] && o.GetFromChannel() == to }) {
+		others := movedFrom[to]
+		if tied[i].GetFromChannel() == to {
+			others--
+		}
+		if others == 0 {
 			return to
 		}
-	}
-	if len(tied) == 0 {
-		return ""
 	}
 	return tied[len(tied)-1].GetToChannel()
 }
