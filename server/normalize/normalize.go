@@ -45,7 +45,7 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 		if err := CheckRequestID(e.GetRequestId()); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
 		}
-		if err := checkLengths(e); err != nil {
+		if err := checkLengths(e, format); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
 		}
 		e.Format = format
@@ -81,13 +81,17 @@ func build(req *eventsv1.IngestRequest) (eventsv1.PayloadFormat, []*eventsv1.Eve
 const MaxFieldLen = 4 << 10
 
 // checkLengths refuses an event with a text longer than MaxFieldLen, naming
-// its field.
-func checkLengths(e *eventsv1.Event) error {
+// the field of the body, in format, that it came from.
+func checkLengths(e *eventsv1.Event, format eventsv1.PayloadFormat) error {
+	status, from, to, phone := "status", "fromChannel", "toChannel", "phoneNumber"
+	if format == eventsv1.PayloadFormat_PAYLOAD_FORMAT_V1_SYSTEM {
+		status, from, to, phone = "notificationType", "fallbackChannel", "fallbackChannel", "mobile.number"
+	}
 	for _, f := range [...]struct{ name, v string }{
-		{"status", e.GetStatus()}, {"channel", e.GetChannel()}, {"fromChannel", e.GetFromChannel()}, {"toChannel", e.GetToChannel()},
+		{status, e.GetStatus()}, {"channel", e.GetChannel()}, {from, e.GetFromChannel()}, {to, e.GetToChannel()},
 		{"errorCode", e.GetError().GetCode()}, {"method", e.GetAuthMethod()}, {"identity", e.GetIdentity()}, {"email", e.GetEmail()},
 		{"token", e.GetToken()}, {"authSessionId", e.GetAuthSessionId()}, {"traceId", e.GetTraceId()},
-		{"phoneNumber", e.GetPhone().GetPhoneNumber()}, {"countryCode", e.GetPhone().GetCountryCode()},
+		{phone, e.GetPhone().GetPhoneNumber()}, {"countryCode", e.GetPhone().GetCountryCode()},
 	} {
 		if len(f.v) > MaxFieldLen {
 			return fmt.Errorf("%s is longer than 4 KiB", f.name)

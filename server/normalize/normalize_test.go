@@ -558,8 +558,9 @@ func TestAuthChannelsBounded(t *testing.T) {
 }
 
 // TestFieldLengthsBounded checks that an event keeps no text longer than
-// MaxFieldLen, naming the field: five FAILED reports with 900 KB error codes
-// made a snapshot no gRPC client could read (the gateway answered 429).
+// MaxFieldLen, naming the body's field (a legacy system event's by its own
+// names, not the event's): five FAILED reports with 900 KB error codes made
+// a snapshot no gRPC client could read (the gateway answered 429).
 func TestFieldLengthsBounded(t *testing.T) {
 	t.Parallel()
 	long := strings.Repeat("x", normalize.MaxFieldLen+1)
@@ -571,6 +572,9 @@ func TestFieldLengthsBounded(t *testing.T) {
 		{"status", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "%s"}}`, "status"},
 		{"identity", `{"status": "SENT", "data": {"referenceId": "r1", "identity": "%s"}}`, "identity"},
 		{"token", `{"notificationType": "APPROVAL_ACTION", "requestId": "r1", "token": "%s"}`, "token"},
+		{"notification type", `{"notificationType": "%s", "requestId": "r1"}`, "notificationType"},
+		{"fallback channel", `{"notificationType": "FALLBACK_TRIGGERED", "requestId": "r1", "fallbackChannel": "WHATSAPP/%s"}`, "fallbackChannel"},
+		{"mobile number", `{"notificationType": "UNREACHABLE", "requestId": "r1", "mobile": {"number": "%s"}}`, "mobile.number"},
 		{"auth channel", `{"eventType": "AUTH", "data": {"status": "INITIATED", "authenticationDetails": {"phone": {"requestId": "r1", "channel": ["%s"]}}}}`, "channel of authenticationDetails"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
