@@ -44,9 +44,10 @@ type IngestRequest struct {
 	// v2: "DLR" or "AUTH".
 	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// When the event happened: epoch seconds to nanoseconds (as numbers or
-	// numeric strings), an ISO 8601 string or HTTP's date. Missing,
-	// null, "" or zero (a number or numeric string): the arrival time. Anything else that is not a time, or a
-	// time more than a day after the arrival, is refused.
+	// numeric strings), an ISO 8601 string or HTTP's date. Missing, null,
+	// blank or zero (a number or numeric string): data.timestamp, else the
+	// arrival time. Anything else that is not a time, or a time more than a
+	// day after the arrival, is refused.
 	Timestamp *structpb.Value `protobuf:"bytes,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	// v1 delivery report: SENT, DELIVERED, READ, FAILED, ...
 	Status string `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
