@@ -57,7 +57,8 @@ func Events(req *eventsv1.IngestRequest, received time.Time) ([]*eventsv1.Event,
 }
 
 // build reads req in its format, into events that have no time, identity
-// or format yet.
+// or format yet. A body that names a format but whose events cannot be
+// kept still gives them, with the error, for Named.
 func build(req *eventsv1.IngestRequest) (eventsv1.PayloadFormat, []*eventsv1.Event, error) {
 	switch {
 	case isSet(req.GetNotificationType()):
@@ -65,7 +66,7 @@ func build(req *eventsv1.IngestRequest) (eventsv1.PayloadFormat, []*eventsv1.Eve
 	case isSet(req.GetEventType()):
 		events, err := v2Events(req)
 		if err != nil {
-			return 0, nil, fmt.Errorf("%w: %w", ErrInvalidBody, err)
+			return 0, events, fmt.Errorf("%w: %w", ErrInvalidBody, err)
 		}
 		return eventsv1.PayloadFormat_PAYLOAD_FORMAT_V2, events, nil
 	case isSet(req.GetStatus()):
@@ -190,7 +191,9 @@ func v2Kind(eventType, status string) eventsv1.EventKind {
 }
 
 // v2Events makes one event per request id of a v2 body. Only auth events
-// carry authenticationDetails, and only they can yield several events.
+// carry authenticationDetails, and only they can yield several events. An
+// entry naming too many channels is an error, returned with all the events
+// (their channels cut at the bound).
 func v2Events(req *eventsv1.IngestRequest) ([]*eventsv1.Event, error) {
 	d := req.GetData()
 	status := norm(d.GetStatus())
@@ -200,10 +203,11 @@ func v2Events(req *eventsv1.IngestRequest) ([]*eventsv1.Event, error) {
 		groups = authGroups(d.GetAuthenticationDetails(), d.GetRequestId())
 	}
 	events := make([]*eventsv1.Event, 0, len(groups))
+	var err error
 	for _, g := range groups {
-		channels, err := g.channels()
-		if err != nil {
-			return nil, err
+		channels, cerr := g.channels()
+		if err == nil {
+			err = cerr
 		}
 		events = append(events, &eventsv1.Event{
 			RequestId:     g.requestID,
@@ -223,7 +227,7 @@ func v2Events(req *eventsv1.IngestRequest) ([]*eventsv1.Event, error) {
 			TraceId:       d.GetTraceId(),
 		})
 	}
-	return events, nil
+	return events, err
 }
 
 // authGroup is the authenticationDetails entries of one request id.
@@ -282,7 +286,7 @@ const MaxAuthChannels = 64
 
 // channels lists the channels the group's entries name, phone first, with
 // "/"-joined names split, normalized and without repeats; more than
-// MaxAuthChannels distinct names is an error.
+// MaxAuthChannels distinct names is an error, with the first of them.
 func (g authGroup) channels() ([]string, error) {
 	var out []string
 	for _, list := range [...][]string{g.phone.GetChannel(), g.email.GetChannel()} {
@@ -292,7 +296,7 @@ func (g authGroup) channels() ([]string, error) {
 					continue
 				}
 				if len(out) == MaxAuthChannels {
-					return nil, fmt.Errorf("authenticationDetails names more than %d channels", MaxAuthChannels)
+					return out, fmt.Errorf("authenticationDetails names more than %d channels", MaxAuthChannels)
 				}
 				out = append(out, name)
 			}
@@ -371,11 +375,11 @@ func isSet(s string) bool {
 // Named returns an event holding only the request id and trace id that req
 // names, for the log line of a body Events refused: those its first event
 // would have had, each when CheckRequestID takes it. A body naming no
-// format, or whose events cannot be read, names none.
+// format names none.
 func Named(req *eventsv1.IngestRequest) *eventsv1.Event {
 	named := &eventsv1.Event{}
-	_, events, err := build(req)
-	if err != nil {
+	_, events, _ := build(req) // a body refused for its events names them too
+	if len(events) == 0 {
 		return named
 	}
 	if id := events[0].GetRequestId(); CheckRequestID(id) == nil {

@@ -602,6 +602,10 @@ func TestFieldLengthsBounded(t *testing.T) {
 // event would have had, when a reader could ask for them.
 func TestNamed(t *testing.T) {
 	t.Parallel()
+	manyChannels := "C0"
+	for i := range normalize.MaxAuthChannels {
+		manyChannels += fmt.Sprintf("/C%d", i+1)
+	}
 	for _, f := range fixtures.Docs(t) {
 		req, err := normalize.Decode(f.Body)
 		if err != nil {
@@ -624,6 +628,7 @@ func TestNamed(t *testing.T) {
 		{"v1 delivery: its events have no trace id", `{"status":"DELIVERED","data":{"referenceId":"r3","traceId":"t3","timestamp":"soon"}}`, "r3", ""},
 		{"v1 system", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","timestamp":"soon"}`, "r4", ""},
 		{"no format", `{"data":{"referenceId":"r5","traceId":"t5"}}`, "", ""},
+		{"more than 64 channels", `{"eventType":"AUTH","data":{"traceId":"t7","status":"INITIATED","authenticationDetails":{"phone":{"requestId":"r7","channel":["` + manyChannels + `"]}}}}`, "r7", "t7"},
 		{"ids no reader could ask for", `{"eventType":"DLR","data":{"requestId":"r\n6","traceId":"` + strings.Repeat("t", normalize.MaxRequestIDLen+1) + `","status":"SENT"}}`, "", ""},
 	} {
 		req, err := normalize.Decode([]byte(tc.body))
