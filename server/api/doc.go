@@ -4,5 +4,6 @@
 // gRPC status codes (Status).
 //
 // It may import the generated API, server/normalize, server/state,
-// server/store and server/broker; never the gateway or the wiring.
+// server/store, server/broker, server/auth and server/pii; never the
+// gateway or the wiring.
 package api
