@@ -169,7 +169,7 @@ func New(log *slog.Logger) *Observer {
 		}),
 		grpcRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "grpc_refused_total",
-			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method or compression, a call without a valid credential), by code.",
+			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method or compression, a call without a valid credential, a health or reflection call over their bound, a call ended before its message came), by code.",
 		}, []string{"code"}),
 	}
 	o.Registry.MustRegister(
