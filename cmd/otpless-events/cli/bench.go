@@ -150,11 +150,29 @@ type benchServer struct {
 	PID          int          `json:"pid"`
 	Self         bool         `json:"self"` // the server runs in bench's process
 	Start        loadgen.Proc `json:"start"`
-	WatchersIdle loadgen.Proc `json:"watchers_idle"`
-	End          loadgen.Proc `json:"end"`
+	WatchersIdle loadgen.Proc `json:"watchers_idle,omitzero"`
+	End          loadgen.Proc `json:"end,omitzero"`
 	// CPUPerWebhook is the process's CPU time during the traffic per
 	// webhook answered 200 (with --self, the load generator's too).
-	CPUPerWebhook time.Duration `json:"cpu_per_webhook_ns"`
+	CPUPerWebhook time.Duration `json:"cpu_per_webhook_ns,omitempty"`
+	// Gone is why the process could not be read during the run (it ended,
+	// say): the readings from then on, and CPUPerWebhook, are missing.
+	Gone string `json:"gone,omitempty"`
+}
+
+// sample reads the server process into p, unless a reading failed before:
+// a process gone has no readings from then on, and Gone says why.
+func (s *benchServer) sample(p *loadgen.Proc) {
+	*p = loadgen.Proc{}
+	if s.Gone != "" {
+		return
+	}
+	v, err := loadgen.ReadProc(s.PID)
+	if err != nil {
+		s.Gone = err.Error()
+		return
+	}
+	*p = v
 }
 
 func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr io.Writer) error {
@@ -275,8 +293,8 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 			return fmt.Errorf("--server-pid: %w", err)
 		}
 		srv.WatchersIdle = srv.Start
-		cfg.WatchersReady = func() { srv.WatchersIdle, _ = loadgen.ReadProc(f.serverPID) }
-		cfg.TrafficDone = func() { srv.End, _ = loadgen.ReadProc(f.serverPID) }
+		cfg.WatchersReady = func() { srv.sample(&srv.WatchersIdle) }
+		cfg.TrafficDone = func() { srv.sample(&srv.End) }
 		report.Server = srv
 	}
 	self0, _ := loadgen.ReadProc(os.Getpid())
@@ -299,7 +317,7 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 		report.LoadCPUPerWebhook = (self1.CPU - self0.CPU) / time.Duration(report.Result.OK)
 	}
 	if srv := report.Server; srv != nil {
-		if ok := report.Result.OK; ok > 0 {
+		if ok := report.Result.OK; ok > 0 && srv.Gone == "" {
 			srv.CPUPerWebhook = (srv.End.CPU - srv.WatchersIdle.CPU) / time.Duration(ok)
 		}
 	}
@@ -451,10 +469,14 @@ func (r *benchReport) print(w io.Writer) {
 			who = "this process (server and load)"
 		}
 		fmt.Fprintf(w, "server    %s: RSS %s at the start", who, mib(m.Start.RSS))
-		if r.Watchers > 0 {
+		if r.Watchers > 0 && m.WatchersIdle.RSS > 0 {
 			fmt.Fprintf(w, ", %s with %d idle watchers", mib(m.WatchersIdle.RSS), res.WatchersReady)
 		}
-		fmt.Fprintf(w, ", %s at the end (peak %s); CPU %s per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), us(m.CPUPerWebhook))
+		if m.Gone != "" {
+			fmt.Fprintf(w, "; then no reading, did it end? %s\n", m.Gone)
+		} else {
+			fmt.Fprintf(w, ", %s at the end (peak %s); CPU %s per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), us(m.CPUPerWebhook))
+		}
 	}
 	if r.Server == nil || !r.Server.Self {
 		fmt.Fprintf(w, "load      CPU %s per webhook in this process\n", us(r.LoadCPUPerWebhook))

@@ -10,9 +10,13 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -320,5 +324,51 @@ func TestBenchReportCeilingWithoutAnswers(t *testing.T) {
 	}
 	if err := r.failed(); err == nil || !strings.Contains(err.Error(), "no ceiling") {
 		t.Errorf("failed() = %v, want an error naming the missing ceiling", err)
+	}
+}
+
+// A --server-pid process that ends during the run (a crash, the OOM
+// killer) has no readings from then on: the report says so, printed and in
+// JSON, instead of an RSS of 0 at the end and a CPU time per webhook that
+// is the difference with nothing (negative).
+func TestBenchServerGoneDuringTheRun(t *testing.T) {
+	t.Parallel()
+	for _, asJSON := range []bool{false, true} {
+		child := exec.Command("sleep", "60")
+		if err := child.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var once sync.Once
+		end := func() { once.Do(func() { child.Process.Kill(); child.Wait() }) } // reaped: no /proc entry
+		defer end()
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			end() // the server process ends with the first webhook
+		}))
+		defer srv.Close()
+		var stdout, stderr bytes.Buffer
+		args := []string{"bench", "--http-addr", srv.URL, "--rate", "50", "--duration", "100ms", "--concurrency", "1", "--requests", "2",
+			"--server-pid", fmt.Sprint(child.Process.Pid)}
+		if asJSON {
+			args = append(args, "--json")
+		}
+		if code := Main(t.Context(), args, nil, &stdout, &stderr); code != 0 {
+			t.Fatalf("bench exited %d: %s", code, stderr.String())
+		}
+		if !asJSON {
+			if out := stdout.String(); strings.Contains(out, "at the end") || !strings.Contains(out, "no such file") {
+				t.Errorf("report of a server gone during the run:\n%s\nwant no reading after it went, and why", out)
+			}
+			continue
+		}
+		var r struct {
+			Server map[string]json.RawMessage `json:"server"`
+		}
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("bench --json printed %s: %v", stdout.String(), err)
+		}
+		if _, ok := r.Server["end"]; ok || !strings.Contains(string(r.Server["gone"]), "no such file") || r.Server["cpu_per_webhook_ns"] != nil {
+			t.Errorf("server of a run it did not last: %s; want no end reading, no CPU per webhook, and why", stdout.String())
+		}
 	}
 }
