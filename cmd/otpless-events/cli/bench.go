@@ -301,13 +301,20 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	self1 := self0
 	cfg.WatchersReady = both(cfg.WatchersReady, func() { self0, _ = loadgen.ReadProc(os.Getpid()) })
 	cfg.TrafficDone = both(cfg.TrafficDone, func() { self1, _ = loadgen.ReadProc(os.Getpid()) })
-	stopProfile, err := startCPUProfile(profile)
-	if err != nil {
-		return err
+	// The profile covers the traffic, as the load's CPU per webhook does:
+	// from when the watchers are subscribed (or the start, without any)
+	// to the last answer and the drain.
+	prof := &cpuProfile{f: profile}
+	if f.watchers > 0 {
+		cfg.WatchersReady = both(cfg.WatchersReady, prof.start)
+	} else if prof.start(); prof.err != nil {
+		return prof.err
 	}
+	cfg.TrafficDone = both(cfg.TrafficDone, prof.stop)
 	report.Result, err = loadgen.Run(ctx, cfg)
-	if perr := stopProfile(); err == nil {
-		err = perr
+	prof.stop()
+	if err == nil {
+		err = prof.err
 	}
 	if err != nil {
 		return err
@@ -362,22 +369,36 @@ func createCPUProfile(path string) (*os.File, error) {
 	return f, nil
 }
 
-// startCPUProfile starts profiling this process into f (nil: no profile)
-// and returns the function that stops, writes and closes it.
-func startCPUProfile(f *os.File) (stop func() error, err error) {
-	if f == nil {
-		return func() error { return nil }, nil
+// cpuProfile profiles this process into f (nil: no profile) from start to
+// stop; err is the first error of either.
+type cpuProfile struct {
+	f       *os.File
+	started bool
+	err     error
+}
+
+func (p *cpuProfile) start() {
+	if p.f == nil || p.started || p.err != nil {
+		return
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	if err := pprof.StartCPUProfile(p.f); err != nil {
+		p.err = fmt.Errorf("--cpu-profile: %w", err)
+		return
 	}
-	return func() error {
-		pprof.StopCPUProfile()
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("--cpu-profile: %w", err)
-		}
-		return nil
-	}, nil
+	p.started = true
+}
+
+// stop writes and closes the profile, once.
+func (p *cpuProfile) stop() {
+	if !p.started {
+		return
+	}
+	p.started = false
+	pprof.StopCPUProfile()
+	if err := p.f.Close(); err != nil && p.err == nil {
+		p.err = fmt.Errorf("--cpu-profile: %w", err)
+	}
+	p.f = nil
 }
 
 // both returns a function calling f (if set), then g.

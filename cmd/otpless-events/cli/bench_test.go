@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -370,5 +372,48 @@ func TestBenchServerGoneDuringTheRun(t *testing.T) {
 		if _, ok := r.Server["end"]; ok || !strings.Contains(string(r.Server["gone"]), "no such file") || r.Server["cpu_per_webhook_ns"] != nil {
 			t.Errorf("server of a run it did not last: %s; want no end reading, no CPU per webhook, and why", stdout.String())
 		}
+	}
+}
+
+// --cpu-profile profiles the traffic, as its help says and as the load's
+// CPU per webhook counts it: not the watchers' subscribing before it,
+// which with thousands of watchers is a cost of its own. (Not parallel:
+// it asks the process whether it is being profiled.)
+func TestBenchCPUProfileOfTheTraffic(t *testing.T) {
+	profiling := func() bool {
+		if err := pprof.StartCPUProfile(io.Discard); err != nil {
+			return true // bench's profile is running
+		}
+		pprof.StopCPUProfile()
+		return false
+	}
+	var mu sync.Mutex
+	var subscribing, posting []bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock() // one profiling() at a time: two would find each other's profile
+		defer mu.Unlock()
+		p := profiling()
+		if r.Method == http.MethodPost {
+			posting = append(posting, p)
+			return
+		}
+		subscribing = append(subscribing, p)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "event: snapshot\ndata: {\"type\":\"WATCH_MESSAGE_TYPE_SNAPSHOT\"}\n\n")
+		w.(http.Flusher).Flush()
+		mu.Unlock()
+		<-r.Context().Done()
+		mu.Lock()
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--http-addr", srv.URL, "--rate", "20", "--duration", "100ms", "--concurrency", "1", "--requests", "2",
+		"--watchers", "2", "--watch-via", "sse", "--drain", "10ms", "--cpu-profile", filepath.Join(t.TempDir(), "load.pprof")}
+	Main(t.Context(), args, nil, &stdout, &stderr) // the fake delivers nothing: exit 1 for the deliveries lost
+	mu.Lock()
+	defer mu.Unlock()
+	if len(subscribing) != 2 || len(posting) == 0 || slices.Contains(subscribing, true) || slices.Contains(posting, false) {
+		t.Errorf("profiling while watchers subscribed %v, while webhooks were posted %v; want only the latter (%s)", subscribing, posting, stderr.String())
 	}
 }
