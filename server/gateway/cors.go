@@ -3,9 +3,11 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -22,7 +24,10 @@ type corsPolicy struct {
 
 // CheckCORSOrigins reports the entries of origins that are neither "*" nor
 // an origin (scheme://host[:port], no path), space around them aside (as
-// in "https://a.example, https://b.example").
+// in "https://a.example, https://b.example"). An origin is compared with
+// what a browser sends, so its host and port must be written as a browser
+// writes them: an ASCII name (an internationalized one in punycode,
+// xn--…) or an IP address, no wildcard, and a port in plain decimal.
 func CheckCORSOrigins(origins []string) error {
 	var errs []error
 	for _, o := range origins {
@@ -31,12 +36,39 @@ func CheckCORSOrigins(origins []string) error {
 			continue
 		}
 		u, err := url.Parse(o)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-			u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-			errs = append(errs, fmt.Errorf("CORS origin %q: want * or scheme://host[:port]", o))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !originHost(u) ||
+			u.User != nil || (u.Path != "" && u.Path != "/") || strings.ContainsAny(o, "?#") {
+			errs = append(errs, fmt.Errorf("CORS origin %q: want * or scheme://host[:port], the host as a browser sends it (ASCII, an internationalized name as xn--…, no wildcard)", o))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// originHost reports whether u's host and port are as a browser writes
+// them in an Origin header, so that the origin can match one.
+func originHost(u *url.URL) bool {
+	if strings.HasSuffix(u.Host, ":") {
+		return false // an empty port
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != p {
+			return false
+		}
+	}
+	host := u.Hostname()
+	if host == "" {
+		return false
+	}
+	if strings.HasPrefix(u.Host, "[") {
+		return net.ParseIP(host) != nil
+	}
+	for _, c := range host {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func newCORSPolicy(origins []string) corsPolicy {

@@ -601,10 +601,16 @@ func TestWatchCORSPreflightAllowsTheRouteHeaders(t *testing.T) {
 
 func TestCheckCORSOrigins(t *testing.T) {
 	t.Parallel()
-	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example "}); err != nil {
+	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example ",
+		"https://xn--bcher-kva.example", "http://127.0.0.1:8080", "http://[::1]:3000", "https://A.Example:443/"}); err != nil {
 		t.Fatalf("valid origins: %v", err)
 	}
-	for _, bad := range []string{"a.example", "https://a.example/path", "ftp://a.example", "https://user@a.example"} {
+	// Each of these, accepted, would match no page: a browser sends an
+	// internationalized name in punycode, a port in plain decimal, and a
+	// host as it is, "*" included.
+	for _, bad := range []string{"a.example", "https://a.example/path", "ftp://a.example", "https://user@a.example",
+		"https://*.a.example", "https://bücher.example", "https://a.example:", "https://a.example:0443", "https://a.example:99999",
+		"https://a.example?", "https://a.example#"} {
 		if err := gateway.CheckCORSOrigins([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
