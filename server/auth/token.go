@@ -35,12 +35,21 @@ func NewTokenSigner(keys [][]byte) (*TokenSigner, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("watch tokens: no signing key")
 	}
-	for _, k := range keys {
-		if len(k) < 32 {
-			return nil, errors.New("watch tokens: a signing key is shorter than 32 bytes")
-		}
+	if err := CheckTokenKeys(keys); err != nil {
+		return nil, err
 	}
 	return &TokenSigner{keys: keys, now: time.Now}, nil
+}
+
+// CheckTokenKeys reports a watch-token signing key too short to sign with,
+// so that a start can refuse it before it makes any credential.
+func CheckTokenKeys(keys [][]byte) error {
+	for _, k := range keys {
+		if len(k) < 32 {
+			return errors.New("watch tokens: a signing key is shorter than 32 bytes")
+		}
+	}
+	return nil
 }
 
 // strictBase64 decodes what Mint encodes, refusing set bits past the last

@@ -79,15 +79,8 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	if !cfg.Configured() {
 		return nil, errors.New("webhooks: no key, basic credential or signing secret configured, and unauthenticated webhooks not allowed")
 	}
-	for _, k := range cfg.Keys {
-		if len(k) < 16 {
-			return nil, errors.New("webhooks: a webhook key is shorter than 16 characters")
-		}
-		// The key is the URL's last segment, which the routes split at
-		// "/" and at its escape %2F alike: no URL could name it.
-		if strings.Contains(k, "/") {
-			return nil, errors.New(`webhooks: a webhook key holds "/", which no webhook URL can carry (the key is one path segment)`)
-		}
+	if err := cfg.CheckSecrets(); err != nil {
+		return nil, err
 	}
 	g := &WebhookGuard{cfg: cfg, now: time.Now}
 	for _, s := range cfg.SigningSecrets {
@@ -108,6 +101,28 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 		return nil, err
 	}
 	return g, nil
+}
+
+// CheckSecrets reports a webhook key or signing secret that cannot work:
+// too short, or a key no URL can carry. It needs no other credential, so
+// that a start can refuse them before it makes any.
+func (c *WebhookConfig) CheckSecrets() error {
+	for _, k := range c.Keys {
+		if len(k) < 16 {
+			return errors.New("webhooks: a webhook key is shorter than 16 characters")
+		}
+		// The key is the URL's last segment, which the routes split at
+		// "/" and at its escape %2F alike: no URL could name it.
+		if strings.Contains(k, "/") {
+			return errors.New(`webhooks: a webhook key holds "/", which no webhook URL can carry (the key is one path segment)`)
+		}
+	}
+	for _, s := range c.SigningSecrets {
+		if _, err := decodeSigningSecret(s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CheckLimits reports the rates and bursts that cannot work: a rate that

@@ -98,9 +98,9 @@ func (f *securityFlags) settings() (server.Security, error) {
 
 // resolve is settings with the configured secrets and, for what is not
 // configured, credentials loaded or created in dataDir. Every configured
-// secret is read before any credential is made: a file that cannot be read
-// must not leave behind an admin key made on this start, which only its
-// printing shows.
+// secret is read and checked before any credential is made: a file that
+// cannot be read, or a secret no server can use, must not leave behind an
+// admin key made on this start, which only its printing shows.
 func (f *securityFlags) resolve(dataDir string) (server.Security, generated, error) {
 	var gen generated
 	sec, err := f.settings()
@@ -132,6 +132,17 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 	if err != nil {
 		return sec, gen, err
 	}
+	for _, k := range tokenKeys {
+		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
+	}
+	// A configured secret no server can use stops the start before it
+	// makes a credential, as one that cannot be read does.
+	if err := w.CheckSecrets(); err != nil {
+		return sec, gen, err
+	}
+	if err := auth.CheckTokenKeys(sec.WatchTokenKeys); err != nil {
+		return sec, gen, err
+	}
 
 	if !w.Configured() {
 		if err := canKeep(dataDir, "webhook key", "$"+envWebhookKeys+" (or --webhook-keys-file), Basic credentials or signing secrets"); err != nil {
@@ -154,7 +165,7 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 			return sec, gen, err
 		}
 	}
-	if len(tokenKeys) == 0 {
+	if len(sec.WatchTokenKeys) == 0 {
 		if err := canKeep(dataDir, "watch-token key", "$"+envWatchTokenKeys+" (or --watch-token-keys-file)"); err != nil {
 			return sec, gen, err
 		}
@@ -162,10 +173,7 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		if err != nil {
 			return sec, gen, err
 		}
-		tokenKeys = []string{key}
-	}
-	for _, k := range tokenKeys {
-		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
+		sec.WatchTokenKeys = [][]byte{[]byte(key)}
 	}
 	return sec, gen, nil
 }

@@ -63,6 +63,14 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 	missing := t.TempDir()
 	cert, _ := testserver.SelfSigned(t)
 	_, otherKey := testserver.SelfSigned(t)
+	secrets := t.TempDir()
+	secret := func(name, text string) string {
+		file := filepath.Join(secrets, name)
+		if err := os.WriteFile(file, []byte(text+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -87,6 +95,13 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		// printed, would be lost).
 		{"no API keys file", []string{"--api-keys-file", filepath.Join(missing, "api-keys")}, "api-keys"},
 		{"no watch-token keys file", []string{"--watch-token-keys-file", filepath.Join(missing, "token-keys")}, "token-keys"},
+		// A secret configured that no server can use: the start that
+		// refuses it makes nothing either.
+		{"short webhook key", []string{"--webhook-keys-file", secret("short-webhook-key", "whk_short")}, "shorter than 16"},
+		{"webhook key holding /", []string{"--webhook-keys-file", secret("slash-webhook-key", "whk_0123456789/abcdef")}, "no webhook URL can carry"},
+		{"short signing secret", []string{"--webhook-signing-secrets-file", secret("short-signing-secret", "short")}, "shorter than 16"},
+		{"signing secret not base64", []string{"--webhook-signing-secrets-file", secret("bad-whsec", "whsec_!!!!")}, "not valid base64"},
+		{"short watch-token key", []string{"--watch-token-keys-file", secret("short-token-key", "short")}, "shorter than 32 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
