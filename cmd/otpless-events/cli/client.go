@@ -200,9 +200,10 @@ func dialAddr(addr string) string {
 }
 
 // loopback reports whether target, as dial passes it to grpc.NewClient,
-// is this machine: a loopback IP (127.0.0.0/8, ::1), localhost, or a Unix
-// socket. Names are not resolved: any other name is taken for another
-// machine.
+// or a URL's host, is this machine: a loopback IP (127.0.0.0/8, ::1),
+// localhost, a Unix socket, or a listen address's unspecified host (""
+// or 0.0.0.0, which a connection takes for this machine). Names are not
+// resolved: any other name is taken for another machine.
 func loopback(target string) bool {
 	if strings.HasPrefix(target, "unix:") || strings.HasPrefix(target, "unix-abstract:") {
 		return true
@@ -215,7 +216,10 @@ func loopback(target string) bool {
 		host = h
 	}
 	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil {
-		return ip.IsLoopback()
+		return ip.IsLoopback() || ip.IsUnspecified()
+	}
+	if host == "" {
+		return true
 	}
 	return strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
 }

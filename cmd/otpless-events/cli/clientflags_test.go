@@ -56,6 +56,24 @@ func TestDialRefusesPlaintextToRemote(t *testing.T) {
 	}
 }
 
+// send and bench post in clear only to this machine, a listen address's
+// unspecified host (as in a URL written after --http-addr :8080) included:
+// a post to it reaches this machine, as a dial of it does.
+func TestPostRefusesPlaintextToRemote(t *testing.T) {
+	t.Parallel()
+	const path = "/v1/webhooks/otpless/whk_0123456789abcdef"
+	for _, host := range []string{"127.0.0.1:8080", "[::1]:8080", "localhost:8080", "0.0.0.0:8080", "[::]:8080", ":8080"} {
+		if err := new(clientFlags).postTo("http://" + host + path); err != nil {
+			t.Errorf("post to %s: %v, want it taken for this machine", host, err)
+		}
+	}
+	for _, host := range []string{"192.0.2.1:8080", "[2001:db8::1]:8080", "otpless.example:8080"} {
+		if err := new(clientFlags).postTo("http://" + host + path); err == nil || !strings.Contains(err.Error(), "--plaintext") {
+			t.Errorf("post to %s: %v, want it refused, naming --plaintext", host, err)
+		}
+	}
+}
+
 // A plaintext client of a TLS server reads EOF or a reset, by timing:
 // either way it is asked whether the server uses TLS.
 func TestRPCErrorHints(t *testing.T) {
