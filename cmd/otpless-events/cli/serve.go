@@ -44,24 +44,29 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			// From here on an error that stops the server is a line of
 			// the log, in its format and masked, rather than plain text
 			// (unless the log's level is above errors).
-			fail := func(err error) error {
-				if !log.Enabled(cmd.Context(), slog.LevelError) {
+			report := func(l *slog.Logger, err error) error {
+				if !l.Enabled(cmd.Context(), slog.LevelError) {
 					return err
 				}
-				masked.Error("serve stopped", "error", err)
+				l.Error("serve stopped", "error", err)
 				return errReported{err}
 			}
+			fail := func(err error) error { return report(masked, err) }
+			// The configuration's errors quote the operator's values, and
+			// no secret (those are read after), which masking would hide:
+			// "got *******00" for a bound.
+			failConfig := func(err error) error { return report(log, err) }
 			atLeastTwoProcs(log)
 			// What makes the configuration unusable whatever the
 			// credentials is refused before a first start makes them (and
 			// prints them once only).
 			withoutSecurity := cfg
 			if withoutSecurity.Security, err = secFlags.settings(); err != nil {
-				return fail(err)
+				return failConfig(err)
 			}
 			withoutSecurity.Security.Disabled = true
 			if err := withoutSecurity.Validate(); err != nil {
-				return fail(fmt.Errorf("config: %w", err))
+				return failConfig(fmt.Errorf("config: %w", err))
 			}
 			scheme := "http"
 			if withoutSecurity.Security.TLSCertFile != "" {

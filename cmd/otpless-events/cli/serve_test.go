@@ -90,6 +90,9 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
 		{"gRPC port out of range", []string{"--grpc-addr", "127.0.0.1:65536"}, "grpc address"},
 		{"PostgreSQL DSN that does not parse", []string{"--store", "postgres://u@127.0.0.1:1/db?pool_max_conns=many"}, "pool_max_conns"},
+		// The operator's own value, not masked as a number sent in a
+		// webhook would be.
+		{"body bound over 512 MiB", []string{"--max-body-bytes", "600000000"}, "got 600000000"},
 		// A secret configured in a file that cannot be read: what else is
 		// not configured is not made either (an admin key made, then not
 		// printed, would be lost).
