@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/tap"
@@ -45,6 +47,22 @@ func newSecurity(cfg Security) (*security, error) {
 	s.stream = append(s.stream, s.keyring.StreamInterceptor())
 	s.tap = s.keyring.TapHandle
 	return s, nil
+}
+
+// warnOutOfDate warns when the TLS certificate is out of its validity at
+// now. It is served all the same: a client may not check it, and one
+// renewed outside the window is a restart away.
+func (s *security) warnOutOfDate(log *slog.Logger, file string, now time.Time) {
+	if s.httpTLS == nil {
+		return
+	}
+	leaf := s.httpTLS.Certificates[0].Leaf
+	switch {
+	case now.After(leaf.NotAfter):
+		log.Warn("the TLS certificate has expired: clients that check it refuse every connection", "file", file, "not_after", leaf.NotAfter)
+	case now.Before(leaf.NotBefore):
+		log.Warn("the TLS certificate is not valid yet: clients that check it refuse every connection", "file", file, "not_before", leaf.NotBefore)
+	}
 }
 
 func (s *security) loadTLS(cfg Security) error {

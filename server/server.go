@@ -464,6 +464,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	sec.warnOutOfDate(log, cfg.Security.TLSCertFile, time.Now())
 	webhooks := api.NewWebhookServer(untilConnected{s.writer, &s.waiting}, log.With("component", "ingest"))
 	webhooks.SetObserver(s.obs)
 	webhooks.SetMaxBodyBytes(cfg.MaxBodyBytes)

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -22,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/internal/selfsigned"
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
@@ -124,5 +128,60 @@ func TestTLSAndMutualTLS(t *testing.T) {
 	}
 	if err := get(nil); err == nil {
 		t.Fatal("gRPC without a client certificate succeeded under mutual TLS")
+	}
+}
+
+// A certificate out of its validity, which every client that checks it
+// refuses, is served (a client may not check), with a warning at start
+// naming the file and when it ends or begins.
+func TestCertificateOutOfDateWarned(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	for _, tc := range []struct {
+		name          string
+		from, to      time.Time
+		warned, field string
+	}{
+		{"expired", now.Add(-48 * time.Hour), now.Add(-24 * time.Hour), "the TLS certificate has expired: clients that check it refuse every connection", "not_after"},
+		{"not yet valid", now.Add(24 * time.Hour), now.Add(48 * time.Hour), "the TLS certificate is not valid yet: clients that check it refuse every connection", "not_before"},
+		{"valid", now.Add(-time.Hour), now.Add(time.Hour), "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cert, _, err := selfsigned.Valid(tc.from, tc.to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			certPEM, keyPEM, err := selfsigned.PEM(cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+			for path, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+				if err := os.WriteFile(path, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logs testlog.Buffer
+			cfg := server.DefaultConfig()
+			cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", "", dir
+			cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			cfg.Security.Disabled = true
+			cfg.Security.TLSCertFile, cfg.Security.TLSKeyFile = certFile, keyFile
+			testserver.Run(t, cfg)
+			var warnings []map[string]any
+			for _, l := range logs.Lines(t) {
+				if l["level"] == "WARN" && strings.Contains(fmt.Sprint(l["msg"]), "TLS certificate") {
+					warnings = append(warnings, l)
+				}
+			}
+			switch {
+			case tc.warned == "" && len(warnings) != 0:
+				t.Errorf("warned of a valid certificate: %v", warnings)
+			case tc.warned != "" && (len(warnings) != 1 || warnings[0]["msg"] != tc.warned || warnings[0]["file"] != certFile || warnings[0][tc.field] == nil):
+				t.Errorf("warnings %v; want one %q naming %s and its %s", warnings, tc.warned, certFile, tc.field)
+			}
+		})
 	}
 }

@@ -19,16 +19,21 @@ import (
 // New returns a certificate for 127.0.0.1, valid from an hour ago for a
 // day, and a pool holding it for clients.
 func New() (tls.Certificate, *x509.CertPool, error) {
+	now := time.Now()
+	return Valid(now.Add(-time.Hour), now.Add(24*time.Hour))
+}
+
+// Valid is New with a certificate valid from notBefore to notAfter.
+func Valid(notBefore, notAfter time.Time) (tls.Certificate, *x509.CertPool, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
 		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		IsCA:         true, BasicConstraintsValid: true,
 		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
