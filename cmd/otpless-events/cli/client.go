@@ -232,6 +232,9 @@ var errClientCertificate = errors.New("the server asks for a client certificate 
 func rpcError(what string, err error) error {
 	st := status.Convert(err)
 	msg := fmt.Sprintf("%s: %s (%s)", what, st.Message(), st.Code())
+	if st.Code() == codes.Unauthenticated {
+		msg += "; the key sent is --api-key-file's, else $" + envAPIKey + " (none when neither is set)"
+	}
 	if st.Code() == codes.Unavailable {
 		for _, h := range connectionHints {
 			if strings.Contains(st.Message(), h.says) {

@@ -74,6 +74,15 @@ func TestPostRefusesPlaintextToRemote(t *testing.T) {
 	}
 }
 
+// A call refused for its credentials says where the key sent comes from:
+// the server's words alone did not say that none was set.
+func TestRPCErrorNamesTheKeysSource(t *testing.T) {
+	err := rpcError("request r", status.Error(codes.Unauthenticated, "missing or invalid credentials"))
+	if !strings.Contains(err.Error(), "--api-key-file") || !strings.Contains(err.Error(), "$"+envAPIKey) {
+		t.Errorf("%v, want the key's sources named", err)
+	}
+}
+
 // A plaintext client of a TLS server reads EOF or a reset, by timing:
 // either way it is asked whether the server uses TLS.
 func TestRPCErrorHints(t *testing.T) {
