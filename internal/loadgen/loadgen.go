@@ -83,12 +83,14 @@ type Config struct {
 const DefaultDrain = 2 * time.Second
 
 // InProgress is how many auth requests are in progress at once: Requests,
-// or by default the larger of Watchers and 1000.
+// or by default the largest of Watchers, Concurrency and 1000. Fewer than
+// Concurrency would have webhooks of one request in flight together,
+// reordered beyond Mix.Reorder.
 func (c Config) InProgress() int {
 	if c.Requests > 0 {
 		return c.Requests
 	}
-	return max(c.Watchers, 1000)
+	return max(c.Watchers, c.Concurrency, 1000)
 }
 
 // Result is what a run measured.

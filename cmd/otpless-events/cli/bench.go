@@ -96,7 +96,7 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 	fs.Float64Var(&f.rate, "rate", 0, "webhooks per second, open loop; 0: closed loop")
 	fs.IntVar(&f.concurrency, "concurrency", 64, "senders: the most webhooks in flight")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to send")
-	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once (default: the larger of --watchers and 1000)")
+	fs.IntVar(&f.requests, "requests", 0, "auth requests in progress at once, at least --concurrency (default: the largest of --watchers, --concurrency and 1000)")
 	fs.IntVar(&f.watchers, "watchers", 0, "watchers (gRPC, or see --watch-via), each following one request in progress after another; the traffic starts once all have subscribed, after a minute at most, or after 10s if none could")
 	fs.IntVar(&f.watchConns, "watch-conns", 4, "gRPC connections the watchers share")
 	fs.StringVar(&f.watchVia, "watch-via", "grpc", "how watchers follow: grpc, or sse (Server-Sent Events from the HTTP gateway, a connection each)")
@@ -673,6 +673,9 @@ func (f *benchFlags) checkNumbers() error {
 	}
 	if f.requests > 0 && f.requests < f.watchers {
 		errs = append(errs, fmt.Errorf("--requests %d: want at least --watchers (%d), a request in progress each", f.requests, f.watchers))
+	}
+	if f.requests > 0 && f.requests < f.concurrency {
+		errs = append(errs, fmt.Errorf("--requests %d: want at least --concurrency (%d), or webhooks of one request are in flight together, reordered beyond --reorder", f.requests, f.concurrency))
 	}
 	if !(f.rate >= 0) || math.IsInf(f.rate, 0) {
 		errs = append(errs, fmt.Errorf("--rate %v: want 0 (closed loop) or a positive number", f.rate))

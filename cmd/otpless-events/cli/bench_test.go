@@ -246,6 +246,7 @@ func TestBenchRefusesNumbersOutOfRange(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ flag, value string }{
 		{"watchers", "-3"}, {"requests", "-1"}, {"watch-conns", "0"}, {"concurrency", "0"},
+		{"requests", "10"}, // fewer than the 64 senders
 		{"duplicates", "2"}, {"fallbacks", "-1"}, {"reorder", "1.5"}, {"reorder", "NaN"},
 		{"rate", "-1"}, {"rate", "+Inf"}, {"duration", "-1s"}, {"drain", "0s"},
 	} {
