@@ -1357,14 +1357,14 @@ const file_otpless_events_v1_request_proto_rawDesc = "" +
 	"\x10CreateWatchToken\x12*.otpless.events.v1.CreateWatchTokenRequest\x1a+.otpless.events.v1.CreateWatchTokenResponse\"\x88\x01\x92AVJT\n" +
 	"\x03413\x12M\n" +
 	"3RESOURCE_EXHAUSTED: the body is larger than 64 KiB.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xa0\n" +
-	"\x92A\xc8\b\x12X\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02):\x01*\"$/v1/requests/{request_id}:watchTokenB\xbf\n" +
+	"\x92A\xe7\b\x12X\n" +
 	"\x0eotpless-events\x12BOTPLESS webhooks in; auth-request state out, to read and to watch.2\x02v1R\xa6\x01\n" +
 	"\x03400\x12\x9e\x01\n" +
 	"\x83\x01INVALID_ARGUMENT: a field out of its range (a request id no request could have, a page token or size, a ttl); the message names it.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusRR\n" +
-	"\x03401\x12K\n" +
-	"1UNAUTHENTICATED: no credential, or one not known.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRq\n" +
+	"\x03401\x12j\n" +
+	"PUNAUTHENTICATED: no credential, one not known, or a watch token past its expiry.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusR|\n" +
 	"\x03403\x12u\n" +
 	"[PERMISSION_DENIED: the credential lacks the scope, or is a watch token for another request.\x12\x16\n" +
