@@ -29,8 +29,10 @@ func newAPIKey(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			key := auth.NewSecret("oek_")
-			fmt.Fprintf(stdout, "key:    %s\nconfig: %s\n", key, auth.FormatAPIKey(name, key, sc))
-			return nil
+			// A key that did not reach stdout (a full disk, a closed pipe)
+			// is lost: say so, rather than exit 0.
+			_, err = fmt.Fprintf(stdout, "key:    %s\nconfig: %s\n", key, auth.FormatAPIKey(name, key, sc))
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "client", "name of the key, shown in logs and limits")

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -44,5 +45,22 @@ func TestAPIKeyCommand(t *testing.T) {
 		if code := Main(context.Background(), []string{"apikey", "--name", name}, nil, &out, &errOut); code == 0 {
 			t.Errorf("name %q accepted: %s", name, out.String())
 		}
+	}
+}
+
+// fullWriter refuses every write, as a full disk or a closed pipe does.
+type fullWriter struct{}
+
+func (fullWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// A key that could not be written is lost: apikey must not say it made one.
+func TestAPIKeyUnwritable(t *testing.T) {
+	t.Parallel()
+	var errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"apikey"}, nil, fullWriter{}, &errOut); code == 0 {
+		t.Fatal("exit 0 for a key that was never written")
+	}
+	if !strings.Contains(errOut.String(), "no space left on device") {
+		t.Errorf("stderr %q does not say why", errOut.String())
 	}
 }
