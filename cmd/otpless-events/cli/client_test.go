@@ -196,7 +196,7 @@ func TestTryItInOneMinute(t *testing.T) {
 		t.Fatalf("send: exit %d: %s", code, errOut)
 	}
 	sent := strings.Split(strings.TrimSpace(out), "\n")
-	if len(sent) != len(tryChanges) || sent[2] != "whatsapp-fails-then-sms.jsonl:3  "+tryID+"  rev 3  FAILED" {
+	if len(sent) != len(tryChanges) || sent[2] != tryScenario+":3  "+tryID+"  rev 3  FAILED" {
 		t.Errorf("send printed:\n%s", out)
 	}
 
@@ -382,12 +382,12 @@ func TestSend(t *testing.T) {
 	other := write("body.txt", sent)
 
 	code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, one, one)
-	want := "sent.json  send-req  rev 1  SENT\nsent.json  send-req  rev 1  SENT  (duplicate)\n"
+	want := one + "  send-req  rev 1  SENT\n" + one + "  send-req  rev 1  SENT  (duplicate)\n"
 	if code != 0 || out != want {
 		t.Fatalf("send twice: exit %d, %q (%s), want %q", code, out, errOut, want)
 	}
 	code, out, errOut = run(t, "send", "--http-addr", strings.TrimPrefix(ts.HTTPURL, "http://"), mixed)
-	if code == 0 || out != "mixed.jsonl:1  send-req  rev 1  SENT  (duplicate)\n" || !strings.Contains(errOut, "mixed.jsonl:3: HTTP 400: ") {
+	if code == 0 || out != mixed+":1  send-req  rev 1  SENT  (duplicate)\n" || !strings.Contains(errOut, mixed+":3: HTTP 400: ") {
 		t.Fatalf("send with a bad line: exit %d, %q, %q; want the first line sent, then line 3 refused", code, out, errOut)
 	}
 	if code, _, errOut = run(t, "send", other); code == 0 || !strings.Contains(errOut, ".jsonl") {
@@ -417,6 +417,31 @@ func TestSend(t *testing.T) {
 	}
 }
 
+// Files of one name in different directories (a day's capture each) are
+// told apart: what send prints, and the line it stops at, name the file as
+// given on the command line.
+func TestSendNamesFilesAsGiven(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	dir := t.TempDir()
+	day1, day2 := filepath.Join(dir, "day1", "webhooks.jsonl"), filepath.Join(dir, "day2", "webhooks.jsonl")
+	for path, content := range map[string]string{
+		day1: `{"data":{"requestId":"days-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}` + "\n",
+		day2: `{"hello":"world"}` + "\n",
+	} {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, day1, day2)
+	if code == 0 || out != day1+":1  days-req  rev 1  SENT\n" || !strings.Contains(errOut, day2+":1: HTTP 400: ") {
+		t.Fatalf("send of two files named alike: exit %d, %q, %q; want %s:1 sent, then %s:1 refused", code, out, errOut, day1, day2)
+	}
+}
+
 // send - reads standard input, as one more file: its bodies are posted as
 // they come, one per line or each over several lines.
 func TestSendStdin(t *testing.T) {
@@ -430,7 +455,7 @@ func TestSendStdin(t *testing.T) {
 
 	s := startIn(t, r, "send", "--http-addr", ts.HTTPURL, file, "-")
 	t.Cleanup(func() { w.Close() }) // first: send may be reading
-	if l := next(t, s.stdout); l != "sent.json  stdin-req  rev 1  SENT" {
+	if l := next(t, s.stdout); l != file+"  stdin-req  rev 1  SENT" {
 		t.Fatalf("send printed %q, want the file's body first", l)
 	}
 	if _, err := io.WriteString(w, `{"data":{"requestId":"stdin-req","status":"DELIVERED","channel":"SMS"},"eventType":"DLR","timestamp":1764153001400}`+"\n\n"); err != nil {

@@ -109,7 +109,7 @@ func webhookURL(addr string, useTLS bool) string {
 
 // body is one webhook body and where it came from.
 type body struct {
-	where string // file:line
+	where string // file:line, the file as given on the command line
 	data  []byte
 }
 
@@ -119,7 +119,9 @@ func readBodies(path string) ([]body, error) {
 		return nil, err
 	}
 	b = bytes.TrimPrefix(b, bom)
-	name := filepath.Base(path)
+	// The path as given, not its base name: files of one name in several
+	// directories (a capture per day) must be told apart.
+	name := path
 	switch filepath.Ext(path) {
 	case ".json":
 		return []body{{where: name, data: bytes.TrimSpace(b)}}, nil
