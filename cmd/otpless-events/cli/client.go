@@ -10,7 +10,9 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -227,6 +229,19 @@ func loopback(target string) bool {
 // errClientCertificate fails a handshake with a server that asks for a
 // client certificate.
 var errClientCertificate = errors.New("the server asks for a client certificate (serve's --grpc-client-ca), which get and watch do not present")
+
+// requestIDArg takes one request id. The API's ids are UTF-8 text: any
+// other is refused here, as grpc-go could not even send it (its INTERNAL
+// about marshaling would read as the server's fault).
+func requestIDArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	if !utf8.ValidString(args[0]) {
+		return fmt.Errorf("request id %q is not UTF-8 text, which every request id is", args[0])
+	}
+	return nil
+}
 
 // rpcError says what failed, in the server's words.
 func rpcError(what string, err error) error {

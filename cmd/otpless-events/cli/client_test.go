@@ -683,6 +683,19 @@ func TestGetPrintsNoControlCharacters(t *testing.T) {
 	}
 }
 
+// A request id that is not UTF-8 cannot be sent (the API's ids are UTF-8
+// text): get and watch say so, not grpc-go's INTERNAL about marshaling.
+func TestRequestIDNotUTF8(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	for _, cmd := range []string{"get", "watch"} {
+		code, out, errOut := run(t, cmd, "--grpc-addr", ts.GRPCAddr, "req-\xff")
+		if code != 1 || out != "" || !strings.Contains(errOut, "not UTF-8") || strings.Contains(errOut, "Internal") {
+			t.Errorf("%s of an id that is not UTF-8: exit %d, %q, %q; want 1 saying the id is not UTF-8", cmd, code, out, errOut)
+		}
+	}
+}
+
 // An API key in the environment that no header can carry is refused
 // saying so, not with grpc-go's INTERNAL about a header value.
 func TestAPIKeyEnvironmentNotPrintable(t *testing.T) {

@@ -17,7 +17,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 		Short: "Print a request's current snapshot, as JSON",
 		Long: "Prints the request's AuthRequest snapshot as JSON, as \"request\" in GET /v1/requests/{id} has it.\n" +
 			"Needs an API key with the read scope ($" + envAPIKey + " or --api-key-file) when the server checks credentials.",
-		Args: cobra.ExactArgs(1),
+		Args: requestIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err

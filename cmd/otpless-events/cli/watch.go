@@ -46,7 +46,7 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 			"can die without a word (a network partition, a NAT that forgot it).\n\n" +
 			"Needs an API key with the watch scope, or a watch token ($" + envAPIKey + " or --api-key-file),\n" +
 			"when the server checks credentials.",
-		Args: cobra.ExactArgs(1),
+		Args: requestIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
