@@ -442,6 +442,40 @@ func TestSendNamesFilesAsGiven(t *testing.T) {
 	}
 }
 
+// A file named on the command line that send cannot read (a typo, a
+// wrong extension) is refused before anything is posted, rather than after
+// the files before it: a replay is not left half done.
+func TestSendChecksEveryFileFirst(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.jsonl")
+	if err := os.WriteFile(good, []byte(`{"data":{"requestId":"half-req","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	txt := filepath.Join(dir, "more.txt")
+	if err := os.WriteFile(txt, []byte(`{}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "capture.jsonl")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ bad, want string }{
+		{filepath.Join(dir, "missing.jsonl"), "no such file"},
+		{txt, "want a .json file"},
+		{sub, "directory"},
+	} {
+		code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, good, tc.bad)
+		if code != 1 || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("send %s %s: exit %d, %q, %q; want 1 saying %q, nothing sent", good, tc.bad, code, out, errOut, tc.want)
+		}
+	}
+	if code, _, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "half-req"); code != 1 || !strings.Contains(errOut, "NotFound") {
+		t.Errorf("get of the request of the file before the bad one: exit %d, %q; want it never sent", code, errOut)
+	}
+}
+
 // send - reads standard input, as one more file: its bodies are posted as
 // they come, one per line or each over several lines.
 func TestSendStdin(t *testing.T) {

@@ -48,6 +48,14 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if i := slices.Index(files, stdinName); i >= 0 && slices.Contains(files[i+1:], stdinName) {
 				return errors.New("standard input (-) given more than once")
 			}
+			// A mistake in a file name must not leave a replay half done.
+			for _, f := range files {
+				if f != stdinName {
+					if err := checkFile(f); err != nil {
+						return err
+					}
+				}
+			}
 			explicit := cmd.Flags().Changed("http-addr")
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
@@ -136,7 +144,28 @@ func readBodies(path string) ([]body, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%s: want a .json file (one body), a .jsonl file (one body per line), or - for standard input", path)
+	return nil, errNotJSONFile(path)
+}
+
+func errNotJSONFile(path string) error {
+	return fmt.Errorf("%s: want a .json file (one body), a .jsonl file (one body per line), or - for standard input", path)
+}
+
+// checkFile refuses, before anything is posted, a file that readBodies
+// would: one of another kind, or that cannot be read.
+func checkFile(path string) error {
+	if ext := filepath.Ext(path); ext != ".json" && ext != ".jsonl" {
+		return errNotJSONFile(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		return fmt.Errorf("%s is a directory", path)
+	}
+	return nil
 }
 
 func sendFile(path string, post func(body) error) error {
