@@ -123,11 +123,7 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A server that comes back is found within 5 s, however long it was
-	// away, as the README says of watch: grpc-go's own backoff grows to
-	// two minutes between attempts.
-	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
-		BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 5 * time.Second}})
+	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff})
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), reconnect}
 	if tlsCfg != nil {
 		// A server that requires a certificate (serve's --grpc-client-ca)
@@ -148,6 +144,13 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	}
 	return conn, nil
 }
+
+// reconnectBackoff spaces the attempts to connect: a server that comes back
+// is found within 5 s, however long it was away, as the README says of
+// watch (grpc-go's own backoff grows to two minutes between attempts). The
+// jitter, which keeps watchers from coming back all at once, lengthens a
+// wait by up to a fifth: 4 s at most, 4.8 s with it.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 4 * time.Second}
 
 // inClear refuses a connection without TLS to target (a host:port, or a
 // gRPC target) unless it is this machine or --plaintext says so; shown

@@ -3,6 +3,7 @@ package cli
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -94,5 +95,14 @@ func TestRPCErrorHints(t *testing.T) {
 		if err := rpcError("request r", status.Error(codes.Unavailable, desc)); !strings.Contains(err.Error(), "does the server use TLS?") {
 			t.Errorf("%s: %v, want the TLS hint", desc, err)
 		}
+	}
+}
+
+// The README says watch tries a server that is away at most 5 s apart:
+// grpc-go lengthens its longest wait by up to the jitter.
+func TestReconnectBackoffWithinFiveSeconds(t *testing.T) {
+	t.Parallel()
+	if longest := time.Duration(float64(reconnectBackoff.MaxDelay) * (1 + reconnectBackoff.Jitter)); longest > 5*time.Second {
+		t.Errorf("attempts to connect up to %s apart, want at most 5 s", longest)
 	}
 }
