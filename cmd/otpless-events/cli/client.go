@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/auth"
+	"github.com/otpless-events/otpless-events/server/normalize"
 )
 
 // envAPIKey holds the API key (or a watch token) the client commands send.
@@ -233,15 +233,17 @@ func loopback(target string) bool {
 // client certificate.
 var errClientCertificate = errors.New("the server asks for a client certificate (serve's --grpc-client-ca), which get and watch do not present")
 
-// requestIDArg takes one request id. The API's ids are UTF-8 text: any
-// other is refused here, as grpc-go could not even send it (its INTERNAL
-// about marshaling would read as the server's fault).
+// requestIDArg takes one request id, and refuses here, quoted, one the API
+// would refuse: grpc-go could not even send one that is not UTF-8 (its
+// INTERNAL about marshaling would read as the server's fault), and the
+// error naming one with control characters, copied from a webhook whose
+// sender chose it, would write them to the terminal.
 func requestIDArg(cmd *cobra.Command, args []string) error {
 	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
 		return err
 	}
-	if !utf8.ValidString(args[0]) {
-		return fmt.Errorf("request id %q is not UTF-8 text, which every request id is", args[0])
+	if err := normalize.CheckRequestID(args[0]); err != nil {
+		return fmt.Errorf("%w: %q", err, args[0])
 	}
 	return nil
 }

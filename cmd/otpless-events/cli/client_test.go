@@ -724,8 +724,22 @@ func TestRequestIDNotUTF8(t *testing.T) {
 	ts := testserver.Start(t, nil)
 	for _, cmd := range []string{"get", "watch"} {
 		code, out, errOut := run(t, cmd, "--grpc-addr", ts.GRPCAddr, "req-\xff")
-		if code != 1 || out != "" || !strings.Contains(errOut, "not UTF-8") || strings.Contains(errOut, "Internal") {
+		if code != 1 || out != "" || !strings.Contains(errOut, "not valid UTF-8") || strings.Contains(errOut, "Internal") {
 			t.Errorf("%s of an id that is not UTF-8: exit %d, %q, %q; want 1 saying the id is not UTF-8", cmd, code, out, errOut)
+		}
+	}
+}
+
+// A request id is often copied from a webhook, whose sender chose it: one
+// holding control characters, which the API refuses, is not echoed to the
+// terminal as it is (an ESC sequence would set its title, or clear it).
+func TestRequestIDControlCharactersNotEchoed(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	for _, cmd := range []string{"get", "watch"} {
+		code, out, errOut := run(t, cmd, "--grpc-addr", ts.GRPCAddr, "req\x1b]0;PWNED\a")
+		if code != 1 || out != "" || strings.ContainsFunc(strings.TrimSuffix(errOut, "\n"), unicode.IsControl) || !strings.Contains(errOut, `req\x1b]0;PWNED\a`) {
+			t.Errorf("%s of an id with control characters: exit %d, %q, %q; want 1, the id escaped", cmd, code, out, errOut)
 		}
 	}
 }
