@@ -123,7 +123,10 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff})
+	// MinConnectTimeout too: left out, it is 0, and grpc-go gives an
+	// attempt (TCP, TLS, the server's preface) only the backoff's wait,
+	// 0.1 s for the first, which a server a few round trips away misses.
+	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: connectTimeout})
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), reconnect}
 	if tlsCfg != nil {
 		// A server that requires a certificate (serve's --grpc-client-ca)
@@ -151,6 +154,11 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 // jitter, which keeps watchers from coming back all at once, lengthens a
 // wait by up to a fifth: 4 s at most, 4.8 s with it.
 var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 4 * time.Second}
+
+// connectTimeout bounds an attempt to connect: time for the handshakes
+// over a slow link, and short enough that an attempt lost in a network
+// partition does not keep watch from a server that is back for long.
+const connectTimeout = 5 * time.Second
 
 // inClear refuses a connection without TLS to target (a host:port, or a
 // gRPC target) unless it is this machine or --plaintext says so; shown

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -740,6 +741,56 @@ func TestRequestIDControlCharactersNotEchoed(t *testing.T) {
 		code, out, errOut := run(t, cmd, "--grpc-addr", ts.GRPCAddr, "req\x1b]0;PWNED\a")
 		if code != 1 || out != "" || strings.ContainsFunc(strings.TrimSuffix(errOut, "\n"), unicode.IsControl) || !strings.Contains(errOut, `req\x1b]0;PWNED\a`) {
 			t.Errorf("%s of an id with control characters: exit %d, %q, %q; want 1, the id escaped", cmd, code, out, errOut)
+		}
+	}
+}
+
+// slowLink forwards connections to addr, each only after a delay, as a
+// distant server's round trips make the handshakes slow; it returns the
+// address to connect to instead.
+func slowLink(t *testing.T, addr string, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				time.Sleep(delay)
+				out, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				go io.Copy(out, in)
+				io.Copy(in, out)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A server whose connection takes longer than grpc-go's first backoff
+// (0.1 s) to set up, as one a few round trips away over TLS does, is
+// reached: the connection is not given up on at the first backoff.
+func TestClientsOfASlowLink(t *testing.T) {
+	t.Parallel()
+	ts := testserver.Start(t, nil)
+	for _, b := range scenarioBodies(t) {
+		ts.Ingest(t, b)
+	}
+	addr := slowLink(t, ts.GRPCAddr, 300*time.Millisecond)
+	for _, args := range [][]string{{"get"}, {"watch", "--json"}} {
+		code, out, errOut := run(t, append(args, "--grpc-addr", addr, tryID)...)
+		if code != 0 || !strings.Contains(out, "REQUEST_STATUS_SUCCESS") {
+			t.Errorf("%s over a slow link: exit %d, %q; want the SUCCESS snapshot", args[0], code, errOut)
 		}
 	}
 }
