@@ -32,10 +32,19 @@ const migrationLock = 0x6f74706c // "otpl"
 // start together apply each migration once; the others wait, then find
 // nothing to do. With create, a missing schema is created first. A schema
 // that is up to date needs no privilege beyond reading the bookkeeping;
-// one newer than this binary's is refused. It keeps step at nil until it
+// one newer than this binary's is refused. No lock_timeout or
+// statement_timeout of the session cuts it short. It keeps step at nil until it
 // holds the lock, then at the name of the migration it runs ("" between).
 func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool, ms []store.Migration, step *atomic.Pointer[string]) (applied []string, err error) {
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// The session's lock_timeout and statement_timeout (the role's or
+		// the DSN's) are for the store's calls, which its own timeout
+		// bounds too; the migration and the wait for its lock are watched
+		// instead (migrateWatched). Cut short by them, the start would
+		// fail as for a mistake that waiting cannot mend.
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0`); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, migrationLock, schema); err != nil {
 			return fmt.Errorf("lock: %w", err)
 		}

@@ -1620,3 +1620,44 @@ func TestChangesSinceLeavesOutDamagedData(t *testing.T) {
 		t.Errorf("Commit to r3, whose event is damaged: %v, want ErrDamaged", err)
 	}
 }
+
+// TestMigrationOutlastsSessionTimeouts: the DSN's (or the role's)
+// lock_timeout and statement_timeout, meant for the store's statements, do
+// not cut short a start's wait for another replica's migration, which
+// lasts as long as the migration while the database answers: cut, it
+// failed the start as a mistake that waiting cannot mend.
+func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	unlock := lockMigrations(t, dsn, schema)
+	app := "otpless-test-" + schema
+	for name, value := range map[string]string{"application_name": app, "lock_timeout": "20", "statement_timeout": "20"} {
+		dsn = pgtest.WithParam(t, dsn, name, value)
+	}
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pgstore.Open(t.Context(), dsn)
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	// The start waits for the lock fifty times as long as both timeouts,
+	// by the database's clock.
+	observer := connect(t, pgtest.DSN(t))
+	for waited := false; !waited; {
+		select {
+		case err := <-opened:
+			t.Fatalf("Open returned while another session held the migration lock: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if err := observer.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1
+			AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND now() - query_start > interval '1 second')`, app).Scan(&waited); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unlock()
+	if err := <-opened; err != nil {
+		t.Fatalf("Open once the migration lock was let go: %v", err)
+	}
+}
