@@ -593,10 +593,13 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 // calls get fresh connections rather than dead ones: also when it fails by
 // the caller's deadline (a health check's is shorter than the store's
 // timeout, and a database that went silent fails the ping no other way),
-// but not when the caller canceled it. A ping that gets no connection
-// because every one is in use succeeds if one came back alive while it
-// waited (to a caller ahead of it): the database is busy, not gone, and
-// readiness does not drop a replica for being under load. It fails, but
+// but not when the caller canceled it. A ping whose pooled session the
+// database had ended (pg_terminate_backend, a restart) drops them too,
+// and runs again once on a new one: the database may answer all the same.
+// A ping that gets no connection because every one is in use succeeds if
+// one came back alive while it waited (to a caller ahead of it): the
+// database is busy, not gone, and readiness does not drop a replica for
+// being under load. It fails, but
 // drops nothing, if none did. After a commit failed as the database's disk
 // is full, it also tries a write (checkSpace).
 func (s *Store) Ping(ctx context.Context) error {
@@ -609,11 +612,17 @@ func (s *Store) Ping(ctx context.Context) error {
 	start := int64(time.Since(s.base))
 	conn, err := s.pool.Acquire(qctx)
 	if err == nil {
-		err = checkWritable(qctx, conn.Conn())
-		if err == nil {
-			err = s.checkSpace(qctx, conn.Conn())
+		err = s.check(qctx, conn)
+		if errors.Is(err, errEnded) {
+			// The database ended the session while it sat in the pool
+			// (pg_terminate_backend, or a restart), and likely the other
+			// pooled ones with it: they are dropped, and a new session
+			// says whether the database answers.
+			s.pool.Reset()
+			if conn, err = s.pool.Acquire(qctx); err == nil {
+				err = s.check(qctx, conn)
+			}
 		}
-		conn.Release()
 		if errors.Is(err, errUnusable) {
 			return s.fail(ctx, op, err) // the connection is fine
 		}
@@ -631,6 +640,25 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// check runs the ping's checks on conn and releases it. When they fail as
+// conn's session has ended, before the ping's deadline, the error wraps
+// errEnded.
+func (s *Store) check(ctx context.Context, conn *pgxpool.Conn) error {
+	err := checkWritable(ctx, conn.Conn())
+	if err == nil {
+		err = s.checkSpace(ctx, conn.Conn())
+	}
+	ended := err != nil && conn.Conn().IsClosed() && ctx.Err() == nil
+	conn.Release()
+	if ended {
+		return fmt.Errorf("%w: %w", errEnded, err)
+	}
+	return err
+}
+
+// errEnded marks a ping whose pooled session had ended.
+var errEnded = errors.New("the session had ended")
 
 // errUnusable marks a ping that the database answered, on a connection
 // that works, with a reason the store cannot serve: the pool is kept.

@@ -1661,3 +1661,29 @@ func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
 		t.Fatalf("Open once the migration lock was let go: %v", err)
 	}
 }
+
+// TestPingAfterSessionsEnded: a ping right after the database ended every
+// pooled session (pg_terminate_backend, as an operator's or a pooler's
+// sweep does), while the database answers, succeeds: it is no outage, and
+// readiness does not drop the replica for it.
+func TestPingAfterSessionsEnded(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	app := "otpless-test-" + schema
+	for name, value := range map[string]string{"application_name": app, "pool_min_conns": "2", "pool_max_conns": "2"} {
+		dsn = pgtest.WithParam(t, dsn, name, value)
+	}
+	s := open(t, dsn)
+	ctx := t.Context()
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ended int
+	if err := connect(t, pgtest.DSN(t)).QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
+		FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended); err != nil || ended == 0 {
+		t.Fatalf("ended %d sessions: %v", ended, err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping once the database ended the pooled sessions: %v", err)
+	}
+}
