@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -68,7 +69,9 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 // store's timeout alone, not canceled with ctx (as database/sql's is not):
 // pgx gives up on a statement canceled in flight by closing its
 // connection, and a COMMIT the database had received by then is stored
-// all the same, after the call failed with ctx's error.
+// all the same, after the call failed with ctx's error. A COMMIT that
+// fails without the database's answer that it rolled back (its connection
+// lost or ended, its time run out) fails wrapping errOutcomeUnknown.
 func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
 	deadline := time.Now().Add(s.timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -86,7 +89,16 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	}
 	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
-	return tx.Commit(cctx)
+	if err := tx.Commit(cctx); err != nil {
+		// An ERROR is the database's answer that it rolled back; a
+		// FATAL one ends the session, maybe after the commit.
+		var pgErr *pgconn.PgError
+		if errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, &pgErr) && pgErr.SeverityUnlocalized == "ERROR" {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errOutcomeUnknown, err)
+	}
+	return nil
 }
 
 // eventKey identifies an event.
@@ -438,3 +450,7 @@ func (c *commit) fold(ctx context.Context, tx pgx.Tx, all map[string][]*eventsv1
 	}
 	return nil
 }
+
+// errOutcomeUnknown marks a transaction whose connection failed once its
+// COMMIT was sent: the database may have committed it.
+var errOutcomeUnknown = errors.New("the connection failed once COMMIT was sent: the transaction may have committed all the same (what it stored, a retry finds stored)")

@@ -22,3 +22,7 @@ const WaitLockMsg = waitLockMsg
 
 // WaitMigrationMsg is what a start logs while a migration of its runs.
 const WaitMigrationMsg = waitMigrationMsg
+
+// ErrOutcomeUnknown marks a commit whose connection failed once its
+// COMMIT was sent.
+var ErrOutcomeUnknown = errOutcomeUnknown

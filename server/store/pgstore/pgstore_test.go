@@ -1687,3 +1687,46 @@ func TestPingAfterSessionsEnded(t *testing.T) {
 		t.Errorf("Ping once the database ended the pooled sessions: %v", err)
 	}
 }
+
+// TestCommitAnswerLost: a commit whose connection fails once its COMMIT
+// is sent (here while the database runs it) fails as unavailable, saying
+// that it may have been stored all the same, as it was: a retry of its
+// webhook finds the event stored.
+func TestCommitAnswerLost(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	app := "otpless-test-" + schema
+	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
+	s := open(t, pgtest.WithParam(t, pgtest.WithAddr(t, dsn, proxy.Addr()), "application_name", app))
+	observer := connect(t, dsn)
+	// The COMMITs of s take a while: the database runs them when the proxy
+	// is cut, and finishes them.
+	if _, err := observer.Exec(t.Context(), `CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF current_setting('application_name') = '`+app+`' THEN PERFORM pg_sleep(1); END IF; RETURN NULL; END $$;
+		CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED
+		FOR EACH ROW EXECUTE FUNCTION slow_commit()`); err != nil {
+		t.Fatal(err)
+	}
+	wh := hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))
+	committed := make(chan error, 1)
+	go func() {
+		_, _, err := s.Commit(context.Background(), []store.Webhook{wh})
+		committed <- err
+	}()
+	awaitQuery(t, observer, "the COMMIT to run", `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		WHERE application_name = $1 AND wait_event = 'PgSleep' AND query = 'commit')`, app)
+	proxy.Cut()
+	err := <-committed
+	wantUnavailable(t, "Commit whose answer was lost", err)
+	if !errors.Is(err, pgstore.ErrOutcomeUnknown) {
+		t.Errorf("Commit whose answer was lost: %v, want it to say it may have been stored", err)
+	}
+	awaitQuery(t, observer, "the COMMIT to end", `SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)`, app)
+	res, _, err := open(t, dsn).Commit(t.Context(), []store.Webhook{wh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Events[0].Duplicate {
+		t.Errorf("the retry of a webhook whose commit's answer was lost stored its event again, want it found stored")
+	}
+}
