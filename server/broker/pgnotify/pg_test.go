@@ -438,3 +438,40 @@ func TestResyncAfterFailover(t *testing.T) {
 	follow(t, sub, 1, 2, 1) // within 20 s: the ping would take a minute
 	proxy.Cut()             // pgx gives a connection given up 15 s to say goodbye, and closing the store waits
 }
+
+// TestListenOutlastsIdleSessionTimeout: an idle_session_timeout of the
+// role (here of the DSN), which ends sessions left idle that long, does
+// not end the listening connection, idle while it waits for
+// notifications: it was lost, warned of and counted as a loss, each time.
+func TestListenOutlastsIdleSessionTimeout(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	app := "otpless-test-" + schema
+	for name, value := range map[string]string{"application_name": app, "idle_session_timeout": "100"} {
+		dsn = pgtest.WithParam(t, dsn, name, value)
+	}
+	// No ping, which could run a query on the listening connection.
+	rp := startReplicaWith(t, dsn, func(o *pgnotify.Options) {
+		noRecheck(o)
+		o.Ping = time.Hour
+	})
+	observer, err := pgx.Connect(t.Context(), pgtest.DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer observer.Close(context.Background())
+	// Until the listening session has been idle ten times the timeout, by
+	// the database's clock.
+	for idle := false; !idle; time.Sleep(10 * time.Millisecond) {
+		if n := rp.relay.Losses(); n > 0 {
+			t.Fatalf("the listening connection was lost %d times", n)
+		}
+		if err := observer.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1
+			AND query LIKE 'LISTEN %' AND state = 'idle' AND now() - state_change > interval '1 second')`, app).Scan(&idle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rp.relay.Losses(); n > 0 {
+		t.Fatalf("the listening connection was lost %d times", n)
+	}
+}

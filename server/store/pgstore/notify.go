@@ -92,16 +92,25 @@ func (s *Store) Notify(ctx context.Context, payload string) error {
 
 // ListenConfig returns a copy of the pool's connection configuration, for a
 // dedicated listening connection outside the pool, which sets the pool's
-// partitionTimeouts as its connections do.
+// partitionTimeouts as its connections do. It also lifts the session's
+// idle_session_timeout (PostgreSQL 14 and later; the role's or the DSN's),
+// which would end the listening connection, idle while it waits for
+// notifications, again and again.
 func (s *Store) ListenConfig() *pgx.ConnConfig {
 	cfg := s.pool.Config().ConnConfig
+	sql := noIdleSessionTimeout
 	if s.sessionSQL != "" {
-		cfg.AfterConnect = func(ctx context.Context, conn *pgconn.PgConn) error {
-			return conn.Exec(ctx, s.sessionSQL).Close()
-		}
+		sql = s.sessionSQL + "; " + sql
+	}
+	cfg.AfterConnect = func(ctx context.Context, conn *pgconn.PgConn) error {
+		return conn.Exec(ctx, sql).Close()
 	}
 	return cfg
 }
+
+// noIdleSessionTimeout turns idle_session_timeout off for the session,
+// where the server has it.
+const noIdleSessionTimeout = `SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'`
 
 // ChangesSince implements store.ChangeReader. Each Change's events are in
 // commit order (by revision, then by webhook in batch order, then by event
