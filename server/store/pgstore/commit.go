@@ -64,9 +64,10 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	return c.results, c.changes, nil
 }
 
-// inTx runs fn in a transaction, within the store's timeout, and commits
-// it unless ctx is done by then. The COMMIT itself is bounded by the
-// store's timeout alone, not canceled with ctx (as database/sql's is not):
+// inTx runs fn in a READ COMMITTED transaction, within the store's
+// timeout, and commits it unless ctx is done by then. The COMMIT itself is
+// bounded by the store's timeout alone, not canceled with ctx (as
+// database/sql's is not):
 // pgx gives up on a statement canceled in flight by closing its
 // connection, and a COMMIT the database had received by then is stored
 // all the same, after the call failed with ctx's error. A COMMIT that
@@ -76,7 +77,11 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	deadline := time.Now().Add(s.timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	tx, err := s.pool.Begin(ctx)
+	// READ COMMITTED whatever the session's default: a commit, or a
+	// purge, that waited for a request's lock reads what the holder
+	// committed, where a stricter level would fail with a serialization
+	// error instead of queuing up.
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return err
 	}

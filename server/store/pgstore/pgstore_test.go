@@ -1730,3 +1730,54 @@ func TestCommitAnswerLost(t *testing.T) {
 		t.Errorf("the retry of a webhook whose commit's answer was lost stored its event again, want it found stored")
 	}
 }
+
+// TestCommitsQueueUnderStricterIsolation: with a stricter
+// default_transaction_isolation (the role's, the database's, here the
+// DSN's), a commit that waits for a request another replica's commit is
+// writing still queues up behind it, rather than fail with a
+// serialization error once it gets the lock.
+func TestCommitsQueueUnderStricterIsolation(t *testing.T) {
+	t.Parallel()
+	for _, level := range []string{"repeatable read", "serializable"} {
+		t.Run(level, func(t *testing.T) {
+			t.Parallel()
+			dsn, _ := pgtest.Schema(t)
+			dsn += "&default_transaction_isolation=" + strings.ReplaceAll(level, " ", "%20") // pgx takes no + for a space
+			s, other := open(t, dsn), open(t, dsn)
+			ctx := t.Context()
+			if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
+				t.Fatal(err)
+			}
+			// Another replica's commit of r1, held once it has locked the
+			// request, as when its next statement is on its way.
+			conn, err := other.Pool().Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Release()
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background())
+			if _, err := tx.Exec(ctx, `UPDATE requests SET updated_at = now() WHERE request_id = 'r1'`); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := s.Commit(ctx, []store.Webhook{hook(at(1), delivery("r1", "e2", "SMS", "DELIVERED", at(1)))})
+				done <- err
+			}()
+			awaitBlockedBy(t, connect(t, dsn), conn.Conn())
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("the commit that waited for the other's: %v", err)
+			}
+			if r := get(t, s, "r1"); r.GetRevision() != 2 || r.GetEventCount() != 2 {
+				t.Errorf("r1 at revision %d with %d events, want 2 and 2", r.GetRevision(), r.GetEventCount())
+			}
+		})
+	}
+}
