@@ -123,7 +123,9 @@ type Store interface {
 	// snapshot with its revision increased by one. A request whose events were
 	// all duplicates keeps its snapshot and revision. It returns one Result
 	// per webhook, in order, and one Change per request that changed. On error
-	// nothing was stored.
+	// nothing was stored, unless the commit was sent when the connection to a
+	// database server failed (its answer lost): then it may have been, and a
+	// retry finds its events stored.
 	//
 	// Details every backend keeps (storetest checks them):
 	//   - A body is stored only when at least one of its events is new.

@@ -742,9 +742,9 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x120\n" +
-	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\xaa\a\n" +
-	"\x0eWebhookService\x12\x97\a\n" +
-	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\xc7\x06\x92A\xa4\x06J\x8f\x01\n" +
+	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x8e\b\n" +
+	"\x0eWebhookService\x12\xfb\a\n" +
+	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\xab\a\x92A\x88\aJ\x8f\x01\n" +
 	"\x03400\x12\x87\x01\n" +
 	"mINVALID_ARGUMENT: the body is not an OTPLESS webhook, or holds what none does; the message names the problem.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusJZ\n" +
@@ -762,9 +762,9 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusJ|\n" +
 	"\x03429\x12u\n" +
 	"[RESOURCE_EXHAUSTED: the sender's address is over its webhook rate; retry after Retry-After.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusJy\n" +
-	"\x03503\x12r\n" +
-	"XUNAVAILABLE: the write queue is full or the store is failing; nothing was stored, retry.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJ\xdc\x01\n" +
+	"\x03503\x12\xd4\x01\n" +
+	"\xb9\x01UNAVAILABLE: the write queue is full or the store is failing; retry. Nothing was stored, unless the database's answer to the commit was lost (then the retry is answered as a duplicate).\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.Statusb\v\n" +
 	"\t\n" +
 	"\x05basic\x12\x00\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/webhooks/otplessB\xd4\x01\n" +
