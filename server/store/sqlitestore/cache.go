@@ -13,10 +13,14 @@ const (
 	// cached event costs about 0.5 KiB of heap, a typical request in
 	// progress 2 KiB: 32 MiB when full.
 	defaultCacheRequests = 16384
-	// maxCachedEvents: a request with more events than this is not cached
-	// (such requests are not expected; they are folded from the file). It
-	// bounds the cache at about 256 MiB whatever senders do.
+	// maxCachedEvents and maxCachedBytes: a request with more events than
+	// this, or whose events take more bytes as stored, is not cached (such
+	// requests are not expected; they are folded from the file). The
+	// second bounds the cache at about 256 MiB whatever senders do: an
+	// event's texts may take 4 KiB each, and its channels 64 of them, so
+	// that 32 events can take 10 MiB.
 	maxCachedEvents = 32
+	maxCachedBytes  = 16 << 10
 )
 
 // eventCache keeps, for requests in progress that changed recently,
@@ -44,6 +48,7 @@ type cachedRequest struct {
 	requestID  string
 	revision   int64
 	events     []*eventsv1.Event
+	bytes      int // of events as stored
 	prev, next *cachedRequest
 }
 
@@ -63,13 +68,13 @@ func (c *eventCache) get(requestID string) *cachedRequest {
 }
 
 // put makes events and revision the entry of requestID, the most recent
-// one, evicting the least recent entries beyond the bound. It takes
-// ownership of events.
-func (c *eventCache) put(requestID string, revision int64, events []*eventsv1.Event) {
+// one, evicting the least recent entries beyond the bound; bytes is the
+// size of events as stored. It takes ownership of events.
+func (c *eventCache) put(requestID string, revision int64, events []*eventsv1.Event, bytes int) {
 	if c.max <= 0 {
 		return
 	}
-	if len(events) > maxCachedEvents {
+	if len(events) > maxCachedEvents || bytes > maxCachedBytes {
 		c.remove(requestID)
 		return
 	}
@@ -80,7 +85,7 @@ func (c *eventCache) put(requestID string, revision int64, events []*eventsv1.Ev
 	} else {
 		c.unlink(e)
 	}
-	e.revision, e.events = revision, events
+	e.revision, e.events, e.bytes = revision, events, bytes
 	e.prev, e.next = &c.root, c.root.next
 	e.prev.next, e.next.prev = e, e
 	for len(c.m) > c.max {

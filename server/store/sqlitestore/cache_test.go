@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -369,4 +370,32 @@ func TestCommitPanic(t *testing.T) {
 		t.Fatalf("commit after the panic: %+v, %v; want e2 new at revision 2", res, err)
 	}
 	checkIsFold(t, s, "r1")
+}
+
+// TestCacheLargeEvents: a request whose events are large (texts of up to
+// 4 KiB each, which a sender may fill) is folded from the file rather than
+// kept in the cache, which would otherwise hold up to its bound of
+// requests at hundreds of KiB each; its snapshot stays the fold of its
+// events, and a request of small events is still cached.
+func TestCacheLargeEvents(t *testing.T) {
+	t.Parallel()
+	s := openCached(t, filepath.Join(t.TempDir(), "events.db"), 16)
+	const A = eventsv1.EventKind_EVENT_KIND_AUTH
+	big := event("big", "e1", A, "INITIATED", "", 0)
+	for i := range 8 {
+		big.AuthChannels = append(big.AuthChannels, fmt.Sprintf("%d%s", i, strings.Repeat("c", 4<<10-1)))
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(big), hookOf(event("small", "e1", A, "INITIATED", "", 0))}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlitestore.CachedRequests(s); n != 1 {
+		t.Errorf("%d requests cached, want 1: the request of small events, not the one of %d bytes", n, proto.Size(big))
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("big", "e2", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 10))}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlitestore.CachedRequests(s); n != 1 {
+		t.Errorf("%d requests cached after another event of the large one, want 1", n)
+	}
+	checkIsFold(t, s, "big", "small")
 }

@@ -160,10 +160,11 @@ type pending struct {
 
 	// The events stored before the commit: their ids, and decoded (from
 	// the cache, or from the file when needed).
-	ids    []string
-	idSet  map[string]struct{} // for requests with many events
-	stored []*eventsv1.Event
-	data   [][]byte // undecoded, parallel to ids, when read from the file
+	ids         []string
+	idSet       map[string]struct{} // for requests with many events
+	stored      []*eventsv1.Event
+	storedBytes int      // their size as stored
+	data        [][]byte // undecoded, parallel to ids, when read from the file
 
 	added     int               // how many of the batch's events are new
 	events    []*eventsv1.Event // the new ones, in batch order
@@ -312,7 +313,7 @@ func (c *commit) plan(ctx context.Context) error {
 				c.requests[rid] = p
 				c.order = append(c.order, p)
 				if ce := cache.get(rid); ce != nil {
-					p.revision, p.stored = ce.revision, ce.events
+					p.revision, p.stored, p.storedBytes = ce.revision, ce.events, ce.bytes
 					p.ids = make([]string, len(ce.events))
 					for n, e := range ce.events {
 						p.ids[n] = e.GetEventId()
@@ -411,6 +412,7 @@ func (c *commit) load(ctx context.Context, requests []string) error {
 		for n, e := range entries {
 			p.ids[n], p.data[n] = e.eventID, e.data
 		}
+		p.storedBytes = len(column)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("load events: %w", err)
@@ -487,7 +489,7 @@ func (c *commit) updateCache() {
 			// clone, which shares the strings, rather than decoding it.
 			events = append(events, proto.CloneOf(e))
 		}
-		cache.put(p.requestID, p.revision, events)
+		cache.put(p.requestID, p.revision, events, p.storedBytes+len(p.entries))
 	}
 }
 
