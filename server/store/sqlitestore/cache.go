@@ -15,10 +15,12 @@ const (
 	defaultCacheRequests = 16384
 	// maxCachedEvents and maxCachedBytes: a request with more events than
 	// this, or whose events take more bytes as stored, is not cached (such
-	// requests are not expected; they are folded from the file). The
-	// second bounds the cache at about 256 MiB whatever senders do: an
-	// event's texts may take 4 KiB each, and its channels 64 of them, so
-	// that 32 events can take 10 MiB.
+	// requests are not expected; they are folded from the file). Both
+	// bound the cache whatever senders do: an event's texts may take 4 KiB
+	// each, and its channels 64 of them, so that 32 events could take
+	// 10 MiB; as it is, a request takes at most about 26 KiB of heap (32
+	// events of 0.5 KiB, and up to 16 KiB of texts), the cache when full
+	// about 0.4 GiB.
 	maxCachedEvents = 32
 	maxCachedBytes  = 16 << 10
 )
