@@ -8,10 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,11 +204,27 @@ func TestBenchInterrupted(t *testing.T) {
 		t.Skip("runs load for a moment; skipped with -short")
 	}
 	t.Parallel()
-	var stdout, stderr bytes.Buffer
+	// The signal comes once the first webhook is answered: at a fixed time
+	// it could come before the traffic began, while a busy machine was
+	// still starting the server (with --self, in the run), and the run
+	// then failed before it had a report.
+	ts := testserver.Start(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	timer := time.AfterFunc(3*time.Second, cancel)
-	defer timer.Stop()
-	args := []string{"bench", "--self", "--json", "--duration", "1m", "--rate", "100", "--concurrency", "4"}
+	defer cancel()
+	target, err := url.Parse(ts.HTTPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := httputil.NewSingleHostReverseProxy(target)
+	server.ErrorLog = log.New(io.Discard, "", 0) // the posts the cancel cuts short
+	var answered sync.Once
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		server.ServeHTTP(w, r)
+		answered.Do(cancel)
+	}))
+	defer front.Close()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--http-addr", front.URL, "--json", "--duration", "1m", "--rate", "100", "--concurrency", "4"}
 	if code := Main(ctx, args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "interrupted") {
 		t.Fatalf("bench interrupted: exit %d, stderr %q; want 1, saying it was interrupted", code, stderr.String())
 	}
