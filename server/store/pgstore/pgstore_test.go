@@ -880,18 +880,10 @@ func TestPingFailsWhileTheDiskIsFull(t *testing.T) {
 	if err := commit(); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("Commit with the disk full: %v, want ErrUnavailable", err)
 	}
-	// The pool releases a connection in a goroutine of its own (the
-	// store's AfterRelease): a Ping right after a release could find none
-	// idle and open one, which is not what is counted here.
-	released := func() {
-		for st := s.Pool().Stat(); st.IdleConns() < st.TotalConns(); st = s.Pool().Stat() {
-			time.Sleep(time.Millisecond)
-		}
-	}
-	released()
+	awaitIdle(t, s)
 	before := s.Pool().Stat().NewConnsCount()
 	for range 2 {
-		released()
+		awaitIdle(t, s)
 		err := s.Ping(ctx)
 		t.Logf("Ping with the disk full: %v", err)
 		if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "disk is full") || !strings.Contains(err.Error(), "No space left") {
@@ -1007,6 +999,7 @@ func TestLeastPrivilegeRole(t *testing.T) {
 			t.Fatalf("%s: %v", revoke, err)
 		}
 	}
+	awaitIdle(t, st)
 	before := st.Pool().Stat().NewConnsCount()
 	err = st.Ping(ctx)
 	t.Logf("Ping as %s without them: %v", role, err)
@@ -1014,6 +1007,7 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), role) {
 		t.Errorf("Ping as %s without INSERT on webhooks, UPDATE on requests and USAGE on the sequence: %v; want ErrUnavailable naming the role and %q", role, err, want)
 	}
+	awaitIdle(t, st)
 	if err := st.Ping(ctx); err == nil || st.Pool().Stat().NewConnsCount() != before {
 		t.Errorf("a second Ping: %v, after %d new connections; want it to fail on the same pool", err, st.Pool().Stat().NewConnsCount()-before)
 	}
@@ -1409,6 +1403,24 @@ func TestCommitOutwaitsASilentReplica(t *testing.T) {
 	r, err := healthy.GetRequest(ctx, "r1")
 	if err != nil || r.GetRevision() != 2 {
 		t.Errorf("r1 after the wait: %v, %v; want revision 2", r, err)
+	}
+}
+
+// awaitIdle waits, up to 20 s, until every connection of s's pool is idle.
+// The pool releases a connection in a goroutine of its own (the store's
+// AfterRelease): a call right after a release could find none idle and
+// open one, which a test counting the pool's new connections must not
+// take for the store's doing.
+func awaitIdle(t *testing.T, s *pgstore.Store) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		st := s.Pool().Stat()
+		if st.IdleConns() == st.TotalConns() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the pool's %d connections still not idle after 20 s", st.TotalConns()-st.IdleConns(), st.TotalConns())
+		}
 	}
 }
 
