@@ -33,10 +33,14 @@ const migrationLock = 0x6f74706c // "otpl"
 // nothing to do. With create, a missing schema is created first. A schema
 // that is up to date needs no privilege beyond reading the bookkeeping;
 // one newer than this binary's is refused. No lock_timeout or
-// statement_timeout of the session cuts it short. It keeps step at nil until it
-// holds the lock, then at the name of the migration it runs ("" between).
+// statement_timeout of the session cuts it short, and the transaction is
+// READ COMMITTED whatever the session's default: under a stricter level
+// its snapshot, taken as it began to wait for the lock, would not see what
+// the replica it waited for applied, which it would apply again and fail.
+// It keeps step at nil until it holds the lock, then at the name of the
+// migration it runs ("" between).
 func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool, ms []store.Migration, step *atomic.Pointer[string]) (applied []string, err error) {
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		// The session's lock_timeout and statement_timeout (the role's or
 		// the DSN's) are for the store's calls, which its own timeout
 		// bounds too; the migration and the wait for its lock are watched

@@ -1793,3 +1793,51 @@ func TestCommitsQueueUnderStricterIsolation(t *testing.T) {
 		})
 	}
 }
+
+// TestMigrationsConcurrentUnderStricterIsolation: with a stricter
+// default_transaction_isolation (the role's, the database's, here the
+// DSN's), a start that waited for another replica's migration finds it
+// applied once it gets the lock, rather than, reading from a snapshot taken
+// before it waited, creating the schema and its tables again and failing.
+func TestMigrationsConcurrentUnderStricterIsolation(t *testing.T) {
+	t.Parallel()
+	for _, level := range []string{"repeatable read", "serializable"} {
+		t.Run(level, func(t *testing.T) {
+			t.Parallel()
+			dsn, schema := pgtest.DSN(t), pgtest.SchemaName(t)
+			unlock := lockMigrations(t, dsn, schema)
+			app := "otpless-test-" + schema
+			dsn = pgtest.WithParam(t, dsn, "application_name", app)
+			dsn += "&default_transaction_isolation=" + strings.ReplaceAll(level, " ", "%20") // pgx takes no + for a space
+			opened := make(chan error, 2)
+			for range 2 {
+				go func() {
+					s, err := pgstore.Open(t.Context(), dsn, pgstore.WithSchema(schema))
+					if err == nil {
+						s.Close()
+					}
+					opened <- err
+				}()
+			}
+			// Both wait for the lock, their transactions begun.
+			observer := connect(t, pgtest.DSN(t))
+			for waiting := 0; waiting < 2; {
+				select {
+				case err := <-opened:
+					t.Fatalf("Open returned while another session held the migration lock: %v", err)
+				case <-time.After(10 * time.Millisecond):
+				}
+				if err := observer.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1
+					AND wait_event_type = 'Lock' AND wait_event = 'advisory'`, app).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+			}
+			unlock()
+			for range 2 {
+				if err := <-opened; err != nil {
+					t.Errorf("Open once the migration lock was let go: %v", err)
+				}
+			}
+		})
+	}
+}
