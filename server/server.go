@@ -318,7 +318,7 @@ func checkListenClash(addrs []listenAddr) error {
 			continue // checkListenAddr says why
 		}
 		if n, err := net.LookupPort("tcp", port); err == nil && n != 0 {
-			ls = append(ls, listen{a, strings.ToLower(host), n})
+			ls = append(ls, listen{a, listenHost(host), n})
 		}
 	}
 	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
@@ -333,6 +333,21 @@ func checkListenClash(addrs []listenAddr) error {
 }
 
 type listenAddr struct{ name, addr string }
+
+// listenHost is the address net.Listen takes host for, so that one host
+// written two ways is seen as one: an IP as its canonical text (an
+// IPv4-mapped address as its IPv4 one), and localhost, in any case, as
+// 127.0.0.1, which Listen takes first. Other names are left as they are.
+func listenHost(host string) string {
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.String()
+	}
+	host = strings.ToLower(host)
+	if host == "localhost" {
+		return "127.0.0.1"
+	}
+	return host
+}
 
 // parseStore splits a store DSN into backend and location.
 func parseStore(dsn string) (backend, location string, err error) {

@@ -767,6 +767,10 @@ func TestConfigValidate(t *testing.T) {
 		{"127.0.0.1:8080", "127.0.0.1:8080", ""},
 		{"127.0.0.1:9090", ":9090", ""},
 		{"127.0.0.1:9090", "127.0.0.1:8080", "[::]:8080"},
+		// One host written two ways: localhost is listened on at
+		// 127.0.0.1, an IPv4-mapped address at its IPv4 one.
+		{"127.0.0.1:9090", "localhost:9090", ""},
+		{"LocalHost:9090", "127.0.0.1:8080", "[::ffff:127.0.0.1]:9090"},
 	} {
 		clash := cfg
 		clash.GRPCAddr, clash.HTTPAddr, clash.MetricsAddr = addrs[0], addrs[1], addrs[2]
