@@ -3,8 +3,8 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -27,7 +27,9 @@ type corsPolicy struct {
 // in "https://a.example, https://b.example"). An origin is compared with
 // what a browser sends, so its host and port must be written as a browser
 // writes them: an ASCII name (an internationalized one in punycode,
-// xn--…) or an IP address, no wildcard, and a port in plain decimal.
+// xn--…) or an IP address in the form a browser gives it (IPv4 dotted in
+// decimal, not 127.1; IPv6 compressed, not [0:0:0:0:0:0:0:1]), no
+// wildcard, and a port in plain decimal.
 func CheckCORSOrigins(origins []string) error {
 	var errs []error
 	for _, o := range origins {
@@ -61,10 +63,52 @@ func originHost(u *url.URL) bool {
 		return false
 	}
 	if strings.HasPrefix(u.Host, "[") {
-		return net.ParseIP(host) != nil
+		a, err := netip.ParseAddr(host)
+		return err == nil && a.Is6() && a.Zone() == "" && strings.EqualFold(host, browserIPv6(a))
+	}
+	if endsInNumber(host) {
+		// A browser takes the host for an IPv4 address (127.1, 0x7f.0.0.1
+		// and 2130706433 alike) and sends it dotted, in decimal.
+		a, err := netip.ParseAddr(host)
+		return err == nil && a.Is4() && a.String() == host
 	}
 	for _, c := range host {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// browserIPv6 is a as a browser writes it in an origin (the URL
+// Standard's serializer): compressed, in lower case, and an IPv4-mapped
+// address in hexadecimal pieces (::ffff:7f00:1) rather than dotted.
+func browserIPv6(a netip.Addr) string {
+	if !a.Is4In6() {
+		return a.String()
+	}
+	b := a.As16()
+	return fmt.Sprintf("::ffff:%x:%x", uint16(b[12])<<8|uint16(b[13]), uint16(b[14])<<8|uint16(b[15]))
+}
+
+// endsInNumber reports whether a browser parses host as an IPv4 address:
+// its last label (before a final dot) is decimal digits, or 0x and
+// hexadecimal ones.
+func endsInNumber(host string) bool {
+	labels := strings.Split(host, ".")
+	last := labels[len(labels)-1]
+	if last == "" && len(labels) > 1 {
+		last = labels[len(labels)-2]
+	}
+	if last == "" {
+		return false
+	}
+	digits, isHex := last, false
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		digits, isHex = last[2:], true
+	}
+	for _, c := range digits {
+		if !('0' <= c && c <= '9' || isHex && ('a' <= c && c <= 'f' || 'A' <= c && c <= 'F')) {
 			return false
 		}
 	}

@@ -602,7 +602,8 @@ func TestWatchCORSPreflightAllowsTheRouteHeaders(t *testing.T) {
 func TestCheckCORSOrigins(t *testing.T) {
 	t.Parallel()
 	if err := gateway.CheckCORSOrigins([]string{"*", "https://a.example", "http://localhost:3000", " https://b.example ",
-		"https://xn--bcher-kva.example", "http://127.0.0.1:8080", "http://[::1]:3000", "https://A.Example:443/"}); err != nil {
+		"https://xn--bcher-kva.example", "http://127.0.0.1:8080", "http://[::1]:3000", "https://A.Example:443/",
+		"http://[::ffff:7f00:1]", "http://[2001:DB8::1]:8443", "https://1password.example"}); err != nil {
 		t.Fatalf("valid origins: %v", err)
 	}
 	// Each of these, accepted, would match no page: a browser sends an
@@ -610,7 +611,9 @@ func TestCheckCORSOrigins(t *testing.T) {
 	// host as it is, "*" included.
 	for _, bad := range []string{"a.example", "https://a.example/path", "ftp://a.example", "https://user@a.example",
 		"https://*.a.example", "https://bücher.example", "https://a.example:", "https://a.example:0443", "https://a.example:99999",
-		"https://a.example?", "https://a.example#"} {
+		"https://a.example?", "https://a.example#",
+		// A browser sends an IP address in its canonical form.
+		"http://127.1:8080", "http://2130706433", "http://0x7f.0.0.1", "http://127.0.0.01", "http://[0:0:0:0:0:0:0:1]:3000", "http://[::ffff:127.0.0.1]"} {
 		if err := gateway.CheckCORSOrigins([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
