@@ -148,9 +148,9 @@ func (f *clientFlags) dial() (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// reconnectBackoff spaces the attempts to connect: a server that comes back
-// is found within 5 s, however long it was away, as the README says of
-// watch (grpc-go's own backoff grows to two minutes between attempts). The
+// reconnectBackoff spaces the attempts to connect: a failed attempt is
+// followed by another within 5 s, however long the server is away, as the
+// README says of watch (grpc-go's own backoff grows to two minutes). The
 // jitter, which keeps watchers from coming back all at once, lengthens a
 // wait by up to a fifth: 4 s at most, 4.8 s with it.
 var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 4 * time.Second}

@@ -98,8 +98,9 @@ func TestRPCErrorHints(t *testing.T) {
 	}
 }
 
-// The README says watch tries a server that is away at most 5 s apart:
-// grpc-go lengthens its longest wait by up to the jitter.
+// The README says watch tries a server that is away again at most 5 s
+// after a failed attempt: grpc-go lengthens its longest wait by up to the
+// jitter.
 func TestReconnectBackoffWithinFiveSeconds(t *testing.T) {
 	t.Parallel()
 	if longest := time.Duration(float64(reconnectBackoff.MaxDelay) * (1 + reconnectBackoff.Jitter)); longest > 5*time.Second {

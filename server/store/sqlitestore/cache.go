@@ -18,9 +18,9 @@ const (
 	// requests are not expected; they are folded from the file). Both
 	// bound the cache whatever senders do: an event's texts may take 4 KiB
 	// each, and its channels 64 of them, so that 32 events could take
-	// 10 MiB; as it is, a request takes at most about 26 KiB of heap (32
+	// 10 MiB; as it is, a request takes at most about 32 KiB of heap (32
 	// events of 0.5 KiB, and up to 16 KiB of texts), the cache when full
-	// about 0.4 GiB.
+	// about 0.5 GiB.
 	maxCachedEvents = 32
 	maxCachedBytes  = 16 << 10
 )
