@@ -161,7 +161,8 @@ type WatchMessageType int32
 const (
 	// Not set.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UNSPECIFIED WatchMessageType = 0
-	// The current snapshot, without events: the first message, and later
+	// The current snapshot, without events: the first message (but for a
+	// resume at the snapshot's revision, see after_revision), and later
 	// whenever the events of the changes since the last message are not
 	// sent: the watcher fell so far behind that changes were dropped, their
 	// events would make the message larger than 2 MiB, or a retention refold
@@ -171,7 +172,8 @@ const (
 	// The snapshot changed; events holds the events that changed it.
 	WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE WatchMessageType = 2
 	// Sent every heartbeat interval of the server, whether the request changed
-	// or not: the client has been sent everything up to revision (a change
+	// or not, and as the first message of a resume at the snapshot's
+	// revision: the client has been sent everything up to revision (a change
 	// after it comes in a message of its own).
 	WatchMessageType_WATCH_MESSAGE_TYPE_HEARTBEAT WatchMessageType = 3
 	// The server's maximum watch duration passed, or the server is shutting
