@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -1371,18 +1372,7 @@ func TestCommitOutwaitsASilentReplica(t *testing.T) {
 	if _, _, err := healthy.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))}); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := cut.Pool().Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	conn, tx := holdRequest(t, cut, `SELECT 1 FROM requests WHERE request_id = 'r1' FOR UPDATE`)
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := healthy.Commit(ctx, []store.Webhook{
@@ -1404,6 +1394,27 @@ func TestCommitOutwaitsASilentReplica(t *testing.T) {
 	if err != nil || r.GetRevision() != 2 {
 		t.Errorf("r1 after the wait: %v, %v; want revision 2", r, err)
 	}
+}
+
+// holdRequest runs stmt, which locks a request's row, in a transaction on
+// a connection of s, held open as another replica's commit is between its
+// statements; the test ends it, else its cleanup rolls it back.
+func holdRequest(t *testing.T, s *pgstore.Store, stmt string) (*pgxpool.Conn, pgx.Tx) {
+	t.Helper()
+	conn, err := s.Pool().Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(t.Context(), stmt); err != nil {
+		t.Fatal(err)
+	}
+	return conn, tx
 }
 
 // awaitIdle waits, up to 20 s, until every connection of s's pool is idle.
@@ -1762,19 +1773,7 @@ func TestCommitsQueueUnderStricterIsolation(t *testing.T) {
 			}
 			// Another replica's commit of r1, held once it has locked the
 			// request, as when its next statement is on its way.
-			conn, err := other.Pool().Acquire(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Release()
-			tx, err := conn.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(context.Background())
-			if _, err := tx.Exec(ctx, `UPDATE requests SET updated_at = now() WHERE request_id = 'r1'`); err != nil {
-				t.Fatal(err)
-			}
+			conn, tx := holdRequest(t, other, `UPDATE requests SET updated_at = now() WHERE request_id = 'r1'`)
 			done := make(chan error, 1)
 			go func() {
 				_, _, err := s.Commit(ctx, []store.Webhook{hook(at(1), delivery("r1", "e2", "SMS", "DELIVERED", at(1)))})
