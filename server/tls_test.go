@@ -152,20 +152,10 @@ func TestCertificateOutOfDateWarned(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			certPEM, keyPEM, err := selfsigned.PEM(cert)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-			for path, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
-				if err := os.WriteFile(path, b, 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
+			certFile, keyFile := testserver.WriteCertificate(t, cert)
 			var logs testlog.Buffer
 			cfg := server.DefaultConfig()
-			cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", "", dir
+			cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", "", t.TempDir()
 			cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 			cfg.Security.Disabled = true
 			cfg.Security.TLSCertFile, cfg.Security.TLSKeyFile = certFile, keyFile

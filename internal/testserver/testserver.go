@@ -233,6 +233,13 @@ func SelfSigned(t testing.TB) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return WriteCertificate(t, cert)
+}
+
+// WriteCertificate writes cert, from package selfsigned, and its key, for
+// Security.TLSCertFile and TLSKeyFile.
+func WriteCertificate(t testing.TB, cert tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
 	certPEM, keyPEM, err := selfsigned.PEM(cert)
 	if err != nil {
 		t.Fatal(err)
