@@ -465,6 +465,31 @@ func (f *follower) follow(t *testing.T, ctx context.Context, p *proc, c eventsv1
 	}()
 }
 
+// waitStarted waits until the follower's latest stream has brought its
+// first message, or has ended: a stream the client has opened may not
+// have reached the server yet.
+func (f *follower) waitStarted(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f.mu.Lock()
+		started := len(f.msgs) > f.starts[len(f.starts)-1]
+		f.mu.Unlock()
+		if started {
+			return
+		}
+		select {
+		case <-f.ended:
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (sse %v): no message within 30 s of the stream's start", f.id, f.sse)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // waitFor waits until the follower has received a message at revision
 // rev or later, or its stream has ended.
 func (f *follower) waitFor(t *testing.T, rev int64) {
@@ -568,6 +593,12 @@ func TestWatchersResumeAcrossARestart(t *testing.T) {
 			c = p.client(t, testAPIKey)
 			for _, f := range followers {
 				f.follow(t, ctx, p, c)
+			}
+			// The resumes reach the server before the rest of the
+			// webhooks, which would make each a resume behind a newer
+			// snapshot (answered with that SNAPSHOT) instead of at it.
+			for _, f := range followers {
+				f.waitStarted(t)
 			}
 			postUpTo(p, func(_, n int) int { return n })
 			for _, f := range followers {
