@@ -179,7 +179,7 @@ type Purger interface {
 	// a commit's. It returns how many webhooks it purged; running it again
 	// purges nothing more. Stored data that does not decode cannot be
 	// stripped: the webhooks that brought data to it are left as they are,
-	// the others purged, and the run fails as ErrDamaged (PurgedAround).
+	// the others purged, and the run fails as ErrDamaged (PurgeSkips).
 	PurgePII(ctx context.Context, cutoff time.Time, changed func([]Change)) (int, error)
 }
 
@@ -212,8 +212,35 @@ func (d *PurgeDamage) Found() error {
 	return d
 }
 
-// PurgedAround is the error of a purge that left skipped webhooks as they
-// were for damage (the PurgeDamage errors met), naming at most five.
-func PurgedAround(skipped int, damage []error) error {
-	return fmt.Errorf("%d webhooks left unpurged: %w", skipped, errors.Join(damage[:min(len(damage), 5)]...))
+// PurgeSkips carries a purge run past damage: the webhooks its chunks
+// leave out (Skip, never nil: an empty list matches none) and the damage
+// that made them.
+type PurgeSkips struct {
+	Skip    []int64
+	damaged []error
+}
+
+// NewPurgeSkips returns the skips of a run that has met no damage yet.
+func NewPurgeSkips() *PurgeSkips { return &PurgeSkips{Skip: []int64{}} }
+
+// Retry reports whether err, a chunk's, is a PurgeDamage naming webhooks,
+// which it adds to Skip: the chunk is then to be run again without them
+// (none of them was left out yet: the chunk's queries leave out Skip).
+func (p *PurgeSkips) Retry(err error) bool {
+	d := (*PurgeDamage)(nil)
+	if !errors.As(err, &d) || len(d.Webhooks) == 0 {
+		return false
+	}
+	p.Skip = append(p.Skip, d.Webhooks...)
+	p.damaged = append(p.damaged, d.Errs...)
+	return true
+}
+
+// Err is the error of a run that left webhooks unpurged for damage, naming
+// at most five of the damages met; nil when it met none.
+func (p *PurgeSkips) Err() error {
+	if len(p.damaged) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d webhooks left unpurged: %w", len(p.Skip), errors.Join(p.damaged[:min(len(p.damaged), 5)]...))
 }

@@ -2,7 +2,6 @@ package pgstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -36,11 +35,7 @@ var _ store.Purger = (*Store)(nil)
 // found.
 func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
-	var (
-		total   int
-		skip    = []int64{} // webhooks left unpurged for damaged data (never nil: NULL would match none)
-		damaged []error
-	)
+	total, skips := 0, store.NewPurgeSkips()
 	for {
 		if err := s.usable(op); err != nil {
 			return total, err
@@ -50,15 +45,11 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 			changes []store.Change
 		)
 		err := s.inTx(ctx, func(qctx context.Context, tx pgx.Tx) (err error) {
-			n, changes, err = purgeChunkTx(qctx, tx, cutoff, skip, s.channel)
+			n, changes, err = purgeChunkTx(qctx, tx, cutoff, skips.Skip, s.channel)
 			return err
 		})
-		if d := (*store.PurgeDamage)(nil); errors.As(err, &d) && len(d.Webhooks) > 0 {
-			// The chunk again, without them (none was left out yet: the
-			// chunk's queries leave out those).
-			skip = append(skip, d.Webhooks...)
-			damaged = append(damaged, d.Errs...)
-			continue
+		if skips.Retry(err) {
+			continue // the chunk again, without the webhooks of the damage
 		}
 		if err != nil {
 			return total, s.fail(ctx, op, err)
@@ -68,8 +59,8 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		}
 		total += n
 		if n < purgeChunk {
-			if len(damaged) > 0 {
-				return total, fmt.Errorf("pgstore: %s: %w", op, store.PurgedAround(len(skip), damaged))
+			if err := skips.Err(); err != nil {
+				return total, fmt.Errorf("pgstore: %s: %w", op, err)
 			}
 			return total, nil
 		}
@@ -227,12 +218,12 @@ func refold(ctx context.Context, tx pgx.Tx, requests [][]byte, named map[string]
 	}); err != nil {
 		return nil, fmt.Errorf("refold: %w", err)
 	}
-	if len(bad) > 0 {
-		var d store.PurgeDamage
-		for id, err := range bad {
-			d.Add(err, named[id]...)
-		}
-		return nil, &d
+	var d store.PurgeDamage
+	for id, err := range bad {
+		d.Add(err, named[id]...)
+	}
+	if err := d.Found(); err != nil {
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE requests AS r SET data = u.data, revision = u.revision, updated_at = u.updated_at
 		FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::timestamptz[]) AS u (request_id, data, revision, updated_at)

@@ -64,22 +64,14 @@ var _ store.Purger = (*Store)(nil)
 // naming what it found.
 func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]store.Change)) (int, error) {
 	const op = "purge"
-	var (
-		total   int
-		skip    = []int64{} // webhooks left unpurged for damaged data ([], not null, in JSON)
-		damaged []error
-	)
+	total, skips := 0, store.NewPurgeSkips()
 	for {
 		if s.closed.Load() {
 			return total, fmt.Errorf("sqlitestore: %s: %w", op, store.ErrClosed)
 		}
-		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli(), skip)
-		if d := (*store.PurgeDamage)(nil); errors.As(err, &d) && len(d.Webhooks) > 0 {
-			// The chunk again, without them (none was left out yet: the
-			// chunk's queries leave out those).
-			skip = append(skip, d.Webhooks...)
-			damaged = append(damaged, d.Errs...)
-			continue
+		n, more, changes, err := s.purgeChunk(ctx, cutoff.UnixMilli(), skips.Skip)
+		if skips.Retry(err) {
+			continue // the chunk again, without the webhooks of the damage
 		}
 		if err != nil {
 			return total, s.fail(ctx, op, err)
@@ -89,8 +81,8 @@ func (s *Store) PurgePII(ctx context.Context, cutoff time.Time, changed func([]s
 		}
 		total += n
 		if !more {
-			if len(damaged) > 0 {
-				return total, fmt.Errorf("sqlitestore: %s: %w", op, store.PurgedAround(len(skip), damaged))
+			if err := skips.Err(); err != nil {
+				return total, fmt.Errorf("sqlitestore: %s: %w", op, err)
 			}
 			return total, nil
 		}
