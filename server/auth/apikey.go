@@ -54,23 +54,10 @@ func CheckKeyName(name string) error {
 // skipped, and so is a line from an entry starting with '#' to its end, the
 // keys of a line commented out included.
 func ParseAPIKeys(text string) ([]APIKey, error) {
-	var entries []string
-	for line := range strings.Lines(text) {
-		for _, entry := range strings.Split(line, ";") {
-			if strings.HasPrefix(strings.TrimSpace(entry), "#") {
-				break
-			}
-			entries = append(entries, entry)
-		}
-	}
 	var keys []APIKey
 	names := map[string]bool{}
-	for i, entry := range entries {
-		line := strings.TrimSpace(entry)
-		if line == "" {
-			continue
-		}
-		f := strings.Fields(line)
+	for i, entry := range entries(text, ";") {
+		f := strings.Fields(entry)
 		if len(f) != 3 {
 			return nil, fmt.Errorf("api key %d: want NAME SHA256-HEX SCOPES, got %d fields", i+1, len(f))
 		}

@@ -118,9 +118,16 @@ func ReadSecrets(envValue, file string) ([]string, error) {
 		}
 		text += "\n" + string(b)
 	}
+	return entries(text, ","), nil
+}
+
+// entries splits text into its entries, per line and at sep, space around
+// them trimmed and blank ones left out; an entry starting with "#" makes
+// the rest of its line a comment, seps and all.
+func entries(text, sep string) []string {
 	var out []string
 	for line := range strings.Lines(text) {
-		for _, entry := range strings.Split(line, ",") {
+		for _, entry := range strings.Split(line, sep) {
 			s := strings.TrimSpace(entry)
 			if strings.HasPrefix(s, "#") {
 				break
@@ -130,5 +137,5 @@ func ReadSecrets(envValue, file string) ([]string, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
