@@ -1654,7 +1654,9 @@ func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
 	dsn, schema := pgtest.Schema(t)
 	unlock := lockMigrations(t, dsn, schema)
 	app := "otpless-test-" + schema
-	for name, value := range map[string]string{"application_name": app, "lock_timeout": "20", "statement_timeout": "20"} {
+	// Long enough for the start's other statements on a busy machine (at
+	// 20 ms, one of them was cut in CI), short beside the wait below.
+	for name, value := range map[string]string{"application_name": app, "lock_timeout": "500", "statement_timeout": "500"} {
 		dsn = pgtest.WithParam(t, dsn, name, value)
 	}
 	opened := make(chan error, 1)
@@ -1665,7 +1667,7 @@ func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
 		}
 		opened <- err
 	}()
-	// The start waits for the lock fifty times as long as both timeouts,
+	// The start waits for the lock four times as long as both timeouts,
 	// by the database's clock.
 	observer := connect(t, pgtest.DSN(t))
 	for waited := false; !waited; {
@@ -1675,7 +1677,7 @@ func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 		if err := observer.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1
-			AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND now() - query_start > interval '1 second')`, app).Scan(&waited); err != nil {
+			AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND now() - query_start > interval '2 seconds')`, app).Scan(&waited); err != nil {
 			t.Fatal(err)
 		}
 	}
