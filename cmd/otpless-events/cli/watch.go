@@ -363,6 +363,9 @@ func describeChange(msg *eventsv1.WatchRequestResponse) string {
 			chans = append(chans, c.GetChannel()+" "+strings.TrimPrefix(c.GetStatus().String(), "DELIVERY_STATUS_"))
 		}
 		s := fmt.Sprintf("snapshot of %d events", r.GetEventCount())
+		if r.GetEventCount() == 1 {
+			s = "snapshot of 1 event"
+		}
 		if len(chans) > 0 {
 			s += ": " + strings.Join(chans, ", ")
 		}

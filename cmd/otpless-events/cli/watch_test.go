@@ -302,3 +302,22 @@ func TestWatchJSONPrintsNoControlCharacters(t *testing.T) {
 		t.Errorf("the line reads back as channel %q (%v), want %q", back.GetEvents()[0].GetChannel(), err, channel)
 	}
 }
+
+// A snapshot's line counts its events in words that agree with the count.
+func TestWatchSnapshotCount(t *testing.T) {
+	for _, tc := range []struct {
+		count int32
+		want  string
+	}{
+		{1, "snapshot of 1 event: SMS DELIVERED"},
+		{2, "snapshot of 2 events: SMS DELIVERED"},
+	} {
+		msg := &eventsv1.WatchRequestResponse{
+			Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Revision: 1,
+			Request: &eventsv1.AuthRequest{Revision: 1, EventCount: tc.count, Channels: []*eventsv1.ChannelProgress{{Channel: "SMS", Status: eventsv1.DeliveryStatus_DELIVERY_STATUS_DELIVERED}}},
+		}
+		if got := describeChange(msg); got != tc.want {
+			t.Errorf("a count of %d: %q, want %q", tc.count, got, tc.want)
+		}
+	}
+}
