@@ -142,7 +142,10 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 		for _, p := range problems {
 			fmt.Fprintf(stdout, "%s: %s\n", path, p)
 		}
-		return fmt.Errorf("%s is damaged (SQLite's report above)", path)
+		if len(problems) == 1 && problems[0] == sqlitestore.NoStore {
+			return fmt.Errorf("%s failed the check: it holds no store", path)
+		}
+		return fmt.Errorf("%s failed the check: it is damaged (SQLite's report above)", path)
 	})
 }
 

@@ -181,8 +181,8 @@ func TestDBCheckNoStore(t *testing.T) {
 	}
 	for _, args := range [][]string{{"--data-dir", dir}, {"--quick", "--store", other}} {
 		code, out, errOut := run(t, append([]string{"db", "check"}, args...)...)
-		if code != 1 || !strings.Contains(out, "holds no store") || !strings.Contains(errOut, "damaged") {
-			t.Errorf("db check %q: exit %d, %q, %q; want 1, the file said to hold no store", args, code, out, errOut)
+		if code != 1 || !strings.Contains(out, "holds no store") || !strings.Contains(errOut, "failed the check") || strings.Contains(errOut, "damaged") {
+			t.Errorf("db check %q: exit %d, %q, %q; want 1, the file said to hold no store (not to be damaged)", args, code, out, errOut)
 		}
 	}
 }

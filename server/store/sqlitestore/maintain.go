@@ -125,14 +125,14 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
 	if !held {
-		problems = append(problems, noStore)
+		problems = append(problems, NoStore)
 	}
 	return problems, closeDB()
 }
 
-// noStore is Check's problem with a file that holds none of the store's
+// NoStore is Check's problem with a file that holds none of the store's
 // tables.
-const noStore = "the file holds no store (none of its tables): empty, or another program's database; a server would start on it as a new, empty store"
+const NoStore = "the file holds no store (none of its tables): empty, or another program's database; a server would start on it as a new, empty store"
 
 // isCorrupt reports whether err is SQLite's finding the file damaged, or
 // not a database at all.
