@@ -19,6 +19,7 @@ import (
 	"time"
 	"unicode"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
@@ -831,5 +832,29 @@ func TestClientsOfAMutualTLSServer(t *testing.T) {
 		if code != 1 || strings.Contains(errOut, "does the server use TLS?") || !strings.Contains(errOut, "client certificate") {
 			t.Errorf("%s over TLS from a server that requires a client certificate: exit %d, %q; want 1 saying it requires a client certificate", cmd[0], code, errOut)
 		}
+	}
+}
+
+// get against a server that takes the call and never answers (a stuck
+// proxy, a wedged process) gives up after --timeout, saying so, rather
+// than hold a script for ever.
+func TestGetTimeout(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		<-stream.Context().Done()
+		return stream.Context().Err()
+	}))
+	go stuck.Serve(ln)
+	t.Cleanup(stuck.Stop)
+	code, out, errOut := run(t, "get", "--timeout", "200ms", "--grpc-addr", ln.Addr().String(), tryID)
+	if code != 1 || out != "" || !strings.Contains(errOut, "no answer within --timeout 200ms") {
+		t.Errorf("get of a server that never answers: exit %d, %q, %q; want 1 naming --timeout", code, out, errOut)
+	}
+	if code, _, errOut := run(t, "get", "--timeout", "-1s", tryID); code != 1 || !strings.Contains(errOut, "--timeout must not be negative") {
+		t.Errorf("get --timeout -1s: exit %d, %q; want it refused", code, errOut)
 	}
 }

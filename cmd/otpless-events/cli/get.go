@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -12,6 +15,7 @@ import (
 
 func newGet(stdout io.Writer) *cobra.Command {
 	var client clientFlags
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "get REQUEST_ID",
 		Short: "Print a request's current snapshot, as JSON",
@@ -22,13 +26,25 @@ func newGet(stdout io.Writer) *cobra.Command {
 			if err := bindEnv(cmd.Flags()); err != nil {
 				return err
 			}
+			if timeout < 0 {
+				return errors.New("--timeout must not be negative (0: never)")
+			}
 			conn, err := client.dial()
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			resp, err := eventsv1.NewRequestServiceClient(conn).GetRequest(cmd.Context(), &eventsv1.GetRequestRequest{RequestId: args[0]})
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			resp, err := eventsv1.NewRequestServiceClient(conn).GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: args[0]})
 			if err != nil {
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					return fmt.Errorf("request %s: no answer within --timeout %s", args[0], timeout)
+				}
 				return rpcError("request "+args[0], err)
 			}
 			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(resp.GetRequest())
@@ -39,6 +55,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 			return err
 		},
 	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up when the server has not answered in this long (0: never)")
 	client.register(cmd.Flags(), true)
 	documentEnv(cmd.Flags())
 	return cmd
