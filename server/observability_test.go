@@ -23,6 +23,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -988,6 +990,39 @@ func TestProfilesRoute(t *testing.T) {
 			t.Errorf("GET %s: %d, want %d: %.200s", path, code, want, body)
 		}
 	}
+}
+
+// What net/http says of the metrics listener (here an accept that failed,
+// as one does when the process is out of file descriptors) is a line of the
+// server's log, as it is for the HTTP port: not a line of Go's default
+// logger on standard error, which is neither JSON nor masked.
+func TestMetricsListenerErrorsAreLogged(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, func(s *Server) { s.metricsLis = &failingAccept{Listener: s.metricsLis} })
+	s.scrape(t) // its connection was accepted after the failed accept was logged
+	var lines []map[string]any
+	for _, l := range s.logs.Lines(t) {
+		if m, _ := l["msg"].(string); strings.HasPrefix(m, "http: Accept error: ") && strings.Contains(m, "too many open files") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || lines[0]["level"] != "WARN" {
+		t.Errorf("lines of the failed accept: %v, want one at WARN:\n%s", lines, s.logs)
+	}
+}
+
+// failingAccept fails its first Accept as a listener does when the process
+// has no file descriptor left: an error net/http takes as temporary.
+type failingAccept struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *failingAccept) Accept() (net.Conn, error) {
+	if l.failed.CompareAndSwap(false, true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
 }
 
 // A panicking gRPC handler becomes INTERNAL and a panicking HTTP handler
