@@ -153,10 +153,13 @@ func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error 
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+	s.metrics = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
 		// As the HTTP port's: else net/http's lines (a failed accept, a
 		// panic) go to Go's default logger, in its own format.
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 	return nil
 }
 
