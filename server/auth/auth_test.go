@@ -158,6 +158,13 @@ func TestWatchTokens(t *testing.T) {
 			t.Errorf("a token spelt with unused bits set (%s) accepted", respelt[len(respelt)-4:])
 		}
 	}
+	// Nor CR or LF, which base64 decoders skip: an access_token of %0A.
+	for _, nl := range []string{"\n", "\r", "\r\n"} {
+		i := strings.LastIndexByte(tok, '.') + 3
+		if _, err := signer.Verify(tok[:i] + nl + tok[i:]); err == nil {
+			t.Errorf("a token with %q in its signature accepted", nl)
+		}
+	}
 	now = now.Add(10 * time.Minute)
 	if _, err := signer.Verify(tok); err == nil || !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("expired token: %v", err)
@@ -688,4 +695,26 @@ func TestCommentedOutAPIKeysAreOut(t *testing.T) {
 	if p, err := NewKeyring(keys, nil).Authenticate("ops-secret"); err == nil {
 		t.Errorf("a key commented out authenticates, as %q with %v", p.Name, p.Scopes)
 	}
+}
+
+// FuzzWatchToken: without the key, the only token that verifies is the one
+// minted, spelt as minted; any other spelling of it is refused.
+func FuzzWatchToken(f *testing.F) {
+	signer, _ := NewTokenSigner([][]byte{[]byte("fuzz-key-fuzz-key-fuzz-key-fuzz!")})
+	now := time.Unix(1_800_000_000, 0)
+	signer.now = func() time.Time { return now }
+	tok, _ := signer.Mint("req-a", time.Minute)
+	f.Add(tok)
+	f.Add(tok + "\n")
+	f.Add(strings.Replace(tok, ".", ".\r\n", 2))
+	f.Add(tok[:len(tok)-1] + "B")
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := signer.Verify(s)
+		if err == nil && (s != tok || id != "req-a") {
+			t.Fatalf("Verify(%q) = %q: only %q verifies", s, id, tok)
+		}
+		if err != nil && !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("Verify(%q): %v is not ErrUnauthenticated", s, err)
+		}
+	})
 }

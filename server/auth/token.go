@@ -52,10 +52,14 @@ func CheckTokenKeys(keys [][]byte) error {
 	return nil
 }
 
-// strictBase64 decodes what Mint encodes, refusing set bits past the last
-// byte: a token has one spelling, so per-token limits, which count its
-// digest, cannot be passed by spelling it another way.
-var strictBase64 = base64.RawURLEncoding.Strict()
+// decodeCanonical decodes what Mint encodes and nothing else: a token has
+// one spelling, so per-token limits, which count its digest, cannot be
+// passed by spelling it another way. Strict alone is not enough: it
+// refuses set bits past the last byte, but skips CR and LF anywhere.
+func decodeCanonical(s string) ([]byte, bool) {
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	return b, err == nil && base64.RawURLEncoding.EncodedLen(len(b)) == len(s)
+}
 
 type tokenClaims struct {
 	RequestID string `json:"rid"`
@@ -78,11 +82,11 @@ func (s *TokenSigner) Verify(token string) (string, error) {
 		return "", fmt.Errorf("%w: malformed watch token", ErrUnauthenticated)
 	}
 	signed, sig := token[:i], token[i+1:]
-	mac, err := strictBase64.DecodeString(sig)
-	if err != nil {
+	mac, ok := decodeCanonical(sig)
+	if !ok {
 		return "", fmt.Errorf("%w: malformed watch token", ErrUnauthenticated)
 	}
-	ok := false
+	ok = false
 	for _, k := range s.keys {
 		if hmac.Equal(mac, s.sign(k, signed)) {
 			ok = true
@@ -91,9 +95,9 @@ func (s *TokenSigner) Verify(token string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("%w: watch token signature does not match", ErrUnauthenticated)
 	}
-	payload, err := strictBase64.DecodeString(signed[len(tokenPrefix):])
+	payload, ok := decodeCanonical(signed[len(tokenPrefix):])
 	var c tokenClaims
-	if err != nil || json.Unmarshal(payload, &c) != nil || c.RequestID == "" {
+	if !ok || json.Unmarshal(payload, &c) != nil || c.RequestID == "" {
 		return "", fmt.Errorf("%w: malformed watch token", ErrUnauthenticated)
 	}
 	if !s.now().Before(time.Unix(c.Expires, 0)) {
