@@ -902,6 +902,29 @@ func TestShutdownClosesWhatOutlastsTheGrace(t *testing.T) {
 	}
 }
 
+// TestAnnouncedOversizedBodyIsRefusedBeforeItIsSent: a webhook whose
+// Content-Length is over --max-body-bytes gets 413 at once, without a 100
+// Continue asking the sender for the body and without reading any of it.
+func TestAnnouncedOversizedBodyIsRefusedBeforeItIsSent(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, func(c *server.Config) { c.MaxBodyBytes = 4 << 10 })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.HTTPURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", srv.WebhookPath, 1<<30)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to the headers of a 1 GiB body: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("the answer to the headers of a 1 GiB body: %s, want 413 before the body", resp.Status)
+	}
+}
+
 func TestIngestOverGRPCRejectsWhatCannotBeKept(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, func(c *server.Config) { c.MaxBodyBytes = 4 << 10 })

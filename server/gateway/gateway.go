@@ -600,14 +600,20 @@ func (h *webhookHandler) readUnauthenticated(w http.ResponseWriter, r *http.Requ
 	return h.readWebhook(w, r)
 }
 
-// readBody reads a request body of at most max bytes. A body whose length
+// readBody reads a request body of at most max bytes. One announced as
+// larger fails before any of it is read (nor is a 100 Continue sent for
+// it), and the connection is closed after the answer. A body whose length
 // is announced, up to readUpfront, is read into a slice of that size, in
 // one piece; a larger or chunked one grows as it comes, and one that is too
 // large fails when it passes max (which also tells net/http to close the
 // connection).
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
+		return nil, &http.MaxBytesError{Limit: max}
+	}
 	body := http.MaxBytesReader(w, r.Body, max)
-	if r.ContentLength < 0 || r.ContentLength > max {
+	if r.ContentLength < 0 {
 		return io.ReadAll(body)
 	}
 	if r.ContentLength > readUpfront {
