@@ -700,3 +700,25 @@ func TestWatchRouteAnswersAsTheAPI(t *testing.T) {
 		}
 	}
 }
+
+// TestHugeHeaderListsAreRefused: gRPC headers are bounded as the HTTP
+// port's are, not by grpc-go's 16 MiB, which let every connection make
+// the server hold 16 MiB of metadata for one call; a header the HTTP port
+// takes still reaches the credential check through the gateway (401, not
+// an error of the in-process call).
+func TestHugeHeaderListsAreRefused(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	huge := metadata.AppendToOutgoingContext(ctx, "x-pad", strings.Repeat("x", 4<<20))
+	_, err := ts.client(t, testAdminKey).GetRequest(huge, &eventsv1.GetRequestRequest{RequestId: "r1"})
+	if code := status.Code(err); code == codes.OK || code == codes.NotFound {
+		t.Errorf("a call with 4 MiB of metadata: %v, want it refused", err)
+	}
+	// The largest header the HTTP port reads, as a credential.
+	r := ts.do(t, http.MethodGet, "/v1/requests/r1", strings.Repeat("x", 1<<20), nil)
+	if r.code != http.StatusUnauthorized {
+		t.Errorf("GET with a 1 MiB Authorization header: %d %s, want 401", r.code, r.body)
+	}
+}

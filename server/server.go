@@ -536,6 +536,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// refuses a message before any interceptor, is only for the far
 		// larger.
 		grpc.MaxRecvMsgSize(int(2*cfg.MaxBodyBytes)),
+		// A call's headers: grpc-go's default is 16 MiB, held for each
+		// call as it is read. Twice the HTTP port's 1 MiB, so that every
+		// header that port reads and the gateway passes on (Authorization)
+		// reaches the credential check.
+		grpc.MaxHeaderListSize(2*http.DefaultMaxHeaderBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
