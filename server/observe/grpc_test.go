@@ -2,6 +2,8 @@ package observe_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -94,4 +96,34 @@ func TestDeliveryFromAClockAheadIsNotNegative(t *testing.T) {
 		}
 	}
 	t.Error("no otpless_events_watch_delivery_seconds")
+}
+
+// Call durations are histograms with buckets up to an hour, the default
+// --max-watch-duration: a watch stream's is its whole life, and with
+// buckets of request latencies only, every stream fell past the last.
+func TestDurationBucketsSpanAWatchStream(t *testing.T) {
+	t.Parallel()
+	o, _ := newObserver(t)
+	info := &grpc.StreamServerInfo{FullMethod: eventsv1.RequestService_WatchRequest_FullMethodName, IsServerStream: true}
+	o.GRPC.StreamServerInterceptor()(nil, watchStream{}, info, func(any, grpc.ServerStream) error { return nil })
+	o.HTTP(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})).
+		ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	families, err := o.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, f := range families {
+		switch f.GetName() {
+		case "grpc_server_handling_seconds", "otpless_events_http_request_duration_seconds":
+			seen++
+			b := f.GetMetric()[0].GetHistogram().GetBucket()
+			if last := b[len(b)-1].GetUpperBound(); last < time.Hour.Seconds() {
+				t.Errorf("%s: the last bucket ends at %v s, short of an hour", f.GetName(), last)
+			}
+		}
+	}
+	if seen != 2 {
+		t.Errorf("found %d of the two duration histograms", seen)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,6 +51,10 @@ const (
 
 // latencyBuckets (seconds) span 100µs to 10s.
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// callBuckets are latencyBuckets on to an hour, the default
+// --max-watch-duration, for call durations: a watch stream's is its life.
+var callBuckets = append(slices.Clip(latencyBuckets), 30, 60, 300, 900, 1800, 3600)
 
 // Observer holds the service's metrics and its request logger. Its methods
 // are safe for concurrent use.
@@ -99,7 +104,7 @@ func New(log *slog.Logger) *Observer {
 	o := &Observer{
 		Registry: prometheus.NewRegistry(),
 		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets(latencyBuckets))),
+			grpcprom.WithHistogramBuckets(callBuckets))),
 		log: log,
 		ids: newIDSource(),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -149,7 +154,7 @@ func New(log *slog.Logger) *Observer {
 		httpSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "http_request_duration_seconds",
 			Help:    "HTTP request duration, by route (a watch stream's until its first message over HTTP/1.1, whole over HTTP/2).",
-			Buckets: latencyBuckets,
+			Buckets: callBuckets,
 		}, []string{"route"}),
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "panics_recovered_total",
