@@ -101,8 +101,8 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
 		slog.String("request_id", c.requestID),
-		slog.String("method", r.Method),
-		slog.String("path", logPath(r.URL.Path, code >= 400 && !isRequestRoute(r.URL.Path))),
+		slog.String("method", clip(r.Method, maxLoggedMethod)),
+		slog.String("path", clip(logPath(r.URL.Path, code >= 400 && !isRequestRoute(r.URL.Path)), maxLoggedPath)),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
 		slog.Int64("bytes", sentBytes(r, rw)),

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -193,5 +194,24 @@ func TestHTTPRequestLog(t *testing.T) {
 	}
 	if got := metric(t, o.Registry, "otpless_events_http_requests_total", map[string]string{"route": "request", "code": "200"}); got != 1 {
 		t.Errorf("http_requests_total{route=request,code=200} = %v, want 1", got)
+	}
+}
+
+// A request's line names its method and path bounded: both are the
+// client's to choose, and the HTTP port reads up to 1 MiB of them.
+func TestHTTPRequestLogBoundsWhatTheClientNames(t *testing.T) {
+	t.Parallel()
+	o, logs := newObserver(t)
+	req := httptest.NewRequest(http.MethodGet, "/v1/requests/"+strings.Repeat("é", 50_000), nil)
+	req.Method = strings.Repeat("M", 10_000)
+	o.HTTP(http.NotFoundHandler()).ServeHTTP(httptest.NewRecorder(), req)
+	lines := logs.Lines(t)
+	if len(lines) != 1 {
+		t.Fatalf("%d lines: %v", len(lines), lines)
+	}
+	method, path := lines[0]["method"].(string), lines[0]["path"].(string)
+	if len(method) > 200 || len(path) > 2200 || !strings.HasSuffix(path, "…") || !utf8.ValidString(path) {
+		t.Errorf("a line named a method of %d bytes and a path of %d (%q…); want both cut, marked, and valid UTF-8",
+			len(method), len(path), path[:min(len(path), 40)])
 	}
 }

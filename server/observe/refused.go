@@ -13,9 +13,25 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 )
 
-// maxLoggedMethod bounds the method a refused call's line names: a client
-// names it, and an unknown one can be anything.
-const maxLoggedMethod = 128
+// maxLoggedMethod bounds the method a refused call's or an HTTP request's
+// line names, and maxLoggedPath an HTTP request's path: a client names
+// them, and they can be anything.
+const (
+	maxLoggedMethod = 128
+	maxLoggedPath   = 2048
+)
+
+// clip cuts s to at most n bytes, at the start of a character, marking the
+// cut with "…".
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
 
 // StatsHandler logs and counts the gRPC calls that grpc-go answers before
 // any interceptor sees them, which would otherwise leave no trace: a request
@@ -82,14 +98,7 @@ func (h *refusedCalls) log(ctx context.Context, method string, start time.Time, 
 		c.ingested, c.rejectReason = true, ReasonInvalidBody
 		h.o.rejected.WithLabelValues(ReasonInvalidBody).Inc()
 	}
-	if len(method) > maxLoggedMethod {
-		cut := maxLoggedMethod
-		for cut > 0 && !utf8.RuneStart(method[cut]) {
-			cut--
-		}
-		method = method[:cut] + "…"
-	}
-	h.o.finishGRPC(ctx, c, method, start, err, nil, nil)
+	h.o.finishGRPC(ctx, c, clip(method, maxLoggedMethod), start, err, nil, nil)
 }
 
 // Refused logs and counts a call refused before grpc-go began it (by a tap
