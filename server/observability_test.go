@@ -411,10 +411,22 @@ func TestCallsRefusedWithoutCredentialAreLogged(t *testing.T) {
 	if lines := s.logs.Matching(t, want); len(lines) != 1 {
 		t.Errorf("%d lines matching %v, want 1:\n%s", len(lines), want, s.logs)
 	}
+	// A watch token may not ingest: refused as early, and counted so.
+	signer, _ := auth.NewTokenSigner([][]byte{[]byte("ops-watch-token-key-0123456789abcdef")})
+	token, _ := signer.Mint("no-key", time.Minute)
+	withToken := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+token)
+	if _, err := eventsv1.NewWebhookServiceClient(s.conn).Ingest(withToken, in); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Ingest with a watch token: %v, want PERMISSION_DENIED", err)
+	}
+	want["code"] = "PermissionDenied"
+	if lines := s.logs.Matching(t, want); len(lines) != 1 {
+		t.Errorf("%d lines matching %v, want 1:\n%s", len(lines), want, s.logs)
+	}
 	series := s.scrape(t)
 	for name, want := range map[string]float64{
 		`otpless_events_grpc_refused_total{code="Unauthenticated"}`:        1,
-		`otpless_events_webhooks_rejected_total{reason="unauthenticated"}`: 1,
+		`otpless_events_grpc_refused_total{code="PermissionDenied"}`:       1,
+		`otpless_events_webhooks_rejected_total{reason="unauthenticated"}`: 2,
 	} {
 		if got := series[name]; got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -480,6 +492,7 @@ func TestCallsRefusedBeforeTheInterceptors(t *testing.T) {
 		`otpless_events_grpc_refused_total{code="Unimplemented"}`:       2,
 		`otpless_events_grpc_refused_total{code="ResourceExhausted"}`:   0,
 		`otpless_events_grpc_refused_total{code="Unauthenticated"}`:     0,
+		`otpless_events_grpc_refused_total{code="PermissionDenied"}`:    0,
 		`otpless_events_webhooks_rejected_total{reason="invalid_body"}`: 1,
 	} {
 		if got, ok := series[name]; !ok || got != want {

@@ -123,6 +123,34 @@ func TestCallsWithoutCredentialRefusedAtOnce(t *testing.T) {
 	}
 }
 
+// A credential calling a method it may not call is refused before the
+// call's message is read too: a watch token, which browsers hold, could
+// otherwise open any number of Ingest streams and hold each by sending
+// nothing.
+func TestCallsOutsideTheCredentialsScopeRefusedAtOnce(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
+	token, _ := signer.Mint("r1", time.Minute)
+	for _, bearer := range []string{token, testReaderKey} {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bearer)
+		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, eventsv1.WebhookService_Ingest_FullMethodName)
+		if err == nil {
+			err = stream.RecvMsg(new(eventsv1.IngestResponse))
+		}
+		cancel()
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("Ingest with bearer %.12q… and no message sent: %v, want PERMISSION_DENIED before any message", bearer, err)
+		}
+	}
+}
+
 func TestWebhookAuthentication(t *testing.T) {
 	t.Parallel()
 	ts := startSecured(t, nil)

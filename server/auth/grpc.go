@@ -64,11 +64,11 @@ func (k *Keyring) StreamInterceptor() grpc.StreamServerInterceptor {
 }
 
 // TapHandle refuses a call to a method that needs a credential when it
-// names none that is valid, before grpc-go reads any of its messages: the
-// interceptors see a unary call only once its whole request message has
-// arrived, so a client could open any number of streams without a
-// credential and hold them by sending nothing. Scopes are the
-// interceptors' to check.
+// names none that is valid, or one without the method's scope, before
+// grpc-go reads any of its messages: the interceptors see a unary call
+// only once its whole request message has arrived, so a client could open
+// any number of streams it may not make and hold them by sending nothing
+// (a watch token, which browsers hold, calling Ingest).
 func (k *Keyring) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if Public(info.FullMethodName) {
 		return ctx, nil
@@ -76,6 +76,9 @@ func (k *Keyring) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 	p, err := k.Authenticate(bearerFromMetadata(metadata.NewIncomingContext(ctx, info.Header)))
 	if err != nil {
 		return ctx, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if err := allowed(p, info.FullMethodName); err != nil {
+		return ctx, err
 	}
 	return context.WithValue(ctx, tappedKey{}, p), nil // the interceptor's, so that it does not authenticate again
 }
@@ -105,17 +108,26 @@ func (k *Keyring) authorize(ctx context.Context, method string) (context.Context
 			return nil, nil, status.Error(codes.Unauthenticated, err.Error())
 		}
 	}
+	if err := allowed(p, method); err != nil {
+		return nil, nil, err
+	}
+	return WithPrincipal(ctx, p), p, nil
+}
+
+// allowed reports, as PERMISSION_DENIED, a credential that may not call
+// method.
+func allowed(p *Principal, method string) error {
 	if p.RequestID != "" && !watchTokenMethods[method] {
-		return nil, nil, status.Error(codes.PermissionDenied, "a watch token may only watch or get its request")
+		return status.Error(codes.PermissionDenied, "a watch token may only watch or get its request")
 	}
 	need, ok := MethodScopes[method]
 	if !ok {
 		need = ScopeAdmin
 	}
 	if !p.Has(need) {
-		return nil, nil, status.Error(codes.PermissionDenied, fmt.Sprintf("credential %q lacks scope %q", p.Name, need))
+		return status.Error(codes.PermissionDenied, fmt.Sprintf("credential %q lacks scope %q", p.Name, need))
 	}
-	return WithPrincipal(ctx, p), p, nil
+	return nil
 }
 
 // checkRequestID keeps a watch token to its own request.

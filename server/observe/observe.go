@@ -196,7 +196,7 @@ func New(log *slog.Logger) *Observer {
 			o.ingestSeconds.WithLabelValues(t, result)
 		}
 	}
-	for _, c := range []codes.Code{codes.Internal, codes.ResourceExhausted, codes.Unimplemented, codes.Unauthenticated} {
+	for _, c := range []codes.Code{codes.Internal, codes.ResourceExhausted, codes.Unimplemented, codes.Unauthenticated, codes.PermissionDenied} {
 		o.grpcRefused.WithLabelValues(c.String())
 	}
 	for _, reason := range []string{ReasonInvalidBody, ReasonUnrecognized, ReasonTooLarge, ReasonOverloaded, ReasonUnavailable,
