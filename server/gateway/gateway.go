@@ -735,8 +735,11 @@ func tooMany(w http.ResponseWriter, out runtime.Marshaler, wait time.Duration) {
 
 // gatewayJSON is the mux's JSON, and that of the errors answered before a
 // request reaches the mux, so that they have the mux's shape (details: []
-// included).
-var gatewayJSON = &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true}}
+// included). Every field is written, defaults too, but a message field
+// that is unset, which is left out: the OpenAPI document gives it an
+// object's (or a timestamp's, a string's) schema, which null does not
+// match.
+var gatewayJSON = &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true}}
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status
 // the gRPC code cannot express.

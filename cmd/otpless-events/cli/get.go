@@ -47,7 +47,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 				}
 				return rpcError("request "+args[0], err)
 			}
-			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(resp.GetRequest())
+			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitDefaultValues: true}.Marshal(resp.GetRequest())
 			if err != nil {
 				return err
 			}

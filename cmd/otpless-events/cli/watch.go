@@ -287,7 +287,7 @@ func (w *watcher) gaveUp(ctx context.Context) error {
 
 func (w *watcher) print(msg *eventsv1.WatchRequestResponse) error {
 	if w.json {
-		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(msg) // as the HTTP API writes it
+		b, err := protojson.MarshalOptions{EmitDefaultValues: true}.Marshal(msg) // as the HTTP API writes it
 		if err != nil {
 			return err
 		}
