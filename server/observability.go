@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
@@ -154,8 +153,13 @@ func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error 
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.metrics = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: mux,
+		// The HTTP port's timeouts: without a read and an idle timeout, a
+		// client held a connection (a body it never sent, a keep-alive
+		// left idle) for as long as it liked.
+		ReadHeaderTimeout: s.cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       s.cfg.HTTPReadTimeout,
+		IdleTimeout:       s.cfg.HTTPIdleTimeout,
 		// As the HTTP port's: else net/http's lines (a failed accept, a
 		// panic) go to Go's default logger, in its own format.
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

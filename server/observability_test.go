@@ -1173,3 +1173,49 @@ func isRetryInfo(detail any, delay time.Duration) bool {
 	ri, ok := detail.(*errdetails.RetryInfo)
 	return ok && ri.GetRetryDelay().AsDuration() == delay
 }
+
+// The metrics port guards against slow clients as the HTTP port does: a
+// keep-alive connection left idle after a scrape, and a request whose
+// body never comes (a GET's announced body, which net/http reads past the
+// handler, or pprof's symbol lookup), are closed within the HTTP port's
+// timeouts rather than held for as long as the client keeps them.
+func TestMetricsPortCutsOffSlowClients(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, func(c *Config) {
+		c.HTTPReadHeaderTimeout, c.HTTPReadTimeout, c.HTTPIdleTimeout = 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
+	}, nil)
+	for _, tc := range []struct {
+		name, request string
+		answered      bool // a whole response comes before the wait
+	}{
+		{"idle after a scrape", "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", true},
+		{"a scrape's body never sent", "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", false},
+		{"a symbol lookup's body never sent", "POST /debug/pprof/symbol HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", addrString(s.MetricsAddr()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write([]byte(tc.request)); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			r := bufio.NewReader(conn)
+			if tc.answered {
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				t.Fatalf("the metrics port held the connection: %v", err)
+			}
+		})
+	}
+}

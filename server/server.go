@@ -80,8 +80,8 @@ type Config struct {
 	// ShutdownGrace bounds how long shutdown waits for in-flight calls.
 	ShutdownGrace time.Duration
 	// HTTPReadHeaderTimeout, HTTPReadTimeout and HTTPIdleTimeout bound slow
-	// HTTP clients: reading a request's headers, reading a whole request,
-	// and keeping an idle connection.
+	// HTTP clients, on the HTTP and metrics ports: reading a request's
+	// headers, reading a whole request, and keeping an idle connection.
 	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// GRPCKeepalive is how long a gRPC connection may send nothing before
 	// the server pings it; one that does not answer within as long again
