@@ -750,3 +750,37 @@ func TestHugeHeaderListsAreRefused(t *testing.T) {
 		t.Errorf("GET with a 1 MiB Authorization header: %d %s, want 401", r.code, r.body)
 	}
 }
+
+// A call whose request message never comes ends once --http-read-timeout
+// has passed, credential or not, rather than holding its stream for as
+// long as the client keeps the connection; a call whose message came (a
+// watch) lives on.
+func TestCallsWaitForTheirMessageBoundedly(t *testing.T) {
+	t.Parallel()
+	const wait = 300 * time.Millisecond
+	ts := startServer(t, func(c *server.Config) { c.HTTPReadTimeout = wait })
+	unsent, stop := context.WithTimeout(t.Context(), 10*time.Second)
+	stream, err := ts.conn.NewStream(unsent, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, eventsv1.RequestService_GetRequest_FullMethodName)
+	if err == nil {
+		err = stream.RecvMsg(new(eventsv1.GetRequestResponse))
+	}
+	stop()
+	if status.Code(err) != codes.Canceled {
+		t.Errorf("GetRequest whose message never came: %v, want CANCELED by the server", err)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	watch, err := ts.requests.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: "waits-req"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT {
+		t.Fatalf("first watch message: %v, %v", m, err)
+	}
+	time.Sleep(4 * wait) // past the bound: the watch is not cut
+	ts.ingest(t, dlr("waits-req", "SENT", 1764153000000))
+	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
+		t.Errorf("a watch past the message bound: %v, %v; want its UPDATE", m, err)
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/grpc/test/bufconn"
@@ -82,6 +83,7 @@ type Config struct {
 	// HTTPReadHeaderTimeout, HTTPReadTimeout and HTTPIdleTimeout bound slow
 	// HTTP clients, on the HTTP and metrics ports: reading a request's
 	// headers, reading a whole request, and keeping an idle connection.
+	// HTTPReadTimeout also bounds the wait for a gRPC call's message.
 	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// GRPCKeepalive is how long a gRPC connection may send nothing before
 	// the server pings it; one that does not answer within as long again
@@ -507,9 +509,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	opts := []grpc.ServerOption{
 		grpc.StatsHandler(s.obs.StatsHandler(func(method string) bool { return servedMethods()[method] })),
 	}
-	// The tap authenticates calls (when security is on) and bounds those
-	// that need no credential. A call refused there has no stats and
-	// meets no interceptor: it is logged and counted here.
+	// The tap authenticates calls (when security is on), bounds those
+	// that need no credential, and bounds the wait for every call's
+	// message. A call refused there has no stats and meets no
+	// interceptor: it is logged and counted here.
 	public := publicCallLimit(MaxPublicCalls, MaxPublicCallsInAll)
 	opts = append(opts, grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
 		var err error
@@ -521,9 +524,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		if err != nil {
 			s.obs.Refused(ctx, info.FullMethodName, err)
+			return ctx, err
 		}
-		return ctx, err
-	}))
+		return awaitMessage(ctx, cfg.HTTPReadTimeout), nil
+	}), grpc.StatsHandler(messageArrival{}))
 	sendWait := gateway.StreamWriteTimeout
 	if cfg.sendWait > 0 {
 		sendWait = cfg.sendWait
@@ -1069,6 +1073,38 @@ func publicCallLimit(perAddr, inAll int) func(ctx context.Context, method string
 		}
 		context.AfterFunc(ctx, func() { api.GiveAll(places) })
 		return nil
+	}
+}
+
+// awaitMessage returns the context of a call's stream (ctx), canceled
+// unless the call's first request message arrives within wait: grpc-go
+// waits for it as long as the client keeps the stream, so any client with
+// a credential (a watch token in a browser's URL) could otherwise hold any
+// number of streams, each with its goroutine, by sending nothing.
+// messageArrival disarms it.
+func awaitMessage(ctx context.Context, wait time.Duration) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(wait, cancel)
+	context.AfterFunc(ctx, func() { timer.Stop() })
+	return context.WithValue(ctx, messageTimerKey{}, timer)
+}
+
+type messageTimerKey struct{}
+
+// messageArrival is the stats handler that stops awaitMessage's timer once
+// a call's first request message has arrived.
+type messageArrival struct{}
+
+func (messageArrival) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (messageArrival) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (messageArrival) HandleConn(context.Context, stats.ConnStats) {}
+func (messageArrival) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.InPayload); ok {
+		if timer, ok := ctx.Value(messageTimerKey{}).(*time.Timer); ok {
+			timer.Stop()
+		}
 	}
 }
 
