@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -189,9 +188,6 @@ func cutBearer(v string) (string, bool) {
 	}
 	return strings.TrimSpace(tok), true
 }
-
-// IsAuthError reports whether err is an authentication failure.
-func IsAuthError(err error) bool { return errors.Is(err, ErrUnauthenticated) }
 
 // BearerCredentials are per-RPC credentials for clients (the CLI, tests).
 type BearerCredentials struct {

@@ -38,12 +38,14 @@ import (
 
 var _ store.Store = (*Store)(nil)
 
+// readers is the size of the read connection pool.
+const readers = 4
+
 // Option configures Open.
 type Option func(*options)
 
 type options struct {
 	logger        *slog.Logger
-	readers       int
 	busyTimeout   time.Duration
 	cacheRequests int
 	processLock   bool
@@ -54,11 +56,6 @@ type options struct {
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
-}
-
-// WithReaders sets the size of the read connection pool (default 4).
-func WithReaders(n int) Option {
-	return func(o *options) { o.readers = n }
 }
 
 // WithBusyTimeout sets how long a connection waits for a lock held by
@@ -143,12 +140,9 @@ type Store struct {
 // schema up to date. In-memory databases are not supported: the writer and
 // the readers must share the file.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	o := options{logger: slog.New(slog.DiscardHandler), readers: 4, busyTimeout: 5 * time.Second, cacheRequests: defaultCacheRequests}
+	o := options{logger: slog.New(slog.DiscardHandler), busyTimeout: 5 * time.Second, cacheRequests: defaultCacheRequests}
 	for _, opt := range opts {
 		opt(&o)
-	}
-	if o.readers < 1 {
-		o.readers = 1
 	}
 	log := o.logger.With("component", "sqlitestore")
 
@@ -276,8 +270,8 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	if s.r, err = sql.Open("sqlite", uri+"?"+pragmas("query_only(1)")); err != nil {
 		return err
 	}
-	s.r.SetMaxOpenConns(o.readers)
-	s.r.SetMaxIdleConns(o.readers)
+	s.r.SetMaxOpenConns(readers)
+	s.r.SetMaxIdleConns(readers)
 
 	prepare := func(db *sql.DB, dst **sql.Stmt, query string) {
 		if err != nil {

@@ -1,7 +1,7 @@
 // Package storetest is the conformance suite of store.Store. Every backend's
-// tests call Run with a constructor of fresh, empty stores, so that all
-// backends are held to one contract (the Store doc comments) by the same
-// tests. It is an ordinary package so that backend packages can import it.
+// tests call RunWithOptions with a constructor of fresh, empty stores, so
+// that all backends are held to one contract (the Store doc comments) by the
+// same tests. It is an ordinary package so that backend packages can import it.
 //
 // It may import package store, the state fold, the generated API types and
 // protobuf; never a backend.
@@ -46,14 +46,9 @@ type Options struct {
 	Exceptions map[string]string
 }
 
-// Run runs the conformance suite, each test as a parallel subtest on a
-// store of its own. newStore must return an open, empty store; the suite
-// closes it when the subtest ends.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
-	RunWithOptions(t, newStore, Options{})
-}
-
-// RunWithOptions is Run with Options.
+// RunWithOptions runs the conformance suite, each test as a parallel
+// subtest on a store of its own, as opts say. newStore must return an
+// open, empty store; the suite closes it when the subtest ends.
 func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts Options) {
 	s := suite{newStore: newStore, opts: opts}
 	tests := []struct {
