@@ -177,8 +177,15 @@ func isZero(s string) bool {
 		s = s[1:]
 	}
 	mantissa, exponent, hasExponent := strings.Cut(strings.ToLower(s), "e")
-	if _, err := strconv.Atoi(exponent); hasExponent && err != nil {
-		return false
+	if hasExponent {
+		// Any count of digits: a zero is zero whatever its exponent,
+		// though an int cannot hold it.
+		if exponent != "" && (exponent[0] == '+' || exponent[0] == '-') {
+			exponent = exponent[1:]
+		}
+		if exponent == "" || strings.Trim(exponent, "0123456789") != "" {
+			return false
+		}
 	}
 	return strings.Contains(mantissa, "0") && strings.Trim(mantissa, "0.") == "" && strings.Count(mantissa, ".") <= 1
 }

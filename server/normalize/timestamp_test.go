@@ -93,6 +93,7 @@ func TestParseTime(t *testing.T) {
 		{"zero with an exponent", str("0e0"), time.Time{}},
 		{"zero with a signed exponent", str("0.0E-3"), time.Time{}},
 		{"positive zero", str("+0"), time.Time{}},
+		{"zero, an exponent past int64", str("0e-99999999999999999999"), time.Time{}},
 		{"negative zero", num(math.Copysign(0, -1)), time.Time{}},
 		{"empty string", str(""), time.Time{}},
 		{"blank string", str(" \t"), time.Time{}},
