@@ -136,12 +136,12 @@ func fromString(s string) (time.Time, bool) {
 			return fromInt(n), true
 		}
 	}
-	if strings.Trim(s, "0123456789.eE+") == "" { // "1.7e12", and a decimal ParseInt refused
-		f, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return time.Time{}, false
+	// "1.7e12", "17e-1", and a decimal ParseInt refused; what ParseFloat
+	// refuses may still be a date ("2024-12-18").
+	if strings.Trim(s, "0123456789.eE+-") == "" {
+		if f, err := strconv.ParseFloat(s, 64); err == nil {
+			return fromNumber(f)
 		}
-		return fromNumber(f)
 	}
 	// HTTP's date: in GMT (or UTC), or with an offset (time.Parse would put
 	// any other zone's name at offset zero).

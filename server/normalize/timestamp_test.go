@@ -38,6 +38,7 @@ func TestParseTime(t *testing.T) {
 		{"seconds string", str("1734518721"), time.Unix(1734518721, 0)},
 		{"seconds string with fraction", str("1734518721.25"), time.Unix(1734518721, 25e7)},
 		{"ms string", str("1734516528720"), time.UnixMilli(1734516528720)},
+		{"seconds string, a negative exponent", str("17345187215e-1"), time.Unix(1734518721, 5e8)},
 		{"ms string with space", str(" 1734516528720 "), time.UnixMilli(1734516528720)},
 		{"µs string", str("1734516528720123"), time.UnixMicro(1734516528720123)},
 		{"ns string, exact", str("1734516528720123456"), time.Unix(0, 1734516528720123456)},
