@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
@@ -147,6 +148,30 @@ func TestCallsOutsideTheCredentialsScopeRefusedAtOnce(t *testing.T) {
 		cancel()
 		if status.Code(err) != codes.PermissionDenied {
 			t.Errorf("Ingest with bearer %.12q… and no message sent: %v, want PERMISSION_DENIED before any message", bearer, err)
+		}
+	}
+}
+
+// A method the server does not have is UNIMPLEMENTED for any valid
+// credential, as grpc-go answers it: not PERMISSION_DENIED, as though it
+// were an admin method the key lacks the scope of.
+func TestUnknownMethodsAreUnimplementedForAnyCredential(t *testing.T) {
+	t.Parallel()
+	ts := startSecured(t, nil)
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
+	token, _ := signer.Mint("r1", time.Minute)
+	for _, bearer := range []string{testReaderKey, token} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bearer)
+		err := conn.Invoke(ctx, "/otpless.events.v1.RequestService/NoSuchMethod", &emptypb.Empty{}, &emptypb.Empty{})
+		cancel()
+		if status.Code(err) != codes.Unimplemented {
+			t.Errorf("an unknown method with bearer %.12q…: %v, want UNIMPLEMENTED", bearer, err)
 		}
 	}
 }
