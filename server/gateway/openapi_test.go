@@ -186,10 +186,17 @@ func (d *openAPI) validate(v any, s *schema, at string) []string {
 		if n, ok := v.(float64); !ok || n != float64(int64(n)) {
 			return bad()
 		}
+	case "number":
+		if _, ok := v.(float64); !ok {
+			return bad()
+		}
 	case "boolean":
 		if _, ok := v.(bool); !ok {
 			return bad()
 		}
+	case "":
+	default: // so that no type the document comes to use goes unchecked
+		return []string{fmt.Sprintf("%s: schema type %q is unknown to this check", at, typ)}
 	}
 	return nil
 }
