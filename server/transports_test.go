@@ -160,3 +160,31 @@ func TestRefusalsAlikeOverBothTransports(t *testing.T) {
 		t.Errorf("GetRequest after the refused webhooks: %v, want NotFound (nothing stored)", err)
 	}
 }
+
+// A query parameter that names no field of the route's request is refused,
+// naming it, on the routes that read their query: a misspelt ?after_revison=5 resumed a watch from the start,
+// and ?page_sise=1 read pages of the default size, both without a word.
+// Both spellings of a field, and the watch route's access_token, are taken.
+func TestUnknownQueryParametersAreRefused(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, nil)
+	ts.ingest(t, dlr("query-req", "SENT", 1764153000000))
+	for _, tc := range []struct {
+		path    string
+		headers []string
+		code    int
+		names   string
+	}{
+		{"/v1/requests/query-req/events?page_size=1", nil, http.StatusOK, ""},
+		{"/v1/requests/query-req/events?pageSize=1", nil, http.StatusOK, ""},
+		{"/v1/requests/query-req/events?page_sise=1", nil, http.StatusBadRequest, "page_sise"},
+		{"/v1/requests/query-req:watch?after_revison=1", nil, http.StatusBadRequest, "after_revison"},
+		{"/v1/requests/query-req:watch?after_revison=1", []string{"Accept", "text/event-stream"}, http.StatusBadRequest, "after_revison"},
+		{"/v1/requests/query-req:watch?request_id.x=1", nil, http.StatusBadRequest, "request_id.x"},
+	} {
+		r := ts.do(t, http.MethodGet, tc.path, testAdminKey, nil, tc.headers...)
+		if r.code != tc.code || !strings.Contains(string(r.body), tc.names) {
+			t.Errorf("GET %s %v: %d %.200s, want %d naming %q", tc.path, tc.headers, r.code, r.body, tc.code, tc.names)
+		}
+	}
+}

@@ -31,12 +31,14 @@ import (
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/api"
@@ -122,6 +124,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// "/" cannot be: the mux splits the path at %2F too.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.SetQueryParameterParser(strictQuery{}),
 		// As grpc-gateway's default, but a body's unknown field is refused
 		// (400 naming it) rather than dropped: {"ttl_seconds": 60} was a
 		// token of the default life.
@@ -367,6 +370,40 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// strictQuery is grpc-gateway's query parser, but a parameter that names
+// no field of the request is refused (400, naming it) rather than ignored:
+// a misspelt ?after_revison=5 resumed a watch from the start. The watch
+// route's access_token, read before, may be left empty.
+type strictQuery struct{ runtime.DefaultQueryParser }
+
+func (p strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	for key := range values {
+		if key != "access_token" && !namesField(msg.ProtoReflect().Descriptor(), key) {
+			return fmt.Errorf("unknown query parameter %.100q", key)
+		}
+	}
+	return p.DefaultQueryParser.Parse(msg, values, filter)
+}
+
+// namesField reports whether key names a field of md as grpc-gateway reads
+// query parameters: a dotted path, each step by its proto or JSON name.
+func namesField(md protoreflect.MessageDescriptor, key string) bool {
+	for name := range strings.SplitSeq(key, ".") {
+		if md == nil {
+			return false
+		}
+		f := md.Fields().ByName(protoreflect.Name(name))
+		if f == nil {
+			f = md.Fields().ByJSONName(name)
+		}
+		if f == nil {
+			return false
+		}
+		md = f.Message()
+	}
+	return true
 }
 
 // validURL answers 400 for a path or query that is not valid UTF-8: such a
