@@ -578,7 +578,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 			return
 		}
 		if err != nil {
-			writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
+			unauthorized(w, out, err)
 			return
 		}
 	}
@@ -739,11 +739,17 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		return false, false
 	}
 	if credErr != nil {
-		w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
-		writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, credErr.Error()))
+		unauthorized(w, out, credErr)
 		return false, false
 	}
 	return true, false
+}
+
+// unauthorized answers 401 to a webhook whose credentials or signature
+// failed, with the challenge HTTP requires of a 401 (RFC 9110, 15.5.2).
+func unauthorized(w http.ResponseWriter, out runtime.Marshaler, err error) {
+	w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
+	writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 }
 
 // unreadRetry answers 503 with Retry-After to a webhook whose body is left

@@ -461,3 +461,42 @@ func TestEmptyWebhookKeyIsNoKey(t *testing.T) {
 		})
 	}
 }
+
+// Every 401 on the webhook route carries a WWW-Authenticate challenge, as
+// HTTP requires of a 401 (RFC 9110, 15.5.2): a forged signature, found
+// once the body is read, as much as a missing key or wrong credentials.
+func TestWebhook401sChallenge(t *testing.T) {
+	t.Parallel()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+	forger := []byte("not the key, not the key, at all")
+	const body = `{"data":{"requestId":"r1","status":"SENT","channel":"SMS"},"eventType":"DLR","timestamp":1764153000400}`
+	for _, tc := range []struct {
+		name   string
+		cfg    auth.WebhookConfig
+		target string
+		signer []byte
+	}{
+		{"forged, signatures alone", auth.WebhookConfig{SigningSecrets: []string{secret}}, WebhookPath, forger},
+		{"unsigned, signatures alone", auth.WebhookConfig{SigningSecrets: []string{secret}}, WebhookPath, nil},
+		{"forged, beside a key", auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, SigningSecrets: []string{secret}}, WebhookPath + "/wk_0123456789abcdef", forger},
+		{"unknown key", auth.WebhookConfig{Keys: []string{"wk_0123456789abcdef"}}, WebhookPath + "/wk_wrong0123456789", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			guard, err := auth.NewWebhookGuard(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest(http.MethodPost, tc.target, strings.NewReader(body))
+			if tc.signer != nil {
+				sign(r, tc.signer, time.Now(), body)
+			}
+			w := httptest.NewRecorder()
+			guardedHandler(guard).ServeHTTP(w, r)
+			if w.Code != http.StatusUnauthorized || w.Header().Get("WWW-Authenticate") == "" {
+				t.Errorf("%d %s, WWW-Authenticate %q; want 401 with a challenge", w.Code, w.Body, w.Header().Get("WWW-Authenticate"))
+			}
+		})
+	}
+}
