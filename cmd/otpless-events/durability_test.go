@@ -30,6 +30,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/ssetest"
+	"github.com/otpless-events/otpless-events/server/pii"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
@@ -49,6 +50,13 @@ type replay struct {
 	acked    map[string]map[string]bool            // request id: the events a 200 named
 	ackedRev map[string]int64                      // request id: the highest revision a 200 named
 	readRev  map[string]int64                      // request id: the revision last read back
+	// purging: retention strips the events of personal data as they
+	// arrive, so that a request's snapshot is the fold of its stored
+	// events, not of the events its bodies have.
+	purging bool
+	// killAfterTerm, when set, is how long after the SIGTERM of send a
+	// SIGKILL follows: a kill in the middle of the graceful shutdown.
+	killAfterTerm func() time.Duration
 }
 
 func newReplay(t *testing.T, n int) *replay {
@@ -147,7 +155,12 @@ func (r *replay) send(p *proc, senders, stop int, sig syscall.Signal) int {
 					}
 					r.record(out)
 					if n := oks.Add(1); int(n) == stop {
-						once.Do(func() { p.cmd.Process.Signal(sig) })
+						once.Do(func() {
+							p.cmd.Process.Signal(sig)
+							if r.killAfterTerm != nil {
+								time.AfterFunc(r.killAfterTerm(), func() { p.cmd.Process.Signal(syscall.SIGKILL) })
+							}
+						})
 					}
 				}
 			}
@@ -213,6 +226,13 @@ func (r *replay) verify(p *proc) {
 		want := state.Fold(id, listed)
 		s := proto.CloneOf(snap)
 		s.Revision, s.UpdateTime = 0, nil
+		// While retention purges, the events listed may have lost
+		// personal data the snapshot read before them still had: read
+		// again until no purge came between.
+		if !proto.Equal(s, want) && r.purging {
+			t.Logf("%s: a purge came between the reads; reading again", id)
+			s, want = r.settled(ctx, c, id)
+		}
 		if !proto.Equal(s, want) {
 			t.Errorf("%s: snapshot is not the fold of its stored events:\n got %s\nwant %s", id, protojson.Format(s), protojson.Format(want))
 		}
@@ -223,9 +243,50 @@ func (r *replay) verify(p *proc) {
 	}
 }
 
+// settled reads request id's events, its snapshot and its events again,
+// until both reads of the events agree, and returns the snapshot without
+// revision and update time, and the fold of those events: no purge of the
+// request committed between the reads, so the two must be equal.
+func (r *replay) settled(ctx context.Context, c eventsv1.RequestServiceClient, id string) (got, want *eventsv1.AuthRequest) {
+	t := r.t
+	t.Helper()
+	list := func() []*eventsv1.Event {
+		var out []*eventsv1.Event
+		for token := ""; ; {
+			page, err := c.ListRequestEvents(ctx, &eventsv1.ListRequestEventsRequest{RequestId: id, PageToken: token})
+			if err != nil {
+				t.Fatalf("ListRequestEvents(%s): %v", id, err)
+			}
+			out = append(out, page.GetEvents()...)
+			if token = page.GetNextPageToken(); token == "" {
+				return out
+			}
+		}
+	}
+	for {
+		before := list()
+		snap, err := c.GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: id})
+		if err != nil {
+			t.Fatalf("GetRequest(%s): %v", id, err)
+		}
+		if after := list(); slices.EqualFunc(before, after, func(a, b *eventsv1.Event) bool { return proto.Equal(a, b) }) {
+			got = proto.CloneOf(snap.GetRequest())
+			got.Revision, got.UpdateTime = 0, nil
+			return got, state.Fold(id, after)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s: its events changed between every two reads until %v", id, ctx.Err())
+		}
+	}
+}
+
 // finished checks that every request is the fold of all its bodies' events.
 func (r *replay) finished(p *proc) {
 	r.t.Helper()
+	if r.purging {
+		r.purged(p)
+		return
+	}
 	c := p.client(r.t, testAPIKey)
 	for id, known := range r.known {
 		got, err := c.GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: id})
@@ -233,6 +294,40 @@ func (r *replay) finished(p *proc) {
 			r.t.Fatalf("GetRequest(%s): %v", id, err)
 		}
 		checkSnapshot(r.t, id, got.GetRequest(), known)
+	}
+}
+
+// purged waits until retention has stripped every request of personal
+// data: its snapshot is then the fold of all its events, stripped.
+func (r *replay) purged(p *proc) {
+	t := r.t
+	t.Helper()
+	c := p.client(t, testAPIKey)
+	deadline := time.Now().Add(30 * time.Second)
+	for id, known := range r.known {
+		stripped := map[string]*eventsv1.Event{}
+		for eid, e := range known {
+			e = proto.CloneOf(e)
+			pii.StripEvent(e)
+			stripped[eid] = e
+		}
+		want := foldSet(id, stripped)
+		for {
+			got, err := c.GetRequest(context.Background(), &eventsv1.GetRequestRequest{RequestId: id})
+			if err != nil {
+				t.Fatalf("GetRequest(%s): %v", id, err)
+			}
+			s := proto.CloneOf(got.GetRequest())
+			s.Revision, s.UpdateTime = 0, nil
+			if proto.Equal(s, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: not the fold of its events stripped of personal data 30 s after the last webhook:\n got %s\nwant %s", id, protojson.Format(s), protojson.Format(want))
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
@@ -254,10 +349,13 @@ func stopped(t *testing.T, p *proc, sig syscall.Signal) {
 // every restart; the last server gets everything left, and stops with
 // SIGTERM.
 func killAndRestart(t *testing.T, sig syscall.Signal, start func(t *testing.T) *proc) *replay {
+	return killAndRestartReplay(t, newReplay(t, 40), sig, start)
+}
+
+func killAndRestartReplay(t *testing.T, r *replay, sig syscall.Signal, start func(t *testing.T) *proc) *replay {
 	seed := rand.Uint64()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, seed))
-	r := newReplay(t, 40)
 	total := 0
 	for _, ar := range r.requests {
 		total += len(ar.bodies)
@@ -270,7 +368,11 @@ func killAndRestart(t *testing.T, sig syscall.Signal, start func(t *testing.T) *
 		}
 		stop := 1 + rng.IntN(total/(rounds+1))
 		oks := r.send(p, senders, stop, sig)
-		stopped(t, p, sig)
+		if r.killAfterTerm != nil {
+			stopped(t, p, syscall.SIGKILL) // whichever ended it
+		} else {
+			stopped(t, p, sig)
+		}
 		t.Logf("round %d: %d webhooks answered 200, %v after the %d-th", round, oks, sig, stop)
 		if t.Failed() {
 			return r
@@ -331,6 +433,81 @@ func TestTerminatedUnderLoadKeepsEveryAcknowledgedWebhook(t *testing.T) {
 	t.Parallel()
 	dataDir := t.TempDir()
 	killAndRestart(t, syscall.SIGTERM, func(t *testing.T) *proc { return startServe(t, dataDir, credentialsEnv()...) })
+}
+
+// TestKilledWhilePurgingKeepsEveryAcknowledgedWebhook is the SIGKILL test
+// with retention purging every 10 ms what is older than a millisecond, so
+// that kills land in purges as well as in commits: every event answered
+// 200 is there, each snapshot is the fold of its stored events and never
+// goes back a revision, and db check finds the file sound.
+func TestKilledWhilePurgingKeepsEveryAcknowledgedWebhook(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the binary; skipped with -short")
+	}
+	t.Parallel()
+	purge := []string{"OTPLESS_EVENTS_PII_RETENTION=1ms", "OTPLESS_EVENTS_RETENTION_INTERVAL=10ms"}
+	t.Run("SQLite", func(t *testing.T) {
+		t.Parallel()
+		dataDir := t.TempDir()
+		r := newReplay(t, 40)
+		r.purging = true
+		killAndRestartReplay(t, r, syscall.SIGKILL, func(t *testing.T) *proc {
+			return startServe(t, dataDir, append(credentialsEnv(), purge...)...)
+		})
+		out, err := exec.Command(buildBinary(t), "db", "check", "--data-dir", dataDir).CombinedOutput()
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {
+			t.Errorf("db check: %v\n%s", err, out)
+		}
+	})
+	t.Run("PostgreSQL", func(t *testing.T) {
+		t.Parallel()
+		dsn, _ := pgtest.Schema(t)
+		env := append(append(credentialsEnv(), purge...), "OTPLESS_EVENTS_STORE="+dsn)
+		r := newReplay(t, 40)
+		r.purging = true
+		killAndRestartReplay(t, r, syscall.SIGKILL, func(t *testing.T) *proc { return startServe(t, t.TempDir(), env...) })
+	})
+}
+
+// TestKilledDuringShutdownKeepsEveryAcknowledgedWebhook is the SIGTERM test
+// with a SIGKILL up to 100 ms after the SIGTERM, while the server finishes
+// the webhooks in flight and commits what is queued: every webhook answered
+// 200 is there all the same.
+func TestKilledDuringShutdownKeepsEveryAcknowledgedWebhook(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the binary; skipped with -short")
+	}
+	t.Parallel()
+	for _, pg := range []bool{false, true} {
+		t.Run(map[bool]string{false: "SQLite", true: "PostgreSQL"}[pg], func(t *testing.T) {
+			t.Parallel()
+			dataDir, env := t.TempDir(), credentialsEnv()
+			if pg {
+				dsn, _ := pgtest.Schema(t)
+				env = append(env, "OTPLESS_EVENTS_STORE="+dsn)
+			}
+			r := newReplay(t, 40)
+			r.killAfterTerm = func() time.Duration { return rand.N(100 * time.Millisecond) }
+			killAndRestartReplay(t, r, syscall.SIGTERM, func(t *testing.T) *proc { return startServe(t, dataDir, env...) })
+			if !pg {
+				out, err := exec.Command(buildBinary(t), "db", "check", "--data-dir", dataDir).CombinedOutput()
+				if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {
+					t.Errorf("db check: %v\n%s", err, out)
+				}
+			}
+		})
+	}
+}
+
+// TestTerminatedUnderLoadOnPostgres is the SIGTERM test on PostgreSQL.
+func TestTerminatedUnderLoadOnPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	env := append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+dsn)
+	killAndRestart(t, syscall.SIGTERM, func(t *testing.T) *proc { return startServe(t, t.TempDir(), env...) })
 }
 
 // TestKilledAtRandomOnPostgres is the SIGKILL test on PostgreSQL.
