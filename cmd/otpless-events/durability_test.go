@@ -703,7 +703,7 @@ func TestWatchersResumeAcrossARestart(t *testing.T) {
 		name string
 		sig  syscall.Signal
 		pg   bool
-	}{{"SQLite killed", syscall.SIGKILL, false}, {"SQLite terminated", syscall.SIGTERM, false}, {"PostgreSQL killed", syscall.SIGKILL, true}} {
+	}{{"SQLite killed", syscall.SIGKILL, false}, {"SQLite terminated", syscall.SIGTERM, false}, {"PostgreSQL killed", syscall.SIGKILL, true}, {"PostgreSQL terminated", syscall.SIGTERM, true}} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			sig, dataDir, env := tt.sig, t.TempDir(), credentialsEnv()
