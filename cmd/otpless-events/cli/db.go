@@ -155,7 +155,8 @@ func newDBVacuum(stdout io.Writer) *cobra.Command {
 		Short: "Rewrite the database file (SQLite's VACUUM): no free pages, nothing left of purged personal data",
 		Long: "Rewrites every page of the database file, so that copies of rows a retention purge\n" +
 			"changed, left in the pages' unused space, are gone, and the file holds no free pages.\n" +
-			"It may need free disk space of twice the file's size.",
+			"It may need free disk space of twice the file's size. A file that holds no store (empty,\n" +
+			"or another program's database) is refused and left as it is.",
 	}, func(cmd *cobra.Command, path string) error {
 		before, after, err := sqlitestore.Vacuum(cmd.Context(), path)
 		if err != nil {

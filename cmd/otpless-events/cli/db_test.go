@@ -186,3 +186,42 @@ func TestDBCheckNoStore(t *testing.T) {
 		}
 	}
 }
+
+// TestDBVacuumNoStore: db vacuum refuses a file that holds no store
+// (emptied, or another program's database), exit 1, and leaves it as it
+// is, as check and copy do, rather than rewriting it and printing its
+// sizes as though it had vacuumed the store.
+func TestDBVacuumNoStore(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other.db")
+	db, err := sql.Open("sqlite", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x'); DELETE FROM notes`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		path string
+	}{{[]string{"--data-dir", dir}, path}, {[]string{"--store", other}, other}} {
+		before, err := os.ReadFile(tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := run(t, append([]string{"db", "vacuum"}, tc.args...)...)
+		if code != 1 || out != "" || !strings.Contains(errOut, "holds no store") {
+			t.Errorf("db vacuum %q: exit %d, %q, %q; want 1, nothing on stdout, the file said to hold no store", tc.args, code, out, errOut)
+		}
+		if after, err := os.ReadFile(tc.path); err != nil || string(after) != string(before) {
+			t.Errorf("db vacuum %q changed the file: %d bytes before, %d after (%v)", tc.args, len(before), len(after), err)
+		}
+	}
+}

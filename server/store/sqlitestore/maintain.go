@@ -146,7 +146,8 @@ func isCorrupt(err error) bool {
 // not use (copies of personal data a retention purge removed can stay
 // there otherwise), and empties the write-ahead log, before and after. It
 // returns the size of the file before and after. It takes the lock a
-// server holds on the file, and fails while one has it open. It may need
+// server holds on the file, and fails while one has it open, or when the
+// file holds no store (empty, or another program's database). It may need
 // free disk space of twice the file's size (a copy built in the temporary
 // directory, and the write-ahead log it is copied back through).
 func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
@@ -160,6 +161,16 @@ func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 		return 0, 0, err
 	}
 	defer closeDB()
+	// Before anything writes: a file that holds no store (empty, or
+	// another program's database) is no store to vacuum, and is left as it
+	// is.
+	held, err := hasStore(ctx, db)
+	if err != nil {
+		return 0, 0, err
+	}
+	if !held {
+		return 0, 0, errors.New("the file holds no store (none of its tables): empty, or another program's database; left as it is")
+	}
 	size := func() (int64, error) {
 		// TRUNCATE: the log's pages are written into the file and the
 		// log is cut to nothing, with the older copies of pages it held.
