@@ -417,7 +417,7 @@ func TestKilledAtRandomKeepsEveryAcknowledgedWebhook(t *testing.T) {
 		events += len(known)
 	}
 	out, err = exec.Command(buildBinary(t), "db", "copy", "--data-dir", dataDir, "--to", "sqlite://"+t.TempDir()+"/copy.db").Output()
-	if want := fmt.Sprintf(" webhooks copied: %d events stored, 0 duplicates, %d new requests", events, len(r.known)); err != nil || !strings.Contains(string(out), want) {
+	if want := fmt.Sprintf(" webhooks read: %d events stored, 0 duplicates, %d new requests", events, len(r.known)); err != nil || !strings.Contains(string(out), want) {
 		t.Errorf("db copy: %v\n%s\nwant %q", err, out, want)
 	}
 }

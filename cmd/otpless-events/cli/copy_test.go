@@ -113,7 +113,7 @@ func openCopied(t *testing.T, path string) store.Store {
 func checkCopy(t *testing.T, args []string, openFrom, open func() store.Store, requests, purged []string, webhooks, events int) {
 	t.Helper()
 	args = append([]string{"db", "copy"}, args...)
-	want := fmt.Sprintf("%d webhooks copied: %d events stored, 0 duplicates, %d new requests\n", webhooks, events, len(requests))
+	want := fmt.Sprintf("%d webhooks read: %d events stored, 0 duplicates, %d new requests\n", webhooks, events, len(requests))
 	if code, out, errOut := run(t, args...); code != 0 || out != want {
 		t.Fatalf("%q: exit %d, %q, %q; want 0, %q", args, code, out, errOut, want)
 	}
@@ -139,7 +139,7 @@ func checkCopy(t *testing.T, args []string, openFrom, open func() store.Store, r
 	}
 	to.Close()
 
-	want = fmt.Sprintf("%d webhooks copied: 0 events stored, %d duplicates, 0 new requests\n", webhooks, events)
+	want = fmt.Sprintf("%d webhooks read: 0 events stored, %d duplicates, 0 new requests\n", webhooks, events)
 	if code, out, errOut := run(t, args...); code != 0 || out != want {
 		t.Fatalf("%q again: exit %d, %q, %q; want 0, %q", args, code, out, errOut, want)
 	}

@@ -104,7 +104,7 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		st, err := store.Copy(ctx, from, dst, func(st store.CopyStats) {
 			if time.Since(last) >= copyProgress {
 				last = time.Now()
-				fmt.Fprintf(stderr, "%d webhooks copied so far\n", st.Webhooks)
+				fmt.Fprintf(stderr, "%d webhooks read so far\n", st.Webhooks)
 			}
 		})
 		if errors.Is(err, store.ErrDamaged) {
@@ -124,7 +124,7 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 }
 
 func copySummary(st store.CopyStats) string {
-	return fmt.Sprintf("%d webhooks copied: %d events stored, %d duplicates, %d new requests", st.Webhooks, st.Events, st.Duplicates, st.Requests)
+	return fmt.Sprintf("%d webhooks read: %d events stored, %d duplicates, %d new requests", st.Webhooks, st.Events, st.Duplicates, st.Requests)
 }
 
 func newDBCheck(stdout io.Writer) *cobra.Command {
