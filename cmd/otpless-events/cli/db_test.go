@@ -225,3 +225,35 @@ func TestDBVacuumNoStore(t *testing.T) {
 		}
 	}
 }
+
+// TestDBNotWritable: a database file this process may read but not write
+// (another user's, say the server's) is refused by check, vacuum and copy,
+// exit 1, saying so, and SQLite makes no -wal or -shm beside it: owned by
+// this user, they kept the server, run as the file's owner, from starting.
+// Root may write any file, so this runs only as another user.
+func TestDBNotWritable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may write any file")
+	}
+	t.Parallel()
+	dir, path := dataDir(t)
+	if err := os.Chmod(path, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"db", "check"},
+		{"db", "vacuum"},
+		{"db", "copy", "--to", filepath.Join(t.TempDir(), "copy.db")},
+	} {
+		code, out, errOut := run(t, append(args, "--data-dir", dir)...)
+		if code != 1 || out != "" || !strings.Contains(errOut, "cannot write the database") {
+			t.Errorf("%s of a file it may not write: exit %d, %q, %q; want 1, the file said not writable", strings.Join(args[:2], " "), code, out, errOut)
+		}
+		for _, suffix := range []string{"-wal", "-shm"} {
+			if _, err := os.Stat(path + suffix); err == nil {
+				t.Errorf("%s of a file it may not write left %s beside it", strings.Join(args[:2], " "), filepath.Base(path+suffix))
+				os.Remove(path + suffix)
+			}
+		}
+	}
+}

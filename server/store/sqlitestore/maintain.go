@@ -40,6 +40,10 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 		return nil, abs, nil, fmt.Errorf("%w: stop the server first", err)
 	}
 	offlineLocked()
+	if err := canWrite(abs); err != nil {
+		lock.Close()
+		return nil, abs, nil, err
+	}
 	// mode=rw: a file removed meanwhile is an error, not a new database.
 	uri := "file:" + (&url.URL{Path: abs}).EscapedPath() + "?mode=rw&_pragma=busy_timeout(5000)"
 	if db, err = sql.Open("sqlite", uri); err == nil {

@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -180,6 +181,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		// mode or owner.
 		s.closeAll()
 		return nil, fmt.Errorf("sqlitestore: open %s: is a directory, not a database file", abs)
+	}
+	if err := canWrite(abs); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", abs, err)
 	}
 	if err := s.open(ctx, o, log); err != nil {
 		s.closeAll()
@@ -346,6 +351,28 @@ func checkWritable(ctx context.Context, db *sql.DB) error {
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `DELETE FROM webhooks WHERE 0`); err != nil {
 		return fmt.Errorf("write: %w", store.MapErr(ctx, err))
+	}
+	return nil
+}
+
+// canWrite opens the database file at path for writing, and closes it,
+// before SQLite opens it (closing a descriptor of the file drops the fcntl
+// locks SQLite holds on it). SQLite opens a file the process may only read
+// for reading, making the -wal and -shm files beside it, owned by this
+// process's user, before a write fails, or for good when none is tried (an
+// integrity check): the server, run as the file's owner, cannot open them
+// then. Errors other than a refusal are left to SQLite.
+func canWrite(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the caller names the file
+		}
+		return fmt.Errorf("this process cannot write the database (the mode or owner of the file, or a read-only mount; run as the server's user): %w", err)
+	}
+	if err == nil {
+		f.Close()
 	}
 	return nil
 }
