@@ -280,7 +280,7 @@ func TestDBCopySQLiteSourceWithoutStore(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, src := range []string{empty, other} {
+	for _, src := range append([]string{empty, other}, otherPrograms(t)...) {
 		before, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)

@@ -179,7 +179,11 @@ func TestDBCheckNoStore(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"--data-dir", dir}, {"--quick", "--store", other}} {
+	cases := [][]string{{"--data-dir", dir}, {"--quick", "--store", other}}
+	for _, path := range otherPrograms(t) {
+		cases = append(cases, []string{"--store", path})
+	}
+	for _, args := range cases {
 		code, out, errOut := run(t, append([]string{"db", "check"}, args...)...)
 		if code != 1 || !strings.Contains(out, "holds no store") || !strings.Contains(errOut, "failed the check") || strings.Contains(errOut, "damaged") {
 			t.Errorf("db check %q: exit %d, %q, %q; want 1, the file said to hold no store (not to be damaged)", args, code, out, errOut)
@@ -208,10 +212,17 @@ func TestDBVacuumNoStore(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
+	cases := []struct {
 		args []string
 		path string
-	}{{[]string{"--data-dir", dir}, path}, {[]string{"--store", other}, other}} {
+	}{{[]string{"--data-dir", dir}, path}, {[]string{"--store", other}, other}}
+	for _, path := range otherPrograms(t) {
+		cases = append(cases, struct {
+			args []string
+			path string
+		}{[]string{"--store", path}, path})
+	}
+	for _, tc := range cases {
 		before, err := os.ReadFile(tc.path)
 		if err != nil {
 			t.Fatal(err)
@@ -256,4 +267,29 @@ func TestDBNotWritable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// otherPrograms returns the database files of other programs that keep a
+// schema_migrations table of their own, as Rails and golang-migrate do.
+func otherPrograms(t *testing.T) []string {
+	t.Helper()
+	var paths []string
+	for name, schema := range map[string]string{
+		"rails.db":   `CREATE TABLE schema_migrations (version varchar NOT NULL PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000'); CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)`,
+		"migrate.db": `CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (3, 0); CREATE TABLE users (id INTEGER PRIMARY KEY)`,
+	} {
+		path := filepath.Join(t.TempDir(), name)
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(schema); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
+	}
+	return paths
 }

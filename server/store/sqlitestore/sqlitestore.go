@@ -332,11 +332,15 @@ func holdsStore(ctx context.Context, uri string) error {
 	return nil
 }
 
-// hasStore reports whether db holds a store: the migrations' bookkeeping,
-// which every build made.
+// hasStore reports whether db holds a store: the migrations' bookkeeping
+// as every build made it, with the tables its first migration made.
+// Other programs keep a schema_migrations table too (Rails and
+// golang-migrate do), without applied_at.
 func hasStore(ctx context.Context, db *sql.DB) (bool, error) {
 	var exists bool
-	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&exists)
+	err := db.QueryRowContext(ctx, `SELECT
+		(SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('schema_migrations', 'webhooks', 'requests')) = 3
+		AND EXISTS (SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = 'applied_at')`).Scan(&exists)
 	return exists, err
 }
 
