@@ -323,3 +323,25 @@ func TestDBCopyDamagedSource(t *testing.T) {
 		}
 	}
 }
+
+// TestDBCopyToOtherProgram: a destination file of another program that
+// keeps a schema_migrations table of its own is refused as such, exit 1,
+// and left as it was, rather than switched to WAL and refused as a store
+// of a newer build, or failed on its migrations.
+func TestDBCopyToOtherProgram(t *testing.T) {
+	t.Parallel()
+	dir, _ := dataDir(t)
+	for _, dst := range otherPrograms(t) {
+		before, err := os.ReadFile(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", dst)
+		if code != 1 || out != "" || !strings.Contains(errOut, "destination: ") || !strings.Contains(errOut, "another program's database") {
+			t.Errorf("db copy to %s: exit %d, %q, %q; want 1, the destination said to be another program's database", filepath.Base(dst), code, out, errOut)
+		}
+		if after, err := os.ReadFile(dst); err != nil || !bytes.Equal(after, before) {
+			t.Errorf("db copy to %s changed it (%v)", filepath.Base(dst), err)
+		}
+	}
+}

@@ -209,11 +209,9 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 		return q.Encode()
 	}
 
-	if o.existing {
-		// Before the writer, whose journal_mode(WAL) would change the file.
-		if err := holdsStore(ctx, uri+"?"+pragmas()); err != nil {
-			return err
-		}
+	// Before the writer, whose journal_mode(WAL) would change the file.
+	if err := holdsStore(ctx, uri+"?"+pragmas(), o.existing); err != nil {
+		return err
 	}
 	var err error
 	// BEGIN IMMEDIATE: a write transaction takes the write lock up front
@@ -314,9 +312,10 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	return nil
 }
 
-// holdsStore fails unless the database at uri holds a store
-// (WithExisting). It only reads.
-func holdsStore(ctx context.Context, uri string) error {
+// holdsStore fails when the database at uri holds another program's
+// schema_migrations, or, with existing (WithExisting), when it holds no
+// store. It only reads.
+func holdsStore(ctx context.Context, uri string, existing bool) error {
 	db, err := sql.Open("sqlite", uri)
 	if err != nil {
 		return err
@@ -326,7 +325,20 @@ func holdsStore(ctx context.Context, uri string) error {
 	if err != nil {
 		return store.MapErr(ctx, err)
 	}
-	if !exists {
+	if exists {
+		return nil
+	}
+	// Another program's bookkeeping would be taken for the store's by
+	// migrate: a version "newer than this binary", or migrations applied
+	// from the wrong one.
+	var foreign bool
+	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&foreign); err != nil {
+		return store.MapErr(ctx, err)
+	}
+	if foreign {
+		return errors.New("no store there: the file holds a schema_migrations table that is not the store's (another program's database); left as it is")
+	}
+	if existing {
 		return errors.New("no store there: the file holds none of its tables")
 	}
 	return nil
