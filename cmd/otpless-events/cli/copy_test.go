@@ -300,26 +300,51 @@ func TestDBCopySQLiteSourceWithoutStore(t *testing.T) {
 }
 
 // TestDBCopyDamagedSource: a copy that meets source data that does not
-// decode fails, exit 1, saying the data is damaged and not to run it
-// again to go on: a run again stops at the same data.
+// decode, or a page of the file SQLite finds malformed, fails, exit 1,
+// saying the data is damaged and not to run it again to go on: a run
+// again stops at the same data.
 func TestDBCopyDamagedSource(t *testing.T) {
 	t.Parallel()
-	dir, path := dataDir(t)
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`UPDATE requests SET events = X'01' WHERE request_id = 'r1'`); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(t.TempDir(), "copy.db")
-	for range 2 {
-		code, out, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", dst)
-		if code != 1 || out != "" || !strings.Contains(errOut, "damaged") || strings.Contains(errOut, "again to go on") {
-			t.Errorf("db copy of damaged data: exit %d, %q, %q; want 1, the data said damaged, and no run again advised", code, out, errOut)
+	for _, damage := range []func(t *testing.T, db *sql.DB, path string){
+		func(t *testing.T, db *sql.DB, _ string) {
+			if _, err := db.Exec(`UPDATE requests SET events = X'01' WHERE request_id = 'r1'`); err != nil {
+				t.Fatal(err)
+			}
+		},
+		// Garbage over the root page of the webhooks table.
+		func(t *testing.T, db *sql.DB, path string) {
+			var root, pageSize int
+			if err := db.QueryRow(`SELECT rootpage, (SELECT page_size FROM pragma_page_size) FROM sqlite_schema WHERE name = 'webhooks'`).Scan(&root, &pageSize); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(b[(root-1)*pageSize:root*pageSize], strings.Repeat("\xde\xad\xbe\xef", pageSize/4))
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		dir, path := dataDir(t)
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		damage(t, db, path)
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "copy.db")
+		for range 2 {
+			code, out, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", dst)
+			if code != 1 || out != "" || !strings.Contains(errOut, "damaged") || strings.Contains(errOut, "again to go on") {
+				t.Errorf("db copy of damaged data: exit %d, %q, %q; want 1, the data said damaged, and no run again advised", code, out, errOut)
+			}
 		}
 	}
 }

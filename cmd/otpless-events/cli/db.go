@@ -109,7 +109,7 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		})
 		if errors.Is(err, store.ErrDamaged) {
 			// Not mended by waiting: a run again stops at the same data.
-			return fmt.Errorf("%w (%s before; every run of db copy stops at this data, which does not decode)", err, copySummary(st))
+			return fmt.Errorf("%w (%s before; every run of db copy stops at the same damaged data)", err, copySummary(st))
 		}
 		if err != nil {
 			return fmt.Errorf("%w (%s before; run db copy again to go on)", err, copySummary(st))
