@@ -124,7 +124,6 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// "/" cannot be: the mux splits the path at %2F too.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
-		runtime.SetQueryParameterParser(strictQuery{}),
 		// As grpc-gateway's default, but a body's unknown field is refused
 		// (400 naming it) rather than dropped: {"ttl_seconds": 60} was a
 		// token of the default life.
@@ -377,6 +376,11 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 // a misspelt ?after_revison=5 resumed a watch from the start. The watch
 // route's access_token, read before, may be left empty.
 type strictQuery struct{ runtime.DefaultQueryParser }
+
+// The query parser is grpc-gateway's global, which its mux option sets as
+// each mux is made: set here once, before any server reads a query with it
+// (several servers run in one test process).
+func init() { runtime.NewServeMux(runtime.SetQueryParameterParser(strictQuery{})) }
 
 func (p strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
 	for key := range values {
