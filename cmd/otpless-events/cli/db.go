@@ -127,21 +127,23 @@ func copySummary(st store.CopyStats) string {
 	return fmt.Sprintf("%d webhooks read: %d events stored, %d duplicates, %d new requests", st.Webhooks, st.Events, st.Duplicates, st.Requests)
 }
 
+// checkNamed is how many damaged rows db check names.
+const checkNamed = 5
+
 func newDBCheck(stdout io.Writer) *cobra.Command {
 	var quick bool
 	cmd := &cobra.Command{
 		Use:   "check",
-		Short: "Check the database file for damage (SQLite's integrity_check); exit 1 on any",
+		Short: "Check the database file and every stored row for damage; exit 1 on any",
+		Long: "Runs SQLite's integrity_check on the database file, then reads every stored row and\n" +
+			"decodes it as serve and db copy do, counting the rows that do not decode and naming the\n" +
+			"first few: SQLite finds those sound, and db copy stops at the first of them.",
 	}
-	cmd.Flags().BoolVar(&quick, "quick", false, "run quick_check: faster on a large file, but does not compare indexes with their tables")
+	cmd.Flags().BoolVar(&quick, "quick", false, "run quick_check only: faster on a large file, but does not compare indexes with their tables, nor read the stored rows")
 	return dbCommand(cmd, func(cmd *cobra.Command, path string) error {
 		problems, err := sqlitestore.Check(cmd.Context(), path, quick)
 		if err != nil {
 			return err
-		}
-		if len(problems) == 0 {
-			fmt.Fprintf(stdout, "%s: ok\n", path)
-			return nil
 		}
 		for _, p := range problems {
 			fmt.Fprintf(stdout, "%s: %s\n", path, p)
@@ -149,7 +151,29 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 		if len(problems) == 1 && problems[0] == sqlitestore.NoStore {
 			return fmt.Errorf("%s failed the check: it holds no store", path)
 		}
-		return fmt.Errorf("%s failed the check: it is damaged (SQLite's report above)", path)
+		if len(problems) > 0 {
+			return fmt.Errorf("%s failed the check: it is damaged (SQLite's report above)", path)
+		}
+		if !quick {
+			r, err := sqlitestore.CheckRows(cmd.Context(), path, checkNamed)
+			if err != nil {
+				return err
+			}
+			if r.Skipped != "" {
+				fmt.Fprintf(stdout, "%s: stored rows not read: %s\n", path, r.Skipped)
+			}
+			for _, p := range r.First {
+				fmt.Fprintf(stdout, "%s: %s\n", path, p)
+			}
+			if more := r.Damaged - len(r.First); more > 0 {
+				fmt.Fprintf(stdout, "%s: and %d more\n", path, more)
+			}
+			if r.Damaged > 0 {
+				return fmt.Errorf("%s failed the check: %d stored rows are damaged (the first named above): db copy stops at the first of them", path, r.Damaged)
+			}
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", path)
+		return nil
 	})
 }
 

@@ -293,3 +293,106 @@ func otherPrograms(t *testing.T) []string {
 	}
 	return paths
 }
+
+// TestDBCheckDamagedRows: stored data that does not decode, in cells
+// SQLite's integrity_check finds sound (a request's events column or
+// snapshot, a webhook's body or request ids, an event that names no
+// request), fails db check, exit 1, counting the damaged rows and naming
+// the first few, as db copy would fail on them; --quick runs SQLite's
+// check only.
+func TestDBCheckDamagedRows(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "otpless-events.db")
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		wh := store.Webhook{
+			Body:   []byte(fmt.Sprintf(`{"mobile":"+91980000000%d"}`, i)),
+			Events: []*eventsv1.Event{{EventId: fmt.Sprintf("e%d", i), RequestId: fmt.Sprintf("r%d", i), Status: "SENT"}},
+		}
+		if i == 7 {
+			wh.Events[0].RequestId = ""
+		}
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{wh}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := run(t, "db", "check", "--data-dir", dir); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("db check of a sound store: exit %d, %q, %q", code, out, errOut)
+	}
+
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`UPDATE requests SET events = X'01' WHERE request_id = 'r0'`,
+		`UPDATE requests SET data = X'ffffffff' WHERE request_id = 'r1'`,
+		`UPDATE requests SET events = CAST(substr(events, 1, length(events) - 1) || X'ff' AS BLOB) WHERE request_id = 'r2'`,
+		`UPDATE webhooks SET request_ids = '["r3"' WHERE id = (SELECT MIN(id) FROM webhooks) + 3`,
+		`UPDATE events SET data = X'ffff' WHERE event_id = 'e7'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A byte of a webhook's body flipped in the file itself: no longer
+	// UTF-8, and nothing SQLite checks.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := strings.Index(string(b), "+919800000004")
+	if at < 0 || strings.Count(string(b), "+919800000004") != 1 {
+		t.Fatal("the body of webhook 5 is not in the file once")
+	}
+	b[at] = 0xff
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	if code, out, errOut := run(t, "db", "check", "--quick", "--data-dir", dir); code != 0 || !strings.Contains(out, "ok") {
+		t.Errorf("db check --quick: exit %d, %q, %q; want 0: SQLite finds the file sound", code, out, errOut)
+	}
+	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
+	if code != 1 || !strings.Contains(errOut, "6 stored rows") || !strings.Contains(errOut, "damaged") {
+		t.Errorf("db check: exit %d, stderr %q; want 1 and 6 stored rows said damaged", code, errOut)
+	}
+	for _, named := range []string{`request "r0"`, `request "r1"`, `request "r2"`, "webhook 4", "webhook 5", "and 1 more"} {
+		if !strings.Contains(out, named) {
+			t.Errorf("db check: stdout %q does not name %s", out, named)
+		}
+	}
+	t.Logf("stdout:\n%s", out)
+}
+
+// TestDBCheckRowsDisagree: rows that each decode but do not agree (a
+// webhook's request ids naming a request that holds none of its events)
+// fail db check as they fail db copy.
+func TestDBCheckRowsDisagree(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE webhooks SET request_ids = '["r9"]'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
+	if code != 1 || !strings.Contains(out, "none of its events found") || !strings.Contains(errOut, "1 stored rows") {
+		t.Errorf("db check: exit %d, %q, %q; want 1 and the webhook named", code, out, errOut)
+	}
+}
