@@ -69,7 +69,8 @@ func CheckBatch(batch []Webhook) error {
 // when it is done (drivers report an interrupted statement), err itself
 // when it says stored data is damaged or the schema newer (ErrDamaged,
 // NewerSchemaError: no retry mends either) or is ErrUnavailable already,
-// else ErrUnavailable with the cause.
+// ErrDenied with the cause when the database refused it for want of a
+// privilege (SQLSTATE 42501), else ErrUnavailable with the cause.
 func MapErr(ctx context.Context, err error) error {
 	if errors.Is(err, ErrDamaged) || errors.As(err, new(NewerSchemaError)) {
 		return err
@@ -82,6 +83,11 @@ func MapErr(ctx context.Context, err error) error {
 	}
 	if errors.Is(err, ErrUnavailable) {
 		return err
+	}
+	// PostgreSQL's insufficient_privilege (pgconn.PgError has SQLState).
+	var coded interface{ SQLState() string }
+	if errors.As(err, &coded) && coded.SQLState() == "42501" {
+		return fmt.Errorf("%w: %w", ErrDenied, err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }

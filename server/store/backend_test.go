@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -55,6 +56,16 @@ func TestMapErr(t *testing.T) {
 	if err := store.MapErr(t.Context(), damaged); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("MapErr(damaged data) = %v, want ErrDamaged, not ErrUnavailable", err)
 	}
+	// A privilege refused says so, and is still unavailability to a
+	// server (503, retried): a grant mends it.
+	denied := fmt.Errorf("lock requests: %w", sqlStateError("42501"))
+	if err := store.MapErr(t.Context(), denied); !errors.Is(err, store.ErrDenied) || !errors.Is(err, store.ErrUnavailable) ||
+		!errors.Is(err, denied) || strings.Contains(err.Error(), "unavailable") {
+		t.Errorf("MapErr(insufficient privilege) = %v, want ErrDenied (also ErrUnavailable) wrapping it, said denied", err)
+	}
+	if err := store.MapErr(t.Context(), sqlStateError("57P01")); errors.Is(err, store.ErrDenied) || !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("MapErr(admin shutdown) = %v, want ErrUnavailable only", err)
+	}
 	if said := fmt.Errorf("%w: the file was replaced", store.ErrUnavailable); store.MapErr(t.Context(), said) != said {
 		t.Errorf("MapErr(an ErrUnavailable) = %v, want it as it is", store.MapErr(t.Context(), said))
 	}
@@ -64,3 +75,9 @@ func TestMapErr(t *testing.T) {
 		t.Errorf("MapErr(driver error, canceled) = %v, want context.Canceled", err)
 	}
 }
+
+// sqlStateError is a driver's error with a SQLSTATE, as pgconn.PgError.
+type sqlStateError string
+
+func (e sqlStateError) Error() string    { return "ERROR (SQLSTATE " + string(e) + ")" }
+func (e sqlStateError) SQLState() string { return string(e) }

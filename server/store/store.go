@@ -33,7 +33,19 @@ var (
 	// ErrDamaged: stored data does not decode, or lacks what it must hold;
 	// no retry mends it.
 	ErrDamaged = errors.New("store: damaged data")
+	// ErrDenied: the database refused the call for want of a privilege
+	// (its role lacks a grant); nothing of it was stored. It is also
+	// ErrUnavailable, as a server answers it: granting the privilege
+	// mends it, without a restart.
+	ErrDenied error = denied{}
 )
+
+type denied struct{}
+
+func (denied) Error() string { return "store: permission denied" }
+
+// Is makes ErrDenied ErrUnavailable too.
+func (denied) Is(target error) bool { return target == ErrUnavailable }
 
 // NewerSchemaError refuses a database that a newer build migrated: this
 // one does not know its schema. No retry mends it.

@@ -2,10 +2,12 @@ package cli_test
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -368,5 +370,86 @@ func TestDBCopyToOtherProgram(t *testing.T) {
 		if after, err := os.ReadFile(dst); err != nil || !bytes.Equal(after, before) {
 			t.Errorf("db copy to %s changed it (%v)", filepath.Base(dst), err)
 		}
+	}
+}
+
+// TestDBCopyPostgresNoInsert: a copy into a schema whose role may read its
+// tables but not insert into them fails, exit 1, saying the role lacks a
+// privilege to grant, not that the store is unavailable and to run db
+// copy again (a run again meets the same grant).
+func TestDBCopyPostgresNoInsert(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	s, err := pgstore.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	role := schema + "_reader"
+	admin, err := pgx.Connect(t.Context(), pgtest.DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(t.Context())
+	sq, rq := pgx.Identifier{schema}.Sanitize(), pgx.Identifier{role}.Sanitize()
+	if _, err := admin.Exec(t.Context(), "CREATE ROLE "+rq+" LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Before the schema is dropped (cleanups run last first).
+		conn, err := pgx.Connect(context.Background(), pgtest.DSN(t))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(context.Background())
+		for _, q := range []string{"DROP OWNED BY " + rq, "DROP ROLE " + rq} {
+			if _, err := conn.Exec(context.Background(), q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	for _, q := range []string{"GRANT USAGE ON SCHEMA " + sq + " TO " + rq, "GRANT SELECT ON ALL TABLES IN SCHEMA " + sq + " TO " + rq} {
+		if _, err := admin.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	dir, _ := dataDir(t)
+	code, out, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", u.String())
+	if code != 1 || out != "" || !strings.Contains(errOut, "permission denied") || strings.Contains(errOut, "unavailable") ||
+		strings.Contains(errOut, "again to go on") || !strings.Contains(errOut, "grant") {
+		t.Errorf("db copy to a role without INSERT: exit %d, %q, %q; want 1, a privilege to grant, not unavailable", code, out, errOut)
+	}
+}
+
+// TestDBCopyMalformedSchema: a source whose schema SQLite finds malformed
+// fails at open, exit 1, said damaged, not unavailable.
+func TestDBCopyMalformedSchema(t *testing.T) {
+	t.Parallel()
+	dir, path := dataDir(t)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The schema table's text, its first page after the file's header:
+	// the statement that made requests no longer parses.
+	at := strings.Index(string(b), "CREATE TABLE requests")
+	if at < 0 {
+		t.Fatal("no schema text in the file")
+	}
+	copy(b[at:], "CREATE TABLE (equests")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", filepath.Join(t.TempDir(), "copy.db"))
+	if code != 1 || out != "" || !strings.Contains(errOut, "damaged") || strings.Contains(errOut, "unavailable") {
+		t.Errorf("db copy of a source with a malformed schema: exit %d, %q, %q; want 1, said damaged", code, out, errOut)
 	}
 }

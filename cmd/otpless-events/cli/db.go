@@ -95,7 +95,12 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		}
 		ctx := cmd.Context()
 		from, dst, err := cfg.OpenCopy(ctx, to, log)
-		if err != nil {
+		switch {
+		case errors.Is(err, store.ErrDamaged):
+			return fmt.Errorf("%w (every run of db copy stops at the same damaged data)", err)
+		case errors.Is(err, store.ErrDenied):
+			return fmt.Errorf("%w (the database role lacks a privilege: grant it, then run db copy)", err)
+		case err != nil:
 			return err
 		}
 		defer from.(store.Store).Close()
@@ -110,6 +115,10 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		if errors.Is(err, store.ErrDamaged) {
 			// Not mended by waiting: a run again stops at the same data.
 			return fmt.Errorf("%w (%s before; every run of db copy stops at the same damaged data)", err, copySummary(st))
+		}
+		if errors.Is(err, store.ErrDenied) {
+			// Not mended by waiting either, but by a grant.
+			return fmt.Errorf("%w (%s before; the database role lacks a privilege: grant it, and a run of db copy then goes on from there)", err, copySummary(st))
 		}
 		if err != nil {
 			return fmt.Errorf("%w (%s before; run db copy again to go on)", err, copySummary(st))

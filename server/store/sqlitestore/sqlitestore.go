@@ -239,7 +239,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 
 	var mode string
 	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		return store.MapErr(ctx, err)
+		return openErr(ctx, err)
 	}
 	if mode != "wal" {
 		return fmt.Errorf("journal_mode is %q, want wal", mode)
@@ -251,16 +251,16 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	applied, err := migrate(ctx, s.w, ms, time.Now())
 	if err != nil {
-		return fmt.Errorf("migrate: %w", store.MapErr(ctx, err))
+		return fmt.Errorf("migrate: %w", openErr(ctx, err))
 	}
 	for _, name := range applied {
 		log.Info("applied migration", "path", s.path, "migration", name)
 	}
 	if err := moveEvents(ctx, s.w, log.With("path", s.path)); err != nil {
-		return store.MapErr(ctx, err)
+		return openErr(ctx, err)
 	}
 	if err := fillRequestIDs(ctx, s.w, log.With("path", s.path)); err != nil {
-		return store.MapErr(ctx, err)
+		return openErr(ctx, err)
 	}
 	// A file SQLite can open only for reading (by its mode or owner, or on
 	// a read-only mount) would serve reads, and fail every commit: the
@@ -307,7 +307,7 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 	prepare(s.r, &s.requestEvents, `SELECT events FROM requests WHERE request_id = ?`)
 	prepare(s.r, &s.bodies, `SELECT id, body FROM webhooks WHERE id IN (SELECT value FROM json_each(?))`)
 	if err != nil {
-		return fmt.Errorf("prepare: %w", store.MapErr(ctx, err))
+		return fmt.Errorf("prepare: %w", openErr(ctx, err))
 	}
 	return nil
 }
@@ -323,7 +323,7 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 	defer db.Close()
 	exists, err := hasStore(ctx, db)
 	if err != nil {
-		return store.MapErr(ctx, err)
+		return openErr(ctx, err)
 	}
 	if exists {
 		return nil
@@ -333,7 +333,7 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 	// from the wrong one.
 	var foreign bool
 	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&foreign); err != nil {
-		return store.MapErr(ctx, err)
+		return openErr(ctx, err)
 	}
 	if foreign {
 		return errors.New("no store there: the file holds a schema_migrations table that is not the store's (another program's database); left as it is")
@@ -362,11 +362,11 @@ func hasStore(ctx context.Context, db *sql.DB) (bool, error) {
 func checkWritable(ctx context.Context, db *sql.DB) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin a write: %w", store.MapErr(ctx, err))
+		return fmt.Errorf("begin a write: %w", openErr(ctx, err))
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `DELETE FROM webhooks WHERE 0`); err != nil {
-		return fmt.Errorf("write: %w", store.MapErr(ctx, err))
+		return fmt.Errorf("write: %w", openErr(ctx, err))
 	}
 	return nil
 }
@@ -640,4 +640,14 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("sqlitestore: %s: %w (%v)", op, store.ErrClosed, err)
 	}
 	return fmt.Errorf("sqlitestore: %s: %w", op, store.MapErr(ctx, err))
+}
+
+// openErr is store.MapErr for Open's errors, with a file SQLite finds
+// damaged (a malformed schema or page, or no database at all) as
+// ErrDamaged: every open of it meets the same damage.
+func openErr(ctx context.Context, err error) error {
+	if isCorrupt(err) {
+		err = fmt.Errorf("%w: %w", store.ErrDamaged, err)
+	}
+	return store.MapErr(ctx, err)
 }
