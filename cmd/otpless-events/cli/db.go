@@ -178,7 +178,11 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 				fmt.Fprintf(stdout, "%s: and %d more\n", path, more)
 			}
 			if r.Damaged > 0 {
-				return fmt.Errorf("%s failed the check: %d stored rows are damaged (the first named above): db copy stops at the first of them", path, r.Damaged)
+				rows := fmt.Sprintf("%d stored rows are", r.Damaged)
+				if r.Damaged == 1 {
+					rows = "1 stored row is"
+				}
+				return fmt.Errorf("%s failed the check: %s damaged (the first named above): db copy stops at the first of them", path, rows)
 			}
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", path)

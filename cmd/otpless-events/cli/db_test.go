@@ -392,7 +392,7 @@ func TestDBCheckRowsDisagree(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
-	if code != 1 || !strings.Contains(out, "none of its events found") || !strings.Contains(errOut, "1 stored rows") {
+	if code != 1 || !strings.Contains(out, "none of its events found") || !strings.Contains(errOut, "1 stored row is damaged") {
 		t.Errorf("db check: exit %d, %q, %q; want 1 and the webhook named", code, out, errOut)
 	}
 }
