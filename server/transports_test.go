@@ -181,6 +181,9 @@ func TestUnknownQueryParametersAreRefused(t *testing.T) {
 		{"/v1/requests/query-req:watch?after_revison=1", nil, http.StatusBadRequest, "after_revison"},
 		{"/v1/requests/query-req:watch?after_revison=1", []string{"Accept", "text/event-stream"}, http.StatusBadRequest, "after_revison"},
 		{"/v1/requests/query-req:watch?request_id.x=1", nil, http.StatusBadRequest, "request_id.x"},
+		// The watch route alone takes a credential in its query.
+		{"/v1/requests/query-req/events?access_token=owt1.x", nil, http.StatusBadRequest, "access_token"},
+		{"/v1/requests/query-req:watch?access_token=&after_revison=1", nil, http.StatusBadRequest, "after_revison"},
 	} {
 		r := ts.do(t, http.MethodGet, tc.path, testAdminKey, nil, tc.headers...)
 		if r.code != tc.code || !strings.Contains(string(r.body), tc.names) {

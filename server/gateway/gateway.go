@@ -374,7 +374,8 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 // strictQuery is grpc-gateway's query parser, but a parameter that names
 // no field of the request is refused (400, naming it) rather than ignored:
 // a misspelt ?after_revison=5 resumed a watch from the start. The watch
-// route's access_token, read before, may be left empty.
+// route's access_token, read before, may be left empty; other routes take
+// credentials in the header only, and refuse it as they refuse any other.
 type strictQuery struct{ runtime.DefaultQueryParser }
 
 // The query parser is grpc-gateway's global, which its mux option sets as
@@ -383,8 +384,9 @@ type strictQuery struct{ runtime.DefaultQueryParser }
 func init() { runtime.NewServeMux(runtime.SetQueryParameterParser(strictQuery{})) }
 
 func (p strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	_, watch := msg.(*eventsv1.WatchRequestRequest)
 	for key := range values {
-		if key != "access_token" && !namesField(msg.ProtoReflect().Descriptor(), key) {
+		if (key != "access_token" || !watch) && !namesField(msg.ProtoReflect().Descriptor(), key) {
 			return fmt.Errorf("unknown query parameter %.100q", key)
 		}
 	}
