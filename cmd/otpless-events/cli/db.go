@@ -157,7 +157,7 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 		for _, p := range problems {
 			fmt.Fprintf(stdout, "%s: %s\n", path, p)
 		}
-		if len(problems) == 1 && problems[0] == sqlitestore.NoStore {
+		if len(problems) == 1 && (problems[0] == sqlitestore.NoStore || problems[0] == sqlitestore.NoStoreOtherMigrations) {
 			return fmt.Errorf("%s failed the check: it holds no store", path)
 		}
 		if len(problems) > 0 {

@@ -183,10 +183,16 @@ func TestDBCheckNoStore(t *testing.T) {
 	for _, path := range otherPrograms(t) {
 		cases = append(cases, []string{"--store", path})
 	}
-	for _, args := range cases {
+	for i, args := range cases {
 		code, out, errOut := run(t, append([]string{"db", "check"}, args...)...)
 		if code != 1 || !strings.Contains(out, "holds no store") || !strings.Contains(errOut, "failed the check") || strings.Contains(errOut, "damaged") {
 			t.Errorf("db check %q: exit %d, %q, %q; want 1, the file said to hold no store (not to be damaged)", args, code, out, errOut)
+		}
+		// What it says a server would do is what serve does: start on
+		// the file as a new store, or, with another program's
+		// schema_migrations, refuse it.
+		if foreign := i >= 2; foreign != strings.Contains(out, "a server refuses it") || foreign == strings.Contains(out, "a server would start on it") {
+			t.Errorf("db check %q: %q; want it to say a server %s", args, out, map[bool]string{false: "would start on it", true: "refuses it"}[foreign])
 		}
 	}
 }

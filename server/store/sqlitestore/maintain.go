@@ -129,7 +129,15 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
 	if !held {
-		problems = append(problems, NoStore)
+		foreign, err := otherMigrations(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+		}
+		if foreign {
+			problems = append(problems, NoStoreOtherMigrations)
+		} else {
+			problems = append(problems, NoStore)
+		}
 	}
 	return problems, closeDB()
 }
@@ -137,6 +145,11 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 // NoStore is Check's problem with a file that holds none of the store's
 // tables.
 const NoStore = "the file holds no store (none of its tables): empty, or another program's database; a server would start on it as a new, empty store"
+
+// NoStoreOtherMigrations is Check's problem with a file that holds no
+// store but a schema_migrations table of another program's, which a
+// server refuses (holdsStore).
+const NoStoreOtherMigrations = "the file holds no store: its schema_migrations table is not the store's (another program's database); a server refuses it and leaves it as it is"
 
 // isCorrupt reports whether err is SQLite's finding the file damaged, or
 // not a database at all.

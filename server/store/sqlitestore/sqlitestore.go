@@ -331,8 +331,8 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 	// Another program's bookkeeping would be taken for the store's by
 	// migrate: a version "newer than this binary", or migrations applied
 	// from the wrong one.
-	var foreign bool
-	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&foreign); err != nil {
+	foreign, err := otherMigrations(ctx, db)
+	if err != nil {
 		return openErr(ctx, err)
 	}
 	if foreign {
@@ -342,6 +342,14 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 		return errors.New("no store there: the file holds none of its tables")
 	}
 	return nil
+}
+
+// otherMigrations reports whether db, which holds no store (hasStore),
+// holds a schema_migrations table all the same: another program's.
+func otherMigrations(ctx context.Context, db *sql.DB) (bool, error) {
+	var foreign bool
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&foreign)
+	return foreign, err
 }
 
 // hasStore reports whether db holds a store: the migrations' bookkeeping
