@@ -80,16 +80,32 @@ func startSecured(t *testing.T, mutate func(*server.Security)) *testServer {
 
 func (ts *testServer) client(t *testing.T, bearer string) eventsv1.RequestServiceClient {
 	t.Helper()
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	var opts []grpc.DialOption
 	if bearer != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: bearer, Insecure: true}))
 	}
-	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), opts...)
+	return eventsv1.NewRequestServiceClient(ts.dial(t, opts...))
+}
+
+// dial connects to the server's gRPC port in clear, sending no credential
+// unless opts say so; the connection closes when the test ends.
+func (ts *testServer) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"),
+		append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return eventsv1.NewRequestServiceClient(conn)
+	return conn
+}
+
+// watchToken mints a token for id with the servers' key, as CreateWatchToken
+// would.
+func watchToken(id string, ttl time.Duration) string {
+	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
+	tok, _ := signer.Mint(id, ttl)
+	return tok
 }
 
 // A call without a valid credential is refused before its request message
@@ -99,11 +115,7 @@ func (ts *testServer) client(t *testing.T, bearer string) eventsv1.RequestServic
 func TestCallsWithoutCredentialRefusedAtOnce(t *testing.T) {
 	t.Parallel()
 	ts := startSecured(t, nil)
-	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := ts.dial(t)
 	for _, bearer := range []string{"", "ak_not-a-key-of-this-server-0123456789"} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		if bearer != "" {
@@ -131,13 +143,8 @@ func TestCallsWithoutCredentialRefusedAtOnce(t *testing.T) {
 func TestCallsOutsideTheCredentialsScopeRefusedAtOnce(t *testing.T) {
 	t.Parallel()
 	ts := startSecured(t, nil)
-	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
-	token, _ := signer.Mint("r1", time.Minute)
+	conn := ts.dial(t)
+	token := watchToken("r1", time.Minute)
 	for _, bearer := range []string{token, testReaderKey} {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bearer)
@@ -158,13 +165,8 @@ func TestCallsOutsideTheCredentialsScopeRefusedAtOnce(t *testing.T) {
 func TestUnknownMethodsAreUnimplementedForAnyCredential(t *testing.T) {
 	t.Parallel()
 	ts := startSecured(t, nil)
-	conn, err := grpc.NewClient(strings.TrimPrefix(ts.conn.Target(), "dns:///"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
-	token, _ := signer.Mint("r1", time.Minute)
+	conn := ts.dial(t)
+	token := watchToken("r1", time.Minute)
 	for _, bearer := range []string{testReaderKey, token} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bearer)
@@ -387,8 +389,7 @@ func TestWatchTokens(t *testing.T) {
 	}
 
 	// An expired token (signed with the server's key) no longer works.
-	signer, _ := auth.NewTokenSigner([][]byte{testTokenKey})
-	expired, _ := signer.Mint(id, -time.Second)
+	expired := watchToken(id, -time.Second)
 	if r := ts.do(t, http.MethodGet, "/v1/requests/"+id+":watch?access_token="+expired, "", nil); r.code != http.StatusUnauthorized {
 		t.Errorf("expired token: %d, want 401", r.code)
 	}
