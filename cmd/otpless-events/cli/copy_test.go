@@ -271,17 +271,7 @@ func TestDBCopySQLiteSourceWithoutStore(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	other := filepath.Join(dir, "other.db")
-	db, err := sql.Open("sqlite", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x')`); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	other := sqliteFile(t, "other.db", `CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x')`)
 	for _, src := range append([]string{empty, other}, otherPrograms(t)...) {
 		before, err := os.ReadFile(src)
 		if err != nil {

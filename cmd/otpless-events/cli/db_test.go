@@ -168,17 +168,7 @@ func TestDBCheckNoStore(t *testing.T) {
 	if err := os.Truncate(path, 0); err != nil {
 		t.Fatal(err)
 	}
-	other := filepath.Join(t.TempDir(), "other.db")
-	db, err := sql.Open("sqlite", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE notes (v TEXT)`); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	other := sqliteFile(t, "other.db", `CREATE TABLE notes (v TEXT)`)
 	cases := [][]string{{"--data-dir", dir}, {"--quick", "--store", other}}
 	for _, path := range otherPrograms(t) {
 		cases = append(cases, []string{"--store", path})
@@ -207,17 +197,7 @@ func TestDBVacuumNoStore(t *testing.T) {
 	if err := os.Truncate(path, 0); err != nil {
 		t.Fatal(err)
 	}
-	other := filepath.Join(t.TempDir(), "other.db")
-	db, err := sql.Open("sqlite", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x'); DELETE FROM notes`); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	other := sqliteFile(t, "other.db", `CREATE TABLE notes (v TEXT); INSERT INTO notes VALUES ('x'); DELETE FROM notes`)
 	cases := []struct {
 		args []string
 		path string
@@ -284,20 +264,27 @@ func otherPrograms(t *testing.T) []string {
 		"rails.db":   `CREATE TABLE schema_migrations (version varchar NOT NULL PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000'); CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)`,
 		"migrate.db": `CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (3, 0); CREATE TABLE users (id INTEGER PRIMARY KEY)`,
 	} {
-		path := filepath.Join(t.TempDir(), name)
-		db, err := sql.Open("sqlite", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.Exec(schema); err != nil {
-			t.Fatal(err)
-		}
-		if err := db.Close(); err != nil {
-			t.Fatal(err)
-		}
-		paths = append(paths, path)
+		paths = append(paths, sqliteFile(t, name, schema))
 	}
 	return paths
+}
+
+// sqliteFile makes a SQLite database named name in a directory of its own,
+// holding what statements make, and returns its path.
+func sqliteFile(t *testing.T, name, statements string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(statements); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // TestDBCheckDamagedRows: stored data that does not decode, in cells
