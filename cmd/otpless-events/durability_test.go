@@ -499,26 +499,21 @@ func TestKilledDuringShutdownKeepsEveryAcknowledgedWebhook(t *testing.T) {
 	}
 }
 
-// TestTerminatedUnderLoadOnPostgres is the SIGTERM test on PostgreSQL.
-func TestTerminatedUnderLoadOnPostgres(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary; skipped with -short")
-	}
-	t.Parallel()
-	dsn, _ := pgtest.Schema(t)
-	env := append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+dsn)
-	killAndRestart(t, syscall.SIGTERM, func(t *testing.T) *proc { return startServe(t, t.TempDir(), env...) })
-}
-
-// TestKilledAtRandomOnPostgres is the SIGKILL test on PostgreSQL.
+// TestKilledAtRandomOnPostgres is the SIGKILL test, and the SIGTERM test
+// under load, on PostgreSQL.
 func TestKilledAtRandomOnPostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the binary; skipped with -short")
 	}
 	t.Parallel()
-	dsn, _ := pgtest.Schema(t)
-	env := append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+dsn)
-	killAndRestart(t, syscall.SIGKILL, func(t *testing.T) *proc { return startServe(t, t.TempDir(), env...) })
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			dsn, _ := pgtest.Schema(t)
+			env := append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+dsn)
+			killAndRestart(t, sig, func(t *testing.T) *proc { return startServe(t, t.TempDir(), env...) })
+		})
+	}
 }
 
 // follower is one watch of a request, over gRPC or as Server-Sent Events,
