@@ -121,23 +121,18 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 	rows.Close()
 	// A sound file may hold no store: emptied (SQLite takes an empty file
 	// for an empty database), or another program's.
-	held, err := hasStore(ctx, db)
+	held, err := contents(ctx, db)
 	if isCorrupt(err) {
 		return append(problems, err.Error()), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
-	if !held {
-		foreign, err := otherMigrations(ctx, db)
-		if err != nil {
-			return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
-		}
-		if foreign {
-			problems = append(problems, NoStoreOtherMigrations)
-		} else {
-			problems = append(problems, NoStore)
-		}
+	switch held {
+	case noStore:
+		problems = append(problems, NoStore)
+	case otherMigrations:
+		problems = append(problems, NoStoreOtherMigrations)
 	}
 	return problems, closeDB()
 }
@@ -181,12 +176,12 @@ func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 	// Before anything writes: a file that holds no store (empty, or
 	// another program's database) is no store to vacuum, and is left as it
 	// is.
-	held, err := hasStore(ctx, db)
+	held, err := contents(ctx, db)
 	if err != nil {
 		return 0, 0, err
 	}
-	if !held {
-		return 0, 0, errors.New("the file holds no store (none of its tables): empty, or another program's database; left as it is")
+	if held != aStore {
+		return 0, 0, errors.New("the file holds no store: empty, or another program's database; left as it is")
 	}
 	size := func() (int64, error) {
 		// TRUNCATE: the log's pages are written into the file and the

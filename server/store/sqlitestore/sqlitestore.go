@@ -321,47 +321,47 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 		return err
 	}
 	defer db.Close()
-	exists, err := hasStore(ctx, db)
+	held, err := contents(ctx, db)
 	if err != nil {
 		return openErr(ctx, err)
 	}
-	if exists {
-		return nil
-	}
-	// Another program's bookkeeping would be taken for the store's by
-	// migrate: a version "newer than this binary", or migrations applied
-	// from the wrong one.
-	foreign, err := otherMigrations(ctx, db)
-	if err != nil {
-		return openErr(ctx, err)
-	}
-	if foreign {
+	switch {
+	case held == otherMigrations:
+		// Another program's bookkeeping would be taken for the store's by
+		// migrate: a version "newer than this binary", or migrations
+		// applied from the wrong one.
 		return errors.New("no store there: the file holds a schema_migrations table that is not the store's (another program's database); left as it is")
-	}
-	if existing {
+	case held == noStore && existing:
 		return errors.New("no store there: the file holds none of its tables")
 	}
 	return nil
 }
 
-// otherMigrations reports whether db, which holds no store (hasStore),
-// holds a schema_migrations table all the same: another program's.
-func otherMigrations(ctx context.Context, db *sql.DB) (bool, error) {
-	var foreign bool
-	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations')`).Scan(&foreign)
-	return foreign, err
-}
+// held is what a database holds, as a store goes.
+type held int
 
-// hasStore reports whether db holds a store: the migrations' bookkeeping
-// as every build made it, with the tables its first migration made.
-// Other programs keep a schema_migrations table too (Rails and
-// golang-migrate do), without applied_at.
-func hasStore(ctx context.Context, db *sql.DB) (bool, error) {
-	var exists bool
-	err := db.QueryRowContext(ctx, `SELECT
-		(SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('schema_migrations', 'webhooks', 'requests')) = 3
-		AND EXISTS (SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = 'applied_at')`).Scan(&exists)
-	return exists, err
+const (
+	// aStore: the migrations' bookkeeping as every build made it, with the
+	// tables its first migration made.
+	aStore held = iota
+	// noStore: none of the store's tables; empty (SQLite takes an empty
+	// file for an empty database), or another program's database.
+	noStore
+	// otherMigrations: no store, but a schema_migrations table all the
+	// same, another program's (Rails and golang-migrate keep one, without
+	// applied_at), which migrate would take for the store's.
+	otherMigrations
+)
+
+// contents reports what db holds. It only reads.
+func contents(ctx context.Context, db *sql.DB) (held, error) {
+	var h held
+	err := db.QueryRowContext(ctx, `SELECT CASE
+		WHEN (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('schema_migrations', 'webhooks', 'requests')) = 3
+			AND EXISTS (SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = 'applied_at') THEN ?
+		WHEN EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations') THEN ?
+		ELSE ? END`, aStore, otherMigrations, noStore).Scan(&h)
+	return h, err
 }
 
 // checkWritable runs a write that changes nothing, and rolls it back:
