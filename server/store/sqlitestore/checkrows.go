@@ -44,11 +44,8 @@ func CheckRows(ctx context.Context, path string, named int) (RowsReport, error) 
 	}
 	defer closeDB()
 	r, err := checkRows(ctx, db, named)
-	if isCorrupt(err) { // a page SQLite finds malformed, met while reading
-		err = fmt.Errorf("%w: %w", store.ErrDamaged, err)
-	}
 	if err != nil {
-		return r, fmt.Errorf("sqlitestore: check rows of %s: %w", abs, err)
+		return r, fmt.Errorf("sqlitestore: check rows of %s: %w", abs, corruptDamaged(err))
 	}
 	return r, closeDB()
 }

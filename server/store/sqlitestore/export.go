@@ -32,12 +32,8 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	defer tx.Rollback() // read only: nothing to commit
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		whs, ids, err := exportPage(ctx, tx, after, max(size, 1))
-		if isCorrupt(err) {
-			// A page SQLite finds malformed: a read again meets it again.
-			err = fmt.Errorf("%w: %w", store.ErrDamaged, err)
-		}
 		if err != nil {
-			return nil, nil, s.fail(ctx, op, err)
+			return nil, nil, s.fail(ctx, op, corruptDamaged(err))
 		}
 		return whs, ids, nil
 	})

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/otpless-events/otpless-events/server/store"
 )
 
 // offlineLocked, when tests replace it, runs once openOffline has the lock.
@@ -151,6 +153,16 @@ const NoStoreOtherMigrations = "the file holds no store: its schema_migrations t
 func isCorrupt(err error) bool {
 	code := resultCode(err)
 	return code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB
+}
+
+// corruptDamaged is err, as store.ErrDamaged when it is SQLite's finding
+// the file damaged (isCorrupt): a page or schema it finds malformed, which
+// every read again meets.
+func corruptDamaged(err error) error {
+	if isCorrupt(err) {
+		return fmt.Errorf("%w: %w", store.ErrDamaged, err)
+	}
+	return err
 }
 
 // Vacuum rewrites the database file at path with SQLite's VACUUM, which

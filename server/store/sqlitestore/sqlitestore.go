@@ -654,8 +654,5 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 // damaged (a malformed schema or page, or no database at all) as
 // ErrDamaged: every open of it meets the same damage.
 func openErr(ctx context.Context, err error) error {
-	if isCorrupt(err) {
-		err = fmt.Errorf("%w: %w", store.ErrDamaged, err)
-	}
-	return store.MapErr(ctx, err)
+	return store.MapErr(ctx, corruptDamaged(err))
 }
