@@ -95,12 +95,10 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		}
 		ctx := cmd.Context()
 		from, dst, err := cfg.OpenCopy(ctx, to, log)
-		switch {
-		case errors.Is(err, store.ErrDamaged):
-			return fmt.Errorf("%w (every run of db copy stops at the same damaged data)", err)
-		case errors.Is(err, store.ErrDenied):
-			return fmt.Errorf("%w (the database role lacks a privilege: grant it, then run db copy)", err)
-		case err != nil:
+		if err != nil {
+			if mend := copyMend(err); mend != "" {
+				return fmt.Errorf("%w (%s)", err, mend)
+			}
 			return err
 		}
 		defer from.(store.Store).Close()
@@ -112,16 +110,12 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 				fmt.Fprintf(stderr, "%d webhooks read so far\n", st.Webhooks)
 			}
 		})
-		if errors.Is(err, store.ErrDamaged) {
-			// Not mended by waiting: a run again stops at the same data.
-			return fmt.Errorf("%w (%s before; every run of db copy stops at the same damaged data)", err, copySummary(st))
-		}
-		if errors.Is(err, store.ErrDenied) {
-			// Not mended by waiting either, but by a grant.
-			return fmt.Errorf("%w (%s before; the database role lacks a privilege: grant it, and a run of db copy then goes on from there)", err, copySummary(st))
-		}
 		if err != nil {
-			return fmt.Errorf("%w (%s before; run db copy again to go on)", err, copySummary(st))
+			mend := copyMend(err)
+			if mend == "" {
+				mend = "run db copy again to go on"
+			}
+			return fmt.Errorf("%w (%s before; %s)", err, copySummary(st), mend)
 		}
 		if err := dst.Close(); err != nil {
 			return fmt.Errorf("destination: %w", err)
@@ -130,6 +124,19 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// copyMend says, of db copy's failure err, why a run again alone would not
+// go on: damaged data, which every run stops at, or a privilege the
+// database refused, which a grant mends; else "".
+func copyMend(err error) string {
+	switch {
+	case errors.Is(err, store.ErrDamaged):
+		return "every run of db copy stops at the same damaged data"
+	case errors.Is(err, store.ErrDenied):
+		return "the database role lacks a privilege: grant it, and a run of db copy then goes on"
+	}
+	return ""
 }
 
 func copySummary(st store.CopyStats) string {
