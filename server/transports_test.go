@@ -184,6 +184,10 @@ func TestUnknownQueryParametersAreRefused(t *testing.T) {
 		// The watch route alone takes a credential in its query.
 		{"/v1/requests/query-req/events?access_token=owt1.x", nil, http.StatusBadRequest, "access_token"},
 		{"/v1/requests/query-req:watch?access_token=&after_revison=1", nil, http.StatusBadRequest, "after_revison"},
+		// Taken, empty too: the watch's own refusal of its revision is
+		// what answers (the query's keys are read in no set order).
+		{"/v1/requests/query-req:watch?access_token=&after_revision=-1", nil, http.StatusBadRequest, "after_revision must not be negative"},
+		{"/v1/requests/query-req:watch?access_token=&after_revision=-1", []string{"Accept", "text/event-stream"}, http.StatusBadRequest, "after_revision must not be negative"},
 	} {
 		r := ts.do(t, http.MethodGet, tc.path, testAdminKey, nil, tc.headers...)
 		if r.code != tc.code || !strings.Contains(string(r.body), tc.names) {
