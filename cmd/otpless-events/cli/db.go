@@ -157,7 +157,7 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&quick, "quick", false, "run quick_check only: faster on a large file, but does not compare indexes with their tables, nor read the stored rows")
 	return dbCommand(cmd, func(cmd *cobra.Command, path string) error {
-		problems, err := sqlitestore.Check(cmd.Context(), path, quick)
+		problems, r, err := sqlitestore.Check(cmd.Context(), path, quick, checkNamed)
 		if err != nil {
 			return err
 		}
@@ -170,27 +170,21 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 		if len(problems) > 0 {
 			return fmt.Errorf("%s failed the check: it is damaged (SQLite's report above)", path)
 		}
-		if !quick {
-			r, err := sqlitestore.CheckRows(cmd.Context(), path, checkNamed)
-			if err != nil {
-				return err
+		if r.Skipped != "" {
+			fmt.Fprintf(stdout, "%s: stored rows not read: %s\n", path, r.Skipped)
+		}
+		for _, p := range r.First {
+			fmt.Fprintf(stdout, "%s: %s\n", path, p)
+		}
+		if more := r.Damaged - len(r.First); more > 0 {
+			fmt.Fprintf(stdout, "%s: and %d more\n", path, more)
+		}
+		if r.Damaged > 0 {
+			rows := fmt.Sprintf("%d stored rows are", r.Damaged)
+			if r.Damaged == 1 {
+				rows = "1 stored row is"
 			}
-			if r.Skipped != "" {
-				fmt.Fprintf(stdout, "%s: stored rows not read: %s\n", path, r.Skipped)
-			}
-			for _, p := range r.First {
-				fmt.Fprintf(stdout, "%s: %s\n", path, p)
-			}
-			if more := r.Damaged - len(r.First); more > 0 {
-				fmt.Fprintf(stdout, "%s: and %d more\n", path, more)
-			}
-			if r.Damaged > 0 {
-				rows := fmt.Sprintf("%d stored rows are", r.Damaged)
-				if r.Damaged == 1 {
-					rows = "1 stored row is"
-				}
-				return fmt.Errorf("%s failed the check: %s damaged (the first named above): db copy stops at the first of them", path, rows)
-			}
+			return fmt.Errorf("%s failed the check: %s damaged (the first named above): db copy stops at the first of them", path, rows)
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", path)
 		return nil

@@ -14,10 +14,10 @@ import (
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
-// RowsReport is what CheckRows found.
+// RowsReport is what Check found reading the rows of a store.
 type RowsReport struct {
 	// Damaged is how many stored rows do not decode, and First the first
-	// of them (at most the named CheckRows was given), each naming its
+	// of them (at most the named Check was given), each naming its
 	// row (a request's id, a webhook's id, an event's id) and what is
 	// wrong with it.
 	Damaged int
@@ -28,28 +28,14 @@ type RowsReport struct {
 	Skipped string
 }
 
-// CheckRows reads every row of the store in the database file at path,
-// one at a time, and decodes what it holds as the server and Export read
-// it (the snapshot and the events column of each request, the body and
-// request ids of each webhook, each event that names no request), counting
-// the rows that do not decode: SQLite's integrity_check finds them sound.
-// When none is damaged, it runs Export over the whole store, reading
-// nothing out, which finds a webhook whose events are not where its
-// request ids say (db copy stops there). It takes the lock a server holds
-// on the file, as Check does, and changes nothing.
-func CheckRows(ctx context.Context, path string, named int) (RowsReport, error) {
-	db, abs, closeDB, err := openOffline(ctx, path)
-	if err != nil {
-		return RowsReport{}, fmt.Errorf("sqlitestore: check rows of %s: %w", abs, err)
-	}
-	defer closeDB()
-	r, err := checkRows(ctx, db, named)
-	if err != nil {
-		return r, fmt.Errorf("sqlitestore: check rows of %s: %w", abs, corruptDamaged(err))
-	}
-	return r, closeDB()
-}
-
+// checkRows reads every row of the store in db, one at a time, and
+// decodes what it holds as the server and Export read it (the snapshot and
+// the events column of each request, the body and request ids of each
+// webhook, each event that names no request), counting the rows that do
+// not decode: SQLite's integrity_check finds them sound. When none is
+// damaged, it runs Export over the whole store, reading nothing out, which
+// finds a webhook whose events are not where its request ids say (db copy
+// stops there). It changes nothing.
 func checkRows(ctx context.Context, db *sql.DB, named int) (RowsReport, error) {
 	var r RowsReport
 	ms, err := loadMigrations()

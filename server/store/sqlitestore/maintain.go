@@ -80,28 +80,30 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 // quick, the faster quick_check, which does not compare indexes with their
 // tables) and returns what it reports: nil when the file is sound, else
 // one line per problem found. A file that holds no store (empty, or
-// another program's database) has that problem. It takes the lock a server holds on the
-// file, and fails while one has it open. It does not change the file,
-// except to recover a write-ahead log a crash left.
-func Check(ctx context.Context, path string, quick bool) (problems []string, err error) {
+// another program's database) has that problem. Unless quick, a sound
+// store's rows are then read too (rows, naming at most named of the
+// damaged; see checkRows), in the same hold of the file. It takes the lock
+// a server holds on the file, and fails while one has it open. It does not
+// change the file, except to recover a write-ahead log a crash left.
+func Check(ctx context.Context, path string, quick bool, named int) (problems []string, rows RowsReport, err error) {
 	db, abs, closeDB, err := openOffline(ctx, path)
 	if isCorrupt(err) {
-		return []string{err.Error()}, nil
+		return []string{err.Error()}, rows, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+		return nil, rows, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
 	defer closeDB()
 	pragma := "PRAGMA integrity_check"
 	if quick {
 		pragma = "PRAGMA quick_check"
 	}
-	rows, err := db.QueryContext(ctx, pragma)
+	lines, err := db.QueryContext(ctx, pragma)
 	if err == nil {
-		defer rows.Close()
-		for rows.Next() {
+		defer lines.Close()
+		for lines.Next() {
 			var line string
-			if err = rows.Scan(&line); err != nil {
+			if err = lines.Scan(&line); err != nil {
 				break
 			}
 			if line != "ok" {
@@ -109,26 +111,26 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 			}
 		}
 		if err == nil {
-			err = rows.Err()
+			err = lines.Err()
 		}
 	}
 	// Damage SQLite meets before it can say where (in the file's header
 	// or its schema) fails the check itself: that is what it found.
 	if isCorrupt(err) {
-		return append(problems, err.Error()), nil
+		return append(problems, err.Error()), rows, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+		return nil, rows, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
-	rows.Close()
+	lines.Close()
 	// A sound file may hold no store: emptied (SQLite takes an empty file
 	// for an empty database), or another program's.
 	held, err := contents(ctx, db)
 	if isCorrupt(err) {
-		return append(problems, err.Error()), nil
+		return append(problems, err.Error()), rows, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+		return nil, rows, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 	}
 	switch held {
 	case noStore:
@@ -136,7 +138,12 @@ func Check(ctx context.Context, path string, quick bool) (problems []string, err
 	case otherMigrations:
 		problems = append(problems, NoStoreOtherMigrations)
 	}
-	return problems, closeDB()
+	if len(problems) == 0 && !quick {
+		if rows, err = checkRows(ctx, db, named); err != nil {
+			return nil, rows, fmt.Errorf("sqlitestore: check rows of %s: %w", abs, corruptDamaged(err))
+		}
+	}
+	return problems, rows, closeDB()
 }
 
 // NoStore is Check's problem with a file that holds none of the store's

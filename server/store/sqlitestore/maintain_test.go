@@ -60,11 +60,11 @@ func TestCheck(t *testing.T) {
 		t.Run(fmt.Sprintf("quick=%v", quick), func(t *testing.T) {
 			t.Parallel()
 			path := stoppedDB(t, 50)
-			if problems, err := sqlitestore.Check(t.Context(), path, quick); err != nil || len(problems) != 0 {
+			if problems, _, err := sqlitestore.Check(t.Context(), path, quick, 5); err != nil || len(problems) != 0 {
 				t.Fatalf("a fresh database: %q, %v; want no problems", problems, err)
 			}
 			damagePage(t, path, "webhooks")
-			problems, err := sqlitestore.Check(t.Context(), path, quick)
+			problems, _, err := sqlitestore.Check(t.Context(), path, quick, 5)
 			if err != nil || len(problems) == 0 {
 				t.Fatalf("a damaged page: %q, %v; want problems reported", problems, err)
 			}
@@ -79,7 +79,7 @@ func TestCheckNotADatabase(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.Repeat("not a database ", 1000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if problems, err := sqlitestore.Check(t.Context(), path, false); err != nil || len(problems) == 0 {
+	if problems, _, err := sqlitestore.Check(t.Context(), path, false, 5); err != nil || len(problems) == 0 {
 		t.Fatalf("%q, %v; want a problem reported", problems, err)
 	}
 }
@@ -89,7 +89,7 @@ func TestCheckNotADatabase(t *testing.T) {
 func TestCheckMissing(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "events.db")
-	if _, err := sqlitestore.Check(t.Context(), path, false); err == nil || !strings.Contains(err.Error(), "no database there") {
+	if _, _, err := sqlitestore.Check(t.Context(), path, false, 5); err == nil || !strings.Contains(err.Error(), "no database there") {
 		t.Fatalf("%v, want no database", err)
 	}
 	if _, err := os.Stat(path); err == nil {
@@ -106,13 +106,13 @@ func TestCheckRefusedWhileOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sqlitestore.Check(t.Context(), path, false); err == nil || !strings.Contains(err.Error(), "another process") {
+	if _, _, err := sqlitestore.Check(t.Context(), path, false, 5); err == nil || !strings.Contains(err.Error(), "another process") {
 		t.Errorf("Check while a store has the lock: %v, want it refused", err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sqlitestore.Check(t.Context(), path, false); err != nil {
+	if _, _, err := sqlitestore.Check(t.Context(), path, false, 5); err != nil {
 		t.Fatalf("Check once the store closed: %v", err)
 	}
 }
@@ -122,7 +122,7 @@ func TestCheckRefusedWhileOpen(t *testing.T) {
 func TestServerRefusedDuringCheck(t *testing.T) {
 	path := stoppedDB(t, 1)
 	openErr := openMeanwhile(t, path)
-	if _, err := sqlitestore.Check(t.Context(), path, false); err != nil {
+	if _, _, err := sqlitestore.Check(t.Context(), path, false, 5); err != nil {
 		t.Fatal(err)
 	}
 	if *openErr == nil || !strings.Contains((*openErr).Error(), "another process") {
@@ -190,7 +190,7 @@ func TestVacuumRemovesResidue(t *testing.T) {
 			t.Errorf("%s holds the planted value %d times after Vacuum", filepath.Base(p), n)
 		}
 	}
-	if problems, err := sqlitestore.Check(ctx, path, false); err != nil || len(problems) > 0 {
+	if problems, _, err := sqlitestore.Check(ctx, path, false, 5); err != nil || len(problems) > 0 {
 		t.Errorf("Check after Vacuum: %q, %v", problems, err)
 	}
 	s := open(t, path)
