@@ -85,8 +85,8 @@ func checkRows(ctx context.Context, db *sql.DB, named int) (RowsReport, error) {
 		entries, err := parseEntries(column)
 		what = err
 		for _, en := range entries {
-			if err := proto.Unmarshal(en.data, new(eventsv1.Event)); err != nil && what == nil {
-				what = fmt.Errorf("%w: decode event %s: %w", store.ErrDamaged, en.eventID, err)
+			if _, err := en.event(); err != nil && what == nil {
+				what = err
 			}
 		}
 		if err := errors.Join(snapshot, what); err != nil {

@@ -6,6 +6,9 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -44,6 +47,16 @@ func appendEntry(b []byte, e entry) []byte {
 var errBadEntries = fmt.Errorf("%w: malformed events column", store.ErrDamaged)
 
 // parseEntries splits a requests.events column into its entries.
+// event decodes the event en holds; data that does not decode is
+// store.ErrDamaged, naming the event.
+func (en entry) event() (*eventsv1.Event, error) {
+	e := new(eventsv1.Event)
+	if err := proto.Unmarshal(en.data, e); err != nil {
+		return nil, fmt.Errorf("%w: decode event %s: %w", store.ErrDamaged, en.eventID, err)
+	}
+	return e, nil
+}
+
 func parseEntries(b []byte) ([]entry, error) {
 	var out []entry
 	for len(b) > 0 {

@@ -292,9 +292,9 @@ func (pc *purgeTx) stripRequest(id string, r *purgedRequest) error {
 		events = make([]*eventsv1.Event, len(r.entries))
 	)
 	for i, en := range r.entries {
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(en.data, e); err != nil {
-			return pc.damaged(id, fmt.Errorf("decode event %s: %w", en.eventID, err))
+		e, err := en.event()
+		if err != nil {
+			return pc.damaged(id, err)
 		}
 		if pc.due[en.webhookID] {
 			pii.StripEvent(e)

@@ -494,9 +494,9 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	events := make([]*eventsv1.Event, len(entries))
 	webhookIDs := make([]int64, len(entries))
 	for i, en := range entries {
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(en.data, e); err != nil {
-			return nil, "", fmt.Errorf("sqlitestore: %s %q: %w: decode event %s: %w", op, requestID, store.ErrDamaged, en.eventID, err)
+		e, err := en.event()
+		if err != nil {
+			return nil, "", fmt.Errorf("sqlitestore: %s %q: %w", op, requestID, err)
 		}
 		events[i], webhookIDs[i] = e, en.webhookID
 	}
