@@ -33,7 +33,7 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		whs, ids, err := exportPage(ctx, tx, after, max(size, 1))
 		if err != nil {
-			return nil, nil, s.fail(ctx, op, corruptDamaged(err))
+			return nil, nil, s.fail(ctx, op, err)
 		}
 		return whs, ids, nil
 	})

@@ -3,6 +3,7 @@ package sqlitestore_test
 import (
 	"bytes"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -231,5 +232,35 @@ func TestVacuumRefusedWhileOpen(t *testing.T) {
 	}
 	if *openErr == nil || !strings.Contains((*openErr).Error(), "another process") {
 		t.Fatalf("Open with the lock during Vacuum: %v, want it refused", *openErr)
+	}
+}
+
+// TestServeDamagedPage: a page SQLite finds malformed while the store
+// serves fails a read, or a commit that meets it, as store.ErrDamaged (the
+// server answers INTERNAL, 500, and the writer commits the others of the
+// batch one at a time), not as store.ErrUnavailable (503, retried for a
+// fault no retry mends); and Ping, which reads none of the damage, still
+// answers: the server stays ready.
+func TestServeDamagedPage(t *testing.T) {
+	t.Parallel()
+	path := stoppedDB(t, 50)
+	damagePage(t, path, "requests")
+	s := open(t, path)
+	defer s.Close()
+	ctx := t.Context()
+	damaged := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("%s over a damaged page: %v; want ErrDamaged, not ErrUnavailable", what, err)
+		}
+	}
+	_, err := s.GetRequest(ctx, "r1")
+	damaged("GetRequest", err)
+	_, _, err = s.ListEvents(ctx, "r1", store.Page{})
+	damaged("ListEvents", err)
+	_, _, err = s.Commit(ctx, []store.Webhook{hookOf(event("r1", "e2", eventsv1.EventKind_EVENT_KIND_DELIVERY, "DELIVERED", "SMS", 1))})
+	damaged("Commit", err)
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping of a store with a damaged page of requests: %v; want nil", err)
 	}
 }

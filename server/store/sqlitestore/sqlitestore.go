@@ -641,18 +641,20 @@ func (s *Store) closeAll() error {
 	return errors.Join(errs...)
 }
 
-// fail wraps err from the driver once, with the operation: the context's
-// error when ctx is done, ErrClosed after Close, else ErrUnavailable.
+// fail wraps err from the driver once, with the operation: ErrClosed
+// after Close, else as openErr: a page SQLite finds malformed while the
+// store serves is ErrDamaged (INTERNAL, 500: every read of it meets it
+// again), not ErrUnavailable.
 func (s *Store) fail(ctx context.Context, op string, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("sqlitestore: %s: %w (%v)", op, store.ErrClosed, err)
 	}
-	return fmt.Errorf("sqlitestore: %s: %w", op, store.MapErr(ctx, err))
+	return fmt.Errorf("sqlitestore: %s: %w", op, openErr(ctx, err))
 }
 
-// openErr is store.MapErr for Open's errors, with a file SQLite finds
-// damaged (a malformed schema or page, or no database at all) as
-// ErrDamaged: every open of it meets the same damage.
+// openErr is store.MapErr with a file SQLite finds damaged (a malformed
+// schema or page, or no database at all) as ErrDamaged: every open or
+// read of it meets the same damage.
 func openErr(ctx context.Context, err error) error {
 	return store.MapErr(ctx, corruptDamaged(err))
 }
