@@ -20,10 +20,13 @@ import (
 // SQLite file is created). A SQLite file is opened with the lock a server
 // holds, so that the copy fails while a server has it open and a server
 // cannot start meanwhile; PostgreSQL is connected, and either is migrated.
-// It refuses to take one store for both. The caller closes both.
-func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (from store.Exporter, to store.Store, err error) {
+// It refuses to take one store for both. The caller closes both. created
+// is the path of the destination's SQLite file when this call made it (it
+// was not there before), else "": a copy that fails for good may remove
+// it (sqlitestore.Remove, once to is closed).
+func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (from store.Exporter, to store.Store, created string, err error) {
 	if dst == "" {
-		return nil, nil, errors.New("destination: no store DSN")
+		return nil, nil, "", errors.New("destination: no store DSN")
 	}
 	// Before the source is opened (and migrated): a DSN that cannot name a
 	// store is refused at once.
@@ -32,11 +35,11 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 		err = pgstore.CheckDSN(dstPath) // its text hides the password
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("destination: %w", err)
+		return nil, nil, "", fmt.Errorf("destination: %w", err)
 	}
 	src, err := c.openOffline(ctx, c.Store, false, log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("source: %w", err)
+		return nil, nil, "", fmt.Errorf("source: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -46,17 +49,25 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 	if sq, ok := src.(*sqlitestore.Store); ok && dstBackend == "sqlite" && sameFile(sq.Path(), dstPath) {
 		// Before opening it: a second lock on the source's file would fail
 		// as if a server held it.
-		return nil, nil, fmt.Errorf("the destination %s is the source", dstPath)
+		return nil, nil, "", fmt.Errorf("the destination %s is the source", dstPath)
+	}
+	if dstBackend == "sqlite" {
+		if _, err := os.Stat(dstPath); errors.Is(err, fs.ErrNotExist) {
+			created = dstPath
+		}
 	}
 	to, err = (&Config{}).openOffline(ctx, dst, true, log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("destination: %w", err)
+		return nil, nil, "", fmt.Errorf("destination: %w", err)
 	}
 	if err := samePostgres(ctx, src, to); err != nil {
 		to.Close()
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	return src.(store.Exporter), to, nil
+	if sq, ok := to.(*sqlitestore.Store); ok && created != "" {
+		created = sq.Path()
+	}
+	return src.(store.Exporter), to, created, nil
 }
 
 // openOffline opens the store of dsn (or in c's DataDir) as OpenCopy

@@ -337,7 +337,32 @@ func TestDBCopyDamagedSource(t *testing.T) {
 			if code != 1 || out != "" || !strings.Contains(errOut, "damaged") || strings.Contains(errOut, "again to go on") {
 				t.Errorf("db copy of damaged data: exit %d, %q, %q; want 1, the data said damaged, and no run again advised", code, out, errOut)
 			}
+			// The destination it created is gone again, with its -wal and
+			// -shm: neither a run again nor serve meets a half store.
+			if !strings.Contains(errOut, "removed") {
+				t.Errorf("db copy of damaged data: %q; want the destination it created said removed", errOut)
+			}
+			for _, f := range []string{dst, dst + "-wal", dst + "-shm"} {
+				if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("db copy of damaged data left %s (%v)", filepath.Base(f), err)
+				}
+			}
 		}
+		// A destination that was there before the copy stays, and keeps
+		// what it held.
+		_, existing := dataDir(t)
+		code, _, errOut := run(t, "db", "copy", "--data-dir", dir, "--to", existing)
+		if code != 1 || strings.Contains(errOut, "removed") {
+			t.Errorf("db copy of damaged data to an existing store: exit %d, %q; want 1, nothing removed", code, errOut)
+		}
+		s, err := sqlitestore.Open(t.Context(), existing, sqlitestore.WithExisting())
+		if err != nil {
+			t.Fatalf("the existing destination after the copy failed: %v", err)
+		}
+		if _, err := s.GetRequest(t.Context(), "r1"); err != nil {
+			t.Errorf("the existing destination after the copy failed: %v", err)
+		}
+		s.Close()
 	}
 }
 

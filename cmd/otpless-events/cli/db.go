@@ -94,7 +94,7 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		ctx := cmd.Context()
-		from, dst, err := cfg.OpenCopy(ctx, to, log)
+		from, dst, created, err := cfg.OpenCopy(ctx, to, log)
 		if err != nil {
 			if mend := copyMend(err); mend != "" {
 				return fmt.Errorf("%w (%s)", err, mend)
@@ -112,8 +112,14 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		})
 		if err != nil {
 			mend := copyMend(err)
-			if mend == "" {
+			switch {
+			case mend == "":
 				mend = "run db copy again to go on"
+			case created != "" && errors.Is(err, store.ErrDamaged):
+				// No run goes past the damage: a store this run created
+				// would be left half filled, for serve or a run to
+				// another destination to meet.
+				mend += removeCreated(dst, created)
 			}
 			return fmt.Errorf("%w (%s before; %s)", err, copySummary(st), mend)
 		}
@@ -124,6 +130,19 @@ func newDBCopy(stdout, stderr io.Writer) *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// removeCreated closes dst and removes created, its SQLite file, which the
+// copy made, and says so, for db copy's error.
+func removeCreated(dst store.Store, created string) string {
+	err := dst.Close()
+	if err == nil {
+		err = sqlitestore.Remove(created)
+	}
+	if err != nil {
+		return fmt.Sprintf("; the destination %s, which this run created, could not be removed: %v", created, err)
+	}
+	return fmt.Sprintf("; the destination %s, which this run created, removed", created)
 }
 
 // copyMend says, of db copy's failure err, why a run again alone would not

@@ -229,3 +229,17 @@ func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 	}
 	return before, after, closeDB()
 }
+
+// Remove removes the database file at path, and the -wal and -shm files
+// SQLite keeps beside it, for a file given up by the one that made it (a
+// copy's destination that the copy could not fill). No store may have it
+// open.
+func Remove(path string) error {
+	var errs []error
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
