@@ -133,6 +133,21 @@ func TestDBNotSQLite(t *testing.T) {
 	}
 }
 
+// TestDBDataDirIsAFile: db check and db vacuum with a --data-dir that is a
+// file, not a directory, fail, exit 1, naming the database's path once
+// (it was named twice, "check PATH: stat PATH: not a directory").
+func TestDBDataDirIsAFile(t *testing.T) {
+	t.Parallel()
+	_, file := dataDir(t)
+	path := filepath.Join(file, "otpless-events.db")
+	for _, cmd := range []string{"check", "vacuum"} {
+		code, _, errOut := run(t, "db", cmd, "--data-dir", file)
+		if code != 1 || strings.Count(errOut, path) != 1 || !strings.Contains(errOut, "not a directory") {
+			t.Errorf("db %s --data-dir FILE: exit %d, %q; want 1, %s named once, not a directory", cmd, code, errOut, path)
+		}
+	}
+}
+
 // TestDBDataDirFromEnvironment: like serve, db reads --data-dir from
 // $OTPLESS_EVENTS_DATA_DIR.
 func TestDBDataDirFromEnvironment(t *testing.T) {

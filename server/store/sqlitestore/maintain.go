@@ -31,6 +31,11 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, abs, nil, errors.New("no database there")
 	}
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		// "not a directory", of a data directory that is a file: the
+		// caller names the path.
+		return nil, abs, nil, pe.Err
+	}
 	if err != nil {
 		return nil, abs, nil, err
 	}
