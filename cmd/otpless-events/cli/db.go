@@ -187,7 +187,7 @@ func newDBCheck(stdout io.Writer) *cobra.Command {
 			return fmt.Errorf("%s failed the check: it holds no store", path)
 		}
 		if len(problems) > 0 {
-			return fmt.Errorf("%s failed the check: it is damaged (SQLite's report above)", path)
+			return fmt.Errorf("%s failed the check: it is damaged (reported above)", path)
 		}
 		if r.Skipped != "" {
 			fmt.Fprintf(stdout, "%s: stored rows not read: %s\n", path, r.Skipped)

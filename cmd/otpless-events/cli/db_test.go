@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"bytes"
 	"database/sql"
 	"encoding/binary"
 	"fmt"
@@ -403,5 +404,50 @@ func TestDBCheckRowsDisagree(t *testing.T) {
 	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
 	if code != 1 || !strings.Contains(out, "none of its events found") || !strings.Contains(errOut, "1 stored row is damaged") {
 		t.Errorf("db check: exit %d, %q, %q; want 1 and the webhook named", code, out, errOut)
+	}
+}
+
+// TestDBLostTable: a store that lost one of its tables, its own
+// schema_migrations still there, is a damaged store, not another
+// program's database: db check says so, exit 1 as for damage; db vacuum,
+// db copy (from it or into it) and serve refuse it as damaged, and leave
+// it as it is.
+func TestDBLostTable(t *testing.T) {
+	t.Parallel()
+	for _, table := range []string{"webhooks", "requests", "events"} {
+		dir, path := dataDir(t)
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(`DROP TABLE ` + table); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		before, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := run(t, "db", "check", "--data-dir", dir)
+		if code != 1 || !strings.Contains(out, table) || !strings.Contains(errOut, "it is damaged") || strings.Contains(out+errOut, "another program") {
+			t.Errorf("db check of a store without %s: exit %d, %q, %q; want 1, the table named and the store said damaged", table, code, out, errOut)
+		}
+		other, _ := dataDir(t)
+		for _, args := range [][]string{
+			{"db", "vacuum", "--data-dir", dir},
+			{"db", "copy", "--data-dir", dir, "--to", filepath.Join(t.TempDir(), "copy.db")},
+			{"db", "copy", "--data-dir", other, "--to", path},
+			{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", ""},
+		} {
+			code, _, errOut := run(t, args...)
+			if code != 1 || !strings.Contains(errOut, "damaged") || !strings.Contains(errOut, table) || strings.Contains(errOut, "another program") {
+				t.Errorf("%s of a store without %s: exit %d, %q; want 1, the store said damaged, the table named", strings.Join(args[:2], " "), table, code, errOut)
+			}
+		}
+		if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, before) {
+			t.Errorf("a store without %s was changed (%v)", table, err)
+		}
 	}
 }

@@ -85,7 +85,8 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 // quick, the faster quick_check, which does not compare indexes with their
 // tables) and returns what it reports: nil when the file is sound, else
 // one line per problem found. A file that holds no store (empty, or
-// another program's database) has that problem. Unless quick, a sound
+// another program's database) has that problem, and a store that lost
+// tables the problem of its damage. Unless quick, a sound
 // store's rows are then read too (rows, naming at most named of the
 // damaged; see checkRows), in the same hold of the file. It takes the lock
 // a server holds on the file, and fails while one has it open. It does not
@@ -142,6 +143,12 @@ func Check(ctx context.Context, path string, quick bool, named int) (problems []
 		problems = append(problems, NoStore)
 	case otherMigrations:
 		problems = append(problems, NoStoreOtherMigrations)
+	case lostTables:
+		missing, err := missingTables(ctx, db)
+		if err != nil {
+			return nil, rows, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
+		}
+		problems = append(problems, "the store is damaged: its "+missing+" missing (its schema_migrations is there); a server refuses it and leaves it as it is")
 	}
 	if len(problems) == 0 && !quick {
 		if rows, err = checkRows(ctx, db, named); err != nil {
@@ -183,7 +190,8 @@ func corruptDamaged(err error) error {
 // there otherwise), and empties the write-ahead log, before and after. It
 // returns the size of the file before and after. It takes the lock a
 // server holds on the file, and fails while one has it open, or when the
-// file holds no store (empty, or another program's database). It may need
+// file holds no store (empty, or another program's database) or a store
+// that lost tables (store.ErrDamaged). It may need
 // free disk space of twice the file's size (a copy built in the temporary
 // directory, and the write-ahead log it is copied back through).
 func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
@@ -204,7 +212,10 @@ func Vacuum(ctx context.Context, path string) (before, after int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	if held != aStore {
+	switch held {
+	case lostTables:
+		return 0, 0, lostTablesErr(ctx, db)
+	case noStore, otherMigrations:
 		return 0, 0, errors.New("the file holds no store: empty, or another program's database; left as it is")
 	}
 	size := func() (int64, error) {

@@ -25,6 +25,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -313,8 +314,9 @@ func (s *Store) open(ctx context.Context, o options, log *slog.Logger) error {
 }
 
 // holdsStore fails when the database at uri holds another program's
-// schema_migrations, or, with existing (WithExisting), when it holds no
-// store. It only reads.
+// schema_migrations, or a store that lost tables (as store.ErrDamaged),
+// or, with existing (WithExisting), when it holds no store. It only
+// reads.
 func holdsStore(ctx context.Context, uri string, existing bool) error {
 	db, err := sql.Open("sqlite", uri)
 	if err != nil {
@@ -326,6 +328,8 @@ func holdsStore(ctx context.Context, uri string, existing bool) error {
 		return openErr(ctx, err)
 	}
 	switch {
+	case held == lostTables:
+		return lostTablesErr(ctx, db)
 	case held == otherMigrations:
 		// Another program's bookkeeping would be taken for the store's by
 		// migrate: a version "newer than this binary", or migrations
@@ -351,17 +355,55 @@ const (
 	// same, another program's (Rails and golang-migrate keep one, without
 	// applied_at), which migrate would take for the store's.
 	otherMigrations
+	// lostTables: the store's own bookkeeping, but not every table its
+	// first migration made (one dropped): a damaged store, which migrate
+	// would not make whole again (it applies only migrations not applied).
+	lostTables
 )
+
+// storeTables are the tables the first migration made, which no later one
+// drops.
+var storeTables = []string{"webhooks", "events", "requests"}
 
 // contents reports what db holds. It only reads.
 func contents(ctx context.Context, db *sql.DB) (held, error) {
 	var h held
 	err := db.QueryRowContext(ctx, `SELECT CASE
-		WHEN (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('schema_migrations', 'webhooks', 'requests')) = 3
-			AND EXISTS (SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = 'applied_at') THEN ?
-		WHEN EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations') THEN ?
-		ELSE ? END`, aStore, otherMigrations, noStore).Scan(&h)
+		WHEN (SELECT COUNT(*) FROM pragma_table_info('schema_migrations') WHERE name IN ('version', 'name', 'applied_at')) = 3 THEN
+			CASE WHEN (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN (SELECT value FROM json_each(?1))) = ?2
+				THEN ?3 ELSE ?4 END
+		WHEN EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations') THEN ?5
+		ELSE ?6 END`, jsonArray(storeTables), len(storeTables), aStore, lostTables, otherMigrations, noStore).Scan(&h)
 	return h, err
+}
+
+// missingTables says which of the store's tables db lacks, for a store
+// that lost some (lostTables): "table webhooks is", "tables events,
+// requests are".
+func missingTables(ctx context.Context, db *sql.DB) (string, error) {
+	rows, err := db.QueryContext(ctx, `SELECT value FROM json_each(?)
+		WHERE value NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY key`, jsonArray(storeTables))
+	if err != nil {
+		return "", err
+	}
+	names, err := scanAll(rows, func(r *sql.Rows) (name string, err error) { return name, r.Scan(&name) })
+	if err != nil {
+		return "", err
+	}
+	if len(names) == 1 {
+		return "table " + names[0] + " is", nil
+	}
+	return "tables " + strings.Join(names, ", ") + " are", nil
+}
+
+// lostTablesErr refuses a store that lost tables (lostTables), naming
+// them, as store.ErrDamaged.
+func lostTablesErr(ctx context.Context, db *sql.DB) error {
+	missing, err := missingTables(ctx, db)
+	if err != nil {
+		return openErr(ctx, err)
+	}
+	return fmt.Errorf("%w: the store's %s missing (its schema_migrations is there): a damaged store; left as it is", store.ErrDamaged, missing)
 }
 
 // checkWritable runs a write that changes nothing, and rolls it back:
