@@ -71,3 +71,46 @@ func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
 		})
 	}
 }
+
+// A body whose Content-Length is over its route's bound gets 413 at once,
+// unread, and its connection is closed after the answer, on the API (with
+// a credential or without) as on the webhook route: else net/http reads
+// on, up to 256 KiB, to reuse the connection.
+func TestAnnouncedOversizedBodiesCloseTheConnection(t *testing.T) {
+	t.Parallel()
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	const key = "oek_0123456789abcdef0123456789abcdef"
+	keyring := auth.NewKeyring([]auth.APIKey{{Name: "web", Hash: sha256.Sum256([]byte(key)), Scopes: []auth.Scope{auth.ScopeMintWatchToken}}}, nil)
+	log := slog.New(slog.DiscardHandler)
+	h, err := New(t.Context(), conn, api.NewWebhookServer(storingIngester{}, log), Options{Keyring: keyring, MaxBodyBytes: 4 << 10, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path, authorization string
+		announced                 int64
+	}{
+		{"an API body, no credential", "/v1/requests/r1:watchToken", "", maxAPIBodyBytes + 1},
+		{"an API body, a key", "/v1/requests/r1:watchToken", "Bearer " + key, maxAPIBodyBytes + 1},
+		{"a webhook", WebhookPath, "", 4<<10 + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reads := 0
+			r := httptest.NewRequest(http.MethodPost, tc.path, readCounter{strings.NewReader(`{}`), &reads})
+			r.ContentLength = tc.announced
+			if tc.authorization != "" {
+				r.Header.Set("Authorization", tc.authorization)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != http.StatusRequestEntityTooLarge || reads > 0 || w.Header().Get("Connection") != "close" {
+				t.Errorf("%d, body read %v, Connection %q; want 413, unread, close", w.Code, reads > 0, w.Header().Get("Connection"))
+			}
+		})
+	}
+}

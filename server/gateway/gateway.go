@@ -171,7 +171,8 @@ const maxAPIBodyBytes = 64 << 10
 
 // apiRequests answers 413 to an API request (under /v1/requests/, where
 // RequestService's routes are) whose body is over maxAPIBodyBytes: at once
-// when its length is announced, else once that much has been read (the
+// when its length is announced, unread and closing the connection as the
+// webhook route does (announcedOver), else once that much has been read (the
 // body is read here, whole, and only once its Authorization header holds a
 // valid credential: 401 without reading it otherwise, when keyring is set).
 // Webhooks have their own credentials and bound; no other route reads a
@@ -187,7 +188,7 @@ func apiRequests(keyring *auth.Keyring, next http.Handler) http.Handler {
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		if r.Body != nil && r.Body != http.NoBody {
-			if r.ContentLength > maxAPIBodyBytes {
+			if announcedOver(w, r, maxAPIBodyBytes) {
 				writeStatus(w, gatewayJSON, http.StatusRequestEntityTooLarge, tooLarge)
 				return
 			}
@@ -651,8 +652,7 @@ func (h *webhookHandler) readUnauthenticated(w http.ResponseWriter, r *http.Requ
 // large fails when it passes max (which also tells net/http to close the
 // connection).
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
-	if r.ContentLength > max {
-		w.Header().Set("Connection", "close") // else net/http reads on, to reuse it
+	if announcedOver(w, r, max) {
 		return nil, &http.MaxBytesError{Limit: max}
 	}
 	body := http.MaxBytesReader(w, r.Body, max)
@@ -674,6 +674,19 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 		return nil, err
 	}
 	return b, nil
+}
+
+// announcedOver reports whether r's Content-Length announces a body of
+// more than max bytes, which is then to be refused unread: the answer
+// closes the connection, else net/http reads on (up to 256 KiB) to reuse
+// it. Over HTTP/2 net/http takes the same header to end the connection
+// gracefully (GOAWAY, the streams already begun served to their end).
+func announcedOver(w http.ResponseWriter, r *http.Request, max int64) bool {
+	if r.ContentLength <= max {
+		return false
+	}
+	w.Header().Set("Connection", "close")
+	return true
 }
 
 // readUpfront is the largest announced body readBody allocates before it
