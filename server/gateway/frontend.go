@@ -39,11 +39,7 @@ func frontend(mux *runtime.ServeMux, next http.Handler, cors corsPolicy, opts Op
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
 		case p == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-			target := ui.Path
-			if r.URL.RawQuery != "" { // a link's request_id and access_token, as /ui keeps them
-				target += "?" + r.URL.RawQuery
-			}
-			http.Redirect(w, r, target, http.StatusFound)
+			ui.Redirect(w, r, http.StatusFound)
 		case p == uiRoot || strings.HasPrefix(p, ui.Path):
 			if r.Method != http.MethodGet && r.Method != http.MethodHead {
 				w.Header().Set("Allow", "GET, HEAD")

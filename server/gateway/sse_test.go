@@ -662,6 +662,12 @@ func TestStatusPageIsServed(t *testing.T) {
 			if tt.code == http.StatusOK && (resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("Referrer-Policy") != "no-referrer") {
 				t.Errorf("page served without its CSP and referrer policy: %v", resp.Header)
 			}
+			// A redirect keeps the query, which may hold a watch token: as
+			// the page, it is not kept, nor its URL sent on as a referrer.
+			if tt.location != "" && (resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Referrer-Policy") != "no-referrer") {
+				t.Errorf("redirect with Cache-Control %q, Referrer-Policy %q; want no-store, no-referrer",
+					resp.Header.Get("Cache-Control"), resp.Header.Get("Referrer-Policy"))
+			}
 		})
 	}
 }

@@ -34,15 +34,7 @@ func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		if r.URL.Path == strings.TrimSuffix(Path, "/") {
-			target := Path
-			if r.URL.RawQuery != "" {
-				target += "?" + r.URL.RawQuery
-			}
-			// The query may hold ?access_token=: the redirect is not to be
-			// kept, nor its URL sent on as a referrer.
-			h.Set("Cache-Control", "no-store")
-			h.Set("Referrer-Policy", "no-referrer")
-			http.Redirect(w, r, target, http.StatusMovedPermanently)
+			Redirect(w, r, http.StatusMovedPermanently)
 			return
 		}
 		// The embedded files have no modification time: a hash of their
@@ -72,6 +64,19 @@ func Handler() http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		files.ServeHTTP(w, r)
 	})
+}
+
+// Redirect sends r to the page with its query (a link's request_id and
+// access_token), answering code. The query may hold a watch token: the
+// redirect is not to be kept, nor its URL sent on as a referrer.
+func Redirect(w http.ResponseWriter, r *http.Request, code int) {
+	target := Path
+	if r.URL.RawQuery != "" {
+		target += "?" + r.URL.RawQuery
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	http.Redirect(w, r, target, code)
 }
 
 // contentTags gives each file of the tree a strong ETag, a hash of its
