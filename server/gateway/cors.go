@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -24,7 +25,8 @@ type corsPolicy struct {
 
 // CheckCORSOrigins reports the entries of origins that are neither "*" nor
 // an origin (scheme://host[:port], no path), space around them aside (as
-// in "https://a.example, https://b.example"). An origin is compared with
+// in "https://a.example, https://b.example") and empty ones skipped (as in
+// "https://a.example,"; see corsEntries). An origin is compared with
 // what a browser sends, so its host and port must be written as a browser
 // writes them: an ASCII name (an internationalized one in punycode,
 // xn--…) or an IP address in the form a browser gives it (IPv4 dotted in
@@ -32,8 +34,7 @@ type corsPolicy struct {
 // wildcard, and a port in plain decimal.
 func CheckCORSOrigins(origins []string) error {
 	var errs []error
-	for _, o := range origins {
-		o = strings.TrimSpace(o)
+	for o := range corsEntries(origins) {
 		if o == "*" {
 			continue
 		}
@@ -115,10 +116,23 @@ func endsInNumber(host string) bool {
 	return true
 }
 
+// corsEntries yields the entries of origins without the space around
+// them, skipping those left empty: a list split at its commas has one
+// after a trailing comma, which the other comma-separated lists (of
+// networks, of scopes) skip too.
+func corsEntries(origins []string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, o := range origins {
+			if o = strings.TrimSpace(o); o != "" && !yield(o) {
+				return
+			}
+		}
+	}
+}
+
 func newCORSPolicy(origins []string) corsPolicy {
 	var p corsPolicy
-	for _, o := range origins {
-		o = strings.TrimSpace(o)
+	for o := range corsEntries(origins) {
 		if o == "*" {
 			p.anyOrigin = true
 			continue

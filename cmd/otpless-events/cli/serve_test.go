@@ -185,3 +185,26 @@ func TestServePrintsCredentialsMadeBeforeAFailure(t *testing.T) {
 		t.Errorf("serve made a webhook key but printed %q", out)
 	}
 }
+
+// A trailing or doubled comma in a comma-separated list (as in an
+// environment variable built by a script) leaves an empty entry, which is
+// skipped: in --cors-origins as in the lists of networks, the start goes
+// on (here, to the taken port).
+func TestServeSkipsEmptyListEntries(t *testing.T) {
+	t.Parallel()
+	for _, flags := range [][]string{
+		{"--cors-origins", "https://a.example,"},
+		{"--cors-origins", "https://a.example,, https://b.example"},
+		{"--cors-origins", ","},
+		{"--trusted-proxies", "10.0.0.0/8,"},
+		{"--webhook-allow-cidrs", "10.0.0.0/8,,"},
+	} {
+		t.Run(strings.Join(flags, " "), func(t *testing.T) {
+			t.Parallel()
+			code, errOut := serveOnATakenPort(t, flags...)
+			if code != 1 || !strings.Contains(errOut, "address already in use") {
+				t.Errorf("exit %d, standard error %q: want the configuration accepted, and the taken port refused", code, errOut)
+			}
+		})
+	}
+}
