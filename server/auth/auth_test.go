@@ -373,6 +373,47 @@ func TestWebhookSignature(t *testing.T) {
 	if err := g.CheckSignature(http.Header{}, body); err == nil {
 		t.Error("unsigned webhook accepted")
 	}
+	// The header repeated as lines is the list of all of them, whether
+	// net/http keeps the lines or a proxy joined them with a comma (RFC
+	// 9110, 5.3): a valid signature counts on any line, and in any place.
+	valid := sign("msg_1", now, body).Get("webhook-signature")
+	valid = valid[strings.LastIndexByte(valid, ' ')+1:]
+	for _, lines := range [][]string{
+		{"v1,bogus", valid},
+		{"", valid},
+		{"v1,bogus v1,other", "v1,more " + valid},
+		{valid + ", v1,bogus"},
+		{"v1,bogus, " + valid},
+	} {
+		h := sign("msg_1", now, body)
+		h.Del("webhook-signature")
+		for _, l := range lines {
+			h.Add("webhook-signature", l)
+		}
+		if err := g.CheckSignatureHeaders(h); err != nil {
+			t.Errorf("signature lines %q: headers refused: %v", lines, err)
+		}
+		if err := g.CheckSignature(h, body); err != nil {
+			t.Errorf("signature lines %q: %v", lines, err)
+		}
+	}
+	for _, lines := range [][]string{{"v1,bogus", "v1,other"}, {"", ""}, {valid[:len(valid)-1] + ","}} {
+		h := sign("msg_1", now, body)
+		h.Del("webhook-signature")
+		for _, l := range lines {
+			h.Add("webhook-signature", l)
+		}
+		if err := g.CheckSignature(h, body); err == nil {
+			t.Errorf("signature lines %q accepted", lines)
+		}
+	}
+	// Lines that hold no signature at all are refused before the body
+	// is read, as no line is.
+	blank := sign("msg_1", now, body)
+	blank["Webhook-Signature"] = []string{"", " "}
+	if err := g.CheckSignatureHeaders(blank); err == nil {
+		t.Error("signature lines holding nothing: headers accepted")
+	}
 	if err := g.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); err != nil {
 		t.Errorf("signature-only config should pass the credential step: %v", err)
 	}
