@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"math"
 	"net/http"
@@ -339,6 +340,42 @@ func TestWebhookCredentials(t *testing.T) {
 	open, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true})
 	if err := open.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); err != nil {
 		t.Errorf("explicitly open route: %v", err)
+	}
+}
+
+// RFC 9110 (11.4) puts one or more spaces between an Authorization
+// header's scheme, in any case, and its credentials: Basic and Bearer
+// alike are read whatever their number, and a wrong credential so written
+// is a wrong one, not none.
+func TestAuthorizationSchemeSpacing(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{Basic: []BasicCredential{{"otpless", "s3cret-pass"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := NewWebhookGuard(WebhookConfig{Basic: []BasicCredential{{"otpless", "s3cret-pass"}}, AllowUnauthenticated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := testKeyring(t)
+	good := base64.StdEncoding.EncodeToString([]byte("otpless:s3cret-pass"))
+	wrong := base64.StdEncoding.EncodeToString([]byte("otpless:wrong-pass"))
+	for _, sep := range []string{" ", "  ", "   "} {
+		r := webhookRequest("1.2.3.4:5", "")
+		r.Header.Set("Authorization", "Basic"+sep+good)
+		if err := g.CheckCredentials(r, "", false); err != nil {
+			t.Errorf("%q: %v", r.Header.Get("Authorization"), err)
+		}
+		r.Header.Set("Authorization", "basic"+sep+wrong)
+		for _, g := range []*WebhookGuard{g, open} { // a wrong one fails, even where none is let through
+			if err := g.CheckCredentials(r, "", false); err == nil {
+				t.Errorf("%q accepted", r.Header.Get("Authorization"))
+			}
+		}
+		h := http.Header{"Authorization": {"Bearer" + sep + "reader-secret"}}
+		if p, err := k.AuthenticateHeader(h); err != nil || p.Name != "reader" {
+			t.Errorf("%q: %v, %v; want the reader", h.Get("Authorization"), p, err)
+		}
 	}
 }
 

@@ -179,19 +179,22 @@ func (k *Keyring) AuthenticateHeader(h http.Header) (*Principal, error) {
 // of Authorization, or "".
 func firstBearer(values []string) string {
 	for _, v := range values {
-		if tok, ok := cutBearer(v); ok {
+		if tok, ok := cutCredentials(v, "Bearer"); ok {
 			return tok
 		}
 	}
 	return ""
 }
 
-func cutBearer(v string) (string, bool) {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") {
+// cutCredentials is the credentials of Authorization value v when its
+// scheme is scheme, in any case: RFC 9110 (11.4) puts one or more spaces
+// between them.
+func cutCredentials(v, scheme string) (string, bool) {
+	s, c, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(s, scheme) {
 		return "", false
 	}
-	return strings.TrimSpace(tok), true
+	return strings.TrimSpace(c), true
 }
 
 // BearerCredentials are per-RPC credentials for clients (the CLI, tests).

@@ -303,7 +303,7 @@ func (g *WebhookGuard) CheckCredentials(r *http.Request, key string, hasKey bool
 		}
 		return fmt.Errorf("%w: unknown webhook key", ErrUnauthenticated)
 	}
-	if user, pass, ok := r.BasicAuth(); ok {
+	if user, pass, ok := basicAuth(r.Header); ok {
 		for _, c := range g.cfg.Basic {
 			if subtle.ConstantTimeCompare([]byte(user), []byte(c.User))&subtle.ConstantTimeCompare([]byte(pass), []byte(c.Password)) == 1 {
 				return nil
@@ -315,6 +315,21 @@ func (g *WebhookGuard) CheckCredentials(r *http.Request, key string, hasKey bool
 		return nil // nothing to check here; a signature may still be required
 	}
 	return fmt.Errorf("%w: webhook key or basic credentials required", ErrUnauthenticated)
+}
+
+// basicAuth is the user and password of h's HTTP Basic credentials, as
+// net/http's Request.BasicAuth reads them but for the spaces after the
+// scheme, of which it takes only one.
+func basicAuth(h http.Header) (user, password string, ok bool) {
+	c, ok := cutCredentials(h.Get("Authorization"), "Basic")
+	if !ok {
+		return "", "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(c)
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(b), ":")
 }
 
 // CheckSignature verifies the Standard Webhooks signature over body when
