@@ -70,7 +70,9 @@ func CheckBatch(batch []Webhook) error {
 // when it says stored data is damaged or the schema newer (ErrDamaged,
 // NewerSchemaError: no retry mends either) or is ErrUnavailable already,
 // ErrDenied with the cause when the database refused it for want of a
-// privilege (SQLSTATE 42501), else ErrUnavailable with the cause.
+// privilege (SQLSTATE 42501), ErrDamaged with the cause when it found its
+// data or an index corrupted (XX001, XX002), else ErrUnavailable with the
+// cause.
 func MapErr(ctx context.Context, err error) error {
 	if errors.Is(err, ErrDamaged) || errors.As(err, new(NewerSchemaError)) {
 		return err
@@ -84,10 +86,14 @@ func MapErr(ctx context.Context, err error) error {
 	if errors.Is(err, ErrUnavailable) {
 		return err
 	}
-	// PostgreSQL's insufficient_privilege (pgconn.PgError has SQLState).
-	var coded interface{ SQLState() string }
-	if errors.As(err, &coded) && coded.SQLState() == "42501" {
-		return fmt.Errorf("%w: %w", ErrDenied, err)
+	var coded interface{ SQLState() string } // pgconn.PgError has it
+	if errors.As(err, &coded) {
+		switch coded.SQLState() {
+		case "42501": // insufficient_privilege
+			return fmt.Errorf("%w: %w", ErrDenied, err)
+		case "XX001", "XX002": // data_corrupted, index_corrupted
+			return fmt.Errorf("%w: %w", ErrDamaged, err)
+		}
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }

@@ -66,6 +66,13 @@ func TestMapErr(t *testing.T) {
 	if err := store.MapErr(t.Context(), sqlStateError("57P01")); errors.Is(err, store.ErrDenied) || !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("MapErr(admin shutdown) = %v, want ErrUnavailable only", err)
 	}
+	// PostgreSQL's data_corrupted and index_corrupted: every read of the
+	// block meets them again.
+	for _, code := range []string{"XX001", "XX002"} {
+		if err := store.MapErr(t.Context(), sqlStateError(code)); !errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("MapErr(SQLSTATE %s) = %v, want ErrDamaged, not ErrUnavailable", code, err)
+		}
+	}
 	if said := fmt.Errorf("%w: the file was replaced", store.ErrUnavailable); store.MapErr(t.Context(), said) != said {
 		t.Errorf("MapErr(an ErrUnavailable) = %v, want it as it is", store.MapErr(t.Context(), said))
 	}
