@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -64,7 +65,7 @@ func (s *Store) Commit(ctx context.Context, batch []store.Webhook) ([]store.Resu
 	return c.results, c.changes, nil
 }
 
-// inTx runs fn in a READ COMMITTED transaction, within the store's
+// inTx runs fn in a READ COMMITTED transaction (begin), within the store's
 // timeout, and commits it unless ctx is done by then. The COMMIT itself is
 // bounded by the store's timeout alone, not canceled with ctx (as
 // database/sql's is not):
@@ -77,14 +78,11 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	deadline := time.Now().Add(s.timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	// READ COMMITTED whatever the session's default: a commit, or a
-	// purge, that waited for a request's lock reads what the holder
-	// committed, where a stricter level would fail with a serialization
-	// error instead of queuing up.
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	conn, tx, err := s.begin(ctx)
 	if err != nil {
 		return err
 	}
+	defer conn.Release()
 	defer tx.Rollback(ctx) // nothing to do after the COMMIT
 	if err := fn(ctx, tx); err != nil {
 		return err
@@ -105,6 +103,48 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	}
 	return nil
 }
+
+// begin takes a pooled connection and begins a transaction on it, READ
+// COMMITTED whatever the session's default: a commit, or a purge, that
+// waited for a request's lock reads what the holder committed, where a
+// stricter level would fail with a serialization error instead of queuing
+// up.
+//
+// pgxpool checks only a connection idle for more than a second before it
+// hands it out, so one whose session the database ended just before
+// (pg_terminate_backend, a restart, idle_session_timeout, a proxy closing
+// it) fails its BEGIN. Then begin takes another connection, which the pool
+// pings first (pingFirst), and begins once more: the database may well
+// answer, and a commit would otherwise fail its whole batch. This repeats a
+// BEGIN alone, which stores nothing, before anything of the transaction
+// was sent; a BEGIN that failed as the call ran out of time, or with an
+// ERROR the database answered (pgx closes the connection for anything
+// else), is not repeated.
+func (s *Store) begin(ctx context.Context) (*pgxpool.Conn, pgx.Tx, error) {
+	for again := false; ; again = true {
+		actx := ctx
+		if again {
+			actx = context.WithValue(ctx, pingFirst{}, true)
+		}
+		conn, err := s.pool.Acquire(actx)
+		if err != nil {
+			return nil, nil, err
+		}
+		tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+		if err == nil {
+			return conn, tx, nil
+		}
+		ended := conn.Conn().IsClosed() && ctx.Err() == nil
+		conn.Release()
+		if again || !ended {
+			return nil, nil, err
+		}
+	}
+}
+
+// pingFirst, a context key, makes the pool ping every connection it hands
+// out for the call, whatever its idle time (see New's ShouldPing).
+type pingFirst struct{}
 
 // eventKey identifies an event.
 type eventKey struct{ requestID, eventID string }

@@ -228,6 +228,10 @@ func New(dsn string, opts ...Option) (*Store, error) {
 	if o.maxConns > 0 {
 		cfg.MaxConns = o.maxConns
 	}
+	// pgxpool's default, and on demand (begin's second attempt).
+	cfg.ShouldPing = func(ctx context.Context, p pgxpool.ShouldPingParams) bool {
+		return p.IdleDuration > time.Second || ctx.Value(pingFirst{}) != nil
+	}
 	// A call that fails by its timeout closes its connection; one that comes
 	// back alive ran its statements.
 	cfg.AfterRelease = func(c *pgx.Conn) bool {

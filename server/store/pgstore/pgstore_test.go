@@ -1713,6 +1713,72 @@ func TestPingAfterSessionsEnded(t *testing.T) {
 	}
 }
 
+// TestCommitAfterSessionsEnded: a commit, and a purge, right after the
+// database ended every pooled session (pg_terminate_backend, as a restart
+// or a pooler's sweep does), while the database answers, succeed: pgxpool
+// hands out a connection used less than a second before unchecked, whose
+// BEGIN fails, and the transaction begins again on a live one. The
+// commit's rows are stored once.
+func TestCommitAfterSessionsEnded(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	app := "otpless-test-" + schema
+	dsn = pgtest.WithParam(t, pgtest.WithParam(t, dsn, "application_name", app), "pool_max_conns", "2")
+	s := open(t, dsn)
+	ctx := t.Context()
+	admin := connect(t, pgtest.DSN(t))
+	endSessions := func() {
+		t.Helper()
+		// Two pooled connections, each used just now, so that the pool
+		// hands them out unpinged once their sessions have ended.
+		awaitIdle(t, s)
+		var conns []*pgxpool.Conn
+		for range 2 {
+			c, err := s.Pool().Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.Release()
+		}
+		var ended int
+		if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
+			FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended); err != nil || ended != 2 {
+			t.Fatalf("ended %d sessions, want the 2 pooled ones: %v", ended, err)
+		}
+	}
+
+	endSessions()
+	res, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), delivery("r1", "e1", "SMS", "SENT", at(0)))})
+	if err != nil {
+		t.Fatalf("Commit once the database ended the pooled sessions: %v", err)
+	}
+	if res[0].Events[0].Duplicate || res[0].Events[0].Revision != 1 {
+		t.Errorf("Commit's result %+v, want a new event at revision 1", res[0].Events[0])
+	}
+	var webhooks, events int
+	if err := admin.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgx.Identifier{schema, "webhooks"}.Sanitize()+`),
+		(SELECT count(*) FROM `+pgx.Identifier{schema, "events"}.Sanitize()+`)`).Scan(&webhooks, &events); err != nil {
+		t.Fatal(err)
+	}
+	if webhooks != 1 || events != 1 {
+		t.Errorf("%d webhooks and %d events stored, want 1 and 1", webhooks, events)
+	}
+	if r := get(t, s, "r1"); r.GetRevision() != 1 || r.GetEventCount() != 1 {
+		t.Errorf("r1 at revision %d with %d events, want 1 and 1", r.GetRevision(), r.GetEventCount())
+	}
+
+	endSessions()
+	if n, err := s.PurgePII(ctx, at(1000), nil); err != nil || n != 1 {
+		t.Errorf("PurgePII once the database ended the pooled sessions: %d purged, %v; want 1", n, err)
+	}
+}
+
 // TestCommitAnswerLost: a commit whose connection fails once its COMMIT
 // is sent (here while the database runs it) fails as unavailable, saying
 // that it may have been stored all the same, as it was: a retry of its
