@@ -398,6 +398,116 @@ func TestPostgresWaitsAtStart(t *testing.T) {
 	}
 }
 
+// TestPostgresWaitsWhileReadOnly: a server whose PostgreSQL takes no
+// writes at start (a standby before its promotion; here a role with
+// default_transaction_read_only), so that its migration cannot run, waits
+// as for a database not up yet: it listens, not ready, warns at each
+// attempt that the database is read-only, and becomes ready once it takes
+// writes (on new sessions: the role's setting applies to those alone).
+func TestPostgresWaitsWhileReadOnly(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	role := "otpless_ro_" + strings.TrimPrefix(schema, "otpless_test_")
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Skipf("cannot create a role to test with: %v", err)
+	}
+	defer func() {
+		admin.Exec(context.Background(), "DROP OWNED BY "+role)
+		admin.Exec(context.Background(), "DROP ROLE "+role)
+	}()
+	for _, stmt := range []string{
+		"GRANT USAGE, CREATE ON SCHEMA " + pgx.Identifier{schema}.Sanitize() + " TO " + role,
+		"ALTER ROLE " + role + " SET default_transaction_read_only = on",
+	} {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+
+	var logs testlog.Buffer
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Store = u.String()
+	cfg.HealthInterval = 50 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, t.Output()), nil))
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("New with the database read-only: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// New's attempt and one of Run's, each a warning saying why.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n := 0
+		for _, l := range logs.Matching(t, map[string]any{"level": "WARN"}) {
+			if strings.Contains(fmt.Sprint(l["msg"]), "read-only") && strings.Contains(fmt.Sprint(l["error"]), "read-only transaction") {
+				n++
+			}
+		}
+		if n >= 2 {
+			break
+		}
+		select {
+		case err := <-done:
+			done <- err // for the deferred wait
+			t.Fatalf("Run with the database read-only ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d warnings that the database is read-only, with the reason, want 2 or more:\n%s", n, logs.String())
+		}
+	}
+	base := "http://" + srv.HTTPAddr().String()
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s with the database read-only: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("read-only-req", "SENT", 1764153000000), 10*time.Second)
+	if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("a webhook with the database read-only: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
+	}
+
+	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" SET default_transaction_read_only = off"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	awaitReadiness(t, healthpb.NewHealthClient(conn), healthpb.HealthCheckResponse_SERVING)
+	r, err = postWithin(ctx, base+"/v1/webhooks/otpless", dlr("read-only-req", "SENT", 1764153000000), 10*time.Second)
+	if err != nil || r.code != http.StatusOK {
+		t.Errorf("a webhook once the database takes writes: %d %s, %v; want 200", r.code, r.body, err)
+	}
+}
+
 // awaitReadiness waits until readiness is want, by watching it.
 func awaitReadiness(t *testing.T, health healthpb.HealthClient, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()

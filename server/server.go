@@ -639,7 +639,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 				return nil, fmt.Errorf("open store: %w", err)
 			}
 			if ctx.Err() == nil {
-				log.Warn("PostgreSQL not reachable; the server will listen, not ready, and connect again", "error", err)
+				log.Warn(waitingFor(err)+"; the server will listen, not ready, and connect again", "error", err)
 			}
 			s.pending = pg
 			s.waiting.Store(true)
@@ -881,8 +881,17 @@ func (s *Server) connected(ctx context.Context, err error, attempt int, retryIn 
 	case !pgstore.Unreachable(err):
 		return true, fmt.Errorf("open store: %w", err)
 	}
-	s.log.Warn("PostgreSQL not reachable; not ready", "error", err, "attempts", attempt, "retry_in", retryIn)
+	s.log.Warn(waitingFor(err)+"; not ready", "error", err, "attempts", attempt, "retry_in", retryIn)
 	return false, nil
+}
+
+// waitingFor says what a start waits for after a Connect that failed with
+// err, which waiting may mend (pgstore.Unreachable).
+func waitingFor(err error) string {
+	if errors.Is(err, pgstore.ErrReadOnly) {
+		return "PostgreSQL read-only"
+	}
+	return "PostgreSQL not reachable"
 }
 
 // untilConnected is the writer, refusing webhooks as the store would

@@ -262,6 +262,12 @@ func (s *Store) Connect(ctx context.Context) error {
 		return nil
 	}
 	if err := s.open(ctx, s.create); err != nil {
+		if errors.Is(err, ErrReadOnly) {
+			// As a ping does: the next attempt connects anew, and finds
+			// the new primary behind the same address after a failover,
+			// or a role's or database's setting changed since.
+			s.pool.Reset()
+		}
 		return fmt.Errorf("pgstore: open %s: %w", s.where, err)
 	}
 	s.connected.Store(true)
@@ -281,17 +287,18 @@ func (s *Store) usable(op string) error {
 }
 
 // Unreachable reports whether err, from Connect, says that the database
-// could not be reached, which waiting may mend: no answer in time (also
-// one that stopped answering while a migration ran or was waited for), a
-// connection that could not be opened (refused, no route, no socket file
-// yet), or reset or closed before the server spoke, a host name
-// that does not resolve (yet), or the server's own word that it is
-// starting, shutting down or has no connection slot free. Anything else
-// the server answered (authentication, a database or schema that does not
-// exist, a migration's error) and errors of TLS or of the configuration
-// are not.
+// could not be reached, or not written to, which waiting may mend: no
+// answer in time (also one that stopped answering while a migration ran or
+// was waited for), a connection that could not be opened (refused, no
+// route, no socket file yet), or reset or closed before the server spoke, a
+// host name that does not resolve (yet), the server's own word that it is
+// starting, shutting down or has no connection slot free, or a migration
+// refused as the server is read-only (ErrReadOnly: a standby before its
+// promotion). Anything else the server answered (authentication, a
+// database or schema that does not exist, a migration's error) and errors
+// of TLS or of the configuration are not.
 func Unreachable(err error) bool {
-	if errors.Is(err, errNoAnswer) {
+	if errors.Is(err, errNoAnswer) || errors.Is(err, ErrReadOnly) {
 		return true
 	}
 	var pgErr *pgconn.PgError
@@ -384,6 +391,20 @@ func (s *Store) holdsStore(ctx context.Context, schema string) error {
 // Unreachable.
 var errNoAnswer = errors.New("the database did not answer in time")
 
+// ErrReadOnly marks a Connect, or a Ping, that found the server refusing
+// writes: a standby (in a failover, before its promotion), or a role or
+// database that sets default_transaction_read_only. A start waits for it
+// to take writes (Unreachable), as for a database not up yet.
+var ErrReadOnly = errors.New("the database is read-only (a standby, or default_transaction_read_only)")
+
+// readOnlyRefusal reports whether err is the server's refusal of a write
+// in a read-only transaction (SQLSTATE 25006, read_only_sql_transaction,
+// also a standby's "during recovery").
+func readOnlyRefusal(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "25006"
+}
+
 // waitLogEvery is how often a start still waiting for the schema's
 // migration logs so.
 const waitLogEvery = 30 * time.Second
@@ -436,6 +457,9 @@ func (s *Store) migrateWatched(ctx context.Context, schema string, create bool, 
 			}
 			if cause := context.Cause(mctx); errors.Is(cause, errNoAnswer) {
 				return nil, cause
+			}
+			if readOnlyRefusal(r.err) {
+				return nil, store.MapErr(ctx, fmt.Errorf("%w: %w", ErrReadOnly, r.err))
 			}
 			return nil, store.MapErr(ctx, r.err)
 		case <-check:
@@ -700,7 +724,7 @@ func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 	}
 	switch {
 	case readOnly != "off":
-		return errors.New("the database is read-only (a standby, or default_transaction_read_only)")
+		return ErrReadOnly
 	case !tables:
 		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errUnusable)
 	case missing != nil:
