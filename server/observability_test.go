@@ -827,13 +827,31 @@ func TestHealthRoutes(t *testing.T) {
 	}
 }
 
+// dialFrom is a connection to s's gRPC port from ip, a loopback address
+// that no other client of s uses (127.0.0.1 is s.conn's). A test of the
+// per-address bound holds its calls from there: from 127.0.0.1, startOps's
+// readiness watch can still hold a place, its cancel not yet read by the
+// server, when the test's first calls come (seen: the 100th of 100 held
+// Checks refused, so another was answered).
+func (s *opsServer) dialFrom(t *testing.T, ip net.IP) *grpc.ClientConn {
+	t.Helper()
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}
+	conn, err := grpc.NewClient(s.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // Health/Watch needs no credentials, so it is bounded per client address:
 // beyond MaxPublicCalls open streams from one address the next is
 // refused, and once one closes a new one is taken again.
 func TestHealthWatchesAreBounded(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
-	health := healthpb.NewHealthClient(s.conn)
+	health := healthpb.NewHealthClient(s.dialFrom(t, net.IPv4(127, 0, 0, 3)))
 	open := func(ctx context.Context) error {
 		st, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService})
 		if err != nil {
@@ -859,16 +877,9 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 		t.Fatalf("health watch %d: details %v, want a RetryInfo of %v", MaxPublicCalls+1, d, api.RetryStreamAfter)
 	}
 	// Another address is not held up by this one.
-	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	other, err := grpc.NewClient(s.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if st, err := healthpb.NewHealthClient(other).Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService}); err != nil {
+	if st, err := healthpb.NewHealthClient(s.dialFrom(t, net.IPv4(127, 0, 0, 2))).Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService}); err != nil {
 		t.Fatal(err)
 	} else if _, err := st.Recv(); err != nil {
 		t.Fatalf("health watch from another address: %v", err)
@@ -889,24 +900,32 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 func TestHeldChecksAreBounded(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
+	conn := s.dialFrom(t, net.IPv4(127, 0, 0, 3))
 	held := make([]context.CancelFunc, MaxPublicCalls)
 	for i := range held {
 		ctx, cancel := context.WithCancel(context.Background())
 		held[i] = cancel
 		defer cancel()
-		// A stream for Check whose message never comes.
-		if _, err := s.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, healthpb.Health_Check_FullMethodName); err != nil {
+		// A stream for Check whose message never comes. NewStream
+		// returns once its headers are queued, and a refusal would
+		// come later unseen: the check below tells whether all were
+		// taken.
+		if _, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, healthpb.Health_Check_FullMethodName); err != nil {
 			t.Fatal(err)
 		}
 	}
 	check := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, err := healthpb.NewHealthClient(s.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
-	if !eventually(func() bool { return status.Code(check()) == codes.ResourceExhausted }) {
-		t.Fatalf("with %d Checks held, another: %v, want RESOURCE_EXHAUSTED", MaxPublicCalls, check())
+	// The held streams' headers went first on the same connection, and the
+	// server reads a connection's frames in order, running the tap as it
+	// reads each call's headers: the first check comes after every held
+	// one was counted, so it is refused at once, or the bound is not kept.
+	if err := check(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("with %d Checks held, another: %v, want RESOURCE_EXHAUSTED", MaxPublicCalls, err)
 	}
 	held[0]()
 	if !eventually(func() bool { return check() == nil }) {
