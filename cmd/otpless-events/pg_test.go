@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,7 @@ import (
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
+	"github.com/otpless-events/otpless-events/internal/testnet"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store/pgstore/pgtest"
 )
@@ -280,12 +280,7 @@ func TestServeWaitsForPostgres(t *testing.T) {
 	dsn, _ := pgtest.Schema(t)
 	t.Run("unreachable", func(t *testing.T) {
 		t.Parallel()
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.Close() // nothing listens there now
-		p := startServe(t, t.TempDir(), append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+pgtest.WithAddr(t, dsn, l.Addr().String()))...)
+		p := startServe(t, t.TempDir(), append(credentialsEnv(), "OTPLESS_EVENTS_STORE="+pgtest.WithAddr(t, dsn, testnet.ClosedAddr(t)))...)
 		for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
 			resp, err := http.Get(p.httpURL + path)
 			if err != nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/otpless-events/otpless-events/internal/testnet"
 )
 
 // Run posts each webhook as OTPLESS would (POST, JSON, the URL's
@@ -79,12 +81,7 @@ func TestRunPostsAndCounts(t *testing.T) {
 // failed run.
 func TestRunConnectionRefused(t *testing.T) {
 	t.Parallel()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close() // nothing listens there now
+	addr := testnet.ClosedAddr(t)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -26,6 +25,7 @@ import (
 	"time"
 
 	"github.com/otpless-events/otpless-events/internal/loadgen"
+	"github.com/otpless-events/otpless-events/internal/testnet"
 	"github.com/otpless-events/otpless-events/internal/testserver"
 )
 
@@ -242,12 +242,7 @@ func TestBenchWatchersUnreachable(t *testing.T) {
 	}
 	t.Parallel()
 	ts := testserver.Start(t, nil)
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := closed.Addr().String()
-	closed.Close()
+	addr := testnet.ClosedAddr(t)
 	var stdout, stderr bytes.Buffer
 	args := []string{"bench", "--http-addr", ts.HTTPURL, "--grpc-addr", addr, "--watchers", "2", "--rate", "20", "--duration", "1s"}
 	start := time.Now()

@@ -28,6 +28,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/selfsigned"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/internal/testnet"
 	"github.com/otpless-events/otpless-events/server/state"
 	"github.com/otpless-events/otpless-events/server/store"
 	"github.com/otpless-events/otpless-events/server/store/pgstore"
@@ -354,14 +355,6 @@ func TestNewerSchemaRefused(t *testing.T) {
 func TestUnreachable(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
-	closedPort := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.Close()
-		return l.Addr().String()
-	}
 	cut := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
 	cut.Cut()
 	silent := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
@@ -399,7 +392,7 @@ func TestUnreachable(t *testing.T) {
 		dsn         string
 		unreachable bool
 	}{
-		{"nothing listening", pgtest.WithAddr(t, dsn, closedPort()), true},
+		{"nothing listening", pgtest.WithAddr(t, dsn, testnet.ClosedAddr(t)), true},
 		{"closed at once", pgtest.WithAddr(t, dsn, cut.Addr()), true},
 		{"no answer", pgtest.WithParam(t, pgtest.WithAddr(t, dsn, silent.Addr()), "connect_timeout", "1"), true},
 		{"no answer within the store's timeout", pgtest.WithParam(t, pgtest.WithAddr(t, dsn, silent.Addr()), "connect_timeout", "10"), true},
