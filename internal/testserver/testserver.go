@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,7 +83,7 @@ func Start(t testing.TB, mutate func(*server.Config)) *Server {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return start(t, cfg)
+	return start(t, cfg, 0)
 }
 
 // Run runs server.New(cfg) until the test ends, without waiting for it to
@@ -89,7 +91,7 @@ func Start(t testing.TB, mutate func(*server.Config)) *Server {
 // clients Start cannot make (one requiring client certificates, say).
 func Run(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
-	srv, stop := launch(t, cfg)
+	srv, stop := launch(t, cfg, 0)
 	t.Cleanup(func() {
 		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
@@ -99,11 +101,16 @@ func Run(t testing.TB, cfg server.Config) *server.Server {
 }
 
 // launch runs server.New(cfg); stop stops it and returns Run's error, the
-// same on every call.
-func launch(t testing.TB, cfg server.Config) (srv *server.Server, stop func() error) {
+// same on every call. A port of cfg's in use is waited for up to
+// rebind, then fails the test.
+func launch(t testing.TB, cfg server.Config, rebind time.Duration) (srv *server.Server, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg)
+	for deadline := time.Now().Add(rebind); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		srv, err = server.New(ctx, cfg)
+	}
 	if err != nil {
 		cancel()
 		t.Fatalf("server.New: %v", err)
@@ -121,9 +128,9 @@ func launch(t testing.TB, cfg server.Config) (srv *server.Server, stop func() er
 	}
 }
 
-func start(t testing.TB, cfg server.Config) *Server {
+func start(t testing.TB, cfg server.Config, rebind time.Duration) *Server {
 	t.Helper()
-	srv, stop := launch(t, cfg)
+	srv, stop := launch(t, cfg, rebind)
 	var errSeen bool // Shutdown returned runErr: the cleanup leaves it
 	scheme, client := "http://", http.DefaultClient
 	if cert := cfg.Security.TLSCertFile; cert != "" {
@@ -171,14 +178,22 @@ func (s *Server) Shutdown() error { return s.shutdown() }
 
 // Restart stops the server and starts it again on the same ports and data,
 // as a deploy or a crash-and-restart would.
+//
+// Between the two, the ports are free, and a listener elsewhere on the
+// machine binding port 0 (another package's test server, under go test
+// ./...) can be given one: Restart then waits for it to go, up to
+// rebindWait, as a test server lives for seconds.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop(t)
 	cfg := s.cfg
 	_, cfg.HTTPAddr, _ = strings.Cut(s.HTTPURL, "://")
 	cfg.GRPCAddr = s.GRPCAddr
-	*s = *start(t, cfg)
+	*s = *start(t, cfg, rebindWait)
 }
+
+// rebindWait is how long Restart waits for its ports to be free again.
+const rebindWait = time.Minute
 
 // Dial returns a client connection to the gRPC port (over TLS when the
 // server serves it), with extra options (per-call credentials, say).
