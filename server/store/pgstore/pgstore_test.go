@@ -1478,6 +1478,26 @@ func TestDamagedBody(t *testing.T) {
 	}
 }
 
+// exportTimeout is the store timeout of the Export tests: short, for tests
+// that wait for it, but long beside a query's time on a loaded machine, as
+// is its half, the session's idle_in_transaction_session_timeout (at 400
+// and 500 ms, the session of one of their commits was ended between two
+// statements under load).
+const exportTimeout = 2 * time.Second
+
+// commitTwo commits two webhooks of request "r" through a store of the
+// default timeout: the Export tests' stores, of exportTimeout, are for
+// what is tested.
+func commitTwo(t *testing.T, dsn string) {
+	t.Helper()
+	s := open(t, dsn)
+	for i := range 2 {
+		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery("r", fmt.Sprint(i), "SMS", "SENT", at(i)))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestExportWaitsForItsCaller: Export's transaction outlives the session's
 // idle_in_transaction_session_timeout (half the store's timeout) while its
 // caller takes longer with a page, as a copy committing it into another
@@ -1485,13 +1505,9 @@ func TestDamagedBody(t *testing.T) {
 func TestExportWaitsForItsCaller(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
-	const timeout = 400 * time.Millisecond
+	commitTwo(t, dsn)
+	const timeout = exportTimeout
 	s := open(t, dsn, pgstore.WithTimeout(timeout))
-	for i := range 2 {
-		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery("r", fmt.Sprint(i), "SMS", "SENT", at(i)))}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	pages := 0
 	err := s.Export(t.Context(), 1, func([]store.Webhook) error {
 		pages++
@@ -1510,14 +1526,10 @@ func TestExportWaitsForItsCaller(t *testing.T) {
 func TestExportEndsOnASilentDatabase(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
+	commitTwo(t, dsn)
 	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
-	const timeout = 500 * time.Millisecond
+	const timeout = exportTimeout
 	s := open(t, pgtest.WithAddr(t, dsn, proxy.Addr()), pgstore.WithTimeout(timeout))
-	for i := range 2 {
-		if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(i), delivery("r", fmt.Sprint(i), "SMS", "SENT", at(i)))}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	failed := errors.New("the destination failed")
 	done := make(chan error, 1)
 	go func() {
@@ -1546,13 +1558,11 @@ func TestExportEndsOnASilentDatabase(t *testing.T) {
 func TestExportReleasesItsConnection(t *testing.T) {
 	t.Parallel()
 	dsn, _ := pgtest.Schema(t)
+	commitTwo(t, dsn)
 	proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
-	const timeout = 500 * time.Millisecond
+	const timeout = exportTimeout
 	s, err := pgstore.Open(t.Context(), pgtest.WithAddr(t, dsn, proxy.Addr()), pgstore.WithTimeout(timeout))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Commit(t.Context(), []store.Webhook{hook(at(0), delivery("r", "e", "SMS", "SENT", at(0)))}); err != nil {
 		t.Fatal(err)
 	}
 	proxy.FreezeOn("FROM webhooks WHERE id > $1")
