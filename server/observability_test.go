@@ -1200,8 +1200,12 @@ func isRetryInfo(detail any, delay time.Duration) bool {
 // timeouts rather than held for as long as the client keeps them.
 func TestMetricsPortCutsOffSlowClients(t *testing.T) {
 	t.Parallel()
+	// The timeouts wait (each case once, the cases side by side), but a
+	// request sent whole must be read within them: at 200 ms, a client
+	// stalled that long between its dial and its write on a loaded
+	// machine would be cut off before it was answered.
 	s := startOps(t, func(c *Config) {
-		c.HTTPReadHeaderTimeout, c.HTTPReadTimeout, c.HTTPIdleTimeout = 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
+		c.HTTPReadHeaderTimeout, c.HTTPReadTimeout, c.HTTPIdleTimeout = time.Second, time.Second, time.Second
 	}, nil)
 	for _, tc := range []struct {
 		name, request string
@@ -1212,6 +1216,7 @@ func TestMetricsPortCutsOffSlowClients(t *testing.T) {
 		{"a symbol lookup's body never sent", "POST /debug/pprof/symbol HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			conn, err := net.Dial("tcp", addrString(s.MetricsAddr()))
 			if err != nil {
 				t.Fatal(err)
