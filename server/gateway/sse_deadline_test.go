@@ -129,8 +129,11 @@ func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
 // connection closes. net.Pipe has no buffer: every write waits for a reader.
 func TestNDJSONWatchEndsWhenTheClientStopsReading(t *testing.T) {
 	t.Parallel()
+	// Each write must be read within the write timeout until the client
+	// stops: long beside a stall of the reading goroutine on a loaded
+	// machine.
 	h := &watchHandler{mux: runtime.NewServeMux(), watch: sendOne(status.Error(codes.Unavailable, "store down")),
-		log: slog.New(slog.DiscardHandler), writeTimeout: 500 * time.Millisecond}
+		log: slog.New(slog.DiscardHandler), writeTimeout: 2 * time.Second}
 	serverEnd, client := net.Pipe()
 	defer client.Close()
 	closed := make(chan struct{})

@@ -259,7 +259,10 @@ func TestSSEWithWatchToken(t *testing.T) {
 // reading requests, not streaming answers).
 func TestSSEOutlivesHTTPReadTimeout(t *testing.T) {
 	t.Parallel()
-	const readTimeout = 100 * time.Millisecond
+	// The request must be read within it: at 100 ms, a client or server
+	// stalled that long on a loaded machine would be cut off before the
+	// stream began.
+	const readTimeout = time.Second
 	ts := testserver.Start(t, func(c *server.Config) {
 		c.HTTPReadTimeout = readTimeout
 		c.WatchHeartbeat = 20 * time.Millisecond
