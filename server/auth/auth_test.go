@@ -421,6 +421,9 @@ func TestWebhookSignature(t *testing.T) {
 		{"v1,bogus v1,other", "v1,more " + valid},
 		{valid + ", v1,bogus"},
 		{"v1,bogus, " + valid},
+		{"v1,bogus," + valid}, // joined with no space (OWS is optional)
+		{valid + ",v1,bogus"},
+		{"v1,bogus ," + valid},
 	} {
 		h := sign("msg_1", now, body)
 		h.Del("webhook-signature")

@@ -347,12 +347,15 @@ func (g *WebhookGuard) CheckSignature(h http.Header, body []byte) error {
 	for _, key := range g.signing {
 		want := SignWebhook(key, msg)
 		for _, s := range strings.Fields(sigs) {
-			v, sig, ok := strings.Cut(s, ",")
-			// A comma after an entry joined its line to the next (RFC
-			// 9110, 5.3); base64 holds none.
-			sig = strings.TrimSuffix(sig, ",")
-			if ok && v == "v1" && hmac.Equal([]byte(sig), []byte(want)) {
-				return nil
+			// An entry is "v1,<base64>"; lines a proxy joined (RFC 9110,
+			// 5.3) put a comma between entries, with or without space
+			// around it. base64 holds no comma: a signature is the part
+			// after a "v1".
+			parts := strings.FieldsFunc(s, func(r rune) bool { return r == ',' })
+			for i := 0; i+1 < len(parts); i++ {
+				if parts[i] == "v1" && hmac.Equal([]byte(parts[i+1]), []byte(want)) {
+					return nil
+				}
 			}
 		}
 	}
