@@ -273,13 +273,15 @@ func TestDBNotWritable(t *testing.T) {
 }
 
 // otherPrograms returns the database files of other programs that keep a
-// schema_migrations table of their own, as Rails and golang-migrate do.
+// schema_migrations table of their own, as Rails and golang-migrate do,
+// or one with the store's columns, as a program's own bookkeeping may have.
 func otherPrograms(t *testing.T) []string {
 	t.Helper()
 	var paths []string
 	for name, schema := range map[string]string{
 		"rails.db":   `CREATE TABLE schema_migrations (version varchar NOT NULL PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000'); CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)`,
 		"migrate.db": `CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (3, 0); CREATE TABLE users (id INTEGER PRIMARY KEY)`,
+		"own.db":     `CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL); INSERT INTO schema_migrations VALUES (1, 'users', '2024-01-01'); CREATE TABLE users (id INTEGER PRIMARY KEY)`,
 	} {
 		paths = append(paths, sqliteFile(t, name, schema))
 	}

@@ -353,11 +353,14 @@ const (
 	noStore
 	// otherMigrations: no store, but a schema_migrations table all the
 	// same, another program's (Rails and golang-migrate keep one, without
-	// applied_at), which migrate would take for the store's.
+	// applied_at; one with the store's columns may sit beside none of its
+	// tables), which migrate would take for the store's.
 	otherMigrations
-	// lostTables: the store's own bookkeeping, but not every table its
-	// first migration made (one dropped): a damaged store, which migrate
-	// would not make whole again (it applies only migrations not applied).
+	// lostTables: the store's own bookkeeping, and some but not all of
+	// the tables its first migration made (one dropped): a damaged store,
+	// which migrate would not make whole again (it applies only migrations
+	// not applied). With none of them, bookkeeping of the same columns is
+	// another program's (otherMigrations).
 	lostTables
 )
 
@@ -370,8 +373,8 @@ func contents(ctx context.Context, db *sql.DB) (held, error) {
 	var h held
 	err := db.QueryRowContext(ctx, `SELECT CASE
 		WHEN (SELECT COUNT(*) FROM pragma_table_info('schema_migrations') WHERE name IN ('version', 'name', 'applied_at')) = 3 THEN
-			CASE WHEN (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN (SELECT value FROM json_each(?1))) = ?2
-				THEN ?3 ELSE ?4 END
+			CASE (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN (SELECT value FROM json_each(?1)))
+				WHEN ?2 THEN ?3 WHEN 0 THEN ?5 ELSE ?4 END
 		WHEN EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations') THEN ?5
 		ELSE ?6 END`, jsonArray(storeTables), len(storeTables), aStore, lostTables, otherMigrations, noStore).Scan(&h)
 	return h, err
