@@ -144,11 +144,11 @@ func Check(ctx context.Context, path string, quick bool, named int) (problems []
 	case otherMigrations:
 		problems = append(problems, NoStoreOtherMigrations)
 	case lostTables:
-		missing, err := missingTables(ctx, db)
-		if err != nil {
+		err := lostTablesErr(ctx, db)
+		if !errors.Is(err, store.ErrDamaged) {
 			return nil, rows, fmt.Errorf("sqlitestore: check %s: %w", abs, err)
 		}
-		problems = append(problems, "the store is damaged: its "+missing+" missing (its schema_migrations is there); a server refuses it and leaves it as it is")
+		problems = append(problems, err.Error())
 	}
 	if len(problems) == 0 && !quick {
 		if rows, err = checkRows(ctx, db, named); err != nil {

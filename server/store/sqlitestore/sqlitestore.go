@@ -380,33 +380,24 @@ func contents(ctx context.Context, db *sql.DB) (held, error) {
 	return h, err
 }
 
-// missingTables says which of the store's tables db lacks, for a store
-// that lost some (lostTables): "table webhooks is", "tables events,
-// requests are".
-func missingTables(ctx context.Context, db *sql.DB) (string, error) {
+// lostTablesErr is a store that lost tables (lostTables) as
+// store.ErrDamaged, naming them; db check reports its text, a server and
+// the other db commands refuse the file with it.
+func lostTablesErr(ctx context.Context, db *sql.DB) error {
 	rows, err := db.QueryContext(ctx, `SELECT value FROM json_each(?)
 		WHERE value NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY key`, jsonArray(storeTables))
 	if err != nil {
-		return "", err
+		return openErr(ctx, err)
 	}
 	names, err := scanAll(rows, func(r *sql.Rows) (name string, err error) { return name, r.Scan(&name) })
 	if err != nil {
-		return "", err
-	}
-	if len(names) == 1 {
-		return "table " + names[0] + " is", nil
-	}
-	return "tables " + strings.Join(names, ", ") + " are", nil
-}
-
-// lostTablesErr refuses a store that lost tables (lostTables), naming
-// them, as store.ErrDamaged.
-func lostTablesErr(ctx context.Context, db *sql.DB) error {
-	missing, err := missingTables(ctx, db)
-	if err != nil {
 		return openErr(ctx, err)
 	}
-	return fmt.Errorf("%w: the store's %s missing (its schema_migrations is there): a damaged store; left as it is", store.ErrDamaged, missing)
+	missing := "table " + names[0] + " is"
+	if len(names) > 1 {
+		missing = "tables " + strings.Join(names, ", ") + " are"
+	}
+	return fmt.Errorf("%w: the store's %s missing (its schema_migrations is there); a server refuses it and leaves it as it is", store.ErrDamaged, missing)
 }
 
 // checkWritable runs a write that changes nothing, and rolls it back:
