@@ -477,6 +477,17 @@ func TestPostgresWaitsWhileReadOnly(t *testing.T) {
 			t.Fatalf("%d warnings that the database is read-only, with the reason, want 2 or more:\n%s", n, logs.String())
 		}
 	}
+	notReady(t, ctx, srv, "with the database read-only")
+	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" SET default_transaction_read_only = off"); err != nil {
+		t.Fatal(err)
+	}
+	becomesReady(t, ctx, srv, "once the database takes writes")
+}
+
+// notReady checks srv, waiting for its database (while says why): alive,
+// not ready, and a webhook refused with 503 and Retry-After.
+func notReady(t *testing.T, ctx context.Context, srv *server.Server, while string) {
+	t.Helper()
 	base := "http://" + srv.HTTPAddr().String()
 	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
 		resp, err := http.Get(base + path)
@@ -485,26 +496,28 @@ func TestPostgresWaitsWhileReadOnly(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != want {
-			t.Errorf("%s with the database read-only: %d, want %d", path, resp.StatusCode, want)
+			t.Errorf("%s %s: %d, want %d", path, while, resp.StatusCode, want)
 		}
 	}
-	r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("read-only-req", "SENT", 1764153000000), 10*time.Second)
+	r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("waiting-req", "SENT", 1764153000000), 10*time.Second)
 	if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-		t.Errorf("a webhook with the database read-only: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
+		t.Errorf("a webhook %s: %d, Retry-After %q, %v; want 503 with Retry-After", while, r.code, r.header.Get("Retry-After"), err)
 	}
+}
 
-	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" SET default_transaction_read_only = off"); err != nil {
-		t.Fatal(err)
-	}
+// becomesReady waits for srv to be ready (once says why it should be),
+// and then stores a webhook.
+func becomesReady(t *testing.T, ctx context.Context, srv *server.Server, once string) {
+	t.Helper()
 	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	awaitReadiness(t, healthpb.NewHealthClient(conn), healthpb.HealthCheckResponse_SERVING)
-	r, err = postWithin(ctx, base+"/v1/webhooks/otpless", dlr("read-only-req", "SENT", 1764153000000), 10*time.Second)
+	r, err := postWithin(ctx, "http://"+srv.HTTPAddr().String()+"/v1/webhooks/otpless", dlr("waiting-req", "SENT", 1764153000000), 10*time.Second)
 	if err != nil || r.code != http.StatusOK {
-		t.Errorf("a webhook once the database takes writes: %d %s, %v; want 200", r.code, r.body, err)
+		t.Errorf("a webhook %s: %d %s, %v; want 200", once, r.code, r.body, err)
 	}
 }
 
@@ -846,31 +859,7 @@ func TestPostgresMigratesWhileServing(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	base := "http://" + srv.HTTPAddr().String()
-	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("%s while migrating: %d, want %d", path, resp.StatusCode, want)
-		}
-	}
-	r, err := postWithin(ctx, base+"/v1/webhooks/otpless", dlr("migrating-req", "SENT", 1764153000000), 10*time.Second)
-	if err != nil || r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-		t.Errorf("a webhook while migrating: %d, Retry-After %q, %v; want 503 with Retry-After", r.code, r.header.Get("Retry-After"), err)
-	}
-
+	notReady(t, ctx, srv, "while migrating")
 	unlock()
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	awaitReadiness(t, healthpb.NewHealthClient(conn), healthpb.HealthCheckResponse_SERVING)
-	r, err = postWithin(ctx, base+"/v1/webhooks/otpless", dlr("migrating-req", "SENT", 1764153000000), 10*time.Second)
-	if err != nil || r.code != http.StatusOK {
-		t.Errorf("a webhook once migrated: %d %s, %v; want 200", r.code, r.body, err)
-	}
+	becomesReady(t, ctx, srv, "once migrated")
 }
