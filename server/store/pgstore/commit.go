@@ -78,7 +78,7 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	deadline := time.Now().Add(s.timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, tx, err := s.begin(ctx)
+	conn, tx, err := s.begin(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return err
 	}
@@ -104,23 +104,46 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 	return nil
 }
 
-// begin takes a pooled connection and begins a transaction on it, READ
-// COMMITTED whatever the session's default: a commit, or a purge, that
+// begin takes a pooled connection and begins a transaction on it
+// (acquire: a BEGIN stores nothing, so it may be sent twice). Commits and
+// purges begin READ COMMITTED whatever the session's default: one that
 // waited for a request's lock reads what the holder committed, where a
 // stricter level would fail with a serialization error instead of queuing
 // up.
+func (s *Store) begin(ctx context.Context, opts pgx.TxOptions) (conn *pgxpool.Conn, tx pgx.Tx, err error) {
+	conn, err = s.acquire(ctx, func(c *pgxpool.Conn) (err error) {
+		tx, err = c.BeginTx(ctx, opts)
+		return err
+	})
+	return conn, tx, err
+}
+
+// read runs fn, which only reads, on a pooled connection (acquire). fn
+// starts from nothing and hands its caller nothing before it returns, so
+// that it may run twice.
+func (s *Store) read(ctx context.Context, fn func(*pgxpool.Conn) error) error {
+	conn, err := s.acquire(ctx, fn)
+	if err == nil {
+		conn.Release()
+	}
+	return err
+}
+
+// acquire takes a pooled connection and runs first on it, and returns the
+// connection, held, when first succeeded.
 //
 // pgxpool checks only a connection idle for more than a second before it
 // hands it out, so one whose session the database ended just before
-// (pg_terminate_backend, a restart, idle_session_timeout, a proxy closing
-// it) fails its BEGIN. Then begin takes another connection, which the pool
-// pings first (pingFirst), and begins once more: the database may well
-// answer, and a commit would otherwise fail its whole batch. This repeats a
-// BEGIN alone, which stores nothing, before anything of the transaction
-// was sent; a BEGIN that failed as the call ran out of time, or with an
-// ERROR the database answered (pgx closes the connection for anything
-// else), is not repeated.
-func (s *Store) begin(ctx context.Context) (*pgxpool.Conn, pgx.Tx, error) {
+// (pg_terminate_backend, a restart or failover, idle_session_timeout, a
+// proxy closing it) fails first's statement. Then acquire takes another
+// connection, which the pool pings first (pingFirst), and runs first once
+// more: the database may well answer, and a commit would otherwise fail its
+// whole batch, a read its caller. So first must be something that may run
+// twice: a BEGIN, before anything of its transaction was sent, or a read.
+// A first that failed as ctx ran out, or with an ERROR the database
+// answered (pgx closes the connection for anything else), is not run
+// again.
+func (s *Store) acquire(ctx context.Context, first func(*pgxpool.Conn) error) (*pgxpool.Conn, error) {
 	for again := false; ; again = true {
 		actx := ctx
 		if again {
@@ -128,16 +151,16 @@ func (s *Store) begin(ctx context.Context) (*pgxpool.Conn, pgx.Tx, error) {
 		}
 		conn, err := s.pool.Acquire(actx)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+		err = first(conn)
 		if err == nil {
-			return conn, tx, nil
+			return conn, nil
 		}
 		ended := conn.Conn().IsClosed() && ctx.Err() == nil
 		conn.Release()
 		if again || !ended {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 }

@@ -37,13 +37,14 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	// begins it: set by a statement of its own, the session's (half the
 	// store's timeout) would end a transaction whose next statement a
 	// busy process sent that much later.
-	tx, err := s.pool.BeginTx(qctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
+	conn, tx, err := s.begin(qctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
 		"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = %d", exportIdle.Milliseconds())})
 	if err != nil {
 		return s.fail(ctx, op, err)
 	}
 	// From here on the transaction holds a connection of the pool, which
-	// only its end gives back, whatever fails.
+	// its end gives back, whatever fails.
+	defer conn.Release()
 	defer func() {
 		// Read only: nothing to commit. Bounded as every call is: on a
 		// database gone silent, the rollback would wait for good.

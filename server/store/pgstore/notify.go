@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -132,51 +133,56 @@ func (s *Store) ChangesSince(ctx context.Context, since map[string]int64) ([]sto
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	rows, err := s.pool.Query(qctx, `SELECT r.request_id, r.data, e.data, e.revision
-		FROM unnest($1::bytea[], $2::bigint[]) AS q (request_id, after)
-		JOIN requests r ON r.request_id = q.request_id AND r.revision > q.after
-		LEFT JOIN events e ON e.request_id = q.request_id AND e.revision > q.after
-		ORDER BY r.request_id, e.revision, e.webhook_id, e.event_id`, ids, afters)
-	if err != nil {
-		return nil, s.fail(ctx, op, err)
-	}
-	var (
-		changes               []store.Change
-		rid, snapData, evData []byte
-		evRevision            *int64
-		damaged               string // the request whose rows are being left out
-	)
-	// A request whose stored data does not decode is left out, said as an
-	// error, rather than fail the call: the others' watchers get theirs.
-	leaveOut := func(what string, err error) {
-		damaged = string(rid)
-		s.log.Error("a request's stored data does not decode; its watchers get no update", "otpless_request_id", damaged, "what", what, "error", err)
-	}
-	_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData, &evRevision}, func() error {
-		if damaged != "" && damaged == string(rid) {
-			return nil
+	var changes []store.Change
+	err := s.read(qctx, func(conn *pgxpool.Conn) error {
+		changes = nil
+		rows, err := conn.Query(qctx, `SELECT r.request_id, r.data, e.data, e.revision
+			FROM unnest($1::bytea[], $2::bigint[]) AS q (request_id, after)
+			JOIN requests r ON r.request_id = q.request_id AND r.revision > q.after
+			LEFT JOIN events e ON e.request_id = q.request_id AND e.revision > q.after
+			ORDER BY r.request_id, e.revision, e.webhook_id, e.event_id`, ids, afters)
+		if err != nil {
+			return err
 		}
-		if n := len(changes); n == 0 || changes[n-1].Request.GetRequestId() != string(rid) {
-			r := new(eventsv1.AuthRequest)
-			if err := proto.Unmarshal(snapData, r); err != nil {
-				leaveOut("snapshot", err)
+		var (
+			rid, snapData, evData []byte
+			evRevision            *int64
+			damaged               string // the request whose rows are being left out
+		)
+		// A request whose stored data does not decode is left out, said
+		// as an error, rather than fail the call: the others' watchers get
+		// theirs.
+		leaveOut := func(what string, err error) {
+			damaged = string(rid)
+			s.log.Error("a request's stored data does not decode; its watchers get no update", "otpless_request_id", damaged, "what", what, "error", err)
+		}
+		_, err = pgx.ForEachRow(rows, []any{&rid, &snapData, &evData, &evRevision}, func() error {
+			if damaged != "" && damaged == string(rid) {
 				return nil
 			}
-			changes = append(changes, store.Change{Request: r})
-		}
-		if evData == nil { // no event newer (LEFT JOIN)
+			if n := len(changes); n == 0 || changes[n-1].Request.GetRequestId() != string(rid) {
+				r := new(eventsv1.AuthRequest)
+				if err := proto.Unmarshal(snapData, r); err != nil {
+					leaveOut("snapshot", err)
+					return nil
+				}
+				changes = append(changes, store.Change{Request: r})
+			}
+			if evData == nil { // no event newer (LEFT JOIN)
+				return nil
+			}
+			e := new(eventsv1.Event)
+			if err := proto.Unmarshal(evData, e); err != nil {
+				changes = changes[:len(changes)-1]
+				leaveOut("event", err)
+				return nil
+			}
+			c := &changes[len(changes)-1]
+			c.Events = append(c.Events, e)
+			c.EventRevisions = append(c.EventRevisions, *evRevision)
 			return nil
-		}
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(evData, e); err != nil {
-			changes = changes[:len(changes)-1]
-			leaveOut("event", err)
-			return nil
-		}
-		c := &changes[len(changes)-1]
-		c.Events = append(c.Events, e)
-		c.EventRevisions = append(c.EventRevisions, *evRevision)
-		return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, s.fail(ctx, op, err)

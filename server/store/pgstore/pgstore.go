@@ -518,7 +518,9 @@ func (s *Store) Identity(ctx context.Context) (string, error) {
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var started, port, database string
-	err := s.pool.QueryRow(qctx, `SELECT pg_postmaster_start_time()::text, current_setting('port'), current_database()`).Scan(&started, &port, &database)
+	err := s.read(qctx, func(c *pgxpool.Conn) error {
+		return c.QueryRow(qctx, `SELECT pg_postmaster_start_time()::text, current_setting('port'), current_database()`).Scan(&started, &port, &database)
+	})
 	if err != nil {
 		return "", s.fail(ctx, op, err)
 	}
@@ -537,7 +539,9 @@ func (s *Store) GetRequest(ctx context.Context, requestID string) (*eventsv1.Aut
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var data []byte
-	err := s.pool.QueryRow(qctx, `SELECT data FROM requests WHERE request_id = $1 AND revision > 0`, []byte(requestID)).Scan(&data)
+	err := s.read(qctx, func(c *pgxpool.Conn) error {
+		return c.QueryRow(qctx, `SELECT data FROM requests WHERE request_id = $1 AND revision > 0`, []byte(requestID)).Scan(&data)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("pgstore: %s %q: %w", op, requestID, store.ErrNotFound)
 	}
@@ -576,37 +580,40 @@ func (s *Store) ListEvents(ctx context.Context, requestID string, page store.Pag
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	rows, err := s.pool.Query(qctx, query, args...)
-	if err != nil {
-		return nil, "", s.fail(ctx, op, err)
-	}
-	events := make([]*eventsv1.Event, 0, min(limit+1, 64))
 	var (
-		data, body []byte
-		webhookID  int64
+		events []*eventsv1.Event
+		exists bool
 	)
-	_, err = pgx.ForEachRow(rows, []any{&data, &webhookID, &body}, func() error {
-		e := new(eventsv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("%w: decode an event of webhook %d: %w", store.ErrDamaged, webhookID, err)
-		}
-		e.RawBody = store.RawBody(ctx, s.log, requestID, webhookID, body)
-		events = append(events, e)
-		return nil
-	})
-	if err != nil {
-		return nil, "", s.fail(ctx, op, err)
-	}
-
-	if len(events) == 0 {
-		var exists bool
-		err := s.pool.QueryRow(qctx, `SELECT EXISTS (SELECT 1 FROM requests WHERE request_id = $1 AND revision > 0)`, []byte(requestID)).Scan(&exists)
+	err := s.read(qctx, func(c *pgxpool.Conn) error {
+		events, exists = make([]*eventsv1.Event, 0, min(limit+1, 64)), true
+		rows, err := c.Query(qctx, query, args...)
 		if err != nil {
-			return nil, "", s.fail(ctx, op, err)
+			return err
 		}
-		if !exists {
-			return nil, "", fmt.Errorf("pgstore: %s %q: %w", op, requestID, store.ErrNotFound)
+		var (
+			data, body []byte
+			webhookID  int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&data, &webhookID, &body}, func() error {
+			e := new(eventsv1.Event)
+			if err := proto.Unmarshal(data, e); err != nil {
+				return fmt.Errorf("%w: decode an event of webhook %d: %w", store.ErrDamaged, webhookID, err)
+			}
+			e.RawBody = store.RawBody(ctx, s.log, requestID, webhookID, body)
+			events = append(events, e)
+			return nil
+		})
+		if err != nil || len(events) > 0 {
+			return err
 		}
+		return c.QueryRow(qctx, `SELECT EXISTS (SELECT 1 FROM requests WHERE request_id = $1 AND revision > 0)`, []byte(requestID)).Scan(&exists)
+	})
+	switch {
+	case err != nil:
+		return nil, "", s.fail(ctx, op, err)
+	case !exists:
+		return nil, "", fmt.Errorf("pgstore: %s %q: %w", op, requestID, store.ErrNotFound)
+	case len(events) == 0:
 		return nil, "", nil
 	}
 	if len(events) <= limit {

@@ -1716,6 +1716,112 @@ func TestPingAfterSessionsEnded(t *testing.T) {
 	}
 }
 
+// endPooledSessions ends the sessions of s's pool of two connections
+// (application_name app) through admin, each new and just used, so that
+// the pool hands them out unpinged.
+func endPooledSessions(t *testing.T, s *pgstore.Store, admin *pgx.Conn, app string) {
+	t.Helper()
+	ctx := t.Context()
+	awaitIdle(t, s)
+	s.Pool().Reset() // none left dead by a read that failed before
+	var conns []*pgxpool.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range 2 {
+		c, err := s.Pool().Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range conns {
+		c.Release()
+	}
+	conns = nil
+	var ended int
+	if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
+		FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended); err != nil || ended != 2 {
+		t.Fatalf("ended %d sessions, want the 2 pooled ones: %v", ended, err)
+	}
+}
+
+// TestReadAfterSessionsEnded: each read right after the database ended
+// every pooled session succeeds, as a commit does: the read that fails on
+// a connection pgx hands out unchecked runs again on a live one.
+func TestReadAfterSessionsEnded(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	app := "otpless-test-" + schema
+	dsn = pgtest.WithParam(t, pgtest.WithParam(t, dsn, "application_name", app), "pool_max_conns", "2")
+	s := open(t, dsn)
+	ctx := t.Context()
+	admin := connect(t, pgtest.DSN(t))
+	e1 := delivery("r1", "e1", "SMS", "SENT", at(0))
+	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), e1)}); err != nil {
+		t.Fatal(err)
+	}
+	reads := []struct {
+		name string
+		read func() error
+	}{
+		{"GetRequest", func() error {
+			r, err := s.GetRequest(ctx, "r1")
+			if err == nil && r.GetRevision() != 1 {
+				t.Errorf("r1 at revision %d, want 1", r.GetRevision())
+			}
+			return err
+		}},
+		{"ListEvents", func() error {
+			events, _, err := s.ListEvents(ctx, "r1", store.Page{})
+			if err == nil && len(events) != 1 {
+				t.Errorf("ListEvents(r1) = %d events, want 1", len(events))
+			}
+			return err
+		}},
+		{"ListEvents of an unknown request", func() error {
+			_, _, err := s.ListEvents(ctx, "unknown", store.Page{})
+			if err == nil {
+				t.Error("ListEvents(unknown) found it")
+			}
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}},
+		{"ChangesSince", func() error {
+			changes, err := s.ChangesSince(ctx, map[string]int64{"r1": 0})
+			if err == nil && len(changes) != 1 {
+				t.Errorf("ChangesSince(r1 after 0) = %d changes, want 1", len(changes))
+			}
+			return err
+		}},
+		{"Export", func() error {
+			n := 0
+			err := s.Export(ctx, 10, func(whs []store.Webhook) error { n += len(whs); return nil })
+			if err == nil && n != 1 {
+				t.Errorf("Export gave %d webhooks, want 1", n)
+			}
+			return err
+		}},
+		{"Identity", func() error {
+			_, err := s.Identity(ctx)
+			return err
+		}},
+	}
+	for _, r := range reads {
+		endPooledSessions(t, s, admin, app)
+		if err := r.read(); err != nil {
+			t.Errorf("%s once the database ended the pooled sessions: %v", r.name, err)
+		}
+	}
+}
+
 // TestCommitAfterSessionsEnded: a commit, and a purge, right after the
 // database ended every pooled session (pg_terminate_backend, as a restart
 // or a pooler's sweep does), while the database answers, succeed: pgxpool
@@ -1732,28 +1838,7 @@ func TestCommitAfterSessionsEnded(t *testing.T) {
 	admin := connect(t, pgtest.DSN(t))
 	endSessions := func() {
 		t.Helper()
-		// Two pooled connections, each used just now, so that the pool
-		// hands them out unpinged once their sessions have ended.
-		awaitIdle(t, s)
-		var conns []*pgxpool.Conn
-		for range 2 {
-			c, err := s.Pool().Acquire(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
-		}
-		for _, c := range conns {
-			c.Release()
-		}
-		var ended int
-		if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
-			FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended); err != nil || ended != 2 {
-			t.Fatalf("ended %d sessions, want the 2 pooled ones: %v", ended, err)
-		}
+		endPooledSessions(t, s, admin, app)
 	}
 
 	endSessions()
