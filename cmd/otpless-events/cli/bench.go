@@ -496,11 +496,11 @@ func (r *benchReport) print(w io.Writer) {
 		if m.Gone != "" {
 			fmt.Fprintf(w, "; then no reading, did it end? %s\n", m.Gone)
 		} else {
-			fmt.Fprintf(w, ", %s at the end (peak %s); CPU %s per webhook\n", mib(m.End.RSS), mib(m.End.PeakRSS), us(m.CPUPerWebhook))
+			fmt.Fprintf(w, ", %s at the end (peak %s); %s\n", mib(m.End.RSS), mib(m.End.PeakRSS), cpuPerWebhook(res, m.CPUPerWebhook))
 		}
 	}
 	if r.Server == nil || !r.Server.Self {
-		fmt.Fprintf(w, "load      CPU %s per webhook in this process\n", us(r.LoadCPUPerWebhook))
+		fmt.Fprintf(w, "load      %s in this process\n", cpuPerWebhook(res, r.LoadCPUPerWebhook))
 	}
 	if c := r.Ceiling; c != nil {
 		bare := "bare net/http handler"
@@ -513,10 +513,21 @@ func (r *benchReport) print(w io.Writer) {
 			fmt.Fprintf(w, "          this server: no share of the ceiling in open loop (it took the rate); run without --rate\n")
 		case c.OK == 0:
 			fmt.Fprintf(w, "          this server: no share of a ceiling that answered nothing\n")
+		case res.OK == 0:
+			fmt.Fprintf(w, "          this server: no share of the ceiling, no webhook answered 200\n")
 		default:
 			fmt.Fprintf(w, "          this server: %.2f of the ceiling\n", r.CeilingRatio)
 		}
 	}
+}
+
+// cpuPerWebhook says the CPU time d per webhook answered 200, or that
+// there is none when no webhook was: a figure over no webhook is not 0.
+func cpuPerWebhook(res *loadgen.Result, d time.Duration) string {
+	if res.OK == 0 {
+		return "no CPU per webhook, no webhook answered 200"
+	}
+	return fmt.Sprintf("CPU %s per webhook", us(d))
 }
 
 // requestsLine says how many requests were started and sent whole, and

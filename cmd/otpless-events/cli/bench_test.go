@@ -432,3 +432,25 @@ func TestBenchCPUProfileOfTheTraffic(t *testing.T) {
 		t.Errorf("profiling while watchers subscribed %v, while webhooks were posted %v; want only the latter (%s)", subscribing, posting, stderr.String())
 	}
 }
+
+// A run in which no webhook was answered 200 has no figure per webhook:
+// neither CPU time per webhook (the server's, the load's) nor a share of
+// the ceiling is printed as 0, as if measured.
+func TestBenchReportNothingAnswered(t *testing.T) {
+	t.Parallel()
+	proc := loadgen.Proc{RSS: 20 << 20, PeakRSS: 20 << 20, CPU: time.Second}
+	r := &benchReport{Target: "http://127.0.0.1:8080", Concurrency: 2, Duration: time.Second,
+		Result:  &loadgen.Result{Sent: 10, Elapsed: time.Second, Errors: map[string]int64{"http_503": 10}},
+		Server:  &benchServer{PID: 42, Start: proc, WatchersIdle: proc, End: proc},
+		Ceiling: &loadgen.Result{Sent: 10, OK: 10, Elapsed: time.Second, Throughput: 10}}
+	var out bytes.Buffer
+	r.print(&out)
+	for _, bad := range []string{"0.0µs", "0.00 of the ceiling"} {
+		if strings.Contains(out.String(), bad) {
+			t.Errorf("report of a run with nothing answered:\n%s\nprints %q", out.String(), bad)
+		}
+	}
+	if n := strings.Count(out.String(), "no webhook answered 200"); n != 3 {
+		t.Errorf("report:\n%s\nsays %d times that no webhook was answered 200; want it for the server's CPU, the load's and the share of the ceiling", out.String(), n)
+	}
+}
