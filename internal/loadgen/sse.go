@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"net/url"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -86,7 +89,7 @@ func (s *sseStream) Recv() (*eventsv1.WatchRequestResponse, error) {
 				continue // after a comment or retry
 			}
 			if event == "error" {
-				return nil, fmt.Errorf("error event: %s", data)
+				return nil, errorEvent(data)
 			}
 			m := new(eventsv1.WatchRequestResponse)
 			if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
@@ -102,6 +105,20 @@ func (s *sseStream) Recv() (*eventsv1.WatchRequestResponse, error) {
 }
 
 func (s *sseStream) Close() { s.body.Close() }
+
+// errorEvent is the error an "error" event's data says: the gRPC status
+// that ended the watch (as the gateway writes it, code and message), so
+// that it is counted by its code as over gRPC; else the data itself.
+func errorEvent(data []byte) error {
+	var st struct {
+		Code    *int32 `json:"code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(data, &st); err != nil || st.Code == nil || *st.Code == 0 {
+		return fmt.Errorf("error event: %s", data)
+	}
+	return status.Error(codes.Code(*st.Code), "error event: "+st.Message)
+}
 
 // statusError is an event stream refused with an HTTP status.
 type statusError int
