@@ -638,24 +638,28 @@ func startSelf(ctx context.Context, stderr io.Writer) (*selfServer, error) {
 	return s, nil
 }
 
-// waitServing waits until the server at addr reports SERVING.
+// waitServing waits until the server at addr reports SERVING, for 30
+// seconds at most; ctx ending (a signal) interrupts the wait.
 func waitServing(ctx context.Context, addr string) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	health := healthpb.NewHealthClient(conn)
 	for {
-		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		resp, err := health.Check(waitCtx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
 		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
 			return nil
 		}
 		select {
-		case <-ctx.Done():
-			return fmt.Errorf("server not serving: %w", ctx.Err())
+		case <-waitCtx.Done():
+			if ctx.Err() != nil {
+				return errors.New("interrupted while the server was starting")
+			}
+			return fmt.Errorf("server not serving: %w", waitCtx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -454,3 +454,17 @@ func TestBenchReportNothingAnswered(t *testing.T) {
 		t.Errorf("report:\n%s\nsays %d times that no webhook was answered 200; want it for the server's CPU, the load's and the share of the ceiling", out.String(), n)
 	}
 }
+
+// A signal while the server of --self is starting ends bench saying it was
+// interrupted, not that the server is not serving (as if it had failed).
+func TestBenchSelfInterruptedWhileStarting(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel() // the signal came before the server served
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--self", "--duration", "1s", "--rate", "1"}
+	code := Main(ctx, args, nil, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "interrupted") || strings.Contains(stderr.String(), "not serving") || stdout.Len() != 0 {
+		t.Errorf("bench --self interrupted while its server started: exit %d, stderr %q, stdout %q; want 1, saying it was interrupted", code, stderr.String(), stdout.String())
+	}
+}
