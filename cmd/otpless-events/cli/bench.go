@@ -194,13 +194,11 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	if err := f.checkNumbers(); err != nil {
 		return err
 	}
-	profile, err := createCPUProfile(f.cpuProfile)
+	prof, err := openCPUProfile(f.cpuProfile)
 	if err != nil {
 		return err
 	}
-	if profile != nil {
-		defer profile.Close() // closed already when the run got as far as its profile
-	}
+	defer prof.abandon() // a run that fails before its profile leaves none
 	if !f.self && os.Getenv("GOGC") == "" {
 		// The load generator shares the machine with the server it
 		// measures: with 10,000 watchers the collector, scanning their
@@ -304,7 +302,6 @@ func (f *benchFlags) run(ctx context.Context, explicitAddr bool, stdout, stderr 
 	// The profile covers the traffic, as the load's CPU per webhook does:
 	// from when the watchers are subscribed (or the start, without any)
 	// to the last answer and the drain.
-	prof := &cpuProfile{f: profile}
 	if f.watchers > 0 {
 		cfg.WatchersReady = both(cfg.WatchersReady, prof.start)
 	} else if prof.start(); prof.err != nil {
@@ -355,24 +352,35 @@ func ceilingConfig(cfg loadgen.Config, c *loadgen.Ceiling) loadgen.Config {
 	return bare
 }
 
-// createCPUProfile creates the file of --cpu-profile at path ("": no
-// profile, nil), before any traffic, so that a path it cannot write is
-// refused at once.
-func createCPUProfile(path string) (*os.File, error) {
+// openCPUProfile opens the file of --cpu-profile at path ("": no
+// profile), before any traffic, so that a path it cannot write is refused
+// at once. A file already there is emptied only when the profile starts:
+// until then, a run that fails keeps it as it was (abandon).
+func openCPUProfile(path string) (*cpuProfile, error) {
+	p := &cpuProfile{path: path}
 	if path == "" {
-		return nil, nil
+		return p, nil
 	}
-	f, err := os.Create(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+	if err == nil {
+		p.created = true
+	} else if errors.Is(err, os.ErrExist) {
+		f, err = os.OpenFile(path, os.O_WRONLY, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
-	return f, nil
+	p.f = f
+	return p, nil
 }
 
 // cpuProfile profiles this process into f (nil: no profile) from start to
-// stop; err is the first error of either.
+// stop; err is the first error of either. created says the file is bench's
+// own, made for this run.
 type cpuProfile struct {
 	f       *os.File
+	path    string
+	created bool
 	started bool
 	err     error
 }
@@ -380,6 +388,12 @@ type cpuProfile struct {
 func (p *cpuProfile) start() {
 	if p.f == nil || p.started || p.err != nil {
 		return
+	}
+	if fi, err := p.f.Stat(); err == nil && fi.Mode().IsRegular() { // not /dev/null, say
+		if err := p.f.Truncate(0); err != nil {
+			p.err = fmt.Errorf("--cpu-profile: %w", err)
+			return
+		}
 	}
 	if err := pprof.StartCPUProfile(p.f); err != nil {
 		p.err = fmt.Errorf("--cpu-profile: %w", err)
@@ -397,6 +411,19 @@ func (p *cpuProfile) stop() {
 	pprof.StopCPUProfile()
 	if err := p.f.Close(); err != nil && p.err == nil {
 		p.err = fmt.Errorf("--cpu-profile: %w", err)
+	}
+	p.f = nil
+}
+
+// abandon closes the file of a profile that never started, and removes it
+// if bench made it: an empty file is no profile.
+func (p *cpuProfile) abandon() {
+	if p.f == nil || p.started {
+		return
+	}
+	p.f.Close()
+	if p.created {
+		os.Remove(p.path)
 	}
 	p.f = nil
 }

@@ -468,3 +468,32 @@ func TestBenchSelfInterruptedWhileStarting(t *testing.T) {
 		t.Errorf("bench --self interrupted while its server started: exit %d, stderr %q, stdout %q; want 1, saying it was interrupted", code, stderr.String(), stdout.String())
 	}
 }
+
+// A run that fails before its profile starts (here the watchers' API key
+// file is missing) leaves no --cpu-profile file, and a file that was there
+// keeps what it held: an empty file is no profile.
+func TestBenchCPUProfileOfARunThatFailedFirst(t *testing.T) {
+	t.Parallel()
+	for _, existed := range []bool{false, true} {
+		dir := t.TempDir()
+		profile := filepath.Join(dir, "load.pprof")
+		if existed {
+			if err := os.WriteFile(profile, []byte("an earlier profile"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var stdout, stderr bytes.Buffer
+		args := []string{"bench", "--http-addr", "127.0.0.1:1", "--duration", "1s", "--rate", "1", "--watchers", "1", "--watch-via", "sse",
+			"--api-key-file", filepath.Join(dir, "missing"), "--cpu-profile", profile}
+		if code := Main(t.Context(), args, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "missing") {
+			t.Fatalf("bench with a missing --api-key-file: exit %d, stderr %q; want 1 for the file", code, stderr.String())
+		}
+		b, err := os.ReadFile(profile)
+		switch {
+		case existed && string(b) != "an earlier profile":
+			t.Errorf("a failed run left the earlier --cpu-profile file holding %q (%v)", b, err)
+		case !existed && !os.IsNotExist(err):
+			t.Errorf("a failed run left a --cpu-profile file of %d bytes (%v)", len(b), err)
+		}
+	}
+}
