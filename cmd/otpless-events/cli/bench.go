@@ -549,10 +549,14 @@ func (r *benchReport) print(w io.Writer) {
 }
 
 // cpuPerWebhook says the CPU time d per webhook answered 200, or that
-// there is none when no webhook was: a figure over no webhook is not 0.
+// there is none when no webhook was, or when the CPU time read did not
+// advance (/proc counts it in ticks of 10 ms): neither is 0 per webhook.
 func cpuPerWebhook(res *loadgen.Result, d time.Duration) string {
 	if res.OK == 0 {
 		return "no CPU per webhook, no webhook answered 200"
+	}
+	if d == 0 {
+		return "no CPU per webhook, less than a tick (10 ms) of CPU time counted in all"
 	}
 	return fmt.Sprintf("CPU %s per webhook", us(d))
 }

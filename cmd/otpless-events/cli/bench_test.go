@@ -497,3 +497,19 @@ func TestBenchCPUProfileOfARunThatFailedFirst(t *testing.T) {
 		}
 	}
 }
+
+// A run too short or too slow for the CPU time read from /proc (in ticks
+// of 10 ms) to advance measured no CPU time: the report says so, not that
+// each webhook took 0.0µs.
+func TestBenchReportCPUBelowATick(t *testing.T) {
+	t.Parallel()
+	proc := loadgen.Proc{RSS: 20 << 20, PeakRSS: 20 << 20, CPU: time.Second}
+	r := &benchReport{Target: "http://127.0.0.1:8080", Rate: 1, Concurrency: 2, Duration: time.Second,
+		Result: &loadgen.Result{Sent: 1, OK: 1, Elapsed: time.Second, Throughput: 1},
+		Server: &benchServer{PID: 42, Start: proc, WatchersIdle: proc, End: proc}}
+	var out bytes.Buffer
+	r.print(&out)
+	if strings.Contains(out.String(), "0.0µs") || strings.Count(out.String(), "less than a tick") != 2 {
+		t.Errorf("report of a run whose CPU time did not advance:\n%s\nwant no CPU time per webhook, for the server and the load, and why", out.String())
+	}
+}
