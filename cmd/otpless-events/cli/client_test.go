@@ -15,11 +15,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/otpless-events/otpless-events/cmd/otpless-events/cli"
@@ -327,6 +330,38 @@ func TestWatchAndGetErrors(t *testing.T) {
 	code, _, errOut := run(t, "get", "--grpc-addr", ts.GRPCAddr, "--api-key-file", keyFile, "nobody")
 	if code == 0 || !strings.Contains(errOut, "request nobody: no event of this request has been stored (NotFound)") {
 		t.Fatalf("get of an unknown request: exit %d, %q", code, errOut)
+	}
+}
+
+// watch started while its server shuts down (a rolling deploy) waits for
+// it, as it does after a reconnect: the server answered, refusing the
+// stream for now. Where nothing listens it fails at once (the "no server"
+// case above): a mistyped address must not hang.
+func TestWatchStartedDuringShutdown(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		if calls.Add(1) == 1 {
+			return status.Error(codes.Unavailable, "server is shutting down, reconnect to another replica or retry later")
+		}
+		var req eventsv1.WatchRequestRequest
+		if err := stream.RecvMsg(&req); err != nil {
+			return err
+		}
+		return stream.SendMsg(&eventsv1.WatchRequestResponse{
+			Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Revision: 6,
+			Request: &eventsv1.AuthRequest{RequestId: req.GetRequestId(), Revision: 6, EventCount: 6, Status: eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS},
+		})
+	}))
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	code, out, errOut := run(t, "watch", "--grpc-addr", ln.Addr().String(), tryID)
+	if code != 0 || !strings.Contains(out, "SUCCESS") || !strings.Contains(errOut, "shutting down") {
+		t.Errorf("watch of a server refusing its first stream while shutting down: exit %d, %q, stderr %q; want it to wait, saying why, then exit 0 on SUCCESS", code, out, errOut)
 	}
 }
 

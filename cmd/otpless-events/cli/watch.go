@@ -38,10 +38,12 @@ func newWatch(stdout, stderr io.Writer) *cobra.Command {
 			"FAILED is not final (OTPLESS may fall back to another channel, or the user may still\n" +
 			"sign in), so watch keeps following until SUCCESS, --timeout, or an interrupt. It exits 0\n" +
 			"on SUCCESS and 1 otherwise, saying the last status. When the server ends the stream with\n" +
-			"RECONNECT (restart, maximum watch duration), or the connection drops mid-stream, watch\n" +
-			"reconnects and resumes after the last revision it printed, waiting for the server to be back:\n" +
-			"at once after a stream that worked (one that brought any message but RECONNECT, a heartbeat\n" +
-			"included, or lasted 5 s), else after 0.1 s, doubled on each quick failure up to 5 s. A stream\n" +
+			"RECONNECT (restart, maximum watch duration), the connection drops mid-stream, or a server that\n" +
+			"is shutting down refuses a stream (the first one too) as UNAVAILABLE, watch reconnects and\n" +
+			"resumes after the last revision it printed, waiting for the server to be back: at once after\n" +
+			"a stream that worked (one that brought any message but RECONNECT, a heartbeat included, or\n" +
+			"lasted 5 s), else after 0.1 s, doubled on each quick failure up to 5 s. A first connection\n" +
+			"that cannot be made (nothing listens at the address) fails at once. A stream\n" +
 			"that brings nothing, not even a heartbeat, for --idle-timeout counts as dropped: a connection\n" +
 			"can die without a word (a network partition, a NAT that forgot it).\n\n" +
 			"Needs an API key with the watch scope, or a watch token ($" + envAPIKey + " or --api-key-file),\n" +
@@ -225,8 +227,18 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 		case err != nil && errors.Is(context.Cause(sctx), errSilent):
 			fmt.Fprintf(w.stderr, "nothing from the server for %s at revision %d: reconnecting\n", w.idle, w.after)
 			return errReconnect
-		case err != nil && (w.received || again) && status.Code(err) == codes.Unavailable:
-			fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
+		case err != nil && status.Code(err) == codes.Unavailable:
+			// A server took the stream: grpc-go reports a connection it
+			// could not make (nothing listening, not gRPC) when the stream
+			// is opened, above. So this is a server that is going away, on
+			// the first stream too (one that shuts down refuses new streams
+			// with UNAVAILABLE, as in a rolling deploy), or a connection
+			// that dropped: wait for it.
+			if w.received {
+				fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
+			} else {
+				fmt.Fprintf(w.stderr, "unavailable at revision %d: %s; trying again\n", w.after, status.Convert(err).Message())
+			}
 			return errReconnect
 		case err != nil:
 			if ra := refusedForNow(err); ra != nil {

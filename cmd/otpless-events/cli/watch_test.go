@@ -168,6 +168,16 @@ func TestWatchBackoff(t *testing.T) {
 			sleeps: []time.Duration{5 * time.Second, 5 * time.Second, 5 * time.Second, 100 * ms},
 		},
 		{
+			// A server shutting down refuses new streams, the first one
+			// too: watch waits for it, as after a reconnect.
+			name: "the first streams refused as unavailable",
+			streams: [][]step{
+				{lost}, {lost},
+				{heartbeatAt(0), successAt(1)},
+			},
+			sleeps: []time.Duration{100 * ms, 200 * ms},
+		},
+		{
 			// As a server that is shutting down might: RECONNECT alone
 			// proves nothing.
 			name: "RECONNECT at once",
