@@ -129,9 +129,14 @@ func refusedForNow(err error) error {
 
 // stopped reports whether err ends the watch because of ctx (whose deadline
 // may reach the server, and come back as DEADLINE_EXCEEDED, before ctx
-// itself says so).
+// itself says so). Without a deadline of ours, DEADLINE_EXCEEDED is another's
+// (a proxy's, the server's): an error to report, not our timeout.
 func stopped(ctx context.Context, err error) bool {
-	return ctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded
+	if ctx.Err() != nil {
+		return true
+	}
+	_, timed := ctx.Deadline()
+	return timed && status.Code(err) == codes.DeadlineExceeded
 }
 
 func (w *watcher) run(ctx context.Context) error {

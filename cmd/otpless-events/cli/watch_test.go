@@ -331,3 +331,20 @@ func TestWatchSnapshotCount(t *testing.T) {
 		}
 	}
 }
+
+// A DEADLINE_EXCEEDED that watch did not ask for (no --timeout: a proxy's,
+// or the server's own) is reported in the server's words, not as the
+// timeout of the user's that never was.
+func TestWatchServersDeadlineIsNotATimeout(t *testing.T) {
+	t.Parallel()
+	clock := time.Date(2025, 11, 26, 10, 31, 0, 0, time.UTC)
+	deadline := step{err: status.Error(codes.DeadlineExceeded, "upstream request timeout")}
+	for _, streams := range [][][]step{{{snapshotAt(1), deadline}}, {{deadline}}} {
+		client := &scriptedClient{clock: &clock, streams: streams}
+		w := &watcher{client: client, id: "r", stdout: io.Discard, stderr: io.Discard, sleep: func(context.Context, time.Duration) bool { return true }}
+		err := w.run(t.Context())
+		if err == nil || strings.Contains(err.Error(), "timed out") || !strings.Contains(err.Error(), "upstream request timeout (DeadlineExceeded)") {
+			t.Errorf("watch without --timeout, the server answering DEADLINE_EXCEEDED: %v; want the server's words, not a timeout of watch's", err)
+		}
+	}
+}
