@@ -39,7 +39,8 @@ func newSend(stdout io.Writer) *cobra.Command {
 			"a .jsonl file one body per line (the scenario format). The file - is standard input, read as\n" +
 			"JSON bodies one after another, whatever their layout (one per line as in a .jsonl file, or\n" +
 			"each over several lines), each posted as soon as it is read. Stops at the first body the\n" +
-			"server does not answer with 200, or on standard input at the first that is not JSON.\n\n" +
+			"server does not answer with 200, or on standard input at the first that is not JSON or\n" +
+			"is over 64 MiB.\n\n" +
 			"The target is --http-addr when given on the command line, else $" + envWebhookURL + " (the URL\n" +
 			"serve prints on its first start, webhook key included; user:password@ in it is sent as\n" +
 			"HTTP Basic), else --http-addr from $" + EnvName("http-addr") + ", else http://" + httpAddr + gateway.WebhookPath + ".",
@@ -222,6 +223,9 @@ func readStream(ctx context.Context, r io.Reader, maxBody int, post func(body) e
 			case errors.Is(err, io.EOF):
 				send(next{err: io.EOF})
 				return
+			case errors.As(err, new(bodyTooLarge)): // JSON or not, too much of it
+				send(next{err: fmt.Errorf("stdin:%d: %w", in.lineOfNext(dec.InputOffset()), err)})
+				return
 			case err != nil: // named, as a body is, by the line where it starts
 				send(next{err: fmt.Errorf("stdin:%d: not JSON: %w", in.lineOfNext(dec.InputOffset()), err)})
 				return
@@ -266,11 +270,19 @@ type lineCounter struct {
 
 func (c *lineCounter) Read(p []byte) (int, error) {
 	if len(c.buf) > c.max { // else it and the decoder's copy would grow without bound
-		return 0, fmt.Errorf("a body is over %d MiB", c.max>>20)
+		return 0, bodyTooLarge(c.max)
 	}
 	n, err := c.r.Read(p)
 	c.buf = append(c.buf, p[:n]...)
 	return n, err
+}
+
+// bodyTooLarge refuses a body on standard input longer than its value, the
+// most send reads of one.
+type bodyTooLarge int
+
+func (b bodyTooLarge) Error() string {
+	return fmt.Sprintf("a body is over %d MiB, more than send reads of one (a server takes 1 MiB by default, its --max-body-bytes)", int(b)>>20)
 }
 
 // maxStdinBody bounds a body read from standard input: far over what a
