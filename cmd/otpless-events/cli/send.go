@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -339,18 +340,18 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 	if resp.StatusCode != http.StatusOK {
 		var st struct{ Message string }
 		if json.Unmarshal(answer, &st) != nil || st.Message == "" {
-			st.Message = strings.TrimSpace(string(answer))
+			st.Message = string(answer) // a proxy's error page, say
 		}
-		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, st.Message)
+		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, printable(excerpt(st.Message)))
 	}
 	// A newer server may answer with fields and enum values this build does
 	// not know, as the API may add them.
 	out := &eventsv1.IngestResponse{}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(answer, out); err != nil {
-		return fmt.Errorf("%s: answer %q: %w", b.where, answer, err)
+		return fmt.Errorf("%s: answer %q: %w", b.where, excerpt(string(answer)), err)
 	}
 	if len(out.GetEvents()) == 0 { // a stored body has at least one event
-		return fmt.Errorf("%s: answer %q names no event: is %s an otpless-events server?", b.where, answer, redactURL(url))
+		return fmt.Errorf("%s: answer %q names no event: is %s an otpless-events server?", b.where, excerpt(string(answer)), redactURL(url))
 	}
 	for _, e := range out.GetEvents() {
 		line := fmt.Sprintf("%s  %s  rev %d  %s", b.where, orNone(e.GetRequestId()), e.GetRevision(), e.GetStatus())
@@ -362,6 +363,18 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 	}
 	return nil
+}
+
+// excerpt is the start of an answer, which may be a page of HTML from a
+// proxy, in one line for an error: runs of white space as one space, cut
+// after 200 characters.
+func excerpt(s string) string {
+	const most = 200
+	s = strings.Join(strings.Fields(s), " ")
+	if utf8.RuneCountInString(s) > most {
+		s = string([]rune(s)[:most]) + "…"
+	}
+	return s
 }
 
 // speaksHTTP2First reports whether the server at addr (host:port), dialed

@@ -116,6 +116,26 @@ func TestSendPrintsNoControlCharacters(t *testing.T) {
 	}
 }
 
+// A proxy's error page (an HTML 502) is not printed whole: a line of it,
+// its control characters escaped, says enough, and the terminal is not
+// flooded.
+func TestSendShowsAPageInALine(t *testing.T) {
+	t.Parallel()
+	page := "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n" +
+		strings.Repeat("<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n", 200) + "\x1b]0;PWNED\a</body></html>\r\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, page)
+	}))
+	defer srv.Close()
+	err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, io.Discard)
+	if err == nil || len(err.Error()) > 400 || strings.ContainsFunc(err.Error(), unicode.IsControl) ||
+		!strings.HasPrefix(err.Error(), "-:1: HTTP 502: <html> <head><title>502 Bad Gateway</title></head>") {
+		t.Errorf("a proxy's 502 page: %q; want a line beginning with the page, without control characters", err)
+	}
+}
+
 // An answer from a newer server, with a field or an enum value this build
 // does not know (which buf breaking lets the API add), is read for what
 // this build knows: the webhook was stored, and send says so.
