@@ -301,8 +301,15 @@ func registerHead(mux *runtime.ServeMux) error {
 
 // routingErrorHandler answers a request no route takes: as grpc-gateway's
 // default does, but a method a route does not serve is 405, not 501, and
-// names the methods it does in Allow.
+// names the methods it does in Allow, and a path under the webhook route
+// with more than a key (a webhook URL pasted with a trailing "/") is a 404
+// that says what a webhook URL is.
 func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus == http.StatusNotFound && strings.HasPrefix(r.URL.Path, WebhookPath+"/") {
+		_, out := runtime.MarshalerForRequest(mux, r)
+		writeStatus(w, out, http.StatusNotFound, pastTheKey)
+		return
+	}
 	if httpStatus != http.StatusMethodNotAllowed {
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
 		return
@@ -321,6 +328,11 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 	}
 	writeStatus(w, out, http.StatusMethodNotAllowed, status.New(codes.Unimplemented, msg))
 }
+
+// pastTheKey answers a path that goes on after the webhook key; it does not
+// repeat the path, which holds the key.
+var pastTheKey = status.New(codes.NotFound, `no route: a webhook URL ends in `+WebhookPath+` or `+WebhookPath+
+	`/{key}, with nothing after the key (a trailing "/"?)`)
 
 // allowOf is the Allow header of the route r's path takes: that of its
 // answer to OPTIONS, which no route serves, so that registerNotAllowed

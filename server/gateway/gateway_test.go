@@ -154,6 +154,29 @@ func TestErrorBodiesHaveOneShape(t *testing.T) {
 	}
 }
 
+// A webhook URL with something after the key (a trailing "/", pasted with
+// the URL) gets 404 saying what a webhook URL is, rather than a bare "Not
+// Found" that leaves its sender (OTPLESS, send, curl) to guess. The key is
+// not repeated.
+func TestWebhookPathPastTheKey(t *testing.T) {
+	t.Parallel()
+	srv := unreachableGateway(t, failingIngester{store.ErrUnavailable})
+	for _, path := range []string{
+		gateway.WebhookPath + "/whk_SECRET0123456789/",
+		gateway.WebhookPath + "/whk_SECRET0123456789/x",
+		gateway.WebhookPath + "//",
+	} {
+		resp, b := send(t, http.MethodPost, srv.URL+path, "{}")
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "nothing after the key") || strings.Contains(string(b), "SECRET") {
+			t.Errorf("POST %s: %d %s; want 404 saying what a webhook URL is, without the key", path, resp.StatusCode, b)
+		}
+	}
+	// Other paths unknown stay a plain 404.
+	if resp, b := send(t, http.MethodPost, srv.URL+"/v1/webhook/otpless/k", "{}"); resp.StatusCode != http.StatusNotFound || strings.Contains(string(b), "key") {
+		t.Errorf("POST to a path of no route: %d %s, want a plain 404", resp.StatusCode, b)
+	}
+}
+
 // send makes one request and reads its answer whole.
 func send(t *testing.T, method, url, body string) (*http.Response, []byte) {
 	t.Helper()

@@ -441,6 +441,10 @@ func TestSend(t *testing.T) {
 	if code, _, errOut = run(t, "send", "--http-addr", sec.HTTPURL, one); code == 0 || !strings.Contains(errOut, "HTTP 401") {
 		t.Fatalf("send without the webhook key: exit %d, %q", code, errOut)
 	}
+	// A webhook URL pasted with a trailing "/": the server's 404 says why.
+	if code, _, errOut = run(t, "send", "--http-addr", sec.HTTPURL+sec.WebhookPath+"/", one); code == 0 || !strings.Contains(errOut, "HTTP 404") || !strings.Contains(errOut, `(a trailing "/"?)`) {
+		t.Fatalf("send to the webhook URL and a \"/\": exit %d, %q; want the 404 saying why", code, errOut)
+	}
 
 	// Nothing sent, or nothing stored, is no success: an empty file, and
 	// a URL that answers 200 without naming an event (not this server).
