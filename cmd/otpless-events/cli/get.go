@@ -42,7 +42,7 @@ func newGet(stdout io.Writer) *cobra.Command {
 			}
 			resp, err := eventsv1.NewRequestServiceClient(conn).GetRequest(ctx, &eventsv1.GetRequestRequest{RequestId: args[0]})
 			if err != nil {
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				if timedOut(ctx, err) {
 					return fmt.Errorf("request %s: no answer within --timeout %s", args[0], timeout)
 				}
 				return rpcError("request "+args[0], err)

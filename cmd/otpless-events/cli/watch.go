@@ -127,16 +127,22 @@ func refusedForNow(err error) error {
 	return nil
 }
 
-// stopped reports whether err ends the watch because of ctx (whose deadline
-// may reach the server, and come back as DEADLINE_EXCEEDED, before ctx
-// itself says so). Without a deadline of ours, DEADLINE_EXCEEDED is another's
-// (a proxy's, the server's): an error to report, not our timeout.
+// stopped reports whether err ends the watch because of ctx (timedOut).
 func stopped(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
+	return ctx.Err() != nil || timedOut(ctx, err)
+}
+
+// timedOut reports whether err, a call's, comes of ctx's deadline: ctx says
+// so, or err is DEADLINE_EXCEEDED and the deadline has passed (the server,
+// which the deadline reaches as the time left rounded up, can end the call
+// at it and be heard before ctx's own timer). A DEADLINE_EXCEEDED of a call
+// without a deadline, or before it, is the server's (or a proxy's) own.
+func timedOut(ctx context.Context, err error) bool {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return true
 	}
-	_, timed := ctx.Deadline()
-	return timed && status.Code(err) == codes.DeadlineExceeded
+	d, ok := ctx.Deadline()
+	return ok && status.Code(err) == codes.DeadlineExceeded && !time.Now().Before(d)
 }
 
 func (w *watcher) run(ctx context.Context) error {
