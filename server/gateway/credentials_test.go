@@ -21,18 +21,7 @@ import (
 // API reads a body.
 func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
 	t.Parallel()
-	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	const key = "oek_0123456789abcdef0123456789abcdef"
-	keyring := auth.NewKeyring([]auth.APIKey{{Name: "web", Hash: sha256.Sum256([]byte(key)), Scopes: []auth.Scope{auth.ScopeMintWatchToken}}}, nil)
-	log := slog.New(slog.DiscardHandler)
-	h, err := New(t.Context(), conn, api.NewWebhookServer(storingIngester{}, log), Options{Keyring: keyring, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := keyedGateway(t, Options{})
 	for _, tc := range []struct {
 		name, path, authorization string
 		want                      int // 0: any
@@ -78,18 +67,7 @@ func TestAPIBodiesReadOnlyOnceAuthenticated(t *testing.T) {
 // on, up to 256 KiB, to reuse the connection.
 func TestAnnouncedOversizedBodiesCloseTheConnection(t *testing.T) {
 	t.Parallel()
-	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	const key = "oek_0123456789abcdef0123456789abcdef"
-	keyring := auth.NewKeyring([]auth.APIKey{{Name: "web", Hash: sha256.Sum256([]byte(key)), Scopes: []auth.Scope{auth.ScopeMintWatchToken}}}, nil)
-	log := slog.New(slog.DiscardHandler)
-	h, err := New(t.Context(), conn, api.NewWebhookServer(storingIngester{}, log), Options{Keyring: keyring, MaxBodyBytes: 4 << 10, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := keyedGateway(t, Options{MaxBodyBytes: 4 << 10})
 	for _, tc := range []struct {
 		name, path, authorization string
 		announced                 int64
@@ -113,4 +91,27 @@ func TestAnnouncedOversizedBodiesCloseTheConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// key is the one API key of keyedGateway's keyring, with the
+// mint_watch_token scope.
+const key = "oek_0123456789abcdef0123456789abcdef"
+
+// keyedGateway is the gateway with opts, key in its keyring, a discarding
+// log, and a gRPC connection that reaches nothing: for what the gateway
+// answers before any call.
+func keyedGateway(t *testing.T, opts Options) http.Handler {
+	t.Helper()
+	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	opts.Keyring = auth.NewKeyring([]auth.APIKey{{Name: "web", Hash: sha256.Sum256([]byte(key)), Scopes: []auth.Scope{auth.ScopeMintWatchToken}}}, nil)
+	opts.Logger = slog.New(slog.DiscardHandler)
+	h, err := New(t.Context(), conn, api.NewWebhookServer(storingIngester{}, opts.Logger), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

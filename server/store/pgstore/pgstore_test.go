@@ -1751,17 +1751,23 @@ func endPooledSessions(t *testing.T, s *pgstore.Store, admin *pgx.Conn, app stri
 	}
 }
 
+// twoSessions opens a store of a pool of two connections, named app in
+// pg_stat_activity (endPooledSessions), and an admin connection.
+func twoSessions(t *testing.T) (s *pgstore.Store, admin *pgx.Conn, app string) {
+	t.Helper()
+	dsn, schema := pgtest.Schema(t)
+	app = "otpless-test-" + schema
+	dsn = pgtest.WithParam(t, pgtest.WithParam(t, dsn, "application_name", app), "pool_max_conns", "2")
+	return open(t, dsn), connect(t, pgtest.DSN(t)), app
+}
+
 // TestReadAfterSessionsEnded: each read right after the database ended
 // every pooled session succeeds, as a commit does: the read that fails on
 // a connection pgx hands out unchecked runs again on a live one.
 func TestReadAfterSessionsEnded(t *testing.T) {
 	t.Parallel()
-	dsn, schema := pgtest.Schema(t)
-	app := "otpless-test-" + schema
-	dsn = pgtest.WithParam(t, pgtest.WithParam(t, dsn, "application_name", app), "pool_max_conns", "2")
-	s := open(t, dsn)
+	s, admin, app := twoSessions(t)
 	ctx := t.Context()
-	admin := connect(t, pgtest.DSN(t))
 	e1 := delivery("r1", "e1", "SMS", "SENT", at(0))
 	if _, _, err := s.Commit(ctx, []store.Webhook{hook(at(0), e1)}); err != nil {
 		t.Fatal(err)
@@ -1830,12 +1836,8 @@ func TestReadAfterSessionsEnded(t *testing.T) {
 // commit's rows are stored once.
 func TestCommitAfterSessionsEnded(t *testing.T) {
 	t.Parallel()
-	dsn, schema := pgtest.Schema(t)
-	app := "otpless-test-" + schema
-	dsn = pgtest.WithParam(t, pgtest.WithParam(t, dsn, "application_name", app), "pool_max_conns", "2")
-	s := open(t, dsn)
+	s, admin, app := twoSessions(t)
 	ctx := t.Context()
-	admin := connect(t, pgtest.DSN(t))
 	endSessions := func() {
 		t.Helper()
 		endPooledSessions(t, s, admin, app)
@@ -1850,8 +1852,8 @@ func TestCommitAfterSessionsEnded(t *testing.T) {
 		t.Errorf("Commit's result %+v, want a new event at revision 1", res[0].Events[0])
 	}
 	var webhooks, events int
-	if err := admin.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgx.Identifier{schema, "webhooks"}.Sanitize()+`),
-		(SELECT count(*) FROM `+pgx.Identifier{schema, "events"}.Sanitize()+`)`).Scan(&webhooks, &events); err != nil {
+	if err := admin.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgx.Identifier{s.Schema(), "webhooks"}.Sanitize()+`),
+		(SELECT count(*) FROM `+pgx.Identifier{s.Schema(), "events"}.Sanitize()+`)`).Scan(&webhooks, &events); err != nil {
 		t.Fatal(err)
 	}
 	if webhooks != 1 || events != 1 {
