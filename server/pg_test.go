@@ -255,6 +255,21 @@ func noDatabase(t *testing.T) string {
 	return u.String()
 }
 
+// waitingConfig is the configuration of a server on store, a PostgreSQL
+// DSN, for a test of its wait for the database: ephemeral loopback ports,
+// no credentials, the store checked every 50 ms, its JSON log written to
+// logs and the test's output.
+func waitingConfig(t *testing.T, store string, logs io.Writer) server.Config {
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	cfg.Store = store
+	cfg.HealthInterval = 50 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(logs, t.Output()), nil))
+	return cfg
+}
+
 // TestPostgresWaitsAtStart: a server whose PostgreSQL cannot be reached at
 // start (it starts at the same time) listens all the same, live but not
 // ready, answers webhooks with 503 and Retry-After, says why in a warning,
@@ -283,13 +298,7 @@ func TestPostgresWaitsAtStart(t *testing.T) {
 			proxy := pgtest.NewProxy(t, pgtest.Addr(t, dsn))
 			proxy.Cut()
 			var logs testlog.Buffer
-			cfg := server.DefaultConfig()
-			cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
-			cfg.DataDir = t.TempDir()
-			cfg.Security.Disabled = true
-			cfg.Store = pgtest.WithAddr(t, tc.dsn(dsn), proxy.Addr())
-			cfg.HealthInterval = 50 * time.Millisecond
-			cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, t.Output()), nil))
+			cfg := waitingConfig(t, pgtest.WithAddr(t, tc.dsn(dsn), proxy.Addr()), &logs)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			srv, err := server.New(ctx, cfg)
@@ -437,13 +446,7 @@ func TestPostgresWaitsWhileReadOnly(t *testing.T) {
 	u.User = url.User(role)
 
 	var logs testlog.Buffer
-	cfg := server.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
-	cfg.DataDir = t.TempDir()
-	cfg.Security.Disabled = true
-	cfg.Store = u.String()
-	cfg.HealthInterval = 50 * time.Millisecond
-	cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, t.Output()), nil))
+	cfg := waitingConfig(t, u.String(), &logs)
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("New with the database read-only: %v", err)
@@ -822,13 +825,7 @@ func TestPostgresMigratesWhileServing(t *testing.T) {
 	}
 	defer unlock()
 
-	cfg := server.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", ""
-	cfg.DataDir = t.TempDir()
-	cfg.Security.Disabled = true
-	cfg.Store = dsn
-	cfg.HealthInterval = 50 * time.Millisecond
-	cfg.Logger = slog.New(slog.NewJSONHandler(t.Output(), nil))
+	cfg := waitingConfig(t, dsn, io.Discard)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type made struct {
