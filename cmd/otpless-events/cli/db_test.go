@@ -293,6 +293,14 @@ func otherPrograms(t *testing.T) []string {
 func sqliteFile(t *testing.T, name, statements string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), name)
+	execSQLite(t, path, statements)
+	return path
+}
+
+// execSQLite runs statements on the SQLite database at path (made if not
+// there), and closes it.
+func execSQLite(t *testing.T, path, statements string) {
+	t.Helper()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
@@ -303,7 +311,6 @@ func sqliteFile(t *testing.T, name, statements string) string {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return path
 }
 
 // TestDBCheckDamagedRows: stored data that does not decode, in cells
@@ -339,24 +346,12 @@ func TestDBCheckDamagedRows(t *testing.T) {
 		t.Fatalf("db check of a sound store: exit %d, %q, %q", code, out, errOut)
 	}
 
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		`UPDATE requests SET events = X'01' WHERE request_id = 'r0'`,
-		`UPDATE requests SET data = X'ffffffff' WHERE request_id = 'r1'`,
-		`UPDATE requests SET events = CAST(substr(events, 1, length(events) - 1) || X'ff' AS BLOB) WHERE request_id = 'r2'`,
-		`UPDATE webhooks SET request_ids = '["r3"' WHERE id = (SELECT MIN(id) FROM webhooks) + 3`,
-		`UPDATE events SET data = X'ffff' WHERE event_id = 'e7'`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	execSQLite(t, path, `
+		UPDATE requests SET events = X'01' WHERE request_id = 'r0';
+		UPDATE requests SET data = X'ffffffff' WHERE request_id = 'r1';
+		UPDATE requests SET events = CAST(substr(events, 1, length(events) - 1) || X'ff' AS BLOB) WHERE request_id = 'r2';
+		UPDATE webhooks SET request_ids = '["r3"' WHERE id = (SELECT MIN(id) FROM webhooks) + 3;
+		UPDATE events SET data = X'ffff' WHERE event_id = 'e7';`)
 	// A byte of a webhook's body flipped in the file itself: no longer
 	// UTF-8, and nothing SQLite checks.
 	b, err := os.ReadFile(path)
@@ -393,16 +388,7 @@ func TestDBCheckDamagedRows(t *testing.T) {
 func TestDBCheckRowsDisagree(t *testing.T) {
 	t.Parallel()
 	dir, path := dataDir(t)
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`UPDATE webhooks SET request_ids = '["r9"]'`); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	execSQLite(t, path, `UPDATE webhooks SET request_ids = '["r9"]'`)
 	code, out, errOut := run(t, "db", "check", "--data-dir", dir)
 	if code != 1 || !strings.Contains(out, "none of its events found") || !strings.Contains(errOut, "1 stored row is damaged") {
 		t.Errorf("db check: exit %d, %q, %q; want 1 and the webhook named", code, out, errOut)
@@ -418,16 +404,7 @@ func TestDBLostTable(t *testing.T) {
 	t.Parallel()
 	for _, table := range []string{"webhooks", "requests", "events"} {
 		dir, path := dataDir(t)
-		db, err := sql.Open("sqlite", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.Exec(`DROP TABLE ` + table); err != nil {
-			t.Fatal(err)
-		}
-		if err := db.Close(); err != nil {
-			t.Fatal(err)
-		}
+		execSQLite(t, path, `DROP TABLE `+table)
 		before, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
