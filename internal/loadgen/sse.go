@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,7 @@ import (
 	"net/url"
 	"time"
 
-	"google.golang.org/grpc/codes"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -107,17 +106,15 @@ func (s *sseStream) Recv() (*eventsv1.WatchRequestResponse, error) {
 func (s *sseStream) Close() { s.body.Close() }
 
 // errorEvent is the error an "error" event's data says: the gRPC status
-// that ended the watch (as the gateway writes it, code and message), so
+// that ended the watch (google.rpc.Status, as the gateway writes it), so
 // that it is counted by its code as over gRPC; else the data itself.
 func errorEvent(data []byte) error {
-	var st struct {
-		Code    *int32 `json:"code"`
-		Message string `json:"message"`
-	}
-	if err := json.Unmarshal(data, &st); err != nil || st.Code == nil || *st.Code == 0 {
+	st := new(spb.Status)
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, st); err != nil || st.GetCode() == 0 {
 		return fmt.Errorf("error event: %s", data)
 	}
-	return status.Error(codes.Code(*st.Code), "error event: "+st.Message)
+	st.Message = "error event: " + st.GetMessage()
+	return status.ErrorProto(st)
 }
 
 // statusError is an event stream refused with an HTTP status.
