@@ -259,7 +259,7 @@ func requestIDArg(cmd *cobra.Command, args []string) error {
 // rpcError says what failed, in the server's words.
 func rpcError(what string, err error) error {
 	st := status.Convert(err)
-	msg := fmt.Sprintf("%s: %s (%s)", what, st.Message(), st.Code())
+	msg := fmt.Sprintf("%s: %s (%s)", what, statusMessage(err), st.Code())
 	if st.Code() == codes.Unauthenticated {
 		msg += "; the key sent is --api-key-file's, else $" + envAPIKey + " (none when neither is set)"
 	}
@@ -273,6 +273,11 @@ func rpcError(what string, err error) error {
 	}
 	return errors.New(msg)
 }
+
+// statusMessage is the message of err's gRPC status, fit for a terminal: a
+// server's words, or a proxy's answer that grpc-go quotes after a newline,
+// with control characters escaped.
+func statusMessage(err error) string { return printable(status.Convert(err).Message()) }
 
 // connectionHints say what is likely wrong when grpc-go's words for a
 // failed connection say it only to those who know its transport.

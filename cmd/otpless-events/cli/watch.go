@@ -122,7 +122,7 @@ func (r retryAfter) Error() string { return r.why }
 // again (RESOURCE_EXHAUSTED with a google.rpc.RetryInfo), else nil.
 func refusedForNow(err error) error {
 	if wait, ok := api.RetryDelay(err); ok && wait > 0 && status.Code(err) == codes.ResourceExhausted {
-		return retryAfter{wait, status.Convert(err).Message()}
+		return retryAfter{wait, statusMessage(err)}
 	}
 	return nil
 }
@@ -246,9 +246,9 @@ func (w *watcher) follow(ctx context.Context, again bool) error {
 			// with UNAVAILABLE, as in a rolling deploy), or a connection
 			// that dropped: wait for it.
 			if w.received {
-				fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, status.Convert(err).Message())
+				fmt.Fprintf(w.stderr, "connection lost at revision %d: %s\n", w.after, statusMessage(err))
 			} else {
-				fmt.Fprintf(w.stderr, "unavailable at revision %d: %s; trying again\n", w.after, status.Convert(err).Message())
+				fmt.Fprintf(w.stderr, "unavailable at revision %d: %s; trying again\n", w.after, statusMessage(err))
 			}
 			return errReconnect
 		case err != nil:

@@ -348,3 +348,37 @@ func TestWatchServersDeadlineIsNotATimeout(t *testing.T) {
 		}
 	}
 }
+
+// A server's or a proxy's words in a gRPC status reach the terminal escaped,
+// as a change's do: grpc-go puts a proxy's non-gRPC answer after a newline,
+// and a message may hold anything.
+func TestWatchStatusMessagesPrintNoControlCharacters(t *testing.T) {
+	t.Parallel()
+	const words = "502 Bad Gateway\ndata: \x1b]0;PWNED\a"
+	clock := time.Date(2025, 11, 26, 10, 31, 0, 0, time.UTC)
+	client := &scriptedClient{clock: &clock, streams: [][]step{
+		{{err: status.Error(codes.Unavailable, words)}},
+		{snapshotAt(1), {err: status.Error(codes.Unavailable, words)}},
+		{{err: status.Error(codes.PermissionDenied, words)}},
+	}}
+	var stderr strings.Builder
+	w := &watcher{client: client, id: "r", stdout: io.Discard, stderr: &stderr, sleep: func(context.Context, time.Duration) bool { return true }}
+	err := w.run(t.Context())
+	if err == nil {
+		t.Fatal("watch ended without an error after PERMISSION_DENIED")
+	}
+	const escaped = `502 Bad Gateway\ndata: \x1b]0;PWNED\a`
+	for what, tc := range map[string]struct {
+		got  string
+		want int // times the words appear
+	}{"stderr": {strings.TrimSuffix(stderr.String(), "\n"), 2}, "the error": {err.Error(), 1}} {
+		if strings.Count(tc.got, escaped) != tc.want {
+			t.Errorf("%s: %q; want the server's words %d times, their control characters escaped", what, tc.got, tc.want)
+		}
+		for _, line := range strings.Split(tc.got, "\n") {
+			if strings.ContainsFunc(line, unicode.IsControl) {
+				t.Errorf("%s: line %q holds control characters", what, line)
+			}
+		}
+	}
+}
