@@ -332,7 +332,13 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), err)
 	}
-	answer, err := io.ReadAll(resp.Body)
+	r := io.Reader(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		// Of an error answer send prints the message or a line of the
+		// start: a proxy's page, however long, is read no further.
+		r = io.LimitReader(r, 64<<10)
+	}
+	answer, err := io.ReadAll(r)
 	resp.Body.Close()
 	if err != nil {
 		return fmt.Errorf("%s: reading the answer: %w", b.where, err)

@@ -136,6 +136,37 @@ func TestSendShowsAPageInALine(t *testing.T) {
 	}
 }
 
+// An error answer is read only as far as send prints it: a proxy streaming
+// a large page (a misrouted download, say) is not read whole into memory.
+func TestSendReadsAnErrorAnswerOnlyInPart(t *testing.T) {
+	t.Parallel()
+	const size = 64 << 20
+	wrote := make(chan int64, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+		n, _ := io.Copy(w, io.LimitReader(neverEnding('x'), size))
+		wrote <- n
+	}))
+	defer srv.Close()
+	err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "-:1: HTTP 502: xxx") {
+		t.Errorf("a 502 with a large body: %v; want its start", err)
+	}
+	if n := <-wrote; n == size {
+		t.Errorf("send read all %d bytes of an error answer", n)
+	}
+}
+
+// neverEnding reads as an endless run of its byte.
+type neverEnding byte
+
+func (b neverEnding) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
 // An answer from a newer server, with a field or an enum value this build
 // does not know (which buf breaking lets the API add), is read for what
 // this build knows: the webhook was stored, and send says so.
