@@ -348,7 +348,11 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		if json.Unmarshal(answer, &st) != nil || st.Message == "" {
 			st.Message = string(answer) // a proxy's error page, say
 		}
-		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, printable(excerpt(st.Message)))
+		words := printable(excerpt(st.Message))
+		if words == "" { // a proxy's bare status, say
+			words = "(an empty answer) " + http.StatusText(resp.StatusCode)
+		}
+		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, words)
 	}
 	// A newer server may answer with fields and enum values this build does
 	// not know, as the API may add them.

@@ -157,6 +157,20 @@ func TestSendReadsAnErrorAnswerOnlyInPart(t *testing.T) {
 	}
 }
 
+// An error answer without a body (a proxy's bare 502) is named by its
+// status, not left as "HTTP 502: " and nothing.
+func TestSendNamesAnEmptyErrorAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	defer srv.Close()
+	err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, io.Discard)
+	if want := "-:1: HTTP 502: (an empty answer) Bad Gateway"; err == nil || err.Error() != want {
+		t.Errorf("a bare 502: %v; want %q", err, want)
+	}
+}
+
 // neverEnding reads as an endless run of its byte.
 type neverEnding byte
 
