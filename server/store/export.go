@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -91,11 +92,12 @@ const CopyWindow = time.Second
 // has it. progress, when not nil, gets the counts after each page.
 func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)) (CopyStats, error) {
 	var st CopyStats
+	var toErr error
 	err := from.Export(ctx, ExportPageSize, func(page []Webhook) error {
 		for len(page) > 0 {
 			n := copyCommit(page)
-			if err := copyBatch(ctx, to, page[:n], &st); err != nil {
-				return err
+			if toErr = copyBatch(ctx, to, page[:n], &st); toErr != nil {
+				return toErr
 			}
 			page = page[n:]
 		}
@@ -104,11 +106,19 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 		}
 		return nil
 	})
-	if err != nil {
-		return st, fmt.Errorf("copy: %w", err)
+	switch {
+	case err == nil:
+		return st, nil
+	case toErr != nil:
+		return st, fmt.Errorf("copy: %w: %w", ErrDestination, toErr)
 	}
-	return st, nil
+	return st, fmt.Errorf("copy: source: %w", err)
 }
+
+// ErrDestination is in Copy's errors that the destination gave (the
+// others are the source's), so that what is said of the error, as damaged
+// data, is said of the right store.
+var ErrDestination = errors.New("destination")
 
 // copyCommit is how many of page's first webhooks Copy commits at once:
 // received within CopyWindow of each other (received times need not follow

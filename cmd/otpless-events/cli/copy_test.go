@@ -291,6 +291,34 @@ func TestDBCopySQLiteSourceWithoutStore(t *testing.T) {
 	}
 }
 
+// A copy stopped by damaged data in the destination says so: the advice
+// for damaged data is about the store that holds it, and a user told the
+// source was damaged would check the wrong one. The source's damage is
+// named as the source's.
+func TestDBCopyNamesTheDamagedStore(t *testing.T) {
+	t.Parallel()
+	src, _ := dataDir(t)
+	_, dst := dataDir(t)
+	_, damaged := dataDir(t)
+	// r1's events column does not decode: the copy reads the damaged
+	// source's to export it, and the destination's to commit r1's webhook.
+	for _, path := range []string{dst, damaged} {
+		execSQLite(t, path, `UPDATE requests SET events = X'01' WHERE request_id = 'r1'`)
+	}
+	for _, tc := range []struct {
+		name, from, to, want string
+	}{
+		{"a damaged destination", src, dst, "copy: destination: "},
+		{"a damaged source", filepath.Dir(damaged), filepath.Join(t.TempDir(), "copy.db"), "copy: source: "},
+	} {
+		code, _, errOut := run(t, "db", "copy", "--data-dir", tc.from, "--to", tc.to)
+		if code != 1 || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "damaged") ||
+			strings.Contains(errOut, "the destination holds damaged data") != (tc.to == dst) {
+			t.Errorf("db copy with %s: exit %d, %q; want 1, %q, and the damaged store named", tc.name, code, errOut, tc.want)
+		}
+	}
+}
+
 // TestDBCopyDamagedSource: a copy that meets source data that does not
 // decode, or a page of the file SQLite finds malformed, fails, exit 1,
 // saying the data is damaged and not to run it again to go on: a run

@@ -146,10 +146,13 @@ func removeCreated(dst store.Store, created string) string {
 }
 
 // copyMend says, of db copy's failure err, why a run again alone would not
-// go on: damaged data, which every run stops at, or a privilege the
-// database refused, which a grant mends; else "".
+// go on: damaged data, the source's or the destination's, which every run
+// stops at, or a privilege the database refused, which a grant mends; else
+// "".
 func copyMend(err error) string {
 	switch {
+	case errors.Is(err, store.ErrDamaged) && errors.Is(err, store.ErrDestination):
+		return "the destination holds damaged data, which every run of db copy into it stops at"
 	case errors.Is(err, store.ErrDamaged):
 		return "every run of db copy stops at the same damaged data"
 	case errors.Is(err, store.ErrDenied):
