@@ -2,6 +2,8 @@ package broker
 
 import (
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
@@ -180,4 +182,108 @@ func sameSet(got []string, want ...string) bool {
 		}
 	}
 	return true
+}
+
+// Watchers subscribe, follow and leave while a writer publishes each
+// request's revisions 1..n in order, as the group-commit writer does, and
+// marks each committed before publishing it. A watcher that subscribes and
+// then reads the committed revision as its snapshot, as WatchRequest does,
+// must then see every later revision once, in order: the next change it
+// keeps is always the one after the last it has, unless Next reports that
+// the changes up to it were dropped. Who subscribes when, and who leaves
+// after how many changes, comes from the seed; the verdict does not depend
+// on the interleaving.
+func TestWatchersComeAndGoWhilePublishing(t *testing.T) {
+	t.Parallel()
+	const (
+		n        = 2000 // revisions per request
+		watchers = 24
+	)
+	ids := []string{"a", "b", "c"}
+	for _, pending := range []int{4, DefaultPending} {
+		seed := rand.Uint64()
+		t.Logf("pending %d: seed %d", pending, seed)
+		b := New(pending)
+		var committed [3]atomic.Int64
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			defer close(done)
+			rng := rand.New(rand.NewPCG(seed, 0))
+			for rev := int64(1); rev <= n; rev++ {
+				var batch []store.Change
+				for i, id := range ids {
+					if rng.IntN(2) == 0 || rev == n { // not every request changes in every commit
+						continue
+					}
+					batch = append(batch, change(id, committed[i].Add(1)))
+				}
+				b.Publish(batch)
+			}
+			for i, id := range ids { // bring each to n
+				for committed[i].Load() < n {
+					b.Publish([]store.Change{change(id, committed[i].Add(1))})
+				}
+			}
+		})
+		for w := range watchers {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(seed, uint64(w+1)))
+				for round := 0; ; round++ {
+					i := rng.IntN(len(ids))
+					stay := rng.IntN(n / 4) // changes to take before leaving; the last round stays to the end
+					last := rng.IntN(4) == 0 || round == 5
+					s := b.Subscribe(ids[i])
+					have := committed[i].Load() // the snapshot, read after subscribing
+					took := 0
+					for have < n && (last || took < stay) {
+						select {
+						case <-s.Ready():
+						case <-done:
+							// Everything is published: what is pending is all.
+						}
+						changes, dropped := s.Next()
+						if dropped > have {
+							have = dropped
+						}
+						for _, c := range changes {
+							rev := c.Request.GetRevision()
+							if rev <= have {
+								continue
+							}
+							if rev != have+1 {
+								t.Errorf("watcher %d round %d of %s: revision %d after %d (dropped up to %d)", w, round, ids[i], rev, have, dropped)
+								s.Close()
+								return
+							}
+							have = rev
+							took++
+						}
+						if len(changes) == 0 && dropped == 0 && isClosed(done) && have < n {
+							t.Errorf("watcher %d round %d of %s: at revision %d with all %d published and nothing pending", w, round, ids[i], have, n)
+							s.Close()
+							return
+						}
+					}
+					s.Close()
+					if last {
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if w := b.Watchers(); w != 0 {
+			t.Errorf("%d watchers left open", w)
+		}
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
