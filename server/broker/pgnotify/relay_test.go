@@ -332,3 +332,116 @@ func TestInterleavedReplicas(t *testing.T) {
 		})
 	}
 }
+
+// TestRacingReplicasAndWatchers plays two replicas committing to a few
+// requests in an order drawn from a logged seed: notifications come in
+// commit order on one goroutine, this replica's commits reach OnCommit in
+// their order on another, later than their commit and in any interleaving
+// with the notifications, and watchers subscribe meanwhile, each reading
+// its snapshot after subscribing, as WatchRequest does. Each watcher must
+// then be handed, in order and once each, exactly the events after its
+// snapshot, taken as WatchRequest takes them (Change.EventsAfter of the
+// revision it has). No notification is lost, so nothing waits for a
+// Recheck.
+func TestRacingReplicasAndWatchers(t *testing.T) {
+	t.Parallel()
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	const commits = 600
+	ids := []string{"a", "b", "c"}
+	fs, b := newFakeStore(), broker.New(100000)
+	r := New(fs, b, Options{Recheck: time.Hour})
+	startWorker(t, r)
+
+	type note struct {
+		id  string
+		rev int64
+	}
+	notes := make(chan note, commits)
+	local := make(chan store.Change, commits)
+	type watcher struct {
+		id   string
+		sub  *broker.Subscription
+		have int64 // the snapshot's revision, then the last revision taken
+		from int64
+		err  error
+	}
+	var (
+		mu       sync.Mutex
+		watchers []*watcher
+		wg       sync.WaitGroup
+	)
+	wg.Go(func() {
+		for n := range notes {
+			r.notified(n.id, n.rev)
+			runtime.Gosched()
+		}
+	})
+	wg.Go(func() {
+		for c := range local {
+			r.OnCommit([]store.Change{c})
+			runtime.Gosched()
+		}
+	})
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for i := range commits {
+		id := ids[rng.IntN(len(ids))]
+		c := fs.commit(id)
+		if rng.IntN(2) == 0 {
+			local <- c
+		}
+		notes <- note{id, c.Request.GetRevision()}
+		if rng.IntN(20) == 0 || i == 0 {
+			wid := ids[rng.IntN(len(ids))]
+			w := &watcher{id: wid, sub: b.Subscribe(wid)}
+			fs.mu.Lock()
+			w.have = int64(len(fs.log[wid]))
+			fs.mu.Unlock()
+			w.from = w.have
+			mu.Lock()
+			watchers = append(watchers, w)
+			mu.Unlock()
+		}
+		if rng.IntN(4) == 0 {
+			runtime.Gosched()
+		}
+	}
+	close(notes)
+	close(local)
+	wg.Wait()
+
+	for _, w := range watchers {
+		final := int64(len(fs.log[w.id]))
+		deadline := time.After(10 * time.Second) // not a verdict: only ends a hang
+		for w.have < final {
+			select {
+			case <-w.sub.Ready():
+			case <-deadline:
+				t.Fatalf("watcher of %s from revision %d: stuck at %d of %d", w.id, w.from, w.have, final)
+			}
+			changes, dropped := w.sub.Next()
+			if dropped != 0 {
+				t.Fatalf("watcher of %s: dropped up to %d", w.id, dropped)
+			}
+			for _, c := range changes {
+				rev := c.Request.GetRevision()
+				if rev <= w.have {
+					continue
+				}
+				var got, want []string
+				for _, e := range c.EventsAfter(w.have) {
+					got = append(got, e.GetEventId())
+				}
+				for k := w.have + 1; k <= rev; k++ {
+					want = append(want, fmt.Sprintf("%s-%d", w.id, k))
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("watcher of %s from revision %d: the change to %d after %d carried %v, want %v", w.id, w.from, rev, w.have, got, want)
+				}
+				w.have = rev
+			}
+		}
+		w.sub.Close()
+	}
+	t.Logf("%d watchers", len(watchers))
+}
