@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/otpless-events/otpless-events/server/store"
 )
 
 // configRow is one row of the README's configuration table.
@@ -208,5 +210,18 @@ func TestAPIKeyReadsEnvironment(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "config: from-env ") || !strings.HasSuffix(strings.TrimSpace(out.String()), " watch") {
 		t.Errorf("apikey with $%s and $%s set printed %q, want a key named from-env with the watch scope", EnvName("name"), EnvName("scopes"), out.String())
+	}
+}
+
+// TestREADMECopySummary: the summary the README shows db copy printing is
+// the one it prints, its counts apart: the webhooks read (W), events
+// stored (E) and new requests (R) are three numbers, not one (a run of the
+// README's own scenario prints 8, 8 and 2).
+func TestREADMECopySummary(t *testing.T) {
+	t.Parallel()
+	line := copySummary(store.CopyStats{Webhooks: 1, Events: 2, Requests: 3})
+	line = strings.NewReplacer("1 ", "W ", "2 ", "E ", "3 ", "R ").Replace(line)
+	if !strings.Contains(readREADME(t), "\n# "+line+"\n") {
+		t.Errorf("README.md does not show db copy's summary as %q", "# "+line)
 	}
 }
