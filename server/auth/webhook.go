@@ -109,7 +109,7 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 func (c *WebhookConfig) CheckSecrets() error {
 	for _, k := range c.Keys {
 		if len(k) < 16 {
-			return errors.New("webhooks: a webhook key is shorter than 16 characters")
+			return errors.New("webhooks: a webhook key is shorter than 16 bytes")
 		}
 		// The key is the URL's last segment, which the routes split at
 		// "/" and at its escape %2F alike: no URL could name it.
@@ -170,7 +170,7 @@ func decodeSigningSecret(s string) ([]byte, error) {
 		return key, nil
 	}
 	if len(s) < 16 {
-		return nil, errors.New("webhooks: a signing secret is shorter than 16 characters")
+		return nil, errors.New("webhooks: a signing secret is shorter than 16 bytes")
 	}
 	return []byte(s), nil
 }

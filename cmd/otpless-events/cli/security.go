@@ -118,7 +118,7 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 	for _, b := range basic {
 		user, pass, ok := strings.Cut(b, ":")
 		if !ok || user == "" || len(pass) < 8 {
-			return sec, gen, fmt.Errorf("webhook basic credentials: want USER:PASSWORD with a password of 8 or more characters")
+			return sec, gen, fmt.Errorf("webhook basic credentials: want USER:PASSWORD with a password of 8 or more bytes")
 		}
 		w.Basic = append(w.Basic, auth.BasicCredential{User: user, Password: pass})
 	}

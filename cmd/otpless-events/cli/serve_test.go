@@ -100,9 +100,12 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"no watch-token keys file", []string{"--watch-token-keys-file", filepath.Join(missing, "token-keys")}, "token-keys"},
 		// A secret configured that no server can use: the start that
 		// refuses it makes nothing either.
-		{"short webhook key", []string{"--webhook-keys-file", secret("short-webhook-key", "whk_short")}, "shorter than 16"},
+		{"short webhook key", []string{"--webhook-keys-file", secret("short-webhook-key", "whk_short")}, "shorter than 16 bytes"},
 		{"webhook key holding /", []string{"--webhook-keys-file", secret("slash-webhook-key", "whk_0123456789/abcdef")}, "no webhook URL can carry"},
-		{"short signing secret", []string{"--webhook-signing-secrets-file", secret("short-signing-secret", "short")}, "shorter than 16"},
+		{"short signing secret", []string{"--webhook-signing-secrets-file", secret("short-signing-secret", "short")}, "shorter than 16 bytes"},
+		// Lengths are counted, and said, in bytes: a character may be
+		// several.
+		{"short Basic password", []string{"--webhook-basic-file", secret("short-basic", "otpless:ééé")}, "a password of 8 or more bytes"},
 		{"signing secret not base64", []string{"--webhook-signing-secrets-file", secret("bad-whsec", "whsec_!!!!")}, "not valid base64"},
 		{"short watch-token key", []string{"--watch-token-keys-file", secret("short-token-key", "short")}, "shorter than 32 bytes"},
 	} {
