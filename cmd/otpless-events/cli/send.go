@@ -232,6 +232,7 @@ func readStream(ctx context.Context, r io.Reader, maxBody int, post func(body) e
 				return
 			}
 			where := fmt.Sprintf("stdin:%d", in.lineAt(dec.InputOffset()-int64(len(raw))))
+			in.lineAt(dec.InputOffset()) // read whole: the bound is on the next body alone
 			if !send(next{b: body{where: where, data: raw}}) {
 				return
 			}

@@ -212,6 +212,22 @@ func TestReadStreamBoundsABody(t *testing.T) {
 	}
 }
 
+// The bound is on each body: bodies each under it, which together are
+// over it, are all posted, read as a pipe gives them (64 KiB at a time):
+// the body before must not count against the next.
+func TestReadStreamBoundsEachBody(t *testing.T) {
+	t.Parallel()
+	big := `{"pad":"` + strings.Repeat("x", 600<<10) + `"}`
+	var posted []string
+	err := readStream(t.Context(), &chunkReader{b: []byte(big + "\n" + big + "\n" + big + "\n"), n: 64 << 10}, 1<<20, func(b body) error {
+		posted = append(posted, b.where)
+		return nil
+	})
+	if err != nil || !slices.Equal(posted, []string{"stdin:1", "stdin:2", "stdin:3"}) {
+		t.Errorf("three bodies of 600 KiB on stdin, the bound 1 MiB: posted %v, %v; want all three", posted, err)
+	}
+}
+
 // endlessX reads as x, x, x, … for ever.
 type endlessX struct{}
 
