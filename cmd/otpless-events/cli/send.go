@@ -297,7 +297,7 @@ const maxStdinBody = 64 << 20
 func (c *lineCounter) lineAt(off int64) int {
 	k := int(min(max(off-c.base, 0), int64(len(c.buf))))
 	c.line += bytes.Count(c.buf[:k], []byte("\n"))
-	c.buf = append(c.buf[:0], c.buf[k:]...)
+	c.buf = c.buf[k:] // not moved to the front: after a large body, the decoder's read-ahead is large, and each body would copy it
 	c.base += int64(k)
 	return c.line
 }

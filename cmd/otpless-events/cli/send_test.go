@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -253,6 +254,24 @@ func TestRedactURL(t *testing.T) {
 	} {
 		if got := redactURL(tt.url); got != tt.want {
 			t.Errorf("redactURL(%q) = %q, want %q", tt.url, got, tt.want)
+		}
+	}
+}
+
+// BenchmarkReadStreamAfterALargeBody reads 20,000 small bodies from a file
+// after one of 8 MiB, whose reading leaves the decoder reading ahead in
+// large pieces: each body must cost what it would after a small one.
+func BenchmarkReadStreamAfterALargeBody(b *testing.B) {
+	var in bytes.Buffer
+	in.WriteString(`{"a":"` + strings.Repeat("x", 8<<20) + `"}` + "\n")
+	for range 20000 {
+		in.WriteString(`{"mobile":"+919800000001","status":"SENT"}` + "\n")
+	}
+	b.SetBytes(int64(in.Len()))
+	for b.Loop() {
+		n := 0
+		if err := readStream(b.Context(), bytes.NewReader(in.Bytes()), maxStdinBody, func(body) error { n++; return nil }); err != nil || n != 20001 {
+			b.Fatalf("%d bodies read, %v", n, err)
 		}
 	}
 }
