@@ -46,8 +46,13 @@ func checkRows(ctx context.Context, db *sql.DB, named int) (RowsReport, error) {
 	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&version); err != nil {
 		return r, err
 	}
-	if version != len(ms) {
-		r.Skipped = fmt.Sprintf("the store's schema is version %d, this build's %d; serve or db copy brings an older one up to date", version, len(ms))
+	switch {
+	case version < len(ms):
+		r.Skipped = fmt.Sprintf("the store's schema is version %d, this build's %d; serve or db copy brings it up to date", version, len(ms))
+		return r, nil
+	case version > len(ms):
+		// serve and db copy of this build refuse such a store.
+		r.Skipped = fmt.Sprintf("the store's schema is version %d, newer than this build's %d; check it with the build that migrated it", version, len(ms))
 		return r, nil
 	}
 	damaged := func(row string, err error) {

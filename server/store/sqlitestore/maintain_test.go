@@ -264,3 +264,26 @@ func TestServeDamagedPage(t *testing.T) {
 		t.Errorf("Ping of a store with a damaged page of requests: %v; want nil", err)
 	}
 }
+
+// A store a later build migrated is not read by this build's check, which
+// says so; it must not send the user to serve or db copy of this build,
+// which refuse such a store, but to the build that migrated it.
+func TestCheckNewerStore(t *testing.T) {
+	t.Parallel()
+	path := stoppedDB(t, 5)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, '0099_later.sql', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	problems, r, err := sqlitestore.Check(t.Context(), path, false, 5)
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("Check: %q, %v", problems, err)
+	}
+	if !strings.Contains(r.Skipped, "newer") || strings.Contains(r.Skipped, "serve") || strings.Contains(r.Skipped, "db copy") {
+		t.Fatalf("rows not read because %q; want it to say the schema is newer, not to run serve or db copy", r.Skipped)
+	}
+}
