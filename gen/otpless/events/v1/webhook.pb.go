@@ -36,7 +36,10 @@ const (
 // Fields OTPLESS adds later are ignored on the way in; the original body is
 // stored verbatim (but for a leading byte order mark) alongside the events
 // it produced. A gRPC caller sends no body: what is stored is the message as
-// JSON, without fields this server does not know.
+// JSON, without fields this server does not know. So a google.protobuf.Value
+// here (timestamp, data.timestamp, data.meta_data) is left unset or given a
+// kind: one set with none (in protobufjs, {} rather than {numberValue: N})
+// is not JSON, and the message is refused (INVALID_ARGUMENT).
 type IngestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// v2 and v1 delivery reports: the payload.
