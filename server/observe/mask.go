@@ -88,7 +88,9 @@ func scrubPhones(s string) string {
 		if c == '+' {
 			end++
 		}
-		for j := end; j < len(s); j++ {
+		j := end // where the run's scan stops
+	scan:
+		for ; j < len(s); j++ {
 			switch c := s[j]; {
 			case isASCIIDigit(c):
 				digits++
@@ -97,7 +99,7 @@ func scrubPhones(s string) string {
 				end = j + 1
 			case (c == ' ' || c == '-' || c == '(') && j+1 < len(s) && (isASCIIDigit(s[j+1]) || s[j+1] == '('):
 			default:
-				j = len(s)
+				break scan
 			}
 		}
 		if isDate(s[i:end]) {
@@ -105,7 +107,10 @@ func scrubPhones(s string) string {
 			continue
 		}
 		if digits < 7 || tiedAfter(s, end) {
-			i = max(end, i+1)
+			// A run starting anywhere up to j is a tail of this one: no
+			// more digits, the same end. Going on from j, not end, keeps
+			// the scan linear ("((((…" has no end past its first "(").
+			i = max(j, i+1)
 			continue
 		}
 		b.WriteString(s[done:i])

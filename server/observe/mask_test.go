@@ -106,3 +106,27 @@ func TestMaskingHandlerCleanAndLateAttributes(t *testing.T) {
 		t.Errorf("the late phone number is not masked: %s", out)
 	}
 }
+
+// Scrub reads what a client can put in an error text (a grpc-encoding a
+// call without any credential sends is quoted in its refusal, up to the
+// 2 MiB of headers the gRPC port reads): it must take time in proportion
+// to the text. It went back over every "(" of a run that held no digit
+// from each of them, so that 1 MiB of "(" cost about a quarter of an hour
+// of CPU; this test did not end within go test's timeout then.
+func TestScrubIsLinear(t *testing.T) {
+	for _, run := range []string{"(", "+(", "(-", "( (", "-"} {
+		s := `grpc-encoding "` + strings.Repeat(run, 1<<20/len(run)) + `x1"`
+		if got := observe.Scrub(s); got != s {
+			t.Errorf("Scrub changed %.40q… to %.40q…", s, got)
+		}
+	}
+	for in, want := range map[string]string{
+		"((((9812345678 and ((12 ((9812345678x": "************78 and ((12 ((9812345678x",
+		"(((1 2 3 (((98123 45678":               "*********************78",
+		"(((((( 9812345678 ((((((-1234567":      "(((((( ********78 ((((((-*****67",
+	} {
+		if got := observe.Scrub(in); got != want {
+			t.Errorf("Scrub(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
