@@ -153,6 +153,14 @@ func isDate(s string) bool {
 	return true
 }
 
+// scrubAndClip is Scrub's s, cut to maxLoggedText. It is cut a little past
+// the bound first, so that a number across the bound is masked whole and
+// no more of a long text is read than that.
+func scrubAndClip(s string) string {
+	const margin = 64 // over any phone number's length, grouping included
+	return clip(Scrub(clip(s, maxLoggedText+margin)), maxLoggedText)
+}
+
 // masker says how the value of an attribute key is masked; nil: it is not.
 func masker(key string) func(string) string {
 	switch key { // the keys of every request's log line, without normalizing them
@@ -170,7 +178,7 @@ func masker(key string) func(string) string {
 	case "token", "authorization", "password", "secret", "key", "apikey", "webhookkey", "signature":
 		return MaskToken
 	case "error", "err", "cause", "panic", "reason", "body":
-		return Scrub
+		return scrubAndClip
 	}
 	return nil
 }

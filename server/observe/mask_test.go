@@ -130,3 +130,22 @@ func TestScrubIsLinear(t *testing.T) {
 		}
 	}
 }
+
+// An error text is cut, after its masking, to a bound: a client can put up
+// to 2 MiB of its own in one (a grpc-encoding that grpc-go quotes when it
+// refuses the call), and each such call would log it whole. A phone number
+// across the cut is masked all the same.
+func TestMaskingHandlerBoundsErrorText(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, nil)))
+	long := strings.Repeat("x", 4090) + " 919812345678 " + strings.Repeat("(", 1<<20)
+	log.Info("grpc call", "error", long, "cause", errors.New(long))
+	out := buf.String()
+	if len(out) > 3*4096 {
+		t.Errorf("a line of two 1 MiB error texts is %d bytes long", len(out))
+	}
+	if strings.Contains(out, "9198") || !strings.Contains(out, " *****…") || strings.Count(out, "…") != 2 {
+		t.Errorf("want each text masked, then cut and marked …: %.300q…", out[4000:])
+	}
+}

@@ -14,11 +14,14 @@ import (
 )
 
 // maxLoggedMethod bounds the method a refused call's or an HTTP request's
-// line names, and maxLoggedPath an HTTP request's path: a client names
-// them, and they can be anything.
+// line names, maxLoggedPath an HTTP request's path, and maxLoggedText a
+// free text (an error, a cause, which may quote a client's header, as
+// grpc-go quotes a grpc-encoding it lacks): a client names them, and they
+// can be anything.
 const (
 	maxLoggedMethod = 128
 	maxLoggedPath   = 2048
+	maxLoggedText   = 4096
 )
 
 // clip cuts s to at most n bytes, at the start of a character, marking the
