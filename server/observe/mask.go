@@ -153,10 +153,11 @@ func isDate(s string) bool {
 	return true
 }
 
-// scrubAndClip is Scrub's s, cut to maxLoggedText. It is cut a little past
+// LoggedText is a free text as the log keeps it (an error, a cause, a line
+// grpc-go logs): Scrub's s, cut to maxLoggedText. It is cut a little past
 // the bound first, so that a number across the bound is masked whole and
 // no more of a long text is read than that.
-func scrubAndClip(s string) string {
+func LoggedText(s string) string {
 	const margin = 64 // over any phone number's length, grouping included
 	return clip(Scrub(clip(s, maxLoggedText+margin)), maxLoggedText)
 }
@@ -178,7 +179,7 @@ func masker(key string) func(string) string {
 	case "token", "authorization", "password", "secret", "key", "apikey", "webhookkey", "signature":
 		return MaskToken
 	case "error", "err", "cause", "panic", "reason", "body":
-		return scrubAndClip
+		return LoggedText
 	}
 	return nil
 }

@@ -152,7 +152,8 @@ func GRPCLogger() grpclog.LoggerV2 {
 
 // grpcErrors writes what grpclog logs as errors as lines of the log that
 // to gives, at warn (grpc-go's own judgment of an error is not the
-// server's), or to standard error when there is none.
+// server's), or to standard error when there is none. The line's message
+// is grpc-go's text, masked as the attributes of every line are.
 type grpcErrors struct{ to func() *slog.Logger }
 
 func (g grpcErrors) Write(p []byte) (int, error) {
@@ -160,7 +161,7 @@ func (g grpcErrors) Write(p []byte) (int, error) {
 	if log == nil {
 		return os.Stderr.Write(p)
 	}
-	log.Warn(strings.TrimSpace(string(p)), "component", "grpc")
+	log.Warn(observe.LoggedText(strings.TrimSpace(string(p))), "component", "grpc")
 	return len(p), nil
 }
 
