@@ -147,7 +147,7 @@ func TestSendReadsAnErrorAnswerOnlyInPart(t *testing.T) {
 	wrote := make(chan int64, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusBadGateway)
-		n, _ := io.Copy(w, io.LimitReader(neverEnding('x'), size))
+		n, _ := io.Copy(w, io.LimitReader(endlessX{}, size))
 		wrote <- n
 	}))
 	defer srv.Close()
@@ -172,16 +172,6 @@ func TestSendNamesAnEmptyErrorAnswer(t *testing.T) {
 	if want := "-:1: HTTP 502: (an empty answer) Bad Gateway"; err == nil || err.Error() != want {
 		t.Errorf("a bare 502: %v; want %q", err, want)
 	}
-}
-
-// neverEnding reads as an endless run of its byte.
-type neverEnding byte
-
-func (b neverEnding) Read(p []byte) (int, error) {
-	for i := range p {
-		p[i] = byte(b)
-	}
-	return len(p), nil
 }
 
 // An answer from a newer server, with a field or an enum value this build
