@@ -78,29 +78,42 @@ func Scrub(s string) string {
 func scrubPhones(s string) string {
 	var b strings.Builder
 	done := 0 // s[:done] is in b
+	// The last run scanned: from scanFrom on it held scanDigits digits,
+	// ended at scanEnd and its scan stopped at scanJ. A run starting before
+	// scanJ (after a date) is a tail of it, read from these: scanning it
+	// again would make a run of dates ("2006-01-02-2006-01-02-…")
+	// quadratic.
+	var scanFrom, scanJ, scanEnd, scanDigits int
 	for i := 0; i < len(s); {
 		c := s[i]
 		if !(isASCIIDigit(c) || c == '+' || c == '(') || tiedBefore(s, i) {
 			i++
 			continue
 		}
-		end, digits := i, 0
-		if c == '+' {
-			end++
-		}
-		j := end // where the run's scan stops
-	scan:
-		for ; j < len(s); j++ {
-			switch c := s[j]; {
-			case isASCIIDigit(c):
-				digits++
-				end = j + 1
-			case c == ')':
-				end = j + 1
-			case (c == ' ' || c == '-' || c == '(') && j+1 < len(s) && (isASCIIDigit(s[j+1]) || s[j+1] == '('):
-			default:
-				break scan
+		end, digits, j := i, 0, 0
+		if i < scanJ {
+			scanDigits -= countDigits(s[scanFrom:i])
+			scanFrom = i
+			end, digits, j = max(scanEnd, i), scanDigits, scanJ
+		} else {
+			if c == '+' {
+				end++
 			}
+			j = end // where the run's scan stops
+		scan:
+			for ; j < len(s); j++ {
+				switch c := s[j]; {
+				case isASCIIDigit(c):
+					digits++
+					end = j + 1
+				case c == ')':
+					end = j + 1
+				case (c == ' ' || c == '-' || c == '(') && j+1 < len(s) && (isASCIIDigit(s[j+1]) || s[j+1] == '('):
+				default:
+					break scan
+				}
+			}
+			scanFrom, scanJ, scanEnd, scanDigits = i, j, end, digits
 		}
 		if isDate(s[i:end]) {
 			i += len("2006-01-02") // what follows the date may be a number
@@ -122,6 +135,16 @@ func scrubPhones(s string) string {
 	}
 	b.WriteString(s[done:])
 	return b.String()
+}
+
+func countDigits(s string) int {
+	n := 0
+	for i := range len(s) {
+		if isASCIIDigit(s[i]) {
+			n++
+		}
+	}
+	return n
 }
 
 // tiedBefore reports whether a run starting at s[i] continues something
