@@ -648,3 +648,53 @@ func TestExportOfDamagedData(t *testing.T) {
 		})
 	}
 }
+
+// The purge makes room for the webhooks that come after it: a store whose
+// webhooks are all purged grows by little more than the new ones' size
+// with as many again, not by the purged ones' as well. Emptying each body
+// in place left every page of the purged webhooks mostly unused, and new
+// webhooks, numbered after them, never went there.
+func TestPurgeMakesRoomForNewWebhooks(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	ctx := t.Context()
+	body := strings.Repeat("x", 3000) // most of a page, not overflowing it
+	commit := func(from int) {
+		for i := from; i < from+1000; i += 50 {
+			batch := make([]store.Webhook, 50)
+			for j := range batch {
+				wh := hookOf(event(fmt.Sprintf("r%d", i+j), "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", i+j))
+				wh.Body = fmt.Appendf(nil, `{"mobile":"919800000%03d","pad":"%s"}`, (i+j)%1000, body)
+				batch[j] = wh
+			}
+			if _, _, err := s.Commit(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pages := func() int {
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRow(`SELECT (SELECT page_count FROM pragma_page_count) - (SELECT freelist_count FROM pragma_freelist_count)`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	commit(0)
+	before := pages()
+	if n, err := s.PurgePII(ctx, time.Now().Add(time.Hour), nil); err != nil || n != 1000 {
+		t.Fatalf("PurgePII = %d, %v; want 1000", n, err)
+	}
+	commit(1000)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := pages(); after > before*3/2 {
+		t.Errorf("1,000 webhooks took %d pages; all purged, and 1,000 more stored, %d: the purged ones' pages were not reused", before, after)
+	}
+}
