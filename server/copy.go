@@ -26,7 +26,7 @@ import (
 // it (sqlitestore.Remove, once to is closed).
 func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (from store.Exporter, to store.Store, created string, err error) {
 	if dst == "" {
-		return nil, nil, "", errors.New("destination: no store DSN")
+		return nil, nil, "", fmt.Errorf("%w: no store DSN", store.ErrDestination)
 	}
 	// Before the source is opened (and migrated): a DSN that cannot name a
 	// store is refused at once.
@@ -35,7 +35,7 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 		err = pgstore.CheckDSN(dstPath) // its text hides the password
 	}
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("destination: %w", err)
+		return nil, nil, "", fmt.Errorf("%w: %w", store.ErrDestination, err)
 	}
 	src, err := c.openOffline(ctx, c.Store, false, log)
 	if err != nil {
@@ -58,7 +58,7 @@ func (c *Config) OpenCopy(ctx context.Context, dst string, log *slog.Logger) (fr
 	}
 	to, err = (&Config{}).openOffline(ctx, dst, true, log)
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("destination: %w", err)
+		return nil, nil, "", fmt.Errorf("%w: %w", store.ErrDestination, err)
 	}
 	if err := samePostgres(ctx, src, to); err != nil {
 		to.Close()

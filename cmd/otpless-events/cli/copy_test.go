@@ -305,15 +305,20 @@ func TestDBCopyNamesTheDamagedStore(t *testing.T) {
 	for _, path := range []string{dst, damaged} {
 		execSQLite(t, path, `UPDATE requests SET events = X'01' WHERE request_id = 'r1'`)
 	}
+	// A store that lost a table is found damaged as it is opened.
+	_, lost := dataDir(t)
+	execSQLite(t, lost, `DROP TABLE requests`)
 	for _, tc := range []struct {
 		name, from, to, want string
+		destination          bool // the destination holds the damage
 	}{
-		{"a damaged destination", src, dst, "copy: destination: "},
-		{"a damaged source", filepath.Dir(damaged), filepath.Join(t.TempDir(), "copy.db"), "copy: source: "},
+		{"a damaged destination", src, dst, "copy: destination: ", true},
+		{"a destination that lost a table", src, lost, "destination: ", true},
+		{"a damaged source", filepath.Dir(damaged), filepath.Join(t.TempDir(), "copy.db"), "copy: source: ", false},
 	} {
 		code, _, errOut := run(t, "db", "copy", "--data-dir", tc.from, "--to", tc.to)
 		if code != 1 || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "damaged") ||
-			strings.Contains(errOut, "the destination holds damaged data") != (tc.to == dst) {
+			strings.Contains(errOut, "the destination holds damaged data") != tc.destination {
 			t.Errorf("db copy with %s: exit %d, %q; want 1, %q, and the damaged store named", tc.name, code, errOut, tc.want)
 		}
 	}

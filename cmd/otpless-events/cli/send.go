@@ -351,7 +351,7 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 		words := printable(excerpt(st.Message))
 		if words == "" { // a proxy's bare status, say
-			words = "(an empty answer) " + http.StatusText(resp.StatusCode)
+			words = strings.TrimSpace("(an empty answer) " + http.StatusText(resp.StatusCode))
 		}
 		return fmt.Errorf("%s: HTTP %d: %s", b.where, resp.StatusCode, words)
 	}
