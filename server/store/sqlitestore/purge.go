@@ -34,8 +34,7 @@ const (
 // connection.
 type purgeStmts struct {
 	webhooks, siblings, requests, updateRequest *sql.Stmt
-	requestless, updateEvent                    *sql.Stmt
-	deleteWebhooks, reinsertWebhooks            *sql.Stmt
+	requestless, updateEvent, clearBodies       *sql.Stmt
 }
 
 func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query string)) {
@@ -53,10 +52,7 @@ func (s *Store) preparePurge(prepare func(db *sql.DB, dst **sql.Stmt, query stri
 	prepare(s.w, &p.requestless, `SELECT event_id, webhook_id, data FROM events
 		WHERE webhook_id IN (SELECT value FROM json_each(?)) AND request_id = ''`)
 	prepare(s.w, &p.updateEvent, `UPDATE events SET data = ? WHERE request_id = '' AND event_id = ?`)
-	prepare(s.w, &p.deleteWebhooks, `DELETE FROM webhooks WHERE id IN (SELECT value FROM json_each(?))
-		RETURNING json_array(id, received_at, request_ids)`)
-	prepare(s.w, &p.reinsertWebhooks, `INSERT INTO webhooks (id, received_at, body, request_ids)
-		SELECT value->>0, value->>1, X'', value->>2 FROM json_each(?)`)
+	prepare(s.w, &p.clearBodies, `UPDATE webhooks SET body = X'' WHERE id IN (SELECT value FROM json_each(?))`)
 }
 
 var _ store.Purger = (*Store)(nil)
@@ -174,45 +170,10 @@ func (s *Store) purgeChunkTx(ctx context.Context, tx *sql.Tx, cutoffMs int64, sk
 	if err := pc.stripRequestless(ids); err != nil {
 		return 0, false, nil, nil, err
 	}
-	if err := pc.emptyBodies(ids); err != nil {
+	if _, err := pc.stmt(s.purge.clearBodies).ExecContext(ctx, ids); err != nil {
 		return 0, false, nil, nil, err
 	}
 	return len(pc.due), more, slices.Collect(maps.Keys(pc.requests)), pc.changes, nil
-}
-
-// emptyBodies empties the bodies of the webhooks ids (a JSON array) names:
-// their rows are deleted and written again without a body, not updated in
-// place. A row an update shrinks leaves its page mostly unused, and new
-// webhooks, numbered after every purged one, never go there: the file grew
-// as if the bodies were kept. Deleted rows let SQLite merge their pages
-// and reuse the room. Events name their webhooks (a foreign key), which is
-// checked at the commit, when the rows are back.
-func (pc *purgeTx) emptyBodies(ids string) error {
-	if _, err := pc.tx.ExecContext(pc.ctx, `PRAGMA defer_foreign_keys = ON`); err != nil {
-		return err
-	}
-	rows, err := pc.stmt(pc.s.purge.deleteWebhooks).QueryContext(pc.ctx, ids)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	var kept []json.RawMessage // [id, received_at, request_ids] each
-	for rows.Next() {
-		var row []byte
-		if err := rows.Scan(&row); err != nil {
-			return err
-		}
-		kept = append(kept, row)
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	b, err := json.Marshal(kept)
-	if err != nil {
-		return err
-	}
-	_, err = pc.stmt(pc.s.purge.reinsertWebhooks).ExecContext(pc.ctx, string(b))
-	return err
 }
 
 // purgeTx is one purge transaction: the webhooks due it purges and the rows
