@@ -115,9 +115,9 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 	return st, fmt.Errorf("copy: source: %w", err)
 }
 
-// ErrDestination is in Copy's errors that the destination gave (the
-// others are the source's), so that what is said of the error, as damaged
-// data, is said of the right store.
+// ErrDestination is in the errors of a copy that its destination gave
+// (Copy's, and opening the destination's): the others are the source's, and
+// what is said of an error, as of damaged data, is said of the right store.
 var ErrDestination = errors.New("destination")
 
 // copyCommit is how many of page's first webhooks Copy commits at once:
