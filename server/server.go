@@ -266,6 +266,13 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be at least %s, got %s", d.name, minInterval, d.v))
 		}
 	}
+	// grpc-go pings a silent connection a second after at the soonest,
+	// whatever it is given (a warning to its own log says so), so a shorter
+	// keepalive would be taken and not kept.
+	const minKeepalive = time.Second
+	if c.GRPCKeepalive > 0 && c.GRPCKeepalive < minKeepalive {
+		errs = append(errs, fmt.Errorf("gRPC keepalive must be at least %s, got %s", minKeepalive, c.GRPCKeepalive))
+	}
 	if err := gateway.CheckCORSOrigins(c.CORSOrigins); err != nil {
 		errs = append(errs, err)
 	}

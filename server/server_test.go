@@ -744,6 +744,18 @@ func TestConfigValidate(t *testing.T) {
 	if err := busyLoop.Validate(); err == nil || !strings.Contains(err.Error(), "retention interval must be at least 10ms, got 1ns") || !strings.Contains(err.Error(), "health interval") {
 		t.Fatalf("Validate() with intervals of 1ns and 1ms = %v, want both refused", err)
 	}
+	// grpc-go pings no sooner than a second after a connection falls
+	// silent, whatever it is asked (it logs a warning nobody sees): a
+	// shorter --grpc-keepalive was taken and not honoured.
+	keepalive := cfg
+	keepalive.GRPCKeepalive = 500 * time.Millisecond
+	if err := keepalive.Validate(); err == nil || err.Error() != "gRPC keepalive must be at least 1s, got 500ms" {
+		t.Fatalf("Validate() with a gRPC keepalive of 500ms = %v, want it refused, named", err)
+	}
+	keepalive.GRPCKeepalive = time.Second
+	if err := keepalive.Validate(); err != nil {
+		t.Fatalf("Validate() with a gRPC keepalive of 1s = %v", err)
+	}
 	negative := cfg
 	negative.Security.MaxWatches = -1
 	if err := negative.Validate(); err == nil || err.Error() != "max watches must not be negative, got -1" {
