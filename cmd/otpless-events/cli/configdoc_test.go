@@ -3,11 +3,14 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -17,8 +20,8 @@ import (
 
 // configRow is one row of the README's configuration table.
 type configRow struct {
-	flag, env, def string
-	line           int
+	flag, env, def, what string
+	line                 int
 }
 
 // readConfigTable parses the table under "## Configuration" in README.md:
@@ -45,7 +48,7 @@ func readConfigTable(t *testing.T) []configRow {
 		for i := range cells {
 			cells[i] = strings.TrimSpace(cells[i])
 		}
-		rows = append(rows, configRow{flag: unquote(cells[0]), env: unquote(cells[1]), def: cells[2], line: n})
+		rows = append(rows, configRow{flag: unquote(cells[0]), env: unquote(cells[1]), def: cells[2], what: cells[3], line: n})
 	}
 	if len(rows) == 0 {
 		t.Fatal("README.md has no configuration table under ## Configuration")
@@ -120,6 +123,46 @@ func TestREADMEConfigurationTable(t *testing.T) {
 			t.Errorf("serve's --%s (default %q) is missing from the README's configuration table", f.Name, defaultText(f))
 		}
 	})
+}
+
+// TestREADMEConfigurationBounds: a bound the table gives a flag ("at least
+// 10ms", "at most 512 MiB") is one serve enforces: a value just past it is
+// refused at start, the error naming the bound. (grpc-go raised a
+// --grpc-keepalive under its 1s minimum without a word.)
+func TestREADMEConfigurationBounds(t *testing.T) {
+	t.Parallel()
+	bound := regexp.MustCompile(`\bat (least|most) (\d+)( MiB|ms|s)\b`)
+	// Canceled: a value serve takes fails later, at the store, without the
+	// bound's words, rather than serving.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	checked := 0
+	for _, r := range readConfigTable(t) {
+		for _, m := range bound.FindAllStringSubmatch(r.what, -1) {
+			checked++
+			step := int64(1)
+			if m[1] == "least" {
+				step = -1
+			}
+			var past string
+			if n, err := strconv.ParseInt(m[2], 10, 64); m[3] == " MiB" && err == nil {
+				past = strconv.FormatInt(n<<20+step, 10)
+			} else if d, err := time.ParseDuration(m[2] + m[3]); err == nil {
+				past = (d + time.Duration(step)).String()
+			} else {
+				t.Fatalf("README.md:%d: bound %q: %v", r.line, m[0], err)
+			}
+			var out, errOut bytes.Buffer
+			code := Main(ctx, []string{"serve", "--data-dir", t.TempDir(), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+				"--metrics-addr", "", r.flag, past}, nil, &out, &errOut)
+			if code != 1 || !strings.Contains(errOut.String(), m[0]) {
+				t.Errorf("README.md:%d says %s is %s, but serve %s %s: exit %d, %q", r.line, r.flag, m[0], r.flag, past, code, errOut.String())
+			}
+		}
+	}
+	if checked < 4 { // --health-interval, --retention-interval, --max-body-bytes, --grpc-keepalive
+		t.Errorf("found %d bounds in the README's configuration table, want at least 4", checked)
+	}
 }
 
 // defaultText is a flag's default as the README shows it; an empty list is
