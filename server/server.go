@@ -425,6 +425,9 @@ type Server struct {
 	// shuttingDown is canceled, by startShutdown, when shutdown begins.
 	shuttingDown  context.Context
 	startShutdown context.CancelFunc
+	// httpCut is closed when shutdown, its grace over, closes the HTTP
+	// connections still in use (gateway.Options.Cut).
+	httpCut chan struct{}
 	// stopHealth ends the loop that pings the store; nil before Run.
 	stopHealth func()
 	// ran is set by the first Run: a server runs once.
@@ -450,7 +453,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = slog.New(observe.MaskingHandler(observe.RequestIDHandler(log.Handler())))
-	s := &Server{cfg: cfg, log: log, obs: observe.New(log.With("component", "access"))}
+	s := &Server{cfg: cfg, log: log, obs: observe.New(log.With("component", "access")), httpCut: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -592,6 +595,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Watch:        s.watchInProcess(requests, sec.stream),
 		Streams:      &s.streams,
 		Panicked:     s.obs.WatchPanicked,
+		Cut:          s.httpCut,
+		Unanswered:   s.obs.Unanswered,
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {
@@ -929,7 +934,10 @@ func (s *Server) shutdown() error {
 	var errs []error
 	if err := s.http.Shutdown(grace); err != nil {
 		// What outlasted the grace (a body still coming) is cut, rather
-		// than left to the read timeout after Run has returned.
+		// than left to the read timeout after Run has returned; the
+		// gateway is told first, so that a body read failing then is
+		// known for the server's doing, not its sender's.
+		close(s.httpCut)
 		s.http.Close()
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}

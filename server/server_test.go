@@ -886,11 +886,17 @@ func TestShutdownWithReflectionStreamOpen(t *testing.T) {
 // TestShutdownClosesWhatOutlastsTheGrace: a client still sending a body
 // when the grace ends has its connection closed, rather than kept until
 // the read timeout by a server that has returned from Run.
+//
+// The request's log line says so: the body was cut by the server, not
+// abandoned by its sender (reason unavailable, as the metric counts it,
+// not canceled's 408), and its client got no answer at all.
 func TestShutdownClosesWhatOutlastsTheGrace(t *testing.T) {
 	t.Parallel()
+	lines := make(chan map[string]any, 1)
 	srv := testserver.Start(t, func(c *server.Config) {
 		c.ShutdownGrace = 200 * time.Millisecond
 		c.HTTPReadTimeout = 10 * time.Minute
+		c.Logger = slog.New(requestLines{slog.NewJSONHandler(io.Discard, nil), lines})
 	})
 	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.HTTPURL, "http://"))
 	if err != nil {
@@ -912,7 +918,49 @@ func TestShutdownClosesWhatOutlastsTheGrace(t *testing.T) {
 	if n, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("after Run returned, the connection read %d bytes, %v; want it closed", n, err)
 	}
+	var line map[string]any
+	select {
+	case line = <-lines: // the handler may end after Run has returned
+	case <-time.After(10 * time.Second):
+		t.Fatal("no http request line for the webhook cut by shutdown")
+	}
+	if line["reason"] != "unavailable" || line["answered"] != false || line["bytes"] != float64(0) {
+		t.Errorf("the line of a webhook whose body shutdown cut: %v; want reason=unavailable (shutdown's, not the sender's canceled), answered=false, bytes=0", line)
+	}
 }
+
+// requestLines is a slog.Handler passing on, as attributes, the "http
+// request" lines of webhook posts.
+type requestLines struct {
+	slog.Handler
+	lines chan<- map[string]any
+}
+
+func (h requestLines) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h requestLines) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "http request" {
+		return nil
+	}
+	line := map[string]any{}
+	r.Attrs(func(a slog.Attr) bool {
+		v := a.Value.Resolve()
+		switch v.Kind() {
+		case slog.KindInt64:
+			line[a.Key] = float64(v.Int64())
+		default:
+			line[a.Key] = v.Any()
+		}
+		return true
+	})
+	if line["method"] == http.MethodPost {
+		h.lines <- line
+	}
+	return nil
+}
+
+func (h requestLines) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h requestLines) WithGroup(string) slog.Handler      { return h }
 
 // TestAnnouncedOversizedBodyIsRefusedBeforeItIsSent: a webhook whose
 // Content-Length is over --max-body-bytes gets 413 at once, without a 100

@@ -100,7 +100,14 @@ type Options struct {
 	// goroutine recovers: one outside the interceptors Watch runs
 	// through, which would otherwise be logged but not counted.
 	Panicked func()
-	Logger   *slog.Logger
+	// Cut, when set, is closed once the server closes the connections of
+	// the requests that outlasted its shutdown grace (before it closes
+	// them): a webhook body whose read fails after that was cut by the
+	// server, not abandoned by its sender. Unanswered, when set, is told
+	// of each such request, which its client gets no answer to.
+	Cut        <-chan struct{}
+	Unanswered func(context.Context)
+	Logger     *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are
@@ -155,7 +162,8 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	}
 	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger,
 		unauthenticated:       make(chan struct{}, opts.MaxUnauthenticatedReads),
-		unauthenticatedByAddr: api.NewSlots(max(1, opts.MaxUnauthenticatedReads/unauthenticatedShare))}
+		unauthenticatedByAddr: api.NewSlots(max(1, opts.MaxUnauthenticatedReads/unauthenticatedShare)),
+		closed:                opts.Cut, unanswered: opts.Unanswered}
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
@@ -544,6 +552,20 @@ type webhookHandler struct {
 	// address holds at most its share of them, in unauthenticatedByAddr.
 	unauthenticated       chan struct{}
 	unauthenticatedByAddr *api.Slots
+	// closed and unanswered are Options.Cut and Unanswered.
+	closed     <-chan struct{}
+	unanswered func(context.Context)
+}
+
+// cut reports whether the server has closed the connections of the
+// requests that outlasted its shutdown grace.
+func (h *webhookHandler) cut() bool {
+	select {
+	case <-h.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -577,6 +599,16 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		case errors.As(err, &tooLarge): // RESOURCE_EXHAUSTED, as gRPC Ingest answers a message over the bound
 			writeStatus(w, out, http.StatusRequestEntityTooLarge,
 				status.New(codes.ResourceExhausted, "webhook body is larger than "+api.Size(h.maxBody)))
+			return
+		}
+		if (senderGone(err) || ctx.Err() != nil) && h.cut() {
+			// The server closed the connection itself, shutdown's grace
+			// over: 503, as for the store shutting down, which no client
+			// reads.
+			if h.unanswered != nil {
+				h.unanswered(ctx)
+			}
+			writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, "server is shutting down: reading webhook body: "+err.Error()))
 			return
 		}
 		if senderGone(err) || ctx.Err() != nil { // HTTP/2 says so by canceling the stream

@@ -25,6 +25,7 @@ type call struct {
 	rejectReason     string // set by ObserveIngest on a rejection
 	otplessRequestID string
 	otplessTraceID   string
+	unanswered       bool // set by Unanswered: the server closed the connection
 }
 
 type callKey struct{}
@@ -36,6 +37,16 @@ func withCall(ctx context.Context, c *call) context.Context {
 func callFrom(ctx context.Context) *call {
 	c, _ := ctx.Value(callKey{}).(*call)
 	return c
+}
+
+// Unanswered marks the HTTP request of ctx as one whose connection the
+// server closed before answering it (shutdown's grace over): its line says
+// answered=false and bytes=0, whatever status the handler chose (503: a
+// webhook's is rejected as unavailable).
+func (o *Observer) Unanswered(ctx context.Context) {
+	if c := callFrom(ctx); c != nil {
+		c.unanswered = true
+	}
 }
 
 // RequestID returns the request id of the call ctx belongs to, or "".

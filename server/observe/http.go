@@ -98,16 +98,20 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 	if !o.log.Enabled(ctx, level) {
 		return
 	}
-	attrs := make([]slog.Attr, 0, 12)
+	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
 		slog.String("request_id", c.requestID),
 		slog.String("method", clip(r.Method, maxLoggedMethod)),
 		slog.String("path", clip(logPath(r.URL.Path, code >= 400 && !isRequestRoute(r.URL.Path)), maxLoggedPath)),
 		slog.Int("status", code),
 		slog.Duration("duration", took),
-		slog.Int64("bytes", sentBytes(r, rw)),
-		slog.String("remote", r.RemoteAddr),
 	)
+	if c.unanswered { // the status is what the server decided; nothing was sent
+		attrs = append(attrs, slog.Int64("bytes", 0), slog.Bool("answered", false))
+	} else {
+		attrs = append(attrs, slog.Int64("bytes", sentBytes(r, rw)))
+	}
+	attrs = append(attrs, slog.String("remote", r.RemoteAddr))
 	if o.client != nil {
 		if a := o.client(r); a.IsValid() && a != auth.PeerAddr(r.RemoteAddr) {
 			attrs = append(attrs, slog.String("client", a.String()))
