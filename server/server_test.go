@@ -761,6 +761,14 @@ func TestConfigValidate(t *testing.T) {
 	if err := negative.Validate(); err == nil || err.Error() != "max watches must not be negative, got -1" {
 		t.Fatalf("Validate() with a negative bound of watch streams in all = %v, want it refused, named", err)
 	}
+	// Without a rate the burst is unused, but no less wrong.
+	negativeBurst := cfg
+	negativeBurst.Security.Webhook.RatePerSecond, negativeBurst.Security.Webhook.Burst = 0, -1
+	negativeBurst.Security.Webhook.FailureRatePerSecond, negativeBurst.Security.Webhook.FailureBurst = 0, -1
+	if err := negativeBurst.Validate(); err == nil || !strings.Contains(err.Error(), "burst of webhooks per client address must not be negative, got -1") ||
+		!strings.Contains(err.Error(), "burst of failed webhooks per client address must not be negative, got -1") {
+		t.Fatalf("Validate() with negative bursts and no rates = %v, want both refused, named", err)
+	}
 	noBatch := cfg
 	noBatch.MaxBatch = 0
 	if err := noBatch.Validate(); err == nil || err.Error() != "max batch must be positive, got 0" {

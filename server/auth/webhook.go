@@ -126,7 +126,9 @@ func (c *WebhookConfig) CheckSecrets() error {
 }
 
 // CheckLimits reports the rates and bursts that cannot work: a rate that
-// is negative or not a number, or a burst under 1 for a rate that is set.
+// is negative or not a number, a burst that is negative (its rate set or
+// not: unused now, it would fail once the rate is set), or a burst under 1
+// for a rate that is set.
 // It needs no credential, so that a start can refuse them before it makes
 // any.
 func (c *WebhookConfig) CheckLimits() error {
@@ -140,6 +142,8 @@ func checkLimit(what string, perSecond float64, burst int) error {
 	switch {
 	case !(perSecond >= 0) || math.IsInf(perSecond, 0): // NaN too
 		return fmt.Errorf("webhooks: the rate of %s per client address must be 0 (unlimited) or a positive number, not %v", what, perSecond)
+	case burst < 0:
+		return fmt.Errorf("webhooks: the burst of %s per client address must not be negative, got %d", what, burst)
 	case perSecond > 0 && burst < 1:
 		return fmt.Errorf("webhooks: the burst of %s per client address must be at least 1, not %d", what, burst)
 	}

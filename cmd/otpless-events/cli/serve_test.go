@@ -85,6 +85,10 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"another certificate's key", []string{"--tls-cert", cert, "--tls-key", otherKey}, "TLS certificate " + cert + " and key " + otherKey + ": tls: private key does not match"},
 		{"negative webhook rate", []string{"--webhook-rate", "-1"}, "rate of webhooks"},
 		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
+		// Refused whether or not its rate is set: it would be refused
+		// only once someone set the rate.
+		{"negative burst without a rate", []string{"--webhook-burst", "-1"}, "--webhook-burst -1"},
+		{"negative failure burst without a rate", []string{"--webhook-failure-rate", "0", "--webhook-failure-burst", "-2"}, "--webhook-failure-burst -2"},
 		{"gRPC address without a port", []string{"--grpc-addr", "localhost"}, "missing port"},
 		{"HTTP address with a port that is no number", []string{"--http-addr", "127.0.0.1:80a"}, "http address"},
 		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
