@@ -90,16 +90,56 @@ func documentEnv(flags *pflag.FlagSet) {
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	lvl, err := parseLogLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkLogFormat(format); err != nil {
+		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
+	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("log format %q: want text or json", format)
+	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
+
+func parseLogLevel(level string) (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return 0, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	return lvl, nil
+}
+
+func checkLogFormat(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("log format %q: want text or json", format)
+	}
+	return nil
+}
+
+// checkedString is a string flag whose value check refuses when it is
+// set: the error then names where the value came from, the flag or its
+// environment variable (bindEnv), as a number's or a duration's does.
+type checkedString struct {
+	v     *string
+	check func(string) error
+}
+
+func (c checkedString) Set(s string) error {
+	if err := c.check(s); err != nil {
+		return err
+	}
+	*c.v = s
+	return nil
+}
+
+func (c checkedString) String() string {
+	if c.v == nil {
+		return ""
+	}
+	return *c.v
+}
+
+func (c checkedString) Type() string { return "string" }

@@ -117,8 +117,8 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged (at least 10ms)")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", cfg.CORSOrigins, "comma-separated origins (scheme://host[:port], or *) whose pages may use the watch route")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `Prometheus /metrics and /debug/pprof/ listen address, to keep private ("" disables)`)
-	f.StringVar(&logFormat, "log-format", logFormat, "log format: text or json")
-	f.StringVar(&logLevel, "log-level", logLevel, "log level: debug, info, warn or error")
+	f.Var(checkedString{&logFormat, checkLogFormat}, "log-format", "log format: text or json")
+	f.Var(checkedString{&logLevel, func(s string) error { _, err := parseLogLevel(s); return err }}, "log-level", "log level: debug, info, warn or error")
 	secFlags.register(f)
 	documentEnv(f)
 	return cmd

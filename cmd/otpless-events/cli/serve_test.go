@@ -171,6 +171,24 @@ func TestServeRefusesUnknownLogLevel(t *testing.T) {
 	}
 }
 
+// A log level or format set in the environment that serve cannot read is
+// refused naming the variable, as a number or duration there is.
+func TestServeNamesTheLogVariables(t *testing.T) { // not parallel: Setenv
+	for _, tc := range []struct{ env, says string }{
+		{"OTPLESS_EVENTS_LOG_LEVEL", `log level "bogus": want debug, info, warn or error`},
+		{"OTPLESS_EVENTS_LOG_FORMAT", `log format "bogus": want text or json`},
+		{"OTPLESS_EVENTS_WRITE_QUEUE", `invalid argument "bogus"`}, // the others' way
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			t.Setenv(tc.env, "bogus")
+			code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+			if code != 1 || !strings.Contains(errOut, tc.env+": ") || !strings.Contains(errOut, tc.says) {
+				t.Errorf("serve with %s=bogus: exit %d, stderr %q; want 1, naming %s and saying %s", tc.env, code, errOut, tc.env, tc.says)
+			}
+		})
+	}
+}
+
 // A first start that fails after making a credential, reading another kept
 // in its data directory (here an empty watch-token key file), still prints
 // what it made: the admin key is kept as a hash only, so shown then or
