@@ -86,14 +86,6 @@ func (f *securityFlags) settings() (server.Security, error) {
 	w.AllowUnauthenticated = f.allowUnauthenticated
 	w.RatePerSecond, w.Burst = f.rate, f.burst
 	w.FailureRatePerSecond, w.FailureBurst = f.failureRate, f.failureBurst
-	for _, b := range []struct {
-		flag string
-		v    int
-	}{{"webhook-burst", f.burst}, {"webhook-failure-burst", f.failureBurst}} {
-		if b.v < 0 { // whether or not its rate is set (server.Config refuses it too)
-			return sec, fmt.Errorf("--%s %d: want 0 or more (at least 1 with its rate set)", b.flag, b.v)
-		}
-	}
 	var err error
 	if w.AllowedNets, err = auth.ParsePrefixes(f.allowCIDRs); err != nil {
 		return sec, fmt.Errorf("--webhook-allow-cidrs: %w", err)

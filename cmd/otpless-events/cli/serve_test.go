@@ -87,8 +87,8 @@ func TestServeRefusesBadConfigBeforeMakingCredentials(t *testing.T) {
 		{"no burst for the failure rate", []string{"--webhook-failure-burst", "0"}, "burst of failed webhooks"},
 		// Refused whether or not its rate is set: it would be refused
 		// only once someone set the rate.
-		{"negative burst without a rate", []string{"--webhook-burst", "-1"}, "--webhook-burst -1"},
-		{"negative failure burst without a rate", []string{"--webhook-failure-rate", "0", "--webhook-failure-burst", "-2"}, "--webhook-failure-burst -2"},
+		{"negative burst without a rate", []string{"--webhook-burst", "-1"}, "burst of webhooks per client address must not be negative, got -1"},
+		{"negative failure burst without a rate", []string{"--webhook-failure-rate", "0", "--webhook-failure-burst", "-2"}, "burst of failed webhooks per client address must not be negative, got -2"},
 		{"gRPC address without a port", []string{"--grpc-addr", "localhost"}, "missing port"},
 		{"HTTP address with a port that is no number", []string{"--http-addr", "127.0.0.1:80a"}, "http address"},
 		{"metrics address without a port", []string{"--metrics-addr", "127.0.0.1"}, "metrics address"},
