@@ -271,14 +271,7 @@ func TestServeDamagedPage(t *testing.T) {
 func TestCheckNewerStore(t *testing.T) {
 	t.Parallel()
 	path := stoppedDB(t, 5)
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, '0099_later.sql', 0)`); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	markNewer(t, path, 99)
 	problems, r, err := sqlitestore.Check(t.Context(), path, false, 5)
 	if err != nil || len(problems) != 0 {
 		t.Fatalf("Check: %q, %v", problems, err)

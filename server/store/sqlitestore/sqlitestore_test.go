@@ -169,18 +169,25 @@ func TestMigrationsIdempotent(t *testing.T) {
 	}
 }
 
-func TestNewerSchemaRefused(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "events.db")
-	open(t, path).Close()
+// markNewer records in the store at path a migration of a later build,
+// numbered version.
+func markNewer(t *testing.T, path string, version int) {
+	t.Helper()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, '0999_future.sql', 0)`); err != nil {
+	defer db.Close()
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, 0)`, version, fmt.Sprintf("%04d_later.sql", version)); err != nil {
 		t.Fatal(err)
 	}
-	db.Close()
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	open(t, path).Close()
+	markNewer(t, path, 999)
 	s, err := sqlitestore.Open(t.Context(), path)
 	if err == nil {
 		s.Close()
