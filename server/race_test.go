@@ -239,14 +239,7 @@ type raceWatcher struct {
 
 func startRaceWatcher(t *testing.T, ctx context.Context, c eventsv1.RequestServiceClient, id string, server int) *raceWatcher {
 	t.Helper()
-	stream, err := c.WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream, first := openWatch(t, ctx, c, &eventsv1.WatchRequestRequest{RequestId: id})
 	w := &raceWatcher{id: id, server: server, first: first, msgs: make(chan *eventsv1.WatchRequestResponse, 1000), errc: make(chan error, 1)}
 	go func() {
 		for {

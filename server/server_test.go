@@ -135,6 +135,21 @@ func (ts *testServer) ingest(t *testing.T, body []byte) *eventsv1.IngestResponse
 	return resp
 }
 
+// openWatch opens a WatchRequest stream and reads its first message, which
+// proves the subscription is in place.
+func openWatch(t *testing.T, ctx context.Context, c eventsv1.RequestServiceClient, req *eventsv1.WatchRequestRequest) (grpc.ServerStreamingClient[eventsv1.WatchRequestResponse], *eventsv1.WatchRequestResponse) {
+	t.Helper()
+	stream, err := c.WatchRequest(ctx, req)
+	if err != nil {
+		t.Fatalf("WatchRequest: %v", err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("first watch message: %v", err)
+	}
+	return stream, first
+}
+
 // watch collects a WatchRequest stream until it ends.
 type watch struct {
 	msgs []*eventsv1.WatchRequestResponse
@@ -144,14 +159,7 @@ type watch struct {
 
 func startWatch(t *testing.T, ctx context.Context, c eventsv1.RequestServiceClient, req *eventsv1.WatchRequestRequest) *watch {
 	t.Helper()
-	stream, err := c.WatchRequest(ctx, req)
-	if err != nil {
-		t.Fatalf("WatchRequest: %v", err)
-	}
-	first, err := stream.Recv() // the first message proves the subscription is in place
-	if err != nil {
-		t.Fatalf("first watch message: %v", err)
-	}
+	stream, first := openWatch(t, ctx, c, req)
 	w := &watch{msgs: []*eventsv1.WatchRequestResponse{first}, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
