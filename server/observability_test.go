@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -1242,4 +1244,74 @@ func TestMetricsPortCutsOffSlowClients(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunLeavesNoServeGoroutineBlocked: Run serves on four goroutines
+// (gRPC on its port and in process, HTTP, metrics), each of which sends how
+// its Serve ended on one channel, which Run reads at most once. When Run
+// reads it not at all (its context ended first) and the metrics server
+// failed, each of the four must still be able to send and end.
+func TestRunLeavesNoServeGoroutineBlocked(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Security.Disabled = true
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	// The metrics listener fails once shutdown has begun, after Run chose
+	// its context's end, and before shutdown closes the metrics server.
+	srv.metricsLis = failAfter{Listener: srv.metricsLis, after: srv.shuttingDown}
+	cancel()
+	if err := srv.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	// Each sends once its Serve has returned, which Run does not wait for:
+	// wait until every one has ended, or those left are stuck sending.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		running, stuck := serveGoroutines()
+		if running == 0 && stuck == 0 {
+			return
+		}
+		if running == 0 {
+			t.Fatalf("%d of Run's serve goroutines blocked for good sending how their Serve ended", stuck)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of Run's serve goroutines still running after 10s", running)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// failAfter is a listener whose Accept fails once after is done.
+type failAfter struct {
+	net.Listener
+	after context.Context
+}
+
+func (l failAfter) Accept() (net.Conn, error) {
+	<-l.after.Done()
+	return nil, errors.New("accept failed")
+}
+
+// serveGoroutines counts the goroutines of Run and serveMetrics that send
+// how a Serve ended: those blocked on the send, and the others.
+func serveGoroutines() (running, stuck int) {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if !strings.Contains(g, "server.(*Server).Run.func") && !strings.Contains(g, "server.(*Server).serveMetrics.func") {
+			continue
+		}
+		if strings.Contains(g, " [chan send") {
+			stuck++
+		} else {
+			running++
+		}
+	}
+	return running, stuck
 }

@@ -763,7 +763,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeAll()
 		return fmt.Errorf("start writer: %w", err)
 	}
-	errc := make(chan error, 3)
+	// A place for each goroutine that sends on it (gRPC twice, HTTP,
+	// metrics): Run reads it once at most, or not at all.
+	errc := make(chan error, 4)
 	s.serveMetrics(errc)
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	go func() { errc <- s.grpc.Serve(s.inproc) }()
