@@ -216,7 +216,8 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports every setting that cannot work, joined (errors.Join),
+// so that a start names them all at once.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.GRPCAddr == "" {
