@@ -202,6 +202,82 @@ func TestFoldScenarios(t *testing.T) {
 	}
 }
 
+// TestFoldDocs folds each documented body alone, as the first webhook of
+// its request, and checks the state it makes: every status, channel and
+// legacy notificationType reaches the fold as the fold spells it (the
+// golden files pin the normalizer's side, the fold's tests their own; only
+// this joins them for the legacy FALLBACK_TRIGGERED and UNREACHABLE, which
+// no scenario has). A body naming no request makes no state.
+func TestFoldDocs(t *testing.T) {
+	t.Parallel()
+	want := map[string]string{
+		"v1-dlr-sms-delivered":          "IN_PROGRESS active=SMS channels=[SMS:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v1-dlr-sms-failed":             "FAILED active=SMS channels=[SMS:FAILED(failed=003/RETRIABLE_NO)] fallbacks=[] failures=[SMS/003] events=1 token=",
+		"v1-dlr-whatsapp-delivered":     "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v1-dlr-whatsapp-failed":        "FAILED active=WHATSAPP channels=[WHATSAPP:FAILED(failed=003/RETRIABLE_NO)] fallbacks=[] failures=[WHATSAPP/003] events=1 token=",
+		"v1-dlr-whatsapp-read":          "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:READ(sent* delivered* read)] fallbacks=[] failures=[] events=1 token=",
+		"v1-dlr-whatsapp-sent":          "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:SENT(sent)] fallbacks=[] failures=[] events=1 token=",
+		"v1-system-approval-action":     "SUCCESS active= channels=[] fallbacks=[] failures=[] events=1 token=580884110b1b46668baa1d46a65f46d9",
+		"v1-system-fallback-triggered":  "IN_PROGRESS active=SMS channels=[] fallbacks=[WHATSAPP->SMS] failures=[] events=1 token=580884110b1b46668baa1d46a65f46d9",
+		"v1-system-unreachable-bare":    "",
+		"v1-system-unreachable":         "FAILED active= channels=[] fallbacks=[] failures=[] events=1 token=580884110b1b46668baa1d46a65f46d9 unreachable",
+		"v2-auth-fallback":              "IN_PROGRESS active=SMS channels=[] fallbacks=[WHATSAPP->SMS] failures=[] events=1 token=",
+		"v2-auth-initiated-email":       "IN_PROGRESS active=EMAIL channels=[] fallbacks=[] failures=[] events=1 token=",
+		"v2-auth-initiated-phone-email": "IN_PROGRESS active=WHATSAPP channels=[] fallbacks=[] failures=[] events=1 token=",
+		"v2-auth-initiated-phone":       "IN_PROGRESS active=WHATSAPP channels=[] fallbacks=[] failures=[] events=1 token=",
+		"v2-auth-initiated-social":      "IN_PROGRESS active=GOOGLE channels=[] fallbacks=[] failures=[] events=1 token=",
+		"v2-auth-success-email":         "SUCCESS active=EMAIL channels=[] fallbacks=[] failures=[] events=1 token=unique_token",
+		"v2-auth-success-phone-email":   "SUCCESS active=WHATSAPP channels=[] fallbacks=[] failures=[] events=1 token=unique_token",
+		"v2-auth-success-phone":         "SUCCESS active=WHATSAPP channels=[] fallbacks=[] failures=[] events=1 token=unique_token",
+		"v2-auth-success-social":        "SUCCESS active=GOOGLE channels=[] fallbacks=[] failures=[] events=1 token=unique_token",
+		"v2-dlr-email-delivered":        "IN_PROGRESS active=EMAIL channels=[EMAIL:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-email-failed":           "FAILED active=EMAIL channels=[EMAIL:FAILED(failed=/RETRIABLE_UNSPECIFIED)] fallbacks=[] failures=[EMAIL/] events=1 token=",
+		"v2-dlr-email-read":             "IN_PROGRESS active=EMAIL channels=[EMAIL:READ(sent* delivered* read)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-email-sent":             "IN_PROGRESS active=EMAIL channels=[EMAIL:SENT(sent)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-sms-clicked":            "IN_PROGRESS active=SMS channels=[SMS:CLICKED(sent* delivered* read* clicked)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-sms-delivered":          "IN_PROGRESS active=SMS channels=[SMS:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-sms-failed":             "FAILED active=SMS channels=[SMS:FAILED(failed=/RETRIABLE_UNSPECIFIED)] fallbacks=[] failures=[SMS/] events=1 token=",
+		"v2-dlr-viber-clicked":          "IN_PROGRESS active=VIBER channels=[VIBER:CLICKED(sent* delivered* read* clicked)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-viber-delivered":        "IN_PROGRESS active=VIBER channels=[VIBER:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-viber-failed":           "FAILED active=VIBER channels=[VIBER:FAILED(failed=/RETRIABLE_UNSPECIFIED)] fallbacks=[] failures=[VIBER/] events=1 token=",
+		"v2-dlr-viber-read":             "IN_PROGRESS active=VIBER channels=[VIBER:READ(sent* delivered* read)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-viber-sent":             "IN_PROGRESS active=VIBER channels=[VIBER:SENT(sent)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-whatsapp-clicked":       "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:CLICKED(sent* delivered* read* clicked)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-whatsapp-delivered":     "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:DELIVERED(sent* delivered)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-whatsapp-failed":        "FAILED active=WHATSAPP channels=[WHATSAPP:FAILED(failed=/RETRIABLE_UNSPECIFIED)] fallbacks=[] failures=[WHATSAPP/] events=1 token=",
+		"v2-dlr-whatsapp-read":          "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:READ(sent* delivered* read)] fallbacks=[] failures=[] events=1 token=",
+		"v2-dlr-whatsapp-sent":          "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:SENT(sent)] fallbacks=[] failures=[] events=1 token=",
+		"v2early-auth-fallback":         "IN_PROGRESS active=SMS channels=[] fallbacks=[WHATSAPP->SMS] failures=[] events=1 token=",
+		"v2early-auth-success-phone":    "SUCCESS active=WHATSAPP channels=[] fallbacks=[] failures=[] events=1 token=",
+		"v2early-dlr-whatsapp-clicked":  "IN_PROGRESS active=WHATSAPP channels=[WHATSAPP:CLICKED(sent* delivered* read* clicked)] fallbacks=[] failures=[] events=1 token=",
+	}
+	docs := fixtures.Docs(t)
+	if len(docs) != len(want) {
+		t.Errorf("%d documented bodies, %d expected states", len(docs), len(want))
+	}
+	for _, f := range docs {
+		w, ok := want[f.Name]
+		if !ok {
+			t.Errorf("no expected state for %s", f.Name)
+			continue
+		}
+		events := fixtures.Events(t, f.Body)
+		var ids []string
+		for _, e := range events {
+			if id := e.GetRequestId(); id != "" && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		var got []string
+		for _, id := range ids {
+			got = append(got, describe(state.Fold(id, events)))
+		}
+		if g := strings.Join(got, "; "); g != w {
+			t.Errorf("%s:\n got %s\nwant %s", f.Name, g, w)
+		}
+	}
+}
+
 // TestFoldHappyPath checks one fixture request field by field.
 func TestFoldHappyPath(t *testing.T) {
 	t.Parallel()
@@ -263,7 +339,8 @@ func TestFoldFailsThenRecovers(t *testing.T) {
 }
 
 // describe summarizes the shape of r: statuses, steps (* when implied),
-// fallbacks, failures, event count and token.
+// fallbacks, failures, event count, token, and whether OTPLESS reported
+// the user unreachable.
 func describe(r *eventsv1.AuthRequest) string {
 	var channels, fallbacks, failures []string
 	for _, c := range r.GetChannels() {
@@ -291,9 +368,13 @@ func describe(r *eventsv1.AuthRequest) string {
 	for _, f := range r.GetFailures() {
 		failures = append(failures, f.GetChannel()+"/"+f.GetError().GetCode())
 	}
-	return fmt.Sprintf("%s active=%s channels=[%s] fallbacks=[%s] failures=[%s] events=%d token=%s",
+	unreachable := ""
+	if r.GetUnreachableTime() != nil {
+		unreachable = " unreachable"
+	}
+	return fmt.Sprintf("%s active=%s channels=[%s] fallbacks=[%s] failures=[%s] events=%d token=%s%s",
 		requestStatus(r), r.GetActiveChannel(), strings.Join(channels, " "),
-		strings.Join(fallbacks, " "), strings.Join(failures, " "), r.GetEventCount(), r.GetToken())
+		strings.Join(fallbacks, " "), strings.Join(failures, " "), r.GetEventCount(), r.GetToken(), unreachable)
 }
 
 func requestStatus(r *eventsv1.AuthRequest) string {
