@@ -416,15 +416,15 @@ func NamedBody(body []byte) *eventsv1.Event {
 	var ids []string
 	named := &eventsv1.Event{}
 	switch {
-	case b.NotificationType != nil:
+	case names(b.NotificationType):
 		ids = []string{b.RequestID}
-	case b.EventType != nil:
+	case names(b.EventType):
 		d := b.Data
 		ids = []string{d.AuthenticationDetails.Phone.RequestID, d.AuthenticationDetails.Email.RequestID, d.RequestID}
 		if CheckRequestID(d.TraceID) == nil {
 			named.TraceId = d.TraceID
 		}
-	case b.Status != nil:
+	case names(b.Status):
 		ids = []string{b.Data.ReferenceID}
 	}
 	for _, id := range ids {
@@ -434,4 +434,15 @@ func NamedBody(body []byte) *eventsv1.Event {
 		}
 	}
 	return named
+}
+
+// names reports whether a field NamedBody reads names a format, as isSet
+// does for Events: a value of another type does (Decode refused it), null,
+// a blank string and no field do not.
+func names(raw json.RawMessage) bool {
+	var s string
+	if json.Unmarshal(raw, &s) == nil { // a string, or null
+		return isSet(s)
+	}
+	return raw != nil
 }

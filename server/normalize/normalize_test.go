@@ -659,6 +659,10 @@ func TestNamedBody(t *testing.T) {
 		{"v1 delivery, channel an object", `{"status":"DELIVERED","data":{"referenceId":"r3","channel":{}}}`, "r3", ""},
 		{"v1 system, mobile a string", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","mobile":"98"}`, "r4", ""},
 		{"not JSON", `{"eventType":"DLR","data":{"requestId":"r5"`, "", ""},
+		// A blank or null field names no format, as for Events.
+		{"v2 after a null notificationType", `{"notificationType":null,"eventType":"DLR","data":{"requestId":"r6","status":5}}`, "r6", ""},
+		{"v1 delivery after a blank eventType", `{"eventType":" ","status":"SENT","data":{"referenceId":"r7","channel":5}}`, "r7", ""},
+		{"v1 system, notificationType a number", `{"notificationType":3,"eventType":"DLR","requestId":"r8","data":{"requestId":"r9"}}`, "r8", ""},
 	} {
 		if _, err := normalize.Decode([]byte(tc.body)); !errors.Is(err, normalize.ErrInvalidBody) {
 			t.Fatalf("%s: Decode %v, want ErrInvalidBody", tc.name, err)
