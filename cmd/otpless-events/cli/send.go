@@ -333,16 +333,21 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 		}
 		return fmt.Errorf("%s: POST %s: %w", b.where, redactURL(url), err)
 	}
-	r := io.Reader(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		// Of an error answer send prints the message or a line of the
-		// start: a proxy's page, however long, is read no further.
-		r = io.LimitReader(r, 64<<10)
+	// Of an error answer send prints the message or a line of the start,
+	// and a server's 200 answer is far shorter than maxAnswer: a page
+	// answering either, however long, is read no further.
+	limit := int64(64 << 10)
+	if resp.StatusCode == http.StatusOK {
+		limit = maxAnswer + 1 // one more, to tell an answer over the bound
 	}
-	answer, err := io.ReadAll(r)
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	resp.Body.Close()
 	if err != nil {
 		return fmt.Errorf("%s: reading the answer: %w", b.where, err)
+	}
+	if resp.StatusCode == http.StatusOK && len(answer) > maxAnswer {
+		return fmt.Errorf("%s: answer %q is over %d MiB, more than a server answers to a body: is %s an otpless-events server?",
+			b.where, excerpt(string(answer)), maxAnswer>>20, redactURL(url))
 	}
 	if resp.StatusCode != http.StatusOK {
 		var st struct{ Message string }
@@ -375,6 +380,12 @@ func postBody(ctx context.Context, hc *http.Client, url string, b body, stdout i
 	}
 	return nil
 }
+
+// maxAnswer bounds the 200 answer send reads: a body yields two events at
+// most, and what an event's entry repeats of the body (its request id, 256
+// bytes at most, and status, 4 KiB at most) keeps the answer under 64 KiB
+// even with every character escaped.
+const maxAnswer = 1 << 20
 
 // excerpt is the start of an answer, which may be a page of HTML from a
 // proxy, in one line for an error: runs of white space as one space, cut

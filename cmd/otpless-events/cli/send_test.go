@@ -160,6 +160,27 @@ func TestSendReadsAnErrorAnswerOnlyInPart(t *testing.T) {
 	}
 }
 
+// A 200 answer is read no further than a server's answer can be: a wrong
+// URL answering 200 with a large page (a download, say) is not read whole
+// into memory, and send says what it got.
+func TestSendReadsASuccessAnswerOnlyInPart(t *testing.T) {
+	t.Parallel()
+	const size = 64 << 20
+	wrote := make(chan int64, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		n, _ := io.Copy(w, io.LimitReader(endlessX{}, size))
+		wrote <- n
+	}))
+	defer srv.Close()
+	err := postBody(t.Context(), srv.Client(), srv.URL, body{where: "-:1", data: []byte(`{}`)}, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "-:1: answer \"xxx") || !strings.Contains(err.Error(), "over 1 MiB") {
+		t.Errorf("a 200 with a large body: %v; want its start, and that it is over the bound", err)
+	}
+	if n := <-wrote; n == size {
+		t.Errorf("send read all %d bytes of a 200 answer", n)
+	}
+}
+
 // An error answer without a body (a proxy's bare 502) is named by its
 // status, not left as "HTTP 502: " and nothing.
 func TestSendNamesAnEmptyErrorAnswer(t *testing.T) {
