@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -245,18 +246,17 @@ func MaskAttr(a slog.Attr) slog.Attr {
 	if mask == nil {
 		return a
 	}
+	// Every kind is masked: a phone number a decoder made a float, or a
+	// secret of any kind, must not pass because of its type.
 	switch a.Value.Kind() {
-	case slog.KindString:
-		return slog.String(a.Key, mask(a.Value.String()))
 	case slog.KindAny:
 		if err, ok := a.Value.Any().(error); ok {
 			return slog.String(a.Key, mask(err.Error()))
 		}
-		return slog.String(a.Key, mask(a.Value.String()))
-	case slog.KindInt64, slog.KindUint64:
-		return slog.String(a.Key, mask(a.Value.String()))
+	case slog.KindFloat64: // in digits, as the number was written, not 9.19812345678e+11
+		return slog.String(a.Key, mask(strconv.FormatFloat(a.Value.Float64(), 'f', -1, 64)))
 	}
-	return a
+	return slog.String(a.Key, mask(a.Value.String()))
 }
 
 // MaskingHandler wraps h so that every attribute passes through MaskAttr

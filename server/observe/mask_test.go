@@ -2,10 +2,12 @@ package observe_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/otpless-events/otpless-events/server/observe"
 )
@@ -87,6 +89,40 @@ func TestMaskingHandler(t *testing.T) {
 		if !strings.Contains(out, kept) {
 			t.Errorf("log line lost %q: %s", kept, out)
 		}
+	}
+}
+
+// A value under a key naming personal data or a secret is masked whatever
+// its kind: a phone number a decoder made a float (as encoding/json does
+// into an any), and a bool, duration or time too, which print in clear
+// otherwise.
+func TestMaskingHandlerMasksEveryKind(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		attr slog.Attr
+		want string // "": a token's fingerprint
+	}{
+		{slog.Float64("phone", 919812345678), "**********78"},
+		{slog.Any("mobile", float32(98123456)), "******56"},
+		{slog.Float64("phone", 919812345678.5), "**************"},
+		{slog.Float64("token", 5.25), ""},
+		{slog.Bool("secret", true), ""},
+		{slog.Duration("key", 1500*time.Millisecond), ""},
+		{slog.Time("password", time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)), ""},
+	} {
+		t.Run(tt.attr.String(), func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, nil))).Info("m", tt.attr)
+			var line map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := line[tt.attr.Key].(string)
+			if !ok || (tt.want != "" && got != tt.want) || (tt.want == "" && !strings.HasPrefix(got, "sha256:")) {
+				t.Errorf("%s logged as %s; want it masked", tt.attr, buf.String())
+			}
+		})
 	}
 }
 
