@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"html"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
+	rpprof "runtime/pprof"
+	"slices"
+	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
@@ -148,7 +154,8 @@ func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error 
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.obs.Handler())
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/{$}", profilesIndex)
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // a profile by its name
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -165,6 +172,27 @@ func (s *Server) listenMetrics(ctx context.Context, lc *net.ListenConfig) error 
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return nil
+}
+
+// profilesIndex lists what the metrics listener serves under /debug/pprof/:
+// the runtime's profiles, the CPU profile, the trace and the symbol lookup.
+// It is net/http/pprof's index but for the command line, which that one
+// offers and the listener does not serve.
+func profilesIndex(w http.ResponseWriter, _ *http.Request) {
+	names := []string{"profile", "symbol", "trace"}
+	for _, p := range rpprof.Profiles() {
+		names = append(names, p.Name())
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	b.WriteString("<!DOCTYPE html>\n<html><head><title>/debug/pprof/</title></head><body>\n<p>Profiles (debug=1: in text; go tool pprof reads them without it):</p>\n<ul>\n")
+	for _, n := range names {
+		fmt.Fprintf(&b, "<li><a href=\"%s?debug=1\">%s</a></li>\n", html.EscapeString(url.PathEscape(n)), html.EscapeString(n))
+	}
+	b.WriteString("</ul>\n<p><a href=\"goroutine?debug=2\">every goroutine's stack</a></p>\n</body></html>\n")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	io.WriteString(w, b.String())
 }
 
 // serveMetrics serves the metrics listener, if any, until shutdown closes

@@ -14,11 +14,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -1022,6 +1024,38 @@ func TestProfilesRoute(t *testing.T) {
 		code, _, body := do(t, http.MethodGet, s.metricsURL+path, "")
 		if code != want {
 			t.Errorf("GET %s: %d, want %d: %.200s", path, code, want, body)
+		}
+	}
+}
+
+// The profiles' index offers only what the listener serves: every link of
+// it answers 200 (the command line, which answers 404, is not among them).
+func TestProfilesIndexLinksAreServed(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	code, _, index := do(t, http.MethodGet, s.metricsURL+"/debug/pprof/", "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /debug/pprof/: %d", code)
+	}
+	hrefs := regexp.MustCompile(`href=['"]([^'"]*)['"]`).FindAllStringSubmatch(index, -1)
+	seen := map[string]bool{}
+	for _, m := range hrefs {
+		link, err := url.Parse(html.UnescapeString(m[1]))
+		if err != nil {
+			t.Fatalf("link %q: %v", m[1], err)
+		}
+		seen[link.Path] = true
+		if link.Path == "profile" || link.Path == "trace" {
+			continue // they take seconds, and one CPU profile at a time: TestProfilesRoute reads them
+		}
+		target := (&url.URL{Path: "/debug/pprof/"}).ResolveReference(link)
+		if code, _, body := do(t, http.MethodGet, s.metricsURL+target.String(), ""); code != http.StatusOK {
+			t.Errorf("the index links %s, which answers %d: %.200s", target, code, body)
+		}
+	}
+	for _, want := range []string{"heap", "goroutine", "profile", "trace", "symbol"} {
+		if !seen[want] {
+			t.Errorf("the index does not link %s: %s", want, index)
 		}
 	}
 }
