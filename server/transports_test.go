@@ -164,7 +164,8 @@ func TestRefusalsAlikeOverBothTransports(t *testing.T) {
 // A query parameter that names no field of the route's request is refused,
 // naming it, on the routes that read their query: a misspelt ?after_revison=5 resumed a watch from the start,
 // and ?page_sise=1 read pages of the default size, both without a word.
-// Both spellings of a field, and the watch route's access_token, are taken.
+// Both spellings of a field, and the watch route's access_token, are taken;
+// the path's request_id is not (another id there was ignored).
 func TestUnknownQueryParametersAreRefused(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, nil)
@@ -181,6 +182,12 @@ func TestUnknownQueryParametersAreRefused(t *testing.T) {
 		{"/v1/requests/query-req:watch?after_revison=1", nil, http.StatusBadRequest, "after_revison"},
 		{"/v1/requests/query-req:watch?after_revison=1", []string{"Accept", "text/event-stream"}, http.StatusBadRequest, "after_revison"},
 		{"/v1/requests/query-req:watch?request_id.x=1", nil, http.StatusBadRequest, "request_id.x"},
+		// The request is named by the path alone: another id in the query
+		// was ignored, and the path's request read or watched.
+		{"/v1/requests/query-req/events?request_id=other", nil, http.StatusBadRequest, `\"request_id\" sets what the path names`},
+		{"/v1/requests/query-req/events?requestId=query-req", nil, http.StatusBadRequest, `\"requestId\" sets what the path names`},
+		{"/v1/requests/query-req:watch?request_id=other", nil, http.StatusBadRequest, `\"request_id\" sets what the path names`},
+		{"/v1/requests/query-req:watch?requestId=other", []string{"Accept", "text/event-stream"}, http.StatusBadRequest, `\"requestId\" sets what the path names`},
 		// The watch route alone takes a credential in its query.
 		{"/v1/requests/query-req/events?access_token=owt1.x", nil, http.StatusBadRequest, "access_token"},
 		{"/v1/requests/query-req:watch?access_token=&after_revison=1", nil, http.StatusBadRequest, "after_revison"},

@@ -394,7 +394,9 @@ func webhooksFirst(mux *runtime.ServeMux, wh *webhookHandler) http.Handler {
 
 // strictQuery is grpc-gateway's query parser, but a parameter that names
 // no field of the request is refused (400, naming it) rather than ignored:
-// a misspelt ?after_revison=5 resumed a watch from the start. The watch
+// a misspelt ?after_revison=5 resumed a watch from the start. So is one
+// naming a field the path sets (filter), which grpc-gateway skips: with
+// ?request_id=b, the events of the path's request were answered. The watch
 // route's access_token, read before, may be left empty; other routes take
 // credentials in the header only, and refuse it as they refuse any other.
 type strictQuery struct{ runtime.DefaultQueryParser }
@@ -407,30 +409,39 @@ func init() { runtime.NewServeMux(runtime.SetQueryParameterParser(strictQuery{})
 func (p strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
 	_, watch := msg.(*eventsv1.WatchRequestRequest)
 	for key := range values {
-		if (key != "access_token" || !watch) && !namesField(msg.ProtoReflect().Descriptor(), key) {
+		if key == "access_token" && watch {
+			continue
+		}
+		path, ok := fieldPath(msg.ProtoReflect().Descriptor(), key)
+		switch {
+		case !ok:
 			return fmt.Errorf("unknown query parameter %.100q", key)
+		case filter != nil && filter.HasCommonPrefix(path):
+			return fmt.Errorf("query parameter %.100q sets what the path names: the path alone says which request", key)
 		}
 	}
 	return p.DefaultQueryParser.Parse(msg, values, filter)
 }
 
-// namesField reports whether key names a field of md as grpc-gateway reads
-// query parameters: a dotted path, each step by its proto or JSON name.
-func namesField(md protoreflect.MessageDescriptor, key string) bool {
+// fieldPath is the field of md that key names as grpc-gateway reads query
+// parameters (a dotted path, each step by its proto or JSON name), by its
+// proto names; ok is false when key names none.
+func fieldPath(md protoreflect.MessageDescriptor, key string) (path []string, ok bool) {
 	for name := range strings.SplitSeq(key, ".") {
 		if md == nil {
-			return false
+			return nil, false
 		}
 		f := md.Fields().ByName(protoreflect.Name(name))
 		if f == nil {
 			f = md.Fields().ByJSONName(name)
 		}
 		if f == nil {
-			return false
+			return nil, false
 		}
+		path = append(path, string(f.Name()))
 		md = f.Message()
 	}
-	return true
+	return path, true
 }
 
 // validURL answers 400 for a path or query that is not valid UTF-8: such a
