@@ -1724,7 +1724,10 @@ func endPooledSessions(t *testing.T, s *pgstore.Store, admin *pgx.Conn, app stri
 	ctx := t.Context()
 	awaitIdle(t, s)
 	s.Pool().Reset() // none left dead by a read that failed before
-	var conns []*pgxpool.Conn
+	var (
+		conns []*pgxpool.Conn
+		pids  []uint32
+	)
 	defer func() {
 		for _, c := range conns {
 			c.Release()
@@ -1739,14 +1742,17 @@ func endPooledSessions(t *testing.T, s *pgstore.Store, admin *pgx.Conn, app stri
 		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
 			t.Fatal(err)
 		}
+		pids = append(pids, c.Conn().PgConn().PID())
 	}
 	for _, c := range conns {
 		c.Release()
 	}
 	conns = nil
+	// By their pids: a session Reset closed may still be listed, exiting,
+	// under the same application_name.
 	var ended int
 	if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
-		FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended); err != nil || ended != 2 {
+		FROM pg_stat_activity WHERE application_name = $1 AND pid = ANY($2)`, app, pids).Scan(&ended); err != nil || ended != 2 {
 		t.Fatalf("ended %d sessions, want the 2 pooled ones: %v", ended, err)
 	}
 }
