@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -79,6 +80,36 @@ func TestRetentionFailureSaysWhatWasPurged(t *testing.T) {
 	}
 	if line.Level != "WARN" || line.Error != "the database went away" || line.Webhooks != 700 {
 		t.Errorf("logged %+v; want a warning with the error and 700 webhooks", line)
+	}
+}
+
+// flakyPurger fails its first runs, then succeeds.
+type flakyPurger struct {
+	fails int32
+	runs  atomic.Int32
+}
+
+func (p *flakyPurger) PurgePII(context.Context, time.Time, func([]store.Change)) (int, error) {
+	if p.runs.Add(1) <= p.fails {
+		return 0, errors.New("the database is restarting")
+	}
+	return 0, nil
+}
+
+// A run that failed (the database restarting at purge time) is tried again
+// soon, not an interval later: personal data is not kept past its time for
+// a whole interval because of a moment's outage.
+func TestRetentionRetriesAFailedRunSoon(t *testing.T) {
+	t.Parallel()
+	p := &flakyPurger{fails: 2}
+	r := &retention{purger: p, keep: time.Hour, interval: time.Hour, retry: time.Millisecond,
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	r.start()
+	defer r.stop()
+	for deadline := time.Now().Add(10 * time.Second); p.runs.Load() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d runs in 10 s with an interval of an hour: a failed run was not tried again until the next interval", p.runs.Load())
+		}
 	}
 }
 

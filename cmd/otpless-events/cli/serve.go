@@ -114,7 +114,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections are closed after this")
 	f.DurationVar(&cfg.GRPCKeepalive, "grpc-keepalive", cfg.GRPCKeepalive, "a gRPC connection silent this long (at least 1s) is pinged, and closed (with its watches) when the ping goes unanswered as long again; clients may ping every 10 s or more")
 	f.DurationVar(&cfg.PIIRetention, "pii-retention", cfg.PIIRetention, "how long raw bodies and personal data are kept (the status history stays)")
-	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged (at least 10ms)")
+	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged (at least 10ms; a failed run is tried again after 5s, doubling up to this)")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", cfg.CORSOrigins, "comma-separated origins (scheme://host[:port], or *) whose pages may use the watch route")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `Prometheus /metrics and /debug/pprof/ listen address, to keep private ("" disables)`)
 	f.Var(checkedString{&logFormat, checkLogFormat}, "log-format", "log format: text or json")
