@@ -53,6 +53,27 @@ func LoadMigrations(fsys fs.FS, pattern string) ([]Migration, error) {
 	return ms, nil
 }
 
+// CheckApplied compares the migrations a store records as applied, their
+// names by version, with this build's ms, and returns the version the store
+// is at (the highest recorded). It fails with NewerSchemaError when that is
+// past ms, else with OtherMigrationError when a version up to it is
+// recorded under another name than this build's, or not at all: then this
+// build's migration of that version never ran there, and would not.
+func CheckApplied(applied map[int]string, ms []Migration) (current int, err error) {
+	for v := range applied {
+		current = max(current, v)
+	}
+	if current > len(ms) {
+		return current, NewerSchemaError{Version: current, Known: len(ms)}
+	}
+	for _, m := range ms[:current] {
+		if name := applied[m.Version]; name != m.Name {
+			return current, OtherMigrationError{Version: m.Version, Applied: name, Known: m.Name}
+		}
+	}
+	return current, nil
+}
+
 // CheckBatch reports a batch Commit cannot take: an event without an id.
 func CheckBatch(batch []Webhook) error {
 	for i, wh := range batch {
@@ -67,14 +88,15 @@ func CheckBatch(batch []Webhook) error {
 
 // MapErr classifies a driver error against the caller's ctx: ctx's error
 // when it is done (drivers report an interrupted statement), err itself
-// when it says stored data is damaged or the schema newer (ErrDamaged,
-// NewerSchemaError: no retry mends either) or is ErrUnavailable already,
+// when it says stored data is damaged, the schema newer or migrated by
+// another build (ErrDamaged, NewerSchemaError, OtherMigrationError: no
+// retry mends them) or is ErrUnavailable already,
 // ErrDenied with the cause when the database refused it for want of a
 // privilege (SQLSTATE 42501), ErrDamaged with the cause when it found its
 // data or an index corrupted (XX001, XX002), else ErrUnavailable with the
 // cause.
 func MapErr(ctx context.Context, err error) error {
-	if errors.Is(err, ErrDamaged) || errors.As(err, new(NewerSchemaError)) {
+	if errors.Is(err, ErrDamaged) || errors.As(err, new(NewerSchemaError)) || errors.As(err, new(OtherMigrationError)) {
 		return err
 	}
 	if cerr := ctx.Err(); cerr != nil {

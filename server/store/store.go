@@ -55,6 +55,28 @@ func (e NewerSchemaError) Error() string {
 	return fmt.Sprintf("schema version %d is newer than this binary knows (%d)", e.Version, e.Known)
 }
 
+// OtherMigrationError refuses a store that records a migration of this
+// build's under another name: another build's migration of that version
+// (the development builds of 2026-11-30 17:33-17:50 UTC had one), which
+// this build does not know, ran there, and this build's never will, the
+// version being taken. No retry mends it; the store is left as it is.
+type OtherMigrationError struct {
+	Version int
+	// Applied is the name the store records, "" when it records none
+	// for Version; Known is this build's migration of Version.
+	Applied, Known string
+}
+
+func (e OtherMigrationError) Error() string {
+	applied := fmt.Sprintf("was applied as %s", e.Applied)
+	if e.Applied == "" {
+		applied = "is not recorded as applied"
+	}
+	return fmt.Sprintf("schema migration %d %s, but this binary's migration %d is %s: another build migrated the store, "+
+		"and this binary will not take it as up to date; it is left as it is (see Upgrading in the README for what to do)",
+		e.Version, applied, e.Version, e.Known)
+}
+
 // Webhook is one received body and the events normalization made of it.
 type Webhook struct {
 	// Body is the webhook body, verbatim.

@@ -32,7 +32,8 @@ const migrationLock = 0x6f74706c // "otpl"
 // start together apply each migration once; the others wait, then find
 // nothing to do. With create, a missing schema is created first. A schema
 // that is up to date needs no privilege beyond reading the bookkeeping;
-// one newer than this binary's is refused. No lock_timeout or
+// one newer than this binary's is refused, and so is one that records a
+// migration of this binary's under another name (store.CheckApplied). No lock_timeout or
 // statement_timeout of the session cuts it short, and the transaction is
 // READ COMMITTED whatever the session's default: under a stricter level
 // its snapshot, taken as it began to wait for the lock, would not see what
@@ -71,7 +72,22 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool
 			return err
 		}
 		if exists {
-			if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM `+bookkeeping).Scan(&current); err != nil {
+			rows, err := tx.Query(ctx, `SELECT version, name FROM `+bookkeeping)
+			if err != nil {
+				return err
+			}
+			recorded := map[int]string{}
+			var (
+				v    int
+				name string
+			)
+			if _, err := pgx.ForEachRow(rows, []any{&v, &name}, func() error {
+				recorded[v] = name
+				return nil
+			}); err != nil {
+				return err
+			}
+			if current, err = store.CheckApplied(recorded, ms); err != nil {
 				return err
 			}
 		} else if _, err := tx.Exec(ctx, `CREATE TABLE `+bookkeeping+` (
@@ -80,9 +96,6 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, create bool
 			applied_at timestamptz NOT NULL DEFAULT now()
 		)`); err != nil {
 			return err
-		}
-		if current > len(ms) {
-			return store.NewerSchemaError{Version: current, Known: len(ms)}
 		}
 		for _, m := range ms[current:] {
 			step.Store(&m.Name)

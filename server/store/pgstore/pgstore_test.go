@@ -345,6 +345,37 @@ func TestNewerSchemaRefused(t *testing.T) {
 	}
 }
 
+// A schema whose migration 2 a development build of 2026-11-30 applied as
+// its own 0002_purge_error_messages.sql (reverted since) is refused,
+// naming both, not taken as up to date (which skipped this build's
+// 0002_purge_index.sql for good), and left as it is.
+func TestOtherBuildsMigrationRefused(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	open(t, dsn).Close()
+	conn := connect(t, dsn)
+	if _, err := conn.Exec(t.Context(), `DROP INDEX webhooks_unpurged;
+		UPDATE otpless_schema_migrations SET name = '0002_purge_error_messages.sql' WHERE version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := pgstore.Open(t.Context(), dsn)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a schema whose migration 2 another build applied succeeded")
+	}
+	var other store.OtherMigrationError
+	if !errors.As(err, &other) || errors.Is(err, store.ErrUnavailable) || pgstore.Unreachable(err) ||
+		!strings.Contains(err.Error(), "0002_purge_error_messages.sql") || !strings.Contains(err.Error(), "0002_purge_index.sql") {
+		t.Errorf("Open: %v; want both names of migration 2, not unavailable", err)
+	}
+	var name string
+	var index bool
+	if err := conn.QueryRow(t.Context(), `SELECT name, to_regclass('webhooks_unpurged') IS NOT NULL FROM otpless_schema_migrations WHERE version = 2`).Scan(&name, &index); err != nil ||
+		name != "0002_purge_error_messages.sql" || index {
+		t.Errorf("migration 2 recorded as %q, the index there %v (%v), after the refusal; want the schema left as it was", name, index, err)
+	}
+}
+
 // TestUnreachable: Connect's failures that waiting may mend (nothing
 // listening, a connection closed before the server spoke, no answer, a
 // host name that does not resolve, the server starting or out of

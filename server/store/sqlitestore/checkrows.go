@@ -23,8 +23,9 @@ type RowsReport struct {
 	Damaged int
 	First   []string
 	// Skipped, when not empty, says why no row was read: a store of
-	// another schema version than this build's, whose rows this build
-	// does not read as they are.
+	// another schema version than this build's, or of this version but
+	// migrated by another build (store.OtherMigrationError), whose rows
+	// this build does not read as they are.
 	Skipped string
 }
 
@@ -42,17 +43,25 @@ func checkRows(ctx context.Context, db *sql.DB, named int) (RowsReport, error) {
 	if err != nil {
 		return r, err
 	}
-	var version int
-	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&version); err != nil {
+	recorded, err := appliedMigrations(ctx, db)
+	if err != nil {
 		return r, err
 	}
+	version, err := store.CheckApplied(recorded, ms)
+	var other store.OtherMigrationError
 	switch {
-	case version < len(ms):
-		r.Skipped = fmt.Sprintf("the store's schema is version %d, this build's %d; serve or db copy brings it up to date", version, len(ms))
-		return r, nil
-	case version > len(ms):
+	case errors.As(err, new(store.NewerSchemaError)):
 		// serve and db copy of this build refuse such a store.
 		r.Skipped = fmt.Sprintf("the store's schema is version %d, newer than this build's %d; check it with the build that migrated it", version, len(ms))
+		return r, nil
+	case errors.As(err, &other):
+		// So do they such a store.
+		r.Skipped = other.Error()
+		return r, nil
+	case err != nil:
+		return r, err
+	case version < len(ms):
+		r.Skipped = fmt.Sprintf("the store's schema is version %d, this build's %d; serve or db copy brings it up to date", version, len(ms))
 		return r, nil
 	}
 	damaged := func(row string, err error) {

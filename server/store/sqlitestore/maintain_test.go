@@ -280,3 +280,19 @@ func TestCheckNewerStore(t *testing.T) {
 		t.Fatalf("rows not read because %q; want it to say the schema is newer, not to run serve or db copy", r.Skipped)
 	}
 }
+
+// A store whose migration 5 another build applied under another name is
+// not read by check, which names both and the README's section on it,
+// rather than reading its rows as this build's schema.
+func TestCheckOtherBuildsStore(t *testing.T) {
+	t.Parallel()
+	path := stoppedDB(t, 5)
+	markOtherBuild(t, path)
+	problems, r, err := sqlitestore.Check(t.Context(), path, false, 5)
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("Check: %q, %v", problems, err)
+	}
+	if !strings.Contains(r.Skipped, "0005_purge_error_messages.sql") || !strings.Contains(r.Skipped, "0005_purged_request_ids.sql") || !strings.Contains(r.Skipped, "Upgrading") {
+		t.Fatalf("rows not read because %q; want both names of migration 5 and where to read what to do", r.Skipped)
+	}
+}

@@ -21,7 +21,9 @@ func loadMigrations() ([]store.Migration, error) {
 
 // migrate applies the migrations db has not seen, all in one transaction
 // with the schema_migrations bookkeeping, and returns the names applied. A
-// database whose schema is newer than this binary's is refused.
+// database whose schema is newer than this binary's is refused, and so is
+// one that records a migration of this binary's under another name
+// (store.CheckApplied).
 func migrate(ctx context.Context, db *sql.DB, ms []store.Migration, now time.Time) (applied []string, err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -39,12 +41,13 @@ func migrate(ctx context.Context, db *sql.DB, ms []store.Migration, now time.Tim
 	) STRICT`); err != nil {
 		return nil, err
 	}
-	var current int
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+	recorded, err := appliedMigrations(ctx, tx)
+	if err != nil {
 		return nil, err
 	}
-	if current > len(ms) {
-		return nil, store.NewerSchemaError{Version: current, Known: len(ms)}
+	current, err := store.CheckApplied(recorded, ms)
+	if err != nil {
+		return nil, err
 	}
 	for _, m := range ms[current:] {
 		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
@@ -57,6 +60,30 @@ func migrate(ctx context.Context, db *sql.DB, ms []store.Migration, now time.Tim
 		applied = append(applied, m.Name)
 	}
 	return applied, tx.Commit()
+}
+
+// appliedMigrations returns the names of the migrations q's database
+// records as applied, by version.
+func appliedMigrations(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}) (map[int]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT version, name FROM schema_migrations`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	applied := map[int]string{}
+	for rows.Next() {
+		var (
+			v    int
+			name string
+		)
+		if err := rows.Scan(&v, &name); err != nil {
+			return nil, err
+		}
+		applied[v] = name
+	}
+	return applied, rows.Err()
 }
 
 // moveBatch is how many requests a transaction of moveEvents moves.

@@ -183,6 +183,51 @@ func markNewer(t *testing.T, path string, version int) {
 	}
 }
 
+// markOtherBuild records the store at path's migration 5 under the name a
+// development build of 2026-11-30 gave its own migration 5
+// (0005_purge_error_messages.sql, reverted), as that build left it: this
+// build's 0005_purged_request_ids.sql never ran there.
+func markOtherBuild(t *testing.T, path string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE schema_migrations SET name = '0005_purge_error_messages.sql' WHERE version = 5`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A store whose migration 5 another build applied under another name is
+// refused, naming both, not taken as up to date (which skipped this
+// build's migration 5 for good), and left as it is.
+func TestOtherBuildsMigrationRefused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "events.db")
+	open(t, path).Close()
+	markOtherBuild(t, path)
+	s, err := sqlitestore.Open(t.Context(), path)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a store whose migration 5 another build applied succeeded")
+	}
+	var other store.OtherMigrationError
+	if !errors.As(err, &other) || errors.Is(err, store.ErrUnavailable) ||
+		!strings.Contains(err.Error(), "0005_purge_error_messages.sql") || !strings.Contains(err.Error(), "0005_purged_request_ids.sql") {
+		t.Errorf("Open: %v; want both names of migration 5, not unavailable", err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var name string
+	if err := db.QueryRow(`SELECT name FROM schema_migrations WHERE version = 5`).Scan(&name); err != nil || name != "0005_purge_error_messages.sql" {
+		t.Errorf("migration 5 recorded as %q (%v) after the refusal; want it left as it was", name, err)
+	}
+}
+
 func TestNewerSchemaRefused(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "events.db")
