@@ -226,6 +226,71 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	}
 }
 
+// TestMigrationKilled: a start whose session is ended in the middle of a
+// migration (0002's index, waiting for a transaction writing to webhooks,
+// the migration lock held) fails, leaves nothing of it (no index, no
+// record, no lock), and the next start applies it in full.
+func TestMigrationKilled(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	open(t, dsn).Close()
+	conn, admin := connect(t, dsn), connect(t, dsn)
+	if _, err := conn.Exec(t.Context(), `DROP INDEX webhooks_unpurged; DELETE FROM otpless_schema_migrations WHERE version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE webhooks IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pgstore.Open(t.Context(), dsn)
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	awaitBlockedBy(t, admin, conn)
+	var killed bool
+	if err := admin.QueryRow(t.Context(), `SELECT bool_and(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%CREATE INDEX webhooks_unpurged%'`,
+		int32(conn.PgConn().PID())).Scan(&killed); err != nil || !killed {
+		t.Fatalf("end the migrating session: %v, %v", killed, err)
+	}
+	if err := <-opened; err == nil {
+		t.Fatal("Open succeeded though its migration's session was ended")
+	}
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		recorded, index bool
+		locks           int
+	)
+	if err := admin.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM otpless_schema_migrations WHERE version = 2),
+		to_regclass('webhooks_unpurged') IS NOT NULL,
+		(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = hashtext($2)::oid)`,
+		pgstore.MigrationLock, schema).Scan(&recorded, &index, &locks); err != nil {
+		t.Fatal(err)
+	}
+	if recorded || index || locks != 0 {
+		t.Fatalf("after the migrating session ended: migration 2 recorded %v, its index there %v, %d migration locks held; want none", recorded, index, locks)
+	}
+	open(t, dsn).Close()
+	var (
+		n     int
+		valid bool
+	)
+	if err := admin.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM otpless_schema_migrations WHERE version = 2),
+		(SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('webhooks_unpurged'))`).Scan(&n, &valid); err != nil || n != 1 || !valid {
+		t.Errorf("after the next start: migration 2 recorded %d times, its index valid %v (%v); want once, valid", n, valid, err)
+	}
+}
+
 // TestStartEndsWhenTheDatabaseGoesSilent: a start waiting for another
 // replica's migration gives up soon after the database stops answering,
 // as an unreachable database, and connects once it answers again.
