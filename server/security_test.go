@@ -17,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -28,6 +29,7 @@ import (
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
 	"github.com/otpless-events/otpless-events/internal/fixtures"
 	"github.com/otpless-events/otpless-events/internal/testlog"
+	"github.com/otpless-events/otpless-events/internal/testserver"
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/api"
 	"github.com/otpless-events/otpless-events/server/auth"
@@ -801,5 +803,32 @@ func TestCallsWaitForTheirMessageBoundedly(t *testing.T) {
 	ts.ingest(t, dlr("waits-req", "SENT", 1764153000000))
 	if m, err := watch.Recv(); err != nil || m.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE {
 		t.Errorf("a watch past the message bound: %v, %v; want its UPDATE", m, err)
+	}
+}
+
+// TestIdleGRPCConnectionsAreClosed: a gRPC connection on which no call is
+// in flight is closed after --http-idle-timeout, as an idle connection of
+// the HTTP port is. grpc-go keeps one as long as its client answers the
+// keepalive pings (which every HTTP/2 client does by itself), so a client
+// without any credential could hold connections, each with three
+// goroutines and about 40 KiB, and file descriptors the HTTP port shares,
+// for as long as it liked.
+func TestIdleGRPCConnectionsAreClosed(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, func(c *server.Config) {
+		secured(nil)(c)
+		c.HTTPIdleTimeout = 200 * time.Millisecond
+	})
+	conn := srv.Dial(t) // no credential, and no call
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	conn.Connect()
+	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, s) {
+			t.Fatalf("the connection never became ready: %v", s)
+		}
+	}
+	if !conn.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("a gRPC connection without a call was kept open for 30 s; want it closed after --http-idle-timeout")
 	}
 }

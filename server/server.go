@@ -556,7 +556,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// header that port reads and the gateway passes on (Authorization)
 		// reaches the credential check.
 		grpc.MaxHeaderListSize(2*http.DefaultMaxHeaderBytes),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive}),
+		// A connection with no call in flight is closed (GOAWAY, which
+		// clients answer by dialling again for their next call) after
+		// the HTTP port's idle timeout: grpc-go keeps it for good while
+		// its client answers pings, which needs no credential.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive, MaxConnectionIdle: cfg.HTTPIdleTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),

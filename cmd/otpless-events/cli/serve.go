@@ -111,7 +111,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long each step of shutdown waits: in-flight calls, committing what is queued, closing the store")
 	f.DurationVar(&cfg.HTTPReadHeaderTimeout, "http-read-header-timeout", cfg.HTTPReadHeaderTimeout, "time allowed to read an HTTP request's headers")
 	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time allowed to read a whole HTTP request, and for a gRPC call's request message to come")
-	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections are closed after this")
+	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections, and gRPC connections with no call in flight, are closed after this")
 	f.DurationVar(&cfg.GRPCKeepalive, "grpc-keepalive", cfg.GRPCKeepalive, "a gRPC connection silent this long (at least 1s) is pinged, and closed (with its watches) when the ping goes unanswered as long again; clients may ping every 10 s or more")
 	f.DurationVar(&cfg.PIIRetention, "pii-retention", cfg.PIIRetention, "how long raw bodies and personal data are kept (the status history stays)")
 	f.DurationVar(&cfg.RetentionInterval, "retention-interval", cfg.RetentionInterval, "how often data past --pii-retention is purged (at least 10ms; a failed run is tried again after 5s, doubling up to this)")
