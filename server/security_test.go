@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -830,5 +832,26 @@ func TestIdleGRPCConnectionsAreClosed(t *testing.T) {
 	}
 	if !conn.WaitForStateChange(ctx, connectivity.Ready) {
 		t.Fatal("a gRPC connection without a call was kept open for 30 s; want it closed after --http-idle-timeout")
+	}
+}
+
+// TestSilentGRPCConnectionsAreClosed: a connection to the gRPC port that
+// never completes its HTTP/2 handshake is closed after
+// --http-read-header-timeout, as one that sends the HTTP port no headers
+// is; grpc-go's own bound is 120 s.
+func TestSilentGRPCConnectionsAreClosed(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, func(c *server.Config) {
+		secured(nil)(c)
+		c.HTTPReadHeaderTimeout = 200 * time.Millisecond
+	})
+	conn, err := net.Dial("tcp", srv.GRPCAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("a connection that sent nothing was kept open for 30 s; want it closed after --http-read-header-timeout")
 	}
 }

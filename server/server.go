@@ -562,6 +562,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// its client answers pings, which needs no credential.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.GRPCKeepalive, Timeout: cfg.GRPCKeepalive, MaxConnectionIdle: cfg.HTTPIdleTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// A connection has the HTTP port's header timeout to finish its
+		// handshake (TLS, HTTP/2's preface and settings): grpc-go's own
+		// bound is 120 s.
+		grpc.ConnectionTimeout(cfg.HTTPReadHeaderTimeout),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptors(sec.unary...)...),
 		grpc.ChainStreamInterceptor(s.streamInterceptors(append(slices.Clip(sec.stream), healthWatchesEnd(s.shuttingDown),
 			reflectionEnds(s.shuttingDown), boundedSends(sendWait, s.peers.close))...)...),
