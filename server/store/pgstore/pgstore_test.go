@@ -255,8 +255,11 @@ func TestMigrationKilled(t *testing.T) {
 		opened <- err
 	}()
 	awaitBlockedBy(t, admin, conn)
+	// Waiting for the session to exit (up to 10 s): its client hears the
+	// end before the backend has released its locks, so without the wait
+	// the migration lock could still be listed below.
 	var killed bool
-	if err := admin.QueryRow(t.Context(), `SELECT bool_and(pg_terminate_backend(pid)) FROM pg_stat_activity
+	if err := admin.QueryRow(t.Context(), `SELECT bool_and(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
 		WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%CREATE INDEX webhooks_unpurged%'`,
 		int32(conn.PgConn().PID())).Scan(&killed); err != nil || !killed {
 		t.Fatalf("end the migrating session: %v, %v", killed, err)
