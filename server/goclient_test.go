@@ -28,7 +28,7 @@ import (
 
 func dial(target, apiKey string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()), // TLS: credentials.NewTLS(…)
+		grpc.WithTransportCredentials(insecure.NewCredentials()), // TLS: credentials.NewTLS(…), and Insecure: false
 		grpc.WithPerRPCCredentials(auth.BearerCredentials{Token: apiKey, Insecure: true}))
 }
 

@@ -55,7 +55,7 @@ func checkRows(ctx context.Context, db *sql.DB, named int) (RowsReport, error) {
 		r.Skipped = fmt.Sprintf("the store's schema is version %d, newer than this build's %d; check it with the build that migrated it", version, len(ms))
 		return r, nil
 	case errors.As(err, &other):
-		// So do they such a store.
+		// serve and db copy refuse this one too.
 		r.Skipped = other.Error()
 		return r, nil
 	case err != nil:
