@@ -109,6 +109,8 @@ func Copy(ctx context.Context, from Exporter, to Store, progress func(CopyStats)
 	switch {
 	case err == nil:
 		return st, nil
+	case ctx.Err() != nil: // the caller's end (db copy's Ctrl-C), which either store then reports
+		return st, fmt.Errorf("copy: interrupted: %w", context.Cause(ctx))
 	case toErr != nil:
 		return st, fmt.Errorf("copy: %w: %w", ErrDestination, toErr)
 	}
