@@ -274,6 +274,44 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// The latency histograms an operator reads a p99 from have finite buckets
+// past the waits they measure when something is wrong: a webhook's body
+// may take the whole --http-read-timeout (30 s) to come, and a webhook
+// queued behind a stalled store waits until its sender gives up (a SQLite
+// write lock held for 40 s gave ingest times of 14-30 s, commits over
+// 10 s). Up to 10 s only, such a p99 fell in +Inf and read as 10 s.
+func TestLatencyBucketsReachAMinute(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	if code, _, body := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", dlrBody("bucket-req", "SENT", 1764153000400)); code != http.StatusOK {
+		t.Fatalf("POST webhook: %d %s", code, body)
+	}
+	want := 2 * DefaultConfig().HTTPReadTimeout.Seconds()
+	top := map[string]float64{}
+	for series := range s.scrape(t) {
+		name, labels, ok := strings.Cut(series, "_bucket{")
+		if !ok {
+			continue
+		}
+		_, le, _ := strings.Cut(labels, `le="`)
+		le, _, _ = strings.Cut(le, `"`)
+		if v, err := strconv.ParseFloat(le, 64); err == nil && !math.IsInf(v, 1) {
+			top[name] = max(top[name], v)
+		}
+	}
+	for _, name := range []string{
+		"otpless_events_ingest_duration_seconds",
+		"otpless_events_store_commit_duration_seconds",
+		"otpless_events_watch_delivery_seconds",
+		"otpless_events_http_request_duration_seconds",
+		"grpc_server_handling_seconds",
+	} {
+		if got, ok := top[name]; !ok || got < want {
+			t.Errorf("%s: highest finite bucket %v s (present %v), want at least %v s", name, got, ok, want)
+		}
+	}
+}
+
 // A path the gateway routes nowhere because it escapes a letter of a
 // route's fixed segments (/v1/webhooks/%6Ftpless) is a 404 of no route, as
 // the gateway answers it: not a rejected webhook (as internal, which the

@@ -49,12 +49,15 @@ const (
 	ReasonInternal        = "internal"        // anything else
 )
 
-// latencyBuckets (seconds) span 100µs to 10s.
-var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+// latencyBuckets (seconds) span 100µs to a minute: a webhook's body may
+// take the whole --http-read-timeout (30 s) to come, and one queued behind
+// a stalled store waits until its sender gives up, so that a p99 of such
+// a moment is read rather than lost in +Inf.
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
 // callBuckets are latencyBuckets on to an hour, the default
 // --max-watch-duration, for call durations: a watch stream's is its life.
-var callBuckets = append(slices.Clip(latencyBuckets), 30, 60, 300, 900, 1800, 3600)
+var callBuckets = append(slices.Clip(latencyBuckets), 300, 900, 1800, 3600)
 
 // Observer holds the service's metrics and its request logger. Its methods
 // are safe for concurrent use.
