@@ -404,6 +404,62 @@ func TestMetricsAreDocumented(t *testing.T) {
 	}
 }
 
+// TestAlertsNameExportedMetrics: the expressions the README's Operations
+// says are worth alerting on name metrics as /metrics exports them, so
+// that pasted into a rule they read something (an expression naming no
+// metric returns nothing, and its alert never fires). The README's
+// PostgreSQL-only metrics, not exported on SQLite, count as exported.
+func TestAlertsNameExportedMetrics(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	_, para, ok := strings.Cut(readme, "Worth\nalerting on:")
+	if !ok {
+		t.Fatal(`the README's Operations has no "Worth alerting on:"`)
+	}
+	para, _, _ = strings.Cut(para, "\n\n")
+	exported := map[string]bool{}
+	for series := range s.scrape(t) {
+		name, _, _ := strings.Cut(series, "{")
+		exported[name] = true
+	}
+	for _, line := range strings.Split(readme, "\n") {
+		if m := metricRow.FindStringSubmatch(line); m != nil && strings.Contains(line, "PostgreSQL only") {
+			exported[m[1]] = true
+		}
+	}
+	var names int
+	for _, span := range codeSpan.FindAllStringSubmatch(para, -1) {
+		expr := span[1]
+		if strings.HasPrefix(expr, "--") { // a flag
+			continue
+		}
+		expr = promqlNoise.ReplaceAllString(expr, " ")
+		for _, m := range promqlName.FindAllStringSubmatch(expr, -1) {
+			names++
+			if !exported[m[1]] {
+				t.Errorf("the README says to alert on `%s`, which names %s: /metrics exports no such metric", span[1], m[1])
+			}
+		}
+	}
+	if names < 8 {
+		t.Errorf("found %d metric names in the README's alerts, want at least 8: %q", names, para)
+	}
+}
+
+var (
+	codeSpan = regexp.MustCompile("`([^`]+)`")
+	// promqlNoise is what in an expression is not a metric name: label
+	// matchers, ranges, strings, grouping labels.
+	promqlNoise = regexp.MustCompile(`\{[^}]*\}|\[[^\]]*\]|"[^"]*"|\b(by|without) *\([^)]*\)`)
+	// promqlName is an identifier not called as a function.
+	promqlName = regexp.MustCompile(`\b([a-z_][a-z0-9_]*)\b *(?:[^ (a-z0-9_]|$)`)
+)
+
 // metricRow matches a row of the README's metrics table.
 var metricRow = regexp.MustCompile("^\\| `(otpless_events_[a-z_]+)` \\|")
 
