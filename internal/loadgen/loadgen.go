@@ -53,7 +53,7 @@ type Config struct {
 	// Duration is how long webhooks are sent.
 	Duration time.Duration
 	// Requests is how many auth requests are in progress at once (default:
-	// the larger of Watchers and 1000; see InProgress).
+	// the largest of Watchers, Concurrency and 1000; see InProgress).
 	Requests int
 	// Watchers follow that many of the requests in progress with
 	// WatchRequest: over gRPC, spread over WatchConns, or, when SSE is set,
