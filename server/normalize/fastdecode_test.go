@@ -203,6 +203,11 @@ func FuzzDecodeFast(f *testing.F) {
 	for _, d := range fixtures.Docs(f) {
 		f.Add(d.Body)
 	}
+	for _, sc := range fixtures.Scenarios(f) {
+		for _, body := range sc.Bodies {
+			f.Add(body)
+		}
+	}
 	for _, s := range []string{`{"status": "\u00e9\ud83d\ude00"}`, `{"timestamp": [1, {"a": null}]}`, `{"data": {"request_id": "r", "requestId": "s"}}`} {
 		f.Add([]byte(s))
 	}
