@@ -249,27 +249,27 @@ func (pc *purgeTx) loadRequests() error {
 	if len(ids) == 0 {
 		return nil
 	}
+	type row struct {
+		id               string
+		snapshot, column []byte
+	}
 	rows, err := pc.stmt(pc.s.purge.requests).QueryContext(pc.ctx, jsonArray(ids))
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id     string
-			r      purgedRequest
-			column []byte
-		)
-		if err := rows.Scan(&id, &r.snapshot, &column); err != nil {
-			return err
-		}
-		if r.entries, err = parseEntries(column); err != nil {
-			return pc.damaged(id, fmt.Errorf("events: %w", err))
-		}
-		pc.requests[id] = &r
-	}
-	if err := rows.Err(); err != nil {
+	loaded, err := scanAll(rows, func(r *sql.Rows) (row, error) {
+		var x row
+		return x, r.Scan(&x.id, &x.snapshot, &x.column)
+	})
+	if err != nil {
 		return err
+	}
+	for _, x := range loaded {
+		entries, err := parseEntries(x.column)
+		if err != nil {
+			return pc.damaged(x.id, fmt.Errorf("events: %w", err))
+		}
+		pc.requests[x.id] = &purgedRequest{snapshot: x.snapshot, entries: entries}
 	}
 	for id, r := range pc.requests {
 		if r == nil {
