@@ -6,8 +6,8 @@
 // the group-commit writer and watch streams report to.
 //
 // It may import the generated API, server/store, server/normalize and
-// server/store/groupcommit (for their errors and types); nothing from the
-// servers, which call into it.
+// server/store/groupcommit (for their errors and types), and server/auth
+// (for PeerAddr); nothing from the servers, which call into it.
 package observe
 
 import (
