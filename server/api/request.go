@@ -128,11 +128,11 @@ func (s *RequestServer) WatchRequest(req *eventsv1.WatchRequestRequest, stream g
 		return status.Error(codes.InvalidArgument, "after_revision must not be negative")
 	}
 	ctx := stream.Context()
-	var token string
+	var credential, token string
 	if p := auth.FromContext(ctx); p != nil {
-		token = p.Token
+		credential, token = p.Name, p.Token
 	}
-	release, err := s.streams.acquire(credentialName(ctx), token, id)
+	release, err := s.streams.acquire(credential, token, id)
 	if err != nil {
 		return err
 	}
@@ -314,14 +314,6 @@ func (s *RequestServer) snapshot(ctx context.Context, id string) (*eventsv1.Auth
 
 func sendReconnect(send func(*eventsv1.WatchRequestResponse) error, last int64) error {
 	return send(&eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT, Revision: last})
-}
-
-// credentialName names the caller for per-credential limits.
-func credentialName(ctx context.Context) string {
-	if p := auth.FromContext(ctx); p != nil {
-		return p.Name
-	}
-	return ""
 }
 
 // CreateWatchToken mints a watch token bound to one request.
