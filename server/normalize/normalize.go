@@ -394,38 +394,26 @@ func Named(req *eventsv1.IngestRequest) *eventsv1.Event {
 // NamedBody is Named for a body that Decode refused: the request and trace
 // ids where the body has them, by the format its first field set names (as
 // Events chooses), read leniently (a field of the wrong type, elsewhere or
-// one of them, leaves the others), for the log line of its refusal. A body
-// that is not JSON names none.
+// one of them, leaves the others), for the log line of its refusal. Fields
+// are found as Decode finds them, by their JSON or proto name, exactly. A
+// body that is not JSON names none.
 func NamedBody(body []byte) *eventsv1.Event {
-	type entry struct {
-		RequestID string `json:"requestId"`
-	}
-	var b struct {
-		NotificationType, EventType, Status json.RawMessage
-		RequestID                           string `json:"requestId"`
-		Data                                struct {
-			RequestID             string `json:"requestId"`
-			ReferenceID           string `json:"referenceId"`
-			TraceID               string `json:"traceId"`
-			AuthenticationDetails struct {
-				Phone, Email entry
-			} `json:"authenticationDetails"`
-		} `json:"data"`
-	}
-	_ = json.Unmarshal(body, &b) // fills what it can before and after a type error
+	top := object(body)
+	data := object(member(top, "data"))
+	details := object(member(data, "authenticationDetails", "authentication_details"))
+	requestID := func(obj map[string]json.RawMessage) string { return text(member(obj, "requestId", "request_id")) }
 	var ids []string
 	named := &eventsv1.Event{}
 	switch {
-	case names(b.NotificationType):
-		ids = []string{b.RequestID}
-	case names(b.EventType):
-		d := b.Data
-		ids = []string{d.AuthenticationDetails.Phone.RequestID, d.AuthenticationDetails.Email.RequestID, d.RequestID}
-		if CheckRequestID(d.TraceID) == nil {
-			named.TraceId = d.TraceID
+	case names(member(top, "notificationType", "notification_type")):
+		ids = []string{requestID(top)}
+	case names(member(top, "eventType", "event_type")):
+		ids = []string{requestID(object(member(details, "phone"))), requestID(object(member(details, "email"))), requestID(data)}
+		if id := text(member(data, "traceId", "trace_id")); CheckRequestID(id) == nil {
+			named.TraceId = id
 		}
-	case names(b.Status):
-		ids = []string{b.Data.ReferenceID}
+	case names(member(top, "status")):
+		ids = []string{text(member(data, "referenceId", "reference_id"))}
 	}
 	for _, id := range ids {
 		if id != "" && CheckRequestID(id) == nil {
@@ -434,6 +422,33 @@ func NamedBody(body []byte) *eventsv1.Event {
 		}
 	}
 	return named
+}
+
+// object reads raw as a JSON object; nil when it is not one.
+func object(raw json.RawMessage) map[string]json.RawMessage {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(raw, &obj) != nil {
+		return nil
+	}
+	return obj
+}
+
+// member is the value of obj's member named by the first of names it has;
+// nil when it has none.
+func member(obj map[string]json.RawMessage, names ...string) json.RawMessage {
+	for _, name := range names {
+		if v, ok := obj[name]; ok {
+			return v
+		}
+	}
+	return nil
+}
+
+// text is raw's string; "" when it is not a string.
+func text(raw json.RawMessage) string {
+	var s string
+	_ = json.Unmarshal(raw, &s)
+	return s
 }
 
 // names reports whether a field NamedBody reads names a format, as isSet

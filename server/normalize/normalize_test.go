@@ -663,6 +663,14 @@ func TestNamedBody(t *testing.T) {
 		{"v2 after a null notificationType", `{"notificationType":null,"eventType":"DLR","data":{"requestId":"r6","status":5}}`, "r6", ""},
 		{"v1 delivery after a blank eventType", `{"eventType":" ","status":"SENT","data":{"referenceId":"r7","channel":5}}`, "r7", ""},
 		{"v1 system, notificationType a number", `{"notificationType":3,"eventType":"DLR","requestId":"r8","data":{"requestId":"r9"}}`, "r8", ""},
+		// Fields by their proto names, which Decode reads too, and not by
+		// names of another case, which it does not.
+		{"v2 by proto names", `{"event_type":"DLR","data":{"request_id":"r10","trace_id":"t10","status":5}}`, "r10", "t10"},
+		{"v2 auth by proto names", `{"event_type":"AUTH","data":{"authentication_details":{"email":{"request_id":"r11"}},"status":5}}`, "r11", ""},
+		{"v1 delivery by proto names", `{"status":"SENT","data":{"reference_id":"r12","channel":5}}`, "r12", ""},
+		{"v1 system by proto names", `{"notification_type":"APPROVAL_ACTION","request_id":"r13","mobile":"98"}`, "r13", ""},
+		{"no format in a name of another case", `{"EventType":"DLR","data":{"requestId":"r14","status":5}}`, "", ""},
+		{"an id in a name of another case", `{"eventType":"DLR","data":{"RequestID":"r15","TraceId":"t15","status":5}}`, "", ""},
 	} {
 		if _, err := normalize.Decode([]byte(tc.body)); !errors.Is(err, normalize.ErrInvalidBody) {
 			t.Fatalf("%s: Decode %v, want ErrInvalidBody", tc.name, err)
