@@ -332,6 +332,13 @@ func TestWatchTokens(t *testing.T) {
 	if r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(`{"ttl_seconds":60}`)); r.code != http.StatusBadRequest || !strings.Contains(string(r.body), "ttl_seconds") {
 		t.Errorf("mint with an unknown field: %d %s, want 400 naming it", r.code, r.body)
 	}
+	// The body's schema is ttl alone: a request id there, which the path
+	// gives, is refused rather than a token for the path's request.
+	for _, body := range []string{`{"requestId":"` + other + `"}`, `{"request_id":"` + id + `"}`} {
+		if r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(body)); r.code != http.StatusBadRequest || !strings.Contains(string(r.body), "requestId") {
+			t.Errorf("mint with %s: %d %s, want 400 naming requestId", body, r.code, r.body)
+		}
+	}
 	r := ts.do(t, http.MethodPost, "/v1/requests/"+id+":watchToken", testMinterKey, []byte(`{"ttl":"60s"}`))
 	if r.code != http.StatusOK {
 		t.Fatalf("mint over HTTP: %d %s", r.code, r.body)

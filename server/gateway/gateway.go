@@ -134,7 +134,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		// As grpc-gateway's default, but a body's unknown field is refused
 		// (400 naming it) rather than dropped: {"ttl_seconds": 60} was a
 		// token of the default life.
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: gatewayJSON}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: bodyJSON{gatewayJSON}}),
 		// Nor does gRPC metadata become HTTP headers (Grpc-Metadata-*): the
 		// server's are its content type and the request id, which the HTTP
 		// answer has already.
@@ -857,6 +857,26 @@ func tooMany(w http.ResponseWriter, out runtime.Marshaler, wait time.Duration) {
 // object's (or a timestamp's, a string's) schema, which null does not
 // match.
 var gatewayJSON = &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true}}
+
+// bodyJSON is gatewayJSON, but a body that sets the request id is refused
+// (400, naming it): the path alone says which request, and grpc-gateway
+// overwrites the body's with it, so {"requestId": "b"} posted to
+// /v1/requests/a:watchToken was a token for a, where the body's schema
+// (ttl alone) has no such field.
+type bodyJSON struct{ *runtime.JSONPb }
+
+func (m bodyJSON) NewDecoder(r io.Reader) runtime.Decoder {
+	d := m.JSONPb.NewDecoder(r)
+	return runtime.DecoderFunc(func(v any) error {
+		if err := d.Decode(v); err != nil {
+			return err
+		}
+		if t, ok := v.(*eventsv1.CreateWatchTokenRequest); ok && t.GetRequestId() != "" {
+			return errors.New(`the body sets "requestId", which the path names: the path alone says which request`)
+		}
+		return nil
+	})
+}
 
 // writeStatus writes st as the gateway writes its errors, with an HTTP status
 // the gRPC code cannot express.
