@@ -187,19 +187,7 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	t.Parallel()
 	const hold = 35 * time.Second
 	dsn, schema := pgtest.Schema(t)
-	open(t, dsn).Close()
-	conn := connect(t, dsn)
-	if _, err := conn.Exec(t.Context(), `DROP INDEX webhooks_unpurged; DELETE FROM otpless_schema_migrations WHERE version = 2`); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(t.Context(), `LOCK TABLE webhooks IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	_, tx := holdMigration2(t, dsn)
 	var logs testlog.Buffer
 	opened := make(chan error, 1)
 	go func() {
@@ -226,15 +214,13 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	}
 }
 
-// TestMigrationKilled: a start whose session is ended in the middle of a
-// migration (0002's index, waiting for a transaction writing to webhooks,
-// the migration lock held) fails, leaves nothing of it (no index, no
-// record, no lock), and the next start applies it in full.
-func TestMigrationKilled(t *testing.T) {
-	t.Parallel()
-	dsn, schema := pgtest.Schema(t)
+// holdMigration2 makes dsn's store one that 0002 has not migrated, and
+// holds, in tx on conn, a lock on webhooks that 0002's CREATE INDEX waits
+// for until tx ends (rolled back when the test ends).
+func holdMigration2(t *testing.T, dsn string) (*pgx.Conn, pgx.Tx) {
+	t.Helper()
 	open(t, dsn).Close()
-	conn, admin := connect(t, dsn), connect(t, dsn)
+	conn := connect(t, dsn)
 	if _, err := conn.Exec(t.Context(), `DROP INDEX webhooks_unpurged; DELETE FROM otpless_schema_migrations WHERE version = 2`); err != nil {
 		t.Fatal(err)
 	}
@@ -242,10 +228,22 @@ func TestMigrationKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback(context.Background())
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
 	if _, err := tx.Exec(t.Context(), `LOCK TABLE webhooks IN ROW EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
+	return conn, tx
+}
+
+// TestMigrationKilled: a start whose session is ended in the middle of a
+// migration (0002's index, waiting for a transaction writing to webhooks,
+// the migration lock held) fails, leaves nothing of it (no index, no
+// record, no lock), and the next start applies it in full.
+func TestMigrationKilled(t *testing.T) {
+	t.Parallel()
+	dsn, schema := pgtest.Schema(t)
+	conn, tx := holdMigration2(t, dsn)
+	admin := connect(t, dsn)
 	opened := make(chan error, 1)
 	go func() {
 		s, err := pgstore.Open(t.Context(), dsn)
