@@ -374,11 +374,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 			table[m[1]] = line
 		}
 	}
-	exported := map[string]bool{}
-	for series := range s.scrape(t) {
-		name, _, _ := strings.Cut(series, "{")
-		exported[name] = true
-	}
+	exported := s.exported(t)
 	for name := range exported {
 		base := name
 		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
@@ -422,11 +418,7 @@ func TestAlertsNameExportedMetrics(t *testing.T) {
 		t.Fatal(`the README's Operations has no "Worth alerting on:"`)
 	}
 	para, _, _ = strings.Cut(para, "\n\n")
-	exported := map[string]bool{}
-	for series := range s.scrape(t) {
-		name, _, _ := strings.Cut(series, "{")
-		exported[name] = true
-	}
+	exported := s.exported(t)
 	for _, line := range strings.Split(readme, "\n") {
 		if m := metricRow.FindStringSubmatch(line); m != nil && strings.Contains(line, "PostgreSQL only") {
 			exported[m[1]] = true
@@ -459,6 +451,18 @@ var (
 	// promqlName is an identifier not called as a function.
 	promqlName = regexp.MustCompile(`\b([a-z_][a-z0-9_]*)\b *(?:[^ (a-z0-9_]|$)`)
 )
+
+// exported is the names of the metrics s's /metrics serves (a
+// histogram's by its series: _bucket, _count, _sum).
+func (s *opsServer) exported(t *testing.T) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	for series := range s.scrape(t) {
+		name, _, _ := strings.Cut(series, "{")
+		names[name] = true
+	}
+	return names
+}
 
 // metricRow matches a row of the README's metrics table.
 var metricRow = regexp.MustCompile("^\\| `(otpless_events_[a-z_]+)` \\|")
