@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -97,7 +98,7 @@ func TestDeliveryFromStoredAttempt(t *testing.T) {
 func (r *runner) deliver(s *slot, gen int, key string, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r.delivered(s.gens[gen], key, at)
+	r.delivered(s, s.gens[gen], key, at)
 }
 
 // An event is expected on the watch when it was stored by posts all made
@@ -162,8 +163,9 @@ func TestDeliveriesExpected(t *testing.T) {
 // every event refused with 503, or some events stored but never sent to
 // the watchers.
 type fakeService struct {
-	refuseFirst bool
-	drop        func(key string) bool
+	refuseFirst   bool
+	refuseSuccess func(requestID string) bool
+	drop          func(key string) bool
 
 	mu       sync.Mutex
 	posts    map[string]int // by request id and key
@@ -208,7 +210,7 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.posts[e.GetRequestId()+key]++
-	if f.refuseFirst && f.posts[e.GetRequestId()+key] == 1 {
+	if f.refuseFirst && f.posts[e.GetRequestId()+key] == 1 || key == successKey && f.refuseSuccess != nil && f.refuseSuccess(e.GetRequestId()) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
@@ -307,5 +309,186 @@ func TestRunCountsLostDeliveries(t *testing.T) {
 				t.Errorf("%d ok, errors %v of %d sent: want the first post of every event refused", res.OK, res.Errors, res.Sent)
 			}
 		})
+	}
+}
+
+// End to end: a watcher whose request's SUCCESS is refused gives it up
+// (it cannot end) once what it expects has arrived, and the report counts
+// it; nothing counts as lost.
+func TestRunGivesUpRequestsWhoseSuccessIsRefused(t *testing.T) {
+	t.Parallel()
+	first := fmt.Sprintf("%016x", 0) // the id's suffix of every slot's first request
+	svc := &fakeService{posts: map[string]int{}, requests: map[string]*fakeRequest{},
+		refuseSuccess: func(id string) bool { return strings.HasSuffix(id, first) }}
+	srv := httptest.NewServer(svc)
+	defer srv.Close()
+	// 30 webhooks for each of 4 requests in progress: every first request
+	// (at most 7, no retries) is sent whole.
+	res, err := Run(t.Context(), Config{WebhookURL: srv.URL + "/v1/webhooks/otpless", Rate: 400, Concurrency: 4, Duration: 300 * time.Millisecond,
+		Requests: 4, Watchers: 4, SSE: &SSE{BaseURL: srv.URL}, Mix: Mix{Fallback: 0.2, Reorder: 0.1}, Seed: 5, Drain: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.WatchersReady != 4 || len(res.WatchErrors) > 0 || res.Errors["http_503"] != 4 {
+		t.Fatalf("%d watchers ready, watch errors %v, errors %v: want 4 ready, no watch error, the 4 first SUCCESS posts refused", res.WatchersReady, res.WatchErrors, res.Errors)
+	}
+	if res.WatchAbandoned != 4 || res.DeliveryLost != 0 {
+		t.Errorf("%d watched requests given up, %d of %d deliveries lost: want the 4 whose SUCCESS was refused, none lost", res.WatchAbandoned, res.DeliveryLost, res.DeliveryExpected)
+	}
+}
+
+// heldStream is a watch on which nothing arrives: Recv says that the
+// watcher follows id, then waits until the stream's context ends.
+type heldStream struct {
+	ctx       context.Context
+	id        string
+	following chan<- string
+}
+
+func (h heldStream) Recv() (*eventsv1.WatchRequestResponse, error) {
+	select {
+	case h.following <- h.id:
+	case <-h.ctx.Done():
+	}
+	<-h.ctx.Done()
+	return nil, h.ctx.Err()
+}
+
+func (heldStream) Close() {}
+
+// A watcher leaves a request that can no longer end, for the next request
+// of its slot, subscribed before that one's first webhook: once every post
+// of its SUCCESS was refused and what it expects has arrived (or after the
+// drain, when it does not), or the drain after a SUCCESS post got no answer
+// (it may have been stored, and its UPDATE may still come). It stays while
+// SUCCESS may be stored. Given up, the request is judged and counted.
+func TestWatcherLeavesRequestThatCannotEnd(t *testing.T) {
+	t.Parallel()
+	const (
+		initiated = "INITIATED/"
+		smsDLR    = "DELIVERED/SMS"
+		deliver   = inFlight // an action that is the event's delivery, not a post
+	)
+	type action struct {
+		key string
+		o   outcome
+	}
+	for _, tc := range []struct {
+		name                   string
+		successes              int // SUCCESS posts in the request
+		drain                  time.Duration
+		actions                []action
+		leaves                 bool // after the last action
+		wantExpected, wantLost int64
+	}{
+		{"SUCCESS refused", 1, time.Hour, []action{{initiated, stored}, {initiated, deliver}, {successKey, refused}}, true, 1, 0},
+		{"SUCCESS and its retry refused", 2, time.Hour, []action{{successKey, refused}, {successKey, refused}}, true, 0, 0},
+		{"SUCCESS refused, its retry stored", 2, time.Hour, []action{{successKey, refused}, {successKey, stored}}, false, 0, 0},
+		{"SUCCESS refused: leaves once an event arrives", 1, time.Hour, []action{{smsDLR, stored}, {successKey, refused}, {smsDLR, deliver}}, true, 1, 0},
+		{"SUCCESS refused: leaves after the drain, an event lost", 1, time.Millisecond, []action{{smsDLR, stored}, {successKey, refused}}, true, 1, 1},
+		{"SUCCESS unanswered: stays for the drain", 1, time.Hour, []action{{initiated, stored}, {initiated, deliver}, {successKey, unknown}}, false, 0, 0},
+		{"SUCCESS unanswered: leaves after the drain", 1, time.Millisecond, []action{{initiated, stored}, {initiated, deliver}, {successKey, unknown}}, true, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var watcher sync.WaitGroup
+			defer watcher.Wait()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			r := newRunner(ctx, Config{Requests: 1, Watchers: 1, Concurrency: 1, Drain: tc.drain})
+			defer r.close()
+			s := r.slots[0]
+			following := make(chan string)
+			sub := func(ctx context.Context, id string) (watchStream, error) { return heldStream{ctx, id, following}, nil }
+			watcher.Go(func() { r.watch(ctx, s, sub, make(chan struct{}, 1), make(chan struct{}, 1)) })
+			follows := func(gen int) {
+				t.Helper()
+				select {
+				case id := <-following:
+					if want := RequestID(r.run, 0, gen); id != want {
+						t.Fatalf("the watcher follows %s, want %s (generation %d)", id, want, gen)
+					}
+				case <-time.After(10 * time.Second): // a deadlock guard, not a measure
+					t.Fatalf("the watcher never followed generation %d", gen)
+				}
+			}
+			follows(0)
+			for i, a := range tc.actions {
+				if n := r.abandoned.Load(); n != 0 {
+					t.Fatalf("given up before action %d", i)
+				}
+				now := time.Now()
+				if a.o == deliver {
+					r.deliver(s, 0, a.key, now)
+					continue
+				}
+				ref := r.noteSend(job{slot: s, gen: 0, wh: Webhook{Key: a.key}, intended: now, successes: tc.successes}, now)
+				r.noteAnswer(s, ref, a.o, now)
+			}
+			if !tc.leaves {
+				if n := r.abandoned.Load(); n != 0 {
+					t.Errorf("given up %d times, want the watcher to stay", n)
+				}
+				return
+			}
+			follows(1)
+			now := time.Now()
+			r.noteSend(job{slot: s, gen: 1, wh: Webhook{Key: initiated}, intended: now, successes: 1}, now)
+			if got := [4]int64{r.abandoned.Load(), r.expected.Load(), r.lost.Load(), r.late.Load()}; got != [4]int64{1, tc.wantExpected, tc.wantLost, 0} {
+				t.Errorf("given up, expected, lost, late = %v, want %v", got, [4]int64{1, tc.wantExpected, tc.wantLost, 0})
+			}
+			if errs := r.watchErrs.snapshot(); errs != nil {
+				t.Errorf("watch errors %v, want none", errs)
+			}
+		})
+	}
+}
+
+// A subscription in place only after the slot began its request's
+// successor is dropped for the next request: the request went out
+// unwatched, nothing of it is measured, and it would keep the watcher for
+// good were its SUCCESS refused.
+func TestWatcherSkipsRequestSentBeforeItSubscribed(t *testing.T) {
+	t.Parallel()
+	var watcher sync.WaitGroup
+	defer watcher.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r := newRunner(ctx, Config{Requests: 1, Watchers: 1, Concurrency: 1, Drain: time.Hour})
+	defer r.close()
+	s := r.slots[0]
+	following, subscribing, release := make(chan string), make(chan string), make(chan struct{})
+	sub := func(ctx context.Context, id string) (watchStream, error) {
+		if id == RequestID(r.run, 0, 1) { // held until the slot is past it
+			subscribing <- id
+			<-release
+		}
+		return heldStream{ctx, id, following}, nil
+	}
+	watcher.Go(func() { r.watch(ctx, s, sub, make(chan struct{}, 1), make(chan struct{}, 1)) })
+	wait := func(c <-chan string, gen int) {
+		t.Helper()
+		select {
+		case id := <-c:
+			if want := RequestID(r.run, 0, gen); id != want {
+				t.Fatalf("the watcher took %s, want %s (generation %d)", id, want, gen)
+			}
+		case <-time.After(10 * time.Second): // a deadlock guard, not a measure
+			t.Fatalf("the watcher never took generation %d", gen)
+		}
+	}
+	post := func(gen int, key string, o outcome) {
+		now := time.Now()
+		r.noteAnswer(s, r.noteSend(job{slot: s, gen: gen, wh: Webhook{Key: key}, intended: now, successes: 1}, now), o, now)
+	}
+	wait(following, 0)
+	post(0, successKey, refused)
+	wait(subscribing, 1)
+	post(1, successKey, refused) // late, and cannot end
+	post(2, "INITIATED/", stored)
+	close(release)
+	wait(following, 3)
+	if got := [2]int64{r.abandoned.Load(), r.late.Load()}; got != [2]int64{1, 2} {
+		t.Errorf("given up, late = %v, want [1 2]: the first request given up, the next two late", got)
 	}
 }

@@ -152,9 +152,20 @@ type Result struct {
 	// started; WatchLate counts requests whose first webhook went out
 	// before their watcher was subscribed (their first events arrive in the
 	// snapshot and are not measured).
-	WatchersReady int              `json:"watchers_ready"`
-	WatchLate     int64            `json:"watch_late"`
-	WatchErrors   map[string]int64 `json:"watch_errors,omitempty"`
+	WatchersReady int   `json:"watchers_ready"`
+	WatchLate     int64 `json:"watch_late"`
+	// WatchAbandoned counts watched requests whose watcher gave them up
+	// for the next request of its slot, as they could no longer end (the
+	// stream ends only with SUCCESS, and a refused post is not retried):
+	// every post of SUCCESS (the mix's retries included) was answered and
+	// none 2xx. When all were
+	// refused, the watcher leaves once it received what it expects of the
+	// request, or after Drain; when one got no answer (it may have been
+	// stored, and its UPDATE may still come), after Drain unless the stream
+	// ends first. The request is then judged as those open at the end of
+	// the run are.
+	WatchAbandoned int64            `json:"watch_abandoned"`
+	WatchErrors    map[string]int64 `json:"watch_errors,omitempty"`
 }
 
 // Latency summarizes a Histogram.
@@ -249,6 +260,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		Errors:           r.errs.snapshot(),
 		WatchersReady:    int(ready),
 		WatchLate:        r.late.Load(),
+		WatchAbandoned:   r.abandoned.Load(),
 		WatchErrors:      r.watchErrs.snapshot(),
 	}
 	if elapsed > 0 {
@@ -300,6 +312,7 @@ type runner struct {
 	watchErrs counter
 
 	expected, lost, resynced atomic.Int64 // deliveries, see Result
+	abandoned                atomic.Int64 // see Result.WatchAbandoned
 }
 
 // slot is one auth request in progress after another.
@@ -308,9 +321,10 @@ type slot struct {
 	watched bool
 
 	// Under runner.mu: the generator's position.
-	gen    int
-	script []Webhook
-	pos    int
+	gen       int
+	script    []Webhook
+	pos       int
+	successes int // posts of SUCCESS in script
 
 	// Under mu: the senders' and the watcher's view.
 	mu      sync.Mutex
@@ -322,10 +336,18 @@ type slot struct {
 // genState is what was posted of one generation of a watched slot and what
 // its watcher received; under the slot's mu.
 type genState struct {
-	open     bool // the watcher's stream is open, after its snapshot
-	judged   bool // its expected deliveries are counted, or it was given up
-	resynced bool // its stream carried another SNAPSHOT: updates were dropped
-	keys     []keyState
+	open      bool // the watcher's stream is open, after its snapshot
+	judged    bool // its expected deliveries are counted, or it was given up
+	resynced  bool // its stream carried another SNAPSHOT: updates were dropped
+	keys      []keyState
+	successes int // posts of SUCCESS the request has, once one is posted
+
+	// While the stream is open: cancel ends it, giveUp is set once the
+	// request can no longer end (see leaveIfDead), abandoned once the
+	// watcher gave it up.
+	cancel    context.CancelFunc
+	giveUp    *time.Timer
+	abandoned bool
 }
 
 // keyState is one event of a generation: its posts, its answer, its
@@ -366,10 +388,11 @@ type attemptRef struct {
 var successKey = EventKey("SUCCESS", "")
 
 type job struct {
-	slot     *slot
-	gen      int
-	wh       Webhook
-	intended time.Time
+	slot      *slot
+	gen       int
+	wh        Webhook
+	intended  time.Time
+	successes int // posts of SUCCESS in the request
 }
 
 // newRunner makes the runner. Webhooks go out through fasthttp's client,
@@ -481,9 +504,15 @@ func (r *runner) next() job {
 		s.gen++
 		s.script = NewRequest(r.rng, RequestID(r.run, s.index, s.gen), time.Now(), r.cfg.Mix)
 		s.pos = 0
+		s.successes = 0
+		for _, wh := range s.script {
+			if wh.Key == successKey {
+				s.successes++
+			}
+		}
 	}
 	s.pos++
-	return job{slot: s, gen: s.gen, wh: s.script[s.pos-1]}
+	return job{slot: s, gen: s.gen, wh: s.script[s.pos-1], successes: s.successes}
 }
 
 // openLoop dispatches webhook k at start + k/Rate to the senders, for
@@ -634,6 +663,9 @@ func (r *runner) noteSend(j job, at time.Time) attemptRef {
 	if g == nil || g.judged {
 		return attemptRef{}
 	}
+	if j.wh.Key == successKey {
+		g.successes = j.successes
+	}
 	i := g.key(j.wh.Key)
 	k := &g.keys[i]
 	if !g.open {
@@ -656,20 +688,88 @@ func (r *runner) noteAnswer(s *slot, a attemptRef, o outcome, at time.Time) {
 		k.stored = at
 	}
 	r.settle(k)
+	r.leaveIfDead(s, a.g)
 }
 
-// delivered records that the watcher of g received the event key at at;
-// under the slot's mu.
-func (r *runner) delivered(g *genState, key string, at time.Time) {
+// delivered records that the watcher of g, generation of s, received the
+// event key at at; under the slot's mu.
+func (r *runner) delivered(s *slot, g *genState, key string, at time.Time) {
 	for i := range g.keys {
 		if k := &g.keys[i]; k.key == key {
 			if k.delivered.IsZero() {
 				k.delivered = at
 				r.settle(k)
+				r.leaveIfDead(s, g)
 			}
 			return
 		}
 	}
+}
+
+// successRefused reports whether every post of g's SUCCESS was made and
+// answered, none with 2xx, so that the request may never end; unanswered,
+// whether one of them got no answer (it may have been stored after all).
+// Under the slot's mu.
+func (g *genState) successRefused() (refused, unanswered bool) {
+	for _, k := range g.keys {
+		if k.key != successKey {
+			continue
+		}
+		if len(k.attempts) < g.successes {
+			return false, false
+		}
+		for _, a := range k.attempts {
+			switch a.outcome {
+			case inFlight, stored:
+				return false, false
+			case unknown:
+				unanswered = true
+			}
+		}
+		return true, unanswered
+	}
+	return false, false
+}
+
+// leaveIfDead has the watcher of g, generation of s, give the request up
+// when it can no longer end (Result.WatchAbandoned): at once when its
+// SUCCESS was refused and nothing it expects is missing; else Drain
+// later, unless the stream ends first. Under the slot's mu.
+func (r *runner) leaveIfDead(s *slot, g *genState) {
+	if g.cancel == nil || g.abandoned || g.judged {
+		return
+	}
+	refused, unanswered := g.successRefused()
+	if !refused {
+		return
+	}
+	if !unanswered {
+		if _, missing := g.expected(); missing == 0 || g.resynced {
+			r.abandon(g)
+			return
+		}
+	}
+	if g.giveUp == nil {
+		g.giveUp = time.AfterFunc(r.cfg.Drain, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if g.cancel != nil && !g.abandoned && !g.judged {
+				r.abandon(g)
+			}
+		})
+	}
+}
+
+// abandon judges g, counts it given up and ends its stream; under the
+// slot's mu.
+func (r *runner) abandon(g *genState) {
+	g.abandoned = true
+	r.abandoned.Add(1)
+	r.judge(g)
+	if g.giveUp != nil {
+		g.giveUp.Stop()
+	}
+	g.cancel()
 }
 
 // settle measures k's delivery once it is known which post was stored: of
@@ -865,7 +965,10 @@ const noneReadyAfter = 10 * time.Second
 
 // watch follows slot s: subscribes to its next request before that
 // request's first webhook, records every UPDATE's events, and moves on when
-// the stream ends (after SUCCESS).
+// the stream ends (after SUCCESS), or when the request can no longer end
+// (see leaveIfDead), or, once subscribed, when the slot already sent the
+// request's successor: the request went out unwatched, and this watch
+// would have nothing to measure, and no end when its SUCCESS was refused.
 func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready chan<- struct{}, opening chan struct{}) {
 	first := true
 	for ctx.Err() == nil {
@@ -879,11 +982,13 @@ func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready
 				return
 			}
 		}
-		stream, err := subscribe(ctx, RequestID(r.run, s.index, gen))
+		subCtx, cancel := context.WithCancel(ctx)
+		stream, err := subscribe(subCtx, RequestID(r.run, s.index, gen))
 		if first {
 			<-opening
 		}
 		if err != nil {
+			cancel()
 			if ctx.Err() == nil {
 				r.watchErrs.add(errorKind(err))
 				if first && permanent(err) { // a wrong key, say: retrying cannot help
@@ -898,22 +1003,36 @@ func (r *runner) watch(ctx context.Context, s *slot, subscribe subscriber, ready
 			continue
 		}
 		s.mu.Lock()
+		if gen < s.sending {
+			s.mu.Unlock()
+			stream.Close()
+			cancel()
+			continue
+		}
 		s.armed = gen
 		g := s.genState(gen)
-		g.open = true
+		g.open, g.cancel = true, cancel
+		r.leaveIfDead(s, g) // its SUCCESS may have been refused already
 		s.mu.Unlock()
 		if first {
 			first = false
 			r.armed.Add(1)
 			ready <- struct{}{}
 		}
-		terminal := r.follow(ctx, s, g, stream)
+		terminal := r.follow(subCtx, s, g, stream)
 		stream.Close()
+		cancel()
 		s.mu.Lock()
+		g.cancel = nil
+		if g.giveUp != nil {
+			g.giveUp.Stop()
+		}
 		switch {
 		case terminal:
 			r.judge(g)
 			g.open = false
+		case g.abandoned:
+			g.open = false // judged when given up
 		case ctx.Err() != nil:
 			// The run is over: Run judges what is still open.
 		default:
@@ -990,8 +1109,9 @@ func permanent(err error) bool {
 }
 
 // follow records the events of every UPDATE on stream, the watch of
-// generation g of s, until the stream ends, and reports whether the request
-// reached SUCCESS on it (after which the server sends nothing more).
+// generation g of s, until the stream ends or ctx (the stream's) is
+// canceled, and reports whether the request reached SUCCESS on it (after
+// which the server sends nothing more).
 func (r *runner) follow(ctx context.Context, s *slot, g *genState, stream watchStream) (terminal bool) {
 	for {
 		m, err := stream.Recv()
@@ -1006,7 +1126,7 @@ func (r *runner) follow(ctx context.Context, s *slot, g *genState, stream watchS
 			now := time.Now()
 			s.mu.Lock()
 			for _, e := range m.GetEvents() {
-				r.delivered(g, EventKey(e.GetStatus(), e.GetChannel()), now)
+				r.delivered(s, g, EventKey(e.GetStatus(), e.GetChannel()), now)
 			}
 			s.mu.Unlock()
 		case eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT:

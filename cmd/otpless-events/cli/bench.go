@@ -67,9 +67,13 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"webhook was due in open loop, from its post in closed loop. It also counts the requests\n" +
 			"sent whole: a run too short for its requests in progress sends mostly their first\n" +
 			"webhooks, and says so. After the last answer the watchers have --drain to receive what\n" +
-			"they still expect; bench reports the deliveries that never\n" +
-			"arrived and exits 1 when there were any (or when no webhook was answered 200, no watcher\n" +
-			"subscribed, the --ceiling run got no answer, or a signal cut the run short).\n" +
+			"they still expect. A watched request whose SUCCESS was not stored (bench retries no\n" +
+			"refused post) never ends its stream: once every post of its SUCCESS was answered, none\n" +
+			"2xx, its watcher gives it up for the next request when what it expects arrived, at most\n" +
+			"--drain later (--drain unless SUCCESS arrives when a post got no answer: it may have\n" +
+			"been stored), and the report counts those given up. bench reports the deliveries that\n" +
+			"never arrived and exits 1 when there were any (or when no webhook was answered 200, no\n" +
+			"watcher subscribed, the --ceiling run got no answer, or a signal cut the run short).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
 			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
@@ -505,7 +509,8 @@ func (r *benchReport) print(w io.Writer) {
 	if r.Watchers > 0 {
 		fmt.Fprintf(w, "delivery  %s\n", latencyLine(res.Delivery))
 		fmt.Fprintf(w, "          %s\n", lostLine(res))
-		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, errors: %s\n", res.WatchersReady, res.WatchLate, kinds(res.WatchErrors))
+		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, %d given up (SUCCESS not stored), errors: %s\n",
+			res.WatchersReady, res.WatchLate, res.WatchAbandoned, kinds(res.WatchErrors))
 	}
 	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))
 	if res.Failed.Count > 0 {
