@@ -408,7 +408,12 @@ func NamedBody(body []byte) *eventsv1.Event {
 	case names(member(top, "notificationType", "notification_type")):
 		ids = []string{requestID(top)}
 	case names(member(top, "eventType", "event_type")):
-		ids = []string{requestID(object(member(details, "phone"))), requestID(object(member(details, "email"))), requestID(data)}
+		ids = []string{requestID(data)}
+		// As v2Events: only an auth event takes its ids from
+		// authenticationDetails.
+		if v2Kind(norm(text(member(top, "eventType", "event_type"))), norm(text(member(data, "status")))) == eventsv1.EventKind_EVENT_KIND_AUTH {
+			ids = []string{requestID(object(member(details, "phone"))), requestID(object(member(details, "email"))), requestID(data)}
+		}
 		if id := text(member(data, "traceId", "trace_id")); CheckRequestID(id) == nil {
 			named.TraceId = id
 		}

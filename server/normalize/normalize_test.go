@@ -625,6 +625,7 @@ func TestNamed(t *testing.T) {
 	}{
 		{"v2 time far ahead", `{"eventType":"DLR","timestamp":4102444800000,"data":{"requestId":"r1","traceId":"t1","status":"SENT"}}`, "r1", "t1"},
 		{"v2 auth, the phone entry's id", `{"eventType":"AUTH","timestamp":"soon","data":{"requestId":"r0","status":"SUCCESS","authenticationDetails":{"phone":{"requestId":"r2"}}}}`, "r2", ""},
+		{"v2 delivery: authenticationDetails are an auth event's", `{"eventType":"DLR","timestamp":"soon","data":{"requestId":"r8","status":"SENT","authenticationDetails":{"phone":{"requestId":"r9"}}}}`, "r8", ""},
 		{"v1 delivery: its events have no trace id", `{"status":"DELIVERED","data":{"referenceId":"r3","traceId":"t3","timestamp":"soon"}}`, "r3", ""},
 		{"v1 system", `{"notificationType":"APPROVAL_ACTION","requestId":"r4","timestamp":"soon"}`, "r4", ""},
 		{"no format", `{"data":{"referenceId":"r5","traceId":"t5"}}`, "", ""},
@@ -671,6 +672,11 @@ func TestNamedBody(t *testing.T) {
 		{"v1 system by proto names", `{"notification_type":"APPROVAL_ACTION","request_id":"r13","mobile":"98"}`, "r13", ""},
 		{"no format in a name of another case", `{"EventType":"DLR","data":{"requestId":"r14","status":5}}`, "", ""},
 		{"an id in a name of another case", `{"eventType":"DLR","data":{"RequestID":"r15","TraceId":"t15","status":5}}`, "", ""},
+		// authenticationDetails name an auth event's ids only, the kind
+		// coming from eventType, else from the status.
+		{"v2 delivery with authenticationDetails", `{"eventType":"DLR","data":{"requestId":"r16","authenticationDetails":{"phone":{"requestId":"r17"}},"status":5}}`, "r16", ""},
+		{"v2 delivery by its status", `{"eventType":"X","data":{"requestId":"r18","status":"SENT","authenticationDetails":{"email":{"requestId":"r19"}},"channel":5}}`, "r18", ""},
+		{"v2 auth by its status", `{"eventType":"X","data":{"requestId":"r20","status":" success","authenticationDetails":{"email":{"requestId":"r21"}},"channel":5}}`, "r21", ""},
 	} {
 		if _, err := normalize.Decode([]byte(tc.body)); !errors.Is(err, normalize.ErrInvalidBody) {
 			t.Fatalf("%s: Decode %v, want ErrInvalidBody", tc.name, err)
