@@ -509,7 +509,7 @@ func (r *benchReport) print(w io.Writer) {
 	if r.Watchers > 0 {
 		fmt.Fprintf(w, "delivery  %s\n", latencyLine(res.Delivery))
 		fmt.Fprintf(w, "          %s\n", lostLine(res))
-		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, %d given up (SUCCESS not stored), errors: %s\n",
+		fmt.Fprintf(w, "watchers  %d subscribed at the start, %d requests late, %d given up (SUCCESS refused or unanswered), errors: %s\n",
 			res.WatchersReady, res.WatchLate, res.WatchAbandoned, kinds(res.WatchErrors))
 	}
 	fmt.Fprintf(w, "errors    %s\n", kinds(res.Errors))

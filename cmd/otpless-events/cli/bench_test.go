@@ -197,6 +197,26 @@ func TestBenchReportLostDeliveries(t *testing.T) {
 	}
 }
 
+// The watchers' line counts the requests a watcher was late for and those
+// it gave up (every post of their SUCCESS refused, or one unanswered and no
+// SUCCESS within --drain): overload shows, and does not fail the run.
+func TestBenchReportWatchers(t *testing.T) {
+	t.Parallel()
+	r := &benchReport{Target: "http://127.0.0.1:8080", Watchers: 10, Result: &loadgen.Result{Sent: 1500, OK: 1000, WatchersReady: 10,
+		DeliveryExpected: 1200, WatchLate: 3, WatchAbandoned: 5}}
+	var out bytes.Buffer
+	r.print(&out)
+	if want := "watchers  10 subscribed at the start, 3 requests late, 5 given up (SUCCESS refused or unanswered), errors: none"; !strings.Contains(out.String(), want) {
+		t.Errorf("report:\n%s\nwant %q", out.String(), want)
+	}
+	if err := r.failed(); err != nil {
+		t.Errorf("requests given up, none lost: failed() = %v", err)
+	}
+	if js, _ := json.Marshal(r); !strings.Contains(string(js), `"watch_late":3,"watch_abandoned":5`) {
+		t.Errorf("JSON %s lacks the late and given-up counts", js)
+	}
+}
+
 // A run cut short by a signal (its context canceled) says so and fails: a
 // script must not take its figures for the run asked for.
 func TestBenchInterrupted(t *testing.T) {
