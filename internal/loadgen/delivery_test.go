@@ -391,27 +391,12 @@ func TestWatcherLeavesRequestThatCannotEnd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			var watcher sync.WaitGroup
-			defer watcher.Wait()
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			r := newRunner(ctx, Config{Requests: 1, Watchers: 1, Concurrency: 1, Drain: tc.drain})
-			defer r.close()
-			s := r.slots[0]
 			following := make(chan string)
-			sub := func(ctx context.Context, id string) (watchStream, error) { return heldStream{ctx, id, following}, nil }
-			watcher.Go(func() { r.watch(ctx, s, sub, make(chan struct{}, 1), make(chan struct{}, 1)) })
-			follows := func(gen int) {
-				t.Helper()
-				select {
-				case id := <-following:
-					if want := RequestID(r.run, 0, gen); id != want {
-						t.Fatalf("the watcher follows %s, want %s (generation %d)", id, want, gen)
-					}
-				case <-time.After(10 * time.Second): // a deadlock guard, not a measure
-					t.Fatalf("the watcher never followed generation %d", gen)
-				}
-			}
+			r := watchOneSlot(t, tc.drain, func(*runner) subscriber {
+				return func(ctx context.Context, id string) (watchStream, error) { return heldStream{ctx, id, following}, nil }
+			})
+			s := r.slots[0]
+			follows := func(gen int) { t.Helper(); awaitGeneration(t, r, following, gen) }
 			follows(0)
 			for i, a := range tc.actions {
 				if n := r.abandoned.Load(); n != 0 {
@@ -450,33 +435,18 @@ func TestWatcherLeavesRequestThatCannotEnd(t *testing.T) {
 // good were its SUCCESS refused.
 func TestWatcherSkipsRequestSentBeforeItSubscribed(t *testing.T) {
 	t.Parallel()
-	var watcher sync.WaitGroup
-	defer watcher.Wait()
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	r := newRunner(ctx, Config{Requests: 1, Watchers: 1, Concurrency: 1, Drain: time.Hour})
-	defer r.close()
-	s := r.slots[0]
 	following, subscribing, release := make(chan string), make(chan string), make(chan struct{})
-	sub := func(ctx context.Context, id string) (watchStream, error) {
-		if id == RequestID(r.run, 0, 1) { // held until the slot is past it
-			subscribing <- id
-			<-release
-		}
-		return heldStream{ctx, id, following}, nil
-	}
-	watcher.Go(func() { r.watch(ctx, s, sub, make(chan struct{}, 1), make(chan struct{}, 1)) })
-	wait := func(c <-chan string, gen int) {
-		t.Helper()
-		select {
-		case id := <-c:
-			if want := RequestID(r.run, 0, gen); id != want {
-				t.Fatalf("the watcher took %s, want %s (generation %d)", id, want, gen)
+	r := watchOneSlot(t, time.Hour, func(r *runner) subscriber {
+		return func(ctx context.Context, id string) (watchStream, error) {
+			if id == RequestID(r.run, 0, 1) { // held until the slot is past it
+				subscribing <- id
+				<-release
 			}
-		case <-time.After(10 * time.Second): // a deadlock guard, not a measure
-			t.Fatalf("the watcher never took generation %d", gen)
+			return heldStream{ctx, id, following}, nil
 		}
-	}
+	})
+	s := r.slots[0]
+	wait := func(c <-chan string, gen int) { t.Helper(); awaitGeneration(t, r, c, gen) }
 	post := func(gen int, key string, o outcome) {
 		now := time.Now()
 		r.noteAnswer(s, r.noteSend(job{slot: s, gen: gen, wh: Webhook{Key: key}, intended: now, successes: 1}, now), o, now)
@@ -490,5 +460,35 @@ func TestWatcherSkipsRequestSentBeforeItSubscribed(t *testing.T) {
 	wait(following, 3)
 	if got := [2]int64{r.abandoned.Load(), r.late.Load()}; got != [2]int64{1, 2} {
 		t.Errorf("given up, late = %v, want [1 2]: the first request given up, the next two late", got)
+	}
+}
+
+// watchOneSlot runs the watcher of a runner of one slot, subscribing
+// through what sub makes of the runner, until the test ends.
+func watchOneSlot(t *testing.T, drain time.Duration, sub func(*runner) subscriber) *runner {
+	t.Helper()
+	var watcher sync.WaitGroup
+	t.Cleanup(watcher.Wait)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	r := newRunner(ctx, Config{Requests: 1, Watchers: 1, Concurrency: 1, Drain: drain})
+	t.Cleanup(r.close)
+	subscribe := sub(r)
+	watcher.Go(func() { r.watch(ctx, r.slots[0], subscribe, make(chan struct{}, 1), make(chan struct{}, 1)) })
+	return r
+}
+
+// awaitGeneration fails t unless the request the watcher of r's one slot
+// takes next on c is generation gen (within 10 s: a deadlock guard, not a
+// measure).
+func awaitGeneration(t *testing.T, r *runner, c <-chan string, gen int) {
+	t.Helper()
+	select {
+	case id := <-c:
+		if want := RequestID(r.run, 0, gen); id != want {
+			t.Fatalf("the watcher took %s, want %s (generation %d)", id, want, gen)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the watcher never took generation %d", gen)
 	}
 }
