@@ -158,14 +158,7 @@ func TestStartOutwaitsAMigration(t *testing.T) {
 	unlock := lockMigrations(t, dsn, schema)
 	dsn = pgtest.WithParam(t, dsn, "pool_max_conns", "1")
 	var logs testlog.Buffer
-	opened := make(chan error, 1)
-	go func() {
-		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
-		if err == nil {
-			s.Close()
-		}
-		opened <- err
-	}()
+	opened := openInBackground(t, dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	select {
 	case err := <-opened:
 		t.Fatalf("Open returned while another session held the migration lock: %v", err)
@@ -189,14 +182,7 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	dsn, schema := pgtest.Schema(t)
 	_, tx := holdMigration2(t, dsn)
 	var logs testlog.Buffer
-	opened := make(chan error, 1)
-	go func() {
-		s, err := pgstore.Open(t.Context(), dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
-		if err == nil {
-			s.Close()
-		}
-		opened <- err
-	}()
+	opened := openInBackground(t, dsn, pgstore.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	select {
 	case err := <-opened:
 		t.Fatalf("Open returned while its migration waited for the table: %v", err)
@@ -212,6 +198,20 @@ func TestStartOutwaitsItsMigration(t *testing.T) {
 	if waits := logs.Matching(t, want); len(waits) == 0 {
 		t.Errorf("logged no line of %v in %s:\n%s", want, hold, logs.String())
 	}
+}
+
+// openInBackground opens (and closes) a store of dsn on a goroutine of
+// its own, and sends Open's error on the channel it returns.
+func openInBackground(t *testing.T, dsn string, opts ...pgstore.Option) <-chan error {
+	opened := make(chan error, 1)
+	go func() {
+		s, err := pgstore.Open(t.Context(), dsn, opts...)
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	return opened
 }
 
 // holdMigration2 makes dsn's store one that 0002 has not migrated, and
@@ -244,14 +244,7 @@ func TestMigrationKilled(t *testing.T) {
 	dsn, schema := pgtest.Schema(t)
 	conn, tx := holdMigration2(t, dsn)
 	admin := connect(t, dsn)
-	opened := make(chan error, 1)
-	go func() {
-		s, err := pgstore.Open(t.Context(), dsn)
-		if err == nil {
-			s.Close()
-		}
-		opened <- err
-	}()
+	opened := openInBackground(t, dsn)
 	awaitBlockedBy(t, admin, conn)
 	// Waiting for the session to exit (up to 10 s): its client hears the
 	// end before the backend has released its locks, so without the wait
@@ -1759,14 +1752,7 @@ func TestMigrationOutlastsSessionTimeouts(t *testing.T) {
 	for name, value := range map[string]string{"application_name": app, "lock_timeout": "500", "statement_timeout": "500"} {
 		dsn = pgtest.WithParam(t, dsn, name, value)
 	}
-	opened := make(chan error, 1)
-	go func() {
-		s, err := pgstore.Open(t.Context(), dsn)
-		if err == nil {
-			s.Close()
-		}
-		opened <- err
-	}()
+	opened := openInBackground(t, dsn)
 	// The start waits for the lock four times as long as both timeouts,
 	// by the database's clock.
 	observer := connect(t, pgtest.DSN(t))
