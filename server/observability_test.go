@@ -356,11 +356,7 @@ func TestEscapedPathsAreNamedAsTheGatewayRoutesThem(t *testing.T) {
 func TestMetricsAreDocumented(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
-	b, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme := string(b)
+	readme := readREADME(t)
 	// A webhook and its retry, so that the series that appear with their
 	// first observation are there.
 	for range 2 {
@@ -408,11 +404,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 func TestAlertsNameExportedMetrics(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
-	b, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme := string(b)
+	readme := readREADME(t)
 	_, para, ok := strings.Cut(readme, "Worth\nalerting on:")
 	if !ok {
 		t.Fatal(`the README's Operations has no "Worth alerting on:"`)
@@ -451,6 +443,15 @@ var (
 	// promqlName is an identifier not called as a function.
 	promqlName = regexp.MustCompile(`\b([a-z_][a-z0-9_]*)\b *(?:[^ (a-z0-9_]|$)`)
 )
+
+func readREADME(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // exported is the names of the metrics s's /metrics serves (a
 // histogram's by its series: _bucket, _count, _sum).
