@@ -998,8 +998,8 @@ func TestHealthWatchesAreBounded(t *testing.T) {
 }
 
 // A Check needs no credential either, and its client need never send its
-// request message: such calls count against the same bound, and a place is
-// free again once one ends.
+// request message: such calls are bounded too (among Checks, apart from the
+// streams), and a place is free again once one ends.
 func TestHeldChecksAreBounded(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
@@ -1036,12 +1036,73 @@ func TestHeldChecksAreBounded(t *testing.T) {
 	}
 }
 
+// Health/Watch and reflection streams live as long as their clients keep
+// them, and need no credential: however many a client holds, from however
+// many addresses, a Check (a gRPC liveness probe's call) is answered, since
+// Checks have places of their own. The streams stay bounded in all.
+func TestChecksAnsweredWhileStreamsFillTheBound(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func(health healthpb.HealthClient) error {
+		st, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService})
+		if err == nil {
+			_, err = st.Recv() // admitted: the tap ran
+		}
+		return err
+	}
+	for a := range MaxPublicCallsInAll / MaxPublicCalls {
+		health := healthpb.NewHealthClient(s.dialFrom(t, net.IPv4(127, 0, 1, byte(a+1))))
+		for i := range MaxPublicCalls {
+			// startOps's readiness watch, canceled, can hold its place
+			// a little longer.
+			var err error
+			if !eventually(func() bool { err = open(health); return status.Code(err) != codes.ResourceExhausted }) || err != nil {
+				t.Fatalf("health watch %d from address %d: %v", i+1, a+1, err)
+			}
+		}
+	}
+	health := healthpb.NewHealthClient(s.dialFrom(t, net.IPv4(127, 0, 2, 1)))
+	if err := open(health); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("with %d streams held, a health watch from another address: %v, want RESOURCE_EXHAUSTED", MaxPublicCallsInAll, err)
+	}
+	for _, service := range []string{LivenessService, ReadinessService} {
+		if r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: service}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("with %d streams held, Check(%q): %v, %v; want SERVING", MaxPublicCallsInAll, service, r.GetStatus(), err)
+		}
+	}
+}
+
+// A Check's message comes with its headers: one that has not come within
+// --http-read-header-timeout (shorter than --http-read-timeout, the wait of
+// other calls) is given up, CANCELED, so that Checks held by sending
+// nothing give their places back soon.
+func TestHeldCheckEndsAfterTheHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	s := startOps(t, func(c *Config) { c.HTTPReadHeaderTimeout, c.HTTPReadTimeout = 2*time.Second, 10*time.Minute }, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := s.dialFrom(t, net.IPv4(127, 0, 2, 2)).NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, healthpb.Health_Check_FullMethodName)
+	if err == nil {
+		err = stream.RecvMsg(new(healthpb.HealthCheckResponse))
+	}
+	if status.Code(err) != codes.Canceled {
+		t.Errorf("a Check whose message never came: %v, want CANCELED by the server", err)
+	}
+	const canceled = `otpless_events_grpc_refused_total{code="Canceled"}`
+	if !eventually(func() bool { return s.scrape(t)[canceled] == 1 }) {
+		t.Errorf("%s = %v, want 1", canceled, s.scrape(t)[canceled])
+	}
+}
+
 // The bound of calls that need no credential, health's and reflection's,
-// holds per address and in all, and gives a place back as a call's stream
-// ends; other calls pass.
+// holds per address and in all, for the unary calls (Check, List) and the
+// streams (Watch, reflection) apart, and gives a place back as a call's
+// stream ends; other calls pass.
 func TestPublicCallLimit(t *testing.T) {
 	t.Parallel()
-	limit := publicCallLimit(2, 5)
+	limit := publicCallLimit(2, 3)
 	const reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	var ends []context.CancelFunc
 	defer func() {
@@ -1054,23 +1115,28 @@ func TestPublicCallLimit(t *testing.T) {
 		ends = append(ends, end)
 		return limit(ctx, method)
 	}
-	watch, check := healthpb.Health_Watch_FullMethodName, healthpb.Health_Check_FullMethodName
+	watch, check, list := healthpb.Health_Watch_FullMethodName, healthpb.Health_Check_FullMethodName, healthpb.Health_List_FullMethodName
 	for i, tc := range []struct {
 		ip, method string
 		ok         bool
 	}{
-		{"10.0.0.1", watch, true}, {"10.0.0.1", reflection, true}, {"10.0.0.1", check, false}, // two from one address
-		{"2001:db8::1", watch, true}, {"2001:db8::1", check, true}, {"2001:db8::2", watch, true}, // IPv6 too, each address its own
-		{"10.0.0.3", reflection, false},                                         // five in all
+		{"10.0.0.1", watch, true}, {"10.0.0.1", reflection, true}, {"10.0.0.1", watch, false}, // two streams from one address
+		{"10.0.0.1", check, true}, {"10.0.0.1", list, true}, {"10.0.0.1", check, false}, // and two unary calls besides
+		{"2001:db8::1", watch, true}, {"2001:db8::2", reflection, false}, // three streams in all; IPv6 too
+		{"2001:db8::2", check, true}, {"10.0.0.3", list, false}, // three unary calls in all
 		{"10.0.0.1", eventsv1.RequestService_WatchRequest_FullMethodName, true}, // needs a credential: bounded elsewhere
 	} {
 		if err := open(tc.ip, tc.method); (err == nil) != tc.ok {
 			t.Errorf("call %d from %s (%s): %v, want admitted %v", i+1, tc.ip, tc.method, err, tc.ok)
 		}
 	}
-	ends[0]() // the first call from 10.0.0.1 ends
+	ends[0]() // the first stream from 10.0.0.1 ends
+	if !eventually(func() bool { return open("10.0.0.1", reflection) == nil }) {
+		t.Error("no place for a stream from 10.0.0.1 once one of its streams ended")
+	}
+	ends[3]() // its first Check ends
 	if !eventually(func() bool { return open("10.0.0.1", check) == nil }) {
-		t.Error("no place from 10.0.0.1 once one of its calls ended")
+		t.Error("no place for a Check from 10.0.0.1 once one of its Checks ended")
 	}
 }
 

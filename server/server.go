@@ -83,7 +83,8 @@ type Config struct {
 	// HTTPReadHeaderTimeout, HTTPReadTimeout and HTTPIdleTimeout bound slow
 	// HTTP clients, on the HTTP and metrics ports: reading a request's
 	// headers, reading a whole request, and keeping an idle connection.
-	// HTTPReadTimeout also bounds the wait for a gRPC call's message.
+	// HTTPReadTimeout also bounds the wait for a gRPC call's message, and
+	// HTTPReadHeaderTimeout (the lesser of the two) a health Check's.
 	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// GRPCKeepalive is how long a gRPC connection may send nothing before
 	// the server pings it; one that does not answer within as long again
@@ -537,7 +538,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			s.obs.Refused(ctx, info.FullMethodName, err)
 			return ctx, err
 		}
-		return awaitMessage(ctx, cfg.HTTPReadTimeout), nil
+		wait := cfg.HTTPReadTimeout
+		if unaryPublic(info.FullMethodName) {
+			// Its message is sent with its headers: one held back
+			// holds a place of the unary public calls, which
+			// liveness probes need, only briefly.
+			wait = min(wait, cfg.HTTPReadHeaderTimeout)
+		}
+		return awaitMessage(ctx, wait), nil
 	}), grpc.StatsHandler(messageArrival{}))
 	sendWait := gateway.StreamWriteTimeout
 	if cfg.sendWait > 0 {
@@ -1070,30 +1078,50 @@ func (s *Server) closeAll() {
 // TCP's retransmissions give up, about 15 minutes later.
 const DeadPeerTimeout = time.Minute
 
-// MaxPublicCalls bounds the calls that need no credential (health and
-// reflection) in flight at once from one client address, and
-// MaxPublicCallsInAll from all: a health checker or a schema browser needs
-// a handful. The first keeps one client from taking every place.
-// (Grouping IPv6 clients by /64 would join whole cloud subnets and pod
-// ranges.)
+// MaxPublicCalls bounds the calls that need no credential in flight at
+// once from one client address, and MaxPublicCallsInAll from all, for each
+// of two kinds apart: the unary calls (health's Check and List), and the
+// streams (health's Watch, reflection), which last as long as their clients
+// keep them, so that streams never take a Check's place (a gRPC liveness
+// probe's). A health checker or a schema browser needs a handful. The first
+// keeps one client from taking every place. (Grouping IPv6 clients by /64
+// would join whole cloud subnets and pod ranges.)
 const (
 	MaxPublicCalls      = 100
 	MaxPublicCallsInAll = 1000
 )
 
+// unaryPublic reports whether method is a call that needs no credential and
+// is answered as soon as its request message comes.
+func unaryPublic(method string) bool {
+	return method == healthpb.Health_Check_FullMethodName || method == healthpb.Health_List_FullMethodName
+}
+
 // publicCallLimit, called by the tap as each call's stream opens, refuses a
-// call that needs no credential beyond perAddr in flight from its peer's
-// address, or inAll from all, with RESOURCE_EXHAUSTED: each holds a
-// goroutine and buffers for as long as its client keeps it, a Health/Watch
-// stream and a Check alike (whose request message a client need never
-// send). A place is given back when the call's stream ends, however it
-// ends (ctx is the stream's).
+// call that needs no credential beyond perAddr of its kind (unaryPublic or
+// not) in flight from its peer's address, or inAll from all, with
+// RESOURCE_EXHAUSTED: each holds a goroutine and buffers for as long as its
+// client keeps it, a Health/Watch stream for its whole life, a Check until
+// its request message comes (which its client need never send; the tap
+// bounds that wait). A place is given back when the call's stream ends,
+// however it ends (ctx is the stream's).
 func publicCallLimit(perAddr, inAll int) func(ctx context.Context, method string) error {
-	byAddr, all := api.NewSlots(perAddr), api.NewSlots(inAll)
-	exhausted := api.Exhausted(fmt.Sprintf("too many health and reflection calls in flight (%d from one address, %d in all)", perAddr, inAll))
+	type kind struct {
+		byAddr, all *api.Slots
+		exhausted   error
+	}
+	newKind := func(what string) kind {
+		return kind{api.NewSlots(perAddr), api.NewSlots(inAll),
+			api.Exhausted(fmt.Sprintf("too many %s in flight (%d from one address, %d in all)", what, perAddr, inAll))}
+	}
+	unary, streams := newKind("health checks"), newKind("health watch and reflection streams")
 	return func(ctx context.Context, method string) error {
 		if !auth.Public(method) {
 			return nil
+		}
+		k := streams
+		if unaryPublic(method) {
+			k = unary
 		}
 		var addr string
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -1102,9 +1130,9 @@ func publicCallLimit(perAddr, inAll int) func(ctx context.Context, method string
 				addr = a.String()
 			}
 		}
-		places := []api.Place{{Slots: byAddr, Key: addr}, {Slots: all}}
+		places := []api.Place{{Slots: k.byAddr, Key: addr}, {Slots: k.all}}
 		if api.TakeAll(places) >= 0 {
-			return exhausted
+			return k.exhausted
 		}
 		context.AfterFunc(ctx, func() { api.GiveAll(places) })
 		return nil
