@@ -83,7 +83,7 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 		return err
 	}
 	defer conn.Release()
-	defer tx.Rollback(ctx) // nothing to do after the COMMIT
+	defer s.rollback(ctx, tx) // nothing to do after the COMMIT
 	if err := fn(ctx, tx); err != nil {
 		return err
 	}
@@ -102,6 +102,17 @@ func (s *Store) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error
 		return fmt.Errorf("%w: %w", errOutcomeUnknown, err)
 	}
 	return nil
+}
+
+// rollback rolls tx back, unless it has ended, also when ctx is done
+// (its caller gave up): pgx does not send a ROLLBACK with a done context
+// but closes the connection, and the pool would connect anew for the next
+// call. Like every call, it is bounded by the store's timeout: on a
+// database gone silent it would wait for good.
+func (s *Store) rollback(ctx context.Context, tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	return tx.Rollback(ctx)
 }
 
 // begin takes a pooled connection and begins a transaction on it

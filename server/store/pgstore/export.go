@@ -45,13 +45,7 @@ func (s *Store) Export(ctx context.Context, size int, page func([]store.Webhook)
 	// From here on the transaction holds a connection of the pool, which
 	// its end gives back, whatever fails.
 	defer conn.Release()
-	defer func() {
-		// Read only: nothing to commit. Bounded as every call is: on a
-		// database gone silent, the rollback would wait for good.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
-		defer cancel()
-		tx.Rollback(rctx)
-	}()
+	defer s.rollback(ctx, tx) // read only: nothing to commit
 	return store.ExportPages(page, func(after int64) ([]store.Webhook, []int64, error) {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()

@@ -1,6 +1,11 @@
 package pgstore
 
-import "github.com/jackc/pgx/v5/pgxpool"
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
 
 // Pool is the store's connection pool, for tests that look at sessions.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -26,3 +31,8 @@ const WaitMigrationMsg = waitMigrationMsg
 // ErrOutcomeUnknown marks a commit whose connection failed once its
 // COMMIT was sent.
 var ErrOutcomeUnknown = errOutcomeUnknown
+
+// InTx runs fn in the transaction a commit runs in.
+func (s *Store) InTx(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
+	return s.inTx(ctx, fn)
+}

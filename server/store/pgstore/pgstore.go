@@ -769,7 +769,7 @@ func (s *Store) checkSpace(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO webhooks (received_at, body) VALUES (now(), $1)`, probeBody)
-	if rerr := tx.Rollback(ctx); err == nil {
+	if rerr := s.rollback(ctx, tx); err == nil {
 		err = rerr
 	}
 	var pgErr *pgconn.PgError

@@ -2087,3 +2087,47 @@ func TestMigrationsConcurrentUnderStricterIsolation(t *testing.T) {
 		})
 	}
 }
+
+// TestTransactionEndedByItsCaller: a commit's transaction whose caller
+// canceled it once its statements had run is rolled back, and its
+// connection, which is fine, goes back to the pool. Rolled back with the
+// done context, pgx did not send the ROLLBACK but closed the connection,
+// and the next call had to connect anew (a new session: the pool holds
+// one).
+func TestTransactionEndedByItsCaller(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, pgtest.WithParam(t, dsn, "pool_max_conns", "1"))
+	var first uint32
+	for i, tc := range []struct {
+		name         string
+		cancel, fail bool
+	}{
+		{name: "committed"},
+		{name: "canceled", cancel: true},
+		{name: "canceled, then failed", cancel: true, fail: true},
+		{name: "committed after those"},
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		var pid uint32
+		err := s.InTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+			err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid)
+			if tc.cancel {
+				cancel()
+			}
+			if err == nil && tc.fail {
+				err = errors.New("fn failed")
+			}
+			return err
+		})
+		cancel()
+		if want := tc.cancel || tc.fail; (err != nil) != want {
+			t.Fatalf("%s: %v; want an error: %v", tc.name, err, want)
+		}
+		if i == 0 {
+			first = pid
+		} else if pid != first {
+			t.Errorf("%s: ran in session %d, want %d, the pool's one since the first transaction", tc.name, pid, first)
+		}
+	}
+}
