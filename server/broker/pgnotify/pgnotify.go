@@ -113,6 +113,7 @@ type Relay struct {
 	afterListen func(context.Context, *pgx.Conn) error
 
 	startOnce, stopOnce sync.Once
+	stopped             atomic.Bool // Stop was called
 	cancel              context.CancelFunc
 	done                sync.WaitGroup
 }
@@ -150,7 +151,8 @@ func New(src Source, b *broker.Broker, opts Options) *Relay {
 
 // Start starts listening and relaying in the background and returns; a
 // database that cannot be reached is retried, not an error. Canceling ctx
-// stops the Relay as Stop does.
+// stops the Relay as Stop does. Start may be called once, and not after
+// Stop: a stopped Relay does not start again.
 func (r *Relay) Start(ctx context.Context) error {
 	started := false
 	r.startOnce.Do(func() {
@@ -159,14 +161,18 @@ func (r *Relay) Start(ctx context.Context) error {
 		r.done.Go(func() { r.listen(ctx) })
 		r.done.Go(func() { r.work(ctx) })
 	})
-	if !started {
-		return errors.New("pgnotify: start: already started")
+	switch {
+	case started:
+		return nil
+	case r.stopped.Load():
+		return errors.New("pgnotify: start: stopped: a Relay does not start again")
 	}
-	return nil
+	return errors.New("pgnotify: start: already started")
 }
 
 // Stop stops the Relay and waits for its goroutines. It is idempotent.
 func (r *Relay) Stop() {
+	r.stopped.Store(true) // before startOnce: a Start that finds it done sees this
 	r.stopOnce.Do(func() {
 		r.startOnce.Do(func() {}) // never start after Stop
 		if r.cancel != nil {

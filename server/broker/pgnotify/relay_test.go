@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -444,4 +445,30 @@ func TestRacingReplicasAndWatchers(t *testing.T) {
 		w.sub.Close()
 	}
 	t.Logf("%d watchers", len(watchers))
+}
+
+// TestStartAfterStop: a second Start fails as what is the case, a Start
+// after Stop as a Relay stopped, which does not start again, started or
+// not before. Both said "already started", which of a Relay stopped
+// before its Start was false.
+func TestStartAfterStop(t *testing.T) {
+	t.Parallel()
+	relay := func() *Relay {
+		return New(unreachable{newFakeStore()}, broker.New(0), Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	}
+	started := relay()
+	if err := started.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := started.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "already started") {
+		t.Errorf("second Start: %v, want it to say the relay has already started", err)
+	}
+	started.Stop()
+	never := relay()
+	never.Stop()
+	for name, r := range map[string]*Relay{"Start, Stop": started, "Stop": never} {
+		if err := r.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "stopped") || strings.Contains(err.Error(), "already started") {
+			t.Errorf("Start after %s: %v, want it to say the relay was stopped", name, err)
+		}
+	}
 }
