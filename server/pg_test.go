@@ -860,3 +860,64 @@ func TestPostgresMigratesWhileServing(t *testing.T) {
 	unlock()
 	becomesReady(t, ctx, srv, "once migrated")
 }
+
+// TestNewEndsItsConnectAttempt: New's attempt to connect PostgreSQL, which
+// runs under a context of its own derived from New's, ends that context
+// once it has returned. One that returned within New's wait was left
+// uncanceled: registered with New's context until that ended (for the
+// server's life), and, for a context whose cancellation the context
+// package cannot follow directly, a goroutine waiting on it as long.
+func TestNewEndsItsConnectAttempt(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	ctx := &followedContext{Context: context.Background(), done: make(chan struct{}), stops: map[int]bool{}}
+	cfg := waitingConfig(t, dsn, io.Discard)
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := srv.Run(runCtx); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if n := ctx.following(); n != 0 {
+		t.Errorf("%d contexts derived from New's still follow it once New has returned, want 0", n)
+	}
+}
+
+// followedContext is a context that is never done, whose derived contexts
+// follow it through its AfterFunc (as the context package does for a
+// parent that is not its own) and stop following it when they end: the
+// contexts derived from it and not ended yet can be counted.
+type followedContext struct {
+	context.Context // values only
+	done            chan struct{}
+	mu              sync.Mutex
+	stops           map[int]bool // the followers not stopped
+	next            int
+}
+
+func (c *followedContext) Done() <-chan struct{} { return c.done }
+func (c *followedContext) Err() error            { return nil }
+
+func (c *followedContext) AfterFunc(func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := c.next
+	c.next++
+	c.stops[id] = true
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		following := c.stops[id]
+		delete(c.stops, id)
+		return following
+	}
+}
+
+func (c *followedContext) following() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.stops)
+}

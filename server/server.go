@@ -685,7 +685,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 var connectWait = 5 * time.Second
 
 // connectAttempt is a Connect running on a goroutine of its own: done is
-// closed once it has returned err; cancel ends it.
+// closed once it has returned err; cancel ends it. Its context ends with
+// it, whoever waits for it or not: derived from New's, it would otherwise
+// stay with New's context for as long as that lasts.
 type connectAttempt struct {
 	done   chan struct{}
 	err    error
@@ -697,6 +699,7 @@ func connectInBackground(ctx context.Context, pg *pgstore.Store) *connectAttempt
 	a := &connectAttempt{done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(a.done)
+		defer cancel()
 		a.err = pg.Connect(ctx)
 	}()
 	return a
