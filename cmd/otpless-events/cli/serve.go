@@ -16,6 +16,7 @@ import (
 
 	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/observe"
+	"github.com/otpless-events/otpless-events/server/store/sqlitestore"
 )
 
 func newServe(stdout, stderr io.Writer) *cobra.Command {
@@ -67,6 +68,15 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			withoutSecurity.Security.Disabled = true
 			if err := withoutSecurity.Validate(); err != nil {
 				return failConfig(fmt.Errorf("config: %w", err))
+			}
+			// So is an embedded store this build refuses: New would,
+			// once they were made and printed. (A PostgreSQL store is
+			// refused once reached, which New leaves to Run when the
+			// database does not answer yet.)
+			if path, err := cfg.SQLitePath(); err == nil {
+				if err := sqlitestore.RefusedSchema(cmd.Context(), path); err != nil {
+					return fail(fmt.Errorf("open store: %w", err))
+				}
 			}
 			scheme := "http"
 			if withoutSecurity.Security.TLSCertFile != "" {

@@ -233,3 +233,33 @@ func TestServeSkipsEmptyListEntries(t *testing.T) {
 		})
 	}
 }
+
+// A first start on a store this build refuses (one a newer build migrated,
+// or one with another build's migration) makes no credential: the server
+// never runs, and credentials printed by it, kept in a data directory it
+// refused, would be the operator's to find and revoke. They were made,
+// and printed, before the store was opened.
+func TestServeRefusesTheStoreBeforeMakingCredentials(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, statements, says string
+	}{
+		{"newer schema", `INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, '0099_later.sql', 0)`, "newer"},
+		{"another build's migration", `UPDATE schema_migrations SET name = '0001_other.sql' WHERE version = 1`, "0001_other.sql"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir, path := dataDir(t)
+			execSQLite(t, path, tc.statements)
+			code, out, errOut := run(t, "serve", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
+			if code != 1 || strings.Contains(out, "export") || !strings.Contains(errOut, tc.says) {
+				t.Errorf("serve on a store of a %s: exit %d, stdout %q, stderr %q; want 1, no credentials printed, saying %q", tc.name, code, out, errOut, tc.says)
+			}
+			for _, name := range []string{"api-keys", "webhook-key", "watch-token-key"} {
+				if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+					t.Errorf("serve refused its store but left %s in its data directory", name)
+				}
+			}
+		})
+	}
+}

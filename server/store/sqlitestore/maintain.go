@@ -81,6 +81,34 @@ func openOffline(ctx context.Context, path string) (db *sql.DB, abs string, clos
 	return db, abs, close, nil
 }
 
+// RefusedSchema opens the existing database file at path as Check does
+// (holding the server's lock, creating and migrating nothing) and returns
+// the error Open refuses it with for its schema: a store.NewerSchemaError
+// or a store.OtherMigrationError, wrapped. Anything else is nil (a file
+// that is not there, holds no store yet, or cannot be read now): what Open
+// makes of it is Open's to say. serve asks before it makes credentials
+// that a server refused would never use.
+func RefusedSchema(ctx context.Context, path string) error {
+	db, abs, closeDB, err := openOffline(ctx, path)
+	if err != nil {
+		return nil
+	}
+	defer closeDB()
+	recorded, err := appliedMigrations(ctx, db)
+	if err != nil {
+		return nil
+	}
+	ms, err := loadMigrations()
+	if err != nil {
+		return nil
+	}
+	_, err = store.CheckApplied(recorded, ms)
+	if errors.As(err, new(store.NewerSchemaError)) || errors.As(err, new(store.OtherMigrationError)) {
+		return fmt.Errorf("sqlitestore: open %s: migrate: %w", abs, err)
+	}
+	return nil
+}
+
 // Check runs SQLite's integrity_check on the database file at path (with
 // quick, the faster quick_check, which does not compare indexes with their
 // tables) and returns what it reports: nil when the file is sound, else
