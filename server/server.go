@@ -286,6 +286,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %d", n.name, n.v))
 		}
 	}
+	// Past the last bucket of their histograms, a batch's size and a
+	// watch stream's duration would be read as that bucket's.
+	if c.MaxBatch > observe.MaxCommitWebhooks {
+		errs = append(errs, fmt.Errorf("max batch must be at most %d webhooks, got %d", observe.MaxCommitWebhooks, c.MaxBatch))
+	}
+	if c.MaxWatchDuration > observe.MaxCallDuration {
+		errs = append(errs, fmt.Errorf("max watch duration must be at most %s, got %s", observe.MaxCallDuration, c.MaxWatchDuration))
+	}
 	if c.MaxBodyBytes > MaxMaxBodyBytes {
 		errs = append(errs, fmt.Errorf("max body bytes must be at most %s, got %d", api.Size(MaxMaxBodyBytes), c.MaxBodyBytes))
 	}

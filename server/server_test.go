@@ -782,6 +782,23 @@ func TestConfigValidate(t *testing.T) {
 	if err := noBatch.Validate(); err == nil || err.Error() != "max batch must be positive, got 0" {
 		t.Fatalf("Validate() with a max batch of 0 = %v, want it refused, named", err)
 	}
+	// The histogram of webhooks per commit ends at 2048, and call
+	// durations at an hour: past them, batches and watch streams fell in
+	// +Inf, read as the last bucket.
+	bigBatch := cfg
+	bigBatch.MaxBatch = 2049
+	if err := bigBatch.Validate(); err == nil || err.Error() != "max batch must be at most 2048 webhooks, got 2049" {
+		t.Fatalf("Validate() with a max batch of 2049 = %v, want it refused, named", err)
+	}
+	bigBatch.MaxBatch = 2048
+	if err := bigBatch.Validate(); err != nil {
+		t.Fatalf("Validate() with a max batch of 2048 = %v", err)
+	}
+	longWatch := cfg
+	longWatch.MaxWatchDuration = time.Hour + time.Second
+	if err := longWatch.Validate(); err == nil || err.Error() != "max watch duration must be at most 1h0m0s, got 1h0m1s" {
+		t.Fatalf("Validate() with a max watch duration of 1h0m1s = %v, want it refused, named", err)
+	}
 	// Twice the bound, which gRPC's message limits take, must not overflow:
 	// at 2^62 every API call was refused as "larger than max".
 	huge := cfg

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/observe"
+	"github.com/otpless-events/otpless-events/server/store/groupcommit"
 )
 
 type healthStream struct{ grpc.ServerStream }
@@ -118,12 +120,34 @@ func TestDurationBucketsSpanAWatchStream(t *testing.T) {
 		case "grpc_server_handling_seconds", "otpless_events_http_request_duration_seconds":
 			seen++
 			b := f.GetMetric()[0].GetHistogram().GetBucket()
-			if last := b[len(b)-1].GetUpperBound(); last < time.Hour.Seconds() {
-				t.Errorf("%s: the last bucket ends at %v s, short of an hour", f.GetName(), last)
+			if last := b[len(b)-1].GetUpperBound(); last < observe.MaxCallDuration.Seconds() {
+				t.Errorf("%s: the last bucket ends at %v s, short of the longest --max-watch-duration", f.GetName(), last)
 			}
 		}
 	}
 	if seen != 2 {
 		t.Errorf("found %d of the two duration histograms", seen)
 	}
+}
+
+// The largest batch --max-batch allows is counted in a bucket of its own
+// size, not in +Inf.
+func TestCommitBucketsSpanTheLargestBatch(t *testing.T) {
+	t.Parallel()
+	o, _ := newObserver(t)
+	o.ObserveCommit(groupcommit.Batch{Webhooks: observe.MaxCommitWebhooks})
+	families, err := o.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "otpless_events_store_commit_webhooks" {
+			b := f.GetMetric()[0].GetHistogram().GetBucket()
+			if last := b[len(b)-1]; last.GetUpperBound() != observe.MaxCommitWebhooks || last.GetCumulativeCount() != 1 {
+				t.Errorf("the last bucket ends at %v with %d batches, want %d with the one", last.GetUpperBound(), last.GetCumulativeCount(), observe.MaxCommitWebhooks)
+			}
+			return
+		}
+	}
+	t.Error("no otpless_events_store_commit_webhooks")
 }

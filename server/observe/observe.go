@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/bits"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -55,9 +56,20 @@ const (
 // a moment is read rather than lost in +Inf.
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-// callBuckets are latencyBuckets on to an hour, the default
-// --max-watch-duration, for call durations: a watch stream's is its life.
-var callBuckets = append(slices.Clip(latencyBuckets), 300, 900, 1800, 3600)
+// MaxCallDuration is the last bucket of the call durations, and the
+// longest --max-watch-duration: a watch stream's duration is its life.
+const MaxCallDuration = time.Hour
+
+// callBuckets are latencyBuckets on to MaxCallDuration, for call
+// durations.
+var callBuckets = append(slices.Clip(latencyBuckets), 300, 900, 1800, MaxCallDuration.Seconds())
+
+// MaxCommitWebhooks is the last bucket of store_commit_webhooks, and the
+// largest --max-batch: a larger batch would fall in +Inf.
+const MaxCommitWebhooks = 2048
+
+// commitBuckets are powers of two up to MaxCommitWebhooks.
+var commitBuckets = prometheus.ExponentialBuckets(1, 2, bits.Len(MaxCommitWebhooks))
 
 // Observer holds the service's metrics and its request logger. Its methods
 // are safe for concurrent use.
@@ -130,7 +142,7 @@ func New(log *slog.Logger) *Observer {
 		commitSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "store_commit_webhooks",
 			Help:    "Webhooks per store commit (group commit batch size).",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+			Buckets: commitBuckets,
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "store_commit_duration_seconds",

@@ -131,7 +131,7 @@ func TestREADMEConfigurationTable(t *testing.T) {
 // --grpc-keepalive under its 1s minimum without a word.)
 func TestREADMEConfigurationBounds(t *testing.T) {
 	t.Parallel()
-	bound := regexp.MustCompile(`\bat (least|most) (\d+)( MiB|ms|s)\b`)
+	bound := regexp.MustCompile(`\bat (least|most) (\d+)( MiB| webhooks|ms|s|h)\b`)
 	// Canceled: a value serve takes fails later, at the store, without the
 	// bound's words, rather than serving.
 	ctx, cancel := context.WithCancel(t.Context())
@@ -147,6 +147,8 @@ func TestREADMEConfigurationBounds(t *testing.T) {
 			var past string
 			if n, err := strconv.ParseInt(m[2], 10, 64); m[3] == " MiB" && err == nil {
 				past = strconv.FormatInt(n<<20+step, 10)
+			} else if m[3] == " webhooks" && err == nil {
+				past = strconv.FormatInt(n+step, 10)
 			} else if d, err := time.ParseDuration(m[2] + m[3]); err == nil {
 				past = (d + time.Duration(step)).String()
 			} else {
@@ -160,8 +162,8 @@ func TestREADMEConfigurationBounds(t *testing.T) {
 			}
 		}
 	}
-	if checked < 4 { // --health-interval, --retention-interval, --max-body-bytes, --grpc-keepalive
-		t.Errorf("found %d bounds in the README's configuration table, want at least 4", checked)
+	if checked < 6 { // --health-interval, --max-watch-duration, --max-batch, --retention-interval, --max-body-bytes, --grpc-keepalive
+		t.Errorf("found %d bounds in the README's configuration table, want at least 6", checked)
 	}
 }
 
