@@ -79,21 +79,14 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 	if !cfg.Configured() {
 		return nil, errors.New("webhooks: no key, basic credential or signing secret configured, and unauthenticated webhooks not allowed")
 	}
-	if err := cfg.CheckSecrets(); err != nil {
+	signing, err := cfg.checkSecrets()
+	if err != nil {
 		return nil, err
 	}
-	g := &WebhookGuard{cfg: cfg, now: time.Now}
-	for _, s := range cfg.SigningSecrets {
-		key, err := decodeSigningSecret(s)
-		if err != nil {
-			return nil, err
-		}
-		g.signing = append(g.signing, key)
-	}
+	g := &WebhookGuard{cfg: cfg, signing: signing, now: time.Now}
 	if g.cfg.SignatureTolerance <= 0 {
 		g.cfg.SignatureTolerance = DefaultSignatureTolerance
 	}
-	var err error
 	if g.limiter, err = newAddrLimiter("webhooks", cfg.RatePerSecond, cfg.Burst); err != nil {
 		return nil, err
 	}
@@ -107,22 +100,31 @@ func NewWebhookGuard(cfg WebhookConfig) (*WebhookGuard, error) {
 // too short, or a key no URL can carry. It needs no other credential, so
 // that a start can refuse them before it makes any.
 func (c *WebhookConfig) CheckSecrets() error {
+	_, err := c.checkSecrets()
+	return err
+}
+
+// checkSecrets is CheckSecrets, returning the signing secrets decoded.
+func (c *WebhookConfig) checkSecrets() ([][]byte, error) {
 	for _, k := range c.Keys {
 		if len(k) < 16 {
-			return errors.New("webhooks: a webhook key is shorter than 16 bytes")
+			return nil, errors.New("webhooks: a webhook key is shorter than 16 bytes")
 		}
 		// The key is the URL's last segment, which the routes split at
 		// "/" and at its escape %2F alike: no URL could name it.
 		if strings.Contains(k, "/") {
-			return errors.New(`webhooks: a webhook key holds "/", which no webhook URL can carry (the key is one path segment)`)
+			return nil, errors.New(`webhooks: a webhook key holds "/", which no webhook URL can carry (the key is one path segment)`)
 		}
 	}
+	var signing [][]byte
 	for _, s := range c.SigningSecrets {
-		if _, err := decodeSigningSecret(s); err != nil {
-			return err
+		key, err := decodeSigningSecret(s)
+		if err != nil {
+			return nil, err
 		}
+		signing = append(signing, key)
 	}
-	return nil
+	return signing, nil
 }
 
 // CheckLimits reports the rates and bursts that cannot work: a rate that
