@@ -502,10 +502,17 @@ func TestSendChecksEveryFileFirst(t *testing.T) {
 	if err := os.Mkdir(sub, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// A .json file is one body: an empty one (a capture cut short) was
+	// posted as an empty body, after the files before it.
+	blank := filepath.Join(dir, "blank.json")
+	if err := os.WriteFile(blank, []byte("\uFEFF \n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ bad, want string }{
 		{filepath.Join(dir, "missing.jsonl"), "no such file"},
 		{txt, "want a .json file"},
 		{sub, "directory"},
+		{blank, blank + ": empty, want one JSON body"},
 	} {
 		code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, good, tc.bad)
 		if code != 1 || out != "" || !strings.Contains(errOut, tc.want) {

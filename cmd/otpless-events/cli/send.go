@@ -36,8 +36,9 @@ func newSend(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "send FILE...",
 		Short: "POST webhook bodies to a server as OTPLESS does",
-		Long: "Posts each body, in order, and prints what the server stored: a .json file is one body,\n" +
-			"a .jsonl file one body per line (the scenario format). The file - is standard input, read as\n" +
+		Long: "Posts each body, in order, and prints what the server stored: a .json file is one body\n" +
+			"(an empty one is refused before anything is posted), a .jsonl file one body per line (the\n" +
+			"scenario format; blank lines are skipped). The file - is standard input, read as\n" +
 			"JSON bodies one after another, whatever their layout (one per line as in a .jsonl file, or\n" +
 			"each over several lines), each posted as soon as it is read. Stops at the first body the\n" +
 			"server does not answer with 200, or on standard input at the first that is not JSON or\n" +
@@ -134,7 +135,10 @@ func readBodies(path string) ([]body, error) {
 	name := path
 	switch filepath.Ext(path) {
 	case ".json":
-		return []body{{where: name, data: bytes.TrimSpace(b)}}, nil
+		if b = bytes.TrimSpace(b); len(b) == 0 {
+			return nil, fmt.Errorf("%s: empty, want one JSON body (a .json file is one body)", name)
+		}
+		return []body{{where: name, data: b}}, nil
 	case ".jsonl":
 		var out []body
 		n := 0
@@ -154,7 +158,8 @@ func errNotJSONFile(path string) error {
 }
 
 // checkFile refuses, before anything is posted, a file that readBodies
-// would: one of another kind, or that cannot be read.
+// would: one of another kind, that cannot be read, or a .json file
+// without a body.
 func checkFile(path string) error {
 	if ext := filepath.Ext(path); ext != ".json" && ext != ".jsonl" {
 		return errNotJSONFile(path)
@@ -167,7 +172,10 @@ func checkFile(path string) error {
 	if st, err := f.Stat(); err == nil && st.IsDir() {
 		return fmt.Errorf("%s is a directory", path)
 	}
-	return nil
+	if filepath.Ext(path) == ".json" {
+		_, err = readBodies(path) // one body, read again when it is sent
+	}
+	return err
 }
 
 func sendFile(path string, post func(body) error) error {
