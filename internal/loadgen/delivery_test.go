@@ -429,6 +429,38 @@ func TestWatcherLeavesRequestThatCannotEnd(t *testing.T) {
 	}
 }
 
+// An event stored after the watcher began to wait out the drain of a
+// request that can no longer end gets the whole drain to arrive, as one
+// stored at the end of the run does: the give-up moves to a drain after
+// its answer. It kept the first, and such an event, stored late in that
+// drain, was counted lost before it could arrive.
+func TestWatcherGivesAnEventStoredLateTheWholeDrain(t *testing.T) {
+	t.Parallel()
+	following := make(chan string)
+	r := watchOneSlot(t, time.Hour, func(*runner) subscriber {
+		return func(ctx context.Context, id string) (watchStream, error) { return heldStream{ctx, id, following}, nil }
+	})
+	s := r.slots[0]
+	awaitGeneration(t, r, following, 0)
+	post := func(key string, o outcome, at time.Time) {
+		r.noteAnswer(s, r.noteSend(job{slot: s, gen: 0, wh: Webhook{Key: key}, intended: at, successes: 1}, at), o, at)
+	}
+	now := time.Now()
+	post("DELIVERED/SMS", stored, now) // not delivered yet: the watcher waits the drain
+	post(successKey, refused, now)
+	late := now.Add(50 * time.Minute) // the answer of a post that was in flight
+	post("INITIATED/", stored, late)
+	s.mu.Lock()
+	due := s.gens[0].giveUpAt
+	s.mu.Unlock()
+	if want := late.Add(time.Hour); due.Before(want) {
+		t.Errorf("the watcher gives the request up at %v after the late event was stored, want a drain (1h) after it", due.Sub(late))
+	}
+	if n := r.abandoned.Load(); n != 0 {
+		t.Errorf("given up %d times, want the watcher to stay", n)
+	}
+}
+
 // A subscription in place only after the slot began its request's
 // successor is dropped for the next request: the request went out
 // unwatched, nothing of it is measured, and it would keep the watcher for

@@ -158,12 +158,12 @@ type Result struct {
 	// for the next request of its slot, as they could no longer end (the
 	// stream ends only with SUCCESS, and a refused post is not retried):
 	// every post of SUCCESS (the mix's retries included) was answered and
-	// none 2xx. When all were
-	// refused, the watcher leaves once it received what it expects of the
-	// request, or after Drain; when one got no answer (it may have been
-	// stored, and its UPDATE may still come), after Drain unless the stream
-	// ends first. The request is then judged as those open at the end of
-	// the run are.
+	// none 2xx. When all were refused, the watcher leaves once it
+	// received what it expects of the request, or after Drain; when one got
+	// no answer (it may have been stored, and its UPDATE may still come),
+	// after Drain unless the stream ends first. An event stored meanwhile
+	// moves that to Drain after its answer. The request is then judged as
+	// those open at the end of the run are.
 	WatchAbandoned int64            `json:"watch_abandoned"`
 	WatchErrors    map[string]int64 `json:"watch_errors,omitempty"`
 }
@@ -347,6 +347,7 @@ type genState struct {
 	// watcher gave it up.
 	cancel    context.CancelFunc
 	giveUp    *time.Timer
+	giveUpAt  time.Time // when giveUp fires
 	abandoned bool
 }
 
@@ -734,7 +735,8 @@ func (g *genState) successRefused() (refused, unanswered bool) {
 // leaveIfDead has the watcher of g, generation of s, give the request up
 // when it can no longer end (Result.WatchAbandoned): at once when its
 // SUCCESS was refused and nothing it expects is missing; else Drain
-// later, unless the stream ends first. Under the slot's mu.
+// later, or Drain after the last of its events stored since, unless the
+// stream ends first. Under the slot's mu.
 func (r *runner) leaveIfDead(s *slot, g *genState) {
 	if g.cancel == nil || g.abandoned || g.judged {
 		return
@@ -749,14 +751,34 @@ func (r *runner) leaveIfDead(s *slot, g *genState) {
 			return
 		}
 	}
-	if g.giveUp == nil {
-		g.giveUp = time.AfterFunc(r.cfg.Drain, func() {
+	// Every event stored gets Drain to arrive, as at the end of the run:
+	// from when the request could no longer end, or from its answer if
+	// that came later (a post that was in flight then).
+	from := time.Now()
+	if g.giveUp != nil {
+		from = g.giveUpAt.Add(-r.cfg.Drain)
+	}
+	for _, k := range g.keys {
+		if k.stored.After(from) {
+			from = k.stored
+		}
+	}
+	due := from.Add(r.cfg.Drain)
+	switch {
+	case g.giveUp == nil:
+		g.giveUpAt = due
+		g.giveUp = time.AfterFunc(time.Until(due), func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			if g.cancel != nil && !g.abandoned && !g.judged {
+			// Not before giveUpAt: it may have moved while this waited
+			// for the lock, and the timer, reset, runs this again.
+			if g.cancel != nil && !g.abandoned && !g.judged && !time.Now().Before(g.giveUpAt) {
 				r.abandon(g)
 			}
 		})
+	case due.After(g.giveUpAt):
+		g.giveUpAt = due
+		g.giveUp.Reset(time.Until(due))
 	}
 }
 
