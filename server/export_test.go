@@ -11,3 +11,7 @@ func SetRelayPing(c *Config, d time.Duration) { c.relayPing = d }
 // client (flow control) before the server closes the client's connection,
 // every stream on it included.
 func SetSendWait(c *Config, d time.Duration) { c.sendWait = d }
+
+// SetCertCheck sets how often, at most, the TLS files are read again to
+// find a renewed certificate.
+func SetCertCheck(c *Config, d time.Duration) { c.certCheck = d }

@@ -84,6 +84,10 @@ func (s *Server) observeServer() {
 			}
 			return 0
 		})
+	if c := s.certs; c != nil {
+		s.obs.GaugeFunc("tls_certificate_expiration_timestamp_seconds", "When the TLS certificate served ends (its NotAfter, Unix time), as the files hold it now.",
+			func() float64 { return float64(c.current().cert.Leaf.NotAfter.Unix()) })
+	}
 	if r := s.relay; r != nil {
 		s.obs.GaugeFunc("pg_listening", "1 while the PostgreSQL listener, which passes other replicas' commits on to watchers here, is connected and listening, else 0.",
 			func() float64 {

@@ -352,7 +352,8 @@ func TestEscapedPathsAreNamedAsTheGatewayRoutesThem(t *testing.T) {
 // TestMetricsAreDocumented: the README's Operations names every metric
 // /metrics exports, as it claims to (its table, or a prefix it names such
 // as go_*), and its table names none that is not exported (but the
-// PostgreSQL-only ones, on SQLite here).
+// PostgreSQL-only ones, on SQLite here, and the TLS-only ones, without TLS
+// here: TestCertificateRenewedOnDisk reads those).
 func TestMetricsAreDocumented(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
@@ -390,7 +391,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 		t.Errorf("/metrics exports %s, which the README's Metrics does not name", base)
 	}
 	for name, row := range table {
-		if !strings.Contains(row, "PostgreSQL only") && !exported[name] && !exported[name+"_count"] {
+		if !onlySome(row) && !exported[name] && !exported[name+"_count"] {
 			t.Errorf("the README's metrics table names %s, which /metrics does not export", name)
 		}
 	}
@@ -400,7 +401,8 @@ func TestMetricsAreDocumented(t *testing.T) {
 // says are worth alerting on name metrics as /metrics exports them, so
 // that pasted into a rule they read something (an expression naming no
 // metric returns nothing, and its alert never fires). The README's
-// PostgreSQL-only metrics, not exported on SQLite, count as exported.
+// PostgreSQL-only and TLS-only metrics, not exported on SQLite without TLS,
+// count as exported.
 func TestAlertsNameExportedMetrics(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, nil, nil)
@@ -412,7 +414,7 @@ func TestAlertsNameExportedMetrics(t *testing.T) {
 	para, _, _ = strings.Cut(para, "\n\n")
 	exported := s.exported(t)
 	for _, line := range strings.Split(readme, "\n") {
-		if m := metricRow.FindStringSubmatch(line); m != nil && strings.Contains(line, "PostgreSQL only") {
+		if m := metricRow.FindStringSubmatch(line); m != nil && onlySome(line) {
 			exported[m[1]] = true
 		}
 	}
@@ -463,6 +465,12 @@ func (s *opsServer) exported(t *testing.T) map[string]bool {
 		names[name] = true
 	}
 	return names
+}
+
+// onlySome reports whether a row of the README's metrics table is of a
+// metric exported only on PostgreSQL or only with TLS.
+func onlySome(row string) bool {
+	return strings.Contains(row, "| PostgreSQL only") || strings.Contains(row, "| TLS only")
 }
 
 // metricRow matches a row of the README's metrics table.

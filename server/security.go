@@ -3,10 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,13 +20,16 @@ type security struct {
 	unary   []grpc.UnaryServerInterceptor
 	stream  []grpc.StreamServerInterceptor
 	tap     tap.ServerInHandle // nil: none
+	certs   *certReloader      // nil: no TLS
 	grpcTLS *tls.Config
 	httpTLS *tls.Config
 }
 
-func newSecurity(cfg Security) (*security, error) {
+// newSecurity reads the TLS files, if any, again at most every certCheck
+// (zero: certCheckInterval), logging their changes to log.
+func newSecurity(cfg Security, certCheck time.Duration, log *slog.Logger) (*security, error) {
 	s := &security{}
-	if err := s.loadTLS(cfg); err != nil {
+	if err := s.loadTLS(cfg, certCheck, log.With("component", "tls")); err != nil {
 		return nil, err
 	}
 	if cfg.Disabled {
@@ -49,14 +49,10 @@ func newSecurity(cfg Security) (*security, error) {
 	return s, nil
 }
 
-// warnOutOfDate warns when the TLS certificate is out of its validity at
-// now. It is served all the same: a client may not check it, and one
-// renewed outside the window is a restart away.
-func (s *security) warnOutOfDate(log *slog.Logger, file string, now time.Time) {
-	if s.httpTLS == nil {
-		return
-	}
-	leaf := s.httpTLS.Certificates[0].Leaf
+// warnOutOfDate warns when leaf, the TLS certificate of file, is out of
+// its validity at now. It is served all the same: a client may not check
+// it, and a renewed one is read from the files without a restart.
+func warnOutOfDate(log *slog.Logger, file string, leaf *x509.Certificate, now time.Time) {
 	switch {
 	case now.After(leaf.NotAfter):
 		log.Warn("the TLS certificate has expired: clients that check it refuse every connection", "file", file, "not_after", leaf.NotAfter)
@@ -65,29 +61,19 @@ func (s *security) warnOutOfDate(log *slog.Logger, file string, now time.Time) {
 	}
 }
 
-func (s *security) loadTLS(cfg Security) error {
+// loadTLS reads the TLS files, when set, into a reloader checking them
+// every interval (zero: certCheckInterval) and logging to log.
+func (s *security) loadTLS(cfg Security, every time.Duration, log *slog.Logger) error {
 	if cfg.TLSCertFile == "" {
 		return nil
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-	if err != nil {
-		return fmt.Errorf("TLS certificate %s and key %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
+	if every <= 0 {
+		every = certCheckInterval
 	}
-	base := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	s.httpTLS = base.Clone()
-	s.grpcTLS = base.Clone()
-	s.grpcTLS.NextProtos = []string{"h2"}
-	if cfg.ClientCAFile != "" {
-		pem, err := os.ReadFile(cfg.ClientCAFile)
-		if err != nil {
-			return fmt.Errorf("client CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return errors.New("client CA: no certificate in " + cfg.ClientCAFile)
-		}
-		s.grpcTLS.ClientCAs = pool
-		s.grpcTLS.ClientAuth = tls.RequireAndVerifyClientCert
+	var err error
+	if s.certs, err = newCertReloader(cfg, every, log); err != nil {
+		return err
 	}
+	s.httpTLS, s.grpcTLS = s.certs.httpConfig(), s.certs.grpcConfig()
 	return nil
 }

@@ -114,6 +114,9 @@ type Config struct {
 	// for its client before boundedSends closes the connection (zero:
 	// gateway.StreamWriteTimeout).
 	sendWait time.Duration
+	// certCheck, set by tests, is how often at most the TLS files are read
+	// again (zero: certCheckInterval).
+	certCheck time.Duration
 }
 
 // MaxMaxBodyBytes bounds MaxBodyBytes: the gRPC message limits are sized
@@ -166,7 +169,7 @@ func (s *Security) validate() []error {
 	if s.TLSCertFile != "" && s.TLSKeyFile != "" {
 		// The files are read now too, so that a start refuses what it
 		// cannot read before it makes credentials.
-		errs = append(errs, new(security).loadTLS(*s))
+		errs = append(errs, new(security).loadTLS(*s, 0, nil))
 	}
 	for _, n := range []struct {
 		name string
@@ -448,6 +451,7 @@ type Server struct {
 	metricsLis net.Listener
 
 	grpcLis, httpLis net.Listener
+	certs            *certReloader // nil: no TLS
 	inproc           *bufconn.Listener
 }
 
@@ -497,11 +501,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Logger:    log,
 	})
 
-	sec, err := newSecurity(cfg.Security)
+	sec, err := newSecurity(cfg.Security, cfg.certCheck, log)
 	if err != nil {
 		return nil, err
 	}
-	sec.warnOutOfDate(log, cfg.Security.TLSCertFile, time.Now())
+	if sec.certs != nil {
+		warnOutOfDate(log, cfg.Security.TLSCertFile, sec.certs.current().cert.Leaf, time.Now())
+		s.certs = sec.certs
+	}
 	webhooks := api.NewWebhookServer(untilConnected{s.writer, &s.waiting}, log.With("component", "ingest"))
 	webhooks.SetObserver(s.obs)
 	webhooks.SetMaxBodyBytes(cfg.MaxBodyBytes)
