@@ -1082,25 +1082,33 @@ func TestChecksAnsweredWhileStreamsFillTheBound(t *testing.T) {
 	}
 }
 
-// A Check's message comes with its headers: one that has not come within
-// --http-read-header-timeout (shorter than --http-read-timeout, the wait of
-// other calls) is given up, CANCELED, so that Checks held by sending
-// nothing give their places back soon.
+// A Check's or List's message comes with its headers: one that has not
+// come within --http-read-header-timeout (shorter than --http-read-timeout,
+// the wait of other calls) is given up, CANCELED, so that calls held by
+// sending nothing give their places back soon.
 func TestHeldCheckEndsAfterTheHeaderTimeout(t *testing.T) {
 	t.Parallel()
 	s := startOps(t, func(c *Config) { c.HTTPReadHeaderTimeout, c.HTTPReadTimeout = 2*time.Second, 10*time.Minute }, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := s.dialFrom(t, net.IPv4(127, 0, 2, 2)).NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, healthpb.Health_Check_FullMethodName)
-	if err == nil {
-		err = stream.RecvMsg(new(healthpb.HealthCheckResponse))
-	}
-	if status.Code(err) != codes.Canceled {
-		t.Errorf("a Check whose message never came: %v, want CANCELED by the server", err)
-	}
+	methods := []string{healthpb.Health_Check_FullMethodName, healthpb.Health_List_FullMethodName}
+	t.Run("held", func(t *testing.T) {
+		for i, method := range methods {
+			t.Run(method, func(t *testing.T) {
+				t.Parallel()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				stream, err := s.dialFrom(t, net.IPv4(127, 0, 2, byte(2+i))).NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
+				if err == nil {
+					err = stream.RecvMsg(new(healthpb.HealthCheckResponse))
+				}
+				if status.Code(err) != codes.Canceled {
+					t.Errorf("a %s whose message never came: %v, want CANCELED by the server", method, err)
+				}
+			})
+		}
+	})
 	const canceled = `otpless_events_grpc_refused_total{code="Canceled"}`
-	if !eventually(func() bool { return s.scrape(t)[canceled] == 1 }) {
-		t.Errorf("%s = %v, want 1", canceled, s.scrape(t)[canceled])
+	if !eventually(func() bool { return s.scrape(t)[canceled] == float64(len(methods)) }) {
+		t.Errorf("%s = %v, want %d", canceled, s.scrape(t)[canceled], len(methods))
 	}
 }
 

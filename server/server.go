@@ -84,7 +84,7 @@ type Config struct {
 	// HTTP clients, on the HTTP and metrics ports: reading a request's
 	// headers, reading a whole request, and keeping an idle connection.
 	// HTTPReadTimeout also bounds the wait for a gRPC call's message, and
-	// HTTPReadHeaderTimeout (the lesser of the two) a health Check's.
+	// HTTPReadHeaderTimeout (the lesser of the two) a health Check's or List's.
 	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// GRPCKeepalive is how long a gRPC connection may send nothing before
 	// the server pings it; one that does not answer within as long again

@@ -119,7 +119,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "webhooks committed in one transaction at most (up to 2048)")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest webhook body accepted (larger: 413)")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long each step of shutdown waits: in-flight calls, committing what is queued, closing the store")
-	f.DurationVar(&cfg.HTTPReadHeaderTimeout, "http-read-header-timeout", cfg.HTTPReadHeaderTimeout, "time allowed to read an HTTP request's headers, for a gRPC connection's handshake, and for a health Check's request message to come")
+	f.DurationVar(&cfg.HTTPReadHeaderTimeout, "http-read-header-timeout", cfg.HTTPReadHeaderTimeout, "time allowed to read an HTTP request's headers, for a gRPC connection's handshake, and for a health Check's or List's request message to come")
 	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time allowed to read a whole HTTP request, and for any other gRPC call's request message to come")
 	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "idle HTTP keep-alive connections, and gRPC connections with no call in flight, are closed after this")
 	f.DurationVar(&cfg.GRPCKeepalive, "grpc-keepalive", cfg.GRPCKeepalive, "a gRPC connection silent this long (at least 1s) is pinged, and closed (with its watches) when the ping goes unanswered as long again; clients may ping every 10 s or more")
