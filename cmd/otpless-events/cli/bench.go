@@ -70,10 +70,11 @@ func newBench(stdout, stderr io.Writer) *cobra.Command {
 			"they still expect. A watched request whose SUCCESS was not stored (bench retries no\n" +
 			"refused post) never ends its stream: once every post of its SUCCESS was answered, none\n" +
 			"2xx, its watcher gives it up for the next request when what it expects arrived, at most\n" +
-			"--drain later (--drain unless SUCCESS arrives when a post got no answer: it may have\n" +
-			"been stored), and the report counts those given up. bench reports the deliveries that\n" +
-			"never arrived and exits 1 when there were any (or when no webhook was answered 200, no\n" +
-			"watcher subscribed, the --ceiling run got no answer, or a signal cut the run short).\n" +
+			"--drain later or --drain after the last of its events stored since (--drain unless SUCCESS\n" +
+			"arrives when a post got no answer: it may have been stored), and the report counts those\n" +
+			"given up. bench reports the deliveries that never arrived and exits 1 when there were any\n" +
+			"(or when no webhook was answered 200, no watcher subscribed, the --ceiling run got no\n" +
+			"answer, or a signal cut the run short).\n" +
 			"--ceiling first runs the same traffic (closed loop, as many requests in progress, TLS when\n" +
 			"the target is https) against a bare net/http handler and, in closed loop, reports the\n" +
 			"server's throughput as a share of it. To leave the CPU to a server on the same machine,\n" +
