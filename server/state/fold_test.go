@@ -608,6 +608,63 @@ func TestActiveChannelAfterFallbacks(t *testing.T) {
 			with(success("ok", 3, "tok"), func(e *eventsv1.Event) { e.AuthChannels = []string{"SMS", "WHATSAPP"} }),
 		},
 		active: "WHATSAPP", status: reqSuccess,
+	}, {
+		name: "a later fallback to the channel an earlier one left",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "SMS", "EMAIL"), fallback("fb2", 2, "WHATSAPP", "SMS"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "fallbacks at one time, not chained: the target of the last",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), fallback("fb2", 1, "EMAIL", "VIBER"),
+		},
+		active: "VIBER", status: inProgress,
+	}, {
+		name: "fallbacks at one time in a cycle: the target of the last",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), fallback("fb2", 1, "SMS", "WHATSAPP"),
+		},
+		active: "WHATSAPP", status: inProgress,
+	}, {
+		name: "fallbacks at one time, one to the channel it left: no other moves on from its target",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "EMAIL", "VIBER"), fallback("fb2", 1, "SMS", "SMS"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "the target failed, then got past SENT: a channel first reported in between is not moved to",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), dlrFailed("sf", 2, "SMS", "003"),
+			dlr("vs", 3, "VIBER", "SENT"), dlr("sd", 4, "SMS", "DELIVERED"),
+		},
+		active: "SMS", status: inProgress,
+	}, {
+		name: "a late first report of the channel the fallback left is no missed fallback",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), dlrFailed("sf", 2, "SMS", "003"), dlr("ws", 3, "WHATSAPP", "SENT"),
+		},
+		active: "SMS", status: reqFailed,
+	}, {
+		name: "a channel first reported in the second the target failed is not moved to",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), dlrFailed("sf", 2, "SMS", "003"), dlr("vs", 2, "VIBER", "SENT"),
+		},
+		active: "SMS", status: reqFailed,
+	}, {
+		name: "of two channels started after a missed fallback, the one first reported latest",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), dlrFailed("sf", 2, "SMS", "003"),
+			dlr("vs", 3, "VIBER", "SENT"), dlr("es", 4, "EMAIL", "SENT"),
+		},
+		active: "EMAIL", status: inProgress,
+	}, {
+		name: "the same first reported at one time: the later event id, not the later name",
+		events: []*eventsv1.Event{
+			fallback("fb", 1, "WHATSAPP", "SMS"), dlrFailed("sf", 2, "SMS", "003"),
+			dlr("x1", 3, "VIBER", "SENT"), dlr("x2", 3, "EMAIL", "SENT"),
+		},
+		active: "EMAIL", status: inProgress,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := state.Fold(reqID, tc.events)
