@@ -862,3 +862,28 @@ func TestSnapshotListsKeepTheActiveChannel(t *testing.T) {
 		t.Errorf("%d failures, first %v, second %s; want %d, SMS's then the latest others", len(f), f[0], f[1].GetChannel(), state.MaxListed)
 	}
 }
+
+// TestSnapshotListsKeepTheActiveChannelAtTheEdge: with one to three
+// channels more than MaxListed, the active channel is kept wherever it
+// falls outside the latest MaxListed, the first of them as much as the one
+// just before them.
+func TestSnapshotListsKeepTheActiveChannelAtTheEdge(t *testing.T) {
+	t.Parallel()
+	for extra := 1; extra <= 3; extra++ {
+		for pos := range extra {
+			t.Run(fmt.Sprintf("%d more, active at %d", extra, pos), func(t *testing.T) {
+				var events []*eventsv1.Event
+				for i := range state.MaxListed + extra {
+					events = append(events, dlr(fmt.Sprintf("s%03d", i), int64(i), fmt.Sprintf("CH%03d", i), "SENT"))
+				}
+				active := fmt.Sprintf("CH%03d", pos)
+				events = append(events, with(success("ok", 1000, "tok"), func(e *eventsv1.Event) { e.AuthChannels = []string{active} }))
+				r := state.Fold(reqID, events)
+				c := r.GetChannels()
+				if r.GetActiveChannel() != active || len(c) != state.MaxListed || c[0].GetChannel() != active || c[1].GetChannel() != fmt.Sprintf("CH%03d", extra+1) {
+					t.Errorf("active %s, %d channels listed from %s, %s; want %s, %d from %[4]s, CH%03[7]d", r.GetActiveChannel(), len(c), c[0].GetChannel(), c[1].GetChannel(), active, state.MaxListed, extra+1)
+				}
+			})
+		}
+	}
+}
