@@ -88,16 +88,24 @@ func TestDecodeLoneSurrogates(t *testing.T) {
 		{"two high halves", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\uD83D\uD83D\ude00"}}`, "\ufffd\U0001F600"},
 		{"a pair and a half", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ud83d\ude00\ud83d"}}`, "\U0001F600\ufffd"},
 		{"after an escaped backslash", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\\\ud800"}}`, "\\\ufffd"},
+		{"two low halves, the first the least", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\udc00\ude00"}}`, "\ufffd\ufffd"},
+		{"a pair with the least low half", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ud83d\udc00"}}`, "\U0001F400"},
+		{"a high half, then another escape", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ud83d\ndc00"}}`, "\ufffd\ndc00"},
+		{"a high half, then text like a low half", `{"eventType": "DLR", "data": {"requestId": "r1", "status": "FAILED", "errorMessage": "\ud83dxudc00"}}`, "\ufffdxudc00"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			req, err := normalize.Decode([]byte(tt.body))
+			body := []byte(tt.body)
+			req, err := normalize.Decode(body)
 			if err != nil {
 				t.Fatalf("Decode(%s): %v", tt.body, err)
 			}
 			if got := req.GetData().GetErrorMessage(); got != tt.wantMessage {
 				t.Errorf("errorMessage %q, want %q", got, tt.wantMessage)
+			}
+			if string(body) != tt.body {
+				t.Errorf("Decode changed its body to %s", body)
 			}
 		})
 	}
@@ -107,7 +115,14 @@ func TestDecodeLoneSurrogates(t *testing.T) {
 	if err != nil || req.GetData().GetErrorMessage() != `\ud800` {
 		t.Errorf("escaped backslash: %v, %v", req.GetData().GetErrorMessage(), err)
 	}
-	if _, err := normalize.Decode([]byte(`{"status": "\ud800", }`)); !errors.Is(err, normalize.ErrInvalidBody) {
-		t.Errorf("invalid JSON with a lone surrogate: %v, want ErrInvalidBody", err)
+	for _, body := range []string{
+		`{"status": "\ud800", }`,
+		`{"status": "\ud83d`,      // cut after a high half
+		`{"status": "\ud83d\udc0`, // cut in the low half
+	} {
+		b := []byte(body)
+		if _, err := normalize.Decode(b[:len(b):len(b)]); !errors.Is(err, normalize.ErrInvalidBody) { // no capacity to read past the end
+			t.Errorf("invalid JSON with a lone surrogate %s: %v, want ErrInvalidBody", body, err)
+		}
 	}
 }
