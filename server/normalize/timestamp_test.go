@@ -32,6 +32,10 @@ func TestParseTime(t *testing.T) {
 		{"ms ending in 1", num(1734615829169), time.UnixMilli(1734615829169)},
 		{"ms with fraction", num(1734516528720.5), time.UnixMicro(1734516528720500)},
 		{"largest ms", num(99999999999999), time.UnixMilli(99999999999999)},
+		{"smallest µs", num(1e14), time.UnixMicro(1e14)},
+		{"µs with fraction, rounded", num(1734516528720123.5), time.UnixMicro(1734516528720124)},
+		{"largest µs", str("99999999999999999"), time.UnixMicro(99999999999999999)},
+		{"smallest ns", num(1e17), time.Unix(0, 1e17)},
 		{"µs", num(1734516528720123), time.UnixMicro(1734516528720123)},
 		{"ns", num(1734516528720123904), time.Unix(0, 1734516528720123904)},
 		// Numeric strings.
@@ -42,6 +46,7 @@ func TestParseTime(t *testing.T) {
 		{"ms string with space", str(" 1734516528720 "), time.UnixMilli(1734516528720)},
 		{"µs string", str("1734516528720123"), time.UnixMicro(1734516528720123)},
 		{"ns string, exact", str("1734516528720123456"), time.Unix(0, 1734516528720123456)},
+		{"ns string past 2^62, exact", str("4611686018427387905"), time.Unix(0, 4611686018427387905)},
 		// ISO 8601 / RFC 3339.
 		{"RFC 3339 Z", str("2024-12-18T10:45:21Z"), time.Unix(1734518721, 0)},
 		{"lower-case t and z", str("2024-12-18t10:45:21z"), time.Unix(1734518721, 0)},
@@ -127,10 +132,14 @@ func TestParseTime(t *testing.T) {
 		{"before epoch", str("1969-07-20T20:17:40Z"), "is not after 1970"},
 		{"bad month", str("2024-13-18T10:45:21Z"), "is not an epoch time"},
 		{"year 9999 behind UTC: after it in UTC", str("9999-12-31T23:59:59-23:59"), "is after the year 9999"},
+		{"the first second of the year 10000 in UTC", str("9999-12-31T23:59:00-00:01"), "is after the year 9999"},
 		{"RFC 1123 in another zone", str("Wed, 18 Dec 2024 16:15:21 IST"), "is not an epoch time"},
 		{"offset of three digits", str("2024-12-18T10:45:21+053"), "is not an epoch time"},
 		{"hour only", str("2024-12-18T10Z"), "is not an epoch time"},
 		{"bracket without a zone before it", str("[Asia/Kolkata]"), "is not an epoch time"},
+		{"a closing bracket alone", str("2024-12-18T10:45:21Z]"), "is not an epoch time"},
+		{"zero with an empty exponent", str("0e"), "is not an epoch time"},
+		{"zero with a sign for an exponent", str("0e+"), "is not an epoch time"},
 	}
 	for _, tt := range unreadable {
 		t.Run(tt.name, func(t *testing.T) {
