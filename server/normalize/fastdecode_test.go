@@ -191,8 +191,22 @@ func TestDecodeFastEdges(t *testing.T) {
 		{`[]`, false},                                                        // not an object
 		{``, false},                                                          // empty
 		{strings.Repeat(`{"a":`, 40) + `1` + strings.Repeat(`}`, 40), false}, // deep
+		{`{"status" "SENT"}`, false},                                         // no colon
+		{`{"status"}`, false},                                                // no colon, no value
+		{"{\"status\": \"a\n}", false},                                       // a newline ends no string
+		{"{\"status\": \"\\na\n}", false},                                    // nor after an escape
+		{`{"status":}`, false},                                               // no string
+		{`{"timestamp":}`, false},                                            // no value
+		{`{"timestamp": 1e}`, false},                                         // no exponent digits
+		{`{"timestamp": 17`, false},                                          // cut in a number
+		{`{"status": "SENT`, false},                                          // cut in a string
+		{`{"status": "a\nb`, false},                                          // cut after an escape
+		{`{"status": "a\`, false},                                            // cut in an escape
+		{`{"status": "\u12`, false},                                          // cut in a \u escape
+		{`{"status": "\u123`, false},
 	} {
-		if got := agrees(t, []byte(tt.body)); got != tt.fast {
+		b := []byte(tt.body)
+		if got := agrees(t, b[:len(b):len(b)]); got != tt.fast { // no capacity to read past the end
 			t.Errorf("fast path on %q: %v, want %v", tt.body, got, tt.fast)
 		}
 	}
