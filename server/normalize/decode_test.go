@@ -30,6 +30,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"data not an object", `{"data": 5}`, "invalid webhook body: data: expected an object, got a number"},
 		{"mobile not an object", `{"notificationType": "UNREACHABLE", "mobile": "919899038845"}`, "invalid webhook body: mobile: expected an object, got a string"},
 		{"status not a string", `{"status": 5}`, "invalid webhook body: status: expected a string, got a number"},
+		{"a null beside a wrong type", `{"eventType": null, "status": 5}`, "invalid webhook body: status: expected a string, got a number"},
 		{"nested string field", `{"data": {"requestId": true}}`, "invalid webhook body: data.requestId: expected a string, got a boolean"},
 		{"snake_case name", `{"data": {"request_id": {}}}`, "invalid webhook body: data.request_id: expected a string, got an object"},
 		{"channel not an array", `{"data": {"authenticationDetails": {"phone": {"channel": "SMS"}}}}`, "invalid webhook body: data.authenticationDetails.phone.channel: expected an array, got a string"},

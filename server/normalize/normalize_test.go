@@ -227,6 +227,7 @@ func TestEventTimeRefused(t *testing.T) {
 		{"words before a good data.timestamp", `{"status": "SENT", "timestamp": "soon", "data": {"timestamp": 1707743466000}}`, `timestamp (a string) is not an epoch time`},
 		{"unreadable data.timestamp", `{"eventType": "DLR", "data": {"status": "SENT", "timestamp": "Mon, 12 Feb 2024 13:11:19 IST"}}`, `data.timestamp (a string) is not an epoch time`},
 		{"year 2100", `{"eventType": "DLR", "timestamp": 4102444800000, "data": {"status": "FAILED"}}`, `timestamp 4102444800000 is more than a day after the webhook arrived (2026-01-02T03:04:05Z)`},
+		{"year 2100 with a fraction, as sent", `{"eventType": "DLR", "timestamp": 4102444800000.25, "data": {"status": "FAILED"}}`, `timestamp 4102444800000.25 is more than a day after the webhook arrived (2026-01-02T03:04:05Z)`},
 		{"a day and a millisecond ahead", fmt.Sprintf(`{"status": "SENT", "timestamp": %d}`, received.Add(normalize.MaxAhead+time.Millisecond).UnixMilli()), "more than a day after"},
 	}
 	for _, tt := range tests {
