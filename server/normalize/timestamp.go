@@ -131,13 +131,13 @@ func fromString(s string) (time.Time, bool) {
 			return t, true
 		}
 	}
-	if isDecimal(s) {
+	if isDigits(s) {
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return fromInt(n), true
 		}
 	}
-	// "1.7e12", "17e-1", and a decimal ParseInt refused; what ParseFloat
-	// refuses may still be a date ("2024-12-18").
+	// "1.7e12", "17e-1", a fraction, and digits ParseInt refused; what
+	// ParseFloat refuses may still be a date ("2024-12-18").
 	if strings.Trim(s, "0123456789.eE+-") == "" {
 		if f, err := strconv.ParseFloat(s, 64); err == nil {
 			return fromNumber(f)
@@ -190,18 +190,7 @@ func isZero(s string) bool {
 	return strings.Contains(mantissa, "0") && strings.Trim(mantissa, "0.") == "" && strings.Count(mantissa, ".") <= 1
 }
 
-// isDecimal reports whether s is digits with at most one decimal point.
-func isDecimal(s string) bool {
-	digits, points := 0, 0
-	for _, c := range []byte(s) {
-		switch {
-		case c >= '0' && c <= '9':
-			digits++
-		case c == '.':
-			points++
-		default:
-			return false
-		}
-	}
-	return digits > 0 && points <= 1
+// isDigits reports whether s is one or more decimal digits.
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
