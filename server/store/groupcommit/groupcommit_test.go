@@ -247,25 +247,32 @@ func TestConcurrentSubmitters(t *testing.T) {
 	t.Logf("%d webhooks in %d commits", len(numbers), len(sizes))
 }
 
+// TestOverloaded: a queue of QueueSize webhooks, the smallest too, is full
+// with that many waiting behind the commit in flight.
 func TestOverloaded(t *testing.T) {
 	t.Parallel()
-	g := newGate()
-	w := start(t, &fakeStore{hook: g.hook}, Options{QueueSize: 2})
-	first := holdFirstBatch(t, w, g)
-	items := enqueueAll(t, w, 1, 3) // the queue is full now
+	for _, size := range []int{1, 2} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel()
+			g := newGate()
+			w := start(t, &fakeStore{hook: g.hook}, Options{QueueSize: size})
+			first := holdFirstBatch(t, w, g)
+			items := enqueueAll(t, w, 1, size+1) // the queue is full now
 
-	_, err := w.Submit(t.Context(), webhook(3))
-	if !errors.Is(err, store.ErrOverloaded) {
-		t.Fatalf("Submit to a full queue: %v, want ErrOverloaded", err)
+			_, err := w.Submit(t.Context(), webhook(size+1))
+			if !errors.Is(err, store.ErrOverloaded) {
+				t.Fatalf("Submit to a full queue: %v, want ErrOverloaded", err)
+			}
+			close(g.release)
+			wantResult(t, 0, recv(t, first, "webhook 0"))
+			for i, it := range items {
+				wantResult(t, i+1, recv(t, it.done, "a queued webhook"))
+			}
+			// Room again.
+			r, err := w.Submit(t.Context(), webhook(size+2))
+			wantResult(t, size+2, outcome{r, err})
+		})
 	}
-	close(g.release)
-	wantResult(t, 0, recv(t, first, "webhook 0"))
-	for i, it := range items {
-		wantResult(t, i+1, recv(t, it.done, "a queued webhook"))
-	}
-	// Room again.
-	r, err := w.Submit(t.Context(), webhook(4))
-	wantResult(t, 4, outcome{r, err})
 }
 
 func TestCommitFailure(t *testing.T) {
