@@ -28,6 +28,8 @@ type fakeStore struct {
 	// forget keeps no batch (committed reports none), so that the store
 	// holds none of the webhooks it answered.
 	forget bool
+	// answer, when set, changes what a commit that succeeded returns.
+	answer func([]store.Result, []store.Change) ([]store.Result, []store.Change)
 
 	mu      sync.Mutex
 	calls   int
@@ -56,6 +58,9 @@ func (f *fakeStore) Commit(ctx context.Context, batch []store.Webhook) ([]store.
 		n := number(wh)
 		results[i] = store.Result{Events: []store.EventResult{{Revision: int64(n)}}}
 		changes[i] = store.Change{Request: &eventsv1.AuthRequest{RequestId: "r" + strconv.Itoa(n), Revision: int64(n)}}
+	}
+	if f.answer != nil {
+		results, changes = f.answer(results, changes)
 	}
 	return results, changes, nil
 }
@@ -565,20 +570,22 @@ func TestStorePanic(t *testing.T) {
 func TestStorePanicIsolatesTheWebhook(t *testing.T) {
 	t.Parallel()
 	for _, fault := range []string{"panic", "damaged"} {
-		t.Run(fault, func(t *testing.T) {
-			t.Parallel()
-			testIsolation(t, func() error {
-				if fault == "panic" {
-					panic("the store's kaboom")
-				}
-				return fmt.Errorf("request r3: %w: decode snapshot", store.ErrDamaged)
+		for _, batch := range []int{2, 5} { // 2: the least batch there is to split
+			t.Run(fmt.Sprintf("%s in a batch of %d", fault, batch), func(t *testing.T) {
+				t.Parallel()
+				testIsolation(t, batch, func() error {
+					if fault == "panic" {
+						panic("the store's kaboom")
+					}
+					return fmt.Errorf("request r%d: %w: decode snapshot", batch, store.ErrDamaged)
+				})
 			})
-		})
+		}
 	}
 }
 
-func testIsolation(t *testing.T, fail func() error) {
-	const poison = 3
+func testIsolation(t *testing.T, batch int, fail func() error) {
+	poison := batch // the last of the batch
 	g := newGate()
 	fs := &fakeStore{hook: func(ctx context.Context, call int, batch []store.Webhook) error {
 		if err := g.hook(ctx, call, batch); err != nil {
@@ -596,7 +603,7 @@ func testIsolation(t *testing.T, fail func() error) {
 		}
 	}})
 	first := holdFirstBatch(t, w, g)
-	items := enqueueAll(t, w, 1, 6)
+	items := enqueueAll(t, w, 1, batch+1)
 	close(g.release)
 
 	wantResult(t, 0, recv(t, first, "webhook 0"))
@@ -610,10 +617,14 @@ func testIsolation(t *testing.T, fail func() error) {
 			wantResult(t, n, o)
 		}
 	}
-	if _, sizes := fs.committed(); !slices.Equal(sizes, []int{1, 5, 1, 1, 1, 1, 1}) {
-		t.Errorf("batch sizes %v, want [1 5 1 1 1 1 1]: the failed batch again one at a time", sizes)
+	if _, sizes := fs.committed(); !slices.Equal(sizes, append([]int{1, batch}, slices.Repeat([]int{1}, batch)...)) {
+		t.Errorf("batch sizes %v, want 1, %d, then the failed batch again one at a time", sizes, batch)
 	}
-	if !slices.Equal(published, []int64{0, 1, 2, 4, 5}) {
+	var want []int64
+	for n := range batch { // every webhook but the poisoned one
+		want = append(want, int64(n))
+	}
+	if !slices.Equal(published, want) {
 		t.Errorf("changes published %v, want those of every webhook but the poisoned one", published)
 	}
 }
@@ -666,5 +677,47 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A store that answers a batch with more or fewer results than it has
+// webhooks fails the batch, rather than having each caller answered by
+// position from results that are not theirs or not there.
+func TestWrongResultCount(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		answer func([]store.Result, []store.Change) ([]store.Result, []store.Change)
+	}{
+		{"one short", func(r []store.Result, c []store.Change) ([]store.Result, []store.Change) { return r[:len(r)-1], c }},
+		{"one over", func(r []store.Result, c []store.Change) ([]store.Result, []store.Change) {
+			return append(r, store.Result{}), c
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var onCommit int
+			w := start(t, &fakeStore{answer: tt.answer}, Options{OnCommit: func([]store.Change) { onCommit++ }})
+			if res, err := w.Submit(t.Context(), webhook(1)); !errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("Submit: %+v, %v; want ErrUnavailable", res, err)
+			}
+			if onCommit != 0 {
+				t.Errorf("OnCommit called %d times for a failed commit", onCommit)
+			}
+		})
+	}
+}
+
+// A commit that changed no request (every webhook a duplicate) calls no
+// OnCommit: there is nothing to publish.
+func TestOnCommitOnlyForChanges(t *testing.T) {
+	t.Parallel()
+	var onCommit int
+	fs := &fakeStore{answer: func(r []store.Result, _ []store.Change) ([]store.Result, []store.Change) { return r, nil }}
+	w := start(t, fs, Options{OnCommit: func([]store.Change) { onCommit++ }})
+	r, err := w.Submit(t.Context(), webhook(1))
+	wantResult(t, 1, outcome{r, err})
+	if onCommit != 0 { // OnCommit runs before the caller is answered
+		t.Errorf("OnCommit called %d times for a commit that changed nothing", onCommit)
 	}
 }
