@@ -117,6 +117,7 @@ func TestParseTime(t *testing.T) {
 		{"NaN", num(math.NaN()), "is not an epoch time"},
 		{"infinity", num(math.Inf(1)), "is not an epoch time"},
 		{"beyond int64 ns", num(1e19), "is not an epoch time"},
+		{"2^63 ns, just past int64", num(math.Exp2(63)), "is not an epoch time"},
 		{"negative string", str("-1734518721"), "is not an epoch time"},
 		{"huge string", str("99999999999999999999"), "is not an epoch time"},
 		{"exponent out of range", str("1e400"), "is not an epoch time"},
