@@ -98,9 +98,9 @@ func (s *WebhookServer) IngestBody(ctx context.Context, req *eventsv1.IngestRequ
 		st := Status(err)
 		// A refusal (the store unavailable, closed or overloaded, or the
 		// caller gone) is said by the request's own log line, with its
-		// reason; its cause is logged where it arises, once: a failed
-		// commit by the writer, per batch, and a database not reached yet
-		// by the server, per attempt. Only a fault nothing else explains
+		// reason; its cause is logged where it arises: failed commits by
+		// the writer, every 10 s at most with a count, and a database not
+		// reached yet by the server, per attempt. Only a fault nothing else explains
 		// gets a line here.
 		if status.Code(st) == codes.Internal {
 			s.log.LogAttrs(ctx, slog.LevelWarn, "webhook not stored", slog.Any("error", err))

@@ -24,9 +24,9 @@ func (f failingIngester) Submit(context.Context, store.Webhook) (store.Result, e
 
 // A webhook refused as the store is unavailable, closed or overloaded, or
 // whose caller is gone, gets no line of its own: the request's line says
-// it, with its reason, and the cause is logged where it arises (a failed
-// commit once per batch, a failed attempt to reach the database once per
-// attempt). At OTPLESS's retry rate a second line per request is noise. A
+// it, with its reason, and the cause is logged where it arises (failed
+// commits when they begin and then every 10 s with a count, a failed
+// attempt to reach the database once per attempt). At OTPLESS's retry rate a second line per request is noise. A
 // fault nothing else explains is logged, with its cause.
 func TestWebhookNotStoredIsLoggedOnlyForFaults(t *testing.T) {
 	t.Parallel()

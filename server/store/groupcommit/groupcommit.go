@@ -61,6 +61,9 @@ type Writer struct {
 	onCommit func([]store.Change)
 	observe  func(Batch)
 	log      *slog.Logger
+	now      func() time.Time
+	after    func(time.Duration) <-chan time.Time
+	failures failures // the writer goroutine's own
 
 	mu      sync.RWMutex // guards started and stopped; Submit holds it for reading while it enqueues
 	started bool
@@ -111,6 +114,8 @@ func New(s store.Store, opts Options) *Writer {
 		onCommit: opts.OnCommit,
 		observe:  opts.Observe,
 		log:      opts.Logger.With("component", "groupcommit"),
+		now:      time.Now,
+		after:    time.After,
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -230,8 +235,12 @@ func (w *Writer) run(ctx context.Context) {
 	defer close(w.done)
 	defer w.cancel()
 	batch := make([]*item, 0, w.maxBatch)
+	var flush <-chan time.Time // armed while failures wait to be logged
 	for {
 		select {
+		case <-flush:
+			flush = nil
+			w.failures.flush(w.log, w.now())
 		case it := <-w.queue:
 			// Handlers that are runnable now are about to submit: yielding
 			// once lets them join this batch rather than wait out a whole
@@ -243,10 +252,14 @@ func (w *Writer) run(ctx context.Context) {
 			batch = w.fill(append(batch[:0], it))
 			w.commit(ctx, take(batch))
 			clear(batch) // the memory is reused: keep no answered webhook
+			if d, ok := w.failures.due(w.now()); ok && flush == nil {
+				flush = w.after(d)
+			}
 		case <-w.quit:
 			for {
 				batch = w.fill(batch[:0])
 				if len(batch) == 0 {
+					w.failures.flush(w.log, w.now())
 					return
 				}
 				w.commit(ctx, take(batch))
@@ -307,18 +320,81 @@ func (w *Writer) commit(ctx context.Context, live []*item) {
 	}
 	if err != nil {
 		err = commitError(len(live), err)
-		w.log.Error("commit failed", "webhooks", len(live), "err", err)
+		w.failures.failed(w.log, w.now(), len(live), err)
 		for _, it := range live {
 			it.done <- outcome{err: err}
 		}
 		return
 	}
+	w.failures.succeeded(w.log, w.now())
 	if w.onCommit != nil && len(changes) > 0 {
 		w.onCommit(changes)
 	}
 	for i, it := range live {
 		it.done <- outcome{result: results[i]}
 	}
+}
+
+// failureLogInterval is how often, at most, a run of failed commits is
+// logged. While the database is unreachable each commit fails at once and
+// holds the webhook or two that came meanwhile: a line per commit would be
+// a line per webhook, beside each webhook's own 503 line.
+const failureLogInterval = 10 * time.Second
+
+// failures keeps the counts that make failed commits a line at most once
+// per failureLogInterval, the first at once (a store that fails every other
+// commit, a disk nearly full, included); failures left unlogged are logged
+// once the interval is over (flush), and a run of failures that was logged
+// ends with a line when a commit succeeds.
+type failures struct {
+	line              time.Time // of the last "commit failed"; zero: none yet
+	commits, webhooks int       // failed since that line: the next one's counts
+	lastErr           error     // of the last of them
+	lastWebhooks      int
+
+	runCommits, runWebhooks int // failed since the last commit that succeeded
+	runBegan                time.Time
+	runLogged               bool // a "commit failed" line counted some of them
+}
+
+func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err error) {
+	if f.runCommits == 0 {
+		f.runBegan = now
+	}
+	f.runCommits++
+	f.runWebhooks += webhooks
+	f.commits++
+	f.webhooks += webhooks
+	f.lastErr, f.lastWebhooks = err, webhooks
+	if f.line.IsZero() || now.Sub(f.line) >= failureLogInterval {
+		f.flush(log, now)
+	}
+}
+
+// flush logs the failures not logged yet, if any.
+func (f *failures) flush(log *slog.Logger, now time.Time) {
+	if f.commits == 0 {
+		return
+	}
+	log.Error("commit failed", "webhooks", f.lastWebhooks, "err", f.lastErr,
+		"failed_commits", f.commits, "failed_webhooks", f.webhooks)
+	f.line, f.commits, f.webhooks, f.lastErr = now, 0, 0, nil
+	f.runLogged = f.runCommits > 0
+}
+
+// due reports whether failures wait to be logged, and in how long.
+func (f *failures) due(now time.Time) (time.Duration, bool) {
+	return f.line.Add(failureLogInterval).Sub(now), f.commits > 0
+}
+
+func (f *failures) succeeded(log *slog.Logger, now time.Time) {
+	if f.runCommits == 0 {
+		return
+	}
+	if f.runLogged {
+		log.Info("commits succeed again", "failed_commits", f.runCommits, "failed_webhooks", f.runWebhooks, "failed_for", now.Sub(f.runBegan))
+	}
+	f.runCommits, f.runWebhooks, f.runLogged = 0, 0, false
 }
 
 // errPanicked is the error of a commit in which the store panicked.
