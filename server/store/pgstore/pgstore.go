@@ -713,6 +713,14 @@ const privilegesQuery = `SELECT string_agg(p.priv || ' on ' || p.rel, ', ' ORDER
 		WHEN p.rel LIKE '%_seq' THEN has_sequence_privilege(to_regclass(p.rel)::oid, p.priv)
 		ELSE has_table_privilege(to_regclass(p.rel)::oid, p.priv) END`
 
+// unusableSchemasQuery lists, comma-separated (NULL for none), the schemas
+// the search_path names that exist but that the current role lacks USAGE
+// on: PostgreSQL leaves them out of the search_path, so the tables in them
+// are not found, as if the schema had been dropped.
+const unusableSchemasQuery = `SELECT string_agg(n.nspname, ', ' ORDER BY n.nspname) FROM pg_namespace n
+	WHERE n.nspname = ANY (SELECT btrim(p, ' "') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
+		AND NOT has_schema_privilege(n.oid, 'USAGE')`
+
 // checkWritable asks conn whether a commit could succeed: the server takes
 // writes (not a standby, nor read-only by default_transaction_read_only),
 // the tables are where the search_path says, and the role holds every
@@ -724,14 +732,16 @@ const privilegesQuery = `SELECT string_agg(p.priv || ' on ' || p.rel, ', ' ORDER
 func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 	var readOnly, role string
 	var tables bool
-	var missing *string
+	var missing, unusable *string
 	if err := conn.QueryRow(ctx, `SELECT current_setting('transaction_read_only'), to_regclass('requests') IS NOT NULL,
-		current_user, (`+privilegesQuery+`)`).Scan(&readOnly, &tables, &role, &missing); err != nil {
+		current_user, (`+privilegesQuery+`), (`+unusableSchemasQuery+`)`).Scan(&readOnly, &tables, &role, &missing, &unusable); err != nil {
 		return err
 	}
 	switch {
 	case readOnly != "off":
 		return ErrReadOnly
+	case !tables && unusable != nil:
+		return fmt.Errorf("%w: the table requests is not in the search_path: the role %s lacks USAGE on the schema %s (GRANT it)", errUnusable, role, *unusable)
 	case !tables:
 		return fmt.Errorf("%w: the table requests is not in the search_path (was the schema dropped or renamed?)", errUnusable)
 	case missing != nil:

@@ -1098,6 +1098,20 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if _, _, err := st.Commit(ctx, []store.Webhook{hook(at(2), delivery("r2", "e2", "SMS", "SENT", at(2)))}); err == nil {
 		t.Errorf("Commit as %s without those privileges succeeded: the test revoked nothing it needs", role)
 	}
+
+	// Without USAGE on the schema, PostgreSQL leaves it out of the
+	// search_path: the tables are there, and the ping says what the role
+	// lacks, not that the schema was dropped or renamed.
+	if _, err := admin.Exec(ctx, "REVOKE USAGE ON SCHEMA "+s+" FROM "+role); err != nil {
+		t.Fatal(err)
+	}
+	awaitIdle(t, st)
+	err = st.Ping(ctx)
+	t.Logf("Ping as %s without USAGE on the schema: %v", role, err)
+	want = "lacks USAGE on the schema " + schema
+	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "dropped") {
+		t.Errorf("Ping as %s without USAGE on the schema: %v; want ErrUnavailable saying %q, not that the schema was dropped", role, err, want)
+	}
 }
 
 // TestAbandonedCommitReleasesLocks: a replica cut off in the middle of a
