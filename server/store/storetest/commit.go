@@ -160,6 +160,35 @@ func testEventsWithoutRequestID(t *testing.T, su suite) {
 	wantErr(t, `ListEvents("")`, err, store.ErrNotFound)
 }
 
+// testCommitStoresNoRawBody: an event handed to Commit with RawBody set
+// (which Webhook says it is not) is stored without it, as if it had none:
+// the store keeps the body once, on the webhook. Neither its Change nor
+// Export gives it back, ListEvents gives the webhook's body, and the
+// caller's event is left as it was.
+func testCommitStoresNoRawBody(t *testing.T, su suite) {
+	s := su.open(t)
+	e1 := delivery("r1", "e1", "SMS", "SENT", at(0))
+	u1 := system("", "u1", "UNREACHABLE", at(1))
+	wh := hook(at(10), e1, u1)
+	plain := []*eventsv1.Event{proto.CloneOf(e1), proto.CloneOf(u1)}
+	e1.RawBody, u1.RawBody = "not the body", "not the body either"
+
+	_, changes := commit(t, s, wh)
+	if len(changes) != 1 {
+		t.Fatalf("got %d changes, want 1", len(changes))
+	}
+	equalEvents(t, "Change.Events", changes[0].Events, plain[:1])
+	equalEvents(t, "ListEvents", listAll(t, s, "r1", 10), []*eventsv1.Event{withBody(plain[0], wh.Body)})
+	pages := exportAll(t, s, 10)
+	if len(pages) != 1 {
+		t.Fatalf("exported %d pages, want 1", len(pages))
+	}
+	checkExported(t, pages[0], store.Webhook{Body: wh.Body, Received: wh.Received, Events: plain})
+	if e1.GetRawBody() != "not the body" {
+		t.Errorf("the caller's event after Commit: RawBody %q, want it left as it was", e1.GetRawBody())
+	}
+}
+
 func testEmptyBatch(t *testing.T, su suite) {
 	s := su.open(t)
 	results, changes, err := s.Commit(context.Background(), nil)

@@ -61,6 +61,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"OneRequestManyWebhooks", testOneRequestManyWebhooks},
 		{"SeveralRequests", testSeveralRequests},
 		{"EventsWithoutRequestID", testEventsWithoutRequestID},
+		{"CommitStoresNoRawBody", testCommitStoresNoRawBody},
 		{"EmptyBatch", testEmptyBatch},
 		{"GetRequestNotFound", testGetRequestNotFound},
 		{"SnapshotIsFold", testSnapshotIsFold},
