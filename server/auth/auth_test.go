@@ -459,6 +459,52 @@ func TestWebhookSignature(t *testing.T) {
 	}
 }
 
+// The README promises a window of ±5 min around the webhook's timestamp,
+// by default: its ends are in, a second past either is out, and a webhook
+// dated ahead of the server's clock is bounded as one dated behind it.
+func TestWebhookSignatureWindow(t *testing.T) {
+	t.Parallel()
+	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	key, _ := decodeSigningSecret(secret)
+	body := []byte(`{"eventType":"DLR"}`)
+	now := time.Unix(1_800_000_000, 0)
+	for _, tolerance := range []time.Duration{0, 2 * time.Minute} {
+		g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{secret}, SignatureTolerance: tolerance})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.now = func() time.Time { return now }
+		window := tolerance
+		if window == 0 {
+			window = 5 * time.Minute
+		}
+		for _, tt := range []struct {
+			skew time.Duration
+			ok   bool
+		}{
+			{0, true},
+			{-window, true},
+			{window, true},
+			{-window - time.Second, false},
+			{window + time.Second, false},
+		} {
+			sec := strconv.FormatInt(now.Add(tt.skew).Unix(), 10)
+			h := http.Header{}
+			h.Set("webhook-id", "msg_1")
+			h.Set("webhook-timestamp", sec)
+			h.Set("webhook-signature", "v1,"+SignWebhook(key, []byte("msg_1."+sec+"."+string(body))))
+			for name, check := range map[string]func() error{
+				"CheckSignatureHeaders": func() error { return g.CheckSignatureHeaders(h) },
+				"CheckSignature":        func() error { return g.CheckSignature(h, body) },
+			} {
+				if err := check(); (err == nil) != tt.ok {
+					t.Errorf("tolerance %v, timestamp %+v from now: %s = %v, want ok = %v", tolerance, tt.skew, name, err, tt.ok)
+				}
+			}
+		}
+	}
+}
+
 func TestSigningSecretStrength(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
