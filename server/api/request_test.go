@@ -12,9 +12,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/otpless-events/otpless-events/gen/otpless/events/v1"
+	"github.com/otpless-events/otpless-events/server/auth"
 	"github.com/otpless-events/otpless-events/server/broker"
 	"github.com/otpless-events/otpless-events/server/normalize"
 	"github.com/otpless-events/otpless-events/server/state"
@@ -385,5 +387,48 @@ func TestSize(t *testing.T) {
 		if got := Size(n); got != want {
 			t.Errorf("Size(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// A watch token lives 10 min unless the caller asks for less, at most 1 h
+// (README, Security), and a ttl that is not positive is refused.
+func TestCreateWatchTokenLifetimes(t *testing.T) {
+	t.Parallel()
+	signer, err := auth.NewTokenSigner([][]byte{[]byte(strings.Repeat("k", 32))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewRequestServer(emptyReader{}, broker.New(0), WatchOptions{Tokens: signer})
+	for _, tt := range []struct {
+		ttl  *durationpb.Duration
+		want time.Duration // 0: refused
+	}{
+		{nil, 10 * time.Minute},
+		{durationpb.New(time.Minute), time.Minute},
+		{durationpb.New(time.Hour), time.Hour},
+		{durationpb.New(2 * time.Hour), time.Hour},
+		{durationpb.New(0), 0},
+		{durationpb.New(-time.Second), 0},
+	} {
+		before := time.Now()
+		resp, err := s.CreateWatchToken(context.Background(), &eventsv1.CreateWatchTokenRequest{RequestId: "r", Ttl: tt.ttl})
+		after := time.Now()
+		if tt.want == 0 {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Errorf("ttl %v: %v, want INVALID_ARGUMENT", tt.ttl.AsDuration(), err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("ttl %v: %v", tt.ttl, err)
+		}
+		// An expiry is a whole second, rounded up.
+		if exp := resp.GetExpireTime().AsTime(); exp.Before(before.Add(tt.want)) || exp.After(after.Add(tt.want+time.Second)) {
+			t.Errorf("ttl %v: expires %v after the call, want %v", tt.ttl, exp.Sub(before), tt.want)
+		}
+	}
+	unconfigured := NewRequestServer(emptyReader{}, broker.New(0), WatchOptions{})
+	if _, err := unconfigured.CreateWatchToken(context.Background(), &eventsv1.CreateWatchTokenRequest{RequestId: "r"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("CreateWatchToken without watch-token keys: %v, want FAILED_PRECONDITION", err)
 	}
 }

@@ -175,6 +175,34 @@ func TestWatchTokens(t *testing.T) {
 	}
 }
 
+// A watch-token signer needs a key, of 32 bytes at least, as the README
+// says: none, or one of 31 bytes, is refused.
+func TestWatchTokenKeys(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		keys [][]byte
+		ok   bool
+	}{
+		{nil, false},
+		{[][]byte{}, false},
+		{[][]byte{[]byte(strings.Repeat("k", 31))}, false},
+		{[][]byte{[]byte(strings.Repeat("k", 32))}, true},
+		{[][]byte{[]byte(strings.Repeat("k", 32)), []byte(strings.Repeat("k", 31))}, false},
+	} {
+		if _, err := NewTokenSigner(tt.keys); (err == nil) != tt.ok {
+			t.Errorf("NewTokenSigner(%d keys, of %v bytes): err = %v, want ok = %v", len(tt.keys), keyLens(tt.keys), err, tt.ok)
+		}
+	}
+}
+
+func keyLens(keys [][]byte) []int {
+	var out []int
+	for _, k := range keys {
+		out = append(out, len(k))
+	}
+	return out
+}
+
 func incoming(bearer string) context.Context {
 	md := metadata.MD{}
 	if bearer != "" {
