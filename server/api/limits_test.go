@@ -23,3 +23,26 @@ func TestTakeAll(t *testing.T) {
 		t.Fatalf("TakeAll after GiveAll = %d, want -1", i)
 	}
 }
+
+// Slots forgets a key once its last slot is given back: a key per request
+// id watched would otherwise stay for good, a map every watch grows.
+func TestSlotsForgetFreeKeys(t *testing.T) {
+	t.Parallel()
+	for _, limit := range []int{0, 2} {
+		s := NewSlots(limit)
+		for _, key := range []string{"a", "b", "a"} {
+			if !s.Take(key) {
+				t.Fatalf("limit %d: Take(%q) refused", limit, key)
+			}
+		}
+		s.Give("a")
+		s.Give("b")
+		if len(s.open) != 1 || s.open["a"] != 1 {
+			t.Errorf("limit %d: after giving back all of b and one of a's two, open = %v, want a: 1", limit, s.open)
+		}
+		s.Give("a")
+		if len(s.open) != 0 {
+			t.Errorf("limit %d: every slot given back, open = %v, want none", limit, s.open)
+		}
+	}
+}
