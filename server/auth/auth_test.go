@@ -175,6 +175,28 @@ func TestWatchTokens(t *testing.T) {
 	}
 }
 
+// Verify refuses, without panicking, what is not a watch token or is cut
+// short, even signed with its key: another prefix, no signature, no claims.
+func TestVerifyMalformedWatchTokens(t *testing.T) {
+	t.Parallel()
+	signer, _ := NewTokenSigner([][]byte{[]byte(strings.Repeat("k", 32))})
+	signed := func(msg string) string {
+		return msg + "." + base64.RawURLEncoding.EncodeToString(signer.sign(signer.keys[0], msg))
+	}
+	tok, _ := signer.Mint("req-a", time.Minute)
+	claims := tok[len(tokenPrefix):strings.LastIndexByte(tok, '.')]
+	for _, bad := range []string{
+		"", "owt1", "owt1.", "no-dot-at-all", "owt1.xyz",
+		signed("owt1"),             // a signature over the prefix alone, no claims
+		signed("owt2." + claims),   // the claims under another prefix
+		signed("x") + "." + claims, // a signature first
+	} {
+		if id, err := signer.Verify(bad); err == nil || !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("Verify(%q) = %q, %v; want ErrUnauthenticated", bad, id, err)
+		}
+	}
+}
+
 // A watch-token signer needs a key, of 32 bytes at least, as the README
 // says: none, or one of 31 bytes, is refused.
 func TestWatchTokenKeys(t *testing.T) {
