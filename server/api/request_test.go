@@ -383,7 +383,7 @@ func TestWatchSnapshotPanicReachesTheCaller(t *testing.T) {
 
 func TestSize(t *testing.T) {
 	t.Parallel()
-	for n, want := range map[int64]string{1 << 20: "1 MiB", 8 << 20: "8 MiB", 64 << 10: "64 KiB", 1536 << 10: "1536 KiB", 1000: "1000 bytes", 1048577: "1048577 bytes"} {
+	for n, want := range map[int64]string{1 << 20: "1 MiB", 8 << 20: "8 MiB", 64 << 10: "64 KiB", 1536 << 10: "1536 KiB", 1000: "1000 bytes", 1048577: "1048577 bytes", 0: "0 bytes"} {
 		if got := Size(n); got != want {
 			t.Errorf("Size(%d) = %q, want %q", n, got, want)
 		}
