@@ -1,6 +1,16 @@
 package api
 
-import "testing"
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
 
 // TakeAll takes every place or none: refused at one, it names that one and
 // has given back those before it.
@@ -43,6 +53,37 @@ func TestSlotsForgetFreeKeys(t *testing.T) {
 		s.Give("a")
 		if len(s.open) != 0 {
 			t.Errorf("limit %d: every slot given back, open = %v, want none", limit, s.open)
+		}
+	}
+}
+
+// RetryDelay reads the RetryInfo that Exhausted gives, wherever it is
+// among the details, and nothing from an error without a valid one.
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	if d, ok := RetryDelay(Exhausted("too many")); !ok || d != RetryStreamAfter {
+		t.Errorf("RetryDelay(Exhausted) = %v, %v, want %v", d, ok, RetryStreamAfter)
+	}
+	with := func(details ...protoadapt.MessageV1) error {
+		st, err := status.New(codes.ResourceExhausted, "too many").WithDetails(details...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Err()
+	}
+	if d, ok := RetryDelay(with(&errdetails.ErrorInfo{Reason: "LIMIT"}, &errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})); !ok || d != time.Second {
+		t.Errorf("RetryDelay of a RetryInfo after another detail = %v, %v, want 1s", d, ok)
+	}
+	for name, err := range map[string]error{
+		"not a status":     errors.New("too many"),
+		"no details":       status.Error(codes.ResourceExhausted, "too many"),
+		"no RetryInfo":     with(&errdetails.ErrorInfo{Reason: "LIMIT"}),
+		"a negative delay": with(&errdetails.RetryInfo{RetryDelay: durationpb.New(-time.Second)}),
+		"an invalid delay": with(&errdetails.RetryInfo{RetryDelay: &durationpb.Duration{Seconds: 1, Nanos: -1}}),
+		"no delay in it":   with(&errdetails.RetryInfo{}),
+	} {
+		if d, ok := RetryDelay(err); ok {
+			t.Errorf("RetryDelay with %s = %v, true; want false", name, d)
 		}
 	}
 }
