@@ -125,10 +125,7 @@ func Exhausted(msg string) error {
 // RetryDelay is the delay of err's google.rpc.RetryInfo, as Exhausted
 // gives it, if err carries a valid one.
 func RetryDelay(err error) (time.Duration, bool) {
-	st, ok := status.FromError(err)
-	if !ok {
-		return 0, false
-	}
+	st, _ := status.FromError(err) // an error that is no status has no details
 	for _, d := range st.Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() && ri.GetRetryDelay().AsDuration() >= 0 {
 			return ri.GetRetryDelay().AsDuration(), true
