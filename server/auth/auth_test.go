@@ -377,7 +377,7 @@ func TestWebhookCredentials(t *testing.T) {
 		rate  float64
 		burst int
 		ok    bool
-	}{{0, 0, true}, {200, 400, true}, {0.5, 1, true}, {-5, 400, false}, {-0.5, 400, false}, {math.NaN(), 400, false}, {math.Inf(1), 400, false}, {200, 0, false}, {200, -1, false}} {
+	}{{0, 0, true}, {200, 400, true}, {0.5, 1, true}, {-5, 400, false}, {-0.5, 400, false}, {math.NaN(), 400, false}, {math.Inf(1), 400, false}, {200, 0, false}, {200, -1, false}, {0.5, 0, false}, {0, -1, false}} {
 		_, err := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}, RatePerSecond: c.rate, Burst: c.burst})
 		if (err == nil) != c.ok || err != nil && !strings.Contains(err.Error(), "of webhooks") {
 			t.Errorf("rate %v, burst %d: %v, want ok %v", c.rate, c.burst, err, c.ok)
