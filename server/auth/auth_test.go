@@ -730,6 +730,38 @@ func TestRateLimitsApart(t *testing.T) {
 	}
 }
 
+// A limiter's table of addresses is bounded: full, it refuses a new
+// address for a second while those it holds go on, and it forgets those
+// idle for over a minute, so that new ones get in again.
+func TestRateLimiterTableIsBounded(t *testing.T) {
+	t.Parallel()
+	l, err := newAddrLimiter("webhooks", 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	for i := range limiterMaxEntries {
+		if ok, _ := l.allow(addr(i), now); !ok {
+			t.Fatalf("address %d of a table not full refused", i+1)
+		}
+	}
+	stranger := netip.MustParseAddr("203.0.113.9")
+	if ok, wait := l.allow(stranger, now.Add(30*time.Second)); ok || wait != time.Second {
+		t.Errorf("a new address with the table full: %v, %v; want refused for 1s", ok, wait)
+	}
+	if ok, _ := l.allow(addr(0), now.Add(30*time.Second)); !ok {
+		t.Error("an address the full table holds refused within its budget")
+	}
+	// addr(0) was seen at +30s; the others only at 0, over a minute before.
+	if ok, _ := l.allow(stranger, now.Add(61*time.Second)); !ok {
+		t.Error("a new address refused once the table's addresses were idle for over a minute")
+	}
+	if len(l.entries) != 2 {
+		t.Errorf("after the sweep the table holds %d addresses, want 2 (the two seen within the minute)", len(l.entries))
+	}
+}
+
 func TestLoadOrCreateSecret(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
