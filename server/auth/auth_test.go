@@ -615,6 +615,9 @@ func TestClientAddrAndAllowList(t *testing.T) {
 		{"10.1.2.3:1", "[2001:db8::7]:51234", "2001:db8::7"},
 		{"10.1.2.3:1", "203.0.113.7:", "10.1.2.3"},
 		{"[::ffff:203.0.113.9]:1", "", "203.0.113.9"},
+		{"10.1.2.3:1", "::ffff:203.0.113.7", "203.0.113.7"},           // hops compared and named unmapped
+		{"10.1.2.3:1", "203.0.113.7, ::ffff:10.9.9.9", "203.0.113.7"}, // a mapped hop of a trusted proxy
+		{"10.1.2.3:1", "10.9.9.9, 192.168.1.1", "10.9.9.9"},           // every hop trusted: the left-most
 	}
 	for _, tt := range tests {
 		if got := g.ClientAddr(webhookRequest(tt.remote, tt.xff)); got.String() != tt.want {
