@@ -509,6 +509,25 @@ func TestWebhookSignature(t *testing.T) {
 	}
 }
 
+// The Standard Webhooks specification's example verifies: a known answer
+// pins how a whsec_ secret is decoded and what is signed, which a test
+// signing with the guard's own decoding could not.
+func TestWebhookSignatureKnownAnswer(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.now = func() time.Time { return time.Unix(1614265330, 0) }
+	h := http.Header{}
+	h.Set("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek")
+	h.Set("webhook-timestamp", "1614265330")
+	h.Set("webhook-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+	if err := g.CheckSignature(h, []byte(`{"test": 2432232314}`)); err != nil {
+		t.Errorf("the specification's example: %v", err)
+	}
+}
+
 // The README promises a window of ±5 min around the webhook's timestamp,
 // by default: its ends are in, a second past either is out, and a webhook
 // dated ahead of the server's clock is bounded as one dated behind it.
