@@ -195,6 +195,12 @@ func TestVerifyMalformedWatchTokens(t *testing.T) {
 			t.Errorf("Verify(%q) = %q, %v; want ErrUnauthenticated", bad, id, err)
 		}
 	}
+	// Well-formed claims of another request under this token's signature.
+	other, _ := signer.Mint("req-b", time.Minute)
+	swapped := other[:strings.LastIndexByte(other, '.')] + tok[strings.LastIndexByte(tok, '.'):]
+	if id, err := signer.Verify(swapped); err == nil {
+		t.Errorf("req-b's claims under req-a's signature verified, for %q", id)
+	}
 }
 
 // A watch-token signer needs a key, of 32 bytes at least, as the README
