@@ -592,6 +592,7 @@ func TestSigningSecretStrength(t *testing.T) {
 		{"whsec_QQ==", false},                            // 1 byte
 		{"whsec_", false},
 		{"whsec_not base64!", false},
+		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAA!", false}, // 18 bytes, then not base64
 		{"raw-secret-of-16", true},
 		{"raw-secret-15ch", false},
 	} {
