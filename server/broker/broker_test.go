@@ -72,6 +72,37 @@ func TestSlowSubscriberIsCoalescedNotBlocking(t *testing.T) {
 	}
 }
 
+// A subscription buffers exactly its pending changes before dropping the
+// oldest, one included, and Next reports a drop once: the changes it takes
+// are all there are since the last Next.
+func TestPendingBound(t *testing.T) {
+	t.Parallel()
+	for _, max := range []int{1, 2, 8} {
+		b := New(max)
+		s := b.Subscribe("a")
+		rev := int64(0)
+		publish := func(n int) {
+			for range n {
+				rev++
+				b.Publish([]store.Change{change("a", rev)})
+			}
+		}
+		publish(max)
+		if got, dropped := s.Next(); len(got) != max || dropped != 0 {
+			t.Fatalf("New(%d): Next() after %d changes = %d changes, dropped up to %d; want all, none dropped", max, max, len(got), dropped)
+		}
+		publish(max + 1)
+		if got, dropped := s.Next(); len(got) != max || dropped != rev-int64(max) {
+			t.Fatalf("New(%d): Next() after %d changes = %d changes, dropped up to %d; want %d, dropped up to %d", max, max+1, len(got), dropped, max, rev-int64(max))
+		}
+		publish(1)
+		if got, dropped := s.Next(); len(got) != 1 || dropped != 0 {
+			t.Fatalf("New(%d): Next() after one more change = %d changes, dropped up to %d; want 1, none dropped", max, len(got), dropped)
+		}
+		s.Close()
+	}
+}
+
 func TestCloseEndsSubscriptions(t *testing.T) {
 	t.Parallel()
 	b := New(0)
@@ -80,6 +111,9 @@ func TestCloseEndsSubscriptions(t *testing.T) {
 		t.Fatalf("Watchers() = %d, want 1", b.Watchers())
 	}
 	b.Close()
+	if b.Watchers() != 0 || len(b.Watched()) != 0 || b.HasSubscribers("a") {
+		t.Fatalf("after Close, before its subscription closes: Watchers() = %d, Watched() = %q, HasSubscribers(a) = %v; want none", b.Watchers(), b.Watched(), b.HasSubscribers("a"))
+	}
 	b.Close()
 	<-s.Done()
 	s.Close()
