@@ -432,3 +432,97 @@ func TestCreateWatchTokenLifetimes(t *testing.T) {
 		t.Errorf("CreateWatchToken without watch-token keys: %v, want FAILED_PRECONDITION", err)
 	}
 }
+
+// A negative after_revision is refused, as the gateway refuses it.
+func TestWatchRefusesANegativeRevision(t *testing.T) {
+	t.Parallel()
+	s := NewRequestServer(emptyReader{}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a watch let through ends at once
+	stream := &recordingStream{ctx: ctx}
+	err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r", AfterRevision: -1}, stream)
+	if status.Code(err) != codes.InvalidArgument || len(stream.sent) != 0 {
+		t.Fatalf("WatchRequest after revision -1 = %v after %d messages, want INVALID_ARGUMENT and none", err, len(stream.sent))
+	}
+}
+
+// A request nothing is stored for yet is watched from an empty snapshot
+// that names it, at revision 0.
+func TestWatchUnknownRequest(t *testing.T) {
+	t.Parallel()
+	s := NewRequestServer(emptyReader{}, broker.New(0), WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	stream := &recordingStream{ctx: ctx}
+	cancel() // the snapshot is sent before the context is looked at
+	err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r"}, stream)
+	if status.Code(err) != codes.Canceled || len(stream.sent) != 1 {
+		t.Fatalf("WatchRequest of an unknown request = %v after %v, want the snapshot, then CANCELED", err, stream.sent)
+	}
+	want := &eventsv1.WatchRequestResponse{Type: eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, Request: &eventsv1.AuthRequest{RequestId: "r"}}
+	if !proto.Equal(stream.sent[0], want) {
+		t.Fatalf("first message %v, want %v", stream.sent[0], want)
+	}
+}
+
+// racingReader reads its snapshot at the revision of the change it
+// publishes meanwhile, as a commit between a watch's subscription and its
+// read does.
+type racingReader struct {
+	b    *broker.Broker
+	snap *eventsv1.AuthRequest
+}
+
+func (r racingReader) GetRequest(context.Context, string) (*eventsv1.AuthRequest, error) {
+	r.b.Publish([]store.Change{{Request: r.snap}})
+	return r.snap, nil
+}
+
+func (racingReader) ListEvents(context.Context, string, store.Page) ([]*eventsv1.Event, string, error) {
+	return nil, "", store.ErrNotFound
+}
+
+// sendFunc is a stream whose Send is a function.
+type sendFunc struct {
+	grpc.ServerStream
+	ctx  context.Context
+	send func(*eventsv1.WatchRequestResponse) error
+}
+
+func (s sendFunc) Context() context.Context                    { return s.ctx }
+func (s sendFunc) Send(m *eventsv1.WatchRequestResponse) error { return s.send(m) }
+
+// A change the snapshot already holds wakes the watch for nothing: it goes
+// on, and the next change reaches the caller, masked for a caller that may
+// not see personal data, its one event too, and SUCCESS ends the watch OK.
+// (Whether the change the snapshot holds is taken alone or with the next
+// depends on timing; the rounds make the first likely.)
+func TestWatchGoesOnAfterAChangeItHas(t *testing.T) {
+	t.Parallel()
+	ctx := auth.WithPrincipal(context.Background(), &auth.Principal{Name: "k", Scopes: []auth.Scope{auth.ScopeRead}})
+	for round := range 20 {
+		b := broker.New(0)
+		snap := &eventsv1.AuthRequest{RequestId: "r", Revision: 1, Status: eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS}
+		s := NewRequestServer(racingReader{b, snap}, b, WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+		var sent []*eventsv1.WatchRequestResponse
+		stream := sendFunc{ctx: ctx, send: func(m *eventsv1.WatchRequestResponse) error {
+			sent = append(sent, m)
+			if len(sent) == 1 {
+				go b.Publish([]store.Change{{
+					Request: &eventsv1.AuthRequest{RequestId: "r", Revision: 2, Status: eventsv1.RequestStatus_REQUEST_STATUS_SUCCESS, Email: "a@example.com"},
+					Events:  []*eventsv1.Event{{RequestId: "r", EventId: "e2", Email: "a@example.com"}},
+				}})
+			}
+			return nil
+		}}
+		if err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r"}, stream); err != nil {
+			t.Fatalf("round %d: WatchRequest = %v", round, err)
+		}
+		if len(sent) != 2 || sent[0].GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT ||
+			sent[1].GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE || sent[1].GetRevision() != 2 {
+			t.Fatalf("round %d: sent %v, want the snapshot at 1, then the update at 2", round, sent)
+		}
+		if u := sent[1]; u.GetRequest().GetEmail() != "" || len(u.GetEvents()) != 1 || u.GetEvents()[0].GetEmail() != "" {
+			t.Fatalf("round %d: update %v shows personal data", round, u)
+		}
+	}
+}
