@@ -526,3 +526,39 @@ func TestWatchGoesOnAfterAChangeItHas(t *testing.T) {
 		}
 	}
 }
+
+// After an UPDATE, the watch is at its revision: the RECONNECT that ends it
+// names that revision, so that the client resumes after the update, not
+// before it (and gets its events again).
+func TestWatchReconnectsAtTheLastUpdate(t *testing.T) {
+	t.Parallel()
+	b := broker.New(0)
+	snap := &eventsv1.AuthRequest{RequestId: "r", Revision: 1, Status: eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS}
+	s := NewRequestServer(fixedReader{snap}, b, WatchOptions{Heartbeat: time.Hour, MaxDuration: time.Hour})
+	var sent []*eventsv1.WatchRequestResponse
+	stream := sendFunc{ctx: context.Background(), send: func(m *eventsv1.WatchRequestResponse) error {
+		sent = append(sent, m)
+		switch len(sent) {
+		case 1: // the snapshot: a change follows
+			b.Publish([]store.Change{{
+				Request: &eventsv1.AuthRequest{RequestId: "r", Revision: 2, Status: eventsv1.RequestStatus_REQUEST_STATUS_IN_PROGRESS},
+				Events:  []*eventsv1.Event{{RequestId: "r", EventId: "e2"}},
+			}})
+		case 2: // its update: shutdown follows
+			b.Close()
+		}
+		return nil
+	}}
+	if err := s.WatchRequest(&eventsv1.WatchRequestRequest{RequestId: "r"}, stream); err != nil {
+		t.Fatalf("WatchRequest = %v", err)
+	}
+	types := []eventsv1.WatchMessageType{eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_SNAPSHOT, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_UPDATE, eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT}
+	if len(sent) != len(types) {
+		t.Fatalf("sent %v, want a snapshot, an update and a reconnect", sent)
+	}
+	for i, m := range sent {
+		if want := int64(min(i+1, 2)); m.GetType() != types[i] || m.GetRevision() != want {
+			t.Errorf("message %d: %v at revision %d, want %v at %d", i+1, m.GetType(), m.GetRevision(), types[i], want)
+		}
+	}
+}
