@@ -2,17 +2,10 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,47 +35,19 @@ type testPKI struct {
 func newTestPKI(t *testing.T) testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(serial int64, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "test"},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
-	writePEM := func(name, typ string, der []byte) string {
+	write := func(name string, b []byte) string {
 		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
-	keyDER := func(k *ecdsa.PrivateKey) []byte { b, _ := x509.MarshalECPrivateKey(k); return b }
-
-	p := testPKI{pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.caFile = writePEM("ca.pem", "CERTIFICATE", caDER)
-	srvDER, srvKey := issue(2, x509.ExtKeyUsageServerAuth)
-	p.certFile = writePEM("server.pem", "CERTIFICATE", srvDER)
-	p.keyFile = writePEM("server-key.pem", "EC PRIVATE KEY", keyDER(srvKey))
-	cliDER, cliKey := issue(3, x509.ExtKeyUsageClientAuth)
-	p.client = tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey}
+	ca := newTestCA(t)
+	p := testPKI{pool: x509.NewCertPool(), client: ca.client(t)}
+	p.pool.AddCert(ca.cert)
+	p.caFile = write("ca.pem", ca.pem)
+	certPEM, keyPEM := ca.issue(t, 2, time.Now().Add(time.Hour), x509.ExtKeyUsageServerAuth)
+	p.certFile, p.keyFile = write("server.pem", certPEM), write("server-key.pem", keyPEM)
 	return p
 }
 
