@@ -1,48 +1,16 @@
 package groupcommit
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/store"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the writer goroutine's logger
-// and the test to share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// records returns the JSON log records written so far.
-func (b *lockedBuffer) records(t *testing.T) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	dec := json.NewDecoder(bytes.NewReader(b.buf.Bytes()))
-	for dec.More() {
-		var r map[string]any
-		if err := dec.Decode(&r); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
-}
 
 // TestCommitFailuresLogOncePerInterval: a store that fails every commit
 // (a database gone) makes a commit of each webhook as it comes; the log
@@ -60,7 +28,7 @@ func TestCommitFailuresLogOncePerInterval(t *testing.T) {
 		}
 		return nil
 	}}
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	w := New(fs, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	var clock atomic.Int64 // nanoseconds past the epoch
 	w.now = func() time.Time { return time.Unix(0, clock.Load()) }
@@ -93,7 +61,7 @@ func TestCommitFailuresLogOncePerInterval(t *testing.T) {
 	}
 	lines := func() []line {
 		var out []line
-		for _, r := range logs.records(t) {
+		for _, r := range logs.Lines(t) {
 			c, _ := r["failed_commits"].(float64)
 			h, _ := r["failed_webhooks"].(float64)
 			out = append(out, line{r["level"].(string), r["msg"].(string), c, h})
