@@ -744,3 +744,28 @@ func TestExportOfDamagedData(t *testing.T) {
 		})
 	}
 }
+
+// TestUpdatedAtColumn: a request's updated_at column repeats its
+// snapshot's update_time, in Unix milliseconds, for queries of the file.
+func TestUpdatedAtColumn(t *testing.T) {
+	t.Parallel()
+	s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	defer s.Close()
+	ctx := t.Context()
+	for i, status := range []string{"SENT", "DELIVERED"} {
+		if _, _, err := s.Commit(ctx, []store.Webhook{hookOf(event("r1", status, eventsv1.EventKind_EVENT_KIND_DELIVERY, status, "SMS", 1000*i+1))}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.GetRequest(ctx, "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var updated int64
+		if err := sqlitestore.WriterDB(s).QueryRowContext(ctx, `SELECT updated_at FROM requests WHERE request_id = 'r1'`).Scan(&updated); err != nil {
+			t.Fatal(err)
+		}
+		if want := r.GetUpdateTime().AsTime().UnixMilli(); updated != want {
+			t.Errorf("after commit %d: updated_at = %d, want the snapshot's update_time %d", i+1, updated, want)
+		}
+	}
+}
