@@ -279,9 +279,8 @@ func (c *commit) plan(ctx context.Context) error {
 	var (
 		cache    = c.s.cache
 		seen     = make(map[key]struct{})
-		misses   []string   // requests not in the cache
-		noReq    []*planned // first occurrences of request-less events
-		noReqIDs []string   // their event ids
+		misses   []string // requests not in the cache
+		noReqIDs []string // ids of the first occurrences of request-less events
 	)
 	c.requests = make(map[string]*pending)
 	c.events = make([][]planned, len(c.batch))
@@ -302,7 +301,6 @@ func (c *commit) plan(ctx context.Context) error {
 			rid := k.requestID
 			if rid == "" {
 				if pl.first {
-					noReq = append(noReq, pl)
 					noReqIDs = append(noReqIDs, k.eventID)
 				}
 				continue
@@ -333,7 +331,7 @@ func (c *commit) plan(ctx context.Context) error {
 		}
 	}
 	var storedNoReq map[string]bool
-	if len(noReq) > 0 {
+	if len(noReqIDs) > 0 {
 		var err error
 		if storedNoReq, err = c.storedWithoutRequest(ctx, noReqIDs); err != nil {
 			return err
