@@ -399,3 +399,24 @@ func TestCacheLargeEvents(t *testing.T) {
 	}
 	checkIsFold(t, s, "big", "small")
 }
+
+// TestCacheDropsDoneRequests: a request that becomes done (SUCCESS)
+// leaves the event cache, which keeps requests in progress; the next
+// commit to it folds from the file.
+func TestCacheDropsDoneRequests(t *testing.T) {
+	t.Parallel()
+	s := cachedWithOneEvent(t)
+	if n := sqlitestore.CachedRequests(s); n != 1 {
+		t.Fatalf("%d requests cached after r1's first event, want 1", n)
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e2", eventsv1.EventKind_EVENT_KIND_AUTH, "SUCCESS", "", 10))}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlitestore.CachedRequests(s); n != 0 {
+		t.Errorf("%d requests cached once r1 succeeded, want 0", n)
+	}
+	if _, _, err := s.Commit(t.Context(), []store.Webhook{hookOf(event("r1", "e3", eventsv1.EventKind_EVENT_KIND_DELIVERY, "DELIVERED", "SMS", 20))}); err != nil {
+		t.Fatal(err)
+	}
+	checkIsFold(t, s, "r1")
+}
