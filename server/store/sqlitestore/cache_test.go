@@ -420,3 +420,23 @@ func TestCacheDropsDoneRequests(t *testing.T) {
 	}
 	checkIsFold(t, s, "r1")
 }
+
+// TestCacheKeepsRequestsOnRetries: a commit that brings a request nothing
+// new (a retry) leaves its entry in the event cache as it is.
+func TestCacheKeepsRequestsOnRetries(t *testing.T) {
+	t.Parallel()
+	s := cachedWithOneEvent(t)
+	res, _, err := s.Commit(t.Context(), []store.Webhook{
+		hookOf(event("r1", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0)),
+		hookOf(event("r2", "e1", eventsv1.EventKind_EVENT_KIND_DELIVERY, "SENT", "SMS", 0)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Events[0].Duplicate {
+		t.Fatalf("retry of r1's event: %+v, want a duplicate", res[0].Events[0])
+	}
+	if n := sqlitestore.CachedRequests(s); n != 2 {
+		t.Errorf("%d requests cached after a retry to r1 and r2's first event, want 2", n)
+	}
+}
