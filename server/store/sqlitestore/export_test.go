@@ -1,6 +1,11 @@
 package sqlitestore
 
-import "database/sql"
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+)
 
 // SetBeforeTxCommit sets a function that runs before each Commit's
 // transaction commits; an error from it fails the commit.
@@ -44,4 +49,27 @@ const MinFree = minFree
 func SetOfflineLocked(t interface{ Cleanup(func()) }, f func()) {
 	offlineLocked = f
 	t.Cleanup(func() { offlineLocked = func() {} })
+}
+
+// DamageEvent overwrites the data of the event eventID in requestID's
+// events column, through db, with bytes that do not decode; the column
+// still parses.
+func DamageEvent(ctx context.Context, db *sql.DB, requestID, eventID string) error {
+	var column []byte
+	if err := db.QueryRowContext(ctx, `SELECT events FROM requests WHERE request_id = ?`, requestID).Scan(&column); err != nil {
+		return err
+	}
+	entries, err := parseEntries(column)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(entries, func(e entry) bool { return e.eventID == eventID })
+	if i < 0 {
+		return fmt.Errorf("no event %q in %q's column", eventID, requestID)
+	}
+	for n := range entries[i].data { // in column's memory
+		entries[i].data[n] = 0xFF
+	}
+	_, err = db.ExecContext(ctx, `UPDATE requests SET events = ? WHERE request_id = ?`, column, requestID)
+	return err
 }

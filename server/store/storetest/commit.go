@@ -54,6 +54,25 @@ func testCommitRetryIsDuplicate(t *testing.T, su suite) {
 		[]*eventsv1.Event{withBody(e1, first.Body), withBody(e2, first.Body)})
 }
 
+// A retry whose events are all stored is answered as duplicates even when
+// one of its request's stored events no longer decodes: the request is not
+// folded, so nothing needs decoding, and neither the retry nor the webhooks
+// sharing its batch are refused as damaged.
+func testRetryToDamagedEvent(t *testing.T, su suite) {
+	if su.opts.Damage == nil {
+		t.Skip("the backend gives no Options.Damage")
+	}
+	s := su.open(t)
+	first := hook(at(100), delivery("r1", "e1", "SMS", "SENT", at(0)), delivery("r1", "e2", "SMS", "DELIVERED", at(5)))
+	commit(t, s, first)
+	su.opts.Damage(t, s, "r1", "e1")
+	results, changes := commit(t, s, first, hook(at(200), delivery("r2", "e1", "SMS", "SENT", at(150))))
+	checkResults(t, results, [][]bool{{true, true}, {false}}, [][]int64{{1, 1}, {1}})
+	if len(changes) != 1 || changes[0].Request.GetRequestId() != "r2" {
+		t.Errorf("got %d changes, want r2's alone", len(changes))
+	}
+}
+
 func testDuplicateInOneBatch(t *testing.T, su suite) {
 	s := su.open(t)
 	e1 := delivery("r1", "e1", "WHATSAPP", "SENT", at(0))

@@ -36,8 +36,8 @@ type Options struct {
 	// Damage overwrites stored data with bytes that do not decode: the
 	// snapshot of requestID's request when eventID is empty, the event
 	// eventID of no request when requestID is empty, else the event eventID
-	// of requestID's request (or all of that request's, where a backend
-	// keeps them together). Nil skips the PurgePIIAroundDamagedData test.
+	// of requestID's request (the request's other data left as it is). Nil
+	// skips the PurgePIIAroundDamagedData and RetryToDamagedEvent tests.
 	Damage func(t *testing.T, s store.Store, requestID, eventID string)
 
 	// Exceptions names tests the backend is known not to pass, each with
@@ -57,6 +57,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 	}{
 		{"CommitNew", testCommitNew},
 		{"CommitRetryIsDuplicate", testCommitRetryIsDuplicate},
+		{"RetryToDamagedEvent", testRetryToDamagedEvent},
 		{"DuplicateInOneBatch", testDuplicateInOneBatch},
 		{"OneRequestManyWebhooks", testOneRequestManyWebhooks},
 		{"SeveralRequests", testSeveralRequests},
