@@ -2145,3 +2145,55 @@ func TestTransactionEndedByItsCaller(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyStoredInVainRemoved: when a concurrent commit stores a
+// request-less event first (no request's lock orders the two), the commit
+// that found it not yet stored answers it as a duplicate and removes the
+// body it stored for it, which no event names.
+func TestBodyStoredInVainRemoved(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.Schema(t)
+	s := open(t, dsn)
+	ctx := t.Context()
+	u1 := delivery("", "u1", "", "UNREACHABLE", at(0))
+	data, err := proto.Marshal(u1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another replica's commit of u1, its transaction still open.
+	holder := connect(t, dsn)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `WITH w AS (INSERT INTO webhooks (received_at, body) VALUES (now(), '') RETURNING id)
+		INSERT INTO events (request_id, event_id, webhook_id, event_time_ms, revision, data)
+		SELECT '', 'u1', id, 0, 0, $1 FROM w`, data); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var res []store.Result
+	go func() {
+		var err error
+		res, _, err = s.Commit(ctx, []store.Webhook{hook(at(0), u1)})
+		done <- err
+	}()
+	awaitBlockedBy(t, connect(t, dsn), holder)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if !res[0].Events[0].Duplicate {
+		t.Errorf("u1: %+v, want a duplicate", res[0].Events[0])
+	}
+	var n int
+	if err := holder.QueryRow(ctx, `SELECT count(*) FROM webhooks`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("%d webhooks stored, want 1: the other replica's", n)
+	}
+}
