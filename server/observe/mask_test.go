@@ -23,17 +23,26 @@ func TestMaskers(t *testing.T) {
 		{"phone", observe.MaskPhone, "919812345678", "**********78"},
 		{"phone with plus", observe.MaskPhone, "+919812345678", "***********78"},
 		{"short phone", observe.MaskPhone, "12345", "*****"},
+		{"six-digit phone", observe.MaskPhone, "123456", "****56"},
+		{"phone ending in a letter", observe.MaskPhone, "98123456x", "*********"},
 		{"empty phone", observe.MaskPhone, "", ""},
 		{"email", observe.MaskEmail, "asha.rao@example.com", "a***@example.com"},
 		{"not an email", observe.MaskEmail, "asha", "****"},
 		{"identity phone", observe.MaskIdentity, "919812345678", "**********78"},
 		{"identity email", observe.MaskIdentity, "asha@example.com", "a***@example.com"},
-		{"token", observe.MaskToken, "tok_5f2a9c0e71d84b3a", "sha256:"},
+		{"token", observe.MaskToken, "tok_5f2a9c0e71d84b3a", "sha256:547aa13c"}, // its SHA-256's first 4 bytes
 		{"empty token", observe.MaskToken, "", ""},
 		{"scrub phone", observe.Scrub, `unexpected token "919812345678" at offset 12`, `unexpected token "**********78" at offset 12`},
 		{"scrub email", observe.Scrub, "bad address asha.rao@example.com here", "bad address a***@example.com here"},
 		{"scrub keeps hex ids", observe.Scrub, "request b1f0c2d3e4a5968778695a4b3c2d1e0f", "request b1f0c2d3e4a5968778695a4b3c2d1e0f"},
 		{"scrub keeps short numbers", observe.Scrub, "offset 1234", "offset 1234"},
+		{"scrub keeps six digits", observe.Scrub, "code 123456 sent", "code 123456 sent"},
+		{"scrub seven digits", observe.Scrub, "code 1234567 sent", "code *****67 sent"},
+		{"scrub phone in parentheses", observe.Scrub, "call (98123 45678)", "call *************"},
+		{"scrub phone before a trailing separator", observe.Scrub, "call 9812345678 ", "call ********78 "},
+		{"scrub phone ending in a one-digit group", observe.Scrub, "call 981234 5", "call ********"},
+		{"scrub seven digits after a date", observe.Scrub, "on 2026-11-30 1234567", "on 2026-11-30 *****67"},
+		{"scrub keeps six digits after a date", observe.Scrub, "on 2026-11-30 123456", "on 2026-11-30 123456"},
 		{"phone ending in another script", observe.MaskPhone, "98123456７８", "**************"},
 		{"email starting in another script", observe.MaskEmail, "üser@example.de", "ü***@example.de"},
 		{"scrub spaced phone", observe.Scrub, "number +91 98123 45678 is barred", "number *************78 is barred"},
@@ -50,12 +59,6 @@ func TestMaskers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			got := tt.mask(tt.in)
-			if tt.name == "token" {
-				if !strings.HasPrefix(got, tt.want) || strings.Contains(got, "5f2a9c0e") || got != observe.MaskToken(tt.in) {
-					t.Fatalf("MaskToken(%q) = %q, want a stable sha256: fingerprint", tt.in, got)
-				}
-				return
-			}
 			if got != tt.want {
 				t.Fatalf("got %q, want %q", got, tt.want)
 			}
