@@ -54,6 +54,15 @@ func TestMaskers(t *testing.T) {
 		{"scrub keeps decimals and addresses", observe.Scrub, "timestamp -98123.4567891 from 10.0.0.1:5432", "timestamp -98123.4567891 from 10.0.0.1:5432"},
 		{"scrub keeps digits inside words", observe.Scrub, "id_919812345678 phone=919812345678x", "id_919812345678 phone=919812345678x"},
 		{"scrub keeps numbers apart", observe.Scrub, "1234 and 5678", "1234 and 5678"},
+		{"scrub keeps a number after a letter", observe.Scrub, "x9812345678", "x9812345678"},
+		{"scrub keeps a number after z", observe.Scrub, "z9812345678", "z9812345678"},
+		{"scrub a date cut short", observe.Scrub, "until 2026-01-0", "until *********"},
+		{"scrub keeps a decimal's fraction", observe.Scrub, "1.9812345678", "1.9812345678"},
+		{"scrub keeps a decimal", observe.Scrub, "9812345678.5", "9812345678.5"},
+		{"scrub phone after a dot", observe.Scrub, ".9812345678", ".********78"},
+		{"scrub phone after a dot after a letter", observe.Scrub, "1a.9812345678", "1a.********78"},
+		{"scrub phone before a comma", observe.Scrub, "9812345678,1", "********78,1"},
+		{"scrub phone before a dot", observe.Scrub, "9812345678.x", "********78.x"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,6 +100,24 @@ func TestMaskingHandler(t *testing.T) {
 	for _, kept := range []string{"req-1", "b1f0c2d3e4a5968778695a4b3c2d1e0f", "a***@example.com", "********78", `"msg":"webhook"`} {
 		if !strings.Contains(out, kept) {
 			t.Errorf("log line lost %q: %s", kept, out)
+		}
+	}
+}
+
+// Every key naming personal data, a secret or a free text is masked, in
+// any case and with "_" or "-" between its words.
+func TestMaskingHandlerKeys(t *testing.T) {
+	t.Parallel()
+	for _, key := range []string{
+		"phone", "phonenumber", "mobile", "number", "email", "identity",
+		"token", "authorization", "password", "secret", "key", "apikey", "webhookkey", "signature",
+		"error", "err", "cause", "panic", "reason", "body",
+		"phoneNumber", "Phone_Number", "API_KEY", "Webhook-Key", "AUTHORIZATION",
+	} {
+		var buf bytes.Buffer
+		slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, nil))).Info("m", key, "919812345678")
+		if strings.Contains(buf.String(), "9812345678") {
+			t.Errorf("%s logged in clear: %s", key, buf.String())
 		}
 	}
 }
@@ -143,6 +170,22 @@ func TestMaskingHandlerCleanAndLateAttributes(t *testing.T) {
 	}
 	if strings.Contains(out, "9812345678") || !strings.Contains(out, `"mobile":"**********78"`) {
 		t.Errorf("the late phone number is not masked: %s", out)
+	}
+}
+
+// A run is a date, and kept, only with a digit at each of a date's digit
+// places: any other character there makes it seven digits, masked.
+func TestScrubReadsDatesWhole(t *testing.T) {
+	t.Parallel()
+	for _, i := range []int{0, 1, 2, 3, 5, 6, 8, 9} {
+		other := ")" // it goes on with a run, whatever follows
+		if i == 0 || i == 5 || i == 8 {
+			other = "(" // a run neither starts with ")" nor goes on from "-" to it
+		}
+		s := "2026-11-30"[:i] + other + "2026-11-30"[i+1:]
+		if got := observe.Scrub(s); !strings.Contains(got, "*****") {
+			t.Errorf("Scrub(%q) = %q, want it masked", s, got)
+		}
 	}
 }
 
