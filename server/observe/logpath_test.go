@@ -103,3 +103,25 @@ func TestRouteOf(t *testing.T) {
 		}
 	}
 }
+
+// clip keeps a text of the bound whole, and cuts a longer one at the start
+// of a character, never inside one.
+func TestClip(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		s    string
+		n    int
+		want string
+	}{
+		{"abc", 3, "abc"},
+		{"abcd", 3, "abc…"},
+		{"ab€", 3, "ab…"},
+		{"a€", 3, "a…"},
+		{"€€", 1, "…"},
+		{"\x80\x80", 1, "…"}, // no character starts: nothing is kept
+	} {
+		if got := clip(tc.s, tc.n); got != tc.want {
+			t.Errorf("clip(%q, %d) = %q, want %q", tc.s, tc.n, got, tc.want)
+		}
+	}
+}
