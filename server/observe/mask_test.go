@@ -122,6 +122,19 @@ func TestMaskingHandlerKeys(t *testing.T) {
 	}
 }
 
+// The wrapped handler's level holds: a line under it is not written (a
+// handler's Handle writes whatever it is given).
+func TestMaskingHandlerKeepsTheLevel(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := slog.New(observe.MaskingHandler(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	log.Info("below", "phone", "919812345678")
+	log.Warn("at")
+	if out := buf.String(); strings.Contains(out, "below") || !strings.Contains(out, `"msg":"at"`) {
+		t.Errorf("at level warn, the log holds %s", out)
+	}
+}
+
 // A value under a key naming personal data or a secret is masked whatever
 // its kind: a phone number a decoder made a float (as encoding/json does
 // into an any), and a bool, duration or time too, which print in clear
