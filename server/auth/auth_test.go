@@ -580,6 +580,42 @@ func TestWebhookSignatureWindow(t *testing.T) {
 	}
 }
 
+// Each of the three signature headers is required before the body is
+// read: one missing fails CheckSignatureHeaders, and CheckSignature, even
+// with a signature made with the secret over what the others name.
+func TestSignatureHeadersEachRequired(t *testing.T) {
+	t.Parallel()
+	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	g.now = func() time.Time { return now }
+	key, _ := decodeSigningSecret(secret)
+	body := []byte(`{"eventType":"DLR"}`)
+	for _, missing := range []string{"webhook-id", "webhook-timestamp", "webhook-signature"} {
+		h := http.Header{}
+		id, sec := "msg_1", strconv.FormatInt(now.Unix(), 10)
+		if missing == "webhook-id" {
+			id = ""
+		}
+		if missing == "webhook-timestamp" {
+			sec = ""
+		}
+		h.Set("webhook-id", id)
+		h.Set("webhook-timestamp", sec)
+		h.Set("webhook-signature", "v1,"+SignWebhook(key, []byte(id+"."+sec+"."+string(body))))
+		h.Del(missing)
+		if err := g.CheckSignatureHeaders(h); err == nil {
+			t.Errorf("without %s: headers accepted", missing)
+		}
+		if err := g.CheckSignature(h, body); err == nil {
+			t.Errorf("without %s: signature accepted", missing)
+		}
+	}
+}
+
 func TestSigningSecretStrength(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
