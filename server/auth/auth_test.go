@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -325,6 +326,34 @@ func TestStreamInterceptorBindsWatchTokens(t *testing.T) {
 	reader := &fakeStream{ctx: incoming("reader-secret"), req: &eventsv1.WatchRequestRequest{RequestId: "x"}}
 	if err := k.StreamInterceptor()(nil, reader, info, func(any, grpc.ServerStream) error { return nil }); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("reader without watch scope: %v", err)
+	}
+}
+
+// failingStream fills in the request id, as a message cut short may, and
+// fails.
+type failingStream struct{ fakeStream }
+
+func (f *failingStream) RecvMsg(m any) error {
+	m.(*eventsv1.WatchRequestRequest).RequestId = f.req.GetRequestId()
+	return io.ErrUnexpectedEOF
+}
+
+// A stream's message that fails to arrive is that failure to the handler,
+// for a watch token of its request and an API key alike: never a message
+// to serve.
+func TestStreamInterceptorPassesReceiveErrors(t *testing.T) {
+	t.Parallel()
+	k, signer := testKeyring(t)
+	tok, _ := signer.Mint("req-a", time.Minute)
+	info := &grpc.StreamServerInfo{FullMethod: eventsv1.RequestService_WatchRequest_FullMethodName, IsServerStream: true}
+	for _, bearer := range []string{tok, "admin-secret"} {
+		ss := &failingStream{fakeStream{ctx: incoming(bearer), req: &eventsv1.WatchRequestRequest{RequestId: "req-a"}}}
+		err := k.StreamInterceptor()(nil, ss, info, func(_ any, s grpc.ServerStream) error {
+			return s.RecvMsg(&eventsv1.WatchRequestRequest{})
+		})
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("a message that failed to arrive: %v, want %v", err, io.ErrUnexpectedEOF)
+		}
 	}
 }
 
