@@ -464,6 +464,31 @@ func TestAuthorizationSchemeSpacing(t *testing.T) {
 	}
 }
 
+// A credential under another scheme is none: an API key sent as Basic or
+// Token does not authenticate, nor Basic's user and password sent as
+// Bearer.
+func TestAuthorizationOtherSchemes(t *testing.T) {
+	t.Parallel()
+	k, _ := testKeyring(t)
+	for _, v := range []string{"Basic reader-secret", "Token reader-secret", "reader-secret", "Bearerreader-secret"} {
+		if p, err := k.AuthenticateHeader(http.Header{"Authorization": {v}}); err == nil {
+			t.Errorf("%q authenticated %s", v, p.Name)
+		}
+	}
+	g, err := NewWebhookGuard(WebhookConfig{Basic: []BasicCredential{{"otpless", "s3cret-pass"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := base64.StdEncoding.EncodeToString([]byte("otpless:s3cret-pass"))
+	for _, v := range []string{"Bearer " + good, "Digest " + good, good} {
+		r := webhookRequest("1.2.3.4:5", "")
+		r.Header.Set("Authorization", v)
+		if err := g.CheckCredentials(r, "", false); err == nil {
+			t.Errorf("%q accepted as Basic", v)
+		}
+	}
+}
+
 func TestWebhookSignature(t *testing.T) {
 	t.Parallel()
 	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
