@@ -428,6 +428,41 @@ func TestWebhookCredentials(t *testing.T) {
 	}
 }
 
+// On the keyless route a webhook without credentials is let through by
+// --allow-unauthenticated-webhooks, or where signing secrets are the only
+// credential (its signature decides), and by nothing else: a URL key or
+// Basic credential configured makes it 401, with or without the other
+// kinds beside it.
+func TestKeylessWebhookWithoutCredentials(t *testing.T) {
+	t.Parallel()
+	key := []string{"wk_0123456789abcdef"}
+	basic := []BasicCredential{{"otpless", "s3cret-pass"}}
+	signing := []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+	for _, tt := range []struct {
+		name string
+		cfg  WebhookConfig
+		ok   bool
+	}{
+		{"keys", WebhookConfig{Keys: key}, false},
+		{"basic", WebhookConfig{Basic: basic}, false},
+		{"keys and basic", WebhookConfig{Keys: key, Basic: basic}, false},
+		{"keys and signing secrets", WebhookConfig{Keys: key, SigningSecrets: signing}, false},
+		{"basic and signing secrets", WebhookConfig{Basic: basic, SigningSecrets: signing}, false},
+		{"signing secrets", WebhookConfig{SigningSecrets: signing}, true},
+		{"unauthenticated", WebhookConfig{AllowUnauthenticated: true}, true},
+		{"keys, unauthenticated too", WebhookConfig{Keys: key, AllowUnauthenticated: true}, true},
+		{"basic, unauthenticated too", WebhookConfig{Basic: basic, AllowUnauthenticated: true}, true},
+	} {
+		g, err := NewWebhookGuard(tt.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := g.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); (err == nil) != tt.ok {
+			t.Errorf("%s: CheckCredentials without credentials = %v, want ok = %v", tt.name, err, tt.ok)
+		}
+	}
+}
+
 // RFC 9110 (11.4) puts one or more spaces between an Authorization
 // header's scheme, in any case, and its credentials: Basic and Bearer
 // alike are read whatever their number, and a wrong credential so written
