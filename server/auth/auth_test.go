@@ -428,6 +428,27 @@ func TestWebhookCredentials(t *testing.T) {
 	}
 }
 
+// The keyed route checks its key alone: a wrong key fails though Basic
+// credentials that hold come with it, and though webhooks without
+// credentials are let through.
+func TestWrongWebhookKeyFails(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]WebhookConfig{
+		"basic too":           {Keys: []string{"wk_0123456789abcdef"}, Basic: []BasicCredential{{"otpless", "s3cret-pass"}}},
+		"unauthenticated too": {Keys: []string{"wk_0123456789abcdef"}, AllowUnauthenticated: true},
+	} {
+		g, err := NewWebhookGuard(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := webhookRequest("1.2.3.4:5", "")
+		r.SetBasicAuth("otpless", "s3cret-pass")
+		if err := g.CheckCredentials(r, "wk_0123456789abcdeX", true); err == nil {
+			t.Errorf("%s: a wrong key accepted", name)
+		}
+	}
+}
+
 // On the keyless route a webhook without credentials is let through by
 // --allow-unauthenticated-webhooks, or where signing secrets are the only
 // credential (its signature decides), and by nothing else: a URL key or
