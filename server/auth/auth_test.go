@@ -905,6 +905,50 @@ func TestRateLimitsApart(t *testing.T) {
 	}
 }
 
+// FailuresLeft answers as AllowFailure would, taking nothing: an address
+// never seen has its whole budget (and is not added to the table), one
+// that spent it waits until a whole token is back, with that wait, and it
+// has one again the moment AllowFailure would let it through.
+func TestFailuresLeftTakesNothing(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, FailureRatePerSecond: 2, FailureBurst: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	g.now = func() time.Time { return now }
+	a := netip.MustParseAddr("2001:db8::1")
+	for range 3 {
+		if ok, wait := g.FailuresLeft(a); !ok || wait != 0 {
+			t.Fatalf("an address never seen: %v, %v; want its budget", ok, wait)
+		}
+	}
+	if len(g.failures.entries) != 0 {
+		t.Fatalf("FailuresLeft added %d addresses to the table", len(g.failures.entries))
+	}
+	if ok, _ := g.AllowFailure(a); !ok {
+		t.Fatal("first failure refused")
+	}
+	now = now.Add(250 * time.Millisecond) // half a token back, at 2/s
+	if ok, wait := g.FailuresLeft(netip.MustParseAddr("2001:db8::2")); ok || wait != 250*time.Millisecond {
+		t.Errorf("the same /64 a quarter second after its burst: %v, %v; want none left for 250ms", ok, wait)
+	}
+	now = now.Add(250 * time.Millisecond) // a whole token back
+	if ok, wait := g.FailuresLeft(a); !ok || wait != 0 {
+		t.Errorf("a token back: %v, %v; want one left", ok, wait)
+	}
+	if ok, _ := g.AllowFailure(a); !ok {
+		t.Error("AllowFailure refused the token FailuresLeft saw")
+	}
+	open, err := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, wait := open.FailuresLeft(a); !ok || wait != 0 {
+		t.Errorf("no failure rate: %v, %v; want unlimited", ok, wait)
+	}
+}
+
 // A limiter's table of addresses is bounded: full, it refuses a new
 // address for a second while those it holds go on, and it forgets those
 // idle for over a minute, so that new ones get in again.
