@@ -726,6 +726,38 @@ func TestSignatureHeadersEachRequired(t *testing.T) {
 	}
 }
 
+// SignatureDecides holds only where signing secrets are the sole
+// credential; SignatureRequired wherever one is configured.
+func TestSignatureDecides(t *testing.T) {
+	t.Parallel()
+	key := []string{"wk_0123456789abcdef"}
+	basic := []BasicCredential{{"otpless", "s3cret-pass"}}
+	signing := []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+	for _, tt := range []struct {
+		name              string
+		cfg               WebhookConfig
+		decides, required bool
+	}{
+		{"signing secrets", WebhookConfig{SigningSecrets: signing}, true, true},
+		{"with keys", WebhookConfig{SigningSecrets: signing, Keys: key}, false, true},
+		{"with basic", WebhookConfig{SigningSecrets: signing, Basic: basic}, false, true},
+		{"with unauthenticated", WebhookConfig{SigningSecrets: signing, AllowUnauthenticated: true}, false, true},
+		{"keys", WebhookConfig{Keys: key}, false, false},
+		{"unauthenticated", WebhookConfig{AllowUnauthenticated: true}, false, false},
+	} {
+		g, err := NewWebhookGuard(tt.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := g.SignatureDecides(); got != tt.decides {
+			t.Errorf("%s: SignatureDecides = %v, want %v", tt.name, got, tt.decides)
+		}
+		if got := g.SignatureRequired(); got != tt.required {
+			t.Errorf("%s: SignatureRequired = %v, want %v", tt.name, got, tt.required)
+		}
+	}
+}
+
 func TestSigningSecretStrength(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
