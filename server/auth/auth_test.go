@@ -758,6 +758,33 @@ func TestSignatureDecides(t *testing.T) {
 	}
 }
 
+// A signature is the part after a "v1": the valid HMAC under another
+// version's label is none, and a "v1" with nothing after it, last in the
+// list, is refused without reading past the list's end.
+func TestSignatureEntriesOtherThanV1(t *testing.T) {
+	t.Parallel()
+	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	g, err := NewWebhookGuard(WebhookConfig{SigningSecrets: []string{secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	g.now = func() time.Time { return now }
+	key, _ := decodeSigningSecret(secret)
+	body := []byte(`{"eventType":"DLR"}`)
+	sec := strconv.FormatInt(now.Unix(), 10)
+	sig := SignWebhook(key, []byte("msg_1."+sec+"."+string(body)))
+	for _, list := range []string{"v1a," + sig, "v2," + sig, "," + sig, sig, "v1", "v1,bogus,v1", "v1,bogus v1"} {
+		h := http.Header{}
+		h.Set("webhook-id", "msg_1")
+		h.Set("webhook-timestamp", sec)
+		h.Set("webhook-signature", list)
+		if err := g.CheckSignature(h, body); err == nil {
+			t.Errorf("signatures %q accepted", list)
+		}
+	}
+}
+
 func TestSigningSecretStrength(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
