@@ -785,6 +785,19 @@ func TestSignatureEntriesOtherThanV1(t *testing.T) {
 	}
 }
 
+// Without signing secrets a webhook needs no signature: CheckSignature
+// passes one that has none.
+func TestNoSigningSecretsNoSignature(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{Keys: []string{"wk_0123456789abcdef"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.CheckSignature(http.Header{}, []byte(`{"eventType":"DLR"}`)); err != nil {
+		t.Errorf("an unsigned webhook without signing secrets: %v", err)
+	}
+}
+
 func TestSigningSecretStrength(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
