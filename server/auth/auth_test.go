@@ -545,6 +545,21 @@ func TestAuthorizationOtherSchemes(t *testing.T) {
 	}
 }
 
+// Basic credentials whose base64 goes on past its end are none, though
+// what comes before decodes to the right user and password.
+func TestMalformedBasicCredentials(t *testing.T) {
+	t.Parallel()
+	g, err := NewWebhookGuard(WebhookConfig{Basic: []BasicCredential{{"otpless", "s3cret-pass"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := webhookRequest("1.2.3.4:5", "")
+	r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("otpless:s3cret-pass"))+"!")
+	if err := g.CheckCredentials(r, "", false); err == nil {
+		t.Errorf("%q accepted", r.Header.Get("Authorization"))
+	}
+}
+
 func TestWebhookSignature(t *testing.T) {
 	t.Parallel()
 	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
