@@ -239,8 +239,14 @@ func (w *Writer) run(ctx context.Context) {
 	for {
 		select {
 		case <-flush:
+			// A failure logged at once since the timer was armed makes
+			// it early for those after: they wait for the next interval.
 			flush = nil
-			w.failures.flush(w.log, w.now())
+			if d, ok := w.failures.due(w.now()); ok && d > 0 {
+				flush = w.after(d)
+			} else {
+				w.failures.flush(w.log, w.now())
+			}
 		case it := <-w.queue:
 			// Handlers that are runnable now are about to submit: yielding
 			// once lets them join this batch rather than wait out a whole

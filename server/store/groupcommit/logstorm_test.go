@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,84 @@ import (
 	"github.com/otpless-events/otpless-events/internal/testlog"
 	"github.com/otpless-events/otpless-events/server/store"
 )
+
+// logLine is what the failure tests read of a log record.
+type logLine struct {
+	level, msg     string
+	commits, hooks float64
+}
+
+// failureLog is a started Writer on a store that fails every commit while
+// failing is set, with a clock and timers the test drives, and its log.
+type failureLog struct {
+	t       *testing.T
+	w       *Writer
+	failing atomic.Bool
+	clock   atomic.Int64        // nanoseconds past the epoch
+	armed   chan chan time.Time // the timers the writer set, fired by the test
+	logs    testlog.Buffer
+}
+
+func newFailureLog(t *testing.T) *failureLog {
+	f := &failureLog{t: t, armed: make(chan chan time.Time, 16)}
+	fs := &fakeStore{forget: true, hook: func(context.Context, int, []store.Webhook) error {
+		if f.failing.Load() {
+			return errors.New("dial tcp: connection refused")
+		}
+		return nil
+	}}
+	f.w = New(fs, Options{Logger: slog.New(slog.NewJSONHandler(&f.logs, nil))})
+	f.w.now = func() time.Time { return time.Unix(0, f.clock.Load()) }
+	f.w.after = func(time.Duration) <-chan time.Time {
+		c := make(chan time.Time)
+		f.armed <- c
+		return c
+	}
+	if err := f.w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.stop)
+	return f
+}
+
+// advance moves the writer's clock on by d.
+func (f *failureLog) advance(d time.Duration) { f.clock.Add(int64(d)) }
+
+func (f *failureLog) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.w.Stop(ctx); err != nil {
+		f.t.Errorf("Stop: %v", err)
+	}
+}
+
+// submit commits webhook n, which fails if failing is set.
+func (f *failureLog) submit(n int) {
+	f.t.Helper()
+	failing := f.failing.Load()
+	if _, err := f.w.Submit(f.t.Context(), webhook(n)); (err != nil) != failing {
+		f.t.Fatalf("Submit(%d): %v, want an error: %v", n, err, failing)
+	}
+}
+
+// fire fires the next timer the writer armed.
+func (f *failureLog) fire() {
+	f.t.Helper()
+	recv(f.t, f.armed, "a timer of failures left unlogged") <- time.Time{}
+}
+
+func (f *failureLog) want(what string, want ...logLine) {
+	f.t.Helper()
+	var got []logLine
+	for _, r := range f.logs.Lines(f.t) {
+		c, _ := r["failed_commits"].(float64)
+		h, _ := r["failed_webhooks"].(float64)
+		got = append(got, logLine{r["level"].(string), r["msg"].(string), c, h})
+	}
+	if !slices.Equal(got, want) {
+		f.t.Fatalf("%s: logged %+v, want %+v", what, got, want)
+	}
+}
 
 // TestCommitFailuresLogOncePerInterval: a store that fails every commit
 // (a database gone) makes a commit of each webhook as it comes; the log
@@ -20,100 +99,67 @@ import (
 // again, rather than a line per commit, that is per webhook.
 func TestCommitFailuresLogOncePerInterval(t *testing.T) {
 	t.Parallel()
-	var failing atomic.Bool
-	failing.Store(true)
-	fs := &fakeStore{forget: true, hook: func(context.Context, int, []store.Webhook) error {
-		if failing.Load() {
-			return errors.New("dial tcp: connection refused")
-		}
-		return nil
-	}}
-	var logs testlog.Buffer
-	w := New(fs, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	var clock atomic.Int64 // nanoseconds past the epoch
-	w.now = func() time.Time { return time.Unix(0, clock.Load()) }
-	armed := make(chan chan time.Time, 16) // the timers the writer set, fired by the test
-	w.after = func(time.Duration) <-chan time.Time {
-		c := make(chan time.Time)
-		armed <- c
-		return c
-	}
-	if err := w.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := w.Stop(ctx); err != nil {
-			t.Errorf("Stop: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	submit := func(n int, wantErr bool) {
-		t.Helper()
-		if _, err := w.Submit(t.Context(), webhook(n)); (err != nil) != wantErr {
-			t.Fatalf("Submit(%d): %v, want an error: %v", n, err, wantErr)
-		}
-	}
-	type line struct {
-		level, msg     string
-		commits, hooks float64
-	}
-	lines := func() []line {
-		var out []line
-		for _, r := range logs.Lines(t) {
-			c, _ := r["failed_commits"].(float64)
-			h, _ := r["failed_webhooks"].(float64)
-			out = append(out, line{r["level"].(string), r["msg"].(string), c, h})
-		}
-		return out
-	}
-	want := func(what string, want ...line) {
-		t.Helper()
-		got := lines()
-		if len(got) != len(want) {
-			t.Fatalf("%s: logged %+v, want %+v", what, got, want)
-		}
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("%s: logged %+v, want %+v", what, got, want)
-			}
-		}
-	}
-
+	f := newFailureLog(t)
+	f.failing.Store(true)
 	for n := range 5 {
-		submit(n, true)
+		f.submit(n)
 	}
-	first := line{"ERROR", "commit failed", 1, 1}
-	want("five failed commits within the interval", first)
+	first := logLine{"ERROR", "commit failed", 1, 1}
+	f.want("five failed commits within the interval", first)
 
-	clock.Add(int64(failureLogInterval))
-	submit(5, true)
-	again := line{"ERROR", "commit failed", 5, 5}
-	want("a failed commit an interval later", first, again)
+	f.advance(failureLogInterval)
+	f.submit(5)
+	again := logLine{"ERROR", "commit failed", 5, 5}
+	f.want("a failed commit an interval later", first, again)
 
-	failing.Store(false)
-	submit(6, false)
-	submit(7, false)
-	recovered := line{"INFO", "commits succeed again", 6, 6}
-	want("commits succeeding again", first, again, recovered)
+	f.failing.Store(false)
+	f.submit(6)
+	f.submit(7)
+	recovered := logLine{"INFO", "commits succeed again", 6, 6}
+	f.want("commits succeeding again", first, again, recovered)
 
 	// A store that fails every other commit: the failures within the
 	// interval are logged once it is over, with their count.
 	for n := 8; n < 14; n++ {
-		failing.Store(n%2 == 0)
-		submit(n, n%2 == 0)
+		f.failing.Store(n%2 == 0)
+		f.submit(n)
 	}
-	want("failures and successes in turn within the interval", first, again, recovered)
-	timer := recv(t, armed, "the timer of the failures left unlogged")
-	timer <- time.Time{}
-	submit(14, false) // after the flush: the writer takes one thing at a time
-	flushed := line{"ERROR", "commit failed", 3, 3}
-	want("the interval over", first, again, recovered, flushed)
+	f.want("failures and successes in turn within the interval", first, again, recovered)
+	f.advance(failureLogInterval)
+	f.fire()
+	f.submit(14) // after the flush: the writer takes one thing at a time
+	flushed := logLine{"ERROR", "commit failed", 3, 3}
+	f.want("the interval over", first, again, recovered, flushed)
 
 	// Failures left unlogged at shutdown are logged then.
-	failing.Store(true)
-	submit(15, true)
-	stop()
-	want("after Stop", first, again, recovered, flushed, line{"ERROR", "commit failed", 1, 1})
+	f.failing.Store(true)
+	f.submit(15)
+	f.stop()
+	f.want("after Stop", first, again, recovered, flushed, logLine{"ERROR", "commit failed", 1, 1})
+}
+
+// TestCommitFailureTimerArmedBeforeALine: a failure logged at once, as the
+// interval was over, leaves the timer armed for the failures before it
+// early for those after; when it fires, they wait for the interval after
+// that line rather than make a second line at once.
+func TestCommitFailureTimerArmedBeforeALine(t *testing.T) {
+	t.Parallel()
+	f := newFailureLog(t)
+	f.failing.Store(true)
+	f.submit(0)
+	f.advance(time.Second)
+	f.submit(1) // unlogged: the timer is armed for the interval's end
+	f.advance(failureLogInterval - time.Second)
+	f.submit(2) // the interval over: logged at once
+	f.submit(3)
+	f.fire() // the timer armed for webhook 1, whose failure was logged
+	f.submit(4)
+	first := logLine{"ERROR", "commit failed", 1, 1}
+	second := logLine{"ERROR", "commit failed", 2, 2}
+	f.want("failures after a line, when the timer armed before it fires", first, second)
+
+	f.advance(failureLogInterval)
+	f.fire()
+	f.stop()
+	f.want("an interval after the line", first, second, second)
 }
