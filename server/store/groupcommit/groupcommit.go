@@ -332,7 +332,7 @@ func (w *Writer) commit(ctx context.Context, live []*item) {
 		}
 		return
 	}
-	w.failures.succeeded(w.log, w.now())
+	w.failures.ok(w.log, w.now())
 	if w.onCommit != nil && len(changes) > 0 {
 		w.onCommit(changes)
 	}
@@ -350,17 +350,18 @@ const failureLogInterval = 10 * time.Second
 // failures keeps the counts that make failed commits a line at most once
 // per failureLogInterval, the first at once (a store that fails every other
 // commit, a disk nearly full, included); failures left unlogged are logged
-// once the interval is over (flush), and a run of failures that was logged
-// ends with a line when a commit succeeds.
+// once the interval is over (flush). A run of failures ends with a line at
+// the first commit that succeeds once all of them are logged, or, if one
+// has succeeded since, when the last of them are.
 type failures struct {
 	line              time.Time // of the last "commit failed"; zero: none yet
 	commits, webhooks int       // failed since that line: the next one's counts
 	lastErr           error     // of the last of them
 	lastWebhooks      int
 
-	runCommits, runWebhooks int // failed since the last commit that succeeded
+	runCommits, runWebhooks int // failed since the last run ended
 	runBegan                time.Time
-	runLogged               bool // a "commit failed" line counted some of them
+	succeeded               time.Time // of the first commit to succeed since the run's last failure; zero: none
 }
 
 func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err error) {
@@ -369,6 +370,7 @@ func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err err
 	}
 	f.runCommits++
 	f.runWebhooks += webhooks
+	f.succeeded = time.Time{}
 	f.commits++
 	f.webhooks += webhooks
 	f.lastErr, f.lastWebhooks = err, webhooks
@@ -377,7 +379,8 @@ func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err err
 	}
 }
 
-// flush logs the failures not logged yet, if any.
+// flush logs the failures not logged yet, if any, and the end of their
+// run if a commit has succeeded since.
 func (f *failures) flush(log *slog.Logger, now time.Time) {
 	if f.commits == 0 {
 		return
@@ -385,7 +388,9 @@ func (f *failures) flush(log *slog.Logger, now time.Time) {
 	log.Error("commit failed", "webhooks", f.lastWebhooks, "err", f.lastErr,
 		"failed_commits", f.commits, "failed_webhooks", f.webhooks)
 	f.line, f.commits, f.webhooks, f.lastErr = now, 0, 0, nil
-	f.runLogged = f.runCommits > 0
+	if !f.succeeded.IsZero() {
+		f.end(log)
+	}
 }
 
 // due reports whether failures wait to be logged, and in how long.
@@ -393,14 +398,21 @@ func (f *failures) due(now time.Time) (time.Duration, bool) {
 	return f.line.Add(failureLogInterval).Sub(now), f.commits > 0
 }
 
-func (f *failures) succeeded(log *slog.Logger, now time.Time) {
-	if f.runCommits == 0 {
+// ok records a commit that succeeded: the run ends now if all its failures
+// are logged, else once they are (flush).
+func (f *failures) ok(log *slog.Logger, now time.Time) {
+	if f.runCommits == 0 || !f.succeeded.IsZero() {
 		return
 	}
-	if f.runLogged {
-		log.Info("commits succeed again", "failed_commits", f.runCommits, "failed_webhooks", f.runWebhooks, "failed_for", now.Sub(f.runBegan))
+	f.succeeded = now
+	if f.commits == 0 {
+		f.end(log)
 	}
-	f.runCommits, f.runWebhooks, f.runLogged = 0, 0, false
+}
+
+func (f *failures) end(log *slog.Logger) {
+	log.Info("commits succeed again", "failed_commits", f.runCommits, "failed_webhooks", f.runWebhooks, "failed_for", f.succeeded.Sub(f.runBegan))
+	f.runCommits, f.runWebhooks, f.succeeded = 0, 0, time.Time{}
 }
 
 // errPanicked is the error of a commit in which the store panicked.

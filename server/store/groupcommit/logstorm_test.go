@@ -119,7 +119,8 @@ func TestCommitFailuresLogOncePerInterval(t *testing.T) {
 	f.want("commits succeeding again", first, again, recovered)
 
 	// A store that fails every other commit: the failures within the
-	// interval are logged once it is over, with their count.
+	// interval are logged once it is over, with their count, and as the
+	// last commit succeeded, so is the end of their run.
 	for n := 8; n < 14; n++ {
 		f.failing.Store(n%2 == 0)
 		f.submit(n)
@@ -129,13 +130,14 @@ func TestCommitFailuresLogOncePerInterval(t *testing.T) {
 	f.fire()
 	f.submit(14) // after the flush: the writer takes one thing at a time
 	flushed := logLine{"ERROR", "commit failed", 3, 3}
-	f.want("the interval over", first, again, recovered, flushed)
+	ended := logLine{"INFO", "commits succeed again", 3, 3}
+	f.want("the interval over", first, again, recovered, flushed, ended)
 
 	// Failures left unlogged at shutdown are logged then.
 	f.failing.Store(true)
 	f.submit(15)
 	f.stop()
-	f.want("after Stop", first, again, recovered, flushed, logLine{"ERROR", "commit failed", 1, 1})
+	f.want("after Stop", first, again, recovered, flushed, ended, logLine{"ERROR", "commit failed", 1, 1})
 }
 
 // TestCommitFailureTimerArmedBeforeALine: a failure logged at once, as the
@@ -162,4 +164,35 @@ func TestCommitFailureTimerArmedBeforeALine(t *testing.T) {
 	f.fire()
 	f.stop()
 	f.want("an interval after the line", first, second, second)
+}
+
+// TestCommitFailuresEndedBeforeTheirLine: failures whose line waits for the
+// interval's end, followed by commits that succeed, end with "commits
+// succeed again" once they are logged, even with the writer idle by then:
+// else the log's last word is a failure while every commit succeeds.
+func TestCommitFailuresEndedBeforeTheirLine(t *testing.T) {
+	t.Parallel()
+	f := newFailureLog(t)
+	f.failing.Store(true)
+	f.submit(0)
+	f.failing.Store(false)
+	f.submit(1)
+	failed := logLine{"ERROR", "commit failed", 1, 1}
+	recovered := logLine{"INFO", "commits succeed again", 1, 1}
+	f.want("a failure, then a success", failed, recovered)
+
+	f.advance(time.Second)
+	f.failing.Store(true)
+	f.submit(2) // unlogged until the interval is over
+	f.advance(time.Second)
+	f.failing.Store(false)
+	f.submit(3)
+	f.advance(failureLogInterval)
+	f.fire()
+	f.stop()
+	f.want("the failure logged once the interval is over", failed, recovered, failed, recovered)
+	records := f.logs.Lines(t)
+	if got, want := records[len(records)-1]["failed_for"], float64(time.Second); got != want {
+		t.Errorf("failed_for %v, want %v (from the failure to the commit that succeeded)", got, want)
+	}
 }
