@@ -334,14 +334,18 @@ func (s *Store) open(ctx context.Context, schema string) error {
 	if !create {
 		qctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
-		var current *string
-		if err := s.pool.QueryRow(qctx, `SELECT current_schema()`).Scan(&current); err != nil {
+		var current, unusable *string
+		var role string
+		if err := s.pool.QueryRow(qctx, `SELECT current_schema(), current_user, (`+unusableSchemasQuery+`)`).Scan(&current, &role, &unusable); err != nil {
 			if qctx.Err() != nil && ctx.Err() == nil {
 				return fmt.Errorf("current schema: %w (%s): %w", errNoAnswer, s.timeout, err)
 			}
 			return store.MapErr(ctx, err)
 		}
-		if current == nil {
+		switch {
+		case current == nil && unusable != nil:
+			return fmt.Errorf("the search_path names no schema the role %s may use: it lacks USAGE on the schema %s (GRANT it)", role, *unusable)
+		case current == nil:
 			return errors.New("the search_path names no existing schema: create it (CREATE SCHEMA), or name one that exists with search_path= in the DSN")
 		}
 		schema = *current

@@ -1112,6 +1112,13 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "dropped") {
 		t.Errorf("Ping as %s without USAGE on the schema: %v; want ErrUnavailable saying %q, not that the schema was dropped", role, err, want)
 	}
+	// A start says so too, rather than to create a schema that exists.
+	if st, err := pgstore.Open(ctx, u.String()); err == nil {
+		st.Close()
+		t.Errorf("Open as %s without USAGE on the schema succeeded", role)
+	} else if t.Logf("Open as %s without USAGE on the schema: %v", role, err); !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "CREATE SCHEMA") {
+		t.Errorf("Open as %s without USAGE on the schema: %v; want it saying %q, not to create the schema", role, err, want)
+	}
 }
 
 // TestAbandonedCommitReleasesLocks: a replica cut off in the middle of a
