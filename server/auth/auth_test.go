@@ -449,37 +449,47 @@ func TestWrongWebhookKeyFails(t *testing.T) {
 	}
 }
 
-// On the keyless route a webhook without credentials is let through by
-// --allow-unauthenticated-webhooks, or where signing secrets are the only
-// credential (its signature decides), and by nothing else: a URL key or
-// Basic credential configured makes it 401, with or without the other
-// kinds beside it.
-func TestKeylessWebhookWithoutCredentials(t *testing.T) {
+// Over the webhook configurations: on the keyless route a webhook without
+// credentials is let through by --allow-unauthenticated-webhooks, or where
+// signing secrets are the only credential (its signature decides), and by
+// nothing else: a URL key or Basic credential configured makes it 401,
+// with or without the other kinds beside it. SignatureDecides holds only
+// where signing secrets are the sole credential, SignatureRequired
+// wherever one is configured.
+func TestWebhookConfigurations(t *testing.T) {
 	t.Parallel()
 	key := []string{"wk_0123456789abcdef"}
 	basic := []BasicCredential{{"otpless", "s3cret-pass"}}
 	signing := []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
 	for _, tt := range []struct {
-		name string
-		cfg  WebhookConfig
-		ok   bool
+		name              string
+		cfg               WebhookConfig
+		keyless           bool // a webhook without credentials let through
+		decides, required bool
 	}{
-		{"keys", WebhookConfig{Keys: key}, false},
-		{"basic", WebhookConfig{Basic: basic}, false},
-		{"keys and basic", WebhookConfig{Keys: key, Basic: basic}, false},
-		{"keys and signing secrets", WebhookConfig{Keys: key, SigningSecrets: signing}, false},
-		{"basic and signing secrets", WebhookConfig{Basic: basic, SigningSecrets: signing}, false},
-		{"signing secrets", WebhookConfig{SigningSecrets: signing}, true},
-		{"unauthenticated", WebhookConfig{AllowUnauthenticated: true}, true},
-		{"keys, unauthenticated too", WebhookConfig{Keys: key, AllowUnauthenticated: true}, true},
-		{"basic, unauthenticated too", WebhookConfig{Basic: basic, AllowUnauthenticated: true}, true},
+		{"keys", WebhookConfig{Keys: key}, false, false, false},
+		{"basic", WebhookConfig{Basic: basic}, false, false, false},
+		{"keys and basic", WebhookConfig{Keys: key, Basic: basic}, false, false, false},
+		{"keys and signing secrets", WebhookConfig{Keys: key, SigningSecrets: signing}, false, false, true},
+		{"basic and signing secrets", WebhookConfig{Basic: basic, SigningSecrets: signing}, false, false, true},
+		{"signing secrets", WebhookConfig{SigningSecrets: signing}, true, true, true},
+		{"signing secrets, unauthenticated too", WebhookConfig{SigningSecrets: signing, AllowUnauthenticated: true}, true, false, true},
+		{"unauthenticated", WebhookConfig{AllowUnauthenticated: true}, true, false, false},
+		{"keys, unauthenticated too", WebhookConfig{Keys: key, AllowUnauthenticated: true}, true, false, false},
+		{"basic, unauthenticated too", WebhookConfig{Basic: basic, AllowUnauthenticated: true}, true, false, false},
 	} {
 		g, err := NewWebhookGuard(tt.cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := g.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); (err == nil) != tt.ok {
-			t.Errorf("%s: CheckCredentials without credentials = %v, want ok = %v", tt.name, err, tt.ok)
+		if err := g.CheckCredentials(webhookRequest("1.2.3.4:5", ""), "", false); (err == nil) != tt.keyless {
+			t.Errorf("%s: CheckCredentials without credentials = %v, want ok = %v", tt.name, err, tt.keyless)
+		}
+		if got := g.SignatureDecides(); got != tt.decides {
+			t.Errorf("%s: SignatureDecides = %v, want %v", tt.name, got, tt.decides)
+		}
+		if got := g.SignatureRequired(); got != tt.required {
+			t.Errorf("%s: SignatureRequired = %v, want %v", tt.name, got, tt.required)
 		}
 	}
 }
@@ -737,38 +747,6 @@ func TestSignatureHeadersEachRequired(t *testing.T) {
 		}
 		if err := g.CheckSignature(h, body); err == nil {
 			t.Errorf("without %s: signature accepted", missing)
-		}
-	}
-}
-
-// SignatureDecides holds only where signing secrets are the sole
-// credential; SignatureRequired wherever one is configured.
-func TestSignatureDecides(t *testing.T) {
-	t.Parallel()
-	key := []string{"wk_0123456789abcdef"}
-	basic := []BasicCredential{{"otpless", "s3cret-pass"}}
-	signing := []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
-	for _, tt := range []struct {
-		name              string
-		cfg               WebhookConfig
-		decides, required bool
-	}{
-		{"signing secrets", WebhookConfig{SigningSecrets: signing}, true, true},
-		{"with keys", WebhookConfig{SigningSecrets: signing, Keys: key}, false, true},
-		{"with basic", WebhookConfig{SigningSecrets: signing, Basic: basic}, false, true},
-		{"with unauthenticated", WebhookConfig{SigningSecrets: signing, AllowUnauthenticated: true}, false, true},
-		{"keys", WebhookConfig{Keys: key}, false, false},
-		{"unauthenticated", WebhookConfig{AllowUnauthenticated: true}, false, false},
-	} {
-		g, err := NewWebhookGuard(tt.cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := g.SignatureDecides(); got != tt.decides {
-			t.Errorf("%s: SignatureDecides = %v, want %v", tt.name, got, tt.decides)
-		}
-		if got := g.SignatureRequired(); got != tt.required {
-			t.Errorf("%s: SignatureRequired = %v, want %v", tt.name, got, tt.required)
 		}
 	}
 }
