@@ -48,6 +48,8 @@ func TestParseAPIKeys(t *testing.T) {
 		"name",
 		"name nothex read",
 		"name " + HashKey("k") + " fly",
+		"name " + HashKey("k")[:62] + " read", // a hash a byte short
+		"name " + HashKey("k") + "00 read",    // and a byte long
 		"a " + HashKey("k") + " read\na " + HashKey("j") + " read",
 	} {
 		if _, err := ParseAPIKeys(bad); err == nil {

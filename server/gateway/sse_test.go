@@ -191,6 +191,7 @@ func TestSSEResumeRevision(t *testing.T) {
 		{"Last-Event-ID", "", "7", 7, http.StatusOK},
 		{"Last-Event-ID wins", "?after_revision=5", "7", 7, http.StatusOK},
 		{"bad Last-Event-ID", "", "seven", 0, http.StatusBadRequest},
+		{"negative Last-Event-ID", "", "-1", 0, http.StatusBadRequest},
 		{"negative after_revision", "?after_revision=-1", "", 0, http.StatusBadRequest},
 	}
 	for _, tt := range tests {
