@@ -721,6 +721,7 @@ const privilegesQuery = `SELECT string_agg(p.priv || ' on ' || p.rel, ', ' ORDER
 // the search_path names that exist but that the current role lacks USAGE
 // on: PostgreSQL leaves them out of the search_path, so the tables in them
 // are not found, as if the schema had been dropped.
+// Each ping asks it only when the tables are not found.
 const unusableSchemasQuery = `SELECT string_agg(n.nspname, ', ' ORDER BY n.nspname) FROM pg_namespace n
 	WHERE n.nspname = ANY (SELECT btrim(p, ' "') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
 		AND NOT has_schema_privilege(n.oid, 'USAGE')`
@@ -738,7 +739,8 @@ func checkWritable(ctx context.Context, conn *pgx.Conn) error {
 	var tables bool
 	var missing, unusable *string
 	if err := conn.QueryRow(ctx, `SELECT current_setting('transaction_read_only'), to_regclass('requests') IS NOT NULL,
-		current_user, (`+privilegesQuery+`), (`+unusableSchemasQuery+`)`).Scan(&readOnly, &tables, &role, &missing, &unusable); err != nil {
+		current_user, (`+privilegesQuery+`),
+		CASE WHEN to_regclass('requests') IS NULL THEN (`+unusableSchemasQuery+`) END`).Scan(&readOnly, &tables, &role, &missing, &unusable); err != nil {
 		return err
 	}
 	switch {
