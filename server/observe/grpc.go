@@ -195,9 +195,13 @@ func (o *Observer) finishGRPC(ctx context.Context, c *call, method string, start
 }
 
 // serverFault reports codes that say the server, not the caller, failed.
+// UNIMPLEMENTED is not one: every method the server registers is served,
+// so it is a caller's method or compression the server does not know (a
+// client built from other protos), a caller's mistake as INVALID_ARGUMENT
+// is.
 func serverFault(c codes.Code) bool {
 	switch c {
-	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unimplemented, codes.Unavailable:
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
 		return true
 	}
 	return false
