@@ -825,6 +825,20 @@ func TestRequestLogs(t *testing.T) {
 	if n := len(s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": "hook-4", "status": float64(400), "otpless_request_id": "log-req", "otpless_trace_id": "tr_ops", "reason": "invalid_body"})); n != 1 {
 		t.Errorf("%d lines for the webhook that does not decode with its OTPLESS ids and reason, want 1:\n%s", n, s.logs)
 	}
+	// Each refused webhook's line says why, as its sender was told (no
+	// gRPC line does, as for the API's requests), masked as any error
+	// text is (hook-2's quotes a time in milliseconds, 13 digits, which
+	// passes for a phone number).
+	for id, body := range map[string]string{"hook-2": ahead, "hook-4": mistyped, "hook-6": `{"requestId":`} {
+		code, _, answer := do(t, http.MethodPost, s.httpURL+"/v1/webhooks/otpless", body, observe.RequestIDHeader, id+"-again")
+		var st struct{ Message string }
+		if err := json.Unmarshal([]byte(answer), &st); err != nil || code != http.StatusBadRequest || st.Message == "" {
+			t.Fatalf("POST %s again: %d %s (%v), want 400 with a message", id, code, answer, err)
+		}
+		if n := len(s.logs.Matching(t, map[string]any{"msg": "http request", "request_id": id + "-again", "error": observe.LoggedText(st.Message)})); n != 1 {
+			t.Errorf("%d lines for %s's webhook saying %q (masked), want 1:\n%s", n, id, st.Message, s.logs)
+		}
+	}
 	req, err := normalize.Decode([]byte(ahead))
 	if err != nil {
 		t.Fatal(err)

@@ -629,6 +629,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Panicked:     s.obs.WatchPanicked,
 		Cut:          s.httpCut,
 		Unanswered:   s.obs.Unanswered,
+		Refused:      s.obs.WebhookRefused,
 		Logger:       log.With("component", "gateway"),
 	})
 	if err != nil {

@@ -107,7 +107,12 @@ type Options struct {
 	// of each such request, which its client gets no answer to.
 	Cut        <-chan struct{}
 	Unanswered func(context.Context)
-	Logger     *slog.Logger
+	// Refused, when set, is told the message of each error a webhook is
+	// answered with (the text its sender gets), for the request's log
+	// line: unlike the API's, a webhook makes no gRPC call whose line
+	// says it.
+	Refused func(ctx context.Context, msg string)
+	Logger  *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are
@@ -163,7 +168,8 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 	wh := &webhookHandler{mux: mux, ingest: ingest, maxBody: opts.MaxBodyBytes, guard: opts.Guard, log: opts.Logger,
 		unauthenticated:       make(chan struct{}, opts.MaxUnauthenticatedReads),
 		unauthenticatedByAddr: api.NewSlots(max(1, opts.MaxUnauthenticatedReads/unauthenticatedShare)),
-		closed:                opts.Cut, unanswered: opts.Unanswered}
+		closed:                opts.Cut, unanswered: opts.Unanswered,
+		refused: opts.Refused}
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
@@ -563,9 +569,30 @@ type webhookHandler struct {
 	// address holds at most its share of them, in unauthenticatedByAddr.
 	unauthenticated       chan struct{}
 	unauthenticatedByAddr *api.Slots
-	// closed and unanswered are Options.Cut and Unanswered.
+	// closed, unanswered and refused are Options.Cut, Unanswered and
+	// Refused.
 	closed     <-chan struct{}
 	unanswered func(context.Context)
+	refused    func(context.Context, string)
+}
+
+// fail answers a webhook st with httpStatus, and tells refused its
+// message. Every error answer of the webhook route goes through fail or
+// failErr.
+func (h *webhookHandler) fail(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, httpStatus int, st *status.Status) {
+	if h.refused != nil {
+		h.refused(r.Context(), st.Message())
+	}
+	writeStatus(w, out, httpStatus, st)
+}
+
+// failErr is fail for an error errorHandler answers, with the HTTP status
+// of its gRPC code.
+func (h *webhookHandler) failErr(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, err error) {
+	if h.refused != nil {
+		h.refused(r.Context(), status.Convert(err).Message())
+	}
+	errorHandler(r.Context(), h.mux, out, w, r, err)
 }
 
 // cut reports whether the server has closed the connections of the
@@ -605,10 +632,10 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 		)
 		switch {
 		case errors.As(err, &compressed):
-			writeStatus(w, out, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, err.Error()))
+			h.fail(w, r, out, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, err.Error()))
 			return
 		case errors.As(err, &tooLarge): // RESOURCE_EXHAUSTED, as gRPC Ingest answers a message over the bound
-			writeStatus(w, out, http.StatusRequestEntityTooLarge,
+			h.fail(w, r, out, http.StatusRequestEntityTooLarge,
 				status.New(codes.ResourceExhausted, "webhook body is larger than "+api.Size(h.maxBody)))
 			return
 		}
@@ -619,16 +646,16 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 			if h.unanswered != nil {
 				h.unanswered(ctx)
 			}
-			writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, "server is shutting down: reading webhook body: "+err.Error()))
+			h.fail(w, r, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, "server is shutting down: reading webhook body: "+err.Error()))
 			return
 		}
 		if senderGone(err) || ctx.Err() != nil { // HTTP/2 says so by canceling the stream
 			// Nobody may read this answer; 408 tells the metrics and the
 			// log that the sender stopped, not that it sent a bad body.
-			writeStatus(w, out, http.StatusRequestTimeout, status.New(codes.Canceled, "reading webhook body: "+err.Error()))
+			h.fail(w, r, out, http.StatusRequestTimeout, status.New(codes.Canceled, "reading webhook body: "+err.Error()))
 			return
 		}
-		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.InvalidArgument, "reading webhook body: "+err.Error()))
+		h.failErr(w, r, out, status.Error(codes.InvalidArgument, "reading webhook body: "+err.Error()))
 		return
 	}
 	if h.guard != nil {
@@ -640,7 +667,7 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 			return
 		}
 		if err != nil {
-			unauthorized(w, out, err)
+			h.unauthorized(w, r, out, err)
 			return
 		}
 	}
@@ -648,17 +675,17 @@ func (h *webhookHandler) serve(w http.ResponseWriter, r *http.Request, params ma
 	req, err := normalize.Decode(body)
 	if err != nil {
 		h.ingest.Refused(ctx, body, err)
-		errorHandler(ctx, h.mux, out, w, r, api.Status(err))
+		h.failErr(w, r, out, api.Status(err))
 		return
 	}
 	resp, err := h.ingest.IngestBody(ctx, req, body)
 	if err != nil {
-		errorHandler(ctx, h.mux, out, w, r, err)
+		h.failErr(w, r, out, err)
 		return
 	}
 	buf, err := appendIngestResponse(make([]byte, 0, 256), resp)
 	if err != nil {
-		errorHandler(ctx, h.mux, out, w, r, status.Error(codes.Internal, "encoding response"))
+		h.failErr(w, r, out, status.Error(codes.Internal, "encoding response"))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -771,7 +798,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	}
 	addr := h.guard.ClientAddr(r)
 	if err := h.guard.CheckAddr(addr); err != nil {
-		writeStatus(w, out, http.StatusForbidden, status.New(codes.PermissionDenied, err.Error()))
+		h.fail(w, r, out, http.StatusForbidden, status.New(codes.PermissionDenied, err.Error()))
 		return false, false
 	}
 	// Credentials first, then the rate budget of their outcome: a sender
@@ -783,7 +810,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	if credErr == nil && h.guard.SignatureDecides() {
 		if credErr = h.guard.CheckSignatureHeaders(r.Header); credErr == nil {
 			if ok, wait := h.guard.FailuresLeft(addr); !ok {
-				tooMany(w, out, wait)
+				h.tooMany(w, r, out, wait)
 				return false, false
 			}
 			select {
@@ -792,9 +819,9 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 					return true, true
 				}
 				<-h.unauthenticated
-				unreadRetry(w, out, "too many webhooks from this address being read before their signatures are checked, retry later")
+				h.unreadRetry(w, r, out, "too many webhooks from this address being read before their signatures are checked, retry later")
 			default:
-				unreadRetry(w, out, "too many webhooks being read before their signatures are checked, retry later")
+				h.unreadRetry(w, r, out, "too many webhooks being read before their signatures are checked, retry later")
 			}
 			return false, false
 		}
@@ -804,16 +831,16 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		// and spend a failure (serve): as for a pending webhook, its
 		// address must have one left.
 		if ok, wait := h.guard.FailuresLeft(addr); !ok {
-			tooMany(w, out, wait)
+			h.tooMany(w, r, out, wait)
 			return false, false
 		}
 	}
 	if ok, wait := h.guard.Spend(addr, credErr != nil); !ok {
-		tooMany(w, out, wait)
+		h.tooMany(w, r, out, wait)
 		return false, false
 	}
 	if credErr != nil {
-		unauthorized(w, out, credErr)
+		h.unauthorized(w, r, out, credErr)
 		return false, false
 	}
 	return true, false
@@ -821,33 +848,33 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 
 // unauthorized answers 401 to a webhook whose credentials or signature
 // failed, with the challenge HTTP requires of a 401 (RFC 9110, 15.5.2).
-func unauthorized(w http.ResponseWriter, out runtime.Marshaler, err error) {
+func (h *webhookHandler) unauthorized(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, err error) {
 	w.Header().Set("WWW-Authenticate", `Basic realm="otpless-events webhooks"`)
-	writeStatus(w, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
+	h.fail(w, r, out, http.StatusUnauthorized, status.New(codes.Unauthenticated, err.Error()))
 }
 
 // unreadRetry answers 503 with Retry-After to a webhook whose body is left
 // unread, closing its connection: else net/http reads on, to reuse it.
-func unreadRetry(w http.ResponseWriter, out runtime.Marshaler, msg string) {
+func (h *webhookHandler) unreadRetry(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, msg string) {
 	w.Header().Set("Retry-After", "1")
 	w.Header().Set("Connection", "close")
-	writeStatus(w, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, msg))
+	h.fail(w, r, out, http.StatusServiceUnavailable, status.New(codes.Unavailable, msg))
 }
 
 // spend takes a pending webhook's place from the budget of its signature's
 // outcome, and reports whether there was one (else it answers 429).
 func (h *webhookHandler) spend(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, failed bool) bool {
 	if ok, wait := h.guard.Spend(h.guard.ClientAddr(r), failed); !ok {
-		tooMany(w, out, wait)
+		h.tooMany(w, r, out, wait)
 		return false
 	}
 	return true
 }
 
 // tooMany answers 429, saying when to retry.
-func tooMany(w http.ResponseWriter, out runtime.Marshaler, wait time.Duration) {
+func (h *webhookHandler) tooMany(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, wait time.Duration) {
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-	writeStatus(w, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
+	h.fail(w, r, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
 }
 
 // gatewayJSON is the mux's JSON, and that of the errors answered before a

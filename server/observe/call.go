@@ -25,7 +25,8 @@ type call struct {
 	rejectReason     string // set by ObserveIngest on a rejection
 	otplessRequestID string
 	otplessTraceID   string
-	unanswered       bool // set by Unanswered: the server closed the connection
+	unanswered       bool   // set by Unanswered: the server closed the connection
+	refusal          string // set by WebhookRefused: the error message a webhook was answered with
 }
 
 type callKey struct{}
@@ -46,6 +47,15 @@ func callFrom(ctx context.Context) *call {
 func (o *Observer) Unanswered(ctx context.Context) {
 	if c := callFrom(ctx); c != nil {
 		c.unanswered = true
+	}
+}
+
+// WebhookRefused gives the HTTP request of ctx, a webhook answered with an
+// error, that error's message (as its sender got it) for its line's
+// error: no gRPC call's line says it, as for the API's requests.
+func (o *Observer) WebhookRefused(ctx context.Context, msg string) {
+	if c := callFrom(ctx); c != nil {
+		c.refusal = msg
 	}
 }
 

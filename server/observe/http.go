@@ -118,6 +118,9 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 		}
 	}
 	attrs = appendOTPLESS(attrs, c)
+	if c.refusal != "" && panicked == nil {
+		attrs = append(attrs, slog.String("error", c.refusal))
+	}
 	if panicked != nil {
 		attrs = append(attrs, slog.Any("panic", panicked), slog.String("stack", string(stack)))
 	}
