@@ -411,10 +411,15 @@ func TestWatchTokens(t *testing.T) {
 
 func TestWebhookRateLimit(t *testing.T) {
 	t.Parallel()
-	ts := startSecured(t, func(s *server.Security) {
-		s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2
-		s.Webhook.FailureRatePerSecond, s.Webhook.FailureBurst = 0.001, 3
+	var logs testlog.Buffer
+	ts := startServer(t, func(c *server.Config) {
+		secured(func(s *server.Security) {
+			s.Webhook.RatePerSecond, s.Webhook.Burst = 0.001, 2
+			s.Webhook.FailureRatePerSecond, s.Webhook.FailureBurst = 0.001, 3
+		})(c)
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
+	ts.webhookPath = "/v1/webhooks/otpless/" + testWebhookKey
 	// Without credentials: refused, and none of the address's budget for
 	// webhooks spent; failures have a budget of their own, so guessing is
 	// limited too.
@@ -433,6 +438,19 @@ func TestWebhookRateLimit(t *testing.T) {
 	r := ts.post(t, ts.webhookPath, dlr("rate-req", "DELIVERED", 1764153009000))
 	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" {
 		t.Fatalf("over the rate: %d (Retry-After %q) %s, want 429 with Retry-After", r.code, r.header.Get("Retry-After"), r.body)
+	}
+	// The log tells the two budgets apart: a wrong key's guesses limited
+	// are not OTPLESS held back by --webhook-rate.
+	for reason, want := range map[string]int{"failure_rate_limited": 2, "rate_limited": 1} {
+		lines := logs.Matching(t, map[string]any{"msg": "http request", "status": float64(http.StatusTooManyRequests), "reason": reason})
+		if len(lines) != want {
+			t.Errorf("%d 429 lines with reason %s, want %d:\n%s", len(lines), reason, want, logs.String())
+		}
+		for _, l := range lines {
+			if msg, _ := l["error"].(string); (reason == "failure_rate_limited") != strings.Contains(msg, "failed credentials") {
+				t.Errorf("429 line with reason %s says %q", reason, msg)
+			}
+		}
 	}
 }
 

@@ -619,18 +619,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.obs.SetClientAddr(sec.guard.ClientAddr)
 	}
 	handler, err := gateway.New(ctx, s.conn, webhooks, gateway.Options{
-		MaxBodyBytes: cfg.MaxBodyBytes,
-		Guard:        sec.guard,
-		Keyring:      sec.keyring,
-		CORSOrigins:  cfg.CORSOrigins,
-		SSEHeartbeat: cfg.WatchHeartbeat,
-		Watch:        s.watchInProcess(requests, sec.stream),
-		Streams:      &s.streams,
-		Panicked:     s.obs.WatchPanicked,
-		Cut:          s.httpCut,
-		Unanswered:   s.obs.Unanswered,
-		Refused:      s.obs.WebhookRefused,
-		Logger:       log.With("component", "gateway"),
+		MaxBodyBytes:  cfg.MaxBodyBytes,
+		Guard:         sec.guard,
+		Keyring:       sec.keyring,
+		CORSOrigins:   cfg.CORSOrigins,
+		SSEHeartbeat:  cfg.WatchHeartbeat,
+		Watch:         s.watchInProcess(requests, sec.stream),
+		Streams:       &s.streams,
+		Panicked:      s.obs.WatchPanicked,
+		Cut:           s.httpCut,
+		Unanswered:    s.obs.Unanswered,
+		Refused:       s.obs.WebhookRefused,
+		FailuresSpent: s.obs.FailuresSpent,
+		Logger:        log.With("component", "gateway"),
 	})
 	if err != nil {
 		return nil, err

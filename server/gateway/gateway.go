@@ -110,9 +110,12 @@ type Options struct {
 	// Refused, when set, is told the message of each error a webhook is
 	// answered with (the text its sender gets), for the request's log
 	// line: unlike the API's, a webhook makes no gRPC call whose line
-	// says it.
-	Refused func(ctx context.Context, msg string)
-	Logger  *slog.Logger
+	// says it. FailuresSpent, when set, is told of each webhook answered
+	// 429 because its address has spent its budget of failed credentials
+	// (auth.WebhookGuard.FailuresLeft), not that of authenticated ones.
+	Refused       func(ctx context.Context, msg string)
+	FailuresSpent func(context.Context)
+	Logger        *slog.Logger
 }
 
 // New returns the HTTP handler. conn reaches our gRPC server; webhooks are
@@ -169,7 +172,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, ingest *api.WebhookServer, 
 		unauthenticated:       make(chan struct{}, opts.MaxUnauthenticatedReads),
 		unauthenticatedByAddr: api.NewSlots(max(1, opts.MaxUnauthenticatedReads/unauthenticatedShare)),
 		closed:                opts.Cut, unanswered: opts.Unanswered,
-		refused: opts.Refused}
+		refused: opts.Refused, failuresSpent: opts.FailuresSpent}
 	if err := wh.register(); err != nil {
 		return nil, err
 	}
@@ -569,11 +572,12 @@ type webhookHandler struct {
 	// address holds at most its share of them, in unauthenticatedByAddr.
 	unauthenticated       chan struct{}
 	unauthenticatedByAddr *api.Slots
-	// closed, unanswered and refused are Options.Cut, Unanswered and
-	// Refused.
-	closed     <-chan struct{}
-	unanswered func(context.Context)
-	refused    func(context.Context, string)
+	// closed, unanswered, refused and failuresSpent are Options.Cut,
+	// Unanswered, Refused and FailuresSpent.
+	closed        <-chan struct{}
+	unanswered    func(context.Context)
+	refused       func(context.Context, string)
+	failuresSpent func(context.Context)
 }
 
 // fail answers a webhook st with httpStatus, and tells refused its
@@ -810,7 +814,7 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 	if credErr == nil && h.guard.SignatureDecides() {
 		if credErr = h.guard.CheckSignatureHeaders(r.Header); credErr == nil {
 			if ok, wait := h.guard.FailuresLeft(addr); !ok {
-				h.tooMany(w, r, out, wait)
+				h.tooMany(w, r, out, wait, true)
 				return false, false
 			}
 			select {
@@ -831,12 +835,12 @@ func (h *webhookHandler) admit(w http.ResponseWriter, r *http.Request, out runti
 		// and spend a failure (serve): as for a pending webhook, its
 		// address must have one left.
 		if ok, wait := h.guard.FailuresLeft(addr); !ok {
-			h.tooMany(w, r, out, wait)
+			h.tooMany(w, r, out, wait, true)
 			return false, false
 		}
 	}
 	if ok, wait := h.guard.Spend(addr, credErr != nil); !ok {
-		h.tooMany(w, r, out, wait)
+		h.tooMany(w, r, out, wait, credErr != nil)
 		return false, false
 	}
 	if credErr != nil {
@@ -865,16 +869,25 @@ func (h *webhookHandler) unreadRetry(w http.ResponseWriter, r *http.Request, out
 // outcome, and reports whether there was one (else it answers 429).
 func (h *webhookHandler) spend(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, failed bool) bool {
 	if ok, wait := h.guard.Spend(h.guard.ClientAddr(r), failed); !ok {
-		h.tooMany(w, r, out, wait)
+		h.tooMany(w, r, out, wait, failed)
 		return false
 	}
 	return true
 }
 
-// tooMany answers 429, saying when to retry.
-func (h *webhookHandler) tooMany(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, wait time.Duration) {
+// tooMany answers 429, saying when to retry. failures: the budget spent
+// is that of failed credentials, which the answer says, and failuresSpent
+// is told.
+func (h *webhookHandler) tooMany(w http.ResponseWriter, r *http.Request, out runtime.Marshaler, wait time.Duration, failures bool) {
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-	h.fail(w, r, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, "too many webhooks from this address, retry later"))
+	msg := "too many webhooks from this address, retry later"
+	if failures {
+		msg = "too many webhooks with failed credentials from this address, retry later"
+		if h.failuresSpent != nil {
+			h.failuresSpent(r.Context())
+		}
+	}
+	h.fail(w, r, out, http.StatusTooManyRequests, status.New(codes.ResourceExhausted, msg))
 }
 
 // gatewayJSON is the mux's JSON, and that of the errors answered before a

@@ -27,6 +27,7 @@ type call struct {
 	otplessTraceID   string
 	unanswered       bool   // set by Unanswered: the server closed the connection
 	refusal          string // set by WebhookRefused: the error message a webhook was answered with
+	failuresSpent    bool   // set by FailuresSpent: a 429 for the budget of failed credentials
 }
 
 type callKey struct{}
@@ -56,6 +57,16 @@ func (o *Observer) Unanswered(ctx context.Context) {
 func (o *Observer) WebhookRefused(ctx context.Context, msg string) {
 	if c := callFrom(ctx); c != nil {
 		c.refusal = msg
+	}
+}
+
+// FailuresSpent marks the HTTP request of ctx as a webhook answered 429
+// because its address has spent its budget of failed credentials
+// (--webhook-failure-rate): its reason is failure_rate_limited, not
+// rate_limited.
+func (o *Observer) FailuresSpent(ctx context.Context) {
+	if c := callFrom(ctx); c != nil {
+		c.failuresSpent = true
 	}
 }
 

@@ -75,8 +75,11 @@ func (o *Observer) finishHTTP(r *http.Request, rw *responseWriter, c *call, star
 			result = "rejected"
 			if !c.ingested {
 				reason := reasonForHTTP(code)
-				if panicked != nil {
+				switch {
+				case panicked != nil:
 					reason = ReasonInternal
+				case code == http.StatusTooManyRequests && c.failuresSpent:
+					reason = ReasonFailureRateLimited
 				}
 				o.rejected.WithLabelValues(reason).Inc()
 				c.rejectReason = reason

@@ -45,9 +45,13 @@ const (
 	ReasonOverloaded      = "overloaded"      // write queue full
 	ReasonUnavailable     = "unavailable"     // store failing, shutting down, or too many unsigned bodies being read
 	ReasonUnauthenticated = "unauthenticated" // missing or wrong credentials, or address not allowed
-	ReasonRateLimited     = "rate_limited"    // the sender's rate budget is spent
+	ReasonRateLimited     = "rate_limited"    // the sender's rate budget (--webhook-rate) is spent
 	ReasonCanceled        = "canceled"        // the sender gave up first
 	ReasonInternal        = "internal"        // anything else
+
+	// ReasonFailureRateLimited: the sender's address has spent its budget
+	// of failed credentials (--webhook-failure-rate).
+	ReasonFailureRateLimited = "failure_rate_limited"
 )
 
 // latencyBuckets (seconds) span 100µs to a minute: a webhook's body may
@@ -215,7 +219,7 @@ func New(log *slog.Logger) *Observer {
 		o.grpcRefused.WithLabelValues(c.String())
 	}
 	for _, reason := range []string{ReasonInvalidBody, ReasonUnrecognized, ReasonTooLarge, ReasonOverloaded, ReasonUnavailable,
-		ReasonUnauthenticated, ReasonRateLimited, ReasonCanceled, ReasonInternal} {
+		ReasonUnauthenticated, ReasonRateLimited, ReasonFailureRateLimited, ReasonCanceled, ReasonInternal} {
 		o.rejected.WithLabelValues(reason)
 	}
 	return o
