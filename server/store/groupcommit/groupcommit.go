@@ -13,9 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +66,7 @@ type Writer struct {
 	now      func() time.Time
 	after    func(time.Duration) <-chan time.Time
 	failures failures // the writer goroutine's own
+	panics   panics   // the writer goroutine's own
 
 	mu      sync.RWMutex // guards started and stopped; Submit holds it for reading while it enqueues
 	started bool
@@ -116,6 +119,7 @@ func New(s store.Store, opts Options) *Writer {
 		log:      opts.Logger.With("component", "groupcommit"),
 		now:      time.Now,
 		after:    time.After,
+		panics:   panics{},
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -419,17 +423,86 @@ func (f *failures) end(log *slog.Logger) {
 var errPanicked = errors.New("the store panicked")
 
 // storeCommit is w.store.Commit, with a panic turned into an error of
-// this batch (errPanicked): a webhook that makes the store panic is
-// answered 503, and OTPLESS's retries of it cannot end the process again
-// and again.
+// this batch (errPanicked, naming where the store panicked): a webhook
+// that makes the store panic is answered 503, and OTPLESS's retries of it
+// cannot end the process again and again. The panic is logged with its
+// stack when the place it came from has logged none for
+// panicStackInterval; else its failure is in the "commit failed" lines
+// alone (every 10 s at most, with counts, their err naming the panic and
+// its place).
 func (w *Writer) storeCommit(ctx context.Context, batch []store.Webhook) (results []store.Result, changes []store.Change, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			w.log.Error("the store panicked in a commit", "webhooks", len(batch), "panic", p, "stack", string(debug.Stack()))
-			results, changes, err = nil, nil, fmt.Errorf("%w: %v", errPanicked, p)
+			at := panicPlace()
+			if repeats, ok := w.panics.stack(at, w.now()); ok {
+				attrs := []any{"webhooks", len(batch), "panic", p, "at", at}
+				if repeats > 0 {
+					attrs = append(attrs, "repeats", repeats)
+				}
+				w.log.Error("the store panicked in a commit", append(attrs, "stack", string(debug.Stack()))...)
+			}
+			results, changes, err = nil, nil, fmt.Errorf("%w in %s: %v", errPanicked, at, p)
 		}
 	}()
 	return w.store.Commit(ctx, batch)
+}
+
+// panicStackInterval is how often, at most, the stack of the store's
+// panics at one place is logged. A webhook that makes the store panic
+// does so at each of OTPLESS's retries, and at each batch it joins (and
+// again as the batch is committed one at a time), a stack of some KiB
+// each time, which would bury the rest of the log; the first says all
+// there is to say. Once an interval is over, the next one is logged with
+// how many came since, so that a log of the last few minutes of the
+// trouble holds one.
+const panicStackInterval = 10 * time.Minute
+
+// panics holds, for each place the store panicked at, when its stack was
+// last logged and how many panics there have logged none since. Its keys
+// are places in the code, so it stays small.
+type panics map[string]*panicLog
+
+type panicLog struct {
+	logged  time.Time
+	repeats int
+}
+
+// stack reports whether a panic at place is to be logged with its stack,
+// and how many there logged none since the last that was.
+func (p panics) stack(place string, now time.Time) (repeats int, ok bool) {
+	l := p[place]
+	if l == nil {
+		p[place] = &panicLog{logged: now}
+		return 0, true
+	}
+	if now.Sub(l.logged) < panicStackInterval {
+		l.repeats++
+		return 0, false
+	}
+	repeats = l.repeats
+	l.logged, l.repeats = now, 0
+	return repeats, true
+}
+
+// panicPlace names, from a deferred function recovering a panic, the
+// function that panicked and its line: the first frame below
+// runtime.gopanic outside package runtime (which raises a nil
+// dereference or an index out of range on the code's behalf). "" when
+// there is none.
+func panicPlace() string {
+	var pcs [64]uintptr
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(1, pcs[:])])
+	panicking := false
+	for {
+		f, more := frames.Next()
+		if panicking && !strings.HasPrefix(f.Function, "runtime.") {
+			return fmt.Sprintf("%s (%s:%d)", f.Function, filepath.Base(f.File), f.Line)
+		}
+		panicking = panicking || f.Function == "runtime.gopanic"
+		if !more {
+			return ""
+		}
+	}
 }
 
 // commitError wraps a failed commit once: the store's sentinel if it gave

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -194,5 +195,70 @@ func TestCommitFailuresEndedBeforeTheirLine(t *testing.T) {
 	records := f.logs.Lines(t)
 	if got, want := records[len(records)-1]["failed_for"], float64(time.Second); got != want {
 		t.Errorf("failed_for %v, want %v (from the failure to the commit that succeeded)", got, want)
+	}
+}
+
+// TestStorePanicStacksAreBounded: a webhook that makes the store panic does
+// so at each of its retries; its stack is logged for the first, then once
+// per panicStackInterval with the count of those since, each place the
+// store panics at on its own; the panics between are in the "commit
+// failed" lines, which name the panic and its place.
+func TestStorePanicStacksAreBounded(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	var clock atomic.Int64
+	fs := &fakeStore{forget: true, hook: func(_ context.Context, _ int, batch []store.Webhook) error {
+		switch number(batch[0]) {
+		case 13:
+			panic("webhook 13")
+		case 14:
+			panic("webhook 14")
+		}
+		return nil
+	}}
+	w := New(fs, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	w.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	w.after = func(time.Duration) <-chan time.Time { return nil } // failures unlogged wait for Stop
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	submit := func(n int) {
+		t.Helper()
+		if _, err := w.Submit(t.Context(), webhook(n)); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("Submit(%d) into a panicking commit: %v, want ErrUnavailable", n, err)
+		}
+	}
+	stacks := func() (lines []map[string]any) {
+		return logs.Matching(t, map[string]any{"msg": "the store panicked in a commit"})
+	}
+	for range 5 {
+		submit(13)
+	}
+	if s := stacks(); len(s) != 1 || s[0]["stack"] == nil || s[0]["repeats"] != nil {
+		t.Fatalf("five panics at one place logged %d stacks, want 1, without repeats: %v", len(s), s)
+	}
+	submit(14) // another place: a stack of its own at once
+	clock.Add(int64(panicStackInterval))
+	submit(13)
+	submit(13)
+	s := stacks()
+	if len(s) != 3 || s[1]["panic"] != "webhook 14" || s[2]["panic"] != "webhook 13" || s[2]["repeats"] != float64(4) {
+		t.Fatalf("stacks logged %v; want webhook 13's, webhook 14's, then webhook 13's again an interval later, with 4 repeats", s)
+	}
+	if s[0]["at"] == s[1]["at"] || !strings.Contains(s[0]["at"].(string), "logstorm_test.go:") {
+		t.Errorf("the two places are %q and %q, want two lines of logstorm_test.go", s[0]["at"], s[1]["at"])
+	}
+	if err := w.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var commits float64
+	for _, l := range logs.Matching(t, map[string]any{"msg": "commit failed"}) {
+		commits += l["failed_commits"].(float64)
+		if err, _ := l["err"].(string); !strings.Contains(err, "the store panicked in ") || !strings.Contains(err, "logstorm_test.go:") {
+			t.Errorf("commit failed with err %q, want the panic and its place", err)
+		}
+	}
+	if commits != 8 {
+		t.Errorf("commit failed lines count %v failed commits, want 8", commits)
 	}
 }
