@@ -65,7 +65,7 @@ type Writer struct {
 	log      *slog.Logger
 	now      func() time.Time
 	after    func(time.Duration) <-chan time.Time
-	failures failures // the writer goroutine's own
+	failures failures // the writer goroutine's, and Stop's once its ctx ended
 	panics   panics   // the writer goroutine's own
 
 	mu      sync.RWMutex // guards started and stopped; Submit holds it for reading while it enqueues
@@ -205,8 +205,9 @@ func (w *Writer) wait(ctx context.Context, it *item) (store.Result, error) {
 // Stop stops accepting webhooks (Submit returns store.ErrClosed), commits
 // what is queued and returns once the writer goroutine has exited. If ctx
 // ends first, the commit in flight is canceled, the webhooks left are
-// answered with errors, and Stop returns ctx's error without waiting
-// further. Stop is idempotent and may be called before Start.
+// answered with errors, and Stop logs the failed commits waiting for
+// their line and returns ctx's error without waiting further. Stop is
+// idempotent and may be called before Start.
 func (w *Writer) Stop(ctx context.Context) error {
 	if !w.beginStop() {
 		return nil // never started
@@ -216,6 +217,10 @@ func (w *Writer) Stop(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		w.cancel()
+		// The failures waiting for their line are logged now: the
+		// writer may be held in a commit the store is slow to end, and
+		// the process gone before it logs them.
+		w.failures.flush(w.log, w.now())
 		return fmt.Errorf("groupcommit: stop: %w", ctx.Err())
 	}
 }
@@ -358,9 +363,10 @@ const failureLogInterval = 10 * time.Second
 // the first commit that succeeds once all of them are logged, or, if one
 // has succeeded since, when the last of them are.
 type failures struct {
-	line              time.Time // of the last "commit failed"; zero: none yet
-	commits, webhooks int       // failed since that line: the next one's counts
-	lastErr           error     // of the last of them
+	mu                sync.Mutex // the writer goroutine's and Stop's
+	line              time.Time  // of the last "commit failed"; zero: none yet
+	commits, webhooks int        // failed since that line: the next one's counts
+	lastErr           error      // of the last of them
 	lastWebhooks      int
 
 	runCommits, runWebhooks int // failed since the last run ended
@@ -369,6 +375,8 @@ type failures struct {
 }
 
 func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.runCommits == 0 {
 		f.runBegan = now
 	}
@@ -379,13 +387,19 @@ func (f *failures) failed(log *slog.Logger, now time.Time, webhooks int, err err
 	f.webhooks += webhooks
 	f.lastErr, f.lastWebhooks = err, webhooks
 	if f.line.IsZero() || now.Sub(f.line) >= failureLogInterval {
-		f.flush(log, now)
+		f.flushLocked(log, now)
 	}
 }
 
 // flush logs the failures not logged yet, if any, and the end of their
 // run if a commit has succeeded since.
 func (f *failures) flush(log *slog.Logger, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flushLocked(log, now)
+}
+
+func (f *failures) flushLocked(log *slog.Logger, now time.Time) {
 	if f.commits == 0 {
 		return
 	}
@@ -399,12 +413,16 @@ func (f *failures) flush(log *slog.Logger, now time.Time) {
 
 // due reports whether failures wait to be logged, and in how long.
 func (f *failures) due(now time.Time) (time.Duration, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return f.line.Add(failureLogInterval).Sub(now), f.commits > 0
 }
 
 // ok records a commit that succeeded: the run ends now if all its failures
 // are logged, else once they are (flush).
 func (f *failures) ok(log *slog.Logger, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.runCommits == 0 || !f.succeeded.IsZero() {
 		return
 	}

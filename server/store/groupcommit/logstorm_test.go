@@ -262,3 +262,51 @@ func TestStorePanicStacksAreBounded(t *testing.T) {
 		t.Errorf("commit failed lines count %v failed commits, want 8", commits)
 	}
 }
+
+// TestStopPastItsContextLogsFailures: a Stop whose ctx ends while the
+// writer is held in a commit (a store slow to end it) logs the failed
+// commits still waiting for their line before it returns, rather than
+// leave them to a writer the process may not outlive.
+func TestStopPastItsContextLogsFailures(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	entered, release := make(chan struct{}), make(chan struct{})
+	fs := &fakeStore{forget: true, hook: func(_ context.Context, _ int, batch []store.Webhook) error {
+		if number(batch[0]) == 2 {
+			close(entered)
+			<-release // as a store that does not heed ctx
+		}
+		return errors.New("dial tcp: connection refused")
+	}}
+	w := New(fs, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	w.now = func() time.Time { return time.Unix(0, 0) } // one interval throughout
+	w.after = func(time.Duration) <-chan time.Time { return nil }
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for n := range 2 { // the first logged at once, the second waiting for the interval's end
+		if _, err := w.Submit(t.Context(), webhook(n)); err == nil {
+			t.Fatalf("Submit(%d) into a failing store succeeded", n)
+		}
+	}
+	held := make(chan error, 1)
+	go func() {
+		_, err := w.Submit(context.Background(), webhook(2))
+		held <- err
+	}()
+	recv(t, entered, "the held commit")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := w.Stop(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Stop with its ctx ended: %v, want context.Canceled", err)
+	}
+	lines := logs.Matching(t, map[string]any{"msg": "commit failed"})
+	close(release)
+	if err := <-held; err == nil {
+		t.Error("the held webhook's Submit succeeded")
+	}
+	<-w.done
+	if len(lines) != 2 || lines[1]["failed_commits"] != float64(1) {
+		t.Errorf("commit failed lines when Stop returned: %v, want two, the second of the failure waiting for its line", lines)
+	}
+}
