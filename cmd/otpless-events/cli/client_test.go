@@ -508,11 +508,24 @@ func TestSendChecksEveryFileFirst(t *testing.T) {
 	if err := os.WriteFile(blank, []byte("\uFEFF \n\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A body that is not JSON (a capture cut off, a line of a scenario
+	// edited by hand) was posted, and refused by the server, after the
+	// bodies before it.
+	cut := filepath.Join(dir, "cut.json")
+	if err := os.WriteFile(cut, []byte(`{"data":{"requestId":"half-req","status":"DELIVERED","channel":"SMS"},"eventType":"DLR","timest`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badLine := filepath.Join(dir, "edited.jsonl")
+	if err := os.WriteFile(badLine, []byte(`{"data":{"requestId":"half-req","status":"DELIVERED","channel":"SMS"},"eventType":"DLR","timestamp":1764153001400}`+"\n\n"+`{"data":{"requestId":"half-req","status":"READ",}}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ bad, want string }{
 		{filepath.Join(dir, "missing.jsonl"), "no such file"},
 		{txt, "want a .json file"},
 		{sub, "directory"},
 		{blank, blank + ": empty, want one JSON body"},
+		{cut, cut + ": not JSON (a .json file is one body): unexpected end of JSON input"},
+		{badLine, badLine + ":3: not JSON (a .jsonl file is one body per line): invalid character '}'"},
 	} {
 		code, out, errOut := run(t, "send", "--http-addr", ts.HTTPURL, good, tc.bad)
 		if code != 1 || out != "" || !strings.Contains(errOut, tc.want) {

@@ -37,12 +37,12 @@ func newSend(stdout io.Writer) *cobra.Command {
 		Use:   "send FILE...",
 		Short: "POST webhook bodies to a server as OTPLESS does",
 		Long: "Posts each body, in order, and prints what the server stored: a .json file is one body\n" +
-			"(an empty one is refused before anything is posted), a .jsonl file one body per line (the\n" +
-			"scenario format; blank lines are skipped). The file - is standard input, read as\n" +
-			"JSON bodies one after another, whatever their layout (one per line as in a .jsonl file, or\n" +
-			"each over several lines), each posted as soon as it is read. Stops at the first body the\n" +
-			"server does not answer with 200, or on standard input at the first that is not JSON or\n" +
-			"is over 64 MiB.\n\n" +
+			"(an empty one is refused), a .jsonl file one body per line (the scenario format; blank\n" +
+			"lines are skipped); every file is read, and each of its bodies checked to be JSON, before\n" +
+			"anything is posted. The file - is standard input, read as JSON bodies one after another,\n" +
+			"whatever their layout (one per line as in a .jsonl file, or each over several lines), each\n" +
+			"posted as soon as it is read. Stops at the first body the server does not answer with 200,\n" +
+			"or on standard input at the first that is not JSON or is over 64 MiB.\n\n" +
 			"The target is --http-addr when given on the command line, else $" + envWebhookURL + " (the URL\n" +
 			"serve prints on its first start, webhook key included; user:password@ in it is sent as\n" +
 			"HTTP Basic), else --http-addr from $" + EnvName("http-addr") + ", else http://" + httpAddr + gateway.WebhookPath + ".",
@@ -51,10 +51,14 @@ func newSend(stdout io.Writer) *cobra.Command {
 			if i := slices.Index(files, stdinName); i >= 0 && slices.Contains(files[i+1:], stdinName) {
 				return errors.New("standard input (-) given more than once")
 			}
-			// A mistake in a file name must not leave a replay half done.
-			for _, f := range files {
+			// Every file is read, once, and each of its bodies checked to be
+			// JSON before the first is posted: a mistake in one must not
+			// leave a replay half done.
+			bodies := make([][]body, len(files))
+			for i, f := range files {
 				if f != stdinName {
-					if err := checkFile(f); err != nil {
+					var err error
+					if bodies[i], err = readBodies(f); err != nil {
 						return err
 					}
 				}
@@ -80,14 +84,16 @@ func newSend(stdout io.Writer) *cobra.Command {
 				posted++
 				return postBody(cmd.Context(), hc, url, b, stdout)
 			}
-			for _, f := range files {
+			for i, f := range files {
 				if f == stdinName {
-					err = readStream(cmd.Context(), cmd.InOrStdin(), maxStdinBody, post)
-				} else {
-					err = sendFile(f, post)
+					if err := readStream(cmd.Context(), cmd.InOrStdin(), maxStdinBody, post); err != nil {
+						return err
+					}
 				}
-				if err != nil {
-					return err
+				for _, b := range bodies[i] {
+					if err := post(b); err != nil {
+						return err
+					}
 				}
 			}
 			if posted == 0 {
@@ -124,8 +130,23 @@ type body struct {
 	data  []byte
 }
 
+// readBodies reads the bodies of a .json or .jsonl file, refusing a file of
+// another kind, a directory, a .json file without a body, and a body that
+// is not JSON.
 func readBodies(path string) ([]body, error) {
-	b, err := os.ReadFile(path)
+	ext := filepath.Ext(path)
+	if ext != ".json" && ext != ".jsonl" {
+		return nil, errNotJSONFile(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		return nil, fmt.Errorf("%s is a directory", path)
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, err
 	}
@@ -133,62 +154,40 @@ func readBodies(path string) ([]body, error) {
 	// The path as given, not its base name: files of one name in several
 	// directories (a capture per day) must be told apart.
 	name := path
-	switch filepath.Ext(path) {
-	case ".json":
+	if ext == ".json" {
 		if b = bytes.TrimSpace(b); len(b) == 0 {
 			return nil, fmt.Errorf("%s: empty, want one JSON body (a .json file is one body)", name)
 		}
-		return []body{{where: name, data: b}}, nil
-	case ".jsonl":
-		var out []body
-		n := 0
-		for line := range bytes.Lines(b) {
-			n++
-			if line = bytes.TrimSpace(line); len(line) > 0 {
-				out = append(out, body{where: fmt.Sprintf("%s:%d", name, n), data: line})
-			}
+		if err := checkJSON(b); err != nil {
+			return nil, fmt.Errorf("%s: not JSON (a .json file is one body): %w", name, err)
 		}
-		return out, nil
+		return []body{{where: name, data: b}}, nil
 	}
-	return nil, errNotJSONFile(path)
+	var out []body
+	n := 0
+	for line := range bytes.Lines(b) {
+		n++
+		if line = bytes.TrimSpace(line); len(line) > 0 {
+			where := fmt.Sprintf("%s:%d", name, n)
+			if err := checkJSON(line); err != nil {
+				return nil, fmt.Errorf("%s: not JSON (a .jsonl file is one body per line): %w", where, err)
+			}
+			out = append(out, body{where: where, data: line})
+		}
+	}
+	return out, nil
+}
+
+// checkJSON reports why b is not one JSON value, if it is not.
+func checkJSON(b []byte) error {
+	if json.Valid(b) {
+		return nil
+	}
+	return json.Unmarshal(b, new(json.RawMessage))
 }
 
 func errNotJSONFile(path string) error {
 	return fmt.Errorf("%s: want a .json file (one body), a .jsonl file (one body per line), or - for standard input", path)
-}
-
-// checkFile refuses, before anything is posted, a file that readBodies
-// would: one of another kind, that cannot be read, or a .json file
-// without a body.
-func checkFile(path string) error {
-	if ext := filepath.Ext(path); ext != ".json" && ext != ".jsonl" {
-		return errNotJSONFile(path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.IsDir() {
-		return fmt.Errorf("%s is a directory", path)
-	}
-	if filepath.Ext(path) == ".json" {
-		_, err = readBodies(path) // one body, read again when it is sent
-	}
-	return err
-}
-
-func sendFile(path string, post func(body) error) error {
-	bodies, err := readBodies(path)
-	if err != nil {
-		return err
-	}
-	for _, b := range bodies {
-		if err := post(b); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // stdinName is the file name that means standard input.
