@@ -312,6 +312,66 @@ func TestLatencyBucketsReachAMinute(t *testing.T) {
 	}
 }
 
+// A watch stream that runs its whole --max-watch-duration ends a little
+// past it: its timer starts once its snapshot is read, and its RECONNECT is
+// sent after. With the last finite bucket of the call durations at the
+// longest --max-watch-duration, an hour, every stream run to that limit
+// fell in +Inf.
+func TestAWatchRunToItsLimitFallsInAFiniteBucket(t *testing.T) {
+	t.Parallel()
+	const limit = 50 * time.Millisecond
+	s := startOps(t, func(c *Config) { c.MaxWatchDuration = limit }, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	watch, err := eventsv1.NewRequestServiceClient(s.conn).WatchRequest(ctx, &eventsv1.WatchRequestRequest{RequestId: "limit-req"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *eventsv1.WatchRequestResponse
+	for {
+		m, err := watch.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m
+	}
+	if last.GetType() != eventsv1.WatchMessageType_WATCH_MESSAGE_TYPE_RECONNECT {
+		t.Fatalf("the stream ended with %v, want RECONNECT at its limit", last)
+	}
+	do(t, http.MethodGet, s.httpURL+"/healthz", "") // a series of the HTTP durations
+	series := s.scrape(t)
+	took, ok := series[`grpc_server_handling_seconds_sum{grpc_method="WatchRequest",grpc_service="otpless.events.v1.RequestService",grpc_type="server_stream"}`]
+	if !ok {
+		t.Fatal("no handling time of the watch stream")
+	}
+	past := took - limit.Seconds()
+	if past <= 0 {
+		t.Fatalf("a stream run to its limit of %v took %v s", limit, took)
+	}
+	top := map[string]float64{}
+	for series := range series {
+		name, labels, ok := strings.Cut(series, "_bucket{")
+		if !ok {
+			continue
+		}
+		_, le, _ := strings.Cut(labels, `le="`)
+		le, _, _ = strings.Cut(le, `"`)
+		if v, err := strconv.ParseFloat(le, 64); err == nil && !math.IsInf(v, 1) {
+			top[name] = max(top[name], v)
+		}
+	}
+	// A stream run to the longest limit ends as far past it.
+	want := observe.MaxCallDuration.Seconds() + past
+	for _, name := range []string{"grpc_server_handling_seconds", "otpless_events_http_request_duration_seconds"} {
+		if got := top[name]; got < want {
+			t.Errorf("%s: highest finite bucket %v s, want at least %v s: a stream run to a limit of %v ends %.3f s past it", name, got, want, observe.MaxCallDuration, past)
+		}
+	}
+}
+
 // A path the gateway routes nowhere because it escapes a letter of a
 // route's fixed segments (/v1/webhooks/%6Ftpless) is a 404 of no route, as
 // the gateway answers it: not a rejected webhook (as internal, which the

@@ -60,13 +60,16 @@ const (
 // a moment is read rather than lost in +Inf.
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-// MaxCallDuration is the last bucket of the call durations, and the
-// longest --max-watch-duration: a watch stream's duration is its life.
+// MaxCallDuration is the longest --max-watch-duration, and a bucket of the
+// call durations: a watch stream's duration is its life.
 const MaxCallDuration = time.Hour
 
-// callBuckets are latencyBuckets on to MaxCallDuration, for call
-// durations.
-var callBuckets = append(slices.Clip(latencyBuckets), 300, 900, 1800, MaxCallDuration.Seconds())
+// callBuckets are latencyBuckets on to MaxCallDuration, and a minute past
+// it, for call durations. A stream that runs its whole
+// --max-watch-duration ends a little past it (its timer starts once its
+// snapshot is read, and its RECONNECT is sent after): with MaxCallDuration
+// the last bucket, one run to an hour fell in +Inf.
+var callBuckets = append(slices.Clip(latencyBuckets), 300, 900, 1800, MaxCallDuration.Seconds(), (MaxCallDuration + time.Minute).Seconds())
 
 // MaxCommitWebhooks is the last bucket of store_commit_webhooks, and the
 // largest --max-batch: a larger batch would fall in +Inf.
