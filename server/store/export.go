@@ -16,14 +16,33 @@ type Exporter interface {
 	// gave them their ids (the order they were committed, on a store with
 	// one writer), a page at a time: at most size webhooks (one if size is
 	// not positive), fewer once their bodies reach ExportPageBytes (one at least). Each
-	// holds its body (empty once PurgePII purged it), its Received time,
-	// and the events stored with it, those that were new when it was
-	// committed (a webhook is stored only with one), with their personal
+	// holds its body (empty once PurgePII purged it), its Received time
+	// (whole, see WholeReceived), and the events stored with it, those
+	// that were new when it was committed (a webhook is stored only with one), with their personal
 	// data removed once purged; RawBody is not set. Every page is read
 	// from one snapshot of the store, taken when Export begins: what is
 	// committed meanwhile is left out. page may keep the webhooks; an
 	// error from it ends Export with that error.
 	Export(ctx context.Context, size int, page func([]Webhook) error) error
+}
+
+// WholeReceived sets wh.Received, kept by a backend only to precision
+// (a whole millisecond, say) and read back so, to the time whole: the
+// ReceiveTime of one of wh's events, kept whole, which is the arrival of
+// the webhook that stored it, when it comes within precision after
+// wh.Received. Else (an event without one) wh.Received stays as kept.
+// Export gives the time whole, so that a copy's snapshots are dated to the
+// nanosecond, as its source's are, whatever the source's backend.
+func WholeReceived(wh *Webhook, precision time.Duration) {
+	for _, e := range wh.Events {
+		if e.GetReceiveTime() == nil {
+			continue
+		}
+		if t := e.GetReceiveTime().AsTime(); !t.Before(wh.Received) && t.Before(wh.Received.Add(precision)) {
+			wh.Received = t
+			return
+		}
+	}
 }
 
 // Page sizes of Export.

@@ -105,5 +105,8 @@ func exportPage(ctx context.Context, tx pgx.Tx, after int64, size int) ([]store.
 	if err != nil {
 		return nil, nil, err
 	}
+	for i := range whs {
+		store.WholeReceived(&whs[i], time.Microsecond) // a timestamptz's precision
+	}
 	return whs, ids, nil
 }

@@ -131,5 +131,8 @@ func exportPage(ctx context.Context, tx *sql.Tx, after int64, size int) ([]store
 			return nil, nil, err
 		}
 	}
+	for i := range whs {
+		store.WholeReceived(&whs[i], time.Millisecond) // received_at is Unix milliseconds
+	}
 	return whs, ids, nil
 }

@@ -264,6 +264,26 @@ func testCopyUpdateTime(t *testing.T, su suite) {
 	}
 }
 
+// A webhook's received time, which a backend may keep only to the
+// millisecond or the microsecond, is exported whole (its events keep it):
+// a copy dates a request's snapshot as its source does, to the
+// nanosecond, whatever the source's backend. Copies from SQLite had the
+// millisecond, from PostgreSQL the microsecond, both before the source's
+// update time and their own events' receive time.
+func testExportReceivedWhole(t *testing.T, su suite) {
+	from, to := su.open(t), su.open(t)
+	received := t0.Add(1234567891 * time.Nanosecond)
+	wh := hook(received, auth("whole", "init", "INITIATED", at(0)), system("", "u1", "UNREACHABLE", at(0)))
+	commit(t, from, wh)
+	checkExported(t, slices.Concat(exportAll(t, from, 10)...), wh)
+	if _, err := store.Copy(context.Background(), exporter(t, from), to, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := get(t, to, "whole").GetUpdateTime().AsTime(), get(t, from, "whole").GetUpdateTime().AsTime(); !got.Equal(want) || !want.Equal(received) {
+		t.Errorf("copied with update time %v, the source's %v; want both %v", got, want, received)
+	}
+}
+
 // CheckCopied fails the test unless every request of requests is in to as
 // it is in from: the same events (RawBody included), and the same
 // snapshot but for revision and update time, which to gave its own

@@ -91,6 +91,7 @@ func RunWithOptions(t *testing.T, newStore func(t *testing.T) store.Store, opts 
 		{"ExportPurged", testExportPurged},
 		{"Copy", testCopy},
 		{"CopyUpdateTime", testCopyUpdateTime},
+		{"ExportReceivedWhole", testExportReceivedWhole},
 		{"CopyInterrupted", testCopyInterrupted},
 	}
 	known := map[string]bool{}
