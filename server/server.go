@@ -160,29 +160,37 @@ type Security struct {
 
 func (s *Security) validate() []error {
 	var errs []error
+	refuse := func(err error, fields ...string) {
+		if err != nil {
+			errs = append(errs, &SettingError{Fields: fields, Err: err})
+		}
+	}
 	if (s.TLSCertFile == "") != (s.TLSKeyFile == "") {
-		errs = append(errs, errors.New("TLS needs both a certificate and a key"))
+		refuse(errors.New("TLS needs both a certificate and a key"), "Security.TLSCertFile", "Security.TLSKeyFile")
 	}
 	if s.ClientCAFile != "" && s.TLSCertFile == "" {
-		errs = append(errs, errors.New("mutual TLS needs a TLS certificate and key"))
+		refuse(errors.New("mutual TLS needs a TLS certificate and key"), "Security.ClientCAFile", "Security.TLSCertFile", "Security.TLSKeyFile")
 	}
 	if s.TLSCertFile != "" && s.TLSKeyFile != "" {
 		// The files are read now too, so that a start refuses what it
 		// cannot read before it makes credentials.
-		errs = append(errs, new(security).loadTLS(*s, 0, nil))
+		refuse(new(security).loadTLS(*s, 0, nil), "Security.TLSCertFile", "Security.TLSKeyFile", "Security.ClientCAFile")
 	}
 	for _, n := range []struct {
-		name string
-		v    int
-	}{{"max watches per credential", s.MaxWatchesPerCredential}, {"max watches per token", s.MaxWatchesPerToken},
-		{"max watches per request", s.MaxWatchesPerRequest}, {"max watches", s.MaxWatches}} {
+		name, field string
+		v           int
+	}{{"max watches per credential", "MaxWatchesPerCredential", s.MaxWatchesPerCredential}, {"max watches per token", "MaxWatchesPerToken", s.MaxWatchesPerToken},
+		{"max watches per request", "MaxWatchesPerRequest", s.MaxWatchesPerRequest}, {"max watches", "MaxWatches", s.MaxWatches}} {
 		if n.v < 0 {
-			errs = append(errs, fmt.Errorf("%s must not be negative, got %d", n.name, n.v))
+			refuse(fmt.Errorf("%s must not be negative, got %d", n.name, n.v), "Security."+n.field)
 		}
 	}
-	if err := s.Webhook.CheckLimits(); err != nil {
-		errs = append(errs, err)
-	}
+	// Each limit checked alone, to name its fields.
+	w := s.Webhook
+	refuse((&auth.WebhookConfig{RatePerSecond: w.RatePerSecond, Burst: w.Burst}).CheckLimits(),
+		"Security.Webhook.RatePerSecond", "Security.Webhook.Burst")
+	refuse((&auth.WebhookConfig{FailureRatePerSecond: w.FailureRatePerSecond, FailureBurst: w.FailureBurst}).CheckLimits(),
+		"Security.Webhook.FailureRatePerSecond", "Security.Webhook.FailureBurst")
 	if s.Disabled {
 		return errs
 	}
@@ -221,54 +229,59 @@ func DefaultConfig() Config {
 }
 
 // Validate reports every setting that cannot work, joined (errors.Join),
-// so that a start names them all at once.
+// so that a start names them all at once. Each is a *SettingError naming
+// the fields it is about.
 func (c *Config) Validate() error {
 	var errs []error
+	refuse := func(err error, fields ...string) {
+		if err != nil {
+			errs = append(errs, &SettingError{Fields: fields, Err: err})
+		}
+	}
 	if c.GRPCAddr == "" {
-		errs = append(errs, errors.New("grpc address is empty"))
+		refuse(errors.New("grpc address is empty"), "GRPCAddr")
 	}
 	if c.HTTPAddr == "" {
-		errs = append(errs, errors.New("http address is empty"))
+		refuse(errors.New("http address is empty"), "HTTPAddr")
 	}
-	listens := []listenAddr{{"grpc", c.GRPCAddr}, {"http", c.HTTPAddr}, {"metrics", c.MetricsAddr}}
+	listens := []listenAddr{{"grpc", c.GRPCAddr, "GRPCAddr"}, {"http", c.HTTPAddr, "HTTPAddr"}, {"metrics", c.MetricsAddr, "MetricsAddr"}}
 	for _, a := range listens {
 		if err := checkListenAddr(a.addr); a.addr != "" && err != nil {
-			errs = append(errs, fmt.Errorf("%s address %q: %w", a.name, a.addr, err))
+			refuse(fmt.Errorf("%s address %q: %w", a.name, a.addr, err), a.field)
 		}
 	}
-	if err := checkListenClash(listens); err != nil {
-		errs = append(errs, err)
+	if a, b, err := checkListenClash(listens); err != nil {
+		refuse(err, a, b)
 	}
 	if c.Store == "" && c.DataDir == "" {
-		errs = append(errs, errors.New("neither a store DSN nor a data directory is set"))
+		refuse(errors.New("neither a store DSN nor a data directory is set"), "Store", "DataDir")
 	}
 	if backend, dsn, err := parseStore(c.Store); err != nil {
-		errs = append(errs, err)
+		refuse(err, "Store")
 	} else if backend == "postgres" {
-		if err := pgstore.CheckDSN(dsn); err != nil { // its text hides the password
-			errs = append(errs, err)
-		}
+		refuse(pgstore.CheckDSN(dsn), "Store") // its text hides the password
 	}
 	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"watch heartbeat", c.WatchHeartbeat}, {"max watch duration", c.MaxWatchDuration}, {"shutdown grace", c.ShutdownGrace},
-		{"health interval", c.HealthInterval},
-		{"PII retention", c.PIIRetention}, {"retention interval", c.RetentionInterval},
-		{"HTTP read-header timeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", c.HTTPReadTimeout}, {"HTTP idle timeout", c.HTTPIdleTimeout}, {"gRPC keepalive", c.GRPCKeepalive}} {
+		name, field string
+		v           time.Duration
+	}{{"watch heartbeat", "WatchHeartbeat", c.WatchHeartbeat}, {"max watch duration", "MaxWatchDuration", c.MaxWatchDuration},
+		{"shutdown grace", "ShutdownGrace", c.ShutdownGrace}, {"health interval", "HealthInterval", c.HealthInterval},
+		{"PII retention", "PIIRetention", c.PIIRetention}, {"retention interval", "RetentionInterval", c.RetentionInterval},
+		{"HTTP read-header timeout", "HTTPReadHeaderTimeout", c.HTTPReadHeaderTimeout}, {"HTTP read timeout", "HTTPReadTimeout", c.HTTPReadTimeout},
+		{"HTTP idle timeout", "HTTPIdleTimeout", c.HTTPIdleTimeout}, {"gRPC keepalive", "GRPCKeepalive", c.GRPCKeepalive}} {
 		if d.v <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
+			refuse(fmt.Errorf("%s must be positive, got %s", d.name, d.v), d.field)
 		}
 	}
 	// Below that, a loop of purges or pings that mostly find nothing to do
 	// would take a CPU (1ns: 133% of an idle server's).
 	const minInterval = 10 * time.Millisecond
 	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"health interval", c.HealthInterval}, {"retention interval", c.RetentionInterval}} {
+		name, field string
+		v           time.Duration
+	}{{"health interval", "HealthInterval", c.HealthInterval}, {"retention interval", "RetentionInterval", c.RetentionInterval}} {
 		if d.v > 0 && d.v < minInterval {
-			errs = append(errs, fmt.Errorf("%s must be at least %s, got %s", d.name, minInterval, d.v))
+			refuse(fmt.Errorf("%s must be at least %s, got %s", d.name, minInterval, d.v), d.field)
 		}
 	}
 	// grpc-go pings a silent connection a second after at the soonest,
@@ -276,33 +289,43 @@ func (c *Config) Validate() error {
 	// keepalive would be taken and not kept.
 	const minKeepalive = time.Second
 	if c.GRPCKeepalive > 0 && c.GRPCKeepalive < minKeepalive {
-		errs = append(errs, fmt.Errorf("gRPC keepalive must be at least %s, got %s", minKeepalive, c.GRPCKeepalive))
+		refuse(fmt.Errorf("gRPC keepalive must be at least %s, got %s", minKeepalive, c.GRPCKeepalive), "GRPCKeepalive")
 	}
-	if err := gateway.CheckCORSOrigins(c.CORSOrigins); err != nil {
-		errs = append(errs, err)
-	}
+	refuse(gateway.CheckCORSOrigins(c.CORSOrigins), "CORSOrigins")
 	for _, n := range []struct {
-		name string
-		v    int64
-	}{{"write queue", int64(c.WriteQueue)}, {"max batch", int64(c.MaxBatch)}, {"max body bytes", c.MaxBodyBytes}} {
+		name, field string
+		v           int64
+	}{{"write queue", "WriteQueue", int64(c.WriteQueue)}, {"max batch", "MaxBatch", int64(c.MaxBatch)}, {"max body bytes", "MaxBodyBytes", c.MaxBodyBytes}} {
 		if n.v <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, got %d", n.name, n.v))
+			refuse(fmt.Errorf("%s must be positive, got %d", n.name, n.v), n.field)
 		}
 	}
 	// Past the last bucket of their histograms, a batch's size and a
 	// watch stream's duration would be read as that bucket's.
 	if c.MaxBatch > observe.MaxCommitWebhooks {
-		errs = append(errs, fmt.Errorf("max batch must be at most %d webhooks, got %d", observe.MaxCommitWebhooks, c.MaxBatch))
+		refuse(fmt.Errorf("max batch must be at most %d webhooks, got %d", observe.MaxCommitWebhooks, c.MaxBatch), "MaxBatch")
 	}
 	if c.MaxWatchDuration > observe.MaxCallDuration {
-		errs = append(errs, fmt.Errorf("max watch duration must be at most %s, got %s", observe.MaxCallDuration, c.MaxWatchDuration))
+		refuse(fmt.Errorf("max watch duration must be at most %s, got %s", observe.MaxCallDuration, c.MaxWatchDuration), "MaxWatchDuration")
 	}
 	if c.MaxBodyBytes > MaxMaxBodyBytes {
-		errs = append(errs, fmt.Errorf("max body bytes must be at most %s, got %d", api.Size(MaxMaxBodyBytes), c.MaxBodyBytes))
+		refuse(fmt.Errorf("max body bytes must be at most %s, got %d", api.Size(MaxMaxBodyBytes), c.MaxBodyBytes), "MaxBodyBytes")
 	}
 	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)
 }
+
+// A SettingError is Validate's refusal of the value of a setting, or of
+// settings together, named by their fields in Config ("MaxBatch",
+// "Security.TLSCertFile"), so that a caller can say where the values came
+// from: serve names the flag or the environment variable.
+type SettingError struct {
+	Fields []string
+	Err    error
+}
+
+func (e *SettingError) Error() string { return e.Err.Error() }
+func (e *SettingError) Unwrap() error { return e.Err }
 
 // checkListenAddr refuses what no listener could take, whatever the
 // machine: an address without a port, or one whose port is neither a
@@ -327,7 +350,7 @@ func checkListenAddr(addr string) error {
 // (the same host, or a wildcard, which on Linux takes the port on every
 // address), which failed at the listen, after the first start had made and
 // printed its credentials. Port 0 is a new port each time.
-func checkListenClash(addrs []listenAddr) error {
+func checkListenClash(addrs []listenAddr) (field1, field2 string, err error) {
 	type listen struct {
 		listenAddr
 		host string
@@ -347,14 +370,16 @@ func checkListenClash(addrs []listenAddr) error {
 	for i, a := range ls {
 		for _, b := range ls[i+1:] {
 			if a.port == b.port && (a.host == b.host || wildcard(a.host) || wildcard(b.host)) {
-				return fmt.Errorf("%s address %q and %s address %q listen on the same port", a.name, a.addr, b.name, b.addr)
+				return a.field, b.field, fmt.Errorf("%s address %q and %s address %q listen on the same port", a.name, a.addr, b.name, b.addr)
 			}
 		}
 	}
-	return nil
+	return "", "", nil
 }
 
-type listenAddr struct{ name, addr string }
+// listenAddr is a listener's address, the field of Config it is in, and
+// the name of the listener.
+type listenAddr struct{ name, addr, field string }
 
 // listenHost is the address net.Listen takes host for, so that one host
 // written two ways is seen as one: an IP as its canonical text (an

@@ -76,10 +76,24 @@ func bindEnv(flags *pflag.FlagSet) error {
 		if v, ok := os.LookupEnv(EnvName(f.Name)); ok && (v != "" || strings.HasPrefix(f.Value.Type(), "string")) {
 			if serr := flags.Set(f.Name, v); serr != nil {
 				err = fmt.Errorf("%s: %w", EnvName(f.Name), serr)
+				return
 			}
+			f.Annotations = map[string][]string{fromEnv: {EnvName(f.Name)}}
 		}
 	})
 	return err
+}
+
+// fromEnv annotates a flag that bindEnv set from its environment variable.
+const fromEnv = "otpless-events/env"
+
+// source names where flag name's value came from: its environment
+// variable, or the flag itself (given, or its default).
+func source(flags *pflag.FlagSet, name string) string {
+	if f := flags.Lookup(name); f != nil && len(f.Annotations[fromEnv]) > 0 {
+		return f.Annotations[fromEnv][0]
+	}
+	return "--" + name
 }
 
 // documentEnv appends the environment variable to every flag's usage.

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/otpless-events/otpless-events/server"
 	"github.com/otpless-events/otpless-events/server/store"
 )
 
@@ -268,5 +271,27 @@ func TestREADMECopySummary(t *testing.T) {
 	line = strings.NewReplacer("1 ", "W ", "2 ", "E ", "3 ", "R ").Replace(line)
 	if !strings.Contains(readREADME(t), "\n# "+line+"\n") {
 		t.Errorf("README.md does not show db copy's summary as %q", "# "+line)
+	}
+}
+
+// Each Config field that Validate names (server.SettingError) is mapped to
+// a flag of serve that exists, by a path of fields that exists: a typo in
+// either would leave a refusal unnamed.
+func TestSettingFlagsExist(t *testing.T) {
+	t.Parallel()
+	flags := newServe(io.Discard, io.Discard).Flags()
+	for field, name := range settingFlags {
+		if flags.Lookup(name) == nil {
+			t.Errorf("settingFlags[%q] = %q, which is no flag of serve", field, name)
+		}
+		typ := reflect.TypeFor[server.Config]()
+		for part := range strings.SplitSeq(field, ".") {
+			f, ok := typ.FieldByName(part)
+			if !ok {
+				t.Errorf("settingFlags: server.Config has no field %s", field)
+				break
+			}
+			typ = f.Type
+		}
 	}
 }

@@ -49,8 +49,10 @@ func (f *securityFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.signingSecretsFile, "webhook-signing-secrets-file", "", "file of Standard Webhooks signing secrets; when set, signatures are required (also $"+envSigningSecrets+")")
 	fs.StringVar(&f.watchTokenKeysFile, "watch-token-keys-file", "", "file of watch-token signing keys, newest first (also $"+envWatchTokenKeys+")")
 	fs.BoolVar(&f.allowUnauthenticated, "allow-unauthenticated-webhooks", false, "accept webhooks without credentials on /v1/webhooks/otpless")
-	fs.StringVar(&f.allowCIDRs, "webhook-allow-cidrs", "", "comma-separated networks webhooks may come from (empty: any)")
-	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated networks of proxies whose X-Forwarded-For is believed")
+	// Checked when set, so that an error names the variable or the flag.
+	checkPrefixes := func(s string) error { _, err := auth.ParsePrefixes(s); return err }
+	fs.Var(checkedString{&f.allowCIDRs, checkPrefixes}, "webhook-allow-cidrs", "comma-separated networks webhooks may come from (empty: any)")
+	fs.Var(checkedString{&f.trustedProxies, checkPrefixes}, "trusted-proxies", "comma-separated networks of proxies whose X-Forwarded-For is believed")
 	fs.Float64Var(&f.rate, "webhook-rate", 0, "authenticated webhooks per second per client address (0: unlimited)")
 	fs.IntVar(&f.burst, "webhook-burst", 400, "burst of authenticated webhooks per client address")
 	fs.Float64Var(&f.failureRate, "webhook-failure-rate", 200, "webhooks with failed credentials per second per client address (0: unlimited)")

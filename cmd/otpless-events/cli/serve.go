@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/otpless-events/otpless-events/server"
@@ -67,7 +69,7 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 			}
 			withoutSecurity.Security.Disabled = true
 			if err := withoutSecurity.Validate(); err != nil {
-				return failConfig(fmt.Errorf("config: %w", err))
+				return failConfig(fmt.Errorf("config: %w", namedSettings(cmd.Flags(), err)))
 			}
 			// So is an embedded store this build refuses: New would,
 			// once they were made and printed. (A PostgreSQL store is
@@ -132,6 +134,58 @@ func newServe(stdout, stderr io.Writer) *cobra.Command {
 	secFlags.register(f)
 	documentEnv(f)
 	return cmd
+}
+
+// settingFlags are the flags of the Config fields that Validate names in
+// its errors (server.SettingError).
+var settingFlags = map[string]string{
+	"GRPCAddr": "grpc-addr", "HTTPAddr": "http-addr", "MetricsAddr": "metrics-addr",
+	"Store": "store", "DataDir": "data-dir", "CORSOrigins": "cors-origins",
+	"WatchHeartbeat": "watch-heartbeat", "MaxWatchDuration": "max-watch-duration", "ShutdownGrace": "shutdown-grace",
+	"HealthInterval": "health-interval", "PIIRetention": "pii-retention", "RetentionInterval": "retention-interval",
+	"HTTPReadHeaderTimeout": "http-read-header-timeout", "HTTPReadTimeout": "http-read-timeout",
+	"HTTPIdleTimeout": "http-idle-timeout", "GRPCKeepalive": "grpc-keepalive",
+	"WriteQueue": "write-queue", "MaxBatch": "max-batch", "MaxBodyBytes": "max-body-bytes",
+	"Security.TLSCertFile": "tls-cert", "Security.TLSKeyFile": "tls-key", "Security.ClientCAFile": "grpc-client-ca",
+	"Security.MaxWatchesPerCredential": "max-watches-per-credential", "Security.MaxWatchesPerToken": "max-watches-per-token",
+	"Security.MaxWatchesPerRequest": "max-watches-per-request", "Security.MaxWatches": "max-watches",
+	"Security.Webhook.RatePerSecond": "webhook-rate", "Security.Webhook.Burst": "webhook-burst",
+	"Security.Webhook.FailureRatePerSecond": "webhook-failure-rate", "Security.Webhook.FailureBurst": "webhook-failure-burst",
+}
+
+// namedSettings begins each of Validate's errors with where the values it
+// refuses came from: the environment variable or the flag of each setting
+// given one (of all its settings when none was given, as with two
+// defaults that clash).
+func namedSettings(flags *pflag.FlagSet, err error) error {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for i, e := range errs {
+		var se *server.SettingError
+		if !errors.As(e, &se) {
+			continue
+		}
+		var given, all []string
+		for _, field := range se.Fields {
+			name, ok := settingFlags[field]
+			if !ok {
+				continue
+			}
+			all = append(all, source(flags, name))
+			if flags.Changed(name) {
+				given = append(given, source(flags, name))
+			}
+		}
+		if len(given) == 0 {
+			given = all
+		}
+		if len(given) > 0 {
+			errs[i] = fmt.Errorf("%s: %w", strings.Join(given, ", "), e)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // atLeastTwoProcs gives the Go scheduler two Ps on a machine with one CPU,

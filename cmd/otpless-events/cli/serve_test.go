@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,6 +185,50 @@ func TestServeNamesTheLogVariables(t *testing.T) { // not parallel: Setenv
 			code, _, errOut := run(t, "serve", "--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "")
 			if code != 1 || !strings.Contains(errOut, tc.env+": ") || !strings.Contains(errOut, tc.says) {
 				t.Errorf("serve with %s=bogus: exit %d, stderr %q; want 1, naming %s and saying %s", tc.env, code, errOut, tc.env, tc.says)
+			}
+		})
+	}
+}
+
+// Every setting serve refuses is named where its value came from: the
+// environment variable, or the flag. A bad $OTPLESS_EVENTS_WEBHOOK_ALLOW_CIDRS
+// or $OTPLESS_EVENTS_TRUSTED_PROXIES was named as its flag, and the
+// config: refusals named neither, only the setting in words.
+func TestServeNamesWhereABadSettingCameFrom(t *testing.T) { // not parallel: Setenv
+	for _, tc := range []struct {
+		env, value string
+		flags      []string
+		says       string
+	}{
+		{"OTPLESS_EVENTS_WEBHOOK_ALLOW_CIDRS", "10.0.0.0/33", nil, `OTPLESS_EVENTS_WEBHOOK_ALLOW_CIDRS: invalid argument "10.0.0.0/33" for "--webhook-allow-cidrs" flag: "10.0.0.0/33" is neither a CIDR nor an address`},
+		{"OTPLESS_EVENTS_TRUSTED_PROXIES", "proxy", nil, `OTPLESS_EVENTS_TRUSTED_PROXIES: invalid argument "proxy" for "--trusted-proxies" flag: "proxy" is neither a CIDR nor an address`},
+		{"", "", []string{"--trusted-proxies", "proxy"}, `invalid argument "proxy" for "--trusted-proxies" flag: "proxy" is neither a CIDR nor an address`},
+		{"OTPLESS_EVENTS_MAX_BATCH", "5000", nil, "config: OTPLESS_EVENTS_MAX_BATCH: max batch must be at most 2048 webhooks, got 5000"},
+		{"", "", []string{"--max-batch", "5000"}, "config: --max-batch: max batch must be at most 2048 webhooks, got 5000"},
+		{"OTPLESS_EVENTS_MAX_WATCH_DURATION", "2h", nil, "config: OTPLESS_EVENTS_MAX_WATCH_DURATION: max watch duration must be at most 1h0m0s"},
+		{"OTPLESS_EVENTS_GRPC_ADDR", "localhost", nil, `config: OTPLESS_EVENTS_GRPC_ADDR: grpc address "localhost": missing port`},
+		{"OTPLESS_EVENTS_CORS_ORIGINS", "example.com", nil, `config: OTPLESS_EVENTS_CORS_ORIGINS: CORS origin "example.com"`},
+		{"OTPLESS_EVENTS_STORE", "mysql://db", nil, `config: OTPLESS_EVENTS_STORE: store scheme "mysql" is not supported`},
+		{"OTPLESS_EVENTS_WEBHOOK_BURST", "-1", nil, "config: OTPLESS_EVENTS_WEBHOOK_BURST: webhooks: the burst of webhooks per client address must not be negative"},
+		{"OTPLESS_EVENTS_MAX_WATCHES", "-1", nil, "config: OTPLESS_EVENTS_MAX_WATCHES: max watches must not be negative"},
+		{"OTPLESS_EVENTS_TLS_CERT", "cert.pem", nil, "config: OTPLESS_EVENTS_TLS_CERT: TLS needs both a certificate and a key"},
+		// Settings refused together are named each where it came from.
+		{"OTPLESS_EVENTS_HTTP_ADDR", "127.0.0.1:9", []string{"--grpc-addr", "127.0.0.1:9"}, `config: --grpc-addr, OTPLESS_EVENTS_HTTP_ADDR: grpc address "127.0.0.1:9" and http address "127.0.0.1:9" listen on the same port`},
+	} {
+		t.Run(tc.env+strings.Join(tc.flags, " "), func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv(tc.env, tc.value)
+			}
+			args := []string{"serve", "--data-dir", t.TempDir(), "--metrics-addr", ""}
+			for _, f := range []string{"grpc-addr", "http-addr"} {
+				if tc.env != "OTPLESS_EVENTS_"+strings.ToUpper(strings.ReplaceAll(f, "-", "_")) && !slices.Contains(tc.flags, "--"+f) {
+					args = append(args, "--"+f, "127.0.0.1:0")
+				}
+			}
+			code, _, errOut := run(t, append(args, tc.flags...)...)
+			errOut = strings.ReplaceAll(errOut, `\"`, `"`) // quoted in the log line
+			if code != 1 || !strings.Contains(errOut, tc.says) {
+				t.Errorf("serve %s with %s=%s: exit %d, stderr %q; want 1 saying %s", strings.Join(tc.flags, " "), tc.env, tc.value, code, errOut, tc.says)
 			}
 		})
 	}
