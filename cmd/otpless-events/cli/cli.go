@@ -90,6 +90,9 @@ const fromEnv = "otpless-events/env"
 // source names where flag name's value came from: its environment
 // variable, or the flag itself (given, or its default).
 func source(flags *pflag.FlagSet, name string) string {
+	if flags == nil {
+		return "--" + name
+	}
 	if f := flags.Lookup(name); f != nil && len(f.Annotations[fromEnv]) > 0 {
 		return f.Annotations[fromEnv][0]
 	}

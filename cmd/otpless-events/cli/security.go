@@ -40,9 +40,12 @@ type securityFlags struct {
 	burst, failureBurst                                                                    int
 	maxPerCredential, maxPerToken, maxPerRequest, maxWatches                               int
 	tlsCert, tlsKey, clientCA                                                              string
+
+	flags *pflag.FlagSet // registered in, to name where a file flag's value came from
 }
 
 func (f *securityFlags) register(fs *pflag.FlagSet) {
+	f.flags = fs
 	fs.StringVar(&f.apiKeysFile, "api-keys-file", "", "file of API keys, one per line: NAME SHA256-HEX SCOPES (also $"+envAPIKeys+")")
 	fs.StringVar(&f.webhookKeysFile, "webhook-keys-file", "", "file of webhook URL keys, one per line (also $"+envWebhookKeys+")")
 	fs.StringVar(&f.webhookBasicFile, "webhook-basic-file", "", "file of webhook Basic credentials USER:PASSWORD, one per line (also $"+envWebhookBasic+")")
@@ -110,39 +113,40 @@ func (f *securityFlags) resolve(dataDir string) (server.Security, generated, err
 		return sec, gen, err
 	}
 	w := &sec.Webhook
-	if w.Keys, err = auth.ReadSecrets(os.Getenv(envWebhookKeys), f.webhookKeysFile); err != nil {
+	// Each source of a kind of secret, its variable and its file, is read
+	// and checked alone, so that an error names the one it is in.
+	if w.Keys, err = fromSources(f.flags, envWebhookKeys, "webhook-keys-file", f.webhookKeysFile, func(text string) ([]string, error) {
+		keys := secrets(text)
+		return keys, (&auth.WebhookConfig{Keys: keys}).CheckSecrets()
+	}); err != nil {
 		return sec, gen, err
 	}
-	basic, err := auth.ReadSecrets(os.Getenv(envWebhookBasic), f.webhookBasicFile)
-	if err != nil {
+	if w.Basic, err = fromSources(f.flags, envWebhookBasic, "webhook-basic-file", f.webhookBasicFile, parseBasic); err != nil {
 		return sec, gen, err
 	}
-	for _, b := range basic {
-		user, pass, ok := strings.Cut(b, ":")
-		if !ok || user == "" || len(pass) < 8 {
-			return sec, gen, fmt.Errorf("webhook basic credentials: want USER:PASSWORD with a password of 8 or more bytes")
+	if w.SigningSecrets, err = fromSources(f.flags, envSigningSecrets, "webhook-signing-secrets-file", f.signingSecretsFile, func(text string) ([]string, error) {
+		signing := secrets(text)
+		return signing, (&auth.WebhookConfig{SigningSecrets: signing}).CheckSecrets()
+	}); err != nil {
+		return sec, gen, err
+	}
+	if sec.APIKeys, err = fromSources(f.flags, envAPIKeys, "api-keys-file", f.apiKeysFile, auth.ParseAPIKeys); err != nil {
+		return sec, gen, err
+	}
+	seen := map[string]bool{}
+	for _, k := range sec.APIKeys {
+		if seen[k.Name] { // once in the variable, once in the file
+			return sec, gen, fmt.Errorf("%s, %s: api key %q configured twice", envAPIKeys, source(f.flags, "api-keys-file"), k.Name)
 		}
-		w.Basic = append(w.Basic, auth.BasicCredential{User: user, Password: pass})
+		seen[k.Name] = true
 	}
-	if w.SigningSecrets, err = auth.ReadSecrets(os.Getenv(envSigningSecrets), f.signingSecretsFile); err != nil {
-		return sec, gen, err
-	}
-	if sec.APIKeys, err = readAPIKeys(os.Getenv(envAPIKeys), f.apiKeysFile); err != nil {
-		return sec, gen, err
-	}
-	tokenKeys, err := auth.ReadSecrets(os.Getenv(envWatchTokenKeys), f.watchTokenKeysFile)
-	if err != nil {
-		return sec, gen, err
-	}
-	for _, k := range tokenKeys {
-		sec.WatchTokenKeys = append(sec.WatchTokenKeys, []byte(k))
-	}
-	// A configured secret no server can use stops the start before it
-	// makes a credential, as one that cannot be read does.
-	if err := w.CheckSecrets(); err != nil {
-		return sec, gen, err
-	}
-	if err := auth.CheckTokenKeys(sec.WatchTokenKeys); err != nil {
+	if sec.WatchTokenKeys, err = fromSources(f.flags, envWatchTokenKeys, "watch-token-keys-file", f.watchTokenKeysFile, func(text string) ([][]byte, error) {
+		var keys [][]byte
+		for _, k := range secrets(text) {
+			keys = append(keys, []byte(k))
+		}
+		return keys, auth.CheckTokenKeys(keys)
+	}); err != nil {
 		return sec, gen, err
 	}
 
@@ -209,16 +213,46 @@ func (f *securityFlags) looseSecretFiles(dataDir string) []string {
 	return loose
 }
 
-func readAPIKeys(env, file string) ([]auth.APIKey, error) {
-	text := env
-	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return nil, fmt.Errorf("read API keys: %w", err)
-		}
-		text += "\n" + string(b)
+// fromSources parses a kind of secret from the environment variable env and
+// from the file given by the flag fileFlag (empty: none), each alone, so
+// that an error names where it came from: the variable, or the file and
+// where its name came from.
+func fromSources[T any](flags *pflag.FlagSet, env, fileFlag, file string, parse func(text string) ([]T, error)) ([]T, error) {
+	out, err := parse(os.Getenv(env))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", env, err)
 	}
-	return auth.ParseAPIKeys(text)
+	if file == "" {
+		return out, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil { // names the file
+		return nil, fmt.Errorf("%s: %w", source(flags, fileFlag), err)
+	}
+	more, err := parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", source(flags, fileFlag), file, err)
+	}
+	return append(out, more...), nil
+}
+
+// secrets are the entries of a variable's or a file's text (auth.ReadSecrets).
+func secrets(text string) []string {
+	s, _ := auth.ReadSecrets(text, "") // reads no file, so fails never
+	return s
+}
+
+// parseBasic parses webhook Basic credentials, USER:PASSWORD each.
+func parseBasic(text string) ([]auth.BasicCredential, error) {
+	var out []auth.BasicCredential
+	for _, b := range secrets(text) {
+		user, pass, ok := strings.Cut(b, ":")
+		if !ok || user == "" || len(pass) < 8 {
+			return nil, fmt.Errorf("webhook basic credentials: want USER:PASSWORD with a password of 8 or more bytes")
+		}
+		out = append(out, auth.BasicCredential{User: user, Password: pass})
+	}
+	return out, nil
 }
 
 // loadOrCreateAdminKey reads dataDir/api-keys, or creates it with one admin

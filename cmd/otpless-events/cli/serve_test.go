@@ -195,6 +195,15 @@ func TestServeNamesTheLogVariables(t *testing.T) { // not parallel: Setenv
 // or $OTPLESS_EVENTS_TRUSTED_PROXIES was named as its flag, and the
 // config: refusals named neither, only the setting in words.
 func TestServeNamesWhereABadSettingCameFrom(t *testing.T) { // not parallel: Setenv
+	dir := t.TempDir()
+	basic := filepath.Join(dir, "basic")
+	key := "ops " + strings.Repeat("ab", 32) + " read"
+	keys := filepath.Join(dir, "api-keys")
+	for file, text := range map[string]string{basic: "otpless:short", keys: key} {
+		if err := os.WriteFile(file, []byte(text+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		env, value string
 		flags      []string
@@ -212,6 +221,15 @@ func TestServeNamesWhereABadSettingCameFrom(t *testing.T) { // not parallel: Set
 		{"OTPLESS_EVENTS_WEBHOOK_BURST", "-1", nil, "config: OTPLESS_EVENTS_WEBHOOK_BURST: webhooks: the burst of webhooks per client address must not be negative"},
 		{"OTPLESS_EVENTS_MAX_WATCHES", "-1", nil, "config: OTPLESS_EVENTS_MAX_WATCHES: max watches must not be negative"},
 		{"OTPLESS_EVENTS_TLS_CERT", "cert.pem", nil, "config: OTPLESS_EVENTS_TLS_CERT: TLS needs both a certificate and a key"},
+		// Secrets: the variable, or the file and where its name came from.
+		{"OTPLESS_EVENTS_WEBHOOK_BASIC", "otpless", nil, "OTPLESS_EVENTS_WEBHOOK_BASIC: webhook basic credentials: want USER:PASSWORD"},
+		{"OTPLESS_EVENTS_WATCH_TOKEN_KEYS", "short", nil, "OTPLESS_EVENTS_WATCH_TOKEN_KEYS: watch tokens: a signing key is shorter than 32 bytes"},
+		{"OTPLESS_EVENTS_WEBHOOK_SIGNING_SECRETS", "whsec_!!!!", nil, "OTPLESS_EVENTS_WEBHOOK_SIGNING_SECRETS: webhooks: a whsec_ signing secret is not valid base64"},
+		{"OTPLESS_EVENTS_WEBHOOK_KEYS", "whk_short", nil, "OTPLESS_EVENTS_WEBHOOK_KEYS: webhooks: a webhook key is shorter than 16 bytes"},
+		{"OTPLESS_EVENTS_WEBHOOK_BASIC_FILE", basic, nil, "OTPLESS_EVENTS_WEBHOOK_BASIC_FILE " + basic + ": webhook basic credentials"},
+		{"", "", []string{"--webhook-basic-file", basic}, "--webhook-basic-file " + basic + ": webhook basic credentials"},
+		{"OTPLESS_EVENTS_API_KEYS", "ops", nil, "OTPLESS_EVENTS_API_KEYS: api key 1: want NAME SHA256-HEX SCOPES"},
+		{"OTPLESS_EVENTS_API_KEYS", key, []string{"--api-keys-file", keys}, `OTPLESS_EVENTS_API_KEYS, --api-keys-file: api key "ops" configured twice`},
 		// Settings refused together are named each where it came from.
 		{"OTPLESS_EVENTS_HTTP_ADDR", "127.0.0.1:9", []string{"--grpc-addr", "127.0.0.1:9"}, `config: --grpc-addr, OTPLESS_EVENTS_HTTP_ADDR: grpc address "127.0.0.1:9" and http address "127.0.0.1:9" listen on the same port`},
 	} {
