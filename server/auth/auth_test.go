@@ -892,6 +892,35 @@ func TestMappedNetworks(t *testing.T) {
 	}
 }
 
+// ParsePrefixes reads what the allow-list and trusted-proxy flags hold:
+// blank entries (an unset flag, a trailing comma) are none, networks are
+// kept masked, and IPv4-mapped ones of /96 or longer become the IPv4
+// networks they are; a mapped one shorter than that, or any other IPv6
+// network, stays as written.
+func TestParsePrefixes(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ in, want string }{
+		{"", ""},
+		{" , ", ""},
+		{"10.1.2.3/8, ", "10.0.0.0/8"},
+		{"192.168.1.1,2001:db8::1", "192.168.1.1/32,2001:db8::1/128"},
+		{"::ffff:203.0.113.0/120", "203.0.113.0/24"},
+		{"::ffff:0.0.0.0/96", "0.0.0.0/0"},
+		{"::ffff:0:0/95", "::fffe:0:0/95"},
+		{"2001:db8::/96", "2001:db8::/96"},
+		{"2001:db8::5/127", "2001:db8::4/127"},
+	} {
+		nets, err := ParsePrefixes(tt.in)
+		got := make([]string, len(nets))
+		for i, n := range nets {
+			got[i] = n.String()
+		}
+		if err != nil || strings.Join(got, ",") != tt.want {
+			t.Errorf("ParsePrefixes(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
 func TestRateLimitPerAddress(t *testing.T) {
 	t.Parallel()
 	g, _ := NewWebhookGuard(WebhookConfig{AllowUnauthenticated: true, RatePerSecond: 1, Burst: 3, FailureRatePerSecond: 100, FailureBurst: 100})
