@@ -1077,6 +1077,42 @@ func TestRateLimiterTableIsBounded(t *testing.T) {
 	}
 }
 
+// A limiter sweeps its table at most every ten seconds, as its table
+// grows past limiterSweepAt: a sweep walks every address under the lock,
+// so sweeping on each webhook of a full table would make each one cost
+// the whole table. A sweep forgets addresses idle for over a minute, and
+// keeps one idle for exactly that.
+func TestRateLimiterSweepsEveryTenSeconds(t *testing.T) {
+	t.Parallel()
+	l, err := newAddrLimiter("webhooks", 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1_800_000_000, 0)
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	for i := range limiterSweepAt - 1 {
+		l.allow(addr(i), t0)
+	}
+	steps := []struct {
+		at      time.Duration
+		entries int
+		what    string
+	}{
+		{5500 * time.Millisecond, limiterSweepAt, "the table reaches its sweep size"},
+		{55 * time.Second, limiterSweepAt + 1, "a sweep, with none idle for a minute"},
+		{65 * time.Second, limiterSweepAt + 2, "ten seconds after that sweep, none"},
+		{65500 * time.Millisecond, 4, "past ten seconds, a sweep forgets those idle over a minute"},
+	}
+	for i, s := range steps {
+		if ok, _ := l.allow(netip.MustParseAddr("203.0.113."+strconv.Itoa(i+1)), t0.Add(s.at)); !ok {
+			t.Fatalf("at +%v: a new address refused", s.at)
+		}
+		if len(l.entries) != s.entries {
+			t.Fatalf("at +%v (%s): the table holds %d addresses, want %d", s.at, s.what, len(l.entries), s.entries)
+		}
+	}
+}
+
 func TestLoadOrCreateSecret(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
