@@ -44,16 +44,17 @@ func testKeyring(t *testing.T) (*Keyring, *TokenSigner) {
 
 func TestParseAPIKeys(t *testing.T) {
 	t.Parallel()
-	for _, bad := range []string{
-		"name",
-		"name nothex read",
-		"name " + HashKey("k") + " fly",
-		"name " + HashKey("k")[:62] + " read", // a hash a byte short
-		"name " + HashKey("k") + "00 read",    // and a byte long
-		"a " + HashKey("k") + " read\na " + HashKey("j") + " read",
+	// Each error names the key by its name, never by its hash.
+	for _, tt := range []struct{ bad, want string }{
+		{"name", "api key 1: want NAME SHA256-HEX SCOPES, got 1 fields"},
+		{"name nothex read", `api key "name": the second field`},
+		{"name " + HashKey("k") + " fly", `api key "name": unknown scope "fly"`},
+		{"name " + HashKey("k")[:62] + " read", `api key "name": the second field`}, // a hash a byte short
+		{"name " + HashKey("k") + "00 read", `api key "name": the second field`},    // and a byte long
+		{"a " + HashKey("k") + " read\na " + HashKey("j") + " read", `api key "a" configured twice`},
 	} {
-		if _, err := ParseAPIKeys(bad); err == nil {
-			t.Errorf("ParseAPIKeys(%q) succeeded", bad)
+		if _, err := ParseAPIKeys(tt.bad); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseAPIKeys(%q): %v; want an error saying %q", tt.bad, err, tt.want)
 		}
 	}
 }
@@ -83,8 +84,26 @@ func TestAuthenticate(t *testing.T) {
 	}
 	tok, _ := signer.Mint("req-a", time.Minute)
 	p, err := k.Authenticate(tok)
-	if err != nil || p.RequestID != "req-a" || p.Has(ScopeReadPII) || !p.Has(ScopeWatch) {
+	if err != nil || p.RequestID != "req-a" || p.Name != "watch-token:req-a" || p.Has(ScopeReadPII) || !p.Has(ScopeWatch) {
 		t.Fatalf("watch token principal = %+v, %v", p, err)
+	}
+	// Per-token limits tell a request's tokens apart by Token, a digest:
+	// never the token's text, nor a part of it they share.
+	other, _ := signer.Mint("req-a", 2*time.Minute)
+	if p2, err := k.Authenticate(other); err != nil || p2.Token == p.Token || p.Token == "" || strings.Contains(tok, p.Token) {
+		t.Errorf("two tokens of req-a: Token %q and %q (%v); want distinct digests, not in %q", p.Token, p2.Token, err, tok)
+	}
+	// A key configured as the hash of nothing does not make a call
+	// without credentials its holder; and a keyring without watch tokens
+	// takes a bearer shaped as one for an unknown key.
+	hashOfNothing, err := ParseAPIKeys(FormatAPIKey("empty", "", []Scope{ScopeAdmin}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bearer := range []string{"", tok} {
+		if p, err := NewKeyring(hashOfNothing, nil).Authenticate(bearer); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("without watch tokens, Authenticate(%q) = %+v, %v; want ErrUnauthenticated", bearer, p, err)
+		}
 	}
 	admin, _ := k.Authenticate("admin-secret")
 	for _, s := range AllScopes {
