@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -375,6 +376,34 @@ func TestStreamInterceptorPassesReceiveErrors(t *testing.T) {
 		if !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Errorf("a message that failed to arrive: %v, want %v", err, io.ErrUnexpectedEOF)
 		}
+	}
+}
+
+// ParseScopes reads the scopes the README names, spelt as it spells them,
+// space around each and blank entries left out, each once; a list of none
+// is refused, and an unknown scope is refused naming those known.
+func TestParseScopes(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		want []Scope
+		err  string
+	}{
+		{"read,read_pii,watch,mint_watch_token,ingest,admin", AllScopes, ""},
+		{" read , watch ,", []Scope{ScopeRead, ScopeWatch}, ""},
+		{"read,,read", []Scope{ScopeRead}, ""},
+		{"", nil, `no scope in ""`},
+		{" , ", nil, `no scope in " , "`},
+		{"read,fly", nil, `unknown scope "fly" (known: read,read_pii,watch,mint_watch_token,ingest,admin)`},
+	} {
+		got, err := ParseScopes(tt.in)
+		if msg := fmt.Sprint(err); !slices.Equal(got, tt.want) || (err == nil) != (tt.err == "") || (err != nil && msg != tt.err) {
+			t.Errorf("ParseScopes(%q) = %q, %v; want %q, %q", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+	var nobody *Principal
+	if nobody.Has(ScopeRead) {
+		t.Error("a nil principal has a scope")
 	}
 }
 
