@@ -198,8 +198,27 @@ func TestWatchTokens(t *testing.T) {
 	}
 }
 
+// A watch token's form is fixed: a token one replica, or the version
+// before an upgrade, minted with a shared key is one another verifies.
+// The known answer was checked apart from this code (Python's hmac over
+// "owt1." and the base64url of {"rid":"req-a","exp":1800000060}).
+func TestWatchTokenKnownAnswer(t *testing.T) {
+	t.Parallel()
+	const want = "owt1.eyJyaWQiOiJyZXEtYSIsImV4cCI6MTgwMDAwMDA2MH0.He0hteXaVU8M1LPsFDXZ4Fupm4M_MzLFVwM0xHqahJI"
+	signer, _ := NewTokenSigner([][]byte{[]byte("known-answer-key-known-answer-ke")})
+	signer.now = func() time.Time { return time.Unix(1_800_000_000, 0) }
+	if tok, _ := signer.Mint("req-a", time.Minute); tok != want {
+		t.Errorf("Mint = %s, want %s", tok, want)
+	}
+	if id, err := signer.Verify(want); err != nil || id != "req-a" {
+		t.Errorf("Verify(%s) = %q, %v; want req-a", want, id, err)
+	}
+}
+
 // Verify refuses, without panicking, what is not a watch token or is cut
-// short, even signed with its key: another prefix, no signature, no claims.
+// short, even signed with its key: another prefix, no signature, no claims,
+// or claims of no request (a principal bound to no request id is bound to
+// none: it could read and watch them all).
 func TestVerifyMalformedWatchTokens(t *testing.T) {
 	t.Parallel()
 	signer, _ := NewTokenSigner([][]byte{[]byte(strings.Repeat("k", 32))})
@@ -208,11 +227,13 @@ func TestVerifyMalformedWatchTokens(t *testing.T) {
 	}
 	tok, _ := signer.Mint("req-a", time.Minute)
 	claims := tok[len(tokenPrefix):strings.LastIndexByte(tok, '.')]
+	noRequest, _ := signer.Mint("", time.Minute)
 	for _, bad := range []string{
 		"", "owt1", "owt1.", "no-dot-at-all", "owt1.xyz",
 		signed("owt1"),             // a signature over the prefix alone, no claims
 		signed("owt2." + claims),   // the claims under another prefix
 		signed("x") + "." + claims, // a signature first
+		noRequest,
 	} {
 		if id, err := signer.Verify(bad); err == nil || !errors.Is(err, ErrUnauthenticated) {
 			t.Errorf("Verify(%q) = %q, %v; want ErrUnauthenticated", bad, id, err)
