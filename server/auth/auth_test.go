@@ -1210,9 +1210,23 @@ func TestLoadOrCreateSecret(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("secret created %d times, want once", n)
 	}
+	if rest, ok := strings.CutPrefix(got[0], "whk_"); !ok || len(rest) < 20 {
+		t.Errorf("new secret %q: want whk_ and a random part", got[0])
+	}
 	fi, err := os.Stat(filepath.Join(dir, "webhook-key"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("secret file mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("secret directory mode %v, %v; want 0700", fi.Mode(), err)
+	}
+	// The file holds the secret as a line, and nothing else is left
+	// beside it (the temporary files are another name of the secret).
+	if b, err := os.ReadFile(filepath.Join(dir, "webhook-key")); err != nil || string(b) != got[0]+"\n" {
+		t.Errorf("secret file holds %q, %v; want %q", b, err, got[0]+"\n")
+	}
+	if names, err := os.ReadDir(dir); err != nil || len(names) != 1 {
+		t.Errorf("the secret directory holds %v, %v; want the secret alone", names, err)
 	}
 	again, createdAgain, err := LoadOrCreateSecret(dir, "webhook-key", "whk_")
 	if err != nil || createdAgain || again != got[0] {
@@ -1221,6 +1235,39 @@ func TestLoadOrCreateSecret(t *testing.T) {
 	secrets, err := ReadSecrets("a, b\n#c", "")
 	if err != nil || len(secrets) != 2 {
 		t.Fatalf("ReadSecrets = %v, %v", secrets, err)
+	}
+	file := filepath.Join(t.TempDir(), "secrets")
+	if err := os.WriteFile(file, []byte("c"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if secrets, err := ReadSecrets("a, b", file); err != nil || !slices.Equal(secrets, []string{"a", "b", "c"}) {
+		t.Errorf("ReadSecrets from the environment and a file = %q, %v; want [a b c]", secrets, err)
+	}
+	// A file named but missing (a typo) is an error, not a list of none.
+	if secrets, err := ReadSecrets("a", file+"-typo"); err == nil {
+		t.Errorf("ReadSecrets of a missing file = %q, no error", secrets)
+	}
+}
+
+// A secret file that is empty, or a directory, is an error: neither is
+// taken for a secret of nothing, nor replaced (were the directory's read
+// error taken for a missing file, the creation would retry forever).
+func TestLoadOrCreateSecretRefuses(t *testing.T) {
+	t.Parallel()
+	for name, setup := range map[string]func(path string) error{
+		"empty":     func(path string) error { return os.WriteFile(path, []byte(" \n"), 0o600) },
+		"directory": func(path string) error { return os.Mkdir(path, 0o700) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if err := setup(filepath.Join(dir, "webhook-key")); err != nil {
+				t.Fatal(err)
+			}
+			if s, created, err := LoadOrCreateSecret(dir, "webhook-key", "whk_"); err == nil {
+				t.Errorf("LoadOrCreateSecret = %q, %v, no error", s, created)
+			}
+		})
 	}
 }
 
@@ -1231,6 +1278,9 @@ func TestMissingDirs(t *testing.T) {
 	want := []string{filepath.Join(root, "a", "b", "c"), filepath.Join(root, "a", "b"), filepath.Join(root, "a")}
 	if !slices.Equal(got, want) {
 		t.Errorf("missingDirs = %q, want %q", got, want)
+	}
+	if got := missingDirs(filepath.Join(root, "a", "b") + "/"); !slices.Equal(got, want[1:]) {
+		t.Errorf("missingDirs with a trailing slash = %q, want %q", got, want[1:])
 	}
 	if got := missingDirs(root); len(got) != 0 {
 		t.Errorf("missingDirs of an existing directory = %q", got)
