@@ -1124,8 +1124,9 @@ type CreateWatchTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The OTPLESS request id the token is bound to.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// How long the token lives: default (unset) 10 minutes, at most 1 hour;
-	// zero or less is refused. Its expiry is a whole second, rounded up.
+	// How long the token lives: default (unset) 10 minutes; longer than 1
+	// hour is cut to 1 hour (expire_time says when it ends); zero or less is
+	// refused. Its expiry is a whole second, rounded up.
 	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

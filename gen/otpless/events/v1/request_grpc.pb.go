@@ -30,6 +30,17 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // RequestService reads and follows the state of auth requests.
+//
+// Every method takes a credential, "Bearer " and an API key with the scope
+// the method needs (or a watch token, for WatchRequest and GetRequest of its
+// request), in the "authorization" metadata (over HTTP, the Authorization
+// header), and, besides the errors it names, may answer: INVALID_ARGUMENT
+// for a field out of its range (the message names it); UNAUTHENTICATED for
+// no credential, one not known, or an expired watch token;
+// PERMISSION_DENIED for a credential without the scope, or a watch token
+// used for another request or method; UNAVAILABLE while the store cannot be
+// reached or the server shuts down (retry); INTERNAL for stored data that
+// does not decode (retrying will not mend it).
 type RequestServiceClient interface {
 	// GetRequest returns the current snapshot of one request.
 	// Errors: NOT_FOUND when no event of the request has been stored.
@@ -128,6 +139,17 @@ func (c *requestServiceClient) CreateWatchToken(ctx context.Context, in *CreateW
 // for forward compatibility.
 //
 // RequestService reads and follows the state of auth requests.
+//
+// Every method takes a credential, "Bearer " and an API key with the scope
+// the method needs (or a watch token, for WatchRequest and GetRequest of its
+// request), in the "authorization" metadata (over HTTP, the Authorization
+// header), and, besides the errors it names, may answer: INVALID_ARGUMENT
+// for a field out of its range (the message names it); UNAUTHENTICATED for
+// no credential, one not known, or an expired watch token;
+// PERMISSION_DENIED for a credential without the scope, or a watch token
+// used for another request or method; UNAVAILABLE while the store cannot be
+// reached or the server shuts down (retry); INTERNAL for stored data that
+// does not decode (retrying will not mend it).
 type RequestServiceServer interface {
 	// GetRequest returns the current snapshot of one request.
 	// Errors: NOT_FOUND when no event of the request has been stored.

@@ -745,9 +745,9 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x120\n" +
-	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\x8e\b\n" +
-	"\x0eWebhookService\x12\xfb\a\n" +
-	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\xab\a\x92A\x88\aJ\x8f\x01\n" +
+	"\x04kind\x18\x06 \x01(\x0e2\x1c.otpless.events.v1.EventKindR\x04kind2\xa7\b\n" +
+	"\x0eWebhookService\x12\x94\b\n" +
+	"\x06Ingest\x12 .otpless.events.v1.IngestRequest\x1a!.otpless.events.v1.IngestResponse\"\xc4\a\x92A\xa1\aJ\x8f\x01\n" +
 	"\x03400\x12\x87\x01\n" +
 	"mINVALID_ARGUMENT: the body is not an OTPLESS webhook, or holds what none does; the message names the problem.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusJZ\n" +
@@ -759,9 +759,9 @@ const file_otpless_events_v1_webhook_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusJq\n" +
 	"\x03413\x12j\n" +
 	"PRESOURCE_EXHAUSTED: the body is larger than the server takes (--max-body-bytes).\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusJP\n" +
-	"\x03415\x12I\n" +
-	"/The body has a Content-Encoding; send it as is.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusJi\n" +
+	"\x03415\x12b\n" +
+	"HINVALID_ARGUMENT: the body has a Content-Encoding; send it uncompressed.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusJ|\n" +
 	"\x03429\x12u\n" +
 	"[RESOURCE_EXHAUSTED: the sender's address is over its webhook rate; retry after Retry-After.\x12\x16\n" +
