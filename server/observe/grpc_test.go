@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,4 +151,40 @@ func TestCommitBucketsSpanTheLargestBatch(t *testing.T) {
 		}
 	}
 	t.Error("no otpless_events_store_commit_webhooks")
+}
+
+// The help of grpc_refused_total explains every code it counts: those
+// whose series start at zero, and the two that appear with their first.
+// It left PermissionDenied out (a credential calling a method it may not
+// call), though that series is there from the start.
+func TestRefusedHelpNamesEveryCode(t *testing.T) {
+	t.Parallel()
+	o, _ := newObserver(t)
+	families, err := o.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "otpless_events_grpc_refused_total" {
+			continue
+		}
+		want := []string{codes.Canceled.String(), codes.DeadlineExceeded.String()}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "code" {
+					want = append(want, l.GetValue())
+				}
+			}
+		}
+		if len(want) < 7 {
+			t.Fatalf("codes %q: want the five that start at zero as well", want)
+		}
+		for _, code := range want {
+			if !strings.Contains(f.GetHelp(), code) {
+				t.Errorf("the help %q does not say what %s counts", f.GetHelp(), code)
+			}
+		}
+		return
+	}
+	t.Fatal("no otpless_events_grpc_refused_total")
 }

@@ -196,7 +196,7 @@ func New(log *slog.Logger) *Observer {
 		}),
 		grpcRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "grpc_refused_total",
-			Help: "gRPC calls grpc-go answered before any interceptor (an undecodable or oversized message, an unknown method or compression, a call without a valid credential, a health or reflection call over their bound, a call ended before its message came), by code.",
+			Help: "gRPC calls answered before any interceptor, by code: a message grpc-go cannot decode (Internal) or over its size limit (ResourceExhausted), an unknown method or compression (Unimplemented), a call without a valid credential (Unauthenticated) or with one that may not call its method (PermissionDenied), a health or reflection call over their bounds (ResourceExhausted), a unary call ended before its message came (Canceled, DeadlineExceeded).",
 		}, []string{"code"}),
 	}
 	o.Registry.MustRegister(
