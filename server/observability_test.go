@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -472,6 +473,7 @@ func TestAlertsNameExportedMetrics(t *testing.T) {
 		t.Fatal(`the README's Operations has no "Worth alerting on:"`)
 	}
 	para, _, _ = strings.Cut(para, "\n\n")
+	series := s.scrape(t)
 	exported := s.exported(t)
 	for _, line := range strings.Split(readme, "\n") {
 		if m := metricRow.FindStringSubmatch(line); m != nil && onlySome(line) {
@@ -483,6 +485,22 @@ func TestAlertsNameExportedMetrics(t *testing.T) {
 		expr := span[1]
 		if strings.HasPrefix(expr, "--") { // a flag
 			continue
+		}
+		// A label value the metric never has matches nothing either: each
+		// value a matcher names (each alternative of =~) is on a series
+		// that starts at zero.
+		for _, sel := range promqlSelector.FindAllStringSubmatch(expr, -1) {
+			for _, m := range promqlMatcher.FindAllStringSubmatch(sel[2], -1) {
+				values := []string{m[3]}
+				if m[2] == "=~" {
+					values = strings.Split(m[3], "|")
+				}
+				for _, v := range values {
+					if !hasSeries(series, sel[1], m[1]+"="+strconv.Quote(v)) {
+						t.Errorf("the README says to alert on `%s`, where %s{%s=%q}: /metrics exports no such series", span[1], sel[1], m[1], v)
+					}
+				}
+			}
 		}
 		expr = promqlNoise.ReplaceAllString(expr, " ")
 		for _, m := range promqlName.FindAllStringSubmatch(expr, -1) {
@@ -499,6 +517,10 @@ func TestAlertsNameExportedMetrics(t *testing.T) {
 
 var (
 	codeSpan = regexp.MustCompile("`([^`]+)`")
+	// promqlSelector is a metric name and its label matchers; promqlMatcher
+	// one matcher, = or =~.
+	promqlSelector = regexp.MustCompile(`\b([a-z_][a-z0-9_]*)\{([^}]*)\}`)
+	promqlMatcher  = regexp.MustCompile(`([a-z_][a-z0-9_]*) *(=~|=) *"([^"]*)"`)
 	// promqlNoise is what in an expression is not a metric name: label
 	// matchers, ranges, strings, grouping labels.
 	promqlNoise = regexp.MustCompile(`\{[^}]*\}|\[[^\]]*\]|"[^"]*"|\b(by|without) *\([^)]*\)`)
@@ -525,6 +547,23 @@ func (s *opsServer) exported(t *testing.T) map[string]bool {
 		names[name] = true
 	}
 	return names
+}
+
+// hasSeries reports whether series holds one of metric name (or of its
+// histogram's _bucket, _count or _sum) with the label pair.
+func hasSeries(series map[string]float64, name, pair string) bool {
+	for k := range series {
+		metric, labels, _ := strings.Cut(k, "{")
+		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+			if b, ok := strings.CutSuffix(metric, suffix); ok && b == name {
+				metric = b
+			}
+		}
+		if metric == name && slices.Contains(strings.Split(strings.TrimSuffix(labels, "}"), ","), pair) {
+			return true
+		}
+	}
+	return false
 }
 
 // onlySome reports whether a row of the README's metrics table is of a
